@@ -1,0 +1,837 @@
+//! The engine: [`Cache`] and its [`CacheBuilder`]. It knows nothing about
+//! tower; the adapters translate their requests into its calls.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use quick_cache::sync::Cache as QuickCache;
+
+use crate::body::CacheBody;
+use crate::breaker::{Breaker, BreakerState};
+use crate::clock::{Clock, SystemClock};
+use crate::coalesce::InFlight;
+use crate::entry::Entry;
+use crate::error::BuildError;
+use crate::key::{KeyConfig, KeyHash, QueryDrop};
+use crate::policy::{
+    CacheMode, PolicyConfig, RequestDirectives, Route, SetCookiePolicy, Usability,
+};
+use crate::stats::{Counters, Stats};
+use crate::store::memory::{Found, MemoryStore};
+
+/// The name this cache uses in `Cache-Status` (RFC 9211).
+pub const CACHE_STATUS_NAME: &str = "tower-tiered-cache";
+
+/// The `Cache-Status` header name.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+pub(crate) const STATUS_HIT_L1: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; hit; detail=l1");
+pub(crate) const STATUS_BYPASS: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; fwd=bypass");
+pub(crate) const STATUS_METHOD: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; fwd=method");
+pub(crate) const STATUS_HIT_FOR_PASS: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; fwd=uri-miss; detail=hit-for-pass");
+pub(crate) const STATUS_ONLY_IF_CACHED: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; fwd=miss; detail=only-if-cached");
+
+/// Builds a `Cache-Status` value from its parameters.
+pub(crate) fn cache_status(params: fmt::Arguments<'_>) -> HeaderValue {
+    let s = format!("{CACHE_STATUS_NAME}; {params}");
+    HeaderValue::from_str(&s).unwrap_or(STATUS_BYPASS)
+}
+
+/// A shared, cheaply cloneable HTTP cache: the engine behind
+/// [`CacheLayer`](crate::CacheLayer).
+///
+/// Build one with [`Cache::builder`] and hand clones to as many layers as
+/// you like; they all share the same tiers, in-flight map and counters.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_tiered_cache::{Cache, Route};
+///
+/// let cache = Cache::builder()
+///     .l1_capacity_bytes(128 * 1024 * 1024)
+///     .default_stale_while_revalidate(Duration::from_secs(30))
+///     .route(Route::prefix("/api/odds").ttl(Duration::from_secs(5)))
+///     .build()
+///     .expect("valid configuration");
+/// assert_eq!(cache.stats().requests, 0);
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("mode", &self.shared.policy.mode)
+            .field("l1_capacity_bytes", &self.shared.l1.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) keys: KeyConfig,
+    pub(crate) l1: MemoryStore,
+    pub(crate) inflight: InFlight,
+    pub(crate) hit_for_pass: QuickCache<KeyHash, u64>,
+    pub(crate) breaker: Breaker,
+    pub(crate) counters: Counters,
+    pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
+    pub(crate) cfg: EngineConfig,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub(crate) max_body_bytes: u64,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) hit_for_pass_ttl: Duration,
+    pub(crate) refresh_timeout: Duration,
+    pub(crate) stale_extension_factor: f64,
+    pub(crate) max_stale_extensions: u32,
+}
+
+/// Builds a [`Cache`]. Every setting has a default; see each method.
+#[must_use]
+pub struct CacheBuilder {
+    clock: Arc<dyn Clock>,
+    policy: PolicyConfig,
+    keys: KeyConfig,
+    l1_capacity: u64,
+    l1_max_entry: Option<u64>,
+    max_body: u64,
+    max_variants: usize,
+    coalesce_timeout: Duration,
+    max_in_flight: usize,
+    hit_for_pass_ttl: Duration,
+    hit_for_pass_capacity: usize,
+    refresh_timeout: Duration,
+    max_refreshes: usize,
+    extension_factor: f64,
+    max_extensions: u32,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+}
+
+impl fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("policy", &self.policy)
+            .field("keys", &self.keys)
+            .field("l1_capacity", &self.l1_capacity)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            policy: PolicyConfig::default(),
+            keys: KeyConfig::default(),
+            l1_capacity: 64 * 1024 * 1024,
+            l1_max_entry: None,
+            max_body: 1024 * 1024,
+            max_variants: 32,
+            coalesce_timeout: Duration::from_secs(15),
+            max_in_flight: 10_000,
+            hit_for_pass_ttl: Duration::from_secs(10),
+            hit_for_pass_capacity: 10_000,
+            refresh_timeout: Duration::from_secs(30),
+            max_refreshes: 64,
+            extension_factor: 0.5,
+            max_extensions: 4,
+            breaker_threshold: 5,
+            breaker_open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// The clock freshness is measured with (default: the system clock).
+    /// Tests pass a [`ManualClock`](crate::ManualClock) and move it.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Shared (default; servers, proxies) or private (one client's cache).
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.policy.mode = mode;
+        self
+    }
+
+    /// L1 capacity in bytes (default 64 MiB), weighed by body, headers and
+    /// key size.
+    pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.l1_capacity = bytes;
+        self
+    }
+
+    /// The largest single entry L1 keeps (default: the body cap plus 64 KiB,
+    /// at most an eighth of the L1 capacity).
+    pub fn l1_max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_entry = Some(bytes);
+        self
+    }
+
+    /// Bodies larger than this stream through uncached (default 1 MiB).
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The most variants (`Vary`) kept per URL (default 32); the oldest is
+    /// dropped beyond it.
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n;
+        self
+    }
+
+    /// Whether the URI scheme is part of the key (default true).
+    pub fn key_scheme(mut self, yes: bool) -> Self {
+        self.keys.scheme = yes;
+        self
+    }
+
+    /// Whether the authority (or `Host`) is part of the key (default true).
+    pub fn key_authority(mut self, yes: bool) -> Self {
+        self.keys.authority = yes;
+        self
+    }
+
+    /// Sort query parameters by name so `?a=1&b=2` and `?b=2&a=1` share an
+    /// entry (default false).
+    pub fn sort_query(mut self, yes: bool) -> Self {
+        self.keys.sort_query = yes;
+        self
+    }
+
+    /// Drop a query parameter from keys: an exact name, or a prefix ending
+    /// in `*` such as `utm_*`. May be called repeatedly.
+    pub fn ignore_query_param(mut self, pattern: &str) -> Self {
+        self.keys.drop_query.push(QueryDrop::parse(pattern));
+        self
+    }
+
+    /// Add a request header's value to every key (say, a tenant header).
+    pub fn key_header(mut self, name: HeaderName) -> Self {
+        self.keys.headers.push(name);
+        self
+    }
+
+    /// Replace key building with a function; `None` lets the request pass
+    /// uncached. It sees the request as sent (for invalidation, with the
+    /// method set to `GET`).
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.keys.custom = Some(Arc::new(f));
+        self
+    }
+
+    /// The share of the time since `Last-Modified` used as freshness when
+    /// the response gives none (default 0.1, RFC 9111 §4.2.2).
+    pub fn heuristic_fraction(mut self, fraction: f64) -> Self {
+        self.policy.heuristic_fraction = fraction;
+        self
+    }
+
+    /// The cap on heuristic freshness (default 24 h).
+    pub fn heuristic_max(mut self, max: Duration) -> Self {
+        self.policy.heuristic_max = max;
+        self
+    }
+
+    /// The stale-while-revalidate window for responses that name none
+    /// (default 0: RFC 9111 behaviour).
+    pub fn default_stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.policy.default_swr = window;
+        self
+    }
+
+    /// The stale-if-error window for responses that name none (default 0).
+    pub fn default_stale_if_error(mut self, window: Duration) -> Self {
+        self.policy.default_sie = window;
+        self
+    }
+
+    /// Cache 404 and 410 responses that carry no freshness information for
+    /// `ttl` (off by default; explicit freshness from the origin is always
+    /// honoured).
+    pub fn negative_caching(mut self, ttl: Duration) -> Self {
+        self.policy.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// What to do with `Set-Cookie` responses (default: do not store).
+    pub fn set_cookie(mut self, policy: SetCookiePolicy) -> Self {
+        self.policy.set_cookie = policy;
+        self
+    }
+
+    /// Share responses to requests with `Authorization` as if they were
+    /// anonymous (default false: RFC 9111 §3.5 applies).
+    pub fn share_authorized(mut self, yes: bool) -> Self {
+        self.policy.share_authorized = yes;
+        self
+    }
+
+    /// How long past freshness an entry with validators is kept for a
+    /// conditional revalidation (default 10 min).
+    pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
+        self.policy.keep_for_revalidation = keep;
+        self
+    }
+
+    /// Adds a route rule; the first rule that matches a path applies.
+    pub fn route(mut self, route: Route) -> Self {
+        self.policy.routes.push(route);
+        self
+    }
+
+    /// How long a request waits for another's upstream call before making
+    /// its own (default 15 s).
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.coalesce_timeout = timeout;
+        self
+    }
+
+    /// The most upstream calls others may join at once (default 10 000);
+    /// beyond it requests call alone.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// How long a URL whose response could not be stored skips coalescing
+    /// (hit-for-pass; default 10 s, zero disables).
+    pub fn hit_for_pass(mut self, ttl: Duration) -> Self {
+        self.hit_for_pass_ttl = ttl;
+        self
+    }
+
+    /// The deadline of a background refresh (default 30 s).
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
+    /// The most background refreshes running at once (default 64).
+    pub fn max_concurrent_refreshes(mut self, n: usize) -> Self {
+        self.max_refreshes = n;
+        self
+    }
+
+    /// When a refresh fails or the upstream errs, the stale windows grow by
+    /// `factor` × the entry's TTL (default 0.5, within 0..=1), at most
+    /// `max_times` times per entry (default 4).
+    pub fn stale_extension(mut self, factor: f64, max_times: u32) -> Self {
+        self.extension_factor = factor;
+        self.max_extensions = max_times;
+        self
+    }
+
+    /// The upstream circuit breaker: opens after `failures` consecutive
+    /// errors or 5xx (default 5) for `open_for` (default 30 s).
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_open_for = open_for;
+        self
+    }
+
+    /// Checks the settings and builds the cache.
+    pub fn build(self) -> Result<Cache, BuildError> {
+        if self.l1_capacity == 0 {
+            return Err(BuildError::invalid(
+                "l1_capacity_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if self.max_body == 0 {
+            return Err(BuildError::invalid(
+                "max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
+        let l1_max_entry = self
+            .l1_max_entry
+            .unwrap_or_else(|| (self.max_body + 64 * 1024).min((self.l1_capacity / 8).max(1)));
+        if l1_max_entry == 0 || l1_max_entry > self.l1_capacity {
+            return Err(BuildError::invalid(
+                "l1_max_entry_bytes",
+                format!(
+                    "must be between 1 and l1_capacity_bytes ({})",
+                    self.l1_capacity
+                ),
+            ));
+        }
+        if !(self.policy.heuristic_fraction.is_finite()
+            && (0.0..=1.0).contains(&self.policy.heuristic_fraction))
+        {
+            return Err(BuildError::invalid(
+                "heuristic_fraction",
+                "must be within 0..=1",
+            ));
+        }
+        if !(self.extension_factor.is_finite() && (0.0..=1.0).contains(&self.extension_factor)) {
+            return Err(BuildError::invalid(
+                "stale_extension",
+                "factor must be within 0..=1",
+            ));
+        }
+        if self.max_variants == 0 {
+            return Err(BuildError::invalid("max_variants", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(BuildError::invalid("max_in_flight", "must be at least 1"));
+        }
+        if self.max_refreshes == 0 {
+            return Err(BuildError::invalid(
+                "max_concurrent_refreshes",
+                "must be at least 1",
+            ));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(BuildError::invalid(
+                "circuit_breaker",
+                "failures must be at least 1",
+            ));
+        }
+        if self.refresh_timeout.is_zero() {
+            return Err(BuildError::invalid(
+                "refresh_timeout",
+                "must be greater than 0",
+            ));
+        }
+        let shared = Shared {
+            clock: self.clock,
+            policy: self.policy,
+            keys: self.keys,
+            l1: MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants),
+            inflight: InFlight::new(self.max_in_flight),
+            hit_for_pass: QuickCache::new(self.hit_for_pass_capacity.max(16)),
+            breaker: Breaker::new(self.breaker_threshold, self.breaker_open_for),
+            counters: Counters::default(),
+            refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
+            cfg: EngineConfig {
+                max_body_bytes: self.max_body,
+                coalesce_timeout: self.coalesce_timeout,
+                hit_for_pass_ttl: self.hit_for_pass_ttl,
+                refresh_timeout: self.refresh_timeout,
+                stale_extension_factor: self.extension_factor,
+                max_stale_extensions: self.max_extensions,
+            },
+        };
+        Ok(Cache {
+            shared: Arc::new(shared),
+        })
+    }
+}
+
+/// What the adapter should do with a request.
+pub(crate) enum Decision<B: Body> {
+    /// Answer now (fresh hit, 304 from cache, 504 for `only-if-cached`).
+    Respond(Response<CacheBody<B>>),
+    /// Answer now with this stale entry and refresh it in the background.
+    Stale(Response<CacheBody<B>>, Box<Fetch>),
+    /// Forward unchanged, adding this `Cache-Status`.
+    Pass(HeaderValue),
+    /// Forward an unsafe method; invalidate on success.
+    Unsafe,
+    /// Call the upstream (coalesced), store, answer.
+    Fetch(Box<Fetch>),
+}
+
+/// The plan for an upstream call.
+#[derive(Debug)]
+pub(crate) struct Fetch {
+    pub(crate) key: KeyHash,
+    pub(crate) directives: RequestDirectives,
+    pub(crate) route: Option<usize>,
+    /// The stored entry, if any: revalidated, or served on error.
+    pub(crate) prior: Option<Arc<Entry>>,
+    /// Send the prior entry's validators.
+    pub(crate) revalidate: bool,
+    /// The `fwd` parameter of `Cache-Status`.
+    pub(crate) fwd: &'static str,
+    pub(crate) head: bool,
+    pub(crate) coalesce: bool,
+}
+
+impl Cache {
+    /// Starts building a cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// A snapshot of the counters and tier sizes.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let c = &s.counters;
+        let now = s.clock.now_millis();
+        let hits_l1 = c.hits_l1.get();
+        let mut stats = Stats {
+            requests: 0,
+            hits: hits_l1,
+            hits_l1,
+            hits_l2: 0,
+            stale: c.stale.get(),
+            misses: c.misses.get(),
+            revalidated: c.revalidated.get(),
+            coalesced: c.coalesced.get(),
+            passes: c.passes.get(),
+            unavailable: c.unavailable.get(),
+            not_modified: c.not_modified.get(),
+            stale_if_error: c.stale_if_error.get(),
+            upstream_calls: c.upstream_calls.get(),
+            upstream_errors: c.upstream_errors.get(),
+            refresh_ok: c.refresh_ok.get(),
+            refresh_failed: c.refresh_failed.get(),
+            refresh_skipped: c.refresh_skipped.get(),
+            stores: c.stores.get(),
+            too_large: c.too_large.get(),
+            coalesce_timeouts: c.coalesce_timeouts.get(),
+            invalidations: c.invalidations.get(),
+            evictions: s.l1.evictions(),
+            l1_entries: s.l1.len() as u64,
+            l1_bytes: s.l1.weight(),
+            l1_capacity_bytes: s.l1.capacity(),
+            in_flight: s.inflight.len() as u64,
+            breaker: s.breaker.state(now),
+            breaker_opens: s.breaker.opens(),
+            hit_ratio: 0.0,
+        };
+        stats.requests = stats.hits
+            + stats.stale
+            + stats.misses
+            + stats.revalidated
+            + stats.coalesced
+            + stats.passes
+            + stats.unavailable;
+        stats.compute_ratio();
+        stats
+    }
+
+    /// Sets the request counters back to zero (tier sizes are unaffected).
+    pub fn reset_stats(&self) {
+        self.shared.counters.reset();
+    }
+
+    /// The state of the upstream circuit breaker.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.state(self.shared.clock.now_millis())
+    }
+
+    /// Removes the stored responses (every variant) for the URL of `req`.
+    /// Returns whether anything was stored.
+    pub fn invalidate<B>(&self, req: &Request<B>) -> bool {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = Method::GET;
+        parts.uri = req.uri().clone();
+        parts.headers = req.headers().clone();
+        self.invalidate_parts(&parts)
+    }
+
+    pub(crate) fn invalidate_parts(&self, parts: &Parts) -> bool {
+        match self.shared.keys.hash(parts) {
+            Some(key) => self.invalidate_key(key),
+            None => false,
+        }
+    }
+
+    pub(crate) fn invalidate_key(&self, key: KeyHash) -> bool {
+        let removed = self.shared.l1.remove(key);
+        self.shared.hit_for_pass.remove(&key);
+        if removed {
+            self.shared.counters.invalidations.incr();
+        }
+        removed
+    }
+
+    /// Drops every stored response.
+    pub fn clear(&self) {
+        self.shared.l1.clear();
+        self.shared.hit_for_pass.clear();
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.shared.clock.now_millis()
+    }
+
+    /// Decides what to do with a request, answering it at once when L1 can.
+    pub(crate) fn decide<B: Body>(&self, parts: &Parts) -> Decision<B> {
+        let s = &*self.shared;
+        if !PolicyConfig::lookup_method(&parts.method) {
+            return if matches!(
+                parts.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            ) {
+                s.counters.passes.incr();
+                Decision::Unsafe
+            } else {
+                s.counters.passes.incr();
+                Decision::Pass(STATUS_METHOD)
+            };
+        }
+        let route = if s.policy.routes.is_empty() {
+            None
+        } else {
+            s.policy
+                .routes
+                .iter()
+                .position(|r| r.matches(parts.uri.path()))
+        };
+        if route.is_some_and(|i| s.policy.routes[i].bypass) {
+            s.counters.passes.incr();
+            return Decision::Pass(STATUS_BYPASS);
+        }
+        let Some(key) = s.keys.hash(parts) else {
+            s.counters.passes.incr();
+            return Decision::Pass(STATUS_BYPASS);
+        };
+        let directives = RequestDirectives::from_headers(&parts.headers);
+        let head = parts.method == Method::HEAD;
+        let now = s.clock.now_millis();
+        let (found, fwd) = match s.l1.get(key, &parts.headers) {
+            Found::Entry(e) if now >= e.timeline.retain_until => {
+                s.l1.remove_expired(key, &e, &parts.headers);
+                (None, "uri-miss")
+            }
+            Found::Entry(e) => (Some(e), "stale"),
+            Found::UriMiss => (None, "uri-miss"),
+            Found::VaryMiss => (None, "vary-miss"),
+        };
+        let mut plan = Fetch {
+            key,
+            directives,
+            route,
+            prior: None,
+            revalidate: false,
+            fwd,
+            head,
+            coalesce: true,
+        };
+        if let Some(entry) = found {
+            match s.policy.usability(&entry, &plan.directives, now) {
+                Usability::Fresh => {
+                    s.counters.hits_l1.incr();
+                    return Decision::Respond(self.respond_entry(
+                        &entry,
+                        parts,
+                        now,
+                        STATUS_HIT_L1,
+                    ));
+                }
+                Usability::Stale => {
+                    s.counters.stale.incr();
+                    let staleness = now
+                        .saturating_sub(entry.timeline.fresh_until)
+                        .div_ceil(1000);
+                    let status = cache_status(format_args!("hit; ttl=-{staleness}; detail=l1"));
+                    let resp = self.respond_entry(&entry, parts, now, status);
+                    plan.revalidate = entry.has_validators();
+                    plan.prior = Some(entry);
+                    plan.head = false;
+                    return Decision::Stale(resp, Box::new(plan));
+                }
+                Usability::Revalidate => {
+                    plan.revalidate = true;
+                    plan.prior = Some(entry);
+                }
+                Usability::Unusable => {
+                    plan.prior = Some(entry);
+                }
+            }
+            let d = &plan.directives.cc;
+            if d.no_cache || d.max_age.is_some() || d.min_fresh.is_some() {
+                plan.fwd = "request";
+            }
+        }
+        if plan.directives.cc.only_if_cached {
+            s.counters.unavailable.incr();
+            let mut resp = Response::new(CacheBody::empty());
+            *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            resp.headers_mut()
+                .insert(CACHE_STATUS.clone(), STATUS_ONLY_IF_CACHED);
+            return Decision::Respond(resp);
+        }
+        if plan.prior.is_none() && !s.cfg.hit_for_pass_ttl.is_zero() {
+            if let Some(until) = s.hit_for_pass.get(&key) {
+                if now < until {
+                    s.counters.passes.incr();
+                    return Decision::Pass(STATUS_HIT_FOR_PASS);
+                }
+                s.hit_for_pass.remove(&key);
+            }
+        }
+        plan.coalesce = !plan.directives.cc.no_store;
+        Decision::Fetch(Box::new(plan))
+    }
+
+    /// Remembers that `key`'s responses cannot be stored, for a while.
+    pub(crate) fn mark_hit_for_pass(&self, key: KeyHash) {
+        let ttl = self.shared.cfg.hit_for_pass_ttl;
+        if !ttl.is_zero() {
+            let until = self.now().saturating_add(ttl.as_millis() as u64);
+            self.shared.hit_for_pass.insert(key, until);
+        }
+    }
+
+    /// Builds the response for `entry`: a 304 when the request's
+    /// conditionals match, no body for `HEAD`, `Age` and `Cache-Status`.
+    pub(crate) fn respond_entry<B: Body>(
+        &self,
+        entry: &Entry,
+        req: &Parts,
+        now: u64,
+        status: HeaderValue,
+    ) -> Response<CacheBody<B>> {
+        let head = req.method == Method::HEAD;
+        if not_modified(entry, &req.headers) {
+            self.shared.counters.not_modified.incr();
+            let mut headers = HeaderMap::with_capacity(10);
+            for name in [
+                CACHE_CONTROL,
+                CONTENT_LOCATION,
+                DATE,
+                ETAG,
+                EXPIRES,
+                VARY,
+                LAST_MODIFIED,
+            ] {
+                for v in entry.headers.get_all(&name) {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+            headers.insert(AGE, age_value(entry.timeline.age_at(now) / 1000));
+            headers.insert(CACHE_STATUS.clone(), status);
+            let mut resp = Response::new(CacheBody::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            *resp.headers_mut() = headers;
+            return resp;
+        }
+        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
+        for (name, value) in entry.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(AGE, age_value(entry.timeline.age_at(now) / 1000));
+        headers.insert(CACHE_STATUS.clone(), status);
+        let body = if head {
+            CacheBody::empty()
+        } else {
+            CacheBody::full(entry.body.clone())
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = entry.status;
+        *resp.version_mut() = entry.version;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// The entry with its stale windows extended after an upstream failure,
+    /// or `None` when it may not be extended further.
+    pub(crate) fn extended(&self, entry: &Entry) -> Option<Entry> {
+        let cfg = &self.shared.cfg;
+        if entry.flags.must_revalidate
+            || entry.extensions >= cfg.max_stale_extensions
+            || cfg.stale_extension_factor == 0.0
+        {
+            return None;
+        }
+        let ext = (entry.timeline.ttl_millis() as f64 * cfg.stale_extension_factor) as u64;
+        if ext == 0 {
+            return None;
+        }
+        let now = self.now();
+        let mut e = entry.clone();
+        let tl = &mut e.timeline;
+        tl.stale_until = tl.stale_until.max(now).saturating_add(ext);
+        if tl.stale_if_error_until > tl.fresh_until {
+            tl.stale_if_error_until = tl.stale_if_error_until.max(now).saturating_add(ext);
+        }
+        tl.retain_until = tl
+            .retain_until
+            .max(tl.stale_until)
+            .max(tl.stale_if_error_until);
+        e.extensions += 1;
+        Some(e)
+    }
+}
+
+/// Whether a client's conditional request matches `entry` (RFC 9110 §13.2.2).
+fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
+    if entry.status != StatusCode::OK {
+        return false;
+    }
+    if let Some(inm) = req.get(IF_NONE_MATCH) {
+        let Some(etag) = entry.etag().and_then(|e| e.to_str().ok()) else {
+            return false;
+        };
+        let Ok(inm) = inm.to_str() else { return false };
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || weak_eq(t, etag));
+    }
+    if let Some(ims) = req.get(IF_MODIFIED_SINCE) {
+        let since = ims
+            .to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok());
+        let modified = entry
+            .last_modified()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok());
+        if let (Some(since), Some(modified)) = (since, modified) {
+            return modified <= since;
+        }
+    }
+    false
+}
+
+/// Weak entity-tag comparison (RFC 9110 §8.8.3.2).
+fn weak_eq(a: &str, b: &str) -> bool {
+    a.trim_start_matches("W/") == b.trim_start_matches("W/")
+}
+
+/// An `Age` value. The first few thousand are made once, from one leaked
+/// (bounded, 20 KB) string, so cloning them touches no reference count.
+pub(crate) fn age_value(secs: u64) -> HeaderValue {
+    const TABLE: u64 = 4096;
+    static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    let table = AGES.get_or_init(|| {
+        let mut all = String::new();
+        let mut bounds = Vec::with_capacity(TABLE as usize);
+        for i in 0..TABLE {
+            let start = all.len();
+            all.push_str(&i.to_string());
+            bounds.push((start, all.len()));
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        bounds
+            .into_iter()
+            .map(|(a, b)| HeaderValue::from_static(&all[a..b]))
+            .collect()
+    });
+    match table.get(secs as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(secs),
+    }
+}

@@ -1,0 +1,191 @@
+//! Request coalescing: one upstream call per key, however many requests
+//! miss at once. Waiters are woken by a `watch` channel (no polling).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::entry::Entry;
+use crate::key::KeyHash;
+
+/// What the leader of a flight found.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// A response was stored: waiters answer from it.
+    Stored(Arc<Entry>),
+    /// The response could not be shared; waiters make their own calls.
+    Pass,
+    /// The upstream failed and the stale entry was served in its place:
+    /// waiters may serve it too (stale-if-error) instead of calling again.
+    StaleIfError(Arc<Entry>),
+    /// The call failed or was abandoned; waiters make their own calls.
+    Failed,
+}
+
+type Slot = watch::Receiver<Option<Outcome>>;
+
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
+    max: usize,
+}
+
+/// The result of joining a flight.
+#[derive(Debug)]
+pub(crate) enum Join {
+    /// This request makes the upstream call and must complete the guard.
+    Leader(FlightGuard),
+    /// Another request is making the call.
+    Waiter(Slot),
+    /// Too many flights in progress: make the call alone.
+    Full,
+}
+
+impl InFlight {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Joins the flight for `key`, starting one if there is none.
+    pub(crate) fn join(&self, key: KeyHash) -> Join {
+        let Ok(mut map) = self.map.lock() else {
+            return Join::Full;
+        };
+        if let Some(rx) = map.get(&key) {
+            return Join::Waiter(rx.clone());
+        }
+        if map.len() >= self.max {
+            return Join::Full;
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key, rx);
+        Join::Leader(FlightGuard {
+            map: Arc::clone(&self.map),
+            key,
+            tx,
+            done: false,
+        })
+    }
+
+    /// Starts a flight only if none is running (background refreshes).
+    pub(crate) fn try_lead(&self, key: KeyHash) -> Option<FlightGuard> {
+        match self.join(key) {
+            Join::Leader(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+/// Held by the request making the upstream call. Dropping it without
+/// [`complete`](FlightGuard::complete) (a cancelled request) tells waiters
+/// the flight failed, so they make their own calls at once.
+#[derive(Debug)]
+pub(crate) struct FlightGuard {
+    map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
+    key: KeyHash,
+    tx: watch::Sender<Option<Outcome>>,
+    done: bool,
+}
+
+impl FlightGuard {
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Ok(mut map) = self.map.lock() {
+            if map
+                .get(&self.key)
+                .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            {
+                map.remove(&self.key);
+            }
+        }
+        self.tx.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.finish(Outcome::Failed);
+    }
+}
+
+/// Waits for the flight's outcome, at most `timeout`. `None` on timeout.
+pub(crate) async fn wait(mut rx: Slot, timeout: Duration) -> Option<Outcome> {
+    match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(v)) => v.clone(),
+        Ok(Err(_)) => Some(Outcome::Failed),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leader_wakes_waiters_and_clears_slot() {
+        let f = InFlight::new(10);
+        let k = KeyHash(1);
+        let Join::Leader(g) = f.join(k) else {
+            panic!("first is leader")
+        };
+        let Join::Waiter(rx) = f.join(k) else {
+            panic!("second waits")
+        };
+        let w = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        g.complete(Outcome::Pass);
+        assert!(matches!(w.await.unwrap(), Some(Outcome::Pass)));
+        assert_eq!(f.len(), 0);
+        assert!(matches!(f.join(k), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_fails_waiters() {
+        let f = InFlight::new(10);
+        let k = KeyHash(2);
+        let g = f.try_lead(k).unwrap();
+        assert!(f.try_lead(k).is_none());
+        let Join::Waiter(rx) = f.join(k) else {
+            panic!()
+        };
+        drop(g);
+        assert!(matches!(
+            wait(rx, Duration::from_secs(5)).await,
+            Some(Outcome::Failed)
+        ));
+        assert_eq!(f.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiter_times_out() {
+        let f = InFlight::new(10);
+        let _g = f.try_lead(KeyHash(3)).unwrap();
+        let Join::Waiter(rx) = f.join(KeyHash(3)) else {
+            panic!()
+        };
+        assert!(wait(rx, Duration::from_millis(50)).await.is_none());
+    }
+
+    #[test]
+    fn bounded() {
+        let f = InFlight::new(2);
+        let _a = f.try_lead(KeyHash(1)).unwrap();
+        let _b = f.try_lead(KeyHash(2)).unwrap();
+        assert!(matches!(f.join(KeyHash(3)), Join::Full));
+    }
+}

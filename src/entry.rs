@@ -1,0 +1,157 @@
+//! A stored response and its freshness timeline.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, ETAG, LAST_MODIFIED};
+use http::{StatusCode, Version};
+
+/// When an entry is fresh, stale-but-servable and dead, in wall-clock
+/// milliseconds since the Unix epoch (so it means the same in every
+/// process that reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Timeline {
+    /// When the response was received (the RFC 9111 `response_time`).
+    pub stored_at: u64,
+    /// The response's age when it was received (corrected initial age).
+    pub initial_age: u64,
+    /// The end of freshness (soft TTL).
+    pub fresh_until: u64,
+    /// The end of the stale-while-revalidate window (hard TTL): until then a
+    /// stale entry is served at once while one background refresh runs.
+    pub stale_until: u64,
+    /// Until then the entry may be served when the upstream fails.
+    pub stale_if_error_until: u64,
+    /// The last instant the entry is of any use (stale windows, and the time
+    /// it is kept for conditional revalidation when it has validators).
+    pub retain_until: u64,
+}
+
+impl Timeline {
+    /// The freshness lifetime in milliseconds (the TTL the origin gave, net
+    /// of the age it arrived with).
+    pub fn ttl_millis(&self) -> u64 {
+        self.fresh_until.saturating_sub(self.stored_at)
+    }
+
+    /// The age of the response at `now`, in milliseconds (RFC 9111 §4.2.3).
+    pub fn age_at(&self, now: u64) -> u64 {
+        self.initial_age + now.saturating_sub(self.stored_at)
+    }
+
+    /// True while `now` is before `fresh_until`.
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+}
+
+/// How an entry may be used, from the response's directives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EntryFlags {
+    /// `must-revalidate` / `proxy-revalidate` / `s-maxage`: never served stale.
+    pub(crate) must_revalidate: bool,
+    /// `no-cache`: validated with the origin before every use.
+    pub(crate) no_cache: bool,
+    /// May answer requests carrying `Authorization` (RFC 9111 §3.5).
+    pub(crate) auth_ok: bool,
+}
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub(crate) key: Box<str>,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) vary: Box<[(HeaderName, Box<[HeaderValue]>)]>,
+    pub(crate) timeline: Timeline,
+    pub(crate) flags: EntryFlags,
+    /// How many times a failed refresh has extended the stale windows.
+    pub(crate) extensions: u32,
+}
+
+impl Entry {
+    /// The readable cache key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The stored status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The stored body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The freshness timeline.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// The request header values this variant was selected by (from `Vary`).
+    pub fn vary(&self) -> impl Iterator<Item = (&HeaderName, &[HeaderValue])> {
+        self.vary.iter().map(|(n, v)| (n, &v[..]))
+    }
+
+    pub(crate) fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(ETAG)
+    }
+
+    pub(crate) fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(LAST_MODIFIED)
+    }
+
+    /// True when the entry can be revalidated with a conditional request.
+    pub fn has_validators(&self) -> bool {
+        self.etag().is_some() || self.last_modified().is_some()
+    }
+
+    /// Whether a request's headers select this variant.
+    pub(crate) fn vary_matches(&self, req: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, stored)| {
+            let mut it = req.get_all(name).iter();
+            for s in stored.iter() {
+                match it.next() {
+                    Some(v) if trim(v.as_bytes()) == trim(s.as_bytes()) => {}
+                    _ => return false,
+                }
+            }
+            it.next().is_none()
+        })
+    }
+
+    /// An approximation of the memory the entry holds, used as its L1 weight.
+    pub fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 48)
+            .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.iter().map(|x| x.len() + 32).sum::<usize>())
+            .sum();
+        (self.body.len() + headers + vary + self.key.len() + 160) as u64
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}

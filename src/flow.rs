@@ -1,0 +1,710 @@
+//! The engine's asynchronous paths: coalesced misses, revalidation,
+//! background refresh, stale-if-error and invalidation by unsafe methods.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, SET_COOKIE,
+};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+
+use crate::body::CacheBody;
+use crate::cache::{cache_status, Cache, Fetch, CACHE_STATUS, STATUS_METHOD};
+use crate::coalesce::{self, Join, Outcome};
+use crate::entry::Entry;
+use crate::policy::{strip_hop_by_hop, NotStored, Usability};
+
+/// Something that answers requests: the inner service, seen by the engine.
+/// Each value is used for at most one call.
+pub(crate) trait Upstream<B>: Send + 'static {
+    type Body: Body + Send + 'static;
+    type Error: Send + 'static;
+    type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + Send;
+
+    fn call(self, req: Request<B>) -> Self::Future;
+}
+
+pub(crate) type CacheResult<U, B> =
+    Result<Response<CacheBody<<U as Upstream<B>>::Body>>, <U as Upstream<B>>::Error>;
+
+/// The outcome of one upstream exchange.
+enum Fetched<U: Upstream<B>, B> {
+    /// Stored (or updated by a 304); answer from the entry.
+    Stored(Arc<Entry>, Response<CacheBody<U::Body>>),
+    /// Not stored; the response streams through.
+    Passed(Response<CacheBody<U::Body>>),
+    /// An error or a 5xx: a candidate for stale-if-error.
+    Failed(CacheResult<U, B>),
+}
+
+/// A miss or a revalidation in the foreground.
+pub(crate) async fn fetch<B, U>(
+    cache: Cache,
+    req: Request<B>,
+    up: U,
+    plan: Box<Fetch>,
+) -> CacheResult<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let s = &*cache.shared;
+    let now = cache.now();
+    // While the breaker is open, a servable stale entry spares the upstream.
+    if let Some(prior) = &plan.prior {
+        if s.breaker.state(now) == crate::BreakerState::Open
+            && s.policy.stale_if_error_ok(prior, &plan.directives, now)
+        {
+            return Ok(serve_stale_if_error(&cache, prior, &req, &plan, None));
+        }
+    }
+    if !plan.coalesce {
+        return own_call(&cache, req, up, &plan).await;
+    }
+    match s.inflight.join(plan.key) {
+        Join::Leader(guard) => {
+            let (result, outcome) = lead(&cache, req, up, &plan).await;
+            guard.complete(outcome);
+            result
+        }
+        Join::Full => own_call(&cache, req, up, &plan).await,
+        Join::Waiter(rx) => {
+            let outcome = coalesce::wait(rx, s.cfg.coalesce_timeout).await;
+            let now = cache.now();
+            let (parts, body) = req.into_parts();
+            match outcome {
+                Some(Outcome::Stored(entry))
+                    if entry.vary_matches(&parts.headers)
+                        && matches!(
+                            s.policy.usability(&entry, &plan.directives, now),
+                            Usability::Fresh | Usability::Stale
+                        ) =>
+                {
+                    s.counters.coalesced.incr();
+                    let status =
+                        cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+                    Ok(cache.respond_entry(&entry, &parts, now, status))
+                }
+                Some(Outcome::StaleIfError(entry))
+                    if entry.vary_matches(&parts.headers)
+                        && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
+                {
+                    let req = Request::from_parts(parts, body);
+                    Ok(serve_stale_if_error(&cache, &entry, &req, &plan, None))
+                }
+                other => {
+                    if other.is_none() {
+                        s.counters.coalesce_timeouts.incr();
+                    }
+                    own_call(&cache, Request::from_parts(parts, body), up, &plan).await
+                }
+            }
+        }
+    }
+}
+
+/// The leader's call: its result, and what waiters should do.
+async fn lead<B, U>(
+    cache: &Cache,
+    req: Request<B>,
+    up: U,
+    plan: &Fetch,
+) -> (CacheResult<U, B>, Outcome)
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let (parts, body) = req.into_parts();
+    let keep = parts.clone_view();
+    match exchange(cache, Request::from_parts(parts, body), up, plan).await {
+        Fetched::Stored(entry, resp) => (Ok(resp), Outcome::Stored(entry)),
+        Fetched::Passed(resp) => (Ok(resp), Outcome::Pass),
+        Fetched::Failed(result) => match &plan.prior {
+            Some(prior)
+                if cache
+                    .shared
+                    .policy
+                    .stale_if_error_ok(prior, &plan.directives, cache.now()) =>
+            {
+                let failed_status = result.as_ref().ok().map(|r| r.status());
+                let served = serve_stale_if_error_parts(cache, prior, &keep, plan, failed_status);
+                (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
+            }
+            _ => (result, Outcome::Failed),
+        },
+    }
+}
+
+/// A call made alone (no coalescing): still stores, still serves stale on error.
+async fn own_call<B, U>(cache: &Cache, req: Request<B>, up: U, plan: &Fetch) -> CacheResult<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    lead(cache, req, up, plan).await.0
+}
+
+/// A cheap copy of what is needed of a request after it has been sent.
+trait CloneView {
+    fn clone_view(&self) -> Parts;
+}
+
+impl CloneView for Parts {
+    fn clone_view(&self) -> Parts {
+        let mut p = Request::new(()).into_parts().0;
+        p.method = self.method.clone();
+        p.uri = self.uri.clone();
+        p.version = self.version;
+        p.headers = self.headers.clone();
+        p
+    }
+}
+
+fn serve_stale_if_error<B, RB: Body>(
+    cache: &Cache,
+    entry: &Arc<Entry>,
+    req: &Request<B>,
+    plan: &Fetch,
+    failed: Option<StatusCode>,
+) -> Response<CacheBody<RB>> {
+    let mut p = Request::new(()).into_parts().0;
+    p.method = req.method().clone();
+    p.uri = req.uri().clone();
+    p.headers = req.headers().clone();
+    serve_stale_if_error_parts(cache, entry, &p, plan, failed)
+}
+
+fn serve_stale_if_error_parts<RB: Body>(
+    cache: &Cache,
+    entry: &Arc<Entry>,
+    parts: &Parts,
+    plan: &Fetch,
+    failed: Option<StatusCode>,
+) -> Response<CacheBody<RB>> {
+    let s = &cache.shared;
+    let now = cache.now();
+    s.counters.stale.incr();
+    s.counters.stale_if_error.incr();
+    if let Some(extended) = cache.extended(entry) {
+        s.l1.replace(plan.key, Arc::new(extended), &parts.headers);
+    }
+    let staleness = now
+        .saturating_sub(entry.timeline.fresh_until)
+        .div_ceil(1000);
+    let status = match failed {
+        Some(code) => cache_status(format_args!(
+            "hit; ttl=-{staleness}; fwd-status={}; detail=l1-stale-if-error",
+            code.as_u16()
+        )),
+        None => cache_status(format_args!(
+            "hit; ttl=-{staleness}; detail=l1-stale-if-error"
+        )),
+    };
+    cache.respond_entry(entry, parts, now, status)
+}
+
+const CONDITIONALS: [HeaderName; 5] = [
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+];
+
+/// One exchange with the upstream: send (conditionally when revalidating),
+/// judge, buffer and store, and build the answer.
+async fn exchange<B, U>(cache: &Cache, req: Request<B>, up: U, plan: &Fetch) -> Fetched<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let s = &*cache.shared;
+    let (mut parts, body) = req.into_parts();
+    // What the client sent, kept to select variants and answer its
+    // conditionals from the stored entry.
+    let client = parts.clone_view();
+    parts.method = Method::GET;
+    for h in &CONDITIONALS {
+        parts.headers.remove(h);
+    }
+    if plan.revalidate {
+        if let Some(prior) = &plan.prior {
+            if let Some(etag) = prior.etag() {
+                parts.headers.insert(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = prior.last_modified() {
+                parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+    }
+    let request_time = cache.now();
+    s.counters.upstream_calls.incr();
+    let result = up.call(Request::from_parts(parts, body)).await;
+    let response_time = cache.now();
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            s.breaker.record_failure(response_time);
+            s.counters.upstream_errors.incr();
+            return Fetched::Failed(Err(e));
+        }
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        s.breaker.record_failure(response_time);
+        s.counters.upstream_errors.incr();
+        let status_hv = cache_status(format_args!(
+            "fwd={}; fwd-status={}",
+            plan.fwd,
+            status.as_u16()
+        ));
+        return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)));
+    }
+    s.breaker.record_success();
+
+    // A 304 to our conditional request: freshen the stored entry.
+    if status == StatusCode::NOT_MODIFIED {
+        if let (true, Some(prior)) = (plan.revalidate, &plan.prior) {
+            let (rparts, _body) = resp.into_parts();
+            return match freshen(
+                cache,
+                prior,
+                &rparts.headers,
+                plan,
+                &client,
+                request_time,
+                response_time,
+            ) {
+                Some(entry) => {
+                    s.counters.revalidated.incr();
+                    let hv =
+                        cache_status(format_args!("fwd={}; fwd-status=304; detail=l1", plan.fwd));
+                    let resp = cache.respond_entry(&entry, &client, response_time, hv);
+                    Fetched::Stored(entry, resp)
+                }
+                None => {
+                    // The 304 forbade storing: answer from the old body once.
+                    s.counters.misses.incr();
+                    cache.invalidate_key(plan.key);
+                    let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
+                    Fetched::Passed(cache.respond_entry(prior, &client, response_time, hv))
+                }
+            };
+        }
+    }
+    s.counters.misses.incr();
+
+    let route = plan.route.map(|i| &s.policy.routes[i]);
+    let judged = s.policy.storable(
+        &plan.directives,
+        status,
+        resp.headers(),
+        route,
+        request_time,
+        response_time,
+    );
+    let storable = match judged {
+        Ok(st) => st,
+        Err(reason) => {
+            if reason.remember() {
+                cache.mark_hit_for_pass(plan.key);
+            }
+            let hv = cache_status(format_args!(
+                "fwd={}; fwd-status={}; detail={}",
+                plan.fwd,
+                status.as_u16(),
+                reason_token(reason)
+            ));
+            return Fetched::Passed(pass_through(resp, hv, client.method == Method::HEAD));
+        }
+    };
+    let max = s.cfg.max_body_bytes;
+    let declared = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return too_large(cache, plan, status, resp.map(CacheBody::stream), &client);
+    }
+    let (rparts, body) = resp.into_parts();
+    let body = match buffer(body, max).await {
+        Buffered::Complete(bytes) => bytes,
+        Buffered::TooLarge(prefix, rest) => {
+            let resp = Response::from_parts(rparts, CacheBody::prefixed(prefix, None, rest));
+            return too_large(cache, plan, status, resp, &client);
+        }
+        Buffered::Failed(prefix, error, rest) => {
+            let hv = cache_status(format_args!(
+                "fwd={}; fwd-status={}",
+                plan.fwd,
+                status.as_u16()
+            ));
+            let mut resp =
+                Response::from_parts(rparts, CacheBody::prefixed(prefix, Some(error), rest));
+            resp.headers_mut().insert(CACHE_STATUS.clone(), hv);
+            return Fetched::Failed(Ok(resp));
+        }
+    };
+
+    let mut headers = rparts.headers;
+    let cookies: Vec<HeaderValue> = if storable.strip_set_cookie {
+        headers.get_all(SET_COOKIE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.remove(AGE);
+    headers.remove(&CACHE_STATUS);
+    for name in &storable.strip {
+        headers.remove(name);
+    }
+    if storable.strip_set_cookie {
+        headers.remove(SET_COOKIE);
+    }
+    if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len() as u64));
+    }
+    let vary = storable
+        .vary
+        .iter()
+        .map(|n| {
+            let vals: Box<[HeaderValue]> = client.headers.get_all(n).iter().cloned().collect();
+            (n.clone(), vals)
+        })
+        .collect();
+    let key = s.keys.readable(&client).unwrap_or_default();
+    let entry = Arc::new(Entry {
+        key: key.into_boxed_str(),
+        status,
+        version: rparts.version,
+        headers,
+        body,
+        vary,
+        timeline: storable.timeline,
+        flags: storable.flags,
+        extensions: 0,
+    });
+    if s.l1.insert(
+        plan.key,
+        Arc::clone(&entry),
+        &storable.vary,
+        &client.headers,
+    ) {
+        s.counters.stores.incr();
+    }
+    s.hit_for_pass.remove(&plan.key);
+    let hv = cache_status(format_args!(
+        "fwd={}; fwd-status={}; stored",
+        plan.fwd,
+        status.as_u16()
+    ));
+    let mut resp = cache.respond_entry(&entry, &client, response_time, hv);
+    for c in cookies {
+        resp.headers_mut().append(SET_COOKIE, c);
+    }
+    Fetched::Stored(entry, resp)
+}
+
+fn too_large<U: Upstream<B>, B>(
+    cache: &Cache,
+    plan: &Fetch,
+    status: StatusCode,
+    resp: Response<CacheBody<U::Body>>,
+    client: &Parts,
+) -> Fetched<U, B> {
+    cache.shared.counters.too_large.incr();
+    cache.mark_hit_for_pass(plan.key);
+    let hv = cache_status(format_args!(
+        "fwd={}; fwd-status={}; detail=too-large",
+        plan.fwd,
+        status.as_u16()
+    ));
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(CACHE_STATUS.clone(), hv);
+    let body = if client.method == Method::HEAD {
+        CacheBody::empty()
+    } else {
+        body
+    };
+    Fetched::Passed(Response::from_parts(parts, body))
+}
+
+/// Applies a 304's headers to the stored entry and recomputes freshness
+/// (RFC 9111 §4.3.4). `None` when the updated response may not be stored.
+fn freshen(
+    cache: &Cache,
+    prior: &Arc<Entry>,
+    update: &HeaderMap,
+    plan: &Fetch,
+    client: &Parts,
+    request_time: u64,
+    response_time: u64,
+) -> Option<Arc<Entry>> {
+    let s = &cache.shared;
+    let mut headers = prior.headers.clone();
+    let mut seen: Vec<&HeaderName> = Vec::new();
+    for (name, value) in update.iter() {
+        if *name == CONTENT_LENGTH || *name == AGE || *name == CACHE_STATUS {
+            continue;
+        }
+        if !seen.contains(&name) {
+            headers.remove(name);
+            seen.push(name);
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    strip_hop_by_hop(&mut headers);
+    let route = plan.route.map(|i| &s.policy.routes[i]);
+    let st = s
+        .policy
+        .storable(
+            &plan.directives,
+            prior.status,
+            &headers,
+            route,
+            request_time,
+            response_time,
+        )
+        .ok()?;
+    let mut entry = (**prior).clone();
+    entry.headers = headers;
+    entry.timeline = st.timeline;
+    entry.flags = st.flags;
+    entry.extensions = 0;
+    let entry = Arc::new(entry);
+    s.l1.replace(plan.key, Arc::clone(&entry), &client.headers);
+    s.counters.stores.incr();
+    Some(entry)
+}
+
+fn reason_token(r: NotStored) -> &'static str {
+    match r {
+        NotStored::Status => "status",
+        NotStored::NoStore => "no-store",
+        NotStored::Private => "private",
+        NotStored::SetCookie => "set-cookie",
+        NotStored::VaryStar => "vary-star",
+        NotStored::Authorization => "authorization",
+        NotStored::NoFreshness => "no-freshness",
+        NotStored::TooLarge => "too-large",
+    }
+}
+
+/// The upstream's response, streamed, with a `Cache-Status`.
+fn pass_through<RB: Body>(
+    resp: Response<RB>,
+    status: HeaderValue,
+    head: bool,
+) -> Response<CacheBody<RB>> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(CACHE_STATUS.clone(), status);
+    let body = if head {
+        CacheBody::empty()
+    } else {
+        CacheBody::stream(body)
+    };
+    Response::from_parts(parts, body)
+}
+
+enum Buffered<RB: Body> {
+    Complete(Bytes),
+    TooLarge(VecDeque<Bytes>, std::pin::Pin<Box<RB>>),
+    Failed(VecDeque<Bytes>, RB::Error, std::pin::Pin<Box<RB>>),
+}
+
+/// Reads the body up to `max` bytes. Trailers are not stored.
+async fn buffer<RB: Body>(body: RB, max: u64) -> Buffered<RB> {
+    let mut body = Box::pin(body);
+    let mut frames: VecDeque<Bytes> = VecDeque::new();
+    let mut total: u64 = 0;
+    loop {
+        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => break,
+            Some(Err(e)) => return Buffered::Failed(frames, e, body),
+            Some(Ok(frame)) => {
+                if let Ok(mut data) = frame.into_data() {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    total += chunk.len() as u64;
+                    if !chunk.is_empty() {
+                        frames.push_back(chunk);
+                    }
+                    if total > max {
+                        return Buffered::TooLarge(frames, body);
+                    }
+                }
+            }
+        }
+    }
+    let bytes = match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop_front().unwrap_or_default(),
+        _ => {
+            let mut buf = BytesMut::with_capacity(total as usize);
+            for f in frames {
+                buf.extend_from_slice(&f);
+            }
+            buf.freeze()
+        }
+    };
+    Buffered::Complete(bytes)
+}
+
+/// Refreshes a stale entry in the background: one per key, bounded in
+/// number, with a deadline, outside the request's cancellation.
+pub(crate) fn spawn_refresh<B, U>(cache: Cache, req: Request<B>, up: U, plan: Box<Fetch>)
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    U::Future: Send,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let s = &*cache.shared;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        s.counters.refresh_skipped.incr();
+        return;
+    };
+    let Some(guard) = s.inflight.try_lead(plan.key) else {
+        return; // A refresh or a miss for this key is already in flight.
+    };
+    if !s.breaker.allow(cache.now()) {
+        s.counters.refresh_skipped.incr();
+        return;
+    }
+    let Ok(permit) = Arc::clone(&s.refreshes).try_acquire_owned() else {
+        s.counters.refresh_skipped.incr();
+        return;
+    };
+    let deadline = s.cfg.refresh_timeout;
+    handle.spawn(async move {
+        let _permit = permit;
+        let s = &*cache.shared;
+        let mut req = req;
+        *req.method_mut() = Method::GET;
+        let prior = plan.prior.clone();
+        let headers = req.headers().clone();
+        let outcome = match tokio::time::timeout(deadline, exchange(&cache, req, up, &plan)).await {
+            Ok(Fetched::Stored(entry, _)) => {
+                s.counters.refresh_ok.incr();
+                Outcome::Stored(entry)
+            }
+            Ok(Fetched::Passed(_)) => {
+                // The origin no longer lets this be stored: drop the stale copy.
+                s.counters.refresh_ok.incr();
+                cache.invalidate_key(plan.key);
+                Outcome::Pass
+            }
+            Ok(Fetched::Failed(_)) | Err(_) => {
+                s.counters.refresh_failed.incr();
+                tracing::warn!(key = %plan.key, "background refresh failed; keeping the stale entry");
+                if let Some(prior) = &prior {
+                    if let Some(extended) = cache.extended(prior) {
+                        s.l1.replace(plan.key, Arc::new(extended), &headers);
+                    }
+                }
+                Outcome::Failed
+            }
+        };
+        guard.complete(outcome);
+    });
+}
+
+/// An unsafe method: forward it, and when it succeeds invalidate the target
+/// URI and same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
+pub(crate) async fn unsafe_method<B, U>(cache: Cache, req: Request<B>, up: U) -> CacheResult<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+{
+    let view = {
+        let mut p = Request::new(()).into_parts().0;
+        p.method = Method::GET;
+        p.uri = req.uri().clone();
+        p.headers = req.headers().clone();
+        p
+    };
+    let resp = up.call(req).await?;
+    cache.shared.counters.upstream_calls.incr();
+    let status = resp.status();
+    if status.is_success() || status.is_redirection() {
+        cache.invalidate_parts(&view);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            if let Some(target) = resp
+                .headers()
+                .get(&name)
+                .and_then(|v| same_origin(&view, v))
+            {
+                cache.invalidate_parts(&target);
+            }
+        }
+    }
+    Ok(pass_through(resp, STATUS_METHOD, false))
+}
+
+/// The request view for `location` when it names the same origin as `base`.
+fn same_origin(base: &Parts, location: &HeaderValue) -> Option<Parts> {
+    let loc: Uri = location.to_str().ok()?.parse().ok()?;
+    let base_authority = base
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            base.headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        });
+    let path_and_query = match loc.authority() {
+        Some(a) => {
+            if Some(a.as_str().to_ascii_lowercase()) != base_authority {
+                return None;
+            }
+            if let (Some(ls), Some(bs)) = (loc.scheme_str(), base.uri.scheme_str()) {
+                if !ls.eq_ignore_ascii_case(bs) {
+                    return None;
+                }
+            }
+            loc.path_and_query()?.as_str().to_owned()
+        }
+        None => {
+            let s = location.to_str().ok()?;
+            if s.starts_with('/') {
+                s.to_owned()
+            } else {
+                // A relative reference: resolve against the base path.
+                let dir = base.uri.path().rsplit_once('/').map_or("", |(d, _)| d);
+                format!("{dir}/{s}")
+            }
+        }
+    };
+    let uri: Uri = if base.uri.authority().is_some() {
+        let mut b = Uri::builder().path_and_query(path_and_query.as_str());
+        if let Some(sch) = base.uri.scheme() {
+            b = b.scheme(sch.clone());
+        }
+        if let Some(a) = base.uri.authority() {
+            b = b.authority(a.clone());
+        }
+        b.build().ok()?
+    } else {
+        path_and_query.parse().ok()?
+    };
+    let mut p = base.clone_view();
+    p.uri = uri;
+    Some(p)
+}

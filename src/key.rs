@@ -1,0 +1,435 @@
+//! Cache keys: which requests share a stored response.
+//!
+//! A key is built from the request's method class (`GET`; `HEAD` reads `GET`
+//! entries), scheme and authority (each optional), path, query (optionally
+//! normalised) and configured request headers, or from a custom function.
+//! The readable form is kept in the stored entry; lookups use its 128-bit
+//! XXH3 hash, so keys of any length cost the same in memory.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HOST};
+use http::request::Parts;
+use http::Uri;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+
+/// A custom key function: returns the readable key for a request, or `None`
+/// to let the request pass uncached.
+pub type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// The 128-bit hash that identifies a key in every tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub u128);
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// How a request becomes a key. Built through [`CacheBuilder`](crate::CacheBuilder).
+#[derive(Clone)]
+pub(crate) struct KeyConfig {
+    pub(crate) scheme: bool,
+    pub(crate) authority: bool,
+    pub(crate) sort_query: bool,
+    pub(crate) drop_query: Vec<QueryDrop>,
+    pub(crate) headers: Vec<HeaderName>,
+    pub(crate) custom: Option<KeyFn>,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("sort_query", &self.sort_query)
+            .field("drop_query", &self.drop_query)
+            .field("headers", &self.headers)
+            .field("custom", &self.custom.is_some())
+            .finish()
+    }
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        Self {
+            scheme: true,
+            authority: true,
+            sort_query: false,
+            drop_query: Vec::new(),
+            headers: Vec::new(),
+            custom: None,
+        }
+    }
+}
+
+/// A query parameter to drop from keys: an exact name, or a prefix when the
+/// pattern ends in `*` (`utm_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueryDrop {
+    Exact(String),
+    Prefix(String),
+}
+
+impl QueryDrop {
+    pub(crate) fn parse(pattern: &str) -> Self {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => QueryDrop::Prefix(prefix.to_owned()),
+            None => QueryDrop::Exact(pattern.to_owned()),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            QueryDrop::Exact(n) => n == name,
+            QueryDrop::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+}
+
+thread_local! {
+    static KEY_BUF: RefCell<String> = RefCell::new(String::with_capacity(256));
+}
+
+impl KeyConfig {
+    /// The key hash of a request, or `None` when the custom key function
+    /// declines it. Allocation-free for the default configuration.
+    pub(crate) fn hash(&self, parts: &Parts) -> Option<KeyHash> {
+        self.hash_uri(&parts.uri, &parts.headers, Some(parts))
+    }
+
+    /// The hash for `uri` with `headers`; `parts` feeds the custom function.
+    pub(crate) fn hash_uri(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        parts: Option<&Parts>,
+    ) -> Option<KeyHash> {
+        if let Some(custom) = &self.custom {
+            let parts = parts?;
+            return custom(parts).map(|k| KeyHash(xxh3_128(k.as_bytes())));
+        }
+        KEY_BUF.with(|buf| {
+            let mut buf = match buf.try_borrow_mut() {
+                Ok(b) => b,
+                // Re-entrancy is impossible here, but never panic on it.
+                Err(_) => {
+                    let mut own = String::new();
+                    self.write_key(&mut own, uri, headers);
+                    return Some(KeyHash(xxh3_128(own.as_bytes())));
+                }
+            };
+            buf.clear();
+            self.write_key(&mut buf, uri, headers);
+            Some(KeyHash(xxh3_128(buf.as_bytes())))
+        })
+    }
+
+    /// The readable key of a request.
+    pub(crate) fn readable(&self, parts: &Parts) -> Option<String> {
+        if let Some(custom) = &self.custom {
+            return custom(parts);
+        }
+        let mut s = String::with_capacity(64);
+        self.write_key(&mut s, &parts.uri, &parts.headers);
+        Some(s)
+    }
+
+    fn write_key(&self, out: &mut String, uri: &Uri, headers: &HeaderMap) {
+        out.push_str("GET ");
+        if self.scheme {
+            if let Some(s) = uri.scheme_str() {
+                out.push_str(s);
+                out.push(':');
+            }
+        }
+        if self.authority {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()));
+            if let Some(a) = authority {
+                out.push_str("//");
+                for c in a.chars() {
+                    out.push(c.to_ascii_lowercase());
+                }
+            }
+        }
+        out.push_str(uri.path());
+        if let Some(q) = uri.query() {
+            if self.sort_query || !self.drop_query.is_empty() {
+                let mut params: Vec<&str> = q
+                    .split('&')
+                    .filter(|p| !p.is_empty())
+                    .filter(|p| {
+                        let name = p.split('=').next().unwrap_or("");
+                        !self.drop_query.iter().any(|d| d.matches(name))
+                    })
+                    .collect();
+                if self.sort_query {
+                    // Stable: repeated names keep their relative order.
+                    params.sort_by(|a, b| {
+                        let na = a.split('=').next().unwrap_or("");
+                        let nb = b.split('=').next().unwrap_or("");
+                        na.cmp(nb)
+                    });
+                }
+                if !params.is_empty() {
+                    out.push('?');
+                    for (i, p) in params.iter().enumerate() {
+                        if i > 0 {
+                            out.push('&');
+                        }
+                        out.push_str(p);
+                    }
+                }
+            } else {
+                out.push('?');
+                out.push_str(q);
+            }
+        }
+        for name in &self.headers {
+            out.push('\n');
+            out.push_str(name.as_str());
+            out.push(':');
+            let mut first = true;
+            for v in headers.get_all(name) {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                match v.to_str() {
+                    Ok(s) => out.push_str(s.trim()),
+                    Err(_) => {
+                        for b in v.as_bytes() {
+                            let _ = write!(out, "%{b:02X}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The hash of one variant of a URL: the primary key plus the request's
+/// values of the header names the stored `Vary` lists.
+pub(crate) fn variant_hash(primary: KeyHash, names: &[HeaderName], headers: &HeaderMap) -> KeyHash {
+    let mut h = Xxh3::new();
+    h.update(&primary.0.to_le_bytes());
+    for name in names {
+        h.update(name.as_str().as_bytes());
+        h.update(b"\0");
+        for v in headers.get_all(name) {
+            h.update(normalise_vary_value(v.as_bytes()));
+            h.update(b"\x01");
+        }
+        h.update(b"\x02");
+    }
+    KeyHash(h.digest128())
+}
+
+fn normalise_vary_value(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn key_table() {
+        let default = KeyConfig::default();
+        let sorted = KeyConfig {
+            sort_query: true,
+            drop_query: vec![QueryDrop::parse("utm_*"), QueryDrop::parse("fbclid")],
+            ..KeyConfig::default()
+        };
+        let no_host = KeyConfig {
+            authority: false,
+            scheme: false,
+            ..KeyConfig::default()
+        };
+        let with_header = KeyConfig {
+            headers: vec![HeaderName::from_static("x-tenant")],
+            ..KeyConfig::default()
+        };
+        // (config, a, b, same?)
+        let cases: Vec<(&KeyConfig, Parts, Parts, bool)> = vec![
+            (&default, parts("/a", &[]), parts("/a", &[]), true),
+            (&default, parts("/a", &[]), parts("/b", &[]), false),
+            (&default, parts("/a?x=1", &[]), parts("/a?x=2", &[]), false),
+            (
+                &default,
+                parts("/a?x=1&y=2", &[]),
+                parts("/a?y=2&x=1", &[]),
+                false,
+            ),
+            (
+                &sorted,
+                parts("/a?x=1&y=2", &[]),
+                parts("/a?y=2&x=1", &[]),
+                true,
+            ),
+            (
+                &sorted,
+                parts("/a?x=1&utm_source=z", &[]),
+                parts("/a?x=1", &[]),
+                true,
+            ),
+            (&sorted, parts("/a?fbclid=9", &[]), parts("/a", &[]), true),
+            (
+                &sorted,
+                parts("/a?x=1&x=2", &[]),
+                parts("/a?x=2&x=1", &[]),
+                false,
+            ),
+            (
+                &default,
+                parts("/a", &[("host", "A.example")]),
+                parts("/a", &[("host", "a.example")]),
+                true,
+            ),
+            (
+                &default,
+                parts("/a", &[("host", "a.example")]),
+                parts("/a", &[("host", "b.example")]),
+                false,
+            ),
+            (
+                &no_host,
+                parts("/a", &[("host", "a.example")]),
+                parts("/a", &[("host", "b.example")]),
+                true,
+            ),
+            (
+                &default,
+                parts("http://a.example/x", &[]),
+                parts("https://a.example/x", &[]),
+                false,
+            ),
+            (
+                &no_host,
+                parts("http://a.example/x", &[]),
+                parts("https://b.example/x", &[]),
+                true,
+            ),
+            (
+                &with_header,
+                parts("/a", &[("x-tenant", "1")]),
+                parts("/a", &[("x-tenant", "2")]),
+                false,
+            ),
+            (
+                &with_header,
+                parts("/a", &[("x-tenant", "1")]),
+                parts("/a", &[("x-tenant", " 1 ")]),
+                true,
+            ),
+            (
+                &with_header,
+                parts("/a", &[("x-other", "1")]),
+                parts("/a", &[("x-other", "2")]),
+                true,
+            ),
+        ];
+        for (i, (cfg, a, b, same)) in cases.into_iter().enumerate() {
+            let ha = cfg.hash(&a).unwrap();
+            let hb = cfg.hash(&b).unwrap();
+            assert_eq!(
+                ha == hb,
+                same,
+                "case {i}: {:?} vs {:?}",
+                cfg.readable(&a),
+                cfg.readable(&b)
+            );
+            // The hash is the hash of the readable key.
+            assert_eq!(ha, KeyHash(xxh3_128(cfg.readable(&a).unwrap().as_bytes())));
+        }
+    }
+
+    #[test]
+    fn readable_key_shape() {
+        let cfg = KeyConfig::default();
+        assert_eq!(
+            cfg.readable(&parts("https://Api.Example:8443/v1/x?q=1", &[]))
+                .unwrap(),
+            "GET https://api.example:8443/v1/x?q=1"
+        );
+        assert_eq!(
+            cfg.readable(&parts("/p", &[("host", "h")])).unwrap(),
+            "GET //h/p"
+        );
+    }
+
+    #[test]
+    fn long_keys_hash_to_fixed_size() {
+        let cfg = KeyConfig::default();
+        let long = format!("/{}", "x".repeat(60_000));
+        let a = cfg.hash(&parts(&long, &[])).unwrap();
+        let b = cfg.hash(&parts(&format!("{long}y"), &[])).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::mem::size_of_val(&a), 16);
+    }
+
+    #[test]
+    fn custom_key_function() {
+        let cfg = KeyConfig {
+            custom: Some(Arc::new(|p: &Parts| {
+                if p.uri.path().starts_with("/nocache") {
+                    None
+                } else {
+                    Some(p.uri.path().to_owned())
+                }
+            })),
+            ..KeyConfig::default()
+        };
+        assert!(cfg.hash(&parts("/nocache/1", &[])).is_none());
+        assert_eq!(
+            cfg.hash(&parts("/a?x=1", &[])),
+            cfg.hash(&parts("/a?x=2", &[]))
+        );
+    }
+
+    #[test]
+    fn variant_hashes() {
+        let p = KeyHash(7);
+        let names = [HeaderName::from_static("accept-encoding")];
+        let a = parts("/", &[("accept-encoding", "gzip")]);
+        let b = parts("/", &[("accept-encoding", "br")]);
+        let c = parts("/", &[("accept-encoding", " gzip ")]);
+        let none = parts("/", &[]);
+        let empty = parts("/", &[("accept-encoding", "")]);
+        assert_ne!(
+            variant_hash(p, &names, &a.headers),
+            variant_hash(p, &names, &b.headers)
+        );
+        assert_eq!(
+            variant_hash(p, &names, &a.headers),
+            variant_hash(p, &names, &c.headers)
+        );
+        assert_ne!(
+            variant_hash(p, &names, &none.headers),
+            variant_hash(p, &names, &empty.headers)
+        );
+    }
+}

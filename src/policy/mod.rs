@@ -1,0 +1,464 @@
+//! HTTP caching semantics (RFC 9111, RFC 5861): what may be stored, for how
+//! long, and whether a stored response may answer a request.
+
+mod directives;
+mod rules;
+
+pub use directives::{CacheControl, MAX_DELTA_SECONDS};
+pub use rules::Route;
+
+use std::time::Duration;
+
+use http::header::{
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, DATE, EXPIRES, LAST_MODIFIED,
+    SET_COOKIE, TRANSFER_ENCODING, UPGRADE, VARY,
+};
+use http::{Method, StatusCode};
+
+use crate::clock::system_time_to_millis;
+use crate::entry::{Entry, EntryFlags, Timeline};
+
+/// Whether the cache is shared (a server or proxy, the default) or private
+/// to one user agent (a client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// A shared cache (RFC 9111): honours `s-maxage`, does not store
+    /// `private` responses, applies the `Authorization` rules of §3.5.
+    #[default]
+    Shared,
+    /// A private cache: ignores `s-maxage`, stores `private` responses.
+    Private,
+}
+
+/// What to do with responses that carry `Set-Cookie`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookiePolicy {
+    /// Do not store them (the default): one user's cookie is never shared.
+    #[default]
+    Pass,
+    /// Store them without their `Set-Cookie` lines; the response that
+    /// triggered the store still carries its cookies.
+    Strip,
+    /// Store them as they are, cookies included.
+    Store,
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// The status is not one this cache stores (5xx, 206, 1xx, ...).
+    Status,
+    /// `Cache-Control: no-store` on the request or the response.
+    NoStore,
+    /// `Cache-Control: private` in a shared cache.
+    Private,
+    /// `Set-Cookie` with [`SetCookiePolicy::Pass`].
+    SetCookie,
+    /// `Vary: *`.
+    VaryStar,
+    /// The request carried `Authorization` and the response did not allow
+    /// sharing it (RFC 9111 §3.5).
+    Authorization,
+    /// No freshness information (and no route TTL to force one), or a
+    /// lifetime of zero with nothing to revalidate with.
+    NoFreshness,
+    /// The body is larger than the configured cap.
+    TooLarge,
+}
+
+impl NotStored {
+    /// Whether later requests for the key should skip coalescing for a while
+    /// (hit-for-pass): true for reasons that come from how the origin
+    /// answers this URL, not from one failed exchange.
+    pub(crate) fn remember(self) -> bool {
+        !matches!(
+            self,
+            NotStored::Status | NotStored::Authorization | NotStored::NoStore
+        )
+    }
+}
+
+/// The policy settings, assembled by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyConfig {
+    pub(crate) mode: CacheMode,
+    pub(crate) heuristic_fraction: f64,
+    pub(crate) heuristic_max: Duration,
+    pub(crate) default_swr: Duration,
+    pub(crate) default_sie: Duration,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) set_cookie: SetCookiePolicy,
+    pub(crate) share_authorized: bool,
+    pub(crate) keep_for_revalidation: Duration,
+    pub(crate) routes: Vec<Route>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: CacheMode::Shared,
+            heuristic_fraction: 0.1,
+            heuristic_max: Duration::from_secs(24 * 3600),
+            default_swr: Duration::ZERO,
+            default_sie: Duration::ZERO,
+            negative_ttl: None,
+            set_cookie: SetCookiePolicy::Pass,
+            share_authorized: false,
+            keep_for_revalidation: Duration::from_secs(600),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// What a request asks of the cache.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestDirectives {
+    pub(crate) cc: CacheControl,
+    pub(crate) authorized: bool,
+}
+
+impl RequestDirectives {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let has_cc = headers.contains_key(http::header::CACHE_CONTROL)
+            || headers.contains_key(http::header::PRAGMA);
+        Self {
+            cc: if has_cc {
+                CacheControl::from_headers(headers)
+            } else {
+                CacheControl::default()
+            },
+            authorized: headers.contains_key(AUTHORIZATION),
+        }
+    }
+}
+
+/// How a stored entry may answer a request, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usability {
+    /// Fresh: serve it.
+    Fresh,
+    /// Stale but servable at once; a background refresh should run.
+    Stale,
+    /// Must be validated with the origin before use.
+    Revalidate,
+    /// Cannot answer this request (may still serve stale-if-error).
+    Unusable,
+}
+
+/// The result of judging a response storable.
+#[derive(Debug)]
+pub(crate) struct Storable {
+    pub(crate) timeline: Timeline,
+    pub(crate) flags: EntryFlags,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) strip: Vec<HeaderName>,
+    pub(crate) strip_set_cookie: bool,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers (and those named by `Connection`) in place.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    debug_assert!(!headers.contains_key(TRANSFER_ENCODING) && !headers.contains_key(UPGRADE));
+}
+
+impl PolicyConfig {
+    fn shared(&self) -> bool {
+        self.mode == CacheMode::Shared
+    }
+
+    /// Whether `method` is answered from the cache (`HEAD` reads `GET`).
+    pub(crate) fn lookup_method(method: &Method) -> bool {
+        method == Method::GET || method == Method::HEAD
+    }
+
+    /// Judges whether `entry` may answer a request with `req` directives.
+    pub(crate) fn usability(&self, entry: &Entry, req: &RequestDirectives, now: u64) -> Usability {
+        if req.authorized && self.shared() && !self.share_authorized && !entry.flags.auth_ok {
+            return Usability::Unusable;
+        }
+        let tl = &entry.timeline;
+        let validators = entry.has_validators();
+        let revalidate_or_unusable = if validators {
+            Usability::Revalidate
+        } else {
+            Usability::Unusable
+        };
+        if entry.flags.no_cache || req.cc.no_cache {
+            return revalidate_or_unusable;
+        }
+        let mut fresh = tl.is_fresh(now);
+        let mut client_refuses_stale = false;
+        if let Some(max_age) = req.cc.max_age {
+            if tl.age_at(now) > max_age.saturating_mul(1000) {
+                fresh = false;
+                client_refuses_stale = true;
+            }
+        }
+        if let Some(min_fresh) = req.cc.min_fresh {
+            if tl.fresh_until.saturating_sub(now) < min_fresh.saturating_mul(1000) {
+                fresh = false;
+                client_refuses_stale = true;
+            }
+        }
+        if fresh {
+            return Usability::Fresh;
+        }
+        if entry.flags.must_revalidate {
+            return revalidate_or_unusable;
+        }
+        if let Some(max_stale) = req.cc.max_stale {
+            let staleness = now.saturating_sub(tl.fresh_until);
+            match max_stale {
+                None => return Usability::Stale,
+                Some(s) if staleness <= s.saturating_mul(1000) => return Usability::Stale,
+                Some(_) => return revalidate_or_unusable,
+            }
+        }
+        if !client_refuses_stale && now < tl.stale_until {
+            return Usability::Stale;
+        }
+        revalidate_or_unusable
+    }
+
+    /// Whether a stored entry may stand in for a failed upstream at `now`.
+    pub(crate) fn stale_if_error_ok(
+        &self,
+        entry: &Entry,
+        req: &RequestDirectives,
+        now: u64,
+    ) -> bool {
+        if entry.flags.must_revalidate {
+            return false;
+        }
+        if req.authorized && self.shared() && !self.share_authorized && !entry.flags.auth_ok {
+            return false;
+        }
+        now < entry.timeline.stale_if_error_until
+    }
+
+    /// Decides whether a response to a `GET` may be stored, and computes its
+    /// timeline. `request_time` / `response_time` bracket the upstream call.
+    pub(crate) fn storable(
+        &self,
+        req: &RequestDirectives,
+        status: StatusCode,
+        headers: &HeaderMap,
+        route: Option<&Route>,
+        request_time: u64,
+        response_time: u64,
+    ) -> Result<Storable, NotStored> {
+        if req.cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if !stored_status(status) {
+            return Err(NotStored::Status);
+        }
+        let cc = CacheControl::from_headers(headers);
+        if cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if self.shared() && cc.private {
+            return Err(NotStored::Private);
+        }
+        let mut vary = Vec::new();
+        for v in headers.get_all(VARY) {
+            let Ok(s) = v.to_str() else {
+                return Err(NotStored::VaryStar);
+            };
+            for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if name == "*" {
+                    return Err(NotStored::VaryStar);
+                }
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(n) if !vary.contains(&n) => vary.push(n),
+                    Ok(_) => {}
+                    Err(_) => return Err(NotStored::VaryStar),
+                }
+            }
+        }
+        let has_cookie = headers.contains_key(SET_COOKIE);
+        if has_cookie && self.set_cookie == SetCookiePolicy::Pass {
+            return Err(NotStored::SetCookie);
+        }
+        let shared_directive =
+            cc.public || cc.must_revalidate || (self.shared() && cc.s_maxage.is_some());
+        if req.authorized && self.shared() && !self.share_authorized && !shared_directive {
+            return Err(NotStored::Authorization);
+        }
+
+        // Freshness lifetime (RFC 9111 §4.2.1), in milliseconds.
+        let date = headers
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .map(system_time_to_millis);
+        let explicit: Option<u64> = if let Some(s) = cc.s_maxage.filter(|_| self.shared()) {
+            Some(s * 1000)
+        } else if let Some(m) = cc.max_age {
+            Some(m * 1000)
+        } else if let Some(exp) = headers.get(EXPIRES) {
+            let expires = exp
+                .to_str()
+                .ok()
+                .and_then(|s| httpdate::parse_http_date(s).ok())
+                .map(system_time_to_millis);
+            // An invalid Expires (such as "0") is a time in the past.
+            Some(match expires {
+                Some(e) => e.saturating_sub(date.unwrap_or(response_time)),
+                None => 0,
+            })
+        } else {
+            None
+        };
+        let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
+        let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
+        let lifetime: u64 = match (explicit, route_ttl) {
+            (Some(_), Some(ttl)) => ttl,
+            (Some(e), None) => e,
+            (None, _) if negative => match self.negative_ttl {
+                Some(t) => t.as_millis() as u64,
+                None => return Err(NotStored::NoFreshness),
+            },
+            (None, Some(ttl)) if route.is_some_and(|r| r.force) => ttl,
+            (None, _) => {
+                if !(heuristic_status(status) || cc.public) {
+                    return Err(NotStored::NoFreshness);
+                }
+                let last_modified = headers
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| httpdate::parse_http_date(s).ok())
+                    .map(system_time_to_millis);
+                match last_modified {
+                    Some(lm) => {
+                        let since = date.unwrap_or(response_time).saturating_sub(lm);
+                        let h = (since as f64 * self.heuristic_fraction) as u64;
+                        h.min(self.heuristic_max.as_millis() as u64)
+                    }
+                    None => 0,
+                }
+            }
+        };
+
+        let must_revalidate =
+            cc.must_revalidate || (self.shared() && (cc.proxy_revalidate || cc.s_maxage.is_some()));
+        let validators =
+            headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
+        let no_cache = cc.no_cache;
+        let secs = |s: u64| s.saturating_mul(1000);
+        let (swr, sie) = if must_revalidate {
+            (0, 0)
+        } else {
+            let swr = cc
+                .stale_while_revalidate
+                .map(secs)
+                .or(route.and_then(|r| r.swr).map(|d| d.as_millis() as u64))
+                .unwrap_or(self.default_swr.as_millis() as u64);
+            let sie = cc
+                .stale_if_error
+                .map(secs)
+                .or(route.and_then(|r| r.sie).map(|d| d.as_millis() as u64))
+                .unwrap_or(self.default_sie.as_millis() as u64);
+            (swr, sie)
+        };
+        if (lifetime == 0 || no_cache) && !validators && swr == 0 && sie == 0 {
+            return Err(NotStored::NoFreshness);
+        }
+
+        // Age (RFC 9111 §4.2.3).
+        let age_value = headers
+            .get(AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(directives_parse_delta)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
+        let response_delay = response_time.saturating_sub(request_time);
+        let initial_age = apparent_age.max(age_value + response_delay);
+        let fresh_until = response_time + lifetime.saturating_sub(initial_age);
+        let stale_until = fresh_until.saturating_add(swr);
+        let stale_if_error_until = fresh_until.saturating_add(sie);
+        let mut retain_until = stale_until.max(stale_if_error_until);
+        if validators {
+            retain_until = retain_until
+                .max(fresh_until.saturating_add(self.keep_for_revalidation.as_millis() as u64));
+        }
+
+        let mut strip: Vec<HeaderName> = Vec::new();
+        for f in cc.no_cache_fields.iter().chain(if self.shared() {
+            cc.private_fields.iter()
+        } else {
+            [].iter()
+        }) {
+            if let Ok(n) = HeaderName::from_bytes(f.as_bytes()) {
+                strip.push(n);
+            }
+        }
+        Ok(Storable {
+            timeline: Timeline {
+                stored_at: response_time,
+                initial_age,
+                fresh_until,
+                stale_until,
+                stale_if_error_until,
+                retain_until,
+            },
+            flags: EntryFlags {
+                must_revalidate,
+                no_cache,
+                auth_ok: !self.shared() || self.share_authorized || shared_directive,
+            },
+            vary,
+            strip,
+            strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
+        })
+    }
+}
+
+fn directives_parse_delta(s: &str) -> Option<u64> {
+    directives::parse_delta(s)
+}
+
+/// Statuses this cache stores at all (with explicit freshness, or a route
+/// TTL). 5xx are never stored; 206 (ranges) and 304 are not either.
+fn stored_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414
+    )
+}
+
+/// Statuses that are heuristically cacheable (RFC 9110 §15.1), minus 5xx.
+fn heuristic_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! Lock-free counters and the stats snapshot.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::breaker::BreakerState;
+
+const STRIPES: usize = 8;
+
+/// A counter split over cache lines so that threads counting at once do not
+/// fight over one line. Reads add the stripes up.
+#[derive(Debug, Default)]
+pub(crate) struct Counter {
+    stripes: [Padded; STRIPES],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: Cell<usize> = Cell::new(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES);
+}
+
+impl Counter {
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        let i = STRIPE.try_with(Cell::get).unwrap_or(0);
+        self.stripes[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn reset(&self) {
+        for s in &self.stripes {
+            s.0.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every counter the engine keeps. Each request ends in exactly one of the
+/// outcome counters (`hits_l1` .. `unavailable`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits_l1: Counter,
+    pub(crate) stale: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) revalidated: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) passes: Counter,
+    pub(crate) unavailable: Counter,
+    pub(crate) not_modified: Counter,
+    pub(crate) stale_if_error: Counter,
+    pub(crate) upstream_calls: Counter,
+    pub(crate) upstream_errors: Counter,
+    pub(crate) refresh_ok: Counter,
+    pub(crate) refresh_failed: Counter,
+    pub(crate) refresh_skipped: Counter,
+    pub(crate) stores: Counter,
+    pub(crate) too_large: Counter,
+    pub(crate) coalesce_timeouts: Counter,
+    pub(crate) invalidations: Counter,
+}
+
+impl Counters {
+    pub(crate) fn reset(&self) {
+        for c in [
+            &self.hits_l1,
+            &self.stale,
+            &self.misses,
+            &self.revalidated,
+            &self.coalesced,
+            &self.passes,
+            &self.unavailable,
+            &self.not_modified,
+            &self.stale_if_error,
+            &self.upstream_calls,
+            &self.upstream_errors,
+            &self.refresh_ok,
+            &self.refresh_failed,
+            &self.refresh_skipped,
+            &self.stores,
+            &self.too_large,
+            &self.coalesce_timeouts,
+            &self.invalidations,
+        ] {
+            c.reset();
+        }
+    }
+}
+
+/// A point-in-time snapshot of the cache's counters, from
+/// [`Cache::stats`](crate::Cache::stats).
+///
+/// Each request is counted under exactly one outcome: `hits` (by tier),
+/// `stale`, `misses`, `revalidated`, `coalesced`, `passes` or
+/// `unavailable`; `requests` is their sum.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests seen by the cache.
+    pub requests: u64,
+    /// Requests answered from storage while fresh (all tiers).
+    pub hits: u64,
+    /// Fresh hits answered from L1.
+    pub hits_l1: u64,
+    /// Fresh hits answered from L2.
+    pub hits_l2: u64,
+    /// Requests answered with a stale entry (stale-while-revalidate,
+    /// `max-stale`, stale-if-error).
+    pub stale: u64,
+    /// Requests that called the upstream because nothing usable was stored.
+    pub misses: u64,
+    /// Requests answered from a stored entry after a 304 from the upstream.
+    pub revalidated: u64,
+    /// Requests that waited for another request's upstream call and were
+    /// answered from its result.
+    pub coalesced: u64,
+    /// Requests that went through uncached (method, route bypass, policy,
+    /// hit-for-pass).
+    pub passes: u64,
+    /// `only-if-cached` requests answered 504 because nothing was stored.
+    pub unavailable: u64,
+    /// Responses answered 304 from cache to a client's conditional request.
+    pub not_modified: u64,
+    /// Stale entries served because the upstream failed (of `stale`).
+    pub stale_if_error: u64,
+    /// Calls made to the upstream (foreground and background).
+    pub upstream_calls: u64,
+    /// Upstream calls that returned an error or a 5xx.
+    pub upstream_errors: u64,
+    /// Background refreshes that stored a new response or a 304.
+    pub refresh_ok: u64,
+    /// Background refreshes that failed (the stale entry was kept).
+    pub refresh_failed: u64,
+    /// Background refreshes not started (breaker open, at the cap).
+    pub refresh_skipped: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// Responses not stored because their body was over the size cap.
+    pub too_large: u64,
+    /// Waiters that gave up on a slow leader and made their own call.
+    pub coalesce_timeouts: u64,
+    /// Entries removed by invalidation (unsafe methods, API calls).
+    pub invalidations: u64,
+    /// Entries evicted from L1 to make room.
+    pub evictions: u64,
+    /// Slots in L1 (entries plus one per URL with variants).
+    pub l1_entries: u64,
+    /// Weighted bytes held in L1.
+    pub l1_bytes: u64,
+    /// L1 capacity in bytes.
+    pub l1_capacity_bytes: u64,
+    /// Upstream calls in flight that others may join.
+    pub in_flight: u64,
+    /// The upstream circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Times the breaker has opened.
+    pub breaker_opens: u64,
+    /// `(hits + stale) / (hits + stale + misses + revalidated + coalesced)`;
+    /// 0 before the first lookup.
+    pub hit_ratio: f64,
+}
+
+impl Stats {
+    pub(crate) fn compute_ratio(&mut self) {
+        let served = self.hits + self.stale;
+        let lookups = served + self.misses + self.revalidated + self.coalesced;
+        self.hit_ratio = if lookups == 0 {
+            0.0
+        } else {
+            served as f64 / lookups as f64
+        };
+    }
+}

@@ -1,0 +1,266 @@
+//! The L1 tier: an in-process `quick_cache`, weighted by bytes.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::header::{HeaderMap, HeaderName};
+use quick_cache::sync::Cache as QuickCache;
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
+
+use crate::entry::Entry;
+use crate::key::{variant_hash, KeyHash};
+
+/// What an L1 slot holds: a response, or, for a URL whose responses vary,
+/// the header names that select among its variants.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    Entry(Arc<Entry>),
+    Vary(Arc<VaryIndex>),
+}
+
+/// The variants of one URL. Their hashes are kept (bounded) so that
+/// invalidating the URL removes every variant.
+#[derive(Debug)]
+pub(crate) struct VaryIndex {
+    pub(crate) names: Box<[HeaderName]>,
+    variants: Mutex<VecDeque<KeyHash>>,
+}
+
+/// The result of an L1 lookup.
+#[derive(Debug)]
+pub(crate) enum Found {
+    Entry(Arc<Entry>),
+    /// Nothing stored for the URL.
+    UriMiss,
+    /// The URL has variants, none for these request headers.
+    VaryMiss,
+}
+
+#[derive(Clone, Debug)]
+struct SlotWeighter;
+
+impl Weighter<KeyHash, Slot> for SlotWeighter {
+    fn weight(&self, _key: &KeyHash, val: &Slot) -> u64 {
+        match val {
+            Slot::Entry(e) => e.weight(),
+            Slot::Vary(v) => {
+                96 + v
+                    .names
+                    .iter()
+                    .map(|n| n.as_str().len() as u64 + 16)
+                    .sum::<u64>()
+            }
+        }
+    }
+}
+
+/// Keys are already uniform 128-bit hashes: fold them instead of hashing
+/// again.
+#[derive(Clone, Default, Debug)]
+struct KeyHashBuilder;
+
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0 ^= (i as u64) ^ ((i >> 64) as u64);
+    }
+}
+
+impl BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct EvictionCounter(Arc<AtomicU64>);
+
+impl Lifecycle<KeyHash, Slot> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: KeyHash, _val: Slot) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Inner = QuickCache<KeyHash, Slot, SlotWeighter, KeyHashBuilder, EvictionCounter>;
+
+/// The in-process tier.
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    cache: Inner,
+    capacity: u64,
+    max_entry: u64,
+    max_variants: usize,
+    evictions: Arc<AtomicU64>,
+}
+
+impl MemoryStore {
+    pub(crate) fn new(capacity: u64, max_entry: u64, max_variants: usize) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
+        // A guess at the item count; quick_cache sizes its tables from it.
+        let estimated_items = (capacity / 4096).clamp(64, 4_000_000) as usize;
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimated_items)
+            .weight_capacity(capacity)
+            .build()
+            .expect("valid quick_cache options");
+        Self {
+            cache: Inner::with_options(
+                options,
+                SlotWeighter,
+                KeyHashBuilder,
+                EvictionCounter(Arc::clone(&evictions)),
+            ),
+            capacity,
+            max_entry,
+            max_variants: max_variants.max(1),
+            evictions,
+        }
+    }
+
+    /// Finds the entry for `primary` that the request headers select.
+    #[inline]
+    pub(crate) fn get(&self, primary: KeyHash, headers: &HeaderMap) -> Found {
+        match self.cache.get(&primary) {
+            None => Found::UriMiss,
+            Some(Slot::Entry(e)) => Found::Entry(e),
+            Some(Slot::Vary(index)) => {
+                let secondary = variant_hash(primary, &index.names, headers);
+                match self.cache.get(&secondary) {
+                    Some(Slot::Entry(e)) if e.vary_matches(headers) => Found::Entry(e),
+                    _ => Found::VaryMiss,
+                }
+            }
+        }
+    }
+
+    /// Stores `entry` for `primary`, as a variant when it carries `Vary`.
+    /// Returns false when the entry is too large for L1.
+    pub(crate) fn insert(
+        &self,
+        primary: KeyHash,
+        entry: Arc<Entry>,
+        vary: &[HeaderName],
+        req_headers: &HeaderMap,
+    ) -> bool {
+        if entry.weight() > self.max_entry {
+            return false;
+        }
+        if vary.is_empty() {
+            if let Some(Slot::Vary(old)) = self.cache.get(&primary) {
+                self.remove_variants(&old);
+            }
+            self.cache.insert(primary, Slot::Entry(entry));
+            return true;
+        }
+        let index = match self.cache.get(&primary) {
+            Some(Slot::Vary(index)) if *index.names == *vary => index,
+            old => {
+                if let Some(Slot::Vary(old)) = old {
+                    self.remove_variants(&old);
+                }
+                let index = Arc::new(VaryIndex {
+                    names: vary.to_vec().into_boxed_slice(),
+                    variants: Mutex::new(VecDeque::new()),
+                });
+                self.cache.insert(primary, Slot::Vary(Arc::clone(&index)));
+                index
+            }
+        };
+        let secondary = variant_hash(primary, vary, req_headers);
+        let evicted = {
+            let Ok(mut variants) = index.variants.lock() else {
+                return false;
+            };
+            if !variants.contains(&secondary) {
+                variants.push_back(secondary);
+            }
+            let mut evicted = Vec::new();
+            while variants.len() > self.max_variants {
+                if let Some(old) = variants.pop_front() {
+                    evicted.push(old);
+                }
+            }
+            evicted
+        };
+        for old in evicted {
+            self.cache.remove(&old);
+        }
+        self.cache.insert(secondary, Slot::Entry(entry));
+        true
+    }
+
+    /// Replaces the entry stored at exactly this slot (after a refresh
+    /// extended its windows, or a 304 updated it), when it is still there.
+    pub(crate) fn replace(&self, primary: KeyHash, entry: Arc<Entry>, req_headers: &HeaderMap) {
+        let names: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
+        self.insert(primary, entry, &names, req_headers);
+    }
+
+    /// Removes `entry` if it is the one stored for these request headers
+    /// (an expired entry found on lookup).
+    pub(crate) fn remove_expired(&self, primary: KeyHash, entry: &Arc<Entry>, headers: &HeaderMap) {
+        let slot_key = match self.cache.get(&primary) {
+            Some(Slot::Vary(index)) => variant_hash(primary, &index.names, headers),
+            _ => primary,
+        };
+        self.cache.remove_if(
+            &slot_key,
+            |v| matches!(v, Slot::Entry(e) if Arc::ptr_eq(e, entry)),
+        );
+    }
+
+    /// Removes a URL and all its variants.
+    pub(crate) fn remove(&self, primary: KeyHash) -> bool {
+        match self.cache.remove(&primary) {
+            Some((_, Slot::Vary(index))) => {
+                self.remove_variants(&index);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    fn remove_variants(&self, index: &VaryIndex) {
+        let drained: Vec<KeyHash> = match index.variants.lock() {
+            Ok(mut v) => v.drain(..).collect(),
+            Err(_) => return,
+        };
+        for k in drained {
+            self.cache.remove(&k);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        self.cache.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub(crate) fn weight(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
