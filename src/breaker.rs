@@ -57,7 +57,21 @@ impl Breaker {
                         .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
             }
-            _ => false,
+            // A probe that never reported back (dropped) must not wedge the
+            // breaker: after another open period, let one more through.
+            _ => {
+                let since = self.opened_at.load(Ordering::Acquire);
+                now >= since.saturating_add(self.open_for_ms.saturating_mul(2))
+                    && self
+                        .opened_at
+                        .compare_exchange(
+                            since,
+                            now.saturating_sub(self.open_for_ms),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+            }
         }
     }
 

@@ -473,6 +473,8 @@ pub(crate) struct Fetch {
     pub(crate) fwd: &'static str,
     pub(crate) head: bool,
     pub(crate) coalesce: bool,
+    /// A background refresh: counts as refresh, not as a request outcome.
+    pub(crate) background: bool,
 }
 
 impl Cache {
@@ -627,6 +629,7 @@ impl Cache {
             fwd,
             head,
             coalesce: true,
+            background: false,
         };
         if let Some(entry) = found {
             match s.policy.usability(&entry, &plan.directives, now) {
@@ -649,6 +652,7 @@ impl Cache {
                     plan.revalidate = entry.has_validators();
                     plan.prior = Some(entry);
                     plan.head = false;
+                    plan.background = true;
                     return Decision::Stale(resp, Box::new(plan));
                 }
                 Usability::Revalidate => {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, SET_COOKIE,
+    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, DATE, HOST,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION,
+    SET_COOKIE,
 };
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -140,7 +141,12 @@ where
                 let served = serve_stale_if_error_parts(cache, prior, &keep, plan, failed_status);
                 (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
             }
-            _ => (result, Outcome::Failed),
+            _ => {
+                if !plan.background {
+                    cache.shared.counters.misses.incr();
+                }
+                (result, Outcome::Failed)
+            }
         },
     }
 }
@@ -238,8 +244,12 @@ where
     // conditionals from the stored entry.
     let client = parts.clone_view();
     parts.method = Method::GET;
-    for h in &CONDITIONALS {
-        parts.headers.remove(h);
+    if !plan.directives.cc.no_store {
+        // The response is fetched whole and stored; the client's own
+        // conditionals are answered from the stored entry afterwards.
+        for h in &CONDITIONALS {
+            parts.headers.remove(h);
+        }
     }
     if plan.revalidate {
         if let Some(prior) = &plan.prior {
@@ -290,7 +300,9 @@ where
                 response_time,
             ) {
                 Some(entry) => {
-                    s.counters.revalidated.incr();
+                    if !plan.background {
+                        s.counters.revalidated.incr();
+                    }
                     let hv =
                         cache_status(format_args!("fwd={}; fwd-status=304; detail=l1", plan.fwd));
                     let resp = cache.respond_entry(&entry, &client, response_time, hv);
@@ -298,7 +310,9 @@ where
                 }
                 None => {
                     // The 304 forbade storing: answer from the old body once.
-                    s.counters.misses.incr();
+                    if !plan.background {
+                        s.counters.misses.incr();
+                    }
                     cache.invalidate_key(plan.key);
                     let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
                     Fetched::Passed(cache.respond_entry(prior, &client, response_time, hv))
@@ -306,7 +320,9 @@ where
             };
         }
     }
-    s.counters.misses.incr();
+    if !plan.background {
+        s.counters.misses.incr();
+    }
 
     let route = plan.route.map(|i| &s.policy.routes[i]);
     let judged = s.policy.storable(
@@ -370,6 +386,15 @@ where
     strip_hop_by_hop(&mut headers);
     headers.remove(AGE);
     headers.remove(&CACHE_STATUS);
+    if !headers.contains_key(DATE) {
+        // RFC 9110 §6.6.1: a cache forwarding a response without Date adds one.
+        let date = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(response_time),
+        );
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            headers.insert(DATE, v);
+        }
+    }
     for name in &storable.strip {
         headers.remove(name);
     }
@@ -582,14 +607,14 @@ where
     let Some(guard) = s.inflight.try_lead(plan.key) else {
         return; // A refresh or a miss for this key is already in flight.
     };
-    if !s.breaker.allow(cache.now()) {
-        s.counters.refresh_skipped.incr();
-        return;
-    }
     let Ok(permit) = Arc::clone(&s.refreshes).try_acquire_owned() else {
         s.counters.refresh_skipped.incr();
         return;
     };
+    if !s.breaker.allow(cache.now()) {
+        s.counters.refresh_skipped.incr();
+        return;
+    }
     let deadline = s.cfg.refresh_timeout;
     handle.spawn(async move {
         let _permit = permit;
@@ -609,7 +634,11 @@ where
                 cache.invalidate_key(plan.key);
                 Outcome::Pass
             }
-            Ok(Fetched::Failed(_)) | Err(_) => {
+            failed => {
+                if failed.is_err() {
+                    // The deadline passed: that counts against the upstream.
+                    s.breaker.record_failure(cache.now());
+                }
                 s.counters.refresh_failed.incr();
                 tracing::warn!(key = %plan.key, "background refresh failed; keeping the stale entry");
                 if let Some(prior) = &prior {
