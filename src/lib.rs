@@ -101,3 +101,8 @@ pub use layer::CacheLayer;
 pub use policy::{CacheMode, NotStored, Route, SetCookiePolicy};
 pub use service::CacheService;
 pub use stats::Stats;
+
+// Compile and run the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
