@@ -133,10 +133,8 @@ impl CacheControl {
                         self.stale_if_error.get_or_insert(v);
                     }
                 }
-                "max-stale" => {
-                    if self.max_stale.is_none() {
-                        self.max_stale = Some(arg.and_then(parse_delta));
-                    }
+                "max-stale" if self.max_stale.is_none() => {
+                    self.max_stale = Some(arg.and_then(parse_delta));
                 }
                 "min-fresh" => {
                     if let Some(v) = arg.and_then(parse_delta) {

@@ -251,7 +251,8 @@ impl PolicyConfig {
         req: &RequestDirectives,
         now: u64,
     ) -> bool {
-        if entry.flags.must_revalidate {
+        // RFC 9111 §4.2.4: no stale responses against no-cache / must-revalidate.
+        if entry.flags.must_revalidate || entry.flags.no_cache {
             return false;
         }
         if req.authorized && self.shared() && !self.share_authorized && !entry.flags.auth_ok {
@@ -385,7 +386,8 @@ impl PolicyConfig {
                 .unwrap_or(self.default_sie.as_millis() as u64);
             (swr, sie)
         };
-        if (lifetime == 0 || no_cache) && !validators && swr == 0 && sie == 0 {
+        // A no-cache response is only ever used after validation.
+        if no_cache && !validators {
             return Err(NotStored::NoFreshness);
         }
 
@@ -399,7 +401,12 @@ impl PolicyConfig {
         let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
         let response_delay = response_time.saturating_sub(request_time);
         let initial_age = apparent_age.max(age_value + response_delay);
-        let fresh_until = response_time + lifetime.saturating_sub(initial_age);
+        let remaining = lifetime.saturating_sub(initial_age);
+        // Dead on arrival, with nothing to revalidate with and no stale window.
+        if remaining == 0 && !validators && swr == 0 && sie == 0 {
+            return Err(NotStored::NoFreshness);
+        }
+        let fresh_until = response_time + remaining;
         let stale_until = fresh_until.saturating_add(swr);
         let stale_if_error_until = fresh_until.saturating_add(sie);
         let mut retain_until = stale_until.max(stale_if_error_until);
