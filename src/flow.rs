@@ -667,9 +667,19 @@ where
         p.headers = req.headers().clone();
         p
     };
-    let resp = up.call(req).await?;
-    cache.shared.counters.upstream_calls.incr();
+    let counters = &cache.shared.counters;
+    counters.upstream_calls.incr();
+    let resp = match up.call(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            counters.upstream_errors.incr();
+            return Err(e);
+        }
+    };
     let status = resp.status();
+    if status.is_server_error() {
+        counters.upstream_errors.incr();
+    }
     if status.is_success() || status.is_redirection() {
         cache.invalidate_parts(&view);
         for name in [LOCATION, CONTENT_LOCATION] {

@@ -106,6 +106,7 @@ where
         match self.cache.decide::<ResB>(&parts) {
             Decision::Respond(resp) => ResponseFuture::ready(resp),
             Decision::Pass(status) => {
+                self.cache.shared.counters.upstream_calls.incr();
                 ResponseFuture::pass(self.inner.call(Request::from_parts(parts, body)), status)
             }
             Decision::Stale(resp, plan) => {

@@ -140,7 +140,8 @@ pub struct Stats {
     pub stale_if_error: u64,
     /// Calls made to the upstream (foreground and background).
     pub upstream_calls: u64,
-    /// Upstream calls that returned an error or a 5xx.
+    /// Upstream calls that returned an error or a 5xx (pass-through
+    /// responses are forwarded without inspection and not counted here).
     pub upstream_errors: u64,
     /// Background refreshes that stored a new response or a 304.
     pub refresh_ok: u64,

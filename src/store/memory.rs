@@ -83,18 +83,21 @@ impl BuildHasher for KeyHashBuilder {
     }
 }
 
-#[derive(Clone, Debug)]
-struct EvictionCounter(Arc<AtomicU64>);
+/// Collects what an insert pushed out, so that evictions are counted
+/// (replacing a key's own value is not one) and values are dropped after
+/// the shard lock is released.
+#[derive(Clone, Debug, Default)]
+struct EvictionLog;
 
-impl Lifecycle<KeyHash, Slot> for EvictionCounter {
-    type RequestState = ();
+impl Lifecycle<KeyHash, Slot> for EvictionLog {
+    type RequestState = Vec<(KeyHash, Slot)>;
 
-    fn on_evict(&self, _state: &mut (), _key: KeyHash, _val: Slot) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, state: &mut Self::RequestState, key: KeyHash, val: Slot) {
+        state.push((key, val));
     }
 }
 
-type Inner = QuickCache<KeyHash, Slot, SlotWeighter, KeyHashBuilder, EvictionCounter>;
+type Inner = QuickCache<KeyHash, Slot, SlotWeighter, KeyHashBuilder, EvictionLog>;
 
 /// The in-process tier.
 #[derive(Debug)]
@@ -117,12 +120,7 @@ impl MemoryStore {
             .build()
             .expect("valid quick_cache options");
         Self {
-            cache: Inner::with_options(
-                options,
-                SlotWeighter,
-                KeyHashBuilder,
-                EvictionCounter(Arc::clone(&evictions)),
-            ),
+            cache: Inner::with_options(options, SlotWeighter, KeyHashBuilder, EvictionLog),
             capacity,
             max_entry,
             max_variants: max_variants.max(1),
@@ -162,7 +160,7 @@ impl MemoryStore {
             if let Some(Slot::Vary(old)) = self.cache.get(&primary) {
                 self.remove_variants(&old);
             }
-            self.cache.insert(primary, Slot::Entry(entry));
+            self.put(primary, Slot::Entry(entry));
             return true;
         }
         let index = match self.cache.get(&primary) {
@@ -175,7 +173,7 @@ impl MemoryStore {
                     names: vary.to_vec().into_boxed_slice(),
                     variants: Mutex::new(VecDeque::new()),
                 });
-                self.cache.insert(primary, Slot::Vary(Arc::clone(&index)));
+                self.put(primary, Slot::Vary(Arc::clone(&index)));
                 index
             }
         };
@@ -198,8 +196,17 @@ impl MemoryStore {
         for old in evicted {
             self.cache.remove(&old);
         }
-        self.cache.insert(secondary, Slot::Entry(entry));
+        self.put(secondary, Slot::Entry(entry));
         true
+    }
+
+    fn put(&self, key: KeyHash, slot: Slot) {
+        let mut pushed_out = Vec::new();
+        self.cache.insert_with_lifecycle(key, slot, &mut pushed_out);
+        let evicted = pushed_out.iter().filter(|(k, _)| *k != key).count() as u64;
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
     }
 
     /// Replaces the entry stored at exactly this slot (after a refresh
