@@ -638,6 +638,7 @@ impl Cache {
                     return Decision::Respond(self.respond_entry(
                         &entry,
                         parts,
+                        plan.directives.conditional,
                         now,
                         STATUS_HIT_L1,
                     ));
@@ -648,7 +649,18 @@ impl Cache {
                         .saturating_sub(entry.timeline.fresh_until)
                         .div_ceil(1000);
                     let status = cache_status(format_args!("hit; ttl=-{staleness}; detail=l1"));
-                    let resp = self.respond_entry(&entry, parts, now, status);
+                    let resp =
+                        self.respond_entry(&entry, parts, plan.directives.conditional, now, status);
+                    if plan.directives.cc.only_if_cached {
+                        // The client asked that the origin not be contacted.
+                        return Decision::Respond(resp);
+                    }
+                    // The refresh serves everyone: it is judged by the origin's
+                    // answer, not by this client's directives (say, no-store).
+                    plan.directives = RequestDirectives {
+                        authorized: plan.directives.authorized,
+                        ..RequestDirectives::default()
+                    };
                     plan.revalidate = entry.has_validators();
                     plan.prior = Some(entry);
                     plan.head = false;
@@ -704,11 +716,12 @@ impl Cache {
         &self,
         entry: &Entry,
         req: &Parts,
+        conditional: bool,
         now: u64,
         status: HeaderValue,
     ) -> Response<CacheBody<B>> {
         let head = req.method == Method::HEAD;
-        if not_modified(entry, &req.headers) {
+        if conditional && not_modified(entry, &req.headers) {
             self.shared.counters.not_modified.incr();
             let mut headers = HeaderMap::with_capacity(10);
             for name in [
@@ -731,12 +744,22 @@ impl Cache {
             *resp.headers_mut() = headers;
             return resp;
         }
-        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
-        for (name, value) in entry.headers.iter() {
-            headers.append(name.clone(), value.clone());
+        // Overwrite the template's slots with `get_mut`: `insert` would
+        // reserve room first, and a clone has none to spare.
+        let mut headers = entry.response_headers().clone();
+        let age = age_value(entry.timeline.age_at(now) / 1000);
+        match headers.get_mut(AGE) {
+            Some(slot) => *slot = age,
+            None => {
+                headers.insert(AGE, age);
+            }
         }
-        headers.insert(AGE, age_value(entry.timeline.age_at(now) / 1000));
-        headers.insert(CACHE_STATUS.clone(), status);
+        match headers.get_mut(&CACHE_STATUS) {
+            Some(slot) => *slot = status,
+            None => {
+                headers.insert(CACHE_STATUS.clone(), status);
+            }
+        }
         let body = if head {
             CacheBody::empty()
         } else {

@@ -20,8 +20,11 @@ pub(crate) enum Outcome {
     /// The upstream failed and the stale entry was served in its place:
     /// waiters may serve it too (stale-if-error) instead of calling again.
     StaleIfError(Arc<Entry>),
-    /// The call failed or was abandoned; waiters make their own calls.
+    /// The call failed; waiters make their own calls.
     Failed,
+    /// The leader was cancelled before it finished: waiters join (or lead)
+    /// a new flight.
+    Abandoned,
 }
 
 type Slot = watch::Receiver<Option<Outcome>>;
@@ -120,7 +123,7 @@ impl FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.finish(Outcome::Failed);
+        self.finish(Outcome::Abandoned);
     }
 }
 
@@ -128,7 +131,7 @@ impl Drop for FlightGuard {
 pub(crate) async fn wait(mut rx: Slot, timeout: Duration) -> Option<Outcome> {
     match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
         Ok(Ok(v)) => v.clone(),
-        Ok(Err(_)) => Some(Outcome::Failed),
+        Ok(Err(_)) => Some(Outcome::Abandoned),
         Err(_) => None,
     }
 }

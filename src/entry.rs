@@ -1,7 +1,9 @@
 //! A stored response and its freshness timeline.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, ETAG, LAST_MODIFIED};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
 use http::{StatusCode, Version};
 
 /// When an entry is fresh, stale-but-servable and dead, in wall-clock
@@ -68,6 +70,11 @@ pub struct Entry {
     pub(crate) flags: EntryFlags,
     /// How many times a failed refresh has extended the stale windows.
     pub(crate) extensions: u32,
+    /// The response headers of a hit, with `Age` and `Cache-Status` slots
+    /// already in place: a hit clones it and overwrites two values instead
+    /// of rebuilding (and re-hashing) the map. Made on first use; reset
+    /// whenever `headers` change.
+    pub(crate) template: OnceLock<HeaderMap>,
 }
 
 impl Entry {
@@ -99,6 +106,22 @@ impl Entry {
     /// The request header values this variant was selected by (from `Vary`).
     pub fn vary(&self) -> impl Iterator<Item = (&HeaderName, &[HeaderValue])> {
         self.vary.iter().map(|(n, v)| (n, &v[..]))
+    }
+
+    /// The hit-response header map (see `template`).
+    pub(crate) fn response_headers(&self) -> &HeaderMap {
+        self.template.get_or_init(|| {
+            let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
+            for (name, value) in self.headers.iter() {
+                h.append(name.clone(), value.clone());
+            }
+            h.insert(AGE, HeaderValue::from_static("0"));
+            h.insert(
+                crate::cache::CACHE_STATUS.clone(),
+                crate::cache::STATUS_HIT_L1,
+            );
+            h
+        })
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
@@ -140,7 +163,8 @@ impl Entry {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.iter().map(|x| x.len() + 32).sum::<usize>())
             .sum();
-        (self.body.len() + headers + vary + self.key.len() + 160) as u64
+        // Headers count twice: the stored map and the hit-response template.
+        (self.body.len() + 2 * headers + vary + self.key.len() + 160) as u64
     }
 }
 

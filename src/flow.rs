@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, DATE, HOST,
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
     SET_COOKIE,
 };
 use http::request::Parts;
@@ -40,8 +40,9 @@ enum Fetched<U: Upstream<B>, B> {
     Stored(Arc<Entry>, Response<CacheBody<U::Body>>),
     /// Not stored; the response streams through.
     Passed(Response<CacheBody<U::Body>>),
-    /// An error or a 5xx: a candidate for stale-if-error.
-    Failed(CacheResult<U, B>),
+    /// An error or a 5xx: a candidate for stale-if-error. The flag says
+    /// whether the request's outcome (a miss) was already counted.
+    Failed(CacheResult<U, B>, bool),
 }
 
 /// A miss or a revalidation in the foreground.
@@ -70,47 +71,63 @@ where
     if !plan.coalesce {
         return own_call(&cache, req, up, &plan).await;
     }
-    match s.inflight.join(plan.key) {
-        Join::Leader(guard) => {
-            let (result, outcome) = lead(&cache, req, up, &plan).await;
-            guard.complete(outcome);
-            result
-        }
-        Join::Full => own_call(&cache, req, up, &plan).await,
-        Join::Waiter(rx) => {
-            let outcome = coalesce::wait(rx, s.cfg.coalesce_timeout).await;
-            let now = cache.now();
-            let (parts, body) = req.into_parts();
-            match outcome {
-                Some(Outcome::Stored(entry))
-                    if entry.vary_matches(&parts.headers)
-                        && matches!(
-                            s.policy.usability(&entry, &plan.directives, now),
-                            Usability::Fresh | Usability::Stale
-                        ) =>
-                {
-                    s.counters.coalesced.incr();
-                    let status =
-                        cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
-                    Ok(cache.respond_entry(&entry, &parts, now, status))
+    // A cancelled leader hands the flight on: its waiters join again (one
+    // of them leads), a bounded number of times.
+    let mut req = req;
+    for _ in 0..MAX_REJOINS {
+        let rx = match s.inflight.join(plan.key) {
+            Join::Leader(guard) => {
+                let (result, outcome) = lead(&cache, req, up, &plan).await;
+                guard.complete(outcome);
+                return result;
+            }
+            Join::Full => return own_call(&cache, req, up, &plan).await,
+            Join::Waiter(rx) => rx,
+        };
+        let outcome = coalesce::wait(rx, s.cfg.coalesce_timeout).await;
+        let now = cache.now();
+        let (parts, body) = req.into_parts();
+        match outcome {
+            Some(Outcome::Stored(entry))
+                if entry.vary_matches(&parts.headers)
+                    && matches!(
+                        s.policy.usability(&entry, &plan.directives, now),
+                        Usability::Fresh | Usability::Stale
+                    ) =>
+            {
+                s.counters.coalesced.incr();
+                let status = cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+                return Ok(cache.respond_entry(
+                    &entry,
+                    &parts,
+                    plan.directives.conditional,
+                    now,
+                    status,
+                ));
+            }
+            Some(Outcome::StaleIfError(entry))
+                if entry.vary_matches(&parts.headers)
+                    && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
+            {
+                let req = Request::from_parts(parts, body);
+                return Ok(serve_stale_if_error(&cache, &entry, &req, &plan, None));
+            }
+            Some(Outcome::Abandoned) => {
+                req = Request::from_parts(parts, body);
+            }
+            other => {
+                if other.is_none() {
+                    s.counters.coalesce_timeouts.incr();
                 }
-                Some(Outcome::StaleIfError(entry))
-                    if entry.vary_matches(&parts.headers)
-                        && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
-                {
-                    let req = Request::from_parts(parts, body);
-                    Ok(serve_stale_if_error(&cache, &entry, &req, &plan, None))
-                }
-                other => {
-                    if other.is_none() {
-                        s.counters.coalesce_timeouts.incr();
-                    }
-                    own_call(&cache, Request::from_parts(parts, body), up, &plan).await
-                }
+                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
             }
         }
     }
+    own_call(&cache, req, up, &plan).await
 }
+
+/// How many times a waiter re-joins after cancelled leaders.
+const MAX_REJOINS: usize = 3;
 
 /// The leader's call: its result, and what waiters should do.
 async fn lead<B, U>(
@@ -130,7 +147,7 @@ where
     match exchange(cache, Request::from_parts(parts, body), up, plan).await {
         Fetched::Stored(entry, resp) => (Ok(resp), Outcome::Stored(entry)),
         Fetched::Passed(resp) => (Ok(resp), Outcome::Pass),
-        Fetched::Failed(result) => match &plan.prior {
+        Fetched::Failed(result, counted) => match &plan.prior {
             Some(prior)
                 if cache
                     .shared
@@ -142,7 +159,7 @@ where
                 (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
             }
             _ => {
-                if !plan.background {
+                if !plan.background && !counted {
                     cache.shared.counters.misses.incr();
                 }
                 (result, Outcome::Failed)
@@ -218,15 +235,19 @@ fn serve_stale_if_error_parts<RB: Body>(
             "hit; ttl=-{staleness}; detail=l1-stale-if-error"
         )),
     };
-    cache.respond_entry(entry, parts, now, status)
+    cache.respond_entry(entry, parts, plan.directives.conditional, now, status)
 }
 
-const CONDITIONALS: [HeaderName; 5] = [
+/// Request fields removed when fetching a response to store whole: the
+/// client's conditionals (answered later from the entry) and `Range` (this
+/// cache stores complete responses; a server may always ignore `Range`).
+const NOT_FORWARDED_WHEN_STORING: [HeaderName; 6] = [
     IF_NONE_MATCH,
     IF_MODIFIED_SINCE,
     IF_MATCH,
     IF_UNMODIFIED_SINCE,
     IF_RANGE,
+    RANGE,
 ];
 
 /// One exchange with the upstream: send (conditionally when revalidating),
@@ -247,7 +268,7 @@ where
     if !plan.directives.cc.no_store {
         // The response is fetched whole and stored; the client's own
         // conditionals are answered from the stored entry afterwards.
-        for h in &CONDITIONALS {
+        for h in &NOT_FORWARDED_WHEN_STORING {
             parts.headers.remove(h);
         }
     }
@@ -270,7 +291,7 @@ where
         Err(e) => {
             s.breaker.record_failure(response_time);
             s.counters.upstream_errors.incr();
-            return Fetched::Failed(Err(e));
+            return Fetched::Failed(Err(e), false);
         }
     };
     let status = resp.status();
@@ -282,7 +303,7 @@ where
             plan.fwd,
             status.as_u16()
         ));
-        return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)));
+        return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)), false);
     }
     s.breaker.record_success();
 
@@ -305,7 +326,13 @@ where
                     }
                     let hv =
                         cache_status(format_args!("fwd={}; fwd-status=304; detail=l1", plan.fwd));
-                    let resp = cache.respond_entry(&entry, &client, response_time, hv);
+                    let resp = cache.respond_entry(
+                        &entry,
+                        &client,
+                        plan.directives.conditional,
+                        response_time,
+                        hv,
+                    );
                     Fetched::Stored(entry, resp)
                 }
                 None => {
@@ -315,7 +342,13 @@ where
                     }
                     cache.invalidate_key(plan.key);
                     let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
-                    Fetched::Passed(cache.respond_entry(prior, &client, response_time, hv))
+                    Fetched::Passed(cache.respond_entry(
+                        prior,
+                        &client,
+                        plan.directives.conditional,
+                        response_time,
+                        hv,
+                    ))
                 }
             };
         }
@@ -373,7 +406,7 @@ where
             let mut resp =
                 Response::from_parts(rparts, CacheBody::prefixed(prefix, Some(error), rest));
             resp.headers_mut().insert(CACHE_STATUS.clone(), hv);
-            return Fetched::Failed(Ok(resp));
+            return Fetched::Failed(Ok(resp), true);
         }
     };
 
@@ -388,12 +421,7 @@ where
     headers.remove(&CACHE_STATUS);
     if !headers.contains_key(DATE) {
         // RFC 9110 §6.6.1: a cache forwarding a response without Date adds one.
-        let date = httpdate::fmt_http_date(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(response_time),
-        );
-        if let Ok(v) = HeaderValue::from_str(&date) {
-            headers.insert(DATE, v);
-        }
+        headers.insert(DATE, http_date(response_time));
     }
     for name in &storable.strip {
         headers.remove(name);
@@ -423,6 +451,7 @@ where
         timeline: storable.timeline,
         flags: storable.flags,
         extensions: 0,
+        template: Default::default(),
     });
     if s.l1.insert(
         plan.key,
@@ -438,7 +467,13 @@ where
         plan.fwd,
         status.as_u16()
     ));
-    let mut resp = cache.respond_entry(&entry, &client, response_time, hv);
+    let mut resp = cache.respond_entry(
+        &entry,
+        &client,
+        plan.directives.conditional,
+        response_time,
+        hv,
+    );
     for c in cookies {
         resp.headers_mut().append(SET_COOKIE, c);
     }
@@ -494,6 +529,10 @@ fn freshen(
         headers.append(name.clone(), value.clone());
     }
     strip_hop_by_hop(&mut headers);
+    if !update.contains_key(DATE) {
+        // The 304 is the newest response: without its own Date, it is dated now.
+        headers.insert(DATE, http_date(response_time));
+    }
     let route = plan.route.map(|i| &s.policy.routes[i]);
     let st = s
         .policy
@@ -508,6 +547,7 @@ fn freshen(
         .ok()?;
     let mut entry = (**prior).clone();
     entry.headers = headers;
+    entry.template = Default::default();
     entry.timeline = st.timeline;
     entry.flags = st.flags;
     entry.extensions = 0;
@@ -515,6 +555,14 @@ fn freshen(
     s.l1.replace(plan.key, Arc::clone(&entry), &client.headers);
     s.counters.stores.incr();
     Some(entry)
+}
+
+/// An HTTP-date for a wall-clock instant in milliseconds.
+fn http_date(millis: u64) -> HeaderValue {
+    let date =
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis));
+    HeaderValue::from_str(&date)
+        .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
 fn reason_token(r: NotStored) -> &'static str {

@@ -153,8 +153,10 @@ impl KeyConfig {
                 .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()));
             if let Some(a) = authority {
                 out.push_str("//");
-                for c in a.chars() {
-                    out.push(c.to_ascii_lowercase());
+                if a.bytes().any(|b| b.is_ascii_uppercase()) {
+                    out.push_str(&a.to_ascii_lowercase());
+                } else {
+                    out.push_str(a);
                 }
             }
         }

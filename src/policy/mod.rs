@@ -116,19 +116,33 @@ impl Default for PolicyConfig {
 pub(crate) struct RequestDirectives {
     pub(crate) cc: CacheControl,
     pub(crate) authorized: bool,
+    /// The request carries `If-None-Match` or `If-Modified-Since`.
+    pub(crate) conditional: bool,
 }
 
 impl RequestDirectives {
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let has_cc = headers.contains_key(http::header::CACHE_CONTROL)
-            || headers.contains_key(http::header::PRAGMA);
+        // One pass over the (few) names beats five hashed look-ups that
+        // usually find nothing.
+        let (mut has_cc, mut authorized, mut conditional) = (false, false, false);
+        for name in headers.keys() {
+            if name == http::header::CACHE_CONTROL || name == http::header::PRAGMA {
+                has_cc = true;
+            } else if name == AUTHORIZATION {
+                authorized = true;
+            } else if name == http::header::IF_NONE_MATCH || name == http::header::IF_MODIFIED_SINCE
+            {
+                conditional = true;
+            }
+        }
         Self {
             cc: if has_cc {
                 CacheControl::from_headers(headers)
             } else {
                 CacheControl::default()
             },
-            authorized: headers.contains_key(AUTHORIZATION),
+            authorized,
+            conditional,
         }
     }
 }
@@ -201,14 +215,15 @@ impl PolicyConfig {
             return Usability::Unusable;
         }
         let tl = &entry.timeline;
-        let validators = entry.has_validators();
-        let revalidate_or_unusable = if validators {
-            Usability::Revalidate
-        } else {
-            Usability::Unusable
+        let revalidate_or_unusable = || {
+            if entry.has_validators() {
+                Usability::Revalidate
+            } else {
+                Usability::Unusable
+            }
         };
         if entry.flags.no_cache || req.cc.no_cache {
-            return revalidate_or_unusable;
+            return revalidate_or_unusable();
         }
         let mut fresh = tl.is_fresh(now);
         let mut client_refuses_stale = false;
@@ -228,20 +243,20 @@ impl PolicyConfig {
             return Usability::Fresh;
         }
         if entry.flags.must_revalidate {
-            return revalidate_or_unusable;
+            return revalidate_or_unusable();
         }
         if let Some(max_stale) = req.cc.max_stale {
             let staleness = now.saturating_sub(tl.fresh_until);
             match max_stale {
                 None => return Usability::Stale,
                 Some(s) if staleness <= s.saturating_mul(1000) => return Usability::Stale,
-                Some(_) => return revalidate_or_unusable,
+                Some(_) => return revalidate_or_unusable(),
             }
         }
         if !client_refuses_stale && now < tl.stale_until {
             return Usability::Stale;
         }
-        revalidate_or_unusable
+        revalidate_or_unusable()
     }
 
     /// Whether a stored entry may stand in for a failed upstream at `now`.
