@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropped_leader_fails_waiters() {
+    async fn dropped_leader_abandons_the_flight() {
         let f = InFlight::new(10);
         let k = KeyHash(2);
         let g = f.try_lead(k).unwrap();
@@ -169,7 +169,7 @@ mod tests {
         drop(g);
         assert!(matches!(
             wait(rx, Duration::from_secs(5)).await,
-            Some(Outcome::Failed)
+            Some(Outcome::Abandoned)
         ));
         assert_eq!(f.len(), 0);
     }

@@ -143,7 +143,7 @@ impl Entry {
             let mut it = req.get_all(name).iter();
             for s in stored.iter() {
                 match it.next() {
-                    Some(v) if trim(v.as_bytes()) == trim(s.as_bytes()) => {}
+                    Some(v) if v.as_bytes().trim_ascii() == s.as_bytes().trim_ascii() => {}
                     _ => return false,
                 }
             }
@@ -166,16 +166,4 @@ impl Entry {
         // Headers count twice: the stored map and the hit-response template.
         (self.body.len() + 2 * headers + vary + self.key.len() + 160) as u64
     }
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }

@@ -225,24 +225,12 @@ pub(crate) fn variant_hash(primary: KeyHash, names: &[HeaderName], headers: &Hea
         h.update(name.as_str().as_bytes());
         h.update(b"\0");
         for v in headers.get_all(name) {
-            h.update(normalise_vary_value(v.as_bytes()));
+            h.update(v.as_bytes().trim_ascii());
             h.update(b"\x01");
         }
         h.update(b"\x02");
     }
     KeyHash(h.digest128())
-}
-
-fn normalise_vary_value(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 #[cfg(test)]
