@@ -70,6 +70,8 @@ pub struct Entry {
     pub(crate) flags: EntryFlags,
     /// How many times a failed refresh has extended the stale windows.
     pub(crate) extensions: u32,
+    /// Tags for invalidation (from a response header or a tag function).
+    pub(crate) tags: Box<[Box<str>]>,
     /// The response headers of a hit, with `Age` and `Cache-Status` slots
     /// already in place: a hit clones it and overwrites two values instead
     /// of rebuilding (and re-hashing) the map. Made on first use; reset
@@ -101,6 +103,11 @@ impl Entry {
     /// The freshness timeline.
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
+    }
+
+    /// The entry's invalidation tags.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|t| &**t)
     }
 
     /// The request header values this variant was selected by (from `Vary`).

@@ -451,6 +451,7 @@ where
         timeline: storable.timeline,
         flags: storable.flags,
         extensions: 0,
+        tags: Box::new([]),
         template: Default::default(),
     });
     if s.l1.insert(

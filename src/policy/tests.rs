@@ -1176,6 +1176,7 @@ fn entry(initial_age: u64, validators: bool, flags: EntryFlags) -> Entry {
         },
         flags,
         extensions: 0,
+        tags: Box::new([]),
         template: Default::default(),
     }
 }
