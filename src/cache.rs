@@ -35,14 +35,19 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 pub(crate) const STATUS_HIT_L1: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; hit; detail=l1");
+#[cfg(feature = "redis")]
+pub(crate) const STATUS_HIT_L2: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; hit; detail=l2");
 pub(crate) const STATUS_BYPASS: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; fwd=bypass");
 pub(crate) const STATUS_METHOD: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; fwd=method");
+pub(crate) const STATUS_RANGE: HeaderValue =
+    HeaderValue::from_static("tower-tiered-cache; fwd=uri-miss; detail=range");
 pub(crate) const STATUS_HIT_FOR_PASS: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; fwd=uri-miss; detail=hit-for-pass");
 pub(crate) const STATUS_ONLY_IF_CACHED: HeaderValue =
-    HeaderValue::from_static("tower-tiered-cache; fwd=miss; detail=only-if-cached");
+    HeaderValue::from_static("tower-tiered-cache; detail=only-if-cached");
 
 /// Builds a `Cache-Status` value from its parameters.
 pub(crate) fn cache_status(params: fmt::Arguments<'_>) -> HeaderValue {
@@ -93,6 +98,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
+    #[cfg(feature = "redis")]
+    pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +110,8 @@ pub(crate) struct EngineConfig {
     pub(crate) refresh_timeout: Duration,
     pub(crate) stale_extension_factor: f64,
     pub(crate) max_stale_extensions: u32,
+    /// Write upstream responses to L1 as well as L2 (always true without L2).
+    pub(crate) l1_write_through: bool,
 }
 
 /// Builds a [`Cache`]. Every setting has a default; see each method.
@@ -125,6 +134,40 @@ pub struct CacheBuilder {
     max_extensions: u32,
     breaker_threshold: u32,
     breaker_open_for: Duration,
+    l1_write_through: bool,
+    #[cfg(feature = "redis")]
+    l2: L2Settings,
+}
+
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone)]
+struct L2Settings {
+    target: Option<crate::store::redis::RedisTarget>,
+    namespace: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    breaker_failures: u32,
+    breaker_open_for: Duration,
+    promote_after: u32,
+    promotion_window: Duration,
+    write_queue: usize,
+}
+
+#[cfg(feature = "redis")]
+impl Default for L2Settings {
+    fn default() -> Self {
+        Self {
+            target: None,
+            namespace: "ttc".to_owned(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(500),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(5),
+            promote_after: 3,
+            promotion_window: Duration::from_secs(60),
+            write_queue: 1024,
+        }
+    }
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -158,6 +201,9 @@ impl Default for CacheBuilder {
             max_extensions: 4,
             breaker_threshold: 5,
             breaker_open_for: Duration::from_secs(30),
+            l1_write_through: true,
+            #[cfg(feature = "redis")]
+            l2: L2Settings::default(),
         }
     }
 }
@@ -356,6 +402,93 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether upstream responses are written to L1 as well as to L2
+    /// (default true). With false, L1 holds only entries promoted from L2.
+    /// Without an L2 tier responses always go to L1.
+    pub fn l1_write_through(mut self, yes: bool) -> Self {
+        self.l1_write_through = yes;
+        self
+    }
+
+    /// Adds an L2 tier on one Redis node: `redis://[user:password@]host:port[/db]`
+    /// or `rediss://` for TLS (with a TLS feature of the `redis` crate). The
+    /// connection is made on first use; a bad URL fails [`build`](Self::build).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.l2.target = Some(crate::store::redis::RedisTarget::Single(url.into()));
+        self
+    }
+
+    /// Adds an L2 tier on a Redis Cluster, given one or more node URLs.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_cluster<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.l2.target = Some(crate::store::redis::RedisTarget::Cluster(
+            urls.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// The prefix of every L2 key (default `ttc`), so several services can
+    /// share one Redis: keys are `{namespace}:{format}:{key hash}`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.l2.namespace = namespace.into();
+        self
+    }
+
+    /// An L2 entry is copied into L1 after this many L2 hits within the
+    /// promotion window (default 3; 1 promotes on the first hit).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn promote_after(mut self, hits: u32) -> Self {
+        self.l2.promote_after = hits;
+        self
+    }
+
+    /// The window promotion hits are counted in (default 60 s).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn promotion_window(mut self, window: Duration) -> Self {
+        self.l2.promotion_window = window;
+        self
+    }
+
+    /// The deadline of one L2 operation (default 50 ms; writes of large
+    /// values get 1 ms more per 64 KiB). Past it the operation is a miss.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2.timeout = timeout;
+        self
+    }
+
+    /// The L2 circuit breaker: after `failures` consecutive errors or
+    /// timeouts (default 5) L2 is skipped for `open_for` (default 5 s), then
+    /// probed.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn l2_circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.l2.breaker_failures = failures;
+        self.l2.breaker_open_for = open_for;
+        self
+    }
+
+    /// How many L2 writes may wait to be sent (default 1024); beyond it
+    /// writes are dropped and counted.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn l2_write_queue(mut self, n: usize) -> Self {
+        self.l2.write_queue = n;
+        self
+    }
+
     /// Checks the settings and builds the cache.
     pub fn build(self) -> Result<Cache, BuildError> {
         if self.l1_capacity == 0 {
@@ -420,6 +553,8 @@ impl CacheBuilder {
                 "must be greater than 0",
             ));
         }
+        #[cfg(feature = "redis")]
+        let l2 = self.build_l2()?;
         let shared = Shared {
             clock: self.clock,
             policy: self.policy,
@@ -437,11 +572,59 @@ impl CacheBuilder {
                 refresh_timeout: self.refresh_timeout,
                 stale_extension_factor: self.extension_factor,
                 max_stale_extensions: self.max_extensions,
+                l1_write_through: self.l1_write_through,
             },
+            #[cfg(feature = "redis")]
+            l2,
         };
         Ok(Cache {
             shared: Arc::new(shared),
         })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl CacheBuilder {
+    fn build_l2(&self) -> Result<Option<Arc<crate::store::l2::L2>>, BuildError> {
+        let Some(target) = self.l2.target.clone() else {
+            return Ok(None);
+        };
+        let l2 = &self.l2;
+        if l2.namespace.is_empty() || l2.namespace.contains(char::is_whitespace) {
+            return Err(BuildError::invalid(
+                "namespace",
+                "must be non-empty, without spaces",
+            ));
+        }
+        if l2.timeout.is_zero() {
+            return Err(BuildError::invalid("l2_timeout", "must be greater than 0"));
+        }
+        if l2.promote_after == 0 {
+            return Err(BuildError::invalid("promote_after", "must be at least 1"));
+        }
+        if l2.breaker_failures == 0 {
+            return Err(BuildError::invalid(
+                "l2_circuit_breaker",
+                "failures must be at least 1",
+            ));
+        }
+        if l2.write_queue == 0 {
+            return Err(BuildError::invalid("l2_write_queue", "must be at least 1"));
+        }
+        let cfg = crate::store::l2::L2Config {
+            target,
+            namespace: l2.namespace.clone(),
+            timeout: l2.timeout,
+            connect_timeout: l2.connect_timeout.max(l2.timeout),
+            breaker_failures: l2.breaker_failures,
+            breaker_open_for: l2.breaker_open_for,
+            promote_after: l2.promote_after,
+            promotion_window: l2.promotion_window,
+            write_queue: l2.write_queue,
+        };
+        crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
+            .map(|l2| Some(Arc::new(l2)))
+            .map_err(|e| BuildError::invalid("redis", e))
     }
 }
 
@@ -475,6 +658,8 @@ pub(crate) struct Fetch {
     pub(crate) coalesce: bool,
     /// A background refresh: counts as refresh, not as a request outcome.
     pub(crate) background: bool,
+    /// Look in L2 before calling the upstream.
+    pub(crate) l2_lookup: bool,
 }
 
 impl Cache {
@@ -489,11 +674,12 @@ impl Cache {
         let c = &s.counters;
         let now = s.clock.now_millis();
         let hits_l1 = c.hits_l1.get();
+        let hits_l2 = c.hits_l2.get();
         let mut stats = Stats {
             requests: 0,
-            hits: hits_l1,
+            hits: hits_l1 + hits_l2,
             hits_l1,
-            hits_l2: 0,
+            hits_l2,
             stale: c.stale.get(),
             misses: c.misses.get(),
             revalidated: c.revalidated.get(),
@@ -516,10 +702,28 @@ impl Cache {
             l1_bytes: s.l1.weight(),
             l1_capacity_bytes: s.l1.capacity(),
             in_flight: s.inflight.len() as u64,
+            l2_errors: 0,
+            l2_timeouts: 0,
+            l2_decode_errors: 0,
+            l2_writes: 0,
+            l2_writes_dropped: 0,
+            promotions: 0,
+            l2_breaker: None,
             breaker: s.breaker.state(now),
             breaker_opens: s.breaker.opens(),
             hit_ratio: 0.0,
         };
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &s.l2 {
+            let c = &l2.counters;
+            stats.l2_errors = c.errors.get();
+            stats.l2_timeouts = c.timeouts.get();
+            stats.l2_decode_errors = c.decode_errors.get();
+            stats.l2_writes = c.writes.get();
+            stats.l2_writes_dropped = c.writes_dropped.get();
+            stats.promotions = c.promotions.get();
+            stats.l2_breaker = Some(l2.breaker.state(now));
+        }
         stats.requests = stats.hits
             + stats.stale
             + stats.misses
@@ -561,6 +765,14 @@ impl Cache {
     pub(crate) fn invalidate_key(&self, key: KeyHash) -> bool {
         let removed = self.shared.l1.remove(key);
         self.shared.hit_for_pass.remove(&key);
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            // Off the request path; without a runtime there is nothing to run it on.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let l2 = Arc::clone(l2);
+                handle.spawn(async move { l2.delete(vec![key]).await });
+            }
+        }
         if removed {
             self.shared.counters.invalidations.incr();
         }
@@ -630,6 +842,7 @@ impl Cache {
             head,
             coalesce: true,
             background: false,
+            l2_lookup: false,
         };
         if let Some(entry) = found {
             match s.policy.usability(&entry, &plan.directives, now) {
@@ -680,13 +893,15 @@ impl Cache {
                 plan.fwd = "request";
             }
         }
-        if plan.directives.cc.only_if_cached {
-            s.counters.unavailable.incr();
-            let mut resp = Response::new(CacheBody::empty());
-            *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-            resp.headers_mut()
-                .insert(CACHE_STATUS.clone(), STATUS_ONLY_IF_CACHED);
-            return Decision::Respond(resp);
+        plan.l2_lookup = self.has_l2() && !plan.directives.cc.no_cache;
+        if plan.directives.cc.only_if_cached && !plan.l2_lookup {
+            return Decision::Respond(self.unavailable());
+        }
+        if plan.prior.is_none() && plan.directives.range {
+            // A range of something not stored: fetching it whole to store
+            // could mean downloading a huge file for a few bytes.
+            s.counters.passes.incr();
+            return Decision::Pass(STATUS_RANGE);
         }
         if plan.prior.is_none() && !s.cfg.hit_for_pass_ttl.is_zero() {
             if let Some(until) = s.hit_for_pass.get(&key) {
@@ -699,6 +914,75 @@ impl Cache {
         }
         plan.coalesce = !plan.directives.cc.no_store;
         Decision::Fetch(Box::new(plan))
+    }
+
+    /// Stores a new entry: L1 (unless L2 exists and write-through is off)
+    /// and, off the request path, L2. Returns whether any tier took it.
+    pub(crate) fn store_entry(
+        &self,
+        key: KeyHash,
+        entry: &Arc<Entry>,
+        vary: &[HeaderName],
+        req_headers: &HeaderMap,
+        now: u64,
+    ) -> bool {
+        let s = &*self.shared;
+        let mut stored = false;
+        if s.cfg.l1_write_through || !self.has_l2() {
+            stored |= s.l1.insert(key, Arc::clone(entry), vary, req_headers);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &s.l2 {
+            l2.enqueue(key, entry, req_headers, now);
+            stored = true;
+        }
+        let _ = now;
+        stored
+    }
+
+    /// Replaces `old` with `new` (freshened by a 304, stale windows
+    /// extended) if `old` is still the stored entry; then writes it to L2.
+    /// An invalidation or a newer response that landed meanwhile wins.
+    pub(crate) fn replace_entry(
+        &self,
+        key: KeyHash,
+        old: &Arc<Entry>,
+        new: Arc<Entry>,
+        req_headers: &HeaderMap,
+    ) -> bool {
+        let s = &*self.shared;
+        let replaced = s.l1.replace_if(key, old, Arc::clone(&new), req_headers);
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &s.l2 {
+            // L2 may hold the entry even when L1 does not (write-through
+            // off, or evicted); an invalidation deleted it from both.
+            if replaced || !s.cfg.l1_write_through {
+                l2.enqueue(key, &new, req_headers, self.now());
+            }
+        }
+        replaced
+    }
+
+    /// Whether an L2 tier is configured.
+    pub(crate) fn has_l2(&self) -> bool {
+        #[cfg(feature = "redis")]
+        {
+            self.shared.l2.is_some()
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            false
+        }
+    }
+
+    /// The 504 for an `only-if-cached` request with nothing stored.
+    pub(crate) fn unavailable<B: Body>(&self) -> Response<CacheBody<B>> {
+        self.shared.counters.unavailable.incr();
+        let mut resp = Response::new(CacheBody::empty());
+        *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        resp.headers_mut()
+            .insert(CACHE_STATUS.clone(), STATUS_ONLY_IF_CACHED);
+        resp
     }
 
     /// Remembers that `key`'s responses cannot be stored, for a while.

@@ -19,7 +19,7 @@ use crate::body::CacheBody;
 use crate::cache::{cache_status, Cache, Fetch, CACHE_STATUS, STATUS_METHOD};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
-use crate::policy::{strip_hop_by_hop, NotStored, Usability};
+use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
 
 /// Something that answers requests: the inner service, seen by the engine.
 /// Each value is used for at most one call.
@@ -60,6 +60,8 @@ where
 {
     let s = &*cache.shared;
     let now = cache.now();
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let mut plan = plan;
     // While the breaker is open, a servable stale entry spares the upstream.
     if let Some(prior) = &plan.prior {
         if s.breaker.state(now) == crate::BreakerState::Open
@@ -68,7 +70,9 @@ where
             return Ok(serve_stale_if_error(&cache, prior, &req, &plan, None));
         }
     }
-    if !plan.coalesce {
+    // Waiting for another request needs tokio's timer; without a runtime
+    // the request simply calls alone.
+    if !plan.coalesce || tokio::runtime::Handle::try_current().is_err() {
         return own_call(&cache, req, up, &plan).await;
     }
     // A cancelled leader hands the flight on: its waiters join again (one
@@ -77,6 +81,35 @@ where
     for _ in 0..MAX_REJOINS {
         let rx = match s.inflight.join(plan.key) {
             Join::Leader(guard) => {
+                #[cfg(feature = "redis")]
+                if plan.l2_lookup {
+                    match from_l2::<B, U::Body>(&cache, req, &mut plan).await {
+                        L2Answer::Served {
+                            resp,
+                            entry,
+                            stale,
+                            req,
+                        } => {
+                            guard.complete(Outcome::Stored(entry));
+                            if stale {
+                                plan.background = true;
+                                plan.head = false;
+                                plan.directives = RequestDirectives {
+                                    authorized: plan.directives.authorized,
+                                    ..RequestDirectives::default()
+                                };
+                                spawn_refresh(cache.clone(), req, up, plan);
+                            }
+                            return Ok(resp);
+                        }
+                        L2Answer::NotServed(r) => req = r,
+                    }
+                }
+                if plan.directives.cc.only_if_cached {
+                    // Nothing usable in any tier; waiters form a new flight.
+                    drop(guard);
+                    return Ok(cache.unavailable());
+                }
                 let (result, outcome) = lead(&cache, req, up, &plan).await;
                 guard.complete(outcome);
                 return result;
@@ -112,7 +145,9 @@ where
                 let req = Request::from_parts(parts, body);
                 return Ok(serve_stale_if_error(&cache, &entry, &req, &plan, None));
             }
-            Some(Outcome::Abandoned) => {
+            // The leader was cancelled, or failed: rather than every waiter
+            // calling a failing upstream at once, form a new flight.
+            Some(Outcome::Abandoned | Outcome::Failed) => {
                 req = Request::from_parts(parts, body);
             }
             other => {
@@ -124,6 +159,77 @@ where
         }
     }
     own_call(&cache, req, up, &plan).await
+}
+
+/// What the L2 look-up of a leader came to.
+#[cfg(feature = "redis")]
+enum L2Answer<B, RB: Body> {
+    /// Answered from an L2 entry (`stale`: refresh it in the background).
+    Served {
+        resp: Response<CacheBody<RB>>,
+        entry: Arc<Entry>,
+        stale: bool,
+        req: Request<B>,
+    },
+    /// Nothing usable; an L2 entry to revalidate or fall back on, if newer
+    /// than L1's, is now the plan's prior.
+    NotServed(Request<B>),
+}
+
+/// Looks for the key in L2 and answers from it when it is usable.
+#[cfg(feature = "redis")]
+async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) -> L2Answer<B, RB> {
+    let s = &*cache.shared;
+    let Some(l2) = s.l2.as_ref() else {
+        return L2Answer::NotServed(req);
+    };
+    let Some(found) = l2.lookup(plan.key, req.headers()).await else {
+        return L2Answer::NotServed(req);
+    };
+    let now = cache.now();
+    let usability = s.policy.usability(&found, &plan.directives, now);
+    let (parts, body) = req.into_parts();
+    let status = match usability {
+        Usability::Fresh => {
+            s.counters.hits_l2.incr();
+            crate::cache::STATUS_HIT_L2
+        }
+        Usability::Stale => {
+            s.counters.stale.incr();
+            let staleness = now
+                .saturating_sub(found.timeline.fresh_until)
+                .div_ceil(1000);
+            cache_status(format_args!("hit; ttl=-{staleness}; detail=l2"))
+        }
+        Usability::Revalidate | Usability::Unusable => {
+            let newer = plan
+                .prior
+                .as_ref()
+                .is_none_or(|p| found.timeline.stored_at > p.timeline.stored_at);
+            if newer {
+                plan.revalidate = usability == Usability::Revalidate;
+                plan.prior = Some(found);
+            }
+            return L2Answer::NotServed(Request::from_parts(parts, body));
+        }
+    };
+    // Promote hot entries; an older L1 copy is replaced at once.
+    if plan.prior.is_some() || l2.note_hit(plan.key, now) {
+        let names: Vec<HeaderName> = found.vary.iter().map(|(n, _)| n.clone()).collect();
+        s.l1.insert(plan.key, Arc::clone(&found), &names, &parts.headers);
+    }
+    let resp = cache.respond_entry(&found, &parts, plan.directives.conditional, now, status);
+    let stale = usability == Usability::Stale;
+    if stale {
+        plan.revalidate = found.has_validators();
+        plan.prior = Some(Arc::clone(&found));
+    }
+    L2Answer::Served {
+        resp,
+        entry: found,
+        stale,
+        req: Request::from_parts(parts, body),
+    }
 }
 
 /// How many times a waiter re-joins after cancelled leaders.
@@ -154,8 +260,9 @@ where
                     .policy
                     .stale_if_error_ok(prior, &plan.directives, cache.now()) =>
             {
-                let failed_status = result.as_ref().ok().map(|r| r.status());
-                let served = serve_stale_if_error_parts(cache, prior, &keep, plan, failed_status);
+                let failed_status = Some(result.as_ref().ok().map(|r| r.status()));
+                let served =
+                    serve_stale_if_error_parts(cache, prior, &keep, plan, failed_status, !counted);
                 (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
             }
             _ => {
@@ -200,13 +307,13 @@ fn serve_stale_if_error<B, RB: Body>(
     entry: &Arc<Entry>,
     req: &Request<B>,
     plan: &Fetch,
-    failed: Option<StatusCode>,
+    failed: Option<Option<StatusCode>>,
 ) -> Response<CacheBody<RB>> {
     let mut p = Request::new(()).into_parts().0;
     p.method = req.method().clone();
     p.uri = req.uri().clone();
     p.headers = req.headers().clone();
-    serve_stale_if_error_parts(cache, entry, &p, plan, failed)
+    serve_stale_if_error_parts(cache, entry, &p, plan, failed, true)
 }
 
 fn serve_stale_if_error_parts<RB: Body>(
@@ -214,26 +321,33 @@ fn serve_stale_if_error_parts<RB: Body>(
     entry: &Arc<Entry>,
     parts: &Parts,
     plan: &Fetch,
-    failed: Option<StatusCode>,
+    failed: Option<Option<StatusCode>>,
+    count: bool,
 ) -> Response<CacheBody<RB>> {
     let s = &cache.shared;
     let now = cache.now();
-    s.counters.stale.incr();
-    s.counters.stale_if_error.incr();
-    if let Some(extended) = cache.extended(entry) {
-        s.l1.replace(plan.key, Arc::new(extended), &parts.headers);
+    if count {
+        s.counters.stale.incr();
     }
+    s.counters.stale_if_error.incr();
+    // Serving stale on error does not extend the entry's windows: only a
+    // failed background refresh does (so a recovered origin is used again
+    // at once, and no stale response is served without an error).
     let staleness = now
         .saturating_sub(entry.timeline.fresh_until)
         .div_ceil(1000);
     let status = match failed {
-        Some(code) => cache_status(format_args!(
-            "hit; ttl=-{staleness}; fwd-status={}; detail=l1-stale-if-error",
+        // Forwarded; the upstream answered with an error status.
+        Some(Some(code)) => cache_status(format_args!(
+            "fwd=stale; fwd-status={}; ttl=-{staleness}; detail=stale-if-error",
             code.as_u16()
         )),
-        None => cache_status(format_args!(
-            "hit; ttl=-{staleness}; detail=l1-stale-if-error"
+        // Forwarded; the upstream call itself failed.
+        Some(None) => cache_status(format_args!(
+            "fwd=stale; ttl=-{staleness}; detail=stale-if-error"
         )),
+        // Not forwarded (the breaker is open, or another request's call failed).
+        None => cache_status(format_args!("hit; ttl=-{staleness}; detail=stale-if-error")),
     };
     cache.respond_entry(entry, parts, plan.directives.conditional, now, status)
 }
@@ -326,13 +440,17 @@ where
                     }
                     let hv =
                         cache_status(format_args!("fwd={}; fwd-status=304; detail=l1", plan.fwd));
-                    let resp = cache.respond_entry(
+                    let mut resp = cache.respond_entry(
                         &entry,
                         &client,
                         plan.directives.conditional,
                         response_time,
                         hv,
                     );
+                    // Cookies set by the 304 are this client's alone.
+                    for c in rparts.headers.get_all(SET_COOKIE) {
+                        resp.headers_mut().append(SET_COOKIE, c.clone());
+                    }
                     Fetched::Stored(entry, resp)
                 }
                 None => {
@@ -342,13 +460,17 @@ where
                     }
                     cache.invalidate_key(plan.key);
                     let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
-                    Fetched::Passed(cache.respond_entry(
+                    let mut resp = cache.respond_entry(
                         prior,
                         &client,
                         plan.directives.conditional,
                         response_time,
                         hv,
-                    ))
+                    );
+                    for c in rparts.headers.get_all(SET_COOKIE) {
+                        resp.headers_mut().append(SET_COOKIE, c.clone());
+                    }
+                    Fetched::Passed(resp)
                 }
             };
         }
@@ -403,8 +525,12 @@ where
                 plan.fwd,
                 status.as_u16()
             ));
-            let mut resp =
-                Response::from_parts(rparts, CacheBody::prefixed(prefix, Some(error), rest));
+            let body = if client.method == Method::HEAD {
+                CacheBody::empty()
+            } else {
+                CacheBody::prefixed(prefix, Some(error), rest)
+            };
+            let mut resp = Response::from_parts(rparts, body);
             resp.headers_mut().insert(CACHE_STATUS.clone(), hv);
             return Fetched::Failed(Ok(resp), true);
         }
@@ -423,12 +549,7 @@ where
         // RFC 9110 §6.6.1: a cache forwarding a response without Date adds one.
         headers.insert(DATE, http_date(response_time));
     }
-    for name in &storable.strip {
-        headers.remove(name);
-    }
-    if storable.strip_set_cookie {
-        headers.remove(SET_COOKIE);
-    }
+    strip_for_storage(&mut headers, &storable);
     if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len() as u64));
     }
@@ -454,11 +575,12 @@ where
         tags: Box::new([]),
         template: Default::default(),
     });
-    if s.l1.insert(
+    if cache.store_entry(
         plan.key,
-        Arc::clone(&entry),
+        &entry,
         &storable.vary,
         &client.headers,
+        response_time,
     ) {
         s.counters.stores.incr();
     }
@@ -535,10 +657,16 @@ fn freshen(
         headers.insert(DATE, http_date(response_time));
     }
     let route = plan.route.map(|i| &s.policy.routes[i]);
+    // The origin's view decides (a client's no-store must not drop the
+    // shared entry); Authorization still matters.
+    let origin_view = RequestDirectives {
+        authorized: plan.directives.authorized,
+        ..RequestDirectives::default()
+    };
     let st = s
         .policy
         .storable(
-            &plan.directives,
+            &origin_view,
             prior.status,
             &headers,
             route,
@@ -546,6 +674,7 @@ fn freshen(
             response_time,
         )
         .ok()?;
+    strip_for_storage(&mut headers, &st);
     let mut entry = (**prior).clone();
     entry.headers = headers;
     entry.template = Default::default();
@@ -553,9 +682,22 @@ fn freshen(
     entry.flags = st.flags;
     entry.extensions = 0;
     let entry = Arc::new(entry);
-    s.l1.replace(plan.key, Arc::clone(&entry), &client.headers);
-    s.counters.stores.incr();
+    if cache.replace_entry(plan.key, prior, Arc::clone(&entry), &client.headers) {
+        s.counters.stores.incr();
+    }
     Some(entry)
+}
+
+/// Removes what a stored copy must not keep: the fields named by
+/// `no-cache="…"` / `private="…"`, and `Set-Cookie` under
+/// [`SetCookiePolicy::Strip`](crate::SetCookiePolicy::Strip).
+fn strip_for_storage(headers: &mut HeaderMap, st: &crate::policy::Storable) {
+    for name in &st.strip {
+        headers.remove(name);
+    }
+    if st.strip_set_cookie {
+        headers.remove(SET_COOKIE);
+    }
 }
 
 /// An HTTP-date for a wall-clock instant in milliseconds.
@@ -672,6 +814,20 @@ where
         *req.method_mut() = Method::GET;
         let prior = plan.prior.clone();
         let headers = req.headers().clone();
+        // Another instance may have refreshed the entry already: look in L2.
+        #[cfg(feature = "redis")]
+        if let (Some(l2), Some(old)) = (s.l2.as_ref(), prior.as_ref()) {
+            if let Some(found) = l2.lookup(plan.key, &headers).await {
+                let fresh = s.policy.usability(&found, &plan.directives, cache.now())
+                    == Usability::Fresh;
+                if fresh && found.timeline.stored_at > old.timeline.stored_at {
+                    s.l1.replace_if(plan.key, old, Arc::clone(&found), &headers);
+                    s.counters.refresh_ok.incr();
+                    guard.complete(Outcome::Stored(found));
+                    return;
+                }
+            }
+        }
         let outcome = match tokio::time::timeout(deadline, exchange(&cache, req, up, &plan)).await {
             Ok(Fetched::Stored(entry, _)) => {
                 s.counters.refresh_ok.incr();
@@ -692,7 +848,7 @@ where
                 tracing::warn!(key = %plan.key, "background refresh failed; keeping the stale entry");
                 if let Some(prior) = &prior {
                     if let Some(extended) = cache.extended(prior) {
-                        s.l1.replace(plan.key, Arc::new(extended), &headers);
+                        cache.replace_entry(plan.key, prior, Arc::new(extended), &headers);
                     }
                 }
                 Outcome::Failed

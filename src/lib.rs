@@ -101,6 +101,7 @@ pub use layer::CacheLayer;
 pub use policy::{CacheMode, NotStored, Route, SetCookiePolicy};
 pub use service::CacheService;
 pub use stats::Stats;
+pub use store::codec::{DecodeError, FORMAT_VERSION};
 
 // Compile and run the README's examples as doc tests.
 #[cfg(doctest)]

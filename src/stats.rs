@@ -55,6 +55,7 @@ impl Counter {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) hits_l1: Counter,
+    pub(crate) hits_l2: Counter,
     pub(crate) stale: Counter,
     pub(crate) misses: Counter,
     pub(crate) revalidated: Counter,
@@ -78,6 +79,7 @@ impl Counters {
     pub(crate) fn reset(&self) {
         for c in [
             &self.hits_l1,
+            &self.hits_l2,
             &self.stale,
             &self.misses,
             &self.revalidated,
@@ -167,6 +169,20 @@ pub struct Stats {
     pub l1_capacity_bytes: u64,
     /// Upstream calls in flight that others may join.
     pub in_flight: u64,
+    /// L2 operations that failed (connection refused, server error).
+    pub l2_errors: u64,
+    /// L2 operations that took longer than the L2 timeout.
+    pub l2_timeouts: u64,
+    /// L2 values that could not be decoded (deleted, counted as misses).
+    pub l2_decode_errors: u64,
+    /// Keys written to L2.
+    pub l2_writes: u64,
+    /// L2 writes dropped (queue full, L2 down or timed out).
+    pub l2_writes_dropped: u64,
+    /// L2 entries copied into L1 after `promote_after` hits.
+    pub promotions: u64,
+    /// The L2 circuit breaker's state; `None` without an L2 tier.
+    pub l2_breaker: Option<BreakerState>,
     /// The upstream circuit breaker's state.
     pub breaker: BreakerState,
     /// Times the breaker has opened.

@@ -24,6 +24,8 @@ use crate::entry::{Entry, EntryFlags, Timeline};
 pub enum CacheMode {
     /// A shared cache (RFC 9111): honours `s-maxage`, does not store
     /// `private` responses, applies the `Authorization` rules of §3.5.
+    /// Note that `s-maxage` implies `proxy-revalidate` (§5.2.2.10): such a
+    /// response is never served stale, whatever the stale windows say.
     #[default]
     Shared,
     /// A private cache: ignores `s-maxage`, stores `private` responses.
@@ -118,13 +120,15 @@ pub(crate) struct RequestDirectives {
     pub(crate) authorized: bool,
     /// The request carries `If-None-Match` or `If-Modified-Since`.
     pub(crate) conditional: bool,
+    /// The request carries `Range`.
+    pub(crate) range: bool,
 }
 
 impl RequestDirectives {
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
         // One pass over the (few) names beats five hashed look-ups that
         // usually find nothing.
-        let (mut has_cc, mut authorized, mut conditional) = (false, false, false);
+        let (mut has_cc, mut authorized, mut conditional, mut range) = (false, false, false, false);
         for name in headers.keys() {
             if name == http::header::CACHE_CONTROL || name == http::header::PRAGMA {
                 has_cc = true;
@@ -133,6 +137,8 @@ impl RequestDirectives {
             } else if name == http::header::IF_NONE_MATCH || name == http::header::IF_MODIFIED_SINCE
             {
                 conditional = true;
+            } else if name == http::header::RANGE {
+                range = true;
             }
         }
         Self {
@@ -143,6 +149,7 @@ impl RequestDirectives {
             },
             authorized,
             conditional,
+            range,
         }
     }
 }
@@ -352,6 +359,10 @@ impl PolicyConfig {
         };
         let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
         let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
+        // Whether the response (or a rule the operator wrote for it) says how
+        // long it is fresh. Without that, configured stale windows do not
+        // make it storable: only `force` does.
+        let mut has_freshness = true;
         let lifetime: u64 = match (explicit, route_ttl) {
             (Some(_), Some(ttl)) => ttl,
             (Some(e), None) => e,
@@ -364,6 +375,7 @@ impl PolicyConfig {
                 if !(heuristic_status(status) || cc.public) {
                     return Err(NotStored::NoFreshness);
                 }
+                has_freshness = headers.contains_key(LAST_MODIFIED);
                 let last_modified = headers
                     .get(LAST_MODIFIED)
                     .and_then(|v| v.to_str().ok())
@@ -389,16 +401,23 @@ impl PolicyConfig {
         let (swr, sie) = if must_revalidate {
             (0, 0)
         } else {
+            // The origin's own windows always count; configured ones only
+            // when there is freshness information to extend.
+            let configured = |route_w: Option<Duration>, default: Duration| {
+                if has_freshness {
+                    route_w.unwrap_or(default).as_millis() as u64
+                } else {
+                    0
+                }
+            };
             let swr = cc
                 .stale_while_revalidate
                 .map(secs)
-                .or(route.and_then(|r| r.swr).map(|d| d.as_millis() as u64))
-                .unwrap_or(self.default_swr.as_millis() as u64);
+                .unwrap_or_else(|| configured(route.and_then(|r| r.swr), self.default_swr));
             let sie = cc
                 .stale_if_error
                 .map(secs)
-                .or(route.and_then(|r| r.sie).map(|d| d.as_millis() as u64))
-                .unwrap_or(self.default_sie.as_millis() as u64);
+                .unwrap_or_else(|| configured(route.and_then(|r| r.sie), self.default_sie));
             (swr, sie)
         };
         // A no-cache response is only ever used after validation.

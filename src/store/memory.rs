@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::header::{HeaderMap, HeaderName};
-use quick_cache::sync::Cache as QuickCache;
+use quick_cache::sync::{Cache as QuickCache, EntryAction, EntryResult};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use crate::entry::Entry;
@@ -36,6 +36,13 @@ pub(crate) enum Found {
     UriMiss,
     /// The URL has variants, none for these request headers.
     VaryMiss,
+}
+
+fn slot_ptr(slot: &Slot) -> *const () {
+    match slot {
+        Slot::Entry(e) => Arc::as_ptr(e).cast(),
+        Slot::Vary(v) => Arc::as_ptr(v).cast(),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +124,7 @@ impl MemoryStore {
         let options = OptionsBuilder::new()
             .estimated_items_capacity(estimated_items)
             .weight_capacity(capacity)
+            .shards(Self::shards_for(capacity, max_entry))
             .build()
             .expect("valid quick_cache options");
         Self {
@@ -126,6 +134,18 @@ impl MemoryStore {
             max_variants: max_variants.max(1),
             evictions,
         }
+    }
+
+    /// quick_cache splits the capacity into shards and refuses any item
+    /// heavier than about one shard: keep every shard at least twice the
+    /// largest entry, so an entry under the cap is never refused.
+    pub(crate) fn shards_for(capacity: u64, max_entry: u64) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let mut shards = (cpus * 4).next_power_of_two();
+        while shards > 1 && capacity / (shards as u64) < max_entry.saturating_mul(2) {
+            shards /= 2;
+        }
+        shards
     }
 
     /// Finds the entry for `primary` that the request headers select.
@@ -160,8 +180,7 @@ impl MemoryStore {
             if let Some(Slot::Vary(old)) = self.cache.get(&primary) {
                 self.remove_variants(&old);
             }
-            self.put(primary, Slot::Entry(entry));
-            return true;
+            return self.put(primary, Slot::Entry(entry));
         }
         let index = match self.cache.get(&primary) {
             Some(Slot::Vary(index)) if *index.names == *vary => index,
@@ -196,24 +215,56 @@ impl MemoryStore {
         for old in evicted {
             self.cache.remove(&old);
         }
-        self.put(secondary, Slot::Entry(entry));
-        true
+        self.put(secondary, Slot::Entry(entry))
     }
 
-    fn put(&self, key: KeyHash, slot: Slot) {
+    /// Inserts a slot; false when quick_cache refused it (too heavy).
+    fn put(&self, key: KeyHash, slot: Slot) -> bool {
         let mut pushed_out = Vec::new();
+        let ptr = slot_ptr(&slot);
         self.cache.insert_with_lifecycle(key, slot, &mut pushed_out);
-        let evicted = pushed_out.iter().filter(|(k, _)| *k != key).count() as u64;
+        let mut refused = false;
+        let mut evicted = 0;
+        for (k, v) in &pushed_out {
+            if *k != key {
+                evicted += 1;
+            } else if slot_ptr(v) == ptr {
+                refused = true;
+            }
+        }
         if evicted > 0 {
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
+        !refused
     }
 
-    /// Replaces the entry stored at exactly this slot (after a refresh
-    /// extended its windows, or a 304 updated it), when it is still there.
-    pub(crate) fn replace(&self, primary: KeyHash, entry: Arc<Entry>, req_headers: &HeaderMap) {
-        let names: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
-        self.insert(primary, entry, &names, req_headers);
+    /// Replaces `old` with `new` only if `old` is still the entry stored for
+    /// these request headers: an invalidation or a newer response that
+    /// landed meanwhile is never overwritten. Returns whether it replaced.
+    pub(crate) fn replace_if(
+        &self,
+        primary: KeyHash,
+        old: &Arc<Entry>,
+        new: Arc<Entry>,
+        req_headers: &HeaderMap,
+    ) -> bool {
+        if new.weight() > self.max_entry {
+            return false;
+        }
+        let slot_key = match self.cache.get(&primary) {
+            Some(Slot::Vary(index)) => variant_hash(primary, &index.names, req_headers),
+            Some(Slot::Entry(_)) => primary,
+            None => return false,
+        };
+        let result = self.cache.entry(&slot_key, None, |_, v| {
+            if matches!(v, Slot::Entry(e) if Arc::ptr_eq(e, old)) {
+                *v = Slot::Entry(new);
+                EntryAction::Retain(true)
+            } else {
+                EntryAction::Retain(false)
+            }
+        });
+        matches!(result, EntryResult::Retained(true))
     }
 
     /// Removes `entry` if it is the one stored for these request headers

@@ -1,4 +1,9 @@
 //! Storage tiers. L1 is in-process memory; L2 (Redis) comes with the
 //! `redis` feature.
 
+pub(crate) mod codec;
+#[cfg(feature = "redis")]
+pub(crate) mod l2;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;

@@ -1,0 +1,1411 @@
+//! The versioned binary encoding of an [`Entry`], for storing entries
+//! outside the process (the L2 tier).
+//!
+//! The layout is documented on [`FORMAT_VERSION`].
+//!
+//! Decoding validates everything (header names
+//! and values, status, version, UTF-8, flag bits, counts) and checks every
+//! declared length against the input left *before* allocating, so garbage,
+//! a truncated value or a value of another format version is a
+//! [`DecodeError`], never a panic or a huge allocation.
+//!
+//! The encoding is canonical: a byte string that decodes re-encodes to
+//! exactly the same bytes (header names must be in their lowercase form and
+//! the values of one header name must be contiguous, as a `HeaderMap`
+//! iterates them).
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use crate::entry::{Entry, EntryFlags, Timeline};
+
+/// The version of the binary entry format that [`Entry::encode`] writes and
+/// [`Entry::decode`] reads. A value written in another version is refused
+/// ([`DecodeError::is_unsupported_version`]).
+///
+/// # Layout (format version 1)
+///
+/// Every integer is little-endian.
+///
+/// | bytes            | field                                                   |
+/// |------------------|---------------------------------------------------------|
+/// | 4                | magic `b"TTC\0"`                                        |
+/// | 1                | format version (this constant)                          |
+/// | 1                | format flags (bit 0: body compressed, reserved; bit 7: the entry exceeded the format's limits and was not encoded) |
+/// | 2                | status code                                             |
+/// | 1                | HTTP version (0 = 0.9, 1 = 1.0, 2 = 1.1, 3 = 2, 4 = 3)  |
+/// | 1                | entry flags (bit 0 must-revalidate, bit 1 no-cache, bit 2 auth-ok) |
+/// | 4                | stale-window extensions                                 |
+/// | 6 × 8            | timeline: stored_at, initial_age, fresh_until, stale_until, stale_if_error_until, retain_until |
+/// | 4 + n            | readable key (UTF-8)                                    |
+/// | 4 + …            | headers: count, then per header `u16` name length, name, `u32` value length, value (validators — `ETag`, `Last-Modified` — are headers) |
+/// | 2 + …            | Vary: count, then per name `u16` length, name, `u16` value count, per value `u32` length, value |
+/// | 2 + …            | tags: count, then per tag `u16` length, tag (UTF-8)     |
+/// | 4 + n            | body                                                    |
+///
+/// Nothing may follow the body. Limits: at most 10 000 header lines,
+/// 1 000 `Vary` names with 10 000 values each, and 10 000 tags.
+pub const FORMAT_VERSION: u8 = 1;
+
+const MAGIC: [u8; 4] = *b"TTC\0";
+
+/// Format flag: the body is compressed (reserved for the `compression`
+/// feature; this build cannot read such values).
+const FLAG_COMPRESSED: u8 = 1 << 0;
+/// Format flag: the entry was beyond the format's limits, so only this
+/// header was written. Decoding it is an error.
+const FLAG_UNENCODABLE: u8 = 1 << 7;
+/// The format flags this build understands.
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_UNENCODABLE;
+
+const ENTRY_MUST_REVALIDATE: u8 = 1 << 0;
+const ENTRY_NO_CACHE: u8 = 1 << 1;
+const ENTRY_AUTH_OK: u8 = 1 << 2;
+const ENTRY_KNOWN: u8 = ENTRY_MUST_REVALIDATE | ENTRY_NO_CACHE | ENTRY_AUTH_OK;
+
+/// At most this many header lines (name/value pairs).
+const MAX_HEADERS: usize = 10_000;
+/// At most this many `Vary` header names.
+const MAX_VARY_NAMES: usize = 1_000;
+/// At most this many request header values per `Vary` name.
+const MAX_VARY_VALUES: usize = 10_000;
+/// At most this many tags.
+const MAX_TAGS: usize = 10_000;
+
+/// The fixed part: magic, version, flags, status, HTTP version, entry
+/// flags, extensions, timeline.
+const FIXED_LEN: usize = 4 + 1 + 1 + 2 + 1 + 1 + 4 + 6 * 8;
+
+// The smallest encoded size of one item of each list, used to refuse a
+// count the remaining input cannot hold before allocating for it.
+const MIN_HEADER_LEN: usize = 2 + 1 + 4;
+const MIN_VARY_LEN: usize = 2 + 1 + 2;
+const MIN_VARY_VALUE_LEN: usize = 4;
+const MIN_TAG_LEN: usize = 2;
+
+/// Why a stored value could not be decoded into an [`Entry`].
+///
+/// Every kind means the same to the cache: the value is a miss (counted,
+/// logged, and the key deleted). The kinds and the message say what was
+/// wrong, for the log.
+///
+/// ```
+/// use tower_tiered_cache::{Entry, FORMAT_VERSION};
+///
+/// let err = Entry::decode(b"not an entry").unwrap_err();
+/// assert!(err.is_bad_magic());
+///
+/// let err = Entry::decode(&[b'T', b'T', b'C', 0, FORMAT_VERSION + 1]).unwrap_err();
+/// assert!(err.is_unsupported_version());
+/// assert!(err.to_string().contains("version 2"));
+///
+/// let err = Entry::decode(b"TTC").unwrap_err();
+/// assert!(err.is_truncated());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    kind: Kind,
+    /// The byte offset of the field at fault.
+    offset: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// The value does not start with the format's magic bytes.
+    BadMagic,
+    /// The value was written in another format version.
+    UnsupportedVersion(u8),
+    /// The value ends before `field` does.
+    Truncated {
+        field: &'static str,
+        needed: usize,
+        remaining: usize,
+    },
+    /// `field` holds something the format does not allow.
+    Malformed {
+        field: &'static str,
+        problem: Problem,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    UnknownFlags(u8),
+    Compressed,
+    Unencodable,
+    Status(u16),
+    HttpVersion(u8),
+    Utf8,
+    HeaderName,
+    NonCanonicalName,
+    HeaderValue,
+    NotContiguous,
+    TooMany { count: usize, max: usize },
+    TrailingBytes(usize),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::UnknownFlags(bits) => write!(f, "unknown flag bits {bits:#04x}"),
+            Problem::Compressed => {
+                f.write_str("the body is compressed, which this build cannot read")
+            }
+            Problem::Unencodable => {
+                f.write_str("the entry exceeded the format's limits and was not encoded")
+            }
+            Problem::Status(code) => write!(f, "{code} is not a valid status code"),
+            Problem::HttpVersion(v) => write!(f, "unknown HTTP version code {v}"),
+            Problem::Utf8 => f.write_str("not valid UTF-8"),
+            Problem::HeaderName => f.write_str("not a valid header name"),
+            Problem::NonCanonicalName => f.write_str("header name is not in lowercase form"),
+            Problem::HeaderValue => f.write_str("not a valid header value"),
+            Problem::NotContiguous => f.write_str("values of one header name are not contiguous"),
+            Problem::TooMany { count, max } => write!(f, "{count} items, at most {max} allowed"),
+            Problem::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the body"),
+        }
+    }
+}
+
+impl DecodeError {
+    fn new(kind: Kind, offset: usize) -> Self {
+        Self { kind, offset }
+    }
+
+    fn malformed(field: &'static str, problem: Problem, offset: usize) -> Self {
+        Self::new(Kind::Malformed { field, problem }, offset)
+    }
+
+    /// True when the value does not start with the format's magic bytes:
+    /// it is not an encoded entry at all.
+    pub fn is_bad_magic(&self) -> bool {
+        matches!(self.kind, Kind::BadMagic)
+    }
+
+    /// True when the value was written in another format version (by an
+    /// older or newer build).
+    pub fn is_unsupported_version(&self) -> bool {
+        matches!(self.kind, Kind::UnsupportedVersion(_))
+    }
+
+    /// True when the value ends early: a field, or a length or count it
+    /// declares, runs past the end of the input.
+    pub fn is_truncated(&self) -> bool {
+        matches!(self.kind, Kind::Truncated { .. })
+    }
+
+    /// True when a field holds something the format does not allow (an
+    /// invalid header, status or UTF-8, unknown flag bits, too many items,
+    /// bytes after the body, …).
+    pub fn is_malformed(&self) -> bool {
+        matches!(self.kind, Kind::Malformed { .. })
+    }
+
+    /// The byte offset in the input of the field at fault.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::BadMagic => f.write_str("not an encoded cache entry: bad magic bytes"),
+            Kind::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported cache entry format version {v} (this build reads version {FORMAT_VERSION})"
+            ),
+            Kind::Truncated {
+                field,
+                needed,
+                remaining,
+            } => write!(
+                f,
+                "truncated cache entry: {field} at byte {} needs {needed} bytes, {remaining} left",
+                self.offset
+            ),
+            Kind::Malformed { field, problem } => write!(
+                f,
+                "malformed cache entry: {field} at byte {}: {problem}",
+                self.offset
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn version_code(v: Version) -> u8 {
+    match v {
+        Version::HTTP_09 => 0,
+        Version::HTTP_10 => 1,
+        Version::HTTP_2 => 3,
+        Version::HTTP_3 => 4,
+        // HTTP/1.1, and any version a later `http` adds (there is none in
+        // http 1.x), which reads back as HTTP/1.1.
+        _ => 2,
+    }
+}
+
+fn version_from_code(code: u8) -> Option<Version> {
+    Some(match code {
+        0 => Version::HTTP_09,
+        1 => Version::HTTP_10,
+        2 => Version::HTTP_11,
+        3 => Version::HTTP_2,
+        4 => Version::HTTP_3,
+        _ => return None,
+    })
+}
+
+impl Entry {
+    /// Whether the entry is within the format's limits (the counts, and
+    /// lengths that fit their length fields), so that [`encode`] writes it
+    /// whole and [`decode`] reads it back.
+    ///
+    /// [`encode`]: Entry::encode
+    /// [`decode`]: Entry::decode
+    pub(crate) fn fits_format(&self) -> bool {
+        let u32_ok = |n: usize| u32::try_from(n).is_ok();
+        u32_ok(self.key.len())
+            && self.headers.len() <= MAX_HEADERS
+            && self.headers.values().all(|v| u32_ok(v.len()))
+            && self.vary.len() <= MAX_VARY_NAMES
+            && self.vary.iter().all(|(_, vals)| {
+                vals.len() <= MAX_VARY_VALUES && vals.iter().all(|v| u32_ok(v.len()))
+            })
+            && self.tags.len() <= MAX_TAGS
+            && self.tags.iter().all(|t| u16::try_from(t.len()).is_ok())
+            && u32_ok(self.body.len())
+    }
+
+    fn encoded_len(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 2 + n.as_str().len() + 4 + v.len())
+            .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(n, vals)| {
+                2 + n.as_str().len() + 2 + vals.iter().map(|v| 4 + v.len()).sum::<usize>()
+            })
+            .sum();
+        let tags: usize = self.tags.iter().map(|t| 2 + t.len()).sum();
+        FIXED_LEN
+            + (4 + self.key.len())
+            + (4 + headers)
+            + (2 + vary)
+            + (2 + tags)
+            + (4 + self.body.len())
+    }
+
+    /// Encodes the entry in the versioned binary format (its layout is
+    /// documented on [`FORMAT_VERSION`]), for storing it outside the process.
+    ///
+    /// Everything that makes up the entry is written: status, HTTP version,
+    /// headers (with the validators), body, timeline, flags, `Vary` data
+    /// and tags. [`Entry::decode`] reads it back.
+    ///
+    /// Never panics. An entry beyond the format's limits (more than 10 000
+    /// header lines, 1 000 `Vary` names or 10 000 tags, a tag of 64 KiB or
+    /// more, a body or header value of 4 GiB or more) cannot be stored: it
+    /// encodes to a short value that [`Entry::decode`] refuses as malformed.
+    pub fn encode(&self) -> Bytes {
+        if !self.fits_format() {
+            let mut buf = BytesMut::with_capacity(6);
+            buf.put_slice(&MAGIC);
+            buf.put_u8(FORMAT_VERSION);
+            buf.put_u8(FLAG_UNENCODABLE);
+            return buf.freeze();
+        }
+        // The casts below are lossless: `fits_format` checked every length
+        // and count against its field.
+        let mut buf = BytesMut::with_capacity(self.encoded_len());
+        buf.put_slice(&MAGIC);
+        buf.put_u8(FORMAT_VERSION);
+        buf.put_u8(0);
+        buf.put_u16_le(self.status.as_u16());
+        buf.put_u8(version_code(self.version));
+        let mut flags = 0;
+        if self.flags.must_revalidate {
+            flags |= ENTRY_MUST_REVALIDATE;
+        }
+        if self.flags.no_cache {
+            flags |= ENTRY_NO_CACHE;
+        }
+        if self.flags.auth_ok {
+            flags |= ENTRY_AUTH_OK;
+        }
+        buf.put_u8(flags);
+        buf.put_u32_le(self.extensions);
+        let t = &self.timeline;
+        for v in [
+            t.stored_at,
+            t.initial_age,
+            t.fresh_until,
+            t.stale_until,
+            t.stale_if_error_until,
+            t.retain_until,
+        ] {
+            buf.put_u64_le(v);
+        }
+        buf.put_u32_le(self.key.len() as u32);
+        buf.put_slice(self.key.as_bytes());
+
+        buf.put_u32_le(self.headers.len() as u32);
+        for (name, value) in self.headers.iter() {
+            put_name(&mut buf, name);
+            buf.put_u32_le(value.len() as u32);
+            buf.put_slice(value.as_bytes());
+        }
+
+        buf.put_u16_le(self.vary.len() as u16);
+        for (name, values) in self.vary.iter() {
+            put_name(&mut buf, name);
+            buf.put_u16_le(values.len() as u16);
+            for value in values.iter() {
+                buf.put_u32_le(value.len() as u32);
+                buf.put_slice(value.as_bytes());
+            }
+        }
+
+        buf.put_u16_le(self.tags.len() as u16);
+        for tag in self.tags.iter() {
+            buf.put_u16_le(tag.len() as u16);
+            buf.put_slice(tag.as_bytes());
+        }
+
+        buf.put_u32_le(self.body.len() as u32);
+        buf.put_slice(&self.body);
+        debug_assert_eq!(buf.len(), self.encoded_len());
+        buf.freeze()
+    }
+
+    /// Decodes a value written by [`Entry::encode`].
+    ///
+    /// Garbage, a truncated value, a value of another format version or
+    /// with flags this build does not understand is an error that says
+    /// what was wrong; decoding never panics, and a declared length is
+    /// checked against the input before anything is allocated for it. The
+    /// body is copied out of `bytes`; [`Entry::decode_bytes`] shares it
+    /// instead.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        decode_from(bytes, None)
+    }
+
+    /// Like [`Entry::decode`], but the decoded body is a slice of `bytes`
+    /// rather than a copy (so it keeps the whole buffer alive).
+    pub fn decode_bytes(bytes: Bytes) -> Result<Entry, DecodeError> {
+        decode_from(&bytes, Some(&bytes))
+    }
+}
+
+fn put_name(buf: &mut BytesMut, name: &HeaderName) {
+    // `http` caps header names at 64 KiB - 1, so the length fits a u16.
+    let name = name.as_str().as_bytes();
+    buf.put_u16_le(name.len() as u16);
+    buf.put_slice(name);
+}
+
+/// A cursor over the input that never reads past its end.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let remaining = self.remaining();
+        if n > remaining {
+            return Err(DecodeError::new(
+                Kind::Truncated {
+                    field,
+                    needed: n,
+                    remaining,
+                },
+                self.pos,
+            ));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    /// A `u16`-length-prefixed byte string.
+    fn bytes16(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let at = self.pos;
+        let n = self.u16(field)?;
+        self.take(usize::from(n), field)
+            .map_err(|e| DecodeError { offset: at, ..e })
+    }
+
+    /// A `u32`-length-prefixed byte string.
+    fn bytes32(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let at = self.pos;
+        let n = self.u32(field)?;
+        // On 16-bit targets a length may not fit a usize: it cannot fit the
+        // input either.
+        let n = usize::try_from(n).map_err(|_| {
+            DecodeError::new(
+                Kind::Truncated {
+                    field,
+                    needed: usize::MAX,
+                    remaining: self.remaining(),
+                },
+                at,
+            )
+        })?;
+        self.take(n, field)
+            .map_err(|e| DecodeError { offset: at, ..e })
+    }
+
+    /// A count already read at `at`, checked against `max` and against what
+    /// the rest of the input can hold (each item takes at least `min_len`
+    /// bytes), before anything is allocated for it.
+    fn check_count(
+        &self,
+        count: usize,
+        max: usize,
+        min_len: usize,
+        field: &'static str,
+        at: usize,
+    ) -> Result<usize, DecodeError> {
+        if count > max {
+            return Err(DecodeError::malformed(
+                field,
+                Problem::TooMany { count, max },
+                at,
+            ));
+        }
+        let needed = count * min_len; // count ≤ 10 000, min_len ≤ 7: no overflow
+        let remaining = self.remaining();
+        if needed > remaining {
+            return Err(DecodeError::new(
+                Kind::Truncated {
+                    field,
+                    needed,
+                    remaining,
+                },
+                self.pos,
+            ));
+        }
+        Ok(count)
+    }
+
+    fn count16(
+        &mut self,
+        max: usize,
+        min_len: usize,
+        field: &'static str,
+    ) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let n = usize::from(self.u16(field)?);
+        self.check_count(n, max, min_len, field, at)
+    }
+
+    fn count32(
+        &mut self,
+        max: usize,
+        min_len: usize,
+        field: &'static str,
+    ) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let n = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
+        self.check_count(n, max, min_len, field, at)
+    }
+
+    /// A `u16`-length-prefixed header name, in its canonical (lowercase)
+    /// form.
+    fn name(&mut self, field: &'static str) -> Result<HeaderName, DecodeError> {
+        let at = self.pos;
+        let raw = self.bytes16(field)?;
+        let name = HeaderName::from_bytes(raw)
+            .map_err(|_| DecodeError::malformed(field, Problem::HeaderName, at))?;
+        if name.as_str().as_bytes() != raw {
+            return Err(DecodeError::malformed(field, Problem::NonCanonicalName, at));
+        }
+        Ok(name)
+    }
+
+    /// A `u32`-length-prefixed header value.
+    fn value(&mut self, field: &'static str) -> Result<HeaderValue, DecodeError> {
+        let at = self.pos;
+        let raw = self.bytes32(field)?;
+        HeaderValue::from_bytes(raw)
+            .map_err(|_| DecodeError::malformed(field, Problem::HeaderValue, at))
+    }
+
+    fn utf8<'b>(raw: &'b [u8], field: &'static str, at: usize) -> Result<&'b str, DecodeError> {
+        std::str::from_utf8(raw).map_err(|_| DecodeError::malformed(field, Problem::Utf8, at))
+    }
+}
+
+fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeError> {
+    let mut r = Reader { buf: input, pos: 0 };
+
+    // Magic: a prefix of it that ends early is a truncated value; anything
+    // else is not an entry.
+    let head = &input[..input.len().min(MAGIC.len())];
+    if head != &MAGIC[..head.len()] {
+        return Err(DecodeError::new(Kind::BadMagic, 0));
+    }
+    r.take(MAGIC.len(), "magic")?;
+
+    let at = r.pos;
+    let version = r.u8("format version")?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::new(Kind::UnsupportedVersion(version), at));
+    }
+
+    let at = r.pos;
+    let flags = r.u8("format flags")?;
+    if flags & !KNOWN_FLAGS != 0 {
+        let problem = Problem::UnknownFlags(flags & !KNOWN_FLAGS);
+        return Err(DecodeError::malformed("format flags", problem, at));
+    }
+    if flags & FLAG_UNENCODABLE != 0 {
+        return Err(DecodeError::malformed(
+            "format flags",
+            Problem::Unencodable,
+            at,
+        ));
+    }
+    if flags & FLAG_COMPRESSED != 0 {
+        return Err(DecodeError::malformed(
+            "format flags",
+            Problem::Compressed,
+            at,
+        ));
+    }
+
+    let at = r.pos;
+    let code = r.u16("status")?;
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| DecodeError::malformed("status", Problem::Status(code), at))?;
+
+    let at = r.pos;
+    let code = r.u8("HTTP version")?;
+    let version = version_from_code(code)
+        .ok_or_else(|| DecodeError::malformed("HTTP version", Problem::HttpVersion(code), at))?;
+
+    let at = r.pos;
+    let bits = r.u8("entry flags")?;
+    if bits & !ENTRY_KNOWN != 0 {
+        let problem = Problem::UnknownFlags(bits & !ENTRY_KNOWN);
+        return Err(DecodeError::malformed("entry flags", problem, at));
+    }
+    let flags = EntryFlags {
+        must_revalidate: bits & ENTRY_MUST_REVALIDATE != 0,
+        no_cache: bits & ENTRY_NO_CACHE != 0,
+        auth_ok: bits & ENTRY_AUTH_OK != 0,
+    };
+
+    let extensions = r.u32("extensions")?;
+    let timeline = Timeline {
+        stored_at: r.u64("timeline")?,
+        initial_age: r.u64("timeline")?,
+        fresh_until: r.u64("timeline")?,
+        stale_until: r.u64("timeline")?,
+        stale_if_error_until: r.u64("timeline")?,
+        retain_until: r.u64("timeline")?,
+    };
+
+    let at = r.pos;
+    let key = Reader::utf8(r.bytes32("key")?, "key", at)?;
+
+    let count = r.count32(MAX_HEADERS, MIN_HEADER_LEN, "header count")?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut last: Option<HeaderName> = None;
+    for _ in 0..count {
+        let at = r.pos;
+        let name = r.name("header name")?;
+        let value = r.value("header value")?;
+        if last.as_ref() != Some(&name) {
+            if headers.contains_key(&name) {
+                return Err(DecodeError::malformed(
+                    "header name",
+                    Problem::NotContiguous,
+                    at,
+                ));
+            }
+            last = Some(name.clone());
+        }
+        headers.append(name, value);
+    }
+
+    let count = r.count16(MAX_VARY_NAMES, MIN_VARY_LEN, "vary count")?;
+    let mut vary = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.name("vary name")?;
+        let n = r.count16(MAX_VARY_VALUES, MIN_VARY_VALUE_LEN, "vary value count")?;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            values.push(r.value("vary value")?);
+        }
+        vary.push((name, values.into_boxed_slice()));
+    }
+
+    let count = r.count16(MAX_TAGS, MIN_TAG_LEN, "tag count")?;
+    let mut tags = Vec::with_capacity(count);
+    for _ in 0..count {
+        let at = r.pos;
+        let tag = Reader::utf8(r.bytes16("tag")?, "tag", at)?;
+        tags.push(Box::<str>::from(tag));
+    }
+
+    let start = r.pos + 4;
+    let raw = r.bytes32("body")?;
+    let body = match shared {
+        Some(b) => b.slice(start..start + raw.len()),
+        None => Bytes::copy_from_slice(raw),
+    };
+
+    if r.remaining() != 0 {
+        let problem = Problem::TrailingBytes(r.remaining());
+        return Err(DecodeError::malformed("end of value", problem, r.pos));
+    }
+
+    Ok(Entry {
+        key: key.into(),
+        status,
+        version,
+        headers,
+        body,
+        vary: vary.into_boxed_slice(),
+        timeline,
+        flags,
+        extensions,
+        tags: tags.into_boxed_slice(),
+        template: Default::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{
+        ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE, COOKIE, ETAG, LAST_MODIFIED,
+        SET_COOKIE, VARY,
+    };
+
+    pub(super) fn minimal() -> Entry {
+        Entry {
+            key: "".into(),
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            vary: Box::new([]),
+            timeline: Timeline {
+                stored_at: 0,
+                initial_age: 0,
+                fresh_until: 0,
+                stale_until: 0,
+                stale_if_error_until: 0,
+                retain_until: 0,
+            },
+            flags: EntryFlags::default(),
+            extensions: 0,
+            tags: Box::new([]),
+            template: Default::default(),
+        }
+    }
+
+    pub(super) fn rich(body: Bytes) -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.append(SET_COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(SET_COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(SET_COOKIE, HeaderValue::from_static(""));
+        headers.insert(ETAG, HeaderValue::from_static("\"v1\""));
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Tue, 15 Nov 1994 12:45:26 GMT"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        headers.insert(
+            VARY,
+            HeaderValue::from_static("accept-encoding, accept-language, cookie"),
+        );
+        headers.insert("x-a", HeaderValue::from_static("v1"));
+        headers.insert(
+            "x-obs-text",
+            HeaderValue::from_bytes(b"caf\xe9\t \xff").unwrap(),
+        );
+        Entry {
+            key: "GET https://example.com/caf\u{e9}?q=1 \u{1f600}".into(),
+            status: StatusCode::NON_AUTHORITATIVE_INFORMATION,
+            version: Version::HTTP_2,
+            headers,
+            body,
+            vary: vec![
+                (ACCEPT_ENCODING, Box::new([]) as Box<[HeaderValue]>),
+                (
+                    ACCEPT_LANGUAGE,
+                    Box::new([HeaderValue::from_static("en")]) as Box<[_]>,
+                ),
+                (
+                    COOKIE,
+                    Box::new([
+                        HeaderValue::from_static("a=1"),
+                        HeaderValue::from_static("b=2"),
+                    ]) as Box<[_]>,
+                ),
+            ]
+            .into_boxed_slice(),
+            timeline: Timeline {
+                stored_at: 1_700_000_000_000,
+                initial_age: 5_000,
+                fresh_until: 1_700_000_060_000,
+                stale_until: 1_700_000_090_000,
+                stale_if_error_until: 1_700_000_600_000,
+                retain_until: u64::MAX,
+            },
+            flags: EntryFlags {
+                must_revalidate: true,
+                no_cache: false,
+                auth_ok: true,
+            },
+            extensions: 3,
+            tags: vec!["product:1".into(), "".into(), "caf\u{e9}".into()].into_boxed_slice(),
+            template: Default::default(),
+        }
+    }
+
+    /// Every field equal, headers in the same order.
+    pub(super) fn assert_same(a: &Entry, b: &Entry) {
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.status, b.status);
+        assert_eq!(a.version, b.version);
+        let ha: Vec<_> = a.headers.iter().collect();
+        let hb: Vec<_> = b.headers.iter().collect();
+        assert_eq!(ha, hb);
+        assert_eq!(a.body, b.body);
+        assert_eq!(a.vary, b.vary);
+        assert_eq!(a.timeline, b.timeline);
+        assert_eq!(a.flags, b.flags);
+        assert_eq!(a.extensions, b.extensions);
+        assert_eq!(a.tags, b.tags);
+    }
+
+    /// `enc` with the unique occurrence of `from` replaced by `to` (same
+    /// length).
+    fn patch(enc: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let hits: Vec<usize> = enc
+            .windows(from.len())
+            .enumerate()
+            .filter(|(_, w)| *w == from)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hits.len(), 1, "{from:?} must occur once");
+        let mut out = enc.to_vec();
+        out[hits[0]..hits[0] + to.len()].copy_from_slice(to);
+        out
+    }
+
+    /// The encoding of `minimal()` up to and including the (empty) key:
+    /// a prefix to which a test appends crafted fields.
+    fn prefix() -> BytesMut {
+        let enc = minimal().encode();
+        BytesMut::from(&enc[..FIXED_LEN + 4])
+    }
+
+    #[test]
+    fn round_trip_rich_entry() {
+        for body in [
+            Bytes::new(),
+            Bytes::from_static(b"hello"),
+            Bytes::from((0..=255u8).cycle().take(3 << 20).collect::<Vec<u8>>()),
+        ] {
+            let e = rich(body);
+            let enc = e.encode();
+            assert_eq!(&enc[..4], b"TTC\0");
+            assert_eq!(enc[4], FORMAT_VERSION);
+            assert_eq!(enc.len(), e.encoded_len());
+            let d = Entry::decode(&enc).unwrap();
+            assert_same(&e, &d);
+            assert!(d.has_validators());
+            assert_eq!(d.encode(), enc);
+            let shared = Entry::decode_bytes(enc.clone()).unwrap();
+            assert_same(&e, &shared);
+        }
+    }
+
+    #[test]
+    fn round_trip_minimal_and_every_version() {
+        for version in [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ] {
+            let mut e = minimal();
+            e.version = version;
+            let d = Entry::decode(&e.encode()).unwrap();
+            assert_same(&e, &d);
+        }
+        let e = minimal();
+        assert_eq!(e.encode().len(), FIXED_LEN + 4 + 4 + 2 + 2 + 4);
+    }
+
+    #[test]
+    fn decode_bytes_shares_the_body() {
+        let enc = rich(Bytes::from(vec![7u8; 4096])).encode();
+        let range = enc.as_ptr_range();
+        let d = Entry::decode_bytes(enc.clone()).unwrap();
+        assert!(range.contains(&d.body.as_ptr()));
+        let copied = Entry::decode(&enc).unwrap();
+        assert!(!range.contains(&copied.body.as_ptr()));
+    }
+
+    #[test]
+    fn every_truncation_is_truncated() {
+        for e in [minimal(), rich(Bytes::from_static(b"some body"))] {
+            let enc = e.encode();
+            for n in 0..enc.len() {
+                let err = Entry::decode(&enc[..n]).unwrap_err();
+                assert!(err.is_truncated(), "prefix of {n} bytes: {err}");
+                let err = Entry::decode_bytes(enc.slice(..n)).unwrap_err();
+                assert!(err.is_truncated(), "prefix of {n} bytes: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_magic() {
+        for input in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"X",
+            b"TTX\0\x01\x00",
+            b"ttc\0\x01\x00",
+            b"{\"status\":200}",
+        ] {
+            let err = Entry::decode(input).unwrap_err();
+            assert!(err.is_bad_magic(), "{input:?}: {err}");
+            assert!(!err.is_truncated() && !err.is_malformed() && !err.is_unsupported_version());
+            assert!(err.to_string().contains("magic"), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_format_versions_are_unsupported() {
+        let mut enc = rich(Bytes::from_static(b"x")).encode().to_vec();
+        for v in [0, 2, 255] {
+            enc[4] = v;
+            let err = Entry::decode(&enc).unwrap_err();
+            assert!(err.is_unsupported_version(), "{err}");
+            assert_eq!(err.offset(), 4);
+            assert!(err.to_string().contains(&format!("version {v}")), "{err}");
+        }
+        // Even a value that stops right after the version byte.
+        let err = Entry::decode(b"TTC\0\x02").unwrap_err();
+        assert!(err.is_unsupported_version(), "{err}");
+    }
+
+    #[test]
+    fn unknown_or_unsupported_flag_bits_are_malformed() {
+        let enc = rich(Bytes::from_static(b"x")).encode().to_vec();
+        for bits in [0x02u8, 0x40, 0x7e, 0xff] {
+            let mut v = enc.clone();
+            v[5] = bits;
+            let err = Entry::decode(&v).unwrap_err();
+            assert!(err.is_malformed(), "{err}");
+            assert!(err.to_string().contains("unknown flag bits"), "{err}");
+            assert!(err.to_string().contains("format flags"), "{err}");
+        }
+        // Bit 0 (compressed body) is known but not readable by this build.
+        let mut v = enc.clone();
+        v[5] = FLAG_COMPRESSED;
+        let err = Entry::decode(&v).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(err.to_string().contains("compressed"), "{err}");
+        // Unknown entry flag bits.
+        let mut v = enc.clone();
+        v[9] |= 0x08;
+        let err = Entry::decode(&v).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(err.to_string().contains("entry flags"), "{err}");
+        assert_eq!(err.offset(), 9);
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut enc = rich(Bytes::from_static(b"x")).encode().to_vec();
+        enc.push(0);
+        let err = Entry::decode(&enc).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(
+            err.to_string()
+                .contains("1 unexpected bytes after the body"),
+            "{err}"
+        );
+        assert_eq!(err.offset(), enc.len() - 1);
+    }
+
+    #[test]
+    fn invalid_fields_are_malformed() {
+        let enc = rich(Bytes::from_static(b"x")).encode();
+        let cases: [(&[u8], &[u8], &str); 7] = [
+            (b"\x03\x00x-a", b"\x03\x00x a", "not a valid header name"),
+            (b"\x03\x00x-a", b"\x03\x00X-a", "not in lowercase form"),
+            (b"v1\"", b"v\n\"", "not a valid header value"),
+            (b"caf\xc3\xa9?", b"caf\xc3\xc3?", "key at byte"),
+            (b"product:1", b"product:\xff", "tag at byte"),
+            (
+                b"\x02\x00\x00\x00en",
+                b"\x02\x00\x00\x00e\x00",
+                "vary value",
+            ),
+            (
+                b"\x0f\x00accept-language",
+                b"\x0f\x00Accept-language",
+                "vary name",
+            ),
+        ];
+        for (from, to, needle) in cases {
+            let v = patch(&enc, from, to);
+            let err = Entry::decode(&v).unwrap_err();
+            assert!(err.is_malformed(), "{needle}: {err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+        for code in [0u16, 99, 1000, u16::MAX] {
+            let mut v = enc.to_vec();
+            v[6..8].copy_from_slice(&code.to_le_bytes());
+            let err = Entry::decode(&v).unwrap_err();
+            assert!(err.is_malformed());
+            assert!(err
+                .to_string()
+                .contains(&format!("{code} is not a valid status")));
+        }
+        let mut v = enc.to_vec();
+        v[8] = 5;
+        let err = Entry::decode(&v).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(err.to_string().contains("HTTP version"), "{err}");
+    }
+
+    #[test]
+    fn non_contiguous_header_values_are_malformed() {
+        let mut b = prefix();
+        b.put_u32_le(3);
+        for (n, v) in [("x-a", "1"), ("x-b", "2"), ("x-a", "3")] {
+            b.put_u16_le(n.len() as u16);
+            b.put_slice(n.as_bytes());
+            b.put_u32_le(v.len() as u32);
+            b.put_slice(v.as_bytes());
+        }
+        b.put_u16_le(0);
+        b.put_u16_le(0);
+        b.put_u32_le(0);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(err.to_string().contains("not contiguous"), "{err}");
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_without_allocating() {
+        let start = std::time::Instant::now();
+        // Key length.
+        let mut b = BytesMut::from(&prefix()[..FIXED_LEN]);
+        b.put_u32_le(u32::MAX);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(err.is_truncated(), "{err}");
+        assert!(err.to_string().contains("key"), "{err}");
+
+        // Header count over the limit, and one the input cannot hold.
+        let mut b = prefix();
+        b.put_u32_le(u32::MAX);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(
+            err.is_malformed() && err.to_string().contains("at most 10000"),
+            "{err}"
+        );
+        let mut b = prefix();
+        b.put_u32_le(MAX_HEADERS as u32);
+        b.put_slice(&[0; 64]);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(
+            err.is_truncated() && err.to_string().contains("header count"),
+            "{err}"
+        );
+
+        // A header value length.
+        let mut b = prefix();
+        b.put_u32_le(1);
+        b.put_u16_le(1);
+        b.put_u8(b'a');
+        b.put_u32_le(u32::MAX);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(
+            err.is_truncated() && err.to_string().contains("header value"),
+            "{err}"
+        );
+
+        // Vary value count, tag count, body length.
+        let mut b = prefix();
+        b.put_u32_le(0);
+        b.put_u16_le(1);
+        b.put_u16_le(1);
+        b.put_u8(b'a');
+        b.put_u16_le(u16::MAX);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(
+            err.is_malformed() && err.to_string().contains("vary value count"),
+            "{err}"
+        );
+        let mut b = prefix();
+        b.put_u32_le(0);
+        b.put_u16_le(0);
+        b.put_u16_le(MAX_TAGS as u16);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(
+            err.is_truncated() && err.to_string().contains("tag count"),
+            "{err}"
+        );
+        let mut b = prefix();
+        b.put_u32_le(0);
+        b.put_u16_le(0);
+        b.put_u16_le(0);
+        b.put_u32_le(u32::MAX);
+        let err = Entry::decode(&b).unwrap_err();
+        assert!(err.is_truncated(), "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "body at byte {} needs 4294967295 bytes, 0 left",
+                b.len() - 4
+            )),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_entry_beyond_the_limits_encodes_to_a_refused_value() {
+        let mut e = minimal();
+        e.tags = (0..=MAX_TAGS).map(|i| i.to_string().into()).collect();
+        assert!(!e.fits_format());
+        let enc = e.encode();
+        assert_eq!(enc.len(), 6);
+        let err = Entry::decode(&enc).unwrap_err();
+        assert!(err.is_malformed());
+        assert!(
+            err.to_string().contains("exceeded the format's limits"),
+            "{err}"
+        );
+
+        let mut e = minimal();
+        e.tags = vec!["t".repeat(1 << 16).into()].into_boxed_slice();
+        assert!(Entry::decode(&e.encode()).unwrap_err().is_malformed());
+        assert!(minimal().fits_format());
+        assert!(rich(Bytes::new()).fits_format());
+    }
+
+    #[test]
+    fn decode_error_is_a_std_error() {
+        fn check<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+        let err = Entry::decode(b"").unwrap_err();
+        check(&err);
+        assert!(err.is_truncated());
+        assert_eq!(
+            err.to_string(),
+            "truncated cache entry: magic at byte 0 needs 4 bytes, 0 left"
+        );
+    }
+
+    /// xorshift64*: a small seeded generator, so runs are repeatable.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn mutate(rng: &mut Rng, v: &mut Vec<u8>) {
+        const INTERESTING: [u8; 6] = [0, 1, 0x7f, 0x80, 0xfe, 0xff];
+        for _ in 0..1 + rng.below(4) {
+            let len = v.len();
+            match rng.below(8) {
+                0 if len > 0 => v[rng.below(len)] ^= 1 << rng.below(8),
+                1 if len > 0 => v[rng.below(len)] = INTERESTING[rng.below(6)],
+                2 => v.insert(rng.below(len + 1), rng.next() as u8),
+                3 if len > 0 => {
+                    let at = rng.below(len);
+                    let n = 1 + rng.below((len - at).min(16));
+                    v.drain(at..at + n);
+                }
+                4 => v.truncate(rng.below(len + 1)),
+                5 if len >= 4 => {
+                    let at = rng.below(len - 3);
+                    let word: u32 = [0, 1, 10_000, 10_001, u16::MAX as u32, u32::MAX][rng.below(6)];
+                    v[at..at + 4].copy_from_slice(&word.to_le_bytes());
+                }
+                6 if len > 0 => {
+                    let at = rng.below(len);
+                    let n = 1 + rng.below((len - at).min(32));
+                    let chunk = v[at..at + n].to_vec();
+                    let to = rng.below(len + 1);
+                    v.splice(to..to, chunk);
+                }
+                _ if len > 0 => v[rng.below(len)] = rng.next() as u8,
+                _ => v.push(rng.next() as u8),
+            }
+        }
+    }
+
+    /// The fuzz target's property (`fuzz/fuzz_targets/decode_entry.rs`),
+    /// plus canonicity: whatever decodes re-encodes to the same bytes.
+    pub(super) fn check_input(data: &[u8]) -> bool {
+        match Entry::decode(data) {
+            Ok(e) => {
+                let enc = e.encode();
+                assert_eq!(&enc[..], data, "decoded input must re-encode to itself");
+                let again = Entry::decode(&enc).expect("re-encode decodes");
+                assert_eq!(enc, again.encode());
+                let shared = Entry::decode_bytes(Bytes::copy_from_slice(data)).unwrap();
+                assert_same(&e, &shared);
+                true
+            }
+            Err(err) => {
+                let shared = Entry::decode_bytes(Bytes::copy_from_slice(data)).unwrap_err();
+                assert_eq!(err, shared);
+                let _ = err.to_string();
+                false
+            }
+        }
+    }
+
+    /// A stable-Rust stand-in for the cargo-fuzz target: random and mutated
+    /// inputs from a seeded generator, bounded in count and time.
+    #[test]
+    fn decode_survives_random_and_mutated_inputs() {
+        let seeds: Vec<Vec<u8>> = vec![
+            minimal().encode().to_vec(),
+            rich(Bytes::new()).encode().to_vec(),
+            rich(Bytes::from_static(b"0123456789")).encode().to_vec(),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let (mut runs, mut decoded) = (0u32, 0u32);
+        while runs < 200_000 && std::time::Instant::now() < deadline {
+            let input = if rng.below(8) == 0 {
+                // Random bytes, half of them behind a valid header.
+                let mut v = if rng.below(2) == 0 {
+                    b"TTC\0\x01\x00".to_vec()
+                } else {
+                    Vec::new()
+                };
+                let n = rng.below(256);
+                v.extend((0..n).map(|_| rng.next() as u8));
+                v
+            } else {
+                let mut v = seeds[rng.below(seeds.len())].clone();
+                mutate(&mut rng, &mut v);
+                v
+            };
+            if check_input(&input) {
+                decoded += 1;
+            }
+            runs += 1;
+        }
+        eprintln!("{runs} inputs, {decoded} decoded");
+        assert!(runs >= 10_000, "only {runs} inputs in the time allowed");
+        // Mutations of timeline and body bytes stay valid: the property's
+        // Ok branch must have been exercised too.
+        assert!(decoded > runs / 100, "{decoded} of {runs} decoded");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::tests::{assert_same, check_input};
+    use super::*;
+    use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, LAST_MODIFIED, SET_COOKIE, VARY};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        prop_oneof![
+            select(vec![
+                ETAG,
+                LAST_MODIFIED,
+                CONTENT_TYPE,
+                SET_COOKIE,
+                CACHE_CONTROL,
+                VARY
+            ]),
+            "[a-z0-9!#$%&'*+.^_`|~-]{1,24}"
+                .prop_map(|s| HeaderName::from_bytes(s.as_bytes()).unwrap()),
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            "[ -~]{0,40}".prop_map(|s| HeaderValue::from_str(&s).unwrap()),
+            vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40)
+                .prop_map(|b| HeaderValue::from_bytes(&b).unwrap()),
+        ]
+    }
+
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        vec((header_name(), header_value()), 0..24).prop_map(|pairs| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(n, v);
+            }
+            h
+        })
+    }
+
+    fn timeline() -> impl Strategy<Value = Timeline> {
+        any::<[u64; 6]>().prop_map(|t| Timeline {
+            stored_at: t[0],
+            initial_age: t[1],
+            fresh_until: t[2],
+            stale_until: t[3],
+            stale_if_error_until: t[4],
+            retain_until: t[5],
+        })
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (
+            ".{0,64}",
+            select(vec![
+                100u16, 200, 203, 204, 206, 301, 304, 404, 410, 451, 501, 599, 999,
+            ]),
+            select(vec![
+                Version::HTTP_09,
+                Version::HTTP_10,
+                Version::HTTP_11,
+                Version::HTTP_2,
+                Version::HTTP_3,
+            ]),
+            headers(),
+            vec(any::<u8>(), 0..4096),
+            vec((header_name(), vec(header_value(), 0..3)), 0..4),
+            vec(".{0,16}", 0..6),
+            timeline(),
+            any::<(bool, bool, bool)>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(key, status, version, headers, body, vary, tags, timeline, flags, extensions)| {
+                    Entry {
+                        key: key.into(),
+                        status: StatusCode::from_u16(status).unwrap(),
+                        version,
+                        headers,
+                        body: body.into(),
+                        vary: vary
+                            .into_iter()
+                            .map(|(n, v)| (n, v.into_boxed_slice()))
+                            .collect(),
+                        timeline,
+                        flags: EntryFlags {
+                            must_revalidate: flags.0,
+                            no_cache: flags.1,
+                            auth_ok: flags.2,
+                        },
+                        extensions,
+                        tags: tags.into_iter().map(String::into_boxed_str).collect(),
+                        template: Default::default(),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn round_trip(e in entry()) {
+            let enc = e.encode();
+            let d = Entry::decode(&enc).unwrap();
+            assert_same(&e, &d);
+            // Through the public accessors too.
+            prop_assert_eq!(d.key(), e.key());
+            prop_assert_eq!(d.status(), e.status());
+            prop_assert_eq!(d.headers(), e.headers());
+            prop_assert_eq!(d.body(), e.body());
+            prop_assert_eq!(d.timeline(), e.timeline());
+            prop_assert!(d.vary().eq(e.vary()));
+            prop_assert!(d.tags().eq(e.tags()));
+            prop_assert_eq!(d.encode(), enc.clone());
+            assert_same(&e, &Entry::decode_bytes(enc).unwrap());
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(e in entry(), cut in any::<Index>()) {
+            let enc = e.encode();
+            let n = cut.index(enc.len());
+            prop_assert!(Entry::decode(&enc[..n]).unwrap_err().is_truncated());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..512)) {
+            check_input(&data);
+            let mut framed = b"TTC\0\x01\x00".to_vec();
+            framed.extend_from_slice(&data);
+            check_input(&framed);
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(
+            e in entry(),
+            edits in vec((any::<Index>(), any::<u8>()), 1..8),
+            cut in proptest::option::of(any::<Index>()),
+        ) {
+            let mut v = e.encode().to_vec();
+            for (at, byte) in edits {
+                let i = at.index(v.len());
+                v[i] = byte;
+            }
+            if let Some(cut) = cut {
+                v.truncate(cut.index(v.len() + 1));
+            }
+            check_input(&v);
+        }
+    }
+}

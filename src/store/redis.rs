@@ -1,0 +1,211 @@
+//! The L2 tier's connection to Redis: one node (a `ConnectionManager`,
+//! multiplexed, reconnecting) or Redis Cluster (`ClusterConnection`).
+//! Connections are made on first use, inside the caller's runtime, so
+//! building a cache never blocks and a Redis that is down at start-up is
+//! just an L2 that misses until it is back.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, RedisError, Value};
+use tokio::sync::OnceCell;
+
+/// Where the L2 tier lives.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl fmt::Debug for RedisTarget {
+    // URLs may carry passwords: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisTarget::Single(_) => f.write_str("Single(..)"),
+            RedisTarget::Cluster(urls) => write!(f, "Cluster({} nodes)", urls.len()),
+        }
+    }
+}
+
+enum Backend {
+    Single {
+        client: Client,
+        conn: OnceCell<ConnectionManager>,
+    },
+    Cluster {
+        client: Box<ClusterClient>,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+/// A Redis connection made on first use.
+pub(crate) struct RedisStore {
+    backend: Backend,
+    /// `host:port` of the (first) server, for spans and stats.
+    pub(crate) server: (String, u16),
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.backend, Backend::Cluster { .. }))
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Why an L2 operation did not succeed.
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    Timeout,
+    Redis(RedisError),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Timeout => f.write_str("timed out"),
+            StoreError::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        StoreError::Redis(e)
+    }
+}
+
+fn server_of(info: &redis::ConnectionInfo) -> (String, u16) {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        other => (other.to_string(), 0),
+    }
+}
+
+impl RedisStore {
+    /// Checks the URLs (a bad one is an error here, not a panic later) and
+    /// prepares the client. Nothing is connected yet.
+    pub(crate) fn new(target: &RedisTarget, connect_timeout: Duration) -> Result<Self, String> {
+        match target {
+            RedisTarget::Single(url) => {
+                let client =
+                    Client::open(url.as_str()).map_err(|e| format!("bad Redis URL: {e}"))?;
+                let server = server_of(client.get_connection_info());
+                Ok(Self {
+                    backend: Backend::Single {
+                        client,
+                        conn: OnceCell::new(),
+                    },
+                    server,
+                    connect_timeout,
+                })
+            }
+            RedisTarget::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err("a Redis Cluster needs at least one node URL".into());
+                }
+                let first = Client::open(urls[0].as_str())
+                    .map_err(|e| format!("bad Redis Cluster URL: {e}"))?;
+                let server = server_of(first.get_connection_info());
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(connect_timeout)
+                    .build()
+                    .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
+                Ok(Self {
+                    backend: Backend::Cluster {
+                        client: Box::new(client),
+                        conn: OnceCell::new(),
+                    },
+                    server,
+                    connect_timeout,
+                })
+            }
+        }
+    }
+
+    async fn single(
+        &self,
+        client: &Client,
+        conn: &OnceCell<ConnectionManager>,
+    ) -> Result<ConnectionManager, StoreError> {
+        let c = conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    async fn cluster(
+        &self,
+        client: &ClusterClient,
+        conn: &OnceCell<ClusterConnection>,
+    ) -> Result<ClusterConnection, StoreError> {
+        let c = conn
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(self.connect_timeout, client.get_async_connection())
+                    .await
+                {
+                    Ok(r) => r.map_err(StoreError::from),
+                    Err(_) => Err(StoreError::Timeout),
+                }
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    /// Runs one command on whichever connection this store has.
+    pub(crate) async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        match &self.backend {
+            Backend::Single { client, conn } => {
+                let mut c = self.single(client, conn).await?;
+                Ok(cmd.query_async(&mut c).await?)
+            }
+            Backend::Cluster { client, conn } => {
+                let mut c = self.cluster(client, conn).await?;
+                Ok(cmd.query_async(&mut c).await?)
+            }
+        }
+    }
+
+    /// Runs several commands: one pipeline on a single node; on a cluster,
+    /// one command per key, concurrently (keys live on different slots, so
+    /// no cross-slot command is ever sent).
+    pub(crate) async fn query_many(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.backend {
+            Backend::Single { client, conn } => {
+                let mut c = self.single(client, conn).await?;
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                Ok(pipe.query_async(&mut c).await?)
+            }
+            Backend::Cluster { client, conn } => {
+                let c = self.cluster(client, conn).await?;
+                let futs = cmds.into_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                });
+                futures_util::future::join_all(futs)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map_err(StoreError::from))
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The L2 tier against real Redis servers started by the tests: a single
+//! node, a password-protected one and a 3-master cluster, each on free
+//! loopback ports. Covers L2 hits, promotion, undecodable values, Redis dying
+//! under load and coming back, and bad URLs.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_support::{skip_if_no_redis, RedisCluster, RedisServer};
+use support::*;
+use tower_tiered_cache::{Cache, CacheBuilder};
+
+const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
+const L1_HIT: &str = "tower-tiered-cache; hit; detail=l1";
+const URL: &str = "http://example.com/item";
+
+fn l2(url: String) -> CacheBuilder {
+    Cache::builder().redis(url).namespace("t")
+}
+
+/// Waits until the cache has written `n` keys to L2.
+async fn written(cache: &Cache, n: u64) {
+    assert!(
+        eventually(|| cache.stats().l2_writes >= n).await,
+        "L2 writes did not land: {:?}",
+        cache.stats()
+    );
+}
+
+#[tokio::test]
+async fn a_new_cache_with_an_empty_l1_is_served_from_l2() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "shared"));
+
+    let a = l2(server.url()).build().unwrap();
+    let r = send(&cached(&a, origin.clone()), get(URL)).await;
+    assert!(cache_status(&r).contains("stored"));
+    written(&a, 1).await;
+
+    let b = l2(server.url()).build().unwrap();
+    let svc = cached(&b, origin);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), L2_HIT);
+    assert!(age(&r).is_some());
+    assert_eq!(body(r).await, "shared");
+    assert_eq!(
+        log.calls(),
+        1,
+        "the second instance did not call the origin"
+    );
+    assert_eq!(b.stats().hits_l2, 1);
+}
+
+#[tokio::test]
+async fn promotion_happens_after_exactly_promote_after_l2_hits() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "hot"));
+    let a = l2(server.url()).build().unwrap();
+    send(&cached(&a, origin.clone()), get(URL)).await;
+    written(&a, 1).await;
+
+    for n in [1, 3] {
+        let b = l2(server.url()).promote_after(n).build().unwrap();
+        let svc = cached(&b, origin.clone());
+        for i in 1..=n {
+            let r = send(&svc, get(URL)).await;
+            assert_eq!(cache_status(&r), L2_HIT, "promote_after({n}): L2 hit {i}");
+        }
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(
+            cache_status(&r),
+            L1_HIT,
+            "promote_after({n}): promoted after {n} hits"
+        );
+        assert_eq!(b.stats().promotions, 1);
+        assert_eq!(b.stats().hits_l2, u64::from(n));
+    }
+    assert_eq!(log.calls(), 1);
+}
+
+#[tokio::test]
+async fn undecodable_values_are_misses_and_are_deleted() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "good"));
+    let a = l2(server.url()).build().unwrap();
+    send(&cached(&a, origin.clone()), get(URL)).await;
+    written(&a, 1).await;
+
+    let keys = server.cli(&["--scan", "--pattern", "t:*"]);
+    let keys: Vec<String> = keys.text().lines().map(str::to_owned).collect();
+    assert_eq!(keys.len(), 1, "one key under the namespace: {keys:?}");
+    for garbage in ["garbage", "TTC\u{1}\u{1}\u{9}", ""] {
+        assert!(server.cli(&["SET", &keys[0], garbage]).success());
+        let b = l2(server.url()).build().unwrap();
+        let r = send(&cached(&b, origin.clone()), get(URL)).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            cache_status(&r).contains("fwd=uri-miss"),
+            "{garbage:?}: {}",
+            cache_status(&r)
+        );
+        assert_eq!(body(r).await, "good");
+        assert_eq!(b.stats().l2_decode_errors, 1, "{garbage:?}");
+        // The bad value was deleted (and replaced by the fresh write).
+        assert!(
+            eventually(|| server.cli(&["GET", &keys[0]]).text().trim() != garbage).await,
+            "{garbage:?} was not deleted"
+        );
+    }
+    assert_eq!(log.calls(), 4);
+}
+
+#[tokio::test]
+async fn auth_via_url() {
+    if skip_if_no_redis() {
+        return;
+    }
+    for server in [
+        RedisServer::with_password("s3cret"),
+        RedisServer::with_acl_user("cacheuser", "pw-for-cache"),
+    ] {
+        let (origin, _log) = origin(|_, _| ok("max-age=60", "auth"));
+        let a = l2(server.url_with_auth()).build().unwrap();
+        send(&cached(&a, origin.clone()), get(URL)).await;
+        written(&a, 1).await;
+        let b = l2(server.url_with_auth()).build().unwrap();
+        let r = send(&cached(&b, origin), get(URL)).await;
+        assert_eq!(cache_status(&r), L2_HIT);
+        // Without the password, L2 fails: every lookup is a miss, no error.
+        let c = l2(server.url()).build().unwrap();
+        let (origin, log) = support::origin(|_, _| ok("max-age=60", "auth"));
+        let r = send(&cached(&c, origin), get(URL)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(log.calls(), 1);
+        assert!(c.stats().l2_errors + c.stats().l2_timeouts >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_fails_no_request_and_l2_resumes_after_restart() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let (origin, _log) = origin(|_, _| ok("max-age=60", "x"));
+    let cache = l2(server.url())
+        .l1_write_through(false) // every hit goes to L2
+        .promote_after(1_000_000)
+        .l2_timeout(Duration::from_millis(50))
+        .l2_circuit_breaker(3, Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let svc = cached(&cache, origin);
+
+    const REQUESTS: usize = 3000;
+    const CONCURRENCY: usize = 16;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let svc = svc.clone();
+        let sent = Arc::clone(&sent);
+        workers.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut failed = 0;
+            loop {
+                let i = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= REQUESTS {
+                    return (slowest, failed);
+                }
+                let url = format!("http://example.com/k{}", (i + w) % 40);
+                let t = Instant::now();
+                let r = tokio::time::timeout(Duration::from_secs(5), call(&svc, get(&url))).await;
+                slowest = slowest.max(t.elapsed());
+                match r {
+                    Ok(Ok(resp)) if resp.status() == 200 => {}
+                    _ => failed += 1,
+                }
+            }
+        }));
+    }
+    // Kill Redis a third of the way through.
+    assert!(eventually(|| sent.load(std::sync::atomic::Ordering::SeqCst) >= REQUESTS / 3).await);
+    server.kill();
+    let mut slowest = Duration::ZERO;
+    let mut failed = 0;
+    for w in workers {
+        let (s, f) = w.await.unwrap();
+        slowest = slowest.max(s);
+        failed += f;
+    }
+    let stats = cache.stats();
+    assert_eq!(failed, 0, "no request may fail: {stats:?}");
+    assert!(
+        stats.l2_errors + stats.l2_timeouts > 0,
+        "Redis was down: {stats:?}"
+    );
+    // The origin answers at once; only L2 can make a request slow, and each
+    // L2 operation is bounded by its timeout (plus scheduling on 2 cores).
+    assert!(
+        slowest < Duration::from_millis(750),
+        "slowest request took {slowest:?}"
+    );
+
+    // Back up: after the breaker's open period L2 hits resume by themselves.
+    server.restart();
+    let url = "http://example.com/after-restart";
+    let mut resumed = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let r = send(&svc, get(url)).await;
+        if cache_status(&r) == L2_HIT {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "no L2 hit after restart: {:?}", cache.stats());
+}
+
+#[tokio::test]
+async fn the_same_behaviour_on_a_three_master_cluster() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    let (origin, log) = origin(|_, req| ok("max-age=60", req.uri().path()));
+    let a = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("c")
+        .build()
+        .unwrap();
+    let svc_a = cached(&a, origin.clone());
+    // Enough keys to land on every master.
+    for i in 0..30 {
+        send(&svc_a, get(&format!("http://example.com/c{i}"))).await;
+    }
+    written(&a, 30).await;
+    let b = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("c")
+        .promote_after(2)
+        .build()
+        .unwrap();
+    let svc_b = cached(&b, origin);
+    for i in 0..30 {
+        let url = format!("http://example.com/c{i}");
+        let r = send(&svc_b, get(&url)).await;
+        assert_eq!(cache_status(&r), L2_HIT, "{url}");
+        assert_eq!(body(r).await, format!("/c{i}"));
+    }
+    assert_eq!(log.calls(), 30);
+    assert_eq!(b.stats().hits_l2, 30);
+}
+
+#[test]
+fn a_bad_url_is_a_build_error() {
+    for url in ["not a url", "http://127.0.0.1:6379", "redis://"] {
+        let err = Cache::builder().redis(url).build();
+        assert!(err.is_err(), "{url} was accepted");
+        let err = err.unwrap_err();
+        assert_eq!(err.setting(), "redis", "{url}");
+        assert!(err.to_string().contains("Redis URL"), "{err}");
+    }
+    assert!(Cache::builder()
+        .redis_cluster(Vec::<String>::new())
+        .build()
+        .is_err());
+    assert!(Cache::builder()
+        .redis("redis://127.0.0.1:1/")
+        .namespace("")
+        .build()
+        .is_err());
+    assert!(Cache::builder()
+        .redis("redis://127.0.0.1:1/")
+        .promote_after(0)
+        .build()
+        .is_err());
+}
