@@ -506,12 +506,15 @@ impl CacheBuilder {
         let l1_max_entry = self
             .l1_max_entry
             .unwrap_or_else(|| (self.max_body + 64 * 1024).min((self.l1_capacity / 8).max(1)));
-        if l1_max_entry == 0 || l1_max_entry > self.l1_capacity {
+        // quick_cache refuses items heavier than about one shard; shards are
+        // sized to hold two of the largest entry (`MemoryStore::shards_for`),
+        // which needs the largest entry to be at most half the capacity.
+        if l1_max_entry == 0 || l1_max_entry > self.l1_capacity / 2 {
             return Err(BuildError::invalid(
                 "l1_max_entry_bytes",
                 format!(
-                    "must be between 1 and l1_capacity_bytes ({})",
-                    self.l1_capacity
+                    "must be between 1 and half of l1_capacity_bytes ({})",
+                    self.l1_capacity / 2
                 ),
             ));
         }

@@ -148,6 +148,26 @@ where
             // The leader was cancelled, or failed: rather than every waiter
             // calling a failing upstream at once, form a new flight.
             Some(Outcome::Abandoned | Outcome::Failed) => {
+                // A later flight may already have stored an answer.
+                if let crate::store::memory::Found::Entry(entry) =
+                    s.l1.get(plan.key, &parts.headers)
+                {
+                    if matches!(
+                        s.policy.usability(&entry, &plan.directives, now),
+                        Usability::Fresh | Usability::Stale
+                    ) {
+                        s.counters.coalesced.incr();
+                        let status =
+                            cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+                        return Ok(cache.respond_entry(
+                            &entry,
+                            &parts,
+                            plan.directives.conditional,
+                            now,
+                            status,
+                        ));
+                    }
+                }
                 req = Request::from_parts(parts, body);
             }
             other => {
@@ -575,20 +595,26 @@ where
         tags: Box::new([]),
         template: Default::default(),
     });
-    if cache.store_entry(
+    let stored = cache.store_entry(
         plan.key,
         &entry,
         &storable.vary,
         &client.headers,
         response_time,
-    ) {
+    );
+    if stored {
         s.counters.stores.incr();
     }
     s.hit_for_pass.remove(&plan.key);
     let hv = cache_status(format_args!(
-        "fwd={}; fwd-status={}; stored",
+        "fwd={}; fwd-status={}{}",
         plan.fwd,
-        status.as_u16()
+        status.as_u16(),
+        if stored {
+            "; stored"
+        } else {
+            "; detail=not-stored"
+        }
     ));
     let mut resp = cache.respond_entry(
         &entry,

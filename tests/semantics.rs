@@ -2113,9 +2113,14 @@ fn bad_configuration_is_rejected_naming_the_setting() {
     assert!(Cache::builder().heuristic_fraction(1.0).build().is_ok());
     assert!(Cache::builder()
         .l1_capacity_bytes(1024)
-        .l1_max_entry_bytes(1024)
+        .l1_max_entry_bytes(512)
         .build()
         .is_ok());
+    assert!(Cache::builder()
+        .l1_capacity_bytes(1024)
+        .l1_max_entry_bytes(513)
+        .build()
+        .is_err());
     assert!(Cache::builder()
         .hit_for_pass(Duration::ZERO)
         .build()
