@@ -112,6 +112,89 @@ pub(crate) struct EngineConfig {
     pub(crate) max_stale_extensions: u32,
     /// Write upstream responses to L1 as well as L2 (always true without L2).
     pub(crate) l1_write_through: bool,
+    pub(crate) tags: TagConfig,
+}
+
+/// A function that names the tags of a response: it sees the request and
+/// the response headers.
+pub type TagFn = Arc<dyn Fn(&Parts, &HeaderMap) -> Vec<String> + Send + Sync>;
+
+/// Where invalidation tags come from, and their limits.
+#[derive(Clone)]
+pub(crate) struct TagConfig {
+    pub(crate) headers: Vec<HeaderName>,
+    pub(crate) max_tags: usize,
+    pub(crate) max_len: usize,
+    pub(crate) func: Option<TagFn>,
+}
+
+impl fmt::Debug for TagConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagConfig")
+            .field("headers", &self.headers)
+            .field("max_tags", &self.max_tags)
+            .field("max_len", &self.max_len)
+            .field("func", &self.func.is_some())
+            .finish()
+    }
+}
+
+impl Default for TagConfig {
+    fn default() -> Self {
+        Self {
+            headers: vec![
+                HeaderName::from_static("surrogate-key"),
+                HeaderName::from_static("cache-tag"),
+            ],
+            max_tags: 32,
+            max_len: 128,
+            func: None,
+        }
+    }
+}
+
+impl TagConfig {
+    /// The tags of a response: from the tag headers (split on spaces and
+    /// commas) and the tag function; deduplicated; tags longer than the
+    /// limit, and tags beyond the count limit, are dropped.
+    pub(crate) fn extract(&self, req: &Parts, headers: &HeaderMap) -> Box<[Box<str>]> {
+        let mut tags: Vec<Box<str>> = Vec::new();
+        let mut push = |t: &str| {
+            let t = t.trim();
+            if !t.is_empty()
+                && t.len() <= self.max_len
+                && tags.len() < self.max_tags
+                && t.bytes().all(|b| b.is_ascii_graphic())
+                && !tags.iter().any(|x| &**x == t)
+            {
+                tags.push(t.into());
+            }
+        };
+        for name in &self.headers {
+            for v in headers.get_all(name) {
+                if let Ok(v) = v.to_str() {
+                    v.split([' ', ',', '\t']).for_each(&mut push);
+                }
+            }
+        }
+        if let Some(f) = &self.func {
+            for t in f(req, headers) {
+                push(&t);
+            }
+        }
+        tags.into_boxed_slice()
+    }
+}
+
+/// How many stored responses an invalidation removed, per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Invalidated {
+    /// Entries removed from this instance's L1.
+    pub l1: u64,
+    /// Keys removed from L2 (0 without an L2 tier).
+    pub l2: u64,
 }
 
 /// Builds a [`Cache`]. Every setting has a default; see each method.
@@ -135,6 +218,7 @@ pub struct CacheBuilder {
     breaker_threshold: u32,
     breaker_open_for: Duration,
     l1_write_through: bool,
+    tags: TagConfig,
     #[cfg(feature = "redis")]
     l2: L2Settings,
 }
@@ -151,6 +235,7 @@ struct L2Settings {
     promote_after: u32,
     promotion_window: Duration,
     write_queue: usize,
+    l1_max_ttl: Duration,
 }
 
 #[cfg(feature = "redis")]
@@ -166,6 +251,7 @@ impl Default for L2Settings {
             promote_after: 3,
             promotion_window: Duration::from_secs(60),
             write_queue: 1024,
+            l1_max_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -202,6 +288,7 @@ impl Default for CacheBuilder {
             breaker_threshold: 5,
             breaker_open_for: Duration::from_secs(30),
             l1_write_through: true,
+            tags: TagConfig::default(),
             #[cfg(feature = "redis")]
             l2: L2Settings::default(),
         }
@@ -489,6 +576,17 @@ impl CacheBuilder {
         self
     }
 
+    /// While the invalidation channel (Redis pub/sub) is down, L1 copies
+    /// older than this are not used (default 10 s): other instances'
+    /// invalidations may be missed meanwhile. L1 is cleared when the
+    /// channel comes back.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l2.l1_max_ttl = ttl;
+        self
+    }
+
     /// Checks the settings and builds the cache.
     pub fn build(self) -> Result<Cache, BuildError> {
         if self.l1_capacity == 0 {
@@ -576,13 +674,42 @@ impl CacheBuilder {
                 stale_extension_factor: self.extension_factor,
                 max_stale_extensions: self.max_extensions,
                 l1_write_through: self.l1_write_through,
+                tags: self.tags,
             },
             #[cfg(feature = "redis")]
             l2,
         };
-        Ok(Cache {
-            shared: Arc::new(shared),
-        })
+        let shared = Arc::new(shared);
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &shared.l2 {
+            // Other instances' invalidations reach L1 through this; a weak
+            // reference, so the subscriber does not keep the cache alive.
+            let weak = Arc::downgrade(&shared);
+            l2.set_listener(Box::new(move |msg| {
+                if let Some(shared) = weak.upgrade() {
+                    apply_remote(&shared, msg);
+                }
+            }));
+        }
+        Ok(Cache { shared })
+    }
+}
+
+/// Applies an invalidation announced by another instance to L1.
+#[cfg(feature = "redis")]
+fn apply_remote(shared: &Shared, msg: &crate::store::l2::Message) {
+    use crate::store::l2::Message;
+    match msg {
+        Message::Key(k) => {
+            shared.l1.remove(*k);
+        }
+        Message::Tag(t) => {
+            shared.l1.remove_where(|e| e.tags.iter().any(|x| &**x == t));
+        }
+        Message::Prefix(p) => {
+            shared.l1.remove_where(|e| e.path().starts_with(p.as_str()));
+        }
+        Message::Clear => shared.l1.clear(),
     }
 }
 
@@ -624,6 +751,7 @@ impl CacheBuilder {
             promote_after: l2.promote_after,
             promotion_window: l2.promotion_window,
             write_queue: l2.write_queue,
+            l1_max_ttl: l2.l1_max_ttl,
         };
         crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
             .map(|l2| Some(Arc::new(l2)))
@@ -712,6 +840,8 @@ impl Cache {
             l2_writes_dropped: 0,
             promotions: 0,
             l2_breaker: None,
+            l2_subscribed: false,
+            l2_messages_received: 0,
             breaker: s.breaker.state(now),
             breaker_opens: s.breaker.opens(),
             hit_ratio: 0.0,
@@ -726,6 +856,8 @@ impl Cache {
             stats.l2_writes_dropped = c.writes_dropped.get();
             stats.promotions = c.promotions.get();
             stats.l2_breaker = Some(l2.breaker.state(now));
+            stats.l2_subscribed = l2.subscribed();
+            stats.l2_messages_received = c.messages_received.get();
         }
         stats.requests = stats.hits
             + stats.stale
@@ -773,7 +905,7 @@ impl Cache {
             // Off the request path; without a runtime there is nothing to run it on.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let l2 = Arc::clone(l2);
-                handle.spawn(async move { l2.delete(vec![key]).await });
+                handle.spawn(async move { l2.delete_and_announce(vec![key]).await });
             }
         }
         if removed {
@@ -782,10 +914,61 @@ impl Cache {
         removed
     }
 
-    /// Drops every stored response.
-    pub fn clear(&self) {
+    /// Removes every stored response carrying `tag` (from `Surrogate-Key`,
+    /// `Cache-Tag` or the tag function), in every tier, and tells the
+    /// other instances.
+    pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+        let mut out = Invalidated {
+            l1: self
+                .shared
+                .l1
+                .remove_where(|e| e.tags.iter().any(|t| &**t == tag)),
+            l2: 0,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            out.l2 = l2.invalidate_tag(tag).await;
+        }
+        self.shared.counters.invalidations.add(out.l1);
+        out
+    }
+
+    /// Removes every stored response whose URL path starts with
+    /// `path_prefix`, in every tier (L2 is scanned with `SCAN`, off the
+    /// request path), and tells the other instances.
+    pub async fn invalidate_prefix(&self, path_prefix: &str) -> Invalidated {
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+        let mut out = Invalidated {
+            l1: self
+                .shared
+                .l1
+                .remove_where(|e| e.path().starts_with(path_prefix)),
+            l2: 0,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            out.l2 = l2.invalidate_prefix(path_prefix).await;
+        }
+        self.shared.counters.invalidations.add(out.l1);
+        out
+    }
+
+    /// Drops every stored response in every tier (L2: everything under the
+    /// namespace) and tells the other instances.
+    pub async fn clear(&self) -> Invalidated {
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+        let mut out = Invalidated {
+            l1: self.shared.l1.len() as u64,
+            l2: 0,
+        };
         self.shared.l1.clear();
         self.shared.hit_for_pass.clear();
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            out.l2 = l2.clear().await;
+        }
+        out
     }
 
     pub(crate) fn now(&self) -> u64 {
@@ -829,6 +1012,16 @@ impl Cache {
         let (found, fwd) = match s.l1.get(key, &parts.headers) {
             Found::Entry(e) if now >= e.timeline.retain_until => {
                 s.l1.remove_expired(key, &e, &parts.headers);
+                (None, "uri-miss")
+            }
+            #[cfg(feature = "redis")]
+            Found::Entry(e)
+                if s.l2
+                    .as_ref()
+                    .is_some_and(|l2| !l2.trust_l1(e.timeline.stored_at, now)) =>
+            {
+                // The invalidation channel is down and this copy is old:
+                // go to L2, which other instances keep current.
                 (None, "uri-miss")
             }
             Found::Entry(e) => (Some(e), "stale"),

@@ -105,6 +105,12 @@ impl Entry {
         &self.timeline
     }
 
+    /// The URL path the entry was stored for, read from its key (for keys
+    /// made by a custom key function: the whole key).
+    pub fn path(&self) -> &str {
+        key_path(&self.key)
+    }
+
     /// The entry's invalidation tags.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| &**t)
@@ -172,5 +178,39 @@ impl Entry {
             .sum();
         // Headers count twice: the stored map and the hit-response template.
         (self.body.len() + 2 * headers + vary + self.key.len() + 160) as u64
+    }
+}
+
+/// The path part of a readable key: `GET [scheme:][//authority]/path[?q][\n...]`.
+pub(crate) fn key_path(key: &str) -> &str {
+    let Some(mut r) = key.strip_prefix("GET ") else {
+        return key;
+    };
+    if let Some(i) = r.find("//") {
+        if !r[..i].contains('/') {
+            r = &r[i + 2..];
+            r = &r[r.find('/').unwrap_or(r.len())..];
+        }
+    }
+    let end = r.find(['?', '\n']).unwrap_or(r.len());
+    &r[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_path;
+
+    #[test]
+    fn paths_from_keys() {
+        for (key, path) in [
+            ("GET http://a.example/x/y?q=1", "/x/y"),
+            ("GET //host:8080/p", "/p"),
+            ("GET /only/path", "/only/path"),
+            ("GET https://h/p?x\nx-tenant:1", "/p"),
+            ("GET //h", ""),
+            ("custom-key", "custom-key"),
+        ] {
+            assert_eq!(key_path(key), path, "{key}");
+        }
     }
 }

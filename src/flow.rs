@@ -557,6 +557,7 @@ where
     };
 
     let mut headers = rparts.headers;
+    let tags = s.cfg.tags.extract(&client, &headers);
     let cookies: Vec<HeaderValue> = if storable.strip_set_cookie {
         headers.get_all(SET_COOKIE).iter().cloned().collect()
     } else {
@@ -592,7 +593,7 @@ where
         timeline: storable.timeline,
         flags: storable.flags,
         extensions: 0,
-        tags: Box::new([]),
+        tags,
         template: Default::default(),
     });
     let stored = cache.store_entry(

@@ -91,7 +91,7 @@ mod store;
 
 pub use body::CacheBody;
 pub use breaker::BreakerState;
-pub use cache::{Cache, CacheBuilder, CACHE_STATUS, CACHE_STATUS_NAME};
+pub use cache::{Cache, CacheBuilder, Invalidated, TagFn, CACHE_STATUS, CACHE_STATUS_NAME};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, Timeline};
 pub use error::BuildError;

@@ -183,6 +183,11 @@ pub struct Stats {
     pub promotions: u64,
     /// The L2 circuit breaker's state; `None` without an L2 tier.
     pub l2_breaker: Option<BreakerState>,
+    /// Whether this instance is subscribed to the L2 invalidation channel
+    /// (L1 copies are then kept coherent with other instances).
+    pub l2_subscribed: bool,
+    /// Invalidations received from other instances.
+    pub l2_messages_received: u64,
     /// The upstream circuit breaker's state.
     pub breaker: BreakerState,
     /// Times the breaker has opened.

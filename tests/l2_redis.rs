@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use redis_support::{skip_if_no_redis, RedisCluster, RedisServer};
 use support::*;
-use tower_tiered_cache::{Cache, CacheBuilder};
+use tower_tiered_cache::{Cache, CacheBuilder, ManualClock};
 
 const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 const L1_HIT: &str = "tower-tiered-cache; hit; detail=l1";
@@ -289,4 +289,202 @@ fn a_bad_url_is_a_build_error() {
         .promote_after(0)
         .build()
         .is_err());
+}
+
+/// Waits until the cache is subscribed to the invalidation channel.
+async fn subscribed(cache: &Cache) {
+    assert!(
+        eventually(|| cache.stats().l2_subscribed).await,
+        "not subscribed: {:?}",
+        cache.stats()
+    );
+}
+
+/// Two instances on one Redis, both holding `URL` in L1.
+async fn two_instances(
+    server_url: &str,
+    resp: fn(usize) -> http::Response<http_body_util::Full<bytes::Bytes>>,
+) -> (Cache, Svc, Cache, Svc, Log) {
+    let (origin, log) = origin(move |n, _| resp(n));
+    let a = l2(server_url.to_owned()).build().unwrap();
+    let b = l2(server_url.to_owned()).promote_after(1).build().unwrap();
+    let (svc_a, svc_b) = (cached(&a, origin.clone()), cached(&b, origin));
+    send(&svc_a, get(URL)).await;
+    written(&a, 1).await;
+    let r = send(&svc_b, get(URL)).await;
+    assert_eq!(cache_status(&r), L2_HIT);
+    let r = send(&svc_b, get(URL)).await;
+    assert_eq!(cache_status(&r), L1_HIT, "b holds an L1 copy");
+    subscribed(&a).await;
+    subscribed(&b).await;
+    (a, svc_a, b, svc_b, log)
+}
+
+fn versioned(n: usize) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    with_header(
+        ok("max-age=60", &format!("v{n}")),
+        "surrogate-key",
+        "product-1 all",
+    )
+}
+
+#[tokio::test]
+async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_within_a_second() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (a, _svc_a, b, svc_b, log) = two_instances(&server.url(), versioned).await;
+    assert!(a.invalidate(&get(URL)));
+    let t = Instant::now();
+    assert!(
+        eventually(|| b.stats().l2_messages_received >= 1).await,
+        "no message reached b"
+    );
+    let r = send(&svc_b, get(URL)).await;
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(log.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_within_a_second() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (a, svc_a, b, svc_b, _log) = two_instances(&server.url(), versioned).await;
+    // `no-cache` on a's request: a fetches v1 and overwrites v0 everywhere.
+    let r = send(&svc_a, get_with(URL, &[("cache-control", "no-cache")])).await;
+    assert_eq!(body(r).await, "v1");
+    written(&a, 2).await;
+    let t = Instant::now();
+    assert!(eventually(|| b.stats().l2_messages_received >= 1).await);
+    let r = send(&svc_b, get(URL)).await;
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(cache_status(&r), L2_HIT, "b's L1 copy was dropped");
+    assert_eq!(body(r).await, "v1");
+}
+
+#[tokio::test]
+async fn tags_prefixes_and_clear_reach_both_tiers_and_other_instances() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (a, _svc_a, b, svc_b, log) = two_instances(&server.url(), versioned).await;
+    let out = a.invalidate_tag("product-1").await;
+    assert_eq!((out.l1, out.l2), (1, 1), "a's L1 copy and the L2 key");
+    assert!(eventually(|| b.stats().l2_messages_received >= 1).await);
+    assert!(cache_status(&send(&svc_b, get(URL)).await).contains("fwd=uri-miss"));
+    assert_eq!(log.calls(), 2);
+    // b stored v1 (L1 and L2). A prefix purge from a removes it everywhere.
+    written(&b, 1).await;
+    let before = b.stats().l2_messages_received;
+    let out = a.invalidate_prefix("/it").await;
+    assert_eq!(out.l2, 1);
+    assert!(eventually(|| b.stats().l2_messages_received > before).await);
+    assert!(cache_status(&send(&svc_b, get(URL)).await).contains("fwd=uri-miss"));
+    assert_eq!(log.calls(), 3);
+    // A prefix that matches nothing removes nothing.
+    assert_eq!(a.invalidate_prefix("/other").await.l2, 0);
+    // clear: everything under the namespace, both tiers, every instance.
+    written(&b, 2).await;
+    let before = b.stats().l2_messages_received;
+    let out = a.clear().await;
+    assert!(out.l2 >= 2, "entry and tag index: {out:?}");
+    assert!(eventually(|| b.stats().l2_messages_received > before).await);
+    assert!(server
+        .cli(&["--scan", "--pattern", "t:*"])
+        .text()
+        .trim()
+        .is_empty());
+    assert!(cache_status(&send(&svc_b, get(URL)).await).contains("fwd=uri-miss"));
+    assert_eq!(log.calls(), 4);
+}
+
+#[tokio::test]
+async fn purges_work_on_a_cluster() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    let (origin, log) =
+        origin(|_, req| with_header(ok("max-age=60", req.uri().path()), "cache-tag", "group"));
+    let a = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("p")
+        .build()
+        .unwrap();
+    let svc = cached(&a, origin);
+    for i in 0..12 {
+        send(&svc, get(&format!("http://example.com/x/{i}"))).await;
+        send(&svc, get(&format!("http://example.com/y/{i}"))).await;
+    }
+    written(&a, 24).await;
+    assert_eq!(a.invalidate_prefix("/x/").await.l2, 12);
+    assert_eq!(
+        a.invalidate_tag("group").await.l2,
+        24,
+        "members of the tag index"
+    );
+    let b = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("p")
+        .build()
+        .unwrap();
+    let r = send(
+        &cached(&b, support::origin(|_, _| ok("max-age=60", "new")).0),
+        get("http://example.com/y/3"),
+    )
+    .await;
+    assert!(cache_status(&r).contains("fwd=uri-miss"));
+    assert_eq!(log.calls(), 24);
+    for i in 0..5 {
+        send(&svc, get(&format!("http://example.com/z/{i}"))).await;
+    }
+    written(&a, 29).await;
+    assert!(a.clear().await.l2 >= 5);
+}
+
+#[tokio::test]
+async fn l1_is_not_trusted_past_l1_max_ttl_while_the_channel_is_down() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let clock = ManualClock::starting_now();
+    let (origin, log) = origin(|_, _| ok("max-age=600", "x"));
+    let cache = l2(server.url())
+        .clock(clock.clone())
+        .l1_max_ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let svc = cached(&cache, origin);
+    send(&svc, get(URL)).await;
+    subscribed(&cache).await;
+    server.kill();
+    assert!(
+        eventually(|| !cache.stats().l2_subscribed).await,
+        "the subscriber noticed"
+    );
+    // Within l1_max_ttl the L1 copy is still used.
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), L1_HIT);
+    // Past it, the copy is not trusted: L2 is down, so the origin answers.
+    clock.advance(Duration::from_secs(2));
+    let r = send(&svc, get(URL)).await;
+    assert_ne!(cache_status(&r), L1_HIT);
+    assert_eq!(log.calls(), 2);
+    // The channel comes back by itself.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !cache.stats().l2_subscribed && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cache.stats().l2_subscribed, "resubscribed after restart");
 }

@@ -2,8 +2,11 @@
 //! promotion of hot entries into L1, a timeout on every operation, and a
 //! circuit breaker. L2 failures are misses: they never fail a request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -35,6 +38,9 @@ pub(crate) struct L2Config {
     pub(crate) promote_after: u32,
     pub(crate) promotion_window: Duration,
     pub(crate) write_queue: usize,
+    /// How long L1 copies are trusted while the invalidation channel is
+    /// down (its messages may be missed).
+    pub(crate) l1_max_ttl: Duration,
 }
 
 /// L2 counters.
@@ -46,6 +52,7 @@ pub(crate) struct L2Counters {
     pub(crate) writes: Counter,
     pub(crate) writes_dropped: Counter,
     pub(crate) promotions: Counter,
+    pub(crate) messages_received: Counter,
 }
 
 struct Write {
@@ -53,6 +60,53 @@ struct Write {
     value: Bytes,
     px: u64,
 }
+
+/// One entry's writes: its key(s), tag index additions, and the key to
+/// announce to the other instances.
+struct Job {
+    writes: Vec<Write>,
+    tags: Vec<String>,
+    px: u64,
+    announce: KeyHash,
+}
+
+/// An invalidation received from another instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Message {
+    Key(KeyHash),
+    Tag(String),
+    Prefix(String),
+    Clear,
+}
+
+impl Message {
+    fn encode(&self, instance: u64) -> String {
+        match self {
+            Message::Key(k) => format!("{instance:016x} key {k}"),
+            Message::Tag(t) => format!("{instance:016x} tag {t}"),
+            Message::Prefix(p) => format!("{instance:016x} prefix {p}"),
+            Message::Clear => format!("{instance:016x} clear"),
+        }
+    }
+
+    /// `(sender, message)`, or `None` for anything malformed.
+    fn decode(s: &str) -> Option<(u64, Message)> {
+        let (sender, rest) = s.split_once(' ')?;
+        let sender = u64::from_str_radix(sender, 16).ok()?;
+        let (kind, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        let msg = match kind {
+            "key" => Message::Key(KeyHash(u128::from_str_radix(arg, 16).ok()?)),
+            "tag" => Message::Tag(arg.to_owned()),
+            "prefix" => Message::Prefix(arg.to_owned()),
+            "clear" => Message::Clear,
+            _ => return None,
+        };
+        Some((sender, msg))
+    }
+}
+
+/// What the L2 tier asks of the engine when another instance invalidates.
+pub(crate) type Listener = Box<dyn Fn(&Message) + Send + Sync>;
 
 pub(crate) struct L2 {
     store: RedisStore,
@@ -63,8 +117,18 @@ pub(crate) struct L2 {
     hits: QuickCache<KeyHash, (u32, u64)>,
     /// Keys whose undecodable values were already logged (bounded).
     logged: QuickCache<KeyHash, ()>,
-    writer: Mutex<Option<mpsc::Sender<Vec<Write>>>>,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
     pub(crate) counters: L2Counters,
+    /// This instance's id on the invalidation channel.
+    instance: u64,
+    /// Applies other instances' invalidations to L1.
+    listener: OnceLock<Listener>,
+    /// Whether the subscriber task runs (started on first use).
+    subscriber_started: AtomicBool,
+    /// True while subscribed: L1 copies are kept coherent.
+    coherent: AtomicBool,
+    /// Whether the channel was ever lost (then L1 is cleared on resubscribe).
+    lost_at: AtomicU64,
 }
 
 impl std::fmt::Debug for L2 {
@@ -87,8 +151,201 @@ impl L2 {
             logged: QuickCache::new(10_000),
             writer: Mutex::new(None),
             counters: L2Counters::default(),
+            instance: instance_id(),
+            listener: OnceLock::new(),
+            subscriber_started: AtomicBool::new(false),
+            coherent: AtomicBool::new(false),
+            lost_at: AtomicU64::new(0),
             cfg,
         })
+    }
+
+    /// Sets what to do with invalidations from other instances.
+    pub(crate) fn set_listener(&self, listener: Listener) {
+        let _ = self.listener.set(listener);
+    }
+
+    /// Whether an L1 copy stored at `stored_at` may be trusted at `now`:
+    /// always while the invalidation channel is up, for `l1_max_ttl` when
+    /// it is not.
+    #[inline]
+    pub(crate) fn trust_l1(&self, stored_at: u64, now: u64) -> bool {
+        self.coherent.load(Ordering::Relaxed)
+            || now.saturating_sub(stored_at) <= self.cfg.l1_max_ttl.as_millis() as u64
+    }
+
+    /// Whether the invalidation channel is up.
+    pub(crate) fn subscribed(&self) -> bool {
+        self.coherent.load(Ordering::Relaxed)
+    }
+
+    /// The invalidation channel's name.
+    fn channel(&self) -> String {
+        format!("{}:invalidate", self.cfg.namespace)
+    }
+
+    /// Starts the subscriber task once, on the current runtime.
+    pub(crate) fn ensure_subscriber(self: &Arc<Self>) {
+        if self.subscriber_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.subscriber_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        handle.spawn(subscribe_loop(weak));
+    }
+
+    /// Announces an invalidation to the other instances (best effort).
+    pub(crate) async fn publish(&self, msg: &Message) {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(msg.encode(self.instance));
+        let _ = self.guarded(Duration::ZERO, self.store.query(&cmd)).await;
+    }
+
+    fn receive(&self, payload: &str) {
+        let Some((sender, msg)) = Message::decode(payload) else {
+            return;
+        };
+        if sender == self.instance {
+            return;
+        }
+        self.counters.messages_received.incr();
+        if let Some(listener) = self.listener.get() {
+            listener(&msg);
+        }
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}:tag:{}", self.cfg.namespace, tag)
+    }
+
+    /// Deletes every L2 entry carrying `tag` (through the tag's index set).
+    pub(crate) async fn invalidate_tag(&self, tag: &str) -> u64 {
+        let tag_key = self.tag_key(tag);
+        let cmd = redis::cmd("SMEMBERS").arg(&tag_key).clone();
+        let members: Vec<String> = match self.guarded(Duration::ZERO, self.store.query(&cmd)).await
+        {
+            Some(Value::Array(items)) | Some(Value::Set(items)) => items
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => String::from_utf8(b).ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut keys = members;
+        let n = keys.len() as u64;
+        keys.push(tag_key);
+        self.delete_keys(keys).await;
+        self.publish(&Message::Tag(tag.to_owned())).await;
+        n
+    }
+
+    /// Deletes every L2 entry whose path starts with `prefix`. Scans the
+    /// namespace (every master of a cluster): never on the request path.
+    pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> u64 {
+        let pattern = format!("{}:{}:*", self.cfg.namespace, FORMAT_VERSION);
+        let mut removed = 0;
+        for keys in self.scan(&pattern).await {
+            let gets = keys.iter().map(|k| redis::Cmd::get(k.as_str())).collect();
+            let Some(values) = self
+                .guarded(self.cfg.timeout * 4, self.store.query_many(gets))
+                .await
+            else {
+                continue;
+            };
+            let doomed: Vec<String> = keys
+                .into_iter()
+                .zip(values)
+                .filter_map(|(k, v)| match v {
+                    Value::BulkString(b) => match Entry::decode(&b) {
+                        Ok(e) if e.path().starts_with(prefix) => Some(k),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            removed += doomed.len() as u64;
+            self.delete_keys(doomed).await;
+        }
+        self.publish(&Message::Prefix(prefix.to_owned())).await;
+        removed
+    }
+
+    /// Deletes everything under the namespace.
+    pub(crate) async fn clear(&self) -> u64 {
+        let pattern = format!("{}:*", self.cfg.namespace);
+        let mut removed = 0;
+        for keys in self.scan(&pattern).await {
+            removed += keys.len() as u64;
+            self.delete_keys(keys).await;
+        }
+        self.publish(&Message::Clear).await;
+        removed
+    }
+
+    /// `SCAN` every node for `pattern`, in batches (bounded per call).
+    async fn scan(&self, pattern: &str) -> Vec<Vec<String>> {
+        let mut batches = Vec::new();
+        let Ok(clients) = self.store.scan_clients().await else {
+            self.counters.errors.incr();
+            return batches;
+        };
+        for client in clients {
+            let conn = tokio::time::timeout(
+                self.cfg.connect_timeout,
+                client.get_multiplexed_async_connection(),
+            )
+            .await;
+            let Ok(Ok(mut conn)) = conn else {
+                self.counters.errors.incr();
+                continue;
+            };
+            let mut cursor: u64 = 0;
+            // At most 100 000 rounds of 500: a bound, not an expectation.
+            for _ in 0..100_000 {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let reply: Result<(u64, Vec<String>), _> =
+                    tokio::time::timeout(self.cfg.timeout * 4, cmd.query_async(&mut conn))
+                        .await
+                        .map_err(|_| ())
+                        .and_then(|r| r.map_err(|_| ()));
+                let Ok((next, keys)) = reply else {
+                    self.counters.errors.incr();
+                    break;
+                };
+                if !keys.is_empty() {
+                    batches.push(keys);
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        batches
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) {
+        for chunk in keys.chunks(500) {
+            let cmds = chunk
+                .iter()
+                .map(|k| redis::cmd("DEL").arg(k).clone())
+                .collect();
+            let _ = self
+                .guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
+                .await;
+        }
     }
 
     /// `{namespace}:{format}:{hash}`.
@@ -134,7 +391,12 @@ impl L2 {
     }
 
     /// Finds the entry for `primary` that these request headers select.
-    pub(crate) async fn lookup(&self, primary: KeyHash, headers: &HeaderMap) -> Option<Arc<Entry>> {
+    pub(crate) async fn lookup(
+        self: &Arc<Self>,
+        primary: KeyHash,
+        headers: &HeaderMap,
+    ) -> Option<Arc<Entry>> {
+        self.ensure_subscriber();
         let raw = self.get(primary).await?;
         let (slot, raw) = if let Some(names) = raw.strip_prefix(VARY_MAGIC.as_slice()) {
             let names: Vec<HeaderName> = names
@@ -147,7 +409,7 @@ impl L2 {
         } else {
             (primary, raw)
         };
-        match Entry::decode(&raw) {
+        match Entry::decode_bytes(raw) {
             Ok(entry) if entry.vary_matches(headers) => Some(Arc::new(entry)),
             Ok(_) => None,
             Err(e) => {
@@ -194,9 +456,10 @@ impl L2 {
         now: u64,
     ) {
         let px = entry.timeline.retain_until.saturating_sub(now);
-        if px == 0 {
+        if px == 0 || !entry.fits_format() {
             return;
         }
+        self.ensure_subscriber();
         let mut writes = Vec::with_capacity(2);
         let names: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
         if names.is_empty() {
@@ -222,59 +485,106 @@ impl L2 {
                 px,
             });
         }
+        let job = Job {
+            tags: entry.tags.iter().map(|t| t.to_string()).collect(),
+            writes,
+            px,
+            announce: primary,
+        };
+        let n = job.writes.len() as u64;
         let Some(tx) = self.sender() else {
-            self.counters.writes_dropped.add(writes.len() as u64);
+            self.counters.writes_dropped.add(n);
             return;
         };
-        let n = writes.len() as u64;
-        if tx.try_send(writes).is_err() {
+        if tx.try_send(job).is_err() {
             self.counters.writes_dropped.add(n);
         }
     }
 
     /// The writer's queue, starting the writer task on first use (and again
     /// if its runtime went away).
-    fn sender(self: &Arc<Self>) -> Option<mpsc::Sender<Vec<Write>>> {
+    fn sender(self: &Arc<Self>) -> Option<mpsc::Sender<Job>> {
         let mut slot = self.writer.lock().ok()?;
         if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
-        let (tx, mut rx) = mpsc::channel::<Vec<Write>>(self.cfg.write_queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<Job>(self.cfg.write_queue.max(1));
         let weak = Arc::downgrade(self);
         handle.spawn(async move {
-            let mut batch: Vec<Vec<Write>> = Vec::with_capacity(64);
+            let mut batch: Vec<Job> = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 let Some(l2) = weak.upgrade() else { return };
-                let writes: Vec<Write> = batch.drain(..).flatten().collect();
-                l2.write(writes).await;
+                l2.write(std::mem::take(&mut batch)).await;
             }
         });
         *slot = Some(tx.clone());
         Some(tx)
     }
 
-    async fn write(&self, writes: Vec<Write>) {
-        let n = writes.len() as u64;
-        let bytes: usize = writes.iter().map(|w| w.value.len()).sum();
+    /// Writes a batch of jobs in one pipeline (per-key commands on a
+    /// cluster), then tells the other instances to drop their L1 copies.
+    async fn write(&self, jobs: Vec<Job>) {
+        let n: u64 = jobs.iter().map(|j| j.writes.len() as u64).sum();
+        let bytes: usize = jobs
+            .iter()
+            .flat_map(|j| &j.writes)
+            .map(|w| w.value.len())
+            .sum();
         // Large values get more time: 1 ms per 64 KiB on top of the timeout.
         let extra = Duration::from_millis((bytes / (64 * 1024)) as u64);
-        let cmds: Vec<redis::Cmd> = writes
-            .into_iter()
-            .map(|w| {
+        let mut cmds: Vec<redis::Cmd> = Vec::new();
+        let mut announce = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            for w in &job.writes {
                 let mut c = redis::cmd("SET");
-                c.arg(w.key).arg(w.value.as_ref()).arg("PX").arg(w.px);
-                c
-            })
-            .collect();
+                c.arg(&w.key).arg(w.value.as_ref()).arg("PX").arg(w.px);
+                cmds.push(c);
+            }
+            for tag in &job.tags {
+                let tag_key = self.tag_key(tag);
+                for w in &job.writes {
+                    cmds.push(redis::cmd("SADD").arg(&tag_key).arg(&w.key).clone());
+                }
+                // The index lives as long as its longest-lived entry.
+                cmds.push(
+                    redis::cmd("PEXPIRE")
+                        .arg(&tag_key)
+                        .arg(job.px)
+                        .arg("NX")
+                        .clone(),
+                );
+                cmds.push(
+                    redis::cmd("PEXPIRE")
+                        .arg(&tag_key)
+                        .arg(job.px)
+                        .arg("GT")
+                        .clone(),
+                );
+            }
+            announce.push(job.announce);
+        }
         if self
             .guarded(extra, self.store.query_many(cmds))
             .await
             .is_some()
         {
             self.counters.writes.add(n);
+            for key in announce {
+                self.publish(&Message::Key(key)).await;
+            }
         } else {
             self.counters.writes_dropped.add(n);
+        }
+    }
+
+    /// Deletes keys (all variants are separate keys) and tells the other
+    /// instances.
+    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) {
+        let announce = keys.clone();
+        self.delete(keys).await;
+        for key in announce {
+            self.publish(&Message::Key(key)).await;
         }
     }
 
@@ -294,5 +604,97 @@ impl L2 {
         self.guarded(Duration::ZERO, self.store.query_many(cmds))
             .await
             .is_some()
+    }
+}
+
+/// A random-enough id for this process's L2 tier (time, address, pid).
+fn instance_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let marker = Box::new(0u8);
+    let addr = &*marker as *const u8 as u64;
+    xxhash_rust::xxh3::xxh3_64(
+        &[
+            t.to_le_bytes(),
+            addr.to_le_bytes(),
+            u64::from(std::process::id()).to_le_bytes(),
+        ]
+        .concat(),
+    )
+}
+
+/// Keeps a subscription to the invalidation channel, reconnecting with a
+/// growing delay. While it is down, L1 copies are trusted only for
+/// `l1_max_ttl`; after it comes back L1 is cleared, since messages may have
+/// been missed. Ends when the cache is dropped.
+async fn subscribe_loop(weak: Weak<L2>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(l2) = weak.upgrade() else { return };
+        let client = l2.store.client();
+        let channel = l2.channel();
+        let connect_timeout = l2.cfg.connect_timeout;
+        drop(l2);
+        let subscribed = async {
+            let client = client.ok()?;
+            let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+                .await
+                .ok()?
+                .ok()?;
+            tokio::time::timeout(connect_timeout, pubsub.subscribe(&channel))
+                .await
+                .ok()?
+                .ok()?;
+            Some(pubsub)
+        }
+        .await;
+        if let Some(pubsub) = subscribed {
+            let Some(l2) = weak.upgrade() else { return };
+            if l2.lost_at.load(Ordering::Acquire) != 0 {
+                // Messages may have been missed while away.
+                if let Some(listener) = l2.listener.get() {
+                    listener(&Message::Clear);
+                }
+                l2.lost_at.store(0, Ordering::Release);
+            }
+            l2.coherent.store(true, Ordering::Release);
+            drop(l2);
+            delay = Duration::from_millis(100);
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Some(l2) = weak.upgrade() else { return };
+                if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
+                    l2.receive(payload);
+                }
+            }
+        }
+        let Some(l2) = weak.upgrade() else { return };
+        l2.coherent.store(false, Ordering::Release);
+        l2.lost_at
+            .store(l2.clock.now_millis().max(1), Ordering::Release);
+        drop(l2);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for msg in [
+            Message::Key(KeyHash(0xdead_beef_u128 << 64 | 7)),
+            Message::Tag("product-42".into()),
+            Message::Prefix("/api/odds".into()),
+            Message::Clear,
+        ] {
+            assert_eq!(Message::decode(&msg.encode(99)), Some((99, msg)));
+        }
+        assert_eq!(Message::decode("zz key 1"), None);
+        assert_eq!(Message::decode("01 nope"), None);
+        assert_eq!(Message::decode("01 key not-hex"), None);
     }
 }

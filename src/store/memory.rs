@@ -302,6 +302,30 @@ impl MemoryStore {
         }
     }
 
+    /// Removes every entry `pred` selects (a scan of L1, off the request
+    /// path). Returns how many were removed.
+    pub(crate) fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> u64 {
+        let doomed: Vec<(KeyHash, Arc<Entry>)> = self
+            .cache
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Slot::Entry(e) if pred(&e) => Some((k, e)),
+                _ => None,
+            })
+            .collect();
+        let mut n = 0;
+        for (k, e) in doomed {
+            if self
+                .cache
+                .remove_if(&k, |v| matches!(v, Slot::Entry(x) if Arc::ptr_eq(x, &e)))
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub(crate) fn clear(&self) {
         self.cache.clear();
     }

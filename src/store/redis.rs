@@ -44,6 +44,8 @@ enum Backend {
 /// A Redis connection made on first use.
 pub(crate) struct RedisStore {
     backend: Backend,
+    /// The (first) URL, for the pub/sub connection and per-node scans.
+    url: String,
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
     connect_timeout: Duration,
@@ -98,6 +100,7 @@ impl RedisStore {
                     Client::open(url.as_str()).map_err(|e| format!("bad Redis URL: {e}"))?;
                 let server = server_of(client.get_connection_info());
                 Ok(Self {
+                    url: url.clone(),
                     backend: Backend::Single {
                         client,
                         conn: OnceCell::new(),
@@ -118,6 +121,7 @@ impl RedisStore {
                     .build()
                     .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
                 Ok(Self {
+                    url: urls[0].clone(),
                     backend: Backend::Cluster {
                         client: Box::new(client),
                         conn: OnceCell::new(),
@@ -207,5 +211,71 @@ impl RedisStore {
                     .collect()
             }
         }
+    }
+
+    /// A client for a dedicated connection (pub/sub): any node of a
+    /// cluster receives every published message.
+    pub(crate) fn client(&self) -> Result<Client, StoreError> {
+        Ok(Client::open(self.url.as_str())?)
+    }
+
+    /// Clients for every node whose keys must be scanned: the one server,
+    /// or each master of the cluster (from `CLUSTER NODES`).
+    pub(crate) async fn scan_clients(&self) -> Result<Vec<Client>, StoreError> {
+        if matches!(self.backend, Backend::Single { .. }) {
+            return Ok(vec![self.client()?]);
+        }
+        let nodes = self
+            .query(&redis::cmd("CLUSTER").arg("NODES").clone())
+            .await?;
+        let text = match nodes {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::SimpleString(s) => s,
+            _ => String::new(),
+        };
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+                continue;
+            }
+            if fields[2].split(',').any(|f| f == "fail" || f == "noaddr") {
+                continue;
+            }
+            let addr = fields[1].split('@').next().unwrap_or("");
+            out.push(Client::open(with_addr(&self.url, addr).as_str())?);
+        }
+        Ok(out)
+    }
+}
+
+/// `url` with its `host:port` replaced by `addr` (credentials, scheme and
+/// database kept).
+fn with_addr(url: &str, addr: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let (auth, hostpart) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let tail = hostpart.find('/').map_or("", |i| &hostpart[i..]);
+    match auth {
+        Some(a) => format!("{scheme}://{a}@{addr}{tail}"),
+        None => format!("{scheme}://{addr}{tail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_addr;
+
+    #[test]
+    fn replacing_the_address_keeps_the_rest() {
+        assert_eq!(
+            with_addr("redis://127.0.0.1:7000/", "10.0.0.2:7001"),
+            "redis://10.0.0.2:7001/"
+        );
+        assert_eq!(with_addr("redis://u:p@h:1/2", "x:9"), "redis://u:p@x:9/2");
+        assert_eq!(with_addr("rediss://:pw@h:1", "x:9"), "rediss://:pw@x:9");
     }
 }
