@@ -236,6 +236,7 @@ struct L2Settings {
     promotion_window: Duration,
     write_queue: usize,
     l1_max_ttl: Duration,
+    compress_over: Option<usize>,
 }
 
 #[cfg(feature = "redis")]
@@ -252,6 +253,7 @@ impl Default for L2Settings {
             promotion_window: Duration::from_secs(60),
             write_queue: 1024,
             l1_max_ttl: Duration::from_secs(10),
+            compress_over: cfg!(feature = "compression").then_some(1024),
         }
     }
 }
@@ -587,6 +589,16 @@ impl CacheBuilder {
         self
     }
 
+    /// L2 bodies larger than this many bytes are compressed with LZ4 when
+    /// that saves space (default 1 KiB; `None` turns it off). Bodies that
+    /// already carry a `Content-Encoding` are stored as they are.
+    #[cfg(all(feature = "redis", feature = "compression"))]
+    #[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "compression"))))]
+    pub fn compression_threshold(mut self, bytes: Option<usize>) -> Self {
+        self.l2.compress_over = bytes;
+        self
+    }
+
     /// Checks the settings and builds the cache.
     pub fn build(self) -> Result<Cache, BuildError> {
         if self.l1_capacity == 0 {
@@ -752,6 +764,8 @@ impl CacheBuilder {
             promotion_window: l2.promotion_window,
             write_queue: l2.write_queue,
             l1_max_ttl: l2.l1_max_ttl,
+            max_body_bytes: self.max_body,
+            compress_over: l2.compress_over,
         };
         crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
             .map(|l2| Some(Arc::new(l2)))

@@ -488,3 +488,73 @@ async fn l1_is_not_trusted_past_l1_max_ttl_while_the_channel_is_down() {
     }
     assert!(cache.stats().l2_subscribed, "resubscribed after restart");
 }
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn large_bodies_are_compressed_in_l2_and_served_intact() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let big = "{\"market\": \"1x2\", \"odds\": [1.85, 3.4, 4.2]}\n".repeat(500);
+    let expected = big.clone();
+    let (origin, log) = origin(move |_, req| {
+        if req.uri().path() == "/encoded" {
+            with_header(ok("max-age=60", &big), "content-encoding", "identity")
+        } else {
+            ok("max-age=60", &big)
+        }
+    });
+    let a = l2(server.url()).build().unwrap();
+    let svc_a = cached(&a, origin.clone());
+    send(&svc_a, get(URL)).await;
+    send(&svc_a, get("http://example.com/encoded")).await;
+    written(&a, 2).await;
+    let sizes: Vec<usize> = server
+        .cli(&["--scan", "--pattern", "t:*"])
+        .text()
+        .lines()
+        .map(|k| server.cli(&["STRLEN", k]).text().trim().parse().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 2);
+    let (small, large) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+    assert!(
+        small * 5 < expected.len(),
+        "compressed value is small: {sizes:?}"
+    );
+    assert!(
+        large > expected.len(),
+        "a Content-Encoding body is stored as it is: {sizes:?}"
+    );
+    let b = l2(server.url()).build().unwrap();
+    let r = send(&cached(&b, origin), get(URL)).await;
+    assert_eq!(cache_status(&r), L2_HIT);
+    assert_eq!(body(r).await, expected.as_bytes());
+    assert_eq!(log.calls(), 2);
+}
+
+#[tokio::test]
+async fn entries_over_the_l1_entry_cap_stay_in_l2_only() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let big = "y".repeat(200_000);
+    let (origin, log) = origin(move |_, _| ok("max-age=60", &big));
+    let cache = l2(server.url())
+        .l1_max_entry_bytes(64 * 1024)
+        .promote_after(1)
+        .build()
+        .unwrap();
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get(URL)).await;
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    written(&cache, 1).await;
+    for _ in 0..3 {
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(cache_status(&r), L2_HIT, "too big for L1, even promoted");
+        assert_eq!(body(r).await.len(), 200_000);
+    }
+    assert_eq!(cache.stats().l1_entries, 0);
+    assert_eq!(log.calls(), 1);
+}

@@ -152,7 +152,11 @@ impl fmt::Display for Problem {
         match self {
             Problem::UnknownFlags(bits) => write!(f, "unknown flag bits {bits:#04x}"),
             Problem::Compressed => {
-                f.write_str("the body is compressed, which this build cannot read")
+                if cfg!(feature = "compression") {
+                    f.write_str("the compressed body is corrupt or too large")
+                } else {
+                    f.write_str("the body is compressed, which this build cannot read (feature `compression`)")
+                }
             }
             Problem::Unencodable => {
                 f.write_str("the entry exceeded the format's limits and was not encoded")
@@ -316,6 +320,15 @@ impl Entry {
     /// more, a body or header value of 4 GiB or more) cannot be stored: it
     /// encodes to a short value that [`Entry::decode`] refuses as malformed.
     pub fn encode(&self) -> Bytes {
+        self.encode_with(None)
+    }
+
+    /// [`encode`](Self::encode), compressing a body larger than
+    /// `compress_over` bytes with LZ4 when that saves space (feature
+    /// `compression`; a body that already has a `Content-Encoding` is
+    /// stored as it is).
+    pub(crate) fn encode_with(&self, compress_over: Option<usize>) -> Bytes {
+        let compressed = self.compressed_body(compress_over);
         if !self.fits_format() {
             let mut buf = BytesMut::with_capacity(6);
             buf.put_slice(&MAGIC);
@@ -328,7 +341,11 @@ impl Entry {
         let mut buf = BytesMut::with_capacity(self.encoded_len());
         buf.put_slice(&MAGIC);
         buf.put_u8(FORMAT_VERSION);
-        buf.put_u8(0);
+        buf.put_u8(if compressed.is_some() {
+            FLAG_COMPRESSED
+        } else {
+            0
+        });
         buf.put_u16_le(self.status.as_u16());
         buf.put_u8(version_code(self.version));
         let mut flags = 0;
@@ -380,10 +397,33 @@ impl Entry {
             buf.put_slice(tag.as_bytes());
         }
 
-        buf.put_u32_le(self.body.len() as u32);
-        buf.put_slice(&self.body);
-        debug_assert_eq!(buf.len(), self.encoded_len());
+        match &compressed {
+            Some(c) => {
+                buf.put_u32_le(c.len() as u32);
+                buf.put_slice(c);
+            }
+            None => {
+                buf.put_u32_le(self.body.len() as u32);
+                buf.put_slice(&self.body);
+                debug_assert_eq!(buf.len(), self.encoded_len());
+            }
+        }
         buf.freeze()
+    }
+
+    #[cfg(feature = "compression")]
+    fn compressed_body(&self, over: Option<usize>) -> Option<Vec<u8>> {
+        let over = over?;
+        if self.body.len() <= over || self.headers.contains_key(http::header::CONTENT_ENCODING) {
+            return None;
+        }
+        let c = lz4_flex::compress_prepend_size(&self.body);
+        (c.len() < self.body.len()).then_some(c)
+    }
+
+    #[cfg(not(feature = "compression"))]
+    fn compressed_body(&self, _over: Option<usize>) -> Option<Vec<u8>> {
+        None
     }
 
     /// Decodes a value written by [`Entry::encode`].
@@ -601,7 +641,8 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
             at,
         ));
     }
-    if flags & FLAG_COMPRESSED != 0 {
+    let compressed = flags & FLAG_COMPRESSED != 0;
+    if compressed && !cfg!(feature = "compression") {
         return Err(DecodeError::malformed(
             "format flags",
             Problem::Compressed,
@@ -685,10 +726,15 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     }
 
     let start = r.pos + 4;
+    let at = r.pos;
     let raw = r.bytes32("body")?;
-    let body = match shared {
-        Some(b) => b.slice(start..start + raw.len()),
-        None => Bytes::copy_from_slice(raw),
+    let body = if compressed {
+        decompress(raw, at)?
+    } else {
+        match shared {
+            Some(b) => b.slice(start..start + raw.len()),
+            None => Bytes::copy_from_slice(raw),
+        }
     };
 
     if r.remaining() != 0 {
@@ -709,6 +755,30 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
         tags: tags.into_boxed_slice(),
         template: Default::default(),
     })
+}
+
+/// The largest body a compressed value may declare (a bound against
+/// decompression bombs).
+#[cfg(feature = "compression")]
+const MAX_DECOMPRESSED: usize = 256 * 1024 * 1024;
+
+#[cfg(feature = "compression")]
+fn decompress(raw: &[u8], at: usize) -> Result<Bytes, DecodeError> {
+    let declared = raw
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| DecodeError::malformed("body", Problem::Compressed, at))?;
+    if declared > MAX_DECOMPRESSED {
+        return Err(DecodeError::malformed("body", Problem::Compressed, at));
+    }
+    lz4_flex::decompress_size_prepended(raw)
+        .map(Bytes::from)
+        .map_err(|_| DecodeError::malformed("body", Problem::Compressed, at))
+}
+
+#[cfg(not(feature = "compression"))]
+fn decompress(_raw: &[u8], at: usize) -> Result<Bytes, DecodeError> {
+    Err(DecodeError::malformed("body", Problem::Compressed, at))
 }
 
 #[cfg(test)]
@@ -946,7 +1016,8 @@ mod tests {
             assert!(err.to_string().contains("unknown flag bits"), "{err}");
             assert!(err.to_string().contains("format flags"), "{err}");
         }
-        // Bit 0 (compressed body) is known but not readable by this build.
+        // Bit 0 on an uncompressed body: not readable (without the feature)
+        // or not valid LZ4 (with it).
         let mut v = enc.clone();
         v[5] = FLAG_COMPRESSED;
         let err = Entry::decode(&v).unwrap_err();
@@ -1407,5 +1478,98 @@ mod props {
             }
             check_input(&v);
         }
+    }
+}
+
+#[cfg(all(test, feature = "compression"))]
+mod compression_tests {
+    use super::*;
+    use crate::entry::{EntryFlags, Timeline};
+    use http::header::{HeaderValue, CONTENT_ENCODING};
+    use http::{StatusCode, Version};
+
+    fn entry(body: Vec<u8>, encoded: bool) -> Entry {
+        let mut headers = HeaderMap::new();
+        if encoded {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        Entry {
+            key: "GET //h/x".into(),
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers,
+            body: Bytes::from(body),
+            vary: Box::new([]),
+            timeline: Timeline {
+                stored_at: 1,
+                initial_age: 0,
+                fresh_until: 2,
+                stale_until: 3,
+                stale_if_error_until: 4,
+                retain_until: 5,
+            },
+            flags: EntryFlags::default(),
+            extensions: 0,
+            tags: Box::new([]),
+            template: Default::default(),
+        }
+    }
+
+    #[test]
+    fn large_compressible_bodies_are_compressed_and_round_trip() {
+        let body = b"{\"odds\": [1.5, 2.25, 3.75]} ".repeat(400);
+        let e = entry(body.clone(), false);
+        let plain = e.encode();
+        let packed = e.encode_with(Some(1024));
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(packed[5] & FLAG_COMPRESSED, FLAG_COMPRESSED);
+        let back = Entry::decode_bytes(packed).unwrap();
+        assert_eq!(back.body(), &body[..]);
+    }
+
+    #[test]
+    fn small_incompressible_or_encoded_bodies_are_stored_as_they_are() {
+        // Under the threshold.
+        let e = entry(vec![b'a'; 1000], false);
+        assert_eq!(e.encode_with(Some(1024)), e.encode());
+        // Already content-encoded.
+        let e = entry(vec![b'a'; 10_000], true);
+        assert_eq!(e.encode_with(Some(1024)), e.encode());
+        // Incompressible (pseudo-random bytes): compression would not save space.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let e = entry(noise, false);
+        assert_eq!(e.encode_with(Some(1024)), e.encode());
+    }
+
+    #[test]
+    fn corrupt_or_oversized_compressed_bodies_are_errors() {
+        let e = entry(b"abc".repeat(2000), false);
+        let packed = e.encode_with(Some(1024)).to_vec();
+        // The body is last; its first 4 bytes declare the decompressed size.
+        let body_len = lz4_flex::compress_prepend_size(&e.body).len();
+        let start = packed.len() - body_len;
+        // A declared size far over the bound.
+        let mut bomb = packed.clone();
+        bomb[start..start + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Entry::decode(&bomb).unwrap_err().is_malformed());
+        // Garbage in place of LZ4 data.
+        let mut junk = packed;
+        for b in &mut junk[start + 4..] {
+            *b = 0xff;
+        }
+        assert!(Entry::decode(&junk).is_err());
     }
 }

@@ -41,6 +41,10 @@ pub(crate) struct L2Config {
     /// How long L1 copies are trusted while the invalidation channel is
     /// down (its messages may be missed).
     pub(crate) l1_max_ttl: Duration,
+    /// The largest body stored, to give reads of large values more time.
+    pub(crate) max_body_bytes: u64,
+    /// Bodies larger than this are LZ4-compressed (feature `compression`).
+    pub(crate) compress_over: Option<usize>,
 }
 
 /// L2 counters.
@@ -382,9 +386,18 @@ impl L2 {
         }
     }
 
+    /// Extra time for reads: a value may be as large as the body cap
+    /// (1 ms per 64 KiB of it).
+    fn read_allowance(&self) -> Duration {
+        Duration::from_millis(self.cfg.max_body_bytes / (64 * 1024))
+    }
+
     async fn get(&self, key: KeyHash) -> Option<Bytes> {
         let cmd = redis::Cmd::get(self.redis_key(key));
-        match self.guarded(Duration::ZERO, self.store.query(&cmd)).await? {
+        match self
+            .guarded(self.read_allowance(), self.store.query(&cmd))
+            .await?
+        {
             Value::BulkString(b) => Some(Bytes::from(b)),
             _ => None,
         }
@@ -422,6 +435,68 @@ impl L2 {
                 None
             }
         }
+    }
+
+    /// Reads many keys in one pipeline (per-key commands on a cluster).
+    // Used by cache warming (next); tested below.
+    #[allow(dead_code)]
+    /// Variants (`Vary`) are not followed: each slot is returned as stored;
+    /// undecodable values are `None` (and counted).
+    pub(crate) async fn get_many(&self, keys: &[KeyHash]) -> Vec<Option<Arc<Entry>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let cmds = keys
+            .iter()
+            .map(|k| redis::Cmd::get(self.redis_key(*k)))
+            .collect();
+        let extra = self.read_allowance() * (keys.len().min(64) as u32);
+        let Some(values) = self.guarded(extra, self.store.query_many(cmds)).await else {
+            return vec![None; keys.len()];
+        };
+        values
+            .into_iter()
+            .map(|v| match v {
+                Value::BulkString(b) if !b.starts_with(VARY_MAGIC) => {
+                    match Entry::decode_bytes(Bytes::from(b)) {
+                        Ok(e) => Some(Arc::new(e)),
+                        Err(_) => {
+                            self.counters.decode_errors.incr();
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[allow(dead_code)]
+    /// Writes many entries (no `Vary`) at once, in one pipeline, waiting
+    /// for the result. Returns whether L2 took them.
+    pub(crate) async fn set_many(&self, entries: &[(KeyHash, Arc<Entry>)]) -> bool {
+        let now = self.clock.now_millis();
+        let jobs: Vec<Job> = entries
+            .iter()
+            .filter(|(_, e)| e.fits_format())
+            .filter_map(|(k, e)| {
+                let px = e.timeline.retain_until.saturating_sub(now);
+                (px > 0).then(|| Job {
+                    writes: vec![Write {
+                        key: self.redis_key(*k),
+                        value: e.encode_with(self.cfg.compress_over),
+                        px,
+                    }],
+                    tags: e.tags.iter().map(|t| t.to_string()).collect(),
+                    px,
+                    announce: *k,
+                })
+            })
+            .collect();
+        let n = jobs.len() as u64;
+        let before = self.counters.writes.get();
+        self.write(jobs).await;
+        self.counters.writes.get() >= before + n
     }
 
     /// Counts an L2 hit; true when the key has now earned promotion to L1.
@@ -465,7 +540,7 @@ impl L2 {
         if names.is_empty() {
             writes.push(Write {
                 key: self.redis_key(primary),
-                value: entry.encode(),
+                value: entry.encode_with(self.cfg.compress_over),
                 px,
             });
         } else {
@@ -481,7 +556,7 @@ impl L2 {
             });
             writes.push(Write {
                 key: self.redis_key(variant_hash(primary, &names, req_headers)),
-                value: entry.encode(),
+                value: entry.encode_with(self.cfg.compress_over),
                 px,
             });
         }
@@ -680,8 +755,120 @@ async fn subscribe_loop(weak: Weak<L2>) {
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub, missing_docs, clippy::all)]
+mod redis_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::entry::{EntryFlags, Timeline};
+    use http::{StatusCode, Version};
+
+    fn entry(body: &str, now: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            key: format!("GET //h/{body}").into(),
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            vary: Box::new([]),
+            timeline: Timeline {
+                stored_at: now,
+                initial_age: 0,
+                fresh_until: now + 60_000,
+                stale_until: now + 60_000,
+                stale_if_error_until: now + 60_000,
+                retain_until: now + 60_000,
+            },
+            flags: EntryFlags::default(),
+            extensions: 0,
+            tags: Box::new(["t".into()]),
+            template: Default::default(),
+        })
+    }
+
+    fn l2(url: String) -> L2 {
+        L2::new(
+            L2Config {
+                target: RedisTarget::Single(url),
+                namespace: "batch".into(),
+                timeout: Duration::from_millis(200),
+                connect_timeout: Duration::from_millis(500),
+                breaker_failures: 5,
+                breaker_open_for: Duration::from_secs(5),
+                promote_after: 3,
+                promotion_window: Duration::from_secs(60),
+                write_queue: 16,
+                l1_max_ttl: Duration::from_secs(10),
+                max_body_bytes: 1 << 20,
+                compress_over: Some(1024),
+            },
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_multi_set_and_multi_get() {
+        if redis_support::skip_if_no_redis() {
+            return;
+        }
+        let server = redis_support::RedisServer::start();
+        let l2 = l2(server.url());
+        let now = SystemClock.now_millis();
+        let items: Vec<(KeyHash, Arc<Entry>)> = (0..50)
+            .map(|i| (KeyHash(i), entry(&format!("e{i}"), now)))
+            .collect();
+        assert!(l2.set_many(&items).await);
+        assert_eq!(l2.counters.writes.get(), 50);
+        // The tag index holds every key.
+        let members = server.cli(&["SCARD", "batch:tag:t"]);
+        assert_eq!(members.text().trim(), "50");
+        // Expiry is the entry's last useful instant.
+        let pttl: u64 = server
+            .cli(&["PTTL", &l2.redis_key(KeyHash(7))])
+            .text()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+
+        let mut keys: Vec<KeyHash> = (0..50).map(KeyHash).collect();
+        keys.push(KeyHash(999)); // absent
+        let got = l2.get_many(&keys).await;
+        assert_eq!(got.len(), 51);
+        for (i, e) in got.iter().take(50).enumerate() {
+            assert_eq!(e.as_ref().unwrap().body(), format!("e{i}").as_bytes());
+        }
+        assert!(got[50].is_none());
+
+        // A corrupt value in the batch is a miss, counted.
+        assert!(server
+            .cli(&["SET", &l2.redis_key(KeyHash(3)), "junk"])
+            .success());
+        let got = l2.get_many(&keys[..5]).await;
+        assert!(got[3].is_none() && got[4].is_some());
+        assert_eq!(l2.counters.decode_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn batch_operations_against_a_dead_server_fail_fast() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let t = std::time::Instant::now();
+        assert!(l2
+            .get_many(&[KeyHash(1), KeyHash(2)])
+            .await
+            .iter()
+            .all(Option::is_none));
+        assert!(
+            !l2.set_many(&[(KeyHash(1), entry("x", SystemClock.now_millis()))])
+                .await
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(l2.counters.errors.get() + l2.counters.timeouts.get() >= 1);
+    }
 
     #[test]
     fn messages_round_trip() {
