@@ -6,6 +6,14 @@
 //! curl -si http://127.0.0.1:8080/some/path   # twice: the second is a hit
 //! ```
 //!
+//! With the `redis` feature, `--redis URL` (or `--redis-cluster URL,URL...`)
+//! adds the L2 tier, so a restarted proxy (empty L1) answers from Redis:
+//!
+//! ```text
+//! cargo run --release --features redis --example proxy -- \
+//!     --upstream http://127.0.0.1:8000 --redis redis://127.0.0.1:6379/
+//! ```
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
@@ -47,19 +55,55 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// or a short error message of our own.
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR]";
+const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
+                          [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
+                          [--promote-after N]";
 
 const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
 
-Usage: proxy --upstream URL [--listen ADDR]
+Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
+             [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] [--promote-after N]
 
 Options:
-  --upstream URL   where to forward requests, e.g. http://127.0.0.1:8000 (required)
-  --listen ADDR    the address to listen on [default: 127.0.0.1:8080]
-                   (port 0 picks a free port; the address is printed)
-  -h, --help       print this help
+  --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
+  --listen ADDR         the address to listen on [default: 127.0.0.1:8080]
+                        (port 0 picks a free port; the address is printed)
+  --l1-bytes N          the in-process (L1) cache's capacity in bytes [default: 67108864]
+  -h, --help            print this help
+
+L2 tier in Redis (only in a build with `--features redis`):
+  --redis URL           one Redis node: redis://[user:password@]host:port[/db]
+  --redis-cluster URLS  a Redis Cluster: one or more node URLs, comma-separated
+  --namespace NAME      the prefix of every L2 key [default: ttc]
+  --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
+
+Flags also take the form --flag=value.
 ";
+
+/// Why the command line was refused: the message, and whether the usage
+/// line helps (it does for a missing or unknown flag, not for a bad value).
+#[derive(Debug)]
+struct ArgError {
+    msg: String,
+    usage: bool,
+}
+
+impl ArgError {
+    fn usage(msg: impl Into<String>) -> Self {
+        Self {
+            msg: msg.into(),
+            usage: true,
+        }
+    }
+
+    fn value(msg: impl Into<String>) -> Self {
+        Self {
+            msg: msg.into(),
+            usage: false,
+        }
+    }
+}
 
 /// How long open connections may take to finish after Ctrl-C.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,12 +116,25 @@ async fn main() -> ExitCode {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE_LINE}\nRun with --help for more.");
+        Err(e) if e.usage => {
+            eprintln!("error: {}\n{USAGE_LINE}\nRun with --help for more.", e.msg);
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.msg);
             return ExitCode::from(2);
         }
     };
-    match run(config).await {
+    // A setting the cache refuses (a zero size, a bad Redis URL) is a usage
+    // error too: exit 2, one line.
+    let cache = match build_cache(&config) {
+        Ok(cache) => cache,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, cache).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&*e));
@@ -97,13 +154,49 @@ enum Command {
 struct Config {
     listen: SocketAddr,
     upstream: Upstream,
+    /// `--l1-bytes`: the L1 capacity (the crate's default when absent).
+    l1_bytes: Option<u64>,
+    /// `--redis` / `--redis-cluster` and their settings.
+    #[cfg(feature = "redis")]
+    l2: Option<L2Args>,
 }
 
-/// Parses `--listen ADDR`, `--upstream URL` (also as `--flag=value`) and
-/// `--help`.
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+/// Where the L2 tier lives and how it is used.
+#[cfg(feature = "redis")]
+struct L2Args {
+    target: L2Target,
+    namespace: Option<String>,
+    promote_after: Option<u32>,
+}
+
+#[cfg(feature = "redis")]
+enum L2Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+#[cfg(feature = "redis")]
+impl L2Target {
+    /// The flag and its value as typed, passwords masked: for start-up
+    /// output and error messages.
+    fn describe(&self) -> String {
+        match self {
+            L2Target::Single(url) => format!("--redis {}", redact_url(url)),
+            L2Target::Cluster(urls) => {
+                let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+                format!("--redis-cluster {}", urls.join(","))
+            }
+        }
+    }
+}
+
+/// Parses the flags (also as `--flag=value`) and `--help`.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgError> {
     let mut listen = None;
     let mut upstream = None;
+    let mut l1_bytes = None;
+    #[cfg(feature = "redis")]
+    let (mut target, mut namespace, mut promote_after) = (None, None, None);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -114,24 +207,185 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             inline
                 .clone()
                 .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
+                .ok_or_else(|| ArgError::usage(format!("{flag} needs a value")))
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--listen" => listen = Some(value()?),
             "--upstream" => upstream = Some(value()?),
-            other => return Err(format!("unexpected argument {other:?}")),
+            "--l1-bytes" => l1_bytes = Some(number(&flag, &value()?, u64::MAX)?),
+            #[cfg(feature = "redis")]
+            "--redis" | "--redis-cluster" => {
+                let v = value()?;
+                let new = if flag == "--redis" {
+                    L2Target::Single(v)
+                } else {
+                    L2Target::Cluster(url_list(&flag, &v)?)
+                };
+                if let Some(old) = &target {
+                    if matches!(
+                        (old, &new),
+                        (L2Target::Single(_), L2Target::Cluster(_))
+                            | (L2Target::Cluster(_), L2Target::Single(_))
+                    ) {
+                        return Err(ArgError::usage(
+                            "--redis and --redis-cluster exclude each other: give one",
+                        ));
+                    }
+                }
+                target = Some(new);
+            }
+            #[cfg(feature = "redis")]
+            "--namespace" => namespace = Some(value()?),
+            #[cfg(feature = "redis")]
+            "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
+            #[cfg(not(feature = "redis"))]
+            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after" => {
+                return Err(ArgError::value(format!(
+                    "{flag} needs the Redis L2 tier, which this build leaves out: \
+                     rebuild with --features redis"
+                )))
+            }
+            other => return Err(ArgError::usage(format!("unexpected argument {other:?}"))),
         }
     }
     let listen = listen.as_deref().unwrap_or("127.0.0.1:8080");
-    let listen = listen
-        .parse()
-        .map_err(|_| format!("--listen {listen:?} is not an IP address and port"))?;
-    let upstream = upstream.ok_or("--upstream URL is required")?;
+    let listen = listen.parse().map_err(|_| {
+        ArgError::value(format!("--listen {listen:?} is not an IP address and port"))
+    })?;
+    let upstream = upstream.ok_or_else(|| ArgError::usage("--upstream URL is required"))?;
+    #[cfg(feature = "redis")]
+    let l2 = match target {
+        Some(target) => Some(L2Args {
+            target,
+            namespace,
+            promote_after,
+        }),
+        None if namespace.is_some() || promote_after.is_some() => {
+            let flag = if namespace.is_some() {
+                "--namespace"
+            } else {
+                "--promote-after"
+            };
+            return Err(ArgError::usage(format!(
+                "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
+            )));
+        }
+        None => None,
+    };
     Ok(Command::Run(Config {
         listen,
-        upstream: Upstream::parse(&upstream)?,
+        upstream: Upstream::parse(&upstream).map_err(ArgError::value)?,
+        l1_bytes,
+        #[cfg(feature = "redis")]
+        l2,
     }))
+}
+
+/// A whole number for `flag`, at most `max`.
+fn number<T: std::str::FromStr + std::fmt::Display>(
+    flag: &str,
+    value: &str,
+    max: T,
+) -> Result<T, ArgError> {
+    value.parse().map_err(|_| {
+        ArgError::value(format!(
+            "{flag} {value:?} is not a whole number from 0 to {max}"
+        ))
+    })
+}
+
+#[cfg(feature = "redis")]
+/// The comma-separated URLs of `--redis-cluster`.
+#[cfg(feature = "redis")]
+fn url_list(flag: &str, value: &str) -> Result<Vec<String>, ArgError> {
+    let urls: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
+    if urls.iter().any(String::is_empty) {
+        return Err(ArgError::value(format!(
+            "{flag} {:?}: expected one or more URLs separated by commas, with none empty",
+            redact_url(value)
+        )));
+    }
+    Ok(urls)
+}
+
+/// `url` with any password replaced by `***` (in the user-info part and in
+/// a `pass=` query parameter), for printing.
+#[cfg(feature = "redis")]
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    // Host names never contain `@`; a password may (it should be
+    // percent-encoded, but be safe): the user info ends at the last one.
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{user}:***@{}", &rest[at + 1..])
+        }
+        None => rest.to_owned(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((head, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{head}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
+    }
+}
+
+/// The cache the command line asks for; a refused setting is reported with
+/// the flag it came from.
+fn build_cache(config: &Config) -> Result<Cache, String> {
+    // One upstream for all requests: the authority (`Host`) adds nothing to
+    // cache keys, and leaving it out lets `localhost:8080` and
+    // `127.0.0.1:8080` share entries.
+    let mut builder = Cache::builder().key_authority(false);
+    if let Some(n) = config.l1_bytes {
+        builder = builder.l1_capacity_bytes(n);
+    }
+    #[cfg(feature = "redis")]
+    if let Some(l2) = &config.l2 {
+        builder = match &l2.target {
+            L2Target::Single(url) => builder.redis(url.clone()),
+            L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
+        };
+        if let Some(ns) = &l2.namespace {
+            builder = builder.namespace(ns.clone());
+        }
+        if let Some(n) = l2.promote_after {
+            builder = builder.promote_after(n);
+        }
+    }
+    builder.build().map_err(|e| {
+        let flag = match e.setting() {
+            "l1_capacity_bytes" | "l1_max_entry_bytes" => "--l1-bytes".to_owned(),
+            #[cfg(feature = "redis")]
+            "redis" => config
+                .l2
+                .as_ref()
+                .map_or_else(|| "--redis".to_owned(), |l2| l2.target.describe()),
+            "namespace" => "--namespace".to_owned(),
+            "promote_after" => "--promote-after".to_owned(),
+            _ => return e.to_string(),
+        };
+        format!("{flag}: {e}")
+    })
 }
 
 /// The origin every request goes to.
@@ -185,7 +439,7 @@ impl Upstream {
 // ---------------------------------------------------------------------------
 // Server
 
-async fn run(config: Config) -> Result<(), BoxError> {
+async fn run(config: Config, cache: Cache) -> Result<(), BoxError> {
     // Install the signal handlers before announcing the address, so that a
     // Ctrl-C sent right after "listening on" is not lost.
     let mut shutdown = pin!(shutdown_signal()?);
@@ -197,12 +451,38 @@ async fn run(config: Config) -> Result<(), BoxError> {
         "forwarding to {}://{}",
         config.upstream.scheme, config.upstream.authority
     );
+    println!("L1: {} bytes", cache.stats().l1_capacity_bytes);
+    #[cfg(feature = "redis")]
+    let with_l2 = match &config.l2 {
+        Some(l2) => {
+            // Connected on first use: a Redis that is down is an L2 that
+            // misses (counted in l2_errors / l2_timeouts), not a failure.
+            let (kind, urls) = match &l2.target {
+                L2Target::Single(url) => ("Redis", redact_url(url)),
+                L2Target::Cluster(urls) => (
+                    "Redis Cluster",
+                    urls.iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            };
+            println!(
+                "L2: {kind} {urls} (namespace {}, promote after {} hit(s))",
+                l2.namespace.as_deref().unwrap_or("ttc"),
+                l2.promote_after.unwrap_or(3)
+            );
+            true
+        }
+        None => {
+            println!("L2: off (--redis URL adds it)");
+            false
+        }
+    };
+    #[cfg(not(feature = "redis"))]
+    let with_l2 = false;
     std::io::stdout().flush()?;
 
-    // One upstream for all requests: the authority (`Host`) adds nothing to
-    // cache keys, and leaving it out lets `localhost:8080` and
-    // `127.0.0.1:8080` share entries.
-    let cache = Cache::builder().key_authority(false).build()?;
     let proxy = Proxy::new(config.upstream);
 
     let (stop_tx, stop_rx) = watch::channel(());
@@ -236,7 +516,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
     if drained.is_err() {
         eprintln!("gave up on {} connection(s)", connections.len());
     }
-    print_stats(&cache);
+    print_stats(&cache, with_l2);
     Ok(())
 }
 
@@ -330,9 +610,9 @@ fn service(
     })
 }
 
-fn print_stats(cache: &Cache) {
+fn print_stats(cache: &Cache, with_l2: bool) {
     let s = cache.stats();
-    println!(
+    let mut line = format!(
         "stats: requests={} hits={} stale={} misses={} revalidated={} coalesced={} passes={} \
          upstream_calls={} upstream_errors={} stores={} hit_ratio={:.3}",
         s.requests,
@@ -347,6 +627,21 @@ fn print_stats(cache: &Cache) {
         s.stores,
         s.hit_ratio
     );
+    if with_l2 {
+        line.push_str(&format!(
+            " hits_l1={} hits_l2={} promotions={} l2_writes={} l2_writes_dropped={} \
+             l2_errors={} l2_timeouts={} l2_decode_errors={}",
+            s.hits_l1,
+            s.hits_l2,
+            s.promotions,
+            s.l2_writes,
+            s.l2_writes_dropped,
+            s.l2_errors,
+            s.l2_timeouts,
+            s.l2_decode_errors
+        ));
+    }
+    println!("{line}");
     let _ = std::io::stdout().flush();
 }
 

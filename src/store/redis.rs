@@ -32,7 +32,7 @@ impl fmt::Debug for RedisTarget {
 
 enum Backend {
     Single {
-        client: Client,
+        client: Box<Client>,
         conn: OnceCell<ConnectionManager>,
     },
     Cluster {
@@ -94,6 +94,27 @@ impl RedisStore {
     /// Checks the URLs (a bad one is an error here, not a panic later) and
     /// prepares the client. Nothing is connected yet.
     pub(crate) fn new(target: &RedisTarget, connect_timeout: Duration) -> Result<Self, String> {
+        if cfg!(not(feature = "redis-tls")) {
+            // The redis crate's own error ("can't connect with TLS, the
+            // feature is not enabled") names a feature of the redis crate,
+            // not ours.
+            let urls = match target {
+                RedisTarget::Single(url) => std::slice::from_ref(url),
+                RedisTarget::Cluster(urls) => urls.as_slice(),
+            };
+            let is_tls = |url: &str| {
+                url.trim().split_once("://").is_some_and(|(scheme, _)| {
+                    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+                })
+            };
+            if urls.iter().any(|url| is_tls(url)) {
+                return Err(
+                    "bad Redis URL: rediss:// (TLS) needs the `redis-tls` feature \
+                     of tower-tiered-cache"
+                        .into(),
+                );
+            }
+        }
         match target {
             RedisTarget::Single(url) => {
                 let client =
@@ -102,7 +123,7 @@ impl RedisStore {
                 Ok(Self {
                     url: url.clone(),
                     backend: Backend::Single {
-                        client,
+                        client: Box::new(client),
                         conn: OnceCell::new(),
                     },
                     server,

@@ -1,0 +1,328 @@
+//! The cost of an L2 hit, side by side with a raw Redis `GET` of the same
+//! stored bytes.
+//!
+//! Group `l2`, one run, one `redis-server` started by the bench on a free
+//! loopback port (the std-only helpers of `tests/support/redis.rs`; never
+//! the machine's own Redis on 6379), killed when the bench ends:
+//!
+//! - `l2_hit`: `GET http://example.com/api/item?id=42` (the same request
+//!   headers as `benches/hit_path.rs`) through `CacheLayer`, with
+//!   `l1_write_through(false)` and `promote_after(u32::MAX)`, so the entry
+//!   never reaches L1 and every call is a fresh L2 hit: the `GET` to Redis,
+//!   decoding, the response built from the entry. The body is not collected.
+//! - `raw_get`: a `redis::aio::ConnectionManager` (the connection type the
+//!   cache uses for one node: one multiplexed TCP connection to the same
+//!   server) sending `GET` of the key the cache stored (found with
+//!   `redis-cli --scan`) and turning the reply into `Bytes`, as the cache
+//!   does: the same encoded value, the same round trip, nothing else.
+//!
+//! The entry is a 1 KiB body with `Cache-Control: max-age=3600`, stored
+//! through the layer (a miss to a `tower::service_fn` origin) before the
+//! groups run. Both sides run on one current-thread tokio runtime
+//! (`Runtime::block_on` per call, so the connection's driver task and the
+//! request share the thread); requests are built outside the timed section.
+//! After the group the bench checks that every `l2_hit` call was an L2 hit
+//! (no L2 timeout or error, one upstream call in all).
+//!
+//! Run with `cargo bench --features redis --bench l2` (needs `redis-server`
+//! and `redis-cli` on `PATH`; without them the bench prints a note and
+//! measures nothing).
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::{ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_tiered_cache::{Cache, CacheLayer};
+
+#[path = "../tests/support/redis.rs"]
+mod redis_support;
+
+use redis_support::{redis_available, RedisServer};
+
+const BODY_LEN: usize = 1024;
+const URI: &str = "http://example.com/api/item?id=42";
+const NAMESPACE: &str = "bench";
+const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
+
+/// The 1 KiB body, deterministic bytes.
+fn body_buffer() -> Bytes {
+    let v: Vec<u8> = (0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect();
+    Bytes::from(v)
+}
+
+/// The request, with the same few typical headers as `hit_path`.
+fn request() -> Request<()> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static("bench-client/1.0"),
+    );
+    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
+    h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.9"));
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = Uri::from_static(URI);
+    *req.headers_mut() = h;
+    req
+}
+
+/// What the cache does with a `GET` reply: a bulk string becomes `Bytes`.
+fn reply_bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        _ => None,
+    }
+}
+
+/// The raw side: `GET key` on a clone of the connection (the cache clones
+/// its `ConnectionManager` per operation too), the reply as `Bytes`.
+async fn raw_get(conn: &ConnectionManager, key: &str) -> Bytes {
+    let mut c = conn.clone();
+    let v = redis::cmd("GET")
+        .arg(key)
+        .query_async::<Value>(&mut c)
+        .await
+        .expect("GET");
+    reply_bytes(v).expect("a stored value")
+}
+
+/// Calls per round of the checks run before the criterion group.
+const ROUND: usize = 2000;
+/// Interleaved rounds of each side.
+const ROUNDS: usize = 5;
+
+/// Runs `f` (which makes `calls` calls) and returns the Redis commands the
+/// server saw per call, in all and `GET`s alone (`INFO commandstats`).
+fn commands_per_call(server: &RedisServer, calls: usize, f: impl FnOnce()) -> (f64, f64) {
+    assert!(server.cli(&["CONFIG", "RESETSTAT"]).success());
+    f();
+    let info = server.cli(&["INFO", "commandstats"]);
+    let (mut all, mut get) = (0u64, 0u64);
+    for line in info.text().lines() {
+        // cmdstat_get:calls=2000,usec=...
+        let Some((name, rest)) = line.trim().split_once(":calls=") else {
+            continue;
+        };
+        if name == "cmdstat_info" || name.starts_with("cmdstat_config") {
+            continue;
+        }
+        let n: u64 = rest
+            .split(',')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        all += n;
+        if name == "cmdstat_get" {
+            get += n;
+        }
+    }
+    (all as f64 / calls as f64, get as f64 / calls as f64)
+}
+
+/// The calling thread's time on a CPU so far, in nanoseconds (Linux
+/// `/proc/thread-self/schedstat`), if available.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU microseconds per call since `start` (NaN when unavailable).
+fn cpu_us_per_call(start: Option<u64>) -> f64 {
+    match (start, thread_cpu_ns()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3 / ROUND as f64,
+        _ => f64::NAN,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn l2(c: &mut Criterion) {
+    if !redis_available() {
+        eprintln!("skipping the l2 bench: redis-server/redis-cli not on PATH");
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+
+    let buf = body_buffer();
+    let origin = {
+        let buf = buf.clone();
+        service_fn(move |_req: Request<()>| {
+            let body = buf.clone();
+            async move {
+                let mut resp = Response::new(Full::new(body));
+                let h = resp.headers_mut();
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace(NAMESPACE)
+        .l1_write_through(false) // L1 never holds the entry...
+        .promote_after(u32::MAX) // ...and it is never promoted: every call is an L2 hit
+        .l2_timeout(Duration::from_secs(1)) // a slow moment must not turn a hit into a miss
+        .build()
+        .expect("cache");
+    let cached = CacheLayer::new(cache.clone()).layer(origin);
+
+    // Store the entry: a miss, body read to the end, then the L2 write.
+    rt.block_on(async {
+        let resp = cached.clone().oneshot(request()).await.expect("miss");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, buf);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().l2_writes < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the L2 write did not land: {:?}",
+                cache.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let keys = server.cli(&["--scan", "--pattern", &format!("{NAMESPACE}:*")]);
+    let keys: Vec<String> = keys.text().lines().map(str::to_owned).collect();
+    assert_eq!(keys.len(), 1, "one key under the namespace: {keys:?}");
+    let key = keys[0].clone();
+
+    let client = redis::Client::open(server.url()).expect("client");
+    let conn: ConnectionManager = rt
+        .block_on(ConnectionManager::new(client))
+        .expect("connection");
+    let raw = rt.block_on(raw_get(&conn, &key));
+    println!(
+        "stored key {key}: {} bytes encoded (body {BODY_LEN} bytes)",
+        raw.len()
+    );
+
+    // Every call must be an L2 hit with the whole body.
+    rt.block_on(async {
+        let resp = cached.clone().oneshot(request()).await.expect("hit");
+        assert_eq!(resp.headers()["cache-status"], L2_HIT);
+        assert_eq!(resp.body().size_hint().exact(), Some(BODY_LEN as u64));
+    });
+
+    // Redis commands per L2 hit (round trips: one GET unless the entry
+    // varies), counted by the server over a fixed number of calls.
+    let (count, get) = commands_per_call(&server, ROUND, || {
+        rt.block_on(async {
+            for _ in 0..ROUND {
+                black_box(cached.clone().oneshot(request()).await.expect("hit"));
+            }
+        })
+    });
+    println!("Redis commands per l2_hit: {count:.2} (GET: {get:.2})");
+    let (count, get) = commands_per_call(&server, ROUND, || {
+        rt.block_on(async {
+            for _ in 0..ROUND {
+                black_box(raw_get(&conn, &key).await);
+            }
+        })
+    });
+    println!("Redis commands per raw_get: {count:.2} (GET: {get:.2})");
+
+    // The ratio from interleaved rounds, less exposed to load that comes and
+    // goes than two groups measured one after the other: the median of the
+    // per-round mean times.
+    // Also the bench thread's own CPU time per call (the runtime is
+    // current-thread: the connection's driver task runs on it too), which
+    // separates the work done in-process from the wait for Redis.
+    let (mut hit, mut raw) = (Vec::new(), Vec::new());
+    let (mut hit_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (t, cpu) = (Instant::now(), thread_cpu_ns());
+        rt.block_on(async {
+            for _ in 0..ROUND {
+                black_box(cached.clone().oneshot(request()).await.expect("hit"));
+            }
+        });
+        hit.push(t.elapsed().as_secs_f64() * 1e6 / ROUND as f64);
+        hit_cpu.push(cpu_us_per_call(cpu));
+        let (t, cpu) = (Instant::now(), thread_cpu_ns());
+        rt.block_on(async {
+            for _ in 0..ROUND {
+                black_box(raw_get(&conn, &key).await);
+            }
+        });
+        raw.push(t.elapsed().as_secs_f64() * 1e6 / ROUND as f64);
+        raw_cpu.push(cpu_us_per_call(cpu));
+    }
+    let (hit, raw) = (median(&mut hit), median(&mut raw));
+    println!(
+        "interleaved ({ROUNDS} rounds x {ROUND} calls, median of round means): \
+         l2_hit {hit:.1} us, raw_get {raw:.1} us, ratio {:.2}",
+        hit / raw
+    );
+    if hit_cpu.iter().chain(&raw_cpu).all(|c| c.is_finite()) {
+        let (hc, rc) = (median(&mut hit_cpu), median(&mut raw_cpu));
+        println!(
+            "bench-thread CPU per call (same rounds): l2_hit {hc:.1} us, raw_get {rc:.1} us, \
+             difference {:.1} us",
+            hc - rc
+        );
+    }
+    cache.reset_stats();
+
+    let mut g = c.benchmark_group("l2");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("l2_hit", |b| {
+        b.iter_batched(
+            request,
+            |req| {
+                let svc = cached.clone();
+                black_box(rt.block_on(svc.oneshot(black_box(req))).expect("hit"))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("raw_get", |b| {
+        b.iter(|| black_box(rt.block_on(raw_get(&conn, black_box(&key)))))
+    });
+    g.finish();
+
+    let s = cache.stats();
+    println!(
+        "l2_hit calls: hits_l2={} hits_l1={} misses={} upstream_calls={} l2_timeouts={} \
+         l2_errors={} promotions={}",
+        s.hits_l2, s.hits_l1, s.misses, s.upstream_calls, s.l2_timeouts, s.l2_errors, s.promotions
+    );
+    if s.hits_l2 == 0 {
+        return; // the l2_hit function was filtered out
+    }
+    assert_eq!(
+        (
+            s.hits_l1,
+            s.misses,
+            s.upstream_calls,
+            s.l2_timeouts,
+            s.l2_errors
+        ),
+        (0, 0, 0, 0, 0),
+        "every l2_hit call must have been an L2 hit"
+    );
+}
+
+criterion_group!(benches, l2);
+criterion_main!(benches);
