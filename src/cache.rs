@@ -1214,6 +1214,21 @@ impl Cache {
         now: u64,
         status: HeaderValue,
     ) -> Response<CacheBody<B>> {
+        self.respond_entry_with(entry, req, conditional, now, status, true)
+    }
+
+    /// [`respond_entry`](Self::respond_entry); `reuse` says whether the entry
+    /// will answer again (it lives in L1). An entry read from L2 for one
+    /// answer gets its response headers built directly, without a template.
+    pub(crate) fn respond_entry_with<B: Body>(
+        &self,
+        entry: &Entry,
+        req: &Parts,
+        conditional: bool,
+        now: u64,
+        status: HeaderValue,
+        reuse: bool,
+    ) -> Response<CacheBody<B>> {
         let head = req.method == Method::HEAD;
         if conditional && not_modified(entry, &req.headers) {
             self.shared.counters.not_modified.incr();
@@ -1235,6 +1250,24 @@ impl Cache {
             headers.insert(CACHE_STATUS.clone(), status);
             let mut resp = Response::new(CacheBody::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            *resp.headers_mut() = headers;
+            return resp;
+        }
+        if !reuse && entry.template.get().is_none() {
+            let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
+            for (name, value) in entry.headers.iter() {
+                headers.append(name.clone(), value.clone());
+            }
+            headers.insert(AGE, age_value(entry.timeline.age_at(now) / 1000));
+            headers.insert(CACHE_STATUS.clone(), status);
+            let body = if head {
+                CacheBody::empty()
+            } else {
+                CacheBody::full(entry.body.clone())
+            };
+            let mut resp = Response::new(body);
+            *resp.status_mut() = entry.status;
+            *resp.version_mut() = entry.version;
             *resp.headers_mut() = headers;
             return resp;
         }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::OnceLock;
+
+use tokio::sync::Notify;
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
@@ -27,7 +29,16 @@ pub(crate) enum Outcome {
     Abandoned,
 }
 
-type Slot = watch::Receiver<Option<Outcome>>;
+/// One upstream call in progress: its outcome, once known, and the waiters
+/// to wake. Cheaper than a channel: nothing is allocated beyond the `Arc`,
+/// and finishing a flight nobody waits on costs almost nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Flight {
+    outcome: OnceLock<Outcome>,
+    notify: Notify,
+}
+
+type Slot = Arc<Flight>;
 
 #[derive(Debug)]
 pub(crate) struct InFlight {
@@ -63,18 +74,18 @@ impl InFlight {
         let Ok(mut map) = self.map.lock() else {
             return Join::Full;
         };
-        if let Some(rx) = map.get(&key) {
-            return Join::Waiter(rx.clone());
+        if let Some(flight) = map.get(&key) {
+            return Join::Waiter(Arc::clone(flight));
         }
         if map.len() >= self.max {
             return Join::Full;
         }
-        let (tx, rx) = watch::channel(None);
-        map.insert(key, rx);
+        let flight = Arc::new(Flight::default());
+        map.insert(key, Arc::clone(&flight));
         Join::Leader(FlightGuard {
             map: Arc::clone(&self.map),
             key,
-            tx,
+            flight,
             done: false,
         })
     }
@@ -90,12 +101,12 @@ impl InFlight {
 
 /// Held by the request making the upstream call. Dropping it without
 /// [`complete`](FlightGuard::complete) (a cancelled request) tells waiters
-/// the flight failed, so they make their own calls at once.
+/// the flight was abandoned, so they form a new one at once.
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
     map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
     key: KeyHash,
-    tx: watch::Sender<Option<Outcome>>,
+    flight: Slot,
     done: bool,
 }
 
@@ -109,15 +120,18 @@ impl FlightGuard {
             return;
         }
         self.done = true;
+        // Outcome first, then wake: a waiter either sees the outcome when it
+        // checks, or was registered before the wake-up.
+        let _ = self.flight.outcome.set(outcome);
+        self.flight.notify.notify_waiters();
         if let Ok(mut map) = self.map.lock() {
             if map
                 .get(&self.key)
-                .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
             {
                 map.remove(&self.key);
             }
         }
-        self.tx.send_replace(Some(outcome));
     }
 }
 
@@ -128,11 +142,16 @@ impl Drop for FlightGuard {
 }
 
 /// Waits for the flight's outcome, at most `timeout`. `None` on timeout.
-pub(crate) async fn wait(mut rx: Slot, timeout: Duration) -> Option<Outcome> {
-    match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
-        Ok(Ok(v)) => v.clone(),
-        Ok(Err(_)) => Some(Outcome::Abandoned),
-        Err(_) => None,
+pub(crate) async fn wait(flight: Slot, timeout: Duration) -> Option<Outcome> {
+    let notified = flight.notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    if let Some(o) = flight.outcome.get() {
+        return Some(o.clone());
+    }
+    match tokio::time::timeout(timeout, notified).await {
+        Ok(()) => Some(flight.outcome.get().cloned().unwrap_or(Outcome::Abandoned)),
+        Err(_) => flight.outcome.get().cloned(),
     }
 }
 

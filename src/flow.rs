@@ -234,11 +234,19 @@ async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) 
         }
     };
     // Promote hot entries; an older L1 copy is replaced at once.
-    if plan.prior.is_some() || l2.note_hit(plan.key, now) {
+    let promoted = plan.prior.is_some() || l2.note_hit(plan.key, now);
+    if promoted {
         let names: Vec<HeaderName> = found.vary.iter().map(|(n, _)| n.clone()).collect();
         s.l1.insert(plan.key, Arc::clone(&found), &names, &parts.headers);
     }
-    let resp = cache.respond_entry(&found, &parts, plan.directives.conditional, now, status);
+    let resp = cache.respond_entry_with(
+        &found,
+        &parts,
+        plan.directives.conditional,
+        now,
+        status,
+        promoted,
+    );
     let stale = usability == Usability::Stale;
     if stale {
         plan.revalidate = found.has_validators();
