@@ -378,26 +378,42 @@ impl L2 {
         extra: Duration,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
-        if !self.breaker.allow(self.clock.now_millis()) {
+        let now = self.clock.now_millis();
+        // The probe after an open period may have to reconnect: it gets the
+        // connect timeout rather than the operation timeout.
+        let probing = self.breaker.state(now) != crate::BreakerState::Closed;
+        if !self.breaker.allow(now) {
             return None;
         }
-        match tokio::time::timeout(self.cfg.timeout + extra, op).await {
+        let deadline = if probing {
+            self.cfg.connect_timeout.max(self.cfg.timeout) + extra
+        } else {
+            self.cfg.timeout + extra
+        };
+        let failed = match tokio::time::timeout(deadline, op).await {
             Ok(Ok(v)) => {
                 self.breaker.record_success();
-                Some(v)
+                return Some(v);
             }
             Ok(Err(StoreError::Timeout)) | Err(_) => {
                 self.counters.timeouts.incr();
-                self.breaker.record_failure(self.clock.now_millis());
-                None
+                true
             }
             Ok(Err(e)) => {
                 self.counters.errors.incr();
-                self.breaker.record_failure(self.clock.now_millis());
                 tracing::debug!(error = %e, "L2 operation failed");
-                None
+                true
+            }
+        };
+        if failed {
+            let now = self.clock.now_millis();
+            self.breaker.record_failure(now);
+            if self.breaker.state(now) == crate::BreakerState::Open {
+                // Start afresh after the open period.
+                self.store.reset();
             }
         }
+        None
     }
 
     /// Extra time for reads: a value may be as large as the body cap

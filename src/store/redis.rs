@@ -37,7 +37,9 @@ enum Backend {
     },
     Cluster {
         client: Box<ClusterClient>,
-        conn: OnceCell<ClusterConnection>,
+        /// Replaced (dropped and made again) when the breaker opens: a
+        /// cluster connection can stay wedged after a master restarts.
+        conn: std::sync::Mutex<Option<ClusterConnection>>,
     },
 }
 
@@ -145,7 +147,7 @@ impl RedisStore {
                     url: urls[0].clone(),
                     backend: Backend::Cluster {
                         client: Box::new(client),
-                        conn: OnceCell::new(),
+                        conn: std::sync::Mutex::new(None),
                     },
                     server,
                     connect_timeout,
@@ -174,19 +176,30 @@ impl RedisStore {
     async fn cluster(
         &self,
         client: &ClusterClient,
-        conn: &OnceCell<ClusterConnection>,
+        conn: &std::sync::Mutex<Option<ClusterConnection>>,
     ) -> Result<ClusterConnection, StoreError> {
-        let c = conn
-            .get_or_try_init(|| async {
-                match tokio::time::timeout(self.connect_timeout, client.get_async_connection())
-                    .await
-                {
-                    Ok(r) => r.map_err(StoreError::from),
-                    Err(_) => Err(StoreError::Timeout),
-                }
-            })
-            .await?;
-        Ok(c.clone())
+        if let Some(c) = conn.lock().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let c =
+            match tokio::time::timeout(self.connect_timeout, client.get_async_connection()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(StoreError::Timeout),
+            };
+        if let Ok(mut slot) = conn.lock() {
+            *slot = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Drops a cluster connection so the next operation makes a new one
+    /// (a single node's `ConnectionManager` reconnects by itself).
+    pub(crate) fn reset(&self) {
+        if let Backend::Cluster { conn, .. } = &self.backend {
+            if let Ok(mut slot) = conn.lock() {
+                *slot = None;
+            }
+        }
     }
 
     /// Runs one command on whichever connection this store has.
