@@ -904,14 +904,21 @@ impl Cache {
         self.invalidate_parts(&parts)
     }
 
+    /// Removes the stored responses for a readable cache key (as shown by
+    /// [`Entry::key`], or as returned by a custom key function), in every
+    /// tier. Returns whether this instance's L1 held it.
+    pub fn invalidate_key(&self, key: &str) -> bool {
+        self.invalidate_hash(KeyHash(xxhash_rust::xxh3::xxh3_128(key.as_bytes())))
+    }
+
     pub(crate) fn invalidate_parts(&self, parts: &Parts) -> bool {
         match self.shared.keys.hash(parts) {
-            Some(key) => self.invalidate_key(key),
+            Some(key) => self.invalidate_hash(key),
             None => false,
         }
     }
 
-    pub(crate) fn invalidate_key(&self, key: KeyHash) -> bool {
+    pub(crate) fn invalidate_hash(&self, key: KeyHash) -> bool {
         let removed = self.shared.l1.remove(key);
         self.shared.hit_for_pass.remove(&key);
         #[cfg(feature = "redis")]

@@ -486,7 +486,7 @@ where
                     if !plan.background {
                         s.counters.misses.incr();
                     }
-                    cache.invalidate_key(plan.key);
+                    cache.invalidate_hash(plan.key);
                     let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
                     let mut resp = cache.respond_entry(
                         prior,
@@ -871,7 +871,7 @@ where
             Ok(Fetched::Passed(_)) => {
                 // The origin no longer lets this be stored: drop the stale copy.
                 s.counters.refresh_ok.incr();
-                cache.invalidate_key(plan.key);
+                cache.invalidate_hash(plan.key);
                 Outcome::Pass
             }
             failed => {

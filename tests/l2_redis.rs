@@ -558,3 +558,158 @@ async fn entries_over_the_l1_entry_cap_stay_in_l2_only() {
     assert_eq!(cache.stats().l1_entries, 0);
     assert_eq!(log.calls(), 1);
 }
+
+fn by_encoding(
+    _: usize,
+    req: &http::Request<()>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let enc = req
+        .headers()
+        .get("accept-encoding")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    with_header(
+        ok("max-age=60", &format!("body-{enc}")),
+        "vary",
+        "accept-encoding",
+    )
+}
+
+#[tokio::test]
+async fn variants_are_shared_through_l2_and_an_invalidation_orphans_them_for_good() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(by_encoding);
+    let a = l2(server.url()).build().unwrap();
+    let svc_a = cached(&a, origin.clone());
+    for enc in ["gzip", "br"] {
+        send(&svc_a, get_with(URL, &[("accept-encoding", enc)])).await;
+    }
+    written(&a, 2).await;
+    // Another instance: each variant from L2, matched on the request's value.
+    let b = l2(server.url()).build().unwrap();
+    let svc_b = cached(&b, origin.clone());
+    for enc in ["gzip", "br"] {
+        let r = send(&svc_b, get_with(URL, &[("accept-encoding", enc)])).await;
+        assert_eq!(cache_status(&r), L2_HIT, "{enc}");
+        assert_eq!(body(r).await, format!("body-{enc}"));
+    }
+    let r = send(&svc_b, get_with(URL, &[("accept-encoding", "deflate")])).await;
+    assert!(
+        cache_status(&r).contains("fwd="),
+        "a third variant is a miss"
+    );
+    assert_eq!(log.calls(), 3);
+    written(&b, 1).await;
+
+    // Invalidate the URL; then one variant is stored again. The other old
+    // variant must not come back with the new marker.
+    a.invalidate(&get(URL));
+    assert!(
+        eventually(|| server
+            .cli(&["--scan", "--pattern", "t:*"])
+            .text()
+            .lines()
+            .count()
+            <= 3)
+        .await
+    );
+    let c = l2(server.url()).build().unwrap();
+    let svc_c = cached(&c, origin.clone());
+    send(&svc_c, get_with(URL, &[("accept-encoding", "gzip")])).await; // re-stored
+    written(&c, 1).await;
+    let d = l2(server.url()).build().unwrap();
+    let svc_d = cached(&d, origin);
+    let calls = log.calls();
+    let r = send(&svc_d, get_with(URL, &[("accept-encoding", "br")])).await;
+    assert!(
+        cache_status(&r).contains("fwd="),
+        "the old br variant stayed orphaned: {}",
+        cache_status(&r)
+    );
+    assert_eq!(log.calls(), calls + 1);
+    let r = send(&svc_d, get_with(URL, &[("accept-encoding", "gzip")])).await;
+    assert_eq!(cache_status(&r), L2_HIT, "the new gzip variant is found");
+}
+
+#[tokio::test]
+async fn invalidate_by_readable_key() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "k"));
+    let a = l2(server.url()).build().unwrap();
+    let svc = cached(&a, origin);
+    send(&svc, get(URL)).await;
+    written(&a, 1).await;
+    assert!(a.invalidate_key("GET http://example.com/item"));
+    assert!(
+        eventually(|| server
+            .cli(&["--scan", "--pattern", "t:*"])
+            .text()
+            .trim()
+            .is_empty())
+        .await
+    );
+    assert!(cache_status(&send(&svc, get(URL)).await).contains("fwd=uri-miss"));
+    assert_eq!(log.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_delays_no_request_past_the_timeout_and_a_full_queue_drops_writes() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let (origin, log) = origin(|_, req| ok("max-age=60", req.uri().path()));
+    let cache = l2(server.url())
+        .l2_timeout(Duration::from_millis(50))
+        .l2_write_queue(1)
+        .l2_circuit_breaker(1000, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let svc = cached(&cache, origin);
+    send(&svc, get("http://example.com/warm")).await;
+    written(&cache, 1).await;
+    server.freeze(); // connected, never answers
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let t = Instant::now();
+        let r = send(&svc, get(&format!("http://example.com/f{i}"))).await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(r.status(), 200);
+    }
+    let stats = cache.stats();
+    assert!(stats.l2_timeouts > 0, "{stats:?}");
+    assert!(
+        stats.l2_writes_dropped > 0,
+        "the one-slot queue overflowed: {stats:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(400),
+        "slowest request {slowest:?}"
+    );
+    assert_eq!(log.calls(), 41);
+    server.unfreeze();
+    // Back to normal by itself: a new entry is written and read from L2.
+    let fresh = l2(server.url()).build().unwrap();
+    let mut resumed = false;
+    for i in 0..50 {
+        let url = format!("http://example.com/after{i}");
+        send(&svc, get(&url)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (o, _) = support::origin(|_, _| ok("max-age=60", "x"));
+        if cache_status(&send(&cached(&fresh, o), get(&url)).await) == L2_HIT {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(
+        resumed,
+        "L2 works again after the freeze: {:?}",
+        cache.stats()
+    );
+}

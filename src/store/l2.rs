@@ -22,9 +22,41 @@ use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
 use crate::store::redis::{RedisStore, RedisTarget, StoreError};
 
-/// The value stored at a URL's key when its responses vary: the `Vary`
-/// header names, after this magic.
-const VARY_MAGIC: &[u8; 4] = b"TTV\x01";
+/// The value stored at a URL's key when its responses vary: this magic, a
+/// generation (8 bytes), then the `Vary` header names. Variants live at
+/// keys derived from the URL, the generation and the request's values;
+/// deleting the marker (an invalidation) orphans them for good, since the
+/// next marker has a new generation.
+const VARY_MAGIC: &[u8; 4] = b"TTV\x02";
+
+/// The key variants of a URL are derived from, in one generation.
+fn generation_key(primary: KeyHash, generation: u64) -> KeyHash {
+    let g = u128::from(generation);
+    KeyHash(primary.0 ^ (g | g << 64))
+}
+
+/// `(generation, names)` of a marker, or `None` if it is not one.
+fn parse_marker(raw: &[u8]) -> Option<(u64, Vec<HeaderName>)> {
+    let rest = raw.strip_prefix(VARY_MAGIC.as_slice())?;
+    let (generation, names) = rest.split_at_checked(8)?;
+    let generation = u64::from_le_bytes(generation.try_into().ok()?);
+    let names = names
+        .split(|b| *b == b'\n')
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .collect();
+    Some((generation, names))
+}
+
+fn marker(generation: u64, names: &[HeaderName]) -> Bytes {
+    let mut m = VARY_MAGIC.to_vec();
+    m.extend_from_slice(&generation.to_le_bytes());
+    for n in names {
+        m.extend_from_slice(n.as_str().as_bytes());
+        m.push(b'\n');
+    }
+    Bytes::from(m)
+}
 
 /// L2 settings, from the builder.
 #[derive(Debug, Clone)]
@@ -72,6 +104,15 @@ struct Job {
     tags: Vec<String>,
     px: u64,
     announce: KeyHash,
+    /// A variant of a URL with `Vary`: written under the URL's current
+    /// marker generation (made if there is none), resolved by the writer.
+    variant: Option<Variant>,
+}
+
+struct Variant {
+    names: Vec<HeaderName>,
+    headers: HeaderMap,
+    value: Bytes,
 }
 
 /// An invalidation received from another instance.
@@ -441,13 +482,9 @@ impl L2 {
     ) -> Option<Arc<Entry>> {
         self.ensure_subscriber();
         let raw = self.get(primary).await?;
-        let (slot, raw) = if let Some(names) = raw.strip_prefix(VARY_MAGIC.as_slice()) {
-            let names: Vec<HeaderName> = names
-                .split(|b| *b == b'\n')
-                .filter(|n| !n.is_empty())
-                .filter_map(|n| HeaderName::from_bytes(n).ok())
-                .collect();
-            let secondary = variant_hash(primary, &names, headers);
+        let (slot, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
+            let (generation, names) = parse_marker(&raw)?;
+            let secondary = variant_hash(generation_key(primary, generation), &names, headers);
             (secondary, self.get(secondary).await?)
         } else {
             (primary, raw)
@@ -520,6 +557,7 @@ impl L2 {
                     tags: e.tags.iter().map(|t| t.to_string()).collect(),
                     px,
                     announce: *k,
+                    variant: None,
                 })
             })
             .collect();
@@ -565,38 +603,39 @@ impl L2 {
             return;
         }
         self.ensure_subscriber();
-        let mut writes = Vec::with_capacity(2);
         let names: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
-        if names.is_empty() {
-            writes.push(Write {
+        let value = entry.encode_with(self.cfg.compress_over);
+        let (writes, variant) = if names.is_empty() {
+            let w = Write {
                 key: self.redis_key(primary),
-                value: entry.encode_with(self.cfg.compress_over),
+                value,
                 px,
-            });
+            };
+            (vec![w], None)
         } else {
-            let mut marker = VARY_MAGIC.to_vec();
+            let mut headers = HeaderMap::new();
             for n in &names {
-                marker.extend_from_slice(n.as_str().as_bytes());
-                marker.push(b'\n');
+                for v in req_headers.get_all(n) {
+                    headers.append(n.clone(), v.clone());
+                }
             }
-            writes.push(Write {
-                key: self.redis_key(primary),
-                value: Bytes::from(marker),
-                px,
-            });
-            writes.push(Write {
-                key: self.redis_key(variant_hash(primary, &names, req_headers)),
-                value: entry.encode_with(self.cfg.compress_over),
-                px,
-            });
-        }
+            (
+                Vec::new(),
+                Some(Variant {
+                    names,
+                    headers,
+                    value,
+                }),
+            )
+        };
         let job = Job {
             tags: entry.tags.iter().map(|t| t.to_string()).collect(),
             writes,
             px,
             announce: primary,
+            variant,
         };
-        let n = job.writes.len() as u64;
+        let n = job.writes.len().max(1) as u64;
         let Some(tx) = self.sender() else {
             self.counters.writes_dropped.add(n);
             return;
@@ -629,7 +668,19 @@ impl L2 {
 
     /// Writes a batch of jobs in one pipeline (per-key commands on a
     /// cluster), then tells the other instances to drop their L1 copies.
-    async fn write(&self, jobs: Vec<Job>) {
+    async fn write(&self, mut jobs: Vec<Job>) {
+        for job in &mut jobs {
+            if let Some(v) = job.variant.take() {
+                match self.variant_key(job.announce, &v, job.px).await {
+                    Some(key) => job.writes.push(Write {
+                        key,
+                        value: v.value,
+                        px: job.px,
+                    }),
+                    None => self.counters.writes_dropped.incr(),
+                }
+            }
+        }
         let n: u64 = jobs.iter().map(|j| j.writes.len() as u64).sum();
         let bytes: usize = jobs
             .iter()
@@ -681,6 +732,51 @@ impl L2 {
         } else {
             self.counters.writes_dropped.add(n);
         }
+    }
+
+    /// The key of a variant under the URL's current marker generation: the
+    /// marker is created (a fresh generation) if there is none, replaced if
+    /// it names other headers, and kept alive as long as the variant.
+    async fn variant_key(&self, primary: KeyHash, v: &Variant, px: u64) -> Option<String> {
+        let marker_key = self.redis_key(primary);
+        let fresh = instance_id();
+        let mut create = redis::cmd("SET");
+        create
+            .arg(&marker_key)
+            .arg(marker(fresh, &v.names).as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(px);
+        let _ = self
+            .guarded(Duration::ZERO, self.store.query(&create))
+            .await?;
+        let current = self
+            .guarded(
+                Duration::ZERO,
+                self.store.query(&redis::Cmd::get(&marker_key)),
+            )
+            .await?;
+        let generation = match current {
+            Value::BulkString(b) => match parse_marker(&b) {
+                Some((g, names)) if names == v.names => g,
+                _ => {
+                    // Another shape (or not a marker): this response's Vary wins.
+                    let mut set = redis::cmd("SET");
+                    set.arg(&marker_key)
+                        .arg(marker(fresh, &v.names).as_ref())
+                        .arg("PX")
+                        .arg(px);
+                    self.guarded(Duration::ZERO, self.store.query(&set)).await?;
+                    fresh
+                }
+            },
+            _ => return None,
+        };
+        let mut keep = redis::cmd("PEXPIRE");
+        keep.arg(&marker_key).arg(px).arg("GT");
+        let _ = self.guarded(Duration::ZERO, self.store.query(&keep)).await;
+        let secondary = variant_hash(generation_key(primary, generation), &v.names, &v.headers);
+        Some(self.redis_key(secondary))
     }
 
     /// Deletes keys (all variants are separate keys) and tells the other
