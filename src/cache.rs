@@ -732,10 +732,18 @@ impl CacheBuilder {
             return Ok(None);
         };
         let l2 = &self.l2;
-        if l2.namespace.is_empty() || l2.namespace.contains(char::is_whitespace) {
+        // Keys are `{namespace}:…` and purges SCAN for `{namespace}:*`: a
+        // namespace with `:` or glob characters could match another's keys.
+        if l2.namespace.is_empty()
+            || l2.namespace.len() > 64
+            || !l2
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
             return Err(BuildError::invalid(
                 "namespace",
-                "must be non-empty, without spaces",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
             ));
         }
         if l2.timeout.is_zero() {

@@ -203,6 +203,9 @@ async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) 
     let Some(l2) = s.l2.as_ref() else {
         return L2Answer::NotServed(req);
     };
+    // An invalidation arriving while the read is in flight must not be
+    // undone by promoting what was read.
+    let since = crate::store::l2::L2::seq_now();
     let Some(found) = l2.lookup(plan.key, req.headers()).await else {
         return L2Answer::NotServed(req);
     };
@@ -234,7 +237,8 @@ async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) 
         }
     };
     // Promote hot entries; an older L1 copy is replaced at once.
-    let promoted = plan.prior.is_some() || l2.note_hit(plan.key, now);
+    let promoted =
+        (plan.prior.is_some() || l2.note_hit(plan.key, now)) && l2.may_promote(plan.key, since);
     if promoted {
         let names: Vec<HeaderName> = found.vary.iter().map(|(n, _)| n.clone()).collect();
         s.l1.insert(plan.key, Arc::clone(&found), &names, &parts.headers);

@@ -19,8 +19,13 @@ const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 const L1_HIT: &str = "tower-tiered-cache; hit; detail=l1";
 const URL: &str = "http://example.com/item";
 
+/// A single-node cache. The L2 timeout is generous here (tests run in
+/// parallel on two cores); the failure tests set their own.
 fn l2(url: String) -> CacheBuilder {
-    Cache::builder().redis(url).namespace("t")
+    Cache::builder()
+        .redis(url)
+        .namespace("t")
+        .l2_timeout(Duration::from_millis(500))
 }
 
 /// Waits until the cache has written `n` keys to L2.
@@ -115,6 +120,8 @@ async fn undecodable_values_are_misses_and_are_deleted() {
         );
         assert_eq!(body(r).await, "good");
         assert_eq!(b.stats().l2_decode_errors, 1, "{garbage:?}");
+        // b's own write of the fresh value lands before the next round.
+        written(&b, 1).await;
         // The bad value was deleted (and replaced by the fresh write).
         assert!(
             eventually(|| server.cli(&["GET", &keys[0]]).text().trim() != garbage).await,

@@ -212,6 +212,20 @@ impl DecodeError {
     pub fn offset(&self) -> usize {
         self.offset
     }
+
+    /// True when the value is valid but needs a feature this build lacks
+    /// (a compressed body without `compression`): other instances may read
+    /// it, so it must not be deleted.
+    pub(crate) fn is_unreadable_here(&self) -> bool {
+        !cfg!(feature = "compression")
+            && matches!(
+                &self.kind,
+                Kind::Malformed {
+                    problem: Problem::Compressed,
+                    ..
+                }
+            )
+    }
 }
 
 impl fmt::Display for DecodeError {

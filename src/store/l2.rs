@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use quick_cache::sync::Cache as QuickCache;
 use redis::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::breaker::Breaker;
 use crate::clock::Clock;
@@ -91,29 +91,28 @@ pub(crate) struct L2Counters {
     pub(crate) messages_received: Counter,
 }
 
-struct Write {
-    key: String,
-    value: Bytes,
-    px: u64,
-}
-
 /// One entry's writes: its key(s), tag index additions, and the key to
 /// announce to the other instances.
 struct Job {
-    writes: Vec<Write>,
-    tags: Vec<String>,
+    /// The entry, encoded by the writer (off the request path).
+    entry: Arc<Entry>,
     px: u64,
     announce: KeyHash,
-    /// A variant of a URL with `Vary`: written under the URL's current
-    /// marker generation (made if there is none), resolved by the writer.
-    variant: Option<Variant>,
+    /// For a URL with `Vary`: the request's values of the `Vary` headers.
+    /// The variant is written under the URL's current marker generation.
+    vary_headers: Option<HeaderMap>,
+    /// The write's place in the sequence of writes and invalidations: a
+    /// job older than an invalidation of its key is dropped.
+    seq: u64,
+    /// Bytes reserved in the queue's budget.
+    reserved: u64,
 }
 
-struct Variant {
-    names: Vec<HeaderName>,
-    headers: HeaderMap,
-    value: Bytes,
-}
+/// The most encoded bytes that may wait in the write queue.
+const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Orders writes and invalidations (see `Job::seq`).
+static SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// An invalidation received from another instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +175,17 @@ pub(crate) struct L2 {
     coherent: AtomicBool,
     /// Whether the channel was ever lost (then L1 is cleared on resubscribe).
     lost_at: AtomicU64,
+    /// Dropped with the tier: tells the subscriber task to end.
+    shutdown: watch::Sender<()>,
+    /// The sequence number of the last tag or prefix invalidation received.
+    broad_seq: AtomicU64,
+    /// Recently invalidated keys and when (bounded): queued writes older
+    /// than the invalidation are dropped instead of undoing it.
+    invalidated: QuickCache<KeyHash, u64>,
+    /// Bytes of encoded values waiting in the write queue (bounded).
+    queued_bytes: AtomicU64,
+    /// The sequence number of the last `clear`.
+    cleared_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for L2 {
@@ -204,6 +214,11 @@ impl L2 {
             subscriber_started: AtomicBool::new(false),
             coherent: AtomicBool::new(false),
             lost_at: AtomicU64::new(0),
+            shutdown: watch::channel(()).0,
+            broad_seq: AtomicU64::new(0),
+            invalidated: QuickCache::new(100_000),
+            queued_bytes: AtomicU64::new(0),
+            cleared_seq: AtomicU64::new(0),
             cfg,
         })
     }
@@ -244,7 +259,7 @@ impl L2 {
             return;
         }
         let weak = Arc::downgrade(self);
-        handle.spawn(subscribe_loop(weak));
+        handle.spawn(subscribe_loop(weak, self.shutdown.subscribe()));
     }
 
     /// Announces an invalidation to the other instances (best effort).
@@ -252,6 +267,26 @@ impl L2 {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.channel()).arg(msg.encode(self.instance));
         let _ = self.guarded(Duration::ZERO, self.store.query(&cmd)).await;
+    }
+
+    /// Announces several invalidations in one pipeline.
+    async fn publish_many(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let channel = self.channel();
+        let cmds = msgs
+            .iter()
+            .map(|m| {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(m.encode(self.instance))
+                    .clone()
+            })
+            .collect();
+        let _ = self
+            .guarded(Duration::ZERO, self.store.query_many(cmds))
+            .await;
     }
 
     fn receive(&self, payload: &str) {
@@ -262,6 +297,14 @@ impl L2 {
             return;
         }
         self.counters.messages_received.incr();
+        match &msg {
+            Message::Key(k) => self.note_invalidated(*k),
+            Message::Clear => self.note_cleared(),
+            Message::Tag(_) | Message::Prefix(_) => {
+                self.broad_seq
+                    .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+            }
+        }
         if let Some(listener) = self.listener.get() {
             listener(&msg);
         }
@@ -274,8 +317,17 @@ impl L2 {
     /// Deletes every L2 entry carrying `tag` (through the tag's index set).
     pub(crate) async fn invalidate_tag(&self, tag: &str) -> u64 {
         let tag_key = self.tag_key(tag);
-        let cmd = redis::cmd("SMEMBERS").arg(&tag_key).clone();
-        let members: Vec<String> = match self.guarded(Duration::ZERO, self.store.query(&cmd)).await
+        // Members still alive (scores are expiry times).
+        let now = self.clock.now_millis();
+        let cmd = redis::cmd("ZRANGE")
+            .arg(&tag_key)
+            .arg(now)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .clone();
+        let members: Vec<String> = match self
+            .guarded(self.cfg.timeout * 4, self.store.query(&cmd))
+            .await
         {
             Some(Value::Array(items)) | Some(Value::Set(items)) => items
                 .into_iter()
@@ -284,7 +336,13 @@ impl L2 {
                     _ => None,
                 })
                 .collect(),
-            _ => Vec::new(),
+            Some(_) => Vec::new(),
+            // The index could not be read: keep it, so a retry still finds
+            // the tagged entries.
+            None => {
+                self.publish(&Message::Tag(tag.to_owned())).await;
+                return 0;
+            }
         };
         let mut keys = members;
         let n = keys.len() as u64;
@@ -327,6 +385,7 @@ impl L2 {
 
     /// Deletes everything under the namespace.
     pub(crate) async fn clear(&self) -> u64 {
+        self.note_cleared();
         let pattern = format!("{}:*", self.cfg.namespace);
         let mut removed = 0;
         for keys in self.scan(&pattern).await {
@@ -420,17 +479,12 @@ impl L2 {
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
         let now = self.clock.now_millis();
-        // The probe after an open period may have to reconnect: it gets the
-        // connect timeout rather than the operation timeout.
-        let probing = self.breaker.state(now) != crate::BreakerState::Closed;
         if !self.breaker.allow(now) {
             return None;
         }
-        let deadline = if probing {
-            self.cfg.connect_timeout.max(self.cfg.timeout) + extra
-        } else {
-            self.cfg.timeout + extra
-        };
+        // Reconnecting after the breaker opened happens in the background
+        // (see `RedisStore::reset`): no request waits past the timeout.
+        let deadline = self.cfg.timeout + extra;
         let failed = match tokio::time::timeout(deadline, op).await {
             Ok(Ok(v)) => {
                 self.breaker.record_success();
@@ -483,7 +537,11 @@ impl L2 {
         self.ensure_subscriber();
         let raw = self.get(primary).await?;
         let (slot, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
-            let (generation, names) = parse_marker(&raw)?;
+            let Some((generation, names)) = parse_marker(&raw) else {
+                self.counters.decode_errors.incr();
+                self.spawn_delete(primary);
+                return None;
+            };
             let secondary = variant_hash(generation_key(primary, generation), &names, headers);
             (secondary, self.get(secondary).await?)
         } else {
@@ -496,11 +554,25 @@ impl L2 {
                 self.counters.decode_errors.incr();
                 if self.logged.get(&slot).is_none() {
                     self.logged.insert(slot, ());
-                    tracing::warn!(key = %self.redis_key(slot), error = %e, "undecodable L2 value; deleting it");
+                    tracing::warn!(key = %self.redis_key(slot), error = %e, "undecodable L2 value");
                 }
-                self.delete(vec![slot]).await;
+                // A value another build can read (compressed, while this one
+                // lacks the feature) is left alone; garbage is deleted, off
+                // the request path.
+                if !e.is_unreadable_here() {
+                    self.spawn_delete(slot);
+                }
                 None
             }
+        }
+    }
+
+    fn spawn_delete(self: &Arc<Self>, key: KeyHash) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let l2 = Arc::clone(self);
+            handle.spawn(async move {
+                l2.delete(vec![key]).await;
+            });
         }
     }
 
@@ -549,15 +621,12 @@ impl L2 {
             .filter_map(|(k, e)| {
                 let px = e.timeline.retain_until.saturating_sub(now);
                 (px > 0).then(|| Job {
-                    writes: vec![Write {
-                        key: self.redis_key(*k),
-                        value: e.encode_with(self.cfg.compress_over),
-                        px,
-                    }],
-                    tags: e.tags.iter().map(|t| t.to_string()).collect(),
+                    entry: Arc::clone(e),
                     px,
                     announce: *k,
-                    variant: None,
+                    vary_headers: None,
+                    seq: SEQ.fetch_add(1, Ordering::AcqRel),
+                    reserved: 0,
                 })
             })
             .collect();
@@ -594,7 +663,7 @@ impl L2 {
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         primary: KeyHash,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         req_headers: &HeaderMap,
         now: u64,
     ) {
@@ -603,46 +672,78 @@ impl L2 {
             return;
         }
         self.ensure_subscriber();
-        let names: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
-        let value = entry.encode_with(self.cfg.compress_over);
-        let (writes, variant) = if names.is_empty() {
-            let w = Write {
-                key: self.redis_key(primary),
-                value,
-                px,
-            };
-            (vec![w], None)
-        } else {
-            let mut headers = HeaderMap::new();
-            for n in &names {
+        let vary_headers = (!entry.vary.is_empty()).then(|| {
+            let mut h = HeaderMap::new();
+            for (n, _) in entry.vary.iter() {
                 for v in req_headers.get_all(n) {
-                    headers.append(n.clone(), v.clone());
+                    h.append(n.clone(), v.clone());
                 }
             }
-            (
-                Vec::new(),
-                Some(Variant {
-                    names,
-                    headers,
-                    value,
-                }),
-            )
-        };
+            h
+        });
+        // Reserve the entry's size in the queue's byte budget.
+        let size = entry.weight();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued + size > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.counters.writes_dropped.incr();
+            return;
+        }
         let job = Job {
-            tags: entry.tags.iter().map(|t| t.to_string()).collect(),
-            writes,
+            entry: Arc::clone(entry),
             px,
             announce: primary,
-            variant,
+            vary_headers,
+            seq: SEQ.fetch_add(1, Ordering::AcqRel),
+            reserved: size,
         };
-        let n = job.writes.len().max(1) as u64;
         let Some(tx) = self.sender() else {
-            self.counters.writes_dropped.add(n);
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.counters.writes_dropped.incr();
             return;
         };
-        if tx.try_send(job).is_err() {
-            self.counters.writes_dropped.add(n);
+        if let Err(e) = tx.try_send(job) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.queued_bytes.fetch_sub(job.reserved, Ordering::AcqRel);
+            self.counters.writes_dropped.incr();
         }
+    }
+
+    /// Records an invalidation of `key`: queued writes of it made before
+    /// now will not be sent.
+    pub(crate) fn note_invalidated(&self, key: KeyHash) {
+        self.invalidated
+            .insert(key, SEQ.fetch_add(1, Ordering::AcqRel));
+    }
+
+    /// Records a `clear`: every write queued before now is dropped.
+    fn note_cleared(&self) {
+        self.cleared_seq
+            .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+    }
+
+    /// A point in the sequence of writes and invalidations.
+    pub(crate) fn seq_now() -> u64 {
+        SEQ.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Whether `key`, read from L2 after `since`, may be copied into L1:
+    /// not if an invalidation that may cover it arrived meanwhile (the
+    /// copy could be older than the invalidation).
+    pub(crate) fn may_promote(&self, key: KeyHash, since: u64) -> bool {
+        self.cleared_seq.load(Ordering::Acquire) < since
+            && self.broad_seq.load(Ordering::Acquire) < since
+            && self.invalidated.get(&key).is_none_or(|at| at < since)
+    }
+
+    fn superseded(&self, job: &Job) -> bool {
+        job.seq < self.cleared_seq.load(Ordering::Acquire)
+            || self
+                .invalidated
+                .get(&job.announce)
+                .is_some_and(|at| at > job.seq)
     }
 
     /// The writer's queue, starting the writer task on first use (and again
@@ -668,67 +769,98 @@ impl L2 {
 
     /// Writes a batch of jobs in one pipeline (per-key commands on a
     /// cluster), then tells the other instances to drop their L1 copies.
-    async fn write(&self, mut jobs: Vec<Job>) {
-        for job in &mut jobs {
-            if let Some(v) = job.variant.take() {
-                match self.variant_key(job.announce, &v, job.px).await {
-                    Some(key) => job.writes.push(Write {
-                        key,
-                        value: v.value,
-                        px: job.px,
-                    }),
-                    None => self.counters.writes_dropped.incr(),
-                }
-            }
-        }
-        let n: u64 = jobs.iter().map(|j| j.writes.len() as u64).sum();
-        let bytes: usize = jobs
-            .iter()
-            .flat_map(|j| &j.writes)
-            .map(|w| w.value.len())
-            .sum();
-        // Large values get more time: 1 ms per 64 KiB on top of the timeout.
-        let extra = Duration::from_millis((bytes / (64 * 1024)) as u64);
-        let mut cmds: Vec<redis::Cmd> = Vec::new();
+    async fn write(&self, jobs: Vec<Job>) {
+        let released: u64 = jobs.iter().map(|j| j.reserved).sum();
+        let mut sets: Vec<(String, Bytes, u64)> = Vec::with_capacity(jobs.len());
+        let mut tagged: Vec<(String, String, u64)> = Vec::new();
         let mut announce = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            for w in &job.writes {
-                let mut c = redis::cmd("SET");
-                c.arg(&w.key).arg(w.value.as_ref()).arg("PX").arg(w.px);
-                cmds.push(c);
+        for job in &jobs {
+            if self.superseded(job) {
+                // An invalidation came after this write was queued.
+                self.counters.writes_dropped.incr();
+                continue;
             }
-            for tag in &job.tags {
-                let tag_key = self.tag_key(tag);
-                for w in &job.writes {
-                    cmds.push(redis::cmd("SADD").arg(&tag_key).arg(&w.key).clone());
+            let value = job.entry.encode_with(self.cfg.compress_over);
+            let key = match &job.vary_headers {
+                None => self.redis_key(job.announce),
+                Some(h) => {
+                    let names: Vec<HeaderName> =
+                        job.entry.vary.iter().map(|(n, _)| n.clone()).collect();
+                    match self.variant_key(job.announce, &names, h, job.px).await {
+                        Some(k) => k,
+                        None => {
+                            self.counters.writes_dropped.incr();
+                            continue;
+                        }
+                    }
                 }
-                // The index lives as long as its longest-lived entry.
-                cmds.push(
-                    redis::cmd("PEXPIRE")
-                        .arg(&tag_key)
-                        .arg(job.px)
-                        .arg("NX")
-                        .clone(),
-                );
-                cmds.push(
-                    redis::cmd("PEXPIRE")
-                        .arg(&tag_key)
-                        .arg(job.px)
-                        .arg("GT")
-                        .clone(),
-                );
+            };
+            for tag in job.entry.tags.iter() {
+                tagged.push((self.tag_key(tag), key.clone(), job.px));
             }
+            sets.push((key, value, job.px));
             announce.push(job.announce);
         }
-        if self
+        self.queued_bytes.fetch_sub(released, Ordering::AcqRel);
+        if sets.is_empty() {
+            return;
+        }
+        let n = sets.len() as u64;
+        let bytes: usize = sets.iter().map(|(_, v, _)| v.len()).sum();
+        // Large values get more time: 1 ms per 64 KiB on top of the timeout.
+        let extra = Duration::from_millis((bytes / (64 * 1024)) as u64);
+        let now = self.clock.now_millis();
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(sets.len() + tagged.len() * 3);
+        for (key, value, px) in &sets {
+            let mut c = redis::cmd("SET");
+            c.arg(key).arg(value.as_ref()).arg("PX").arg(*px);
+            cmds.push(c);
+        }
+        for (tag_key, member, px) in &tagged {
+            // A sorted set scored by each member's expiry: expired members
+            // are trimmed on every write, so an index never outgrows its
+            // live entries; it expires with its longest-lived member.
+            let until = now + px;
+            cmds.push(
+                redis::cmd("ZADD")
+                    .arg(tag_key)
+                    .arg("GT")
+                    .arg(until)
+                    .arg(member)
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(tag_key)
+                    .arg("-inf")
+                    .arg(now)
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("PEXPIREAT")
+                    .arg(tag_key)
+                    .arg(until)
+                    .arg("GT")
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("PEXPIREAT")
+                    .arg(tag_key)
+                    .arg(until)
+                    .arg("NX")
+                    .clone(),
+            );
+        }
+        let ok = self
             .guarded(extra, self.store.query_many(cmds))
             .await
-            .is_some()
-        {
+            .is_some();
+        // Announce even a failed batch: some of it may have landed.
+        self.publish_many(announce.into_iter().map(Message::Key).collect())
+            .await;
+        // Counted once announced, so "written" means other instances know.
+        if ok {
             self.counters.writes.add(n);
-            for key in announce {
-                self.publish(&Message::Key(key)).await;
-            }
         } else {
             self.counters.writes_dropped.add(n);
         }
@@ -737,13 +869,19 @@ impl L2 {
     /// The key of a variant under the URL's current marker generation: the
     /// marker is created (a fresh generation) if there is none, replaced if
     /// it names other headers, and kept alive as long as the variant.
-    async fn variant_key(&self, primary: KeyHash, v: &Variant, px: u64) -> Option<String> {
+    async fn variant_key(
+        &self,
+        primary: KeyHash,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+        px: u64,
+    ) -> Option<String> {
         let marker_key = self.redis_key(primary);
         let fresh = instance_id();
         let mut create = redis::cmd("SET");
         create
             .arg(&marker_key)
-            .arg(marker(fresh, &v.names).as_ref())
+            .arg(marker(fresh, names).as_ref())
             .arg("NX")
             .arg("PX")
             .arg(px);
@@ -758,12 +896,12 @@ impl L2 {
             .await?;
         let generation = match current {
             Value::BulkString(b) => match parse_marker(&b) {
-                Some((g, names)) if names == v.names => g,
+                Some((g, stored)) if stored == names => g,
                 _ => {
                     // Another shape (or not a marker): this response's Vary wins.
                     let mut set = redis::cmd("SET");
                     set.arg(&marker_key)
-                        .arg(marker(fresh, &v.names).as_ref())
+                        .arg(marker(fresh, names).as_ref())
                         .arg("PX")
                         .arg(px);
                     self.guarded(Duration::ZERO, self.store.query(&set)).await?;
@@ -775,18 +913,20 @@ impl L2 {
         let mut keep = redis::cmd("PEXPIRE");
         keep.arg(&marker_key).arg(px).arg("GT");
         let _ = self.guarded(Duration::ZERO, self.store.query(&keep)).await;
-        let secondary = variant_hash(generation_key(primary, generation), &v.names, &v.headers);
+        let secondary = variant_hash(generation_key(primary, generation), names, headers);
         Some(self.redis_key(secondary))
     }
 
     /// Deletes keys (all variants are separate keys) and tells the other
     /// instances.
     pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) {
+        for k in &keys {
+            self.note_invalidated(*k);
+        }
         let announce = keys.clone();
         self.delete(keys).await;
-        for key in announce {
-            self.publish(&Message::Key(key)).await;
-        }
+        self.publish_many(announce.into_iter().map(Message::Key).collect())
+            .await;
     }
 
     /// Deletes keys (all variants are separate keys).
@@ -829,11 +969,28 @@ fn instance_id() -> u64 {
 /// growing delay. While it is down, L1 copies are trusted only for
 /// `l1_max_ttl`; after it comes back L1 is cleared, since messages may have
 /// been missed. Ends when the cache is dropped.
-async fn subscribe_loop(weak: Weak<L2>) {
+async fn subscribe_loop(weak: Weak<L2>, mut shutdown: watch::Receiver<()>) {
+    // Whatever ends this task (the cache dropped, its runtime shut down),
+    // L1 must stop trusting a channel nobody listens to any more.
+    struct Gone(Weak<L2>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            if let Some(l2) = self.0.upgrade() {
+                l2.coherent.store(false, Ordering::Release);
+                l2.lost_at
+                    .store(l2.clock.now_millis().max(1), Ordering::Release);
+                l2.subscriber_started.store(false, Ordering::Release);
+            }
+        }
+    }
+    let _gone = Gone(weak.clone());
     let mut delay = Duration::from_millis(100);
+    let mut attempt = 0usize;
     loop {
         let Some(l2) = weak.upgrade() else { return };
-        let client = l2.store.client();
+        // Each attempt tries the next seed URL (a cluster node may be gone).
+        let client = l2.store.client_at(attempt);
+        attempt = attempt.wrapping_add(1);
         let channel = l2.channel();
         let connect_timeout = l2.cfg.connect_timeout;
         drop(l2);
@@ -848,8 +1005,11 @@ async fn subscribe_loop(weak: Weak<L2>) {
                 .ok()?
                 .ok()?;
             Some(pubsub)
-        }
-        .await;
+        };
+        let subscribed = tokio::select! {
+            s = subscribed => s,
+            _ = shutdown.changed() => return,
+        };
         if let Some(pubsub) = subscribed {
             let Some(l2) = weak.upgrade() else { return };
             if l2.lost_at.load(Ordering::Acquire) != 0 {
@@ -863,7 +1023,12 @@ async fn subscribe_loop(weak: Weak<L2>) {
             drop(l2);
             delay = Duration::from_millis(100);
             let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = messages.next() => m,
+                    _ = shutdown.changed() => return,
+                };
+                let Some(msg) = msg else { break };
                 let Some(l2) = weak.upgrade() else { return };
                 if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
                     l2.receive(payload);
@@ -875,7 +1040,10 @@ async fn subscribe_loop(weak: Weak<L2>) {
         l2.lost_at
             .store(l2.clock.now_millis().max(1), Ordering::Release);
         drop(l2);
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
@@ -950,7 +1118,7 @@ mod tests {
         assert!(l2.set_many(&items).await);
         assert_eq!(l2.counters.writes.get(), 50);
         // The tag index holds every key.
-        let members = server.cli(&["SCARD", "batch:tag:t"]);
+        let members = server.cli(&["ZCARD", "batch:tag:t"]);
         assert_eq!(members.text().trim(), "50");
         // Expiry is the entry's last useful instant.
         let pttl: u64 = server

@@ -11,7 +11,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, RedisError, Value};
-use tokio::sync::OnceCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 /// Where the L2 tier lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -33,21 +36,28 @@ impl fmt::Debug for RedisTarget {
 enum Backend {
     Single {
         client: Box<Client>,
-        conn: OnceCell<ConnectionManager>,
+        /// Replaced when the L2 breaker opens: an operation cut off by the
+        /// L2 timeout never lets the manager see a dead (half-open) socket.
+        conn: std::sync::Mutex<Option<ConnectionManager>>,
     },
     Cluster {
         client: Box<ClusterClient>,
-        /// Replaced (dropped and made again) when the breaker opens: a
-        /// cluster connection can stay wedged after a master restarts.
-        conn: std::sync::Mutex<Option<ClusterConnection>>,
+        /// Replaced when the breaker opens: a cluster connection can stay
+        /// wedged after a master restarts. Made by one background task at a
+        /// time, which finishes even when the callers waiting on it give up.
+        conn: Arc<std::sync::Mutex<Option<ClusterConnection>>>,
+        connecting: Arc<AtomicBool>,
+        connected: Arc<Notify>,
     },
 }
 
 /// A Redis connection made on first use.
 pub(crate) struct RedisStore {
     backend: Backend,
-    /// The (first) URL, for the pub/sub connection and per-node scans.
+    /// The (first) URL, for per-node scans.
     url: String,
+    /// Every seed URL, tried in turn for the pub/sub connection.
+    urls: Vec<String>,
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
     connect_timeout: Duration,
@@ -124,9 +134,10 @@ impl RedisStore {
                 let server = server_of(client.get_connection_info());
                 Ok(Self {
                     url: url.clone(),
+                    urls: vec![url.clone()],
                     backend: Backend::Single {
                         client: Box::new(client),
-                        conn: OnceCell::new(),
+                        conn: std::sync::Mutex::new(None),
                     },
                     server,
                     connect_timeout,
@@ -145,9 +156,12 @@ impl RedisStore {
                     .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
                 Ok(Self {
                     url: urls[0].clone(),
+                    urls: urls.clone(),
                     backend: Backend::Cluster {
                         client: Box::new(client),
-                        conn: std::sync::Mutex::new(None),
+                        conn: Arc::new(std::sync::Mutex::new(None)),
+                        connecting: Arc::new(AtomicBool::new(false)),
+                        connected: Arc::new(Notify::new()),
                     },
                     server,
                     connect_timeout,
@@ -156,48 +170,78 @@ impl RedisStore {
         }
     }
 
-    async fn single(
+    fn single(
         &self,
         client: &Client,
-        conn: &OnceCell<ConnectionManager>,
+        conn: &std::sync::Mutex<Option<ConnectionManager>>,
     ) -> Result<ConnectionManager, StoreError> {
-        let c = conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
-            })
-            .await?;
-        Ok(c.clone())
+        let mut slot = conn.lock().map_err(|_| StoreError::Timeout)?;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let c = ConnectionManager::new_lazy_with_config((*client).clone(), config)?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     async fn cluster(
         &self,
         client: &ClusterClient,
-        conn: &std::sync::Mutex<Option<ClusterConnection>>,
+        conn: &Arc<std::sync::Mutex<Option<ClusterConnection>>>,
+        connecting: &Arc<AtomicBool>,
+        connected: &Arc<Notify>,
     ) -> Result<ClusterConnection, StoreError> {
-        if let Some(c) = conn.lock().ok().and_then(|c| c.clone()) {
-            return Ok(c);
+        loop {
+            let notified = connected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = conn.lock().ok().and_then(|c| c.clone()) {
+                return Ok(c);
+            }
+            if !connecting.swap(true, Ordering::AcqRel) {
+                let (client, conn, connecting, connected) = (
+                    client.clone(),
+                    Arc::clone(conn),
+                    Arc::clone(connecting),
+                    Arc::clone(connected),
+                );
+                let timeout = self.connect_timeout;
+                tokio::spawn(async move {
+                    if let Ok(Ok(c)) =
+                        tokio::time::timeout(timeout, client.get_async_connection()).await
+                    {
+                        if let Ok(mut slot) = conn.lock() {
+                            *slot = Some(c);
+                        }
+                    }
+                    connecting.store(false, Ordering::Release);
+                    connected.notify_waiters();
+                });
+            }
+            // The caller's own L2 timeout bounds this wait.
+            notified.await;
+            if conn.lock().ok().is_some_and(|c| c.is_none()) {
+                return Err(StoreError::Timeout);
+            }
         }
-        let c =
-            match tokio::time::timeout(self.connect_timeout, client.get_async_connection()).await {
-                Ok(r) => r?,
-                Err(_) => return Err(StoreError::Timeout),
-            };
-        if let Ok(mut slot) = conn.lock() {
-            *slot = Some(c.clone());
-        }
-        Ok(c)
     }
 
-    /// Drops a cluster connection so the next operation makes a new one
-    /// (a single node's `ConnectionManager` reconnects by itself).
+    /// Drops the connection so the next operation makes a new one.
     pub(crate) fn reset(&self) {
-        if let Backend::Cluster { conn, .. } = &self.backend {
-            if let Ok(mut slot) = conn.lock() {
-                *slot = None;
+        match &self.backend {
+            Backend::Single { conn, .. } => {
+                if let Ok(mut slot) = conn.lock() {
+                    *slot = None;
+                }
+            }
+            Backend::Cluster { conn, .. } => {
+                if let Ok(mut slot) = conn.lock() {
+                    *slot = None;
+                }
             }
         }
     }
@@ -206,11 +250,16 @@ impl RedisStore {
     pub(crate) async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         match &self.backend {
             Backend::Single { client, conn } => {
-                let mut c = self.single(client, conn).await?;
+                let mut c = self.single(client, conn)?;
                 Ok(cmd.query_async(&mut c).await?)
             }
-            Backend::Cluster { client, conn } => {
-                let mut c = self.cluster(client, conn).await?;
+            Backend::Cluster {
+                client,
+                conn,
+                connecting,
+                connected,
+            } => {
+                let mut c = self.cluster(client, conn, connecting, connected).await?;
                 Ok(cmd.query_async(&mut c).await?)
             }
         }
@@ -225,15 +274,20 @@ impl RedisStore {
         }
         match &self.backend {
             Backend::Single { client, conn } => {
-                let mut c = self.single(client, conn).await?;
+                let mut c = self.single(client, conn)?;
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
                     pipe.add_command(cmd);
                 }
                 Ok(pipe.query_async(&mut c).await?)
             }
-            Backend::Cluster { client, conn } => {
-                let c = self.cluster(client, conn).await?;
+            Backend::Cluster {
+                client,
+                conn,
+                connecting,
+                connected,
+            } => {
+                let c = self.cluster(client, conn, connecting, connected).await?;
                 let futs = cmds.into_iter().map(|cmd| {
                     let mut c = c.clone();
                     async move { cmd.query_async::<Value>(&mut c).await }
@@ -251,6 +305,13 @@ impl RedisStore {
     /// cluster receives every published message.
     pub(crate) fn client(&self) -> Result<Client, StoreError> {
         Ok(Client::open(self.url.as_str())?)
+    }
+
+    /// A client on the `n`th seed URL (round robin), for the pub/sub
+    /// connection: if one cluster node is gone, the next try uses another.
+    pub(crate) fn client_at(&self, n: usize) -> Result<Client, StoreError> {
+        let url = &self.urls[n % self.urls.len().max(1)];
+        Ok(Client::open(url.as_str())?)
     }
 
     /// Clients for every node whose keys must be scanned: the one server,
