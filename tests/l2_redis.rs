@@ -720,3 +720,65 @@ async fn a_frozen_redis_delays_no_request_past_the_timeout_and_a_full_queue_drop
         cache.stats()
     );
 }
+
+#[tokio::test]
+async fn a_dropped_cache_leaves_no_subscription_behind() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let numsub = || {
+        let out = server.cli(&["PUBSUB", "NUMSUB", "t:invalidate"]);
+        out.text()
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for _ in 0..3 {
+        let (origin, _log) = origin(|_, _| ok("max-age=60", "x"));
+        let cache = l2(server.url()).build().unwrap();
+        send(&cached(&cache, origin), get(URL)).await;
+        subscribed(&cache).await;
+        assert!(numsub() >= 1);
+        drop(cache);
+    }
+    assert!(
+        eventually(|| numsub() == 0).await,
+        "subscriptions left: {}",
+        numsub()
+    );
+}
+
+#[tokio::test]
+async fn an_invalidation_right_after_a_store_is_not_undone_by_the_queued_write() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    for (i, vary) in [false, true].into_iter().enumerate() {
+        let url = format!("http://example.com/raced{i}");
+        let (origin, log) = origin(move |n, _| {
+            let r = ok("max-age=60", &format!("v{n}"));
+            if vary {
+                with_header(r, "vary", "accept-language")
+            } else {
+                r
+            }
+        });
+        let a = l2(server.url()).build().unwrap();
+        let req = || get_with(&url, &[("accept-language", "en")]);
+        send(&cached(&a, origin.clone()), req()).await;
+        // Invalidate before the queued L2 write has had a chance to run.
+        a.invalidate(&req());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = l2(server.url()).build().unwrap();
+        let r = send(&cached(&b, origin), req()).await;
+        assert!(
+            cache_status(&r).contains("fwd="),
+            "vary={vary}: the old value came back: {}",
+            cache_status(&r)
+        );
+        assert_eq!(log.calls(), 2);
+    }
+}
