@@ -184,6 +184,24 @@ impl MemoryStore {
         }
         let index = match self.cache.get(&primary) {
             Some(Slot::Vary(index)) if *index.names == *vary => index,
+            None => {
+                // Two first variants stored at once must share one index,
+                // or one of them could never be invalidated.
+                let fresh = Arc::new(VaryIndex {
+                    names: vary.to_vec().into_boxed_slice(),
+                    variants: Mutex::new(VecDeque::new()),
+                });
+                let got = self
+                    .cache
+                    .get_or_insert_with(&primary, || Ok::<_, ()>(Slot::Vary(Arc::clone(&fresh))));
+                match got {
+                    Ok(Slot::Vary(index)) if *index.names == *vary => index,
+                    _ => {
+                        self.put(primary, Slot::Vary(Arc::clone(&fresh)));
+                        fresh
+                    }
+                }
+            }
             old => {
                 if let Some(Slot::Vary(old)) = old {
                     self.remove_variants(&old);
