@@ -578,8 +578,8 @@ impl CacheBuilder {
         self
     }
 
-    /// While the invalidation channel (Redis pub/sub) is down, L1 copies
-    /// older than this are not used (default 10 s): other instances'
+    /// While the invalidation channel (Redis pub/sub) is down, or not yet
+    /// up, L1 copies older than this are not used (default 10 s): other instances'
     /// invalidations may be missed meanwhile. L1 is cleared when the
     /// channel comes back.
     #[cfg(feature = "redis")]

@@ -134,6 +134,8 @@ async fn promotion_happens_after_exactly_promote_after_l2_hits_on_a_cluster() {
                     "promote_after({n}): {url}: L2 hit {i}"
                 );
             }
+            // L1 copies are trusted once the invalidation channel is up.
+            subscribed(&b).await;
             let r = send(&svc, get(url)).await;
             assert_eq!(
                 cache_status(&r),

@@ -82,6 +82,8 @@ async fn promotion_happens_after_exactly_promote_after_l2_hits() {
             let r = send(&svc, get(URL)).await;
             assert_eq!(cache_status(&r), L2_HIT, "promote_after({n}): L2 hit {i}");
         }
+        // L1 copies are trusted once the invalidation channel is up.
+        subscribed(&b).await;
         let r = send(&svc, get(URL)).await;
         assert_eq!(
             cache_status(&r),
