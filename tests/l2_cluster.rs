@@ -125,6 +125,14 @@ async fn promotion_happens_after_exactly_promote_after_l2_hits_on_a_cluster() {
     for n in [1, 3] {
         let b = on(cluster.urls(), ns).promote_after(n).build().unwrap();
         let svc = cached(&b, origin.clone());
+        // Subscribe first (a look-up of another URL starts it), and let a's
+        // announcements, which cross the cluster bus, drain: one arriving
+        // late is an invalidation and rightly drops b's L1 copy.
+        let (other, _) = support::origin(|_, _| ok("no-store", "other"));
+        send(&cached(&b, other), get("http://example.com/warm-up")).await;
+        subscribed(&b).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let received = b.stats().l2_messages_received;
         for url in &hot {
             for i in 1..=n {
                 let r = send(&svc, get(url)).await;
@@ -144,6 +152,11 @@ async fn promotion_happens_after_exactly_promote_after_l2_hits_on_a_cluster() {
             );
             assert_eq!(body(r).await, url.trim_start_matches("http://example.com"));
         }
+        assert_eq!(
+            b.stats().l2_messages_received,
+            received,
+            "no invalidation arrived during the checks"
+        );
         let stats = b.stats();
         assert_eq!(stats.promotions, hot.len() as u64, "{stats:?}");
         assert_eq!(stats.hits_l2, u64::from(n) * hot.len() as u64, "{stats:?}");
