@@ -55,6 +55,25 @@ pub(crate) fn cache_status(params: fmt::Arguments<'_>) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or(STATUS_BYPASS)
 }
 
+/// A copy of what the engine needs of a request (method, URI, version,
+/// headers) once the request itself has been sent on.
+pub(crate) fn request_view(parts: &Parts) -> Parts {
+    let mut p = Request::new(()).into_parts().0;
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}
+
+/// A `GET` for `uri` with `headers`: what invalidation computes keys from.
+pub(crate) fn get_view(uri: &http::Uri, headers: &HeaderMap) -> Parts {
+    let mut p = Request::new(()).into_parts().0;
+    p.uri = uri.clone();
+    p.headers = headers.clone();
+    p
+}
+
 /// A shared, cheaply cloneable HTTP cache: the engine behind
 /// [`CacheLayer`](crate::CacheLayer).
 ///
@@ -905,11 +924,7 @@ impl Cache {
     /// Removes the stored responses (every variant) for the URL of `req`.
     /// Returns whether anything was stored.
     pub fn invalidate<B>(&self, req: &Request<B>) -> bool {
-        let mut parts = Request::new(()).into_parts().0;
-        parts.method = Method::GET;
-        parts.uri = req.uri().clone();
-        parts.headers = req.headers().clone();
-        self.invalidate_parts(&parts)
+        self.invalidate_parts(&get_view(req.uri(), req.headers()))
     }
 
     /// Removes the stored responses for a readable cache key (as shown by
@@ -1268,40 +1283,27 @@ impl Cache {
             *resp.headers_mut() = headers;
             return resp;
         }
-        if !reuse && entry.template.get().is_none() {
-            let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
-            for (name, value) in entry.headers.iter() {
-                headers.append(name.clone(), value.clone());
-            }
-            headers.insert(AGE, age_value(entry.timeline.age_at(now) / 1000));
-            headers.insert(CACHE_STATUS.clone(), status);
-            let body = if head {
-                CacheBody::empty()
-            } else {
-                CacheBody::full(entry.body.clone())
-            };
-            let mut resp = Response::new(body);
-            *resp.status_mut() = entry.status;
-            *resp.version_mut() = entry.version;
-            *resp.headers_mut() = headers;
-            return resp;
-        }
-        // Overwrite the template's slots with `get_mut`: `insert` would
-        // reserve room first, and a clone has none to spare.
-        let mut headers = entry.response_headers().clone();
         let age = age_value(entry.timeline.age_at(now) / 1000);
-        match headers.get_mut(AGE) {
-            Some(slot) => *slot = age,
-            None => {
-                headers.insert(AGE, age);
+        let headers = if !reuse && entry.template.get().is_none() {
+            entry.build_response_headers(age, status)
+        } else {
+            // Overwrite the template's slots with `get_mut`: `insert` would
+            // reserve room first, and a clone has none to spare.
+            let mut headers = entry.response_headers().clone();
+            match headers.get_mut(AGE) {
+                Some(slot) => *slot = age,
+                None => {
+                    headers.insert(AGE, age);
+                }
             }
-        }
-        match headers.get_mut(&CACHE_STATUS) {
-            Some(slot) => *slot = status,
-            None => {
-                headers.insert(CACHE_STATUS.clone(), status);
+            match headers.get_mut(&CACHE_STATUS) {
+                Some(slot) => *slot = status,
+                None => {
+                    headers.insert(CACHE_STATUS.clone(), status);
+                }
             }
-        }
+            headers
+        };
         let body = if head {
             CacheBody::empty()
         } else {

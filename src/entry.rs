@@ -124,17 +124,24 @@ impl Entry {
     /// The hit-response header map (see `template`).
     pub(crate) fn response_headers(&self) -> &HeaderMap {
         self.template.get_or_init(|| {
-            let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
-            for (name, value) in self.headers.iter() {
-                h.append(name.clone(), value.clone());
-            }
-            h.insert(AGE, HeaderValue::from_static("0"));
-            h.insert(
-                crate::cache::CACHE_STATUS.clone(),
-                crate::cache::STATUS_HIT_L1,
-            );
-            h
+            self.build_response_headers(HeaderValue::from_static("0"), crate::cache::STATUS_HIT_L1)
         })
+    }
+
+    /// The stored headers plus `Age` and `Cache-Status`, in a map sized for
+    /// them.
+    pub(crate) fn build_response_headers(
+        &self,
+        age: HeaderValue,
+        status: HeaderValue,
+    ) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
+        for (name, value) in self.headers.iter() {
+            h.append(name.clone(), value.clone());
+        }
+        h.insert(AGE, age);
+        h.insert(crate::cache::CACHE_STATUS.clone(), status);
+        h
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {

@@ -16,7 +16,9 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
-use crate::cache::{cache_status, Cache, Fetch, CACHE_STATUS, STATUS_METHOD};
+use crate::cache::{
+    cache_status, get_view, request_view, Cache, Fetch, CACHE_STATUS, STATUS_METHOD,
+};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
@@ -67,7 +69,10 @@ where
         if s.breaker.state(now) == crate::BreakerState::Open
             && s.policy.stale_if_error_ok(prior, &plan.directives, now)
         {
-            return Ok(serve_stale_if_error(&cache, prior, &req, &plan, None));
+            let (parts, _body) = req.into_parts();
+            return Ok(serve_stale_if_error(
+                &cache, prior, &parts, &plan, None, true,
+            ));
         }
     }
     // Waiting for another request needs tokio's timer; without a runtime
@@ -121,29 +126,19 @@ where
         let now = cache.now();
         let (parts, body) = req.into_parts();
         match outcome {
-            Some(Outcome::Stored(entry))
-                if entry.vary_matches(&parts.headers)
-                    && matches!(
-                        s.policy.usability(&entry, &plan.directives, now),
-                        Usability::Fresh | Usability::Stale
-                    ) =>
-            {
-                s.counters.coalesced.incr();
-                let status = cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
-                return Ok(cache.respond_entry(
-                    &entry,
-                    &parts,
-                    plan.directives.conditional,
-                    now,
-                    status,
-                ));
+            Some(Outcome::Stored(entry)) if entry.vary_matches(&parts.headers) => {
+                if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                    return Ok(resp);
+                }
+                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
             }
             Some(Outcome::StaleIfError(entry))
                 if entry.vary_matches(&parts.headers)
                     && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
             {
-                let req = Request::from_parts(parts, body);
-                return Ok(serve_stale_if_error(&cache, &entry, &req, &plan, None));
+                return Ok(serve_stale_if_error(
+                    &cache, &entry, &parts, &plan, None, true,
+                ));
             }
             // The leader was cancelled, or failed: rather than every waiter
             // calling a failing upstream at once, form a new flight.
@@ -152,20 +147,8 @@ where
                 if let crate::store::memory::Found::Entry(entry) =
                     s.l1.get(plan.key, &parts.headers)
                 {
-                    if matches!(
-                        s.policy.usability(&entry, &plan.directives, now),
-                        Usability::Fresh | Usability::Stale
-                    ) {
-                        s.counters.coalesced.incr();
-                        let status =
-                            cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
-                        return Ok(cache.respond_entry(
-                            &entry,
-                            &parts,
-                            plan.directives.conditional,
-                            now,
-                            status,
-                        ));
+                    if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                        return Ok(resp);
                     }
                 }
                 req = Request::from_parts(parts, body);
@@ -264,6 +247,27 @@ async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) 
     }
 }
 
+/// Answers a waiter from an entry another request stored, if it may serve
+/// this request (fresh, or stale within its window).
+fn collapsed<RB: Body>(
+    cache: &Cache,
+    entry: &Entry,
+    parts: &Parts,
+    plan: &Fetch,
+    now: u64,
+) -> Option<Response<CacheBody<RB>>> {
+    let s = &*cache.shared;
+    if !matches!(
+        s.policy.usability(entry, &plan.directives, now),
+        Usability::Fresh | Usability::Stale
+    ) {
+        return None;
+    }
+    s.counters.coalesced.incr();
+    let status = cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+    Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
+}
+
 /// How many times a waiter re-joins after cancelled leaders.
 const MAX_REJOINS: usize = 3;
 
@@ -281,7 +285,7 @@ where
     <U::Body as Body>::Data: Send,
 {
     let (parts, body) = req.into_parts();
-    let keep = parts.clone_view();
+    let keep = request_view(&parts);
     match exchange(cache, Request::from_parts(parts, body), up, plan).await {
         Fetched::Stored(entry, resp) => (Ok(resp), Outcome::Stored(entry)),
         Fetched::Passed(resp) => (Ok(resp), Outcome::Pass),
@@ -294,7 +298,7 @@ where
             {
                 let failed_status = Some(result.as_ref().ok().map(|r| r.status()));
                 let served =
-                    serve_stale_if_error_parts(cache, prior, &keep, plan, failed_status, !counted);
+                    serve_stale_if_error(cache, prior, &keep, plan, failed_status, !counted);
                 (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
             }
             _ => {
@@ -318,37 +322,7 @@ where
     lead(cache, req, up, plan).await.0
 }
 
-/// A cheap copy of what is needed of a request after it has been sent.
-trait CloneView {
-    fn clone_view(&self) -> Parts;
-}
-
-impl CloneView for Parts {
-    fn clone_view(&self) -> Parts {
-        let mut p = Request::new(()).into_parts().0;
-        p.method = self.method.clone();
-        p.uri = self.uri.clone();
-        p.version = self.version;
-        p.headers = self.headers.clone();
-        p
-    }
-}
-
-fn serve_stale_if_error<B, RB: Body>(
-    cache: &Cache,
-    entry: &Arc<Entry>,
-    req: &Request<B>,
-    plan: &Fetch,
-    failed: Option<Option<StatusCode>>,
-) -> Response<CacheBody<RB>> {
-    let mut p = Request::new(()).into_parts().0;
-    p.method = req.method().clone();
-    p.uri = req.uri().clone();
-    p.headers = req.headers().clone();
-    serve_stale_if_error_parts(cache, entry, &p, plan, failed, true)
-}
-
-fn serve_stale_if_error_parts<RB: Body>(
+fn serve_stale_if_error<RB: Body>(
     cache: &Cache,
     entry: &Arc<Entry>,
     parts: &Parts,
@@ -409,7 +383,7 @@ where
     let (mut parts, body) = req.into_parts();
     // What the client sent, kept to select variants and answer its
     // conditionals from the stored entry.
-    let client = parts.clone_view();
+    let client = request_view(&parts);
     parts.method = Method::GET;
     if !plan.directives.cc.no_store {
         // The response is fetched whole and stored; the client's own
@@ -904,13 +878,7 @@ where
     B: Send + 'static,
     U: Upstream<B>,
 {
-    let view = {
-        let mut p = Request::new(()).into_parts().0;
-        p.method = Method::GET;
-        p.uri = req.uri().clone();
-        p.headers = req.headers().clone();
-        p
-    };
+    let view = get_view(req.uri(), req.headers());
     let counters = &cache.shared.counters;
     counters.upstream_calls.incr();
     let resp = match up.call(req).await {
@@ -987,7 +955,7 @@ fn same_origin(base: &Parts, location: &HeaderValue) -> Option<Parts> {
     } else {
         path_and_query.parse().ok()?
     };
-    let mut p = base.clone_view();
+    let mut p = request_view(base);
     p.uri = uri;
     Some(p)
 }

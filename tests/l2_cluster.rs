@@ -70,38 +70,6 @@ fn masters_holding(cluster: &RedisCluster, namespace: &str) -> usize {
         .count()
 }
 
-/// Waits until the cache has written `n` keys to L2.
-async fn written(cache: &Cache, n: u64) {
-    assert!(
-        eventually(|| cache.stats().l2_writes >= n).await,
-        "L2 writes did not land: {:?}",
-        cache.stats()
-    );
-}
-
-/// Waits until the cache is subscribed to the invalidation channel.
-async fn subscribed(cache: &Cache) {
-    assert!(
-        eventually(|| cache.stats().l2_subscribed).await,
-        "not subscribed: {:?}",
-        cache.stats()
-    );
-}
-
-/// Waits (at most `timeout`) until `f` holds; returns whether it did.
-async fn within(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::test]
 async fn promotion_happens_after_exactly_promote_after_l2_hits_on_a_cluster() {
     if skip_if_no_redis() {

@@ -28,15 +28,6 @@ fn l2(url: String) -> CacheBuilder {
         .l2_timeout(Duration::from_millis(500))
 }
 
-/// Waits until the cache has written `n` keys to L2.
-async fn written(cache: &Cache, n: u64) {
-    assert!(
-        eventually(|| cache.stats().l2_writes >= n).await,
-        "L2 writes did not land: {:?}",
-        cache.stats()
-    );
-}
-
 #[tokio::test]
 async fn a_new_cache_with_an_empty_l1_is_served_from_l2() {
     if skip_if_no_redis() {
@@ -298,15 +289,6 @@ fn a_bad_url_is_a_build_error() {
         .promote_after(0)
         .build()
         .is_err());
-}
-
-/// Waits until the cache is subscribed to the invalidation channel.
-async fn subscribed(cache: &Cache) {
-    assert!(
-        eventually(|| cache.stats().l2_subscribed).await,
-        "not subscribed: {:?}",
-        cache.stats()
-    );
 }
 
 /// Two instances on one Redis, both holding `URL` in L1.

@@ -51,15 +51,6 @@ mod tls {
         Cache::builder().redis(url).namespace("t")
     }
 
-    /// Waits until the cache has written `n` keys to L2.
-    async fn written(cache: &Cache, n: u64) {
-        assert!(
-            eventually(|| cache.stats().l2_writes >= n).await,
-            "L2 writes did not land: {:?}",
-            cache.stats()
-        );
-    }
-
     /// `skip_if_no_redis`, plus the `openssl` CLI (never skipped in CI).
     fn skip() -> bool {
         if skip_if_no_redis() {

@@ -429,7 +429,7 @@ impl PolicyConfig {
         let age_value = headers
             .get(AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(directives_parse_delta)
+            .and_then(directives::parse_delta)
             .unwrap_or(0)
             .saturating_mul(1000);
         let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
@@ -478,10 +478,6 @@ impl PolicyConfig {
             strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
         })
     }
-}
-
-fn directives_parse_delta(s: &str) -> Option<u64> {
-    directives::parse_delta(s)
 }
 
 /// Statuses this cache stores at all (with explicit freshness, or a route

@@ -930,21 +930,9 @@ impl L2 {
     }
 
     /// Deletes keys (all variants are separate keys).
-    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) -> bool {
-        if keys.is_empty() {
-            return true;
-        }
-        let cmds = keys
-            .into_iter()
-            .map(|k| {
-                let mut c = redis::cmd("DEL");
-                c.arg(self.redis_key(k));
-                c
-            })
-            .collect();
-        self.guarded(Duration::ZERO, self.store.query_many(cmds))
-            .await
-            .is_some()
+    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) {
+        let keys = keys.into_iter().map(|k| self.redis_key(k)).collect();
+        self.delete_keys(keys).await;
     }
 }
 

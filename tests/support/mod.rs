@@ -226,8 +226,14 @@ pub fn age<B>(resp: &Response<B>) -> Option<u64> {
 }
 
 /// Waits (at most ~2 s of real time) until `f` holds; returns whether it did.
-pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
+pub async fn eventually(f: impl FnMut() -> bool) -> bool {
+    within(Duration::from_secs(2), f).await
+}
+
+/// Waits (at most `timeout` of real time) until `f` holds; returns whether
+/// it did.
+pub async fn within(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
     loop {
         if f() {
             return true;
@@ -238,6 +244,24 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Waits until the cache has written (and announced) `n` keys to L2.
+pub async fn written(cache: &Cache, n: u64) {
+    assert!(
+        eventually(|| cache.stats().l2_writes >= n).await,
+        "L2 writes did not land: {:?}",
+        cache.stats()
+    );
+}
+
+/// Waits until the cache is subscribed to the L2 invalidation channel.
+pub async fn subscribed(cache: &Cache) {
+    assert!(
+        eventually(|| cache.stats().l2_subscribed).await,
+        "not subscribed: {:?}",
+        cache.stats()
+    );
 }
 
 /// Lets every ready task run until it blocks.
