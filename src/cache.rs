@@ -21,6 +21,7 @@ use crate::coalesce::InFlight;
 use crate::entry::Entry;
 use crate::error::BuildError;
 use crate::key::{KeyConfig, KeyHash, QueryDrop};
+use crate::observe::{HealthThresholds, LabelSource, LogLevel, ObserveConfig, Observer, Outcome};
 use crate::policy::{
     CacheMode, PolicyConfig, RequestDirectives, Route, SetCookiePolicy, Usability,
 };
@@ -117,6 +118,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
+    pub(crate) obs: Observer,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
 }
@@ -240,6 +242,9 @@ pub struct CacheBuilder {
     tags: TagConfig,
     #[cfg(feature = "redis")]
     l2: L2Settings,
+    observe: ObserveConfig,
+    #[cfg(feature = "opentelemetry")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 #[cfg(feature = "redis")]
@@ -310,6 +315,9 @@ impl Default for CacheBuilder {
             breaker_open_for: Duration::from_secs(30),
             l1_write_through: true,
             tags: TagConfig::default(),
+            observe: ObserveConfig::default(),
+            #[cfg(feature = "opentelemetry")]
+            meter: None,
             #[cfg(feature = "redis")]
             l2: L2Settings::default(),
         }
@@ -317,6 +325,87 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
+    /// Where request labels come from (default [`LabelSource::Auto`]: the
+    /// axum route template, else the upstream host). Labels break stats
+    /// and metrics down by endpoint or service.
+    pub fn labels(mut self, source: LabelSource) -> Self {
+        self.observe.labels = source;
+        self
+    }
+
+    /// Labels requests with a function (`None`: `default`).
+    pub fn label_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.labels(LabelSource::Fn(Arc::new(f)))
+    }
+
+    /// The most distinct labels kept (default 64, at most 1000); requests
+    /// with further labels are counted under `other`.
+    pub fn max_labels(mut self, n: usize) -> Self {
+        self.observe.max_labels = n;
+        self
+    }
+
+    /// What the cache logs as `tracing` events (default
+    /// [`LogLevel::Minimal`]: warnings only).
+    pub fn log_level(mut self, level: LogLevel) -> Self {
+        self.observe.log = level;
+        self
+    }
+
+    /// Operations (upstream calls, L2 commands) slower than this are
+    /// logged as warnings (default 50 ms).
+    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
+        self.observe.slow = threshold;
+        self
+    }
+
+    /// The thresholds [`Cache::health`] judges by.
+    pub fn health_thresholds(mut self, thresholds: HealthThresholds) -> Self {
+        self.observe.health = thresholds;
+        self
+    }
+
+    /// The level of the per-request `cache.lookup` span (default DEBUG).
+    pub fn span_level(mut self, level: tracing::Level) -> Self {
+        self.observe.span_level = level;
+        self
+    }
+
+    /// Refreshes hot entries in the background before they go stale: an
+    /// entry read from L1 at least `min_reads` times is refreshed once
+    /// (one upstream call, coalesced with any miss) when less than
+    /// `fraction` of its freshness lifetime is left. Off by default
+    /// (`fraction` 0).
+    pub fn eager_refresh(mut self, fraction: f64, min_reads: u32) -> Self {
+        self.observe.eager_fraction = fraction;
+        self.observe.eager_min_reads = min_reads;
+        self
+    }
+
+    /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
+    /// request counters by result, tier and label, stale served,
+    /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
+    /// opens (read from the cache's counters at collection time), L1
+    /// gauges, and histograms of lookup, upstream and L2 operation
+    /// durations in seconds.
+    ///
+    /// ```
+    /// let cache = tower_tiered_cache::Cache::builder()
+    ///     .meter(opentelemetry::global::meter("tower-tiered-cache"))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// The clock freshness is measured with (default: the system clock).
     /// Tests pass a [`ManualClock`](crate::ManualClock) and move it.
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -679,6 +768,24 @@ impl CacheBuilder {
                 "failures must be at least 1",
             ));
         }
+        if self.observe.max_labels == 0 || self.observe.max_labels > 1000 {
+            return Err(BuildError::invalid("max_labels", "must be within 1..=1000"));
+        }
+        if !(self.observe.eager_fraction.is_finite()
+            && (0.0..1.0).contains(&self.observe.eager_fraction))
+        {
+            return Err(BuildError::invalid(
+                "eager_refresh",
+                "fraction must be within 0..1 (0 turns it off)",
+            ));
+        }
+        if self.observe.eager_min_reads == 0 {
+            return Err(BuildError::invalid(
+                "eager_refresh",
+                "min_reads must be at least 1",
+            ));
+        }
+        self.observe.health.validate()?;
         if self.refresh_timeout.is_zero() {
             return Err(BuildError::invalid(
                 "refresh_timeout",
@@ -687,6 +794,8 @@ impl CacheBuilder {
         }
         #[cfg(feature = "redis")]
         let l2 = self.build_l2()?;
+        #[cfg(feature = "opentelemetry")]
+        let meter = self.meter;
         let shared = Shared {
             clock: self.clock,
             policy: self.policy,
@@ -707,10 +816,40 @@ impl CacheBuilder {
                 l1_write_through: self.l1_write_through,
                 tags: self.tags,
             },
+            obs: Observer::new(self.observe),
             #[cfg(feature = "redis")]
             l2,
         };
         let shared = Arc::new(shared);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(meter) = meter {
+            let _ = shared
+                .obs
+                .metrics
+                .set(crate::observe::metrics::register(&shared, &meter));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &shared.l2 {
+            // Every L2 operation: slow warnings and the duration histogram.
+            let weak = Arc::downgrade(&shared);
+            l2.set_op_hook(Box::new(move |name, took, ok| {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.obs.slow_l2(name, took, ok);
+                #[cfg(feature = "opentelemetry")]
+                if let Some(m) = shared.obs.metrics.get() {
+                    m.l2_op(name, took, ok);
+                }
+            }));
+        }
+        {
+            // Entries pushed out of L1 before anyone read them again.
+            let weak = Arc::downgrade(&shared);
+            shared.l1.on_evicted_unread(Box::new(move |label| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.obs.evicted_unread(label);
+                }
+            }));
+        }
         #[cfg(feature = "redis")]
         if let Some(l2) = &shared.l2 {
             // Other instances' invalidations reach L1 through this; a weak
@@ -812,6 +951,9 @@ pub(crate) enum Decision<B: Body> {
     Unsafe,
     /// Call the upstream (coalesced), store, answer.
     Fetch(Box<Fetch>),
+    /// Answer now with this fresh entry, and refresh it early in the
+    /// background (eager refresh of a hot key).
+    Refresh(Response<CacheBody<B>>, Box<Fetch>),
 }
 
 /// The plan for an upstream call.
@@ -832,6 +974,8 @@ pub(crate) struct Fetch {
     pub(crate) background: bool,
     /// Look in L2 before calling the upstream.
     pub(crate) l2_lookup: bool,
+    /// The request's label.
+    pub(crate) label: u16,
 }
 
 impl Cache {
@@ -886,7 +1030,14 @@ impl Cache {
             breaker: s.breaker.state(now),
             breaker_opens: s.breaker.opens(),
             hit_ratio: 0.0,
+            window: Default::default(),
+            hit_latency: Default::default(),
+            miss_latency: Default::default(),
+            avg_ttl_remaining_ms: None,
+            labels: Vec::new(),
+            redis: None,
         };
+        self.observe_into(&mut stats, now);
         #[cfg(feature = "redis")]
         if let Some(l2) = &s.l2 {
             let c = &l2.counters;
@@ -911,9 +1062,60 @@ impl Cache {
         stats
     }
 
-    /// Sets the request counters back to zero (tier sizes are unaffected).
+    /// Sets the request counters, per-label stats, latency histograms and
+    /// the rolling window back to zero (tier sizes are unaffected).
     pub fn reset_stats(&self) {
         self.shared.counters.reset();
+        self.shared.obs.reset();
+    }
+
+    /// Records a finished request: per-label counters, latency, window,
+    /// metrics, the span's fields and (when configured) log events.
+    pub(crate) fn finish(
+        &self,
+        label: u16,
+        outcome: &Outcome,
+        start: u64,
+        span: &tracing::Span,
+        status: Option<StatusCode>,
+        key: Option<&str>,
+    ) {
+        let obs = &self.shared.obs;
+        let elapsed = obs.elapsed_ns(start);
+        let now = self.shared.clock.now_millis();
+        let summary = obs.record(label, outcome, elapsed, now);
+        if !span.is_disabled() {
+            span.record("cache.result", outcome.result.as_str());
+            span.record("cache.tier", outcome.tier.as_str());
+            span.record("cache.label", &*obs.labels.name(label));
+            span.record("cache.coalesced", outcome.coalesced);
+            if let Some(t) = outcome.ttl_secs {
+                span.record("cache.ttl_remaining_ms", t.saturating_mul(1000));
+            }
+            if let Some(s) = status {
+                span.record("http.response.status_code", s.as_u16());
+            }
+            if let Some(key) = key {
+                span.record("cache.key", crate::observe::labels::truncate(key, 200));
+            }
+        }
+        if obs.cfg.log == LogLevel::Detailed {
+            tracing::debug!(
+                target: "tower_tiered_cache",
+                label = %obs.labels.name(label),
+                key = key.unwrap_or(""),
+                result = outcome.result.as_str(),
+                tier = outcome.tier.as_str(),
+                coalesced = outcome.coalesced,
+                ttl_remaining_ms = outcome.ttl_secs.map(|t| t.saturating_mul(1000)),
+                elapsed_us = elapsed / 1000,
+                status_code = status.map(|s| s.as_u16()),
+                "cache lookup"
+            );
+        }
+        if summary {
+            self.log_summary();
+        }
     }
 
     /// The state of the upstream circuit breaker.
@@ -1015,12 +1217,26 @@ impl Cache {
         out
     }
 
+    /// The readable key of a request, made only when a span or the
+    /// detailed log will show it.
+    pub(crate) fn key_for_display(&self, parts: &Parts, span: &tracing::Span) -> Option<String> {
+        if span.is_disabled() && self.shared.obs.cfg.log != LogLevel::Detailed {
+            return None;
+        }
+        self.shared.keys.readable(parts)
+    }
+
     pub(crate) fn now(&self) -> u64 {
         self.shared.clock.now_millis()
     }
 
     /// Decides what to do with a request, answering it at once when L1 can.
-    pub(crate) fn decide<B: Body>(&self, parts: &Parts) -> Decision<B> {
+    pub(crate) fn decide<B: Body>(
+        &self,
+        parts: &Parts,
+        label: u16,
+        span: &tracing::Span,
+    ) -> Decision<B> {
         let s = &*self.shared;
         if !PolicyConfig::lookup_method(&parts.method) {
             return if matches!(
@@ -1083,18 +1299,48 @@ impl Cache {
             coalesce: true,
             background: false,
             l2_lookup: false,
+            label,
         };
         if let Some(entry) = found {
             match s.policy.usability(&entry, &plan.directives, now) {
                 Usability::Fresh => {
                     s.counters.hits_l1.incr();
-                    return Decision::Respond(self.respond_entry(
+                    if !span.is_disabled() {
+                        span.record(
+                            "cache.ttl_remaining_ms",
+                            entry.timeline.fresh_until.saturating_sub(now),
+                        );
+                    }
+                    let cfg = &s.obs.cfg;
+                    let eager = cfg.eager_fraction > 0.0;
+                    let reads = entry
+                        .reads
+                        .note(if eager { cfg.eager_min_reads } else { 1 });
+                    let resp = self.respond_entry(
                         &entry,
                         parts,
                         plan.directives.conditional,
                         now,
                         STATUS_HIT_L1,
-                    ));
+                    );
+                    if eager
+                        && reads >= cfg.eager_min_reads
+                        && !plan.directives.cc.only_if_cached
+                        && (entry.timeline.fresh_until.saturating_sub(now) as f64)
+                            < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
+                        && entry.reads.claim_refresh()
+                    {
+                        plan.directives = RequestDirectives {
+                            authorized: plan.directives.authorized,
+                            ..RequestDirectives::default()
+                        };
+                        plan.revalidate = entry.has_validators();
+                        plan.prior = Some(entry);
+                        plan.head = false;
+                        plan.background = true;
+                        return Decision::Refresh(resp, Box::new(plan));
+                    }
+                    return Decision::Respond(resp);
                 }
                 Usability::Stale => {
                     s.counters.stale.incr();

@@ -77,6 +77,46 @@ pub struct Entry {
     /// of rebuilding (and re-hashing) the map. Made on first use; reset
     /// whenever `headers` change.
     pub(crate) template: OnceLock<HeaderMap>,
+    /// The label of the request that stored it (for per-label stats).
+    pub(crate) label: u16,
+    /// Reads from L1, counted up to a small cap (for eager refresh and
+    /// for spotting entries evicted before any reuse).
+    pub(crate) reads: Reads,
+}
+
+/// A saturating read counter that clones as a fresh count of zero.
+#[derive(Debug, Default)]
+pub(crate) struct Reads(std::sync::atomic::AtomicU32);
+
+impl Clone for Reads {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl Reads {
+    /// Counts a read up to `cap`; past it this is a plain load (no write
+    /// to a line other threads read).
+    #[inline]
+    pub(crate) fn note(&self, cap: u32) -> u32 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.0.load(Relaxed);
+        if n < cap {
+            self.0.fetch_add(1, Relaxed) + 1
+        } else {
+            n
+        }
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) & !(1 << 31)
+    }
+
+    /// Marks the entry as already refreshed early (no second refresh).
+    pub(crate) fn claim_refresh(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.fetch_or(1 << 31, Relaxed) & (1 << 31) == 0
+    }
 }
 
 impl Entry {

@@ -103,7 +103,13 @@ where
                                     authorized: plan.directives.authorized,
                                     ..RequestDirectives::default()
                                 };
-                                spawn_refresh(cache.clone(), req, up, plan);
+                                spawn_refresh(
+                                    cache.clone(),
+                                    req,
+                                    up,
+                                    plan,
+                                    &tracing::Span::current(),
+                                );
                             }
                             return Ok(resp);
                         }
@@ -404,13 +410,18 @@ where
     }
     let request_time = cache.now();
     s.counters.upstream_calls.incr();
+    let started = s.obs.start();
     let result = up.call(Request::from_parts(parts, body)).await;
     let response_time = cache.now();
+    let took = std::time::Duration::from_nanos(s.obs.elapsed_ns(started));
+    s.obs
+        .upstream_done(plan.label, took, result.as_ref().ok().map(|r| r.status()));
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             s.breaker.record_failure(response_time);
             s.counters.upstream_errors.incr();
+            s.obs.upstream_error(plan.label);
             return Fetched::Failed(Err(e), false);
         }
     };
@@ -418,6 +429,7 @@ where
     if status.is_server_error() {
         s.breaker.record_failure(response_time);
         s.counters.upstream_errors.incr();
+        s.obs.upstream_error(plan.label);
         let status_hv = cache_status(format_args!(
             "fwd={}; fwd-status={}",
             plan.fwd,
@@ -497,6 +509,7 @@ where
     let storable = match judged {
         Ok(st) => st,
         Err(reason) => {
+            s.obs.not_stored(plan.label, reason);
             if reason.remember() {
                 cache.mark_hit_for_pass(plan.key);
             }
@@ -581,6 +594,8 @@ where
         extensions: 0,
         tags,
         template: Default::default(),
+        label: plan.label,
+        reads: Default::default(),
     });
     let stored = cache.store_entry(
         plan.key,
@@ -591,6 +606,7 @@ where
     );
     if stored {
         s.counters.stores.incr();
+        s.obs.stored(plan.label);
     }
     s.hit_for_pass.remove(&plan.key);
     let hv = cache_status(format_args!(
@@ -624,6 +640,10 @@ fn too_large<U: Upstream<B>, B>(
     client: &Parts,
 ) -> Fetched<U, B> {
     cache.shared.counters.too_large.incr();
+    cache
+        .shared
+        .obs
+        .not_stored(plan.label, crate::NotStored::TooLarge);
     cache.mark_hit_for_pass(plan.key);
     let hv = cache_status(format_args!(
         "fwd={}; fwd-status={}; detail=too-large",
@@ -795,8 +815,13 @@ async fn buffer<RB: Body>(body: RB, max: u64) -> Buffered<RB> {
 
 /// Refreshes a stale entry in the background: one per key, bounded in
 /// number, with a deadline, outside the request's cancellation.
-pub(crate) fn spawn_refresh<B, U>(cache: Cache, req: Request<B>, up: U, plan: Box<Fetch>)
-where
+pub(crate) fn spawn_refresh<B, U>(
+    cache: Cache,
+    req: Request<B>,
+    up: U,
+    plan: Box<Fetch>,
+    cause: &tracing::Span,
+) where
     B: Send + 'static,
     U: Upstream<B>,
     U::Future: Send,
@@ -820,55 +845,79 @@ where
         return;
     }
     let deadline = s.cfg.refresh_timeout;
-    handle.spawn(async move {
-        let _permit = permit;
-        let s = &*cache.shared;
-        let mut req = req;
-        *req.method_mut() = Method::GET;
-        let prior = plan.prior.clone();
-        let headers = req.headers().clone();
-        // Another instance may have refreshed the entry already: look in L2.
-        #[cfg(feature = "redis")]
-        if let (Some(l2), Some(old)) = (s.l2.as_ref(), prior.as_ref()) {
-            if let Some(found) = l2.lookup(plan.key, &headers).await {
-                let fresh = s.policy.usability(&found, &plan.directives, cache.now())
-                    == Usability::Fresh;
-                if fresh && found.timeline.stored_at > old.timeline.stored_at {
-                    s.l1.replace_if(plan.key, old, Arc::clone(&found), &headers);
-                    s.counters.refresh_ok.incr();
-                    guard.complete(Outcome::Stored(found));
-                    return;
-                }
-            }
-        }
-        let outcome = match tokio::time::timeout(deadline, exchange(&cache, req, up, &plan)).await {
-            Ok(Fetched::Stored(entry, _)) => {
-                s.counters.refresh_ok.incr();
-                Outcome::Stored(entry)
-            }
-            Ok(Fetched::Passed(_)) => {
-                // The origin no longer lets this be stored: drop the stale copy.
-                s.counters.refresh_ok.incr();
-                cache.invalidate_hash(plan.key);
-                Outcome::Pass
-            }
-            failed => {
-                if failed.is_err() {
-                    // The deadline passed: that counts against the upstream.
-                    s.breaker.record_failure(cache.now());
-                }
-                s.counters.refresh_failed.incr();
-                tracing::warn!(key = %plan.key, "background refresh failed; keeping the stale entry");
-                if let Some(prior) = &prior {
-                    if let Some(extended) = cache.extended(prior) {
-                        cache.replace_entry(plan.key, prior, Arc::new(extended), &headers);
+    // Its own trace, linked to the request that started it.
+    let span = crate::observe::refresh_span(s.obs.cfg.span_level, &s.obs.labels.name(plan.label));
+    span.follows_from(cause);
+    let task_span = span.clone();
+    handle.spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            let s = &*cache.shared;
+            let mut req = req;
+            *req.method_mut() = Method::GET;
+            let prior = plan.prior.clone();
+            let headers = req.headers().clone();
+            // Another instance may have refreshed the entry already: look in L2.
+            #[cfg(feature = "redis")]
+            if let (Some(l2), Some(old)) = (s.l2.as_ref(), prior.as_ref()) {
+                if let Some(found) = l2.lookup(plan.key, &headers).await {
+                    let fresh = s.policy.usability(&found, &plan.directives, cache.now())
+                        == Usability::Fresh;
+                    if fresh && found.timeline.stored_at > old.timeline.stored_at {
+                        s.l1.replace_if(plan.key, old, Arc::clone(&found), &headers);
+                        s.counters.refresh_ok.incr();
+                        guard.complete(Outcome::Stored(found));
+                        return;
                     }
                 }
-                Outcome::Failed
             }
-        };
-        guard.complete(outcome);
-    });
+            let outcome =
+                match tokio::time::timeout(deadline, exchange(&cache, req, up, &plan)).await {
+                    Ok(Fetched::Stored(entry, _)) => {
+                        s.counters.refresh_ok.incr();
+                        Outcome::Stored(entry)
+                    }
+                    Ok(Fetched::Passed(_)) => {
+                        // The origin no longer lets this be stored: drop the stale copy.
+                        s.counters.refresh_ok.incr();
+                        cache.invalidate_hash(plan.key);
+                        Outcome::Pass
+                    }
+                    failed => {
+                        if failed.is_err() {
+                            // The deadline passed: that counts against the upstream.
+                            s.breaker.record_failure(cache.now());
+                        }
+                        s.counters.refresh_failed.incr();
+                        if s.obs.cfg.log.warnings() {
+                            tracing::warn!(
+                                target: "tower_tiered_cache",
+                                key = %plan.key,
+                                label = %s.obs.labels.name(plan.label),
+                                timed_out = failed.is_err(),
+                                "background refresh failed; keeping the stale entry"
+                            );
+                        }
+                        if let Some(prior) = &prior {
+                            if let Some(extended) = cache.extended(prior) {
+                                cache.replace_entry(plan.key, prior, Arc::new(extended), &headers);
+                            }
+                        }
+                        Outcome::Failed
+                    }
+                };
+            if !tracing::Span::current().is_disabled() {
+                let result = match &outcome {
+                    Outcome::Stored(_) => "refreshed",
+                    Outcome::Pass => "dropped",
+                    _ => "failed",
+                };
+                tracing::Span::current().record("cache.result", result);
+            }
+            guard.complete(outcome);
+        },
+        task_span,
+    ));
 }
 
 /// An unsafe method: forward it, and when it succeeds invalidate the target

@@ -28,7 +28,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B: Body, E> {
         Ready { response: Option<Response<CacheBody<B>>> },
-        Pass { #[pin] future: F, status: Option<HeaderValue> },
+        Pass { #[pin] future: F, status: Option<HeaderValue>, span: tracing::Span },
         Engine { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
     }
 }
@@ -42,11 +42,12 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn pass(future: F, status: HeaderValue) -> Self {
+    pub(crate) fn pass(future: F, status: HeaderValue, span: tracing::Span) -> Self {
         Self {
             kind: Kind::Pass {
                 future,
                 status: Some(status),
+                span,
             },
         }
     }
@@ -84,8 +85,18 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => panic!("ResponseFuture polled after completion"),
             },
-            KindProj::Pass { future, status } => {
-                let resp = ready!(future.poll(cx))?;
+            KindProj::Pass {
+                future,
+                status,
+                span,
+            } => {
+                let resp = {
+                    let _entered = span.enter();
+                    ready!(future.poll(cx))?
+                };
+                if !span.is_disabled() {
+                    span.record("http.response.status_code", resp.status().as_u16());
+                }
                 let (mut parts, body) = resp.into_parts();
                 if let Some(status) = status.take() {
                     parts.headers.insert(CACHE_STATUS.clone(), status);

@@ -84,6 +84,7 @@ mod flow;
 mod future;
 mod key;
 mod layer;
+pub mod observe;
 pub mod policy;
 mod service;
 mod stats;
@@ -98,9 +99,13 @@ pub use error::BuildError;
 pub use future::ResponseFuture;
 pub use key::{KeyFn, KeyHash};
 pub use layer::CacheLayer;
+pub use observe::{
+    Health, HealthStatus, HealthThresholds, LabelSource, LabelStats, Latency, LogLevel,
+    LookupResult, LowPerformer, Recommendation, Tier,
+};
 pub use policy::{CacheMode, NotStored, Route, SetCookiePolicy};
 pub use service::CacheService;
-pub use stats::Stats;
+pub use stats::{RedisInfo, Stats};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 
 // Compile and run the README's examples as doc tests.

@@ -8,10 +8,12 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::CacheBody;
-use crate::cache::Decision;
+use crate::cache::{Decision, CACHE_STATUS};
 use crate::flow::{self, Upstream};
 use crate::future::ResponseFuture;
+use crate::observe::{request_span, Outcome};
 use crate::Cache;
+use tracing::Instrument;
 
 /// Caches the responses of the inner service `S`. Made by
 /// [`CacheLayer`](crate::CacheLayer).
@@ -103,40 +105,109 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        match self.cache.decide::<ResB>(&parts) {
-            Decision::Respond(resp) => ResponseFuture::ready(resp),
+        let obs = &self.cache.shared.obs;
+        let start = obs.start();
+        let label = obs.labels.label_of(&parts);
+        let span = request_span(obs.cfg.span_level, &parts);
+        match self.cache.decide::<ResB>(&parts, label, &span) {
+            Decision::Respond(resp) => {
+                finish_now(&self.cache, label, start, &span, &parts, &resp);
+                ResponseFuture::ready(resp)
+            }
             Decision::Pass(status) => {
                 self.cache.shared.counters.upstream_calls.incr();
-                ResponseFuture::pass(self.inner.call(Request::from_parts(parts, body)), status)
+                let outcome = Outcome::from_status(Some(&status));
+                let key = self.cache.key_for_display(&parts, &span);
+                self.cache
+                    .finish(label, &outcome, start, &span, None, key.as_deref());
+                let future = {
+                    let _entered = span.enter();
+                    self.inner.call(Request::from_parts(parts, body))
+                };
+                ResponseFuture::pass(future, status, span)
             }
-            Decision::Stale(resp, plan) => {
+            Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
+                finish_now(&self.cache, label, start, &span, &parts, &resp);
                 let up = self.take_ready();
                 flow::spawn_refresh(
                     self.cache.clone(),
                     Request::from_parts(parts, body),
                     up,
                     plan,
+                    &span,
                 );
                 ResponseFuture::ready(resp)
             }
             Decision::Fetch(plan) => {
                 let up = self.take_ready();
-                let fut = flow::fetch(
-                    self.cache.clone(),
-                    Request::from_parts(parts, body),
-                    up,
-                    plan,
-                );
-                ResponseFuture::engine(Box::pin(fut))
+                let cache = self.cache.clone();
+                let key = cache.key_for_display(&parts, &span);
+                let fut = flow::fetch(cache.clone(), Request::from_parts(parts, body), up, plan);
+                ResponseFuture::engine(engine(cache, fut, label, start, span, key))
             }
             Decision::Unsafe => {
                 let up = self.take_ready();
-                let fut =
-                    flow::unsafe_method(self.cache.clone(), Request::from_parts(parts, body), up);
-                ResponseFuture::engine(Box::pin(fut))
+                let cache = self.cache.clone();
+                let key = cache.key_for_display(&parts, &span);
+                let fut = flow::unsafe_method(cache.clone(), Request::from_parts(parts, body), up);
+                ResponseFuture::engine(engine(cache, fut, label, start, span, key))
             }
         }
     }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Reports a request answered at once.
+fn finish_now<RB>(
+    cache: &Cache,
+    label: u16,
+    start: u64,
+    span: &tracing::Span,
+    parts: &http::request::Parts,
+    resp: &Response<RB>,
+) {
+    let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
+    let key = cache.key_for_display(parts, span);
+    cache.finish(
+        label,
+        &outcome,
+        start,
+        span,
+        Some(resp.status()),
+        key.as_deref(),
+    );
+}
+
+/// Runs an engine path inside the request's span and reports it when the
+/// response head is ready.
+fn engine<F, RB, E>(
+    cache: Cache,
+    fut: F,
+    label: u16,
+    start: u64,
+    span: tracing::Span,
+    key: Option<String>,
+) -> BoxFuture<Result<Response<CacheBody<RB>>, E>>
+where
+    F: Future<Output = Result<Response<CacheBody<RB>>, E>> + Send + 'static,
+    RB: Body + 'static,
+    E: 'static,
+{
+    let inner = span.clone();
+    let fut = async move {
+        let result = fut.await;
+        let (outcome, status) = match &result {
+            Ok(resp) => (
+                Outcome::from_status(resp.headers().get(&CACHE_STATUS)),
+                Some(resp.status()),
+            ),
+            Err(_) => (Outcome::FAILED, None),
+        };
+        cache.finish(label, &outcome, start, &span, status, key.as_deref());
+        result
+    };
+    Box::pin(fut.instrument(inner))
 }
 
 impl<S: Clone> CacheService<S> {

@@ -24,6 +24,12 @@ thread_local! {
     static STRIPE: Cell<usize> = Cell::new(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES);
 }
 
+/// This thread's stripe (a small number, stable for the thread's life).
+#[inline]
+pub(crate) fn stripe() -> usize {
+    STRIPE.try_with(Cell::get).unwrap_or(0)
+}
+
 impl Counter {
     #[inline]
     pub(crate) fn incr(&self) {
@@ -32,8 +38,7 @@ impl Counter {
 
     #[inline]
     pub(crate) fn add(&self, n: u64) {
-        let i = STRIPE.try_with(Cell::get).unwrap_or(0);
-        self.stripes[i].0.fetch_add(n, Ordering::Relaxed);
+        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -195,6 +200,37 @@ pub struct Stats {
     /// `(hits + stale) / (hits + stale + misses + revalidated + coalesced)`;
     /// 0 before the first lookup.
     pub hit_ratio: f64,
+    /// The last five minutes (hit ratio beside the totals above).
+    pub window: crate::observe::WindowStats,
+    /// Time in the cache layer for requests answered from storage.
+    pub hit_latency: crate::observe::Latency,
+    /// Time in the cache layer (upstream included) for lookups that missed.
+    pub miss_latency: crate::observe::Latency,
+    /// Mean freshness left of up to 256 L1 entries (a sample, not a
+    /// scan), ms; `None` with L1 empty. Stale entries count as 0.
+    pub avg_ttl_remaining_ms: Option<u64>,
+    /// Per-label breakdown, busiest first.
+    pub labels: Vec<crate::observe::LabelStats>,
+    /// A subset of Redis `INFO`, fetched in the background (at most every
+    /// 10 s); `None` without L2 or before the first fetch.
+    pub redis: Option<RedisInfo>,
+}
+
+/// What Redis reports about itself (`INFO memory` and `INFO keyspace`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct RedisInfo {
+    /// `used_memory` in bytes (summed over cluster nodes).
+    pub used_memory: u64,
+    /// `maxmemory` in bytes (0: no limit).
+    pub maxmemory: u64,
+    /// Keys in database 0 (summed over nodes).
+    pub keys: u64,
+    /// Nodes that answered.
+    pub nodes: u32,
+    /// When this was fetched, ms since the Unix epoch.
+    pub fetched_at_ms: u64,
 }
 
 impl Stats {

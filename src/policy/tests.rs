@@ -1178,6 +1178,8 @@ fn entry(initial_age: u64, validators: bool, flags: EntryFlags) -> Entry {
         extensions: 0,
         tags: Box::new([]),
         template: Default::default(),
+        label: 0,
+        reads: Default::default(),
     }
 }
 

@@ -768,6 +768,8 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
         extensions,
         tags: tags.into_boxed_slice(),
         template: Default::default(),
+        label: 0,
+        reads: Default::default(),
     })
 }
 
@@ -823,6 +825,8 @@ mod tests {
             extensions: 0,
             tags: Box::new([]),
             template: Default::default(),
+            label: 0,
+            reads: Default::default(),
         }
     }
 
@@ -884,6 +888,8 @@ mod tests {
             extensions: 3,
             tags: vec!["product:1".into(), "".into(), "caf\u{e9}".into()].into_boxed_slice(),
             template: Default::default(),
+            label: 0,
+            reads: Default::default(),
         }
     }
 
@@ -1436,6 +1442,8 @@ mod props {
                         extensions,
                         tags: tags.into_iter().map(String::into_boxed_str).collect(),
                         template: Default::default(),
+                        label: 0,
+                        reads: Default::default(),
                     }
                 },
             )
@@ -1526,6 +1534,8 @@ mod compression_tests {
             extensions: 0,
             tags: Box::new([]),
             template: Default::default(),
+            label: 0,
+            reads: Default::default(),
         }
     }
 

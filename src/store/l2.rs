@@ -186,6 +186,9 @@ pub(crate) struct L2 {
     queued_bytes: AtomicU64,
     /// The sequence number of the last `clear`.
     cleared_seq: AtomicU64,
+    /// The last `INFO` subset, and whether a fetch is under way.
+    info: Mutex<Option<crate::stats::RedisInfo>>,
+    info_fetching: AtomicBool,
 }
 
 impl std::fmt::Debug for L2 {
@@ -219,6 +222,8 @@ impl L2 {
             invalidated: QuickCache::new(100_000),
             queued_bytes: AtomicU64::new(0),
             cleared_seq: AtomicU64::new(0),
+            info: Mutex::new(None),
+            info_fetching: AtomicBool::new(false),
             cfg,
         })
     }
@@ -394,6 +399,86 @@ impl L2 {
         }
         self.publish(&Message::Clear).await;
         removed
+    }
+
+    /// Sets the observer of every L2 operation (spans are made regardless).
+    pub(crate) fn set_op_hook(&self, hook: crate::store::redis::OpHook) {
+        let _ = self.store.ops.set(hook);
+    }
+
+    /// `host`, `port` of the (first) server.
+    pub(crate) fn server(&self) -> &(String, u16) {
+        &self.store.server
+    }
+
+    /// The last `INFO` subset fetched; starts a fetch in the background
+    /// when there is none or it is older than 10 s (never on the caller's
+    /// time, and one at a time).
+    pub(crate) fn info(self: &Arc<Self>, now: u64) -> Option<crate::stats::RedisInfo> {
+        let last = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stale = last
+            .as_ref()
+            .is_none_or(|i| now.saturating_sub(i.fetched_at_ms) >= 10_000);
+        if stale && self.breaker.allow(now) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                if !self.info_fetching.swap(true, Ordering::AcqRel) {
+                    let me = Arc::clone(self);
+                    handle.spawn(async move {
+                        let fetched = me.fetch_info().await;
+                        if let Some(mut info) = fetched {
+                            info.fetched_at_ms = me.clock.now_millis();
+                            *me.info.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+                        }
+                        me.info_fetching.store(false, Ordering::Release);
+                    });
+                }
+            }
+        }
+        last
+    }
+
+    /// `INFO memory` and `INFO keyspace` from every node, added up.
+    async fn fetch_info(&self) -> Option<crate::stats::RedisInfo> {
+        let mut out = crate::stats::RedisInfo::default();
+        if !self.store.is_cluster() {
+            // One node: over the connection the cache already has.
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("memory").arg("keyspace");
+            let reply = tokio::time::timeout(self.cfg.timeout * 4, self.store.query(&cmd)).await;
+            let text = match reply {
+                Ok(Ok(Value::BulkString(b))) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(Ok(Value::VerbatimString { text, .. })) => text,
+                _ => return None,
+            };
+            out = parse_info(&text);
+            out.nodes = 1;
+            return Some(out);
+        }
+        let clients = self.store.scan_clients().await.ok()?;
+        for client in clients {
+            let conn = tokio::time::timeout(
+                self.cfg.connect_timeout,
+                client.get_multiplexed_async_connection(),
+            )
+            .await;
+            let Ok(Ok(mut conn)) = conn else {
+                continue;
+            };
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("memory").arg("keyspace");
+            let reply: Result<String, _> =
+                tokio::time::timeout(self.cfg.timeout * 4, cmd.query_async(&mut conn))
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()));
+            let Ok(text) = reply else { continue };
+            let parsed = parse_info(&text);
+            out.used_memory += parsed.used_memory;
+            out.maxmemory += parsed.maxmemory;
+            out.keys += parsed.keys;
+            out.nodes += 1;
+        }
+        (out.nodes > 0).then_some(out)
     }
 
     /// `SCAN` every node for `pattern`, in batches (bounded per call).
@@ -1068,6 +1153,8 @@ mod tests {
             extensions: 0,
             tags: Box::new(["t".into()]),
             template: Default::default(),
+            label: 0,
+            reads: Default::default(),
         })
     }
 
@@ -1176,5 +1263,36 @@ mod tests {
         assert_eq!(Message::decode("zz key 1"), None);
         assert_eq!(Message::decode("01 nope"), None);
         assert_eq!(Message::decode("01 key not-hex"), None);
+    }
+}
+
+/// The fields of an `INFO memory keyspace` reply this cache reports.
+pub(crate) fn parse_info(text: &str) -> crate::stats::RedisInfo {
+    let mut out = crate::stats::RedisInfo::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("used_memory:") {
+            out.used_memory = v.parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("maxmemory:") {
+            out.maxmemory = v.parse().unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("db0:") {
+            // db0:keys=12,expires=12,avg_ttl=0
+            out.keys = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod info_tests {
+    #[test]
+    fn info_fields() {
+        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\n\r\n# Keyspace\r\ndb0:keys=12,expires=11,avg_ttl=0\r\n";
+        let i = super::parse_info(text);
+        assert_eq!((i.used_memory, i.maxmemory, i.keys), (1_048_576, 0, 12));
     }
 }

@@ -114,6 +114,16 @@ pub(crate) struct MemoryStore {
     max_entry: u64,
     max_variants: usize,
     evictions: Arc<AtomicU64>,
+    /// Told the label of each entry evicted before it was read.
+    unread: std::sync::OnceLock<UnreadHook>,
+}
+
+struct UnreadHook(Box<dyn Fn(u16) + Send + Sync>);
+
+impl std::fmt::Debug for UnreadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnreadHook")
+    }
 }
 
 impl MemoryStore {
@@ -133,6 +143,7 @@ impl MemoryStore {
             max_entry,
             max_variants: max_variants.max(1),
             evictions,
+            unread: std::sync::OnceLock::new(),
         }
     }
 
@@ -246,6 +257,11 @@ impl MemoryStore {
         for (k, v) in &pushed_out {
             if *k != key {
                 evicted += 1;
+                if let (Slot::Entry(e), Some(hook)) = (v, self.unread.get()) {
+                    if e.reads.get() == 0 {
+                        (hook.0)(e.label);
+                    }
+                }
             } else if slot_ptr(v) == ptr {
                 refused = true;
             }
@@ -322,6 +338,18 @@ impl MemoryStore {
 
     /// Removes every entry `pred` selects (a scan of L1, off the request
     /// path). Returns how many were removed.
+    /// Up to `n` entries (in table order: a sample, not a scan).
+    pub(crate) fn sample(&self, n: usize) -> Vec<Arc<Entry>> {
+        self.cache
+            .iter()
+            .filter_map(|(_, v)| match v {
+                Slot::Entry(e) => Some(e),
+                Slot::Vary(_) => None,
+            })
+            .take(n)
+            .collect()
+    }
+
     pub(crate) fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> u64 {
         let doomed: Vec<(KeyHash, Arc<Entry>)> = self
             .cache
@@ -358,6 +386,11 @@ impl MemoryStore {
 
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Sets the function told about entries evicted unread.
+    pub(crate) fn on_evicted_unread(&self, hook: Box<dyn Fn(u16) + Send + Sync>) {
+        let _ = self.unread.set(UnreadHook(hook));
     }
 
     pub(crate) fn evictions(&self) -> u64 {

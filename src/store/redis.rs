@@ -61,6 +61,19 @@ pub(crate) struct RedisStore {
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
     connect_timeout: Duration,
+    /// Told the name, duration and success of every operation.
+    pub(crate) ops: std::sync::OnceLock<OpHook>,
+}
+
+/// Observes L2 operations: name, duration, success.
+pub(crate) type OpHook = Box<dyn Fn(&str, Duration, bool) + Send + Sync>;
+
+/// The command name of `cmd` (its first argument), upper case.
+fn command_name(cmd: &redis::Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).to_ascii_uppercase(),
+        _ => "UNKNOWN".to_owned(),
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -141,6 +154,7 @@ impl RedisStore {
                     },
                     server,
                     connect_timeout,
+                    ops: std::sync::OnceLock::new(),
                 })
             }
             RedisTarget::Cluster(urls) => {
@@ -165,6 +179,7 @@ impl RedisStore {
                     },
                     server,
                     connect_timeout,
+                    ops: std::sync::OnceLock::new(),
                 })
             }
         }
@@ -246,8 +261,64 @@ impl RedisStore {
         }
     }
 
-    /// Runs one command on whichever connection this store has.
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// Runs one command, in a client span (OpenTelemetry database
+    /// conventions), timed.
     pub(crate) async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        let name = command_name(cmd);
+        self.observed(&name, self.query_raw(cmd)).await
+    }
+
+    /// Runs several commands (see [`query_many_raw`](Self::query_many_raw))
+    /// in one span named for the first command.
+    pub(crate) async fn query_many(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
+        let name = match cmds.as_slice() {
+            [one] => command_name(one),
+            [first, ..] => format!("PIPELINE {}", command_name(first)),
+            [] => return Ok(Vec::new()),
+        };
+        self.observed(&name, self.query_many_raw(cmds)).await
+    }
+
+    async fn observed<T>(
+        &self,
+        name: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let span = tracing::debug_span!(
+            target: "tower_tiered_cache",
+            "redis",
+            otel.name = name,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = name,
+            server.address = %self.server.0,
+            server.port = self.server.1,
+            error.type = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(op, span.clone()).await;
+        if let Err(e) = &result {
+            span.record(
+                "error.type",
+                match e {
+                    StoreError::Timeout => "timeout",
+                    _ => "redis_error",
+                },
+            );
+        }
+        if let Some(hook) = self.ops.get() {
+            hook(name, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    /// Runs one command on whichever connection this store has.
+    async fn query_raw(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         match &self.backend {
             Backend::Single { client, conn } => {
                 let mut c = self.single(client, conn)?;
@@ -268,7 +339,7 @@ impl RedisStore {
     /// Runs several commands: one pipeline on a single node; on a cluster,
     /// one command per key, concurrently (keys live on different slots, so
     /// no cross-slot command is ever sent).
-    pub(crate) async fn query_many(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
+    async fn query_many_raw(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }

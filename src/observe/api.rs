@@ -1,0 +1,202 @@
+//! The observability methods of [`Cache`].
+
+use super::report::{ratio, recommend};
+use super::window::{SLOTS, SLOT_MS};
+use super::{Health, HealthStatus, LabelStats, Latency, LowPerformer, WindowStats};
+use crate::stats::Stats;
+use crate::Cache;
+
+/// Entries sampled for the average TTL remaining.
+const TTL_SAMPLE: usize = 256;
+
+impl Cache {
+    /// Fills the observability parts of a stats snapshot.
+    pub(crate) fn observe_into(&self, stats: &mut Stats, now: u64) {
+        let obs = &self.shared.obs;
+        let w = obs.window.read(now);
+        stats.window = WindowStats {
+            seconds: SLOTS * SLOT_MS / 1000,
+            lookups: w.lookups,
+            served: w.served,
+            passes: w.passes,
+            hit_ratio: ratio(w.served, w.lookups),
+        };
+        stats.hit_latency = obs.hit_latency.summary().into();
+        stats.miss_latency = obs.miss_latency.summary().into();
+        let sample = self.shared.l1.sample(TTL_SAMPLE);
+        stats.avg_ttl_remaining_ms = (!sample.is_empty()).then(|| {
+            sample
+                .iter()
+                .map(|e| e.timeline.fresh_until.saturating_sub(now))
+                .sum::<u64>()
+                / sample.len() as u64
+        });
+        stats.labels = self.label_stats();
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            stats.redis = l2.info(now);
+        }
+    }
+
+    /// Per-label stats, busiest first (labels with no requests left out).
+    pub fn label_stats(&self) -> Vec<LabelStats> {
+        let mut out: Vec<LabelStats> = self
+            .shared
+            .obs
+            .labels
+            .all()
+            .iter()
+            .map(|(name, c)| LabelStats::from_counts(name, c))
+            .filter(|s| s.requests > 0)
+            .collect();
+        out.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.label.cmp(&b.label)));
+        out
+    }
+
+    /// The `limit` labels with the most requests.
+    pub fn top_labels(&self, limit: usize) -> Vec<LabelStats> {
+        let mut all = self.label_stats();
+        all.truncate(limit);
+        all
+    }
+
+    /// Labels with at least 10 lookups whose hit ratio is below
+    /// `threshold` (0..=1), worst first, each with recommendations drawn
+    /// from its counters.
+    pub fn low_performers(&self, threshold: f64) -> Vec<LowPerformer> {
+        let capacity = self.shared.l1.capacity();
+        let mut out: Vec<LowPerformer> = self
+            .label_stats()
+            .into_iter()
+            .filter(|s| s.lookups() >= 10 && s.hit_ratio < threshold)
+            .map(|s| LowPerformer {
+                recommendations: recommend(&s, capacity),
+                stats: s,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.stats
+                .hit_ratio
+                .total_cmp(&b.stats.hit_ratio)
+                .then(b.stats.requests.cmp(&a.stats.requests))
+        });
+        out
+    }
+
+    /// Healthy, warning or degraded, with the reasons, judged by the
+    /// configured [`HealthThresholds`](crate::HealthThresholds): degraded
+    /// when the rolling window's hit ratio is below the threshold (after
+    /// the minimum lookups), the mean latency is above its threshold or the
+    /// L2 breaker is open; warning when the 95th percentile latency is
+    /// above its threshold or the L2 breaker is probing.
+    pub fn health(&self) -> Health {
+        let s = &*self.shared;
+        let t = &s.obs.cfg.health;
+        let now = s.clock.now_millis();
+        let w = s.obs.window.read(now);
+        let hits = s.obs.hit_latency.summary();
+        let misses = s.obs.miss_latency.summary();
+        let both = super::hist::Summary::merge(&s.obs.hit_latency, &s.obs.miss_latency);
+        let lat: Latency = both.into();
+        let _ = (hits, misses);
+        let mut status = HealthStatus::Healthy;
+        let mut reasons = Vec::new();
+        let mut flag = |level: HealthStatus, why: String| {
+            status = status.max(level);
+            reasons.push(why);
+        };
+        let window_ratio = ratio(w.served, w.lookups);
+        if w.lookups >= t.min_requests && window_ratio < t.degraded_hit_ratio {
+            flag(
+                HealthStatus::Degraded,
+                format!(
+                    "hit ratio {:.1}% over the last 5 minutes is below {:.1}% ({} lookups)",
+                    window_ratio * 100.0,
+                    t.degraded_hit_ratio * 100.0,
+                    w.lookups
+                ),
+            );
+        }
+        let mean_limit = t.degraded_mean_latency.as_secs_f64() * 1000.0;
+        if lat.count > 0 && lat.mean_ms > mean_limit {
+            flag(
+                HealthStatus::Degraded,
+                format!(
+                    "mean latency {:.1} ms is above {:.1} ms",
+                    lat.mean_ms, mean_limit
+                ),
+            );
+        }
+        let p95_limit = t.warning_p95.as_secs_f64() * 1000.0;
+        if lat.count > 0 && lat.p95_ms > p95_limit {
+            flag(
+                HealthStatus::Warning,
+                format!(
+                    "p95 latency {:.1} ms is above {:.1} ms",
+                    lat.p95_ms, p95_limit
+                ),
+            );
+        }
+        #[allow(unused_mut)]
+        let mut l2_breaker = None;
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &s.l2 {
+            let state = l2.breaker.state(now);
+            l2_breaker = Some(state);
+            match state {
+                crate::BreakerState::Open => flag(
+                    HealthStatus::Degraded,
+                    "L2 (Redis) circuit breaker is open: L2 is unreachable or failing".to_owned(),
+                ),
+                crate::BreakerState::HalfOpen => flag(
+                    HealthStatus::Warning,
+                    "L2 (Redis) circuit breaker is probing after failures".to_owned(),
+                ),
+                crate::BreakerState::Closed => {}
+            }
+        }
+        Health {
+            status,
+            reasons,
+            window_hit_ratio: window_ratio,
+            window_lookups: w.lookups,
+            mean_latency_ms: lat.mean_ms,
+            p95_latency_ms: lat.p95_ms,
+            l2_breaker,
+        }
+    }
+
+    /// Logs the aggregate summary (an INFO event).
+    pub(crate) fn log_summary(&self) {
+        let st = self.stats();
+        let labels: Vec<String> = st
+            .labels
+            .iter()
+            .take(20)
+            .map(|l| {
+                format!(
+                    "{}: {} req, {:.1}% hits, {:.2} ms",
+                    l.label,
+                    l.requests,
+                    l.hit_ratio * 100.0,
+                    l.mean_latency_ms
+                )
+            })
+            .collect();
+        tracing::info!(
+            target: "tower_tiered_cache",
+            requests = st.requests,
+            hits = st.hits,
+            stale = st.stale,
+            misses = st.misses,
+            passes = st.passes,
+            hit_ratio = st.hit_ratio,
+            window_hit_ratio = st.window.hit_ratio,
+            hit_p95_ms = st.hit_latency.p95_ms,
+            miss_p95_ms = st.miss_latency.p95_ms,
+            l1_bytes = st.l1_bytes,
+            labels = %labels.join("; "),
+            "cache summary"
+        );
+    }
+}

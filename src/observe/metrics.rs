@@ -1,0 +1,296 @@
+//! OpenTelemetry metrics (feature `opentelemetry`).
+//!
+//! Counters and gauges are observable instruments read from the cache's own
+//! counters when the meter provider collects: nothing is added to the
+//! request path for them. Histograms are recorded as requests finish.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::KeyValue;
+
+use super::labels::field;
+use super::{LookupResult, Observer, Outcome};
+use crate::cache::Shared;
+
+/// Buckets (seconds) for lookups: from 1 µs (L1 hits) to 10 s (slow
+/// upstreams).
+const LOOKUP_BUCKETS: [f64; 16] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    1.0,
+    10.0,
+];
+/// Buckets (seconds) for upstream calls and L2 operations.
+const OP_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The synchronous instruments, and per-label attribute values made once.
+pub(crate) struct Instruments {
+    lookup: Histogram<f64>,
+    upstream: Histogram<f64>,
+    l2_op: Histogram<f64>,
+    label_values: Vec<std::sync::OnceLock<opentelemetry::Value>>,
+    l2_server: Option<(String, i64)>,
+}
+
+impl Instruments {
+    fn label(&self, obs: &Observer, label: u16) -> opentelemetry::Value {
+        match self.label_values.get(usize::from(label)) {
+            Some(cell) => cell
+                .get_or_init(|| opentelemetry::Value::from(obs.labels.name(label).to_string()))
+                .clone(),
+            None => opentelemetry::Value::from(super::labels::OTHER),
+        }
+    }
+
+    pub(crate) fn lookup(&self, obs: &Observer, label: u16, o: &Outcome, elapsed_ns: u64) {
+        self.lookup.record(
+            elapsed_ns as f64 / 1e9,
+            &[
+                KeyValue::new("cache.result", o.result.as_str()),
+                KeyValue::new("cache.tier", o.tier.as_str()),
+                KeyValue::new("cache.label", self.label(obs, label)),
+            ],
+        );
+    }
+
+    pub(crate) fn upstream(
+        &self,
+        obs: &Observer,
+        label: u16,
+        took: Duration,
+        status: Option<http::StatusCode>,
+    ) {
+        let mut attrs = vec![KeyValue::new("cache.label", self.label(obs, label))];
+        match status {
+            Some(s) => attrs.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(s.as_u16()),
+            )),
+            None => attrs.push(KeyValue::new("error.type", "upstream_error")),
+        }
+        self.upstream.record(took.as_secs_f64(), &attrs);
+    }
+
+    pub(crate) fn l2_op(&self, name: &str, took: Duration, ok: bool) {
+        let mut attrs = vec![
+            KeyValue::new("db.system.name", "redis"),
+            KeyValue::new("db.operation.name", name.to_owned()),
+        ];
+        if let Some((host, port)) = &self.l2_server {
+            attrs.push(KeyValue::new("server.address", host.clone()));
+            attrs.push(KeyValue::new("server.port", *port));
+        }
+        if !ok {
+            attrs.push(KeyValue::new("error.type", "redis_error"));
+        }
+        self.l2_op.record(took.as_secs_f64(), &attrs);
+    }
+}
+
+/// Registers every instrument on `meter`; callbacks hold the cache weakly.
+pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
+    let weak = Arc::downgrade(shared);
+    observable_counters(meter, &weak);
+    let w = weak.clone();
+    meter
+        .u64_observable_gauge("cache.l1.entries")
+        .with_description("Slots in L1 (entries plus one per URL with variants)")
+        .with_unit("{entry}")
+        .with_callback(move |o| {
+            if let Some(s) = w.upgrade() {
+                o.observe(s.l1.len() as u64, &[]);
+            }
+        })
+        .build();
+    let w = weak.clone();
+    meter
+        .u64_observable_gauge("cache.l1.bytes")
+        .with_description("Weighted bytes held in L1")
+        .with_unit("By")
+        .with_callback(move |o| {
+            if let Some(s) = w.upgrade() {
+                o.observe(s.l1.weight(), &[]);
+            }
+        })
+        .build();
+    #[cfg(feature = "redis")]
+    let l2_server = shared
+        .l2
+        .as_ref()
+        .map(|l2| (l2.server().0.clone(), i64::from(l2.server().1)));
+    #[cfg(not(feature = "redis"))]
+    let l2_server = None;
+    Instruments {
+        lookup: meter
+            .f64_histogram("cache.lookup.duration")
+            .with_description("Time in the cache layer per request, to the response head")
+            .with_unit("s")
+            .with_boundaries(LOOKUP_BUCKETS.to_vec())
+            .build(),
+        upstream: meter
+            .f64_histogram("cache.upstream.duration")
+            .with_description("Upstream calls made by the cache (misses, revalidations, refreshes)")
+            .with_unit("s")
+            .with_boundaries(OP_BUCKETS.to_vec())
+            .build(),
+        l2_op: meter
+            .f64_histogram("db.client.operation.duration")
+            .with_description("Duration of L2 (Redis) operations")
+            .with_unit("s")
+            .with_boundaries(OP_BUCKETS.to_vec())
+            .build(),
+        label_values: (0..shared.obs.cfg.max_labels + 2)
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+        l2_server,
+    }
+}
+
+fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
+    let w = weak.clone();
+    meter
+        .u64_observable_counter("cache.requests")
+        .with_description("Requests through the cache by result, tier and label")
+        .with_unit("{request}")
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            for (name, c) in s.obs.labels.all() {
+                let label: opentelemetry::Value = name.to_string().into();
+                for (f, result, tier) in [
+                    (field::HIT_L1, LookupResult::Hit, "l1"),
+                    (field::HIT_L2, LookupResult::Hit, "l2"),
+                    (field::STALE, LookupResult::Stale, "none"),
+                    (field::MISS, LookupResult::Miss, "none"),
+                    (field::COALESCED, LookupResult::Miss, "none"),
+                    (field::REVALIDATED, LookupResult::Revalidated, "none"),
+                    (field::PASS, LookupResult::Pass, "none"),
+                ] {
+                    if c[f] == 0 {
+                        continue;
+                    }
+                    // Coalesced misses are reported apart from the others.
+                    let coalesced = f == field::COALESCED;
+                    o.observe(
+                        c[f],
+                        &[
+                            KeyValue::new("cache.result", result.as_str()),
+                            KeyValue::new("cache.tier", tier),
+                            KeyValue::new("cache.label", label.clone()),
+                            KeyValue::new("cache.coalesced", coalesced),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+    let simple: [(&'static str, &'static str, fn(&Shared) -> u64); 6] = [
+        ("cache.stale_served", "Stale entries served", |s| {
+            s.counters.stale.get()
+        }),
+        (
+            "cache.coalesced",
+            "Requests answered from another request's upstream call",
+            |s| s.counters.coalesced.get(),
+        ),
+        (
+            "cache.evictions",
+            "Entries evicted from L1 to make room",
+            |s| s.l1.evictions(),
+        ),
+        ("cache.stores", "Responses stored", |s| {
+            s.counters.stores.get()
+        }),
+        (
+            "cache.upstream.calls",
+            "Upstream calls made by the cache",
+            |s| s.counters.upstream_calls.get(),
+        ),
+        ("cache.promotions", "L2 entries copied into L1", promotions),
+    ];
+    for (name, description, read) in simple {
+        let w = weak.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(s) = w.upgrade() {
+                    o.observe(read(&s), &[]);
+                }
+            })
+            .build();
+    }
+    let w = weak.clone();
+    meter
+        .u64_observable_counter("cache.refreshes")
+        .with_description("Background refreshes by outcome")
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            let c = &s.counters;
+            for (outcome, v) in [
+                ("ok", c.refresh_ok.get()),
+                ("failed", c.refresh_failed.get()),
+                ("skipped", c.refresh_skipped.get()),
+            ] {
+                o.observe(v, &[KeyValue::new("outcome", outcome)]);
+            }
+        })
+        .build();
+    let w = weak.clone();
+    meter
+        .u64_observable_counter("cache.breaker.opens")
+        .with_description("Circuit breaker transitions to open, by breaker")
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            o.observe(s.breaker.opens(), &[KeyValue::new("breaker", "upstream")]);
+            #[cfg(feature = "redis")]
+            if let Some(l2) = &s.l2 {
+                o.observe(l2.breaker.opens(), &[KeyValue::new("breaker", "l2")]);
+            }
+        })
+        .build();
+    #[cfg(feature = "redis")]
+    {
+        let w = weak.clone();
+        meter
+            .u64_observable_counter("cache.l2.errors")
+            .with_description("L2 operations that failed, by kind")
+            .with_callback(move |o| {
+                let Some(s) = w.upgrade() else { return };
+                let Some(l2) = &s.l2 else { return };
+                let c = &l2.counters;
+                for (kind, v) in [
+                    ("error", c.errors.get()),
+                    ("timeout", c.timeouts.get()),
+                    ("decode", c.decode_errors.get()),
+                    ("write_dropped", c.writes_dropped.get()),
+                ] {
+                    o.observe(v, &[KeyValue::new("error.type", kind)]);
+                }
+            })
+            .build();
+    }
+}
+
+fn promotions(_s: &Shared) -> u64 {
+    #[cfg(feature = "redis")]
+    if let Some(l2) = &_s.l2 {
+        return l2.counters.promotions.get();
+    }
+    0
+}

@@ -1,0 +1,647 @@
+//! Observability: request labels, per-label counters, latency histograms,
+//! a rolling window, health, recommendations, structured logs and (with
+//! the `opentelemetry` feature) metrics.
+
+mod api;
+pub(crate) mod hist;
+pub(crate) mod labels;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod metrics;
+pub(crate) mod report;
+pub(crate) mod window;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+
+pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
+pub use report::{
+    Health, HealthStatus, HealthThresholds, LabelStats, Latency, LowPerformer, Recommendation,
+    RecommendationKind, WindowStats,
+};
+
+use hist::Histogram;
+use labels::{field, LabelTable};
+use window::Window;
+
+/// What a lookup came to, as reported in spans (`cache.result`), logs and
+/// metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum LookupResult {
+    /// Answered from storage while fresh.
+    Hit,
+    /// Answered from storage while stale (stale-while-revalidate,
+    /// stale-if-error, `max-stale`).
+    Stale,
+    /// Nothing usable was stored: the upstream answered (or another
+    /// request's upstream call, when coalesced).
+    Miss,
+    /// Not a cache lookup: the request went through uncached.
+    Pass,
+    /// A stored entry was revalidated with the upstream (a 304).
+    Revalidated,
+}
+
+impl LookupResult {
+    /// The lowercase name used in spans and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+            Self::Pass => "pass",
+            Self::Revalidated => "revalidated",
+        }
+    }
+}
+
+/// The storage tier that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Tier {
+    /// The in-process tier.
+    L1,
+    /// Redis.
+    L2,
+    /// No stored entry answered.
+    None,
+}
+
+impl Tier {
+    /// The lowercase name used in spans and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+            Self::None => "none",
+        }
+    }
+}
+
+/// How one request ended, read from its `Cache-Status` (the one place
+/// every path writes what it did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) result: LookupResult,
+    pub(crate) tier: Tier,
+    pub(crate) coalesced: bool,
+    pub(crate) vary_miss: bool,
+    /// The remaining freshness in seconds, when `Cache-Status` said
+    /// (`ttl=`).
+    pub(crate) ttl_secs: Option<i64>,
+}
+
+impl Outcome {
+    pub(crate) const HIT_L1: Outcome = Outcome {
+        result: LookupResult::Hit,
+        tier: Tier::L1,
+        coalesced: false,
+        vary_miss: false,
+        ttl_secs: None,
+    };
+
+    /// The outcome of a request whose upstream call failed (no response).
+    pub(crate) const FAILED: Outcome = Outcome {
+        result: LookupResult::Miss,
+        tier: Tier::None,
+        coalesced: false,
+        vary_miss: false,
+        ttl_secs: None,
+    };
+
+    /// Reads an outcome from this cache's `Cache-Status` value.
+    pub(crate) fn from_status(value: Option<&HeaderValue>) -> Outcome {
+        let Some(v) = value else {
+            return Outcome::FAILED;
+        };
+        if v.as_bytes() == crate::cache::STATUS_HIT_L1.as_bytes() {
+            return Outcome::HIT_L1;
+        }
+        let s = v.to_str().unwrap_or("");
+        let s = s
+            .strip_prefix(crate::cache::CACHE_STATUS_NAME)
+            .map_or(s, |r| r.trim_start_matches(';').trim_start());
+        let mut hit = false;
+        let (mut fwd, mut detail, mut ttl, mut fwd_status) = ("", "", None, "");
+        let mut collapsed = false;
+        for param in s.split(';').map(str::trim) {
+            match param.split_once('=') {
+                Some(("fwd", v)) => fwd = v,
+                Some(("detail", v)) => detail = v,
+                Some(("ttl", v)) => ttl = v.parse::<i64>().ok(),
+                Some(("fwd-status", v)) => fwd_status = v,
+                None if param == "hit" => hit = true,
+                None if param == "collapsed" => collapsed = true,
+                _ => {}
+            }
+        }
+        let tier = match detail {
+            "l1" => Tier::L1,
+            "l2" => Tier::L2,
+            _ => Tier::None,
+        };
+        let result = if hit {
+            if ttl.is_some_and(|t| t < 0) || detail == "stale-if-error" {
+                LookupResult::Stale
+            } else {
+                LookupResult::Hit
+            }
+        } else if detail == "stale-if-error" {
+            LookupResult::Stale
+        } else if collapsed {
+            LookupResult::Miss
+        } else if fwd_status == "304" && tier != Tier::None {
+            LookupResult::Revalidated
+        } else if matches!(fwd, "bypass" | "method") || matches!(detail, "hit-for-pass" | "range") {
+            LookupResult::Pass
+        } else {
+            LookupResult::Miss
+        };
+        Outcome {
+            result,
+            tier: if matches!(result, LookupResult::Hit | LookupResult::Stale) {
+                tier
+            } else {
+                Tier::None
+            },
+            coalesced: collapsed,
+            vary_miss: fwd == "vary-miss",
+            ttl_secs: ttl,
+        }
+    }
+
+    /// The per-label counter this outcome adds to.
+    fn field(&self) -> usize {
+        match (self.result, self.tier) {
+            (_, _) if self.coalesced => field::COALESCED,
+            (LookupResult::Hit, Tier::L2) => field::HIT_L2,
+            (LookupResult::Hit, _) => field::HIT_L1,
+            (LookupResult::Stale, _) => field::STALE,
+            (LookupResult::Miss, _) => field::MISS,
+            (LookupResult::Revalidated, _) => field::REVALIDATED,
+            (LookupResult::Pass, _) => field::PASS,
+        }
+    }
+}
+
+/// How much the cache says about its work in `tracing` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LogLevel {
+    /// No events of the cache's own.
+    Off,
+    /// Only warnings: L2 down, operations slower than the slow threshold,
+    /// undecodable L2 values, failed refreshes.
+    #[default]
+    Minimal,
+    /// Warnings, and an INFO summary (hit ratio, totals, per label) every
+    /// `every_requests` requests or `every` (whichever comes first).
+    Aggregate {
+        /// Requests between summaries.
+        every_requests: u64,
+        /// Time between summaries.
+        every: Duration,
+    },
+    /// Everything above, and a DEBUG event for every lookup (label, key,
+    /// result, tier, TTL remaining, timings).
+    Detailed,
+}
+
+impl LogLevel {
+    /// `Aggregate` every 10 000 requests or 60 seconds.
+    pub const AGGREGATE: LogLevel = LogLevel::Aggregate {
+        every_requests: 10_000,
+        every: Duration::from_secs(60),
+    };
+
+    pub(crate) fn warnings(self) -> bool {
+        self != LogLevel::Off
+    }
+
+    fn summary_every(self) -> Option<(u64, Duration)> {
+        match self {
+            LogLevel::Aggregate {
+                every_requests,
+                every,
+            } => Some((every_requests.max(1), every)),
+            LogLevel::Detailed => Some((10_000, Duration::from_secs(60))),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    /// `off`, `minimal`, `aggregate` or `detailed`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(LogLevel::Off),
+            "minimal" => Ok(LogLevel::Minimal),
+            "aggregate" => Ok(LogLevel::AGGREGATE),
+            "detailed" => Ok(LogLevel::Detailed),
+            other => Err(format!(
+                "unknown log level {other:?} (expected off, minimal, aggregate or detailed)"
+            )),
+        }
+    }
+}
+
+/// Observability settings, assembled by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct ObserveConfig {
+    pub(crate) labels: LabelSource,
+    pub(crate) max_labels: usize,
+    pub(crate) log: LogLevel,
+    pub(crate) slow: Duration,
+    pub(crate) health: HealthThresholds,
+    /// Refresh entries read at least `eager_min_reads` times once this
+    /// fraction of their freshness lifetime is left.
+    pub(crate) eager_fraction: f64,
+    pub(crate) eager_min_reads: u32,
+    pub(crate) span_level: tracing::Level,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        Self {
+            labels: LabelSource::Auto,
+            max_labels: 64,
+            log: LogLevel::Minimal,
+            slow: Duration::from_millis(50),
+            health: HealthThresholds::default(),
+            eager_fraction: 0.0,
+            eager_min_reads: 10,
+            span_level: tracing::Level::DEBUG,
+        }
+    }
+}
+
+/// The span of one request through the cache, at `level`. Fields filled
+/// in later are declared empty.
+#[inline]
+pub(crate) fn request_span(level: tracing::Level, parts: &http::request::Parts) -> tracing::Span {
+    macro_rules! span_at {
+        ($lvl:expr) => {
+            tracing::span!(
+                target: "tower_tiered_cache",
+                $lvl,
+                "cache.lookup",
+                otel.name = "cache.lookup",
+                cache.result = tracing::field::Empty,
+                cache.tier = tracing::field::Empty,
+                cache.key = tracing::field::Empty,
+                cache.label = tracing::field::Empty,
+                cache.ttl_remaining_ms = tracing::field::Empty,
+                cache.coalesced = tracing::field::Empty,
+                cache.lookup_ms = tracing::field::Empty,
+                cache.upstream_ms = tracing::field::Empty,
+                cache.store_ms = tracing::field::Empty,
+                http.request.method = %parts.method,
+                url.path = parts.uri.path(),
+                http.response.status_code = tracing::field::Empty,
+            )
+        };
+    }
+    match level {
+        tracing::Level::ERROR => span_at!(tracing::Level::ERROR),
+        tracing::Level::WARN => span_at!(tracing::Level::WARN),
+        tracing::Level::INFO => span_at!(tracing::Level::INFO),
+        tracing::Level::DEBUG => span_at!(tracing::Level::DEBUG),
+        tracing::Level::TRACE => span_at!(tracing::Level::TRACE),
+    }
+}
+
+/// The span of a background refresh: a root of its own (it outlives the
+/// request), linked by the caller to the request that started it.
+pub(crate) fn refresh_span(level: tracing::Level, label: &str) -> tracing::Span {
+    macro_rules! span_at {
+        ($lvl:expr) => {
+            tracing::span!(
+                target: "tower_tiered_cache",
+                parent: None,
+                $lvl,
+                "cache.refresh",
+                otel.name = "cache.refresh",
+                cache.label = label,
+                cache.result = tracing::field::Empty,
+                cache.upstream_ms = tracing::field::Empty,
+            )
+        };
+    }
+    match level {
+        tracing::Level::ERROR => span_at!(tracing::Level::ERROR),
+        tracing::Level::WARN => span_at!(tracing::Level::WARN),
+        tracing::Level::INFO => span_at!(tracing::Level::INFO),
+        tracing::Level::DEBUG => span_at!(tracing::Level::DEBUG),
+        tracing::Level::TRACE => span_at!(tracing::Level::TRACE),
+    }
+}
+
+/// The observer every request reports to.
+pub(crate) struct Observer {
+    pub(crate) cfg: ObserveConfig,
+    pub(crate) labels: LabelTable,
+    pub(crate) hit_latency: Histogram,
+    pub(crate) miss_latency: Histogram,
+    pub(crate) window: Window,
+    pub(crate) tsc: quanta::Clock,
+    /// Requests since the last summary, and when it was (ms).
+    since_summary: AtomicU64,
+    last_summary: AtomicU64,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) metrics: std::sync::OnceLock<metrics::Instruments>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    pub(crate) fn new(cfg: ObserveConfig) -> Self {
+        Self {
+            labels: LabelTable::new(cfg.labels.clone(), cfg.max_labels),
+            cfg,
+            hit_latency: Histogram::default(),
+            miss_latency: Histogram::default(),
+            window: Window::default(),
+            tsc: quanta::Clock::new(),
+            since_summary: AtomicU64::new(0),
+            last_summary: AtomicU64::new(0),
+            #[cfg(feature = "opentelemetry")]
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A start time for [`elapsed_ns`](Self::elapsed_ns).
+    #[inline]
+    pub(crate) fn start(&self) -> u64 {
+        self.tsc.raw()
+    }
+
+    #[inline]
+    pub(crate) fn elapsed_ns(&self, start: u64) -> u64 {
+        self.tsc.delta_as_nanos(start, self.tsc.raw())
+    }
+
+    /// Counts one finished request under its label, in the latency
+    /// histograms and in the window. Returns whether a summary is due.
+    #[inline]
+    pub(crate) fn record(&self, label: u16, o: &Outcome, elapsed_ns: u64, now_ms: u64) -> bool {
+        let c = self.labels.counters(label);
+        c.add(o.field(), 1);
+        c.add(field::LATENCY_NS, elapsed_ns);
+        if o.vary_miss {
+            c.add(field::VARY_MISS, 1);
+        }
+        let served = matches!(o.result, LookupResult::Hit | LookupResult::Stale);
+        let lookup = o.result != LookupResult::Pass;
+        if served {
+            self.hit_latency.record(elapsed_ns);
+        } else if lookup {
+            self.miss_latency.record(elapsed_ns);
+        }
+        self.window.record(now_ms, lookup, served);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(m) = self.metrics.get() {
+            m.lookup(self, label, o, elapsed_ns);
+        }
+        match self.cfg.log.summary_every() {
+            None => false,
+            Some((n, every)) => {
+                let count = self.since_summary.fetch_add(1, Ordering::Relaxed) + 1;
+                let last = self.last_summary.load(Ordering::Relaxed);
+                if last == 0 {
+                    // The first request starts the period.
+                    if self
+                        .last_summary
+                        .compare_exchange(0, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.since_summary.store(0, Ordering::Relaxed);
+                    }
+                    return false;
+                }
+                let due = count >= n || now_ms.saturating_sub(last) >= every.as_millis() as u64;
+                due && self
+                    .last_summary
+                    .compare_exchange(last, now_ms.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                    && {
+                        self.since_summary.store(0, Ordering::Relaxed);
+                        true
+                    }
+            }
+        }
+    }
+
+    /// Counts a response that was not stored, by reason, under its label.
+    pub(crate) fn not_stored(&self, label: u16, reason: crate::NotStored) {
+        use crate::NotStored as N;
+        let f = match reason {
+            N::NoFreshness => field::NO_FRESHNESS,
+            N::SetCookie => field::COOKIE,
+            N::Authorization | N::Private => field::AUTHORIZATION,
+            _ => field::NOT_STORED_OTHER,
+        };
+        self.labels.counters(label).add(f, 1);
+    }
+
+    pub(crate) fn stored(&self, label: u16) {
+        self.labels.counters(label).add(field::STORES, 1);
+    }
+
+    /// An upstream call ended after `took` (`status`: `None` on an error).
+    pub(crate) fn upstream_done(
+        &self,
+        label: u16,
+        took: Duration,
+        status: Option<http::StatusCode>,
+    ) {
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("cache.upstream_ms", took.as_secs_f64() * 1000.0);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(m) = self.metrics.get() {
+            m.upstream(self, label, took, status);
+        }
+        let _ = status;
+        self.slow("upstream", label, took);
+    }
+
+    pub(crate) fn upstream_error(&self, label: u16) {
+        self.labels.counters(label).add(field::ERRORS, 1);
+    }
+
+    pub(crate) fn evicted_unread(&self, label: u16) {
+        self.labels.counters(label).add(field::EVICTED_UNREAD, 1);
+    }
+
+    /// A warning about an operation slower than the slow threshold.
+    pub(crate) fn slow(&self, what: &'static str, label: u16, elapsed: Duration) {
+        if self.cfg.log.warnings() && elapsed >= self.cfg.slow {
+            tracing::warn!(
+                target: "tower_tiered_cache",
+                operation = what,
+                label = %self.labels.name(label),
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                threshold_ms = self.cfg.slow.as_millis() as u64,
+                "slow cache operation"
+            );
+        }
+    }
+
+    /// A warning about a slow or failed L2 operation.
+    pub(crate) fn slow_l2(&self, name: &str, took: Duration, ok: bool) {
+        if self.cfg.log.warnings() && took >= self.cfg.slow {
+            tracing::warn!(
+                target: "tower_tiered_cache",
+                operation = name,
+                ok,
+                elapsed_ms = took.as_secs_f64() * 1000.0,
+                threshold_ms = self.cfg.slow.as_millis() as u64,
+                "slow L2 (Redis) operation"
+            );
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.labels.reset();
+        self.hit_latency.reset();
+        self.miss_latency.reset();
+        self.window.reset();
+        self.since_summary.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &'static str) -> Outcome {
+        Outcome::from_status(Some(&HeaderValue::from_static(s)))
+    }
+
+    #[test]
+    fn outcomes_from_cache_status() {
+        use LookupResult::*;
+        let table: &[(&str, LookupResult, Tier, bool)] = &[
+            ("tower-tiered-cache; hit; detail=l1", Hit, Tier::L1, false),
+            ("tower-tiered-cache; hit; detail=l2", Hit, Tier::L2, false),
+            (
+                "tower-tiered-cache; hit; ttl=-3; detail=l1",
+                Stale,
+                Tier::L1,
+                false,
+            ),
+            (
+                "tower-tiered-cache; hit; ttl=-3; detail=l2",
+                Stale,
+                Tier::L2,
+                false,
+            ),
+            (
+                "tower-tiered-cache; hit; ttl=-1; detail=stale-if-error",
+                Stale,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=stale; fwd-status=503; ttl=-9; detail=stale-if-error",
+                Stale,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=uri-miss; stored; ttl=60",
+                Miss,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=uri-miss; fwd-status=500",
+                Miss,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1",
+                Miss,
+                Tier::None,
+                true,
+            ),
+            (
+                "tower-tiered-cache; fwd=stale; fwd-status=304; detail=l1",
+                Revalidated,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=stale; fwd-status=304",
+                Miss,
+                Tier::None,
+                false,
+            ),
+            ("tower-tiered-cache; fwd=bypass", Pass, Tier::None, false),
+            ("tower-tiered-cache; fwd=method", Pass, Tier::None, false),
+            (
+                "tower-tiered-cache; fwd=uri-miss; detail=hit-for-pass",
+                Pass,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; fwd=uri-miss; detail=range",
+                Pass,
+                Tier::None,
+                false,
+            ),
+            (
+                "tower-tiered-cache; detail=only-if-cached",
+                Miss,
+                Tier::None,
+                false,
+            ),
+        ];
+        for &(s, result, tier, coalesced) in table {
+            let o = parse(s);
+            assert_eq!(
+                (o.result, o.tier, o.coalesced),
+                (result, tier, coalesced),
+                "{s}"
+            );
+        }
+        assert!(parse("tower-tiered-cache; fwd=vary-miss; stored").vary_miss);
+        assert_eq!(
+            parse("tower-tiered-cache; fwd=uri-miss; stored; ttl=60").ttl_secs,
+            Some(60)
+        );
+        assert_eq!(Outcome::from_status(None), Outcome::FAILED);
+    }
+
+    #[test]
+    fn summary_due_by_count() {
+        let o = Observer::new(ObserveConfig {
+            log: LogLevel::Aggregate {
+                every_requests: 3,
+                every: Duration::from_secs(3600),
+            },
+            ..ObserveConfig::default()
+        });
+        let t = 1_000_000;
+        let due: Vec<bool> = (0..7)
+            .map(|i| o.record(0, &Outcome::HIT_L1, 10, t + i))
+            .collect();
+        // the first request starts the clock; then every third is due
+        assert_eq!(due, [false, false, false, true, false, false, true]);
+    }
+}
