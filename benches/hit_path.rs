@@ -40,6 +40,10 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer, Route};
 
+#[cfg(feature = "opentelemetry")]
+#[path = "../examples/support/telemetry.rs"]
+mod telemetry;
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
@@ -272,5 +276,78 @@ fn hit_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hit_path);
+/// The cost of per-request instrumentation on the L1 hit: the same hit
+/// with it off (`.observability(false)`: global counters only), on
+/// (labels, latency histograms, rolling window, a `cache.lookup` span with
+/// no subscriber installed), and on with OpenTelemetry metrics recorded
+/// into an SDK meter provider (feature `opentelemetry`).
+fn observe_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+    let waker = Waker::from(Arc::new(NoopWake));
+    let buf = body_buffer();
+    let hit = Proto::new(HIT_URI);
+    let stored = |builder: tower_tiered_cache::CacheBuilder| {
+        let cache = builder.build().expect("cache");
+        let mut svc = CacheLayer::new(cache.clone()).layer(origin(buf.clone()));
+        rt.block_on(async {
+            let resp = svc.clone().oneshot(hit.make()).await.expect("miss");
+            resp.into_body().collect().await.expect("body");
+        });
+        let resp = call_once(&mut svc, hit.make(), &waker);
+        assert_eq!(
+            resp.headers()["cache-status"],
+            "tower-tiered-cache; hit; detail=l1"
+        );
+        (cache, svc)
+    };
+    let (_plain_cache, mut plain) = stored(Cache::builder().observability(false));
+    let (observed_cache, mut observed) = stored(Cache::builder());
+    // A real SDK pipeline whose periodic export never comes round during
+    // the bench (an hour), so only recording is measured.
+    #[cfg(feature = "opentelemetry")]
+    let (_tracer_provider, provider) =
+        telemetry::otlp_providers("http://127.0.0.1:9", "bench", Duration::from_secs(3600))
+            .expect("providers");
+    #[cfg(feature = "opentelemetry")]
+    let (_metered_cache, mut metered) = {
+        use opentelemetry::metrics::MeterProvider as _;
+        stored(Cache::builder().meter(provider.meter("bench")))
+    };
+    let mut g = c.benchmark_group("observe_overhead");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("l1_hit_uninstrumented", |b| {
+        b.iter_batched(
+            || hit.make(),
+            |req| black_box(call_once(&mut plain, black_box(req), &waker)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("l1_hit_instrumented", |b| {
+        b.iter_batched(
+            || hit.make(),
+            |req| black_box(call_once(&mut observed, black_box(req), &waker)),
+            BatchSize::SmallInput,
+        )
+    });
+    #[cfg(feature = "opentelemetry")]
+    g.bench_function("l1_hit_instrumented_metrics", |b| {
+        b.iter_batched(
+            || hit.make(),
+            |req| black_box(call_once(&mut metered, black_box(req), &waker)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    // The instrumented side really recorded: one label, latency counted.
+    let stats = observed_cache.stats();
+    assert_eq!(stats.hit_latency.count, stats.hits_l1);
+    assert_eq!(stats.labels[0].label, "example.com");
+}
+
+criterion_group!(benches, hit_path, observe_overhead);
 criterion_main!(benches);

@@ -47,7 +47,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_tiered_cache::{Cache, CacheBody, CacheLayer, CACHE_STATUS};
+use tower_tiered_cache::admin::AdminService;
+use tower_tiered_cache::warm::{WarmOptions, WarmTarget};
+use tower_tiered_cache::{Cache, CacheBody, CacheLayer, CacheService, LogLevel, CACHE_STATUS};
+
+#[path = "support/telemetry.rs"]
+mod telemetry;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,7 +62,8 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
-                          [--promote-after N]";
+                          [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--log detailed|aggregate|minimal] [--warm FILE]";
 
 const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
@@ -70,6 +76,18 @@ Options:
   --listen ADDR         the address to listen on [default: 127.0.0.1:8080]
                         (port 0 picks a free port; the address is printed)
   --l1-bytes N          the in-process (L1) cache's capacity in bytes [default: 67108864]
+  --admin ADDR          serve the admin API (health, stats, metrics, warm,
+                        invalidate) on its own address, e.g. 127.0.0.1:9090
+  --admin-token TOKEN   the Bearer token the admin API requires (needed with
+                        --admin; or set ADMIN_TOKEN in the environment)
+  --otlp URL            export traces and metrics with OTLP/HTTP to URL, e.g.
+                        http://127.0.0.1:4318 (Jaeger all-in-one's OTLP port)
+  --log LEVEL           the cache's own log events: minimal (warnings),
+                        aggregate (plus a summary every 10 000 requests or
+                        60 s) or detailed (plus one line per lookup)
+                        [default: minimal]
+  --warm FILE           fetch the URLs (paths) listed in FILE, one per line
+                        ('#' starts a comment), through the cache at start-up
   -h, --help            print this help
 
 L2 tier in Redis (only in a build with `--features redis`):
@@ -125,6 +143,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logs to stderr; with --otlp, traces and metrics to the collector too.
+    if config.log == LogLevel::Detailed && std::env::var_os("RUST_LOG").is_none() {
+        // The per-lookup events are at DEBUG.
+        std::env::set_var("RUST_LOG", "info,tower_tiered_cache=debug");
+    }
+    let mut telemetry = match telemetry::init(config.otlp.as_deref(), "tower-tiered-cache-proxy") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --otlp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // A setting the cache refuses (a zero size, a bad Redis URL) is a usage
     // error too: exit 2, one line.
     let cache = match build_cache(&config) {
@@ -134,7 +164,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config, cache).await {
+    let result = run(config, cache).await;
+    if let Err(e) = telemetry.shutdown() {
+        eprintln!("telemetry: {e}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&*e));
@@ -147,7 +181,7 @@ async fn main() -> ExitCode {
 // Command line
 
 enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -159,6 +193,14 @@ struct Config {
     /// `--redis` / `--redis-cluster` and their settings.
     #[cfg(feature = "redis")]
     l2: Option<L2Args>,
+    /// `--admin` and its token.
+    admin: Option<(SocketAddr, String)>,
+    /// `--otlp`: the OTLP/HTTP base URL.
+    otlp: Option<String>,
+    /// `--log`.
+    log: LogLevel,
+    /// `--warm`: the targets read from the file.
+    warm: Vec<WarmTarget>,
 }
 
 /// Where the L2 tier lives and how it is used.
@@ -195,6 +237,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let mut listen = None;
     let mut upstream = None;
     let mut l1_bytes = None;
+    let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
     #[cfg(feature = "redis")]
     let (mut target, mut namespace, mut promote_after) = (None, None, None);
     let mut args = args.into_iter();
@@ -214,6 +257,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--listen" => listen = Some(value()?),
             "--upstream" => upstream = Some(value()?),
             "--l1-bytes" => l1_bytes = Some(number(&flag, &value()?, u64::MAX)?),
+            "--admin" => admin = Some(value()?),
+            "--admin-token" => admin_token = Some(value()?),
+            "--otlp" => otlp = Some(value()?),
+            "--log" => log = Some(value()?),
+            "--warm" => warm = Some(value()?),
             #[cfg(feature = "redis")]
             "--redis" | "--redis-cluster" => {
                 let v = value()?;
@@ -254,6 +302,45 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         ArgError::value(format!("--listen {listen:?} is not an IP address and port"))
     })?;
     let upstream = upstream.ok_or_else(|| ArgError::usage("--upstream URL is required"))?;
+    let admin_token = admin_token.or_else(|| std::env::var("ADMIN_TOKEN").ok());
+    let admin =
+        match (admin, admin_token) {
+            (Some(addr), Some(token)) if !token.is_empty() => {
+                let addr = addr.parse().map_err(|_| {
+                    ArgError::value(format!("--admin {addr:?} is not an IP address and port"))
+                })?;
+                Some((addr, token))
+            }
+            (Some(_), _) => return Err(ArgError::usage(
+                "--admin needs a non-empty --admin-token TOKEN (or ADMIN_TOKEN in the environment)",
+            )),
+            (None, Some(_)) if std::env::var("ADMIN_TOKEN").is_err() => {
+                return Err(ArgError::usage(
+                    "--admin-token applies to --admin ADDR: add it",
+                ))
+            }
+            (None, _) => None,
+        };
+    if let Some(url) = &otlp {
+        let ok = url.parse::<Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return Err(ArgError::value(format!(
+                "--otlp {url:?} is not an http(s) URL, e.g. http://127.0.0.1:4318"
+            )));
+        }
+    }
+    let log = match log {
+        Some(l) => l
+            .parse::<LogLevel>()
+            .map_err(|e| ArgError::value(format!("--log: {e}")))?,
+        None => LogLevel::Minimal,
+    };
+    let warm = match warm {
+        Some(path) => read_warm_file(&path)?,
+        None => Vec::new(),
+    };
     #[cfg(feature = "redis")]
     let l2 = match target {
         Some(target) => Some(L2Args {
@@ -273,13 +360,36 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         }
         None => None,
     };
-    Ok(Command::Run(Config {
+    Ok(Command::Run(Box::new(Config {
         listen,
         upstream: Upstream::parse(&upstream).map_err(ArgError::value)?,
         l1_bytes,
         #[cfg(feature = "redis")]
         l2,
-    }))
+        admin,
+        otlp,
+        log,
+        warm,
+    })))
+}
+
+/// The targets of `--warm FILE`: one URL or path per line; blank lines
+/// and `#` comments are skipped.
+fn read_warm_file(path: &str) -> Result<Vec<WarmTarget>, ArgError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ArgError::value(format!("--warm {path:?}: {e}")))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let target: WarmTarget = line.parse().map_err(|e| {
+            ArgError::value(format!("--warm {path:?} line {}: {line:?}: {e}", n + 1))
+        })?;
+        out.push(target);
+    }
+    Ok(out)
 }
 
 /// A whole number for `flag`, at most `max`.
@@ -355,7 +465,19 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
     // One upstream for all requests: the authority (`Host`) adds nothing to
     // cache keys, and leaving it out lets `localhost:8080` and
     // `127.0.0.1:8080` share entries.
-    let mut builder = Cache::builder().key_authority(false);
+    let mut builder = Cache::builder()
+        .key_authority(false)
+        .log_level(config.log)
+        // Proxies front many paths: label by the first path segment.
+        .label_fn(|parts| {
+            let first = parts.uri.path().split('/').nth(1).unwrap_or("");
+            Some(format!("/{first}"))
+        });
+    if config.otlp.is_some() {
+        builder = builder
+            .span_level(tracing::Level::INFO)
+            .meter(opentelemetry::global::meter("tower-tiered-cache"));
+    }
     if let Some(n) = config.l1_bytes {
         builder = builder.l1_capacity_bytes(n);
     }
@@ -439,7 +561,7 @@ impl Upstream {
 // ---------------------------------------------------------------------------
 // Server
 
-async fn run(config: Config, cache: Cache) -> Result<(), BoxError> {
+async fn run(mut config: Box<Config>, cache: Cache) -> Result<(), BoxError> {
     // Install the signal handlers before announcing the address, so that a
     // Ctrl-C sent right after "listening on" is not lost.
     let mut shutdown = pin!(shutdown_signal()?);
@@ -485,6 +607,37 @@ async fn run(config: Config, cache: Cache) -> Result<(), BoxError> {
 
     let proxy = Proxy::new(config.upstream);
 
+    let warm_from = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Some((addr, token)) = &config.admin {
+        let admin = AdminService::new(cache.clone(), token.clone())
+            .map_err(|e| format!("--admin-token: {e}"))?
+            .warmer(cached_service(&cache, &proxy, warm_from).warmer::<ProxyBody>());
+        let admin_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (--admin): {e}"))?;
+        println!("admin API on http://{}", admin_listener.local_addr()?);
+        tokio::spawn(serve_admin(admin_listener, admin));
+    }
+    if !config.warm.is_empty() {
+        let targets = std::mem::take(&mut config.warm);
+        let svc = cached_service(&cache, &proxy, warm_from);
+        println!("warming {} URL(s) in the background", targets.len());
+        tokio::spawn(async move {
+            let report = svc.warm(targets, WarmOptions::default(), |_| {}).await;
+            println!(
+                "warmed: {} stored, {} already fresh, {} duplicate(s), {} failed in {} ms",
+                report.warmed,
+                report.skipped,
+                report.duplicates,
+                report.failed.len(),
+                report.duration_ms
+            );
+            for f in report.failed.iter().take(20) {
+                println!("  warm failed: {} ({})", f.url, f.reason);
+            }
+        });
+    }
+
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
     loop {
@@ -518,6 +671,24 @@ async fn run(config: Config, cache: Cache) -> Result<(), BoxError> {
     }
     print_stats(&cache, with_l2);
     Ok(())
+}
+
+/// Serves the admin API until the process ends.
+async fn serve_admin(listener: TcpListener, admin: AdminService) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let svc = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| svc.clone().oneshot(req));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .await;
+        });
+    }
 }
 
 /// Resolves on Ctrl-C (and, on Unix, SIGTERM). The handlers are installed
@@ -570,6 +741,31 @@ where
     }
 }
 
+/// The cache in front of the forwarding service. Request bodies are boxed
+/// so that warming can send empty ones.
+fn cached_service(
+    cache: &Cache,
+    proxy: &Proxy,
+    peer: SocketAddr,
+) -> CacheService<
+    impl Service<
+            Request<ProxyBody>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+> {
+    let proxy = proxy.clone();
+    let forward = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
+    });
+    CacheLayer::new(cache.clone()).layer(forward)
+}
+
 /// The service for one connection: access log › cache › forwarding.
 fn service(
     cache: &Cache,
@@ -583,24 +779,20 @@ fn service(
 > + Clone
        + Send
        + 'static {
-    let proxy = proxy.clone();
-    let forward = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
-    });
-    let cached = CacheLayer::new(cache.clone()).layer(forward);
+    let cached = cached_service(cache, proxy, peer);
     service_fn(move |req: Request<Incoming>| {
         let cached = cached.clone();
         async move {
             let line = format!("{peer} {} {}", req.method(), req.uri());
             let start = Instant::now();
-            let resp = cached.oneshot(req).await?;
+            let resp = cached.oneshot(req.map(BodyExt::boxed)).await?;
             let status = resp
                 .headers()
                 .get(&CACHE_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            eprintln!(
+            tracing::info!(
+                target: "proxy",
                 "{line} -> {} in {:.2} ms [{status}]",
                 resp.status().as_u16(),
                 start.elapsed().as_secs_f64() * 1000.0
@@ -651,7 +843,7 @@ fn print_stats(cache: &Cache, with_l2: bool) {
 /// Sends requests to the upstream over a pooled hyper-util client.
 #[derive(Clone)]
 struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ProxyBody>,
     upstream: Upstream,
 }
 
@@ -665,7 +857,7 @@ impl Proxy {
     }
 
     /// Forwards `req` and returns the upstream's answer, or a 502.
-    async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
         let req = match self.upstream_request(req, peer) {
             Ok(req) => req,
             Err(e) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
@@ -684,9 +876,9 @@ impl Proxy {
     /// passed on as it is, streaming.
     fn upstream_request(
         &self,
-        req: Request<Incoming>,
+        req: Request<ProxyBody>,
         peer: SocketAddr,
-    ) -> Result<Request<Incoming>, http::Error> {
+    ) -> Result<Request<ProxyBody>, http::Error> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts
             .headers

@@ -368,6 +368,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Per-request instrumentation: labels, latency histograms, the rolling
+    /// window, spans, metrics and per-lookup logs (default on). Off, only
+    /// the global counters of [`Cache::stats`] are kept (health then sees
+    /// no latency or window).
+    pub fn observability(mut self, on: bool) -> Self {
+        self.observe.enabled = on;
+        self
+    }
+
     /// The level of the per-request `cache.lookup` span (default DEBUG).
     pub fn span_level(mut self, level: tracing::Level) -> Self {
         self.observe.span_level = level;
@@ -941,8 +950,10 @@ impl CacheBuilder {
 
 /// What the adapter should do with a request.
 pub(crate) enum Decision<B: Body> {
-    /// Answer now (fresh hit, 304 from cache, 504 for `only-if-cached`).
+    /// Answer now (stale for `only-if-cached`, 504 for `only-if-cached`).
     Respond(Response<CacheBody<B>>),
+    /// A fresh L1 hit (or a 304 from it), decided at `now`.
+    Hit(Response<CacheBody<B>>, u64),
     /// Answer now with this stale entry and refresh it in the background.
     Stale(Response<CacheBody<B>>, Box<Fetch>),
     /// Forward unchanged, adding this `Cache-Status`.
@@ -989,7 +1000,10 @@ impl Cache {
         let s = &self.shared;
         let c = &s.counters;
         let now = s.clock.now_millis();
-        let hits_l1 = c.hits_l1.get();
+        // Fresh L1 hits are counted under their label when observability
+        // is on, globally when it is off (see `decide`); hits of L2
+        // entries promoted on the async path are counted globally too.
+        let hits_l1 = c.hits_l1.get() + s.obs.l1_hits_by_label();
         let hits_l2 = c.hits_l2.get();
         let mut stats = Stats {
             requests: 0,
@@ -1071,6 +1085,7 @@ impl Cache {
 
     /// Records a finished request: per-label counters, latency, window,
     /// metrics, the span's fields and (when configured) log events.
+    #[allow(clippy::too_many_arguments)] // one call per request path; a struct would only rename them
     pub(crate) fn finish(
         &self,
         label: u16,
@@ -1079,10 +1094,14 @@ impl Cache {
         span: &tracing::Span,
         status: Option<StatusCode>,
         key: Option<&str>,
+        now: Option<u64>,
     ) {
         let obs = &self.shared.obs;
+        if !obs.cfg.enabled {
+            return;
+        }
         let elapsed = obs.elapsed_ns(start);
-        let now = self.shared.clock.now_millis();
+        let now = now.unwrap_or_else(|| self.shared.clock.now_millis());
         let summary = obs.record(label, outcome, elapsed, now);
         if !span.is_disabled() {
             span.record("cache.result", outcome.result.as_str());
@@ -1093,7 +1112,7 @@ impl Cache {
                 span.record("cache.ttl_remaining_ms", t.saturating_mul(1000));
             }
             if let Some(s) = status {
-                span.record("http.response.status_code", s.as_u16());
+                span.record("http.response.status_code", i64::from(s.as_u16()));
             }
             if let Some(key) = key {
                 span.record("cache.key", crate::observe::labels::truncate(key, 200));
@@ -1304,11 +1323,15 @@ impl Cache {
         if let Some(entry) = found {
             match s.policy.usability(&entry, &plan.directives, now) {
                 Usability::Fresh => {
-                    s.counters.hits_l1.incr();
+                    // With observability on, the label's counter is the
+                    // count (one atomic add per hit, not two).
+                    if !s.obs.cfg.enabled {
+                        s.counters.hits_l1.incr();
+                    }
                     if !span.is_disabled() {
                         span.record(
                             "cache.ttl_remaining_ms",
-                            entry.timeline.fresh_until.saturating_sub(now),
+                            entry.timeline.fresh_until.saturating_sub(now) as i64,
                         );
                     }
                     let cfg = &s.obs.cfg;
@@ -1340,7 +1363,7 @@ impl Cache {
                         plan.background = true;
                         return Decision::Refresh(resp, Box::new(plan));
                     }
-                    return Decision::Respond(resp);
+                    return Decision::Hit(resp, now);
                 }
                 Usability::Stale => {
                     s.counters.stale.incr();

@@ -597,6 +597,7 @@ where
         label: plan.label,
         reads: Default::default(),
     });
+    let store_started = s.obs.start();
     let stored = cache.store_entry(
         plan.key,
         &entry,
@@ -604,6 +605,11 @@ where
         &client.headers,
         response_time,
     );
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        let ms = s.obs.elapsed_ns(store_started) as f64 / 1e6;
+        span.record("cache.store_ms", ms);
+    }
     if stored {
         s.counters.stores.incr();
         s.obs.stored(plan.label);
@@ -717,6 +723,7 @@ fn freshen(
     let entry = Arc::new(entry);
     if cache.replace_entry(plan.key, prior, Arc::clone(&entry), &client.headers) {
         s.counters.stores.incr();
+        s.obs.stored(plan.label);
     }
     Some(entry)
 }

@@ -95,7 +95,10 @@ where
                     ready!(future.poll(cx))?
                 };
                 if !span.is_disabled() {
-                    span.record("http.response.status_code", resp.status().as_u16());
+                    span.record(
+                        "http.response.status_code",
+                        i64::from(resp.status().as_u16()),
+                    );
                 }
                 let (mut parts, body) = resp.into_parts();
                 if let Some(status) = status.take() {

@@ -73,6 +73,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod body;
 mod breaker;
 mod cache;
@@ -89,6 +91,7 @@ pub mod policy;
 mod service;
 mod stats;
 mod store;
+pub mod warm;
 
 pub use body::CacheBody;
 pub use breaker::BreakerState;
@@ -101,7 +104,7 @@ pub use key::{KeyFn, KeyHash};
 pub use layer::CacheLayer;
 pub use observe::{
     Health, HealthStatus, HealthThresholds, LabelSource, LabelStats, Latency, LogLevel,
-    LookupResult, LowPerformer, Recommendation, Tier,
+    LookupResult, LowPerformer, Recommendation, RecommendationKind, Tier, WindowStats,
 };
 pub use policy::{CacheMode, NotStored, Route, SetCookiePolicy};
 pub use service::CacheService;

@@ -106,10 +106,34 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let obs = &self.cache.shared.obs;
-        let start = obs.start();
-        let label = obs.labels.label_of(&parts);
-        let span = request_span(obs.cfg.span_level, &parts);
-        match self.cache.decide::<ResB>(&parts, label, &span) {
+        let (start, label, span) = if obs.cfg.enabled {
+            let start = obs.start();
+            let label = obs.labels.label_of(&parts);
+            (start, label, request_span(obs.cfg.span_level, &parts))
+        } else {
+            (0, 0, tracing::Span::none())
+        };
+        let decision = self.cache.decide::<ResB>(&parts, label, &span);
+        if !span.is_disabled() {
+            let ms = obs.elapsed_ns(start) as f64 / 1e6;
+            span.record("cache.lookup_ms", ms);
+        }
+        match decision {
+            Decision::Hit(resp, now) => {
+                if self.cache.shared.obs.cfg.enabled {
+                    let key = self.cache.key_for_display(&parts, &span);
+                    self.cache.finish(
+                        label,
+                        &Outcome::HIT_L1,
+                        start,
+                        &span,
+                        Some(resp.status()),
+                        key.as_deref(),
+                        Some(now),
+                    );
+                }
+                ResponseFuture::ready(resp)
+            }
             Decision::Respond(resp) => {
                 finish_now(&self.cache, label, start, &span, &parts, &resp);
                 ResponseFuture::ready(resp)
@@ -119,7 +143,7 @@ where
                 let outcome = Outcome::from_status(Some(&status));
                 let key = self.cache.key_for_display(&parts, &span);
                 self.cache
-                    .finish(label, &outcome, start, &span, None, key.as_deref());
+                    .finish(label, &outcome, start, &span, None, key.as_deref(), None);
                 let future = {
                     let _entered = span.enter();
                     self.inner.call(Request::from_parts(parts, body))
@@ -176,6 +200,7 @@ fn finish_now<RB>(
         span,
         Some(resp.status()),
         key.as_deref(),
+        None,
     );
 }
 
@@ -204,7 +229,7 @@ where
             ),
             Err(_) => (Outcome::FAILED, None),
         };
-        cache.finish(label, &outcome, start, &span, status, key.as_deref());
+        cache.finish(label, &outcome, start, &span, status, key.as_deref(), None);
         result
     };
     Box::pin(fut.instrument(inner))

@@ -21,8 +21,8 @@ impl Cache {
             passes: w.passes,
             hit_ratio: ratio(w.served, w.lookups),
         };
-        stats.hit_latency = obs.hit_latency.summary().into();
-        stats.miss_latency = obs.miss_latency.summary().into();
+        stats.hit_latency = obs.latency(true).into();
+        stats.miss_latency = obs.latency(false).into();
         let sample = self.shared.l1.sample(TTL_SAMPLE);
         stats.avg_ttl_remaining_ms = (!sample.is_empty()).then(|| {
             sample
@@ -94,11 +94,9 @@ impl Cache {
         let t = &s.obs.cfg.health;
         let now = s.clock.now_millis();
         let w = s.obs.window.read(now);
-        let hits = s.obs.hit_latency.summary();
-        let misses = s.obs.miss_latency.summary();
-        let both = super::hist::Summary::merge(&s.obs.hit_latency, &s.obs.miss_latency);
+        let mut both = super::hist::Summary::merge(&s.obs.hit_latency, &s.obs.miss_latency);
+        both.sum_ns = s.obs.latency(true).sum_ns + s.obs.latency(false).sum_ns;
         let lat: Latency = both.into();
-        let _ = (hits, misses);
         let mut status = HealthStatus::Healthy;
         let mut reasons = Vec::new();
         let mut flag = |level: HealthStatus, why: String| {

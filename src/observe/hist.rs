@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(test)]
 use crate::stats::stripe;
 
 /// Sub-buckets per power of two (2^3 = 8: values land within 12.5 %).
@@ -12,7 +13,9 @@ const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) << SUB_BITS;
 const STRIPES: usize = 4;
 
 /// Durations in nanoseconds. Each thread writes one of a few stripes so
-/// that concurrent recordings rarely share a cache line.
+/// that concurrent recordings rarely share a cache line. Only bucket counts
+/// are kept here (one atomic add per recording): exact totals are the
+/// per-label sums (`Observer::latency`).
 #[derive(Debug)]
 pub(crate) struct Histogram {
     stripes: Box<[Stripe]>,
@@ -21,7 +24,6 @@ pub(crate) struct Histogram {
 #[derive(Debug)]
 #[repr(align(128))]
 struct Stripe {
-    sum: AtomicU64,
     buckets: Box<[AtomicU64]>,
 }
 
@@ -30,7 +32,6 @@ impl Default for Histogram {
         Self {
             stripes: (0..STRIPES)
                 .map(|_| Stripe {
-                    sum: AtomicU64::new(0),
                     buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
                 })
                 .collect(),
@@ -75,15 +76,15 @@ pub(crate) struct Summary {
 impl Summary {
     /// The summary of two histograms taken together.
     pub(crate) fn merge(a: &Histogram, b: &Histogram) -> Summary {
-        let (mut counts, sa) = a.merged();
-        let (cb, sb) = b.merged();
+        let mut counts = a.merged();
+        let cb = b.merged();
         for (x, y) in counts.iter_mut().zip(cb) {
             *x += y;
         }
         let count: u64 = counts.iter().sum();
         Summary {
             count,
-            sum_ns: sa.wrapping_add(sb),
+            sum_ns: 0,
             p50_ns: quantile(&counts, count, 0.50),
             p95_ns: quantile(&counts, count, 0.95),
             p99_ns: quantile(&counts, count, 0.99),
@@ -92,43 +93,48 @@ impl Summary {
 }
 
 impl Histogram {
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn record(&self, nanos: u64) {
-        let s = &self.stripes[stripe() % STRIPES];
+        self.record_at(stripe(), nanos);
+    }
+
+    /// Records with the thread's stripe already known.
+    #[inline]
+    pub(crate) fn record_at(&self, stripe: usize, nanos: u64) {
+        let s = &self.stripes[stripe % STRIPES];
         s.buckets[index(nanos)].fetch_add(1, Ordering::Relaxed);
-        s.sum.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Counts per bucket, the stripes added up.
-    fn merged(&self) -> (Vec<u64>, u64) {
+    fn merged(&self) -> Vec<u64> {
         let mut counts = vec![0u64; BUCKETS];
-        let mut sum = 0u64;
         for s in self.stripes.iter() {
-            sum = sum.wrapping_add(s.sum.load(Ordering::Relaxed));
             for (c, b) in counts.iter_mut().zip(s.buckets.iter()) {
                 *c += b.load(Ordering::Relaxed);
             }
         }
-        (counts, sum)
+        counts
     }
 
+    /// Count and percentiles (`sum_ns` is left 0: see the type's docs).
     pub(crate) fn summary(&self) -> Summary {
-        let (counts, sum_ns) = self.merged();
+        let counts = self.merged();
         let count: u64 = counts.iter().sum();
         Summary {
             count,
-            sum_ns,
+            sum_ns: 0,
             p50_ns: quantile(&counts, count, 0.50),
             p95_ns: quantile(&counts, count, 0.95),
             p99_ns: quantile(&counts, count, 0.99),
         }
     }
 
-    /// Cumulative counts at each of `bounds_ns` (for Prometheus buckets):
-    /// how many recordings fell in buckets whose upper edge is at most the
-    /// bound.
-    pub(crate) fn cumulative(&self, bounds_ns: &[u64]) -> (Vec<u64>, u64, u64) {
-        let (counts, sum) = self.merged();
+    /// Cumulative counts at each of `bounds_ns` (for Prometheus buckets),
+    /// and the total. A bucket counts under a bound when its upper edge is
+    /// at most the bound, so values within 12.5 % below a bound may be
+    /// counted under the next one.
+    pub(crate) fn cumulative(&self, bounds_ns: &[u64]) -> (Vec<u64>, u64) {
+        let counts = self.merged();
         let total = counts.iter().sum();
         let out = bounds_ns
             .iter()
@@ -144,12 +150,11 @@ impl Histogram {
                     .sum()
             })
             .collect();
-        (out, total, sum)
+        (out, total)
     }
 
     pub(crate) fn reset(&self) {
         for s in self.stripes.iter() {
-            s.sum.store(0, Ordering::Relaxed);
             for b in s.buckets.iter() {
                 b.store(0, Ordering::Relaxed);
             }
@@ -204,7 +209,6 @@ mod tests {
         }
         let s = h.summary();
         assert_eq!(s.count, 1000);
-        assert_eq!(s.sum_ns, (1..=1000u64).sum::<u64>() * 1000);
         for (got, want) in [
             (s.p50_ns, 500_000.0),
             (s.p95_ns, 950_000.0),
@@ -223,7 +227,7 @@ mod tests {
         h.record(500); // 0.5 µs
         h.record(2_000_000); // 2 ms
         h.record(2_000_000_000); // 2 s
-        let (c, total, _) = h.cumulative(&[1_000, 5_000_000, 1_000_000_000]);
+        let (c, total) = h.cumulative(&[1_000, 5_000_000, 1_000_000_000]);
         assert_eq!(c, vec![1, 2, 2]);
         assert_eq!(total, 3);
     }

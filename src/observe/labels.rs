@@ -58,6 +58,7 @@ pub(crate) mod field {
     pub(crate) const REVALIDATED: usize = 4;
     pub(crate) const COALESCED: usize = 5;
     pub(crate) const PASS: usize = 6;
+    /// Time (ns) of lookups that were not served from storage.
     pub(crate) const LATENCY_NS: usize = 7;
     pub(crate) const STORES: usize = 8;
     pub(crate) const NO_FRESHNESS: usize = 9;
@@ -67,7 +68,9 @@ pub(crate) mod field {
     pub(crate) const VARY_MISS: usize = 13;
     pub(crate) const EVICTED_UNREAD: usize = 14;
     pub(crate) const ERRORS: usize = 15;
-    pub(crate) const COUNT: usize = 16;
+    /// Time (ns) of lookups served from storage (hits and stale).
+    pub(crate) const SERVED_NS: usize = 16;
+    pub(crate) const COUNT: usize = 17;
 }
 
 const STRIPES: usize = 4;
@@ -85,7 +88,13 @@ pub(crate) struct LabelCounters {
 impl LabelCounters {
     #[inline]
     pub(crate) fn add(&self, field: usize, n: u64) {
-        self.stripes[stripe() % STRIPES].0[field].fetch_add(n, Ordering::Relaxed);
+        self.add_at(stripe(), field, n);
+    }
+
+    /// [`add`](Self::add) with the thread's stripe already known.
+    #[inline]
+    pub(crate) fn add_at(&self, stripe: usize, field: usize, n: u64) {
+        self.stripes[stripe % STRIPES].0[field].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn read(&self) -> [u64; field::COUNT] {
@@ -165,21 +174,20 @@ impl LabelTable {
                 if let Some(p) = parts.extensions.get::<axum::extract::MatchedPath>() {
                     return self.resolve(p.as_str());
                 }
-                match parts.uri.host() {
-                    Some(h) => self.resolve(h),
+                match parts.uri.authority() {
+                    Some(a) => self.resolve_host(a.as_str()),
                     None => DEFAULT_INDEX,
                 }
             }
             LabelSource::Host => {
-                let host = parts.uri.host().or_else(|| {
+                let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
                     parts
                         .headers
                         .get(http::header::HOST)
                         .and_then(|h| h.to_str().ok())
-                        .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h))
                 });
-                match host {
-                    Some(h) => self.resolve(h),
+                match authority {
+                    Some(a) => self.resolve_host(a),
                     None => DEFAULT_INDEX,
                 }
             }
@@ -190,24 +198,47 @@ impl LabelTable {
         }
     }
 
+    /// The index of the host of `authority` (`[user@]host[:port]`). The
+    /// thread's last answer is keyed by the authority as given, so the
+    /// host is parsed out only when it changes.
+    #[inline]
+    fn resolve_host(&self, authority: &str) -> u16 {
+        self.resolve_with(authority, |a| {
+            let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+            match a.strip_prefix('[') {
+                // [v6]:port
+                Some(v6) => v6.split_once(']').map_or(a, |(h, _)| h),
+                None => a.rsplit_once(':').map_or(a, |(h, _)| h),
+            }
+        })
+    }
+
     /// The index of `name`, handing out a new one while there is room.
     pub(crate) fn resolve(&self, name: &str) -> u16 {
+        self.resolve_with(name, |n| n)
+    }
+
+    /// The index of `name(raw)`; the thread's last `raw` and its index are
+    /// remembered.
+    #[inline]
+    fn resolve_with(&self, raw: &str, name: impl Fn(&str) -> &str) -> u16 {
+        let name_of = name;
         let cached = LAST
             .try_with(|last| {
                 let last = last.borrow();
-                (last.0 == self.id && last.1 == name).then_some(last.2)
+                (last.0 == self.id && last.1 == raw).then_some(last.2)
             })
             .ok()
             .flatten();
         if let Some(i) = cached {
             return i;
         }
-        let i = self.lookup_or_insert(name);
+        let i = self.lookup_or_insert(name_of(raw));
         let _ = LAST.try_with(|last| {
             if let Ok(mut last) = last.try_borrow_mut() {
                 last.0 = self.id;
                 last.1.clear();
-                last.1.push_str(name);
+                last.1.push_str(raw);
                 last.2 = i;
             }
         });
@@ -324,6 +355,16 @@ mod tests {
         let i = t.label_of(&parts("/users/7"));
         assert_eq!(&*t.name(i), "/users");
         assert_eq!(t.label_of(&parts("/")), t.resolve("/"));
+
+        // hosts without ports, user info or brackets
+        let t = LabelTable::new(LabelSource::Auto, 8);
+        for (uri, host) in [
+            ("http://u:p@h.example:81/x", "h.example"),
+            ("http://[::1]:8080/x", "::1"),
+            ("http://h.example/x", "h.example"),
+        ] {
+            assert_eq!(&*t.name(t.label_of(&parts(uri))), host, "{uri}");
+        }
     }
 
     #[test]

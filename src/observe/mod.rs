@@ -4,9 +4,11 @@
 
 mod api;
 pub(crate) mod hist;
+mod info;
 pub(crate) mod labels;
 #[cfg(feature = "opentelemetry")]
 pub(crate) mod metrics;
+mod prometheus;
 pub(crate) mod report;
 pub(crate) mod window;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+pub use info::{EagerRefreshInfo, Info, L1Info, L2Info, LabelsInfo};
 pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
 pub use report::{
     Health, HealthStatus, HealthThresholds, LabelStats, Latency, LowPerformer, Recommendation,
@@ -156,7 +159,9 @@ impl Outcome {
             LookupResult::Miss
         } else if fwd_status == "304" && tier != Tier::None {
             LookupResult::Revalidated
-        } else if matches!(fwd, "bypass" | "method") || matches!(detail, "hit-for-pass" | "range") {
+        } else if matches!(fwd, "bypass" | "method")
+            || matches!(detail, "hit-for-pass" | "range" | "only-if-cached")
+        {
             LookupResult::Pass
         } else {
             LookupResult::Miss
@@ -264,6 +269,9 @@ pub(crate) struct ObserveConfig {
     pub(crate) eager_fraction: f64,
     pub(crate) eager_min_reads: u32,
     pub(crate) span_level: tracing::Level,
+    /// Per-request instrumentation (labels, latency, window, spans,
+    /// metrics, per-lookup logs). The global counters are always kept.
+    pub(crate) enabled: bool,
 }
 
 impl Default for ObserveConfig {
@@ -277,6 +285,7 @@ impl Default for ObserveConfig {
             eager_fraction: 0.0,
             eager_min_reads: 10,
             span_level: tracing::Level::DEBUG,
+            enabled: true,
         }
     }
 }
@@ -285,6 +294,12 @@ impl Default for ObserveConfig {
 /// in later are declared empty.
 #[inline]
 pub(crate) fn request_span(level: tracing::Level, parts: &http::request::Parts) -> tracing::Span {
+    // With no subscriber ever installed there is nothing to report to: skip
+    // the macro, which (with tracing's `log` feature, that some dependency
+    // may turn on) would still build a disabled span and its fields.
+    if !tracing::dispatcher::has_been_set() {
+        return tracing::Span::none();
+    }
     macro_rules! span_at {
         ($lvl:expr) => {
             tracing::span!(
@@ -396,20 +411,22 @@ impl Observer {
     /// histograms and in the window. Returns whether a summary is due.
     #[inline]
     pub(crate) fn record(&self, label: u16, o: &Outcome, elapsed_ns: u64, now_ms: u64) -> bool {
+        let stripe = crate::stats::stripe();
         let c = self.labels.counters(label);
-        c.add(o.field(), 1);
-        c.add(field::LATENCY_NS, elapsed_ns);
+        c.add_at(stripe, o.field(), 1);
         if o.vary_miss {
-            c.add(field::VARY_MISS, 1);
+            c.add_at(stripe, field::VARY_MISS, 1);
         }
         let served = matches!(o.result, LookupResult::Hit | LookupResult::Stale);
         let lookup = o.result != LookupResult::Pass;
         if served {
-            self.hit_latency.record(elapsed_ns);
+            c.add_at(stripe, field::SERVED_NS, elapsed_ns);
+            self.hit_latency.record_at(stripe, elapsed_ns);
         } else if lookup {
-            self.miss_latency.record(elapsed_ns);
+            c.add_at(stripe, field::LATENCY_NS, elapsed_ns);
+            self.miss_latency.record_at(stripe, elapsed_ns);
         }
-        self.window.record(now_ms, lookup, served);
+        self.window.record_at(stripe, now_ms, lookup, served);
         #[cfg(feature = "opentelemetry")]
         if let Some(m) = self.metrics.get() {
             m.lookup(self, label, o, elapsed_ns);
@@ -501,6 +518,7 @@ impl Observer {
     }
 
     /// A warning about a slow or failed L2 operation.
+    #[cfg(feature = "redis")]
     pub(crate) fn slow_l2(&self, name: &str, took: Duration, ok: bool) {
         if self.cfg.log.warnings() && took >= self.cfg.slow {
             tracing::warn!(
@@ -512,6 +530,31 @@ impl Observer {
                 "slow L2 (Redis) operation"
             );
         }
+    }
+
+    /// Fresh L1 hits counted under labels by the synchronous hit path.
+    pub(crate) fn l1_hits_by_label(&self) -> u64 {
+        if !self.cfg.enabled {
+            return 0;
+        }
+        self.labels
+            .all()
+            .iter()
+            .map(|(_, c)| c[field::HIT_L1])
+            .sum()
+    }
+
+    /// The hit (served) or miss latency: percentiles from the histogram,
+    /// the exact total from the per-label sums.
+    pub(crate) fn latency(&self, served: bool) -> hist::Summary {
+        let (h, f) = if served {
+            (&self.hit_latency, field::SERVED_NS)
+        } else {
+            (&self.miss_latency, field::LATENCY_NS)
+        };
+        let mut s = h.summary();
+        s.sum_ns = self.labels.all().iter().map(|(_, c)| c[f]).sum();
+        s
     }
 
     pub(crate) fn reset(&self) {
@@ -607,7 +650,7 @@ mod tests {
             ),
             (
                 "tower-tiered-cache; detail=only-if-cached",
-                Miss,
+                Pass,
                 Tier::None,
                 false,
             ),

@@ -35,7 +35,8 @@ pub struct LabelStats {
     pub passes: u64,
     /// `(hits + stale) / lookups`, where lookups are all but passes.
     pub hit_ratio: f64,
-    /// Mean time in the cache layer per request (to the response head), ms.
+    /// Mean time in the cache layer per lookup (to the response head, the
+    /// upstream call included for misses), ms. Passes are not timed.
     pub mean_latency_ms: f64,
     /// Responses stored.
     pub stores: u64,
@@ -73,10 +74,10 @@ impl LabelStats {
             coalesced: c[field::COALESCED],
             passes: c[field::PASS],
             hit_ratio: ratio(hits + c[field::STALE], lookups),
-            mean_latency_ms: if requests == 0 {
+            mean_latency_ms: if lookups == 0 {
                 0.0
             } else {
-                c[field::LATENCY_NS] as f64 / requests as f64 / 1e6
+                (c[field::LATENCY_NS] + c[field::SERVED_NS]) as f64 / lookups as f64 / 1e6
             },
             stores: c[field::STORES],
             not_stored_no_freshness: c[field::NO_FRESHNESS],
@@ -420,7 +421,8 @@ mod tests {
             c[field::STALE] = 2;
             c[field::MISS] = 10;
             c[field::PASS] = 5;
-            c[field::LATENCY_NS] = 25 * 2_000_000;
+            c[field::LATENCY_NS] = 10 * 2_000_000;
+            c[field::SERVED_NS] = 10 * 2_000_000;
         });
         assert_eq!(s.requests, 25);
         assert_eq!(s.lookups(), 20);

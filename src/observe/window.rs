@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(test)]
 use crate::stats::stripe;
 
 /// Slot length in milliseconds.
@@ -15,8 +16,10 @@ const STRIPES: usize = 2;
 struct Slot {
     /// Which 5-second period (`now / SLOT_MS`) the counts belong to.
     epoch: AtomicU64,
-    lookups: AtomicU64,
-    served: AtomicU64,
+    /// Lookups in the low 32 bits, served lookups in the high 32 (one
+    /// atomic add per request; a 5-second slot of one stripe never sees
+    /// 2^32 requests).
+    lookups_served: AtomicU64,
     passes: AtomicU64,
 }
 
@@ -49,10 +52,16 @@ pub(crate) struct WindowCounts {
 impl Window {
     /// Counts one request at `now_ms`: a lookup (`served` when answered
     /// from storage) or a pass.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn record(&self, now_ms: u64, lookup: bool, served: bool) {
+        self.record_at(stripe(), now_ms, lookup, served);
+    }
+
+    /// Records with the thread's stripe already known.
+    #[inline]
+    pub(crate) fn record_at(&self, stripe: usize, now_ms: u64, lookup: bool, served: bool) {
         let epoch = now_ms / SLOT_MS + 1; // 0 marks a slot never used
-        let i = (epoch % SLOTS) as usize * STRIPES + stripe() % STRIPES;
+        let i = (epoch % SLOTS) as usize * STRIPES + stripe % STRIPES;
         let slot = &self.slots[i];
         let seen = slot.epoch.load(Ordering::Relaxed);
         if seen != epoch {
@@ -66,16 +75,13 @@ impl Window {
             {
                 // Counts added by others between the swap and these stores
                 // are lost: at most a few, once per slot per period.
-                slot.lookups.store(0, Ordering::Relaxed);
-                slot.served.store(0, Ordering::Relaxed);
+                slot.lookups_served.store(0, Ordering::Relaxed);
                 slot.passes.store(0, Ordering::Relaxed);
             }
         }
         if lookup {
-            slot.lookups.fetch_add(1, Ordering::Relaxed);
-            if served {
-                slot.served.fetch_add(1, Ordering::Relaxed);
-            }
+            let add = 1 | (u64::from(served) << 32);
+            slot.lookups_served.fetch_add(add, Ordering::Relaxed);
         } else {
             slot.passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -89,8 +95,9 @@ impl Window {
         for slot in self.slots.iter() {
             let e = slot.epoch.load(Ordering::Acquire);
             if e >= oldest && e <= epoch && e != 0 {
-                out.lookups += slot.lookups.load(Ordering::Relaxed);
-                out.served += slot.served.load(Ordering::Relaxed);
+                let both = slot.lookups_served.load(Ordering::Relaxed);
+                out.lookups += both & 0xffff_ffff;
+                out.served += both >> 32;
                 out.passes += slot.passes.load(Ordering::Relaxed);
             }
         }

@@ -216,6 +216,7 @@ impl DecodeError {
     /// True when the value is valid but needs a feature this build lacks
     /// (a compressed body without `compression`): other instances may read
     /// it, so it must not be deleted.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_unreadable_here(&self) -> bool {
         !cfg!(feature = "compression")
             && matches!(

@@ -419,7 +419,9 @@ impl L2 {
         let stale = last
             .as_ref()
             .is_none_or(|i| now.saturating_sub(i.fetched_at_ms) >= 10_000);
-        if stale && self.breaker.allow(now) {
+        // Only while the breaker is closed: `allow` would take the probe a
+        // half-open breaker keeps for requests.
+        if stale && self.breaker.state(now) == crate::BreakerState::Closed {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 if !self.info_fetching.swap(true, Ordering::AcqRel) {
                     let me = Arc::clone(self);

@@ -297,7 +297,7 @@ impl RedisStore {
             db.system.name = "redis",
             db.operation.name = name,
             server.address = %self.server.0,
-            server.port = self.server.1,
+            server.port = i64::from(self.server.1),
             error.type = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
