@@ -317,6 +317,49 @@ fn observe_overhead(c: &mut Criterion) {
         use opentelemetry::metrics::MeterProvider as _;
         stored(Cache::builder().meter(provider.meter("bench")))
     };
+    // Interleaved: rounds of the same number of hits on each side in turn,
+    // so that the machine's load drifts equally over all of them; the
+    // median round of each side is reported, and the ratios between them.
+    {
+        const ROUNDS: usize = 41;
+        const PER_ROUND: usize = 20_000;
+        let mut sides: Vec<(&str, Vec<f64>)> =
+            vec![("uninstrumented", vec![]), ("instrumented", vec![])];
+        #[cfg(feature = "opentelemetry")]
+        sides.push(("instrumented+metrics", vec![]));
+        for _ in 0..ROUNDS {
+            for (name, times) in sides.iter_mut() {
+                let reqs: Vec<_> = (0..PER_ROUND).map(|_| hit.make()).collect();
+                let svc = match *name {
+                    "uninstrumented" => &mut plain,
+                    "instrumented" => &mut observed,
+                    #[cfg(feature = "opentelemetry")]
+                    _ => &mut metered,
+                    #[cfg(not(feature = "opentelemetry"))]
+                    _ => unreachable!(),
+                };
+                let mut out = Vec::with_capacity(PER_ROUND);
+                let t = std::time::Instant::now();
+                for req in reqs {
+                    out.push(call_once(svc, req, &waker));
+                }
+                times.push(t.elapsed().as_nanos() as f64 / PER_ROUND as f64);
+                drop(out);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&mut sides[0].1);
+        for (name, times) in sides.iter_mut() {
+            let m = median(times);
+            println!(
+                "interleaved L1 hit, {name}: {m:.1} ns (median of {ROUNDS} rounds of {PER_ROUND}), {:.3}x uninstrumented",
+                m / base
+            );
+        }
+    }
     let mut g = c.benchmark_group("observe_overhead");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));

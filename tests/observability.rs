@@ -866,10 +866,37 @@ async fn a_304_refresh_counts_as_a_store_under_its_label() {
 // 4. Latency and the rolling window
 // ---------------------------------------------------------------------------
 
+/// By default one fresh L1 hit in eight is timed (per thread); every
+/// other request is, and hit counts stay exact.
+#[tokio::test]
+async fn fresh_hits_are_timed_one_in_eight_by_default() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, _) = origin(|_, _| ok("max-age=3600", "x"));
+    let svc = cached(&cache, origin);
+    // This test's thread is new: its tick starts at 0. The miss is the
+    // first request (tick 1), the 64 hits are ticks 2..=65: 8 of them are
+    // multiples of 8.
+    for _ in 0..65 {
+        send(&svc, get("http://example.com/t")).await;
+    }
+    let st = cache.stats();
+    assert_eq!((st.hits, st.misses), (64, 1));
+    assert_eq!(st.hit_latency.count, 8);
+    assert_eq!(st.miss_latency.count, 1);
+    let l = label(&cache.label_stats(), "example.com").clone();
+    assert_eq!(l.hits, 64);
+    assert!(l.mean_latency_ms > 0.0, "{l:#?}");
+    assert!(
+        Cache::builder().hit_timing_sample(0).build().is_err(),
+        "0 is refused"
+    );
+}
+
 #[tokio::test]
 async fn latency_counts_match_outcomes_and_the_window_ages_out() {
     let clock = clock();
-    let cache = builder(&clock).build().unwrap();
+    let cache = builder(&clock).hit_timing_sample(1).build().unwrap();
     let (origin, _) = origin(|_, _| ok("max-age=3600", "x"));
     let svc = cached(&cache, origin);
     for i in 0..3 {
@@ -933,7 +960,7 @@ async fn latency_counts_match_outcomes_and_the_window_ages_out() {
 #[tokio::test]
 async fn reset_stats_zeroes_labels_latency_and_the_window() {
     let clock = clock();
-    let cache = builder(&clock).build().unwrap();
+    let cache = builder(&clock).hit_timing_sample(1).build().unwrap();
     let (origin, log) = origin(|_, _| ok("max-age=60", "x"));
     let svc = cached(&cache, origin);
     for _ in 0..3 {

@@ -94,8 +94,27 @@ impl Cache {
         let t = &s.obs.cfg.health;
         let now = s.clock.now_millis();
         let w = s.obs.window.read(now);
-        let mut both = super::hist::Summary::merge(&s.obs.hit_latency, &s.obs.miss_latency);
-        both.sum_ns = s.obs.latency(true).sum_ns + s.obs.latency(false).sum_ns;
+        // Hits are timed one in HIT_TIMING_SAMPLE: weight them back up.
+        let served: u64 = s
+            .obs
+            .labels
+            .all()
+            .iter()
+            .map(|(_, c)| {
+                c[super::labels::field::HIT_L1]
+                    + c[super::labels::field::HIT_L2]
+                    + c[super::labels::field::STALE]
+            })
+            .sum();
+        let hits = s.obs.latency(true);
+        let misses = s.obs.latency(false);
+        let weight = if hits.count == 0 {
+            1.0
+        } else {
+            served as f64 / hits.count as f64
+        };
+        let mut both = super::hist::Summary::merge(&s.obs.hit_latency, weight, &s.obs.miss_latency);
+        both.sum_ns = (hits.sum_ns as f64 * weight) as u64 + misses.sum_ns;
         let lat: Latency = both.into();
         let mut status = HealthStatus::Healthy;
         let mut reasons = Vec::new();

@@ -74,9 +74,14 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
-    /// The summary of two histograms taken together.
-    pub(crate) fn merge(a: &Histogram, b: &Histogram) -> Summary {
-        let mut counts = a.merged();
+    /// The summary of two histograms taken together, `a`'s counts
+    /// weighted by `weight_a` (for a sampled `a`).
+    pub(crate) fn merge(a: &Histogram, weight_a: f64, b: &Histogram) -> Summary {
+        let mut counts: Vec<u64> = a
+            .merged()
+            .into_iter()
+            .map(|c| (c as f64 * weight_a).round() as u64)
+            .collect();
         let cb = b.merged();
         for (x, y) in counts.iter_mut().zip(cb) {
             *x += y;

@@ -70,7 +70,10 @@ pub(crate) mod field {
     pub(crate) const ERRORS: usize = 15;
     /// Time (ns) of lookups served from storage (hits and stale).
     pub(crate) const SERVED_NS: usize = 16;
-    pub(crate) const COUNT: usize = 17;
+    /// Lookups served from storage that were timed (fresh L1 hits are
+    /// timed one in [`HIT_TIMING_SAMPLE`](crate::observe::HIT_TIMING_SAMPLE)).
+    pub(crate) const TIMED_SERVED: usize = 17;
+    pub(crate) const COUNT: usize = 18;
 }
 
 const STRIPES: usize = 4;

@@ -39,27 +39,6 @@ const OP_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Fresh L1 hits recorded in `cache.lookup.duration`: one in this many
-/// per thread. Recording one costs about as much as the hit itself; their
-/// count is exact in `cache.requests`, and their latency distribution is
-/// stable enough to sample.
-pub(crate) const L1_HIT_SAMPLE: u32 = 64;
-
-thread_local! {
-    static HIT_TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-#[inline]
-fn sampled() -> bool {
-    HIT_TICK
-        .try_with(|t| {
-            let n = t.get().wrapping_add(1);
-            t.set(n);
-            n % L1_HIT_SAMPLE == 1
-        })
-        .unwrap_or(false)
-}
-
 /// The synchronous instruments, and per-label attribute values made once.
 pub(crate) struct Instruments {
     lookup: Histogram<f64>,
@@ -80,9 +59,6 @@ impl Instruments {
     }
 
     pub(crate) fn lookup(&self, obs: &Observer, label: u16, o: &Outcome, elapsed_ns: u64) {
-        if *o == Outcome::HIT_L1 && !sampled() {
-            return;
-        }
         self.lookup.record(
             elapsed_ns as f64 / 1e9,
             &[

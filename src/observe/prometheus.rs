@@ -424,7 +424,11 @@ mod tests {
 
     #[tokio::test]
     async fn renders_the_counters() {
-        let cache = Cache::builder().labels(LabelSource::Host).build().unwrap();
+        let cache = Cache::builder()
+            .labels(LabelSource::Host)
+            .hit_timing_sample(1)
+            .build()
+            .unwrap();
         let origin = service_fn(|req: Request<()>| async move {
             let cc = if req.uri().path() == "/nostore" {
                 "no-store"

@@ -74,10 +74,20 @@ impl LabelStats {
             coalesced: c[field::COALESCED],
             passes: c[field::PASS],
             hit_ratio: ratio(hits + c[field::STALE], lookups),
-            mean_latency_ms: if lookups == 0 {
-                0.0
-            } else {
-                (c[field::LATENCY_NS] + c[field::SERVED_NS]) as f64 / lookups as f64 / 1e6
+            mean_latency_ms: {
+                // Fresh L1 hits are timed one in HIT_TIMING_SAMPLE: scale
+                // their time up to all served lookups.
+                let served = hits + c[field::STALE];
+                let served_ns = if c[field::TIMED_SERVED] == 0 {
+                    0.0
+                } else {
+                    c[field::SERVED_NS] as f64 * served as f64 / c[field::TIMED_SERVED] as f64
+                };
+                if lookups == 0 {
+                    0.0
+                } else {
+                    (c[field::LATENCY_NS] as f64 + served_ns) / lookups as f64 / 1e6
+                }
             },
             stores: c[field::STORES],
             not_stored_no_freshness: c[field::NO_FRESHNESS],
@@ -110,7 +120,10 @@ pub(crate) fn ratio(part: u64, whole: u64) -> f64 {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Latency {
-    /// Requests measured.
+    /// Requests timed: every one but fresh L1 hits, which are timed one
+    /// in [`HIT_TIMING_SAMPLE`](crate::observe::HIT_TIMING_SAMPLE) per
+    /// thread (their counts are exact in the stats; the sample sets the
+    /// percentiles and the mean).
     pub count: u64,
     /// Mean, ms.
     pub mean_ms: f64,
@@ -422,7 +435,9 @@ mod tests {
             c[field::MISS] = 10;
             c[field::PASS] = 5;
             c[field::LATENCY_NS] = 10 * 2_000_000;
-            c[field::SERVED_NS] = 10 * 2_000_000;
+            // 10 served, 5 of them timed
+            c[field::SERVED_NS] = 5 * 2_000_000;
+            c[field::TIMED_SERVED] = 5;
         });
         assert_eq!(s.requests, 25);
         assert_eq!(s.lookups(), 20);
