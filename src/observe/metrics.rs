@@ -45,7 +45,26 @@ pub(crate) struct Instruments {
     upstream: Histogram<f64>,
     l2_op: Histogram<f64>,
     label_values: Vec<std::sync::OnceLock<opentelemetry::Value>>,
+    /// Per label, the lookup histogram's attribute sets for every
+    /// (result, tier), made once: recording then passes a ready slice in
+    /// the same order every time (no clones, no sorting on our side).
+    lookup_attrs: Vec<std::sync::OnceLock<Box<[[KeyValue; 3]]>>>,
     l2_server: Option<(String, i64)>,
+}
+
+const RESULTS: [LookupResult; 5] = [
+    LookupResult::Hit,
+    LookupResult::Stale,
+    LookupResult::Miss,
+    LookupResult::Pass,
+    LookupResult::Revalidated,
+];
+const TIERS: [super::Tier; 3] = [super::Tier::L1, super::Tier::L2, super::Tier::None];
+
+fn combo(o: &Outcome) -> usize {
+    let r = RESULTS.iter().position(|r| *r == o.result).unwrap_or(2);
+    let t = TIERS.iter().position(|t| *t == o.tier).unwrap_or(2);
+    r * TIERS.len() + t
 }
 
 impl Instruments {
@@ -59,14 +78,26 @@ impl Instruments {
     }
 
     pub(crate) fn lookup(&self, obs: &Observer, label: u16, o: &Outcome, elapsed_ns: u64) {
-        self.lookup.record(
-            elapsed_ns as f64 / 1e9,
-            &[
-                KeyValue::new("cache.result", o.result.as_str()),
-                KeyValue::new("cache.tier", o.tier.as_str()),
-                KeyValue::new("cache.label", self.label(obs, label)),
-            ],
-        );
+        let Some(cell) = self.lookup_attrs.get(usize::from(label)) else {
+            return;
+        };
+        let sets = cell.get_or_init(|| {
+            let name = self.label(obs, label);
+            RESULTS
+                .iter()
+                .flat_map(|r| {
+                    let name = name.clone();
+                    TIERS.iter().map(move |t| {
+                        [
+                            KeyValue::new("cache.result", r.as_str()),
+                            KeyValue::new("cache.tier", t.as_str()),
+                            KeyValue::new("cache.label", name.clone()),
+                        ]
+                    })
+                })
+                .collect()
+        });
+        self.lookup.record(elapsed_ns as f64 / 1e9, &sets[combo(o)]);
     }
 
     pub(crate) fn upstream(
@@ -156,6 +187,9 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
             .with_boundaries(OP_BUCKETS.to_vec())
             .build(),
         label_values: (0..shared.obs.cfg.max_labels + 2)
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+        lookup_attrs: (0..shared.obs.cfg.max_labels + 2)
             .map(|_| std::sync::OnceLock::new())
             .collect(),
         l2_server,
