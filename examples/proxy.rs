@@ -164,7 +164,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = run(config, cache).await;
+    // The cache outlives the last export, so its counters are in it.
+    let result = run(config, cache.clone()).await;
     if let Err(e) = telemetry.shutdown() {
         eprintln!("telemetry: {e}");
     }
