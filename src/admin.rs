@@ -10,6 +10,7 @@
 //! | `GET` | `/health` | [`Cache::health`]; 503 when degraded |
 //! | `GET` | `/stats` | [`Cache::stats`] |
 //! | `GET` | `/stats/labels` | [`Cache::label_stats`] |
+//! | `GET` | `/stats/shared` | `Cache::shared_stats` (feature `redis`): totals accumulated in Redis by every instance; 404 without them |
 //! | `GET` | `/stats/top?limit=N` | [`Cache::top_labels`] (`limit` 1..=1000, default 10) |
 //! | `GET` | `/stats/low-performers?threshold=R` | [`Cache::low_performers`] (`threshold` 0..=1, default 0.5) |
 //! | `GET` | `/metrics` | [`Cache::prometheus`] (`text/plain; version=0.0.4`) |
@@ -379,6 +380,7 @@ impl AdminService {
             }
             Route::Stats => json_response(StatusCode::OK, &cache.stats()),
             Route::StatsLabels => json_response(StatusCode::OK, &cache.label_stats()),
+            Route::StatsShared => shared_stats(cache).await,
             Route::StatsTop => match parse_limit(query) {
                 Ok(limit) => json_response(StatusCode::OK, &cache.top_labels(limit)),
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -640,6 +642,25 @@ impl Future for AdminFuture {
     }
 }
 
+/// `GET /stats/shared`: the totals accumulated in Redis by every instance.
+async fn shared_stats(cache: &Cache) -> Response<Full<Bytes>> {
+    #[cfg(feature = "redis")]
+    if cache.info().l2.is_some() {
+        return match cache.shared_stats().await {
+            Some(s) => json_response(StatusCode::OK, &s),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shared stats are off (CacheBuilder::shared_stats) or Redis did not answer",
+            ),
+        };
+    }
+    let _ = cache;
+    error(
+        StatusCode::NOT_FOUND,
+        "no shared stats: they need the L2 tier and CacheBuilder::shared_stats",
+    )
+}
+
 /// The methods of read-only routes, and of the others.
 const GET: &str = "GET, HEAD";
 const POST: &str = "POST";
@@ -649,6 +670,7 @@ enum Route<'a> {
     Health,
     Stats,
     StatsLabels,
+    StatsShared,
     StatsTop,
     LowPerformers,
     Metrics,
@@ -665,6 +687,7 @@ impl<'a> Route<'a> {
             "/health" => Route::Health,
             "/stats" => Route::Stats,
             "/stats/labels" => Route::StatsLabels,
+            "/stats/shared" => Route::StatsShared,
             "/stats/top" => Route::StatsTop,
             "/stats/low-performers" => Route::LowPerformers,
             "/metrics" => Route::Metrics,

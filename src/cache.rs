@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     pub(crate) obs: Observer,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
+    /// Stats accumulated in Redis (`shared_stats`).
+    #[cfg(feature = "redis")]
+    pub(crate) shared_stats: Option<crate::observe::shared::Flusher>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +264,7 @@ struct L2Settings {
     write_queue: usize,
     l1_max_ttl: Duration,
     compress_over: Option<usize>,
+    shared_stats: Option<Duration>,
 }
 
 #[cfg(feature = "redis")]
@@ -278,6 +282,7 @@ impl Default for L2Settings {
             write_queue: 1024,
             l1_max_ttl: Duration::from_secs(10),
             compress_over: cfg!(feature = "compression").then_some(1024),
+            shared_stats: None,
         }
     }
 }
@@ -650,6 +655,19 @@ impl CacheBuilder {
         self
     }
 
+    /// Accumulates stats in Redis as well: every `every`, this instance
+    /// adds what it counted since its last flush to the hash
+    /// `{namespace}:stats`, so totals survive restarts and add up across
+    /// instances ([`Cache::shared_stats`], [`Cache::flush_shared_stats`]
+    /// before a graceful shutdown, [`Cache::reset_shared_stats`]). Needs
+    /// the L2 tier; off by default.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_stats(mut self, every: Duration) -> Self {
+        self.l2.shared_stats = Some(every);
+        self
+    }
+
     /// The prefix of every L2 key (default `ttc`), so several services can
     /// share one Redis: keys are `{namespace}:{format}:{key hash}`.
     #[cfg(feature = "redis")]
@@ -818,6 +836,21 @@ impl CacheBuilder {
             ));
         }
         #[cfg(feature = "redis")]
+        if let Some(every) = self.l2.shared_stats {
+            if self.l2.target.is_none() {
+                return Err(BuildError::invalid(
+                    "shared_stats",
+                    "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
+                ));
+            }
+            if every < Duration::from_millis(100) {
+                return Err(BuildError::invalid(
+                    "shared_stats",
+                    "the flush interval must be at least 100 ms",
+                ));
+            }
+        }
+        #[cfg(feature = "redis")]
         let l2 = self.build_l2()?;
         #[cfg(feature = "opentelemetry")]
         let meter = self.meter;
@@ -842,6 +875,11 @@ impl CacheBuilder {
                 tags: self.tags,
             },
             obs: Observer::new(self.observe),
+            #[cfg(feature = "redis")]
+            shared_stats: match (&l2, self.l2.shared_stats) {
+                (Some(_), Some(interval)) => Some(crate::observe::shared::Flusher::new(interval)),
+                _ => None,
+            },
             #[cfg(feature = "redis")]
             l2,
         };
@@ -1095,6 +1133,10 @@ impl Cache {
     /// Sets the request counters, per-label stats, latency histograms and
     /// the rolling window back to zero (tier sizes are unaffected).
     pub fn reset_stats(&self) {
+        // Shared stats in Redis are not reset: what was counted since the
+        // last flush is still added to them.
+        #[cfg(feature = "redis")]
+        self.carry_unflushed();
         self.shared.counters.reset();
         self.shared.obs.reset();
     }
@@ -1119,6 +1161,10 @@ impl Cache {
         let elapsed = (start != 0).then(|| obs.elapsed_ns(start));
         let now = now.unwrap_or_else(|| self.shared.clock.now_millis());
         let summary = obs.record(label, outcome, elapsed, now);
+        #[cfg(feature = "redis")]
+        if let Some(f) = &self.shared.shared_stats {
+            f.ensure_started(&self.shared);
+        }
         if !span.is_disabled() {
             span.record("cache.result", outcome.result.as_str());
             span.record("cache.tier", outcome.tier.as_str());

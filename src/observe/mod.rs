@@ -10,6 +10,8 @@ pub(crate) mod labels;
 pub(crate) mod metrics;
 mod prometheus;
 pub(crate) mod report;
+#[cfg(feature = "redis")]
+pub(crate) mod shared;
 pub(crate) mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,8 @@ pub use report::{
     Health, HealthStatus, HealthThresholds, LabelStats, Latency, LowPerformer, Recommendation,
     RecommendationKind, WindowStats,
 };
+#[cfg(feature = "redis")]
+pub use shared::{SharedLabelStats, SharedStats};
 
 use hist::Histogram;
 use labels::{field, LabelTable};

@@ -392,13 +392,72 @@ impl L2 {
     pub(crate) async fn clear(&self) -> u64 {
         self.note_cleared();
         let pattern = format!("{}:*", self.cfg.namespace);
+        let stats = self.stats_key();
         let mut removed = 0;
-        for keys in self.scan(&pattern).await {
+        for mut keys in self.scan(&pattern).await {
+            // Shared stats are not stored responses.
+            keys.retain(|k| *k != stats);
             removed += keys.len() as u64;
             self.delete_keys(keys).await;
         }
         self.publish(&Message::Clear).await;
         removed
+    }
+
+    /// The hash that instances add their counters to.
+    pub(crate) fn stats_key(&self) -> String {
+        format!("{}:stats", self.cfg.namespace)
+    }
+
+    /// Adds `fields` to the shared stats hash (one pipeline of `HINCRBY`).
+    pub(crate) async fn add_stats(&self, fields: &[(String, u64)]) -> bool {
+        if fields.is_empty() {
+            return true;
+        }
+        let key = self.stats_key();
+        let cmds = fields
+            .iter()
+            .map(|(f, n)| redis::cmd("HINCRBY").arg(&key).arg(f).arg(*n).clone())
+            .collect();
+        self.guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
+            .await
+            .is_some()
+    }
+
+    /// Every field of the shared stats hash.
+    pub(crate) async fn read_stats(&self) -> Option<Vec<(String, u64)>> {
+        let cmd = redis::Cmd::hgetall(self.stats_key());
+        let value = self
+            .guarded(self.cfg.timeout * 4, self.store.query(&cmd))
+            .await?;
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return None,
+        };
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        Some(
+            items
+                .chunks(2)
+                .filter_map(|kv| {
+                    let k = text(&kv[0])?;
+                    let v = text(kv.get(1)?)?.parse().ok()?;
+                    Some((k, v))
+                })
+                .collect(),
+        )
+    }
+
+    /// Deletes the shared stats hash.
+    pub(crate) async fn clear_stats(&self) -> bool {
+        let cmd = redis::Cmd::del(self.stats_key());
+        self.guarded(self.cfg.timeout * 4, self.store.query(&cmd))
+            .await
+            .is_some()
     }
 
     /// Sets the observer of every L2 operation (spans are made regardless).

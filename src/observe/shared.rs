@@ -1,0 +1,304 @@
+//! Stats accumulated in Redis: every instance adds what it counted since
+//! its last flush to one hash, so the totals survive restarts and add up
+//! across instances (`CacheBuilder::shared_stats`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use super::report::ratio;
+use crate::cache::Shared;
+use crate::Cache;
+
+/// The flusher's state: what was last added to Redis.
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    pub(crate) interval: Duration,
+    last: Mutex<HashMap<String, u64>>,
+    /// Counted but not yet flushed when `reset_stats` zeroed the counters.
+    carry: Mutex<HashMap<String, u64>>,
+    started: AtomicBool,
+    /// One flush at a time (the periodic task and explicit calls).
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl Flusher {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(HashMap::new()),
+            carry: Mutex::new(HashMap::new()),
+            started: AtomicBool::new(false),
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Starts the periodic flush once, on the current runtime.
+    pub(crate) fn ensure_started(&self, shared: &Arc<Shared>) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(shared);
+        handle.spawn(flush_loop(weak, self.interval));
+    }
+}
+
+async fn flush_loop(weak: Weak<Shared>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tick.tick().await;
+        let Some(shared) = weak.upgrade() else { return };
+        Cache { shared }.flush_shared_stats().await;
+    }
+}
+
+/// Totals over every instance that flushed to the same namespace, from
+/// [`Cache::shared_stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SharedStats {
+    /// Requests.
+    pub requests: u64,
+    /// Fresh hits, all tiers.
+    pub hits: u64,
+    /// Fresh hits from L1.
+    pub hits_l1: u64,
+    /// Fresh hits from L2.
+    pub hits_l2: u64,
+    /// Stale entries served.
+    pub stale: u64,
+    /// Misses.
+    pub misses: u64,
+    /// Revalidated with a 304.
+    pub revalidated: u64,
+    /// Answered from another request's upstream call.
+    pub coalesced: u64,
+    /// Passed through.
+    pub passes: u64,
+    /// Upstream calls.
+    pub upstream_calls: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// `(hits + stale) / lookups`.
+    pub hit_ratio: f64,
+    /// Per label (labels as each instance named them), busiest first.
+    pub labels: Vec<SharedLabelStats>,
+}
+
+/// One label's totals over every instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SharedLabelStats {
+    /// The label.
+    pub label: String,
+    /// Requests.
+    pub requests: u64,
+    /// Fresh hits.
+    pub hits: u64,
+    /// Stale entries served.
+    pub stale: u64,
+    /// Misses (coalesced and revalidated included).
+    pub misses: u64,
+    /// Passed through.
+    pub passes: u64,
+    /// `(hits + stale) / (requests - passes)`.
+    pub hit_ratio: f64,
+}
+
+const TOTALS: [&str; 11] = [
+    "requests",
+    "hits",
+    "hits_l1",
+    "hits_l2",
+    "stale",
+    "misses",
+    "revalidated",
+    "coalesced",
+    "passes",
+    "upstream_calls",
+    "stores",
+];
+const LABEL_FIELDS: [&str; 5] = ["requests", "hits", "stale", "misses", "passes"];
+
+impl Cache {
+    /// The counters as flushed: `name → value`, labels as
+    /// `label:{name}:{field}`.
+    fn counter_snapshot(&self) -> HashMap<String, u64> {
+        let s = self.stats();
+        let mut out: HashMap<String, u64> = TOTALS
+            .iter()
+            .zip([
+                s.requests,
+                s.hits,
+                s.hits_l1,
+                s.hits_l2,
+                s.stale,
+                s.misses,
+                s.revalidated,
+                s.coalesced,
+                s.passes + s.unavailable,
+                s.upstream_calls,
+                s.stores,
+            ])
+            .map(|(k, v)| ((*k).to_owned(), v))
+            .collect();
+        for l in &s.labels {
+            let values = [
+                l.requests,
+                l.hits,
+                l.stale,
+                l.misses + l.coalesced + l.revalidated,
+                l.passes,
+            ];
+            for (f, v) in LABEL_FIELDS.iter().zip(values) {
+                out.insert(format!("label:{}:{f}", l.label), v);
+            }
+        }
+        out
+    }
+
+    /// Adds what this instance counted since its last flush to the shared
+    /// stats in Redis. Returns false when there is no shared stats
+    /// configuration or Redis did not take it (the counts are then added
+    /// by the next flush: nothing is lost while this instance lives).
+    /// Call it before a graceful shutdown; it also runs every
+    /// `shared_stats` interval.
+    pub async fn flush_shared_stats(&self) -> bool {
+        let s = &*self.shared;
+        let (Some(flusher), Some(l2)) = (s.shared_stats.as_ref(), s.l2.as_ref()) else {
+            return false;
+        };
+        let _one = flusher.flushing.lock().await;
+        let now = self.counter_snapshot();
+        let carried = flusher
+            .carry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let deltas: Vec<(String, u64)> = {
+            let last = flusher.last.lock().unwrap_or_else(|e| e.into_inner());
+            let mut keys: Vec<&String> = now.keys().chain(carried.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let v = now.get(k).copied().unwrap_or(0);
+                    let before = last.get(k).copied().unwrap_or(0);
+                    let delta = v.saturating_sub(before) + carried.get(k).copied().unwrap_or(0);
+                    (delta > 0).then(|| (k.clone(), delta))
+                })
+                .collect()
+        };
+        if !l2.add_stats(&deltas).await {
+            return false;
+        }
+        *flusher.last.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        let mut carry = flusher.carry.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in carried {
+            if let Some(c) = carry.get_mut(&k) {
+                *c = c.saturating_sub(v);
+            }
+        }
+        carry.retain(|_, v| *v > 0);
+        true
+    }
+
+    /// The totals every instance flushed to this namespace (`None` without
+    /// shared stats, or when Redis does not answer).
+    pub async fn shared_stats(&self) -> Option<SharedStats> {
+        let s = &*self.shared;
+        s.shared_stats.as_ref()?;
+        let fields = s.l2.as_ref()?.read_stats().await?;
+        let mut out = SharedStats::default();
+        let mut labels: HashMap<String, SharedLabelStats> = HashMap::new();
+        for (k, v) in fields {
+            if let Some(rest) = k.strip_prefix("label:") {
+                let Some((name, field)) = rest.rsplit_once(':') else {
+                    continue;
+                };
+                let l = labels
+                    .entry(name.to_owned())
+                    .or_insert_with(|| SharedLabelStats {
+                        label: name.to_owned(),
+                        ..SharedLabelStats::default()
+                    });
+                match field {
+                    "requests" => l.requests = v,
+                    "hits" => l.hits = v,
+                    "stale" => l.stale = v,
+                    "misses" => l.misses = v,
+                    "passes" => l.passes = v,
+                    _ => {}
+                }
+                continue;
+            }
+            match k.as_str() {
+                "requests" => out.requests = v,
+                "hits" => out.hits = v,
+                "hits_l1" => out.hits_l1 = v,
+                "hits_l2" => out.hits_l2 = v,
+                "stale" => out.stale = v,
+                "misses" => out.misses = v,
+                "revalidated" => out.revalidated = v,
+                "coalesced" => out.coalesced = v,
+                "passes" => out.passes = v,
+                "upstream_calls" => out.upstream_calls = v,
+                "stores" => out.stores = v,
+                _ => {}
+            }
+        }
+        let served = out.hits + out.stale;
+        out.hit_ratio = ratio(
+            served,
+            served + out.misses + out.revalidated + out.coalesced,
+        );
+        let mut labels: Vec<SharedLabelStats> = labels
+            .into_values()
+            .map(|mut l| {
+                l.hit_ratio = ratio(l.hits + l.stale, l.requests.saturating_sub(l.passes));
+                l
+            })
+            .collect();
+        labels.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.label.cmp(&b.label)));
+        out.labels = labels;
+        Some(out)
+    }
+
+    /// Before `reset_stats` zeroes the counters: keeps what was counted
+    /// since the last flush, to be added by the next one.
+    pub(crate) fn carry_unflushed(&self) {
+        let Some(flusher) = self.shared.shared_stats.as_ref() else {
+            return;
+        };
+        let now = self.counter_snapshot();
+        let mut last = flusher.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut carry = flusher.carry.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in now {
+            let pending = v.saturating_sub(last.get(&k).copied().unwrap_or(0));
+            if pending > 0 {
+                *carry.entry(k).or_insert(0) += pending;
+            }
+        }
+        last.clear();
+    }
+
+    /// Deletes the shared stats (every instance's contributions).
+    pub async fn reset_shared_stats(&self) -> bool {
+        let s = &*self.shared;
+        match (s.shared_stats.as_ref(), s.l2.as_ref()) {
+            (Some(_), Some(l2)) => l2.clear_stats().await,
+            _ => false,
+        }
+    }
+}
