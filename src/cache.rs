@@ -995,6 +995,7 @@ impl CacheBuilder {
             l1_max_ttl: l2.l1_max_ttl,
             max_body_bytes: self.max_body,
             compress_over: l2.compress_over,
+            warnings: self.observe.log.warnings(),
         };
         crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
             .map(|l2| Some(Arc::new(l2)))

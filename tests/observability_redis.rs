@@ -138,6 +138,36 @@ where
     }
 }
 
+/// Records events: level and message.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Events {
+    fn with(&self, level: tracing::Level, text: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, m)| *l == level && m.contains(text))
+            .count()
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Visitor(&mut fields));
+        let message = match fields.get("message") {
+            Some(Val::Str(m)) => m.clone(),
+            _ => String::new(),
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), message));
+    }
+}
+
 /// A subscriber set as this thread's default while the value lives.
 ///
 /// `tracing-core` caches each callsite's interest when the callsite is
@@ -277,6 +307,8 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
         return;
     }
     let mut server = RedisServer::start();
+    let events = Events::default();
+    let _installed = install(tracing_subscriber::registry().with(events.clone()));
     let clock = clock();
     let cache = l2_health_cache(&server, &clock);
     let (origin, _) = origin(|_, req| ok("max-age=600", req.uri().path()));
@@ -301,6 +333,8 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
     assert!(h.reasons[0].contains("L2"), "{h:#?}");
     assert!(h.reasons[0].contains("open"), "{h:#?}");
     assert_eq!(cache.stats().l2_breaker, Some(BreakerState::Open));
+    // Minimal logging (the default) warned once that L2 is down.
+    assert_eq!(events.with(tracing::Level::WARN, "L2 (Redis) is down"), 1);
     // Requests keep coming: still answered, still degraded (the breaker
     // stays open for its period on the cache's clock).
     for j in 0..5 {
@@ -339,6 +373,7 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
     let h = cache.health();
     assert_eq!(h.status, HealthStatus::Healthy, "{h:#?}");
     assert!(h.reasons.is_empty());
+    assert_eq!(events.with(tracing::Level::INFO, "L2 (Redis) is back"), 1);
     // And L2 serves again.
     let url = format!("http://example.com/back/{n}");
     written(&cache, 2).await;

@@ -77,6 +77,8 @@ pub(crate) struct L2Config {
     pub(crate) max_body_bytes: u64,
     /// Bodies larger than this are LZ4-compressed (feature `compression`).
     pub(crate) compress_over: Option<usize>,
+    /// Log warnings (L2 down and back, undecodable values).
+    pub(crate) warnings: bool,
 }
 
 /// L2 counters.
@@ -633,7 +635,11 @@ impl L2 {
         let deadline = self.cfg.timeout + extra;
         let failed = match tokio::time::timeout(deadline, op).await {
             Ok(Ok(v)) => {
+                let was = self.breaker.state(now);
                 self.breaker.record_success();
+                if was != crate::BreakerState::Closed && self.cfg.warnings {
+                    tracing::info!(target: "tower_tiered_cache", "L2 (Redis) is back: circuit breaker closed");
+                }
                 return Some(v);
             }
             Ok(Err(StoreError::Timeout)) | Err(_) => {
@@ -648,8 +654,17 @@ impl L2 {
         };
         if failed {
             let now = self.clock.now_millis();
+            let was_open = self.breaker.state(now) == crate::BreakerState::Open;
             self.breaker.record_failure(now);
             if self.breaker.state(now) == crate::BreakerState::Open {
+                if !was_open && self.cfg.warnings {
+                    tracing::warn!(
+                        target: "tower_tiered_cache",
+                        server = %format!("{}:{}", self.store.server.0, self.store.server.1),
+                        open_for_ms = self.cfg.breaker_open_for.as_millis() as u64,
+                        "L2 (Redis) is down: circuit breaker open, requests skip L2"
+                    );
+                }
                 // Start afresh after the open period.
                 self.store.reset();
             }
@@ -700,7 +715,14 @@ impl L2 {
                 self.counters.decode_errors.incr();
                 if self.logged.get(&slot).is_none() {
                     self.logged.insert(slot, ());
-                    tracing::warn!(key = %self.redis_key(slot), error = %e, "undecodable L2 value");
+                    if self.cfg.warnings {
+                        tracing::warn!(
+                            target: "tower_tiered_cache",
+                            key = %self.redis_key(slot),
+                            error = %e,
+                            "undecodable L2 value"
+                        );
+                    }
                 }
                 // A value another build can read (compressed, while this one
                 // lacks the feature) is left alone; garbage is deleted, off
@@ -1234,6 +1256,7 @@ mod tests {
                 l1_max_ttl: Duration::from_secs(10),
                 max_body_bytes: 1 << 20,
                 compress_over: Some(1024),
+                warnings: false,
             },
             Arc::new(SystemClock),
         )
