@@ -86,13 +86,18 @@ impl Summary {
         for (x, y) in counts.iter_mut().zip(cb) {
             *x += y;
         }
+        Summary::of(&counts)
+    }
+
+    /// Count and percentiles of merged bucket counts (`sum_ns` left 0).
+    fn of(counts: &[u64]) -> Summary {
         let count: u64 = counts.iter().sum();
         Summary {
             count,
             sum_ns: 0,
-            p50_ns: quantile(&counts, count, 0.50),
-            p95_ns: quantile(&counts, count, 0.95),
-            p99_ns: quantile(&counts, count, 0.99),
+            p50_ns: quantile(counts, count, 0.50),
+            p95_ns: quantile(counts, count, 0.95),
+            p99_ns: quantile(counts, count, 0.99),
         }
     }
 }
@@ -123,15 +128,7 @@ impl Histogram {
 
     /// Count and percentiles (`sum_ns` is left 0: see the type's docs).
     pub(crate) fn summary(&self) -> Summary {
-        let counts = self.merged();
-        let count: u64 = counts.iter().sum();
-        Summary {
-            count,
-            sum_ns: 0,
-            p50_ns: quantile(&counts, count, 0.50),
-            p95_ns: quantile(&counts, count, 0.95),
-            p99_ns: quantile(&counts, count, 0.99),
-        }
+        Summary::of(&self.merged())
     }
 
     /// Cumulative counts at each of `bounds_ns` (for Prometheus buckets),

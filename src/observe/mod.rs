@@ -306,6 +306,20 @@ impl Default for ObserveConfig {
     }
 }
 
+/// Expands `$mac!(level)` for a level known only at run time (`tracing`'s
+/// macros want a constant one).
+macro_rules! at_level {
+    ($level:expr, $mac:ident) => {
+        match $level {
+            tracing::Level::ERROR => $mac!(tracing::Level::ERROR),
+            tracing::Level::WARN => $mac!(tracing::Level::WARN),
+            tracing::Level::INFO => $mac!(tracing::Level::INFO),
+            tracing::Level::DEBUG => $mac!(tracing::Level::DEBUG),
+            tracing::Level::TRACE => $mac!(tracing::Level::TRACE),
+        }
+    };
+}
+
 /// The span of one request through the cache, at `level`. Fields filled
 /// in later are declared empty.
 #[inline]
@@ -338,13 +352,7 @@ pub(crate) fn request_span(level: tracing::Level, parts: &http::request::Parts) 
             )
         };
     }
-    match level {
-        tracing::Level::ERROR => span_at!(tracing::Level::ERROR),
-        tracing::Level::WARN => span_at!(tracing::Level::WARN),
-        tracing::Level::INFO => span_at!(tracing::Level::INFO),
-        tracing::Level::DEBUG => span_at!(tracing::Level::DEBUG),
-        tracing::Level::TRACE => span_at!(tracing::Level::TRACE),
-    }
+    at_level!(level, span_at)
 }
 
 /// The span of a background refresh: a root of its own (it outlives the
@@ -364,13 +372,7 @@ pub(crate) fn refresh_span(level: tracing::Level, label: &str) -> tracing::Span 
             )
         };
     }
-    match level {
-        tracing::Level::ERROR => span_at!(tracing::Level::ERROR),
-        tracing::Level::WARN => span_at!(tracing::Level::WARN),
-        tracing::Level::INFO => span_at!(tracing::Level::INFO),
-        tracing::Level::DEBUG => span_at!(tracing::Level::DEBUG),
-        tracing::Level::TRACE => span_at!(tracing::Level::TRACE),
-    }
+    at_level!(level, span_at)
 }
 
 /// By default, fresh L1 hits are timed one in this many per thread (every

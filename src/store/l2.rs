@@ -519,12 +519,7 @@ impl L2 {
         }
         let clients = self.store.scan_clients().await.ok()?;
         for client in clients {
-            let conn = tokio::time::timeout(
-                self.cfg.connect_timeout,
-                client.get_multiplexed_async_connection(),
-            )
-            .await;
-            let Ok(Ok(mut conn)) = conn else {
+            let Some(mut conn) = self.node_connection(&client).await else {
                 continue;
             };
             let mut cmd = redis::cmd("INFO");
@@ -544,6 +539,21 @@ impl L2 {
         (out.nodes > 0).then_some(out)
     }
 
+    /// A connection of its own to one node (for per-node commands), within
+    /// the connect timeout.
+    async fn node_connection(
+        &self,
+        client: &redis::Client,
+    ) -> Option<redis::aio::MultiplexedConnection> {
+        tokio::time::timeout(
+            self.cfg.connect_timeout,
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
     /// `SCAN` every node for `pattern`, in batches (bounded per call).
     async fn scan(&self, pattern: &str) -> Vec<Vec<String>> {
         let mut batches = Vec::new();
@@ -552,12 +562,7 @@ impl L2 {
             return batches;
         };
         for client in clients {
-            let conn = tokio::time::timeout(
-                self.cfg.connect_timeout,
-                client.get_multiplexed_async_connection(),
-            )
-            .await;
-            let Ok(Ok(mut conn)) = conn else {
+            let Some(mut conn) = self.node_connection(&client).await else {
                 self.counters.errors.incr();
                 continue;
             };
