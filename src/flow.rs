@@ -24,13 +24,20 @@ use crate::entry::Entry;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
 
 /// Something that answers requests: the inner service, seen by the engine.
-/// Each value is used for at most one call.
-pub(crate) trait Upstream<B>: Send + 'static {
+/// Each value is used for at most one call. It may borrow (a
+/// `reqwest_middleware::Next` does); what must outlive the request goes
+/// through [`refresh`](Upstream::refresh).
+pub(crate) trait Upstream<B>: Send + Sized {
     type Body: Body + Send + 'static;
     type Error: Send + 'static;
     type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + Send;
 
     fn call(self, req: Request<B>) -> Self::Future;
+
+    /// Starts a background refresh of a stale entry (see [`spawn_refresh`]),
+    /// with an upstream that may outlive this request; the same upstream
+    /// when it is `'static`.
+    fn refresh(self, cache: Cache, req: Request<B>, plan: Box<Fetch>, cause: &tracing::Span);
 }
 
 pub(crate) type CacheResult<U, B> =
@@ -103,13 +110,7 @@ where
                                     authorized: plan.directives.authorized,
                                     ..RequestDirectives::default()
                                 };
-                                spawn_refresh(
-                                    cache.clone(),
-                                    req,
-                                    up,
-                                    plan,
-                                    &tracing::Span::current(),
-                                );
+                                up.refresh(cache.clone(), req, plan, &tracing::Span::current());
                             }
                             return Ok(resp);
                         }
@@ -822,7 +823,7 @@ async fn buffer<RB: Body>(body: RB, max: u64) -> Buffered<RB> {
 
 /// Refreshes a stale entry in the background: one per key, bounded in
 /// number, with a deadline, outside the request's cancellation.
-pub(crate) fn spawn_refresh<B, U>(
+pub(crate) fn spawn_refresh<B, U: 'static>(
     cache: Cache,
     req: Request<B>,
     up: U,

@@ -88,6 +88,9 @@ mod key;
 mod layer;
 pub mod observe;
 pub mod policy;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 mod service;
 mod stats;
 mod store;

@@ -8,7 +8,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::CacheBody;
-use crate::cache::{Decision, CACHE_STATUS};
+use crate::cache::{Decision, Fetch, CACHE_STATUS};
 use crate::flow::{self, Upstream};
 use crate::future::ResponseFuture;
 use crate::observe::{request_span, Outcome};
@@ -69,6 +69,8 @@ where
     S::Error: Send + 'static,
     B: Send + 'static,
     ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
 {
     type Body = ResB;
     type Error = S::Error;
@@ -81,6 +83,10 @@ where
             }
             self.svc.call(req).await
         })
+    }
+
+    fn refresh(self, cache: Cache, req: Request<B>, plan: Box<Fetch>, cause: &tracing::Span) {
+        flow::spawn_refresh(cache, req, self, plan, cause);
     }
 }
 
@@ -105,146 +111,193 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let obs = &self.cache.shared.obs;
-        let (mut start, label, span) = if obs.cfg.enabled {
-            let label = obs.labels.label_of(&parts);
-            let span = request_span(obs.cfg.span_level, &parts);
-            // Fresh L1 hits are timed one in HIT_TIMING_SAMPLE (every request
-            // with a live span is).
-            let start = if span.is_disabled() {
-                obs.start_sampled()
-            } else {
-                obs.start()
-            };
-            (start, label, span)
-        } else {
-            (0, 0, tracing::Span::none())
-        };
-        let decision = self.cache.decide::<ResB>(&parts, label, &span);
-        if obs.cfg.enabled && start == 0 && !matches!(decision, Decision::Hit(..)) {
-            // Not a fresh hit: always timed (from here; the L1 look-up
-            // before is a few hundred nanoseconds).
-            start = obs.start();
-        }
-        if !span.is_disabled() {
-            let ms = obs.elapsed_ns(start) as f64 / 1e6;
-            span.record("cache.lookup_ms", ms);
-        }
-        match decision {
+        let mut lookup = Lookup::begin(&self.cache, &parts);
+        match lookup.decide::<ResB>(&self.cache, &parts) {
             Decision::Hit(resp, now) => {
-                if self.cache.shared.obs.cfg.enabled {
-                    let key = self.cache.key_for_display(&parts, &span);
-                    self.cache.finish(
-                        label,
-                        &Outcome::HIT_L1,
-                        start,
-                        &span,
-                        Some(resp.status()),
-                        key.as_deref(),
-                        Some(now),
-                    );
-                }
+                lookup.finish_hit(&self.cache, &parts, &resp, now);
                 ResponseFuture::ready(resp)
             }
             Decision::Respond(resp) => {
-                finish_now(&self.cache, label, start, &span, &parts, &resp);
+                lookup.finish_now(&self.cache, &parts, &resp);
                 ResponseFuture::ready(resp)
             }
             Decision::Pass(status) => {
-                self.cache.shared.counters.upstream_calls.incr();
-                let outcome = Outcome::PASS;
-                let key = self.cache.key_for_display(&parts, &span);
-                self.cache
-                    .finish(label, &outcome, start, &span, None, key.as_deref(), None);
+                lookup.finish_pass(&self.cache, &parts);
                 let future = {
-                    let _entered = span.enter();
+                    let _entered = lookup.span.enter();
                     self.inner.call(Request::from_parts(parts, body))
                 };
-                ResponseFuture::pass(future, status, span)
+                ResponseFuture::pass(future, status, lookup.span)
             }
             Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
-                finish_now(&self.cache, label, start, &span, &parts, &resp);
+                lookup.finish_now(&self.cache, &parts, &resp);
                 let up = self.take_ready();
-                flow::spawn_refresh(
+                up.refresh(
                     self.cache.clone(),
                     Request::from_parts(parts, body),
-                    up,
                     plan,
-                    &span,
+                    &lookup.span,
                 );
                 ResponseFuture::ready(resp)
             }
             Decision::Fetch(plan) => {
                 let up = self.take_ready();
                 let cache = self.cache.clone();
-                let key = cache.key_for_display(&parts, &span);
+                let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = flow::fetch(cache.clone(), Request::from_parts(parts, body), up, plan);
-                ResponseFuture::engine(engine(cache, fut, label, start, span, key))
+                ResponseFuture::engine(lookup.engine(cache, fut, key))
             }
             Decision::Unsafe => {
                 let up = self.take_ready();
                 let cache = self.cache.clone();
-                let key = cache.key_for_display(&parts, &span);
+                let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = flow::unsafe_method(cache.clone(), Request::from_parts(parts, body), up);
-                ResponseFuture::engine(engine(cache, fut, label, start, span, key))
+                ResponseFuture::engine(lookup.engine(cache, fut, key))
             }
         }
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed future that may borrow for `'a`.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Reports a request answered at once.
-fn finish_now<RB>(
-    cache: &Cache,
-    label: u16,
+/// One request's observation: when it started (0: not timed), its label
+/// and its span. Shared by every adapter so that they report alike.
+pub(crate) struct Lookup {
     start: u64,
-    span: &tracing::Span,
-    parts: &http::request::Parts,
-    resp: &Response<RB>,
-) {
-    let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
-    let key = cache.key_for_display(parts, span);
-    cache.finish(
-        label,
-        &outcome,
-        start,
-        span,
-        Some(resp.status()),
-        key.as_deref(),
-        None,
-    );
+    label: u16,
+    pub(crate) span: tracing::Span,
 }
 
-/// Runs an engine path inside the request's span and reports it when the
-/// response head is ready.
-fn engine<F, RB, E>(
-    cache: Cache,
-    fut: F,
-    label: u16,
-    start: u64,
-    span: tracing::Span,
-    key: Option<String>,
-) -> BoxFuture<Result<Response<CacheBody<RB>>, E>>
-where
-    F: Future<Output = Result<Response<CacheBody<RB>>, E>> + Send + 'static,
-    RB: Body + 'static,
-    E: 'static,
-{
-    let inner = span.clone();
-    let fut = async move {
-        let result = fut.await;
-        let (outcome, status) = match &result {
-            Ok(resp) => (
-                Outcome::from_status(resp.headers().get(&CACHE_STATUS)),
-                Some(resp.status()),
-            ),
-            Err(_) => (Outcome::FAILED, None),
+impl Lookup {
+    /// Labels the request and opens its span.
+    pub(crate) fn begin(cache: &Cache, parts: &http::request::Parts) -> Self {
+        let obs = &cache.shared.obs;
+        if !obs.cfg.enabled {
+            return Self {
+                start: 0,
+                label: 0,
+                span: tracing::Span::none(),
+            };
+        }
+        let label = obs.labels.label_of(parts);
+        let span = request_span(obs.cfg.span_level, parts);
+        // Fresh L1 hits are timed one in HIT_TIMING_SAMPLE (every request
+        // with a live span is).
+        let start = if span.is_disabled() {
+            obs.start_sampled()
+        } else {
+            obs.start()
         };
-        cache.finish(label, &outcome, start, &span, status, key.as_deref(), None);
-        result
-    };
-    Box::pin(fut.instrument(inner))
+        Self { start, label, span }
+    }
+
+    /// What the engine does with the request.
+    pub(crate) fn decide<RB: Body>(
+        &mut self,
+        cache: &Cache,
+        parts: &http::request::Parts,
+    ) -> Decision<RB> {
+        let obs = &cache.shared.obs;
+        let decision = cache.decide::<RB>(parts, self.label, &self.span);
+        if obs.cfg.enabled && self.start == 0 && !matches!(decision, Decision::Hit(..)) {
+            // Not a fresh hit: always timed (from here; the L1 look-up
+            // before is a few hundred nanoseconds).
+            self.start = obs.start();
+        }
+        if !self.span.is_disabled() {
+            let ms = obs.elapsed_ns(self.start) as f64 / 1e6;
+            self.span.record("cache.lookup_ms", ms);
+        }
+        decision
+    }
+
+    /// Reports a fresh L1 hit decided at `now`.
+    pub(crate) fn finish_hit<RB>(
+        &self,
+        cache: &Cache,
+        parts: &http::request::Parts,
+        resp: &Response<RB>,
+        now: u64,
+    ) {
+        if cache.shared.obs.cfg.enabled {
+            let key = cache.key_for_display(parts, &self.span);
+            cache.finish(
+                self.label,
+                &Outcome::HIT_L1,
+                self.start,
+                &self.span,
+                Some(resp.status()),
+                key.as_deref(),
+                Some(now),
+            );
+        }
+    }
+
+    /// Reports a request answered at once.
+    pub(crate) fn finish_now<RB>(
+        &self,
+        cache: &Cache,
+        parts: &http::request::Parts,
+        resp: &Response<RB>,
+    ) {
+        let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
+        let key = cache.key_for_display(parts, &self.span);
+        cache.finish(
+            self.label,
+            &outcome,
+            self.start,
+            &self.span,
+            Some(resp.status()),
+            key.as_deref(),
+            None,
+        );
+    }
+
+    /// Reports a request passed through (before it is sent).
+    pub(crate) fn finish_pass(&self, cache: &Cache, parts: &http::request::Parts) {
+        cache.shared.counters.upstream_calls.incr();
+        let key = cache.key_for_display(parts, &self.span);
+        cache.finish(
+            self.label,
+            &Outcome::PASS,
+            self.start,
+            &self.span,
+            None,
+            key.as_deref(),
+            None,
+        );
+    }
+
+    /// Runs an engine path inside the request's span and reports it when
+    /// the response head is ready.
+    pub(crate) fn engine<'a, F, RB, E>(
+        self,
+        cache: Cache,
+        fut: F,
+        key: Option<String>,
+    ) -> BoxFuture<'a, Result<Response<CacheBody<RB>>, E>>
+    where
+        F: Future<Output = Result<Response<CacheBody<RB>>, E>> + Send + 'a,
+        RB: Body + 'a,
+        E: 'a,
+    {
+        let Lookup { start, label, span } = self;
+        let inner = span.clone();
+        let fut = async move {
+            let result = fut.await;
+            let (outcome, status) = match &result {
+                Ok(resp) => (
+                    Outcome::from_status(resp.headers().get(&CACHE_STATUS)),
+                    Some(resp.status()),
+                ),
+                Err(_) => (Outcome::FAILED, None),
+            };
+            cache.finish(label, &outcome, start, &span, status, key.as_deref(), None);
+            result
+        };
+        Box::pin(fut.instrument(inner))
+    }
 }
 
 impl<S: Clone> CacheService<S> {

@@ -1,0 +1,309 @@
+//! A [`reqwest_middleware`] middleware on the same engine (feature
+//! `reqwest`): the calls a service makes to slow third-party APIs are
+//! cached with the same semantics, tiers, coalescing, stale-while-
+//! revalidate, stats, spans and labels (by default the upstream host) as
+//! [`CacheLayer`](crate::CacheLayer).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_tiered_cache::{reqwest::ClientBuilder, Cache, CacheMode};
+//!
+//! let cache = Cache::builder().mode(CacheMode::Private).build()?;
+//! // The cache first; middlewares added here run after it, for misses and
+//! // for background refreshes alike.
+//! let client = ClientBuilder::new(reqwest::Client::new(), cache.clone()).build();
+//! let odds = client.get("http://odds.example/v1/events").send().await?.text().await?;
+//! let again = client.get("http://odds.example/v1/events").send().await?; // a hit
+//! assert_eq!(again.headers()["cache-status"], "tower-tiered-cache; hit; detail=l1");
+//! println!("{:?}", cache.label_stats()); // per upstream host
+//! # let _ = odds; Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use http::Extensions;
+use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
+
+use crate::body::CacheBody;
+use crate::cache::{Decision, Fetch, CACHE_STATUS};
+use crate::flow::{self, Upstream};
+use crate::service::{BoxFuture, Lookup};
+use crate::Cache;
+
+/// Caches responses in a `reqwest-middleware` chain.
+///
+/// Put it first in the chain: what comes after it (retries, auth) runs
+/// for misses, revalidations and refreshes, and never for hits. Background
+/// refreshes (stale-while-revalidate, eager refresh) outlive the request
+/// that started them, so they go through a client of their own: the one
+/// given to [`refresh_through`](Self::refresh_through), which
+/// [`ClientBuilder`] sets to a client with the same middlewares after the
+/// cache. Without one, refreshes are skipped (counted in
+/// `Stats::refresh_skipped`) and a stale entry is fetched again by the
+/// first request after its stale window.
+#[derive(Clone)]
+pub struct CacheMiddleware {
+    cache: Cache,
+    refresh: Option<ClientWithMiddleware>,
+}
+
+impl std::fmt::Debug for CacheMiddleware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheMiddleware")
+            .field("cache", &self.cache)
+            .field("refresh_client", &self.refresh.is_some())
+            .finish()
+    }
+}
+
+impl CacheMiddleware {
+    /// A middleware on `cache` (clones share everything).
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            refresh: None,
+        }
+    }
+
+    /// Background refreshes go through `client`: give it the middlewares
+    /// that come after the cache in the main chain.
+    pub fn refresh_through(mut self, client: ClientWithMiddleware) -> Self {
+        self.refresh = Some(client);
+        self
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+/// Builds a [`ClientWithMiddleware`] with the cache first, the middlewares
+/// given to [`with`](Self::with) after it, and background refreshes
+/// through those same middlewares.
+pub struct ClientBuilder {
+    client: reqwest::Client,
+    cache: Cache,
+    rest: Vec<Arc<dyn Middleware>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("cache", &self.cache)
+            .field("middlewares", &self.rest.len())
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Starts a chain on `client` with `cache` first.
+    pub fn new(client: reqwest::Client, cache: Cache) -> Self {
+        Self {
+            client,
+            cache,
+            rest: Vec::new(),
+        }
+    }
+
+    /// Adds a middleware after the cache (and after those added before).
+    pub fn with<M: Middleware>(self, middleware: M) -> Self {
+        self.with_arc(Arc::new(middleware))
+    }
+
+    /// [`with`](Self::with) for a shared middleware.
+    pub fn with_arc(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.rest.push(middleware);
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> ClientWithMiddleware {
+        let chain = |client: reqwest::Client| {
+            self.rest
+                .iter()
+                .fold(reqwest_middleware::ClientBuilder::new(client), |b, m| {
+                    b.with_arc(Arc::clone(m))
+                })
+        };
+        let refresh = chain(self.client.clone()).build();
+        let cache = CacheMiddleware::new(self.cache).refresh_through(refresh);
+        self.rest
+            .iter()
+            .fold(
+                reqwest_middleware::ClientBuilder::new(self.client).with(cache),
+                |b, m| b.with_arc(Arc::clone(m)),
+            )
+            .build()
+    }
+}
+
+type Body = reqwest::Body;
+
+#[async_trait::async_trait]
+impl Middleware for CacheMiddleware {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        // Requests the http types cannot carry go through untouched.
+        let Some(cloned) = req.try_clone() else {
+            return next.run(req, extensions).await;
+        };
+        let req = match http::Request::<Body>::try_from(req) {
+            Ok(req) => req,
+            Err(_) => return next.run(cloned, extensions).await,
+        };
+        drop(cloned);
+        let url = reqwest::Url::parse(&req.uri().to_string()).ok();
+        let up = NextUpstream {
+            next,
+            extensions,
+            refresh: self.refresh.clone(),
+        };
+        let resp = self.call(req, up).await?;
+        Ok(into_reqwest(resp, url))
+    }
+}
+
+impl CacheMiddleware {
+    /// The engine, as `CacheService::call` drives it.
+    async fn call(
+        &self,
+        req: http::Request<Body>,
+        up: NextUpstream<'_>,
+    ) -> reqwest_middleware::Result<http::Response<CacheBody<Body>>> {
+        let cache = &self.cache;
+        let (parts, body) = req.into_parts();
+        let mut lookup = Lookup::begin(cache, &parts);
+        match lookup.decide::<Body>(cache, &parts) {
+            Decision::Hit(resp, now) => {
+                lookup.finish_hit(cache, &parts, &resp, now);
+                Ok(resp)
+            }
+            Decision::Respond(resp) => {
+                lookup.finish_now(cache, &parts, &resp);
+                Ok(resp)
+            }
+            Decision::Pass(status) => {
+                lookup.finish_pass(cache, &parts);
+                let call = up.call(http::Request::from_parts(parts, body));
+                let resp = tracing::Instrument::instrument(call, lookup.span.clone()).await?;
+                if !lookup.span.is_disabled() {
+                    lookup.span.record(
+                        "http.response.status_code",
+                        i64::from(resp.status().as_u16()),
+                    );
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                rparts.headers.insert(CACHE_STATUS.clone(), status);
+                Ok(http::Response::from_parts(rparts, CacheBody::stream(rbody)))
+            }
+            Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
+                lookup.finish_now(cache, &parts, &resp);
+                up.refresh(
+                    cache.clone(),
+                    http::Request::from_parts(parts, body),
+                    plan,
+                    &lookup.span,
+                );
+                Ok(resp)
+            }
+            Decision::Fetch(plan) => {
+                let key = cache.key_for_display(&parts, &lookup.span);
+                let fut = flow::fetch(
+                    cache.clone(),
+                    http::Request::from_parts(parts, body),
+                    up,
+                    plan,
+                );
+                lookup.engine(cache.clone(), fut, key).await
+            }
+            Decision::Unsafe => {
+                let key = cache.key_for_display(&parts, &lookup.span);
+                let fut =
+                    flow::unsafe_method(cache.clone(), http::Request::from_parts(parts, body), up);
+                lookup.engine(cache.clone(), fut, key).await
+            }
+        }
+    }
+}
+
+/// The rest of the chain, seen by the engine as its upstream.
+struct NextUpstream<'a> {
+    next: Next<'a>,
+    extensions: &'a mut Extensions,
+    refresh: Option<ClientWithMiddleware>,
+}
+
+impl<'a> Upstream<Body> for NextUpstream<'a> {
+    type Body = Body;
+    type Error = reqwest_middleware::Error;
+    type Future = BoxFuture<'a, Result<http::Response<Body>, reqwest_middleware::Error>>;
+
+    fn call(self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(async move {
+            let req = reqwest::Request::try_from(req)?;
+            let resp = self.next.run(req, self.extensions).await?;
+            Ok(http::Response::from(resp))
+        })
+    }
+
+    fn refresh(
+        self,
+        cache: Cache,
+        req: http::Request<Body>,
+        plan: Box<Fetch>,
+        cause: &tracing::Span,
+    ) {
+        match self.refresh {
+            Some(client) => flow::spawn_refresh(cache, req, ClientUpstream(client), plan, cause),
+            None => cache.shared.counters.refresh_skipped.incr(),
+        }
+    }
+}
+
+/// A client that outlives the request: background refreshes.
+struct ClientUpstream(ClientWithMiddleware);
+
+impl Upstream<Body> for ClientUpstream {
+    type Body = Body;
+    type Error = reqwest_middleware::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, reqwest_middleware::Error>>;
+
+    fn call(self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(async move {
+            let req = reqwest::Request::try_from(req)?;
+            let resp = self.0.execute(req).await?;
+            Ok(http::Response::from(resp))
+        })
+    }
+
+    fn refresh(
+        self,
+        cache: Cache,
+        req: http::Request<Body>,
+        plan: Box<Fetch>,
+        cause: &tracing::Span,
+    ) {
+        flow::spawn_refresh(cache, req, self, plan, cause);
+    }
+}
+
+/// The engine's answer as a `reqwest::Response`, with the request's URL.
+fn into_reqwest(
+    resp: http::Response<CacheBody<Body>>,
+    url: Option<reqwest::Url>,
+) -> reqwest::Response {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(url) = url {
+        // reqwest reads the URL from this extension (`ResponseBuilderExt`).
+        use reqwest::ResponseBuilderExt as _;
+        if let Ok(carrier) = http::Response::builder().url(url).body(()) {
+            parts.extensions.extend(carrier.into_parts().0.extensions);
+        }
+    }
+    reqwest::Response::from(http::Response::from_parts(parts, Body::wrap(body)))
+}
