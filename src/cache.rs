@@ -560,6 +560,76 @@ impl CacheBuilder {
         self
     }
 
+    /// Partitions the cache by credentials (default false): a request that
+    /// carries `Authorization`, `Proxy-Authorization` or `Cookie` is looked
+    /// up and stored under a key of its own, made of its usual key and a
+    /// digest of those headers (names and values, byte for byte and in
+    /// order). What one set of credentials stored is never served to
+    /// another, nor to anonymous requests; requests without credentials
+    /// keep their usual keys and share one partition.
+    ///
+    /// Meant for [`CacheMode::Private`] caches in clients that send several
+    /// users' credentials. Without it a private cache takes everything to
+    /// belong to one user: a response to one user's `Authorization`
+    /// answers every request for the URL.
+    ///
+    /// Allowed in [`CacheMode::Shared`] too, where it lifts RFC 9111 §3.5
+    /// for credentialed requests: a response to an `Authorization` request
+    /// is stored in that request's partition even without `public`,
+    /// `s-maxage` or `must-revalidate`, since no other credentials can
+    /// reach it. The rest of the shared-cache rules stay: `private`
+    /// responses are still not stored, `s-maxage` still counts, `Set-Cookie`
+    /// responses follow [`set_cookie`](Self::set_cookie). Shareable
+    /// (`public`) responses to credentialed requests are kept in the
+    /// partition as well, not shared, so every browser that sends a cookie
+    /// gets a cache of its own: strip cookies the origin does not need
+    /// before the cache.
+    ///
+    /// The readable key ([`Entry::key`](crate::Entry::key), spans, logs)
+    /// ends in `\ncredentials:` and the first 16 hex digits of the digest,
+    /// never the credentials; the hashed key uses the whole digest, so
+    /// [`Cache::invalidate_key`] cannot name a partitioned entry. The
+    /// digest (XXH3) is not cryptographic: it keeps credentials out of
+    /// keys, logs and L2, but weak ones could be guessed from it by
+    /// whoever reads those.
+    ///
+    /// Invalidation: [`Cache::invalidate`] and unsafe methods (RFC 9111
+    /// §4.4) remove the URL from the partition of the request's own
+    /// credentials only (without credentials: the anonymous partition);
+    /// other partitions keep their copies until they go stale.
+    /// [`Cache::invalidate_prefix`], [`Cache::invalidate_tag`] and
+    /// [`Cache::clear`] reach every partition. A credential revoked at the
+    /// origin still reads what was stored for it while that is fresh.
+    ///
+    /// With a [`key_fn`](Self::key_fn), the credentials component is added
+    /// to the function's key. [`build`](Self::build) refuses it together
+    /// with [`share_authorized(true)`](Self::share_authorized), which shares
+    /// what this keeps apart, and with a [`key_header`](Self::key_header)
+    /// naming a credential header, which would put the credentials
+    /// themselves in keys and logs.
+    ///
+    /// ```
+    /// use tower_tiered_cache::{Cache, CacheMode};
+    ///
+    /// let client_cache = Cache::builder()
+    ///     .mode(CacheMode::Private)
+    ///     .partition_by_credentials(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client_cache);
+    /// let err = Cache::builder()
+    ///     .partition_by_credentials(true)
+    ///     .share_authorized(true)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.setting(), "partition_by_credentials");
+    /// ```
+    pub fn partition_by_credentials(mut self, yes: bool) -> Self {
+        self.keys.credentials = yes;
+        self.policy.partition_credentials = yes;
+        self
+    }
+
     /// How long past freshness an entry with validators is kept for a
     /// conditional revalidation (default 10 min).
     pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
@@ -829,6 +899,31 @@ impl CacheBuilder {
             ));
         }
         self.observe.health.validate()?;
+        if self.keys.credentials {
+            if self.policy.share_authorized {
+                return Err(BuildError::invalid(
+                    "partition_by_credentials",
+                    "cannot be combined with share_authorized(true): one keeps each \
+                     credential's responses apart, the other shares them",
+                ));
+            }
+            if let Some(h) = self.keys.headers.iter().find(|h| {
+                [
+                    http::header::AUTHORIZATION,
+                    http::header::PROXY_AUTHORIZATION,
+                    http::header::COOKIE,
+                ]
+                .contains(h)
+            }) {
+                return Err(BuildError::invalid(
+                    "partition_by_credentials",
+                    format!(
+                        "key_header({h}) would put the credentials themselves in keys and \
+                         logs; partitioning already keys by them"
+                    ),
+                ));
+            }
+        }
         if self.refresh_timeout.is_zero() {
             return Err(BuildError::invalid(
                 "refresh_timeout",

@@ -823,7 +823,7 @@ async fn buffer<RB: Body>(body: RB, max: u64) -> Buffered<RB> {
 
 /// Refreshes a stale entry in the background: one per key, bounded in
 /// number, with a deadline, outside the request's cancellation.
-pub(crate) fn spawn_refresh<B, U: 'static>(
+pub(crate) fn spawn_refresh<B, U>(
     cache: Cache,
     req: Request<B>,
     up: U,
@@ -831,7 +831,7 @@ pub(crate) fn spawn_refresh<B, U: 'static>(
     cause: &tracing::Span,
 ) where
     B: Send + 'static,
-    U: Upstream<B>,
+    U: Upstream<B> + 'static,
     U::Future: Send,
     <U::Body as Body>::Error: Send,
     <U::Body as Body>::Data: Send,

@@ -5,12 +5,19 @@
 //! normalised) and configured request headers, or from a custom function.
 //! The readable form is kept in the stored entry; lookups use its 128-bit
 //! XXH3 hash, so keys of any length cost the same in memory.
+//!
+//! With credential partitioning on, a request that carries `Authorization`,
+//! `Proxy-Authorization` or `Cookie` gets a credentials component: the
+//! XXH3-128 digest of those headers (names and values, in order). The hashed
+//! key carries the whole digest, the readable key only its first 16 hex
+//! digits, and never the credentials themselves. Requests without
+//! credentials keep the key they would have without partitioning.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderName, HOST};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
 use http::request::Parts;
 use http::Uri;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
@@ -38,6 +45,8 @@ pub(crate) struct KeyConfig {
     pub(crate) drop_query: Vec<QueryDrop>,
     pub(crate) headers: Vec<HeaderName>,
     pub(crate) custom: Option<KeyFn>,
+    /// Partition requests that carry credentials by their digest.
+    pub(crate) credentials: bool,
 }
 
 impl fmt::Debug for KeyConfig {
@@ -49,6 +58,7 @@ impl fmt::Debug for KeyConfig {
             .field("drop_query", &self.drop_query)
             .field("headers", &self.headers)
             .field("custom", &self.custom.is_some())
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -62,6 +72,7 @@ impl Default for KeyConfig {
             drop_query: Vec::new(),
             headers: Vec::new(),
             custom: None,
+            credentials: false,
         }
     }
 }
@@ -94,6 +105,37 @@ thread_local! {
     static KEY_BUF: RefCell<String> = RefCell::new(String::with_capacity(256));
 }
 
+/// The request headers that carry credentials, in the order their digest
+/// takes them.
+static CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
+
+/// What separates the credentials component from the rest of a key.
+const CREDENTIALS_TAG: &str = "\ncredentials:";
+
+/// The digest of a request's credentials (`Authorization`,
+/// `Proxy-Authorization`, `Cookie`: names and every value, in order), or
+/// `None` when it carries none of them. Values are taken byte for byte and
+/// length-prefixed, so no two different credential sets feed the hash the
+/// same bytes.
+pub(crate) fn credentials_digest(headers: &HeaderMap) -> Option<u128> {
+    if !CREDENTIAL_HEADERS.iter().any(|n| headers.contains_key(n)) {
+        return None;
+    }
+    let mut h = Xxh3::new();
+    for name in &CREDENTIAL_HEADERS {
+        h.update(name.as_str().as_bytes());
+        h.update(b"\0");
+        let mut count: u64 = 0;
+        for v in headers.get_all(name) {
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+            count += 1;
+        }
+        h.update(&count.to_le_bytes());
+    }
+    Some(h.digest128())
+}
+
 impl KeyConfig {
     /// The key hash of a request, or `None` when the custom key function
     /// declines it. Allocation-free for the default configuration.
@@ -101,40 +143,71 @@ impl KeyConfig {
         self.hash_uri(&parts.uri, &parts.headers, Some(parts))
     }
 
+    /// The credentials digest of a request when keys are partitioned by it.
+    fn partition(&self, headers: &HeaderMap) -> Option<u128> {
+        if self.credentials {
+            credentials_digest(headers)
+        } else {
+            None
+        }
+    }
+
     /// The hash for `uri` with `headers`; `parts` feeds the custom function.
+    ///
+    /// A partitioned key hashes the readable key with the whole credentials
+    /// digest (32 hex digits) where the readable key shows 16.
     pub(crate) fn hash_uri(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         parts: Option<&Parts>,
     ) -> Option<KeyHash> {
+        let partition = self.partition(headers);
         if let Some(custom) = &self.custom {
             let parts = parts?;
-            return custom(parts).map(|k| KeyHash(xxh3_128(k.as_bytes())));
+            let mut k = custom(parts)?;
+            if let Some(d) = partition {
+                let _ = write!(k, "{CREDENTIALS_TAG}{d:032x}");
+            }
+            return Some(KeyHash(xxh3_128(k.as_bytes())));
         }
+        let fill = |out: &mut String| {
+            self.write_key(out, uri, headers);
+            if let Some(d) = partition {
+                let _ = write!(out, "{CREDENTIALS_TAG}{d:032x}");
+            }
+        };
         KEY_BUF.with(|buf| {
             let mut buf = match buf.try_borrow_mut() {
                 Ok(b) => b,
                 // Re-entrancy is impossible here, but never panic on it.
                 Err(_) => {
                     let mut own = String::new();
-                    self.write_key(&mut own, uri, headers);
+                    fill(&mut own);
                     return Some(KeyHash(xxh3_128(own.as_bytes())));
                 }
             };
             buf.clear();
-            self.write_key(&mut buf, uri, headers);
+            fill(&mut buf);
             Some(KeyHash(xxh3_128(buf.as_bytes())))
         })
     }
 
-    /// The readable key of a request.
+    /// The readable key of a request. With credentials partitioning it ends
+    /// in `\ncredentials:` and the first 16 hex digits of the credentials
+    /// digest; the credentials themselves never appear in it.
     pub(crate) fn readable(&self, parts: &Parts) -> Option<String> {
-        if let Some(custom) = &self.custom {
-            return custom(parts);
+        let mut s = match &self.custom {
+            Some(custom) => custom(parts)?,
+            None => {
+                let mut s = String::with_capacity(64);
+                self.write_key(&mut s, &parts.uri, &parts.headers);
+                s
+            }
+        };
+        if let Some(d) = self.partition(&parts.headers) {
+            let _ = write!(s, "{CREDENTIALS_TAG}{:016x}", (d >> 64) as u64);
         }
-        let mut s = String::with_capacity(64);
-        self.write_key(&mut s, &parts.uri, &parts.headers);
         Some(s)
     }
 
@@ -398,6 +471,82 @@ mod tests {
             cfg.hash(&parts("/a?x=1", &[])),
             cfg.hash(&parts("/a?x=2", &[]))
         );
+    }
+
+    #[test]
+    fn credentials_partition_keys() {
+        let plain = KeyConfig::default();
+        let cfg = KeyConfig {
+            credentials: true,
+            ..KeyConfig::default()
+        };
+        let anon = parts("http://a.example/x", &[]);
+        let a = parts("http://a.example/x", &[("authorization", "Bearer a")]);
+        let b = parts("http://a.example/x", &[("authorization", "Bearer b")]);
+        let pa = parts("http://a.example/x", &[("proxy-authorization", "Bearer a")]);
+        let c1 = parts("http://a.example/x", &[("cookie", "s=1")]);
+        let c2 = parts("http://a.example/x", &[("cookie", "s=2")]);
+        let c12 = parts(
+            "http://a.example/x",
+            &[("cookie", "s=1"), ("cookie", "t=2")],
+        );
+        let c21 = parts(
+            "http://a.example/x",
+            &[("cookie", "t=2"), ("cookie", "s=1")],
+        );
+        let other = parts("http://a.example/x", &[("x-other", "1")]);
+        // Anonymous requests keep their key.
+        assert_eq!(cfg.hash(&anon), plain.hash(&anon));
+        assert_eq!(cfg.readable(&anon), plain.readable(&anon));
+        assert_eq!(cfg.hash(&other), plain.hash(&anon));
+        // Without partitioning credentials are not part of the key.
+        assert_eq!(plain.hash(&a), plain.hash(&anon));
+        assert_eq!(plain.hash(&c1), plain.hash(&anon));
+        // With it, every credential set has its own key.
+        let all = [&anon, &a, &b, &pa, &c1, &c2, &c12, &c21];
+        for (i, x) in all.iter().enumerate() {
+            for (j, y) in all.iter().enumerate() {
+                assert_eq!(i == j, cfg.hash(x) == cfg.hash(y), "{i} vs {j}");
+            }
+        }
+        // The same credentials, the same key.
+        let a2 = parts("http://a.example/x", &[("authorization", "Bearer a")]);
+        assert_eq!(cfg.hash(&a), cfg.hash(&a2));
+        // The readable key shows a 16-digit digest, never the credentials,
+        // and is not itself the hashed key.
+        let ra = cfg.readable(&a).unwrap();
+        let d = credentials_digest(&a.headers).unwrap();
+        assert_eq!(
+            ra,
+            format!(
+                "GET http://a.example/x\ncredentials:{:016x}",
+                (d >> 64) as u64
+            )
+        );
+        assert!(!ra.contains("Bearer"));
+        assert_ne!(cfg.hash(&a), Some(KeyHash(xxh3_128(ra.as_bytes()))));
+        assert_eq!(
+            cfg.hash(&a),
+            Some(KeyHash(xxh3_128(
+                format!("GET http://a.example/x\ncredentials:{d:032x}").as_bytes()
+            )))
+        );
+        assert!(!cfg.readable(&c1).unwrap().contains("s=1"));
+    }
+
+    #[test]
+    fn credentials_partition_custom_keys() {
+        let cfg = KeyConfig {
+            credentials: true,
+            custom: Some(Arc::new(|p: &Parts| Some(p.uri.path().to_owned()))),
+            ..KeyConfig::default()
+        };
+        let anon = parts("/a", &[]);
+        let a = parts("/a", &[("cookie", "s=1")]);
+        assert_eq!(cfg.hash(&anon), Some(KeyHash(xxh3_128(b"/a"))));
+        assert_ne!(cfg.hash(&anon), cfg.hash(&a));
+        assert!(cfg.readable(&a).unwrap().starts_with("/a\ncredentials:"));
+        assert!(!cfg.readable(&a).unwrap().contains("s=1"));
     }
 
     #[test]

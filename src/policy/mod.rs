@@ -23,12 +23,18 @@ use crate::entry::{Entry, EntryFlags, Timeline};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CacheMode {
     /// A shared cache (RFC 9111): honours `s-maxage`, does not store
-    /// `private` responses, applies the `Authorization` rules of §3.5.
+    /// `private` responses, applies the `Authorization` rules of §3.5
+    /// (unless keys are
+    /// [partitioned by credentials](crate::CacheBuilder::partition_by_credentials)).
     /// Note that `s-maxage` implies `proxy-revalidate` (§5.2.2.10): such a
     /// response is never served stale, whatever the stale windows say.
     #[default]
     Shared,
     /// A private cache: ignores `s-maxage`, stores `private` responses.
+    /// Requests with `Authorization` or `Cookie` are not treated apart: the
+    /// cache is taken to belong to one user. A client that sends several
+    /// users' credentials through one cache should turn on
+    /// [`partition_by_credentials`](crate::CacheBuilder::partition_by_credentials).
     Private,
 }
 
@@ -60,7 +66,7 @@ pub enum NotStored {
     /// `Vary: *`.
     VaryStar,
     /// The request carried `Authorization` and the response did not allow
-    /// sharing it (RFC 9111 §3.5).
+    /// sharing it (RFC 9111 §3.5; never with credential partitioning).
     Authorization,
     /// No freshness information (and no route TTL to force one), or a
     /// lifetime of zero with nothing to revalidate with.
@@ -92,6 +98,10 @@ pub(crate) struct PolicyConfig {
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) set_cookie: SetCookiePolicy,
     pub(crate) share_authorized: bool,
+    /// Keys are partitioned by credentials (`KeyConfig::credentials`): an
+    /// entry stored for an authorized request only answers the same
+    /// credentials, so §3.5 does not hold it back.
+    pub(crate) partition_credentials: bool,
     pub(crate) keep_for_revalidation: Duration,
     pub(crate) routes: Vec<Route>,
 }
@@ -107,6 +117,7 @@ impl Default for PolicyConfig {
             negative_ttl: None,
             set_cookie: SetCookiePolicy::Pass,
             share_authorized: false,
+            partition_credentials: false,
             keep_for_revalidation: Duration::from_secs(600),
             routes: Vec::new(),
         }
@@ -211,6 +222,14 @@ impl PolicyConfig {
         self.mode == CacheMode::Shared
     }
 
+    /// Whether RFC 9111 §3.5 applies to this request: it carries
+    /// `Authorization`, the cache is shared, and neither `share_authorized`
+    /// nor credential partitioning (which gives the credentials a keyspace
+    /// of their own) lifts the rule.
+    fn guards_authorization(&self, req: &RequestDirectives) -> bool {
+        req.authorized && self.shared() && !self.share_authorized && !self.partition_credentials
+    }
+
     /// Whether `method` is answered from the cache (`HEAD` reads `GET`).
     pub(crate) fn lookup_method(method: &Method) -> bool {
         method == Method::GET || method == Method::HEAD
@@ -218,7 +237,7 @@ impl PolicyConfig {
 
     /// Judges whether `entry` may answer a request with `req` directives.
     pub(crate) fn usability(&self, entry: &Entry, req: &RequestDirectives, now: u64) -> Usability {
-        if req.authorized && self.shared() && !self.share_authorized && !entry.flags.auth_ok {
+        if self.guards_authorization(req) && !entry.flags.auth_ok {
             return Usability::Unusable;
         }
         let tl = &entry.timeline;
@@ -277,7 +296,7 @@ impl PolicyConfig {
         if entry.flags.must_revalidate || entry.flags.no_cache {
             return false;
         }
-        if req.authorized && self.shared() && !self.share_authorized && !entry.flags.auth_ok {
+        if self.guards_authorization(req) && !entry.flags.auth_ok {
             return false;
         }
         now < entry.timeline.stale_if_error_until
@@ -329,7 +348,7 @@ impl PolicyConfig {
         }
         let shared_directive =
             cc.public || cc.must_revalidate || (self.shared() && cc.s_maxage.is_some());
-        if req.authorized && self.shared() && !self.share_authorized && !shared_directive {
+        if self.guards_authorization(req) && !shared_directive {
             return Err(NotStored::Authorization);
         }
 
@@ -471,6 +490,9 @@ impl PolicyConfig {
             flags: EntryFlags {
                 must_revalidate,
                 no_cache,
+                // Partitioning does not set it: the flag says the response
+                // may answer any credentials, which a partitioned entry
+                // only may because no other credentials can reach it.
                 auth_ok: !self.shared() || self.share_authorized || shared_directive,
             },
             vary,

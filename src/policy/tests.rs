@@ -549,6 +549,39 @@ fn storable_cases() -> Vec<Case> {
         .cfg(private())
         .authorized()
         .ok(ok(plain(MIN)).flags(false, false, true)),
+        case(
+            "Authorization with max-age only, partitioned by credentials",
+            200,
+            &[("cache-control", "max-age=60")],
+        )
+        .cfg(PolicyConfig {
+            partition_credentials: true,
+            ..shared()
+        })
+        .authorized()
+        .ok(ok(plain(MIN))),
+        case(
+            "Authorization with private, partitioned by credentials",
+            200,
+            &[("cache-control", "private, max-age=60")],
+        )
+        .cfg(PolicyConfig {
+            partition_credentials: true,
+            ..shared()
+        })
+        .authorized()
+        .err(NotStored::Private),
+        case(
+            "Authorization with private in a private cache, partitioned",
+            200,
+            &[("cache-control", "private, max-age=60")],
+        )
+        .cfg(PolicyConfig {
+            partition_credentials: true,
+            ..private()
+        })
+        .authorized()
+        .ok(ok(plain(MIN)).flags(false, false, true)),
         // --- no-cache -----------------------------------------------------
         case(
             "no-cache without validators",
@@ -1454,6 +1487,17 @@ fn usability_table() {
         .cfg(private())
         .authorized(),
         use_case(
+            "authorized request, partitioned by credentials",
+            entry(0, true, none),
+            "",
+            &[(0, Fresh), (60_000, Stale)],
+        )
+        .cfg(PolicyConfig {
+            partition_credentials: true,
+            ..shared()
+        })
+        .authorized(),
+        use_case(
             "anonymous request, entry not auth_ok",
             entry(0, true, none),
             "",
@@ -1560,6 +1604,16 @@ fn stale_if_error_ok_table() {
         SieCase {
             name: "authorized request, private cache",
             cfg: private(),
+            flags: EntryFlags::default(),
+            authorized: true,
+            at: &[(60_000, true), (120_000, false)],
+        },
+        SieCase {
+            name: "authorized request, partitioned by credentials",
+            cfg: PolicyConfig {
+                partition_credentials: true,
+                ..shared()
+            },
             flags: EntryFlags::default(),
             authorized: true,
             at: &[(60_000, true), (120_000, false)],
