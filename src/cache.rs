@@ -1309,6 +1309,13 @@ impl Cache {
     /// Removes the stored responses for a readable cache key (as shown by
     /// [`Entry::key`], or as returned by a custom key function), in every
     /// tier. Returns whether this instance's L1 held it.
+    ///
+    /// Entries in a credentials partition
+    /// ([`partition_by_credentials`](CacheBuilder::partition_by_credentials))
+    /// are keyed by the whole credentials digest, of which their readable
+    /// key shows only half: reach them with [`invalidate`](Self::invalidate)
+    /// (a request with the same credentials), a prefix, a tag or
+    /// [`clear`](Self::clear).
     pub fn invalidate_key(&self, key: &str) -> bool {
         self.invalidate_hash(KeyHash(xxhash_rust::xxh3::xxh3_128(key.as_bytes())))
     }
