@@ -43,6 +43,12 @@ pub(crate) trait Upstream<B>: Send + Sized {
 pub(crate) type CacheResult<U, B> =
     Result<Response<CacheBody<<U as Upstream<B>>::Body>>, <U as Upstream<B>>::Error>;
 
+/// Set by an adapter on an upstream response that must not be stored for
+/// the request's key (say, the final response of followed redirects); the
+/// reason goes in `Cache-Status` as `detail`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NotStorable(pub(crate) &'static str);
+
 /// The outcome of one upstream exchange.
 enum Fetched<U: Upstream<B>, B> {
     /// Stored (or updated by a 304); answer from the entry.
@@ -496,6 +502,16 @@ where
     }
     if !plan.background {
         s.counters.misses.incr();
+    }
+    // An adapter may know the response is not the URL's own (a redirect
+    // its client followed): pass it through, store nothing.
+    if let Some(NotStorable(why)) = resp.extensions().get::<NotStorable>().copied() {
+        let hv = cache_status(format_args!(
+            "fwd={}; fwd-status={}; detail={why}",
+            plan.fwd,
+            status.as_u16()
+        ));
+        return Fetched::Passed(pass_through(resp, hv, client.method == Method::HEAD));
     }
 
     let route = plan.route.map(|i| &s.policy.routes[i]);

@@ -246,8 +246,9 @@ impl<'a> Upstream<Body> for NextUpstream<'a> {
     fn call(self, req: http::Request<Body>) -> Self::Future {
         Box::pin(async move {
             let req = reqwest::Request::try_from(req)?;
+            let url = req.url().clone();
             let resp = self.next.run(req, self.extensions).await?;
-            Ok(http::Response::from(resp))
+            Ok(from_reqwest(resp, &url))
         })
     }
 
@@ -276,8 +277,9 @@ impl Upstream<Body> for ClientUpstream {
     fn call(self, req: http::Request<Body>) -> Self::Future {
         Box::pin(async move {
             let req = reqwest::Request::try_from(req)?;
+            let url = req.url().clone();
             let resp = self.0.execute(req).await?;
-            Ok(http::Response::from(resp))
+            Ok(from_reqwest(resp, &url))
         })
     }
 
@@ -292,12 +294,32 @@ impl Upstream<Body> for ClientUpstream {
     }
 }
 
-/// The engine's answer as a `reqwest::Response`, with the request's URL.
+/// The final URL of a response whose client followed redirects.
+#[derive(Debug, Clone)]
+struct FinalUrl(reqwest::Url);
+
+/// An upstream response for the engine. After followed redirects the
+/// response belongs to another URL: it keeps that URL and is not stored
+/// under this request's key.
+fn from_reqwest(resp: reqwest::Response, requested: &reqwest::Url) -> http::Response<Body> {
+    let final_url = resp.url().clone();
+    let mut resp = http::Response::from(resp);
+    if final_url != *requested {
+        resp.extensions_mut()
+            .insert(crate::flow::NotStorable("redirected"));
+        resp.extensions_mut().insert(FinalUrl(final_url));
+    }
+    resp
+}
+
+/// The engine's answer as a `reqwest::Response`, with the request's URL
+/// (or the final one, after redirects).
 fn into_reqwest(
     resp: http::Response<CacheBody<Body>>,
     url: Option<reqwest::Url>,
 ) -> reqwest::Response {
     let (mut parts, body) = resp.into_parts();
+    let url = parts.extensions.remove::<FinalUrl>().map(|u| u.0).or(url);
     if let Some(url) = url {
         // reqwest reads the URL from this extension (`ResponseBuilderExt`).
         use reqwest::ResponseBuilderExt as _;
