@@ -61,7 +61,8 @@ pub(crate) fn cache_status(params: fmt::Arguments<'_>) -> HeaderValue {
 pub(crate) fn request_view(parts: &Parts) -> Parts {
     let mut p = Request::new(()).into_parts().0;
     p.method = parts.method.clone();
-    p.uri = parts.uri.clone();
+    // The URI keys are made from (see `key_uri`).
+    p.uri = crate::key::key_uri(parts).clone();
     p.version = parts.version;
     p.headers = parts.headers.clone();
     p
@@ -1440,7 +1441,7 @@ impl Cache {
             s.policy
                 .routes
                 .iter()
-                .position(|r| r.matches(parts.uri.path()))
+                .position(|r| r.matches(crate::key::key_uri(parts).path()))
         };
         if route.is_some_and(|i| s.policy.routes[i].bypass) {
             s.counters.passes.incr();

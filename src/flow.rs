@@ -951,7 +951,9 @@ where
     B: Send + 'static,
     U: Upstream<B>,
 {
-    let view = get_view(req.uri(), req.headers());
+    let (parts, body) = req.into_parts();
+    let view = get_view(crate::key::key_uri(&parts), &parts.headers);
+    let req = Request::from_parts(parts, body);
     let counters = &cache.shared.counters;
     counters.upstream_calls.incr();
     let resp = match up.call(req).await {

@@ -136,11 +136,24 @@ pub(crate) fn credentials_digest(headers: &HeaderMap) -> Option<u128> {
     Some(h.digest128())
 }
 
+/// The URI a request is keyed and matched by: the request's own, or, on
+/// axum (feature `axum`), the URI before nested routers stripped their
+/// prefix (`OriginalUri`), so that one cache inside several nested routers
+/// keeps `/api/x` and `/static/x` apart.
+#[inline]
+pub(crate) fn key_uri(parts: &Parts) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    &parts.uri
+}
+
 impl KeyConfig {
     /// The key hash of a request, or `None` when the custom key function
     /// declines it. Allocation-free for the default configuration.
     pub(crate) fn hash(&self, parts: &Parts) -> Option<KeyHash> {
-        self.hash_uri(&parts.uri, &parts.headers, Some(parts))
+        self.hash_uri(key_uri(parts), &parts.headers, Some(parts))
     }
 
     /// The credentials digest of a request when keys are partitioned by it.
@@ -201,7 +214,7 @@ impl KeyConfig {
             Some(custom) => custom(parts)?,
             None => {
                 let mut s = String::with_capacity(64);
-                self.write_key(&mut s, &parts.uri, &parts.headers);
+                self.write_key(&mut s, key_uri(parts), &parts.headers);
                 s
             }
         };
