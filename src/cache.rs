@@ -1167,6 +1167,7 @@ impl Cache {
             coalesced: c.coalesced.get(),
             passes: c.passes.get(),
             unavailable: c.unavailable.get(),
+            cancelled: c.cancelled.get(),
             not_modified: c.not_modified.get(),
             stale_if_error: c.stale_if_error.get(),
             upstream_calls: c.upstream_calls.get(),
@@ -1222,7 +1223,8 @@ impl Cache {
             + stats.revalidated
             + stats.coalesced
             + stats.passes
-            + stats.unavailable;
+            + stats.unavailable
+            + stats.cancelled;
         stats.compute_ratio();
         stats
     }
@@ -1236,6 +1238,20 @@ impl Cache {
         self.carry_unflushed();
         self.shared.counters.reset();
         self.shared.obs.reset();
+    }
+
+    /// Records a request dropped before its answer on the engine's path.
+    pub(crate) fn cancelled(&self, label: u16, span: &tracing::Span) {
+        self.shared.counters.cancelled.incr();
+        let obs = &self.shared.obs;
+        if obs.cfg.enabled {
+            obs.labels
+                .counters(label)
+                .add(crate::observe::labels::field::CANCELLED, 1);
+            if !span.is_disabled() {
+                span.record("cache.result", "cancelled");
+            }
+        }
     }
 
     /// Records a finished request: per-label counters, latency, window,

@@ -158,6 +158,20 @@ where
     }
 }
 
+/// Reports a request as cancelled when dropped (forgotten once it
+/// finished).
+struct Unfinished<'c> {
+    cache: &'c Cache,
+    label: u16,
+    span: &'c tracing::Span,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.cache.cancelled(self.label, self.span);
+    }
+}
+
 /// A boxed future that may borrow for `'a`.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -285,7 +299,14 @@ impl Lookup {
         let Lookup { start, label, span } = self;
         let inner = span.clone();
         let fut = async move {
+            // Counted as cancelled if this future is dropped first.
+            let guard = Unfinished {
+                cache: &cache,
+                label,
+                span: &span,
+            };
             let result = fut.await;
+            std::mem::forget(guard);
             let (outcome, status) = match &result {
                 Ok(resp) => (
                     Outcome::from_status(resp.headers().get(&CACHE_STATUS)),

@@ -78,6 +78,7 @@ pub(crate) struct Counters {
     pub(crate) too_large: Counter,
     pub(crate) coalesce_timeouts: Counter,
     pub(crate) invalidations: Counter,
+    pub(crate) cancelled: Counter,
 }
 
 impl Counters {
@@ -102,6 +103,7 @@ impl Counters {
             &self.too_large,
             &self.coalesce_timeouts,
             &self.invalidations,
+            &self.cancelled,
         ] {
             c.reset();
         }
@@ -112,8 +114,8 @@ impl Counters {
 /// [`Cache::stats`](crate::Cache::stats).
 ///
 /// Each request is counted under exactly one outcome: `hits` (by tier),
-/// `stale`, `misses`, `revalidated`, `coalesced`, `passes` or
-/// `unavailable`; `requests` is their sum.
+/// `stale`, `misses`, `revalidated`, `coalesced`, `passes`,
+/// `unavailable` or `cancelled`; `requests` is their sum.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -141,6 +143,9 @@ pub struct Stats {
     pub passes: u64,
     /// `only-if-cached` requests answered 504 because nothing was stored.
     pub unavailable: u64,
+    /// Requests dropped before their answer (a client timeout, a client
+    /// gone) while the cache was looking in L2 or calling the upstream.
+    pub cancelled: u64,
     /// Responses answered 304 from cache to a client's conditional request.
     pub not_modified: u64,
     /// Stale entries served because the upstream failed (of `stale`).

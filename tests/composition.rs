@@ -304,9 +304,17 @@ async fn trace_timeout_and_cache_over_the_wire() {
     } else {
         "default"
     };
-    // The timed-out request is in no outcome counter (see section 3), so
-    // `/slow` has no requests and is left out of the label stats.
-    assert_eq!(labels(&cache), [label(items, 4, 2, 2)]);
+    // The timed-out request is counted as cancelled: a request, neither a
+    // hit nor a miss.
+    if cfg!(feature = "axum") {
+        assert_eq!(
+            labels(&cache),
+            [label(items, 4, 2, 2), label("/slow", 1, 0, 0)]
+        );
+    } else {
+        assert_eq!(labels(&cache), [label(items, 5, 2, 2)]);
+    }
+    assert_eq!(cache.stats().cancelled, 1);
     assert_eq!(cache.stats().stores, 2);
 }
 
@@ -604,9 +612,9 @@ async fn tower_http_timeout_outside_the_cache() {
     assert_eq!(stats.in_flight, 0);
     assert_eq!(stats.upstream_calls, 2, "the cancelled call was made");
     assert_eq!(
-        (stats.requests, stats.hits, stats.misses),
-        (2, 1, 1),
-        "the cancelled request is in no outcome counter"
+        (stats.requests, stats.hits, stats.misses, stats.cancelled),
+        (3, 1, 1, 1),
+        "the cancelled request is counted as cancelled"
     );
 
     // So the next request for that key is a miss again.

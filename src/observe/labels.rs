@@ -73,7 +73,10 @@ pub(crate) mod field {
     /// Lookups served from storage that were timed (fresh L1 hits are
     /// timed one in [`HIT_TIMING_SAMPLE`](crate::observe::HIT_TIMING_SAMPLE)).
     pub(crate) const TIMED_SERVED: usize = 17;
-    pub(crate) const COUNT: usize = 18;
+    /// Requests dropped before their answer (a client timeout, a client
+    /// gone) on the engine's path.
+    pub(crate) const CANCELLED: usize = 18;
+    pub(crate) const COUNT: usize = 19;
 }
 
 const STRIPES: usize = 4;

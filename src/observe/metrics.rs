@@ -210,13 +210,15 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             for (name, c) in s.obs.labels.all() {
                 let label: opentelemetry::Value = name.to_string().into();
                 for (f, result, tier) in [
-                    (field::HIT_L1, LookupResult::Hit, "l1"),
-                    (field::HIT_L2, LookupResult::Hit, "l2"),
-                    (field::STALE, LookupResult::Stale, "none"),
-                    (field::MISS, LookupResult::Miss, "none"),
-                    (field::COALESCED, LookupResult::Miss, "none"),
-                    (field::REVALIDATED, LookupResult::Revalidated, "none"),
-                    (field::PASS, LookupResult::Pass, "none"),
+                    (field::HIT_L1, "hit", "l1"),
+                    (field::HIT_L2, "hit", "l2"),
+                    (field::STALE, "stale", "none"),
+                    (field::MISS, "miss", "none"),
+                    (field::COALESCED, "miss", "none"),
+                    (field::REVALIDATED, "revalidated", "none"),
+                    (field::PASS, "pass", "none"),
+                    // Dropped before an answer: no lookup result.
+                    (field::CANCELLED, "cancelled", "none"),
                 ] {
                     if c[f] == 0 {
                         continue;
@@ -226,7 +228,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
                     o.observe(
                         c[f],
                         &[
-                            KeyValue::new("cache.result", result.as_str()),
+                            KeyValue::new("cache.result", result),
                             KeyValue::new("cache.tier", tier),
                             KeyValue::new("cache.label", label.clone()),
                             KeyValue::new("cache.coalesced", coalesced),

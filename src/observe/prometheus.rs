@@ -88,6 +88,7 @@ impl Cache {
             c[field::COALESCED] = st.coalesced;
             c[field::REVALIDATED] = st.revalidated;
             c[field::PASS] = st.passes;
+            c[field::CANCELLED] = st.cancelled;
             global = [LabelStats::from_counts(super::DEFAULT, &c)];
             &global[..]
         };
@@ -100,6 +101,7 @@ impl Cache {
                 ("coalesced", "none", l.coalesced),
                 ("revalidated", "none", l.revalidated),
                 ("pass", "none", l.passes),
+                ("cancelled", "none", l.cancelled),
             ] {
                 sample(
                     w,

@@ -33,7 +33,11 @@ pub struct LabelStats {
     pub coalesced: u64,
     /// Passed through uncached.
     pub passes: u64,
-    /// `(hits + stale) / lookups`, where lookups are all but passes.
+    /// Dropped before their answer (client timeout or gone) while the
+    /// cache was fetching: neither hits nor misses.
+    pub cancelled: u64,
+    /// `(hits + stale) / lookups`, where lookups are all but passes (and
+    /// cancelled requests).
     pub hit_ratio: f64,
     /// Mean time in the cache layer per lookup (to the response head, the
     /// upstream call included for misses), ms. Passes are not timed.
@@ -61,7 +65,7 @@ impl LabelStats {
         let hits = c[field::HIT_L1] + c[field::HIT_L2];
         let lookups =
             hits + c[field::STALE] + c[field::MISS] + c[field::REVALIDATED] + c[field::COALESCED];
-        let requests = lookups + c[field::PASS];
+        let requests = lookups + c[field::PASS] + c[field::CANCELLED];
         Self {
             label: label.to_owned(),
             requests,
@@ -73,6 +77,7 @@ impl LabelStats {
             revalidated: c[field::REVALIDATED],
             coalesced: c[field::COALESCED],
             passes: c[field::PASS],
+            cancelled: c[field::CANCELLED],
             hit_ratio: ratio(hits + c[field::STALE], lookups),
             mean_latency_ms: {
                 // Fresh L1 hits are timed one in HIT_TIMING_SAMPLE: scale
@@ -100,9 +105,10 @@ impl LabelStats {
         }
     }
 
-    /// Requests that were cache lookups (all but passes).
+    /// Requests that were cache lookups and got an answer (all but passes
+    /// and cancelled ones).
     pub fn lookups(&self) -> u64 {
-        self.requests - self.passes
+        self.requests - self.passes - self.cancelled
     }
 }
 
