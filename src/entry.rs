@@ -57,6 +57,10 @@ pub(crate) struct EntryFlags {
     pub(crate) auth_ok: bool,
 }
 
+/// The `Vary` value stored for a credential header of a partitioned
+/// request, in place of the credentials.
+pub(crate) const PARTITIONED: HeaderValue = HeaderValue::from_static("ttc-partitioned-credentials");
+
 /// One stored response.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -200,6 +204,11 @@ impl Entry {
     /// Whether a request's headers select this variant.
     pub(crate) fn vary_matches(&self, req: &HeaderMap) -> bool {
         self.vary.iter().all(|(name, stored)| {
+            if stored.len() == 1 && stored[0] == PARTITIONED {
+                // Stored under a credentials partition, which pins these
+                // values already: only their presence is checked.
+                return req.contains_key(name);
+            }
             let mut it = req.get_all(name).iter();
             for s in stored.iter() {
                 match it.next() {

@@ -594,6 +594,17 @@ where
         .vary
         .iter()
         .map(|n| {
+            // A partitioned entry is reachable with its credentials only:
+            // their values are never stored (not in L1, not in Redis).
+            if s.keys.credentials
+                && crate::key::is_credential_header(n)
+                && client.headers.contains_key(n)
+            {
+                return (
+                    n.clone(),
+                    Box::new([crate::entry::PARTITIONED.clone()]) as Box<[_]>,
+                );
+            }
             let vals: Box<[HeaderValue]> = client.headers.get_all(n).iter().cloned().collect();
             (n.clone(), vals)
         })

@@ -109,6 +109,13 @@ thread_local! {
 /// takes them.
 static CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
 
+/// Whether `name` is one of the headers credentials partitioning digests.
+pub(crate) fn is_credential_header(name: &http::HeaderName) -> bool {
+    name == http::header::AUTHORIZATION
+        || name == http::header::PROXY_AUTHORIZATION
+        || name == http::header::COOKIE
+}
+
 /// What separates the credentials component from the rest of a key.
 const CREDENTIALS_TAG: &str = "\ncredentials:";
 
