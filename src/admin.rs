@@ -10,7 +10,7 @@
 //! | `GET` | `/health` | [`Cache::health`]; 503 when degraded |
 //! | `GET` | `/stats` | [`Cache::stats`] |
 //! | `GET` | `/stats/labels` | [`Cache::label_stats`] |
-//! | `GET` | `/stats/shared` | `Cache::shared_stats` (feature `redis`): totals accumulated in Redis by every instance; 404 without them |
+//! | `GET` | `/stats/shared` | `Cache::shared_stats` (feature `redis`): totals accumulated in Redis by every instance; 404 without an L2 tier, 503 when shared stats are off or Redis does not answer |
 //! | `GET` | `/stats/top?limit=N` | [`Cache::top_labels`] (`limit` 1..=1000, default 10) |
 //! | `GET` | `/stats/low-performers?threshold=R` | [`Cache::low_performers`] (`threshold` 0..=1, default 0.5) |
 //! | `GET` | `/metrics` | [`Cache::prometheus`] (`text/plain; version=0.0.4`) |
@@ -21,8 +21,10 @@
 //! | `POST` | `/reset-stats` | [`Cache::reset_stats`]; 204 |
 //!
 //! `GET` routes answer `HEAD` too. The body of `POST /warm` is a JSON
-//! array of targets — URLs (`"/items/1"`, `"http://api.example/x"`) or
-//! objects `{"url": …, "headers": {…}}` — or an object
+//! array of targets — URLs as the cache keys requests (absolute,
+//! `"http://shop.example/items/1"`, unless keys leave the authority out;
+//! see [`WarmTarget::url`](crate::warm::WarmTarget::url)) or objects
+//! `{"url": …, "headers": {…}}` — or an object
 //! `{"targets": [...], "concurrency": 8, "timeout_ms": 30000}`; at most
 //! [`MAX_WARM_TARGETS`] targets (the default body limit of 64 KiB holds
 //! about a thousand URLs: raise [`AdminService::max_body_bytes`] for

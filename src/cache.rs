@@ -1232,12 +1232,16 @@ impl Cache {
     /// Sets the request counters, per-label stats, latency histograms and
     /// the rolling window back to zero (tier sizes are unaffected).
     pub fn reset_stats(&self) {
+        let reset = || {
+            self.shared.counters.reset();
+            self.shared.obs.reset();
+        };
         // Shared stats in Redis are not reset: what was counted since the
         // last flush is still added to them.
         #[cfg(feature = "redis")]
-        self.carry_unflushed();
-        self.shared.counters.reset();
-        self.shared.obs.reset();
+        self.reset_keeping_shared(reset);
+        #[cfg(not(feature = "redis"))]
+        reset();
     }
 
     /// Records a request dropped before its answer on the engine's path.
@@ -1274,10 +1278,6 @@ impl Cache {
         let elapsed = (start != 0).then(|| obs.elapsed_ns(start));
         let now = now.unwrap_or_else(|| self.shared.clock.now_millis());
         let summary = obs.record(label, outcome, elapsed, now);
-        #[cfg(feature = "redis")]
-        if let Some(f) = &self.shared.shared_stats {
-            f.ensure_started(&self.shared);
-        }
         if !span.is_disabled() {
             span.record("cache.result", outcome.result.as_str());
             span.record("cache.tier", outcome.tier.as_str());
@@ -1320,7 +1320,8 @@ impl Cache {
     /// Removes the stored responses (every variant) for the URL of `req`.
     /// Returns whether anything was stored.
     pub fn invalidate<B>(&self, req: &Request<B>) -> bool {
-        self.invalidate_parts(&get_view(req.uri(), req.headers()))
+        let uri = crate::key::original_uri(req.extensions()).unwrap_or(req.uri());
+        self.invalidate_parts(&get_view(uri, req.headers()))
     }
 
     /// Removes the stored responses for a readable cache key (as shown by

@@ -149,11 +149,18 @@ pub(crate) fn credentials_digest(headers: &HeaderMap) -> Option<u128> {
 /// keeps `/api/x` and `/static/x` apart.
 #[inline]
 pub(crate) fn key_uri(parts: &Parts) -> &http::Uri {
+    original_uri(&parts.extensions).unwrap_or(&parts.uri)
+}
+
+/// axum's `OriginalUri`, when the request went through an axum router
+/// (feature `axum`).
+#[inline]
+pub(crate) fn original_uri(_extensions: &http::Extensions) -> Option<&http::Uri> {
     #[cfg(feature = "axum")]
-    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
-        return &original.0;
+    if let Some(original) = _extensions.get::<axum::extract::OriginalUri>() {
+        return Some(&original.0);
     }
-    &parts.uri
+    None
 }
 
 impl KeyConfig {

@@ -33,7 +33,15 @@ use crate::Cache;
 /// Caches responses in a `reqwest-middleware` chain.
 ///
 /// Put it first in the chain: what comes after it (retries, auth) runs
-/// for misses, revalidations and refreshes, and never for hits. Background
+/// for misses, revalidations and refreshes, and never for hits.
+///
+/// The cache keys requests (and partitions them by credentials, with
+/// [`partition_by_credentials`](crate::CacheBuilder::partition_by_credentials))
+/// by what they carry when it sees them: credentials that a middleware
+/// after it adds (per-user `Authorization`, cookies from reqwest's cookie
+/// store) are not seen. Put such credentials on the request before the
+/// cache, or use one cache per identity. Background refreshes do not
+/// carry the request's `Extensions`. Background
 /// refreshes (stale-while-revalidate, eager refresh) outlive the request
 /// that started them, so they go through a client of their own: the one
 /// given to [`refresh_through`](Self::refresh_through), which
@@ -148,16 +156,14 @@ impl Middleware for CacheMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        // Requests the http types cannot carry go through untouched.
-        let Some(cloned) = req.try_clone() else {
+        // The conversion fails only for a URL that is not a valid URI:
+        // such a request goes through untouched. Streaming bodies convert
+        // (an unsafe method with one still invalidates).
+        if http::Uri::try_from(req.url().as_str()).is_err() {
             return next.run(req, extensions).await;
-        };
-        let req = match http::Request::<Body>::try_from(req) {
-            Ok(req) => req,
-            Err(_) => return next.run(cloned, extensions).await,
-        };
-        drop(cloned);
-        let url = reqwest::Url::parse(&req.uri().to_string()).ok();
+        }
+        let url = Some(req.url().clone());
+        let req = http::Request::<Body>::try_from(req)?;
         let up = NextUpstream {
             next,
             extensions,
@@ -219,13 +225,13 @@ impl CacheMiddleware {
                     up,
                     plan,
                 );
-                lookup.engine(cache.clone(), fut, key).await
+                lookup.engine(cache.clone(), fut, key, false).await
             }
             Decision::Unsafe => {
                 let key = cache.key_for_display(&parts, &lookup.span);
                 let fut =
                     flow::unsafe_method(cache.clone(), http::Request::from_parts(parts, body), up);
-                lookup.engine(cache.clone(), fut, key).await
+                lookup.engine(cache.clone(), fut, key, true).await
             }
         }
     }

@@ -145,14 +145,14 @@ where
                 let cache = self.cache.clone();
                 let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = flow::fetch(cache.clone(), Request::from_parts(parts, body), up, plan);
-                ResponseFuture::engine(lookup.engine(cache, fut, key))
+                ResponseFuture::engine(lookup.engine(cache, fut, key, false))
             }
             Decision::Unsafe => {
                 let up = self.take_ready();
                 let cache = self.cache.clone();
                 let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = flow::unsafe_method(cache.clone(), Request::from_parts(parts, body), up);
-                ResponseFuture::engine(lookup.engine(cache, fut, key))
+                ResponseFuture::engine(lookup.engine(cache, fut, key, true))
             }
         }
     }
@@ -164,11 +164,23 @@ struct Unfinished<'c> {
     cache: &'c Cache,
     label: u16,
     span: &'c tracing::Span,
+    /// The global outcome is counted already (a pass): only the label's
+    /// count is missing.
+    counted: bool,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        self.cache.cancelled(self.label, self.span);
+        if self.counted {
+            let obs = &self.cache.shared.obs;
+            if obs.cfg.enabled {
+                obs.labels
+                    .counters(self.label)
+                    .add(crate::observe::labels::field::PASS, 1);
+            }
+        } else {
+            self.cache.cancelled(self.label, self.span);
+        }
     }
 }
 
@@ -186,6 +198,10 @@ pub(crate) struct Lookup {
 impl Lookup {
     /// Labels the request and opens its span.
     pub(crate) fn begin(cache: &Cache, parts: &http::request::Parts) -> Self {
+        #[cfg(feature = "redis")]
+        if let Some(flusher) = &cache.shared.shared_stats {
+            flusher.ensure_started(&cache.shared);
+        }
         let obs = &cache.shared.obs;
         if !obs.cfg.enabled {
             return Self {
@@ -285,11 +301,15 @@ impl Lookup {
 
     /// Runs an engine path inside the request's span and reports it when
     /// the response head is ready.
+    ///
+    /// `counted`: the request's outcome is already counted (an unsafe
+    /// method is a pass from the start), so a drop is not `cancelled`.
     pub(crate) fn engine<'a, F, RB, E>(
         self,
         cache: Cache,
         fut: F,
         key: Option<String>,
+        counted: bool,
     ) -> BoxFuture<'a, Result<Response<CacheBody<RB>>, E>>
     where
         F: Future<Output = Result<Response<CacheBody<RB>>, E>> + Send + 'a,
@@ -304,6 +324,7 @@ impl Lookup {
                 cache: &cache,
                 label,
                 span: &span,
+                counted,
             };
             let result = fut.await;
             std::mem::forget(guard);

@@ -21,7 +21,11 @@ use crate::{CacheBody, CacheService};
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[non_exhaustive]
 pub struct WarmTarget {
-    /// The URL (absolute for clients; a path is enough on servers).
+    /// The URL, as the cache's keys see requests: absolute
+    /// (`http://host/path`) for clients and for servers whose keys include
+    /// the authority (the default, `key_authority(true)`: a request with
+    /// `Host: shop.example` is keyed `//shop.example/path`); a bare path
+    /// only when keys leave the authority out.
     #[cfg_attr(feature = "serde", serde(with = "uri_serde"))]
     pub url: Uri,
     /// Request headers to send.
@@ -437,27 +441,36 @@ where
     *req.method_mut() = Method::GET;
     *req.uri_mut() = target.url;
     *req.headers_mut() = target.headers;
+    // The call and the body, within the one time limit. The body is read
+    // to the end (a streamed response then completes) and dropped as it
+    // comes: warming never holds a body.
     let call = async {
         std::future::poll_fn(|cx| svc.poll_ready(cx))
             .await
             .map_err(|e| e.to_string())?;
-        svc.call(req).await.map_err(|e| e.to_string())
+        let resp: http::Response<CacheBody<ResB>> =
+            svc.call(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let cache_status = resp
+            .headers()
+            .get(&CACHE_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
+        let mut body = Box::pin(resp.into_body());
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        Ok::<_, String>((status, cache_status, outcome))
     };
-    let resp: http::Response<CacheBody<ResB>> = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(resp)) => resp,
+    let (status, cache_status, outcome) = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("timed out".to_owned()),
     };
-    let status = resp.status();
-    let cache_status = resp
-        .headers()
-        .get(&CACHE_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
-    // Read the body to the end so a streamed response completes.
-    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     match outcome.result {
         LookupResult::Hit | LookupResult::Stale if !outcome.coalesced => Ok(false),
         _ if cache_status.contains("; stored") || outcome.result == LookupResult::Revalidated => {

@@ -697,3 +697,34 @@ async fn no_store_request_revalidated_by_a_304_keeps_the_shared_entry() {
     assert_eq!(body(r).await, "x");
     assert_eq!(log.calls(), 2);
 }
+
+/// A request dropped while the engine works is counted once: as
+/// `cancelled` when nothing was counted for it yet, and not again when its
+/// outcome was (an unsafe method is a pass from the start).
+#[tokio::test(start_paused = true)]
+async fn dropped_requests_are_counted_once() {
+    use std::time::Duration;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let cache = Cache::builder().build().unwrap();
+    let slow = service_fn(|_req: http::Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"late"))))
+    });
+    let svc = tower::timeout::TimeoutLayer::new(Duration::from_millis(100))
+        .layer(tower_tiered_cache::CacheLayer::new(cache.clone()).layer(slow));
+    let post = http::Request::post("http://example.com/a")
+        .body(())
+        .unwrap();
+    assert!(svc.clone().oneshot(post).await.is_err(), "timed out");
+    let get = http::Request::get("http://example.com/b").body(()).unwrap();
+    assert!(svc.oneshot(get).await.is_err(), "timed out");
+    let st = cache.stats();
+    assert_eq!(
+        (st.requests, st.passes, st.misses, st.cancelled),
+        (2, 1, 0, 1),
+        "{st:?}"
+    );
+    let labels = cache.label_stats();
+    assert_eq!(labels.iter().map(|l| l.requests).sum::<u64>(), 2);
+}

@@ -214,3 +214,27 @@ async fn the_admin_service_serves_shared_stats() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test]
+async fn the_flusher_runs_with_observability_off() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = Cache::builder()
+        .redis(redis.url())
+        .namespace("quiet")
+        .shared_stats(Duration::from_millis(100))
+        .observability(false)
+        .build()
+        .unwrap();
+    a.reset_shared_stats().await;
+    for _ in 0..3 {
+        get(&a, "/q").await;
+    }
+    let s = until(Duration::from_secs(10), || async {
+        a.shared_stats().await.filter(|s| s.requests == 3)
+    })
+    .await;
+    assert_eq!((s.hits, s.misses), (2, 1));
+}

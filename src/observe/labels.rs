@@ -141,6 +141,8 @@ pub(crate) struct LabelTable {
     index: RwLock<HashMap<Arc<str>, u16>>,
     names: RwLock<Vec<Arc<str>>>,
     counters: Box<[LabelCounters]>,
+    /// Set once every index is handed out.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for LabelTable {
@@ -167,6 +169,7 @@ impl LabelTable {
             index: RwLock::new(index),
             names: RwLock::new(names),
             counters: (0..max + 2).map(|_| LabelCounters::default()).collect(),
+            full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -260,6 +263,11 @@ impl LabelTable {
         {
             return i;
         }
+        // Full: new names are `other` without taking the write locks (a
+        // client sending random hosts must not serialise requests).
+        if self.full.load(Ordering::Relaxed) {
+            return OTHER_INDEX;
+        }
         // Labels are for breakdowns, not keys: keep them short.
         let name = truncate(name, 120);
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -268,6 +276,7 @@ impl LabelTable {
         }
         let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
         if names.len() >= self.counters.len() {
+            self.full.store(true, Ordering::Relaxed);
             return OTHER_INDEX;
         }
         let i = names.len() as u16;

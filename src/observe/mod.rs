@@ -142,13 +142,18 @@ impl Outcome {
             .strip_prefix(crate::cache::CACHE_STATUS_NAME)
             .map_or(s, |r| r.trim_start_matches(';').trim_start());
         let mut hit = false;
+        let mut stale_ttl = false;
         let (mut fwd, mut detail, mut ttl, mut fwd_status) = ("", "", None, "");
         let mut collapsed = false;
         for param in s.split(';').map(str::trim) {
             match param.split_once('=') {
                 Some(("fwd", v)) => fwd = v,
                 Some(("detail", v)) => detail = v,
-                Some(("ttl", v)) => ttl = v.parse::<i64>().ok(),
+                Some(("ttl", v)) => {
+                    // `ttl=-0` is stale too: the sign says it.
+                    stale_ttl = v.starts_with('-');
+                    ttl = v.parse::<i64>().ok();
+                }
                 Some(("fwd-status", v)) => fwd_status = v,
                 None if param == "hit" => hit = true,
                 None if param == "collapsed" => collapsed = true,
@@ -161,7 +166,7 @@ impl Outcome {
             _ => Tier::None,
         };
         let result = if hit {
-            if ttl.is_some_and(|t| t < 0) || detail == "stale-if-error" {
+            if stale_ttl || detail == "stale-if-error" {
                 LookupResult::Stale
             } else {
                 LookupResult::Hit
@@ -723,6 +728,11 @@ mod tests {
             );
         }
         assert!(parse("tower-tiered-cache; fwd=vary-miss; stored").vary_miss);
+        // Stale at the very millisecond freshness ended, or with max-stale.
+        assert_eq!(
+            parse("tower-tiered-cache; hit; ttl=-0; detail=l1").result,
+            Stale
+        );
         assert_eq!(
             parse("tower-tiered-cache; fwd=uri-miss; stored; ttl=60").ttl_secs,
             Some(60)

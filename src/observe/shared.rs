@@ -11,13 +11,20 @@ use super::report::ratio;
 use crate::cache::Shared;
 use crate::Cache;
 
+#[derive(Debug, Default)]
+struct FlushState {
+    base: HashMap<String, u64>,
+    last: HashMap<String, u64>,
+}
+
 /// The flusher's state: what was last added to Redis.
 #[derive(Debug)]
 pub(crate) struct Flusher {
     pub(crate) interval: Duration,
-    last: Mutex<HashMap<String, u64>>,
-    /// Counted but not yet flushed when `reset_stats` zeroed the counters.
-    carry: Mutex<HashMap<String, u64>>,
+    /// `base`: what `reset_stats` zeroed, added back so that the flushed
+    /// counts never go down; `last`: the counts (base included) Redis has.
+    /// One lock, so a reset never falls between a snapshot and its use.
+    state: Mutex<FlushState>,
     started: AtomicBool,
     /// One flush at a time (the periodic task and explicit calls).
     flushing: tokio::sync::Mutex<()>,
@@ -27,8 +34,7 @@ impl Flusher {
     pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
-            last: Mutex::new(HashMap::new()),
-            carry: Mutex::new(HashMap::new()),
+            state: Mutex::new(FlushState::default()),
             started: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
         }
@@ -180,37 +186,27 @@ impl Cache {
             return false;
         };
         let _one = flusher.flushing.lock().await;
-        let now = self.counter_snapshot();
-        let carried = flusher
-            .carry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let deltas: Vec<(String, u64)> = {
-            let last = flusher.last.lock().unwrap_or_else(|e| e.into_inner());
-            let mut keys: Vec<&String> = now.keys().chain(carried.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter()
-                .filter_map(|k| {
-                    let v = now.get(k).copied().unwrap_or(0);
-                    let before = last.get(k).copied().unwrap_or(0);
-                    let delta = v.saturating_sub(before) + carried.get(k).copied().unwrap_or(0);
+        // Counts since the process started: the counters plus what resets
+        // took away.
+        let (now, deltas) = {
+            let state = flusher.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut now = self.counter_snapshot();
+            for (k, v) in &state.base {
+                *now.entry(k.clone()).or_insert(0) += v;
+            }
+            let deltas: Vec<(String, u64)> = now
+                .iter()
+                .filter_map(|(k, &v)| {
+                    let delta = v.saturating_sub(state.last.get(k).copied().unwrap_or(0));
                     (delta > 0).then(|| (k.clone(), delta))
                 })
-                .collect()
+                .collect();
+            (now, deltas)
         };
         if !l2.add_stats(&deltas).await {
             return false;
         }
-        *flusher.last.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        let mut carry = flusher.carry.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in carried {
-            if let Some(c) = carry.get_mut(&k) {
-                *c = c.saturating_sub(v);
-            }
-        }
-        carry.retain(|_, v| *v > 0);
+        flusher.state.lock().unwrap_or_else(|e| e.into_inner()).last = now;
         true
     }
 
@@ -266,7 +262,7 @@ impl Cache {
         let mut labels: Vec<SharedLabelStats> = labels
             .into_values()
             .map(|mut l| {
-                l.hit_ratio = ratio(l.hits + l.stale, l.requests.saturating_sub(l.passes));
+                l.hit_ratio = ratio(l.hits + l.stale, l.hits + l.stale + l.misses);
                 l
             })
             .collect();
@@ -275,22 +271,19 @@ impl Cache {
         Some(out)
     }
 
-    /// Before `reset_stats` zeroes the counters: keeps what was counted
-    /// since the last flush, to be added by the next one.
-    pub(crate) fn carry_unflushed(&self) {
+    /// Runs `reset` (zeroing the counters) so that what it zeroes still
+    /// reaches the shared stats: the counts are kept as a base, under the
+    /// flusher's lock.
+    pub(crate) fn reset_keeping_shared(&self, reset: impl FnOnce()) {
         let Some(flusher) = self.shared.shared_stats.as_ref() else {
+            reset();
             return;
         };
-        let now = self.counter_snapshot();
-        let mut last = flusher.last.lock().unwrap_or_else(|e| e.into_inner());
-        let mut carry = flusher.carry.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in now {
-            let pending = v.saturating_sub(last.get(&k).copied().unwrap_or(0));
-            if pending > 0 {
-                *carry.entry(k).or_insert(0) += pending;
-            }
+        let mut state = flusher.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in self.counter_snapshot() {
+            *state.base.entry(k).or_insert(0) += v;
         }
-        last.clear();
+        reset();
     }
 
     /// Deletes the shared stats (every instance's contributions).
