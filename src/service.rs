@@ -230,9 +230,13 @@ impl Lookup {
     ) -> Decision<RB> {
         let obs = &cache.shared.obs;
         let decision = cache.decide::<RB>(parts, self.label, &self.span);
-        if obs.cfg.enabled && self.start == 0 && !matches!(decision, Decision::Hit(..)) {
+        if obs.cfg.enabled
+            && self.start == 0
+            && !matches!(decision, Decision::Hit(..) | Decision::Pass(_))
+        {
             // Not a fresh hit: always timed (from here; the L1 look-up
-            // before is a few hundred nanoseconds).
+            // before is a few hundred nanoseconds). Passes are not timed:
+            // their time is the upstream's.
             self.start = obs.start();
         }
         if !self.span.is_disabled() {
