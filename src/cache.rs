@@ -1154,7 +1154,8 @@ impl Cache {
         // Fresh L1 hits are counted under their label when observability
         // is on, globally when it is off (see `decide`); hits of L2
         // entries promoted on the async path are counted globally too.
-        let hits_l1 = c.hits_l1.get() + s.obs.l1_hits_by_label();
+        let labels = s.obs.read_labels();
+        let hits_l1 = c.hits_l1.get() + labels.totals[crate::observe::labels::field::HIT_L1];
         let hits_l2 = c.hits_l2.get();
         let mut stats = Stats {
             requests: 0,
@@ -1203,7 +1204,7 @@ impl Cache {
             labels: Vec::new(),
             redis: None,
         };
-        self.observe_into(&mut stats, now);
+        self.observe_into(&mut stats, now, &labels);
         #[cfg(feature = "redis")]
         if let Some(l2) = &s.l2 {
             let c = &l2.counters;

@@ -1,7 +1,9 @@
 //! The observability methods of [`Cache`].
 
+use super::labels::field;
 use super::report::{ratio, recommend};
 use super::window::{SLOTS, SLOT_MS};
+use super::LabelRead;
 use super::{Health, HealthStatus, LabelStats, Latency, LowPerformer, WindowStats};
 use crate::stats::Stats;
 use crate::Cache;
@@ -10,8 +12,9 @@ use crate::Cache;
 const TTL_SAMPLE: usize = 256;
 
 impl Cache {
-    /// Fills the observability parts of a stats snapshot.
-    pub(crate) fn observe_into(&self, stats: &mut Stats, now: u64) {
+    /// Fills the observability parts of a stats snapshot from one reading
+    /// of the label counters.
+    pub(crate) fn observe_into(&self, stats: &mut Stats, now: u64, read: &LabelRead) {
         let obs = &self.shared.obs;
         let w = obs.window.read(now);
         stats.window = WindowStats {
@@ -21,8 +24,8 @@ impl Cache {
             passes: w.passes,
             hit_ratio: ratio(w.served, w.lookups),
         };
-        stats.hit_latency = obs.latency(true).into();
-        stats.miss_latency = obs.latency(false).into();
+        stats.hit_latency = obs.latency(true, &read.totals).into();
+        stats.miss_latency = obs.latency(false, &read.totals).into();
         let sample = self.shared.l1.sample(TTL_SAMPLE);
         stats.avg_ttl_remaining_ms = (!sample.is_empty()).then(|| {
             sample
@@ -31,7 +34,7 @@ impl Cache {
                 .sum::<u64>()
                 / sample.len() as u64
         });
-        stats.labels = self.label_stats();
+        stats.labels = label_rows(read);
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.l2 {
             stats.redis = l2.info(now);
@@ -40,17 +43,7 @@ impl Cache {
 
     /// Per-label stats, busiest first (labels with no requests left out).
     pub fn label_stats(&self) -> Vec<LabelStats> {
-        let mut out: Vec<LabelStats> = self
-            .shared
-            .obs
-            .labels
-            .all()
-            .iter()
-            .map(|(name, c)| LabelStats::from_counts(name, c))
-            .filter(|s| s.requests > 0)
-            .collect();
-        out.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.label.cmp(&b.label)));
-        out
+        label_rows(&self.shared.obs.read_labels())
     }
 
     /// The `limit` labels with the most requests.
@@ -95,19 +88,10 @@ impl Cache {
         let now = s.clock.now_millis();
         let w = s.obs.window.read(now);
         // Hits are timed one in HIT_TIMING_SAMPLE: weight them back up.
-        let served: u64 = s
-            .obs
-            .labels
-            .all()
-            .iter()
-            .map(|(_, c)| {
-                c[super::labels::field::HIT_L1]
-                    + c[super::labels::field::HIT_L2]
-                    + c[super::labels::field::STALE]
-            })
-            .sum();
-        let hits = s.obs.latency(true);
-        let misses = s.obs.latency(false);
+        let totals = s.obs.read_labels().totals;
+        let served = totals[field::HIT_L1] + totals[field::HIT_L2] + totals[field::STALE];
+        let hits = s.obs.latency(true, &totals);
+        let misses = s.obs.latency(false, &totals);
         let weight = if hits.count == 0 {
             1.0
         } else {
@@ -216,4 +200,17 @@ impl Cache {
             "cache summary"
         );
     }
+}
+
+/// Per-label stats from one reading, busiest first (labels with no
+/// requests left out).
+fn label_rows(read: &LabelRead) -> Vec<LabelStats> {
+    let mut out: Vec<LabelStats> = read
+        .rows
+        .iter()
+        .map(|(name, c)| LabelStats::from_counts(name, c))
+        .filter(|s| s.requests > 0)
+        .collect();
+    out.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.label.cmp(&b.label)));
+    out
 }

@@ -263,67 +263,86 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
         ("cache.promotions", "L2 entries copied into L1", promotions),
     ];
     for (name, description, read) in simple {
-        let w = weak.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_callback(move |o| {
-                if let Some(s) = w.upgrade() {
-                    o.observe(read(&s), &[]);
-                }
-            })
-            .build();
+        observable_counter(meter, weak, name, description, None, move |s| {
+            vec![("", read(s))]
+        });
     }
-    let w = weak.clone();
-    meter
-        .u64_observable_counter("cache.refreshes")
-        .with_description("Background refreshes by outcome")
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
+    observable_counter(
+        meter,
+        weak,
+        "cache.refreshes",
+        "Background refreshes by outcome",
+        Some("outcome"),
+        |s| {
             let c = &s.counters;
-            for (outcome, v) in [
+            vec![
                 ("ok", c.refresh_ok.get()),
                 ("failed", c.refresh_failed.get()),
                 ("skipped", c.refresh_skipped.get()),
-            ] {
-                o.observe(v, &[KeyValue::new("outcome", outcome)]);
-            }
-        })
-        .build();
-    let w = weak.clone();
-    meter
-        .u64_observable_counter("cache.breaker.opens")
-        .with_description("Circuit breaker transitions to open, by breaker")
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            o.observe(s.breaker.opens(), &[KeyValue::new("breaker", "upstream")]);
+            ]
+        },
+    );
+    observable_counter(
+        meter,
+        weak,
+        "cache.breaker.opens",
+        "Circuit breaker transitions to open, by breaker",
+        Some("breaker"),
+        |s| {
+            #[allow(unused_mut)]
+            let mut v = vec![("upstream", s.breaker.opens())];
             #[cfg(feature = "redis")]
             if let Some(l2) = &s.l2 {
-                o.observe(l2.breaker.opens(), &[KeyValue::new("breaker", "l2")]);
+                v.push(("l2", l2.breaker.opens()));
+            }
+            v
+        },
+    );
+    #[cfg(feature = "redis")]
+    observable_counter(
+        meter,
+        weak,
+        "cache.l2.errors",
+        "L2 operations that failed, by kind",
+        Some("error.type"),
+        |s| {
+            let Some(l2) = &s.l2 else { return Vec::new() };
+            let c = &l2.counters;
+            vec![
+                ("error", c.errors.get()),
+                ("timeout", c.timeouts.get()),
+                ("decode", c.decode_errors.get()),
+                ("write_dropped", c.writes_dropped.get()),
+            ]
+        },
+    );
+}
+
+/// An observable counter read from the cache at collection time: `read`
+/// gives `(attribute value, count)` per series (the value is ignored
+/// without an attribute `key`).
+fn observable_counter(
+    meter: &Meter,
+    weak: &Weak<Shared>,
+    name: &'static str,
+    description: &'static str,
+    key: Option<&'static str>,
+    read: impl Fn(&Shared) -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+) {
+    let w = weak.clone();
+    meter
+        .u64_observable_counter(name)
+        .with_description(description)
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            for (value, n) in read(&s) {
+                match key {
+                    Some(k) => o.observe(n, &[KeyValue::new(k, value)]),
+                    None => o.observe(n, &[]),
+                }
             }
         })
         .build();
-    #[cfg(feature = "redis")]
-    {
-        let w = weak.clone();
-        meter
-            .u64_observable_counter("cache.l2.errors")
-            .with_description("L2 operations that failed, by kind")
-            .with_callback(move |o| {
-                let Some(s) = w.upgrade() else { return };
-                let Some(l2) = &s.l2 else { return };
-                let c = &l2.counters;
-                for (kind, v) in [
-                    ("error", c.errors.get()),
-                    ("timeout", c.timeouts.get()),
-                    ("decode", c.decode_errors.get()),
-                    ("write_dropped", c.writes_dropped.get()),
-                ] {
-                    o.observe(v, &[KeyValue::new("error.type", kind)]);
-                }
-            })
-            .build();
-    }
 }
 
 fn promotions(_s: &Shared) -> u64 {

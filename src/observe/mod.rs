@@ -390,6 +390,13 @@ thread_local! {
     static HIT_TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// One reading of every label's counters.
+pub(crate) struct LabelRead {
+    pub(crate) rows: Vec<(std::sync::Arc<str>, [u64; field::COUNT])>,
+    /// Each counter summed over the labels.
+    pub(crate) totals: [u64; field::COUNT],
+}
+
 /// The observer every request reports to.
 pub(crate) struct Observer {
     pub(crate) cfg: ObserveConfig,
@@ -596,28 +603,28 @@ impl Observer {
         }
     }
 
-    /// Fresh L1 hits counted under labels by the synchronous hit path.
-    pub(crate) fn l1_hits_by_label(&self) -> u64 {
-        if !self.cfg.enabled {
-            return 0;
+    /// The per-label counters, read once, and their sums over labels.
+    pub(crate) fn read_labels(&self) -> LabelRead {
+        let rows = self.labels.all();
+        let mut totals = [0u64; field::COUNT];
+        for (_, c) in &rows {
+            for (t, v) in totals.iter_mut().zip(c) {
+                *t += v;
+            }
         }
-        self.labels
-            .all()
-            .iter()
-            .map(|(_, c)| c[field::HIT_L1])
-            .sum()
+        LabelRead { rows, totals }
     }
 
     /// The hit (served) or miss latency: percentiles from the histogram,
     /// the exact total from the per-label sums.
-    pub(crate) fn latency(&self, served: bool) -> hist::Summary {
+    pub(crate) fn latency(&self, served: bool, totals: &[u64; field::COUNT]) -> hist::Summary {
         let (h, f) = if served {
             (&self.hit_latency, field::SERVED_NS)
         } else {
             (&self.miss_latency, field::LATENCY_NS)
         };
         let mut s = h.summary();
-        s.sum_ns = self.labels.all().iter().map(|(_, c)| c[f]).sum();
+        s.sum_ns = totals[f];
         s
     }
 
