@@ -4,52 +4,33 @@
 
 #![cfg(feature = "admin")]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
 use tower::{Layer, ServiceExt};
 use tower_tiered_cache::admin::AdminService;
 use tower_tiered_cache::{Cache, CacheBuilder, CacheLayer, HealthThresholds, CACHE_STATUS};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::loopback::{client, send, serve, HttpClient, Reply, Server};
+
 const TOKEN: &str = "s3cret-admin-token";
 /// The admin service's body limit in these tests.
 const MAX_BODY: usize = 1024;
 
 /// The app on a free loopback port, stopped when dropped.
 struct App {
-    addr: SocketAddr,
+    server: Server,
     cache: Cache,
     calls: Arc<AtomicUsize>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A response read to its end.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+    client: HttpClient,
 }
 
 impl Reply {
@@ -117,35 +98,17 @@ async fn start(cache: Cache) -> App {
         .route_service("/items/{id}", cached.clone())
         .nest_service("/admin", admin)
         .fallback_service(cached);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
     App {
-        addr,
+        server: serve(app).await,
         cache,
         calls,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        task,
+        client: client(),
     }
 }
 
 impl App {
     async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
-        let what = format!("{} {}", req.method(), req.uri());
-        timeout(DEADLINE, async {
-            let resp = self.client.request(req).await.expect("request");
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.expect("body").to_bytes();
-            Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what} timed out"))
+        send(&self.client, req).await
     }
 
     /// A request with `authorization` as given (none when `None`).
@@ -158,7 +121,7 @@ impl App {
     ) -> Reply {
         let mut b = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.addr));
+            .uri(format!("http://{}{path}", self.server.addr));
         if let Some(a) = authorization {
             b = b.header("authorization", a);
         }

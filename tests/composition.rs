@@ -19,6 +19,8 @@
 //! counts its calls. The cache's clock is a `ManualClock` wherever
 //! freshness matters; every exchange is bounded by a timeout.
 
+mod support;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,23 +30,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CACHE_CONTROL};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use tokio::time::timeout;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 use tower_tiered_cache::{Cache, CacheLayer, ManualClock, Route, CACHE_STATUS};
 
-/// The bound on any single exchange.
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::loopback::{client, read_reply, serve, HttpClient, Reply, DEADLINE};
 
 /// Where the manual clocks start: a whole second in the past, so the
 /// origins' real `Date` headers are never older than the cache's "now".
@@ -56,43 +51,6 @@ const VARY_STORED: &str = "tower-tiered-cache; fwd=vary-miss; fwd-status=200; st
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A server on a free loopback port, stopped when dropped.
-struct Server {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: Router) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Server { addr, task }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// A plain hyper-util client: it sends `Accept-Encoding` only when told to
-/// and never decompresses, so the test sees the bytes on the wire.
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A response read to its end.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
@@ -124,13 +82,7 @@ async fn fetch(
     }
     let req = req.body(Full::default()).expect("request");
     timeout(DEADLINE, async {
-        let resp = client.request(req).await.expect("request");
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("body").to_bytes(),
-        }
+        read_reply(client.request(req).await.expect("request")).await
     })
     .await
     .unwrap_or_else(|_| panic!("GET {path} timed out"))
@@ -142,16 +94,9 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    let (parts, body) = resp.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: timeout(DEADLINE, body.collect())
-            .await
-            .expect("body in time")
-            .expect("body")
-            .to_bytes(),
-    }
+    timeout(DEADLINE, read_reply(resp))
+        .await
+        .expect("body in time")
 }
 
 /// A bodiless `GET` for `oneshot`.

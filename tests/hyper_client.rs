@@ -9,6 +9,8 @@
 //! The cache's clock is a `ManualClock` (freshness, staleness); origins
 //! count the requests they answer; every exchange is bounded by a timeout.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -24,20 +26,17 @@ use axum::Router;
 use bytes::Bytes;
 use http::header::{AGE, CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer, CacheMode, ManualClock, CACHE_STATUS};
 
-/// The bound on any single exchange.
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::loopback::{read_reply, serve, Reply, DEADLINE};
 
 /// Where the manual clocks start: in the past, so the origins' real `Date`
 /// headers are never older than the cache's "now" (no apparent age).
@@ -48,27 +47,6 @@ const STORED: &str = "tower-tiered-cache; fwd=uri-miss; fwd-status=200; stored";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A server on a free loopback port, stopped when dropped.
-struct Server {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: Router) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Server { addr, task }
-}
 
 /// A resolver that knows only the given names (no system DNS).
 #[derive(Clone)]
@@ -108,14 +86,6 @@ fn client(hosts: Hosts) -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new_with_resolver(hosts))
 }
 
-/// A response read to its end.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -143,13 +113,7 @@ where
     }
     let req = req.body(Empty::new()).expect("request");
     timeout(DEADLINE, async {
-        let resp = svc.clone().oneshot(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("body").to_bytes(),
-        }
+        read_reply(svc.clone().oneshot(req).await.expect("response")).await
     })
     .await
     .unwrap_or_else(|_| panic!("GET {url} timed out"))

@@ -11,22 +11,16 @@
 mod redis_support;
 mod support;
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_support::{skip_if_no_redis, RedisServer};
+use support::capture::*;
 use support::*;
 use tower_tiered_cache::{
     BreakerState, Cache, CacheBuilder, Clock, HealthStatus, HealthThresholds,
 };
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Level, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
+use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
 
 const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 
@@ -35,158 +29,6 @@ fn l2(url: String) -> CacheBuilder {
         .redis(url)
         .namespace("obs")
         .l2_timeout(Duration::from_millis(500))
-}
-
-// ---------------------------------------------------------------------------
-// A layer recording spans with their fields and parents.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Str(String),
-    U64(u64),
-    I64(i64),
-    F64(f64),
-    Bool(bool),
-}
-
-#[derive(Debug, Clone)]
-struct SpanRec {
-    id: u64,
-    name: &'static str,
-    target: String,
-    level: Level,
-    parent: Option<usize>,
-    fields: BTreeMap<String, Val>,
-}
-
-impl SpanRec {
-    fn str(&self, key: &str) -> Option<&str> {
-        match self.fields.get(key) {
-            Some(Val::Str(s)) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-struct Visitor<'a>(&'a mut BTreeMap<String, Val>);
-
-impl Visit for Visitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().to_owned(), Val::Str(value.to_owned()));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Val::U64(value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Val::I64(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Val::F64(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Val::Bool(value));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Val::Str(format!("{value:?}")));
-    }
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<SpanRec>>>);
-
-impl Capture {
-    fn spans(&self) -> Vec<SpanRec> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn index_of(spans: &[SpanRec], id: u64) -> Option<usize> {
-    spans.iter().rposition(|s| s.id == id)
-}
-
-impl<S> Layer<S> for Capture
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Visitor(&mut fields));
-        let parent_id = ctx
-            .span(id)
-            .and_then(|s| s.parent())
-            .map(|p| p.id().into_u64());
-        let mut spans = self.0.lock().unwrap();
-        let parent = parent_id.and_then(|p| index_of(&spans, p));
-        spans.push(SpanRec {
-            id: id.into_u64(),
-            name: attrs.metadata().name(),
-            target: attrs.metadata().target().to_owned(),
-            level: *attrs.metadata().level(),
-            parent,
-            fields,
-        });
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let mut spans = self.0.lock().unwrap();
-        if let Some(i) = index_of(&spans, id.into_u64()) {
-            values.record(&mut Visitor(&mut spans[i].fields));
-        }
-    }
-}
-
-/// Records events: level and message.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-impl Events {
-    fn with(&self, level: tracing::Level, text: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(l, m)| *l == level && m.contains(text))
-            .count()
-    }
-}
-
-impl<S: Subscriber> Layer<S> for Events {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Visitor(&mut fields));
-        let message = match fields.get("message") {
-            Some(Val::Str(m)) => m.clone(),
-            _ => String::new(),
-        };
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), message));
-    }
-}
-
-/// A subscriber set as this thread's default while the value lives.
-///
-/// `tracing-core` caches each callsite's interest when the callsite is
-/// first hit. While only one dispatcher is registered it asks just the
-/// *hitting thread's* default: a test on another thread, without a
-/// subscriber, would then cache "never" for a callsite (say, the Redis
-/// client span) this test needs. A second live dispatcher, registered
-/// first, makes it ask every registered dispatcher.
-struct Installed {
-    _default: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-fn install(subscriber: impl Subscriber + Send + Sync + 'static) -> Installed {
-    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    Installed {
-        _default: tracing::subscriber::set_default(subscriber),
-        _second: second,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -307,8 +149,8 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
         return;
     }
     let mut server = RedisServer::start();
-    let events = Events::default();
-    let _installed = install(tracing_subscriber::registry().with(events.clone()));
+    let cap = Capture::default();
+    let _installed = install(tracing_subscriber::registry().with(cap.clone()));
     let clock = clock();
     let cache = l2_health_cache(&server, &clock);
     let (origin, _) = origin(|_, req| ok("max-age=600", req.uri().path()));
@@ -334,7 +176,10 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
     assert!(h.reasons[0].contains("open"), "{h:#?}");
     assert_eq!(cache.stats().l2_breaker, Some(BreakerState::Open));
     // Minimal logging (the default) warned once that L2 is down.
-    assert_eq!(events.with(tracing::Level::WARN, "L2 (Redis) is down"), 1);
+    assert_eq!(
+        cap.events_with(tracing::Level::WARN, "L2 (Redis) is down"),
+        1
+    );
     // Requests keep coming: still answered, still degraded (the breaker
     // stays open for its period on the cache's clock).
     for j in 0..5 {
@@ -373,7 +218,10 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
     let h = cache.health();
     assert_eq!(h.status, HealthStatus::Healthy, "{h:#?}");
     assert!(h.reasons.is_empty());
-    assert_eq!(events.with(tracing::Level::INFO, "L2 (Redis) is back"), 1);
+    assert_eq!(
+        cap.events_with(tracing::Level::INFO, "L2 (Redis) is back"),
+        1
+    );
     // And L2 serves again.
     let url = format!("http://example.com/back/{n}");
     written(&cache, 2).await;

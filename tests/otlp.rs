@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
 use otlp::{AttrValue, MetricKind, OtlpReceiver, Point, ReceivedMetric, ReceivedSpan};
+use support::capture::install;
 use support::*;
 use tower_tiered_cache::Cache;
 use tracing::Level;
@@ -74,27 +75,6 @@ fn metric(receiver: &OtlpReceiver, name: &str) -> ReceivedMetric {
 
 fn has_metrics(ms: &[ReceivedMetric], names: &[&str]) -> bool {
     names.iter().all(|n| ms.iter().any(|m| m.name == *n))
-}
-
-/// A subscriber set as this thread's default while the value lives.
-///
-/// `tracing-core` caches each callsite's interest when the callsite is
-/// first hit. While only one dispatcher is registered it asks just the
-/// *hitting thread's* default: a test on another thread, without a
-/// subscriber, would then cache "never" for a callsite (say, the Redis
-/// client span) this test needs. A second live dispatcher, registered
-/// first, makes it ask every registered dispatcher.
-struct Installed {
-    _default: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-fn install(subscriber: impl tracing::Subscriber + Send + Sync + 'static) -> Installed {
-    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    Installed {
-        _default: tracing::subscriber::set_default(subscriber),
-        _second: second,
-    }
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! port, driven by hyper-util's legacy client. Every client call is bounded
 //! by a timeout; handlers count their invocations.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,56 +26,15 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tower::ServiceExt;
 use tower_tiered_cache::{Cache, CacheLayer, CACHE_STATUS};
 
-/// The bound on any single client exchange.
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::loopback::{client, send, serve, HttpClient, Reply, DEADLINE};
 
 const HIT_L1: &str = "tower-tiered-cache; hit; detail=l1";
 const STORED: &str = "tower-tiered-cache; fwd=uri-miss; fwd-status=200; stored";
-
-/// A server on a free loopback port, stopped when dropped.
-struct Server {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(app: Router) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Server { addr, task }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A response read to its end.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
 
 impl Reply {
     fn cache_status(&self) -> &str {
@@ -88,22 +49,6 @@ impl Reply {
             .get(AGE)
             .map(|v| v.to_str().unwrap().parse().expect("numeric Age"))
     }
-}
-
-async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
-    let what = format!("{} {}", req.method(), req.uri());
-    timeout(DEADLINE, async {
-        let resp = client.request(req).await.expect("request");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what} timed out"))
 }
 
 fn request(method: Method, addr: SocketAddr, path: &str) -> http::request::Builder {

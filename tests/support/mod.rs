@@ -22,6 +22,9 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_tiered_cache::{Cache, CacheBody, CacheLayer, CacheService, ManualClock};
 
+pub mod capture;
+pub mod loopback;
+
 /// Where every manual clock starts: a whole second, so HTTP dates (second
 /// resolution) land on it exactly.
 pub const T0: u64 = 1_700_000_000_000;
