@@ -23,22 +23,23 @@
 //! Run with `cargo bench --bench hit_path`.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::hint::black_box;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Waker;
 use std::time::Duration;
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use http::header::{ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer, Route};
+
+mod support;
+
+use support::{bench_calls, body_buffer, call_once, median, noop_waker, origin, BODY_LEN};
+
+/// Requests with no body.
+type Proto = support::Proto<()>;
 
 #[cfg(feature = "opentelemetry")]
 #[path = "../examples/support/telemetry.rs"]
@@ -47,107 +48,9 @@ mod telemetry;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const BODY_LEN: usize = 1024;
 const HIT_URI: &str = "http://example.com/api/item?id=42";
 const PASS_URI: &str = "http://example.com/live/item?id=42";
 const ALLOC_CALLS: usize = 10_000;
-
-/// The shared 1 KiB body buffer, deterministic bytes.
-fn body_buffer() -> Bytes {
-    let v: Vec<u8> = (0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect();
-    Bytes::from(v)
-}
-
-/// The same few typical request headers on every request.
-fn request_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::USER_AGENT,
-        HeaderValue::from_static("bench-client/1.0"),
-    );
-    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
-    h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.9"));
-    h
-}
-
-/// A request prototype; `make` builds a fresh request from it.
-#[derive(Clone)]
-struct Proto {
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Proto {
-    fn new(uri: &'static str) -> Self {
-        Self {
-            uri: Uri::from_static(uri),
-            headers: request_headers(),
-        }
-    }
-
-    fn make(&self) -> Request<()> {
-        let mut req = Request::new(());
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
-/// The origin: every response is the same 1 KiB JSON-ish body, a `Bytes`
-/// clone of the shared buffer, fresh for an hour.
-fn origin(
-    buf: Bytes,
-) -> impl Service<
-    Request<()>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    service_fn(move |_req: Request<()>| {
-        let body = buf.clone();
-        async move {
-            let mut resp = Response::new(Full::new(body));
-            let h = resp.headers_mut();
-            h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok::<_, Infallible>(resp)
-        }
-    })
-}
-
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Polls `fut` once; every future benched here is ready on its first poll.
-fn poll_once<F: Future>(fut: F, waker: &Waker) -> F::Output {
-    let mut cx = Context::from_waker(waker);
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("future not ready on first poll"),
-    }
-}
-
-/// `ready().await` + `call()` + `.await`, each polled once.
-fn call_once<S, B>(svc: &mut S, req: Request<()>, waker: &Waker) -> Response<B>
-where
-    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
-{
-    let svc = match poll_once(svc.ready(), waker) {
-        Ok(s) => s,
-        Err(e) => match e {},
-    };
-    match poll_once(svc.call(req), waker) {
-        Ok(r) => r,
-        Err(e) => match e {},
-    }
-}
 
 /// Heap allocations (and bytes) per call, over `ALLOC_CALLS` calls. Requests
 /// are built and responses dropped outside the counted region.
@@ -188,7 +91,7 @@ fn hit_path(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
 
     let buf = body_buffer();
     let hit = Proto::new(HIT_URI);
@@ -198,8 +101,8 @@ fn hit_path(c: &mut Criterion) {
         .route(Route::prefix("/live").bypass())
         .build()
         .expect("cache");
-    let mut bare = origin(buf.clone());
-    let mut cached = CacheLayer::new(cache.clone()).layer(origin(buf.clone()));
+    let mut bare = origin::<Request<()>>(buf.clone());
+    let mut cached = CacheLayer::new(cache.clone()).layer(origin::<Request<()>>(buf.clone()));
 
     // Store the entry: a miss through the runtime, body read to the end.
     rt.block_on(async {
@@ -245,34 +148,10 @@ fn hit_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("hit_path");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    g.bench_function("bare", |b| {
-        b.iter_batched(
-            || hit.make(),
-            |req| black_box(call_once(&mut bare, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("l1_hit", |b| {
-        b.iter_batched(
-            || hit.make(),
-            |req| black_box(call_once(&mut cached, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("pass_bare", |b| {
-        b.iter_batched(
-            || pass.make(),
-            |req| black_box(call_once(&mut bare, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("pass", |b| {
-        b.iter_batched(
-            || pass.make(),
-            |req| black_box(call_once(&mut cached, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
+    bench_calls(&mut g, "bare", &mut bare, &hit, &waker);
+    bench_calls(&mut g, "l1_hit", &mut cached, &hit, &waker);
+    bench_calls(&mut g, "pass_bare", &mut bare, &pass, &waker);
+    bench_calls(&mut g, "pass", &mut cached, &pass, &waker);
     g.finish();
 }
 
@@ -287,12 +166,12 @@ fn observe_overhead(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let buf = body_buffer();
     let hit = Proto::new(HIT_URI);
     let stored = |builder: tower_tiered_cache::CacheBuilder| {
         let cache = builder.build().expect("cache");
-        let mut svc = CacheLayer::new(cache.clone()).layer(origin(buf.clone()));
+        let mut svc = CacheLayer::new(cache.clone()).layer(origin::<Request<()>>(buf.clone()));
         rt.block_on(async {
             let resp = svc.clone().oneshot(hit.make()).await.expect("miss");
             resp.into_body().collect().await.expect("body");
@@ -347,10 +226,6 @@ fn observe_overhead(c: &mut Criterion) {
                 drop(out);
             }
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let base = median(&mut sides[0].1);
         for (name, times) in sides.iter_mut() {
             let m = median(times);
@@ -363,32 +238,23 @@ fn observe_overhead(c: &mut Criterion) {
     let mut g = c.benchmark_group("observe_overhead");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    g.bench_function("l1_hit_uninstrumented", |b| {
-        b.iter_batched(
-            || hit.make(),
-            |req| black_box(call_once(&mut plain, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("l1_hit_instrumented", |b| {
-        b.iter_batched(
-            || hit.make(),
-            |req| black_box(call_once(&mut observed, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
+    bench_calls(&mut g, "l1_hit_uninstrumented", &mut plain, &hit, &waker);
+    bench_calls(&mut g, "l1_hit_instrumented", &mut observed, &hit, &waker);
     #[cfg(feature = "opentelemetry")]
-    g.bench_function("l1_hit_instrumented_metrics", |b| {
-        b.iter_batched(
-            || hit.make(),
-            |req| black_box(call_once(&mut metered, black_box(req), &waker)),
-            BatchSize::SmallInput,
-        )
-    });
+    bench_calls(
+        &mut g,
+        "l1_hit_instrumented_metrics",
+        &mut metered,
+        &hit,
+        &waker,
+    );
     g.finish();
-    // The instrumented side really recorded: one label, latency counted.
+    // The instrumented side really recorded: one label, latency counted
+    // for a sample of the hits (one in HIT_TIMING_SAMPLE per thread; the
+    // thread's tick is shared with the metered cache, so not exactly).
     let stats = observed_cache.stats();
-    assert_eq!(stats.hit_latency.count, stats.hits_l1);
+    assert!(stats.hit_latency.count > 0, "{stats:?}");
+    assert!(stats.hit_latency.count < stats.hits_l1 / 2, "{stats:?}");
     assert_eq!(stats.labels[0].label, "example.com");
 }
 

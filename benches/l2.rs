@@ -28,47 +28,36 @@
 //! and `redis-cli` on `PATH`; without them the bench prints a note and
 //! measures nothing).
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use http::header::{ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{Method, Request, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use redis::aio::ConnectionManager;
 use redis::Value;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer};
+
+mod support;
+
+use support::{body_buffer, median, origin, request_headers, BODY_LEN};
 
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 
 use redis_support::{redis_available, RedisServer};
 
-const BODY_LEN: usize = 1024;
 const URI: &str = "http://example.com/api/item?id=42";
 const NAMESPACE: &str = "bench";
 const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 
-/// The 1 KiB body, deterministic bytes.
-fn body_buffer() -> Bytes {
-    let v: Vec<u8> = (0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect();
-    Bytes::from(v)
-}
-
-/// The request, with the same few typical headers as `hit_path`.
+/// The request, with the same few typical headers as `hit_path` (built
+/// afresh on every call, headers included).
 fn request() -> Request<()> {
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::USER_AGENT,
-        HeaderValue::from_static("bench-client/1.0"),
-    );
-    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
-    h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.9"));
+    let h = request_headers();
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = Uri::from_static(URI);
@@ -144,11 +133,6 @@ fn cpu_us_per_call(start: Option<u64>) -> f64 {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn l2(c: &mut Criterion) {
     if !redis_available() {
         eprintln!("skipping the l2 bench: redis-server/redis-cli not on PATH");
@@ -162,19 +146,7 @@ fn l2(c: &mut Criterion) {
     let _enter = rt.enter();
 
     let buf = body_buffer();
-    let origin = {
-        let buf = buf.clone();
-        service_fn(move |_req: Request<()>| {
-            let body = buf.clone();
-            async move {
-                let mut resp = Response::new(Full::new(body));
-                let h = resp.headers_mut();
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
+    let origin = origin::<Request<()>>(buf.clone());
     let cache = Cache::builder()
         .redis(server.url())
         .namespace(NAMESPACE)

@@ -45,22 +45,28 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
-use http::header::{ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::header::CACHE_CONTROL;
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-const BODY_LEN: usize = 1024;
+#[path = "../../benches/support/mod.rs"]
+mod support;
+
+use support::{
+    bench_calls, body_buffer, call_once, median, noop_waker, origin_response, try_call_once,
+    BODY_LEN,
+};
+
 const HIT_URI: &str = "http://example.com/api/item?id=42";
 const PROBE_CALLS: usize = 10_000;
 const ROUNDS: usize = 21;
@@ -68,52 +74,8 @@ const PER_ROUND: usize = 10_000;
 
 type Req = Request<Empty<Bytes>>;
 
-/// The shared 1 KiB body buffer, deterministic bytes.
-fn body_buffer() -> Bytes {
-    let v: Vec<u8> = (0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect();
-    Bytes::from(v)
-}
-
-/// The same few typical request headers on every request.
-fn request_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::USER_AGENT,
-        HeaderValue::from_static("bench-client/1.0"),
-    );
-    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
-    h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.9"));
-    h
-}
-
-/// A request prototype; `make` builds a fresh request from it.
-#[derive(Clone)]
-struct Proto {
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Proto {
-    fn new(uri: &'static str) -> Self {
-        Self {
-            uri: Uri::from_static(uri),
-            headers: request_headers(),
-        }
-    }
-
-    fn make(&self) -> Req {
-        let mut req = Request::new(Empty::new());
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-
-    fn batch(&self, n: usize) -> Vec<Req> {
-        (0..n).map(|_| self.make()).collect()
-    }
-}
+/// Requests with an empty body.
+type Proto = support::Proto<Empty<Bytes>>;
 
 /// The origin: every response is the same 1 KiB JSON-ish body, a `Bytes`
 /// clone of the shared buffer, fresh for an hour. Generic over the request
@@ -137,55 +99,8 @@ fn origin<R: Send + 'static>(
             c.fetch_add(1, Ordering::Relaxed);
         }
         let body = buf.clone();
-        async move {
-            let mut resp = Response::new(Full::new(body));
-            let h = resp.headers_mut();
-            h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok::<_, Infallible>(resp)
-        }
+        async move { Ok::<_, Infallible>(origin_response(body)) }
     })
-}
-
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Polls `fut` once; `None` if it was not ready.
-fn try_poll_once<F: Future>(fut: F, waker: &Waker) -> Option<F::Output> {
-    let mut cx = Context::from_waker(waker);
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => Some(out),
-        Poll::Pending => None,
-    }
-}
-
-/// Polls `fut` once; every future in the `poll_once` group is ready on its
-/// first poll.
-fn poll_once<F: Future>(fut: F, waker: &Waker) -> F::Output {
-    try_poll_once(fut, waker).expect("future not ready on first poll")
-}
-
-/// `ready()` + `call()`, each polled once.
-fn call_once<S, B, E>(svc: &mut S, req: Req, waker: &Waker) -> Response<B>
-where
-    S: Service<Req, Response = Response<B>, Error = E>,
-    E: Debug,
-{
-    let svc = poll_once(svc.ready(), waker).expect("ready");
-    poll_once(svc.call(req), waker).expect("call")
-}
-
-/// `ready()` + `call()`, each polled once; `None` if either was pending.
-fn try_call_once<S, B, E>(svc: &mut S, req: Req, waker: &Waker) -> Option<Response<B>>
-where
-    S: Service<Req, Response = Response<B>, Error = E>,
-    E: Debug,
-{
-    let svc = try_poll_once(svc.ready(), waker)?.expect("ready");
-    try_poll_once(svc.call(req), waker).map(|r| r.expect("call"))
 }
 
 /// `ready().await` + `call().await` in `rt.block_on`.
@@ -265,7 +180,9 @@ where
             );
         }
         assert_eq!(
-            resp.headers().get(CACHE_CONTROL).map(|v| v.to_str().unwrap()),
+            resp.headers()
+                .get(CACHE_CONTROL)
+                .map(|v| v.to_str().unwrap()),
             Some("max-age=3600"),
             "{}: stored headers",
             self.name
@@ -289,14 +206,7 @@ where
     }
 
     fn bench_poll(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, proto: &Proto, waker: &Waker) {
-        let svc = &mut self.svc;
-        g.bench_function(self.name, |b| {
-            b.iter_batched(
-                || proto.make(),
-                |req| black_box(call_once(svc, black_box(req), waker)),
-                BatchSize::SmallInput,
-            )
-        });
+        bench_calls(g, self.name, &mut self.svc, proto, waker);
     }
 
     fn bench_rt(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, proto: &Proto, rt: &Runtime) {
@@ -357,11 +267,17 @@ fn side<S>(
 fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
     let mut sides: Vec<Box<dyn Side>> = Vec::new();
 
-    sides.push(Box::new(side("bare", origin::<Req>(buf.clone(), None), None, None)));
+    sides.push(Box::new(side(
+        "bare",
+        origin::<Req>(buf.clone(), None),
+        None,
+        None,
+    )));
 
     let c = counter();
     let cache = tower_tiered_cache::Cache::builder().build().expect("cache");
-    let svc = tower_tiered_cache::CacheLayer::new(cache).layer(origin::<Req>(buf.clone(), Some(c.clone())));
+    let svc = tower_tiered_cache::CacheLayer::new(cache)
+        .layer(origin::<Req>(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "tiered_l1_hit",
         svc,
@@ -414,11 +330,20 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
     }
     let c = counter();
     let layer = hitbox_tower::Cache::builder()
-        .backend(hitbox_moka::MokaBackend::builder().max_entries(10_000).build())
+        .backend(
+            hitbox_moka::MokaBackend::builder()
+                .max_entries(10_000)
+                .build(),
+        )
         .config(hitbox_config())
         .build();
     let svc = layer.layer(origin(buf.clone(), Some(c.clone())));
-    sides.push(Box::new(side("hitbox_json", svc, Some(c), Some(("x-cache-status", "HIT")))));
+    sides.push(Box::new(side(
+        "hitbox_json",
+        svc,
+        Some(c),
+        Some(("x-cache-status", "HIT")),
+    )));
 
     let c = counter();
     let layer = hitbox_tower::Cache::builder()
@@ -431,20 +356,25 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
         .config(hitbox_config())
         .build();
     let svc = layer.layer(origin(buf.clone(), Some(c.clone())));
-    sides.push(Box::new(side("hitbox_bincode", svc, Some(c), Some(("x-cache-status", "HIT")))));
+    sides.push(Box::new(side(
+        "hitbox_bincode",
+        svc,
+        Some(c),
+        Some(("x-cache-status", "HIT")),
+    )));
 
     // http-cache: default options, in-memory moka manager.
     let c = counter();
     let layer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default());
     let svc = layer.layer(origin::<Req>(buf.clone(), Some(c.clone())));
-    sides.push(Box::new(side("http_cache_moka", svc, Some(c), Some(("x-cache", "HIT")))));
+    sides.push(Box::new(side(
+        "http_cache_moka",
+        svc,
+        Some(c),
+        Some(("x-cache", "HIT")),
+    )));
 
     sides
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Interleaved rounds over `idx` sides; returns the median ns per call of
@@ -493,7 +423,7 @@ fn peers(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = noop_waker();
     let buf = body_buffer();
     let hit = Proto::new(HIT_URI);
 
