@@ -1740,21 +1740,10 @@ impl Cache {
         let headers = if !reuse && entry.template.get().is_none() {
             entry.build_response_headers(age, status)
         } else {
-            // Overwrite the template's slots with `get_mut`: `insert` would
+            // Overwrite the template's slots in place: `insert` would
             // reserve room first, and a clone has none to spare.
             let mut headers = entry.response_headers().clone();
-            match headers.get_mut(AGE) {
-                Some(slot) => *slot = age,
-                None => {
-                    headers.insert(AGE, age);
-                }
-            }
-            match headers.get_mut(&CACHE_STATUS) {
-                Some(slot) => *slot = status,
-                None => {
-                    headers.insert(CACHE_STATUS.clone(), status);
-                }
-            }
+            crate::entry::set_hit_slots(&mut headers, age, status);
             headers
         };
         let body = if head {

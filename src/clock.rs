@@ -5,9 +5,10 @@
 //! [`SystemClock`] is the default; [`ManualClock`] is a clock a test moves by
 //! hand, so TTL behaviour is tested without sleeping.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time, in milliseconds since the Unix epoch.
@@ -17,16 +18,59 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The system's wall clock.
+///
+/// Read through the CPU's time-stamp counter (via `quanta`) from a
+/// per-thread anchor that is taken again from [`SystemTime`] every
+/// [`REANCHOR`]: a fresh hit reads the clock once, and `SystemTime::now`
+/// costs up to ~100 ns on some virtual machines where the counter costs a
+/// few. Between anchors the reading can differ from `SystemTime` by the
+/// counter's calibration error (parts per million), far below the clock's
+/// millisecond resolution; a wall-clock step (NTP, a manual change) shows
+/// within one period.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
+
+/// How long a thread's anchor is trusted before `SystemTime` is read again.
+const REANCHOR: u64 = 50_000_000; // 50 ms, in nanoseconds
+
+thread_local! {
+    /// This thread's anchor: (counter reading, wall-clock nanoseconds).
+    static ANCHOR: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// The process's calibrated time-stamp counter, shared by the clock and
+/// the latency timing.
+pub(crate) fn tsc() -> &'static quanta::Clock {
+    static TSC: OnceLock<quanta::Clock> = OnceLock::new();
+    TSC.get_or_init(quanta::Clock::new)
+}
+
+fn system_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
 
 impl Clock for SystemClock {
     #[inline]
     fn now_millis(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        let tsc = tsc();
+        let raw = tsc.raw();
+        ANCHOR
+            .try_with(|anchor| {
+                let (at, wall) = anchor.get();
+                if at != 0 && raw >= at {
+                    let since = tsc.delta_as_nanos(at, raw);
+                    if since < REANCHOR {
+                        return (wall + since) / 1_000_000;
+                    }
+                }
+                let wall = system_nanos();
+                anchor.set((tsc.raw().max(1), wall));
+                wall / 1_000_000
+            })
+            .unwrap_or_else(|_| system_nanos() / 1_000_000)
     }
 }
 
@@ -80,4 +124,30 @@ pub(crate) fn system_time_to_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_follows_system_time() {
+        // Across several anchor periods, each reading lies between two
+        // `SystemTime` readings taken around it (1 ms of slack for the
+        // counter's calibration and for rounding down).
+        let until = SystemTime::now() + Duration::from_millis(200);
+        let mut reads = 0u32;
+        while SystemTime::now() < until {
+            let before = system_nanos() / 1_000_000;
+            let now = SystemClock.now_millis();
+            let after = system_nanos() / 1_000_000;
+            assert!(
+                now + 1 >= before && now <= after + 1,
+                "{before} <= {now} <= {after}"
+            );
+            reads += 1;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        assert!(reads > 10);
+    }
 }

@@ -173,18 +173,22 @@ impl Entry {
     }
 
     /// The stored headers plus `Age` and `Cache-Status`, in a map sized for
-    /// them.
+    /// them. `Age` and `Cache-Status` are its first two entries, each with
+    /// one value (stored ones are replaced), so that a hit can overwrite
+    /// them in place through [`set_hit_slots`] without hashing their names.
     pub(crate) fn build_response_headers(
         &self,
         age: HeaderValue,
         status: HeaderValue,
     ) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
-        for (name, value) in self.headers.iter() {
-            h.append(name.clone(), value.clone());
-        }
         h.insert(AGE, age);
         h.insert(crate::cache::CACHE_STATUS.clone(), status);
+        for (name, value) in self.headers.iter() {
+            if name != AGE && name != crate::cache::CACHE_STATUS {
+                h.append(name.clone(), value.clone());
+            }
+        }
         h
     }
 
@@ -250,6 +254,24 @@ pub(crate) fn key_path(key: &str) -> &str {
     }
     let end = r.find(['?', '\n']).unwrap_or(r.len());
     &r[..end]
+}
+
+/// Sets `Age` and `Cache-Status` in a map made by
+/// [`Entry::build_response_headers`] (or a clone of one): they are its
+/// first two values, reached by iteration rather than by hashed look-ups.
+pub(crate) fn set_hit_slots(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
+    let mut it = headers.iter_mut();
+    match (it.next(), it.next()) {
+        (Some((n1, v1)), Some((n2, v2))) if *n1 == AGE && *n2 == crate::cache::CACHE_STATUS => {
+            *v1 = age;
+            *v2 = status;
+        }
+        _ => {
+            // Not a template: never the case, but stay correct.
+            headers.insert(AGE, age);
+            headers.insert(crate::cache::CACHE_STATUS.clone(), status);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -249,6 +249,9 @@ async fn age_from_the_origin_counts_against_freshness() {
     let r = send(&svc, get(URL)).await;
     assert_eq!(cache_status(&r), HIT);
     assert_eq!(age(&r), Some(59));
+    // The stored `Age` is replaced, not repeated, in the hit's headers.
+    assert_eq!(r.headers().get_all("age").iter().count(), 1);
+    assert_eq!(r.headers().get_all("cache-status").iter().count(), 1);
     clock.advance(secs(2));
     let r = send(&svc, get(URL)).await;
     assert_eq!(cache_status(&r), MISS_STORED);

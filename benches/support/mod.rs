@@ -189,3 +189,24 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// One interleaved round: `n` requests from `proto`, built before the clock
+/// starts, each `call_once` on `svc`, the responses kept until the clock
+/// stops and dropped after (as criterion's `iter_batched` does). Returns
+/// nanoseconds per call.
+pub(crate) fn round_ns<S, Q, B, E>(svc: &mut S, proto: &Proto<Q>, waker: &Waker, n: usize) -> f64
+where
+    Q: Default,
+    S: Service<Request<Q>, Response = Response<B>, Error = E>,
+    E: Debug,
+{
+    let reqs = proto.batch(n);
+    let mut out = Vec::with_capacity(n);
+    let t = std::time::Instant::now();
+    for req in reqs {
+        out.push(call_once(svc, req, waker));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    drop(out);
+    ns
+}

@@ -428,7 +428,7 @@ impl Observer {
             hit_latency: Histogram::default(),
             miss_latency: Histogram::default(),
             window: Window::default(),
-            tsc: quanta::Clock::new(),
+            tsc: crate::clock::tsc().clone(),
             since_summary: AtomicU64::new(0),
             last_summary: AtomicU64::new(0),
             #[cfg(feature = "opentelemetry")]
