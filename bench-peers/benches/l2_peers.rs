@@ -1,1 +1,435 @@
-fn main() {}
+//! tower-tiered-cache's L2 (Redis) hit side by side with tower-http-cache's
+//! `RedisBackend` hit and with raw Redis `GET`s of the bytes each stored.
+//!
+//! One `redis-server` is started by the bench on a free loopback port (the
+//! std-only helpers of the main crate's `tests/support/redis.rs`; never the
+//! machine's own Redis on 6379) and killed when the bench ends, also when it
+//! panics (the helper's `Drop`, plus its watchdog if the process dies).
+//!
+//! Every side runs on one current-thread tokio runtime, each call in its own
+//! `Runtime::block_on` (so the connection's driver task and the request
+//! share the thread). The cached response is the same 1 KiB body with
+//! `Cache-Control: max-age=3600`, stored once through each cache (a miss to a
+//! counting `tower::service_fn` origin) before anything is timed. The request
+//! is `GET http://example.com/api/item?id=42` with four typical headers, body
+//! `()`, built outside the timed section; responses are dropped outside it and
+//! bodies are not collected.
+//!
+//! Sides:
+//!
+//! - `raw_get`: a `redis::aio::ConnectionManager` `GET` of the exact key and
+//!   bytes our cache stored (found with `redis-cli --scan`), the reply turned
+//!   into `Bytes`, as `benches/l2.rs` of the main crate does;
+//! - `tiered_l2_hit`: `tower_tiered_cache::CacheLayer` with L2 on that server
+//!   and L1 kept out of the way (`l1_write_through(false)`,
+//!   `promote_after(u32::MAX)`), so every call is an L2 hit;
+//! - `tower_http_cache_redis`: `tower_http_cache::layer::CacheLayer` over its
+//!   `RedisBackend` alone (not its multi-tier backend), its own
+//!   `ConnectionManager` to the same server, TTL 3600 s;
+//! - `raw_get_thc`: a raw `GET` of the bytes tower-http-cache stored, so its
+//!   overhead over its own value size shows.
+//!
+//! Before timing, the bench checks that our calls are L2 hits (their
+//! `Cache-Status`), that both origins were called once, and counts the Redis
+//! commands per call of each side (`INFO commandstats`). After a criterion
+//! group (`l2_peers`) an interleaved run (rounds of the same number of calls
+//! on each side in turn, median round per side) prints the ratios vs
+//! `raw_get`, with the bench thread's CPU time per call next to the wall
+//! time. The origin counts and our cache's counters are checked again at the
+//! end.
+//!
+//! Run with `cargo bench --bench l2_peers` from `bench-peers/` (about 25 s
+//! once built; needs `redis-server` and `redis-cli` on `PATH`, otherwise it
+//! prints a note and measures nothing).
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::runtime::Runtime;
+use tower::{service_fn, Layer, ServiceExt};
+
+#[path = "../../tests/support/redis.rs"]
+mod redis_support;
+#[path = "../../benches/support/mod.rs"]
+mod support;
+
+use redis_support::{redis_available, RedisServer};
+use support::{body_buffer, median, origin_response, BODY_LEN};
+
+const URI: &str = "http://example.com/api/item?id=42";
+/// Our cache's key prefix.
+const NS_TIERED: &str = "tiered";
+/// tower-http-cache's key prefix.
+const NS_THC: &str = "thc";
+const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
+/// Calls per side per interleaved round (and per command count).
+const PER_ROUND: usize = 2_000;
+/// Interleaved rounds.
+const ROUNDS: usize = 31;
+
+type Req = Request<()>;
+type Proto = support::Proto<()>;
+
+/// A counting origin (no delay): the shared 1 KiB body, fresh for an hour.
+fn counting_origin(
+    buf: Bytes,
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Req,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+                 + Send
+                 + 'static,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |_req: Req| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let body = buf.clone();
+        async move { Ok::<_, Infallible>(origin_response(body)) }
+    })
+}
+
+/// `GET key` on a clone of the connection (both caches clone their
+/// `ConnectionManager` per operation), the bulk-string reply as `Bytes`.
+async fn raw_get(conn: &ConnectionManager, key: &str) -> Bytes {
+    let mut c = conn.clone();
+    match redis::cmd("GET")
+        .arg(key)
+        .query_async::<Value>(&mut c)
+        .await
+        .expect("GET")
+    {
+        Value::BulkString(b) => Bytes::from(b),
+        other => panic!("GET {key}: not a stored value: {other:?}"),
+    }
+}
+
+/// The one key under `prefix:*` on the server.
+fn only_key(server: &RedisServer, prefix: &str) -> String {
+    let out = server.cli(&["--scan", "--pattern", &format!("{prefix}:*")]);
+    let keys: Vec<&str> = out.text().lines().collect();
+    assert_eq!(keys.len(), 1, "one key under {prefix}: {keys:?}");
+    keys[0].to_owned()
+}
+
+/// Redis commands the server saw per call while `f` made `calls` calls
+/// (`INFO commandstats`, our own `CONFIG`/`INFO` excluded), as
+/// `(all, GET)`.
+fn commands_per_call(server: &RedisServer, calls: usize, f: impl FnOnce()) -> (f64, f64) {
+    assert!(server.cli(&["CONFIG", "RESETSTAT"]).success());
+    f();
+    let info = server.cli(&["INFO", "commandstats"]);
+    let (mut all, mut get) = (0u64, 0u64);
+    for line in info.text().lines() {
+        // cmdstat_get:calls=2000,usec=...
+        let Some((name, rest)) = line.trim().split_once(":calls=") else {
+            continue;
+        };
+        if name == "cmdstat_info" || name.starts_with("cmdstat_config") {
+            continue;
+        }
+        let n: u64 = rest
+            .split(',')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        all += n;
+        if name == "cmdstat_get" {
+            get += n;
+        }
+    }
+    (all as f64 / calls as f64, get as f64 / calls as f64)
+}
+
+/// The calling thread's CPU time so far in ns (Linux
+/// `/proc/thread-self/schedstat`), if available.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// One benched side: `call` makes one call (a `block_on`) from a request
+/// (the raw sides ignore it) and returns what is dropped outside the timed
+/// section.
+struct Side<F, O> {
+    name: &'static str,
+    call: F,
+    out: PhantomData<fn() -> O>,
+}
+
+fn side<F: FnMut(Req) -> O, O>(name: &'static str, call: F) -> Side<F, O> {
+    Side {
+        name,
+        call,
+        out: PhantomData,
+    }
+}
+
+/// The sides behind one type, the dynamic dispatch once per bench function
+/// or round.
+trait Bench {
+    fn name(&self) -> &'static str;
+    fn bench(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, proto: &Proto);
+    /// Wall and bench-thread CPU time per call (ns; CPU NaN if unknown).
+    fn round(&mut self, reqs: Vec<Req>) -> (f64, f64);
+}
+
+impl<F: FnMut(Req) -> O, O> Bench for Side<F, O> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn bench(&mut self, g: &mut BenchmarkGroup<'_, WallTime>, proto: &Proto) {
+        let call = &mut self.call;
+        g.bench_function(self.name, |b| {
+            b.iter_batched(
+                || proto.make(),
+                |req| black_box(call(black_box(req))),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
+    fn round(&mut self, reqs: Vec<Req>) -> (f64, f64) {
+        let n = reqs.len() as f64;
+        let mut out = Vec::with_capacity(reqs.len());
+        let cpu = thread_cpu_ns();
+        let t = Instant::now();
+        for req in reqs {
+            out.push((self.call)(req));
+        }
+        let wall = t.elapsed().as_nanos() as f64 / n;
+        let cpu = match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / n,
+            _ => f64::NAN,
+        };
+        drop(out);
+        (wall, cpu)
+    }
+}
+
+/// Stores the entry through `svc`: one miss, checked (200, the whole body).
+fn warm<S, B>(rt: &Runtime, svc: &S, proto: &Proto, buf: &Bytes)
+where
+    S: tower::Service<Req, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let resp = svc.clone().oneshot(proto.make()).await.expect("miss");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body, buf);
+    });
+}
+
+fn l2_peers(c: &mut Criterion) {
+    if !redis_available() {
+        eprintln!("skipping the l2_peers bench: redis-server/redis-cli not on PATH");
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+    let buf = body_buffer();
+    let proto = Proto::new(URI);
+    let client = redis::Client::open(server.url()).expect("client");
+
+    // Ours: L1 never holds the entry and never promotes it.
+    let tiered_calls = Arc::new(AtomicUsize::new(0));
+    let cache = tower_tiered_cache::Cache::builder()
+        .redis(server.url())
+        .namespace(NS_TIERED)
+        .l1_write_through(false)
+        .promote_after(u32::MAX)
+        .l2_timeout(Duration::from_secs(1)) // a slow moment must not turn a hit into a miss
+        .build()
+        .expect("cache");
+    let tiered = tower_tiered_cache::CacheLayer::new(cache.clone())
+        .layer(counting_origin(buf.clone(), tiered_calls.clone()));
+    warm(&rt, &tiered, &proto, &buf);
+    rt.block_on(async {
+        // The L2 write is asynchronous: wait until it lands.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().l2_writes < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the L2 write did not land: {:?}",
+                cache.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    // tower-http-cache: RedisBackend alone, its own connection (the
+    // constructor takes one; `ConnectionManager::new` is redis 1.x's default
+    // configuration, as for the raw side). It reads no `max-age`: TTL set to
+    // the response's hour.
+    let thc_calls = Arc::new(AtomicUsize::new(0));
+    let thc_conn = rt
+        .block_on(ConnectionManager::new(client.clone()))
+        .expect("connection");
+    let thc = tower_http_cache::layer::CacheLayer::builder(
+        tower_http_cache::backend::redis::RedisBackend::new(thc_conn).with_namespace(NS_THC),
+    )
+    .ttl(Duration::from_secs(3600))
+    .build()
+    .layer(counting_origin(buf.clone(), thc_calls.clone()));
+    warm(&rt, &thc, &proto, &buf); // its `set` is awaited inside the miss
+
+    let key = only_key(&server, NS_TIERED);
+    let key_thc = only_key(&server, NS_THC);
+    let conn = rt
+        .block_on(ConnectionManager::new(client))
+        .expect("connection");
+    let (ours_len, thc_len) = rt.block_on(async {
+        (
+            raw_get(&conn, &key).await.len(),
+            raw_get(&conn, &key_thc).await.len(),
+        )
+    });
+    println!("stored {key}: {ours_len} bytes; {key_thc}: {thc_len} bytes (body {BODY_LEN} bytes)");
+
+    // Every call is a hit with the whole body.
+    rt.block_on(async {
+        let resp = tiered.clone().oneshot(proto.make()).await.expect("hit");
+        assert_eq!(resp.headers()["cache-status"], L2_HIT);
+        assert_eq!(resp.body().size_hint().exact(), Some(BODY_LEN as u64));
+        let resp = thc.clone().oneshot(proto.make()).await.expect("hit");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, buf);
+    });
+    let check_origins = |when: &str| {
+        assert_eq!(
+            tiered_calls.load(Ordering::Relaxed),
+            1,
+            "tiered origin called again ({when})"
+        );
+        assert_eq!(
+            thc_calls.load(Ordering::Relaxed),
+            1,
+            "tower-http-cache origin called again ({when})"
+        );
+    };
+    check_origins("before timing");
+
+    let mut sides: Vec<Box<dyn Bench + '_>> = vec![
+        Box::new(side("raw_get", |_req: Req| {
+            rt.block_on(raw_get(&conn, &key))
+        })),
+        Box::new(side("tiered_l2_hit", |req: Req| {
+            rt.block_on(tiered.clone().oneshot(req)).expect("hit")
+        })),
+        Box::new(side("tower_http_cache_redis", |req: Req| {
+            rt.block_on(thc.clone().oneshot(req)).expect("hit")
+        })),
+        Box::new(side("raw_get_thc", |_req: Req| {
+            rt.block_on(raw_get(&conn, &key_thc))
+        })),
+    ];
+
+    // Redis commands per call (round trips), counted by the server.
+    for s in sides.iter_mut() {
+        let reqs = proto.batch(PER_ROUND);
+        let (all, get) = commands_per_call(&server, PER_ROUND, || {
+            s.round(reqs);
+        });
+        println!(
+            "Redis commands per call, {}: {all:.2} (GET: {get:.2})",
+            s.name()
+        );
+    }
+    cache.reset_stats();
+
+    let mut g = c.benchmark_group("l2_peers");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for s in sides.iter_mut() {
+        s.bench(&mut g, &proto);
+    }
+    g.finish();
+
+    // Interleaved rounds: less exposed than consecutive groups to load that
+    // comes and goes on a shared machine.
+    let mut wall: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); sides.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); sides.len()];
+    for _ in 0..ROUNDS {
+        for (i, s) in sides.iter_mut().enumerate() {
+            let (w, c) = s.round(proto.batch(PER_ROUND));
+            wall[i].push(w);
+            cpu[i].push(c);
+        }
+    }
+    let names: Vec<&'static str> = sides.iter().map(|s| s.name()).collect();
+    drop(sides);
+    let wall: Vec<f64> = wall.iter_mut().map(|v| median(v)).collect();
+    let cpu: Vec<f64> = cpu.iter_mut().map(|v| median(v)).collect();
+    println!();
+    println!(
+        "interleaved ({ROUNDS} rounds x {PER_ROUND} calls per side, median round; \
+         cpu = bench thread's CPU time per call):"
+    );
+    println!(
+        "  {:<24} {:>10} {:>11} {:>10} {:>13}",
+        "side", "us/call", "x raw_get", "cpu us", "x raw_get_thc"
+    );
+    for (i, name) in names.iter().enumerate() {
+        // tower-http-cache's own sides (2, 3) against its own raw GET.
+        let vs_thc = if i >= 2 {
+            format!("{:.2}", wall[i] / wall[3])
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<24} {:>10.2} {:>11.2} {:>10.2} {:>13}",
+            name,
+            wall[i] / 1e3,
+            wall[i] / wall[0],
+            cpu[i] / 1e3,
+            vs_thc
+        );
+    }
+    println!();
+
+    check_origins("after timing");
+    let s = cache.stats();
+    println!(
+        "tiered_l2_hit calls: hits_l2={} hits_l1={} misses={} upstream_calls={} l2_timeouts={} \
+         l2_errors={} promotions={}",
+        s.hits_l2, s.hits_l1, s.misses, s.upstream_calls, s.l2_timeouts, s.l2_errors, s.promotions
+    );
+    assert_eq!(
+        (
+            s.hits_l1,
+            s.misses,
+            s.upstream_calls,
+            s.l2_timeouts,
+            s.l2_errors
+        ),
+        (0, 0, 0, 0, 0),
+        "every tiered_l2_hit call must have been an L2 hit"
+    );
+    drop(server); // killed and reaped (also on panic, by unwinding)
+}
+
+criterion_group!(benches, l2_peers);
+criterion_main!(benches);
