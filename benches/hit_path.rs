@@ -15,29 +15,27 @@
 //! (`iter_batched`) and responses are dropped outside it; bodies are not
 //! collected on either side.
 //!
-//! Before the groups run, heap allocations per call are counted with a
-//! counting global allocator wrapping `std::alloc::System` (`stats_alloc`:
-//! the crate forbids `unsafe_code`, so the bench cannot implement
-//! `GlobalAlloc` itself) over 10 000 calls of each kind.
+//! Before the criterion groups, an interleaved run (rounds of the same
+//! number of calls on each side in turn, median round per side) prints the
+//! ratios the targets are about: `l1_hit / bare` and `pass / pass_bare`.
+//! Heap allocations per call are counted by `benches/allocs.rs`, a binary
+//! of its own, so that the counting allocator does not slow these timings.
 //!
 //! Run with `cargo bench --bench hit_path`.
 
-use std::convert::Infallible;
-use std::task::Waker;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
-use http_body::Body;
+use http::Request;
 use http_body_util::BodyExt;
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tower::{Layer, Service, ServiceExt};
-use tower_tiered_cache::{Cache, CacheLayer, Route};
+use tower::{Layer, ServiceExt};
+use tower_tiered_cache::{Cache, CacheLayer};
 
 mod support;
 
 use support::{
-    bench_calls, body_buffer, call_once, median, noop_waker, origin, round_ns, BODY_LEN,
+    bench_calls, body_buffer, call_once, hit_and_pass, median, noop_waker, origin, round_ns,
+    HIT_URI, PASS_URI,
 };
 
 /// Requests with no body.
@@ -47,46 +45,6 @@ type Proto = support::Proto<()>;
 #[path = "../examples/support/telemetry.rs"]
 mod telemetry;
 
-#[global_allocator]
-static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
-
-const HIT_URI: &str = "http://example.com/api/item?id=42";
-const PASS_URI: &str = "http://example.com/live/item?id=42";
-const ALLOC_CALLS: usize = 10_000;
-
-/// Heap allocations (and bytes) per call, over `ALLOC_CALLS` calls. Requests
-/// are built and responses dropped outside the counted region.
-fn allocs_per_call<S, B>(svc: &mut S, proto: &Proto, waker: &Waker) -> (f64, f64)
-where
-    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
-{
-    // Warm thread-locals and lazily built tables first.
-    for _ in 0..100 {
-        drop(call_once(svc, proto.make(), waker));
-    }
-    let reqs: Vec<_> = (0..ALLOC_CALLS).map(|_| proto.make()).collect();
-    let mut out = Vec::with_capacity(ALLOC_CALLS);
-    let region = Region::new(GLOBAL);
-    for req in reqs {
-        out.push(call_once(svc, req, waker));
-    }
-    let change = region.change();
-    drop(out);
-    let n = ALLOC_CALLS as f64;
-    (
-        (change.allocations + change.reallocations) as f64 / n,
-        change.bytes_allocated as f64 / n,
-    )
-}
-
-fn fmt_count(x: f64) -> String {
-    if (x - x.round()).abs() < 1e-9 {
-        format!("{}", x.round() as u64)
-    } else {
-        format!("{x:.2}")
-    }
-}
-
 fn hit_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,57 +53,8 @@ fn hit_path(c: &mut Criterion) {
     let _enter = rt.enter();
     let waker = noop_waker();
 
-    let buf = body_buffer();
-    let hit = Proto::new(HIT_URI);
-    let pass = Proto::new(PASS_URI);
-
-    let cache = Cache::builder()
-        .route(Route::prefix("/live").bypass())
-        .build()
-        .expect("cache");
-    let mut bare = origin::<Request<()>>(buf.clone());
-    let mut cached = CacheLayer::new(cache.clone()).layer(origin::<Request<()>>(buf.clone()));
-
-    // Store the entry: a miss through the runtime, body read to the end.
-    rt.block_on(async {
-        let resp = cached.clone().oneshot(hit.make()).await.expect("miss");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(body, buf);
-    });
-    // Every later call must be a fresh L1 hit served at once, and the pass
-    // request a bypass.
-    let resp = call_once(&mut cached, hit.make(), &waker);
-    assert_eq!(
-        resp.headers()["cache-status"],
-        "tower-tiered-cache; hit; detail=l1"
-    );
-    assert_eq!(resp.body().size_hint().exact(), Some(BODY_LEN as u64));
-    let resp = call_once(&mut cached, pass.make(), &waker);
-    assert_eq!(
-        resp.headers()["cache-status"],
-        "tower-tiered-cache; fwd=bypass"
-    );
-
-    let (a_bare, b_bare) = allocs_per_call(&mut bare, &hit, &waker);
-    let (a_hit, b_hit) = allocs_per_call(&mut cached, &hit, &waker);
-    let (a_pbare, b_pbare) = allocs_per_call(&mut bare, &pass, &waker);
-    let (a_pass, b_pass) = allocs_per_call(&mut cached, &pass, &waker);
-    println!(
-        "allocations per L1 hit: {} (bare: {})",
-        fmt_count(a_hit),
-        fmt_count(a_bare)
-    );
-    println!(
-        "allocations per pass: {} (pass_bare: {})",
-        fmt_count(a_pass),
-        fmt_count(a_pbare)
-    );
-    println!(
-        "bytes allocated per call: l1_hit {b_hit:.0}, bare {b_bare:.0}, pass {b_pass:.0}, pass_bare {b_pbare:.0} \
-         (over {ALLOC_CALLS} calls each)"
-    );
-    let stats = cache.stats();
-    assert_eq!(stats.hits_l1, 1 + 100 + ALLOC_CALLS as u64);
+    let (hit, pass) = (Proto::new(HIT_URI), Proto::new(PASS_URI));
+    let (mut bare, mut cached, _cache) = hit_and_pass(&rt, &waker);
 
     // Interleaved: rounds of the same number of calls on each side in turn,
     // so that the machine's load drifts equally over all of them; the

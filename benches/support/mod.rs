@@ -210,3 +210,57 @@ where
     drop(out);
     ns
 }
+
+/// The URI every hit bench asks for.
+pub(crate) const HIT_URI: &str = "http://example.com/api/item?id=42";
+/// A URI under the `/live` route that [`hit_and_pass`]'s cache bypasses.
+pub(crate) const PASS_URI: &str = "http://example.com/live/item?id=42";
+
+/// The sides of the hit and pass benches: the bare origin, and the origin
+/// behind a `CacheLayer` (default builder plus a `/live` bypass route) whose
+/// entry for [`HIT_URI`] is stored (a miss through `rt`, body read). Checks
+/// that a call is a fresh L1 hit answered at once, with the whole body, and
+/// that a [`PASS_URI`] call is a bypass.
+#[allow(clippy::type_complexity)]
+pub(crate) fn hit_and_pass(
+    rt: &tokio::runtime::Runtime,
+    waker: &Waker,
+) -> (
+    impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone,
+    impl Service<
+            Request<()>,
+            Response = Response<tower_tiered_cache::CacheBody<Full<Bytes>>>,
+            Error = Infallible,
+        > + Clone,
+    tower_tiered_cache::Cache,
+) {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use tower::Layer;
+    let buf = body_buffer();
+    let cache = tower_tiered_cache::Cache::builder()
+        .route(tower_tiered_cache::Route::prefix("/live").bypass())
+        .build()
+        .expect("cache");
+    let bare = origin::<Request<()>>(buf.clone());
+    let mut cached = tower_tiered_cache::CacheLayer::new(cache.clone())
+        .layer(origin::<Request<()>>(buf.clone()));
+    let (hit, pass) = (Proto::<()>::new(HIT_URI), Proto::<()>::new(PASS_URI));
+    rt.block_on(async {
+        let resp = cached.clone().oneshot(hit.make()).await.expect("miss");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, buf);
+    });
+    let resp = call_once(&mut cached, hit.make(), waker);
+    assert_eq!(
+        resp.headers()["cache-status"],
+        "tower-tiered-cache; hit; detail=l1"
+    );
+    assert_eq!(resp.body().size_hint().exact(), Some(BODY_LEN as u64));
+    let resp = call_once(&mut cached, pass.make(), waker);
+    assert_eq!(
+        resp.headers()["cache-status"],
+        "tower-tiered-cache; fwd=bypass"
+    );
+    (bare, cached, cache)
+}
