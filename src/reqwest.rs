@@ -219,18 +219,21 @@ impl CacheMiddleware {
             }
             Decision::Fetch(plan) => {
                 let key = cache.key_for_display(&parts, &lookup.span);
-                let fut = flow::fetch(
+                let fut = Box::pin(flow::fetch(
                     cache.clone(),
                     http::Request::from_parts(parts, body),
                     up,
                     plan,
-                );
+                ));
                 lookup.engine(cache.clone(), fut, key, false).await
             }
             Decision::Unsafe => {
                 let key = cache.key_for_display(&parts, &lookup.span);
-                let fut =
-                    flow::unsafe_method(cache.clone(), http::Request::from_parts(parts, body), up);
+                let fut = Box::pin(flow::unsafe_method(
+                    cache.clone(),
+                    http::Request::from_parts(parts, body),
+                    up,
+                ));
                 lookup.engine(cache.clone(), fut, key, true).await
             }
         }

@@ -111,6 +111,12 @@ impl Outcome {
         ttl_secs: None,
     };
 
+    /// A fresh L2 hit.
+    pub(crate) const HIT_L2: Outcome = Outcome {
+        tier: Tier::L2,
+        ..Outcome::HIT_L1
+    };
+
     /// A request passed through uncached.
     pub(crate) const PASS: Outcome = Outcome {
         result: LookupResult::Pass,
@@ -134,8 +140,12 @@ impl Outcome {
         let Some(v) = value else {
             return Outcome::FAILED;
         };
+        // The common answers, without parsing.
         if v.as_bytes() == crate::cache::STATUS_HIT_L1.as_bytes() {
             return Outcome::HIT_L1;
+        }
+        if v.as_bytes() == crate::cache::STATUS_HIT_L2.as_bytes() {
+            return Outcome::HIT_L2;
         }
         let s = v.to_str().unwrap_or("");
         let s = s

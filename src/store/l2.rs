@@ -616,11 +616,14 @@ impl L2 {
         let prefix = self
             .key_prefix
             .get_or_init(|| format!("{}:{}:", self.cfg.namespace, FORMAT_VERSION));
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = HEX[((key.0 >> ((31 - i) * 4)) & 0xf) as usize];
+        }
         let mut out = String::with_capacity(prefix.len() + 32);
         out.push_str(prefix);
-        for i in (0..32).rev() {
-            out.push(HEX[((key.0 >> (i * 4)) & 0xf) as usize] as char);
-        }
+        // Hex digits are ASCII.
+        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
         out
     }
 
