@@ -112,6 +112,7 @@ impl Outcome {
     };
 
     /// A fresh L2 hit.
+    #[cfg(feature = "redis")]
     pub(crate) const HIT_L2: Outcome = Outcome {
         tier: Tier::L2,
         ..Outcome::HIT_L1
@@ -144,6 +145,7 @@ impl Outcome {
         if v.as_bytes() == crate::cache::STATUS_HIT_L1.as_bytes() {
             return Outcome::HIT_L1;
         }
+        #[cfg(feature = "redis")]
         if v.as_bytes() == crate::cache::STATUS_HIT_L2.as_bytes() {
             return Outcome::HIT_L2;
         }
