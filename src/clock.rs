@@ -20,8 +20,8 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 /// The system's wall clock.
 ///
 /// Read through the CPU's time-stamp counter (via `quanta`) from a
-/// per-thread anchor that is taken again from [`SystemTime`] every
-/// [`REANCHOR`]: a fresh hit reads the clock once, and `SystemTime::now`
+/// per-thread anchor that is taken again from [`SystemTime`] every 50 ms:
+/// a fresh hit reads the clock once, and `SystemTime::now`
 /// costs up to ~100 ns on some virtual machines where the counter costs a
 /// few. Between anchors the reading can differ from `SystemTime` by the
 /// counter's calibration error (parts per million), far below the clock's
