@@ -45,9 +45,12 @@ mod support;
 
 use support::{body_buffer, median, origin, request_headers, BODY_LEN};
 
+#[path = "support/redis_stats.rs"]
+mod redis_stats;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 
+use redis_stats::{commands_per_call, only_key, thread_cpu_ns};
 use redis_support::{redis_available, RedisServer};
 
 const URI: &str = "http://example.com/api/item?id=42";
@@ -89,41 +92,6 @@ async fn raw_get(conn: &ConnectionManager, key: &str) -> Bytes {
 const ROUND: usize = 2000;
 /// Interleaved rounds of each side.
 const ROUNDS: usize = 5;
-
-/// Runs `f` (which makes `calls` calls) and returns the Redis commands the
-/// server saw per call, in all and `GET`s alone (`INFO commandstats`).
-fn commands_per_call(server: &RedisServer, calls: usize, f: impl FnOnce()) -> (f64, f64) {
-    assert!(server.cli(&["CONFIG", "RESETSTAT"]).success());
-    f();
-    let info = server.cli(&["INFO", "commandstats"]);
-    let (mut all, mut get) = (0u64, 0u64);
-    for line in info.text().lines() {
-        // cmdstat_get:calls=2000,usec=...
-        let Some((name, rest)) = line.trim().split_once(":calls=") else {
-            continue;
-        };
-        if name == "cmdstat_info" || name.starts_with("cmdstat_config") {
-            continue;
-        }
-        let n: u64 = rest
-            .split(',')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        all += n;
-        if name == "cmdstat_get" {
-            get += n;
-        }
-    }
-    (all as f64 / calls as f64, get as f64 / calls as f64)
-}
-
-/// The calling thread's time on a CPU so far, in nanoseconds (Linux
-/// `/proc/thread-self/schedstat`), if available.
-fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
-}
 
 /// CPU microseconds per call since `start` (NaN when unavailable).
 fn cpu_us_per_call(start: Option<u64>) -> f64 {
@@ -173,10 +141,7 @@ fn l2(c: &mut Criterion) {
         }
     });
 
-    let keys = server.cli(&["--scan", "--pattern", &format!("{NAMESPACE}:*")]);
-    let keys: Vec<String> = keys.text().lines().map(str::to_owned).collect();
-    assert_eq!(keys.len(), 1, "one key under the namespace: {keys:?}");
-    let key = keys[0].clone();
+    let key = only_key(&server, NAMESPACE);
 
     let client = redis::Client::open(server.url()).expect("client");
     let conn: ConnectionManager = rt
