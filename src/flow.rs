@@ -99,6 +99,19 @@ where
     for _ in 0..MAX_REJOINS {
         let rx = match s.inflight.join(plan.key) {
             Join::Leader(guard) => {
+                // Between this request's L1 look-up and its joining (a gap
+                // that is wide under load), another flight may have stored
+                // the answer and ended: use it rather than call again.
+                if !plan.background {
+                    let (parts, body) = req.into_parts();
+                    if let Some(entry) = stored_since(&cache, &parts, &plan, now) {
+                        if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                            guard.complete(Outcome::Stored(entry));
+                            return Ok(resp);
+                        }
+                    }
+                    req = Request::from_parts(parts, body);
+                }
                 #[cfg(feature = "redis")]
                 if plan.l2_lookup {
                     match from_l2::<B, U::Body>(&cache, req, &mut plan).await {
@@ -258,6 +271,28 @@ async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) 
         stale,
         req: Request::from_parts(parts, body),
     }
+}
+
+/// A fresh L1 entry for the plan's key stored after the plan was made (newer
+/// than its prior, if any), which this request may use.
+fn stored_since(cache: &Cache, parts: &Parts, plan: &Fetch, now: u64) -> Option<Arc<Entry>> {
+    let s = &*cache.shared;
+    let crate::store::memory::Found::Entry(entry) = s.l1.get(plan.key, &parts.headers) else {
+        return None;
+    };
+    let newer = plan
+        .prior
+        .as_ref()
+        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at);
+    #[cfg(feature = "redis")]
+    if s.l2
+        .as_ref()
+        .is_some_and(|l2| !l2.trust_l1(entry.timeline.stored_at, now))
+    {
+        return None;
+    }
+    (newer && s.policy.usability(&entry, &plan.directives, now) == Usability::Fresh)
+        .then_some(entry)
 }
 
 /// Answers a waiter from an entry another request stored, if it may serve

@@ -157,6 +157,37 @@ async fn concurrent_cold_misses_make_one_origin_call() {
     assert_eq!(st.in_flight, 0);
 }
 
+/// A miss decided before another request's flight stored the answer and
+/// ended (the gap between `call` and the first poll, wide under load) is
+/// answered from that answer, not with a second origin call.
+#[tokio::test]
+async fn a_miss_joining_after_a_finished_flight_uses_its_answer() {
+    use tower::{Service, ServiceExt};
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|n, _| ok("max-age=60", &format!("answer {n}")));
+    let svc = cached(&cache, origin);
+
+    // Decided (an L1 miss) but not yet polled.
+    let mut late = svc.clone();
+    let late = late.ready().await.unwrap().call(get(URL));
+    // Meanwhile another request misses, calls, stores, and its flight ends.
+    let first = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&first), MISS_STORED);
+    assert_eq!(body(first).await, "answer 0");
+
+    let r = late.await.unwrap();
+    assert_eq!(
+        cache_status(&r),
+        "tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1"
+    );
+    assert_eq!(body(r).await, "answer 0");
+    assert_eq!(log.calls(), 1);
+    let st = cache.stats();
+    assert_eq!((st.misses, st.coalesced, st.upstream_calls), (1, 1, 1));
+    assert_eq!(st.requests, 2);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Freshness sources
 // ---------------------------------------------------------------------------
