@@ -21,7 +21,7 @@ use tower::Service;
 
 mod support;
 
-use support::{call_once, hit_and_pass, noop_waker, HIT_URI, PASS_URI};
+use support::{call_once, current_thread_runtime, hit_and_pass, noop_waker, HIT_URI, PASS_URI};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -56,10 +56,7 @@ where
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
     let waker = noop_waker();
     let (hit, pass) = (Proto::new(HIT_URI), Proto::new(PASS_URI));

@@ -34,8 +34,8 @@ use tower_tiered_cache::{Cache, CacheLayer};
 mod support;
 
 use support::{
-    bench_calls, body_buffer, call_once, hit_and_pass, median, noop_waker, origin, round_ns,
-    HIT_URI, PASS_URI,
+    bench_calls, body_buffer, call_once, current_thread_runtime, hit_and_pass, median, noop_waker,
+    origin, round_ns, HIT_URI, PASS_URI,
 };
 
 /// Requests with no body.
@@ -46,10 +46,7 @@ type Proto = support::Proto<()>;
 mod telemetry;
 
 fn hit_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
     let waker = noop_waker();
 
@@ -97,10 +94,7 @@ fn hit_path(c: &mut Criterion) {
 /// no subscriber installed), and on with OpenTelemetry metrics recorded
 /// into an SDK meter provider (feature `opentelemetry`).
 fn observe_overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
     let waker = noop_waker();
     let buf = body_buffer();

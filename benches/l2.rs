@@ -31,31 +31,31 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Method, Request, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use redis::aio::ConnectionManager;
-use redis::Value;
 use tower::{Layer, ServiceExt};
-use tower_tiered_cache::{Cache, CacheLayer};
+use tower_tiered_cache::CacheLayer;
 
 mod support;
 
-use support::{body_buffer, median, origin, request_headers, BODY_LEN};
+use support::{body_buffer, current_thread_runtime, median, origin, request_headers, BODY_LEN};
 
 #[path = "support/redis_stats.rs"]
 mod redis_stats;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 
-use redis_stats::{commands_per_call, only_key, thread_cpu_ns};
+use redis_stats::{
+    assert_only_l2_hits, commands_per_call, l2_only_cache, l2_write_landed, only_key,
+    print_l2_stats, raw_get, thread_cpu_ns, thread_cpu_ns_since, L2_HIT,
+};
 use redis_support::{redis_available, RedisServer};
 
 const URI: &str = "http://example.com/api/item?id=42";
 const NAMESPACE: &str = "bench";
-const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 
 /// The request, with the same few typical headers as `hit_path` (built
 /// afresh on every call, headers included).
@@ -68,26 +68,6 @@ fn request() -> Request<()> {
     req
 }
 
-/// What the cache does with a `GET` reply: a bulk string becomes `Bytes`.
-fn reply_bytes(v: Value) -> Option<Bytes> {
-    match v {
-        Value::BulkString(b) => Some(Bytes::from(b)),
-        _ => None,
-    }
-}
-
-/// The raw side: `GET key` on a clone of the connection (the cache clones
-/// its `ConnectionManager` per operation too), the reply as `Bytes`.
-async fn raw_get(conn: &ConnectionManager, key: &str) -> Bytes {
-    let mut c = conn.clone();
-    let v = redis::cmd("GET")
-        .arg(key)
-        .query_async::<Value>(&mut c)
-        .await
-        .expect("GET");
-    reply_bytes(v).expect("a stored value")
-}
-
 /// Calls per round of the checks run before the criterion group.
 const ROUND: usize = 2000;
 /// Interleaved rounds of each side.
@@ -95,10 +75,7 @@ const ROUNDS: usize = 5;
 
 /// CPU microseconds per call since `start` (NaN when unavailable).
 fn cpu_us_per_call(start: Option<u64>) -> f64 {
-    match (start, thread_cpu_ns()) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3 / ROUND as f64,
-        _ => f64::NAN,
-    }
+    thread_cpu_ns_since(start) / 1e3 / ROUND as f64
 }
 
 fn l2(c: &mut Criterion) {
@@ -107,22 +84,13 @@ fn l2(c: &mut Criterion) {
         return;
     }
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
 
     let buf = body_buffer();
     let origin = origin::<Request<()>>(buf.clone());
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace(NAMESPACE)
-        .l1_write_through(false) // L1 never holds the entry...
-        .promote_after(u32::MAX) // ...and it is never promoted: every call is an L2 hit
-        .l2_timeout(Duration::from_secs(1)) // a slow moment must not turn a hit into a miss
-        .build()
-        .expect("cache");
+    // L1 never holds the entry and never promotes it: every call is an L2 hit.
+    let cache = l2_only_cache(&server, NAMESPACE);
     let cached = CacheLayer::new(cache.clone()).layer(origin);
 
     // Store the entry: a miss, body read to the end, then the L2 write.
@@ -130,15 +98,7 @@ fn l2(c: &mut Criterion) {
         let resp = cached.clone().oneshot(request()).await.expect("miss");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, buf);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache.stats().l2_writes < 1 {
-            assert!(
-                Instant::now() < deadline,
-                "the L2 write did not land: {:?}",
-                cache.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        l2_write_landed(&cache).await;
     });
 
     let key = only_key(&server, NAMESPACE);
@@ -239,26 +199,11 @@ fn l2(c: &mut Criterion) {
     });
     g.finish();
 
-    let s = cache.stats();
-    println!(
-        "l2_hit calls: hits_l2={} hits_l1={} misses={} upstream_calls={} l2_timeouts={} \
-         l2_errors={} promotions={}",
-        s.hits_l2, s.hits_l1, s.misses, s.upstream_calls, s.l2_timeouts, s.l2_errors, s.promotions
-    );
+    let s = print_l2_stats(&cache, "l2_hit");
     if s.hits_l2 == 0 {
         return; // the l2_hit function was filtered out
     }
-    assert_eq!(
-        (
-            s.hits_l1,
-            s.misses,
-            s.upstream_calls,
-            s.l2_timeouts,
-            s.l2_errors
-        ),
-        (0, 0, 0, 0, 0),
-        "every l2_hit call must have been an L2 hit"
-    );
+    assert_only_l2_hits(&s, "l2_hit");
 }
 
 criterion_group!(benches, l2);

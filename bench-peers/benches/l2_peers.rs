@@ -42,7 +42,6 @@
 //! once built; needs `redis-server` and `redis-cli` on `PATH`, otherwise it
 //! prints a note and measures nothing).
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,30 +53,30 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use redis::aio::ConnectionManager;
-use redis::Value;
 use tokio::runtime::Runtime;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt};
 
+#[path = "../../benches/support/redis_stats.rs"]
+mod redis_stats;
 #[path = "../../tests/support/redis.rs"]
 mod redis_support;
 #[path = "../../benches/support/mod.rs"]
 mod support;
-#[path = "../../benches/support/redis_stats.rs"]
-mod redis_stats;
 
-use redis_stats::{commands_per_call, only_key, thread_cpu_ns};
-
+use redis_stats::{
+    assert_only_l2_hits, commands_per_call, l2_only_cache, l2_write_landed, only_key,
+    print_l2_stats, raw_get, thread_cpu_ns, thread_cpu_ns_since, L2_HIT,
+};
 use redis_support::{redis_available, RedisServer};
-use support::{body_buffer, median, origin_response, BODY_LEN};
+use support::{body_buffer, counting_origin, current_thread_runtime, median, BODY_LEN};
 
 const URI: &str = "http://example.com/api/item?id=42";
 /// Our cache's key prefix.
 const NS_TIERED: &str = "tiered";
 /// tower-http-cache's key prefix.
 const NS_THC: &str = "thc";
-const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
 /// Calls per side per interleaved round (and per command count).
 const PER_ROUND: usize = 2_000;
 /// Interleaved rounds.
@@ -85,42 +84,6 @@ const ROUNDS: usize = 31;
 
 type Req = Request<()>;
 type Proto = support::Proto<()>;
-
-/// A counting origin (no delay): the shared 1 KiB body, fresh for an hour.
-fn counting_origin(
-    buf: Bytes,
-    calls: Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Req,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
-                 + Send
-                 + 'static,
-> + Clone
-       + Send
-       + 'static {
-    service_fn(move |_req: Req| {
-        calls.fetch_add(1, Ordering::Relaxed);
-        let body = buf.clone();
-        async move { Ok::<_, Infallible>(origin_response(body)) }
-    })
-}
-
-/// `GET key` on a clone of the connection (both caches clone their
-/// `ConnectionManager` per operation), the bulk-string reply as `Bytes`.
-async fn raw_get(conn: &ConnectionManager, key: &str) -> Bytes {
-    let mut c = conn.clone();
-    match redis::cmd("GET")
-        .arg(key)
-        .query_async::<Value>(&mut c)
-        .await
-        .expect("GET")
-    {
-        Value::BulkString(b) => Bytes::from(b),
-        other => panic!("GET {key}: not a stored value: {other:?}"),
-    }
-}
 
 /// One benched side: `call` makes one call (a `block_on`) from a request
 /// (the raw sides ignore it) and returns what is dropped outside the timed
@@ -173,10 +136,7 @@ impl<F: FnMut(Req) -> O, O> Bench for Side<F, O> {
             out.push((self.call)(req));
         }
         let wall = t.elapsed().as_nanos() as f64 / n;
-        let cpu = match (cpu, thread_cpu_ns()) {
-            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / n,
-            _ => f64::NAN,
-        };
+        let cpu = thread_cpu_ns_since(cpu) / n;
         drop(out);
         (wall, cpu)
     }
@@ -204,10 +164,7 @@ fn l2_peers(c: &mut Criterion) {
         return;
     }
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
     let buf = body_buffer();
     let proto = Proto::new(URI);
@@ -215,29 +172,14 @@ fn l2_peers(c: &mut Criterion) {
 
     // Ours: L1 never holds the entry and never promotes it.
     let tiered_calls = Arc::new(AtomicUsize::new(0));
-    let cache = tower_tiered_cache::Cache::builder()
-        .redis(server.url())
-        .namespace(NS_TIERED)
-        .l1_write_through(false)
-        .promote_after(u32::MAX)
-        .l2_timeout(Duration::from_secs(1)) // a slow moment must not turn a hit into a miss
-        .build()
-        .expect("cache");
-    let tiered = tower_tiered_cache::CacheLayer::new(cache.clone())
-        .layer(counting_origin(buf.clone(), tiered_calls.clone()));
+    let cache = l2_only_cache(&server, NS_TIERED);
+    let tiered = tower_tiered_cache::CacheLayer::new(cache.clone()).layer(counting_origin::<Req>(
+        buf.clone(),
+        Some(tiered_calls.clone()),
+    ));
     warm(&rt, &tiered, &proto, &buf);
-    rt.block_on(async {
-        // The L2 write is asynchronous: wait until it lands.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache.stats().l2_writes < 1 {
-            assert!(
-                Instant::now() < deadline,
-                "the L2 write did not land: {:?}",
-                cache.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    // The L2 write is asynchronous: wait until it lands.
+    rt.block_on(l2_write_landed(&cache));
 
     // tower-http-cache: RedisBackend alone, its own connection (the
     // constructor takes one; `ConnectionManager::new` is redis 1.x's default
@@ -252,7 +194,7 @@ fn l2_peers(c: &mut Criterion) {
     )
     .ttl(Duration::from_secs(3600))
     .build()
-    .layer(counting_origin(buf.clone(), thc_calls.clone()));
+    .layer(counting_origin::<Req>(buf.clone(), Some(thc_calls.clone())));
     warm(&rt, &thc, &proto, &buf); // its `set` is awaited inside the miss
 
     let key = only_key(&server, NS_TIERED);
@@ -371,23 +313,8 @@ fn l2_peers(c: &mut Criterion) {
     println!();
 
     check_origins("after timing");
-    let s = cache.stats();
-    println!(
-        "tiered_l2_hit calls: hits_l2={} hits_l1={} misses={} upstream_calls={} l2_timeouts={} \
-         l2_errors={} promotions={}",
-        s.hits_l2, s.hits_l1, s.misses, s.upstream_calls, s.l2_timeouts, s.l2_errors, s.promotions
-    );
-    assert_eq!(
-        (
-            s.hits_l1,
-            s.misses,
-            s.upstream_calls,
-            s.l2_timeouts,
-            s.l2_errors
-        ),
-        (0, 0, 0, 0, 0),
-        "every tiered_l2_hit call must have been an L2 hit"
-    );
+    let s = print_l2_stats(&cache, "tiered_l2_hit");
+    assert_only_l2_hits(&s, "tiered_l2_hit");
     drop(server); // killed and reaped (also on panic, by unwinding)
 }
 

@@ -61,7 +61,6 @@
 //! Run with `cargo bench --bench peers` from `bench-peers/`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
@@ -81,13 +80,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use stats_alloc::{Region, Stats, INSTRUMENTED_SYSTEM};
 use tokio::runtime::{Handle, Runtime};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 #[path = "../../benches/support/mod.rs"]
 mod support;
 
 use support::{
-    body_buffer, call_once, median, noop_waker, origin_response, try_call_once, BODY_LEN,
+    body_buffer, call_once, counting_origin, current_thread_runtime, median, noop_waker,
+    time_calls, try_call_once, BODY_LEN,
 };
 
 const HIT_URI: &str = "http://example.com/api/item?id=42";
@@ -212,32 +212,6 @@ impl Spec {
     }
 }
 
-/// The origin: every response is the same 1 KiB JSON-ish body, a `Bytes`
-/// clone of the shared buffer, fresh for an hour. Generic over the request
-/// type (hitbox hands its upstream `Request<BufferedBody<_>>`). `calls`
-/// counts the calls that reach it (`None` on the bare side, so that it pays
-/// for no atomic).
-fn origin<R: Send + 'static>(
-    buf: Bytes,
-    calls: Option<Arc<AtomicUsize>>,
-) -> impl Service<
-    R,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    service_fn(move |_req: R| {
-        if let Some(c) = &calls {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        let body = buf.clone();
-        async move { Ok::<_, Infallible>(origin_response(body)) }
-    })
-}
-
 /// `ready().await` + `call().await` in `rt.block_on`.
 fn call_rt<S, B, E>(svc: &mut S, req: Req, rt: &Runtime) -> Response<B>
 where
@@ -248,6 +222,40 @@ where
         let svc = svc.ready().await.expect("ready");
         svc.call(req).await.expect("call")
     })
+}
+
+/// Criterion bench function `id`: `call` on a fresh request from `spec`,
+/// built (and counted) in the untimed setup, one per timed call; returns
+/// the calls made.
+fn bench_counted<T>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    spec: &Spec,
+    mut call: impl FnMut(Req) -> T,
+) -> usize {
+    let mut made = 0;
+    g.bench_function(id, |b| {
+        b.iter_batched(
+            || {
+                made += 1;
+                spec.make()
+            },
+            |req| black_box(call(black_box(req))),
+            BatchSize::SmallInput,
+        )
+    });
+    made
+}
+
+/// `resp`'s body read to the end in `rt.block_on`.
+fn body_bytes<B>(rt: &Runtime, resp: Response<B>) -> Bytes
+where
+    B: http_body::Body,
+    B::Error: Debug,
+{
+    rt.block_on(resp.into_body().collect())
+        .expect("body")
+        .to_bytes()
 }
 
 /// Runs the tasks the sides spawned until none is left (http-cache-tower-
@@ -313,6 +321,25 @@ struct Contended {
     pending: usize,
 }
 
+/// How a timed call is made: polled once with a no-op waker (the sides
+/// whose futures are ready on their first poll), or in the runtime's
+/// `block_on`.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    PollOnce(&'a Waker),
+    Runtime(&'a Runtime),
+}
+
+impl Mode<'_> {
+    /// The name of its criterion groups (after their prefix) and tables.
+    fn group(self) -> &'static str {
+        match self {
+            Mode::PollOnce(_) => "poll_once",
+            Mode::Runtime(_) => "runtime",
+        }
+    }
+}
+
 /// One benched side, whatever its service type: the dynamic dispatch is
 /// once per bench function or round, never per call.
 trait Side {
@@ -330,27 +357,17 @@ trait Side {
     fn call_settled(&mut self, spec: &Spec, rt: &Runtime) -> (StatusCode, Option<String>);
     /// Whether `n` calls all completed on their first poll.
     fn probe_poll_once(&mut self, spec: &Spec, waker: &Waker, n: usize) -> bool;
-    /// Criterion bench function `id`, polled once; returns the calls made.
-    fn bench_poll(
+    /// Criterion bench function `id`, each call made as `mode` says;
+    /// returns the calls made.
+    fn bench(
         &mut self,
         g: &mut BenchmarkGroup<'_, WallTime>,
         id: BenchmarkId,
         spec: &Spec,
-        waker: &Waker,
+        mode: Mode<'_>,
     ) -> usize;
-    /// Criterion bench function `id`, each call in `block_on`; returns the
-    /// calls made.
-    fn bench_rt(
-        &mut self,
-        g: &mut BenchmarkGroup<'_, WallTime>,
-        id: BenchmarkId,
-        spec: &Spec,
-        rt: &Runtime,
-    ) -> usize;
-    /// ns per call over `reqs`, polled once.
-    fn round_poll(&mut self, reqs: Vec<Req>, waker: &Waker) -> f64;
-    /// ns per call over `reqs`, each in `block_on`.
-    fn round_rt(&mut self, reqs: Vec<Req>, rt: &Runtime) -> f64;
+    /// ns per call over `reqs`, each made as `mode` says.
+    fn round(&mut self, reqs: Vec<Req>, mode: Mode<'_>) -> f64;
     /// Allocations per call over `n` poll-once calls (after
     /// `ALLOC_WARM_CALLS` uncounted ones); requests are built and responses
     /// dropped outside the count.
@@ -388,10 +405,7 @@ where
     fn warm(&mut self, spec: &Spec, rt: &Runtime, buf: &Bytes) {
         let resp = call_rt(&mut self.svc, spec.make(), rt);
         assert_eq!(resp.status(), StatusCode::OK, "{}", self.name);
-        let body = rt
-            .block_on(resp.into_body().collect())
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(rt, resp);
         assert_eq!(&body, buf, "{}", self.name);
         assert_eq!(settle(rt), 0, "{}: spawned tasks left", self.name);
     }
@@ -415,10 +429,7 @@ where
             "{}: stored headers",
             self.name
         );
-        let body = rt
-            .block_on(resp.into_body().collect())
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(rt, resp);
         assert_eq!(body.len(), BODY_LEN, "{}", self.name);
     }
 
@@ -430,10 +441,7 @@ where
                 .get(name)
                 .map(|v| v.to_str().unwrap().to_owned())
         });
-        let body = rt
-            .block_on(resp.into_body().collect())
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(rt, resp);
         assert_eq!(body.len(), BODY_LEN, "{}", self.name);
         assert_eq!(settle(rt), 0, "{}: spawned tasks left", self.name);
         (status, marker)
@@ -450,73 +458,26 @@ where
         true
     }
 
-    fn bench_poll(
+    fn bench(
         &mut self,
         g: &mut BenchmarkGroup<'_, WallTime>,
         id: BenchmarkId,
         spec: &Spec,
-        waker: &Waker,
+        mode: Mode<'_>,
     ) -> usize {
         let svc = &mut self.svc;
-        // Counted in the untimed setup: one request per timed call.
-        let mut made = 0;
-        g.bench_function(id, |b| {
-            b.iter_batched(
-                || {
-                    made += 1;
-                    spec.make()
-                },
-                |req| black_box(call_once(svc, black_box(req), waker)),
-                BatchSize::SmallInput,
-            )
-        });
-        made
+        match mode {
+            Mode::PollOnce(waker) => bench_counted(g, id, spec, |req| call_once(svc, req, waker)),
+            Mode::Runtime(rt) => bench_counted(g, id, spec, |req| call_rt(svc, req, rt)),
+        }
     }
 
-    fn bench_rt(
-        &mut self,
-        g: &mut BenchmarkGroup<'_, WallTime>,
-        id: BenchmarkId,
-        spec: &Spec,
-        rt: &Runtime,
-    ) -> usize {
+    fn round(&mut self, reqs: Vec<Req>, mode: Mode<'_>) -> f64 {
         let svc = &mut self.svc;
-        let mut made = 0;
-        g.bench_function(id, |b| {
-            b.iter_batched(
-                || {
-                    made += 1;
-                    spec.make()
-                },
-                |req| black_box(call_rt(svc, black_box(req), rt)),
-                BatchSize::SmallInput,
-            )
-        });
-        made
-    }
-
-    fn round_poll(&mut self, reqs: Vec<Req>, waker: &Waker) -> f64 {
-        let n = reqs.len();
-        let mut out = Vec::with_capacity(n);
-        let t = Instant::now();
-        for req in reqs {
-            out.push(call_once(&mut self.svc, req, waker));
+        match mode {
+            Mode::PollOnce(waker) => time_calls(reqs, |req| call_once(svc, req, waker)),
+            Mode::Runtime(rt) => time_calls(reqs, |req| call_rt(svc, req, rt)),
         }
-        let ns = t.elapsed().as_nanos() as f64 / n as f64;
-        drop(out);
-        ns
-    }
-
-    fn round_rt(&mut self, reqs: Vec<Req>, rt: &Runtime) -> f64 {
-        let n = reqs.len();
-        let mut out = Vec::with_capacity(n);
-        let t = Instant::now();
-        for req in reqs {
-            out.push(call_rt(&mut self.svc, req, rt));
-        }
-        let ns = t.elapsed().as_nanos() as f64 / n as f64;
-        drop(out);
-        ns
     }
 
     fn allocs(&mut self, spec: &Spec, waker: &Waker, n: usize) -> Allocs {
@@ -604,7 +565,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
 
     sides.push(Box::new(side(
         "bare",
-        origin::<Req>(buf.clone(), None),
+        counting_origin::<Req>(buf.clone(), None),
         None,
         None,
     )));
@@ -617,7 +578,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
         .build()
         .expect("cache");
     let svc = tower_tiered_cache::CacheLayer::new(cache)
-        .layer(origin::<Req>(buf.clone(), Some(c.clone())));
+        .layer(counting_origin::<Req>(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "tiered_l1_hit",
         svc,
@@ -635,7 +596,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
     )
     .ttl(Duration::from_secs(3600))
     .build();
-    let svc = layer.layer(origin::<Req>(buf.clone(), Some(c.clone())));
+    let svc = layer.layer(counting_origin::<Req>(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side("tower_http_cache", svc, Some(c), None)));
 
     // hitbox: GET + 200, key method + path + query `id`, TTL an hour.
@@ -677,7 +638,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
         )
         .config(hitbox_config())
         .build();
-    let svc = layer.layer(origin(buf.clone(), Some(c.clone())));
+    let svc = layer.layer(counting_origin(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "hitbox_json",
         svc,
@@ -695,7 +656,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
         )
         .config(hitbox_config())
         .build();
-    let svc = layer.layer(origin(buf.clone(), Some(c.clone())));
+    let svc = layer.layer(counting_origin(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "hitbox_bincode",
         svc,
@@ -706,7 +667,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
     // http-cache: default options, in-memory moka manager.
     let c = counter();
     let layer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default());
-    let svc = layer.layer(origin::<Req>(buf.clone(), Some(c.clone())));
+    let svc = layer.layer(counting_origin::<Req>(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "http_cache_moka",
         svc,
@@ -723,7 +684,7 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
         http_cache::MokaManager::default(),
         http_cache_tower_server::QueryKeyer,
     );
-    let svc = layer.layer(origin::<Req>(buf.clone(), Some(c.clone())));
+    let svc = layer.layer(counting_origin::<Req>(buf.clone(), Some(c.clone())));
     sides.push(Box::new(side(
         "http_cache_server",
         svc,
@@ -737,16 +698,12 @@ fn build_sides(buf: &Bytes) -> Vec<Box<dyn Side>> {
 /// Interleaved rounds over `rows` (side index, request): each round runs
 /// `PER_ROUND` calls of every row in turn. Returns the median ns per call of
 /// each row, in `rows` order.
-fn interleaved(
-    sides: &mut [Box<dyn Side>],
-    rows: &[(usize, &Spec)],
-    mut round: impl FnMut(&mut dyn Side, Vec<Req>) -> f64,
-) -> Vec<f64> {
+fn interleaved(sides: &mut [Box<dyn Side>], rows: &[(usize, &Spec)], mode: Mode<'_>) -> Vec<f64> {
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); rows.len()];
     for _ in 0..ROUNDS {
         for (k, &(i, spec)) in rows.iter().enumerate() {
             let reqs = spec.batch(PER_ROUND);
-            times[k].push(round(sides[i].as_mut(), reqs));
+            times[k].push(sides[i].round(reqs, mode));
         }
     }
     times.iter_mut().map(|t| median(t)).collect()
@@ -790,6 +747,17 @@ fn print_table(title: &str, sides: &[Box<dyn Side>], rows: &[(usize, &Spec)], me
             fmt_ratio(ratio_to(rows, med, k, 1))
         );
     }
+}
+
+/// `s`'s origin has been called once only (its entry's miss): every other
+/// call so far was served from its store.
+fn assert_origin_called_once(s: &dyn Side) {
+    assert_eq!(
+        s.origin_calls(),
+        Some(1),
+        "{}: origin called again",
+        s.name()
+    );
 }
 
 /// Every side's origin count.
@@ -843,22 +811,19 @@ fn criterion_groups(
     };
     let before = origin_counts(sides);
     let mut made = vec![0; sides.len()];
-    let mut g = c.benchmark_group(format!("{prefix}poll_once"));
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    for &(i, spec) in poll_rows {
-        let name = sides[i].name();
-        made[i] += sides[i].bench_poll(&mut g, id(name, spec), spec, waker);
+    for (mode, rows) in [
+        (Mode::PollOnce(waker), poll_rows),
+        (Mode::Runtime(rt), rt_rows),
+    ] {
+        let mut g = c.benchmark_group(format!("{prefix}{}", mode.group()));
+        g.measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
+        for &(i, spec) in rows {
+            let name = sides[i].name();
+            made[i] += sides[i].bench(&mut g, id(name, spec), spec, mode);
+        }
+        g.finish();
     }
-    g.finish();
-    let mut g = c.benchmark_group(format!("{prefix}runtime"));
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    for &(i, spec) in rt_rows {
-        let name = sides[i].name();
-        made[i] += sides[i].bench_rt(&mut g, id(name, spec), spec, rt);
-    }
-    g.finish();
     if !pass {
         made.fill(0);
     }
@@ -879,8 +844,11 @@ fn interleaved_tables(
     rt: &Runtime,
 ) -> Vec<f64> {
     let before = origin_counts(sides);
-    let med_poll = interleaved(sides, poll_rows, |s, reqs| s.round_poll(reqs, waker));
-    let med_rt = interleaved(sides, rt_rows, |s, reqs| s.round_rt(reqs, rt));
+    let modes = [
+        (Mode::PollOnce(waker), poll_rows),
+        (Mode::Runtime(rt), rt_rows),
+    ];
+    let medians = modes.map(|(mode, rows)| interleaved(sides, rows, mode));
     let mut grown = vec![0; sides.len()];
     if pass {
         for &(i, _) in poll_rows.iter().chain(rt_rows) {
@@ -888,18 +856,11 @@ fn interleaved_tables(
         }
     }
     assert_origin_grew(sides, &before, &grown, &format!("interleaved {what}"));
-    print_table(
-        &format!("interleaved {what}, group `poll_once`"),
-        sides,
-        poll_rows,
-        &med_poll,
-    );
-    print_table(
-        &format!("interleaved {what}, group `runtime`"),
-        sides,
-        rt_rows,
-        &med_rt,
-    );
+    for ((mode, rows), med) in modes.iter().zip(&medians) {
+        let title = format!("interleaved {what}, group `{}`", mode.group());
+        print_table(&title, sides, rows, med);
+    }
+    let [med_poll, _] = medians;
     med_poll
 }
 
@@ -1031,10 +992,7 @@ fn contention(
 
 fn peers(c: &mut Criterion) {
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     let _enter = rt.enter();
     let waker = noop_waker();
     let buf = body_buffer();
@@ -1049,12 +1007,7 @@ fn peers(c: &mut Criterion) {
     for s in sides.iter_mut().skip(1) {
         s.check_hit(&hit, &rt);
         s.check_hit(&hit, &rt);
-        assert_eq!(
-            s.origin_calls(),
-            Some(1),
-            "{}: origin called again",
-            s.name()
-        );
+        assert_origin_called_once(s.as_ref());
     }
 
     // Which sides are ready on the first poll (bare and ours must be).
@@ -1077,12 +1030,7 @@ fn peers(c: &mut Criterion) {
         }
     }
     for s in sides.iter().skip(1) {
-        assert_eq!(
-            s.origin_calls(),
-            Some(1),
-            "{}: origin called again",
-            s.name()
-        );
+        assert_origin_called_once(s.as_ref());
     }
     let all_idx: Vec<usize> = (0..sides.len()).collect();
 

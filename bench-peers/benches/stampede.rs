@@ -46,7 +46,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -56,12 +55,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 #[path = "../../benches/support/mod.rs"]
 mod support;
 
-use support::{body_buffer, median, origin_response};
+use support::{body_buffer, median, origin_response, Origin};
 
 const URI: &str = "http://example.com/api/item?id=42";
 /// Concurrent requests per round.
@@ -90,18 +90,7 @@ struct OriginLog {
 /// The origin: logs its calls, sleeps [`ORIGIN_DELAY`], then answers with
 /// the shared 1 KiB body, fresh for an hour. Generic over the request type
 /// (hitbox hands its upstream `Request<BufferedBody<_>>`).
-fn slow_origin<R: Send + 'static>(
-    buf: Bytes,
-    log: Arc<OriginLog>,
-) -> impl Service<
-    R,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
+fn slow_origin<R: Send + 'static>(buf: Bytes, log: Arc<OriginLog>) -> impl Origin<R> {
     service_fn(move |_req: R| {
         log.calls.fetch_add(1, Ordering::Relaxed);
         let first = log.first_start.set(Instant::now()).is_ok();
@@ -165,30 +154,15 @@ where
     Ok(Instant::now())
 }
 
-/// One round on `svc` (fresh, cold): [`TASKS`] tasks released together.
-async fn round<S, B>(svc: S, log: &OriginLog, proto: &Proto, buf: &Bytes) -> Round
-where
-    S: Service<Req, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Debug + Send,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Debug + Send,
-{
-    let (tx, rx) = watch::channel(false);
-    let parked = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = (0..TASKS)
-        .map(|_| {
-            tokio::spawn(one_request(
-                svc.clone(),
-                proto.make(),
-                rx.clone(),
-                parked.clone(),
-                buf.clone(),
-            ))
-        })
-        .collect();
-    drop(svc);
+/// The rest of a round once its [`TASKS`] tasks are spawned: waits until
+/// all are parked, releases them together through `tx`, and collects their
+/// answers.
+async fn release_and_collect(
+    tx: watch::Sender<bool>,
+    parked: &AtomicUsize,
+    handles: Vec<JoinHandle<Result<Instant, String>>>,
+    log: &OriginLog,
+) -> Round {
     while parked.load(Ordering::SeqCst) < TASKS {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -238,8 +212,8 @@ fn percentile_ms(v: &[Duration], q: f64) -> f64 {
     v[rank - 1].as_secs_f64() * 1e3
 }
 
-/// One side: how to build a fresh service (and cache) over an origin
-/// logging into the given `OriginLog`, and what it claims.
+/// One side: how to build a fresh service (and cache) over an origin with
+/// the given body, logging into the given `OriginLog`, and what it claims.
 struct Side<F> {
     name: &'static str,
     coalesces: &'static str,
@@ -250,13 +224,14 @@ struct Side<F> {
 trait Stampede {
     fn name(&self) -> &'static str;
     fn coalesces(&self) -> &'static str;
-    /// One round on a fresh service and cache.
+    /// One round on a fresh (cold) service and cache: [`TASKS`] tasks
+    /// released together.
     fn round(&self, rt: &Runtime, proto: &Proto, buf: &Bytes) -> Round;
 }
 
 impl<F, S, B> Stampede for Side<F>
 where
-    F: Fn(Arc<OriginLog>) -> S,
+    F: Fn(Bytes, Arc<OriginLog>) -> S,
     S: Service<Req, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Debug + Send,
@@ -274,8 +249,22 @@ where
 
     fn round(&self, rt: &Runtime, proto: &Proto, buf: &Bytes) -> Round {
         let log = Arc::new(OriginLog::default());
-        let svc = (self.make)(log.clone());
-        rt.block_on(round(svc, &log, proto, buf))
+        let svc = (self.make)(buf.clone(), log.clone());
+        let (tx, rx) = watch::channel(false);
+        let parked = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..TASKS)
+            .map(|_| {
+                rt.spawn(one_request(
+                    svc.clone(),
+                    proto.make(),
+                    rx.clone(),
+                    parked.clone(),
+                    buf.clone(),
+                ))
+            })
+            .collect();
+        drop(svc);
+        rt.block_on(release_and_collect(tx, &parked, handles, &log))
     }
 }
 
@@ -422,62 +411,55 @@ fn main() {
     let proto = Proto::new(URI);
     let limit = hitbox::policy::ConcurrencyLimit::new(1).expect("1 is in range");
 
-    let b = buf.clone();
-    let mut sides = vec![side("tiered", "yes: coalescing (default)", move |c| {
+    let mut sides = vec![side("tiered", "yes: coalescing (default)", move |b, c| {
         let cache = tower_tiered_cache::Cache::builder().build().expect("cache");
-        tower_tiered_cache::CacheLayer::new(cache).layer(slow_origin::<Req>(b.clone(), c))
+        tower_tiered_cache::CacheLayer::new(cache).layer(slow_origin::<Req>(b, c))
     })];
-    let b = buf.clone();
     sides.push(side(
         "tower_http_cache",
         "yes: per-key stampede lock",
-        move |c| {
+        move |b, c| {
             tower_http_cache::layer::CacheLayer::builder(
                 tower_http_cache::backend::memory::InMemoryBackend::new(10_000),
             )
             .ttl(Duration::from_secs(3600))
             .build()
-            .layer(slow_origin::<Req>(b.clone(), c))
+            .layer(slow_origin::<Req>(b, c))
         },
     ));
-    let b = buf.clone();
     sides.push(side(
         "hitbox_broadcast",
         "yes: BroadcastConcurrencyManager, 1",
-        move |c| {
+        move |b, c| {
             hitbox_tower::Cache::builder()
                 .backend(hitbox_backend())
                 .config(hitbox_config(Some(limit)))
                 .concurrency_manager(hitbox::concurrency::BroadcastConcurrencyManager::new())
                 .build()
-                .layer(slow_origin(b.clone(), c))
+                .layer(slow_origin(b, c))
         },
     ));
-    let b = buf.clone();
     sides.push(side(
         "hitbox_default",
         "no: NoopConcurrencyManager (default)",
-        move |c| {
+        move |b, c| {
             hitbox_tower::Cache::builder()
                 .backend(hitbox_backend())
                 .config(hitbox_config(None))
                 .build()
-                .layer(slow_origin(b.clone(), c))
+                .layer(slow_origin(b, c))
         },
     ));
-    let b = buf.clone();
-    sides.push(side("http_cache_tower_server", "no", move |c| {
+    sides.push(side("http_cache_tower_server", "no", move |b, c| {
         http_cache_tower_server::ServerCacheLayer::new(http_cache::MokaManager::default())
-            .layer(slow_origin::<Req>(b.clone(), c))
+            .layer(slow_origin::<Req>(b, c))
     }));
-    let b = buf.clone();
-    sides.push(side("http_cache_tower", "no", move |c| {
+    sides.push(side("http_cache_tower", "no", move |b, c| {
         http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
-            .layer(slow_origin::<Req>(b.clone(), c))
+            .layer(slow_origin::<Req>(b, c))
     }));
-    let b = buf.clone();
-    sides.push(side("bare", "n/a: no cache", move |c| {
-        slow_origin::<Req>(b.clone(), c)
+    sides.push(side("bare", "n/a: no cache", move |b, c| {
+        slow_origin::<Req>(b, c)
     }));
 
     // Rounds interleaved across sides, so that load coming and going on the

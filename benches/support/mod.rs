@@ -1,8 +1,9 @@
-//! Helpers shared by the benches: `benches/hit_path.rs`, `benches/l2.rs`
-//! and `bench-peers/benches/peers.rs` (a separate crate, which includes this
-//! file with `#[path = "../../benches/support/mod.rs"] mod support;`), so it
-//! only uses crates both have: `bytes`, `criterion`, `http`,
-//! `http-body-util` and `tower`.
+//! Helpers shared by the benches: `benches/hit_path.rs`, `benches/allocs.rs`,
+//! `benches/l2.rs` and `bench-peers/benches/*.rs` (a separate crate, which
+//! includes this file with `#[path = "../../benches/support/mod.rs"] mod
+//! support;`), so it only uses crates both have: `bytes`, `criterion`,
+//! `http`, `http-body`, `http-body-util`, `tokio`, `tower` and this crate.
+//! The L2 benches' Redis-only helpers are in `redis_stats.rs` next to it.
 //!
 //! Not a bench target itself: Cargo only discovers `benches/*.rs` and
 //! `benches/*/main.rs`.
@@ -16,6 +17,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::marker::PhantomData;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -91,22 +93,57 @@ pub(crate) fn origin_response(body: Bytes) -> Response<Full<Bytes>> {
     resp
 }
 
+/// What every origin of the benches is, whatever its request type `R`
+/// (hitbox hands its upstream `Request<BufferedBody<_>>`): a service that
+/// never fails and answers with a `Full<Bytes>` body, which can be cloned
+/// and sent anywhere, its future too.
+pub(crate) trait Origin<R>:
+    Service<R, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<R, S> Origin<R> for S where
+    S: Service<R, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The origin: every response is `origin_response` of the shared buffer.
-pub(crate) fn origin<R: Send + 'static>(
-    buf: Bytes,
-) -> impl Service<
-    R,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
+pub(crate) fn origin<R: Send + 'static>(buf: Bytes) -> impl Origin<R> {
     service_fn(move |_req: R| {
         let body = buf.clone();
         async move { Ok::<_, Infallible>(origin_response(body)) }
     })
+}
+
+/// [`origin`] that counts the calls that reach it in `calls` (`None`: no
+/// counter, so that a bare side pays for no atomic).
+pub(crate) fn counting_origin<R: Send + 'static>(
+    buf: Bytes,
+    calls: Option<Arc<AtomicUsize>>,
+) -> impl Origin<R> {
+    service_fn(move |_req: R| {
+        if let Some(c) = &calls {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let body = buf.clone();
+        async move { Ok::<_, Infallible>(origin_response(body)) }
+    })
+}
+
+/// A current-thread tokio runtime with its I/O and time drivers.
+pub(crate) fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// A waker that does nothing: every future polled with it is expected to be
@@ -200,11 +237,18 @@ where
     S: Service<Request<Q>, Response = Response<B>, Error = E>,
     E: Debug,
 {
-    let reqs = proto.batch(n);
+    time_calls(proto.batch(n), |req| call_once(svc, req, waker))
+}
+
+/// Times `call` on each of `reqs` (built before the clock starts), the
+/// results kept until the clock stops and dropped after (as criterion's
+/// `iter_batched` does). Returns nanoseconds per call.
+pub(crate) fn time_calls<Q, T>(reqs: Vec<Q>, mut call: impl FnMut(Q) -> T) -> f64 {
+    let n = reqs.len();
     let mut out = Vec::with_capacity(n);
     let t = std::time::Instant::now();
     for req in reqs {
-        out.push(call_once(svc, req, waker));
+        out.push(call(req));
     }
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
     drop(out);
