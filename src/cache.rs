@@ -130,7 +130,11 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
     pub(crate) max_body_bytes: u64,
+    /// The most a request waits for another's upstream call at a time.
     pub(crate) coalesce_timeout: Duration,
+    /// The deadline for the upstream's response head, and for its whole
+    /// body once the head is in (when the body is read to be stored).
+    pub(crate) upstream_timeout: Duration,
     pub(crate) hit_for_pass_ttl: Duration,
     pub(crate) refresh_timeout: Duration,
     pub(crate) stale_extension_factor: f64,
@@ -222,6 +226,9 @@ pub struct Invalidated {
     pub l2: u64,
 }
 
+/// The default [`CacheBuilder::upstream_timeout`].
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds a [`Cache`]. Every setting has a default; see each method.
 #[must_use]
 pub struct CacheBuilder {
@@ -232,7 +239,8 @@ pub struct CacheBuilder {
     l1_max_entry: Option<u64>,
     max_body: u64,
     max_variants: usize,
-    coalesce_timeout: Duration,
+    coalesce_timeout: Option<Duration>,
+    upstream_timeout: Duration,
     max_in_flight: usize,
     hit_for_pass_ttl: Duration,
     hit_for_pass_capacity: usize,
@@ -309,7 +317,8 @@ impl Default for CacheBuilder {
             l1_max_entry: None,
             max_body: 1024 * 1024,
             max_variants: 32,
-            coalesce_timeout: Duration::from_secs(15),
+            coalesce_timeout: None,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             max_in_flight: 10_000,
             hit_for_pass_ttl: Duration::from_secs(10),
             hit_for_pass_capacity: 10_000,
@@ -644,10 +653,49 @@ impl CacheBuilder {
         self
     }
 
-    /// How long a request waits for another's upstream call before making
-    /// its own (default 15 s).
+    /// The most a request waits for another request's upstream call
+    /// (default: as long as that call may last, twice the
+    /// [`upstream_timeout`](Self::upstream_timeout) plus one second).
+    ///
+    /// A waiter whose wait runs out is answered with a stale entry the
+    /// origin allows (`stale-if-error`) or a `504`; it never calls the
+    /// origin itself, so a slow origin never sees a herd.
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
-        self.coalesce_timeout = timeout;
+        self.coalesce_timeout = Some(timeout);
+        self
+    }
+
+    /// The deadline for an upstream call (default 30 s): for the response
+    /// head, and, when the body is read to be stored, for the whole body
+    /// once the head is in (so a stalled body is caught too).
+    ///
+    /// A call that runs out is an upstream error: a stored entry that
+    /// allows it is served (`stale-if-error`), otherwise the client gets a
+    /// `504 Gateway Timeout` with `Cache-Status: …; detail=upstream-timeout`.
+    /// It counts against the upstream's circuit breaker. Nothing of it is
+    /// stored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .upstream_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = timeout;
+        self
+    }
+
+    /// What a shared cache does with requests' own cache directives
+    /// (default [`RequestCacheControl::Honour`], with revalidations
+    /// collapsed to one in flight per key). Private caches always honour
+    /// them.
+    pub fn request_cache_control(mut self, choice: crate::policy::RequestCacheControl) -> Self {
+        self.policy.request_cc = choice;
         self
     }
 
@@ -925,6 +973,18 @@ impl CacheBuilder {
                 ));
             }
         }
+        if self.upstream_timeout.is_zero() {
+            return Err(BuildError::invalid(
+                "upstream_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.coalesce_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::invalid(
+                "coalesce_timeout",
+                "must be greater than 0",
+            ));
+        }
         if self.refresh_timeout.is_zero() {
             return Err(BuildError::invalid(
                 "refresh_timeout",
@@ -962,7 +1022,12 @@ impl CacheBuilder {
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
                 max_body_bytes: self.max_body,
-                coalesce_timeout: self.coalesce_timeout,
+                coalesce_timeout: self.coalesce_timeout.unwrap_or_else(|| {
+                    self.upstream_timeout
+                        .saturating_mul(2)
+                        .saturating_add(Duration::from_secs(1))
+                }),
+                upstream_timeout: self.upstream_timeout,
                 hit_for_pass_ttl: self.hit_for_pass_ttl,
                 refresh_timeout: self.refresh_timeout,
                 stale_extension_factor: self.extension_factor,
@@ -1179,6 +1244,7 @@ impl Cache {
             stores: c.stores.get(),
             too_large: c.too_large.get(),
             coalesce_timeouts: c.coalesce_timeouts.get(),
+            upstream_timeouts: c.upstream_timeouts.get(),
             invalidations: c.invalidations.get(),
             evictions: s.l1.evictions(),
             l1_entries: s.l1.len() as u64,
@@ -1469,7 +1535,10 @@ impl Cache {
             s.counters.passes.incr();
             return Decision::Pass(STATUS_BYPASS);
         };
-        let directives = RequestDirectives::from_headers(&parts.headers);
+        let mut directives = RequestDirectives::from_headers(&parts.headers);
+        if s.policy.ignores_request_cc() {
+            directives.cc = Default::default();
+        }
         let head = parts.method == Method::HEAD;
         let now = s.clock.now_millis();
         let (found, fwd) = match s.l1.get(key, &parts.headers) {

@@ -2,6 +2,7 @@
 //! miss at once. Waiters are woken by a `watch` channel (no polling).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +35,18 @@ pub(crate) enum Outcome {
 /// and finishing a flight nobody waits on costs almost nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Flight {
+    /// Flights are numbered in the order they start: a flight numbered
+    /// above a request's [`epoch`](InFlight::epoch) started after it.
+    id: u64,
     outcome: OnceLock<Outcome>,
     notify: Notify,
+}
+
+impl Flight {
+    /// Whether this flight started after `epoch` was read.
+    pub(crate) fn started_after(&self, epoch: u64) -> bool {
+        self.id > epoch
+    }
 }
 
 type Slot = Arc<Flight>;
@@ -44,6 +55,8 @@ type Slot = Arc<Flight>;
 pub(crate) struct InFlight {
     map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
     max: usize,
+    /// The number of the last flight started.
+    started: AtomicU64,
 }
 
 /// The result of joining a flight.
@@ -62,7 +75,14 @@ impl InFlight {
         Self {
             map: Arc::new(Mutex::new(HashMap::new())),
             max,
+            started: AtomicU64::new(0),
         }
+    }
+
+    /// The number of the last flight started: flights numbered above it
+    /// start later (see [`Flight::started_after`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -80,7 +100,10 @@ impl InFlight {
         if map.len() >= self.max {
             return Join::Full;
         }
-        let flight = Arc::new(Flight::default());
+        let flight = Arc::new(Flight {
+            id: self.started.fetch_add(1, Ordering::AcqRel) + 1,
+            ..Flight::default()
+        });
         map.insert(key, Arc::clone(&flight));
         Join::Leader(FlightGuard {
             map: Arc::clone(&self.map),
@@ -142,7 +165,7 @@ impl Drop for FlightGuard {
 }
 
 /// Waits for the flight's outcome, at most `timeout`. `None` on timeout.
-pub(crate) async fn wait(flight: Slot, timeout: Duration) -> Option<Outcome> {
+pub(crate) async fn wait(flight: &Flight, timeout: Duration) -> Option<Outcome> {
     let notified = flight.notify.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
@@ -169,7 +192,7 @@ mod tests {
         let Join::Waiter(rx) = f.join(k) else {
             panic!("second waits")
         };
-        let w = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        let w = tokio::spawn(async move { wait(&rx, Duration::from_secs(5)).await });
         g.complete(Outcome::Pass);
         assert!(matches!(w.await.unwrap(), Some(Outcome::Pass)));
         assert_eq!(f.len(), 0);
@@ -187,7 +210,7 @@ mod tests {
         };
         drop(g);
         assert!(matches!(
-            wait(rx, Duration::from_secs(5)).await,
+            wait(&rx, Duration::from_secs(5)).await,
             Some(Outcome::Abandoned)
         ));
         assert_eq!(f.len(), 0);
@@ -200,7 +223,30 @@ mod tests {
         let Join::Waiter(rx) = f.join(KeyHash(3)) else {
             panic!()
         };
-        assert!(wait(rx, Duration::from_millis(50)).await.is_none());
+        assert!(wait(&rx, Duration::from_millis(50)).await.is_none());
+    }
+
+    #[test]
+    fn flights_are_numbered_in_start_order() {
+        let f = InFlight::new(10);
+        let before = f.epoch();
+        let Join::Leader(g) = f.join(KeyHash(7)) else {
+            panic!()
+        };
+        let Join::Waiter(w) = f.join(KeyHash(7)) else {
+            panic!()
+        };
+        assert!(w.started_after(before));
+        let during = f.epoch();
+        assert!(
+            !w.started_after(during),
+            "a flight did not start after itself"
+        );
+        g.complete(Outcome::Pass);
+        let Join::Leader(g2) = f.join(KeyHash(7)) else {
+            panic!()
+        };
+        assert!(g2.flight.started_after(during));
     }
 
     #[test]

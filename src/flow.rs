@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
@@ -58,7 +59,23 @@ enum Fetched<U: Upstream<B>, B> {
     /// An error or a 5xx: a candidate for stale-if-error. The flag says
     /// whether the request's outcome (a miss) was already counted.
     Failed(CacheResult<U, B>, bool),
+    /// The upstream missed its deadline (`upstream_timeout`), for the head
+    /// or the body: stale-if-error, or a 504. The flag as for `Failed`.
+    TimedOut(bool),
 }
+
+/// Runs `fut` within `limit` when a tokio timer is available (without a
+/// runtime there is nothing to time it with, and it runs unbounded).
+async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(fut.await);
+    }
+    tokio::time::timeout(limit, fut).await.map_err(|_| Elapsed)
+}
+
+/// A deadline passed.
+#[derive(Debug)]
+struct Elapsed;
 
 /// A miss or a revalidation in the foreground.
 pub(crate) async fn fetch<B, U>(
@@ -93,11 +110,16 @@ where
     if !plan.coalesce || tokio::runtime::Handle::try_current().is_err() {
         return own_call(&cache, req, up, &plan).await;
     }
-    // A cancelled leader hands the flight on: its waiters join again (one
-    // of them leads), a bounded number of times.
+    // Flights that start after this point answer this request whatever its
+    // own directives ask (they are newer than the request).
+    let arrived = s.inflight.epoch();
+    // A cancelled or failed leader hands the flight on: its waiters join
+    // again and exactly one of them leads; a request that needs a newer
+    // answer than the flight it waited on (`no-cache`) waits for the next.
+    // Bounded: at most MAX_WAITS flights, each at most `coalesce_timeout`.
     let mut req = req;
-    for _ in 0..MAX_REJOINS {
-        let rx = match s.inflight.join(plan.key) {
+    for _ in 0..MAX_WAITS {
+        let flight = match s.inflight.join(plan.key) {
             Join::Leader(guard) => {
                 // Between this request's L1 look-up and its joining (a gap
                 // that is wide under load), another flight may have stored
@@ -105,7 +127,7 @@ where
                 if !plan.background {
                     let (parts, body) = req.into_parts();
                     if let Some(entry) = stored_since(&cache, &parts, &plan, now) {
-                        if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                        if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, false) {
                             guard.complete(Outcome::Stored(entry));
                             return Ok(resp);
                         }
@@ -146,18 +168,22 @@ where
                 return result;
             }
             Join::Full => return own_call(&cache, req, up, &plan).await,
-            Join::Waiter(rx) => rx,
+            Join::Waiter(flight) => flight,
         };
-        let outcome = coalesce::wait(rx, s.cfg.coalesce_timeout).await;
+        let outcome = coalesce::wait(&flight, s.cfg.coalesce_timeout).await;
         let now = cache.now();
         let (parts, body) = req.into_parts();
         match outcome {
             Some(Outcome::Stored(entry)) if entry.vary_matches(&parts.headers) => {
-                if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                let newer = flight.started_after(arrived);
+                if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, newer) {
                     return Ok(resp);
                 }
-                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
+                // The answer predates this request and its directives want
+                // a newer one: the next flight (which one waiter leads) has it.
             }
+            // Another variant was fetched: this one is fetched next.
+            Some(Outcome::Stored(_)) => {}
             Some(Outcome::StaleIfError(entry))
                 if entry.vary_matches(&parts.headers)
                     && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
@@ -166,28 +192,72 @@ where
                     &cache, &entry, &parts, &plan, None, true,
                 ));
             }
-            // The leader was cancelled, or failed: rather than every waiter
-            // calling a failing upstream at once, form a new flight.
-            Some(Outcome::Abandoned | Outcome::Failed) => {
+            // The answer may not be shared: call alone, as the leader did.
+            Some(Outcome::Pass) => {
+                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
+            }
+            // The leader was cancelled or failed: rather than every waiter
+            // calling the upstream at once, form a new flight.
+            Some(Outcome::Abandoned | Outcome::Failed | Outcome::StaleIfError(_)) => {
                 // A later flight may already have stored an answer.
                 if let crate::store::memory::Found::Entry(entry) =
                     s.l1.get(plan.key, &parts.headers)
                 {
-                    if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now) {
+                    if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, false) {
                         return Ok(resp);
                     }
                 }
-                req = Request::from_parts(parts, body);
             }
-            other => {
-                if other.is_none() {
-                    s.counters.coalesce_timeouts.incr();
-                }
-                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
+            None => {
+                // The leader's call outlived its own deadline (it cannot,
+                // unless `coalesce_timeout` is set below it): never call the
+                // origin alone, answer from what is stored or with a 504.
+                s.counters.coalesce_timeouts.incr();
+                return Ok(gave_up(&cache, &parts, &plan, "coalesce-timeout", false));
             }
         }
+        req = Request::from_parts(parts, body);
     }
-    own_call(&cache, req, up, &plan).await
+    let (parts, _body) = req.into_parts();
+    Ok(gave_up(&cache, &parts, &plan, "coalesce-failed", false))
+}
+
+/// A request the upstream did not answer in time (`why` says how): a
+/// stored entry that allows it (`stale-if-error`), or a `504`.
+///
+/// `counted`: the request's outcome (a miss) is counted already.
+fn gave_up<RB: Body>(
+    cache: &Cache,
+    parts: &Parts,
+    plan: &Fetch,
+    why: &str,
+    counted: bool,
+) -> Response<CacheBody<RB>> {
+    if let Some(prior) = &plan.prior {
+        if cache
+            .shared
+            .policy
+            .stale_if_error_ok(prior, &plan.directives, cache.now())
+        {
+            let count = !plan.background && !counted;
+            return serve_stale_if_error(cache, prior, parts, plan, Some(None), count);
+        }
+    }
+    if !plan.background && !counted {
+        cache.shared.counters.misses.incr();
+    }
+    gateway_timeout(cache_status(format_args!("fwd={}; detail={why}", plan.fwd)))
+}
+
+/// A `504 Gateway Timeout` made by the cache, with its `Cache-Status`
+/// (empty, so it serves for a `502` too).
+fn gateway_timeout<RB: Body>(status: HeaderValue) -> Response<CacheBody<RB>> {
+    let mut resp = Response::new(CacheBody::empty());
+    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp.headers_mut().insert(CACHE_STATUS.clone(), status);
+    resp
 }
 
 /// What the L2 look-up of a leader came to.
@@ -297,18 +367,25 @@ fn stored_since(cache: &Cache, parts: &Parts, plan: &Fetch, now: u64) -> Option<
 
 /// Answers a waiter from an entry another request stored, if it may serve
 /// this request (fresh, or stale within its window).
+///
+/// `newer`: the flight that stored it started after this request arrived,
+/// so its answer is the origin's answer to this request too, whatever the
+/// request's own directives (`no-cache`, `max-age=0`) ask of stored ones.
 fn collapsed<RB: Body>(
     cache: &Cache,
     entry: &Entry,
     parts: &Parts,
     plan: &Fetch,
     now: u64,
+    newer: bool,
 ) -> Option<Response<CacheBody<RB>>> {
     let s = &*cache.shared;
-    if !matches!(
-        s.policy.usability(entry, &plan.directives, now),
-        Usability::Fresh | Usability::Stale
-    ) {
+    if !newer
+        && !matches!(
+            s.policy.usability(entry, &plan.directives, now),
+            Usability::Fresh | Usability::Stale
+        )
+    {
         return None;
     }
     s.counters.coalesced.incr();
@@ -316,8 +393,10 @@ fn collapsed<RB: Body>(
     Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
 }
 
-/// How many times a waiter re-joins after cancelled leaders.
-const MAX_REJOINS: usize = 3;
+/// How many flights a request waits on (or leads) at most: the first it
+/// found, then the ones formed after cancelled or failed leaders, or after
+/// an answer older than the request wanted.
+const MAX_WAITS: usize = 4;
 
 /// The leader's call: its result, and what waiters should do.
 async fn lead<B, U>(
@@ -337,6 +416,16 @@ where
     match exchange(cache, Request::from_parts(parts, body), up, plan).await {
         Fetched::Stored(entry, resp) => (Ok(resp), Outcome::Stored(entry)),
         Fetched::Passed(resp) => (Ok(resp), Outcome::Pass),
+        Fetched::TimedOut(counted) => {
+            let resp = gave_up(cache, &keep, plan, "upstream-timeout", counted);
+            let outcome = match &plan.prior {
+                Some(prior) if resp.status() != StatusCode::GATEWAY_TIMEOUT => {
+                    Outcome::StaleIfError(Arc::clone(prior))
+                }
+                _ => Outcome::Failed,
+            };
+            (Ok(resp), outcome)
+        }
         Fetched::Failed(result, counted) => match &plan.prior {
             Some(prior)
                 if cache
@@ -453,9 +542,16 @@ where
     let request_time = cache.now();
     s.counters.upstream_calls.incr();
     let started = s.obs.start();
-    let result = up.call(Request::from_parts(parts, body)).await;
+    let limit = s.cfg.upstream_timeout;
+    let result = within(limit, up.call(Request::from_parts(parts, body))).await;
     let response_time = cache.now();
     let took = std::time::Duration::from_nanos(s.obs.elapsed_ns(started));
+    let Ok(result) = result else {
+        // No response head within the deadline: the upstream is failing.
+        s.obs.upstream_done(plan.label, took, None);
+        upstream_timed_out(cache, plan, response_time);
+        return Fetched::TimedOut(false);
+    };
     s.obs
         .upstream_done(plan.label, took, result.as_ref().ok().map(|r| r.status()));
     let resp = match result {
@@ -584,8 +680,30 @@ where
         return too_large(cache, plan, status, resp.map(CacheBody::stream), &client);
     }
     let (rparts, body) = resp.into_parts();
-    let body = match buffer(body, max).await {
+    let body = match buffer(body, max, limit).await {
+        Buffered::Complete(bytes) if declared.is_some_and(|n| n != bytes.len() as u64) => {
+            // The body ended before (or ran past) its declared length: a
+            // broken response. Never stored, never passed on as if whole:
+            // a 502 (or stale-if-error).
+            drop((rparts, bytes));
+            s.breaker.record_failure(cache.now());
+            s.counters.upstream_errors.incr();
+            s.obs.upstream_error(plan.label);
+            let hv = cache_status(format_args!(
+                "fwd={}; fwd-status={}; detail=incomplete",
+                plan.fwd,
+                status.as_u16()
+            ));
+            let mut resp = gateway_timeout(hv);
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+            return Fetched::Failed(Ok(resp), true);
+        }
         Buffered::Complete(bytes) => bytes,
+        Buffered::TimedOut => {
+            // The body stalled: nothing was sent to the client yet.
+            upstream_timed_out(cache, plan, cache.now());
+            return Fetched::TimedOut(true);
+        }
         Buffered::TooLarge(prefix, rest) => {
             let resp = Response::from_parts(rparts, CacheBody::prefixed(prefix, None, rest));
             return too_large(cache, plan, status, resp, &client);
@@ -840,19 +958,42 @@ fn pass_through<RB: Body>(
     Response::from_parts(parts, body)
 }
 
+/// Counts an upstream call that missed its deadline.
+fn upstream_timed_out(cache: &Cache, plan: &Fetch, now: u64) {
+    let s = &*cache.shared;
+    s.breaker.record_failure(now);
+    s.counters.upstream_errors.incr();
+    s.counters.upstream_timeouts.incr();
+    s.obs.upstream_error(plan.label);
+}
+
 enum Buffered<RB: Body> {
     Complete(Bytes),
+    /// The whole body did not arrive within the deadline.
+    TimedOut,
     TooLarge(VecDeque<Bytes>, std::pin::Pin<Box<RB>>),
     Failed(VecDeque<Bytes>, RB::Error, std::pin::Pin<Box<RB>>),
 }
 
-/// Reads the body up to `max` bytes. Trailers are not stored.
-async fn buffer<RB: Body>(body: RB, max: u64) -> Buffered<RB> {
+/// Reads the body up to `max` bytes, all of it within `limit`. Trailers
+/// are not stored.
+async fn buffer<RB: Body>(body: RB, max: u64, limit: Duration) -> Buffered<RB> {
     let mut body = Box::pin(body);
     let mut frames: VecDeque<Bytes> = VecDeque::new();
     let mut total: u64 = 0;
+    let deadline = tokio::runtime::Handle::try_current()
+        .is_ok()
+        .then(|| tokio::time::Instant::now() + limit);
     loop {
-        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
+        let frame = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, next).await {
+                Ok(frame) => frame,
+                Err(_) => return Buffered::TimedOut,
+            },
+            None => next.await,
+        };
+        match frame {
             None => break,
             Some(Err(e)) => return Buffered::Failed(frames, e, body),
             Some(Ok(frame)) => {
@@ -964,7 +1105,7 @@ pub(crate) fn spawn_refresh<B, U>(
                                 target: "tower_tiered_cache",
                                 key = %plan.key,
                                 label = %s.obs.labels.name(plan.label),
-                                timed_out = failed.is_err(),
+                                timed_out = matches!(failed, Err(_) | Ok(Fetched::TimedOut(_))),
                                 "background refresh failed; keeping the stale entry"
                             );
                         }
@@ -1002,11 +1143,18 @@ where
     let req = Request::from_parts(parts, body);
     let counters = &cache.shared.counters;
     counters.upstream_calls.incr();
-    let resp = match up.call(req).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let resp = match within(cache.shared.cfg.upstream_timeout, up.call(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
             counters.upstream_errors.incr();
             return Err(e);
+        }
+        Err(Elapsed) => {
+            counters.upstream_errors.incr();
+            counters.upstream_timeouts.incr();
+            return Ok(gateway_timeout(cache_status(format_args!(
+                "fwd=method; detail=upstream-timeout"
+            ))));
         }
     };
     let status = resp.status();

@@ -109,7 +109,7 @@ pub use observe::{
     Health, HealthStatus, HealthThresholds, LabelSource, LabelStats, Latency, LogLevel,
     LookupResult, LowPerformer, Recommendation, RecommendationKind, Tier, WindowStats,
 };
-pub use policy::{CacheMode, NotStored, Route, SetCookiePolicy};
+pub use policy::{CacheMode, NotStored, RequestCacheControl, Route, SetCookiePolicy};
 pub use service::CacheService;
 pub use stats::{RedisInfo, Stats};
 pub use store::codec::{DecodeError, FORMAT_VERSION};

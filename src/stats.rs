@@ -77,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) stores: Counter,
     pub(crate) too_large: Counter,
     pub(crate) coalesce_timeouts: Counter,
+    pub(crate) upstream_timeouts: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) cancelled: Counter,
 }
@@ -102,6 +103,7 @@ impl Counters {
             &self.stores,
             &self.too_large,
             &self.coalesce_timeouts,
+            &self.upstream_timeouts,
             &self.invalidations,
             &self.cancelled,
         ] {
@@ -165,8 +167,12 @@ pub struct Stats {
     pub stores: u64,
     /// Responses not stored because their body was over the size cap.
     pub too_large: u64,
-    /// Waiters that gave up on a slow leader and made their own call.
+    /// Waiters whose wait for another request's upstream call ran out
+    /// (`coalesce_timeout`); they were answered stale or with a 504, never
+    /// by calling the origin themselves.
     pub coalesce_timeouts: u64,
+    /// Upstream calls that missed `upstream_timeout` (head or body).
+    pub upstream_timeouts: u64,
     /// Entries removed by invalidation (unsafe methods, API calls).
     pub invalidations: u64,
     /// Entries evicted from L1 to make room.

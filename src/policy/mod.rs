@@ -18,6 +18,26 @@ use http::{Method, StatusCode};
 use crate::clock::system_time_to_millis;
 use crate::entry::{Entry, EntryFlags, Timeline};
 
+/// What a shared cache does with a request's own `Cache-Control` /
+/// `Pragma` directives (`no-cache`, `max-age`, `min-fresh`, `max-stale`,
+/// `no-store`, `only-if-cached`).
+///
+/// A private cache always honours them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestCacheControl {
+    /// Honour them (RFC 9111 §5.2.1, the default). Requests that must be
+    /// revalidated (`no-cache`, `max-age=0`, `Pragma: no-cache`,
+    /// `min-fresh`) are collapsed: they join the one revalidation in flight
+    /// for their key, and a validation that started after a request arrived
+    /// answers it, so clients cannot multiply the load on the origin.
+    #[default]
+    Honour,
+    /// Ignore them, as Varnish and nginx do by default: a client cannot
+    /// make a shared cache call the origin. `Authorization`, conditionals
+    /// and `Range` still apply.
+    Ignore,
+}
+
 /// Whether the cache is shared (a server or proxy, the default) or private
 /// to one user agent (a client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +111,7 @@ impl NotStored {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyConfig {
     pub(crate) mode: CacheMode,
+    pub(crate) request_cc: RequestCacheControl,
     pub(crate) heuristic_fraction: f64,
     pub(crate) heuristic_max: Duration,
     pub(crate) default_swr: Duration,
@@ -110,6 +131,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             mode: CacheMode::Shared,
+            request_cc: RequestCacheControl::Honour,
             heuristic_fraction: 0.1,
             heuristic_max: Duration::from_secs(24 * 3600),
             default_swr: Duration::ZERO,
@@ -220,6 +242,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl PolicyConfig {
     fn shared(&self) -> bool {
         self.mode == CacheMode::Shared
+    }
+
+    /// A shared cache set to ignore requests' own cache directives.
+    pub(crate) fn ignores_request_cc(&self) -> bool {
+        self.mode == CacheMode::Shared && self.request_cc == RequestCacheControl::Ignore
     }
 
     /// Whether RFC 9111 §3.5 applies to this request: it carries
