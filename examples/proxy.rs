@@ -759,6 +759,29 @@ enum Cookies {
     Partition,
 }
 
+/// A request the proxy answers itself, with a short text: its status and
+/// message.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn response(&self) -> Response<ProxyBody> {
+        text_response(self.0, &self.1)
+    }
+}
+
+impl From<HostError> for Refusal {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Bad(why) => Refusal(StatusCode::BAD_REQUEST, format!("bad request: {why}")),
+            HostError::Misdirected => Refusal(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected request: this proxy does not serve that host".to_owned(),
+            ),
+        }
+    }
+}
+
 /// Marks a request the cache must pass: the key function declines it.
 #[derive(Clone, Copy, Debug)]
 struct Uncached;
@@ -829,23 +852,9 @@ fn prepare(
     peer: SocketAddr,
     hosts: &Hosts,
     cookies: Cookies,
-) -> Result<Request<Incoming>, Response<ProxyBody>> {
+) -> Result<Request<Incoming>, Refusal> {
     let (mut parts, body) = req.into_parts();
-    match hosts.forwarded(&parts) {
-        Ok(_) => {}
-        Err(HostError::Bad(why)) => {
-            return Err(text_response(
-                StatusCode::BAD_REQUEST,
-                &format!("bad request: {why}"),
-            ))
-        }
-        Err(HostError::Misdirected) => {
-            return Err(text_response(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected request: this proxy does not serve that host",
-            ))
-        }
-    }
+    hosts.forwarded(&parts).map_err(Refusal::from)?;
     let lookup = parts.method == Method::GET || parts.method == Method::HEAD;
     drop_proxy_headers(&mut parts.headers, lookup);
     parts.headers.insert(
@@ -1122,7 +1131,7 @@ fn service(
             let resp = match prepared {
                 Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
                 // Refused before the cache: it never sees the request.
-                Err(refusal) => refusal.map(CacheBody::stream),
+                Err(refusal) => refusal.response().map(CacheBody::stream),
             };
             let status = resp
                 .headers()
@@ -1205,7 +1214,7 @@ impl Proxy {
     async fn forward(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
         let req = match self.upstream_request(req) {
             Ok(req) => req,
-            Err(resp) => return resp,
+            Err(refusal) => return refusal.response(),
         };
         match self.client.request(req).await {
             Ok(resp) => downstream_response(resp),
@@ -1224,21 +1233,11 @@ impl Proxy {
     /// Client requests come through [`prepare`] (client-set proxy headers
     /// dropped, `X-Forwarded-For` set); warming requests do not, and have
     /// no `X-Forwarded-For`.
-    fn upstream_request(
-        &self,
-        req: Request<ProxyBody>,
-    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+    fn upstream_request(&self, req: Request<ProxyBody>) -> Result<Request<ProxyBody>, Refusal> {
         let (mut parts, body) = req.into_parts();
-        let forwarded_host = match self.hosts.forwarded(&parts) {
-            Ok(host) => host,
-            // A warming target for a host we do not serve.
-            Err(_) => {
-                return Err(text_response(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "misdirected request: this proxy does not serve that host",
-                ))
-            }
-        };
+        // Client requests were checked in `prepare`; this refuses warming
+        // targets for a host we do not serve.
+        let forwarded_host = self.hosts.forwarded(&parts)?;
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -1249,7 +1248,7 @@ impl Proxy {
             .authority(self.upstream.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| text_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")))?;
+            .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad request: {e}")))?;
         // We speak HTTP/1.1 to the upstream whatever the client spoke.
         parts.version = Version::HTTP_11;
 
