@@ -114,6 +114,7 @@ Options:
                         [default: minimal]
   --warm FILE           fetch the URLs (paths) listed in FILE, one per line
                         ('#' starts a comment), through the cache at start-up
+                        (with --allow-host: absolute URLs, http://HOST/path)
   -h, --help            print this help
 
 What clients can make the upstream see (nothing unkeyed):

@@ -684,3 +684,54 @@ async fn bad_keying_flags_are_refused() {
         assert!(err.to_string().contains(expect), "{args:?}: {err}");
     }
 }
+
+/// Warming requests do not go through the client-side checks: they are
+/// keyed and forwarded by the same rules, so what they store is what
+/// clients are answered.
+#[tokio::test]
+async fn warmed_entries_answer_clients_under_the_same_keys() {
+    let (origin, upstream) = start_origin().await;
+    let dir = std::env::temp_dir().join(format!("ttc-poison-warm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&[&str], &str, &str, &str); 2] = [
+        (
+            &["--public-host", "shop.example"],
+            "/page?warm=public",
+            "/page?warm=public",
+            "127.0.0.1",
+        ),
+        (
+            &["--allow-host", "shop.example"],
+            "http://shop.example/page?warm=allowed",
+            "/page?warm=allowed",
+            "Shop.Example",
+        ),
+    ];
+    for (i, (flags, line, target, host)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("warm-{i}.txt"));
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        let mut args = flags.to_vec();
+        let path = file.to_str().unwrap().to_owned();
+        args.extend(["--warm", path.as_str()]);
+        let before = origin.calls("/page");
+        let proxy = start_proxy(upstream, &args).await;
+        let start = Instant::now();
+        while origin.calls("/page") == before {
+            assert!(start.elapsed() < DEADLINE, "{flags:?}: not warmed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The store follows the upstream answer: allow it a moment.
+        let start = Instant::now();
+        let r = loop {
+            let r = send_raw(proxy, &get(target, &[("host", host)])).await;
+            if r.cache_status().contains("hit") || start.elapsed() > DEADLINE {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(r.cache_status().contains("hit"), "{flags:?}: {r:?}");
+        assert!(r.body.contains("//shop.example/"), "{flags:?}: {r:?}");
+        assert_eq!(origin.calls("/page"), before + 1, "{flags:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
