@@ -917,6 +917,28 @@ async fn serve(
         config.upstream.scheme, config.upstream.authority
     );
     println!("L1: {} bytes", cache.stats().l1_capacity_bytes);
+    match &config.hosts {
+        Hosts::Upstream => {
+            println!("X-Forwarded-Host: not sent (--public-host or --allow-host sets one)")
+        }
+        Hosts::Public(host) => println!("X-Forwarded-Host: {host:?} on every request"),
+        Hosts::Allowed(hosts) => println!(
+            "hosts served: {} (others get 421); keyed and sent as X-Forwarded-Host",
+            hosts
+                .iter()
+                .map(|h| h.to_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    println!(
+        "requests with Cookie: {}",
+        match config.cookies {
+            Cookies::Pass =>
+                "passed, never cached (--cookies partition caches them per cookie set)",
+            Cookies::Partition => "cached per cookie set",
+        }
+    );
     #[cfg(feature = "redis")]
     let with_l2 = match &config.l2 {
         Some(l2) => {
