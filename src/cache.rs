@@ -487,6 +487,14 @@ impl CacheBuilder {
     }
 
     /// Whether the authority (or `Host`) is part of the key (default true).
+    ///
+    /// Turn it off only when the inner service cannot tell hosts apart:
+    /// one upstream, whose answers do not depend on the host the client
+    /// asked for. A proxy keyed without the authority must not forward the
+    /// client's `Host` in any form (`Host`, `X-Forwarded-Host`,
+    /// `Forwarded: host=`): one request with `Host: evil.example` would
+    /// decide the links and redirects every later client gets. See the
+    /// crate docs, "Keys: what a client can change".
     pub fn key_authority(mut self, yes: bool) -> Self {
         self.keys.authority = yes;
         self
@@ -507,6 +515,23 @@ impl CacheBuilder {
     }
 
     /// Add a request header's value to every key (say, a tenant header).
+    /// May be called repeatedly.
+    ///
+    /// For the headers that select a response although the origin does not
+    /// name them in `Vary`: usually ones a layer in front of the cache sets
+    /// from a value it has checked (a tenant id an auth layer adds, a host
+    /// a proxy accepts from a fixed list, sent on as `X-Forwarded-Host`).
+    /// The rule it serves: every input that reaches the origin and can
+    /// change the response is in the key; an adapter in front of the cache
+    /// must not forward one that is not. Headers the origin lists in `Vary`
+    /// need no `key_header`.
+    ///
+    /// Each distinct value gets entries of its own: keep it to headers with
+    /// few values. Values are taken trimmed, several lines joined with `,`.
+    /// [`build`](Self::build) refuses a credential header (`Authorization`,
+    /// `Proxy-Authorization`, `Cookie`) together with
+    /// [`partition_by_credentials`](Self::partition_by_credentials), which
+    /// keys on their digest instead.
     pub fn key_header(mut self, name: HeaderName) -> Self {
         self.keys.headers.push(name);
         self
@@ -515,6 +540,17 @@ impl CacheBuilder {
     /// Replace key building with a function; `None` lets the request pass
     /// uncached. It sees the request as sent (for invalidation, with the
     /// method set to `GET`).
+    ///
+    /// The function decides alone what is in the key (the credentials
+    /// digest of [`partition_by_credentials`](Self::partition_by_credentials)
+    /// is still added): it must cover every input the inner service
+    /// forwards that can change the response. Invalidation by an unsafe
+    /// method computes the key from a copy of the request's URI and headers
+    /// without its extensions, so a pass decided from a request extension
+    /// (set by a layer in front) does not stop a `POST` from invalidating
+    /// the URL, while one decided from a header does. A readable key of the
+    /// form `GET //host/path?query` keeps
+    /// [`Cache::invalidate_prefix`] working on the path.
     pub fn key_fn<F>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
