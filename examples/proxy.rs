@@ -73,7 +73,9 @@ use tokio::task::JoinSet;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_tiered_cache::admin::AdminService;
 use tower_tiered_cache::warm::{WarmOptions, WarmTarget};
-use tower_tiered_cache::{Cache, CacheBody, CacheLayer, CacheService, LogLevel, CACHE_STATUS};
+use tower_tiered_cache::{
+    Cache, CacheBody, CacheLayer, CacheService, LogLevel, RequestCacheControl, CACHE_STATUS,
+};
 
 #[path = "support/telemetry.rs"]
 mod telemetry;
@@ -89,7 +91,8 @@ const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-byte
                           [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
-                          [--cookies pass|partition]";
+                          [--cookies pass|partition] [--upstream-timeout DURATION] \
+                          [--request-cache-control honour|ignore]";
 
 const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
@@ -115,6 +118,14 @@ Options:
   --warm FILE           fetch the URLs (paths) listed in FILE, one per line
                         ('#' starts a comment), through the cache at start-up
                         (with --allow-host: absolute URLs, http://HOST/path)
+  --upstream-timeout D  the deadline for the upstream's response head, then
+                        for the body it reads to store (e.g. 2s, 500ms, 1m);
+                        then a stale copy the origin allows, or a 504
+                        [default: 30s]
+  --request-cache-control MODE
+                        honour (clients' no-cache / max-age revalidate, at
+                        most one revalidation in flight per URL) or ignore
+                        (as Varnish and nginx do) [default: honour]
   -h, --help            print this help
 
 What clients can make the upstream see (nothing unkeyed):
@@ -251,6 +262,10 @@ struct Config {
     hosts: Hosts,
     /// `--cookies`.
     cookies: Cookies,
+    /// `--upstream-timeout`.
+    upstream_timeout: Option<Duration>,
+    /// `--request-cache-control`.
+    request_cc: RequestCacheControl,
 }
 
 /// Where the L2 tier lives and how it is used.
@@ -289,6 +304,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let mut l1_bytes = None;
     let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
+    let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
     let (mut target, mut namespace, mut promote_after) = (None, None, None);
     let mut args = args.into_iter();
@@ -316,6 +332,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--public-host" => public_host = Some(value()?),
             "--allow-host" => allow_hosts.push(value()?),
             "--cookies" => cookies = Some(value()?),
+            "--upstream-timeout" => upstream_timeout = Some(duration(&flag, &value()?)?),
+            "--request-cache-control" => request_cc = Some(value()?),
             #[cfg(feature = "redis")]
             "--redis" | "--redis-cluster" => {
                 let v = value()?;
@@ -405,6 +423,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             )))
         }
     };
+    let request_cc = match request_cc.as_deref() {
+        None | Some("honour" | "honor") => RequestCacheControl::Honour,
+        Some("ignore") => RequestCacheControl::Ignore,
+        Some(other) => {
+            return Err(ArgError::value(format!(
+                "--request-cache-control {other:?}: expected honour or ignore"
+            )))
+        }
+    };
     #[cfg(feature = "redis")]
     let l2 = match target {
         Some(target) => Some(L2Args {
@@ -436,7 +463,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         warm,
         hosts,
         cookies,
+        upstream_timeout,
+        request_cc,
     })))
+}
+
+/// A duration flag's value: a number with `ms`, `s` or `m` (`2s`, `500ms`).
+fn duration(flag: &str, v: &str) -> Result<Duration, ArgError> {
+    let bad = || ArgError::value(format!("{flag} {v:?}: expected a duration such as 2s or 500ms"));
+    let (n, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((v, ""), |i| v.split_at(i));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(ArgError::value(format!("{flag} {v:?}: must be more than 0")));
+    }
+    Ok(d)
 }
 
 /// The targets of `--warm FILE`: one URL or path per line; blank lines
@@ -549,12 +597,16 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
             }
         })
         .partition_by_credentials(config.cookies == Cookies::Partition)
+        .request_cache_control(config.request_cc)
         .log_level(config.log)
         // Proxies front many paths: label by the first path segment.
         .label_fn(|parts| {
             let first = parts.uri.path().split('/').nth(1).unwrap_or("");
             Some(format!("/{first}"))
         });
+    if let Some(t) = config.upstream_timeout {
+        builder = builder.upstream_timeout(t);
+    }
     if config.otlp.is_some() {
         builder = builder
             .span_level(tracing::Level::INFO)
@@ -586,6 +638,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
                 .map_or_else(|| "--redis".to_owned(), |l2| l2.target.describe()),
             "namespace" => "--namespace".to_owned(),
             "promote_after" => "--promote-after".to_owned(),
+            "upstream_timeout" => "--upstream-timeout".to_owned(),
             _ => return e.to_string(),
         };
         format!("{flag}: {e}")
