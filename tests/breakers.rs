@@ -563,3 +563,237 @@ async fn the_admin_service_lists_open_breakers_by_label() {
         "{text}"
     );
 }
+
+/// On axum the label is the route template: `/items/{id}` failing opens
+/// its breaker, `/users/{id}` on the same app keeps calling its handler.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_route_templates_have_breakers_of_their_own() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use axum::response::IntoResponse;
+    use axum::Router;
+    use http::header::CACHE_CONTROL;
+    use http::StatusCode;
+    use tower::ServiceExt;
+    use tower_tiered_cache::CacheLayer;
+
+    let clock = clock();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .circuit_breaker(2, secs(30))
+        .build()
+        .unwrap();
+    let down = Arc::new(AtomicBool::new(false));
+    let (items, users) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = |calls: &Arc<AtomicUsize>, down: Option<Arc<AtomicBool>>| {
+        let calls = Arc::clone(calls);
+        axum::routing::get(move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if down.is_some_and(|d| d.load(Ordering::SeqCst)) {
+                return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+            }
+            ([(CACHE_CONTROL, "max-age=1, stale-if-error=300")], "ok").into_response()
+        })
+    };
+    let app = Router::new()
+        .route("/items/{id}", handler(&items, Some(Arc::clone(&down))))
+        .route("/users/{id}", handler(&users, None))
+        .route_layer(CacheLayer::new(cache.clone()));
+    let call = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let r = app
+                .oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            (r.status(), cache_status(&r))
+        }
+    };
+    call("/items/1").await;
+    call("/users/1").await;
+    clock.advance(secs(2));
+    down.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let (status, cs) = call("/items/1").await;
+        assert_eq!(status, 200);
+        assert!(
+            cs.contains("fwd-status=503") && cs.contains("stale-if-error"),
+            "{cs}"
+        );
+    }
+    assert_eq!(labels(&cache), ["/items/{id}"]);
+    assert_eq!(items.load(Ordering::SeqCst), 3);
+    let (_, cs) = call("/items/1").await;
+    assert!(cs.contains("hit") && cs.contains("stale-if-error"), "{cs}");
+    assert_eq!(
+        items.load(Ordering::SeqCst),
+        3,
+        "the open breaker spared /items/{{id}}"
+    );
+    let (status, cs) = call("/users/1").await;
+    assert_eq!(status, 200);
+    assert!(cs.contains("fwd=stale; fwd-status=200"), "{cs}");
+    assert_eq!(
+        users.load(Ordering::SeqCst),
+        2,
+        "/users/{{id}} still calls its handler"
+    );
+}
+
+/// The OpenTelemetry instruments, read through an exporter of our own.
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+    use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+
+    use super::*;
+
+    /// One data point: metric name, attributes (sorted), value.
+    type Point = (String, Vec<(String, String)>, f64);
+
+    /// Keeps the points of the last export.
+    #[derive(Clone, Default)]
+    struct Keep(Arc<Mutex<Vec<Point>>>);
+
+    fn attrs<'a>(kvs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = kvs
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn points<T: Copy>(name: &str, data: &MetricData<T>, f: fn(T) -> f64, out: &mut Vec<Point>) {
+        let point = |a: Vec<(String, String)>, v: T| (name.to_owned(), a, f(v));
+        match data {
+            MetricData::Gauge(g) => out.extend(
+                g.data_points()
+                    .map(|p| point(attrs(p.attributes()), p.value())),
+            ),
+            MetricData::Sum(s) => out.extend(
+                s.data_points()
+                    .map(|p| point(attrs(p.attributes()), p.value())),
+            ),
+            _ => {}
+        }
+    }
+
+    impl PushMetricExporter for Keep {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            let mut out = Vec::new();
+            for scope in metrics.scope_metrics() {
+                for m in scope.metrics() {
+                    match m.data() {
+                        AggregatedMetrics::F64(d) => points(m.name(), d, |v| v, &mut out),
+                        // Counts here are small: exact as f64.
+                        AggregatedMetrics::U64(d) => points(m.name(), d, |v| v as f64, &mut out),
+                        AggregatedMetrics::I64(d) => points(m.name(), d, |v| v as f64, &mut out),
+                    }
+                }
+            }
+            *self.0.lock().unwrap() = out;
+            Ok(())
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    fn value(points: &[Point], name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let mut want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        want.sort();
+        points
+            .iter()
+            .find(|(n, a, _)| n == name && *a == want)
+            .map(|p| p.2)
+    }
+
+    #[tokio::test]
+    async fn open_breakers_show_in_opentelemetry_by_label() {
+        let keep = Keep::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(
+                PeriodicReader::builder(keep.clone())
+                    .with_interval(Duration::from_secs(3600))
+                    .build(),
+            )
+            .build();
+        let clock = clock();
+        let cache = Cache::builder()
+            .clock(clock.clone())
+            .circuit_breaker(1, secs(30))
+            .meter(provider.meter("breakers-test"))
+            .build()
+            .unwrap();
+        let hosts = Hosts::default();
+        hosts.set("b.example", Mode::Status(504));
+        let (origin, _log) = origin_by_host(&hosts);
+        let svc = cached(&cache, origin);
+        send(&svc, get("http://a.example/x")).await;
+        clock.advance(secs(2));
+        send(&svc, get("http://b.example/x")).await;
+        assert_eq!(super::labels(&cache), ["b.example"]);
+
+        let p = provider.clone();
+        tokio::task::spawn_blocking(move || p.force_flush())
+            .await
+            .unwrap()
+            .unwrap();
+        let points = keep.0.lock().unwrap().clone();
+        let b = [("cache.label", "b.example")];
+        let state = |s: &str| {
+            value(
+                &points,
+                "cache.upstream.breaker.state",
+                &[("cache.label", "b.example"), ("state", s)],
+            )
+        };
+        assert_eq!(state("open"), Some(1.0), "{points:#?}");
+        assert_eq!(state("closed"), Some(0.0));
+        assert_eq!(state("half_open"), Some(0.0));
+        assert_eq!(
+            value(
+                &points,
+                "cache.upstream.breaker.opened_at",
+                &[("cache.label", "b.example"), ("state", "open")]
+            ),
+            Some(1_700_000_002.0)
+        );
+        assert_eq!(
+            value(&points, "cache.upstream.breaker.opens", &b),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&points, "cache.breaker.opens", &[("breaker", "upstream")]),
+            Some(1.0)
+        );
+        assert!(
+            !points
+                .iter()
+                .any(|(n, a, _)| n.starts_with("cache.upstream.breaker")
+                    && a.iter().any(|(_, v)| v == "a.example")),
+            "a's breaker never opened: {points:#?}"
+        );
+        provider.shutdown().unwrap();
+    }
+}
