@@ -414,9 +414,10 @@ impl CacheBuilder {
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
     /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), L1
-    /// gauges, and histograms of lookup, upstream and L2 operation
-    /// durations in seconds.
+    /// opens (read from the cache's counters at collection time), the
+    /// upstream breakers by label (`cache.upstream.breaker.state`,
+    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
+    /// upstream and L2 operation durations in seconds.
     ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder()
