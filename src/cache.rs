@@ -15,7 +15,7 @@ use http_body::Body;
 use quick_cache::sync::Cache as QuickCache;
 
 use crate::body::CacheBody;
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{BreakerState, Breakers};
 use crate::clock::{Clock, SystemClock};
 use crate::coalesce::InFlight;
 use crate::entry::Entry;
@@ -115,7 +115,8 @@ pub(crate) struct Shared {
     pub(crate) l1: MemoryStore,
     pub(crate) inflight: InFlight,
     pub(crate) hit_for_pass: QuickCache<KeyHash, u64>,
-    pub(crate) breaker: Breaker,
+    /// The upstream circuit breakers, one per label (`upstream_breaker`).
+    pub(crate) breakers: Breakers,
     pub(crate) counters: Counters,
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
@@ -422,9 +423,10 @@ impl CacheBuilder {
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
     /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), L1
-    /// gauges, and histograms of lookup, upstream and L2 operation
-    /// durations in seconds.
+    /// opens (read from the cache's counters at collection time), the
+    /// upstream breakers by label (`cache.upstream.breaker.state`,
+    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
+    /// upstream and L2 operation durations in seconds.
     ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder()
@@ -770,8 +772,15 @@ impl CacheBuilder {
         self
     }
 
-    /// The upstream circuit breaker: opens after `failures` consecutive
-    /// errors or 5xx (default 5) for `open_for` (default 30 s).
+    /// The upstream circuit breakers, one per request label (see
+    /// [`labels`](Self::labels); bounded by [`max_labels`](Self::max_labels)):
+    /// a label's breaker opens after `failures` consecutive transport
+    /// errors, timeouts or 502/503/504 answers to its requests (default 5)
+    /// for `open_for` (default 30 s). Other statuses, 500 included, are
+    /// the URL's answer and reset the count. While a breaker is open its
+    /// label's requests with a usable stale-if-error entry are answered
+    /// from it and its background refreshes wait; other labels are not
+    /// affected. See [`Cache::upstream_breakers`].
     pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_open_for = open_for;
@@ -1053,7 +1062,12 @@ impl CacheBuilder {
             l1: MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants),
             inflight: InFlight::new(self.max_in_flight),
             hit_for_pass: QuickCache::new(self.hit_for_pass_capacity.max(16)),
-            breaker: Breaker::new(self.breaker_threshold, self.breaker_open_for),
+            // One per label index: `max_labels` plus `default` and `other`.
+            breakers: Breakers::new(
+                self.observe.max_labels + 2,
+                self.breaker_threshold,
+                self.breaker_open_for,
+            ),
             counters: Counters::default(),
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
@@ -1296,8 +1310,9 @@ impl Cache {
             l2_breaker: None,
             l2_subscribed: false,
             l2_messages_received: 0,
-            breaker: s.breaker.state(now),
-            breaker_opens: s.breaker.opens(),
+            breaker: s.breakers.worst(now),
+            breaker_opens: s.breakers.opens(),
+            upstream_breakers: self.upstream_breakers(),
             hit_ratio: 0.0,
             window: Default::default(),
             hit_latency: Default::default(),
@@ -1415,9 +1430,11 @@ impl Cache {
         }
     }
 
-    /// The state of the upstream circuit breaker.
+    /// The worst state of the upstream circuit breakers (one per label):
+    /// open if any is open, else half-open if any is probing, else closed.
+    /// [`upstream_breakers`](Self::upstream_breakers) names them.
     pub fn breaker_state(&self) -> BreakerState {
-        self.shared.breaker.state(self.shared.clock.now_millis())
+        self.shared.breakers.worst(self.shared.clock.now_millis())
     }
 
     /// Removes the stored responses (every variant) for the URL of `req`.

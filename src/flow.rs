@@ -96,7 +96,7 @@ where
     let mut plan = plan;
     // While the breaker is open, a servable stale entry spares the upstream.
     if let Some(prior) = &plan.prior {
-        if s.breaker.state(now) == crate::BreakerState::Open
+        if s.upstream_breaker(plan.label).state(now) == crate::BreakerState::Open
             && s.policy.stale_if_error_ok(prior, &plan.directives, now)
         {
             let (parts, _body) = req.into_parts();
@@ -557,7 +557,7 @@ where
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            s.breaker.record_failure(response_time);
+            s.upstream_breaker(plan.label).record_failure(response_time);
             s.counters.upstream_errors.incr();
             s.obs.upstream_error(plan.label);
             return Fetched::Failed(Err(e), false);
@@ -565,7 +565,8 @@ where
     };
     let status = resp.status();
     if status.is_server_error() {
-        s.breaker.record_failure(response_time);
+        s.upstream_breaker(plan.label)
+            .record_response(status, response_time);
         s.counters.upstream_errors.incr();
         s.obs.upstream_error(plan.label);
         let status_hv = cache_status(format_args!(
@@ -575,7 +576,7 @@ where
         ));
         return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)), false);
     }
-    s.breaker.record_success();
+    s.upstream_breaker(plan.label).record_success();
 
     // A 304 to our conditional request: freshen the stored entry.
     if status == StatusCode::NOT_MODIFIED {
@@ -1051,7 +1052,7 @@ pub(crate) fn spawn_refresh<B, U>(
         s.counters.refresh_skipped.incr();
         return;
     };
-    if !s.breaker.allow(cache.now()) {
+    if !s.upstream_breaker(plan.label).allow(cache.now()) {
         s.counters.refresh_skipped.incr();
         return;
     }
@@ -1097,7 +1098,7 @@ pub(crate) fn spawn_refresh<B, U>(
                     failed => {
                         if failed.is_err() {
                             // The deadline passed: that counts against the upstream.
-                            s.breaker.record_failure(cache.now());
+                            s.upstream_breaker(plan.label).record_failure(cache.now());
                         }
                         s.counters.refresh_failed.incr();
                         if s.obs.cfg.log.warnings() {

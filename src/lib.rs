@@ -138,7 +138,7 @@ mod store;
 pub mod warm;
 
 pub use body::CacheBody;
-pub use breaker::BreakerState;
+pub use breaker::{BreakerState, UpstreamBreaker};
 pub use cache::{Cache, CacheBuilder, Invalidated, TagFn, CACHE_STATUS, CACHE_STATUS_NAME};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, Timeline};
