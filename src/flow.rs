@@ -687,7 +687,7 @@ where
             // broken response. Never stored, never passed on as if whole:
             // a 502 (or stale-if-error).
             drop((rparts, bytes));
-            s.breaker.record_failure(cache.now());
+            s.upstream_breaker(plan.label).record_failure(cache.now());
             s.counters.upstream_errors.incr();
             s.obs.upstream_error(plan.label);
             let hv = cache_status(format_args!(
@@ -962,7 +962,7 @@ fn pass_through<RB: Body>(
 /// Counts an upstream call that missed its deadline.
 fn upstream_timed_out(cache: &Cache, plan: &Fetch, now: u64) {
     let s = &*cache.shared;
-    s.breaker.record_failure(now);
+    s.upstream_breaker(plan.label).record_failure(now);
     s.counters.upstream_errors.incr();
     s.counters.upstream_timeouts.incr();
     s.obs.upstream_error(plan.label);
