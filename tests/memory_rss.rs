@@ -418,9 +418,9 @@ async fn weight_is_honest(origin: SocketAddr) -> (u64, i64, u64, Duration) {
         };
         let (_, status) = conn.get(server.addr, &path, &headers).await;
         assert!(status.contains("stored"), "{path}: {status}");
-        // A hit, so the entry holds its hit-response template too.
-        let (_, status) = conn.get(server.addr, &path, &headers).await;
-        assert!(status.contains("hit"), "{path}: {status}");
+        // Read again (a hit unless L1 evicted it already), so that
+        // entries hold their hit-response template too.
+        conn.get(server.addr, &path, &headers).await;
     }
     let took = started.elapsed();
     conn.close().await;
