@@ -229,7 +229,8 @@ impl Entry {
     /// values, the tags, the hit-response template (counted whether or
     /// not it has been built yet), the entry itself and its L1 slot, each
     /// allocation with the allocator's own overhead. It is honest only
-    /// because entries own exactly what they keep (see [`owned_bytes`]).
+    /// because entries own exactly what they keep: what is stored is
+    /// copied out of the buffers it arrived in.
     pub fn weight(&self) -> u64 {
         let extras = self.headers.len() - self.headers.keys_len();
         let headers = table_weight(self.headers.capacity(), extras)
