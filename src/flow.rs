@@ -759,7 +759,8 @@ where
                     Box::new([crate::entry::PARTITIONED.clone()]) as Box<[_]>,
                 );
             }
-            let vals: Box<[HeaderValue]> = client.headers.get_all(n).iter().cloned().collect();
+            // Copied: the client's values are views into its read buffer.
+            let vals = crate::entry::owned_vary_values(client.headers.get_all(n).iter());
             (n.clone(), vals)
         })
         .collect();
@@ -768,7 +769,8 @@ where
         key: key.into_boxed_str(),
         status,
         version: rparts.version,
-        headers,
+        // Copied: hyper's values are views into the connection's buffer.
+        headers: crate::entry::owned_headers(&headers),
         body,
         vary,
         timeline: storable.timeline,
@@ -897,7 +899,8 @@ fn freshen(
         .ok()?;
     strip_for_storage(&mut headers, &st);
     let mut entry = (**prior).clone();
-    entry.headers = headers;
+    // Copied: the 304's values are views into the connection's buffer.
+    entry.headers = crate::entry::owned_headers(&headers);
     entry.template = Default::default();
     entry.timeline = st.timeline;
     entry.flags = st.flags;
@@ -1013,7 +1016,9 @@ async fn buffer<RB: Body>(body: RB, max: u64, limit: Duration) -> Buffered<RB> {
     }
     let bytes = match frames.len() {
         0 => Bytes::new(),
-        1 => frames.pop_front().unwrap_or_default(),
+        // A single frame may be a view into a larger buffer (hyper's read
+        // buffer): the stored body gets an allocation of its own.
+        1 => crate::entry::owned_bytes(&frames.pop_front().unwrap_or_default()),
         _ => {
             let mut buf = BytesMut::with_capacity(total as usize);
             for f in frames {
