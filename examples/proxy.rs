@@ -17,6 +17,29 @@
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
+//!
+//! Nothing a client sends can change what another client receives: every
+//! request input the proxy forwards and the cache does not key on is either
+//! dropped or replaced by the proxy's own value (see [`prepare`] and
+//! [`Proxy::upstream_request`]):
+//!
+//! - `Host`: the upstream gets its own authority. The client's host is sent
+//!   as `X-Forwarded-Host` only with `--allow-host` (and then it is one of the
+//!   listed hosts, normalised, and part of the cache key; any other host is
+//!   refused with `421`) or replaced by the fixed `--public-host`.
+//! - `Forwarded`, `X-Forwarded-*`, `X-Real-IP` and the other headers an
+//!   origin trusts because a proxy sets them are removed from what clients
+//!   send; the proxy sets `X-Forwarded-For` (the peer's address, nothing
+//!   else), `X-Forwarded-Proto` and, as above, `X-Forwarded-Host`.
+//! - `Cookie`: a `GET` / `HEAD` with cookies is passed uncached by default
+//!   (`--cookies pass`), or cached in a partition of its own per cookie set
+//!   (`--cookies partition`).
+//! - A `GET` / `HEAD` with a body is passed uncached (the body is forwarded
+//!   and is not in the key).
+//!
+//! Every other request header reaches the upstream unchanged and is not in
+//! the key: an origin whose answer depends on one must say so in `Vary`,
+//! which the cache honours.
 //! Each request is logged to stderr. Ctrl-C (or SIGTERM) stops accepting,
 //! lets open requests finish and prints the cache's counters.
 //!
@@ -29,15 +52,16 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, VIA};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -49,7 +73,9 @@ use tokio::task::JoinSet;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_tiered_cache::admin::AdminService;
 use tower_tiered_cache::warm::{WarmOptions, WarmTarget};
-use tower_tiered_cache::{Cache, CacheBody, CacheLayer, CacheService, LogLevel, CACHE_STATUS};
+use tower_tiered_cache::{
+    Cache, CacheBody, CacheLayer, CacheService, LogLevel, RequestCacheControl, CACHE_STATUS,
+};
 
 #[path = "support/telemetry.rs"]
 mod telemetry;
@@ -63,7 +89,10 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
                           [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
-                          [--log detailed|aggregate|minimal] [--warm FILE]";
+                          [--log detailed|aggregate|minimal] [--warm FILE] \
+                          [--public-host HOST | --allow-host HOST[,HOST...]] \
+                          [--cookies pass|partition] [--upstream-timeout DURATION] \
+                          [--request-cache-control honour|ignore]";
 
 const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
@@ -88,7 +117,34 @@ Options:
                         [default: minimal]
   --warm FILE           fetch the URLs (paths) listed in FILE, one per line
                         ('#' starts a comment), through the cache at start-up
+                        (with --allow-host: absolute URLs, http://HOST/path)
+  --upstream-timeout D  the deadline for the upstream's response head, then
+                        for the body it reads to store (e.g. 2s, 500ms, 1m);
+                        then a stale copy the origin allows, or a 504
+                        [default: 30s]
+  --request-cache-control MODE
+                        honour (clients' no-cache / max-age revalidate, at
+                        most one revalidation in flight per URL) or ignore
+                        (as Varnish and nginx do) [default: honour]
   -h, --help            print this help
+
+What clients can make the upstream see (nothing unkeyed):
+  --public-host HOST    send `X-Forwarded-Host: HOST` upstream with every
+                        request, whatever host the client asked for
+                        [default: no X-Forwarded-Host; the upstream sees
+                        its own authority in Host]
+  --allow-host HOSTS    answer only for these hosts (comma-separated; the
+                        flag may be repeated): any other Host is refused
+                        with 421 Misdirected Request. The client's host,
+                        normalised (lower case, no :80), is sent upstream as
+                        X-Forwarded-Host and is part of the cache key.
+                        Excludes --public-host
+  --cookies MODE        GET/HEAD requests that carry Cookie: pass (forwarded,
+                        never cached nor answered from the cache) or
+                        partition (cached per cookie set, never shared)
+                        [default: pass]
+  Client-sent Forwarded, X-Forwarded-*, X-Real-IP and similar headers are
+  always dropped; X-Forwarded-For is the peer's address.
 
 L2 tier in Redis (only in a build with `--features redis`):
   --redis URL           one Redis node: redis://[user:password@]host:port[/db]
@@ -202,6 +258,14 @@ struct Config {
     log: LogLevel,
     /// `--warm`: the targets read from the file.
     warm: Vec<WarmTarget>,
+    /// `--public-host` / `--allow-host`.
+    hosts: Hosts,
+    /// `--cookies`.
+    cookies: Cookies,
+    /// `--upstream-timeout`.
+    upstream_timeout: Option<Duration>,
+    /// `--request-cache-control`.
+    request_cc: RequestCacheControl,
 }
 
 /// Where the L2 tier lives and how it is used.
@@ -239,6 +303,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let mut upstream = None;
     let mut l1_bytes = None;
     let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
+    let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
+    let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
     let (mut target, mut namespace, mut promote_after) = (None, None, None);
     let mut args = args.into_iter();
@@ -263,6 +329,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--otlp" => otlp = Some(value()?),
             "--log" => log = Some(value()?),
             "--warm" => warm = Some(value()?),
+            "--public-host" => public_host = Some(value()?),
+            "--allow-host" => allow_hosts.push(value()?),
+            "--cookies" => cookies = Some(value()?),
+            "--upstream-timeout" => upstream_timeout = Some(duration(&flag, &value()?)?),
+            "--request-cache-control" => request_cc = Some(value()?),
             #[cfg(feature = "redis")]
             "--redis" | "--redis-cluster" => {
                 let v = value()?;
@@ -342,6 +413,25 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         Some(path) => read_warm_file(&path)?,
         None => Vec::new(),
     };
+    let hosts = Hosts::from_flags(public_host.as_deref(), &allow_hosts)?;
+    let cookies = match cookies.as_deref() {
+        None | Some("pass") => Cookies::Pass,
+        Some("partition") => Cookies::Partition,
+        Some(other) => {
+            return Err(ArgError::value(format!(
+                "--cookies {other:?}: expected pass or partition"
+            )))
+        }
+    };
+    let request_cc = match request_cc.as_deref() {
+        None | Some("honour" | "honor") => RequestCacheControl::Honour,
+        Some("ignore") => RequestCacheControl::Ignore,
+        Some(other) => {
+            return Err(ArgError::value(format!(
+                "--request-cache-control {other:?}: expected honour or ignore"
+            )))
+        }
+    };
     #[cfg(feature = "redis")]
     let l2 = match target {
         Some(target) => Some(L2Args {
@@ -371,7 +461,30 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         otlp,
         log,
         warm,
+        hosts,
+        cookies,
+        upstream_timeout,
+        request_cc,
     })))
+}
+
+/// A duration flag's value: a number with `ms`, `s` or `m` (`2s`, `500ms`).
+fn duration(flag: &str, v: &str) -> Result<Duration, ArgError> {
+    let bad = || ArgError::value(format!("{flag} {v:?}: expected a duration such as 2s or 500ms"));
+    let (n, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((v, ""), |i| v.split_at(i));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(ArgError::value(format!("{flag} {v:?}: must be more than 0")));
+    }
+    Ok(d)
 }
 
 /// The targets of `--warm FILE`: one URL or path per line; blank lines
@@ -463,17 +576,37 @@ fn redact_url(url: &str) -> String {
 /// The cache the command line asks for; a refused setting is reported with
 /// the flag it came from.
 fn build_cache(config: &Config) -> Result<Cache, String> {
-    // One upstream for all requests: the authority (`Host`) adds nothing to
-    // cache keys, and leaving it out lets `localhost:8080` and
-    // `127.0.0.1:8080` share entries.
+    // The key is what the upstream request is made of: the path and query,
+    // and the host the upstream is told about (`X-Forwarded-Host`), from
+    // the same function `Proxy::upstream_request` uses. The client's own
+    // `Host` is never forwarded, so it is not in the key: `localhost:8080`
+    // and `127.0.0.1:8080` share entries. Requests `prepare` marked
+    // `Uncached` pass.
+    let hosts = config.hosts.clone();
     let mut builder = Cache::builder()
-        .key_authority(false)
+        .key_fn(move |parts| {
+            if parts.extensions.get::<Uncached>().is_some() {
+                return None;
+            }
+            let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            match hosts.forwarded(parts) {
+                Ok(Some(host)) => Some(format!("GET //{}{path}", host.to_str().ok()?)),
+                Ok(None) => Some(format!("GET {path}")),
+                // Refused before the cache (421); never stored.
+                Err(_) => None,
+            }
+        })
+        .partition_by_credentials(config.cookies == Cookies::Partition)
+        .request_cache_control(config.request_cc)
         .log_level(config.log)
         // Proxies front many paths: label by the first path segment.
         .label_fn(|parts| {
             let first = parts.uri.path().split('/').nth(1).unwrap_or("");
             Some(format!("/{first}"))
         });
+    if let Some(t) = config.upstream_timeout {
+        builder = builder.upstream_timeout(t);
+    }
     if config.otlp.is_some() {
         builder = builder
             .span_level(tracing::Level::INFO)
@@ -505,6 +638,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
                 .map_or_else(|| "--redis".to_owned(), |l2| l2.target.describe()),
             "namespace" => "--namespace".to_owned(),
             "promote_after" => "--promote-after".to_owned(),
+            "upstream_timeout" => "--upstream-timeout".to_owned(),
             _ => return e.to_string(),
         };
         format!("{flag}: {e}")
@@ -560,21 +694,304 @@ impl Upstream {
 }
 
 // ---------------------------------------------------------------------------
+// What clients can make the upstream see
+
+/// The host the upstream is told the client asked for (`X-Forwarded-Host`).
+/// The cache key and the upstream request both take it from
+/// [`Hosts::forwarded`], so it is keyed whenever it is forwarded.
+#[derive(Clone, Debug)]
+enum Hosts {
+    /// The default: no `X-Forwarded-Host`; the client's host goes nowhere.
+    Upstream,
+    /// `--public-host`: always this one, whatever the client sent.
+    Public(HeaderValue),
+    /// `--allow-host`: the client's host, normalised, when it is one of
+    /// these; any other is refused.
+    Allowed(Arc<[HeaderValue]>),
+}
+
+/// Why a request's host is refused (with `--allow-host`).
+#[derive(Debug)]
+enum HostError {
+    /// No host, several `Host` headers, or one that is not a host.
+    Bad(&'static str),
+    /// A host this proxy does not answer for.
+    Misdirected,
+}
+
+impl Hosts {
+    fn from_flags(public: Option<&str>, allowed: &[String]) -> Result<Self, ArgError> {
+        match (public, allowed.is_empty()) {
+            (Some(_), false) => Err(ArgError::usage(
+                "--public-host and --allow-host exclude each other: give one",
+            )),
+            (Some(host), true) => normalise_host(host)
+                .map(Hosts::Public)
+                .ok_or_else(|| ArgError::value(format!("--public-host {host:?} is not a host"))),
+            (None, true) => Ok(Hosts::Upstream),
+            (None, false) => {
+                let mut hosts = Vec::new();
+                for host in allowed.iter().flat_map(|v| v.split(',')) {
+                    let h = normalise_host(host.trim()).ok_or_else(|| {
+                        ArgError::value(format!("--allow-host {host:?} is not a host"))
+                    })?;
+                    if !hosts.contains(&h) {
+                        hosts.push(h);
+                    }
+                }
+                Ok(Hosts::Allowed(hosts.into()))
+            }
+        }
+    }
+
+    /// The `X-Forwarded-Host` for a request: `None` to send none. Only
+    /// ever one of the configured values, never the client's bytes.
+    fn forwarded(&self, parts: &http::request::Parts) -> Result<Option<HeaderValue>, HostError> {
+        match self {
+            Hosts::Upstream => Ok(None),
+            Hosts::Public(host) => Ok(Some(host.clone())),
+            Hosts::Allowed(allowed) => {
+                let host = client_host(parts)?;
+                allowed
+                    .iter()
+                    .find(|a| **a == host)
+                    .cloned()
+                    .map(Some)
+                    .ok_or(HostError::Misdirected)
+            }
+        }
+    }
+}
+
+/// The host a client asked for, normalised: the authority of an
+/// absolute-form target (which takes precedence over `Host`, RFC 9112
+/// §3.2.2), else the one `Host` header.
+fn client_host(parts: &http::request::Parts) -> Result<HeaderValue, HostError> {
+    let raw = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => {
+            let mut hosts = parts.headers.get_all(HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h.to_str().map_err(|_| HostError::Bad("invalid Host"))?,
+                (None, _) => return Err(HostError::Bad("no Host")),
+                (Some(_), Some(_)) => return Err(HostError::Bad("more than one Host")),
+            }
+        }
+    };
+    normalise_host(raw).ok_or(HostError::Bad("invalid Host"))
+}
+
+/// `host[:port]` in lower case, without a trailing dot or the default
+/// port 80; `None` for anything else (user info, a path, an empty host).
+fn normalise_host(raw: &str) -> Option<HeaderValue> {
+    let authority: Authority = raw.parse().ok()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if host.is_empty() {
+        return None;
+    }
+    let s = match authority.port_u16() {
+        Some(80) | None => host.to_owned(),
+        Some(port) => format!("{host}:{port}"),
+    };
+    HeaderValue::from_str(&s).ok()
+}
+
+/// `--cookies`: what happens to `GET` / `HEAD` requests that carry `Cookie`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cookies {
+    /// Forwarded, never answered from the cache nor stored (the default:
+    /// an origin that personalises a page without `Vary: Cookie` cannot
+    /// leak it).
+    Pass,
+    /// Cached under a key of their own per cookie set
+    /// (`partition_by_credentials`): never served to another cookie set
+    /// nor to anonymous requests.
+    Partition,
+}
+
+/// A request the proxy answers itself, with a short text: its status and
+/// message.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn response(&self) -> Response<ProxyBody> {
+        text_response(self.0, &self.1)
+    }
+}
+
+impl From<HostError> for Refusal {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Bad(why) => Refusal(StatusCode::BAD_REQUEST, format!("bad request: {why}")),
+            HostError::Misdirected => Refusal(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected request: this proxy does not serve that host".to_owned(),
+            ),
+        }
+    }
+}
+
+/// Marks a request the cache must pass: the key function declines it.
+#[derive(Clone, Copy, Debug)]
+struct Uncached;
+
+/// Request headers that tell an origin about the client or the original
+/// request, which origins trust because a proxy sets them. Clients' values
+/// are dropped (every method); the proxy sets its own `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`. Names starting with
+/// `x-forwarded-` are dropped as well.
+const PROXY_SET: [&str; 12] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-host-override",
+    "x-proxyuser-ip",
+];
+
+/// Headers that turn a `GET` into another method at some origins: a `GET`
+/// or `HEAD` that carries one is a `GET` to the cache, so they are dropped
+/// from those.
+const METHOD_OVERRIDE: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removes what a client must not set (see [`PROXY_SET`] and
+/// [`METHOD_OVERRIDE`]).
+fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
+    let prefixed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in prefixed {
+        headers.remove(name);
+    }
+    for name in PROXY_SET {
+        headers.remove(name);
+    }
+    if lookup {
+        for name in METHOD_OVERRIDE {
+            headers.remove(name);
+        }
+    }
+}
+
+/// A client's request as the cache and the upstream may see it, or the
+/// answer that refuses it. In front of the cache, so the cache judges the
+/// request the upstream will get:
+///
+/// - the host is checked (`--allow-host`: 421 for others);
+/// - [`PROXY_SET`] headers and `X-Forwarded-*` are dropped, then
+///   `X-Forwarded-For` is set to the peer's address (a value per client:
+///   an origin that uses it in a cacheable answer must send
+///   `Vary: X-Forwarded-For`, which the cache then honours);
+/// - a `GET` / `HEAD` with a body (not in the key), or with `Cookie` under
+///   `--cookies pass`, is marked [`Uncached`].
+fn prepare(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    hosts: &Hosts,
+    cookies: Cookies,
+) -> Result<Request<Incoming>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    hosts.forwarded(&parts).map_err(Refusal::from)?;
+    let lookup = parts.method == Method::GET || parts.method == Method::HEAD;
+    drop_proxy_headers(&mut parts.headers, lookup);
+    parts.headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"),
+    );
+    if lookup
+        && (!body.is_end_stream()
+            || (cookies == Cookies::Pass && parts.headers.contains_key(COOKIE)))
+    {
+        parts.extensions.insert(Uncached);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+// ---------------------------------------------------------------------------
 // Server
 
-async fn run(mut config: Box<Config>, cache: Cache) -> Result<(), BoxError> {
+async fn run(config: Box<Config>, cache: Cache) -> Result<(), BoxError> {
     // Install the signal handlers before announcing the address, so that a
     // Ctrl-C sent right after "listening on" is not lost.
-    let mut shutdown = pin!(shutdown_signal()?);
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    serve(config, cache, listener, shutdown).await
+}
+
+/// The proxy as `main` runs it, minus signals, telemetry and exit codes:
+/// `args` as on the command line (`--listen` is ignored), served on
+/// `listener` until `shutdown` resolves. The integration tests
+/// (`tests/proxy_poisoning.rs`) run the proxy through this.
+#[allow(dead_code)] // Used by the tests, which include this file.
+pub(crate) async fn serve_args(
+    args: &[&str],
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let config = match parse_args(args.iter().map(|a| (*a).to_owned())) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => return Err("--help".into()),
+        Err(e) => return Err(e.msg.into()),
+    };
+    let cache = build_cache(&config)?;
+    serve(config, cache, listener, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains.
+async fn serve(
+    mut config: Box<Config>,
+    cache: Cache,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let mut shutdown = pin!(shutdown);
     println!("listening on http://{}", listener.local_addr()?);
     println!(
         "forwarding to {}://{}",
         config.upstream.scheme, config.upstream.authority
     );
     println!("L1: {} bytes", cache.stats().l1_capacity_bytes);
+    match &config.hosts {
+        Hosts::Upstream => {
+            println!("X-Forwarded-Host: not sent (--public-host or --allow-host sets one)")
+        }
+        Hosts::Public(host) => println!("X-Forwarded-Host: {host:?} on every request"),
+        Hosts::Allowed(hosts) => println!(
+            "hosts served: {} (others get 421); keyed and sent as X-Forwarded-Host",
+            hosts
+                .iter()
+                .map(|h| h.to_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    println!(
+        "requests with Cookie: {}",
+        match config.cookies {
+            Cookies::Pass =>
+                "passed, never cached (--cookies partition caches them per cookie set)",
+            Cookies::Partition => "cached per cookie set",
+        }
+    );
     #[cfg(feature = "redis")]
     let with_l2 = match &config.l2 {
         Some(l2) => {
@@ -606,13 +1023,12 @@ async fn run(mut config: Box<Config>, cache: Cache) -> Result<(), BoxError> {
     let with_l2 = false;
     std::io::stdout().flush()?;
 
-    let proxy = Proxy::new(config.upstream);
+    let proxy = Proxy::new(config.upstream, config.hosts.clone(), config.cookies);
 
-    let warm_from = SocketAddr::from(([127, 0, 0, 1], 0));
     if let Some((addr, token)) = &config.admin {
         let admin = AdminService::new(cache.clone(), token.clone())
             .map_err(|e| format!("--admin-token: {e}"))?
-            .warmer(cached_service(&cache, &proxy, warm_from).warmer::<ProxyBody>());
+            .warmer(cached_service(&cache, &proxy).warmer::<ProxyBody>());
         let admin_listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (--admin): {e}"))?;
@@ -621,7 +1037,7 @@ async fn run(mut config: Box<Config>, cache: Cache) -> Result<(), BoxError> {
     }
     if !config.warm.is_empty() {
         let targets = std::mem::take(&mut config.warm);
-        let svc = cached_service(&cache, &proxy, warm_from);
+        let svc = cached_service(&cache, &proxy);
         println!("warming {} URL(s) in the background", targets.len());
         tokio::spawn(async move {
             let report = svc.warm(targets, WarmOptions::default(), |_| {}).await;
@@ -747,7 +1163,6 @@ where
 fn cached_service(
     cache: &Cache,
     proxy: &Proxy,
-    peer: SocketAddr,
 ) -> CacheService<
     impl Service<
             Request<ProxyBody>,
@@ -762,12 +1177,13 @@ fn cached_service(
     let proxy = proxy.clone();
     let forward = service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
+        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
     });
     CacheLayer::new(cache.clone()).layer(forward)
 }
 
-/// The service for one connection: access log › cache › forwarding.
+/// The service for one connection: access log › [`prepare`] › cache ›
+/// forwarding.
 fn service(
     cache: &Cache,
     proxy: &Proxy,
@@ -780,13 +1196,19 @@ fn service(
 > + Clone
        + Send
        + 'static {
-    let cached = cached_service(cache, proxy, peer);
+    let cached = cached_service(cache, proxy);
+    let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
     service_fn(move |req: Request<Incoming>| {
         let cached = cached.clone();
+        let line = format!("{peer} {} {}", req.method(), req.uri());
+        let prepared = prepare(req, peer, &hosts, cookies);
         async move {
-            let line = format!("{peer} {} {}", req.method(), req.uri());
             let start = Instant::now();
-            let resp = cached.oneshot(req.map(BodyExt::boxed)).await?;
+            let resp = match prepared {
+                Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
+                // Refused before the cache: it never sees the request.
+                Err(refusal) => refusal.response().map(CacheBody::stream),
+            };
             let status = resp
                 .headers()
                 .get(&CACHE_STATUS)
@@ -846,22 +1268,29 @@ fn print_stats(cache: &Cache, with_l2: bool) {
 struct Proxy {
     client: Client<HttpConnector, ProxyBody>,
     upstream: Upstream,
+    hosts: Hosts,
+    cookies: Cookies,
 }
 
 impl Proxy {
-    fn new(upstream: Upstream) -> Self {
+    fn new(upstream: Upstream, hosts: Hosts, cookies: Cookies) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { client, upstream }
+        Self {
+            client,
+            upstream,
+            hosts,
+            cookies,
+        }
     }
 
     /// Forwards `req` and returns the upstream's answer, or a 502.
-    async fn forward(&self, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
-        let req = match self.upstream_request(req, peer) {
+    async fn forward(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let req = match self.upstream_request(req) {
             Ok(req) => req,
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+            Err(refusal) => return refusal.response(),
         };
         match self.client.request(req).await {
             Ok(resp) => downstream_response(resp),
@@ -873,19 +1302,18 @@ impl Proxy {
     }
 
     /// The request as the upstream should see it: its URI, its `Host`, no
-    /// hop-by-hop headers, `X-Forwarded-*` and `Via` added. The body is
-    /// passed on as it is, streaming.
-    fn upstream_request(
-        &self,
-        req: Request<ProxyBody>,
-        peer: SocketAddr,
-    ) -> Result<Request<ProxyBody>, http::Error> {
+    /// hop-by-hop headers, `X-Forwarded-Host` (from [`Hosts::forwarded`],
+    /// which the cache key is made from too), `X-Forwarded-Proto` and `Via`
+    /// added. The body is passed on as it is, streaming.
+    ///
+    /// Client requests come through [`prepare`] (client-set proxy headers
+    /// dropped, `X-Forwarded-For` set); warming requests do not, and have
+    /// no `X-Forwarded-For`.
+    fn upstream_request(&self, req: Request<ProxyBody>) -> Result<Request<ProxyBody>, Refusal> {
         let (mut parts, body) = req.into_parts();
-        let original_host = parts
-            .headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority()?.as_str().parse().ok());
+        // Client requests were checked in `prepare`; this refuses warming
+        // targets for a host we do not serve.
+        let forwarded_host = self.hosts.forwarded(&parts)?;
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -895,20 +1323,26 @@ impl Proxy {
             .scheme(self.upstream.scheme.clone())
             .authority(self.upstream.authority.clone())
             .path_and_query(path_and_query)
-            .build()?;
+            .build()
+            .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad request: {e}")))?;
         // We speak HTTP/1.1 to the upstream whatever the client spoke.
         parts.version = Version::HTTP_11;
 
+        let lookup = parts.method == Method::GET || parts.method == Method::HEAD;
+        // A GET the cache may store carries no cookies under `--cookies
+        // pass` (client requests with cookies are marked `Uncached` and
+        // kept whole; this catches warming targets with a `Cookie`).
+        if lookup && self.cookies == Cookies::Pass && parts.extensions.get::<Uncached>().is_none() {
+            parts.headers.remove(COOKIE);
+        }
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         headers.insert(HOST, self.upstream.host.clone());
-        headers.append(
-            HeaderName::from_static("x-forwarded-for"),
-            HeaderValue::from_str(&peer.ip().to_string())?,
-        );
-        if let Some(host) = original_host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
+        let xfh = HeaderName::from_static("x-forwarded-host");
+        match forwarded_host {
+            Some(host) => headers.insert(xfh, host),
+            None => headers.remove(xfh),
+        };
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),

@@ -13,6 +13,7 @@
 //! | `GET` | `/stats/shared` | `Cache::shared_stats` (feature `redis`): totals accumulated in Redis by every instance; 404 without an L2 tier, 503 when shared stats are off or Redis does not answer |
 //! | `GET` | `/stats/top?limit=N` | [`Cache::top_labels`] (`limit` 1..=1000, default 10) |
 //! | `GET` | `/stats/low-performers?threshold=R` | [`Cache::low_performers`] (`threshold` 0..=1, default 0.5) |
+//! | `GET` | `/breakers` | [`Cache::upstream_breakers`]: every upstream circuit breaker not closed, `[{"label", "state", "since_ms", "probe_at_ms", "consecutive_failures", "opens"}]` |
 //! | `GET` | `/metrics` | [`Cache::prometheus`] (`text/plain; version=0.0.4`) |
 //! | `GET` | `/info` | [`Cache::info`] |
 //! | `POST` | `/warm` | starts a warming job (see below); 202 `{"id", "status"}` |
@@ -391,6 +392,7 @@ impl AdminService {
                 Ok(t) => json_response(StatusCode::OK, &cache.low_performers(t)),
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
             },
+            Route::Breakers => json_response(StatusCode::OK, &cache.upstream_breakers()),
             Route::Metrics => respond(StatusCode::OK, PROMETHEUS, cache.prometheus().into()),
             Route::Info => json_response(StatusCode::OK, &cache.info()),
             Route::ResetStats => {
@@ -675,6 +677,7 @@ enum Route<'a> {
     StatsShared,
     StatsTop,
     LowPerformers,
+    Breakers,
     Metrics,
     Info,
     Warm,
@@ -692,6 +695,7 @@ impl<'a> Route<'a> {
             "/stats/shared" => Route::StatsShared,
             "/stats/top" => Route::StatsTop,
             "/stats/low-performers" => Route::LowPerformers,
+            "/breakers" => Route::Breakers,
             "/metrics" => Route::Metrics,
             "/info" => Route::Info,
             "/warm" => Route::Warm,

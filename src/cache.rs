@@ -15,7 +15,7 @@ use http_body::Body;
 use quick_cache::sync::Cache as QuickCache;
 
 use crate::body::CacheBody;
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{BreakerState, Breakers};
 use crate::clock::{Clock, SystemClock};
 use crate::coalesce::InFlight;
 use crate::entry::Entry;
@@ -115,7 +115,8 @@ pub(crate) struct Shared {
     pub(crate) l1: MemoryStore,
     pub(crate) inflight: InFlight,
     pub(crate) hit_for_pass: QuickCache<KeyHash, u64>,
-    pub(crate) breaker: Breaker,
+    /// The upstream circuit breakers, one per label (`upstream_breaker`).
+    pub(crate) breakers: Breakers,
     pub(crate) counters: Counters,
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
@@ -422,9 +423,10 @@ impl CacheBuilder {
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
     /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), L1
-    /// gauges, and histograms of lookup, upstream and L2 operation
-    /// durations in seconds.
+    /// opens (read from the cache's counters at collection time), the
+    /// upstream breakers by label (`cache.upstream.breaker.state`,
+    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
+    /// upstream and L2 operation durations in seconds.
     ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder()
@@ -487,6 +489,14 @@ impl CacheBuilder {
     }
 
     /// Whether the authority (or `Host`) is part of the key (default true).
+    ///
+    /// Turn it off only when the inner service cannot tell hosts apart:
+    /// one upstream, whose answers do not depend on the host the client
+    /// asked for. A proxy keyed without the authority must not forward the
+    /// client's `Host` in any form (`Host`, `X-Forwarded-Host`,
+    /// `Forwarded: host=`): one request with `Host: evil.example` would
+    /// decide the links and redirects every later client gets. See the
+    /// crate docs, "Keys: what a client can change".
     pub fn key_authority(mut self, yes: bool) -> Self {
         self.keys.authority = yes;
         self
@@ -507,6 +517,23 @@ impl CacheBuilder {
     }
 
     /// Add a request header's value to every key (say, a tenant header).
+    /// May be called repeatedly.
+    ///
+    /// For the headers that select a response although the origin does not
+    /// name them in `Vary`: usually ones a layer in front of the cache sets
+    /// from a value it has checked (a tenant id an auth layer adds, a host
+    /// a proxy accepts from a fixed list, sent on as `X-Forwarded-Host`).
+    /// The rule it serves: every input that reaches the origin and can
+    /// change the response is in the key; an adapter in front of the cache
+    /// must not forward one that is not. Headers the origin lists in `Vary`
+    /// need no `key_header`.
+    ///
+    /// Each distinct value gets entries of its own: keep it to headers with
+    /// few values. Values are taken trimmed, several lines joined with `,`.
+    /// [`build`](Self::build) refuses a credential header (`Authorization`,
+    /// `Proxy-Authorization`, `Cookie`) together with
+    /// [`partition_by_credentials`](Self::partition_by_credentials), which
+    /// keys on their digest instead.
     pub fn key_header(mut self, name: HeaderName) -> Self {
         self.keys.headers.push(name);
         self
@@ -515,6 +542,17 @@ impl CacheBuilder {
     /// Replace key building with a function; `None` lets the request pass
     /// uncached. It sees the request as sent (for invalidation, with the
     /// method set to `GET`).
+    ///
+    /// The function decides alone what is in the key (the credentials
+    /// digest of [`partition_by_credentials`](Self::partition_by_credentials)
+    /// is still added): it must cover every input the inner service
+    /// forwards that can change the response. Invalidation by an unsafe
+    /// method computes the key from a copy of the request's URI and headers
+    /// without its extensions, so a pass decided from a request extension
+    /// (set by a layer in front) does not stop a `POST` from invalidating
+    /// the URL, while one decided from a header does. A readable key of the
+    /// form `GET //host/path?query` keeps
+    /// [`Cache::invalidate_prefix`] working on the path.
     pub fn key_fn<F>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
@@ -734,8 +772,15 @@ impl CacheBuilder {
         self
     }
 
-    /// The upstream circuit breaker: opens after `failures` consecutive
-    /// errors or 5xx (default 5) for `open_for` (default 30 s).
+    /// The upstream circuit breakers, one per request label (see
+    /// [`labels`](Self::labels); bounded by [`max_labels`](Self::max_labels)):
+    /// a label's breaker opens after `failures` consecutive transport
+    /// errors, timeouts or 502/503/504 answers to its requests (default 5)
+    /// for `open_for` (default 30 s). Other statuses, 500 included, are
+    /// the URL's answer and reset the count. While a breaker is open its
+    /// label's requests with a usable stale-if-error entry are answered
+    /// from it and its background refreshes wait; other labels are not
+    /// affected. See [`Cache::upstream_breakers`].
     pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_open_for = open_for;
@@ -1017,7 +1062,12 @@ impl CacheBuilder {
             l1: MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants),
             inflight: InFlight::new(self.max_in_flight),
             hit_for_pass: QuickCache::new(self.hit_for_pass_capacity.max(16)),
-            breaker: Breaker::new(self.breaker_threshold, self.breaker_open_for),
+            // One per label index: `max_labels` plus `default` and `other`.
+            breakers: Breakers::new(
+                self.observe.max_labels + 2,
+                self.breaker_threshold,
+                self.breaker_open_for,
+            ),
             counters: Counters::default(),
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
@@ -1260,8 +1310,9 @@ impl Cache {
             l2_breaker: None,
             l2_subscribed: false,
             l2_messages_received: 0,
-            breaker: s.breaker.state(now),
-            breaker_opens: s.breaker.opens(),
+            breaker: s.breakers.worst(now),
+            breaker_opens: s.breakers.opens(),
+            upstream_breakers: self.upstream_breakers(),
             hit_ratio: 0.0,
             window: Default::default(),
             hit_latency: Default::default(),
@@ -1379,9 +1430,11 @@ impl Cache {
         }
     }
 
-    /// The state of the upstream circuit breaker.
+    /// The worst state of the upstream circuit breakers (one per label):
+    /// open if any is open, else half-open if any is probing, else closed.
+    /// [`upstream_breakers`](Self::upstream_breakers) names them.
     pub fn breaker_state(&self) -> BreakerState {
-        self.shared.breaker.state(self.shared.clock.now_millis())
+        self.shared.breakers.worst(self.shared.clock.now_millis())
     }
 
     /// Removes the stored responses (every variant) for the URL of `req`.

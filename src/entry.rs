@@ -224,21 +224,158 @@ impl Entry {
         })
     }
 
-    /// An approximation of the memory the entry holds, used as its L1 weight.
+    /// The memory the entry holds, in bytes, used as its L1 weight: the
+    /// key, body, headers (names, values and the map's slots), the `Vary`
+    /// values, the tags, the hit-response template (counted whether or
+    /// not it has been built yet), the entry itself and its L1 slot, each
+    /// allocation with the allocator's own overhead. It is honest only
+    /// because entries own exactly what they keep: what is stored is
+    /// copied out of the buffers it arrived in.
     pub fn weight(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 48)
-            .sum();
-        let vary: usize = self
-            .vary
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.iter().map(|x| x.len() + 32).sum::<usize>())
-            .sum();
-        // Headers count twice: the stored map and the hit-response template.
-        (self.body.len() + 2 * headers + vary + self.key.len() + 160) as u64
+        let extras = self.headers.len() - self.headers.keys_len();
+        let headers = table_weight(self.headers.capacity(), extras)
+            + self
+                .headers
+                .keys()
+                .map(|n| chunk(n.as_str().len()))
+                .sum::<usize>()
+            + self.headers.values().map(|v| chunk(v.len())).sum::<usize>();
+        // The template: a map sized for the headers plus `Age` and
+        // `Cache-Status`, whose names and values share the stored ones (a
+        // first clone of a copied `Bytes` allocates its shared header).
+        let template = table_weight(map_capacity(self.headers.keys_len() + 2), extras)
+            + (self.headers.keys_len() + self.headers.len()) * chunk(SHARED);
+        // A variant also has its hash in its URL's index (a list that
+        // doubles as it grows: two hashes' room per variant).
+        let vary = if self.vary.is_empty() {
+            0
+        } else {
+            4 * size_of::<u64>()
+                + chunk(self.vary.len() * size_of::<(HeaderName, Box<[HeaderValue]>)>())
+                + self
+                    .vary
+                    .iter()
+                    .map(|(n, v)| {
+                        chunk(n.as_str().len())
+                            + chunk(v.len() * size_of::<HeaderValue>())
+                            + v.iter().map(|x| chunk(x.len())).sum::<usize>()
+                    })
+                    .sum::<usize>()
+        };
+        let tags = if self.tags.is_empty() {
+            0
+        } else {
+            chunk(self.tags.len() * size_of::<Box<str>>())
+                + self.tags.iter().map(|t| chunk(t.len())).sum::<usize>()
+        };
+        let body = if self.body.is_empty() {
+            0
+        } else {
+            chunk(self.body.len()) + chunk(SHARED)
+        };
+        (ENTRY_OVERHEAD + chunk(self.key.len()) + body + headers + template + vary + tags) as u64
     }
+}
+
+/// What `Bytes` allocates when a buffer it owns alone is first shared
+/// (its `Shared` header: buffer, capacity, reference count).
+const SHARED: usize = 3 * size_of::<usize>();
+
+/// One slot of a `HeaderMap`'s entry table (hash, name, value, links).
+const BUCKET: usize = size_of::<HeaderName>() + size_of::<HeaderValue>() + 4 * size_of::<usize>();
+
+/// One extra value of a multi-valued header (value and two links).
+const EXTRA_VALUE: usize = size_of::<HeaderValue>() + 4 * size_of::<usize>();
+
+/// A value's slot in L1: key, value and metadata in quick_cache's tables.
+pub(crate) const SLOT_OVERHEAD: usize = 64;
+
+/// The entry's own allocation (in its `Arc`) and its slot in L1.
+const ENTRY_OVERHEAD: usize =
+    MALLOC_OVERHEAD + 2 * size_of::<usize>() + size_of::<Entry>() + SLOT_OVERHEAD;
+
+/// What the allocator adds to an allocation (glibc: an 8-byte header,
+/// 16-byte granularity, 32 bytes at least).
+const MALLOC_OVERHEAD: usize = 8;
+
+/// The memory an allocation of `n` bytes takes (none for `n == 0`).
+pub(crate) fn chunk(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n + MALLOC_OVERHEAD).next_multiple_of(16).max(32)
+    }
+}
+
+/// The slots `HeaderMap::with_capacity(n)` makes room for (mirrors `http`:
+/// a power of two over `n + n/3`, three quarters of it usable).
+fn map_capacity(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let raw = (n + n / 3).next_power_of_two();
+    raw - raw / 4
+}
+
+/// The tables of a header map with `capacity` slots and `extras` values
+/// beyond the first of each name.
+fn table_weight(capacity: usize, extras: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    // The index table: 4 bytes a position, a third more than the slots.
+    let indices = chunk(capacity.div_ceil(3) * 4 * 4);
+    let extra_table = if extras == 0 {
+        0
+    } else {
+        chunk(extras.next_power_of_two().max(4) * EXTRA_VALUE)
+    };
+    indices + chunk(capacity * BUCKET) + extra_table
+}
+
+/// A copy of `data` in an allocation of its own, sized to it.
+///
+/// A `Bytes` handed over by hyper (a body frame, a header value) is a view
+/// into the connection's read buffer: keeping it keeps the whole buffer
+/// (hundreds of KB behind a 1 KB entry), whatever the entry weighs. What
+/// an entry keeps is copied through here when it is stored.
+pub(crate) fn owned_bytes(data: &[u8]) -> Bytes {
+    if data.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(data)
+    }
+}
+
+/// A copy of a header value in an allocation sized to it (see
+/// [`owned_bytes`]); its sensitivity is kept.
+pub(crate) fn owned_value(value: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(mut v) => {
+            v.set_sensitive(value.is_sensitive());
+            v
+        }
+        // Unreachable: the bytes were a valid value already.
+        Err(_) => value.clone(),
+    }
+}
+
+/// A copy of a header map, sized to its names, whose values are owned
+/// copies (see [`owned_bytes`]). Names need no copy: `http` makes them
+/// from copied bytes (or static ones).
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.keys_len());
+    for (name, value) in headers {
+        out.append(name.clone(), owned_value(value));
+    }
+    out
+}
+
+/// The `Vary` values to store: owned copies (see [`owned_bytes`]).
+pub(crate) fn owned_vary_values<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Box<[HeaderValue]> {
+    values.map(owned_value).collect()
 }
 
 /// The path part of a readable key: `GET [scheme:][//authority]/path[?q][\n...]`.
@@ -276,7 +413,188 @@ pub(crate) fn set_hit_slots(headers: &mut HeaderMap, age: HeaderValue, status: H
 
 #[cfg(test)]
 mod tests {
-    use super::key_path;
+    use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use crate::{Cache, CacheLayer};
+
+    /// Whether any byte the entry keeps lies in a buffer other than its own
+    /// allocations: every value and the body must be sized to their data.
+    fn assert_owned(e: &Entry, bufs: &[&Bytes]) {
+        let inside = |p: *const u8| bufs.iter().any(|b| b.as_ptr_range().contains(&p));
+        assert!(
+            e.body.is_empty() || !inside(e.body.as_ptr()),
+            "body is a view"
+        );
+        for (n, v) in &e.headers {
+            assert!(!inside(v.as_bytes().as_ptr()), "{n} is a view");
+        }
+        for (n, vals) in e.vary() {
+            for v in vals {
+                assert!(!inside(v.as_bytes().as_ptr()), "vary {n} is a view");
+            }
+        }
+    }
+
+    #[test]
+    fn owned_copies_are_sized_to_their_data() {
+        let wire = Bytes::from(vec![b'w'; 64 * 1024]);
+        let inside = |p: *const u8| wire.as_ptr_range().contains(&p);
+        let view = wire.slice(10..20);
+        let owned = owned_bytes(&view);
+        assert_eq!(owned, view);
+        assert!(!inside(owned.as_ptr()));
+        assert!(owned_bytes(&[]).is_empty());
+
+        let mut v = HeaderValue::from_maybe_shared(wire.slice(0..8)).unwrap();
+        v.set_sensitive(true);
+        let o = owned_value(&v);
+        assert_eq!(o, v);
+        assert!(o.is_sensitive());
+        assert!(!inside(o.as_bytes().as_ptr()));
+
+        let mut map = HeaderMap::new();
+        map.append("x-a", v.clone());
+        map.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(wire.slice(8..9)).unwrap(),
+        );
+        map.append(
+            ETAG,
+            HeaderValue::from_maybe_shared(wire.slice(9..12)).unwrap(),
+        );
+        let o = owned_headers(&map);
+        assert_eq!(o, map);
+        assert!(o.values().all(|v| !inside(v.as_bytes().as_ptr())));
+        let vals = owned_vary_values(map.get_all("x-a").iter());
+        assert_eq!(vals.len(), 2);
+        assert!(vals.iter().all(|v| !inside(v.as_bytes().as_ptr())));
+    }
+
+    /// Through the engine: a response whose body and header values are
+    /// views into a large buffer (as hyper hands them over), for a request
+    /// whose `Vary`-selected value is one too, is stored as copies; so is
+    /// a 304's header that freshens the entry.
+    #[tokio::test]
+    async fn stored_entries_keep_no_view_into_the_wire() {
+        let origin_wire = Bytes::from(vec![b'o'; 256 * 1024]);
+        let client_wire = Bytes::from(vec![b'c'; 256 * 1024]);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (w, n) = (origin_wire.clone(), Arc::clone(&calls));
+        let origin = service_fn(move |_req: Request<()>| {
+            let w = w.clone();
+            let call = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let view =
+                    |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(w.slice(r)).unwrap();
+                let b = Response::builder()
+                    .header("cache-control", "max-age=0")
+                    .header("etag", "\"v1\"")
+                    .header("vary", "accept-encoding")
+                    .header("x-origin", view(0..16));
+                let resp = if call == 0 {
+                    b.body(Full::new(w.slice(100..1100))).unwrap()
+                } else {
+                    b.status(304)
+                        .header("x-fresh", view(200..216))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap()
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let cache = Cache::builder().build().unwrap();
+        let svc = CacheLayer::new(cache.clone()).layer(origin);
+        let request = || {
+            let mut req = Request::get("http://example.com/x").body(()).unwrap();
+            req.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_maybe_shared(client_wire.slice(0..4)).unwrap(),
+            );
+            req
+        };
+        let resp = svc.clone().oneshot(request()).await.unwrap();
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes().len(),
+            1000
+        );
+        let stored = cache.shared.l1.sample(8);
+        assert_eq!(stored.len(), 1);
+        assert_owned(&stored[0], &[&origin_wire, &client_wire]);
+        assert_eq!(stored[0].vary().count(), 1);
+
+        // `max-age=0`: revalidated, freshened by the 304.
+        let resp = svc.oneshot(request()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let stored = cache.shared.l1.sample(8);
+        assert_eq!(stored.len(), 1);
+        assert!(
+            stored[0].headers.contains_key("x-fresh"),
+            "{:?}",
+            stored[0].headers
+        );
+        assert_owned(&stored[0], &[&origin_wire, &client_wire]);
+    }
+
+    #[test]
+    fn weight_counts_what_the_entry_holds() {
+        let base = Entry {
+            key: "GET http://example.com/".into(),
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            vary: Box::new([]),
+            timeline: Timeline {
+                stored_at: 0,
+                initial_age: 0,
+                fresh_until: 0,
+                stale_until: 0,
+                stale_if_error_until: 0,
+                retain_until: 0,
+            },
+            flags: EntryFlags::default(),
+            extensions: 0,
+            tags: Box::new([]),
+            template: OnceLock::new(),
+            label: 0,
+            reads: Reads::default(),
+        };
+        let w0 = base.weight();
+        assert!(w0 >= size_of::<Entry>() as u64, "{w0}");
+        let mut e = base.clone();
+        e.body = Bytes::from(vec![0; 10_000]);
+        assert!(e.weight() >= w0 + 10_000 - 64);
+        let mut e = base.clone();
+        e.key = "k".repeat(5000).into();
+        assert!(e.weight() >= w0 + 5000 - 64);
+        let mut e = base.clone();
+        e.tags = vec!["t".repeat(3000).into()].into_boxed_slice();
+        assert!(e.weight() >= w0 + 3000 - 64);
+        let mut e = base.clone();
+        e.vary = vec![(
+            http::header::ACCEPT_ENCODING,
+            vec![HeaderValue::from_str(&"g".repeat(4000)).unwrap()].into_boxed_slice(),
+        )]
+        .into_boxed_slice();
+        assert!(e.weight() >= w0 + 4000 - 64);
+        // Headers: their bytes, and a slot each in the map and the template.
+        let mut e = base.clone();
+        for i in 0..20 {
+            e.headers.append(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        assert!(e.weight() >= w0 + 20 * 2 * 100, "{} vs {w0}", e.weight());
+    }
 
     #[test]
     fn paths_from_keys() {

@@ -96,7 +96,7 @@ where
     let mut plan = plan;
     // While the breaker is open, a servable stale entry spares the upstream.
     if let Some(prior) = &plan.prior {
-        if s.breaker.state(now) == crate::BreakerState::Open
+        if s.upstream_breaker(plan.label).state(now) == crate::BreakerState::Open
             && s.policy.stale_if_error_ok(prior, &plan.directives, now)
         {
             let (parts, _body) = req.into_parts();
@@ -557,7 +557,7 @@ where
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            s.breaker.record_failure(response_time);
+            s.upstream_breaker(plan.label).record_failure(response_time);
             s.counters.upstream_errors.incr();
             s.obs.upstream_error(plan.label);
             return Fetched::Failed(Err(e), false);
@@ -565,7 +565,8 @@ where
     };
     let status = resp.status();
     if status.is_server_error() {
-        s.breaker.record_failure(response_time);
+        s.upstream_breaker(plan.label)
+            .record_response(status, response_time);
         s.counters.upstream_errors.incr();
         s.obs.upstream_error(plan.label);
         let status_hv = cache_status(format_args!(
@@ -575,7 +576,7 @@ where
         ));
         return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)), false);
     }
-    s.breaker.record_success();
+    s.upstream_breaker(plan.label).record_success();
 
     // A 304 to our conditional request: freshen the stored entry.
     if status == StatusCode::NOT_MODIFIED {
@@ -686,7 +687,7 @@ where
             // broken response. Never stored, never passed on as if whole:
             // a 502 (or stale-if-error).
             drop((rparts, bytes));
-            s.breaker.record_failure(cache.now());
+            s.upstream_breaker(plan.label).record_failure(cache.now());
             s.counters.upstream_errors.incr();
             s.obs.upstream_error(plan.label);
             let hv = cache_status(format_args!(
@@ -758,7 +759,8 @@ where
                     Box::new([crate::entry::PARTITIONED.clone()]) as Box<[_]>,
                 );
             }
-            let vals: Box<[HeaderValue]> = client.headers.get_all(n).iter().cloned().collect();
+            // Copied: the client's values are views into its read buffer.
+            let vals = crate::entry::owned_vary_values(client.headers.get_all(n).iter());
             (n.clone(), vals)
         })
         .collect();
@@ -767,7 +769,8 @@ where
         key: key.into_boxed_str(),
         status,
         version: rparts.version,
-        headers,
+        // Copied: hyper's values are views into the connection's buffer.
+        headers: crate::entry::owned_headers(&headers),
         body,
         vary,
         timeline: storable.timeline,
@@ -896,7 +899,8 @@ fn freshen(
         .ok()?;
     strip_for_storage(&mut headers, &st);
     let mut entry = (**prior).clone();
-    entry.headers = headers;
+    // Copied: the 304's values are views into the connection's buffer.
+    entry.headers = crate::entry::owned_headers(&headers);
     entry.template = Default::default();
     entry.timeline = st.timeline;
     entry.flags = st.flags;
@@ -961,7 +965,7 @@ fn pass_through<RB: Body>(
 /// Counts an upstream call that missed its deadline.
 fn upstream_timed_out(cache: &Cache, plan: &Fetch, now: u64) {
     let s = &*cache.shared;
-    s.breaker.record_failure(now);
+    s.upstream_breaker(plan.label).record_failure(now);
     s.counters.upstream_errors.incr();
     s.counters.upstream_timeouts.incr();
     s.obs.upstream_error(plan.label);
@@ -1012,7 +1016,9 @@ async fn buffer<RB: Body>(body: RB, max: u64, limit: Duration) -> Buffered<RB> {
     }
     let bytes = match frames.len() {
         0 => Bytes::new(),
-        1 => frames.pop_front().unwrap_or_default(),
+        // A single frame may be a view into a larger buffer (hyper's read
+        // buffer): the stored body gets an allocation of its own.
+        1 => crate::entry::owned_bytes(&frames.pop_front().unwrap_or_default()),
         _ => {
             let mut buf = BytesMut::with_capacity(total as usize);
             for f in frames {
@@ -1051,7 +1057,7 @@ pub(crate) fn spawn_refresh<B, U>(
         s.counters.refresh_skipped.incr();
         return;
     };
-    if !s.breaker.allow(cache.now()) {
+    if !s.upstream_breaker(plan.label).allow(cache.now()) {
         s.counters.refresh_skipped.incr();
         return;
     }
@@ -1097,7 +1103,7 @@ pub(crate) fn spawn_refresh<B, U>(
                     failed => {
                         if failed.is_err() {
                             // The deadline passed: that counts against the upstream.
-                            s.breaker.record_failure(cache.now());
+                            s.upstream_breaker(plan.label).record_failure(cache.now());
                         }
                         s.counters.refresh_failed.incr();
                         if s.obs.cfg.log.warnings() {

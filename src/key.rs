@@ -12,6 +12,13 @@
 //! key carries the whole digest, the readable key only its first 16 hex
 //! digits, and never the credentials themselves. Requests without
 //! credentials keep the key they would have without partitioning.
+//!
+//! Nothing else of a request is in a key: not the other headers (the
+//! stored response's `Vary` selects among variants, `variant_hash`), not
+//! the body, not the client's address, not extensions. Whatever reaches
+//! the origin and is not in the key must not change the response; the
+//! crate docs ("Keys: what a client can change") state the rule for
+//! adapters in front of the cache.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};

@@ -69,6 +69,47 @@
 //! # }
 //! ```
 //!
+//! # Keys: what a client can change
+//!
+//! A shared cache answers many clients with what one of them caused to be
+//! stored, so every request input that reached the origin and shaped the
+//! response must be in the key. The key is made of:
+//!
+//! - the method class (`GET`; `HEAD` is answered from `GET` entries);
+//! - the request URI's scheme and authority, or `Host` when the URI has
+//!   none, lower-cased ([`key_scheme`](CacheBuilder::key_scheme),
+//!   [`key_authority`](CacheBuilder::key_authority));
+//! - the path and query, byte for byte
+//!   ([`sort_query`](CacheBuilder::sort_query),
+//!   [`ignore_query_param`](CacheBuilder::ignore_query_param));
+//! - the headers named by [`key_header`](CacheBuilder::key_header);
+//! - per stored response, the request headers its `Vary` names;
+//! - with [`partition_by_credentials`](CacheBuilder::partition_by_credentials),
+//!   a digest of `Authorization`, `Proxy-Authorization` and `Cookie`;
+//!
+//! or, with [`key_fn`](CacheBuilder::key_fn), of whatever the function
+//! returns. Nothing else: other request headers, a `GET`'s body, the
+//! client's address and request extensions are not in the key. An origin
+//! that shapes a cacheable response with one of them must name it in
+//! `Vary`, and a service in front of the cache (a reverse proxy, a gateway)
+//! must not forward an input the cache does not key on: drop it, replace
+//! it with a value of its own, or key on the value it forwards (with
+//! [`key_header`](CacheBuilder::key_header), or in a
+//! [`key_fn`](CacheBuilder::key_fn)). A proxy that keys without the
+//! authority but copies the client's `Host` into `X-Forwarded-Host` lets one
+//! request with `Host: evil.example` rewrite the links and redirects every
+//! later client gets; client-sent `Forwarded` / `X-Forwarded-*` headers and
+//! `GET` bodies are the same trap.
+//!
+//! `Cookie` is not special to RFC 9111: in a shared cache, a response to a
+//! request with cookies that allows storing (`max-age`, no `Vary: Cookie`)
+//! is served to the next client. Responses with `Set-Cookie` are not
+//! stored by default ([`SetCookiePolicy`]). For an origin that personalises
+//! by cookie, let those requests pass (a [`key_fn`](CacheBuilder::key_fn)
+//! returning `None`) or partition them
+//! ([`partition_by_credentials`](CacheBuilder::partition_by_credentials)).
+//! `examples/proxy.rs` shows both, and the host rules above.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -97,7 +138,7 @@ mod store;
 pub mod warm;
 
 pub use body::CacheBody;
-pub use breaker::BreakerState;
+pub use breaker::{BreakerState, UpstreamBreaker};
 pub use cache::{Cache, CacheBuilder, Invalidated, TagFn, CACHE_STATUS, CACHE_STATUS_NAME};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, Timeline};

@@ -204,10 +204,15 @@ pub struct Stats {
     pub l2_subscribed: bool,
     /// Invalidations received from other instances.
     pub l2_messages_received: u64,
-    /// The upstream circuit breaker's state.
+    /// The worst state of the upstream circuit breakers (one per label):
+    /// open if any is open, else half-open if any is probing, else closed.
+    /// `upstream_breakers` names them.
     pub breaker: BreakerState,
-    /// Times the breaker has opened.
+    /// Times any upstream breaker has opened.
     pub breaker_opens: u64,
+    /// Every upstream breaker that is not closed, by label, with its state
+    /// and since when (see [`Cache::upstream_breakers`](crate::Cache::upstream_breakers)).
+    pub upstream_breakers: Vec<crate::UpstreamBreaker>,
     /// `(hits + stale) / (hits + stale + misses + revalidated + coalesced)`;
     /// 0 before the first lookup.
     pub hit_ratio: f64,

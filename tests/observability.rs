@@ -981,7 +981,7 @@ async fn low_performers_come_with_recommendations_and_top_labels_are_ordered() {
 async fn a_tiny_l1_is_told_to_grow() {
     let clock = clock();
     let cache = builder(&clock)
-        .l1_capacity_bytes(16 * 1024)
+        .l1_capacity_bytes(32 * 1024)
         .build()
         .unwrap();
     let body_text = "b".repeat(900);
@@ -1000,7 +1000,7 @@ async fn a_tiny_l1_is_told_to_grow() {
     assert_eq!(low.len(), 1, "{low:#?}");
     assert_eq!(kinds(&low[0]), [RecommendationKind::RaiseL1Capacity]);
     assert!(
-        low[0].recommendations[0].message.contains("16384 bytes"),
+        low[0].recommendations[0].message.contains("32768 bytes"),
         "{low:#?}"
     );
 }

@@ -908,7 +908,7 @@ async fn circuit_breaker_opens_skips_refreshes_and_lets_a_probe_through() {
     let f = failing.clone();
     let (origin, log) = origin(move |n, _| {
         if f.load(Ordering::SeqCst) {
-            response(500, &[], "down")
+            response(503, &[], "down")
         } else {
             ok(
                 "max-age=10, stale-while-revalidate=600",
@@ -2248,7 +2248,7 @@ async fn timed_out_probe_reopens_the_breaker() {
         async move {
             match n {
                 0 => {}
-                1 => return Ok::<_, Infallible>(response(500, &[], "down")),
+                1 => return Ok::<_, Infallible>(response(503, &[], "down")),
                 2 => h.pass().await,
                 _ => {}
             }

@@ -81,7 +81,9 @@ impl Cache {
     /// when the rolling window's hit ratio is below the threshold (after
     /// the minimum lookups), the mean latency is above its threshold or the
     /// L2 breaker is open; warning when the 95th percentile latency is
-    /// above its threshold or the L2 breaker is probing.
+    /// above its threshold, the L2 breaker is probing, or an upstream
+    /// breaker is open or probing (one reason per label, naming it: the
+    /// cache still works, only that label's upstream is failing).
     pub fn health(&self) -> Health {
         let s = &*self.shared;
         let t = &s.obs.cfg.health;
@@ -156,6 +158,26 @@ impl Cache {
                 crate::BreakerState::Closed => {}
             }
         }
+        // An upstream's breaker is a warning, not degraded: the cache
+        // itself works (other labels are served and call their origins),
+        // and taking the instance out of a load balancer would not bring
+        // that upstream back.
+        let upstream_breakers = self.upstream_breakers();
+        for b in &upstream_breakers {
+            let state = match b.state {
+                crate::BreakerState::Open => "open",
+                _ => "half-open (probing)",
+            };
+            flag(
+                HealthStatus::Warning,
+                format!(
+                    "upstream circuit breaker for label \"{}\" is {state}: opened {} s ago, {} failures in a row (errors, timeouts, 502/503/504)",
+                    b.label,
+                    now.saturating_sub(b.since_ms) / 1000,
+                    b.consecutive_failures
+                ),
+            );
+        }
         Health {
             status,
             reasons,
@@ -164,6 +186,7 @@ impl Cache {
             mean_latency_ms: lat.mean_ms,
             p95_latency_ms: lat.p95_ms,
             l2_breaker,
+            upstream_breakers,
         }
     }
 

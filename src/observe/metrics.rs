@@ -290,7 +290,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
         Some("breaker"),
         |s| {
             #[allow(unused_mut)]
-            let mut v = vec![("upstream", s.breaker.opens())];
+            let mut v = vec![("upstream", s.breakers.opens())];
             #[cfg(feature = "redis")]
             if let Some(l2) = &s.l2 {
                 v.push(("l2", l2.breaker.opens()));
@@ -298,6 +298,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             v
         },
     );
+    upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
     observable_counter(
         meter,
@@ -351,4 +352,77 @@ fn promotions(_s: &Shared) -> u64 {
         return l2.counters.promotions.get();
     }
     0
+}
+
+/// The upstream breakers by label, for every label whose breaker has
+/// opened at least once (a bounded set, like the labels):
+/// `cache.upstream.breaker.state` (1 for the current state, 0 for the
+/// others), `cache.upstream.breaker.opened_at` (while not closed: when it
+/// opened, Unix seconds) and `cache.upstream.breaker.opens`.
+fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
+    let w = weak.clone();
+    meter
+        .u64_observable_gauge("cache.upstream.breaker.state")
+        .with_description(
+            "Upstream circuit breakers by label: 1 for the current state, 0 for the others",
+        )
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            let now = s.clock.now_millis();
+            for (i, b) in s.breakers.ever_opened() {
+                let label: opentelemetry::Value = s.obs.labels.name(i).to_string().into();
+                let current = b.state(now);
+                for state in [
+                    crate::BreakerState::Closed,
+                    crate::BreakerState::Open,
+                    crate::BreakerState::HalfOpen,
+                ] {
+                    o.observe(
+                        u64::from(current == state),
+                        &[
+                            KeyValue::new("cache.label", label.clone()),
+                            KeyValue::new("state", state.as_str()),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+    let w = weak.clone();
+    meter
+        .f64_observable_gauge("cache.upstream.breaker.opened_at")
+        .with_description("When each upstream circuit breaker that is not closed opened, Unix time")
+        .with_unit("s")
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            let now = s.clock.now_millis();
+            for (i, b) in s.breakers.not_closed(now) {
+                let st = b.status(String::new(), now);
+                o.observe(
+                    st.since_ms as f64 / 1000.0,
+                    &[
+                        KeyValue::new("cache.label", s.obs.labels.name(i).to_string()),
+                        KeyValue::new("state", st.state.as_str()),
+                    ],
+                );
+            }
+        })
+        .build();
+    let w = weak.clone();
+    meter
+        .u64_observable_counter("cache.upstream.breaker.opens")
+        .with_description("Upstream circuit breaker transitions to open, by label")
+        .with_callback(move |o| {
+            let Some(s) = w.upgrade() else { return };
+            for (i, b) in s.breakers.ever_opened() {
+                o.observe(
+                    b.opens(),
+                    &[KeyValue::new(
+                        "cache.label",
+                        s.obs.labels.name(i).to_string(),
+                    )],
+                );
+            }
+        })
+        .build();
 }

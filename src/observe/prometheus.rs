@@ -42,14 +42,22 @@ impl Cache {
     ///   `tower_cache_upstream_calls_total`,
     ///   `tower_cache_upstream_errors_total`,
     ///   `tower_cache_refreshes_total{outcome}`,
-    ///   `tower_cache_breaker_opens_total{breaker}` and, with an L2 tier,
+    ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
+    ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
+    ///   and, with an L2 tier,
     ///   `tower_cache_l2_errors_total{kind}`;
     /// - gauges: `tower_cache_l1_entries`, `tower_cache_l1_bytes`,
     ///   `tower_cache_l1_capacity_bytes`, `tower_cache_in_flight`,
     ///   `tower_cache_hit_ratio`, `tower_cache_window_hit_ratio` (the last
     ///   five minutes), `tower_cache_health{status}` (1 for the current
     ///   status, 0 for the others), `tower_cache_upstream_breaker_open`
-    ///   and, with an L2 tier, `tower_cache_l2_breaker_open`;
+    ///   (1 while any upstream breaker is open),
+    ///   `tower_cache_upstream_breaker_state{label,state}` (per label whose
+    ///   breaker has opened: 1 for `closed`, `open` or `half_open`, 0 for
+    ///   the others),
+    ///   `tower_cache_upstream_breaker_opened_timestamp_seconds{label,state}`
+    ///   (while not closed: when it opened) and, with an L2 tier,
+    ///   `tower_cache_l2_breaker_open`;
     /// - histograms: `tower_cache_hit_duration_seconds` and
     ///   `tower_cache_miss_duration_seconds` (time in the cache layer),
     ///   buckets from 1 µs to 10 s. Bucket counts come from the cache's
@@ -290,6 +298,61 @@ impl Cache {
             &[],
             u8::from(st.breaker == crate::BreakerState::Open),
         );
+        // Per label: every breaker that has opened at least once (a
+        // bounded set, like the labels), so a closed one reads 0 rather
+        // than vanishing.
+        let seen = self.upstream_breakers_seen();
+        header(
+            w,
+            "tower_cache_upstream_breaker_state",
+            "gauge",
+            "Upstream circuit breakers by label (those that have opened): 1 for the current state, 0 for the others.",
+        );
+        for b in &seen {
+            for state in [
+                crate::BreakerState::Closed,
+                crate::BreakerState::Open,
+                crate::BreakerState::HalfOpen,
+            ] {
+                sample(
+                    w,
+                    "tower_cache_upstream_breaker_state",
+                    &[("label", &b.label), ("state", state.as_str())],
+                    u8::from(b.state == state),
+                );
+            }
+        }
+        header(
+            w,
+            "tower_cache_upstream_breaker_opened_timestamp_seconds",
+            "gauge",
+            "When each upstream circuit breaker that is not closed opened (Unix time; it has not closed since).",
+        );
+        for b in seen
+            .iter()
+            .filter(|b| b.state != crate::BreakerState::Closed)
+        {
+            sample(
+                w,
+                "tower_cache_upstream_breaker_opened_timestamp_seconds",
+                &[("label", &b.label), ("state", b.state.as_str())],
+                Float(b.since_ms as f64 / 1000.0),
+            );
+        }
+        header(
+            w,
+            "tower_cache_upstream_breaker_opens_total",
+            "counter",
+            "Upstream circuit breaker transitions to open, by label.",
+        );
+        for b in &seen {
+            sample(
+                w,
+                "tower_cache_upstream_breaker_opens_total",
+                &[("label", &b.label)],
+                b.opens,
+            );
+        }
 
         let obs = &self.shared.obs;
         histogram(

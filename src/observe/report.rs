@@ -292,6 +292,9 @@ pub struct Health {
     pub p95_latency_ms: f64,
     /// The L2 breaker (`None` without L2).
     pub l2_breaker: Option<crate::BreakerState>,
+    /// Every upstream breaker that is not closed, by label (see
+    /// [`Cache::upstream_breakers`](crate::Cache::upstream_breakers)).
+    pub upstream_breakers: Vec<crate::UpstreamBreaker>,
 }
 
 /// What kind of change a [`Recommendation`] suggests.

@@ -453,8 +453,12 @@ impl Entry {
         decode_from(bytes, None)
     }
 
-    /// Like [`Entry::decode`], but the decoded body is a slice of `bytes`
-    /// rather than a copy (so it keeps the whole buffer alive).
+    /// Like [`Entry::decode`], but a large body that is nearly all of
+    /// `bytes` (64 KiB or more, with at most a sixty-fourth of that, and at
+    /// most 4 KiB, of other data) is a slice of `bytes` rather than a copy:
+    /// the entry then keeps the whole buffer alive, a little more than the
+    /// body it weighs. Any other body is copied, so that an entry never
+    /// keeps a much larger reply buffer alive.
     pub fn decode_bytes(bytes: Bytes) -> Result<Entry, DecodeError> {
         decode_from(&bytes, Some(&bytes))
     }
@@ -747,8 +751,8 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
         decompress(raw, at)?
     } else {
         match shared {
-            Some(b) => b.slice(start..start + raw.len()),
-            None => Bytes::copy_from_slice(raw),
+            Some(b) if shares_body(input.len(), raw.len()) => b.slice(start..start + raw.len()),
+            _ => crate::entry::owned_bytes(raw),
         }
     };
 
@@ -772,6 +776,16 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
         label: 0,
         reads: Default::default(),
     })
+}
+
+/// Whether a decoded body of `body` bytes may stay a slice of the value's
+/// `value` bytes: when it is large (copying it would cost) and the rest of
+/// the value (key, headers, tags, all decoded into copies of their own) is
+/// at most a sixty-fourth of it and at most 4 KiB, so that the buffer it
+/// keeps alive is all but what the entry weighs.
+fn shares_body(value: usize, body: usize) -> bool {
+    let rest = value.saturating_sub(body);
+    body >= 64 * 1024 && rest <= (body / 64).min(4096)
 }
 
 /// The largest body a compressed value may declare (a bound against
@@ -973,13 +987,40 @@ mod tests {
     }
 
     #[test]
-    fn decode_bytes_shares_the_body() {
-        let enc = rich(Bytes::from(vec![7u8; 4096])).encode();
+    fn decode_bytes_shares_a_large_body() {
+        let enc = rich(Bytes::from(vec![7u8; 256 * 1024])).encode();
         let range = enc.as_ptr_range();
         let d = Entry::decode_bytes(enc.clone()).unwrap();
         assert!(range.contains(&d.body.as_ptr()));
         let copied = Entry::decode(&enc).unwrap();
         assert!(!range.contains(&copied.body.as_ptr()));
+    }
+
+    /// A decoded entry keeps no view into a reply much larger than its
+    /// body: the body of a small entry, or of one whose headers are a good
+    /// part of the value, is copied.
+    #[test]
+    fn decode_bytes_copies_a_body_that_is_not_most_of_the_value() {
+        let mut headers_heavy = rich(Bytes::from(vec![7u8; 64 * 1024]));
+        headers_heavy.headers.insert(
+            "x-big",
+            HeaderValue::from_str(&"h".repeat(8 * 1024)).unwrap(),
+        );
+        for e in [rich(Bytes::from(vec![7u8; 4096])), headers_heavy] {
+            let enc = e.encode();
+            let range = enc.as_ptr_range();
+            let d = Entry::decode_bytes(enc.clone()).unwrap();
+            assert_eq!(d.body, e.body);
+            assert!(!range.contains(&d.body.as_ptr()));
+            for v in d.headers.values() {
+                assert!(v.is_empty() || !range.contains(&v.as_bytes().as_ptr()));
+            }
+        }
+        assert!(!shares_body(10_000, 9_999));
+        assert!(shares_body(65_536 + 1024, 65_536));
+        assert!(!shares_body(65_536 + 1025, 65_536));
+        assert!(shares_body((1 << 20) + 4096, 1 << 20));
+        assert!(!shares_body((1 << 20) + 4097, 1 << 20));
     }
 
     #[test]

@@ -52,12 +52,17 @@ impl Weighter<KeyHash, Slot> for SlotWeighter {
     fn weight(&self, _key: &KeyHash, val: &Slot) -> u64 {
         match val {
             Slot::Entry(e) => e.weight(),
+            // The index in its `Arc`, its names, its slot in L1. Its list of
+            // variant hashes grows with them: each variant's own weight
+            // counts its place in it.
             Slot::Vary(v) => {
-                96 + v
-                    .names
-                    .iter()
-                    .map(|n| n.as_str().len() as u64 + 16)
-                    .sum::<u64>()
+                let index = crate::entry::chunk(2 * size_of::<usize>() + size_of::<VaryIndex>());
+                let names = crate::entry::chunk(v.names.len() * size_of::<HeaderName>())
+                    + v.names
+                        .iter()
+                        .map(|n| crate::entry::chunk(n.as_str().len()))
+                        .sum::<usize>();
+                (index + names + crate::entry::SLOT_OVERHEAD) as u64
             }
         }
     }
