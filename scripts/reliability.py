@@ -736,6 +736,10 @@ def scenario_breaker_scope(px, opts):
 
 
 EVIL = "evil.example"
+# The host a normal client asks for (the proxy's defaults ignore it; in a
+# keyed mode it is allowed). Not the proxy's port: the L2 check reads with a
+# second proxy on another port.
+VICTIM_HOST = "www.example"
 
 
 def _poison_route(h, _o):
@@ -763,23 +767,28 @@ _ATTACKS = [
 
 def _attack(port):
     for _label, path, host, hdrs in _ATTACKS:
-        try_get(port, path, hdrs, host=host)
-    try_get(port, "/account", [("Cookie", "session=alice")])
+        try_get(port, path, hdrs, host=host or VICTIM_HOST)
+    try_get(port, "/account", [("Cookie", "session=alice")], host=VICTIM_HOST)
 
 
 def _victim(port):
     """The labels of what a normal, anonymous client got poisoned."""
     poisoned = []
     for label, path, _host, _hdrs in _ATTACKS:
-        r = try_get(port, path)
+        r = try_get(port, path, host=VICTIM_HOST)
         if not isinstance(r, Resp):
             poisoned.append(f"{label}: {r}")
             continue
         if EVIL in r.body.decode(errors="replace") or EVIL in r.header("location"):
             poisoned.append(label)
-    r = try_get(port, "/account")
+        elif r.status not in (200, 301):
+            # Not poisoned, but not a check either: say so (and fail).
+            poisoned.append(f"{label}: victim got {r.status}")
+    r = try_get(port, "/account", host=VICTIM_HOST)
     if not isinstance(r, Resp) or b"alice" in r.body:
         poisoned.append("Cookie page")
+    elif r.status != 200:
+        poisoned.append(f"Cookie page: victim got {r.status}")
     return poisoned
 
 
@@ -808,53 +817,87 @@ def _start_redis():
     return None, None
 
 
+def _poison_variants(px):
+    """The proxy's modes to try: its defaults, plus each safe-by-design
+    mode whose flags it lists (the attack must fail in every one)."""
+    variants = [("default", [])]
+    keyed = []
+    if px.has("--allow-host"):
+        # evil.example is allowed here so that the attack reaches the cache:
+        # what is checked is that the host is keyed, not that it is refused.
+        keyed += ["--allow-host", f"{VICTIM_HOST},{EVIL}"]
+    if px.has("--cookies"):
+        keyed += ["--cookies", "partition"]
+    if keyed:
+        variants.append((" ".join(keyed), keyed))
+    if px.has("--public-host"):
+        variants.append((f"--public-host {VICTIM_HOST}", ["--public-host", VICTIM_HOST]))
+    return variants
+
+
+def _shown(poisoned, total):
+    return f"{len(poisoned)}/{total}" + (f" ({', '.join(poisoned)})" if poisoned else "")
+
+
 def scenario_poison(px, opts):
     """A request with Host: evil.example (and one with X-Forwarded-Host)
-    to pages whose origin builds absolute URLs from X-Forwarded-Host, and a
-    Cookie request to a personalised max-age page; then a normal anonymous
-    client must see none of it. With redis-server on PATH and --redis in
-    the proxy, also through L2: attack via one proxy, read via a fresh one."""
+    to pages whose origin builds absolute URLs from X-Forwarded-Host (or
+    Host), and a Cookie request to a personalised max-age page; then a
+    normal anonymous client must see none of it. In the proxy's default
+    mode and in each keyed mode it offers; with redis-server on PATH and
+    --redis in the proxy, also through L2: attack via one proxy, read via a
+    fresh one (empty L1) on the same Redis."""
     total = len(_ATTACKS) + 1
-    origin = Origin(_poison_route)
-    proxy = px.start("s7-poison-l1", origin.url())
-    try:
-        _attack(proxy.port)
-        poisoned = _victim(proxy.port)
-    finally:
-        proxy.stop()
-        origin.close()
-    measured = f"L1: {len(poisoned)}/{total} poisoned" + (f" ({', '.join(poisoned)})" if poisoned else "")
-    ok = not poisoned
+    parts = []
+    ok = True
+    redis = rport = None
+    l2_note = ""
     if not px.has("--redis"):
-        measured += "; L2: not run (proxy lacks --redis)"
-        return measured, ok
-    redis, rport = _start_redis()
-    if redis is None:
-        measured += "; L2: not run (no redis-server)"
-        return measured, ok
-    origin = Origin(_poison_route)
-    args = ["--redis", f"redis://127.0.0.1:{rport}/", "--namespace", "reliability"]
+        l2_note = "L2 not run (proxy lacks --redis)"
+    else:
+        redis, rport = _start_redis()
+        if redis is None:
+            l2_note = "L2 not run (no redis-server)"
     try:
-        try:
-            a = px.start("s7-poison-l2-attacker", origin.url(), args)
-        except SetupError as e:
-            return f"{measured}; L2: not run (proxy refused --redis: {e})", ok
-        try:
-            _attack(a.port)
-            time.sleep(1.0)  # L2 writes are in the background
-        finally:
-            a.stop()
-        b = px.start("s7-poison-l2-victim", origin.url(), args)
-        try:
-            poisoned2 = _victim(b.port)
-        finally:
-            b.stop()
+        for i, (label, args) in enumerate(_poison_variants(px)):
+            origin = Origin(_poison_route)
+            try:
+                proxy = px.start(f"s7-poison-{i}-l1", origin.url(), args)
+                try:
+                    _attack(proxy.port)
+                    poisoned = _victim(proxy.port)
+                finally:
+                    proxy.stop()
+                text = f"[{label}] L1 {_shown(poisoned, total)} poisoned"
+                ok &= not poisoned
+                if redis is not None:
+                    l2 = args + ["--redis", f"redis://127.0.0.1:{rport}/", "--namespace", f"reliability{i}"]
+                    try:
+                        a = px.start(f"s7-poison-{i}-l2-attacker", origin.url(), l2)
+                    except SetupError as e:
+                        text += f", L2 not run (proxy refused --redis: {e})"
+                    else:
+                        try:
+                            _attack(a.port)
+                            time.sleep(1.0)  # L2 writes are in the background
+                        finally:
+                            a.stop()
+                        b = px.start(f"s7-poison-{i}-l2-victim", origin.url(), l2)
+                        try:
+                            poisoned = _victim(b.port)
+                        finally:
+                            b.stop()
+                        text += f", via Redis {_shown(poisoned, total)}"
+                        ok &= not poisoned
+                parts.append(text)
+            finally:
+                origin.close()
     finally:
-        origin.close()
-        _stop_process(redis)
-    measured += f"; via Redis (fresh L1): {len(poisoned2)}/{total} poisoned" + (
-        f" ({', '.join(poisoned2)})" if poisoned2 else "")
-    return measured, ok and not poisoned2
+        if redis is not None:
+            _stop_process(redis)
+    if l2_note:
+        parts.append(l2_note)
+    return "; ".join(parts), ok
 
 
 def scenario_inm_star(px, opts):
@@ -904,8 +947,9 @@ SCENARIOS = [
      "origin calls <= elapsed/50ms + 2 (~102)", scenario_no_cache_flood),
     (6, "8 x 500 on other paths (then 8 x 502 on /down), then no-cache on healthy path",
      "healthy path's origin asked", scenario_breaker_scope),
-    (7, "Host / X-Forwarded-Host: evil.example, Cookie + max-age page; then anonymous client",
-     "no evil.example, no alice", scenario_poison),
+    (7, "Host / X-Forwarded-Host: evil.example, Cookie + max-age page; then anonymous client"
+        " (L1, and L2 via a fresh proxy; default and keyed modes)",
+     "no evil.example, no alice (x/5 poisoned)", scenario_poison),
     (8, "If-None-Match: * on a cached GET",
      "304", scenario_inm_star),
 ]
