@@ -14,7 +14,7 @@
 #   PROXY_ARGS          extra arguments for every proxy started (shell words)
 #   FEATURES            cargo features for the build
 #                       [default: admin,opentelemetry,redis]
-#   CARGO_TARGET_DIR    as cargo understands it (where the binary is found)
+#   CARGO_TARGET_DIR    as cargo understands it
 #   RELIABILITY_LOGDIR  where the proxies' logs go [default: a new temp dir]
 #   REDIS_SERVER        the redis-server for scenario 7's L2 part
 #                       [default: redis-server on PATH; without one it is left out]
@@ -34,10 +34,31 @@ command -v python3 >/dev/null || { echo "reliability: python3 is required" >&2; 
 if [[ -z "${PROXY_BIN:-}" ]]; then
     features="${FEATURES:-admin,opentelemetry,redis}"
     echo "reliability: building the proxy (release, features $features)" >&2
-    (cd "$root" && cargo build --release --example proxy --features "$features") >&2 \
-        || { echo "reliability: build failed" >&2; exit 2; }
-    target="${CARGO_TARGET_DIR:-$root/target}"
-    PROXY_BIN="$target/release/examples/proxy"
+    # The binary is the one cargo reports for this build (wherever the
+    # target directory is configured).
+    json="$(mktemp)"
+    if ! (cd "$root" && cargo build --release --example proxy --features "$features" \
+            --message-format=json-render-diagnostics) >"$json"; then
+        rm -f "$json"
+        echo "reliability: build failed" >&2
+        exit 2
+    fi
+    PROXY_BIN="$(python3 -c '
+import json, sys
+exe = ""
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    t = msg.get("target") or {}
+    if msg.get("reason") == "compiler-artifact" and t.get("name") == "proxy" \
+            and "example" in t.get("kind", []) and msg.get("executable"):
+        exe = msg["executable"]
+print(exe)
+' "$json")"
+    rm -f "$json"
+    [[ -n "$PROXY_BIN" ]] || { echo "reliability: cargo reported no proxy executable" >&2; exit 2; }
 fi
 [[ -x "$PROXY_BIN" ]] || { echo "reliability: no proxy binary at $PROXY_BIN" >&2; exit 2; }
 
