@@ -167,6 +167,18 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_8_8_3_entity_tags_may_hold_obs_text() {
+        let tag = HeaderValue::from_bytes(b"\"caf\xe9\"").unwrap();
+        let mut stored = HeaderMap::new();
+        stored.insert(ETAG, tag.clone());
+        let mut req = HeaderMap::new();
+        req.insert(IF_NONE_MATCH, tag);
+        assert!(not_modified(StatusCode::OK, &stored, &req));
+        req.insert(IF_NONE_MATCH, HeaderValue::from_static("\"cafe\""));
+        assert!(!not_modified(StatusCode::OK, &stored, &req));
+    }
+
+    #[test]
     fn rfc9110_13_2_2_if_none_match_takes_precedence_over_if_modified_since() {
         let stored = [("etag", "\"abc\""), ("last-modified", LM)];
         // `*` matches although the date says modified.
