@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use http::{HeaderValue, Response};
 use http_body::Body;
@@ -40,10 +40,16 @@ pin_project! {
     /// A call on a clone of the inner service: its `poll_ready`, then its
     /// `call` (as `tower::util::Oneshot`). Nothing is reserved on the
     /// service `CacheService` keeps.
+    ///
+    /// `Waiting` is boxed: it is made only when the inner service was not
+    /// ready at once (the request waits anyway), and unboxed it would make
+    /// every `ResponseFuture` (hits included) larger by a request, a cost
+    /// paid in moves on every call.
     #[project = CallProj]
     enum Call<S: Service<R>, R> {
-        Waiting { svc: S, req: Option<R> },
+        Waiting { pending: Option<Box<(S, R)>> },
         Calling { #[pin] future: S::Future },
+        Failed { error: Option<S::Error> },
     }
 }
 
@@ -54,13 +60,18 @@ impl<S: Service<R>, R> Future for Call<S, R> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project() {
-                CallProj::Waiting { svc, req } => {
+                CallProj::Waiting { pending } => {
+                    let (svc, _) = &mut **pending.as_mut().expect("Call polled after completion");
                     ready!(svc.poll_ready(cx))?;
-                    let req = req.take().expect("Call polled after completion");
+                    let (mut svc, req) = *pending.take().expect("checked above");
                     let future = svc.call(req);
                     self.set(Call::Calling { future });
                 }
                 CallProj::Calling { future } => return future.poll(cx),
+                CallProj::Failed { error } => {
+                    let error = error.take().expect("Call polled after completion");
+                    return Poll::Ready(Err(error));
+                }
             }
         }
     }
@@ -77,13 +88,37 @@ impl<S: Service<R>, R, B: Body> ResponseFuture<S, R, B> {
 
     /// `req` passed through to `svc` (a clone of the inner service), once
     /// `svc` is ready.
-    pub(crate) fn pass(svc: S, req: R, status: HeaderValue, span: tracing::Span) -> Self {
+    ///
+    /// Readiness is tried at once (with a no-op waker): a service that is
+    /// ready is called here, so the request is not moved into the future
+    /// and out again (the common case, and the pass path's cost). One that
+    /// is not is polled again, with the caller's waker, when the future is;
+    /// what it holds meanwhile belongs to this request's clone alone.
+    #[inline]
+    pub(crate) fn pass(mut svc: S, req: R, status: HeaderValue, span: tracing::Span) -> Self {
+        let entered = span.enter();
+        let call = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {
+                // Built in place: the common case, kept free of moves.
+                let future = svc.call(req);
+                drop(entered);
+                return Self {
+                    kind: Kind::Pass {
+                        call: Call::Calling { future },
+                        status: Some(status),
+                        span,
+                    },
+                };
+            }
+            Poll::Ready(Err(error)) => Call::Failed { error: Some(error) },
+            Poll::Pending => Call::Waiting {
+                pending: Some(Box::new((svc, req))),
+            },
+        };
+        drop(entered);
         Self {
             kind: Kind::Pass {
-                call: Call::Waiting {
-                    svc,
-                    req: Some(req),
-                },
+                call,
                 status: Some(status),
                 span,
             },

@@ -257,10 +257,12 @@ async fn a_cancelled_request_waiting_for_readiness_holds_nothing() {
     assert_eq!(log.calls(), 2);
 }
 
-/// An inner service whose `poll_ready` fails while `failing` is set.
+/// An inner service whose `poll_ready` fails while `failing` is set,
+/// after answering `Pending` (and waking the task) `pending` times.
 #[derive(Clone)]
 struct Flaky {
     failing: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
     readied: Arc<AtomicUsize>,
     origin: Origin,
 }
@@ -272,6 +274,14 @@ impl Service<Request<()>> for Flaky {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), OriginError>> {
         self.readied.fetch_add(1, Ordering::SeqCst);
+        let pending = &self.pending;
+        if pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Poll::Ready(Err(OriginError("overloaded")));
         }
@@ -298,8 +308,10 @@ async fn an_inner_poll_ready_error_is_the_request_error_and_hits_do_not_see_it()
     let (origin, log) = origin(|_, _| ok("max-age=60", "answer"));
     let failing = Arc::new(AtomicBool::new(false));
     let readied = Arc::new(AtomicUsize::new(0));
+    let pending = Arc::new(AtomicUsize::new(0));
     let svc = CacheLayer::new(cache.clone()).layer(Flaky {
         failing: failing.clone(),
+        pending: pending.clone(),
         readied: readied.clone(),
         origin,
     });
@@ -314,15 +326,20 @@ async fn an_inner_poll_ready_error_is_the_request_error_and_hits_do_not_see_it()
     assert_eq!(cache_status(&hit), HIT);
     assert_eq!(readied.load(Ordering::SeqCst), before);
 
-    for req in [
-        get(SLOW),
-        get("http://example.com/live/x"),
-        request(Method::OPTIONS, FAST, &[]),
-        request(Method::POST, FAST, &[]),
-    ] {
-        let what = format!("{} {}", req.method(), req.uri());
-        let err = svc.clone().oneshot(req).await.expect_err(&what);
-        assert_eq!(err, OriginError("overloaded"), "{what}");
+    // Failing at once, and failing after waiting for readiness.
+    for wait in [0, 3] {
+        for req in [
+            get(SLOW),
+            get("http://example.com/live/x"),
+            request(Method::OPTIONS, FAST, &[]),
+            request(Method::POST, FAST, &[]),
+        ] {
+            let what = format!("{} {} after {wait} pending", req.method(), req.uri());
+            pending.store(wait, Ordering::SeqCst);
+            let err = svc.clone().oneshot(req).await.expect_err(&what);
+            assert_eq!(err, OriginError("overloaded"), "{what}");
+            assert_eq!(pending.load(Ordering::SeqCst), 0, "{what}");
+        }
     }
     assert_eq!(log.calls(), 1);
 }
