@@ -91,7 +91,13 @@ async fn fresh_hit_does_not_wait_for_a_concurrency_permit_held_by_a_slow_miss() 
 
 #[tokio::test(start_paused = true)]
 async fn fresh_hit_does_not_wait_for_a_spent_rate_limit() {
-    let cache = Cache::builder().clock(clock()).build().unwrap();
+    // The misses below wait up to two minutes for the rate limit: within
+    // the upstream timeout, which covers waiting for readiness too.
+    let cache = Cache::builder()
+        .clock(clock())
+        .upstream_timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
     let (origin, log) = origin(|_, _| ok("max-age=600", "answer"));
     // `RateLimit` is not `Clone`: a `Buffer` (one slot) shares it, as in
     // any real stack.
