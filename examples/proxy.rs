@@ -82,6 +82,9 @@ mod telemetry;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `--upstream-timeout` when not given (the cache's own default).
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The body the forwarding service answers with: the upstream's, streamed,
 /// or a short error message of our own.
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -470,7 +473,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
 
 /// A duration flag's value: a number with `ms`, `s` or `m` (`2s`, `500ms`).
 fn duration(flag: &str, v: &str) -> Result<Duration, ArgError> {
-    let bad = || ArgError::value(format!("{flag} {v:?}: expected a duration such as 2s or 500ms"));
+    let bad = || {
+        ArgError::value(format!(
+            "{flag} {v:?}: expected a duration such as 2s or 500ms"
+        ))
+    };
     let (n, unit) = v
         .find(|c: char| !c.is_ascii_digit())
         .map_or((v, ""), |i| v.split_at(i));
@@ -482,7 +489,9 @@ fn duration(flag: &str, v: &str) -> Result<Duration, ArgError> {
         _ => return Err(bad()),
     };
     if d.is_zero() {
-        return Err(ArgError::value(format!("{flag} {v:?}: must be more than 0")));
+        return Err(ArgError::value(format!(
+            "{flag} {v:?}: must be more than 0"
+        )));
     }
     Ok(d)
 }
@@ -1023,7 +1032,12 @@ async fn serve(
     let with_l2 = false;
     std::io::stdout().flush()?;
 
-    let proxy = Proxy::new(config.upstream, config.hosts.clone(), config.cookies);
+    let proxy = Proxy::new(
+        config.upstream,
+        config.hosts.clone(),
+        config.cookies,
+        config.upstream_timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+    );
 
     if let Some((addr, token)) = &config.admin {
         let admin = AdminService::new(cache.clone(), token.clone())
@@ -1270,10 +1284,14 @@ struct Proxy {
     upstream: Upstream,
     hosts: Hosts,
     cookies: Cookies,
+    /// How long a request the cache passes through (a `POST`, a bypass)
+    /// waits for the upstream's head: a little past the cache's own
+    /// `upstream_timeout`, so on cached paths the cache answers first.
+    head_timeout: Duration,
 }
 
 impl Proxy {
-    fn new(upstream: Upstream, hosts: Hosts, cookies: Cookies) -> Self {
+    fn new(upstream: Upstream, hosts: Hosts, cookies: Cookies, upstream_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
@@ -1283,18 +1301,24 @@ impl Proxy {
             upstream,
             hosts,
             cookies,
+            head_timeout: upstream_timeout.saturating_add(Duration::from_millis(250)),
         }
     }
 
-    /// Forwards `req` and returns the upstream's answer, or a 502.
+    /// Forwards `req` and returns the upstream's answer, a 502, or a 504
+    /// when the upstream's head does not come in time.
     async fn forward(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
         let req = match self.upstream_request(req) {
             Ok(req) => req,
             Err(refusal) => return refusal.response(),
         };
-        match self.client.request(req).await {
-            Ok(resp) => downstream_response(resp),
-            Err(e) => text_response(
+        match tokio::time::timeout(self.head_timeout, self.client.request(req)).await {
+            Err(_) => text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timeout: no response head in time",
+            ),
+            Ok(Ok(resp)) => downstream_response(resp),
+            Ok(Err(e)) => text_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("upstream error: {}", error_chain(&e)),
             ),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    LAST_MODIFIED, VARY,
 };
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -1835,7 +1835,9 @@ impl Cache {
         reuse: bool,
     ) -> Response<CacheBody<B>> {
         let head = req.method == Method::HEAD;
-        if conditional && not_modified(entry, &req.headers) {
+        if conditional
+            && crate::policy::conditional::not_modified(entry.status, &entry.headers, &req.headers)
+        {
             self.shared.counters.not_modified.incr();
             let mut headers = HeaderMap::with_capacity(10);
             for name in [
@@ -1908,42 +1910,6 @@ impl Cache {
         e.extensions += 1;
         Some(e)
     }
-}
-
-/// Whether a client's conditional request matches `entry` (RFC 9110 §13.2.2).
-fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
-    if entry.status != StatusCode::OK {
-        return false;
-    }
-    if let Some(inm) = req.get(IF_NONE_MATCH) {
-        let Some(etag) = entry.etag().and_then(|e| e.to_str().ok()) else {
-            return false;
-        };
-        let Ok(inm) = inm.to_str() else { return false };
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || weak_eq(t, etag));
-    }
-    if let Some(ims) = req.get(IF_MODIFIED_SINCE) {
-        let since = ims
-            .to_str()
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok());
-        let modified = entry
-            .last_modified()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok());
-        if let (Some(since), Some(modified)) = (since, modified) {
-            return modified <= since;
-        }
-    }
-    false
-}
-
-/// Weak entity-tag comparison (RFC 9110 §8.8.3.2).
-fn weak_eq(a: &str, b: &str) -> bool {
-    a.trim_start_matches("W/") == b.trim_start_matches("W/")
 }
 
 /// An `Age` value. The first few thousand are made once, from one leaked

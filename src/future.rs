@@ -3,11 +3,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use http::{HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use crate::body::CacheBody;
 use crate::cache::CACHE_STATUS;
@@ -15,25 +16,68 @@ use crate::cache::CACHE_STATUS;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project! {
-    /// The response future of [`CacheService`](crate::CacheService): an
-    /// answer from the cache (ready at once), the inner service's future
-    /// passed through, or the engine's upstream path.
-    pub struct ResponseFuture<F, B: Body, E> {
+    /// The response future of [`CacheService`](crate::CacheService)`<S>`
+    /// for requests of type `R` and response bodies of type `B`: an answer
+    /// from the cache (ready at once), a request passed through to `S`
+    /// (waiting for a clone of `S` to be ready, then its call), or the
+    /// engine's upstream path.
+    pub struct ResponseFuture<S: Service<R>, R, B: Body> {
         #[pin]
-        kind: Kind<F, B, E>,
+        kind: Kind<S, R, B>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B: Body, E> {
+    enum Kind<S: Service<R>, R, B: Body> {
         Ready { response: Option<Response<CacheBody<B>>> },
-        Pass { #[pin] future: F, status: Option<HeaderValue>, span: tracing::Span },
-        Engine { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
+        Pass { #[pin] call: Call<S, R>, status: Option<HeaderValue>, span: tracing::Span },
+        Engine { future: BoxFuture<Result<Response<CacheBody<B>>, S::Error>> },
     }
 }
 
-impl<F, B: Body, E> ResponseFuture<F, B, E> {
+pin_project! {
+    /// A call on a clone of the inner service: its `poll_ready`, then its
+    /// `call` (as `tower::util::Oneshot`). Nothing is reserved on the
+    /// service `CacheService` keeps.
+    ///
+    /// `Waiting` is boxed: it is made only when the inner service was not
+    /// ready at once (the request waits anyway), and unboxed it would make
+    /// every `ResponseFuture` (hits included) larger by a request, a cost
+    /// paid in moves on every call.
+    #[project = CallProj]
+    enum Call<S: Service<R>, R> {
+        Waiting { pending: Option<Box<(S, R)>> },
+        Calling { #[pin] future: S::Future },
+        Failed { error: Option<S::Error> },
+    }
+}
+
+impl<S: Service<R>, R> Future for Call<S, R> {
+    type Output = Result<S::Response, S::Error>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                CallProj::Waiting { pending } => {
+                    let (svc, _) = &mut **pending.as_mut().expect("Call polled after completion");
+                    ready!(svc.poll_ready(cx))?;
+                    let (mut svc, req) = *pending.take().expect("checked above");
+                    let future = svc.call(req);
+                    self.set(Call::Calling { future });
+                }
+                CallProj::Calling { future } => return future.poll(cx),
+                CallProj::Failed { error } => {
+                    let error = error.take().expect("Call polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<R>, R, B: Body> ResponseFuture<S, R, B> {
     pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
         Self {
             kind: Kind::Ready {
@@ -42,27 +86,60 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn pass(future: F, status: HeaderValue, span: tracing::Span) -> Self {
+    /// `req` passed through to `svc` (a clone of the inner service), once
+    /// `svc` is ready.
+    ///
+    /// Readiness is tried at once (with a no-op waker): a service that is
+    /// ready is called here, so the request is not moved into the future
+    /// and out again (the common case, and the pass path's cost). One that
+    /// is not is polled again, with the caller's waker, when the future is;
+    /// what it holds meanwhile belongs to this request's clone alone.
+    #[inline]
+    pub(crate) fn pass(mut svc: S, req: R, status: HeaderValue, span: tracing::Span) -> Self {
+        let entered = span.enter();
+        let call = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {
+                // Built in place: the common case, kept free of moves.
+                let future = svc.call(req);
+                drop(entered);
+                return Self {
+                    kind: Kind::Pass {
+                        call: Call::Calling { future },
+                        status: Some(status),
+                        span,
+                    },
+                };
+            }
+            Poll::Ready(Err(error)) => Call::Failed { error: Some(error) },
+            Poll::Pending => Call::Waiting {
+                pending: Some(Box::new((svc, req))),
+            },
+        };
+        drop(entered);
         Self {
             kind: Kind::Pass {
-                future,
+                call,
                 status: Some(status),
                 span,
             },
         }
     }
 
-    pub(crate) fn engine(future: BoxFuture<Result<Response<CacheBody<B>>, E>>) -> Self {
+    pub(crate) fn engine(future: BoxFuture<Result<Response<CacheBody<B>>, S::Error>>) -> Self {
         Self {
             kind: Kind::Engine { future },
         }
     }
 }
 
-impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
+impl<S: Service<R>, R, B: Body> fmt::Debug for ResponseFuture<S, R, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Ready { .. } => "ready",
+            Kind::Pass {
+                call: Call::Waiting { .. },
+                ..
+            } => "pass (waiting for readiness)",
             Kind::Pass { .. } => "pass",
             Kind::Engine { .. } => "engine",
         };
@@ -72,12 +149,12 @@ impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B, E>
+impl<S, R, B> Future for ResponseFuture<S, R, B>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<R, Response = Response<B>>,
     B: Body,
 {
-    type Output = Result<Response<CacheBody<B>>, E>;
+    type Output = Result<Response<CacheBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -85,14 +162,10 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => panic!("ResponseFuture polled after completion"),
             },
-            KindProj::Pass {
-                future,
-                status,
-                span,
-            } => {
+            KindProj::Pass { call, status, span } => {
                 let resp = {
                     let _entered = span.enter();
-                    ready!(future.poll(cx))?
+                    ready!(call.poll(cx))?
                 };
                 if !span.is_disabled() {
                     span.record(

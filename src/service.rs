@@ -22,6 +22,16 @@ use tracing::Instrument;
 /// key however many requests arrive together; requests the cache does not
 /// handle pass straight through with their body streamed. `S`'s errors are
 /// returned unchanged and the cache adds none of its own.
+///
+/// # Readiness
+///
+/// `poll_ready` is always ready and never asks `S`: a request the cache
+/// can answer must not queue behind `S`'s back-pressure (a
+/// `ConcurrencyLimit` permit held by a slow miss, a spent `RateLimit`).
+/// A request that reaches `S` (a miss, a pass, a refresh, an unsafe
+/// method) waits for a clone of `S` to be ready inside its own response
+/// future, as `tower::buffer` clients do, so `S`'s limits still hold; an
+/// error from `S::poll_ready` is that request's error.
 #[derive(Debug, Clone)]
 pub struct CacheService<S> {
     inner: S,
@@ -55,11 +65,11 @@ impl<S> CacheService<S> {
     }
 }
 
-/// The inner service as the engine's upstream. The first call uses the
-/// instance `poll_ready` prepared; `ready` says whether that still holds.
+/// The inner service as the engine's upstream: a clone of it, made ready
+/// only when the engine calls it (a coalesced waiter or an L2 hit never
+/// does, and so reserves nothing).
 struct ServiceUpstream<S> {
     svc: S,
-    ready: bool,
 }
 
 impl<S, B, ResB> Upstream<B> for ServiceUpstream<S>
@@ -78,9 +88,7 @@ where
 
     fn call(mut self, req: Request<B>) -> Self::Future {
         Box::pin(async move {
-            if !self.ready {
-                poll_fn(|cx| self.svc.poll_ready(cx)).await?;
-            }
+            poll_fn(|cx| self.svc.poll_ready(cx)).await?;
             self.svc.call(req).await
         })
     }
@@ -102,11 +110,16 @@ where
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB, S::Error>;
+    type Future = ResponseFuture<S, Request<B>, ResB>;
 
+    /// Always ready: the inner service is not asked here. A request the
+    /// cache answers never waits for it; one that reaches it waits for a
+    /// clone of it to be ready inside its response future, so nothing is
+    /// reserved on the inner service (say, a `ConcurrencyLimit` permit)
+    /// while it is not being called.
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -123,15 +136,16 @@ where
             }
             Decision::Pass(status) => {
                 lookup.finish_pass(&self.cache, &parts);
-                let future = {
-                    let _entered = lookup.span.enter();
-                    self.inner.call(Request::from_parts(parts, body))
-                };
-                ResponseFuture::pass(future, status, lookup.span)
+                ResponseFuture::pass(
+                    self.inner.clone(),
+                    Request::from_parts(parts, body),
+                    status,
+                    lookup.span,
+                )
             }
             Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
                 lookup.finish_now(&self.cache, &parts, &resp);
-                let up = self.take_ready();
+                let up = self.upstream();
                 up.refresh(
                     self.cache.clone(),
                     Request::from_parts(parts, body),
@@ -141,7 +155,7 @@ where
                 ResponseFuture::ready(resp)
             }
             Decision::Fetch(plan) => {
-                let up = self.take_ready();
+                let up = self.upstream();
                 let cache = self.cache.clone();
                 let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = Box::pin(flow::fetch(
@@ -153,7 +167,7 @@ where
                 ResponseFuture::engine(lookup.engine(cache, fut, key, false))
             }
             Decision::Unsafe => {
-                let up = self.take_ready();
+                let up = self.upstream();
                 let cache = self.cache.clone();
                 let key = cache.key_for_display(&parts, &lookup.span);
                 let fut = Box::pin(flow::unsafe_method(
@@ -360,13 +374,11 @@ impl Lookup {
 }
 
 impl<S: Clone> CacheService<S> {
-    /// Takes the instance `poll_ready` prepared, leaving a clone in its
-    /// place (the usual tower pattern for services moved into futures).
-    fn take_ready(&mut self) -> ServiceUpstream<S> {
-        let clone = self.inner.clone();
+    /// A clone of the inner service for the engine, to be made ready
+    /// when (and if) it is called.
+    fn upstream(&self) -> ServiceUpstream<S> {
         ServiceUpstream {
-            svc: std::mem::replace(&mut self.inner, clone),
-            ready: true,
+            svc: self.inner.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP caching semantics (RFC 9111, RFC 5861): what may be stored, for how
 //! long, and whether a stored response may answer a request.
 
+pub(crate) mod conditional;
 mod directives;
 mod rules;
 
