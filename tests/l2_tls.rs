@@ -377,23 +377,34 @@ mod tls {
         }
         let server = TlsRedis::start();
         let (origin, log) = origin(|_, _| ok("max-age=60", "warm"));
-        let a = l2_default_timeout(server.insecure_url()).build().unwrap();
-        send(&cached(&a, origin.clone()), get(URL)).await;
-        written(&a, 1).await;
-
-        let b = l2_default_timeout(server.insecure_url()).build().unwrap();
-        let svc = cached(&b, origin);
-        // A miss (maybe a timeout while connecting); once its write has
-        // landed the connection is up.
-        send(&svc, get("http://example.com/warm-up")).await;
-        assert!(
-            eventually(|| b.stats().l2_writes >= 1).await,
-            "{:?}",
-            b.stats()
-        );
-        let r = send(&svc, get(URL)).await;
-        assert_eq!(cache_status(&r), L2_HIT, "{:?}", b.stats());
-        assert_eq!(log.calls(), 2);
+        // On a busy machine a write (or read) may miss the 50 ms deadline
+        // while the TLS connection is made: that is a dropped write (or a
+        // miss), by design. Each try uses fresh instances; one must hit.
+        let mut last = String::new();
+        for attempt in 0..5 {
+            let a = l2_default_timeout(server.insecure_url()).build().unwrap();
+            send(&cached(&a, origin.clone()), get(URL)).await;
+            if !eventually(|| a.stats().l2_writes >= 1).await {
+                last = format!("attempt {attempt}: write dropped: {:?}", a.stats());
+                continue;
+            }
+            let b = l2_default_timeout(server.insecure_url()).build().unwrap();
+            let svc = cached(&b, origin.clone());
+            // A miss (maybe a timeout while connecting); once its write has
+            // landed the connection is up.
+            send(&svc, get("http://example.com/warm-up")).await;
+            if !eventually(|| b.stats().l2_writes >= 1).await {
+                last = format!("attempt {attempt}: not connected: {:?}", b.stats());
+                continue;
+            }
+            let r = send(&svc, get(URL)).await;
+            if cache_status(&r) == L2_HIT {
+                assert!(log.calls() <= 2 * (attempt + 1), "{}", log.calls());
+                return;
+            }
+            last = format!("attempt {attempt}: {}: {:?}", cache_status(&r), b.stats());
+        }
+        panic!("no L2 hit over TLS with the default timeout in 5 tries; last: {last}");
     }
 
     #[tokio::test]
