@@ -557,18 +557,13 @@ where
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            s.upstream_breaker(plan.label).record_failure(response_time);
-            s.counters.upstream_errors.incr();
-            s.obs.upstream_error(plan.label);
+            upstream_failed(cache, plan, None, response_time);
             return Fetched::Failed(Err(e), false);
         }
     };
     let status = resp.status();
     if status.is_server_error() {
-        s.upstream_breaker(plan.label)
-            .record_response(status, response_time);
-        s.counters.upstream_errors.incr();
-        s.obs.upstream_error(plan.label);
+        upstream_failed(cache, plan, Some(status), response_time);
         let status_hv = cache_status(format_args!(
             "fwd={}; fwd-status={}",
             plan.fwd,
@@ -687,9 +682,7 @@ where
             // broken response. Never stored, never passed on as if whole:
             // a 502 (or stale-if-error).
             drop((rparts, bytes));
-            s.upstream_breaker(plan.label).record_failure(cache.now());
-            s.counters.upstream_errors.incr();
-            s.obs.upstream_error(plan.label);
+            upstream_failed(cache, plan, None, cache.now());
             let hv = cache_status(format_args!(
                 "fwd={}; fwd-status={}; detail=incomplete",
                 plan.fwd,
@@ -962,13 +955,24 @@ fn pass_through<RB: Body>(
     Response::from_parts(parts, body)
 }
 
+/// Counts a failed upstream call: a transport error or a broken body
+/// (`status` `None`: it counts against the label's breaker) or a 5xx (its
+/// status decides whether it does).
+fn upstream_failed(cache: &Cache, plan: &Fetch, status: Option<StatusCode>, now: u64) {
+    let s = &*cache.shared;
+    let breaker = s.upstream_breaker(plan.label);
+    match status {
+        Some(status) => breaker.record_response(status, now),
+        None => breaker.record_failure(now),
+    }
+    s.counters.upstream_errors.incr();
+    s.obs.upstream_error(plan.label);
+}
+
 /// Counts an upstream call that missed its deadline.
 fn upstream_timed_out(cache: &Cache, plan: &Fetch, now: u64) {
-    let s = &*cache.shared;
-    s.upstream_breaker(plan.label).record_failure(now);
-    s.counters.upstream_errors.incr();
-    s.counters.upstream_timeouts.incr();
-    s.obs.upstream_error(plan.label);
+    upstream_failed(cache, plan, None, now);
+    cache.shared.counters.upstream_timeouts.incr();
 }
 
 enum Buffered<RB: Body> {
