@@ -729,7 +729,7 @@ impl CacheBuilder {
     }
 
     /// What a shared cache does with requests' own cache directives
-    /// (default [`RequestCacheControl::Honour`], with revalidations
+    /// (default [`RequestCacheControl::Honour`](crate::RequestCacheControl::Honour), with revalidations
     /// collapsed to one in flight per key). Private caches always honour
     /// them.
     pub fn request_cache_control(mut self, choice: crate::policy::RequestCacheControl) -> Self {
