@@ -1505,6 +1505,18 @@ mod tests {
     /// The fuzz target's property (`fuzz/fuzz_targets/decode_entry.rs`),
     /// plus canonicity: whatever decodes re-encodes to the same bytes.
     pub(super) fn check_input(data: &[u8]) -> bool {
+        // The checks for values read back from L2 never panic either, and
+        // accept only what the format accepts.
+        let checks = Checks {
+            max_body: 1 << 20,
+            key_ok: &|k: &str| !k.is_empty(),
+        };
+        let stored = Entry::decode_stored(Bytes::copy_from_slice(data), &checks);
+        if let Err(e) = &stored {
+            let _ = e.to_string();
+        }
+        let format_ok = Entry::decode(data).is_ok();
+        assert!(stored.is_err() || format_ok, "checked decode is stricter");
         match Entry::decode(data) {
             Ok(e) => {
                 let enc = e.encode();
