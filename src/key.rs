@@ -328,6 +328,7 @@ impl KeyConfig {
 /// partitioned by credentials (whose readable form shows 16 hex digits of
 /// the digest where the hash covers 32), the hash rebuilt from the
 /// request's own credentials digest.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn readable_matches(readable: &str, hash: KeyHash, headers: &HeaderMap) -> bool {
     if KeyHash(xxh3_128(readable.as_bytes())) == hash {
         return true;
