@@ -19,6 +19,10 @@ use tower_tiered_cache::{Cache, CacheBuilder, Entry};
 const URL: &str = "http://example.com/item";
 const OTHER: &str = "http://example.com/other";
 
+/// The tests of this binary run one at a time, so that the memory one
+/// measures is its own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn l2(url: String) -> CacheBuilder {
     Cache::builder()
         .redis(url)
@@ -157,6 +161,7 @@ async fn corrupt_entries_are_misses_deleted_and_counted() {
     if skip_if_no_redis() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let (origin, log) = origin(|_, req| {
         let path = req.uri().path().to_owned();
@@ -312,6 +317,7 @@ async fn a_255_mib_decompression_claim_is_a_miss_and_memory_stays_flat() {
     if skip_if_no_redis() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "good"));
     let (key, value, _) = seed(&server, origin.clone()).await;
