@@ -9,6 +9,13 @@
 //! a truncated value or a value of another format version is a
 //! [`DecodeError`], never a panic or a huge allocation.
 //!
+//! Values read back from L2 are decoded with stricter checks
+//! (`Entry::decode_stored`, see `Checks`): the body cap (a compressed
+//! body's declared size checked before anything is allocated), a stored
+//! status, no hop-by-hop fields, a matching `Content-Length`, a sane
+//! timeline and the key that was looked up. A value that fails them is a
+//! corrupt entry: a miss, deleted, counted in `l2_decode_errors`.
+//!
 //! The encoding is canonical: a byte string that decodes re-encodes to
 //! exactly the same bytes (header names must be in their lowercase form and
 //! the values of one header name must be contiguous, as a `HeaderMap`
