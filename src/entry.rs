@@ -36,8 +36,10 @@ impl Timeline {
     }
 
     /// The age of the response at `now`, in milliseconds (RFC 9111 §4.2.3).
+    /// Saturates at `u64::MAX` rather than wrapping.
     pub fn age_at(&self, now: u64) -> u64 {
-        self.initial_age + now.saturating_sub(self.stored_at)
+        self.initial_age
+            .saturating_add(now.saturating_sub(self.stored_at))
     }
 
     /// True while `now` is before `fresh_until`.

@@ -323,6 +323,29 @@ impl KeyConfig {
     }
 }
 
+/// Whether `readable`, a stored entry's readable key, is the key of a
+/// request hashed to `hash` that carries `headers`: its hash, or, for a key
+/// partitioned by credentials (whose readable form shows 16 hex digits of
+/// the digest where the hash covers 32), the hash rebuilt from the
+/// request's own credentials digest.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn readable_matches(readable: &str, hash: KeyHash, headers: &HeaderMap) -> bool {
+    if KeyHash(xxh3_128(readable.as_bytes())) == hash {
+        return true;
+    }
+    let Some((base, short)) = readable.rsplit_once(CREDENTIALS_TAG) else {
+        return false;
+    };
+    let Some(d) = credentials_digest(headers) else {
+        return false;
+    };
+    if short != format!("{:016x}", (d >> 64) as u64) {
+        return false;
+    }
+    let full = format!("{base}{CREDENTIALS_TAG}{d:032x}");
+    KeyHash(xxh3_128(full.as_bytes())) == hash
+}
+
 /// The hash of one variant of a URL: the primary key plus the request's
 /// values of the header names the stored `Vary` lists.
 pub(crate) fn variant_hash(primary: KeyHash, names: &[HeaderName], headers: &HeaderMap) -> KeyHash {
@@ -505,6 +528,33 @@ mod tests {
             cfg.hash(&parts("/a?x=1", &[])),
             cfg.hash(&parts("/a?x=2", &[]))
         );
+    }
+
+    #[test]
+    fn readable_keys_match_their_hashes_only() {
+        let plain = KeyConfig::default();
+        let cfg = KeyConfig {
+            credentials: true,
+            ..KeyConfig::default()
+        };
+        let x = parts("http://a.example/x", &[("authorization", "Bearer a")]);
+        let y = parts("http://a.example/y", &[("authorization", "Bearer a")]);
+        let other = parts("http://a.example/x", &[("authorization", "Bearer b")]);
+        for c in [&plain, &cfg] {
+            let (rx, hx) = (c.readable(&x).unwrap(), c.hash(&x).unwrap());
+            assert!(readable_matches(&rx, hx, &x.headers));
+            assert!(!readable_matches(&c.readable(&y).unwrap(), hx, &x.headers));
+        }
+        // A partitioned key is only the key of the same credentials.
+        let rx = cfg.readable(&x).unwrap();
+        let hx = cfg.hash(&x).unwrap();
+        assert!(!readable_matches(&rx, hx, &other.headers));
+        assert!(!readable_matches(&rx, hx, &HeaderMap::new()));
+        assert!(!readable_matches(
+            &rx,
+            cfg.hash(&other).unwrap(),
+            &other.headers
+        ));
     }
 
     #[test]

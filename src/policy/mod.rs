@@ -481,13 +481,13 @@ impl PolicyConfig {
             .saturating_mul(1000);
         let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
         let response_delay = response_time.saturating_sub(request_time);
-        let initial_age = apparent_age.max(age_value + response_delay);
+        let initial_age = apparent_age.max(age_value.saturating_add(response_delay));
         let remaining = lifetime.saturating_sub(initial_age);
         // Dead on arrival, with nothing to revalidate with and no stale window.
         if remaining == 0 && !validators && swr == 0 && sie == 0 {
             return Err(NotStored::NoFreshness);
         }
-        let fresh_until = response_time + remaining;
+        let fresh_until = response_time.saturating_add(remaining);
         let stale_until = fresh_until.saturating_add(swr);
         let stale_if_error_until = fresh_until.saturating_add(sie);
         let mut retain_until = stale_until.max(stale_if_error_until);

@@ -9,6 +9,13 @@
 //! a truncated value or a value of another format version is a
 //! [`DecodeError`], never a panic or a huge allocation.
 //!
+//! Values read back from L2 are decoded with stricter checks
+//! (`Entry::decode_stored`, see `Checks`): the body cap (a compressed
+//! body's declared size checked before anything is allocated), a stored
+//! status, no hop-by-hop fields, a matching `Content-Length`, a sane
+//! timeline and the key that was looked up. A value that fails them is a
+//! corrupt entry: a miss, deleted, counted in `l2_decode_errors`.
+//!
 //! The encoding is canonical: a byte string that decodes re-encodes to
 //! exactly the same bytes (header names must be in their lowercase form and
 //! the values of one header name must be contiguous, as a `HeaderMap`
@@ -143,8 +150,28 @@ enum Problem {
     NonCanonicalName,
     HeaderValue,
     NotContiguous,
-    TooMany { count: usize, max: usize },
+    TooMany {
+        count: usize,
+        max: usize,
+    },
     TrailingBytes(usize),
+    /// A body (or the size a compressed body declares) over the cap.
+    BodyTooLarge {
+        size: u64,
+        max: u64,
+    },
+    /// A status the cache never stores.
+    StatusNotStored(u16),
+    /// A hop-by-hop header field, never stored.
+    HopByHop(&'static str),
+    /// A `Content-Length` that is not the body's length.
+    ContentLength {
+        body: usize,
+    },
+    /// Timeline instants out of order or out of bounds.
+    Timeline(&'static str),
+    /// The embedded key is not the key that was looked up.
+    WrongKey,
 }
 
 impl fmt::Display for Problem {
@@ -170,6 +197,16 @@ impl fmt::Display for Problem {
             Problem::NotContiguous => f.write_str("values of one header name are not contiguous"),
             Problem::TooMany { count, max } => write!(f, "{count} items, at most {max} allowed"),
             Problem::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the body"),
+            Problem::BodyTooLarge { size, max } => {
+                write!(f, "a body of {size} bytes, over the cap of {max} bytes")
+            }
+            Problem::StatusNotStored(code) => write!(f, "status {code} is never stored"),
+            Problem::HopByHop(name) => write!(f, "hop-by-hop field `{name}` is never stored"),
+            Problem::ContentLength { body } => {
+                write!(f, "Content-Length does not match the body's {body} bytes")
+            }
+            Problem::Timeline(what) => write!(f, "insane timeline: {what}"),
+            Problem::WrongKey => f.write_str("not the entry for the key that was looked up"),
         }
     }
 }
@@ -450,7 +487,7 @@ impl Entry {
     /// body is copied out of `bytes`; [`Entry::decode_bytes`] shares it
     /// instead.
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
-        decode_from(bytes, None)
+        decode_from(bytes, None, None)
     }
 
     /// Like [`Entry::decode`], but a large body that is nearly all of
@@ -460,7 +497,92 @@ impl Entry {
     /// body it weighs. Any other body is copied, so that an entry never
     /// keeps a much larger reply buffer alive.
     pub fn decode_bytes(bytes: Bytes) -> Result<Entry, DecodeError> {
-        decode_from(&bytes, Some(&bytes))
+        decode_from(&bytes, Some(&bytes), None)
+    }
+
+    /// Decodes a value read back from a store (the L2 tier): like
+    /// [`Entry::decode_bytes`], and the entry must also be one this cache
+    /// could have stored under `checks` (see [`Checks`]). Anything else is a
+    /// [`DecodeError`] (malformed): a corrupt entry.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn decode_stored(bytes: Bytes, checks: &Checks<'_>) -> Result<Entry, DecodeError> {
+        decode_from(&bytes, Some(&bytes), Some(checks))
+    }
+}
+
+/// The most a stored timeline may reach past its `stored_at`: 1 000 years,
+/// in milliseconds. Freshness from `max-age` is at most 2^31 seconds (68
+/// years, RFC 9111 §1.2.2); stale windows and the time kept for
+/// revalidation add to it. Anything further is corrupt.
+pub(crate) const MAX_TIMELINE_SPAN_MS: u64 = 1_000 * 365_250 * 86_400;
+
+/// The latest `stored_at` a stored entry may have: the end of year 9999
+/// (UTC), in milliseconds since the Unix epoch.
+pub(crate) const MAX_STORED_AT_MS: u64 = 253_402_300_799_999;
+
+/// The hop-by-hop fields (RFC 9110 §7.6.1) that are stripped before an
+/// entry is stored: a stored value that holds one is corrupt.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// What a value read back from a store is checked against, besides the
+/// format (see [`Entry::decode_stored`]):
+///
+/// - a body (a compressed one by the size it declares, before anything is
+///   allocated for it) is at most `max_body` bytes, the body cap it was
+///   stored under;
+/// - the status is one the cache stores: `200..=599`, not `304`;
+/// - no hop-by-hop field (`Connection`, `Keep-Alive`, `Proxy-Connection`,
+///   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+///   `Proxy-Authenticate`) is stored;
+/// - a `Content-Length`, when present, is the body's length;
+/// - the timeline is in order (`stored_at <= fresh_until <= stale_until,
+///   stale_if_error_until <= retain_until`), `stored_at` is at most
+///   [`MAX_STORED_AT_MS`], and nothing (`initial_age` included) reaches
+///   more than [`MAX_TIMELINE_SPAN_MS`] past `stored_at`;
+/// - `key_ok` accepts the embedded readable key (the key looked up).
+pub(crate) struct Checks<'a> {
+    /// The body cap (`max_body_bytes`).
+    pub(crate) max_body: u64,
+    /// Whether the embedded readable key is the one looked up.
+    pub(crate) key_ok: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+impl fmt::Debug for Checks<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checks")
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first rule of [`Checks`] a timeline breaks, if any.
+fn timeline_problem(t: &Timeline) -> Option<&'static str> {
+    let horizon = t.stored_at.saturating_add(MAX_TIMELINE_SPAN_MS);
+    if t.stored_at > MAX_STORED_AT_MS {
+        Some("stored_at is past year 9999")
+    } else if t.initial_age > MAX_TIMELINE_SPAN_MS {
+        Some("initial_age is over 1000 years")
+    } else if t.fresh_until < t.stored_at {
+        Some("fresh_until is before stored_at")
+    } else if t.stale_until < t.fresh_until {
+        Some("stale_until is before fresh_until")
+    } else if t.stale_if_error_until < t.fresh_until {
+        Some("stale_if_error_until is before fresh_until")
+    } else if t.retain_until < t.stale_until.max(t.stale_if_error_until) {
+        Some("retain_until is before a stale window's end")
+    } else if t.retain_until > horizon {
+        Some("retain_until is over 1000 years after stored_at")
+    } else {
+        None
     }
 }
 
@@ -630,7 +752,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeError> {
+fn decode_from(
+    input: &[u8],
+    shared: Option<&Bytes>,
+    checks: Option<&Checks<'_>>,
+) -> Result<Entry, DecodeError> {
     let mut r = Reader { buf: input, pos: 0 };
 
     // Magic: a prefix of it that ends early is a truncated value; anything
@@ -673,6 +799,10 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     let code = r.u16("status")?;
     let status = StatusCode::from_u16(code)
         .map_err(|_| DecodeError::malformed("status", Problem::Status(code), at))?;
+    if checks.is_some() && (!(200..=599).contains(&code) || status == StatusCode::NOT_MODIFIED) {
+        let problem = Problem::StatusNotStored(code);
+        return Err(DecodeError::malformed("status", problem, at));
+    }
 
     let at = r.pos;
     let code = r.u8("HTTP version")?;
@@ -692,6 +822,7 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     };
 
     let extensions = r.u32("extensions")?;
+    let timeline_at = r.pos;
     let timeline = Timeline {
         stored_at: r.u64("timeline")?,
         initial_age: r.u64("timeline")?,
@@ -700,9 +831,16 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
         stale_if_error_until: r.u64("timeline")?,
         retain_until: r.u64("timeline")?,
     };
+    if let Some(problem) = checks.and_then(|_| timeline_problem(&timeline)) {
+        let problem = Problem::Timeline(problem);
+        return Err(DecodeError::malformed("timeline", problem, timeline_at));
+    }
 
     let at = r.pos;
     let key = Reader::utf8(r.bytes32("key")?, "key", at)?;
+    if checks.is_some_and(|c| !(c.key_ok)(key)) {
+        return Err(DecodeError::malformed("key", Problem::WrongKey, at));
+    }
 
     let count = r.count32(MAX_HEADERS, MIN_HEADER_LEN, "header count")?;
     let mut headers = HeaderMap::with_capacity(count);
@@ -710,6 +848,12 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     for _ in 0..count {
         let at = r.pos;
         let name = r.name("header name")?;
+        if checks.is_some() {
+            if let Some(hop) = HOP_BY_HOP.iter().find(|h| **h == name.as_str()) {
+                let problem = Problem::HopByHop(hop);
+                return Err(DecodeError::malformed("header name", problem, at));
+            }
+        }
         let value = r.value("header value")?;
         if last.as_ref() != Some(&name) {
             if headers.contains_key(&name) {
@@ -747,8 +891,16 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     let start = r.pos + 4;
     let at = r.pos;
     let raw = r.bytes32("body")?;
+    let max_body = checks.map(|c| c.max_body);
+    if let Some(max) = max_body.filter(|max| !compressed && raw.len() as u64 > *max) {
+        let problem = Problem::BodyTooLarge {
+            size: raw.len() as u64,
+            max,
+        };
+        return Err(DecodeError::malformed("body", problem, at));
+    }
     let body = if compressed {
-        decompress(raw, at)?
+        decompress(raw, at, max_body)?
     } else {
         match shared {
             Some(b) if shares_body(input.len(), raw.len()) => b.slice(start..start + raw.len()),
@@ -759,6 +911,25 @@ fn decode_from(input: &[u8], shared: Option<&Bytes>) -> Result<Entry, DecodeErro
     if r.remaining() != 0 {
         let problem = Problem::TrailingBytes(r.remaining());
         return Err(DecodeError::malformed("end of value", problem, r.pos));
+    }
+
+    if checks.is_some() {
+        // Every value must be the body's length (a list of them included).
+        let body_len = body.len();
+        let bad = headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    != Some(body_len as u64)
+            });
+        if bad {
+            let problem = Problem::ContentLength { body: body_len };
+            return Err(DecodeError::malformed("header value", problem, at));
+        }
     }
 
     Ok(Entry {
@@ -793,13 +964,25 @@ fn shares_body(value: usize, body: usize) -> bool {
 #[cfg(feature = "compression")]
 const MAX_DECOMPRESSED: usize = 256 * 1024 * 1024;
 
+/// Decompresses an LZ4 body, checking the size it declares before
+/// allocating for it: against `max` (the body cap, when known; else
+/// [`MAX_DECOMPRESSED`]) and against what the compressed bytes could
+/// expand to (LZ4 expands at most about 255 times).
 #[cfg(feature = "compression")]
-fn decompress(raw: &[u8], at: usize) -> Result<Bytes, DecodeError> {
+fn decompress(raw: &[u8], at: usize, max: Option<u64>) -> Result<Bytes, DecodeError> {
     let declared = raw
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .ok_or_else(|| DecodeError::malformed("body", Problem::Compressed, at))?;
-    if declared > MAX_DECOMPRESSED {
+    if let Some(max) = max.filter(|max| declared as u64 > *max) {
+        let problem = Problem::BodyTooLarge {
+            size: declared as u64,
+            max,
+        };
+        return Err(DecodeError::malformed("body", problem, at));
+    }
+    let expandable = (raw.len() - 4).saturating_mul(256).saturating_add(64);
+    if declared > MAX_DECOMPRESSED || declared > expandable {
         return Err(DecodeError::malformed("body", Problem::Compressed, at));
     }
     lz4_flex::decompress_size_prepended(raw)
@@ -808,7 +991,7 @@ fn decompress(raw: &[u8], at: usize) -> Result<Bytes, DecodeError> {
 }
 
 #[cfg(not(feature = "compression"))]
-fn decompress(_raw: &[u8], at: usize) -> Result<Bytes, DecodeError> {
+fn decompress(_raw: &[u8], at: usize, _max: Option<u64>) -> Result<Bytes, DecodeError> {
     Err(DecodeError::malformed("body", Problem::Compressed, at))
 }
 
@@ -1329,6 +1512,18 @@ mod tests {
     /// The fuzz target's property (`fuzz/fuzz_targets/decode_entry.rs`),
     /// plus canonicity: whatever decodes re-encodes to the same bytes.
     pub(super) fn check_input(data: &[u8]) -> bool {
+        // The checks for values read back from L2 never panic either, and
+        // accept only what the format accepts.
+        let checks = Checks {
+            max_body: 1 << 20,
+            key_ok: &|k: &str| !k.is_empty(),
+        };
+        let stored = Entry::decode_stored(Bytes::copy_from_slice(data), &checks);
+        if let Err(e) = &stored {
+            let _ = e.to_string();
+        }
+        let format_ok = Entry::decode(data).is_ok();
+        assert!(stored.is_err() || format_ok, "checked decode is stricter");
         match Entry::decode(data) {
             Ok(e) => {
                 let enc = e.encode();
@@ -1637,5 +1832,291 @@ mod compression_tests {
             *b = 0xff;
         }
         assert!(Entry::decode(&junk).is_err());
+    }
+}
+
+/// The checks on values read back from a store ([`Checks`]): each kind of
+/// corrupt entry, crafted, is refused.
+#[cfg(test)]
+mod stored_checks {
+    use super::tests::{assert_same, minimal};
+    use super::*;
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+
+    const KEY: &str = "GET //h/x";
+    const T: u64 = 1_700_000_000_000;
+    const MAX_BODY: u64 = 1024 * 1024;
+
+    /// An entry as the cache stores it.
+    fn stored(body: &'static [u8]) -> Entry {
+        let mut e = minimal();
+        e.key = KEY.into();
+        e.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        e.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        e.body = Bytes::from_static(body);
+        e.timeline = Timeline {
+            stored_at: T,
+            initial_age: 2_000,
+            fresh_until: T + 60_000,
+            stale_until: T + 70_000,
+            stale_if_error_until: T + 600_000,
+            retain_until: T + 600_000,
+        };
+        e
+    }
+
+    fn decode(enc: &[u8]) -> Result<Entry, DecodeError> {
+        let key_ok = |k: &str| k == KEY;
+        let checks = Checks {
+            max_body: MAX_BODY,
+            key_ok: &key_ok,
+        };
+        Entry::decode_stored(Bytes::copy_from_slice(enc), &checks)
+    }
+
+    /// `e` is refused with a malformed error that mentions `what`, while the
+    /// format-level decoder still reads it.
+    #[track_caller]
+    fn refused(e: &Entry, what: &str) {
+        let enc = e.encode();
+        assert!(Entry::decode(&enc).is_ok(), "the format itself is fine");
+        let err = decode(&enc).unwrap_err();
+        assert!(err.is_malformed(), "{err}");
+        assert!(err.to_string().contains(what), "{what:?} not in: {err}");
+    }
+
+    #[test]
+    fn an_entry_the_cache_stores_passes() {
+        for e in [stored(b""), stored(b"hello")] {
+            let d = decode(&e.encode()).unwrap();
+            assert_same(&e, &d);
+        }
+        // No Content-Length (a 204) is fine; a list of equal values too.
+        let mut e = stored(b"");
+        e.status = StatusCode::NO_CONTENT;
+        e.headers.remove(CONTENT_LENGTH);
+        decode(&e.encode()).unwrap();
+        let mut e = stored(b"abc");
+        e.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("3, 3"));
+        decode(&e.encode()).unwrap();
+        // The edges of the status range.
+        for code in [200, 203, 206, 301, 404, 410, 599] {
+            let mut e = stored(b"x");
+            e.status = StatusCode::from_u16(code).unwrap();
+            decode(&e.encode()).unwrap();
+        }
+    }
+
+    #[test]
+    fn statuses_the_cache_never_stores_are_refused() {
+        for code in [100, 101, 199, 304, 600, 999] {
+            let mut e = stored(b"x");
+            e.status = StatusCode::from_u16(code).unwrap();
+            refused(&e, &format!("status {code} is never stored"));
+        }
+    }
+
+    #[test]
+    fn another_key_is_refused() {
+        let mut e = stored(b"x");
+        e.key = "GET //h/other".into();
+        refused(&e, "not the entry for the key that was looked up");
+        let err = decode(&e.encode()).unwrap_err();
+        assert_eq!(err.offset(), FIXED_LEN);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_refused() {
+        for name in HOP_BY_HOP {
+            let mut e = stored(b"x");
+            e.headers
+                .insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            refused(&e, &format!("hop-by-hop field `{name}`"));
+        }
+        let mut e = stored(b"x");
+        e.headers.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        refused(&e, "transfer-encoding");
+    }
+
+    #[test]
+    fn a_content_length_other_than_the_body_is_refused() {
+        for cl in ["4", "2", "", "x", "3, 4", "-3", "99999999999999999999999"] {
+            let mut e = stored(b"abc");
+            e.headers
+                .insert(CONTENT_LENGTH, HeaderValue::from_str(cl).unwrap());
+            refused(&e, "Content-Length does not match the body's 3 bytes");
+        }
+        let mut e = stored(b"abc");
+        e.headers
+            .append(CONTENT_LENGTH, HeaderValue::from_static("4"));
+        refused(&e, "Content-Length");
+    }
+
+    #[test]
+    fn insane_timelines_are_refused() {
+        let all_max = Timeline {
+            stored_at: u64::MAX,
+            initial_age: u64::MAX,
+            fresh_until: u64::MAX,
+            stale_until: u64::MAX,
+            stale_if_error_until: u64::MAX,
+            retain_until: u64::MAX,
+        };
+        // Today's wrap: the age of an all-MAX timeline.
+        assert_eq!(all_max.age_at(0), u64::MAX);
+        assert_eq!(all_max.age_at(u64::MAX), u64::MAX);
+        let ok = stored(b"x").timeline;
+        let span = MAX_TIMELINE_SPAN_MS;
+        let cases: [(Timeline, &str); 8] = [
+            (all_max, "stored_at is past year 9999"),
+            (
+                Timeline {
+                    initial_age: u64::MAX,
+                    ..ok
+                },
+                "initial_age",
+            ),
+            (
+                Timeline {
+                    fresh_until: T - 1,
+                    ..ok
+                },
+                "fresh_until is before stored_at",
+            ),
+            (
+                Timeline {
+                    stale_until: ok.fresh_until - 1,
+                    ..ok
+                },
+                "stale_until is before fresh_until",
+            ),
+            (
+                Timeline {
+                    stale_if_error_until: ok.fresh_until - 1,
+                    ..ok
+                },
+                "stale_if_error_until is before fresh_until",
+            ),
+            (
+                Timeline {
+                    retain_until: ok.stale_if_error_until - 1,
+                    ..ok
+                },
+                "retain_until is before",
+            ),
+            (
+                Timeline {
+                    fresh_until: u64::MAX,
+                    stale_until: u64::MAX,
+                    stale_if_error_until: u64::MAX,
+                    retain_until: u64::MAX,
+                    ..ok
+                },
+                "retain_until is over 1000 years after stored_at",
+            ),
+            (
+                Timeline {
+                    retain_until: T + span + 1,
+                    ..ok
+                },
+                "over 1000 years",
+            ),
+        ];
+        for (timeline, what) in cases {
+            let mut e = stored(b"x");
+            e.timeline = timeline;
+            refused(&e, what);
+            assert_eq!(decode(&e.encode()).unwrap_err().offset(), 14);
+        }
+        // The bound itself is fine.
+        let mut e = stored(b"x");
+        e.timeline.retain_until = T + span;
+        decode(&e.encode()).unwrap();
+    }
+
+    #[test]
+    fn huge_declared_lengths_and_counts_are_refused_before_allocating() {
+        // A body over the cap, stored plainly.
+        let mut e = stored(b"");
+        e.headers.remove(CONTENT_LENGTH);
+        e.body = Bytes::from(vec![b'a'; MAX_BODY as usize + 1]);
+        refused(&e, "over the cap of 1048576 bytes");
+        // Counts and lengths far beyond the input: the same errors as the
+        // format-level decoder, at once.
+        let enc = stored(b"x").encode();
+        let key_len_at = FIXED_LEN;
+        let headers_at = FIXED_LEN + 4 + KEY.len();
+        let start = std::time::Instant::now();
+        for (at, word) in [
+            (key_len_at, u32::MAX),
+            (headers_at, u32::MAX),
+            (headers_at, MAX_HEADERS as u32),
+        ] {
+            let mut v = enc.to_vec();
+            v[at..at + 4].copy_from_slice(&word.to_le_bytes());
+            let err = decode(&v).unwrap_err();
+            assert!(err.is_truncated() || err.is_malformed(), "{err}");
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// Without the feature a compressed value is refused (and kept for
+    /// the builds that can read it).
+    #[cfg(not(feature = "compression"))]
+    #[test]
+    fn a_compressed_value_is_unreadable_here() {
+        let mut enc = stored(b"x").encode().to_vec();
+        enc[5] = FLAG_COMPRESSED;
+        assert!(decode(&enc).unwrap_err().is_unreadable_here());
+    }
+
+    /// A compressed body is checked by the size it declares, before
+    /// anything is allocated: a claim over the cap (255 MiB, under the
+    /// format's own bound of 256 MiB) is refused, whatever follows.
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_huge_decompressed_size_claim_is_refused() {
+        let mut e = stored(b"");
+        let body = b"{\"odds\": [1.5, 2.25, 3.75]} ".repeat(400);
+        e.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        e.body = Bytes::from(body);
+        let packed = e.encode_with(Some(1024)).to_vec();
+        assert_eq!(packed[5] & FLAG_COMPRESSED, FLAG_COMPRESSED);
+        assert_same(&e, &decode(&packed).unwrap());
+        let body_len = lz4_flex::compress_prepend_size(&e.body).len();
+        let start = packed.len() - body_len;
+        for claim in [255u32 << 20, MAX_BODY as u32 + 1, u32::MAX] {
+            let mut bomb = packed.clone();
+            bomb[start..start + 4].copy_from_slice(&claim.to_le_bytes());
+            let err = decode(&bomb).unwrap_err();
+            assert!(err.is_malformed(), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("a body of {claim} bytes")),
+                "{err}"
+            );
+            assert!(!err.is_unreadable_here());
+        }
+        // Within the cap but more than the compressed bytes could expand
+        // to: corrupt, refused before allocating for it.
+        let mut bomb = packed.clone();
+        bomb[start..start + 4].copy_from_slice(&(MAX_BODY as u32).to_le_bytes());
+        let err = decode(&bomb[..start + 4 + 8]).map(|_| ()).unwrap_err();
+        assert!(err.is_truncated() || err.is_malformed(), "{err}");
+        // A plain 255 MiB claim refuses a 10-byte body in the public decoder too.
+        let mut tiny = stored(b"").encode().to_vec();
+        let n = tiny.len();
+        tiny[5] = FLAG_COMPRESSED;
+        tiny[n - 4..].copy_from_slice(&14u32.to_le_bytes());
+        tiny.extend_from_slice(&(255u32 << 20).to_le_bytes());
+        tiny.extend_from_slice(&[0x1f; 10]);
+        assert!(Entry::decode(&tiny).unwrap_err().is_malformed());
     }
 }

@@ -376,10 +376,12 @@ impl L2 {
                 .into_iter()
                 .zip(values)
                 .filter_map(|(k, v)| match v {
-                    Value::BulkString(b) => match Entry::decode(&b) {
-                        Ok(e) if e.path().starts_with(prefix) => Some(k),
-                        _ => None,
-                    },
+                    Value::BulkString(b) => {
+                        match Entry::decode_stored(Bytes::from(b), &self.checks(&|_| true)) {
+                            Ok(e) if e.path().starts_with(prefix) => Some(k),
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 })
                 .collect();
@@ -716,7 +718,10 @@ impl L2 {
         } else {
             (primary, raw)
         };
-        match Entry::decode_bytes(raw) {
+        // The value must be an entry this cache could have stored for the
+        // key looked up (a variant's embedded key is its URL's).
+        let key_ok = |k: &str| crate::key::readable_matches(k, primary, headers);
+        match Entry::decode_stored(raw, &self.checks(&key_ok)) {
             Ok(entry) if entry.vary_matches(headers) => Some(Arc::new(entry)),
             Ok(_) => None,
             Err(e) => {
@@ -740,6 +745,18 @@ impl L2 {
                 }
                 None
             }
+        }
+    }
+
+    /// What a value read back is checked against: the body cap, and
+    /// `key_ok` for its key.
+    fn checks<'a>(
+        &self,
+        key_ok: &'a (dyn Fn(&str) -> bool + Sync),
+    ) -> crate::store::codec::Checks<'a> {
+        crate::store::codec::Checks {
+            max_body: self.cfg.max_body_bytes,
+            key_ok,
         }
     }
 
@@ -773,7 +790,7 @@ impl L2 {
             .into_iter()
             .map(|v| match v {
                 Value::BulkString(b) if !b.starts_with(VARY_MAGIC) => {
-                    match Entry::decode_bytes(Bytes::from(b)) {
+                    match Entry::decode_stored(Bytes::from(b), &self.checks(&|_| true)) {
                         Ok(e) => Some(Arc::new(e)),
                         Err(_) => {
                             self.counters.decode_errors.incr();
