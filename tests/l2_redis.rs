@@ -406,9 +406,13 @@ async fn purges_work_on_a_cluster() {
     let cluster = RedisCluster::start(3);
     let (origin, log) =
         origin(|_, req| with_header(ok("max-age=60", req.uri().path()), "cache-tag", "group"));
+    // A generous timeout: the test counts the entries purged, so no write
+    // may be dropped for a slow reply on a busy machine (with the default
+    // 50 ms, a few were under load).
     let a = Cache::builder()
         .redis_cluster(cluster.urls())
         .namespace("p")
+        .l2_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let svc = cached(&a, origin);
@@ -426,6 +430,7 @@ async fn purges_work_on_a_cluster() {
     let b = Cache::builder()
         .redis_cluster(cluster.urls())
         .namespace("p")
+        .l2_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let r = send(
