@@ -374,15 +374,22 @@ mod tls {
     }
 
     /// Sends requests for fresh URLs (`{prefix}0`, `{prefix}1`, …) through
-    /// `svc` until `want` of their L2 writes have landed; returns those
-    /// URLs. With the default 50 ms timeout a write (or the TLS connection
-    /// it waits for) may miss its deadline on a busy machine and be dropped
-    /// by design: that URL is simply not one of the landed ones. Each
-    /// write's fate (landed or dropped) is waited for before the next.
-    async fn landed_writes(cache: &Cache, svc: &Svc, prefix: &str, want: usize) -> Vec<String> {
+    /// `svc` until `want` of their L2 writes have landed (or `budget` has
+    /// passed); returns those URLs. With the default 50 ms timeout a write
+    /// (or the TLS connection it waits for) may miss its deadline on a busy
+    /// machine and be dropped by design: that URL is simply not one of the
+    /// landed ones. Each write's fate (landed or dropped) is waited for
+    /// before the next.
+    async fn landed_writes(
+        cache: &Cache,
+        svc: &Svc,
+        prefix: &str,
+        want: usize,
+        budget: Duration,
+    ) -> Vec<String> {
         let mut landed = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for i in 0..100 {
+        let deadline = Instant::now() + budget;
+        for i in 0.. {
             // Timeouts while the TLS connection is made may open the L2
             // breaker (writes are then dropped at once): wait until it
             // lets operations through again.
@@ -410,14 +417,52 @@ mod tls {
             if cache.stats().l2_writes > before.l2_writes {
                 landed.push(url);
                 if landed.len() == want {
-                    return landed;
+                    break;
                 }
             }
         }
-        panic!(
-            "{} of {want} writes landed in 100 tries: {:?}",
-            landed.len(),
-            cache.stats()
+        landed
+    }
+
+    /// The default 50 ms budget was never met. That is a failure unless
+    /// the machine is measurably too slow for it right now: a cache with a
+    /// generous timeout times five L2 hits over the same TLS server (its
+    /// connection made first); a median above 50 ms means the budget cannot
+    /// be met here (issue 12 point 8: a busy machine is not a dead Redis),
+    /// and the test says so instead of failing.
+    async fn starved_or_fail(server: &TlsRedis, what: &str, stats: &tower_tiered_cache::Stats) {
+        let (origin, _) = origin(|_, _| ok("max-age=60", "control"));
+        let c = l2(server.insecure_url()).build().unwrap();
+        send(
+            &cached(&c, origin.clone()),
+            get("http://example.com/control"),
+        )
+        .await;
+        written(&c, 1).await;
+        let d = l2(server.insecure_url())
+            .promote_after(1_000_000)
+            .build()
+            .unwrap();
+        let svc = cached(&d, origin);
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            let t = Instant::now();
+            let r = send(&svc, get("http://example.com/control")).await;
+            assert_eq!(cache_status(&r), L2_HIT);
+            times.push(t.elapsed());
+        }
+        // The first made the connection.
+        let mut times = times.split_off(1);
+        times.sort();
+        let median = times[times.len() / 2];
+        assert!(
+            median > Duration::from_millis(50),
+            "{what}: no L2 operation met the default 50 ms timeout over TLS, though \
+             L2 hits take {median:?} here (median of {times:?}): {stats:?}"
+        );
+        eprintln!(
+            "{what}: the default 50 ms L2 budget cannot be met on this machine now \
+             (L2 hits over TLS take {median:?}, median of {times:?}); not asserted"
         );
     }
 
@@ -428,16 +473,32 @@ mod tls {
         }
         let server = TlsRedis::start();
         let (origin, log) = origin(|_, _| ok("max-age=60", "warm"));
+        let budget = Duration::from_secs(30);
         // a stores entries until five have landed in L2 (its connection is
         // then up); b connects by the same evidence (one landed write).
         let a = l2_default_timeout(server.insecure_url()).build().unwrap();
-        let stored =
-            landed_writes(&a, &cached(&a, origin.clone()), "http://example.com/a/", 5).await;
+        let stored = landed_writes(
+            &a,
+            &cached(&a, origin.clone()),
+            "http://example.com/a/",
+            5,
+            budget,
+        )
+        .await;
+        if stored.is_empty() {
+            return starved_or_fail(&server, "writes of a", &a.stats()).await;
+        }
         let b = l2_default_timeout(server.insecure_url()).build().unwrap();
         let svc = cached(&b, origin.clone());
-        landed_writes(&b, &svc, "http://example.com/b/", 1).await;
-        // Connected, a read answers within 50 ms: one of the five must be an
-        // L2 hit (a read that still misses the deadline is a miss by design).
+        if landed_writes(&b, &svc, "http://example.com/b/", 1, budget)
+            .await
+            .is_empty()
+        {
+            return starved_or_fail(&server, "writes of b", &b.stats()).await;
+        }
+        // Connected, a read answers within 50 ms: one of those stored must
+        // be an L2 hit (a read that still misses the deadline is a miss by
+        // design).
         let calls = log.calls();
         let mut seen = Vec::new();
         for url in &stored {
@@ -449,10 +510,7 @@ mod tls {
             }
             seen.push(cache_status(&r));
         }
-        panic!(
-            "no L2 hit over TLS with the default timeout once connected: {seen:?} {:?}",
-            b.stats()
-        );
+        starved_or_fail(&server, &format!("reads of b {seen:?}"), &b.stats()).await;
     }
 
     #[tokio::test]
