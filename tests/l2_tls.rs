@@ -426,10 +426,11 @@ mod tls {
 
     /// The default 50 ms budget was never met. That is a failure unless
     /// the machine is measurably too slow for it right now: a cache with a
-    /// generous timeout times five L2 hits over the same TLS server (its
-    /// connection made first); a median above 50 ms means the budget cannot
-    /// be met here (issue 12 point 8: a busy machine is not a dead Redis),
-    /// and the test says so instead of failing.
+    /// generous timeout times making its TLS connection and five L2 hits
+    /// over the same server; a connection slower than the default 500 ms
+    /// connect timeout, or a median hit above 50 ms, means the defaults
+    /// cannot be met here (issue 12 point 8: a busy machine is not a dead
+    /// Redis), and the test says so instead of failing.
     async fn starved_or_fail(server: &TlsRedis, what: &str, stats: &tower_tiered_cache::Stats) {
         let (origin, _) = origin(|_, _| ok("max-age=60", "control"));
         let c = l2(server.insecure_url()).build().unwrap();
@@ -444,6 +445,7 @@ mod tls {
             .build()
             .unwrap();
         let svc = cached(&d, origin);
+        // The first makes the connection (with a 10 s budget).
         let mut times = Vec::new();
         for _ in 0..6 {
             let t = Instant::now();
@@ -451,18 +453,19 @@ mod tls {
             assert_eq!(cache_status(&r), L2_HIT);
             times.push(t.elapsed());
         }
-        // The first made the connection.
-        let mut times = times.split_off(1);
+        let connect = times.remove(0);
         times.sort();
         let median = times[times.len() / 2];
         assert!(
-            median > Duration::from_millis(50),
-            "{what}: no L2 operation met the default 50 ms timeout over TLS, though \
-             L2 hits take {median:?} here (median of {times:?}): {stats:?}"
+            connect > Duration::from_millis(500) || median > Duration::from_millis(50),
+            "{what}: no L2 operation met the default timeouts over TLS, though \
+             connecting takes {connect:?} and L2 hits {median:?} here (median of \
+             {times:?}): {stats:?}"
         );
         eprintln!(
-            "{what}: the default 50 ms L2 budget cannot be met on this machine now \
-             (L2 hits over TLS take {median:?}, median of {times:?}); not asserted"
+            "{what}: the default L2 timeouts cannot be met on this machine now \
+             (a TLS connection takes {connect:?}, L2 hits {median:?}, median of \
+             {times:?}); not asserted"
         );
     }
 
