@@ -16,8 +16,13 @@ use crate::key::KeyHash;
 /// What the leader of a flight found.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// A response was stored: waiters answer from it.
+    /// The origin's response was stored: waiters answer from it
+    /// (`collapsed` misses: the flight reached the origin).
     Stored(Arc<Entry>),
+    /// The answer was found in a cache tier (an L1 entry stored since the
+    /// look-up, or the leader's L2 read): waiters answer from it, if its
+    /// freshness suits their own directives, as hits of that tier.
+    Cached(Arc<Entry>, crate::observe::Tier),
     /// The response could not be shared; waiters make their own calls.
     Pass,
     /// The upstream failed and the stale entry was served in its place:

@@ -22,6 +22,7 @@ use crate::cache::{
 };
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
+use crate::observe::Tier;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
 
 /// Something that answers requests: the inner service, seen by the engine.
@@ -127,8 +128,8 @@ where
                 if !plan.background {
                     let (parts, body) = req.into_parts();
                     if let Some(entry) = stored_since(&cache, &parts, &plan, now) {
-                        if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, false) {
-                            guard.complete(Outcome::Stored(entry));
+                        if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, Tier::L1) {
+                            guard.complete(Outcome::Cached(entry, Tier::L1));
                             return Ok(resp);
                         }
                     }
@@ -143,7 +144,7 @@ where
                             stale,
                             req,
                         } => {
-                            guard.complete(Outcome::Stored(entry));
+                            guard.complete(Outcome::Cached(entry, Tier::L2));
                             if stale {
                                 plan.background = true;
                                 plan.head = false;
@@ -182,8 +183,15 @@ where
                 // The answer predates this request and its directives want
                 // a newer one: the next flight (which one waiter leads) has it.
             }
+            // The leader found it in a cache tier: a hit of that tier, not
+            // a collapsed miss (nothing reached the origin).
+            Some(Outcome::Cached(entry, tier)) if entry.vary_matches(&parts.headers) => {
+                if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, tier) {
+                    return Ok(resp);
+                }
+            }
             // Another variant was fetched: this one is fetched next.
-            Some(Outcome::Stored(_)) => {}
+            Some(Outcome::Stored(_) | Outcome::Cached(..)) => {}
             Some(Outcome::StaleIfError(entry))
                 if entry.vary_matches(&parts.headers)
                     && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
@@ -203,7 +211,7 @@ where
                 if let crate::store::memory::Found::Entry(entry) =
                     s.l1.get(plan.key, &parts.headers)
                 {
-                    if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, false) {
+                    if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, Tier::L1) {
                         return Ok(resp);
                     }
                 }
@@ -390,6 +398,49 @@ fn collapsed<RB: Body>(
     }
     s.counters.coalesced.incr();
     let status = cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+    Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
+}
+
+/// A request answered from an entry a cache tier held, without the origin:
+/// found in L1 after its own look-up, or read from L2 by the leader of the
+/// flight it waited on. Counted and labelled (`Cache-Status`) as a hit of
+/// that tier, exactly as if it had found the entry there itself; `None`
+/// when the entry's freshness does not suit the request's directives.
+fn tier_hit<RB: Body>(
+    cache: &Cache,
+    entry: &Entry,
+    parts: &Parts,
+    plan: &Fetch,
+    now: u64,
+    tier: Tier,
+) -> Option<Response<CacheBody<RB>>> {
+    let s = &*cache.shared;
+    let status = match s.policy.usability(entry, &plan.directives, now) {
+        #[cfg(feature = "redis")]
+        Usability::Fresh if tier == Tier::L2 => {
+            s.counters.hits_l2.incr();
+            crate::cache::STATUS_HIT_L2
+        }
+        Usability::Fresh => {
+            // With observability on, the label's counter is the count (as
+            // for a hit found by the look-up, see `decide`).
+            if !s.obs.cfg.enabled {
+                s.counters.hits_l1.incr();
+            }
+            crate::cache::STATUS_HIT_L1
+        }
+        Usability::Stale => {
+            s.counters.stale.incr();
+            let staleness = now
+                .saturating_sub(entry.timeline.fresh_until)
+                .div_ceil(1000);
+            cache_status(format_args!(
+                "hit; ttl=-{staleness}; detail={}",
+                tier.as_str()
+            ))
+        }
+        Usability::Revalidate | Usability::Unusable => return None,
+    };
     Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
 }
 
@@ -1087,7 +1138,7 @@ pub(crate) fn spawn_refresh<B, U>(
                     if fresh && found.timeline.stored_at > old.timeline.stored_at {
                         s.l1.replace_if(plan.key, old, Arc::clone(&found), &headers);
                         s.counters.refresh_ok.incr();
-                        guard.complete(Outcome::Stored(found));
+                        guard.complete(Outcome::Cached(found, Tier::L2));
                         return;
                     }
                 }
@@ -1129,7 +1180,7 @@ pub(crate) fn spawn_refresh<B, U>(
                 };
             if !tracing::Span::current().is_disabled() {
                 let result = match &outcome {
-                    Outcome::Stored(_) => "refreshed",
+                    Outcome::Stored(_) | Outcome::Cached(..) => "refreshed",
                     Outcome::Pass => "dropped",
                     _ => "failed",
                 };

@@ -137,8 +137,11 @@ pub struct Stats {
     pub misses: u64,
     /// Requests answered from a stored entry after a 304 from the upstream.
     pub revalidated: u64,
-    /// Requests that waited for another request's upstream call and were
-    /// answered from its result.
+    /// Requests that waited for another request's call to the origin and
+    /// were answered from its response (`Cache-Status: fwd=…; collapsed`):
+    /// misses that did not call the origin themselves. A request that
+    /// waited on a flight whose leader found the entry in a cache tier (L1,
+    /// or its L2 read) is a hit of that tier instead (`hits_l1`/`hits_l2`).
     pub coalesced: u64,
     /// Requests that went through uncached (method, route bypass, policy,
     /// hit-for-pass).
@@ -213,8 +216,15 @@ pub struct Stats {
     /// Every upstream breaker that is not closed, by label, with its state
     /// and since when (see [`Cache::upstream_breakers`](crate::Cache::upstream_breakers)).
     pub upstream_breakers: Vec<crate::UpstreamBreaker>,
-    /// `(hits + stale) / (hits + stale + misses + revalidated + coalesced)`;
-    /// 0 before the first lookup.
+    /// The share of lookups answered without the origin:
+    /// `(hits + stale) / (hits + stale + misses + revalidated + coalesced)`,
+    /// 0 before the first lookup. Passes, `unavailable` and `cancelled`
+    /// requests are not lookups. A request answered from a cache tier is a
+    /// hit of that tier even when it waited on another request's flight;
+    /// only waiters on a flight that reached the origin are `coalesced`.
+    /// The per-label, window, shared, Prometheus (`tower_cache_hit_ratio`)
+    /// and OpenTelemetry (`cache.requests` by `cache.result`) figures use the
+    /// same definition.
     pub hit_ratio: f64,
     /// The last five minutes (hit ratio beside the totals above).
     pub window: crate::observe::WindowStats,

@@ -308,14 +308,44 @@ async fn a_master_killed_under_load(kill: usize, ns: &str, restart: bool) {
         .l2_circuit_breaker(3, Duration::from_millis(300))
         .build()
         .unwrap();
-    let svc = cached(&cache, origin);
+    let svc = cached(&cache, origin.clone());
     const KEYS: usize = 40;
     let key_url = |k: usize| format!("http://example.com/k{k}");
-    // Every key in L2 first, some on the master that will die.
-    for k in 0..KEYS {
-        send(&svc, get(&key_url(k))).await;
+    // Every key in L2 first, some on the master that will die: written by
+    // another instance, with a generous timeout, until the cluster holds
+    // them all (a write that still times out is dropped by design; a new
+    // writer's round stores again only what is missing).
+    let stored =
+        |cluster: &RedisCluster| (0..3).map(|i| keys_on(cluster, i, ns).len()).sum::<usize>();
+    let mut rounds = 0;
+    while stored(&cluster) < KEYS {
+        rounds += 1;
+        assert!(
+            rounds <= 5,
+            "{} of {KEYS} keys in L2 after 5 rounds",
+            stored(&cluster)
+        );
+        let writer = on(cluster.urls(), ns)
+            .l2_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let w = cached(&writer, origin.clone());
+        for k in 0..KEYS {
+            send(&w, get(&key_url(k))).await;
+        }
+        // Every write this round tried has landed or been dropped.
+        let tried = writer.stats().stores;
+        assert!(
+            within(Duration::from_secs(30), || {
+                let st = writer.stats();
+                st.l2_writes + st.l2_writes_dropped >= tried
+            })
+            .await,
+            "writes neither landed nor dropped: {:?}",
+            writer.stats()
+        );
     }
-    written(&cache, KEYS as u64).await;
+    assert_eq!(stored(&cluster), KEYS, "only the entries, once each");
     let on_victim = keys_on(&cluster, kill, ns).len();
     assert!(on_victim > 0, "no key on node {kill}");
 

@@ -43,8 +43,11 @@ mod tls {
     /// is 50-200 ms, so under the default 50 ms `l2_timeout` the first
     /// lookups of a new instance are timeouts (misses). See
     /// [`with_the_default_l2_timeout_l2_hits_once_connected`].
+    /// A generous L2 timeout: the first operation makes the TLS connection,
+    /// whose handshake (a debug build of rustls) took over a second with
+    /// the cores busy (load 12).
     fn l2(url: String) -> CacheBuilder {
-        l2_default_timeout(url).l2_timeout(Duration::from_secs(1))
+        l2_default_timeout(url).l2_timeout(Duration::from_secs(10))
     }
 
     fn l2_default_timeout(url: String) -> CacheBuilder {
@@ -370,6 +373,102 @@ mod tls {
         assert_eq!(keys.text().lines().count(), 1, "{keys:?}");
     }
 
+    /// Sends requests for fresh URLs (`{prefix}0`, `{prefix}1`, …) through
+    /// `svc` until `want` of their L2 writes have landed (or `budget` has
+    /// passed); returns those URLs. With the default 50 ms timeout a write
+    /// (or the TLS connection it waits for) may miss its deadline on a busy
+    /// machine and be dropped by design: that URL is simply not one of the
+    /// landed ones. Each write's fate (landed or dropped) is waited for
+    /// before the next.
+    async fn landed_writes(
+        cache: &Cache,
+        svc: &Svc,
+        prefix: &str,
+        want: usize,
+        budget: Duration,
+    ) -> Vec<String> {
+        let mut landed = Vec::new();
+        let deadline = Instant::now() + budget;
+        for i in 0.. {
+            // Timeouts while the TLS connection is made may open the L2
+            // breaker (writes are then dropped at once): wait until it
+            // lets operations through again.
+            let closed = within(Duration::from_secs(30), || {
+                cache.stats().l2_breaker != Some(tower_tiered_cache::BreakerState::Open)
+            })
+            .await;
+            assert!(closed, "the L2 breaker stayed open: {:?}", cache.stats());
+            if Instant::now() > deadline {
+                break;
+            }
+            let url = format!("{prefix}{i}");
+            let before = cache.stats();
+            send(svc, get(&url)).await;
+            let settled = within(Duration::from_secs(10), || {
+                let st = cache.stats();
+                st.l2_writes + st.l2_writes_dropped > before.l2_writes + before.l2_writes_dropped
+            })
+            .await;
+            assert!(
+                settled,
+                "a write neither landed nor dropped: {:?}",
+                cache.stats()
+            );
+            if cache.stats().l2_writes > before.l2_writes {
+                landed.push(url);
+                if landed.len() == want {
+                    break;
+                }
+            }
+        }
+        landed
+    }
+
+    /// The default 50 ms budget was never met. That is a failure unless
+    /// the machine is measurably too slow for it right now: a cache with a
+    /// generous timeout times making its TLS connection and five L2 hits
+    /// over the same server; a connection slower than the default 500 ms
+    /// connect timeout, or a median hit above 50 ms, means the defaults
+    /// cannot be met here (issue 12 point 8: a busy machine is not a dead
+    /// Redis), and the test says so instead of failing.
+    async fn starved_or_fail(server: &TlsRedis, what: &str, stats: &tower_tiered_cache::Stats) {
+        let (origin, _) = origin(|_, _| ok("max-age=60", "control"));
+        let c = l2(server.insecure_url()).build().unwrap();
+        send(
+            &cached(&c, origin.clone()),
+            get("http://example.com/control"),
+        )
+        .await;
+        written(&c, 1).await;
+        let d = l2(server.insecure_url())
+            .promote_after(1_000_000)
+            .build()
+            .unwrap();
+        let svc = cached(&d, origin);
+        // The first makes the connection (with a 10 s budget).
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            let t = Instant::now();
+            let r = send(&svc, get("http://example.com/control")).await;
+            assert_eq!(cache_status(&r), L2_HIT);
+            times.push(t.elapsed());
+        }
+        let connect = times.remove(0);
+        times.sort();
+        let median = times[times.len() / 2];
+        assert!(
+            connect > Duration::from_millis(500) || median > Duration::from_millis(50),
+            "{what}: no L2 operation met the default timeouts over TLS, though \
+             connecting takes {connect:?} and L2 hits {median:?} here (median of \
+             {times:?}): {stats:?}"
+        );
+        eprintln!(
+            "{what}: the default L2 timeouts cannot be met on this machine now \
+             (a TLS connection takes {connect:?}, L2 hits {median:?}, median of \
+             {times:?}); not asserted"
+        );
+    }
+
     #[tokio::test]
     async fn with_the_default_l2_timeout_l2_hits_once_connected() {
         if skip() {
@@ -377,34 +476,44 @@ mod tls {
         }
         let server = TlsRedis::start();
         let (origin, log) = origin(|_, _| ok("max-age=60", "warm"));
-        // On a busy machine a write (or read) may miss the 50 ms deadline
-        // while the TLS connection is made: that is a dropped write (or a
-        // miss), by design. Each try uses fresh instances; one must hit.
-        let mut last = String::new();
-        for attempt in 0..5 {
-            let a = l2_default_timeout(server.insecure_url()).build().unwrap();
-            send(&cached(&a, origin.clone()), get(URL)).await;
-            if !eventually(|| a.stats().l2_writes >= 1).await {
-                last = format!("attempt {attempt}: write dropped: {:?}", a.stats());
-                continue;
-            }
-            let b = l2_default_timeout(server.insecure_url()).build().unwrap();
-            let svc = cached(&b, origin.clone());
-            // A miss (maybe a timeout while connecting); once its write has
-            // landed the connection is up.
-            send(&svc, get("http://example.com/warm-up")).await;
-            if !eventually(|| b.stats().l2_writes >= 1).await {
-                last = format!("attempt {attempt}: not connected: {:?}", b.stats());
-                continue;
-            }
-            let r = send(&svc, get(URL)).await;
+        let budget = Duration::from_secs(30);
+        // a stores entries until five have landed in L2 (its connection is
+        // then up); b connects by the same evidence (one landed write).
+        let a = l2_default_timeout(server.insecure_url()).build().unwrap();
+        let stored = landed_writes(
+            &a,
+            &cached(&a, origin.clone()),
+            "http://example.com/a/",
+            5,
+            budget,
+        )
+        .await;
+        if stored.is_empty() {
+            return starved_or_fail(&server, "writes of a", &a.stats()).await;
+        }
+        let b = l2_default_timeout(server.insecure_url()).build().unwrap();
+        let svc = cached(&b, origin.clone());
+        if landed_writes(&b, &svc, "http://example.com/b/", 1, budget)
+            .await
+            .is_empty()
+        {
+            return starved_or_fail(&server, "writes of b", &b.stats()).await;
+        }
+        // Connected, a read answers within 50 ms: one of those stored must
+        // be an L2 hit (a read that still misses the deadline is a miss by
+        // design).
+        let calls = log.calls();
+        let mut seen = Vec::new();
+        for url in &stored {
+            let r = send(&svc, get(url)).await;
             if cache_status(&r) == L2_HIT {
-                assert!(log.calls() <= 2 * (attempt + 1), "{}", log.calls());
+                assert_eq!(body(r).await, "warm");
+                assert_eq!(log.calls(), calls + seen.len(), "an L2 hit calls no origin");
                 return;
             }
-            last = format!("attempt {attempt}: {}: {:?}", cache_status(&r), b.stats());
+            seen.push(cache_status(&r));
         }
-        panic!("no L2 hit over TLS with the default timeout in 5 tries; last: {last}");
+        starved_or_fail(&server, &format!("reads of b {seen:?}"), &b.stats()).await;
     }
 
     #[tokio::test]

@@ -159,7 +159,8 @@ async fn concurrent_cold_misses_make_one_origin_call() {
 
 /// A miss decided before another request's flight stored the answer and
 /// ended (the gap between `call` and the first poll, wide under load) is
-/// answered from that answer, not with a second origin call.
+/// answered from that answer, not with a second origin call: an L1 hit (it
+/// found the entry in L1 and reached no origin), not a collapsed miss.
 #[tokio::test]
 async fn a_miss_joining_after_a_finished_flight_uses_its_answer() {
     use tower::{Service, ServiceExt};
@@ -177,15 +178,16 @@ async fn a_miss_joining_after_a_finished_flight_uses_its_answer() {
     assert_eq!(body(first).await, "answer 0");
 
     let r = late.await.unwrap();
-    assert_eq!(
-        cache_status(&r),
-        "tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1"
-    );
+    assert_eq!(cache_status(&r), "tower-tiered-cache; hit; detail=l1");
     assert_eq!(body(r).await, "answer 0");
     assert_eq!(log.calls(), 1);
     let st = cache.stats();
-    assert_eq!((st.misses, st.coalesced, st.upstream_calls), (1, 1, 1));
+    assert_eq!(
+        (st.misses, st.hits_l1, st.coalesced, st.upstream_calls),
+        (1, 1, 0, 1)
+    );
     assert_eq!(st.requests, 2);
+    assert!((st.hit_ratio - 0.5).abs() < 1e-9, "{}", st.hit_ratio);
 }
 
 // ---------------------------------------------------------------------------

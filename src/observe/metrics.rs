@@ -244,7 +244,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
         }),
         (
             "cache.coalesced",
-            "Requests answered from another request's upstream call",
+            "Requests answered from another request's call to the origin",
             |s| s.counters.coalesced.get(),
         ),
         (

@@ -36,7 +36,10 @@ impl Cache {
     /// - counters: `tower_cache_requests_total{result,tier,label}` (per
     ///   label; `result` is `hit`, `stale`, `miss`, `coalesced`,
     ///   `revalidated` or `pass`, `tier` is `l1` or `l2` for hits and
-    ///   `none` otherwise), `tower_cache_stale_served_total`,
+    ///   `none` otherwise; a request answered from a cache tier while it
+    ///   waited on another request's flight is a `hit` of that tier,
+    ///   `coalesced` only when the flight reached the origin),
+    ///   `tower_cache_stale_served_total`,
     ///   `tower_cache_coalesced_total`, `tower_cache_stores_total`,
     ///   `tower_cache_evictions_total`, `tower_cache_promotions_total`,
     ///   `tower_cache_upstream_calls_total`,
@@ -49,7 +52,9 @@ impl Cache {
     /// - gauges: `tower_cache_l1_entries`, `tower_cache_l1_bytes`,
     ///   `tower_cache_l1_capacity_bytes`, `tower_cache_in_flight`,
     ///   `tower_cache_hit_ratio`, `tower_cache_window_hit_ratio` (the last
-    ///   five minutes), `tower_cache_health{status}` (1 for the current
+    ///   five minutes; both the share of lookups answered without the
+    ///   origin, see [`Stats::hit_ratio`](crate::Stats::hit_ratio)),
+    ///   `tower_cache_health{status}` (1 for the current
     ///   status, 0 for the others), `tower_cache_upstream_breaker_open`
     ///   (1 while any upstream breaker is open),
     ///   `tower_cache_upstream_breaker_state{label,state}` (per label whose

@@ -29,15 +29,17 @@ pub struct LabelStats {
     pub misses: u64,
     /// Revalidated with a 304.
     pub revalidated: u64,
-    /// Answered from another request's upstream call.
+    /// Answered from another request's call to the origin (a `collapsed`
+    /// miss; see [`Stats::coalesced`](crate::Stats::coalesced)).
     pub coalesced: u64,
     /// Passed through uncached.
     pub passes: u64,
     /// Dropped before their answer (client timeout or gone) while the
     /// cache was fetching: neither hits nor misses.
     pub cancelled: u64,
+    /// The share of lookups answered without the origin:
     /// `(hits + stale) / lookups`, where lookups are all but passes (and
-    /// cancelled requests).
+    /// cancelled requests); as [`Stats::hit_ratio`](crate::Stats::hit_ratio).
     pub hit_ratio: f64,
     /// Mean time in the cache layer per lookup (to the response head, the
     /// upstream call included for misses), ms. Passes are not timed.
@@ -170,7 +172,9 @@ pub struct WindowStats {
     pub served: u64,
     /// Requests passed through.
     pub passes: u64,
-    /// `served / lookups`; 0 with no lookups.
+    /// `served / lookups`, the share of the window's lookups answered
+    /// without the origin (as [`Stats::hit_ratio`](crate::Stats::hit_ratio));
+    /// 0 with no lookups.
     pub hit_ratio: f64,
 }
 

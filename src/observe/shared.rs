@@ -87,7 +87,8 @@ pub struct SharedStats {
     pub misses: u64,
     /// Revalidated with a 304.
     pub revalidated: u64,
-    /// Answered from another request's upstream call.
+    /// Answered from another request's call to the origin (a `collapsed`
+    /// miss; see [`Stats::coalesced`](crate::Stats::coalesced)).
     pub coalesced: u64,
     /// Passed through.
     pub passes: u64,
@@ -95,7 +96,9 @@ pub struct SharedStats {
     pub upstream_calls: u64,
     /// Responses stored.
     pub stores: u64,
-    /// `(hits + stale) / lookups`.
+    /// The share of lookups answered without the origin,
+    /// `(hits + stale) / lookups`, as
+    /// [`Stats::hit_ratio`](crate::Stats::hit_ratio).
     pub hit_ratio: f64,
     /// Per label (labels as each instance named them), busiest first.
     pub labels: Vec<SharedLabelStats>,
