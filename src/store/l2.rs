@@ -1203,9 +1203,14 @@ impl L2 {
             .await;
     }
 
-    /// Deletes keys (all variants are separate keys).
+    /// Deletes keys (all variants are separate keys), with the variant
+    /// index of each (the variants themselves are orphaned with their
+    /// marker and expire).
     pub(crate) async fn delete(&self, keys: Vec<KeyHash>) {
-        let keys = keys.into_iter().map(|k| self.redis_key(k)).collect();
+        let keys = keys
+            .into_iter()
+            .flat_map(|k| [self.redis_key(k), self.variant_index_key(k)])
+            .collect();
         self.delete_keys(keys).await;
     }
 }
@@ -1411,6 +1416,95 @@ mod tests {
         let got = l2.get_many(&keys[..5]).await;
         assert!(got[3].is_none() && got[4].is_some());
         assert_eq!(l2.counters.decode_errors.get(), 1);
+    }
+
+    /// `total_reads_processed` of `INFO stats`: read events, one per round
+    /// trip of a small pipeline.
+    fn reads(server: &redis_support::RedisServer) -> u64 {
+        let info = server.cli(&["INFO", "stats"]);
+        info.text()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.parse().ok())
+            .expect("total_reads_processed")
+    }
+
+    /// An entry varying on `user-agent`, stored for `ua`.
+    fn variant(ua: &str, now: u64) -> (Arc<Entry>, HeaderMap) {
+        let mut e = Arc::unwrap_or_clone(entry(&format!("page for {ua}"), now));
+        let name = HeaderName::from_static("user-agent");
+        let value = http::HeaderValue::from_str(ua).unwrap();
+        e.vary = Box::new([(name.clone(), Box::new([value.clone()]) as Box<[_]>)]);
+        let mut h = HeaderMap::new();
+        h.insert(name, value);
+        (Arc::new(e), h)
+    }
+
+    /// Waits (at most 10 s) until `n` writes were settled.
+    async fn settled(l2: &L2, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while l2.counters.writes.get() + l2.counters.writes_dropped.get() < n {
+            assert!(std::time::Instant::now() < deadline, "writes not settled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vary_write_is_one_round_trip_and_a_queued_batch_one_pipeline() {
+        if redis_support::skip_if_no_redis() {
+            return;
+        }
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let now = SystemClock.now_millis();
+        // Connect (and subscribe) first.
+        let (e, h) = variant("warm-up", now);
+        l2.enqueue(KeyHash(1), &e, &h, now);
+        settled(&l2, 1).await;
+        assert_eq!(l2.counters.writes.get(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !l2.subscribed() {
+            assert!(std::time::Instant::now() < deadline, "not subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // One write at a time, each waited for: one round trip each (the
+        // INFO read between writes is one more read event).
+        // Reading the counter costs read events of its own (the command,
+        // the CLI connection's close): measured while nothing else runs.
+        let idle = reads(&server);
+        let overhead = reads(&server) - idle;
+        const ONE_BY_ONE: u64 = 10;
+        let before = reads(&server);
+        for i in 0..ONE_BY_ONE {
+            let (e, h) = variant(&format!("agent-{i}"), now);
+            l2.enqueue(KeyHash(1), &e, &h, now);
+            settled(&l2, 2 + i).await;
+        }
+        let per_write = (reads(&server) - before - overhead) as f64 / ONE_BY_ONE as f64;
+        assert_eq!(l2.counters.writes.get(), 1 + ONE_BY_ONE);
+        assert!(
+            per_write <= 1.0,
+            "{per_write} round trips per Vary write (value, marker, tag index, announcement)"
+        );
+
+        // A burst: the writer drains what is queued into few pipelines.
+        const BURST: u64 = 16;
+        let before = reads(&server);
+        for i in 0..BURST {
+            let (e, h) = variant(&format!("burst-{i}"), now);
+            l2.enqueue(KeyHash(2 + u128::from(i % 4)), &e, &h, now);
+        }
+        settled(&l2, 1 + ONE_BY_ONE + BURST).await;
+        let trips = reads(&server) - before - overhead;
+        assert_eq!(l2.counters.writes.get(), 1 + ONE_BY_ONE + BURST);
+        assert!(
+            trips <= BURST / 4,
+            "{trips} round trips for {BURST} queued writes"
+        );
+        // Every variant landed: the marker's generation and the index.
+        let cap = server.cli(&["ZCARD", &l2.variant_index_key(KeyHash(1))]);
+        assert_eq!(cap.text().trim(), (1 + ONE_BY_ONE).to_string());
     }
 
     #[tokio::test]
