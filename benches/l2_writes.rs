@@ -74,7 +74,8 @@ async fn burst(cache: &Cache) -> (u64, u64, f64) {
         ))));
         r.headers_mut()
             .insert("cache-control", "max-age=300".parse().unwrap());
-        r.headers_mut().insert("vary", "user-agent".parse().unwrap());
+        r.headers_mut()
+            .insert("vary", "user-agent".parse().unwrap());
         Ok::<_, Infallible>(r)
     });
     let svc = CacheLayer::new(cache.clone()).layer(origin);
@@ -143,9 +144,7 @@ fn l2_writes(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .warm_up_time(Duration::from_secs(1))
         .throughput(Throughput::Elements((CLIENTS * AGENTS) as u64));
-    g.bench_function("vary_burst_1280", |b| {
-        b.iter(|| rt.block_on(burst(&cache)))
-    });
+    g.bench_function("vary_burst_1280", |b| b.iter(|| rt.block_on(burst(&cache))));
     g.finish();
     let s = cache.stats();
     println!(

@@ -475,8 +475,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The most variants (`Vary`) kept per URL (default 32); the oldest is
-    /// dropped beyond it.
+    /// The most variants (`Vary`) kept per URL (default 32), in L1 and in
+    /// L2; the oldest is dropped beyond it.
     pub fn max_variants(mut self, n: usize) -> Self {
         self.max_variants = n;
         self
@@ -833,7 +833,7 @@ impl CacheBuilder {
     }
 
     /// The prefix of every L2 key (default `ttc`), so several services can
-    /// share one Redis: keys are `{namespace}:{format}:{key hash}`.
+    /// share one Redis: keys are `{namespace}:{format}:{{key hash}}`.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{skip_if_no_redis, RedisCluster, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder};
 
@@ -183,4 +183,56 @@ async fn variants_in_redis_stay_within_max_variants_and_the_newest_are_kept() {
         }
     }
     assert_eq!(log.calls(), SENT + SENT - MAX);
+}
+
+#[tokio::test]
+async fn variants_are_written_and_bounded_on_a_three_master_cluster() {
+    if skip_if_no_redis() {
+        return;
+    }
+    // A URL's marker, variants and variant index share its hash tag, so
+    // the one script that writes them runs on the URL's node.
+    const MAX: usize = 3;
+    const URLS: usize = 12;
+    const SENT: usize = 5;
+    let cluster = RedisCluster::start(3);
+    let (origin, log) = origin(by_agent);
+    let build = || {
+        Cache::builder()
+            .redis_cluster(cluster.urls())
+            .namespace("w")
+            .l2_timeout(Duration::from_millis(500))
+            .max_variants(MAX)
+            .build()
+            .unwrap()
+    };
+    let a = build();
+    let svc = cached(&a, origin.clone());
+    for u in 0..SENT {
+        for i in 0..URLS {
+            let url = format!("http://example.com/c{i}");
+            send(
+                &svc,
+                get_with(&url, &[("user-agent", &format!("agent-{u}"))]),
+            )
+            .await;
+        }
+        // One generation of variants at a time: "oldest" is well defined.
+        written(&a, ((u + 1) * URLS) as u64).await;
+    }
+    let s = a.stats();
+    assert_eq!(s.l2_writes_dropped, 0, "{s:?}");
+    assert_eq!(s.l2_variants_evicted, ((SENT - MAX) * URLS) as u64);
+    let b = build();
+    let svc_b = cached(&b, origin);
+    for i in 0..URLS {
+        let url = format!("http://example.com/c{i}");
+        for u in SENT - MAX..SENT {
+            let ua = format!("agent-{u}");
+            let r = send(&svc_b, get_with(&url, &[("user-agent", &ua)])).await;
+            assert_eq!(cache_status(&r), L2_HIT, "{url} {ua}");
+            assert_eq!(body(r).await, format!("/c{i} for {ua}"));
+        }
+    }
+    assert_eq!(log.calls(), SENT * URLS);
 }
