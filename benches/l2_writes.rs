@@ -15,8 +15,13 @@
 //! round: writes landed, writes dropped, and the write throughput (writes
 //! landed per second from the first request to the last write settled).
 //! The group `l2_writes` then times one burst (`vary_burst_1280`, fresh
-//! URLs every iteration, until every write is settled); criterion's
-//! throughput line is writes per second.
+//! URLs every iteration, until every write is settled: landed or dropped)
+//! and prints the writes landed and dropped over all its iterations.
+//! Criterion's throughput line counts the 1 280 writes of a burst whether
+//! they landed or were dropped (a dropped write settles at once): read it
+//! with the dropped count next to it; the per-round lines count only
+//! writes that landed. Both are bounded by how fast the 32 clients make
+//! requests on the same two workers, not only by the writer.
 //!
 //! Run with `cargo bench --features redis --bench l2_writes` (needs
 //! `redis-server` and `redis-cli` on `PATH`; without them the bench prints
