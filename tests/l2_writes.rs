@@ -59,6 +59,13 @@ async fn settled(cache: &Cache, n: u64) {
     }
 }
 
+/// Waits until `n` L2 writes have landed; fails after 30 s.
+async fn landed(cache: &Cache, n: u64) {
+    settled(cache, n).await;
+    let s = cache.stats();
+    assert!(s.l2_writes >= n, "writes dropped: {s:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vary_user_agent_load_drops_at_most_one_percent_and_every_variant_is_in_l2() {
     if skip_if_no_redis() {
@@ -156,7 +163,7 @@ async fn variants_in_redis_stay_within_max_variants_and_the_newest_are_kept() {
         )
         .await;
         // One at a time: "oldest" is well defined.
-        written(&a, u as u64 + 1).await;
+        landed(&a, u as u64 + 1).await;
     }
     // The marker, the variant index and at most MAX variants (no tag
     // index: the responses have no tags).
@@ -218,7 +225,7 @@ async fn variants_are_written_and_bounded_on_a_three_master_cluster() {
             .await;
         }
         // One generation of variants at a time: "oldest" is well defined.
-        written(&a, ((u + 1) * URLS) as u64).await;
+        landed(&a, ((u + 1) * URLS) as u64).await;
     }
     let s = a.stats();
     assert_eq!(s.l2_writes_dropped, 0, "{s:?}");

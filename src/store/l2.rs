@@ -1498,8 +1498,10 @@ mod tests {
         settled(&l2, 1 + ONE_BY_ONE + BURST).await;
         let trips = reads(&server) - before - overhead;
         assert_eq!(l2.counters.writes.get(), 1 + ONE_BY_ONE + BURST);
+        println!("{per_write} round trips per write one by one, {trips} for a burst of {BURST}");
+        // One pipeline (a few read events: Redis reads 16 KiB at a time).
         assert!(
-            trips <= BURST / 4,
+            trips <= BURST / 2,
             "{trips} round trips for {BURST} queued writes"
         );
         // Every variant landed: the marker's generation and the index.
