@@ -475,8 +475,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The most variants (`Vary`) kept per URL (default 32); the oldest is
-    /// dropped beyond it.
+    /// The most variants (`Vary`) kept per URL (default 32), in L1 and in
+    /// L2; the oldest is dropped beyond it.
     pub fn max_variants(mut self, n: usize) -> Self {
         self.max_variants = n;
         self
@@ -833,7 +833,7 @@ impl CacheBuilder {
     }
 
     /// The prefix of every L2 key (default `ttc`), so several services can
-    /// share one Redis: keys are `{namespace}:{format}:{key hash}`.
+    /// share one Redis: keys are `{namespace}:{format}:{{key hash}}`.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
@@ -1207,6 +1207,7 @@ impl CacheBuilder {
             max_body_bytes: self.max_body,
             compress_over: l2.compress_over,
             warnings: self.observe.log.warnings(),
+            max_variants: self.max_variants,
         };
         crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
             .map(|l2| Some(Arc::new(l2)))
@@ -1306,6 +1307,7 @@ impl Cache {
             l2_decode_errors: 0,
             l2_writes: 0,
             l2_writes_dropped: 0,
+            l2_variants_evicted: 0,
             promotions: 0,
             l2_breaker: None,
             l2_subscribed: false,
@@ -1334,6 +1336,7 @@ impl Cache {
             stats.l2_breaker = Some(l2.breaker.state(now));
             stats.l2_subscribed = l2.subscribed();
             stats.l2_messages_received = c.messages_received.get();
+            stats.l2_variants_evicted = c.variants_evicted.get();
         }
         stats.requests = stats.hits
             + stats.stale

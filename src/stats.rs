@@ -198,6 +198,9 @@ pub struct Stats {
     pub l2_writes: u64,
     /// L2 writes dropped (queue full, L2 down or timed out).
     pub l2_writes_dropped: u64,
+    /// Variants deleted from L2 to keep a URL within `max_variants`
+    /// (the oldest go first, as in L1).
+    pub l2_variants_evicted: u64,
     /// L2 entries copied into L1 after `promote_after` hits.
     pub promotions: u64,
     /// The L2 circuit breaker's state; `None` without an L2 tier.

@@ -269,7 +269,7 @@ async fn redis_operations_are_exported_as_db_client_spans_and_durations() {
         .wait_for_spans(
             |s| {
                 s.iter().any(|s| s.name == "cache.lookup")
-                    && s.iter().any(|s| s.name == "SET")
+                    && s.iter().any(|s| s.name == "PIPELINE SET")
                     && s.iter().any(|s| s.name == "GET")
             },
             WAIT,
@@ -298,7 +298,11 @@ async fn redis_operations_are_exported_as_db_client_spans_and_durations() {
         "inside the request"
     );
     assert_eq!(get_span.trace_id, lookup.trace_id);
-    let set_span = redis.iter().find(|s| s.name == "SET").expect("a SET span");
+    // The write and its announcement: one pipeline.
+    let set_span = redis
+        .iter()
+        .find(|s| s.name == "PIPELINE SET")
+        .expect("a PIPELINE SET span");
     assert!(
         set_span.parent_span_id.is_empty(),
         "written off the request"
@@ -314,7 +318,7 @@ async fn redis_operations_are_exported_as_db_client_spans_and_durations() {
     assert_eq!(ops.kind, MetricKind::Histogram);
     assert_eq!(ops.unit, "s");
     assert_eq!(ops.scope, SCOPE);
-    for op in ["GET", "SET", "PUBLISH"] {
+    for op in ["GET", "PIPELINE SET"] {
         let p = point(
             &ops,
             &[

@@ -29,11 +29,62 @@ use crate::store::redis::{RedisStore, RedisTarget, StoreError};
 /// next marker has a new generation.
 const VARY_MAGIC: &[u8; 4] = b"TTV\x02";
 
-/// The key variants of a URL are derived from, in one generation.
-fn generation_key(primary: KeyHash, generation: u64) -> KeyHash {
-    let g = u128::from(generation);
-    KeyHash(primary.0 ^ (g | g << 64))
+/// Lowercase hex of `bytes`, in order.
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
+
+/// Writes one variant of a URL whose responses vary, atomically and in one
+/// command (so a batch of writes is one pipeline):
+///
+/// - `KEYS[1]` the URL's marker, `KEYS[2]` its variant index (a sorted set
+///   of variant keys by first write), both under the URL's hash tag;
+/// - `ARGV`: a fresh marker (magic, new generation, names), the TTL in
+///   ms, the variant's hash (hex), the encoded entry, the most variants
+///   kept, and the write's time (the index's score).
+///
+/// A missing marker, or one naming other headers, is replaced by the fresh
+/// one (and the index emptied: the old generation's variants are orphans);
+/// otherwise its TTL is stretched to the variant's. The variant's key is
+/// `{marker}:{generation hex}:{variant hash}` (what `lookup` reads). Beyond
+/// the most variants kept, the oldest are deleted (as L1 does). Returns how
+/// many were.
+const VARIANT_SCRIPT: &str = r"
+local m = redis.call('GET', KEYS[1])
+local fresh = ARGV[1]
+if (not m) or string.sub(m, 1, 4) ~= string.sub(fresh, 1, 4)
+    or string.sub(m, 13) ~= string.sub(fresh, 13) or string.len(m) < 12 then
+  redis.call('SET', KEYS[1], fresh, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  m = fresh
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+end
+local g = ''
+for i = 5, 12 do g = g .. string.format('%02x', string.byte(m, i)) end
+local vkey = KEYS[1] .. ':' .. g .. ':' .. ARGV[3]
+redis.call('SET', vkey, ARGV[4], 'PX', ARGV[2])
+local evicted = 0
+if redis.call('ZADD', KEYS[2], 'NX', ARGV[6], vkey) == 1 then
+  local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', KEYS[2], over)
+    for i = 1, #old, 2 do
+      redis.call('DEL', old[i])
+      evicted = evicted + 1
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT')
+redis.call('PEXPIRE', KEYS[2], ARGV[2], 'NX')
+return evicted
+";
 
 /// `(generation, names)` of a marker, or `None` if it is not one.
 fn parse_marker(raw: &[u8]) -> Option<(u64, Vec<HeaderName>)> {
@@ -79,6 +130,8 @@ pub(crate) struct L2Config {
     pub(crate) compress_over: Option<usize>,
     /// Log warnings (L2 down and back, undecodable values).
     pub(crate) warnings: bool,
+    /// The most variants (`Vary`) kept per URL, as in L1.
+    pub(crate) max_variants: usize,
 }
 
 /// L2 counters.
@@ -91,6 +144,8 @@ pub(crate) struct L2Counters {
     pub(crate) writes_dropped: Counter,
     pub(crate) promotions: Counter,
     pub(crate) messages_received: Counter,
+    /// Variants deleted from L2 to keep a URL within `max_variants`.
+    pub(crate) variants_evicted: Counter,
 }
 
 /// One entry's writes: its key(s), tag index additions, and the key to
@@ -112,6 +167,13 @@ struct Job {
 
 /// The most encoded bytes that may wait in the write queue.
 const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most queued jobs the writer sends in one pipeline.
+const BATCH_JOBS: usize = 64;
+
+/// The most queued bytes (entry weights) the writer sends in one pipeline
+/// (a larger job goes alone).
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Orders writes and invalidations (see `Job::seq`).
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -610,7 +672,9 @@ impl L2 {
         }
     }
 
-    /// `{namespace}:{format}:{hash}`.
+    /// `{namespace}:{format}:{{hash}}`: the hash is the key's hash tag, so
+    /// on a cluster a URL's marker, variants and variant index share a slot
+    /// (one script writes them together).
     pub(crate) fn redis_key(&self, key: KeyHash) -> String {
         // On every lookup: the prefix is made once, the hash written as hex
         // by hand (`format!` of a u128 costs ten times as much).
@@ -622,11 +686,37 @@ impl L2 {
         for (i, digit) in hex.iter_mut().enumerate() {
             *digit = HEX[((key.0 >> ((31 - i) * 4)) & 0xf) as usize];
         }
-        let mut out = String::with_capacity(prefix.len() + 32);
+        let mut out = String::with_capacity(prefix.len() + 34);
         out.push_str(prefix);
+        out.push('{');
         // Hex digits are ASCII.
         out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        out.push('}');
         out
+    }
+
+    /// The index of `primary`'s variants: `{namespace}:vi:{{hash}}`, in the
+    /// marker's slot but outside `{namespace}:{format}:*` (which prefix
+    /// invalidation reads as entries).
+    fn variant_index_key(&self, primary: KeyHash) -> String {
+        format!("{}:vi:{{{:032x}}}", self.cfg.namespace, primary.0)
+    }
+
+    /// The key of the variant these request headers select, under the
+    /// marker's generation (`VARIANT_SCRIPT` makes the same).
+    fn variant_redis_key(
+        &self,
+        primary: KeyHash,
+        generation: u64,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+    ) -> String {
+        format!(
+            "{}:{}:{:032x}",
+            self.redis_key(primary),
+            hex(&generation.to_le_bytes()),
+            variant_hash(primary, names, headers).0
+        )
     }
 
     /// Runs one L2 operation under the timeout and the breaker. `None`
@@ -689,7 +779,11 @@ impl L2 {
     }
 
     async fn get(&self, key: KeyHash) -> Option<Bytes> {
-        let cmd = redis::Cmd::get(self.redis_key(key));
+        self.get_key(self.redis_key(key)).await
+    }
+
+    async fn get_key(&self, key: String) -> Option<Bytes> {
+        let cmd = redis::Cmd::get(key);
         match self
             .guarded(self.read_allowance(), self.store.query(&cmd))
             .await?
@@ -707,16 +801,17 @@ impl L2 {
     ) -> Option<Arc<Entry>> {
         self.ensure_subscriber();
         let raw = self.get(primary).await?;
-        let (slot, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
+        let (slot, slot_key, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
             let Some((generation, names)) = parse_marker(&raw) else {
                 self.counters.decode_errors.incr();
                 self.spawn_delete(primary);
                 return None;
             };
-            let secondary = variant_hash(generation_key(primary, generation), &names, headers);
-            (secondary, self.get(secondary).await?)
+            let secondary = variant_hash(primary, &names, headers);
+            let key = self.variant_redis_key(primary, generation, &names, headers);
+            (secondary, key.clone(), self.get_key(key).await?)
         } else {
-            (primary, raw)
+            (primary, self.redis_key(primary), raw)
         };
         // The value must be an entry this cache could have stored for the
         // key looked up (a variant's embedded key is its URL's).
@@ -731,7 +826,7 @@ impl L2 {
                     if self.cfg.warnings {
                         tracing::warn!(
                             target: "tower_tiered_cache",
-                            key = %self.redis_key(slot),
+                            key = %slot_key,
                             error = %e,
                             "undecodable L2 value"
                         );
@@ -741,7 +836,7 @@ impl L2 {
                 // lacks the feature) is left alone; garbage is deleted, off
                 // the request path.
                 if !e.is_unreadable_here() {
-                    self.spawn_delete(slot);
+                    self.spawn_delete_key(slot_key);
                 }
                 None
             }
@@ -761,10 +856,14 @@ impl L2 {
     }
 
     fn spawn_delete(self: &Arc<Self>, key: KeyHash) {
+        self.spawn_delete_key(self.redis_key(key));
+    }
+
+    fn spawn_delete_key(self: &Arc<Self>, key: String) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let l2 = Arc::clone(self);
             handle.spawn(async move {
-                l2.delete(vec![key]).await;
+                l2.delete_keys(vec![key]).await;
             });
         }
     }
@@ -950,23 +1049,46 @@ impl L2 {
         let (tx, mut rx) = mpsc::channel::<Job>(self.cfg.write_queue.max(1));
         let weak = Arc::downgrade(self);
         handle.spawn(async move {
-            let mut batch: Vec<Job> = Vec::with_capacity(64);
-            while rx.recv_many(&mut batch, 64).await > 0 {
+            // Whatever is queued goes out together: up to `BATCH_JOBS` jobs
+            // and `BATCH_BYTES` bytes per pipeline.
+            let mut queued: Vec<Job> = Vec::with_capacity(BATCH_JOBS);
+            while rx.recv_many(&mut queued, BATCH_JOBS).await > 0 {
                 let Some(l2) = weak.upgrade() else { return };
-                l2.write(std::mem::take(&mut batch)).await;
+                let mut jobs = std::mem::take(&mut queued).into_iter().peekable();
+                while jobs.peek().is_some() {
+                    let mut batch = Vec::new();
+                    let mut bytes = 0u64;
+                    while let Some(job) =
+                        jobs.next_if(|j| batch.is_empty() || bytes + j.reserved <= BATCH_BYTES)
+                    {
+                        bytes += job.reserved;
+                        batch.push(job);
+                    }
+                    l2.write(batch).await;
+                }
             }
         });
         *slot = Some(tx.clone());
         Some(tx)
     }
 
-    /// Writes a batch of jobs in one pipeline (per-key commands on a
-    /// cluster), then tells the other instances to drop their L1 copies.
+    /// Writes a batch of jobs and tells the other instances to drop their
+    /// L1 copies: on one node, all of it (values, `Vary` markers and
+    /// variant indexes, tag indexes, announcements) is one pipeline, one
+    /// round trip; on a cluster, one command per key (each to its slot's
+    /// node, concurrently), then the announcements.
     async fn write(&self, jobs: Vec<Job>) {
         let released: u64 = jobs.iter().map(|j| j.reserved).sum();
-        let mut sets: Vec<(String, Bytes, u64)> = Vec::with_capacity(jobs.len());
-        let mut tagged: Vec<(String, String, u64)> = Vec::new();
+        let now = self.clock.now_millis();
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(jobs.len() + 8);
+        // Replies of `VARIANT_SCRIPT` (variants evicted) are at these places.
+        let mut scripts: Vec<usize> = Vec::new();
+        // Tag index additions, by tag key: (member, expiry).
+        let mut tagged: std::collections::BTreeMap<String, Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
         let mut announce = Vec::with_capacity(jobs.len());
+        let mut bytes = 0usize;
+        let cap = self.cfg.max_variants.max(1);
         for job in &jobs {
             if self.superseded(job) {
                 // An invalidation came after this write was queued.
@@ -974,54 +1096,59 @@ impl L2 {
                 continue;
             }
             let value = job.entry.encode_with(self.cfg.compress_over);
-            let key = match &job.vary_headers {
-                None => self.redis_key(job.announce),
+            bytes += value.len();
+            // What a tag index points at: the entry's key, or for a variant
+            // its URL's marker (deleting it orphans every variant).
+            let member = self.redis_key(job.announce);
+            match &job.vary_headers {
+                None => {
+                    let mut c = redis::cmd("SET");
+                    c.arg(&member).arg(value.as_ref()).arg("PX").arg(job.px);
+                    cmds.push(c);
+                }
                 Some(h) => {
                     let names: Vec<HeaderName> =
                         job.entry.vary.iter().map(|(n, _)| n.clone()).collect();
-                    match self.variant_key(job.announce, &names, h, job.px).await {
-                        Some(k) => k,
-                        None => {
-                            self.counters.writes_dropped.incr();
-                            continue;
-                        }
-                    }
+                    let fresh = marker(instance_id(), &names);
+                    let variant = variant_hash(job.announce, &names, h);
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(VARIANT_SCRIPT)
+                        .arg(2)
+                        .arg(&member)
+                        .arg(self.variant_index_key(job.announce))
+                        .arg(fresh.as_ref())
+                        .arg(job.px)
+                        .arg(format!("{:032x}", variant.0))
+                        .arg(value.as_ref())
+                        .arg(cap)
+                        .arg(now);
+                    scripts.push(cmds.len());
+                    cmds.push(c);
                 }
-            };
-            for tag in job.entry.tags.iter() {
-                tagged.push((self.tag_key(tag), key.clone(), job.px));
             }
-            sets.push((key, value, job.px));
+            for tag in job.entry.tags.iter() {
+                tagged
+                    .entry(self.tag_key(tag))
+                    .or_default()
+                    .push((member.clone(), now.saturating_add(job.px)));
+            }
             announce.push(job.announce);
         }
         self.queued_bytes.fetch_sub(released, Ordering::AcqRel);
-        if sets.is_empty() {
+        if announce.is_empty() {
             return;
         }
-        let n = sets.len() as u64;
-        let bytes: usize = sets.iter().map(|(_, v, _)| v.len()).sum();
-        // Large values get more time: 1 ms per 64 KiB on top of the timeout.
-        let extra = Duration::from_millis((bytes / (64 * 1024)) as u64);
-        let now = self.clock.now_millis();
-        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(sets.len() + tagged.len() * 3);
-        for (key, value, px) in &sets {
-            let mut c = redis::cmd("SET");
-            c.arg(key).arg(value.as_ref()).arg("PX").arg(*px);
-            cmds.push(c);
-        }
-        for (tag_key, member, px) in &tagged {
+        let n = announce.len() as u64;
+        for (tag_key, members) in &tagged {
             // A sorted set scored by each member's expiry: expired members
             // are trimmed on every write, so an index never outgrows its
             // live entries; it expires with its longest-lived member.
-            let until = now + px;
-            cmds.push(
-                redis::cmd("ZADD")
-                    .arg(tag_key)
-                    .arg("GT")
-                    .arg(until)
-                    .arg(member)
-                    .clone(),
-            );
+            let mut add = redis::cmd("ZADD");
+            add.arg(tag_key).arg("GT");
+            for (member, until) in members {
+                add.arg(*until).arg(member);
+            }
+            cmds.push(add);
             cmds.push(
                 redis::cmd("ZREMRANGEBYSCORE")
                     .arg(tag_key)
@@ -1029,85 +1156,56 @@ impl L2 {
                     .arg(now)
                     .clone(),
             );
-            cmds.push(
-                redis::cmd("PEXPIREAT")
-                    .arg(tag_key)
-                    .arg(until)
-                    .arg("GT")
-                    .clone(),
-            );
-            cmds.push(
-                redis::cmd("PEXPIREAT")
-                    .arg(tag_key)
-                    .arg(until)
-                    .arg("NX")
-                    .clone(),
-            );
+            let until = members.iter().map(|(_, u)| *u).max().unwrap_or(now);
+            for flag in ["GT", "NX"] {
+                cmds.push(
+                    redis::cmd("PEXPIREAT")
+                        .arg(tag_key)
+                        .arg(until)
+                        .arg(flag)
+                        .clone(),
+                );
+            }
         }
-        let ok = self
-            .guarded(extra, self.store.query_many(cmds))
-            .await
-            .is_some();
-        // Announce even a failed batch: some of it may have landed.
-        self.publish_many(announce.into_iter().map(Message::Key).collect())
-            .await;
-        // Counted once announced, so "written" means other instances know.
-        if ok {
-            self.counters.writes.add(n);
+        // The time a batch may take: the timeout, 1 ms per 64 KiB of values
+        // and 1 ms per 16 commands on top.
+        let extra = Duration::from_millis((bytes / (64 * 1024)) as u64 + (cmds.len() / 16) as u64);
+        let channel = self.channel();
+        let publishes = announce.iter().map(|k| {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(Message::Key(*k).encode(self.instance))
+                .clone()
+        });
+        let written = if self.store.is_cluster() {
+            // Commands on a cluster go out concurrently: announce after the
+            // writes, so no instance rereads the old value (even a failed
+            // batch: some of it may have landed).
+            let written = self.guarded(extra, self.store.query_many(cmds)).await;
+            let _ = self
+                .guarded(Duration::ZERO, self.store.query_many(publishes.collect()))
+                .await;
+            written
         } else {
-            self.counters.writes_dropped.add(n);
-        }
-    }
-
-    /// The key of a variant under the URL's current marker generation: the
-    /// marker is created (a fresh generation) if there is none, replaced if
-    /// it names other headers, and kept alive as long as the variant.
-    async fn variant_key(
-        &self,
-        primary: KeyHash,
-        names: &[HeaderName],
-        headers: &HeaderMap,
-        px: u64,
-    ) -> Option<String> {
-        let marker_key = self.redis_key(primary);
-        let fresh = instance_id();
-        let mut create = redis::cmd("SET");
-        create
-            .arg(&marker_key)
-            .arg(marker(fresh, names).as_ref())
-            .arg("NX")
-            .arg("PX")
-            .arg(px);
-        let _ = self
-            .guarded(Duration::ZERO, self.store.query(&create))
-            .await?;
-        let current = self
-            .guarded(
-                Duration::ZERO,
-                self.store.query(&redis::Cmd::get(&marker_key)),
-            )
-            .await?;
-        let generation = match current {
-            Value::BulkString(b) => match parse_marker(&b) {
-                Some((g, stored)) if stored == names => g,
-                _ => {
-                    // Another shape (or not a marker): this response's Vary wins.
-                    let mut set = redis::cmd("SET");
-                    set.arg(&marker_key)
-                        .arg(marker(fresh, names).as_ref())
-                        .arg("PX")
-                        .arg(px);
-                    self.guarded(Duration::ZERO, self.store.query(&set)).await?;
-                    fresh
-                }
-            },
-            _ => return None,
+            // One pipeline, run in order: the announcements after the writes.
+            cmds.extend(publishes);
+            self.guarded(extra, self.store.query_many(cmds)).await
         };
-        let mut keep = redis::cmd("PEXPIRE");
-        keep.arg(&marker_key).arg(px).arg("GT");
-        let _ = self.guarded(Duration::ZERO, self.store.query(&keep)).await;
-        let secondary = variant_hash(generation_key(primary, generation), names, headers);
-        Some(self.redis_key(secondary))
+        // Counted once announced, so "written" means other instances know.
+        match written {
+            Some(replies) => {
+                self.counters.writes.add(n);
+                let evicted: i64 = scripts
+                    .iter()
+                    .filter_map(|&i| match replies.get(i) {
+                        Some(Value::Int(e)) => Some(*e),
+                        _ => None,
+                    })
+                    .sum();
+                self.counters.variants_evicted.add(evicted.max(0) as u64);
+            }
+            None => self.counters.writes_dropped.add(n),
+        }
     }
 
     /// Deletes keys (all variants are separate keys) and tells the other
@@ -1122,9 +1220,14 @@ impl L2 {
             .await;
     }
 
-    /// Deletes keys (all variants are separate keys).
+    /// Deletes keys (all variants are separate keys), with the variant
+    /// index of each (the variants themselves are orphaned with their
+    /// marker and expire).
     pub(crate) async fn delete(&self, keys: Vec<KeyHash>) {
-        let keys = keys.into_iter().map(|k| self.redis_key(k)).collect();
+        let keys = keys
+            .into_iter()
+            .flat_map(|k| [self.redis_key(k), self.variant_index_key(k)])
+            .collect();
         self.delete_keys(keys).await;
     }
 }
@@ -1282,6 +1385,7 @@ mod tests {
                 max_body_bytes: 1 << 20,
                 compress_over: Some(1024),
                 warnings: false,
+                max_variants: 32,
             },
             Arc::new(SystemClock),
         )
@@ -1331,6 +1435,97 @@ mod tests {
         assert_eq!(l2.counters.decode_errors.get(), 1);
     }
 
+    /// `total_reads_processed` of `INFO stats`: read events, one per round
+    /// trip of a small pipeline.
+    fn reads(server: &redis_support::RedisServer) -> u64 {
+        let info = server.cli(&["INFO", "stats"]);
+        info.text()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.parse().ok())
+            .expect("total_reads_processed")
+    }
+
+    /// An entry varying on `user-agent`, stored for `ua`.
+    fn variant(ua: &str, now: u64) -> (Arc<Entry>, HeaderMap) {
+        let mut e = Arc::unwrap_or_clone(entry(&format!("page for {ua}"), now));
+        let name = HeaderName::from_static("user-agent");
+        let value = http::HeaderValue::from_str(ua).unwrap();
+        e.vary = Box::new([(name.clone(), Box::new([value.clone()]) as Box<[_]>)]);
+        let mut h = HeaderMap::new();
+        h.insert(name, value);
+        (Arc::new(e), h)
+    }
+
+    /// Waits (at most 10 s) until `n` writes were settled.
+    async fn settled(l2: &L2, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while l2.counters.writes.get() + l2.counters.writes_dropped.get() < n {
+            assert!(std::time::Instant::now() < deadline, "writes not settled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vary_write_is_one_round_trip_and_a_queued_batch_one_pipeline() {
+        if redis_support::skip_if_no_redis() {
+            return;
+        }
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let now = SystemClock.now_millis();
+        // Connect (and subscribe) first.
+        let (e, h) = variant("warm-up", now);
+        l2.enqueue(KeyHash(1), &e, &h, now);
+        settled(&l2, 1).await;
+        assert_eq!(l2.counters.writes.get(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !l2.subscribed() {
+            assert!(std::time::Instant::now() < deadline, "not subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // One write at a time, each waited for: one round trip each (the
+        // INFO read between writes is one more read event).
+        // Reading the counter costs read events of its own (the command,
+        // the CLI connection's close): measured while nothing else runs.
+        let idle = reads(&server);
+        let overhead = reads(&server) - idle;
+        const ONE_BY_ONE: u64 = 10;
+        let before = reads(&server);
+        for i in 0..ONE_BY_ONE {
+            let (e, h) = variant(&format!("agent-{i}"), now);
+            l2.enqueue(KeyHash(1), &e, &h, now);
+            settled(&l2, 2 + i).await;
+        }
+        let per_write = (reads(&server) - before - overhead) as f64 / ONE_BY_ONE as f64;
+        assert_eq!(l2.counters.writes.get(), 1 + ONE_BY_ONE);
+        assert!(
+            per_write <= 1.0,
+            "{per_write} round trips per Vary write (value, marker, tag index, announcement)"
+        );
+
+        // A burst: the writer drains what is queued into few pipelines.
+        const BURST: u64 = 16;
+        let before = reads(&server);
+        for i in 0..BURST {
+            let (e, h) = variant(&format!("burst-{i}"), now);
+            l2.enqueue(KeyHash(2 + u128::from(i % 4)), &e, &h, now);
+        }
+        settled(&l2, 1 + ONE_BY_ONE + BURST).await;
+        let trips = reads(&server) - before - overhead;
+        assert_eq!(l2.counters.writes.get(), 1 + ONE_BY_ONE + BURST);
+        println!("{per_write} round trips per write one by one, {trips} for a burst of {BURST}");
+        // One pipeline (a few read events: Redis reads 16 KiB at a time).
+        assert!(
+            trips <= BURST / 2,
+            "{trips} round trips for {BURST} queued writes"
+        );
+        // Every variant landed: the marker's generation and the index.
+        let cap = server.cli(&["ZCARD", &l2.variant_index_key(KeyHash(1))]);
+        assert_eq!(cap.text().trim(), (1 + ONE_BY_ONE).to_string());
+    }
+
     #[tokio::test]
     async fn batch_operations_against_a_dead_server_fail_fast() {
         let l2 = l2("redis://127.0.0.1:1/".into());
@@ -1352,10 +1547,10 @@ mod tests {
     fn redis_keys_are_namespace_format_and_hash() {
         let l2 = l2("redis://127.0.0.1:1/".into());
         let k = KeyHash(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
-        assert_eq!(l2.redis_key(k), format!("batch:{FORMAT_VERSION}:{k}"));
+        assert_eq!(l2.redis_key(k), format!("batch:{FORMAT_VERSION}:{{{k}}}"));
         assert_eq!(
             l2.redis_key(KeyHash(1)),
-            format!("batch:{FORMAT_VERSION}:{:032x}", 1)
+            format!("batch:{FORMAT_VERSION}:{{{:032x}}}", 1)
         );
     }
 
