@@ -790,3 +790,46 @@ async fn an_invalidation_right_after_a_store_is_not_undone_by_the_queued_write()
         assert_eq!(log.calls(), 2);
     }
 }
+
+/// An `l2_timeout` longer than redis-rs's own 500 ms response timeout is
+/// the one that applies: a read that takes 900 ms (Redis paused) under a
+/// 5 s `l2_timeout` is an L2 hit, not an error.
+#[tokio::test]
+async fn an_l2_timeout_over_half_a_second_is_honoured() {
+    if skip_if_no_redis() {
+        return;
+    }
+    let server = RedisServer::start();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "slow redis"));
+    let patient = || {
+        Cache::builder()
+            .redis(server.url())
+            .namespace("t")
+            .l2_timeout(Duration::from_secs(5))
+    };
+    let a = patient().build().unwrap();
+    send(&cached(&a, origin.clone()), get(URL)).await;
+    written(&a, 1).await;
+
+    let b = patient().build().unwrap();
+    let svc = cached(&b, origin);
+    // Connect first, so only the read waits.
+    send(&svc, get("http://example.com/connect")).await;
+    assert!(
+        eventually(|| b.stats().l2_writes >= 1).await,
+        "{:?}",
+        b.stats()
+    );
+    let paused = server.cli(&["CLIENT", "PAUSE", "900", "ALL"]);
+    assert!(paused.text().contains("OK"), "{paused:?}");
+    let started = Instant::now();
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), L2_HIT, "{:?}", b.stats());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.stats().l2_errors, 0);
+    assert_eq!(log.calls(), 2, "the paused read did not go to the origin");
+}

@@ -196,6 +196,10 @@ impl RedisStore {
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
+            // Every operation is bounded by the tier's own deadline
+            // (`l2_timeout`, scaled by size): redis-rs's 500 ms default
+            // would cut longer ones short and call them errors.
+            .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let c = ConnectionManager::new_lazy_with_config((*client).clone(), config)?;
