@@ -1347,6 +1347,17 @@ impl Cache {
         stats
     }
 
+    /// L2 writes queued and not yet written or dropped (0 without an L2
+    /// tier): 0 means every entry stored so far has reached Redis or was
+    /// counted in `l2_writes_dropped` (tests, graceful shutdown).
+    pub fn l2_pending_writes(&self) -> u64 {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            return l2.pending_writes();
+        }
+        0
+    }
+
     /// Sets the request counters, per-label stats, latency histograms and
     /// the rolling window back to zero (tier sizes are unaffected).
     pub fn reset_stats(&self) {

@@ -188,6 +188,8 @@ pub(crate) struct L2 {
     queued_bytes: AtomicU64,
     /// The sequence number of the last `clear`.
     cleared_seq: AtomicU64,
+    /// Writes queued or being written (`Cache::l2_pending_writes`).
+    pending: AtomicU64,
     /// The last `INFO` subset, and whether a fetch is under way.
     info: Mutex<Option<crate::stats::RedisInfo>>,
     info_fetching: AtomicBool,
@@ -224,6 +226,7 @@ impl L2 {
             invalidated: QuickCache::new(100_000),
             queued_bytes: AtomicU64::new(0),
             cleared_seq: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             info: Mutex::new(None),
             info_fetching: AtomicBool::new(false),
             cfg,
@@ -873,7 +876,9 @@ impl L2 {
             seq: SEQ.fetch_add(1, Ordering::AcqRel),
             reserved: size,
         };
+        self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(tx) = self.sender() else {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.counters.writes_dropped.incr();
             return;
@@ -882,9 +887,15 @@ impl L2 {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.queued_bytes.fetch_sub(job.reserved, Ordering::AcqRel);
             self.counters.writes_dropped.incr();
         }
+    }
+
+    /// Writes queued by `enqueue` and not yet written or dropped.
+    pub(crate) fn pending_writes(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Records an invalidation of `key`: queued writes of it made before
@@ -936,7 +947,9 @@ impl L2 {
             let mut batch: Vec<Job> = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 let Some(l2) = weak.upgrade() else { return };
+                let n = batch.len() as u64;
                 l2.write(std::mem::take(&mut batch)).await;
+                l2.pending.fetch_sub(n, Ordering::AcqRel);
             }
         });
         *slot = Some(tx.clone());
