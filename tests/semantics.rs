@@ -7,10 +7,10 @@
 
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
-mod redis_support;
+pub(crate) mod redis_support;
 mod support;
 #[path = "support/tiers.rs"]
-mod tiers;
+pub(crate) mod tiers;
 
 /// The tier configuration this copy of the suite runs on. `semantics_l2.rs`
 /// and `semantics_both.rs` include this file as a module and set their own

@@ -4,13 +4,11 @@
 //! `redis-server` binary (its own, on a free port).
 #![cfg(feature = "redis")]
 
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/tiers.rs"]
-mod tiers;
+#[path = "semantics.rs"]
+mod suite;
+
+// The suite's helpers reach these as `crate::…`.
+use suite::{redis_support, tiers};
 
 /// The configuration the included suite reads as `crate::TIERS`.
 const TIERS: tiers::Tiers = tiers::Tiers::Both;
-
-#[path = "semantics.rs"]
-mod suite;
