@@ -1530,8 +1530,15 @@ impl Cache {
         if let Some(l2) = &self.shared.l2 {
             // Off the request path; without a runtime there is nothing to run it on.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                // Until the DEL lands, a read of the key here is a miss
+                // (as it is in L1 at once).
+                l2.note_invalidated(key);
+                l2.begin_delete(key);
                 let l2 = Arc::clone(l2);
-                handle.spawn(async move { l2.delete_and_announce(vec![key]).await });
+                handle.spawn(async move {
+                    l2.delete_and_announce(vec![key]).await;
+                    l2.end_delete(key);
+                });
             }
         }
         if removed {

@@ -358,9 +358,16 @@ async fn from_l2<B, RB: Body>(
     // An invalidation arriving while the read is in flight must not be
     // undone by promoting (or re-storing) what was read.
     let since = crate::store::l2::L2::seq_now();
+    if l2.deleting(plan.key) {
+        return L2Answer::NotServed(req, plan);
+    }
     let Some(found) = l2.lookup(plan.key, req.headers()).await else {
         return L2Answer::NotServed(req, plan);
     };
+    if l2.deleting(plan.key) {
+        // Invalidated here while the read was in flight.
+        return L2Answer::NotServed(req, plan);
+    }
     let now = cache.now();
     let newer = plan
         .prior

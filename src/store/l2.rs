@@ -190,6 +190,9 @@ pub(crate) struct L2 {
     cleared_seq: AtomicU64,
     /// Writes queued or being written (`Cache::l2_pending_writes`).
     pending: AtomicU64,
+    /// Keys invalidated here whose `DEL` has not completed yet (bounded):
+    /// a read meanwhile must not serve what was invalidated.
+    deleting: QuickCache<KeyHash, ()>,
     /// The last `INFO` subset, and whether a fetch is under way.
     info: Mutex<Option<crate::stats::RedisInfo>>,
     info_fetching: AtomicBool,
@@ -227,6 +230,7 @@ impl L2 {
             queued_bytes: AtomicU64::new(0),
             cleared_seq: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            deleting: QuickCache::new(10_000),
             info: Mutex::new(None),
             info_fetching: AtomicBool::new(false),
             cfg,
@@ -891,6 +895,21 @@ impl L2 {
             self.queued_bytes.fetch_sub(job.reserved, Ordering::AcqRel);
             self.counters.writes_dropped.incr();
         }
+    }
+
+    /// Marks `key` as being deleted (until `end_delete`).
+    pub(crate) fn begin_delete(&self, key: KeyHash) {
+        self.deleting.insert(key, ());
+    }
+
+    /// The `DEL` of `key` completed (or failed).
+    pub(crate) fn end_delete(&self, key: KeyHash) {
+        self.deleting.remove(&key);
+    }
+
+    /// Whether this instance invalidated `key` and its `DEL` is under way.
+    pub(crate) fn deleting(&self, key: KeyHash) -> bool {
+        self.deleting.get(&key).is_some()
     }
 
     /// Writes queued by `enqueue` and not yet written or dropped.
