@@ -1394,9 +1394,11 @@ impl Cache {
         stats
     }
 
-    /// L2 writes queued and not yet written or dropped (0 without an L2
-    /// tier): 0 means every entry stored so far has reached Redis or was
-    /// counted in `l2_writes_dropped` (tests, graceful shutdown).
+    /// L2 writes (entries, and deletes of invalidated keys) queued and not
+    /// yet done or dropped (0 without an L2 tier): 0 means every entry
+    /// stored so far has reached Redis or was counted in
+    /// `l2_writes_dropped`, and every invalidation was applied to Redis
+    /// (tests, graceful shutdown).
     pub fn l2_pending_writes(&self) -> u64 {
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.l2 {
@@ -1535,9 +1537,14 @@ impl Cache {
                 l2.note_invalidated(key);
                 l2.begin_delete(key);
                 let l2 = Arc::clone(l2);
+                let shared = Arc::clone(&self.shared);
                 handle.spawn(async move {
-                    l2.delete_and_announce(vec![key]).await;
+                    let deleted = l2.delete_and_announce(vec![key]).await;
                     l2.end_delete(key);
+                    // Counted once, whichever tiers held it.
+                    if !removed && deleted > 0 {
+                        shared.counters.invalidations.incr();
+                    }
                 });
             }
         }

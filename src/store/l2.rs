@@ -603,16 +603,26 @@ impl L2 {
         batches
     }
 
-    async fn delete_keys(&self, keys: Vec<String>) {
+    /// Deletes keys; returns how many existed.
+    async fn delete_keys(&self, keys: Vec<String>) -> u64 {
+        let mut deleted = 0;
         for chunk in keys.chunks(500) {
             let cmds = chunk
                 .iter()
                 .map(|k| redis::cmd("DEL").arg(k).clone())
                 .collect();
-            let _ = self
+            if let Some(replies) = self
                 .guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
-                .await;
+                .await
+            {
+                for r in replies {
+                    if let redis::Value::Int(n) = r {
+                        deleted += n.max(0) as u64;
+                    }
+                }
+            }
         }
+        deleted
     }
 
     /// `{namespace}:{format}:{hash}`.
@@ -899,12 +909,14 @@ impl L2 {
 
     /// Marks `key` as being deleted (until `end_delete`).
     pub(crate) fn begin_delete(&self, key: KeyHash) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         self.deleting.insert(key, ());
     }
 
     /// The `DEL` of `key` completed (or failed).
     pub(crate) fn end_delete(&self, key: KeyHash) {
         self.deleting.remove(&key);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether this instance invalidated `key` and its `DEL` is under way.
@@ -1127,20 +1139,21 @@ impl L2 {
 
     /// Deletes keys (all variants are separate keys) and tells the other
     /// instances.
-    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) {
+    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) -> u64 {
         for k in &keys {
             self.note_invalidated(*k);
         }
         let announce = keys.clone();
-        self.delete(keys).await;
+        let deleted = self.delete(keys).await;
         self.publish_many(announce.into_iter().map(Message::Key).collect())
             .await;
+        deleted
     }
 
     /// Deletes keys (all variants are separate keys).
-    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) {
+    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) -> u64 {
         let keys = keys.into_iter().map(|k| self.redis_key(k)).collect();
-        self.delete_keys(keys).await;
+        self.delete_keys(keys).await
     }
 }
 
