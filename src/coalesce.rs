@@ -18,6 +18,10 @@ use crate::key::KeyHash;
 pub(crate) enum Outcome {
     /// A response was stored: waiters answer from it.
     Stored(Arc<Entry>),
+    /// The leader found this entry in L2: each waiter judges it as its own
+    /// find (`Cache::judge`), as it would judge the same entry in L1.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Found(Arc<Entry>),
     /// The response could not be shared; waiters make their own calls.
     Pass,
     /// The upstream failed and the stale entry was served in its place:

@@ -157,7 +157,7 @@ where
                             refresh,
                             req,
                         } => {
-                            guard.complete(Outcome::Stored(entry));
+                            guard.complete(Outcome::Found(entry));
                             if let Some(refresh) = refresh {
                                 up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
                             }
@@ -203,6 +203,40 @@ where
             }
             // Another variant was fetched: this one is fetched next.
             Some(Outcome::Stored(_)) => {}
+            #[cfg(feature = "redis")]
+            Some(Outcome::Found(entry))
+                if entry.vary_matches(&parts.headers)
+                    && now < entry.timeline.retain_until
+                    && plan
+                        .prior
+                        .as_ref()
+                        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at) =>
+            {
+                // Read from L2 by the leader: judged as this request's own
+                // find (not promoted again: `since` 0).
+                let span = tracing::Span::current();
+                match cache.judge::<U::Body>(
+                    entry,
+                    Tier::L2 { since: 0 },
+                    &parts,
+                    *plan,
+                    now,
+                    &span,
+                ) {
+                    Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => return Ok(resp),
+                    Ok(Answered::Stale(resp, refresh) | Answered::Refresh(resp, refresh)) => {
+                        let req = Request::from_parts(parts, body);
+                        up.refresh(cache.clone(), req, refresh, &span);
+                        return Ok(resp);
+                    }
+                    Err(p) => {
+                        // Not usable as is: the next flight revalidates it.
+                        plan = Box::new(p);
+                        plan.l2_lookup = false;
+                    }
+                }
+            }
+            Some(Outcome::Found(_)) => {}
             Some(Outcome::StaleIfError(entry))
                 if entry.vary_matches(&parts.headers)
                     && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
@@ -361,7 +395,12 @@ async fn from_l2<B, RB: Body>(
     if l2.deleting(plan.key) {
         return L2Answer::NotServed(req, plan);
     }
-    let Some(found) = l2.lookup(plan.key, req.headers()).await else {
+    let mut varied = false;
+    let Some(found) = l2.lookup_varied(plan.key, req.headers(), &mut varied).await else {
+        if varied && plan.prior.is_none() {
+            // Other variants are stored: as L1 says for the same request.
+            plan.fwd = "vary-miss";
+        }
         return L2Answer::NotServed(req, plan);
     };
     if l2.deleting(plan.key) {

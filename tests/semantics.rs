@@ -118,12 +118,19 @@ async fn miss_then_hit() {
     let st = cache.stats();
     assert_eq!(st.requests, 2);
     assert_eq!(st.hits, 1);
-    assert_eq!(st.hits_l1, 1);
+    // Tier-specific figures: with L2 only, the hit is an L2 hit and L1
+    // holds nothing (by construction of that configuration).
+    if crate::TIERS.l1_holds() {
+        assert_eq!(st.hits_l1, 1);
+        assert_eq!(st.l1_entries, 1);
+        assert!(st.l1_bytes > 0);
+    } else {
+        assert_eq!(st.hits_l2, 1);
+        assert_eq!(st.l1_entries, 0);
+    }
     assert_eq!(st.misses, 1);
     assert_eq!(st.stores, 1);
     assert_eq!(st.upstream_calls, 1);
-    assert_eq!(st.l1_entries, 1);
-    assert!(st.l1_bytes > 0);
     assert_eq!(st.in_flight, 0);
     assert!((st.hit_ratio - 0.5).abs() < 1e-9);
 }
@@ -228,14 +235,28 @@ async fn a_miss_joining_after_a_finished_flight_uses_its_answer() {
     assert_eq!(body(first).await, "answer 0");
 
     let r = late.await.unwrap();
-    assert_eq!(
-        cache_status(&r),
-        at_tier("tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1")
-    );
+    // With L1, the late request finds the flight's answer in L1 after its
+    // own L1 miss (`collapsed`). With L2 only, L1 never holds it: the late
+    // request's own L2 read finds it, a fresh hit from L2. Either way no
+    // second origin call (asserted below).
+    let expected = if crate::TIERS.l1_holds() {
+        "tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1"
+    } else {
+        "tower-tiered-cache; hit; detail=l2"
+    };
+    assert_eq!(cache_status(&r), expected);
     assert_eq!(body(r).await, "answer 0");
     assert_eq!(log.calls(), 1);
     let st = cache.stats();
-    assert_eq!((st.misses, st.coalesced, st.upstream_calls), (1, 1, 1));
+    let (coalesced, hits) = if crate::TIERS.l1_holds() {
+        (1, 0)
+    } else {
+        (0, 1)
+    };
+    assert_eq!(
+        (st.misses, st.coalesced, st.hits, st.upstream_calls),
+        (1, coalesced, hits, 1)
+    );
     assert_eq!(st.requests, 2);
 }
 

@@ -720,6 +720,18 @@ impl L2 {
         primary: KeyHash,
         headers: &HeaderMap,
     ) -> Option<Arc<Entry>> {
+        let mut varied = false;
+        self.lookup_varied(primary, headers, &mut varied).await
+    }
+
+    /// [`lookup`](Self::lookup); `varied` is set when the URL has `Vary`
+    /// variants in L2 (a miss is then a `vary-miss`).
+    pub(crate) async fn lookup_varied(
+        self: &Arc<Self>,
+        primary: KeyHash,
+        headers: &HeaderMap,
+        varied: &mut bool,
+    ) -> Option<Arc<Entry>> {
         self.ensure_subscriber();
         let raw = self.get(primary).await?;
         let (slot, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
@@ -728,6 +740,7 @@ impl L2 {
                 self.spawn_delete(primary);
                 return None;
             };
+            *varied = true;
             let secondary = variant_hash(generation_key(primary, generation), &names, headers);
             (secondary, self.get(secondary).await?)
         } else {
