@@ -1878,8 +1878,10 @@ impl Cache {
                 };
                 // An older L1 copy is replaced at once; otherwise hot
                 // entries earn promotion.
-                let promoted = (plan.prior.is_some() || l2.note_hit(plan.key, now))
-                    && l2.may_promote(plan.key, since);
+                // (Checked first: a hit that may not promote is not
+                // counted towards promotion.)
+                let promoted = l2.may_promote(plan.key, since)
+                    && (plan.prior.is_some() || l2.note_hit(plan.key, now));
                 if promoted {
                     let names: Vec<HeaderName> =
                         entry.vary.iter().map(|(n, _)| n.clone()).collect();
