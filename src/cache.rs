@@ -36,7 +36,6 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 pub(crate) const STATUS_HIT_L1: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; hit; detail=l1");
-#[cfg(feature = "redis")]
 pub(crate) const STATUS_HIT_L2: HeaderValue =
     HeaderValue::from_static("tower-tiered-cache; hit; detail=l2");
 pub(crate) const STATUS_BYPASS: HeaderValue =
@@ -1234,6 +1233,52 @@ pub(crate) enum Decision<B: Body> {
     Refresh(Response<CacheBody<B>>, Box<Fetch>),
 }
 
+/// How [`Cache::judge`] answered a request from a found entry.
+pub(crate) enum Answered<B: Body> {
+    /// A fresh hit.
+    Hit(Response<CacheBody<B>>, u64),
+    /// An answer without a refresh (a stale entry, `only-if-cached`).
+    Respond(Response<CacheBody<B>>),
+    /// A stale answer; refresh in the background.
+    Stale(Response<CacheBody<B>>, Box<Fetch>),
+    /// A fresh answer; refresh early in the background.
+    Refresh(Response<CacheBody<B>>, Box<Fetch>),
+}
+
+impl<B: Body> From<Answered<B>> for Decision<B> {
+    fn from(a: Answered<B>) -> Self {
+        match a {
+            Answered::Hit(resp, now) => Decision::Hit(resp, now),
+            Answered::Respond(resp) => Decision::Respond(resp),
+            Answered::Stale(resp, plan) => Decision::Stale(resp, plan),
+            Answered::Refresh(resp, plan) => Decision::Refresh(resp, plan),
+        }
+    }
+}
+
+/// The tier a found entry was read from. Everything else about the entry
+/// (freshness, revalidation, 304 merging, `Cache-Status`) is decided the
+/// same way for both ([`Cache::judge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// The in-process tier.
+    L1,
+    /// Redis, read after `since` (a point in the sequence of writes and
+    /// invalidations): copied into L1 only if no invalidation came since.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    L2 { since: u64 },
+}
+
+impl Tier {
+    /// The `detail` of `Cache-Status` for an answer from this tier.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 { .. } => "l2",
+        }
+    }
+}
+
 /// The plan for an upstream call.
 #[derive(Debug)]
 pub(crate) struct Fetch {
@@ -1252,6 +1297,8 @@ pub(crate) struct Fetch {
     pub(crate) background: bool,
     /// Look in L2 before calling the upstream.
     pub(crate) l2_lookup: bool,
+    /// The tier the prior entry was found in.
+    pub(crate) tier: Tier,
     /// The request's label.
     pub(crate) label: u16,
 }
@@ -1348,6 +1395,19 @@ impl Cache {
             + stats.cancelled;
         stats.compute_ratio();
         stats
+    }
+
+    /// L2 writes (entries, and deletes of invalidated keys) queued and not
+    /// yet done or dropped (0 without an L2 tier): 0 means every entry
+    /// stored so far has reached Redis or was counted in
+    /// `l2_writes_dropped`, and every invalidation was applied to Redis
+    /// (tests, graceful shutdown).
+    pub fn l2_pending_writes(&self) -> u64 {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            return l2.pending_writes();
+        }
+        0
     }
 
     /// Sets the request counters, per-label stats, latency histograms and
@@ -1475,8 +1535,20 @@ impl Cache {
         if let Some(l2) = &self.shared.l2 {
             // Off the request path; without a runtime there is nothing to run it on.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                // Until the DEL lands, a read of the key here is a miss
+                // (as it is in L1 at once).
+                l2.note_invalidated(key);
+                l2.begin_delete(key);
                 let l2 = Arc::clone(l2);
-                handle.spawn(async move { l2.delete_and_announce(vec![key]).await });
+                let shared = Arc::clone(&self.shared);
+                handle.spawn(async move {
+                    let deleted = l2.delete_and_announce(vec![key]).await;
+                    l2.end_delete(key);
+                    // Counted once, whichever tiers held it.
+                    if !removed && deleted > 0 {
+                        shared.counters.invalidations.incr();
+                    }
+                });
             }
         }
         if removed {
@@ -1627,95 +1699,22 @@ impl Cache {
             coalesce: true,
             background: false,
             l2_lookup: false,
+            tier: Tier::L1,
             label,
         };
         if let Some(entry) = found {
-            match s.policy.usability(&entry, &plan.directives, now) {
-                Usability::Fresh => {
-                    // With observability on, the label's counter is the
-                    // count (one atomic add per hit, not two).
-                    if !s.obs.cfg.enabled {
-                        s.counters.hits_l1.incr();
-                    }
-                    if !span.is_disabled() {
-                        span.record(
-                            "cache.ttl_remaining_ms",
-                            entry.timeline.fresh_until.saturating_sub(now) as i64,
-                        );
-                    }
-                    let cfg = &s.obs.cfg;
-                    let eager = cfg.eager_fraction > 0.0;
-                    let reads = entry
-                        .reads
-                        .note(if eager { cfg.eager_min_reads } else { 1 });
-                    let resp = self.respond_entry(
-                        &entry,
-                        parts,
-                        plan.directives.conditional,
-                        now,
-                        STATUS_HIT_L1,
-                    );
-                    if eager
-                        && reads >= cfg.eager_min_reads
-                        && !plan.directives.cc.only_if_cached
-                        && (entry.timeline.fresh_until.saturating_sub(now) as f64)
-                            < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
-                        && entry.reads.claim_refresh()
-                    {
-                        plan.directives = RequestDirectives {
-                            authorized: plan.directives.authorized,
-                            ..RequestDirectives::default()
-                        };
-                        plan.revalidate = entry.has_validators();
-                        plan.prior = Some(entry);
-                        plan.head = false;
-                        plan.background = true;
-                        return Decision::Refresh(resp, Box::new(plan));
-                    }
-                    return Decision::Hit(resp, now);
-                }
-                Usability::Stale => {
-                    s.counters.stale.incr();
-                    let staleness = now
-                        .saturating_sub(entry.timeline.fresh_until)
-                        .div_ceil(1000);
-                    let status = cache_status(format_args!("hit; ttl=-{staleness}; detail=l1"));
-                    let resp =
-                        self.respond_entry(&entry, parts, plan.directives.conditional, now, status);
-                    if plan.directives.cc.only_if_cached {
-                        // The client asked that the origin not be contacted.
-                        return Decision::Respond(resp);
-                    }
-                    // The refresh serves everyone: it is judged by the origin's
-                    // answer, not by this client's directives (say, no-store).
-                    plan.directives = RequestDirectives {
-                        authorized: plan.directives.authorized,
-                        ..RequestDirectives::default()
-                    };
-                    plan.revalidate = entry.has_validators();
-                    plan.prior = Some(entry);
-                    plan.head = false;
-                    plan.background = true;
-                    return Decision::Stale(resp, Box::new(plan));
-                }
-                Usability::Revalidate => {
-                    plan.revalidate = true;
-                    plan.prior = Some(entry);
-                }
-                Usability::Unusable => {
-                    plan.prior = Some(entry);
-                }
-            }
-            let d = &plan.directives.cc;
-            if d.no_cache || d.max_age.is_some() || d.min_fresh.is_some() {
-                plan.fwd = "request";
-            }
+            plan = match self.judge(entry, Tier::L1, parts, plan, now, span) {
+                Ok(answered) => return answered.into(),
+                Err(plan) => plan,
+            };
         }
-        plan.l2_lookup = self.has_l2() && !plan.directives.cc.no_cache;
+        // L2 may hold a newer copy, or the only one: read it whatever the
+        // request's directives (a `no-cache` request needs its validators).
+        plan.l2_lookup = self.has_l2();
         if plan.directives.cc.only_if_cached && !plan.l2_lookup {
             return Decision::Respond(self.unavailable());
         }
-        if plan.prior.is_none() && plan.directives.range {
+        if plan.prior.is_none() && plan.directives.range && !plan.l2_lookup {
             // A range of something not stored: fetching it whole to store
             // could mean downloading a huge file for a few bytes.
             s.counters.passes.incr();
@@ -1732,6 +1731,173 @@ impl Cache {
         }
         plan.coalesce = !plan.directives.cc.no_store;
         Decision::Fetch(Box::new(plan))
+    }
+
+    /// Judges an entry found for a request, whatever tier it came from:
+    /// answers it (fresh; stale within its window, with a background
+    /// refresh; eager refresh), or returns the plan for an upstream call
+    /// with the entry as its prior (revalidated with its validators, kept
+    /// for stale-if-error). An L2 entry that answers is promoted to L1 by
+    /// the promotion rules.
+    // The plan moves in and out by value: boxing it would cost the fresh
+    // L1 hit (the hot path) an allocation.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn judge<B: Body>(
+        &self,
+        entry: Arc<Entry>,
+        tier: Tier,
+        parts: &Parts,
+        mut plan: Fetch,
+        now: u64,
+        span: &tracing::Span,
+    ) -> Result<Answered<B>, Fetch> {
+        let s = &*self.shared;
+        plan.fwd = "stale";
+        match s.policy.usability(&entry, &plan.directives, now) {
+            Usability::Fresh => {
+                if tier != Tier::L1 {
+                    s.counters.hits_l2.incr();
+                } else if !s.obs.cfg.enabled {
+                    // With observability on, the label's counter is the
+                    // count (one atomic add per hit, not two).
+                    s.counters.hits_l1.incr();
+                }
+                if !span.is_disabled() {
+                    span.record(
+                        "cache.ttl_remaining_ms",
+                        entry.timeline.fresh_until.saturating_sub(now) as i64,
+                    );
+                }
+                let cfg = &s.obs.cfg;
+                let eager = cfg.eager_fraction > 0.0;
+                let reads = entry
+                    .reads
+                    .note(if eager { cfg.eager_min_reads } else { 1 });
+                let reuse = self.note_served(&entry, tier, parts, &plan, now);
+                let status = match tier {
+                    Tier::L1 => STATUS_HIT_L1,
+                    Tier::L2 { .. } => STATUS_HIT_L2,
+                };
+                let resp = self.respond_entry_with(
+                    &entry,
+                    parts,
+                    plan.directives.conditional,
+                    now,
+                    status,
+                    reuse,
+                );
+                if eager
+                    && reads >= cfg.eager_min_reads
+                    && !plan.directives.cc.only_if_cached
+                    && (entry.timeline.fresh_until.saturating_sub(now) as f64)
+                        < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
+                    && entry.reads.claim_refresh()
+                {
+                    plan.directives = RequestDirectives {
+                        authorized: plan.directives.authorized,
+                        ..RequestDirectives::default()
+                    };
+                    plan.revalidate = entry.has_validators();
+                    plan.prior = Some(entry);
+                    plan.tier = tier;
+                    plan.head = false;
+                    plan.background = true;
+                    return Ok(Answered::Refresh(resp, Box::new(plan)));
+                }
+                return Ok(Answered::Hit(resp, now));
+            }
+            Usability::Stale => {
+                s.counters.stale.incr();
+                let staleness = now
+                    .saturating_sub(entry.timeline.fresh_until)
+                    .div_ceil(1000);
+                let status = cache_status(format_args!(
+                    "hit; ttl=-{staleness}; detail={}",
+                    tier.name()
+                ));
+                let reuse = self.note_served(&entry, tier, parts, &plan, now);
+                let resp = self.respond_entry_with(
+                    &entry,
+                    parts,
+                    plan.directives.conditional,
+                    now,
+                    status,
+                    reuse,
+                );
+                if plan.directives.cc.only_if_cached {
+                    // The client asked that the origin not be contacted.
+                    return Ok(Answered::Respond(resp));
+                }
+                // The refresh serves everyone: it is judged by the origin's
+                // answer, not by this client's directives (say, no-store).
+                plan.directives = RequestDirectives {
+                    authorized: plan.directives.authorized,
+                    ..RequestDirectives::default()
+                };
+                plan.revalidate = entry.has_validators();
+                plan.prior = Some(entry);
+                plan.tier = tier;
+                plan.head = false;
+                plan.background = true;
+                return Ok(Answered::Stale(resp, Box::new(plan)));
+            }
+            Usability::Revalidate => {
+                plan.revalidate = true;
+                plan.prior = Some(entry);
+                plan.tier = tier;
+            }
+            Usability::Unusable => {
+                plan.revalidate = false;
+                plan.prior = Some(entry);
+                plan.tier = tier;
+            }
+        }
+        let d = &plan.directives.cc;
+        if d.no_cache || d.max_age.is_some() || d.min_fresh.is_some() {
+            plan.fwd = "request";
+        }
+
+        Err(plan)
+    }
+
+    /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
+    /// promotion rules allow. Returns whether the entry lives in L1 (its
+    /// response template is worth building).
+    fn note_served(
+        &self,
+        entry: &Arc<Entry>,
+        tier: Tier,
+        parts: &Parts,
+        plan: &Fetch,
+        now: u64,
+    ) -> bool {
+        match tier {
+            Tier::L1 => true,
+            #[cfg(feature = "redis")]
+            Tier::L2 { since } => {
+                let s = &*self.shared;
+                let Some(l2) = s.l2.as_ref() else {
+                    return false;
+                };
+                // An older L1 copy is replaced at once; otherwise hot
+                // entries earn promotion.
+                // (Checked first: a hit that may not promote is not
+                // counted towards promotion.)
+                let promoted = l2.may_promote(plan.key, since)
+                    && (plan.prior.is_some() || l2.note_hit(plan.key, now));
+                if promoted {
+                    let names: Vec<HeaderName> =
+                        entry.vary.iter().map(|(n, _)| n.clone()).collect();
+                    s.l1.insert(plan.key, Arc::clone(entry), &names, &parts.headers);
+                }
+                promoted
+            }
+            #[cfg(not(feature = "redis"))]
+            Tier::L2 { .. } => {
+                let _ = (entry, parts, plan, now);
+                false
+            }
+        }
     }
 
     /// Stores a new entry: L1 (unless L2 exists and write-through is off)
@@ -1761,14 +1927,32 @@ impl Cache {
     /// Replaces `old` with `new` (freshened by a 304, stale windows
     /// extended) if `old` is still the stored entry; then writes it to L2.
     /// An invalidation or a newer response that landed meanwhile wins.
+    ///
+    /// `tier`: where `old` was found. An entry read from L2 (L1 had no
+    /// copy) goes to L1 as a new response would (write-through) and to L2,
+    /// unless an invalidation came after it was read.
     pub(crate) fn replace_entry(
         &self,
         key: KeyHash,
         old: &Arc<Entry>,
         new: Arc<Entry>,
         req_headers: &HeaderMap,
+        tier: Tier,
     ) -> bool {
         let s = &*self.shared;
+        #[cfg(feature = "redis")]
+        if let (Tier::L2 { since }, Some(l2)) = (tier, &s.l2) {
+            if !l2.may_promote(key, since) {
+                return false;
+            }
+            if s.cfg.l1_write_through {
+                let names: Vec<HeaderName> = new.vary.iter().map(|(n, _)| n.clone()).collect();
+                s.l1.insert(key, Arc::clone(&new), &names, req_headers);
+            }
+            l2.enqueue(key, &new, req_headers, self.now());
+            return true;
+        }
+        let _ = tier;
         let replaced = s.l1.replace_if(key, old, Arc::clone(&new), req_headers);
         #[cfg(feature = "redis")]
         if let Some(l2) = &s.l2 {
@@ -1779,6 +1963,16 @@ impl Cache {
             }
         }
         replaced
+    }
+
+    /// The tier new entries are read back from: L1, unless L2 exists and
+    /// responses are not written through to L1.
+    pub(crate) fn store_tier(&self) -> &'static str {
+        if self.shared.cfg.l1_write_through || !self.has_l2() {
+            "l1"
+        } else {
+            "l2"
+        }
     }
 
     /// Whether an L2 tier is configured.

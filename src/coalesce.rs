@@ -23,6 +23,10 @@ pub(crate) enum Outcome {
     /// look-up, or the leader's L2 read): waiters answer from it, if its
     /// freshness suits their own directives, as hits of that tier.
     Cached(Arc<Entry>, crate::observe::Tier),
+    /// The leader found this entry in L2: each waiter judges it as its own
+    /// find (`Cache::judge`), as it would judge the same entry in L1.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Found(Arc<Entry>),
     /// The response could not be shared; waiters make their own calls.
     Pass,
     /// The upstream failed and the stale entry was served in its place:

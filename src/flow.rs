@@ -18,8 +18,10 @@ use http_body::Body;
 
 use crate::body::CacheBody;
 use crate::cache::{
-    cache_status, get_view, request_view, Cache, Fetch, CACHE_STATUS, STATUS_METHOD,
+    cache_status, get_view, request_view, Cache, Fetch, CACHE_STATUS, STATUS_METHOD, STATUS_RANGE,
 };
+#[cfg(feature = "redis")]
+use crate::cache::{Answered, Tier as FoundIn};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::observe::Tier;
@@ -95,20 +97,32 @@ where
     let now = cache.now();
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut plan = plan;
-    // While the breaker is open, a servable stale entry spares the upstream.
-    if let Some(prior) = &plan.prior {
-        if s.upstream_breaker(plan.label).state(now) == crate::BreakerState::Open
-            && s.policy.stale_if_error_ok(prior, &plan.directives, now)
-        {
-            let (parts, _body) = req.into_parts();
-            return Ok(serve_stale_if_error(
-                &cache, prior, &parts, &plan, None, true,
-            ));
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let mut req = req;
+    // A request that will not wait in a flight (`no-store`) reads L2 itself.
+    #[cfg(feature = "redis")]
+    if plan.l2_lookup && !plan.coalesce {
+        match from_l2::<B, U::Body>(&cache, req, plan).await {
+            L2Answer::Served {
+                resp, refresh, req, ..
+            } => {
+                if let Some(refresh) = refresh {
+                    up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
+                }
+                return Ok(resp);
+            }
+            L2Answer::NotServed(r, p) => (req, plan) = (r, p),
         }
+    }
+    if let Some(resp) = before_upstream(&cache, &req, &plan, now) {
+        return Ok(resp);
     }
     // Waiting for another request needs tokio's timer; without a runtime
     // the request simply calls alone.
     if !plan.coalesce || tokio::runtime::Handle::try_current().is_err() {
+        if plan.prior.is_none() && plan.directives.range {
+            return pass_range(&cache, req, up).await;
+        }
         return own_call(&cache, req, up, &plan).await;
     }
     // Flights that start after this point answer this request whatever its
@@ -137,32 +151,37 @@ where
                 }
                 #[cfg(feature = "redis")]
                 if plan.l2_lookup {
-                    match from_l2::<B, U::Body>(&cache, req, &mut plan).await {
+                    match from_l2::<B, U::Body>(&cache, req, plan).await {
                         L2Answer::Served {
                             resp,
                             entry,
-                            stale,
+                            refresh,
                             req,
                         } => {
-                            guard.complete(Outcome::Cached(entry, Tier::L2));
-                            if stale {
-                                plan.background = true;
-                                plan.head = false;
-                                plan.directives = RequestDirectives {
-                                    authorized: plan.directives.authorized,
-                                    ..RequestDirectives::default()
-                                };
-                                up.refresh(cache.clone(), req, plan, &tracing::Span::current());
+                            guard.complete(Outcome::Found(entry));
+                            if let Some(refresh) = refresh {
+                                up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
                             }
                             return Ok(resp);
                         }
-                        L2Answer::NotServed(r) => req = r,
+                        L2Answer::NotServed(r, p) => (req, plan) = (r, p),
+                    }
+                    // What L2 held is judged as L1's would have been.
+                    if let Some(resp) = before_upstream(&cache, &req, &plan, cache.now()) {
+                        // Waiters form a new flight.
+                        drop(guard);
+                        return Ok(resp);
                     }
                 }
                 if plan.directives.cc.only_if_cached {
                     // Nothing usable in any tier; waiters form a new flight.
                     drop(guard);
                     return Ok(cache.unavailable());
+                }
+                if plan.prior.is_none() && plan.directives.range {
+                    // A range of something stored nowhere: passed, as by `decide`.
+                    drop(guard);
+                    return pass_range(&cache, req, up).await;
                 }
                 let (result, outcome) = lead(&cache, req, up, &plan).await;
                 guard.complete(outcome);
@@ -192,6 +211,40 @@ where
             }
             // Another variant was fetched: this one is fetched next.
             Some(Outcome::Stored(_) | Outcome::Cached(..)) => {}
+            #[cfg(feature = "redis")]
+            Some(Outcome::Found(entry))
+                if entry.vary_matches(&parts.headers)
+                    && now < entry.timeline.retain_until
+                    && plan
+                        .prior
+                        .as_ref()
+                        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at) =>
+            {
+                // Read from L2 by the leader: judged as this request's own
+                // find (not promoted again: `since` 0).
+                let span = tracing::Span::current();
+                match cache.judge::<U::Body>(
+                    entry,
+                    FoundIn::L2 { since: 0 },
+                    &parts,
+                    *plan,
+                    now,
+                    &span,
+                ) {
+                    Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => return Ok(resp),
+                    Ok(Answered::Stale(resp, refresh) | Answered::Refresh(resp, refresh)) => {
+                        let req = Request::from_parts(parts, body);
+                        up.refresh(cache.clone(), req, refresh, &span);
+                        return Ok(resp);
+                    }
+                    Err(p) => {
+                        // Not usable as is: the next flight revalidates it.
+                        plan = Box::new(p);
+                        plan.l2_lookup = false;
+                    }
+                }
+            }
+            Some(Outcome::Found(_)) => {}
             Some(Outcome::StaleIfError(entry))
                 if entry.vary_matches(&parts.headers)
                     && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
@@ -228,6 +281,53 @@ where
     }
     let (parts, _body) = req.into_parts();
     Ok(gave_up(&cache, &parts, &plan, "coalesce-failed", false))
+}
+
+/// What spares the upstream once the stored entry (the plan's prior) is
+/// known: while the label's breaker is open, a servable stale entry; a
+/// request that may not reach the origin (`only-if-cached`), a 504.
+fn before_upstream<B, RB: Body>(
+    cache: &Cache,
+    req: &Request<B>,
+    plan: &Fetch,
+    now: u64,
+) -> Option<Response<CacheBody<RB>>> {
+    let s = &*cache.shared;
+    if let Some(prior) = &plan.prior {
+        if s.upstream_breaker(plan.label).state(now) == crate::BreakerState::Open
+            && s.policy.stale_if_error_ok(prior, &plan.directives, now)
+        {
+            let parts = request_view_of(req);
+            return Some(serve_stale_if_error(cache, prior, &parts, plan, None, true));
+        }
+    }
+    if plan.directives.cc.only_if_cached && !plan.l2_lookup {
+        return Some(cache.unavailable());
+    }
+    None
+}
+
+/// The parts of a request, for answering it from an entry.
+fn request_view_of<B>(req: &Request<B>) -> Parts {
+    let mut parts = get_view(req.uri(), req.headers());
+    parts.method = req.method().clone();
+    parts
+}
+
+/// A `Range` request for something stored in no tier: forwarded as is,
+/// nothing stored (fetching it whole could mean a huge body for a few
+/// bytes).
+async fn pass_range<B, U>(cache: &Cache, req: Request<B>, up: U) -> CacheResult<U, B>
+where
+    U: Upstream<B>,
+{
+    cache.shared.counters.passes.incr();
+    let head = req.method() == Method::HEAD;
+    match within(cache.shared.cfg.upstream_timeout, up.call(req)).await {
+        Ok(Ok(resp)) => Ok(pass_through(resp, STATUS_RANGE, head)),
+        Ok(Err(e)) => Err(e),
+        Err(Elapsed) => Ok(gateway_timeout(STATUS_RANGE)),
+    }
 }
 
 /// A request the upstream did not answer in time (`why` says how): a
@@ -268,85 +368,78 @@ fn gateway_timeout<RB: Body>(status: HeaderValue) -> Response<CacheBody<RB>> {
     resp
 }
 
-/// What the L2 look-up of a leader came to.
+/// What the L2 look-up came to.
 #[cfg(feature = "redis")]
 enum L2Answer<B, RB: Body> {
-    /// Answered from an L2 entry (`stale`: refresh it in the background).
+    /// Answered from an L2 entry; `refresh`: the plan of the background
+    /// refresh to start (a stale entry, or an eager refresh).
     Served {
         resp: Response<CacheBody<RB>>,
         entry: Arc<Entry>,
-        stale: bool,
+        refresh: Option<Box<Fetch>>,
         req: Request<B>,
     },
     /// Nothing usable; an L2 entry to revalidate or fall back on, if newer
     /// than L1's, is now the plan's prior.
-    NotServed(Request<B>),
+    NotServed(Request<B>, Box<Fetch>),
 }
 
-/// Looks for the key in L2 and answers from it when it is usable.
+/// Looks for the key in L2 and judges what it finds exactly as an L1 entry
+/// is judged ([`Cache::judge`]), with `detail=l2`.
 #[cfg(feature = "redis")]
-async fn from_l2<B, RB: Body>(cache: &Cache, req: Request<B>, plan: &mut Fetch) -> L2Answer<B, RB> {
+async fn from_l2<B, RB: Body>(
+    cache: &Cache,
+    req: Request<B>,
+    mut plan: Box<Fetch>,
+) -> L2Answer<B, RB> {
     let s = &*cache.shared;
+    plan.l2_lookup = false;
     let Some(l2) = s.l2.as_ref() else {
-        return L2Answer::NotServed(req);
+        return L2Answer::NotServed(req, plan);
     };
     // An invalidation arriving while the read is in flight must not be
-    // undone by promoting what was read.
+    // undone by promoting (or re-storing) what was read.
     let since = crate::store::l2::L2::seq_now();
-    let Some(found) = l2.lookup(plan.key, req.headers()).await else {
-        return L2Answer::NotServed(req);
+    if l2.deleting(plan.key) {
+        return L2Answer::NotServed(req, plan);
+    }
+    let mut varied = false;
+    let Some(found) = l2.lookup_varied(plan.key, req.headers(), &mut varied).await else {
+        if varied && plan.prior.is_none() {
+            // Other variants are stored: as L1 says for the same request.
+            plan.fwd = "vary-miss";
+        }
+        return L2Answer::NotServed(req, plan);
     };
+    if l2.deleting(plan.key) {
+        // Invalidated here while the read was in flight.
+        return L2Answer::NotServed(req, plan);
+    }
     let now = cache.now();
-    let usability = s.policy.usability(&found, &plan.directives, now);
+    let newer = plan
+        .prior
+        .as_ref()
+        .is_none_or(|p| found.timeline.stored_at > p.timeline.stored_at);
+    // Past its last useful instant the entry is gone, as from L1 (Redis
+    // expires it by its own clock, which may lag the cache's).
+    if !newer || now >= found.timeline.retain_until {
+        return L2Answer::NotServed(req, plan);
+    }
     let (parts, body) = req.into_parts();
-    let status = match usability {
-        Usability::Fresh => {
-            s.counters.hits_l2.incr();
-            crate::cache::STATUS_HIT_L2
-        }
-        Usability::Stale => {
-            s.counters.stale.incr();
-            let staleness = now
-                .saturating_sub(found.timeline.fresh_until)
-                .div_ceil(1000);
-            cache_status(format_args!("hit; ttl=-{staleness}; detail=l2"))
-        }
-        Usability::Revalidate | Usability::Unusable => {
-            let newer = plan
-                .prior
-                .as_ref()
-                .is_none_or(|p| found.timeline.stored_at > p.timeline.stored_at);
-            if newer {
-                plan.revalidate = usability == Usability::Revalidate;
-                plan.prior = Some(found);
+    let entry = Arc::clone(&found);
+    let span = tracing::Span::current();
+    let (resp, refresh) =
+        match cache.judge::<RB>(found, FoundIn::L2 { since }, &parts, *plan, now, &span) {
+            Err(plan) => {
+                return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan))
             }
-            return L2Answer::NotServed(Request::from_parts(parts, body));
-        }
-    };
-    // Promote hot entries; an older L1 copy is replaced at once.
-    let promoted =
-        (plan.prior.is_some() || l2.note_hit(plan.key, now)) && l2.may_promote(plan.key, since);
-    if promoted {
-        let names: Vec<HeaderName> = found.vary.iter().map(|(n, _)| n.clone()).collect();
-        s.l1.insert(plan.key, Arc::clone(&found), &names, &parts.headers);
-    }
-    let resp = cache.respond_entry_with(
-        &found,
-        &parts,
-        plan.directives.conditional,
-        now,
-        status,
-        promoted,
-    );
-    let stale = usability == Usability::Stale;
-    if stale {
-        plan.revalidate = found.has_validators();
-        plan.prior = Some(Arc::clone(&found));
-    }
+            Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => (resp, None),
+            Ok(Answered::Stale(resp, plan) | Answered::Refresh(resp, plan)) => (resp, Some(plan)),
+        };
     L2Answer::Served {
         resp,
-        entry: found,
-        stale,
+        entry,
+        refresh,
         req: Request::from_parts(parts, body),
     }
 }
@@ -397,7 +490,11 @@ fn collapsed<RB: Body>(
         return None;
     }
     s.counters.coalesced.incr();
-    let status = cache_status(format_args!("fwd={}; collapsed; detail=l1", plan.fwd));
+    let status = cache_status(format_args!(
+        "fwd={}; collapsed; detail={}",
+        plan.fwd,
+        cache.store_tier()
+    ));
     Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
 }
 
@@ -641,8 +738,11 @@ where
                     if !plan.background {
                         s.counters.revalidated.incr();
                     }
-                    let hv =
-                        cache_status(format_args!("fwd={}; fwd-status=304; detail=l1", plan.fwd));
+                    let hv = cache_status(format_args!(
+                        "fwd={}; fwd-status=304; detail={}",
+                        plan.fwd,
+                        plan.tier.name()
+                    ));
                     let mut resp = cache.respond_entry(
                         &entry,
                         &client,
@@ -950,7 +1050,13 @@ fn freshen(
     entry.flags = st.flags;
     entry.extensions = 0;
     let entry = Arc::new(entry);
-    if cache.replace_entry(plan.key, prior, Arc::clone(&entry), &client.headers) {
+    if cache.replace_entry(
+        plan.key,
+        prior,
+        Arc::clone(&entry),
+        &client.headers,
+        plan.tier,
+    ) {
         s.counters.stores.incr();
         s.obs.stored(plan.label);
     }
@@ -1172,7 +1278,13 @@ pub(crate) fn spawn_refresh<B, U>(
                         }
                         if let Some(prior) = &prior {
                             if let Some(extended) = cache.extended(prior) {
-                                cache.replace_entry(plan.key, prior, Arc::new(extended), &headers);
+                                cache.replace_entry(
+                                    plan.key,
+                                    prior,
+                                    Arc::new(extended),
+                                    &headers,
+                                    plan.tier,
+                                );
                             }
                         }
                         Outcome::Failed

@@ -250,6 +250,11 @@ pub(crate) struct L2 {
     queued_bytes: AtomicU64,
     /// The sequence number of the last `clear`.
     cleared_seq: AtomicU64,
+    /// Writes queued or being written (`Cache::l2_pending_writes`).
+    pending: AtomicU64,
+    /// Keys invalidated here whose `DEL` has not completed yet (bounded):
+    /// a read meanwhile must not serve what was invalidated.
+    deleting: QuickCache<KeyHash, ()>,
     /// The last `INFO` subset, and whether a fetch is under way.
     info: Mutex<Option<crate::stats::RedisInfo>>,
     info_fetching: AtomicBool,
@@ -286,6 +291,8 @@ impl L2 {
             invalidated: QuickCache::new(100_000),
             queued_bytes: AtomicU64::new(0),
             cleared_seq: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            deleting: QuickCache::new(10_000),
             info: Mutex::new(None),
             info_fetching: AtomicBool::new(false),
             cfg,
@@ -660,16 +667,26 @@ impl L2 {
         batches
     }
 
-    async fn delete_keys(&self, keys: Vec<String>) {
+    /// Deletes keys; returns how many existed.
+    async fn delete_keys(&self, keys: Vec<String>) -> u64 {
+        let mut deleted = 0;
         for chunk in keys.chunks(500) {
             let cmds = chunk
                 .iter()
                 .map(|k| redis::cmd("DEL").arg(k).clone())
                 .collect();
-            let _ = self
+            if let Some(replies) = self
                 .guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
-                .await;
+                .await
+            {
+                for r in replies {
+                    if let redis::Value::Int(n) = r {
+                        deleted += n.max(0) as u64;
+                    }
+                }
+            }
         }
+        deleted
     }
 
     /// `{namespace}:{format}:{{hash}}`: the hash is the key's hash tag, so
@@ -799,6 +816,18 @@ impl L2 {
         primary: KeyHash,
         headers: &HeaderMap,
     ) -> Option<Arc<Entry>> {
+        let mut varied = false;
+        self.lookup_varied(primary, headers, &mut varied).await
+    }
+
+    /// [`lookup`](Self::lookup); `varied` is set when the URL has `Vary`
+    /// variants in L2 (a miss is then a `vary-miss`).
+    pub(crate) async fn lookup_varied(
+        self: &Arc<Self>,
+        primary: KeyHash,
+        headers: &HeaderMap,
+        varied: &mut bool,
+    ) -> Option<Arc<Entry>> {
         self.ensure_subscriber();
         let raw = self.get(primary).await?;
         let (slot, slot_key, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
@@ -807,6 +836,7 @@ impl L2 {
                 self.spawn_delete(primary);
                 return None;
             };
+            *varied = true;
             let secondary = variant_hash(primary, &names, headers);
             let key = self.variant_redis_key(primary, generation, &names, headers);
             (secondary, key.clone(), self.get_key(key).await?)
@@ -989,7 +1019,9 @@ impl L2 {
             seq: SEQ.fetch_add(1, Ordering::AcqRel),
             reserved: size,
         };
+        self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(tx) = self.sender() else {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.counters.writes_dropped.incr();
             return;
@@ -998,9 +1030,32 @@ impl L2 {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.queued_bytes.fetch_sub(job.reserved, Ordering::AcqRel);
             self.counters.writes_dropped.incr();
         }
+    }
+
+    /// Marks `key` as being deleted (until `end_delete`).
+    pub(crate) fn begin_delete(&self, key: KeyHash) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.deleting.insert(key, ());
+    }
+
+    /// The `DEL` of `key` completed (or failed).
+    pub(crate) fn end_delete(&self, key: KeyHash) {
+        self.deleting.remove(&key);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether this instance invalidated `key` and its `DEL` is under way.
+    pub(crate) fn deleting(&self, key: KeyHash) -> bool {
+        self.deleting.get(&key).is_some()
+    }
+
+    /// Writes queued by `enqueue` and not yet written or dropped.
+    pub(crate) fn pending_writes(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Records an invalidation of `key`: queued writes of it made before
@@ -1064,7 +1119,9 @@ impl L2 {
                         bytes += job.reserved;
                         batch.push(job);
                     }
+                    let n = batch.len() as u64;
                     l2.write(batch).await;
+                    l2.pending.fetch_sub(n, Ordering::AcqRel);
                 }
             }
         });
@@ -1210,25 +1267,26 @@ impl L2 {
 
     /// Deletes keys (all variants are separate keys) and tells the other
     /// instances.
-    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) {
+    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) -> u64 {
         for k in &keys {
             self.note_invalidated(*k);
         }
         let announce = keys.clone();
-        self.delete(keys).await;
+        let deleted = self.delete(keys).await;
         self.publish_many(announce.into_iter().map(Message::Key).collect())
             .await;
+        deleted
     }
 
     /// Deletes keys (all variants are separate keys), with the variant
     /// index of each (the variants themselves are orphaned with their
-    /// marker and expire).
-    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) {
+    /// marker and expire). Returns how many Redis keys were deleted.
+    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) -> u64 {
         let keys = keys
             .into_iter()
             .flat_map(|k| [self.redis_key(k), self.variant_index_key(k)])
             .collect();
-        self.delete_keys(keys).await;
+        self.delete_keys(keys).await
     }
 }
 
