@@ -10,7 +10,7 @@
 #
 # Environment:
 #   SOAK_TESTS   space-separated test binaries to run [default: every
-#                tests/*.rs that declares `mod redis_support`]
+#                tests/*.rs that declares or imports `redis_support`]
 #   SOAK_LOGDIR  where each run's output goes [default: a new temp dir]
 #   SOAK_TIMEOUT seconds one binary may run before it counts as failed
 #                [default: 900]
@@ -40,7 +40,9 @@ if [[ -n "${SOAK_TESTS:-}" ]]; then
 else
     tests=()
     for f in "$root"/tests/*.rs; do
-        grep -q '^mod redis_support;' "$f" || continue
+        # Direct users of the support module, and suites that take it from
+        # another file (`use suite::{redis_support, ...}`).
+        grep -qE '^mod redis_support;|^use suite::\{redis_support' "$f" || continue
         name="$(basename "$f" .rs)"
         # The support library's own self-test is not a cache test.
         [[ "$name" == redis_support_selftest ]] && continue
