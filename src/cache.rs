@@ -1303,6 +1303,25 @@ pub(crate) struct Fetch {
     pub(crate) label: u16,
 }
 
+impl Fetch {
+    /// This plan as the background refresh of `entry` (found in `tier`):
+    /// the refresh serves everyone, so it is judged by the origin's answer,
+    /// not by this client's directives (say, `no-store`); `Authorization`
+    /// still counts.
+    fn into_refresh(mut self, entry: Arc<Entry>, tier: Tier) -> Box<Fetch> {
+        self.directives = RequestDirectives {
+            authorized: self.directives.authorized,
+            ..RequestDirectives::default()
+        };
+        self.revalidate = entry.has_validators();
+        self.prior = Some(entry);
+        self.tier = tier;
+        self.head = false;
+        self.background = true;
+        Box::new(self)
+    }
+}
+
 impl Cache {
     /// Starts building a cache.
     pub fn builder() -> CacheBuilder {
@@ -1793,16 +1812,7 @@ impl Cache {
                         < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
                     && entry.reads.claim_refresh()
                 {
-                    plan.directives = RequestDirectives {
-                        authorized: plan.directives.authorized,
-                        ..RequestDirectives::default()
-                    };
-                    plan.revalidate = entry.has_validators();
-                    plan.prior = Some(entry);
-                    plan.tier = tier;
-                    plan.head = false;
-                    plan.background = true;
-                    return Ok(Answered::Refresh(resp, Box::new(plan)));
+                    return Ok(Answered::Refresh(resp, plan.into_refresh(entry, tier)));
                 }
                 return Ok(Answered::Hit(resp, now));
             }
@@ -1828,18 +1838,7 @@ impl Cache {
                     // The client asked that the origin not be contacted.
                     return Ok(Answered::Respond(resp));
                 }
-                // The refresh serves everyone: it is judged by the origin's
-                // answer, not by this client's directives (say, no-store).
-                plan.directives = RequestDirectives {
-                    authorized: plan.directives.authorized,
-                    ..RequestDirectives::default()
-                };
-                plan.revalidate = entry.has_validators();
-                plan.prior = Some(entry);
-                plan.tier = tier;
-                plan.head = false;
-                plan.background = true;
-                return Ok(Answered::Stale(resp, Box::new(plan)));
+                return Ok(Answered::Stale(resp, plan.into_refresh(entry, tier)));
             }
             Usability::Revalidate => {
                 plan.revalidate = true;

@@ -211,7 +211,9 @@ pub(crate) struct Storable {
     pub(crate) strip_set_cookie: bool,
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+/// The hop-by-hop fields (RFC 9110 §7.6.1): never stored, never served
+/// from a stored entry.
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -522,16 +522,7 @@ pub(crate) const MAX_STORED_AT_MS: u64 = 253_402_300_799_999;
 
 /// The hop-by-hop fields (RFC 9110 §7.6.1) that are stripped before an
 /// entry is stored: a stored value that holds one is corrupt.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
+use crate::policy::HOP_BY_HOP;
 
 /// What a value read back from a store is checked against, besides the
 /// format (see [`Entry::decode_stored`]):
