@@ -155,7 +155,14 @@ pub use service::CacheService;
 pub use stats::{RedisInfo, Stats};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 
-// Compile and run the README's examples as doc tests.
-#[cfg(doctest)]
+// Compile the README's examples as doc tests (they use every feature:
+// run with `--all-features`, as the README's test command does).
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "reqwest",
+    feature = "admin",
+    feature = "axum"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
