@@ -549,25 +549,7 @@ mod tests {
     fn weight_counts_what_the_entry_holds() {
         let base = Entry {
             key: "GET http://example.com/".into(),
-            status: StatusCode::OK,
-            version: Version::HTTP_11,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            vary: Box::new([]),
-            timeline: Timeline {
-                stored_at: 0,
-                initial_age: 0,
-                fresh_until: 0,
-                stale_until: 0,
-                stale_if_error_until: 0,
-                retain_until: 0,
-            },
-            flags: EntryFlags::default(),
-            extensions: 0,
-            tags: Box::new([]),
-            template: OnceLock::new(),
-            label: 0,
-            reads: Reads::default(),
+            ..crate::store::codec::tests::minimal()
         };
         let w0 = base.weight();
         assert!(w0 >= size_of::<Entry>() as u64, "{w0}");

@@ -987,14 +987,15 @@ fn decompress(_raw: &[u8], at: usize, _max: Option<u64>) -> Result<Bytes, Decode
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::header::{
         ACCEPT_ENCODING, ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_TYPE, COOKIE, ETAG, LAST_MODIFIED,
         SET_COOKIE, VARY,
     };
 
-    pub(super) fn minimal() -> Entry {
+    /// The smallest entry: empty key, headers and body, a zero timeline.
+    pub(crate) fn minimal() -> Entry {
         Entry {
             key: "".into(),
             status: StatusCode::OK,
