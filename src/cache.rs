@@ -1752,6 +1752,38 @@ impl Cache {
         Decision::Fetch(Box::new(plan))
     }
 
+    /// Counts a request answered from a stored entry that a cache tier
+    /// held (`fresh`, or stale within its window; from L2 when `l2`) and
+    /// gives its `Cache-Status`: one place for every way an entry is found
+    /// (its own look-up, or the flight it waited on).
+    pub(crate) fn tier_hit_status(
+        &self,
+        fresh: bool,
+        l2: bool,
+        entry: &Entry,
+        now: u64,
+    ) -> HeaderValue {
+        let s = &*self.shared;
+        if !fresh {
+            s.counters.stale.incr();
+            let staleness = now
+                .saturating_sub(entry.timeline.fresh_until)
+                .div_ceil(1000);
+            let tier = if l2 { "l2" } else { "l1" };
+            return cache_status(format_args!("hit; ttl=-{staleness}; detail={tier}"));
+        }
+        if l2 {
+            s.counters.hits_l2.incr();
+            return STATUS_HIT_L2;
+        }
+        if !s.obs.cfg.enabled {
+            // With observability on, the label's counter is the count (one
+            // atomic add per hit, not two).
+            s.counters.hits_l1.incr();
+        }
+        STATUS_HIT_L1
+    }
+
     /// Judges an entry found for a request, whatever tier it came from:
     /// answers it (fresh; stale within its window, with a background
     /// refresh; eager refresh), or returns the plan for an upstream call
@@ -1774,13 +1806,7 @@ impl Cache {
         plan.fwd = "stale";
         match s.policy.usability(&entry, &plan.directives, now) {
             Usability::Fresh => {
-                if tier != Tier::L1 {
-                    s.counters.hits_l2.incr();
-                } else if !s.obs.cfg.enabled {
-                    // With observability on, the label's counter is the
-                    // count (one atomic add per hit, not two).
-                    s.counters.hits_l1.incr();
-                }
+                let status = self.tier_hit_status(true, tier != Tier::L1, &entry, now);
                 if !span.is_disabled() {
                     span.record(
                         "cache.ttl_remaining_ms",
@@ -1793,10 +1819,6 @@ impl Cache {
                     .reads
                     .note(if eager { cfg.eager_min_reads } else { 1 });
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
-                let status = match tier {
-                    Tier::L1 => STATUS_HIT_L1,
-                    Tier::L2 { .. } => STATUS_HIT_L2,
-                };
                 let resp = self.respond_entry_with(
                     &entry,
                     parts,
@@ -1817,14 +1839,7 @@ impl Cache {
                 return Ok(Answered::Hit(resp, now));
             }
             Usability::Stale => {
-                s.counters.stale.incr();
-                let staleness = now
-                    .saturating_sub(entry.timeline.fresh_until)
-                    .div_ceil(1000);
-                let status = cache_status(format_args!(
-                    "hit; ttl=-{staleness}; detail={}",
-                    tier.name()
-                ));
+                let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
                 let resp = self.respond_entry_with(
                     &entry,

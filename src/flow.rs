@@ -512,32 +512,12 @@ fn tier_hit<RB: Body>(
     tier: Tier,
 ) -> Option<Response<CacheBody<RB>>> {
     let s = &*cache.shared;
-    let status = match s.policy.usability(entry, &plan.directives, now) {
-        #[cfg(feature = "redis")]
-        Usability::Fresh if tier == Tier::L2 => {
-            s.counters.hits_l2.incr();
-            crate::cache::STATUS_HIT_L2
-        }
-        Usability::Fresh => {
-            // With observability on, the label's counter is the count (as
-            // for a hit found by the look-up, see `decide`).
-            if !s.obs.cfg.enabled {
-                s.counters.hits_l1.incr();
-            }
-            crate::cache::STATUS_HIT_L1
-        }
-        Usability::Stale => {
-            s.counters.stale.incr();
-            let staleness = now
-                .saturating_sub(entry.timeline.fresh_until)
-                .div_ceil(1000);
-            cache_status(format_args!(
-                "hit; ttl=-{staleness}; detail={}",
-                tier.as_str()
-            ))
-        }
+    let fresh = match s.policy.usability(entry, &plan.directives, now) {
+        Usability::Fresh => true,
+        Usability::Stale => false,
         Usability::Revalidate | Usability::Unusable => return None,
     };
+    let status = cache.tier_hit_status(fresh, tier == Tier::L2, entry, now);
     Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
 }
 
