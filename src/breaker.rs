@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cache::{Cache, Shared};
 use crate::observe::labels::OTHER_INDEX;
 
 /// The state of a circuit breaker.
@@ -303,7 +302,7 @@ impl Breakers {
 }
 
 /// An upstream circuit breaker that is not closed, by label (see
-/// [`Cache::upstream_breakers`]).
+/// [`Cache::upstream_breakers`](crate::Cache::upstream_breakers)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -325,54 +324,6 @@ pub struct UpstreamBreaker {
     pub consecutive_failures: u32,
     /// Times this breaker has opened (failed probes included).
     pub opens: u64,
-}
-
-impl Shared {
-    /// The upstream breaker of a request's label (`plan.label`). Record a
-    /// transport error or a timeout with `record_failure`, a response with
-    /// `record_response` (see [`counts_as_down`]).
-    #[inline]
-    pub(crate) fn upstream_breaker(&self, label: u16) -> &Breaker {
-        self.breakers.get(label)
-    }
-}
-
-impl Cache {
-    /// Every upstream circuit breaker that is not closed (open or
-    /// half-open), by label, in label order. There is one breaker per
-    /// request label (see [`CacheBuilder::circuit_breaker`](crate::CacheBuilder::circuit_breaker)):
-    /// transport errors, timeouts and 502/503/504 answers to one label's
-    /// requests open that label's breaker only. With per-request
-    /// instrumentation off every request is labelled `default`, and one
-    /// breaker counts them all.
-    ///
-    /// ```
-    /// let cache = tower_tiered_cache::Cache::builder().build().unwrap();
-    /// assert!(cache.upstream_breakers().is_empty());
-    /// ```
-    pub fn upstream_breakers(&self) -> Vec<UpstreamBreaker> {
-        let s = &*self.shared;
-        let now = s.clock.now_millis();
-        s.breakers
-            .not_closed(now)
-            .map(|(i, b)| b.status(s.obs.labels.name(i).to_string(), now))
-            .collect()
-    }
-
-    /// Every upstream breaker that has opened at least once (closed ones
-    /// included), by label: the series the metrics report.
-    pub(crate) fn upstream_breakers_seen(&self) -> Vec<UpstreamBreaker> {
-        let s = &*self.shared;
-        let now = s.clock.now_millis();
-        let mut out: Vec<UpstreamBreaker> = s
-            .breakers
-            .ever_opened()
-            .map(|(i, b)| b.status(s.obs.labels.name(i).to_string(), now))
-            .collect();
-        // A breaker not closed has opened; listed above already.
-        out.sort_by(|a, b| a.label.cmp(&b.label));
-        out
-    }
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ impl Entry {
     /// The hit-response header map (see `template`).
     pub(crate) fn response_headers(&self) -> &HeaderMap {
         self.template.get_or_init(|| {
-            self.build_response_headers(HeaderValue::from_static("0"), crate::cache::STATUS_HIT_L1)
+            self.build_response_headers(HeaderValue::from_static("0"), crate::status::STATUS_HIT_L1)
         })
     }
 
@@ -185,9 +185,9 @@ impl Entry {
     ) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
         h.insert(AGE, age);
-        h.insert(crate::cache::CACHE_STATUS.clone(), status);
+        h.insert(crate::status::CACHE_STATUS.clone(), status);
         for (name, value) in self.headers.iter() {
-            if name != AGE && name != crate::cache::CACHE_STATUS {
+            if name != AGE && name != crate::status::CACHE_STATUS {
                 h.append(name.clone(), value.clone());
             }
         }
@@ -401,14 +401,14 @@ pub(crate) fn key_path(key: &str) -> &str {
 pub(crate) fn set_hit_slots(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
     let mut it = headers.iter_mut();
     match (it.next(), it.next()) {
-        (Some((n1, v1)), Some((n2, v2))) if *n1 == AGE && *n2 == crate::cache::CACHE_STATUS => {
+        (Some((n1, v1)), Some((n2, v2))) if *n1 == AGE && *n2 == crate::status::CACHE_STATUS => {
             *v1 = age;
             *v2 = status;
         }
         _ => {
             // Not a template: never the case, but stay correct.
             headers.insert(AGE, age);
-            headers.insert(crate::cache::CACHE_STATUS.clone(), status);
+            headers.insert(crate::status::CACHE_STATUS.clone(), status);
         }
     }
 }

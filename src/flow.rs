@@ -17,15 +17,14 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
-use crate::cache::{
-    cache_status, get_view, request_view, Cache, Fetch, CACHE_STATUS, STATUS_METHOD, STATUS_RANGE,
-};
+use crate::cache::{get_view, request_view, Cache, Fetch};
 #[cfg(feature = "redis")]
 use crate::cache::{Answered, Tier as FoundIn};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::observe::Tier;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
+use crate::status::{cache_status, CACHE_STATUS, STATUS_METHOD, STATUS_RANGE};
 
 /// Something that answers requests: the inner service, seen by the engine.
 /// Each value is used for at most one call. It may borrow (a

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::CacheBody;
-use crate::cache::CACHE_STATUS;
+use crate::status::CACHE_STATUS;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

@@ -118,6 +118,7 @@
 pub mod admin;
 mod body;
 mod breaker;
+mod builder;
 mod cache;
 mod clock;
 mod coalesce;
@@ -134,12 +135,14 @@ pub mod policy;
 pub mod reqwest;
 mod service;
 mod stats;
+mod status;
 mod store;
 pub mod warm;
 
 pub use body::CacheBody;
 pub use breaker::{BreakerState, UpstreamBreaker};
-pub use cache::{Cache, CacheBuilder, Invalidated, TagFn, CACHE_STATUS, CACHE_STATUS_NAME};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Invalidated, TagFn};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, Timeline};
 pub use error::BuildError;
@@ -153,6 +156,7 @@ pub use observe::{
 pub use policy::{CacheMode, NotStored, RequestCacheControl, Route, SetCookiePolicy};
 pub use service::CacheService;
 pub use stats::{RedisInfo, Stats};
+pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 
 // Compile the README's examples as doc tests (they use every feature:

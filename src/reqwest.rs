@@ -25,9 +25,10 @@ use http::Extensions;
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 
 use crate::body::CacheBody;
-use crate::cache::{Decision, Fetch, CACHE_STATUS};
+use crate::cache::{Decision, Fetch};
 use crate::flow::{self, Upstream};
 use crate::service::{BoxFuture, Lookup};
+use crate::status::CACHE_STATUS;
 use crate::Cache;
 
 /// Caches responses in a `reqwest-middleware` chain.

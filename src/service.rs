@@ -8,10 +8,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::CacheBody;
-use crate::cache::{Decision, Fetch, CACHE_STATUS};
+use crate::cache::{Decision, Fetch};
 use crate::flow::{self, Upstream};
 use crate::future::ResponseFuture;
 use crate::observe::{request_span, Outcome};
+use crate::status::CACHE_STATUS;
 use crate::Cache;
 use tracing::Instrument;
 

@@ -11,8 +11,8 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::cache::CACHE_STATUS;
 use crate::observe::{LookupResult, Outcome};
+use crate::status::CACHE_STATUS;
 use crate::{CacheBody, CacheService};
 
 /// One request to warm: a URL and the request headers that select its

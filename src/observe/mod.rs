@@ -142,16 +142,16 @@ impl Outcome {
             return Outcome::FAILED;
         };
         // The common answers, without parsing.
-        if v.as_bytes() == crate::cache::STATUS_HIT_L1.as_bytes() {
+        if v.as_bytes() == crate::status::STATUS_HIT_L1.as_bytes() {
             return Outcome::HIT_L1;
         }
         #[cfg(feature = "redis")]
-        if v.as_bytes() == crate::cache::STATUS_HIT_L2.as_bytes() {
+        if v.as_bytes() == crate::status::STATUS_HIT_L2.as_bytes() {
             return Outcome::HIT_L2;
         }
         let s = v.to_str().unwrap_or("");
         let s = s
-            .strip_prefix(crate::cache::CACHE_STATUS_NAME)
+            .strip_prefix(crate::status::CACHE_STATUS_NAME)
             .map_or(s, |r| r.trim_start_matches(';').trim_start());
         let mut hit = false;
         let mut stale_ttl = false;
