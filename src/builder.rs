@@ -881,7 +881,7 @@ impl CacheBuilder {
             obs: Observer::new(self.observe),
             #[cfg(feature = "redis")]
             shared_stats: match (&l2, self.l2.shared_stats) {
-                (Some(_), Some(interval)) => Some(crate::observe::shared::Flusher::new(interval)),
+                (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),
                 _ => None,
             },
             #[cfg(feature = "redis")]
@@ -893,7 +893,7 @@ impl CacheBuilder {
             let _ = shared
                 .obs
                 .metrics
-                .set(crate::observe::metrics::register(&shared, &meter));
+                .set(crate::export::otel::register(&shared, &meter));
         }
         #[cfg(feature = "redis")]
         if let Some(l2) = &shared.l2 {

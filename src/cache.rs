@@ -99,7 +99,7 @@ pub(crate) struct Shared {
     pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
     /// Stats accumulated in Redis (`shared_stats`).
     #[cfg(feature = "redis")]
-    pub(crate) shared_stats: Option<crate::observe::shared::Flusher>,
+    pub(crate) shared_stats: Option<crate::export::shared::Flusher>,
 }
 
 #[derive(Debug, Clone)]

@@ -124,6 +124,7 @@ mod clock;
 mod coalesce;
 mod entry;
 mod error;
+mod export;
 mod flow;
 mod future;
 mod key;

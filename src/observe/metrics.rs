@@ -4,15 +4,12 @@
 //! counters when the meter provider collects: nothing is added to the
 //! request path for them. Histograms are recorded as requests finish.
 
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::KeyValue;
 
-use super::labels::field;
 use super::{LookupResult, Observer, Outcome};
-use crate::cache::Shared;
 
 /// Buckets (seconds) for lookups: from 1 µs (L1 hits) to 10 s (slow
 /// upstreams).
@@ -134,295 +131,39 @@ impl Instruments {
     }
 }
 
-/// Registers every instrument on `meter`; callbacks hold the cache weakly.
-pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
-    let weak = Arc::downgrade(shared);
-    observable_counters(meter, &weak);
-    let w = weak.clone();
-    meter
-        .u64_observable_gauge("cache.l1.entries")
-        .with_description("Slots in L1 (entries plus one per URL with variants)")
-        .with_unit("{entry}")
-        .with_callback(move |o| {
-            if let Some(s) = w.upgrade() {
-                o.observe(s.l1.len() as u64, &[]);
-            }
-        })
-        .build();
-    let w = weak.clone();
-    meter
-        .u64_observable_gauge("cache.l1.bytes")
-        .with_description("Weighted bytes held in L1")
-        .with_unit("By")
-        .with_callback(move |o| {
-            if let Some(s) = w.upgrade() {
-                o.observe(s.l1.weight(), &[]);
-            }
-        })
-        .build();
-    #[cfg(feature = "redis")]
-    let l2_server = shared
-        .l2
-        .as_ref()
-        .map(|l2| (l2.server().0.clone(), i64::from(l2.server().1)));
-    #[cfg(not(feature = "redis"))]
-    let l2_server = None;
-    Instruments {
-        lookup: meter
-            .f64_histogram("cache.lookup.duration")
-            .with_description("Time in the cache layer per request, to the response head")
-            .with_unit("s")
-            .with_boundaries(LOOKUP_BUCKETS.to_vec())
-            .build(),
-        upstream: meter
-            .f64_histogram("cache.upstream.duration")
-            .with_description("Upstream calls made by the cache (misses, revalidations, refreshes)")
-            .with_unit("s")
-            .with_boundaries(OP_BUCKETS.to_vec())
-            .build(),
-        l2_op: meter
-            .f64_histogram("db.client.operation.duration")
-            .with_description("Duration of L2 (Redis) operations")
-            .with_unit("s")
-            .with_boundaries(OP_BUCKETS.to_vec())
-            .build(),
-        label_values: (0..shared.obs.cfg.max_labels + 2)
-            .map(|_| std::sync::OnceLock::new())
-            .collect(),
-        lookup_attrs: (0..shared.obs.cfg.max_labels + 2)
-            .map(|_| std::sync::OnceLock::new())
-            .collect(),
-        l2_server,
+impl Instruments {
+    /// The synchronous instruments on `meter`, for up to `max_labels`
+    /// labels (plus `default` and `other`); `l2_server` names the Redis
+    /// server in L2 operation metrics.
+    pub(crate) fn new(meter: &Meter, max_labels: usize, l2_server: Option<(String, i64)>) -> Self {
+        Self {
+            lookup: meter
+                .f64_histogram("cache.lookup.duration")
+                .with_description("Time in the cache layer per request, to the response head")
+                .with_unit("s")
+                .with_boundaries(LOOKUP_BUCKETS.to_vec())
+                .build(),
+            upstream: meter
+                .f64_histogram("cache.upstream.duration")
+                .with_description(
+                    "Upstream calls made by the cache (misses, revalidations, refreshes)",
+                )
+                .with_unit("s")
+                .with_boundaries(OP_BUCKETS.to_vec())
+                .build(),
+            l2_op: meter
+                .f64_histogram("db.client.operation.duration")
+                .with_description("Duration of L2 (Redis) operations")
+                .with_unit("s")
+                .with_boundaries(OP_BUCKETS.to_vec())
+                .build(),
+            label_values: (0..max_labels + 2)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            lookup_attrs: (0..max_labels + 2)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            l2_server,
+        }
     }
-}
-
-/// Reads one counter of the cache.
-type Reader = fn(&Shared) -> u64;
-
-fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
-    let w = weak.clone();
-    meter
-        .u64_observable_counter("cache.requests")
-        .with_description("Requests through the cache by result, tier and label")
-        .with_unit("{request}")
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            for (name, c) in s.obs.labels.all() {
-                let label: opentelemetry::Value = name.to_string().into();
-                for (f, result, tier) in [
-                    (field::HIT_L1, "hit", "l1"),
-                    (field::HIT_L2, "hit", "l2"),
-                    (field::STALE, "stale", "none"),
-                    (field::MISS, "miss", "none"),
-                    (field::COALESCED, "miss", "none"),
-                    (field::REVALIDATED, "revalidated", "none"),
-                    (field::PASS, "pass", "none"),
-                    // Dropped before an answer: no lookup result.
-                    (field::CANCELLED, "cancelled", "none"),
-                ] {
-                    if c[f] == 0 {
-                        continue;
-                    }
-                    // Coalesced misses are reported apart from the others.
-                    let coalesced = f == field::COALESCED;
-                    o.observe(
-                        c[f],
-                        &[
-                            KeyValue::new("cache.result", result),
-                            KeyValue::new("cache.tier", tier),
-                            KeyValue::new("cache.label", label.clone()),
-                            KeyValue::new("cache.coalesced", coalesced),
-                        ],
-                    );
-                }
-            }
-        })
-        .build();
-    let simple: [(&'static str, &'static str, Reader); 6] = [
-        ("cache.stale_served", "Stale entries served", |s| {
-            s.counters.stale.get()
-        }),
-        (
-            "cache.coalesced",
-            "Requests answered from another request's call to the origin",
-            |s| s.counters.coalesced.get(),
-        ),
-        (
-            "cache.evictions",
-            "Entries evicted from L1 to make room",
-            |s| s.l1.evictions(),
-        ),
-        ("cache.stores", "Responses stored", |s| {
-            s.counters.stores.get()
-        }),
-        (
-            "cache.upstream.calls",
-            "Upstream calls made by the cache",
-            |s| s.counters.upstream_calls.get(),
-        ),
-        ("cache.promotions", "L2 entries copied into L1", promotions),
-    ];
-    for (name, description, read) in simple {
-        observable_counter(meter, weak, name, description, None, move |s| {
-            vec![("", read(s))]
-        });
-    }
-    observable_counter(
-        meter,
-        weak,
-        "cache.refreshes",
-        "Background refreshes by outcome",
-        Some("outcome"),
-        |s| {
-            let c = &s.counters;
-            vec![
-                ("ok", c.refresh_ok.get()),
-                ("failed", c.refresh_failed.get()),
-                ("skipped", c.refresh_skipped.get()),
-            ]
-        },
-    );
-    observable_counter(
-        meter,
-        weak,
-        "cache.breaker.opens",
-        "Circuit breaker transitions to open, by breaker",
-        Some("breaker"),
-        |s| {
-            #[allow(unused_mut)]
-            let mut v = vec![("upstream", s.breakers.opens())];
-            #[cfg(feature = "redis")]
-            if let Some(l2) = &s.l2 {
-                v.push(("l2", l2.breaker.opens()));
-            }
-            v
-        },
-    );
-    upstream_breakers(meter, weak);
-    #[cfg(feature = "redis")]
-    observable_counter(
-        meter,
-        weak,
-        "cache.l2.errors",
-        "L2 operations that failed, by kind",
-        Some("error.type"),
-        |s| {
-            let Some(l2) = &s.l2 else { return Vec::new() };
-            let c = &l2.counters;
-            vec![
-                ("error", c.errors.get()),
-                ("timeout", c.timeouts.get()),
-                ("decode", c.decode_errors.get()),
-                ("write_dropped", c.writes_dropped.get()),
-            ]
-        },
-    );
-}
-
-/// An observable counter read from the cache at collection time: `read`
-/// gives `(attribute value, count)` per series (the value is ignored
-/// without an attribute `key`).
-fn observable_counter(
-    meter: &Meter,
-    weak: &Weak<Shared>,
-    name: &'static str,
-    description: &'static str,
-    key: Option<&'static str>,
-    read: impl Fn(&Shared) -> Vec<(&'static str, u64)> + Send + Sync + 'static,
-) {
-    let w = weak.clone();
-    meter
-        .u64_observable_counter(name)
-        .with_description(description)
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            for (value, n) in read(&s) {
-                match key {
-                    Some(k) => o.observe(n, &[KeyValue::new(k, value)]),
-                    None => o.observe(n, &[]),
-                }
-            }
-        })
-        .build();
-}
-
-fn promotions(_s: &Shared) -> u64 {
-    #[cfg(feature = "redis")]
-    if let Some(l2) = &_s.l2 {
-        return l2.counters.promotions.get();
-    }
-    0
-}
-
-/// The upstream breakers by label, for every label whose breaker has
-/// opened at least once (a bounded set, like the labels):
-/// `cache.upstream.breaker.state` (1 for the current state, 0 for the
-/// others), `cache.upstream.breaker.opened_at` (while not closed: when it
-/// opened, Unix seconds) and `cache.upstream.breaker.opens`.
-fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
-    let w = weak.clone();
-    meter
-        .u64_observable_gauge("cache.upstream.breaker.state")
-        .with_description(
-            "Upstream circuit breakers by label: 1 for the current state, 0 for the others",
-        )
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            let now = s.clock.now_millis();
-            for (i, b) in s.breakers.ever_opened() {
-                let label: opentelemetry::Value = s.obs.labels.name(i).to_string().into();
-                let current = b.state(now);
-                for state in [
-                    crate::BreakerState::Closed,
-                    crate::BreakerState::Open,
-                    crate::BreakerState::HalfOpen,
-                ] {
-                    o.observe(
-                        u64::from(current == state),
-                        &[
-                            KeyValue::new("cache.label", label.clone()),
-                            KeyValue::new("state", state.as_str()),
-                        ],
-                    );
-                }
-            }
-        })
-        .build();
-    let w = weak.clone();
-    meter
-        .f64_observable_gauge("cache.upstream.breaker.opened_at")
-        .with_description("When each upstream circuit breaker that is not closed opened, Unix time")
-        .with_unit("s")
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            let now = s.clock.now_millis();
-            for (i, b) in s.breakers.not_closed(now) {
-                let st = b.status(String::new(), now);
-                o.observe(
-                    st.since_ms as f64 / 1000.0,
-                    &[
-                        KeyValue::new("cache.label", s.obs.labels.name(i).to_string()),
-                        KeyValue::new("state", st.state.as_str()),
-                    ],
-                );
-            }
-        })
-        .build();
-    let w = weak.clone();
-    meter
-        .u64_observable_counter("cache.upstream.breaker.opens")
-        .with_description("Upstream circuit breaker transitions to open, by label")
-        .with_callback(move |o| {
-            let Some(s) = w.upgrade() else { return };
-            for (i, b) in s.breakers.ever_opened() {
-                o.observe(
-                    b.opens(),
-                    &[KeyValue::new(
-                        "cache.label",
-                        s.obs.labels.name(i).to_string(),
-                    )],
-                );
-            }
-        })
-        .build();
 }

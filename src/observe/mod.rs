@@ -2,16 +2,11 @@
 //! a rolling window, health, recommendations, structured logs and (with
 //! the `opentelemetry` feature) metrics.
 
-mod api;
 pub(crate) mod hist;
-mod info;
 pub(crate) mod labels;
 #[cfg(feature = "opentelemetry")]
 pub(crate) mod metrics;
-mod prometheus;
 pub(crate) mod report;
-#[cfg(feature = "redis")]
-pub(crate) mod shared;
 pub(crate) mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +14,14 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-pub use info::{EagerRefreshInfo, Info, L1Info, L2Info, LabelsInfo};
+pub use crate::export::info::{EagerRefreshInfo, Info, L1Info, L2Info, LabelsInfo};
+#[cfg(feature = "redis")]
+pub use crate::export::shared::{SharedLabelStats, SharedStats};
 pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
 pub use report::{
     Health, HealthStatus, HealthThresholds, LabelStats, Latency, LowPerformer, Recommendation,
     RecommendationKind, WindowStats,
 };
-#[cfg(feature = "redis")]
-pub use shared::{SharedLabelStats, SharedStats};
 
 use hist::Histogram;
 use labels::{field, LabelTable};

@@ -1,10 +1,10 @@
 //! The observability methods of [`Cache`].
 
-use super::labels::field;
-use super::report::{ratio, recommend};
-use super::window::{SLOTS, SLOT_MS};
-use super::LabelRead;
-use super::{Health, HealthStatus, LabelStats, Latency, LowPerformer, WindowStats};
+use crate::observe::labels::field;
+use crate::observe::report::{ratio, recommend};
+use crate::observe::window::{SLOTS, SLOT_MS};
+use crate::observe::LabelRead;
+use crate::observe::{Health, HealthStatus, LabelStats, Latency, LowPerformer, WindowStats};
 use crate::stats::Stats;
 use crate::Cache;
 
@@ -99,7 +99,8 @@ impl Cache {
         } else {
             served as f64 / hits.count as f64
         };
-        let mut both = super::hist::Summary::merge(&s.obs.hit_latency, weight, &s.obs.miss_latency);
+        let mut both =
+            crate::observe::hist::Summary::merge(&s.obs.hit_latency, weight, &s.obs.miss_latency);
         both.sum_ns = (hits.sum_ns as f64 * weight) as u64 + misses.sum_ns;
         let lat: Latency = both.into();
         let mut status = HealthStatus::Healthy;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::report::ratio;
 use crate::cache::Shared;
+use crate::observe::report::ratio;
 use crate::Cache;
 
 #[derive(Debug, Default)]

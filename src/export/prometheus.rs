@@ -2,9 +2,9 @@
 
 use std::fmt::{self, Write as _};
 
-use super::hist::Histogram;
-use super::labels::field;
-use super::{HealthStatus, LabelStats, Latency};
+use crate::observe::hist::Histogram;
+use crate::observe::labels::field;
+use crate::observe::{HealthStatus, LabelStats, Latency};
 use crate::Cache;
 
 /// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
@@ -102,7 +102,7 @@ impl Cache {
             c[field::REVALIDATED] = st.revalidated;
             c[field::PASS] = st.passes;
             c[field::CANCELLED] = st.cancelled;
-            global = [LabelStats::from_counts(super::DEFAULT, &c)];
+            global = [LabelStats::from_counts(crate::observe::DEFAULT, &c)];
             &global[..]
         };
         for l in labels {
@@ -634,7 +634,7 @@ mod tests {
             .obs
             .labels
             .counters(i)
-            .add(super::super::labels::field::MISS, 1);
+            .add(crate::observe::labels::field::MISS, 1);
         let text = cache.prometheus();
         assert!(
             text.contains(
