@@ -19,6 +19,7 @@ use crate::observe::{HealthThresholds, LabelSource, LogLevel, ObserveConfig, Obs
 use crate::policy::{CacheMode, PolicyConfig, Route, SetCookiePolicy};
 use crate::stats::Counters;
 use crate::store::memory::MemoryStore;
+use crate::tiers::Tiers;
 
 /// The default [`CacheBuilder::upstream_timeout`].
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -852,7 +853,13 @@ impl CacheBuilder {
             clock: self.clock,
             policy: self.policy,
             keys: self.keys,
-            l1: MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants),
+            tiers: {
+                let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
+                let tiers = Tiers::new(l1, self.l1_write_through);
+                #[cfg(feature = "redis")]
+                let tiers = tiers.with_l2(l2.clone());
+                tiers
+            },
             inflight: InFlight::new(self.max_in_flight),
             hit_for_pass: QuickCache::new(self.hit_for_pass_capacity.max(16)),
             // One per label index: `max_labels` plus `default` and `other`.
@@ -875,7 +882,6 @@ impl CacheBuilder {
                 refresh_timeout: self.refresh_timeout,
                 stale_extension_factor: self.extension_factor,
                 max_stale_extensions: self.max_extensions,
-                l1_write_through: self.l1_write_through,
                 tags: self.tags,
             },
             obs: Observer::new(self.observe),
@@ -884,8 +890,6 @@ impl CacheBuilder {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),
                 _ => None,
             },
-            #[cfg(feature = "redis")]
-            l2,
         };
         let shared = Arc::new(shared);
         #[cfg(feature = "opentelemetry")]
@@ -896,7 +900,7 @@ impl CacheBuilder {
                 .set(crate::export::otel::register(&shared, &meter));
         }
         #[cfg(feature = "redis")]
-        if let Some(l2) = &shared.l2 {
+        if let Some(l2) = &shared.tiers.l2 {
             // Every L2 operation: slow warnings and the duration histogram.
             let weak = Arc::downgrade(&shared);
             l2.set_op_hook(Box::new(move |name, took, ok| {
@@ -911,14 +915,14 @@ impl CacheBuilder {
         {
             // Entries pushed out of L1 before anyone read them again.
             let weak = Arc::downgrade(&shared);
-            shared.l1.on_evicted_unread(Box::new(move |label| {
+            shared.tiers.l1.on_evicted_unread(Box::new(move |label| {
                 if let Some(shared) = weak.upgrade() {
                     shared.obs.evicted_unread(label);
                 }
             }));
         }
         #[cfg(feature = "redis")]
-        if let Some(l2) = &shared.l2 {
+        if let Some(l2) = &shared.tiers.l2 {
             // Other instances' invalidations reach L1 through this; a weak
             // reference, so the subscriber does not keep the cache alive.
             let weak = Arc::downgrade(&shared);
@@ -938,15 +942,21 @@ fn apply_remote(shared: &Shared, msg: &crate::store::l2::Message) {
     use crate::store::l2::Message;
     match msg {
         Message::Key(k) => {
-            shared.l1.remove(*k);
+            shared.tiers.l1.remove(*k);
         }
         Message::Tag(t) => {
-            shared.l1.remove_where(|e| e.tags.iter().any(|x| &**x == t));
+            shared
+                .tiers
+                .l1
+                .remove_where(|e| e.tags.iter().any(|x| &**x == t));
         }
         Message::Prefix(p) => {
-            shared.l1.remove_where(|e| e.path().starts_with(p.as_str()));
+            shared
+                .tiers
+                .l1
+                .remove_where(|e| e.path().starts_with(p.as_str()));
         }
-        Message::Clear => shared.l1.clear(),
+        Message::Clear => shared.tiers.l1.clear(),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::status::{
     cache_status, CACHE_STATUS, STATUS_BYPASS, STATUS_HIT_FOR_PASS, STATUS_HIT_L1, STATUS_HIT_L2,
     STATUS_METHOD, STATUS_ONLY_IF_CACHED, STATUS_RANGE,
 };
-use crate::store::memory::{Found, MemoryStore};
+use crate::tiers::{L1Lookup, Tier, Tiers};
 
 /// A copy of what the engine needs of a request (method, URI, version,
 /// headers) once the request itself has been sent on.
@@ -77,7 +77,7 @@ impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("mode", &self.shared.policy.mode)
-            .field("l1_capacity_bytes", &self.shared.l1.capacity())
+            .field("l1_capacity_bytes", &self.shared.tiers.l1.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -86,7 +86,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: PolicyConfig,
     pub(crate) keys: KeyConfig,
-    pub(crate) l1: MemoryStore,
+    /// L1, the optional L2, and how entries move between them.
+    pub(crate) tiers: Tiers,
     pub(crate) inflight: InFlight,
     pub(crate) hit_for_pass: QuickCache<KeyHash, u64>,
     /// The upstream circuit breakers, one per label (`upstream_breaker`).
@@ -95,8 +96,6 @@ pub(crate) struct Shared {
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
     pub(crate) obs: Observer,
-    #[cfg(feature = "redis")]
-    pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
     /// Stats accumulated in Redis (`shared_stats`).
     #[cfg(feature = "redis")]
     pub(crate) shared_stats: Option<crate::export::shared::Flusher>,
@@ -114,8 +113,6 @@ pub(crate) struct EngineConfig {
     pub(crate) refresh_timeout: Duration,
     pub(crate) stale_extension_factor: f64,
     pub(crate) max_stale_extensions: u32,
-    /// Write upstream responses to L1 as well as L2 (always true without L2).
-    pub(crate) l1_write_through: bool,
     pub(crate) tags: TagConfig,
 }
 
@@ -243,29 +240,6 @@ impl<B: Body> From<Answered<B>> for Decision<B> {
     }
 }
 
-/// The tier a found entry was read from. Everything else about the entry
-/// (freshness, revalidation, 304 merging, `Cache-Status`) is decided the
-/// same way for both ([`Cache::judge`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tier {
-    /// The in-process tier.
-    L1,
-    /// Redis, read after `since` (a point in the sequence of writes and
-    /// invalidations): copied into L1 only if no invalidation came since.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    L2 { since: u64 },
-}
-
-impl Tier {
-    /// The `detail` of `Cache-Status` for an answer from this tier.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Tier::L1 => "l1",
-            Tier::L2 { .. } => "l2",
-        }
-    }
-}
-
 /// The plan for an upstream call.
 #[derive(Debug)]
 pub(crate) struct Fetch {
@@ -350,10 +324,10 @@ impl Cache {
             coalesce_timeouts: c.coalesce_timeouts.get(),
             upstream_timeouts: c.upstream_timeouts.get(),
             invalidations: c.invalidations.get(),
-            evictions: s.l1.evictions(),
-            l1_entries: s.l1.len() as u64,
-            l1_bytes: s.l1.weight(),
-            l1_capacity_bytes: s.l1.capacity(),
+            evictions: s.tiers.l1.evictions(),
+            l1_entries: s.tiers.l1.len() as u64,
+            l1_bytes: s.tiers.l1.weight(),
+            l1_capacity_bytes: s.tiers.l1.capacity(),
             in_flight: s.inflight.len() as u64,
             l2_errors: 0,
             l2_timeouts: 0,
@@ -378,7 +352,7 @@ impl Cache {
         };
         self.observe_into(&mut stats, now, &labels);
         #[cfg(feature = "redis")]
-        if let Some(l2) = &s.l2 {
+        if let Some(l2) = &s.tiers.l2 {
             let c = &l2.counters;
             stats.l2_errors = c.errors.get();
             stats.l2_timeouts = c.timeouts.get();
@@ -410,7 +384,7 @@ impl Cache {
     /// (tests, graceful shutdown).
     pub fn l2_pending_writes(&self) -> u64 {
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             return l2.pending_writes();
         }
         0
@@ -535,10 +509,10 @@ impl Cache {
     }
 
     pub(crate) fn invalidate_hash(&self, key: KeyHash) -> bool {
-        let removed = self.shared.l1.remove(key);
+        let removed = self.shared.tiers.l1.remove(key);
         self.shared.hit_for_pass.remove(&key);
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             // Off the request path; without a runtime there is nothing to run it on.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 // Until the DEL lands, a read of the key here is a miss
@@ -571,12 +545,13 @@ impl Cache {
         let mut out = Invalidated {
             l1: self
                 .shared
+                .tiers
                 .l1
                 .remove_where(|e| e.tags.iter().any(|t| &**t == tag)),
             l2: 0,
         };
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             out.l2 = l2.invalidate_tag(tag).await;
         }
         self.shared.counters.invalidations.add(out.l1);
@@ -591,12 +566,13 @@ impl Cache {
         let mut out = Invalidated {
             l1: self
                 .shared
+                .tiers
                 .l1
                 .remove_where(|e| e.path().starts_with(path_prefix)),
             l2: 0,
         };
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             out.l2 = l2.invalidate_prefix(path_prefix).await;
         }
         self.shared.counters.invalidations.add(out.l1);
@@ -608,13 +584,13 @@ impl Cache {
     pub async fn clear(&self) -> Invalidated {
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut out = Invalidated {
-            l1: self.shared.l1.len() as u64,
+            l1: self.shared.tiers.l1.len() as u64,
             l2: 0,
         };
-        self.shared.l1.clear();
+        self.shared.tiers.l1.clear();
         self.shared.hit_for_pass.clear();
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             out.l2 = l2.clear().await;
         }
         out
@@ -675,24 +651,9 @@ impl Cache {
         }
         let head = parts.method == Method::HEAD;
         let now = s.clock.now_millis();
-        let (found, fwd) = match s.l1.get(key, &parts.headers) {
-            Found::Entry(e) if now >= e.timeline.retain_until => {
-                s.l1.remove_expired(key, &e, &parts.headers);
-                (None, "uri-miss")
-            }
-            #[cfg(feature = "redis")]
-            Found::Entry(e)
-                if s.l2
-                    .as_ref()
-                    .is_some_and(|l2| !l2.trust_l1(e.timeline.stored_at, now)) =>
-            {
-                // The invalidation channel is down and this copy is old:
-                // go to L2, which other instances keep current.
-                (None, "uri-miss")
-            }
-            Found::Entry(e) => (Some(e), "stale"),
-            Found::UriMiss => (None, "uri-miss"),
-            Found::VaryMiss => (None, "vary-miss"),
+        let (found, fwd) = match s.tiers.lookup_l1(key, &parts.headers, now) {
+            L1Lookup::Found(e) => (Some(e), "stale"),
+            L1Lookup::Miss { fwd } => (None, fwd),
         };
         let mut plan = Fetch {
             key,
@@ -716,7 +677,7 @@ impl Cache {
         }
         // L2 may hold a newer copy, or the only one: read it whatever the
         // request's directives (a `no-cache` request needs its validators).
-        plan.l2_lookup = self.has_l2();
+        plan.l2_lookup = s.tiers.has_l2();
         if plan.directives.cc.only_if_cached && !plan.l2_lookup {
             return Decision::Respond(self.unavailable());
         }
@@ -862,8 +823,9 @@ impl Cache {
     }
 
     /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
-    /// promotion rules allow. Returns whether the entry lives in L1 (its
-    /// response template is worth building).
+    /// promotion rules allow (at once when it replaces an older L1 copy).
+    /// Returns whether the entry lives in L1 (its response template is
+    /// worth building).
     fn note_served(
         &self,
         entry: &Arc<Entry>,
@@ -872,120 +834,14 @@ impl Cache {
         plan: &Fetch,
         now: u64,
     ) -> bool {
-        match tier {
-            Tier::L1 => true,
-            #[cfg(feature = "redis")]
-            Tier::L2 { since } => {
-                let s = &*self.shared;
-                let Some(l2) = s.l2.as_ref() else {
-                    return false;
-                };
-                // An older L1 copy is replaced at once; otherwise hot
-                // entries earn promotion.
-                // (Checked first: a hit that may not promote is not
-                // counted towards promotion.)
-                let promoted = l2.may_promote(plan.key, since)
-                    && (plan.prior.is_some() || l2.note_hit(plan.key, now));
-                if promoted {
-                    let names: Vec<HeaderName> =
-                        entry.vary.iter().map(|(n, _)| n.clone()).collect();
-                    s.l1.insert(plan.key, Arc::clone(entry), &names, &parts.headers);
-                }
-                promoted
-            }
-            #[cfg(not(feature = "redis"))]
-            Tier::L2 { .. } => {
-                let _ = (entry, parts, plan, now);
-                false
-            }
-        }
-    }
-
-    /// Stores a new entry: L1 (unless L2 exists and write-through is off)
-    /// and, off the request path, L2. Returns whether any tier took it.
-    pub(crate) fn store_entry(
-        &self,
-        key: KeyHash,
-        entry: &Arc<Entry>,
-        vary: &[HeaderName],
-        req_headers: &HeaderMap,
-        now: u64,
-    ) -> bool {
-        let s = &*self.shared;
-        let mut stored = false;
-        if s.cfg.l1_write_through || !self.has_l2() {
-            stored |= s.l1.insert(key, Arc::clone(entry), vary, req_headers);
-        }
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &s.l2 {
-            l2.enqueue(key, entry, req_headers, now);
-            stored = true;
-        }
-        let _ = now;
-        stored
-    }
-
-    /// Replaces `old` with `new` (freshened by a 304, stale windows
-    /// extended) if `old` is still the stored entry; then writes it to L2.
-    /// An invalidation or a newer response that landed meanwhile wins.
-    ///
-    /// `tier`: where `old` was found. An entry read from L2 (L1 had no
-    /// copy) goes to L1 as a new response would (write-through) and to L2,
-    /// unless an invalidation came after it was read.
-    pub(crate) fn replace_entry(
-        &self,
-        key: KeyHash,
-        old: &Arc<Entry>,
-        new: Arc<Entry>,
-        req_headers: &HeaderMap,
-        tier: Tier,
-    ) -> bool {
-        let s = &*self.shared;
-        #[cfg(feature = "redis")]
-        if let (Tier::L2 { since }, Some(l2)) = (tier, &s.l2) {
-            if !l2.may_promote(key, since) {
-                return false;
-            }
-            if s.cfg.l1_write_through {
-                let names: Vec<HeaderName> = new.vary.iter().map(|(n, _)| n.clone()).collect();
-                s.l1.insert(key, Arc::clone(&new), &names, req_headers);
-            }
-            l2.enqueue(key, &new, req_headers, self.now());
-            return true;
-        }
-        let _ = tier;
-        let replaced = s.l1.replace_if(key, old, Arc::clone(&new), req_headers);
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &s.l2 {
-            // L2 may hold the entry even when L1 does not (write-through
-            // off, or evicted); an invalidation deleted it from both.
-            if replaced || !s.cfg.l1_write_through {
-                l2.enqueue(key, &new, req_headers, self.now());
-            }
-        }
-        replaced
-    }
-
-    /// The tier new entries are read back from: L1, unless L2 exists and
-    /// responses are not written through to L1.
-    pub(crate) fn store_tier(&self) -> &'static str {
-        if self.shared.cfg.l1_write_through || !self.has_l2() {
-            "l1"
-        } else {
-            "l2"
-        }
-    }
-
-    /// Whether an L2 tier is configured.
-    pub(crate) fn has_l2(&self) -> bool {
-        #[cfg(feature = "redis")]
-        {
-            self.shared.l2.is_some()
-        }
-        #[cfg(not(feature = "redis"))]
-        {
-            false
-        }
+        self.shared.tiers.admit_served(
+            plan.key,
+            entry,
+            tier,
+            plan.prior.is_some(),
+            &parts.headers,
+            now,
+        )
     }
 
     /// The 504 for an `only-if-cached` request with nothing stored.

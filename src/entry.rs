@@ -526,7 +526,7 @@ mod tests {
             resp.into_body().collect().await.unwrap().to_bytes().len(),
             1000
         );
-        let stored = cache.shared.l1.sample(8);
+        let stored = cache.shared.tiers.l1.sample(8);
         assert_eq!(stored.len(), 1);
         assert_owned(&stored[0], &[&origin_wire, &client_wire]);
         assert_eq!(stored[0].vary().count(), 1);
@@ -535,7 +535,7 @@ mod tests {
         let resp = svc.oneshot(request()).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        let stored = cache.shared.l1.sample(8);
+        let stored = cache.shared.tiers.l1.sample(8);
         assert_eq!(stored.len(), 1);
         assert!(
             stored[0].headers.contains_key("x-fresh"),

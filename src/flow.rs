@@ -17,14 +17,16 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
-use crate::cache::{get_view, request_view, Cache, Fetch};
 #[cfg(feature = "redis")]
-use crate::cache::{Answered, Tier as FoundIn};
+use crate::cache::Answered;
+use crate::cache::{get_view, request_view, Cache, Fetch};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::observe::Tier;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
 use crate::status::{cache_status, CACHE_STATUS, STATUS_METHOD, STATUS_RANGE};
+#[cfg(feature = "redis")]
+use crate::tiers::L2Lookup;
 
 /// Something that answers requests: the inner service, seen by the engine.
 /// Each value is used for at most one call. It may borrow (a
@@ -224,7 +226,7 @@ where
                 let span = tracing::Span::current();
                 match cache.judge::<U::Body>(
                     entry,
-                    FoundIn::L2 { since: 0 },
+                    crate::tiers::Tier::L2 { since: 0 },
                     &parts,
                     *plan,
                     now,
@@ -261,7 +263,7 @@ where
             Some(Outcome::Abandoned | Outcome::Failed | Outcome::StaleIfError(_)) => {
                 // A later flight may already have stored an answer.
                 if let crate::store::memory::Found::Entry(entry) =
-                    s.l1.get(plan.key, &parts.headers)
+                    s.tiers.l1.get(plan.key, &parts.headers)
                 {
                     if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, Tier::L1) {
                         return Ok(resp);
@@ -393,48 +395,29 @@ async fn from_l2<B, RB: Body>(
 ) -> L2Answer<B, RB> {
     let s = &*cache.shared;
     plan.l2_lookup = false;
-    let Some(l2) = s.l2.as_ref() else {
-        return L2Answer::NotServed(req, plan);
-    };
-    // An invalidation arriving while the read is in flight must not be
-    // undone by promoting (or re-storing) what was read.
-    let since = crate::store::l2::L2::seq_now();
-    if l2.deleting(plan.key) {
-        return L2Answer::NotServed(req, plan);
-    }
-    let mut varied = false;
-    let Some(found) = l2.lookup_varied(plan.key, req.headers(), &mut varied).await else {
-        if varied && plan.prior.is_none() {
-            // Other variants are stored: as L1 says for the same request.
-            plan.fwd = "vary-miss";
-        }
-        return L2Answer::NotServed(req, plan);
-    };
-    if l2.deleting(plan.key) {
-        // Invalidated here while the read was in flight.
-        return L2Answer::NotServed(req, plan);
-    }
     let now = cache.now();
-    let newer = plan
-        .prior
-        .as_ref()
-        .is_none_or(|p| found.timeline.stored_at > p.timeline.stored_at);
-    // Past its last useful instant the entry is gone, as from L1 (Redis
-    // expires it by its own clock, which may lag the cache's).
-    if !newer || now >= found.timeline.retain_until {
-        return L2Answer::NotServed(req, plan);
-    }
+    let (found, tier) = match s
+        .tiers
+        .lookup_l2(plan.key, req.headers(), plan.prior.as_deref(), now)
+        .await
+    {
+        L2Lookup::Found(found, tier) => (found, tier),
+        L2Lookup::Miss { varied } => {
+            if varied && plan.prior.is_none() {
+                // Other variants are stored: as L1 says for the same request.
+                plan.fwd = "vary-miss";
+            }
+            return L2Answer::NotServed(req, plan);
+        }
+    };
     let (parts, body) = req.into_parts();
     let entry = Arc::clone(&found);
     let span = tracing::Span::current();
-    let (resp, refresh) =
-        match cache.judge::<RB>(found, FoundIn::L2 { since }, &parts, *plan, now, &span) {
-            Err(plan) => {
-                return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan))
-            }
-            Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => (resp, None),
-            Ok(Answered::Stale(resp, plan) | Answered::Refresh(resp, plan)) => (resp, Some(plan)),
-        };
+    let (resp, refresh) = match cache.judge::<RB>(found, tier, &parts, *plan, now, &span) {
+        Err(plan) => return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan)),
+        Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => (resp, None),
+        Ok(Answered::Stale(resp, plan) | Answered::Refresh(resp, plan)) => (resp, Some(plan)),
+    };
     L2Answer::Served {
         resp,
         entry,
@@ -446,22 +429,12 @@ async fn from_l2<B, RB: Body>(
 /// A fresh L1 entry for the plan's key stored after the plan was made (newer
 /// than its prior, if any), which this request may use.
 fn stored_since(cache: &Cache, parts: &Parts, plan: &Fetch, now: u64) -> Option<Arc<Entry>> {
-    let s = &*cache.shared;
-    let crate::store::memory::Found::Entry(entry) = s.l1.get(plan.key, &parts.headers) else {
-        return None;
-    };
-    let newer = plan
-        .prior
-        .as_ref()
-        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at);
-    #[cfg(feature = "redis")]
-    if s.l2
-        .as_ref()
-        .is_some_and(|l2| !l2.trust_l1(entry.timeline.stored_at, now))
-    {
-        return None;
-    }
-    (newer && s.policy.usability(&entry, &plan.directives, now) == Usability::Fresh)
+    let entry =
+        cache
+            .shared
+            .tiers
+            .l1_newer_than(plan.key, &parts.headers, plan.prior.as_deref(), now)?;
+    (cache.shared.policy.usability(&entry, &plan.directives, now) == Usability::Fresh)
         .then_some(entry)
 }
 
@@ -492,7 +465,7 @@ fn collapsed<RB: Body>(
     let status = cache_status(format_args!(
         "fwd={}; collapsed; detail={}",
         plan.fwd,
-        cache.store_tier()
+        s.tiers.store_tier()
     ));
     Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
 }
@@ -905,7 +878,7 @@ where
         reads: Default::default(),
     });
     let store_started = s.obs.start();
-    let stored = cache.store_entry(
+    let stored = s.tiers.store(
         plan.key,
         &entry,
         &storable.vary,
@@ -1029,12 +1002,13 @@ fn freshen(
     entry.flags = st.flags;
     entry.extensions = 0;
     let entry = Arc::new(entry);
-    if cache.replace_entry(
+    if s.tiers.replace(
         plan.key,
         prior,
         Arc::clone(&entry),
         &client.headers,
         plan.tier,
+        cache.now(),
     ) {
         s.counters.stores.incr();
         s.obs.stored(plan.label);
@@ -1216,12 +1190,13 @@ pub(crate) fn spawn_refresh<B, U>(
             let headers = req.headers().clone();
             // Another instance may have refreshed the entry already: look in L2.
             #[cfg(feature = "redis")]
-            if let (Some(l2), Some(old)) = (s.l2.as_ref(), prior.as_ref()) {
-                if let Some(found) = l2.lookup(plan.key, &headers).await {
-                    let fresh = s.policy.usability(&found, &plan.directives, cache.now())
-                        == Usability::Fresh;
-                    if fresh && found.timeline.stored_at > old.timeline.stored_at {
-                        s.l1.replace_if(plan.key, old, Arc::clone(&found), &headers);
+            if let Some(old) = prior.as_ref() {
+                let now = cache.now();
+                if let L2Lookup::Found(found, tier) =
+                    s.tiers.lookup_l2(plan.key, &headers, Some(old), now).await
+                {
+                    if s.policy.usability(&found, &plan.directives, now) == Usability::Fresh {
+                        s.tiers.adopt(plan.key, old, &found, tier, &headers);
                         s.counters.refresh_ok.incr();
                         guard.complete(Outcome::Cached(found, Tier::L2));
                         return;
@@ -1257,12 +1232,13 @@ pub(crate) fn spawn_refresh<B, U>(
                         }
                         if let Some(prior) = &prior {
                             if let Some(extended) = cache.extended(prior) {
-                                cache.replace_entry(
+                                s.tiers.replace(
                                     plan.key,
                                     prior,
                                     Arc::new(extended),
                                     &headers,
                                     plan.tier,
+                                    cache.now(),
                                 );
                             }
                         }

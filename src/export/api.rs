@@ -26,7 +26,7 @@ impl Cache {
         };
         stats.hit_latency = obs.latency(true, &read.totals).into();
         stats.miss_latency = obs.latency(false, &read.totals).into();
-        let sample = self.shared.l1.sample(TTL_SAMPLE);
+        let sample = self.shared.tiers.l1.sample(TTL_SAMPLE);
         stats.avg_ttl_remaining_ms = (!sample.is_empty()).then(|| {
             sample
                 .iter()
@@ -36,7 +36,7 @@ impl Cache {
         });
         stats.labels = label_rows(read);
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             stats.redis = l2.info(now);
         }
     }
@@ -57,7 +57,7 @@ impl Cache {
     /// `threshold` (0..=1), worst first, each with recommendations drawn
     /// from its counters.
     pub fn low_performers(&self, threshold: f64) -> Vec<LowPerformer> {
-        let capacity = self.shared.l1.capacity();
+        let capacity = self.shared.tiers.l1.capacity();
         let mut out: Vec<LowPerformer> = self
             .label_stats()
             .into_iter()
@@ -144,7 +144,7 @@ impl Cache {
         #[allow(unused_mut)]
         let mut l2_breaker = None;
         #[cfg(feature = "redis")]
-        if let Some(l2) = &s.l2 {
+        if let Some(l2) = &s.tiers.l2 {
             let state = l2.breaker.state(now);
             l2_breaker = Some(state);
             match state {

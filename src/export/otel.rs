@@ -23,7 +23,7 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
         .with_unit("{entry}")
         .with_callback(move |o| {
             if let Some(s) = w.upgrade() {
-                o.observe(s.l1.len() as u64, &[]);
+                o.observe(s.tiers.l1.len() as u64, &[]);
             }
         })
         .build();
@@ -34,12 +34,13 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
         .with_unit("By")
         .with_callback(move |o| {
             if let Some(s) = w.upgrade() {
-                o.observe(s.l1.weight(), &[]);
+                o.observe(s.tiers.l1.weight(), &[]);
             }
         })
         .build();
     #[cfg(feature = "redis")]
     let l2_server = shared
+        .tiers
         .l2
         .as_ref()
         .map(|l2| (l2.server().0.clone(), i64::from(l2.server().1)));
@@ -102,7 +103,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
         (
             "cache.evictions",
             "Entries evicted from L1 to make room",
-            |s| s.l1.evictions(),
+            |s| s.tiers.l1.evictions(),
         ),
         ("cache.stores", "Responses stored", |s| {
             s.counters.stores.get()
@@ -144,7 +145,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             #[allow(unused_mut)]
             let mut v = vec![("upstream", s.breakers.opens())];
             #[cfg(feature = "redis")]
-            if let Some(l2) = &s.l2 {
+            if let Some(l2) = &s.tiers.l2 {
                 v.push(("l2", l2.breaker.opens()));
             }
             v
@@ -159,7 +160,9 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
         "L2 operations that failed, by kind",
         Some("error.type"),
         |s| {
-            let Some(l2) = &s.l2 else { return Vec::new() };
+            let Some(l2) = &s.tiers.l2 else {
+                return Vec::new();
+            };
             let c = &l2.counters;
             vec![
                 ("error", c.errors.get()),
@@ -200,7 +203,7 @@ fn observable_counter(
 
 fn promotions(_s: &Shared) -> u64 {
     #[cfg(feature = "redis")]
-    if let Some(l2) = &_s.l2 {
+    if let Some(l2) = &_s.tiers.l2 {
         return l2.counters.promotions.get();
     }
     0

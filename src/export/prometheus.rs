@@ -190,7 +190,7 @@ impl Cache {
             st.breaker_opens,
         );
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.l2 {
+        if let Some(l2) = &self.shared.tiers.l2 {
             sample(
                 w,
                 "tower_cache_breaker_opens_total",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cache::Shared;
 use crate::observe::report::ratio;
+use crate::observe::{SharedLabelStats, SharedStats};
 use crate::Cache;
 
 #[derive(Debug, Default)]
@@ -65,64 +66,6 @@ async fn flush_loop(weak: Weak<Shared>, interval: Duration) {
         let Some(shared) = weak.upgrade() else { return };
         Cache { shared }.flush_shared_stats().await;
     }
-}
-
-/// Totals over every instance that flushed to the same namespace, from
-/// [`Cache::shared_stats`].
-#[derive(Debug, Clone, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct SharedStats {
-    /// Requests.
-    pub requests: u64,
-    /// Fresh hits, all tiers.
-    pub hits: u64,
-    /// Fresh hits from L1.
-    pub hits_l1: u64,
-    /// Fresh hits from L2.
-    pub hits_l2: u64,
-    /// Stale entries served.
-    pub stale: u64,
-    /// Misses.
-    pub misses: u64,
-    /// Revalidated with a 304.
-    pub revalidated: u64,
-    /// Answered from another request's call to the origin (a `collapsed`
-    /// miss; see [`Stats::coalesced`](crate::Stats::coalesced)).
-    pub coalesced: u64,
-    /// Passed through.
-    pub passes: u64,
-    /// Upstream calls.
-    pub upstream_calls: u64,
-    /// Responses stored.
-    pub stores: u64,
-    /// The share of lookups answered without the origin,
-    /// `(hits + stale) / lookups`, as
-    /// [`Stats::hit_ratio`](crate::Stats::hit_ratio).
-    pub hit_ratio: f64,
-    /// Per label (labels as each instance named them), busiest first.
-    pub labels: Vec<SharedLabelStats>,
-}
-
-/// One label's totals over every instance.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct SharedLabelStats {
-    /// The label.
-    pub label: String,
-    /// Requests.
-    pub requests: u64,
-    /// Fresh hits.
-    pub hits: u64,
-    /// Stale entries served.
-    pub stale: u64,
-    /// Misses (coalesced and revalidated included).
-    pub misses: u64,
-    /// Passed through.
-    pub passes: u64,
-    /// `(hits + stale) / (requests - passes)`.
-    pub hit_ratio: f64,
 }
 
 const TOTALS: [&str; 11] = [
@@ -185,7 +128,7 @@ impl Cache {
     /// `shared_stats` interval.
     pub async fn flush_shared_stats(&self) -> bool {
         let s = &*self.shared;
-        let (Some(flusher), Some(l2)) = (s.shared_stats.as_ref(), s.l2.as_ref()) else {
+        let (Some(flusher), Some(l2)) = (s.shared_stats.as_ref(), s.tiers.l2.as_ref()) else {
             return false;
         };
         let _one = flusher.flushing.lock().await;
@@ -218,7 +161,7 @@ impl Cache {
     pub async fn shared_stats(&self) -> Option<SharedStats> {
         let s = &*self.shared;
         s.shared_stats.as_ref()?;
-        let fields = s.l2.as_ref()?.read_stats().await?;
+        let fields = s.tiers.l2.as_ref()?.read_stats().await?;
         let mut out = SharedStats::default();
         let mut labels: HashMap<String, SharedLabelStats> = HashMap::new();
         for (k, v) in fields {
@@ -292,7 +235,7 @@ impl Cache {
     /// Deletes the shared stats (every instance's contributions).
     pub async fn reset_shared_stats(&self) -> bool {
         let s = &*self.shared;
-        match (s.shared_stats.as_ref(), s.l2.as_ref()) {
+        match (s.shared_stats.as_ref(), s.tiers.l2.as_ref()) {
             (Some(_), Some(l2)) => l2.clear_stats().await,
             _ => false,
         }

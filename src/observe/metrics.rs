@@ -40,12 +40,14 @@ const OP_BUCKETS: [f64; 14] = [
 pub(crate) struct Instruments {
     lookup: Histogram<f64>,
     upstream: Histogram<f64>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     l2_op: Histogram<f64>,
     label_values: Vec<std::sync::OnceLock<opentelemetry::Value>>,
     /// Per label, the lookup histogram's attribute sets for every
     /// (result, tier), made once: recording then passes a ready slice in
     /// the same order every time (no clones, no sorting on our side).
     lookup_attrs: Vec<std::sync::OnceLock<Box<[[KeyValue; 3]]>>>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     l2_server: Option<(String, i64)>,
 }
 
@@ -115,6 +117,8 @@ impl Instruments {
         self.upstream.record(took.as_secs_f64(), &attrs);
     }
 
+    /// Records one L2 (Redis) operation.
+    #[cfg(feature = "redis")]
     pub(crate) fn l2_op(&self, name: &str, took: Duration, ok: bool) {
         let mut attrs = vec![
             KeyValue::new("db.system.name", "redis"),

@@ -7,6 +7,7 @@ pub(crate) mod labels;
 #[cfg(feature = "opentelemetry")]
 pub(crate) mod metrics;
 pub(crate) mod report;
+mod snapshot;
 pub(crate) mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +15,14 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-pub use crate::export::info::{EagerRefreshInfo, Info, L1Info, L2Info, LabelsInfo};
-#[cfg(feature = "redis")]
-pub use crate::export::shared::{SharedLabelStats, SharedStats};
 pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
 pub use report::{
     Health, HealthStatus, HealthThresholds, LabelStats, Latency, LowPerformer, Recommendation,
     RecommendationKind, WindowStats,
 };
+pub use snapshot::{EagerRefreshInfo, Info, L1Info, L2Info, LabelsInfo};
+#[cfg(feature = "redis")]
+pub use snapshot::{SharedLabelStats, SharedStats};
 
 use hist::Histogram;
 use labels::{field, LabelTable};

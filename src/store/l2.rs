@@ -810,18 +810,9 @@ impl L2 {
         }
     }
 
-    /// Finds the entry for `primary` that these request headers select.
-    pub(crate) async fn lookup(
-        self: &Arc<Self>,
-        primary: KeyHash,
-        headers: &HeaderMap,
-    ) -> Option<Arc<Entry>> {
-        let mut varied = false;
-        self.lookup_varied(primary, headers, &mut varied).await
-    }
-
-    /// [`lookup`](Self::lookup); `varied` is set when the URL has `Vary`
-    /// variants in L2 (a miss is then a `vary-miss`).
+    /// Finds the entry for `primary` that these request headers select;
+    /// `varied` is set when the URL has `Vary` variants in L2 (a miss is
+    /// then a `vary-miss`).
     pub(crate) async fn lookup_varied(
         self: &Arc<Self>,
         primary: KeyHash,
