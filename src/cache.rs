@@ -24,10 +24,7 @@ use crate::key::{KeyConfig, KeyHash};
 use crate::observe::{LogLevel, Observer, Outcome};
 use crate::policy::{PolicyConfig, RequestDirectives, Usability};
 use crate::stats::{Counters, Stats};
-use crate::status::{
-    cache_status, CACHE_STATUS, STATUS_BYPASS, STATUS_HIT_FOR_PASS, STATUS_HIT_L1, STATUS_HIT_L2,
-    STATUS_METHOD, STATUS_ONLY_IF_CACHED, STATUS_RANGE,
-};
+use crate::status::{Detail, Fwd, Status, CACHE_STATUS, STATUS_ONLY_IF_CACHED};
 use crate::tiers::{L1Lookup, Tier, Tiers};
 
 /// A copy of what the engine needs of a request (method, URI, version,
@@ -198,44 +195,67 @@ pub struct Invalidated {
     pub l2: u64,
 }
 
-/// What the adapter should do with a request.
+/// What the adapter should do with a request. Every answer carries the
+/// request's typed [`Status`]: the adapter reports it (`Lookup::finish_*`);
+/// `Cache-Status` is already rendered from it.
 pub(crate) enum Decision<B: Body> {
     /// Answer now (stale for `only-if-cached`, 504 for `only-if-cached`).
-    Respond(Response<CacheBody<B>>),
-    /// A fresh L1 hit (or a 304 from it), decided at `now`.
+    Respond(Response<CacheBody<B>>, Status),
+    /// A fresh L1 hit (or a 304 from it), decided at `now`: `Status::HIT_L1`.
     Hit(Response<CacheBody<B>>, u64),
     /// Answer now with this stale entry and refresh it in the background.
-    Stale(Response<CacheBody<B>>, Box<Fetch>),
-    /// Forward unchanged, adding this `Cache-Status`.
-    Pass(HeaderValue),
+    Stale(Response<CacheBody<B>>, Box<Fetch>, Status),
+    /// Forward unchanged, adding this status.
+    Pass(Status),
     /// Forward an unsafe method; invalidate on success.
     Unsafe,
     /// Call the upstream (coalesced), store, answer.
     Fetch(Box<Fetch>),
     /// Answer now with this fresh entry, and refresh it early in the
     /// background (eager refresh of a hot key).
-    Refresh(Response<CacheBody<B>>, Box<Fetch>),
+    Refresh(Response<CacheBody<B>>, Box<Fetch>, Status),
 }
 
-/// How [`Cache::judge`] answered a request from a found entry.
+/// How [`Cache::judge`] answered a request from a found entry, with the
+/// answer's status.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Answered<B: Body> {
     /// A fresh hit.
-    Hit(Response<CacheBody<B>>, u64),
+    Hit(Response<CacheBody<B>>, u64, Status),
     /// An answer without a refresh (a stale entry, `only-if-cached`).
-    Respond(Response<CacheBody<B>>),
+    Respond(Response<CacheBody<B>>, Status),
     /// A stale answer; refresh in the background.
-    Stale(Response<CacheBody<B>>, Box<Fetch>),
+    Stale(Response<CacheBody<B>>, Box<Fetch>, Status),
     /// A fresh answer; refresh early in the background.
-    Refresh(Response<CacheBody<B>>, Box<Fetch>),
+    Refresh(Response<CacheBody<B>>, Box<Fetch>, Status),
+}
+
+impl<B: Body> Answered<B> {
+    /// The response, with its status in its extensions (what the engine's
+    /// futures report from), and the refresh to start, if any.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn into_marked(self) -> (Response<CacheBody<B>>, Option<Box<Fetch>>) {
+        let (mut resp, status, refresh) = match self {
+            Answered::Hit(resp, _, status) | Answered::Respond(resp, status) => {
+                (resp, status, None)
+            }
+            Answered::Stale(resp, plan, status) | Answered::Refresh(resp, plan, status) => {
+                (resp, status, Some(plan))
+            }
+        };
+        resp.extensions_mut().insert(status);
+        (resp, refresh)
+    }
 }
 
 impl<B: Body> From<Answered<B>> for Decision<B> {
     fn from(a: Answered<B>) -> Self {
         match a {
-            Answered::Hit(resp, now) => Decision::Hit(resp, now),
-            Answered::Respond(resp) => Decision::Respond(resp),
-            Answered::Stale(resp, plan) => Decision::Stale(resp, plan),
-            Answered::Refresh(resp, plan) => Decision::Refresh(resp, plan),
+            // A fresh hit decided synchronously is always an L1 hit.
+            Answered::Hit(resp, now, _) => Decision::Hit(resp, now),
+            Answered::Respond(resp, status) => Decision::Respond(resp, status),
+            Answered::Stale(resp, plan, status) => Decision::Stale(resp, plan, status),
+            Answered::Refresh(resp, plan, status) => Decision::Refresh(resp, plan, status),
         }
     }
 }
@@ -251,7 +271,7 @@ pub(crate) struct Fetch {
     /// Send the prior entry's validators.
     pub(crate) revalidate: bool,
     /// The `fwd` parameter of `Cache-Status`.
-    pub(crate) fwd: &'static str,
+    pub(crate) fwd: Fwd,
     pub(crate) head: bool,
     pub(crate) coalesce: bool,
     /// A background refresh: counts as refresh, not as a request outcome.
@@ -626,7 +646,7 @@ impl Cache {
                 Decision::Unsafe
             } else {
                 s.counters.passes.incr();
-                Decision::Pass(STATUS_METHOD)
+                Decision::Pass(Status::METHOD)
             };
         }
         let route = if s.policy.routes.is_empty() {
@@ -639,11 +659,11 @@ impl Cache {
         };
         if route.is_some_and(|i| s.policy.routes[i].bypass) {
             s.counters.passes.incr();
-            return Decision::Pass(STATUS_BYPASS);
+            return Decision::Pass(Status::BYPASS);
         }
         let Some(key) = s.keys.hash(parts) else {
             s.counters.passes.incr();
-            return Decision::Pass(STATUS_BYPASS);
+            return Decision::Pass(Status::BYPASS);
         };
         let mut directives = RequestDirectives::from_headers(&parts.headers);
         if s.policy.ignores_request_cc() {
@@ -652,7 +672,7 @@ impl Cache {
         let head = parts.method == Method::HEAD;
         let now = s.clock.now_millis();
         let (found, fwd) = match s.tiers.lookup_l1(key, &parts.headers, now) {
-            L1Lookup::Found(e) => (Some(e), "stale"),
+            L1Lookup::Found(e) => (Some(e), Fwd::Stale),
             L1Lookup::Miss { fwd } => (None, fwd),
         };
         let mut plan = Fetch {
@@ -679,19 +699,19 @@ impl Cache {
         // request's directives (a `no-cache` request needs its validators).
         plan.l2_lookup = s.tiers.has_l2();
         if plan.directives.cc.only_if_cached && !plan.l2_lookup {
-            return Decision::Respond(self.unavailable());
+            return Decision::Respond(self.unavailable(), Status::ONLY_IF_CACHED);
         }
         if plan.prior.is_none() && plan.directives.range && !plan.l2_lookup {
             // A range of something not stored: fetching it whole to store
             // could mean downloading a huge file for a few bytes.
             s.counters.passes.incr();
-            return Decision::Pass(STATUS_RANGE);
+            return Decision::Pass(Status::RANGE);
         }
         if plan.prior.is_none() && !s.cfg.hit_for_pass_ttl.is_zero() {
             if let Some(until) = s.hit_for_pass.get(&key) {
                 if now < until {
                     s.counters.passes.incr();
-                    return Decision::Pass(STATUS_HIT_FOR_PASS);
+                    return Decision::Pass(Status::HIT_FOR_PASS);
                 }
                 s.hit_for_pass.remove(&key);
             }
@@ -704,32 +724,26 @@ impl Cache {
     /// held (`fresh`, or stale within its window; from L2 when `l2`) and
     /// gives its `Cache-Status`: one place for every way an entry is found
     /// (its own look-up, or the flight it waited on).
-    pub(crate) fn tier_hit_status(
-        &self,
-        fresh: bool,
-        l2: bool,
-        entry: &Entry,
-        now: u64,
-    ) -> HeaderValue {
+    pub(crate) fn tier_hit_status(&self, fresh: bool, l2: bool, entry: &Entry, now: u64) -> Status {
         let s = &*self.shared;
+        let tier = if l2 { Detail::L2 } else { Detail::L1 };
         if !fresh {
             s.counters.stale.incr();
             let staleness = now
                 .saturating_sub(entry.timeline.fresh_until)
                 .div_ceil(1000);
-            let tier = if l2 { "l2" } else { "l1" };
-            return cache_status(format_args!("hit; ttl=-{staleness}; detail={tier}"));
+            return Status::hit(tier, Some(staleness));
         }
         if l2 {
             s.counters.hits_l2.incr();
-            return STATUS_HIT_L2;
+            return Status::HIT_L2;
         }
         if !s.obs.cfg.enabled {
             // With observability on, the label's counter is the count (one
             // atomic add per hit, not two).
             s.counters.hits_l1.incr();
         }
-        STATUS_HIT_L1
+        Status::HIT_L1
     }
 
     /// Judges an entry found for a request, whatever tier it came from:
@@ -751,7 +765,7 @@ impl Cache {
         span: &tracing::Span,
     ) -> Result<Answered<B>, Fetch> {
         let s = &*self.shared;
-        plan.fwd = "stale";
+        plan.fwd = Fwd::Stale;
         match s.policy.usability(&entry, &plan.directives, now) {
             Usability::Fresh => {
                 let status = self.tier_hit_status(true, tier != Tier::L1, &entry, now);
@@ -772,7 +786,7 @@ impl Cache {
                     parts,
                     plan.directives.conditional,
                     now,
-                    status,
+                    &status,
                     reuse,
                 );
                 if eager
@@ -782,9 +796,13 @@ impl Cache {
                         < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
                     && entry.reads.claim_refresh()
                 {
-                    return Ok(Answered::Refresh(resp, plan.into_refresh(entry, tier)));
+                    return Ok(Answered::Refresh(
+                        resp,
+                        plan.into_refresh(entry, tier),
+                        status,
+                    ));
                 }
-                return Ok(Answered::Hit(resp, now));
+                return Ok(Answered::Hit(resp, now, status));
             }
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
@@ -794,14 +812,18 @@ impl Cache {
                     parts,
                     plan.directives.conditional,
                     now,
-                    status,
+                    &status,
                     reuse,
                 );
                 if plan.directives.cc.only_if_cached {
                     // The client asked that the origin not be contacted.
-                    return Ok(Answered::Respond(resp));
+                    return Ok(Answered::Respond(resp, status));
                 }
-                return Ok(Answered::Stale(resp, plan.into_refresh(entry, tier)));
+                return Ok(Answered::Stale(
+                    resp,
+                    plan.into_refresh(entry, tier),
+                    status,
+                ));
             }
             Usability::Revalidate => {
                 plan.revalidate = true;
@@ -816,7 +838,7 @@ impl Cache {
         }
         let d = &plan.directives.cc;
         if d.no_cache || d.max_age.is_some() || d.min_fresh.is_some() {
-            plan.fwd = "request";
+            plan.fwd = Fwd::Request;
         }
 
         Err(plan)
@@ -851,6 +873,7 @@ impl Cache {
         *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         resp.headers_mut()
             .insert(CACHE_STATUS.clone(), STATUS_ONLY_IF_CACHED);
+        resp.extensions_mut().insert(Status::ONLY_IF_CACHED);
         resp
     }
 
@@ -871,7 +894,7 @@ impl Cache {
         req: &Parts,
         conditional: bool,
         now: u64,
-        status: HeaderValue,
+        status: &Status,
     ) -> Response<CacheBody<B>> {
         self.respond_entry_with(entry, req, conditional, now, status, true)
     }
@@ -885,10 +908,11 @@ impl Cache {
         req: &Parts,
         conditional: bool,
         now: u64,
-        status: HeaderValue,
+        status: &Status,
         reuse: bool,
     ) -> Response<CacheBody<B>> {
         let head = req.method == Method::HEAD;
+        let status = status.header();
         if conditional
             && crate::policy::conditional::not_modified(entry.status, &entry.headers, &req.headers)
         {

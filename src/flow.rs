@@ -17,14 +17,12 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
-#[cfg(feature = "redis")]
-use crate::cache::Answered;
 use crate::cache::{get_view, request_view, Cache, Fetch};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::observe::Tier;
 use crate::policy::{strip_hop_by_hop, NotStored, RequestDirectives, Usability};
-use crate::status::{cache_status, CACHE_STATUS, STATUS_METHOD, STATUS_RANGE};
+use crate::status::{Detail, Fwd, Status, CACHE_STATUS};
 #[cfg(feature = "redis")]
 use crate::tiers::L2Lookup;
 
@@ -232,10 +230,12 @@ where
                     now,
                     &span,
                 ) {
-                    Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => return Ok(resp),
-                    Ok(Answered::Stale(resp, refresh) | Answered::Refresh(resp, refresh)) => {
-                        let req = Request::from_parts(parts, body);
-                        up.refresh(cache.clone(), req, refresh, &span);
+                    Ok(answered) => {
+                        let (resp, refresh) = answered.into_marked();
+                        if let Some(refresh) = refresh {
+                            let req = Request::from_parts(parts, body);
+                            up.refresh(cache.clone(), req, refresh, &span);
+                        }
                         return Ok(resp);
                     }
                     Err(p) => {
@@ -275,13 +275,25 @@ where
                 // unless `coalesce_timeout` is set below it): never call the
                 // origin alone, answer from what is stored or with a 504.
                 s.counters.coalesce_timeouts.incr();
-                return Ok(gave_up(&cache, &parts, &plan, "coalesce-timeout", false));
+                return Ok(gave_up(
+                    &cache,
+                    &parts,
+                    &plan,
+                    Detail::CoalesceTimeout,
+                    false,
+                ));
             }
         }
         req = Request::from_parts(parts, body);
     }
     let (parts, _body) = req.into_parts();
-    Ok(gave_up(&cache, &parts, &plan, "coalesce-failed", false))
+    Ok(gave_up(
+        &cache,
+        &parts,
+        &plan,
+        Detail::CoalesceFailed,
+        false,
+    ))
 }
 
 /// What spares the upstream once the stored entry (the plan's prior) is
@@ -325,9 +337,9 @@ where
     cache.shared.counters.passes.incr();
     let head = req.method() == Method::HEAD;
     match within(cache.shared.cfg.upstream_timeout, up.call(req)).await {
-        Ok(Ok(resp)) => Ok(pass_through(resp, STATUS_RANGE, head)),
+        Ok(Ok(resp)) => Ok(pass_through(resp, Status::RANGE, head)),
         Ok(Err(e)) => Err(e),
-        Err(Elapsed) => Ok(gateway_timeout(STATUS_RANGE)),
+        Err(Elapsed) => Ok(gateway_timeout(Status::RANGE)),
     }
 }
 
@@ -339,7 +351,7 @@ fn gave_up<RB: Body>(
     cache: &Cache,
     parts: &Parts,
     plan: &Fetch,
-    why: &str,
+    why: Detail,
     counted: bool,
 ) -> Response<CacheBody<RB>> {
     if let Some(prior) = &plan.prior {
@@ -355,17 +367,40 @@ fn gave_up<RB: Body>(
     if !plan.background && !counted {
         cache.shared.counters.misses.incr();
     }
-    gateway_timeout(cache_status(format_args!("fwd={}; detail={why}", plan.fwd)))
+    gateway_timeout(Status::forward(plan.fwd).with_detail(why))
 }
 
-/// A `504 Gateway Timeout` made by the cache, with its `Cache-Status`
+/// A `504 Gateway Timeout` made by the cache, with its status
 /// (empty, so it serves for a `502` too).
-fn gateway_timeout<RB: Body>(status: HeaderValue) -> Response<CacheBody<RB>> {
+fn gateway_timeout<RB: Body>(status: Status) -> Response<CacheBody<RB>> {
     let mut resp = Response::new(CacheBody::empty());
     *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     resp.headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    resp.headers_mut().insert(CACHE_STATUS.clone(), status);
+    mark(&mut resp, status);
+    resp
+}
+
+/// Gives a response the engine made or passed on its status: the
+/// `Cache-Status` field rendered from it, and the typed status in its
+/// extensions, where the adapter reports it from.
+fn mark<RB>(resp: &mut Response<RB>, status: Status) {
+    resp.headers_mut()
+        .insert(CACHE_STATUS.clone(), status.header());
+    resp.extensions_mut().insert(status);
+}
+
+/// An entry's response for this request, marked with `status`.
+fn respond<RB: Body>(
+    cache: &Cache,
+    entry: &Entry,
+    parts: &Parts,
+    plan: &Fetch,
+    now: u64,
+    status: Status,
+) -> Response<CacheBody<RB>> {
+    let mut resp = cache.respond_entry(entry, parts, plan.directives.conditional, now, &status);
+    resp.extensions_mut().insert(status);
     resp
 }
 
@@ -405,7 +440,7 @@ async fn from_l2<B, RB: Body>(
         L2Lookup::Miss { varied } => {
             if varied && plan.prior.is_none() {
                 // Other variants are stored: as L1 says for the same request.
-                plan.fwd = "vary-miss";
+                plan.fwd = Fwd::VaryMiss;
             }
             return L2Answer::NotServed(req, plan);
         }
@@ -415,8 +450,7 @@ async fn from_l2<B, RB: Body>(
     let span = tracing::Span::current();
     let (resp, refresh) = match cache.judge::<RB>(found, tier, &parts, *plan, now, &span) {
         Err(plan) => return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan)),
-        Ok(Answered::Hit(resp, _) | Answered::Respond(resp)) => (resp, None),
-        Ok(Answered::Stale(resp, plan) | Answered::Refresh(resp, plan)) => (resp, Some(plan)),
+        Ok(answered) => answered.into_marked(),
     };
     L2Answer::Served {
         resp,
@@ -462,12 +496,11 @@ fn collapsed<RB: Body>(
         return None;
     }
     s.counters.coalesced.incr();
-    let status = cache_status(format_args!(
-        "fwd={}; collapsed; detail={}",
-        plan.fwd,
-        s.tiers.store_tier()
-    ));
-    Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
+    let status = Status {
+        collapsed: true,
+        ..Status::forward(plan.fwd).with_detail(s.tiers.store_tier())
+    };
+    Some(respond(cache, entry, parts, plan, now, status))
 }
 
 /// A request answered from an entry a cache tier held, without the origin:
@@ -490,7 +523,7 @@ fn tier_hit<RB: Body>(
         Usability::Revalidate | Usability::Unusable => return None,
     };
     let status = cache.tier_hit_status(fresh, tier == Tier::L2, entry, now);
-    Some(cache.respond_entry(entry, parts, plan.directives.conditional, now, status))
+    Some(respond(cache, entry, parts, plan, now, status))
 }
 
 /// How many flights a request waits on (or leads) at most: the first it
@@ -517,7 +550,7 @@ where
         Fetched::Stored(entry, resp) => (Ok(resp), Outcome::Stored(entry)),
         Fetched::Passed(resp) => (Ok(resp), Outcome::Pass),
         Fetched::TimedOut(counted) => {
-            let resp = gave_up(cache, &keep, plan, "upstream-timeout", counted);
+            let resp = gave_up(cache, &keep, plan, Detail::UpstreamTimeout, counted);
             let outcome = match &plan.prior {
                 Some(prior) if resp.status() != StatusCode::GATEWAY_TIMEOUT => {
                     Outcome::StaleIfError(Arc::clone(prior))
@@ -581,18 +614,21 @@ fn serve_stale_if_error<RB: Body>(
         .div_ceil(1000);
     let status = match failed {
         // Forwarded; the upstream answered with an error status.
-        Some(Some(code)) => cache_status(format_args!(
-            "fwd=stale; fwd-status={}; ttl=-{staleness}; detail=stale-if-error",
-            code.as_u16()
-        )),
+        Some(Some(code)) => Status {
+            stale_by: Some(staleness),
+            ..Status::forward(Fwd::Stale)
+                .with_fwd_status(code.as_u16())
+                .with_detail(Detail::StaleIfError)
+        },
         // Forwarded; the upstream call itself failed.
-        Some(None) => cache_status(format_args!(
-            "fwd=stale; ttl=-{staleness}; detail=stale-if-error"
-        )),
+        Some(None) => Status {
+            stale_by: Some(staleness),
+            ..Status::forward(Fwd::Stale).with_detail(Detail::StaleIfError)
+        },
         // Not forwarded (the breaker is open, or another request's call failed).
-        None => cache_status(format_args!("hit; ttl=-{staleness}; detail=stale-if-error")),
+        None => Status::hit(Detail::StaleIfError, Some(staleness)),
     };
-    cache.respond_entry(entry, parts, plan.directives.conditional, now, status)
+    respond(cache, entry, parts, plan, now, status)
 }
 
 /// Request fields removed when fetching a response to store whole: the
@@ -664,12 +700,8 @@ where
     let status = resp.status();
     if status.is_server_error() {
         upstream_failed(cache, plan, Some(status), response_time);
-        let status_hv = cache_status(format_args!(
-            "fwd={}; fwd-status={}",
-            plan.fwd,
-            status.as_u16()
-        ));
-        return Fetched::Failed(Ok(pass_through(resp, status_hv, plan.head)), false);
+        let marked = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+        return Fetched::Failed(Ok(pass_through(resp, marked, plan.head)), false);
     }
     s.upstream_breaker(plan.label).record_success();
 
@@ -690,18 +722,10 @@ where
                     if !plan.background {
                         s.counters.revalidated.incr();
                     }
-                    let hv = cache_status(format_args!(
-                        "fwd={}; fwd-status=304; detail={}",
-                        plan.fwd,
-                        plan.tier.name()
-                    ));
-                    let mut resp = cache.respond_entry(
-                        &entry,
-                        &client,
-                        plan.directives.conditional,
-                        response_time,
-                        hv,
-                    );
+                    let marked = Status::forward(plan.fwd)
+                        .with_fwd_status(304)
+                        .with_detail(plan.tier.detail());
+                    let mut resp = respond(cache, &entry, &client, plan, response_time, marked);
                     // Cookies set by the 304 are this client's alone.
                     for c in rparts.headers.get_all(SET_COOKIE) {
                         resp.headers_mut().append(SET_COOKIE, c.clone());
@@ -714,14 +738,8 @@ where
                         s.counters.misses.incr();
                     }
                     cache.invalidate_hash(plan.key);
-                    let hv = cache_status(format_args!("fwd={}; fwd-status=304", plan.fwd));
-                    let mut resp = cache.respond_entry(
-                        prior,
-                        &client,
-                        plan.directives.conditional,
-                        response_time,
-                        hv,
-                    );
+                    let marked = Status::forward(plan.fwd).with_fwd_status(304);
+                    let mut resp = respond(cache, prior, &client, plan, response_time, marked);
                     for c in rparts.headers.get_all(SET_COOKIE) {
                         resp.headers_mut().append(SET_COOKIE, c.clone());
                     }
@@ -736,12 +754,10 @@ where
     // An adapter may know the response is not the URL's own (a redirect
     // its client followed): pass it through, store nothing.
     if let Some(NotStorable(why)) = resp.extensions().get::<NotStorable>().copied() {
-        let hv = cache_status(format_args!(
-            "fwd={}; fwd-status={}; detail={why}",
-            plan.fwd,
-            status.as_u16()
-        ));
-        return Fetched::Passed(pass_through(resp, hv, client.method == Method::HEAD));
+        let marked = Status::forward(plan.fwd)
+            .with_fwd_status(status.as_u16())
+            .with_detail(Detail::NotStored(why));
+        return Fetched::Passed(pass_through(resp, marked, client.method == Method::HEAD));
     }
 
     let route = plan.route.map(|i| &s.policy.routes[i]);
@@ -760,13 +776,10 @@ where
             if reason.remember() {
                 cache.mark_hit_for_pass(plan.key);
             }
-            let hv = cache_status(format_args!(
-                "fwd={}; fwd-status={}; detail={}",
-                plan.fwd,
-                status.as_u16(),
-                reason_token(reason)
-            ));
-            return Fetched::Passed(pass_through(resp, hv, client.method == Method::HEAD));
+            let marked = Status::forward(plan.fwd)
+                .with_fwd_status(status.as_u16())
+                .with_detail(Detail::NotStored(reason_token(reason)));
+            return Fetched::Passed(pass_through(resp, marked, client.method == Method::HEAD));
         }
     };
     let max = s.cfg.max_body_bytes;
@@ -786,12 +799,11 @@ where
             // a 502 (or stale-if-error).
             drop((rparts, bytes));
             upstream_failed(cache, plan, None, cache.now());
-            let hv = cache_status(format_args!(
-                "fwd={}; fwd-status={}; detail=incomplete",
-                plan.fwd,
-                status.as_u16()
-            ));
-            let mut resp = gateway_timeout(hv);
+            let mut resp = gateway_timeout(
+                Status::forward(plan.fwd)
+                    .with_fwd_status(status.as_u16())
+                    .with_detail(Detail::Incomplete),
+            );
             *resp.status_mut() = StatusCode::BAD_GATEWAY;
             return Fetched::Failed(Ok(resp), true);
         }
@@ -806,18 +818,16 @@ where
             return too_large(cache, plan, status, resp, &client);
         }
         Buffered::Failed(prefix, error, rest) => {
-            let hv = cache_status(format_args!(
-                "fwd={}; fwd-status={}",
-                plan.fwd,
-                status.as_u16()
-            ));
             let body = if client.method == Method::HEAD {
                 CacheBody::empty()
             } else {
                 CacheBody::prefixed(prefix, Some(error), rest)
             };
             let mut resp = Response::from_parts(rparts, body);
-            resp.headers_mut().insert(CACHE_STATUS.clone(), hv);
+            mark(
+                &mut resp,
+                Status::forward(plan.fwd).with_fwd_status(status.as_u16()),
+            );
             return Fetched::Failed(Ok(resp), true);
         }
     };
@@ -895,23 +905,16 @@ where
         s.obs.stored(plan.label);
     }
     s.hit_for_pass.remove(&plan.key);
-    let hv = cache_status(format_args!(
-        "fwd={}; fwd-status={}{}",
-        plan.fwd,
-        status.as_u16(),
-        if stored {
-            "; stored"
-        } else {
-            "; detail=not-stored"
+    let forwarded = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+    let marked = if stored {
+        Status {
+            stored: true,
+            ..forwarded
         }
-    ));
-    let mut resp = cache.respond_entry(
-        &entry,
-        &client,
-        plan.directives.conditional,
-        response_time,
-        hv,
-    );
+    } else {
+        forwarded.with_detail(Detail::NotStored("not-stored"))
+    };
+    let mut resp = respond(cache, &entry, &client, plan, response_time, marked);
     for c in cookies {
         resp.headers_mut().append(SET_COOKIE, c);
     }
@@ -931,19 +934,20 @@ fn too_large<U: Upstream<B>, B>(
         .obs
         .not_stored(plan.label, crate::NotStored::TooLarge);
     cache.mark_hit_for_pass(plan.key);
-    let hv = cache_status(format_args!(
-        "fwd={}; fwd-status={}; detail=too-large",
-        plan.fwd,
-        status.as_u16()
-    ));
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.insert(CACHE_STATUS.clone(), hv);
+    let (parts, body) = resp.into_parts();
     let body = if client.method == Method::HEAD {
         CacheBody::empty()
     } else {
         body
     };
-    Fetched::Passed(Response::from_parts(parts, body))
+    let mut resp = Response::from_parts(parts, body);
+    mark(
+        &mut resp,
+        Status::forward(plan.fwd)
+            .with_fwd_status(status.as_u16())
+            .with_detail(Detail::NotStored(reason_token(crate::NotStored::TooLarge))),
+    );
+    Fetched::Passed(resp)
 }
 
 /// Applies a 304's headers to the stored entry and recomputes freshness
@@ -1052,17 +1056,18 @@ fn reason_token(r: NotStored) -> &'static str {
 /// The upstream's response, streamed, with a `Cache-Status`.
 fn pass_through<RB: Body>(
     resp: Response<RB>,
-    status: HeaderValue,
+    status: Status,
     head: bool,
 ) -> Response<CacheBody<RB>> {
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.insert(CACHE_STATUS.clone(), status);
+    let (parts, body) = resp.into_parts();
     let body = if head {
         CacheBody::empty()
     } else {
         CacheBody::stream(body)
     };
-    Response::from_parts(parts, body)
+    let mut resp = Response::from_parts(parts, body);
+    mark(&mut resp, status);
+    resp
 }
 
 /// Counts a failed upstream call: a transport error or a broken body
@@ -1280,9 +1285,9 @@ where
         Err(Elapsed) => {
             counters.upstream_errors.incr();
             counters.upstream_timeouts.incr();
-            return Ok(gateway_timeout(cache_status(format_args!(
-                "fwd=method; detail=upstream-timeout"
-            ))));
+            return Ok(gateway_timeout(
+                Status::METHOD.with_detail(Detail::UpstreamTimeout),
+            ));
         }
     };
     let status = resp.status();
@@ -1301,7 +1306,7 @@ where
             }
         }
     }
-    Ok(pass_through(resp, STATUS_METHOD, false))
+    Ok(pass_through(resp, Status::METHOD, false))
 }
 
 /// The request view for `location` when it names the same origin as `base`.

@@ -190,12 +190,12 @@ impl CacheMiddleware {
                 lookup.finish_hit(cache, &parts, &resp, now);
                 Ok(resp)
             }
-            Decision::Respond(resp) => {
-                lookup.finish_now(cache, &parts, &resp);
+            Decision::Respond(resp, status) => {
+                lookup.finish_now(cache, &parts, &resp, status);
                 Ok(resp)
             }
             Decision::Pass(status) => {
-                lookup.finish_pass(cache, &parts);
+                lookup.finish_pass(cache, &parts, status);
                 let call = up.call(http::Request::from_parts(parts, body));
                 let resp = tracing::Instrument::instrument(call, lookup.span.clone()).await?;
                 if !lookup.span.is_disabled() {
@@ -205,11 +205,11 @@ impl CacheMiddleware {
                     );
                 }
                 let (mut rparts, rbody) = resp.into_parts();
-                rparts.headers.insert(CACHE_STATUS.clone(), status);
+                rparts.headers.insert(CACHE_STATUS.clone(), status.header());
                 Ok(http::Response::from_parts(rparts, CacheBody::stream(rbody)))
             }
-            Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
-                lookup.finish_now(cache, &parts, &resp);
+            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
+                lookup.finish_now(cache, &parts, &resp, status);
                 up.refresh(
                     cache.clone(),
                     http::Request::from_parts(parts, body),

@@ -12,7 +12,7 @@ use crate::cache::{Decision, Fetch};
 use crate::flow::{self, Upstream};
 use crate::future::ResponseFuture;
 use crate::observe::{request_span, Outcome};
-use crate::status::CACHE_STATUS;
+use crate::status::{Status, StatusSink};
 use crate::Cache;
 use tracing::Instrument;
 
@@ -131,21 +131,21 @@ where
                 lookup.finish_hit(&self.cache, &parts, &resp, now);
                 ResponseFuture::ready(resp)
             }
-            Decision::Respond(resp) => {
-                lookup.finish_now(&self.cache, &parts, &resp);
+            Decision::Respond(resp, status) => {
+                lookup.finish_now(&self.cache, &parts, &resp, status);
                 ResponseFuture::ready(resp)
             }
             Decision::Pass(status) => {
-                lookup.finish_pass(&self.cache, &parts);
+                lookup.finish_pass(&self.cache, &parts, status);
                 ResponseFuture::pass(
                     self.inner.clone(),
                     Request::from_parts(parts, body),
-                    status,
+                    status.header(),
                     lookup.span,
                 )
             }
-            Decision::Stale(resp, plan) | Decision::Refresh(resp, plan) => {
-                lookup.finish_now(&self.cache, &parts, &resp);
+            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
+                lookup.finish_now(&self.cache, &parts, &resp, status);
                 let up = self.upstream();
                 up.refresh(
                     self.cache.clone(),
@@ -217,6 +217,9 @@ pub(crate) struct Lookup {
     start: u64,
     label: u16,
     pub(crate) span: tracing::Span,
+    /// Where the request's status goes when the caller asked for it
+    /// (cache warming).
+    sink: Option<StatusSink>,
 }
 
 impl Lookup {
@@ -227,11 +230,13 @@ impl Lookup {
             flusher.ensure_started(&cache.shared);
         }
         let obs = &cache.shared.obs;
+        let sink = parts.extensions.get::<StatusSink>().cloned();
         if !obs.cfg.enabled {
             return Self {
                 start: 0,
                 label: 0,
                 span: tracing::Span::none(),
+                sink,
             };
         }
         let label = obs.labels.label_of(parts);
@@ -243,7 +248,12 @@ impl Lookup {
         } else {
             obs.start()
         };
-        Self { start, label, span }
+        Self {
+            start,
+            label,
+            span,
+            sink,
+        }
     }
 
     /// What the engine does with the request.
@@ -278,6 +288,7 @@ impl Lookup {
         resp: &Response<RB>,
         now: u64,
     ) {
+        self.tell(Status::HIT_L1);
         if cache.shared.obs.cfg.enabled {
             let key = cache.key_for_display(parts, &self.span);
             cache.finish(
@@ -292,14 +303,24 @@ impl Lookup {
         }
     }
 
-    /// Reports a request answered at once.
+    /// Hands the request's status to the caller that asked for it.
+    #[inline]
+    fn tell(&self, status: Status) {
+        if let Some(sink) = &self.sink {
+            sink.set(status);
+        }
+    }
+
+    /// Reports a request answered at once with `status`.
     pub(crate) fn finish_now<RB>(
         &self,
         cache: &Cache,
         parts: &http::request::Parts,
         resp: &Response<RB>,
+        status: Status,
     ) {
-        let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
+        self.tell(status);
+        let outcome = Outcome::from(&status);
         let key = cache.key_for_display(parts, &self.span);
         cache.finish(
             self.label,
@@ -312,13 +333,14 @@ impl Lookup {
         );
     }
 
-    /// Reports a request passed through (before it is sent).
-    pub(crate) fn finish_pass(&self, cache: &Cache, parts: &http::request::Parts) {
+    /// Reports a request passed through with `status` (before it is sent).
+    pub(crate) fn finish_pass(&self, cache: &Cache, parts: &http::request::Parts, status: Status) {
+        self.tell(status);
         cache.shared.counters.upstream_calls.incr();
         let key = cache.key_for_display(parts, &self.span);
         cache.finish(
             self.label,
-            &Outcome::PASS,
+            &Outcome::from(&status),
             self.start,
             &self.span,
             None,
@@ -348,7 +370,12 @@ impl Lookup {
         RB: Body + 'a,
         E: 'a,
     {
-        let Lookup { start, label, span } = self;
+        let Lookup {
+            start,
+            label,
+            span,
+            sink,
+        } = self;
         let inner = span.clone();
         let fut = async move {
             // Counted as cancelled if this future is dropped first.
@@ -360,11 +387,15 @@ impl Lookup {
             };
             let result = fut.await;
             std::mem::forget(guard);
+            // Every response the engine makes carries its typed status.
             let (outcome, status) = match &result {
-                Ok(resp) => (
-                    Outcome::from_status(resp.headers().get(&CACHE_STATUS)),
-                    Some(resp.status()),
-                ),
+                Ok(resp) => {
+                    let marked = resp.extensions().get::<Status>().copied();
+                    if let (Some(sink), Some(marked)) = (&sink, marked) {
+                        sink.set(marked);
+                    }
+                    (Outcome::of(marked.as_ref()), Some(resp.status()))
+                }
                 Err(_) => (Outcome::FAILED, None),
             };
             cache.finish(label, &outcome, start, &span, status, key.as_deref(), None);

@@ -22,6 +22,7 @@ use http::header::{HeaderMap, HeaderName};
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
+use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
 
 /// The tier a found entry was read from. Everything else about the entry
@@ -39,11 +40,11 @@ pub(crate) enum Tier {
 }
 
 impl Tier {
-    /// `l1` or `l2`, as in `Cache-Status`' `detail`.
-    pub(crate) fn name(self) -> &'static str {
+    /// The tier as `Cache-Status`' `detail` names it.
+    pub(crate) fn detail(self) -> Detail {
         match self {
-            Tier::L1 => "l1",
-            Tier::L2 { .. } => "l2",
+            Tier::L1 => Detail::L1,
+            Tier::L2 { .. } => Detail::L2,
         }
     }
 }
@@ -54,7 +55,7 @@ pub(crate) enum L1Lookup {
     Found(Arc<Entry>),
     /// None usable; `fwd` is the `Cache-Status` forward reason
     /// (`uri-miss`, or `vary-miss` when other variants are stored).
-    Miss { fwd: &'static str },
+    Miss { fwd: Fwd },
 }
 
 /// What the L2 step of a lookup found.
@@ -105,13 +106,13 @@ impl Tiers {
         }
     }
 
-    /// The tier new entries are read back from: `l1`, unless L2 exists and
+    /// The tier new entries are read back from: L1, unless L2 exists and
     /// responses are not written through to L1.
-    pub(crate) fn store_tier(&self) -> &'static str {
+    pub(crate) fn store_tier(&self) -> Detail {
         if self.writes_l1() {
-            "l1"
+            Detail::L1
         } else {
-            "l2"
+            Detail::L2
         }
     }
 
@@ -140,16 +141,16 @@ impl Tiers {
         match self.l1.get(key, headers) {
             Found::Entry(e) if now >= e.timeline.retain_until => {
                 self.l1.remove_expired(key, &e, headers);
-                L1Lookup::Miss { fwd: "uri-miss" }
+                L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
             // The invalidation channel cannot vouch for this copy: go to
             // L2, which other instances keep current.
             Found::Entry(e) if !self.trusts_l1(e.timeline.stored_at, now) => {
-                L1Lookup::Miss { fwd: "uri-miss" }
+                L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
             Found::Entry(e) => L1Lookup::Found(e),
-            Found::UriMiss => L1Lookup::Miss { fwd: "uri-miss" },
-            Found::VaryMiss => L1Lookup::Miss { fwd: "vary-miss" },
+            Found::UriMiss => L1Lookup::Miss { fwd: Fwd::UriMiss },
+            Found::VaryMiss => L1Lookup::Miss { fwd: Fwd::VaryMiss },
         }
     }
 
@@ -392,7 +393,7 @@ mod tests {
         // Past retain_until: a miss, and the copy is gone.
         assert!(matches!(
             tiers.lookup_l1(key, &headers, 1_000),
-            L1Lookup::Miss { fwd: "uri-miss" }
+            L1Lookup::Miss { fwd: Fwd::UriMiss }
         ));
         assert_eq!(tiers.l1.len(), 0);
     }
@@ -400,7 +401,7 @@ mod tests {
     #[test]
     fn without_l2_new_entries_go_to_l1_whatever_write_through_says() {
         let tiers = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), false);
-        assert_eq!(tiers.store_tier(), "l1");
+        assert_eq!(tiers.store_tier(), Detail::L1);
         assert!(!tiers.has_l2());
         let headers = HeaderMap::new();
         assert!(tiers.store(KeyHash(1), &entry(1, 100), &[], &headers, 1));

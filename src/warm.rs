@@ -12,7 +12,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::observe::{LookupResult, Outcome};
-use crate::status::CACHE_STATUS;
+use crate::status::StatusSink;
 use crate::{CacheBody, CacheService};
 
 /// One request to warm: a URL and the request headers that select its
@@ -441,6 +441,9 @@ where
     *req.method_mut() = Method::GET;
     *req.uri_mut() = target.url;
     *req.headers_mut() = target.headers;
+    // The adapter reports the request's typed status here.
+    let sink = StatusSink::default();
+    req.extensions_mut().insert(sink.clone());
     // The call and the body, within the one time limit. The body is read
     // to the end (a streamed response then completes) and dropped as it
     // comes: warming never holds a body.
@@ -451,38 +454,29 @@ where
         let resp: http::Response<CacheBody<ResB>> =
             svc.call(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let cache_status = resp
-            .headers()
-            .get(&CACHE_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let outcome = Outcome::from_status(resp.headers().get(&CACHE_STATUS));
         let mut body = Box::pin(resp.into_body());
         while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
             if frame.is_err() {
                 break;
             }
         }
-        Ok::<_, String>((status, cache_status, outcome))
+        Ok::<_, String>(status)
     };
-    let (status, cache_status, outcome) = match tokio::time::timeout(timeout, call).await {
+    let status = match tokio::time::timeout(timeout, call).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("timed out".to_owned()),
     };
+    // A service without the cache layer reports nothing.
+    let marked = sink.get().unwrap_or_default();
+    let outcome = Outcome::from(&marked);
     match outcome.result {
         LookupResult::Hit | LookupResult::Stale if !outcome.coalesced => Ok(false),
-        _ if cache_status.contains("; stored") || outcome.result == LookupResult::Revalidated => {
-            Ok(true)
-        }
+        _ if marked.stored || outcome.result == LookupResult::Revalidated => Ok(true),
         _ if outcome.coalesced => Ok(true),
         _ if !status.is_success() => Err(format!("status {}", status.as_u16())),
         _ => {
-            let detail = cache_status
-                .split(';')
-                .find_map(|p| p.trim().strip_prefix("detail="))
-                .unwrap_or("not stored");
+            let detail = marked.detail.map_or("not stored", |d| d.as_str());
             Err(format!("not stored: {detail}"))
         }
     }

@@ -9,7 +9,7 @@ use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 
 use crate::cache::Shared;
-use crate::observe::labels::field;
+use crate::observe::labels::{field, SERIES};
 use crate::observe::metrics::Instruments;
 
 /// Registers every instrument on `meter`; callbacks hold the cache weakly.
@@ -62,27 +62,17 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             let Some(s) = w.upgrade() else { return };
             for (name, c) in s.obs.labels.all() {
                 let label: opentelemetry::Value = name.to_string().into();
-                for (f, result, tier) in [
-                    (field::HIT_L1, "hit", "l1"),
-                    (field::HIT_L2, "hit", "l2"),
-                    (field::STALE, "stale", "none"),
-                    (field::MISS, "miss", "none"),
-                    (field::COALESCED, "miss", "none"),
-                    (field::REVALIDATED, "revalidated", "none"),
-                    (field::PASS, "pass", "none"),
-                    // Dropped before an answer: no lookup result.
-                    (field::CANCELLED, "cancelled", "none"),
-                ] {
-                    if c[f] == 0 {
+                for series in SERIES {
+                    let v = c[series.field];
+                    if v == 0 {
                         continue;
                     }
-                    // Coalesced misses are reported apart from the others.
-                    let coalesced = f == field::COALESCED;
+                    let coalesced = series.field == field::COALESCED;
                     o.observe(
-                        c[f],
+                        v,
                         &[
-                            KeyValue::new("cache.result", result),
-                            KeyValue::new("cache.tier", tier),
+                            KeyValue::new("cache.result", series.result),
+                            KeyValue::new("cache.tier", series.tier),
                             KeyValue::new("cache.label", label.clone()),
                             KeyValue::new("cache.coalesced", coalesced),
                         ],

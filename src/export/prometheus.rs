@@ -3,8 +3,8 @@
 use std::fmt::{self, Write as _};
 
 use crate::observe::hist::Histogram;
-use crate::observe::labels::field;
-use crate::observe::{HealthStatus, LabelStats, Latency};
+use crate::observe::labels::{field, SERIES};
+use crate::observe::{HealthStatus, Latency};
 use crate::Cache;
 
 /// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
@@ -89,9 +89,8 @@ impl Cache {
         );
         // Without per-request instrumentation there are no per-label
         // counts: the global ones stand in, as `default`.
-        let global;
-        let labels = if self.shared.obs.cfg.enabled {
-            st.labels.as_slice()
+        let rows: Vec<(std::sync::Arc<str>, [u64; field::COUNT])> = if self.shared.obs.cfg.enabled {
+            self.shared.obs.labels.all()
         } else {
             let mut c = [0u64; field::COUNT];
             c[field::HIT_L1] = st.hits_l1;
@@ -102,25 +101,22 @@ impl Cache {
             c[field::REVALIDATED] = st.revalidated;
             c[field::PASS] = st.passes;
             c[field::CANCELLED] = st.cancelled;
-            global = [LabelStats::from_counts(crate::observe::DEFAULT, &c)];
-            &global[..]
+            vec![(crate::observe::DEFAULT.into(), c)]
         };
-        for l in labels {
-            for (result, tier, v) in [
-                ("hit", "l1", l.hits_l1),
-                ("hit", "l2", l.hits_l2),
-                ("stale", "none", l.stale),
-                ("miss", "none", l.misses),
-                ("coalesced", "none", l.coalesced),
-                ("revalidated", "none", l.revalidated),
-                ("pass", "none", l.passes),
-                ("cancelled", "none", l.cancelled),
-            ] {
+        for (label, c) in &rows {
+            if SERIES.iter().all(|series| c[series.field] == 0) {
+                continue;
+            }
+            for series in SERIES {
                 sample(
                     w,
                     "tower_cache_requests_total",
-                    &[("result", result), ("tier", tier), ("label", &l.label)],
-                    v,
+                    &[
+                        ("result", series.result),
+                        ("tier", series.tier),
+                        ("label", label),
+                    ],
+                    c[series.field],
                 );
             }
         }

@@ -79,6 +79,65 @@ pub(crate) mod field {
     pub(crate) const COUNT: usize = 19;
 }
 
+/// How every exporter names the requests one per-label counter counts:
+/// the counter (`field`), the `result` and the `tier`. One list for
+/// Prometheus, OpenTelemetry and the stats shared through Redis, made from
+/// the same typed outcomes (`Outcome::field`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Series {
+    pub(crate) field: usize,
+    /// `hit`, `stale`, `miss`, `coalesced` (answered from another
+    /// request's upstream call), `revalidated`, `pass` or `cancelled`.
+    pub(crate) result: &'static str,
+    /// `l1` or `l2` for hits, `none` otherwise.
+    pub(crate) tier: &'static str,
+}
+
+/// Every request ends in exactly one of these.
+pub(crate) const SERIES: [Series; 8] = [
+    Series {
+        field: field::HIT_L1,
+        result: "hit",
+        tier: "l1",
+    },
+    Series {
+        field: field::HIT_L2,
+        result: "hit",
+        tier: "l2",
+    },
+    Series {
+        field: field::STALE,
+        result: "stale",
+        tier: "none",
+    },
+    Series {
+        field: field::MISS,
+        result: "miss",
+        tier: "none",
+    },
+    Series {
+        field: field::COALESCED,
+        result: "coalesced",
+        tier: "none",
+    },
+    Series {
+        field: field::REVALIDATED,
+        result: "revalidated",
+        tier: "none",
+    },
+    Series {
+        field: field::PASS,
+        result: "pass",
+        tier: "none",
+    },
+    // Dropped before an answer: no lookup result.
+    Series {
+        field: field::CANCELLED,
+        result: "cancelled",
+        tier: "none",
+    },
+];
+
 const STRIPES: usize = 4;
 
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ pub(crate) mod window;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderValue;
+use crate::status::{Detail, Fwd, Status};
 
 pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
 pub use report::{
@@ -85,8 +85,8 @@ impl Tier {
     }
 }
 
-/// How one request ended, read from its `Cache-Status` (the one place
-/// every path writes what it did).
+/// How one request ended, as counted: derived from the engine's typed
+/// [`Status`] (the one description every path makes of what it did).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub(crate) result: LookupResult,
@@ -107,22 +107,6 @@ impl Outcome {
         ttl_secs: None,
     };
 
-    /// A fresh L2 hit.
-    #[cfg(feature = "redis")]
-    pub(crate) const HIT_L2: Outcome = Outcome {
-        tier: Tier::L2,
-        ..Outcome::HIT_L1
-    };
-
-    /// A request passed through uncached.
-    pub(crate) const PASS: Outcome = Outcome {
-        result: LookupResult::Pass,
-        tier: Tier::None,
-        coalesced: false,
-        vary_miss: false,
-        ttl_secs: None,
-    };
-
     /// The outcome of a request whose upstream call failed (no response).
     pub(crate) const FAILED: Outcome = Outcome {
         result: LookupResult::Miss,
@@ -132,77 +116,10 @@ impl Outcome {
         ttl_secs: None,
     };
 
-    /// Reads an outcome from this cache's `Cache-Status` value.
-    pub(crate) fn from_status(value: Option<&HeaderValue>) -> Outcome {
-        let Some(v) = value else {
-            return Outcome::FAILED;
-        };
-        // The common answers, without parsing.
-        if v.as_bytes() == crate::status::STATUS_HIT_L1.as_bytes() {
-            return Outcome::HIT_L1;
-        }
-        #[cfg(feature = "redis")]
-        if v.as_bytes() == crate::status::STATUS_HIT_L2.as_bytes() {
-            return Outcome::HIT_L2;
-        }
-        let s = v.to_str().unwrap_or("");
-        let s = s
-            .strip_prefix(crate::status::CACHE_STATUS_NAME)
-            .map_or(s, |r| r.trim_start_matches(';').trim_start());
-        let mut hit = false;
-        let mut stale_ttl = false;
-        let (mut fwd, mut detail, mut ttl, mut fwd_status) = ("", "", None, "");
-        let mut collapsed = false;
-        for param in s.split(';').map(str::trim) {
-            match param.split_once('=') {
-                Some(("fwd", v)) => fwd = v,
-                Some(("detail", v)) => detail = v,
-                Some(("ttl", v)) => {
-                    // `ttl=-0` is stale too: the sign says it.
-                    stale_ttl = v.starts_with('-');
-                    ttl = v.parse::<i64>().ok();
-                }
-                Some(("fwd-status", v)) => fwd_status = v,
-                None if param == "hit" => hit = true,
-                None if param == "collapsed" => collapsed = true,
-                _ => {}
-            }
-        }
-        let tier = match detail {
-            "l1" => Tier::L1,
-            "l2" => Tier::L2,
-            _ => Tier::None,
-        };
-        let result = if hit {
-            if stale_ttl || detail == "stale-if-error" {
-                LookupResult::Stale
-            } else {
-                LookupResult::Hit
-            }
-        } else if detail == "stale-if-error" {
-            LookupResult::Stale
-        } else if collapsed {
-            LookupResult::Miss
-        } else if fwd_status == "304" && tier != Tier::None {
-            LookupResult::Revalidated
-        } else if matches!(fwd, "bypass" | "method")
-            || matches!(detail, "hit-for-pass" | "range" | "only-if-cached")
-        {
-            LookupResult::Pass
-        } else {
-            LookupResult::Miss
-        };
-        Outcome {
-            result,
-            tier: if matches!(result, LookupResult::Hit | LookupResult::Stale) {
-                tier
-            } else {
-                Tier::None
-            },
-            coalesced: collapsed,
-            vary_miss: fwd == "vary-miss",
-            ttl_secs: ttl,
-        }
+    /// The outcome of a request the engine described with `status`;
+    /// `None` (no response) is a failed upstream call.
+    pub(crate) fn of(status: Option<&Status>) -> Outcome {
+        status.map_or(Outcome::FAILED, Outcome::from)
     }
 
     /// The per-label counter this outcome adds to.
@@ -215,6 +132,50 @@ impl Outcome {
             (LookupResult::Miss, _) => field::MISS,
             (LookupResult::Revalidated, _) => field::REVALIDATED,
             (LookupResult::Pass, _) => field::PASS,
+        }
+    }
+}
+
+impl From<&Status> for Outcome {
+    fn from(s: &Status) -> Outcome {
+        let tier = match s.detail {
+            Some(Detail::L1) => Tier::L1,
+            Some(Detail::L2) => Tier::L2,
+            _ => Tier::None,
+        };
+        let stale_if_error = s.detail == Some(Detail::StaleIfError);
+        let result = if s.hit {
+            if s.stale_by.is_some() || stale_if_error {
+                LookupResult::Stale
+            } else {
+                LookupResult::Hit
+            }
+        } else if stale_if_error {
+            LookupResult::Stale
+        } else if s.collapsed {
+            LookupResult::Miss
+        } else if s.fwd_status == Some(304) && tier != Tier::None {
+            LookupResult::Revalidated
+        } else if matches!(s.fwd, Some(Fwd::Bypass | Fwd::Method))
+            || matches!(
+                s.detail,
+                Some(Detail::HitForPass | Detail::Range | Detail::OnlyIfCached)
+            )
+        {
+            LookupResult::Pass
+        } else {
+            LookupResult::Miss
+        };
+        Outcome {
+            result,
+            tier: if matches!(result, LookupResult::Hit | LookupResult::Stale) {
+                tier
+            } else {
+                Tier::None
+            },
+            coalesced: s.collapsed,
+            vary_miss: s.fwd == Some(Fwd::VaryMiss),
+            ttl_secs: s.stale_by.map(|secs| -(secs.min(i64::MAX as u64) as i64)),
         }
     }
 }
@@ -649,110 +610,135 @@ impl Observer {
 mod tests {
     use super::*;
 
-    fn parse(s: &'static str) -> Outcome {
-        Outcome::from_status(Some(&HeaderValue::from_static(s)))
-    }
-
     #[test]
-    fn outcomes_from_cache_status() {
+    fn outcomes_from_typed_statuses() {
         use LookupResult::*;
-        let table: &[(&str, LookupResult, Tier, bool)] = &[
-            ("tower-tiered-cache; hit; detail=l1", Hit, Tier::L1, false),
-            ("tower-tiered-cache; hit; detail=l2", Hit, Tier::L2, false),
+        let fwd = Status::forward;
+        let table: &[(Status, &str, LookupResult, Tier, bool)] = &[
+            (Status::HIT_L1, "hit; detail=l1", Hit, Tier::L1, false),
+            (Status::HIT_L2, "hit; detail=l2", Hit, Tier::L2, false),
             (
-                "tower-tiered-cache; hit; ttl=-3; detail=l1",
+                Status::hit(Detail::L1, Some(3)),
+                "hit; ttl=-3; detail=l1",
                 Stale,
                 Tier::L1,
                 false,
             ),
             (
-                "tower-tiered-cache; hit; ttl=-3; detail=l2",
+                Status::hit(Detail::L2, Some(3)),
+                "hit; ttl=-3; detail=l2",
                 Stale,
                 Tier::L2,
                 false,
             ),
             (
-                "tower-tiered-cache; hit; ttl=-1; detail=stale-if-error",
+                Status::hit(Detail::StaleIfError, Some(1)),
+                "hit; ttl=-1; detail=stale-if-error",
                 Stale,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=stale; fwd-status=503; ttl=-9; detail=stale-if-error",
+                Status {
+                    stale_by: Some(9),
+                    ..fwd(Fwd::Stale)
+                        .with_fwd_status(503)
+                        .with_detail(Detail::StaleIfError)
+                },
+                "fwd=stale; fwd-status=503; ttl=-9; detail=stale-if-error",
                 Stale,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=uri-miss; stored; ttl=60",
+                Status {
+                    stored: true,
+                    ..fwd(Fwd::UriMiss).with_fwd_status(200)
+                },
+                "fwd=uri-miss; fwd-status=200; stored",
                 Miss,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=uri-miss; fwd-status=500",
+                fwd(Fwd::UriMiss).with_fwd_status(500),
+                "fwd=uri-miss; fwd-status=500",
                 Miss,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=uri-miss; collapsed; detail=l1",
+                Status {
+                    collapsed: true,
+                    ..fwd(Fwd::UriMiss).with_detail(Detail::L1)
+                },
+                "fwd=uri-miss; collapsed; detail=l1",
                 Miss,
                 Tier::None,
                 true,
             ),
             (
-                "tower-tiered-cache; fwd=stale; fwd-status=304; detail=l1",
+                fwd(Fwd::Stale).with_fwd_status(304).with_detail(Detail::L1),
+                "fwd=stale; fwd-status=304; detail=l1",
                 Revalidated,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=stale; fwd-status=304",
+                fwd(Fwd::Stale).with_fwd_status(304),
+                "fwd=stale; fwd-status=304",
                 Miss,
                 Tier::None,
                 false,
             ),
-            ("tower-tiered-cache; fwd=bypass", Pass, Tier::None, false),
-            ("tower-tiered-cache; fwd=method", Pass, Tier::None, false),
+            (Status::BYPASS, "fwd=bypass", Pass, Tier::None, false),
+            (Status::METHOD, "fwd=method", Pass, Tier::None, false),
             (
-                "tower-tiered-cache; fwd=uri-miss; detail=hit-for-pass",
+                Status::HIT_FOR_PASS,
+                "fwd=uri-miss; detail=hit-for-pass",
                 Pass,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; fwd=uri-miss; detail=range",
+                Status::RANGE,
+                "fwd=uri-miss; detail=range",
                 Pass,
                 Tier::None,
                 false,
             ),
             (
-                "tower-tiered-cache; detail=only-if-cached",
+                Status::ONLY_IF_CACHED,
+                "detail=only-if-cached",
                 Pass,
+                Tier::None,
+                false,
+            ),
+            (
+                fwd(Fwd::Request).with_detail(Detail::UpstreamTimeout),
+                "fwd=request; detail=upstream-timeout",
+                Miss,
                 Tier::None,
                 false,
             ),
         ];
-        for &(s, result, tier, coalesced) in table {
-            let o = parse(s);
+        for (status, header, result, tier, coalesced) in table {
+            assert_eq!(
+                status.header(),
+                format!("tower-tiered-cache; {header}").as_str()
+            );
+            let o = Outcome::from(status);
             assert_eq!(
                 (o.result, o.tier, o.coalesced),
-                (result, tier, coalesced),
-                "{s}"
+                (*result, *tier, *coalesced),
+                "{header}"
             );
         }
-        assert!(parse("tower-tiered-cache; fwd=vary-miss; stored").vary_miss);
+        assert!(Outcome::from(&fwd(Fwd::VaryMiss)).vary_miss);
         // Stale at the very millisecond freshness ended, or with max-stale.
-        assert_eq!(
-            parse("tower-tiered-cache; hit; ttl=-0; detail=l1").result,
-            Stale
-        );
-        assert_eq!(
-            parse("tower-tiered-cache; fwd=uri-miss; stored; ttl=60").ttl_secs,
-            Some(60)
-        );
-        assert_eq!(Outcome::from_status(None), Outcome::FAILED);
+        let o = Outcome::from(&Status::hit(Detail::L1, Some(0)));
+        assert_eq!((o.result, o.ttl_secs), (Stale, Some(0)));
+        assert_eq!(Outcome::of(None), Outcome::FAILED);
     }
 
     #[test]
