@@ -653,10 +653,59 @@ where
     <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     // What the client sent, kept to select variants and answer its
     // conditionals from the stored entry.
     let client = request_view(&parts);
+    let parts = upstream_request(parts, plan);
+    let (resp, times) = match call_upstream(cache, up, Request::from_parts(parts, body), plan).await
+    {
+        Ok(answered) => answered,
+        Err(failed) => return failed,
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        upstream_failed(cache, plan, Some(status), times.response);
+        let marked = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+        return Fetched::Failed(Ok(pass_through(resp, marked, plan.head)), false);
+    }
+    s.upstream_breaker(plan.label).record_success();
+    // A 304 to our conditional request: freshen the stored entry.
+    let resp = match (status, plan.revalidate, &plan.prior) {
+        (StatusCode::NOT_MODIFIED, true, Some(prior)) => {
+            return not_modified(cache, prior, resp, plan, &client, times)
+        }
+        _ => resp,
+    };
+    if !plan.background {
+        s.counters.misses.incr();
+    }
+    let storable = match store_verdict(cache, &resp, plan, times) {
+        Ok(storable) => storable,
+        Err(marked) => {
+            let head = client.method == Method::HEAD;
+            return Fetched::Passed(pass_through(resp, marked, head));
+        }
+    };
+    let (rparts, body) = match read_whole(cache, resp, plan, &client).await {
+        Ok(read) => read,
+        Err(done) => return done,
+    };
+    let (entry, cookies) = entry_of(cache, rparts, body, storable, plan, &client, times.response);
+    store_and_answer(cache, entry, cookies, plan, &client, times.response)
+}
+
+/// When the upstream was asked and answered (wall-clock milliseconds).
+#[derive(Clone, Copy)]
+struct Times {
+    request: u64,
+    response: u64,
+}
+
+/// The request sent upstream: always `GET`; when the response will be
+/// stored, without the client's conditionals and `Range`; when
+/// revalidating, with the stored entry's validators.
+fn upstream_request(mut parts: http::request::Parts, plan: &Fetch) -> http::request::Parts {
     parts.method = Method::GET;
     if !plan.directives.cc.no_store {
         // The response is fetched whole and stored; the client's own
@@ -665,175 +714,229 @@ where
             parts.headers.remove(h);
         }
     }
-    if plan.revalidate {
-        if let Some(prior) = &plan.prior {
-            if let Some(etag) = prior.etag() {
-                parts.headers.insert(IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(lm) = prior.last_modified() {
-                parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
-            }
+    if let (true, Some(prior)) = (plan.revalidate, &plan.prior) {
+        if let Some(etag) = prior.etag() {
+            parts.headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = prior.last_modified() {
+            parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let request_time = cache.now();
+    parts
+}
+
+/// Calls the upstream within `upstream_timeout`, timed and counted. A
+/// missed deadline or a transport error is the exchange's end (`Err`).
+async fn call_upstream<B, U>(
+    cache: &Cache,
+    up: U,
+    req: Request<B>,
+    plan: &Fetch,
+) -> Result<(Response<U::Body>, Times), Fetched<U, B>>
+where
+    U: Upstream<B>,
+{
+    let s = &*cache.shared;
+    let request = cache.now();
     s.counters.upstream_calls.incr();
     let started = s.obs.start();
-    let limit = s.cfg.upstream_timeout;
-    let result = within(limit, up.call(Request::from_parts(parts, body))).await;
-    let response_time = cache.now();
+    let result = within(s.cfg.upstream_timeout, up.call(req)).await;
+    let response = cache.now();
     let took = std::time::Duration::from_nanos(s.obs.elapsed_ns(started));
     let Ok(result) = result else {
         // No response head within the deadline: the upstream is failing.
         s.obs.upstream_done(plan.label, took, None);
-        upstream_timed_out(cache, plan, response_time);
-        return Fetched::TimedOut(false);
+        upstream_timed_out(cache, plan, response);
+        return Err(Fetched::TimedOut(false));
     };
     s.obs
         .upstream_done(plan.label, took, result.as_ref().ok().map(|r| r.status()));
-    let resp = match result {
-        Ok(resp) => resp,
+    match result {
+        Ok(resp) => Ok((resp, Times { request, response })),
         Err(e) => {
-            upstream_failed(cache, plan, None, response_time);
-            return Fetched::Failed(Err(e), false);
+            upstream_failed(cache, plan, None, response);
+            Err(Fetched::Failed(Err(e), false))
+        }
+    }
+}
+
+/// A 304 to a revalidation: the stored entry, freshened (and stored again),
+/// answers; if the 304 forbids storing, the old body answers once and the
+/// entry is dropped.
+fn not_modified<U: Upstream<B>, B>(
+    cache: &Cache,
+    prior: &Arc<Entry>,
+    resp: Response<U::Body>,
+    plan: &Fetch,
+    client: &Parts,
+    times: Times,
+) -> Fetched<U, B> {
+    let s = &*cache.shared;
+    let (rparts, _body) = resp.into_parts();
+    let freshened = freshen(
+        cache,
+        prior,
+        &rparts.headers,
+        plan,
+        client,
+        times.request,
+        times.response,
+    );
+    let (answer, marked) = match &freshened {
+        Some(entry) => {
+            if !plan.background {
+                s.counters.revalidated.incr();
+            }
+            let marked = Status::forward(plan.fwd)
+                .with_fwd_status(304)
+                .with_detail(plan.tier.detail());
+            (entry, marked)
+        }
+        None => {
+            // The 304 forbade storing: answer from the old body once.
+            if !plan.background {
+                s.counters.misses.incr();
+            }
+            cache.invalidate_hash(plan.key);
+            (prior, Status::forward(plan.fwd).with_fwd_status(304))
         }
     };
+    let mut resp = respond(cache, answer, client, plan, times.response, marked);
+    // Cookies set by the 304 are this client's alone.
+    append_cookies(&mut resp, rparts.headers.get_all(SET_COOKIE));
+    match freshened {
+        Some(entry) => Fetched::Stored(entry, resp),
+        None => Fetched::Passed(resp),
+    }
+}
+
+/// Adds `Set-Cookie` values kept out of the stored entry to this client's
+/// answer.
+fn append_cookies<'v, RB>(
+    resp: &mut Response<RB>,
+    cookies: impl IntoIterator<Item = &'v HeaderValue>,
+) {
+    for c in cookies {
+        resp.headers_mut().append(SET_COOKIE, c.clone());
+    }
+}
+
+/// Whether the response may be stored (`Ok`, with the policy's verdict),
+/// or passes through uncached with this status (`Err`): an adapter said it
+/// is not the URL's own (a redirect its client followed), or the policy
+/// refused it.
+fn store_verdict<RB>(
+    cache: &Cache,
+    resp: &Response<RB>,
+    plan: &Fetch,
+    times: Times,
+) -> Result<crate::policy::Storable, Status> {
+    let s = &*cache.shared;
     let status = resp.status();
-    if status.is_server_error() {
-        upstream_failed(cache, plan, Some(status), response_time);
-        let marked = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
-        return Fetched::Failed(Ok(pass_through(resp, marked, plan.head)), false);
-    }
-    s.upstream_breaker(plan.label).record_success();
-
-    // A 304 to our conditional request: freshen the stored entry.
-    if status == StatusCode::NOT_MODIFIED {
-        if let (true, Some(prior)) = (plan.revalidate, &plan.prior) {
-            let (rparts, _body) = resp.into_parts();
-            return match freshen(
-                cache,
-                prior,
-                &rparts.headers,
-                plan,
-                &client,
-                request_time,
-                response_time,
-            ) {
-                Some(entry) => {
-                    if !plan.background {
-                        s.counters.revalidated.incr();
-                    }
-                    let marked = Status::forward(plan.fwd)
-                        .with_fwd_status(304)
-                        .with_detail(plan.tier.detail());
-                    let mut resp = respond(cache, &entry, &client, plan, response_time, marked);
-                    // Cookies set by the 304 are this client's alone.
-                    for c in rparts.headers.get_all(SET_COOKIE) {
-                        resp.headers_mut().append(SET_COOKIE, c.clone());
-                    }
-                    Fetched::Stored(entry, resp)
-                }
-                None => {
-                    // The 304 forbade storing: answer from the old body once.
-                    if !plan.background {
-                        s.counters.misses.incr();
-                    }
-                    cache.invalidate_hash(plan.key);
-                    let marked = Status::forward(plan.fwd).with_fwd_status(304);
-                    let mut resp = respond(cache, prior, &client, plan, response_time, marked);
-                    for c in rparts.headers.get_all(SET_COOKIE) {
-                        resp.headers_mut().append(SET_COOKIE, c.clone());
-                    }
-                    Fetched::Passed(resp)
-                }
-            };
-        }
-    }
-    if !plan.background {
-        s.counters.misses.incr();
-    }
-    // An adapter may know the response is not the URL's own (a redirect
-    // its client followed): pass it through, store nothing.
+    let forwarded = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
     if let Some(NotStorable(why)) = resp.extensions().get::<NotStorable>().copied() {
-        let marked = Status::forward(plan.fwd)
-            .with_fwd_status(status.as_u16())
-            .with_detail(Detail::NotStored(why));
-        return Fetched::Passed(pass_through(resp, marked, client.method == Method::HEAD));
+        return Err(forwarded.with_detail(Detail::NotStored(why)));
     }
-
     let route = plan.route.map(|i| &s.policy.routes[i]);
     let judged = s.policy.storable(
         &plan.directives,
         status,
         resp.headers(),
         route,
-        request_time,
-        response_time,
+        times.request,
+        times.response,
     );
-    let storable = match judged {
-        Ok(st) => st,
-        Err(reason) => {
-            s.obs.not_stored(plan.label, reason);
-            if reason.remember() {
-                cache.mark_hit_for_pass(plan.key);
-            }
-            let marked = Status::forward(plan.fwd)
-                .with_fwd_status(status.as_u16())
-                .with_detail(Detail::NotStored(reason_token(reason)));
-            return Fetched::Passed(pass_through(resp, marked, client.method == Method::HEAD));
+    judged.map_err(|reason| {
+        s.obs.not_stored(plan.label, reason);
+        if reason.remember() {
+            cache.mark_hit_for_pass(plan.key);
         }
-    };
-    let max = s.cfg.max_body_bytes;
+        forwarded.with_detail(Detail::NotStored(reason_token(reason)))
+    })
+}
+
+/// Reads the whole body within the upstream deadline and the body cap.
+/// Anything else ends the exchange (`Err`): a body over the cap streams
+/// through uncached; a body shorter or longer than its `Content-Length`
+/// is a 502 (never stored, never passed on as whole); a stalled body is a
+/// timeout; a body that fails passes on with its error.
+async fn read_whole<U: Upstream<B>, B>(
+    cache: &Cache,
+    resp: Response<U::Body>,
+    plan: &Fetch,
+    client: &Parts,
+) -> Result<(http::response::Parts, Bytes), Fetched<U, B>>
+where
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let max = cache.shared.cfg.max_body_bytes;
+    let status = resp.status();
+    let head = client.method == Method::HEAD;
     let declared = resp
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return too_large(cache, plan, status, resp.map(CacheBody::stream), &client);
+        return Err(too_large(
+            cache,
+            plan,
+            status,
+            resp.map(CacheBody::stream),
+            client,
+        ));
     }
     let (rparts, body) = resp.into_parts();
-    let body = match buffer(body, max, limit).await {
+    let forwarded = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+    match buffer(body, max, cache.shared.cfg.upstream_timeout).await {
         Buffered::Complete(bytes) if declared.is_some_and(|n| n != bytes.len() as u64) => {
             // The body ended before (or ran past) its declared length: a
-            // broken response. Never stored, never passed on as if whole:
-            // a 502 (or stale-if-error).
+            // broken response. A 502 (or stale-if-error).
             drop((rparts, bytes));
             upstream_failed(cache, plan, None, cache.now());
-            let mut resp = gateway_timeout(
-                Status::forward(plan.fwd)
-                    .with_fwd_status(status.as_u16())
-                    .with_detail(Detail::Incomplete),
-            );
+            let mut resp = gateway_timeout(forwarded.with_detail(Detail::Incomplete));
             *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            return Fetched::Failed(Ok(resp), true);
+            Err(Fetched::Failed(Ok(resp), true))
         }
-        Buffered::Complete(bytes) => bytes,
+        Buffered::Complete(bytes) => Ok((rparts, bytes)),
         Buffered::TimedOut => {
             // The body stalled: nothing was sent to the client yet.
             upstream_timed_out(cache, plan, cache.now());
-            return Fetched::TimedOut(true);
+            Err(Fetched::TimedOut(true))
         }
         Buffered::TooLarge(prefix, rest) => {
             let resp = Response::from_parts(rparts, CacheBody::prefixed(prefix, None, rest));
-            return too_large(cache, plan, status, resp, &client);
+            Err(too_large(cache, plan, status, resp, client))
         }
         Buffered::Failed(prefix, error, rest) => {
-            let body = if client.method == Method::HEAD {
+            let body = if head {
                 CacheBody::empty()
             } else {
                 CacheBody::prefixed(prefix, Some(error), rest)
             };
             let mut resp = Response::from_parts(rparts, body);
-            mark(
-                &mut resp,
-                Status::forward(plan.fwd).with_fwd_status(status.as_u16()),
-            );
-            return Fetched::Failed(Ok(resp), true);
+            mark(&mut resp, forwarded);
+            Err(Fetched::Failed(Ok(resp), true))
         }
-    };
+    }
+}
 
+/// The entry to store for a complete response, and the `Set-Cookie` values
+/// kept out of it (this client's alone).
+fn entry_of(
+    cache: &Cache,
+    rparts: http::response::Parts,
+    body: Bytes,
+    storable: crate::policy::Storable,
+    plan: &Fetch,
+    client: &Parts,
+    response_time: u64,
+) -> (Arc<Entry>, Vec<HeaderValue>) {
+    let s = &*cache.shared;
+    let status = rparts.status;
     let mut headers = rparts.headers;
-    let tags = s.cfg.tags.extract(&client, &headers);
+    let tags = s.cfg.tags.extract(client, &headers);
     let cookies: Vec<HeaderValue> = if storable.strip_set_cookie {
         headers.get_all(SET_COOKIE).iter().cloned().collect()
     } else {
@@ -850,27 +953,8 @@ where
     if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len() as u64));
     }
-    let vary = storable
-        .vary
-        .iter()
-        .map(|n| {
-            // A partitioned entry is reachable with its credentials only:
-            // their values are never stored (not in L1, not in Redis).
-            if s.keys.credentials
-                && crate::key::is_credential_header(n)
-                && client.headers.contains_key(n)
-            {
-                return (
-                    n.clone(),
-                    Box::new([crate::entry::PARTITIONED.clone()]) as Box<[_]>,
-                );
-            }
-            // Copied: the client's values are views into its read buffer.
-            let vals = crate::entry::owned_vary_values(client.headers.get_all(n).iter());
-            (n.clone(), vals)
-        })
-        .collect();
-    let key = s.keys.readable(&client).unwrap_or_default();
+    let vary = stored_vary_values(cache, &storable.vary, client);
+    let key = s.keys.readable(client).unwrap_or_default();
     let entry = Arc::new(Entry {
         key: key.into_boxed_str(),
         status,
@@ -887,14 +971,52 @@ where
         label: plan.label,
         reads: Default::default(),
     });
+    (entry, cookies)
+}
+
+/// The request's values of the fields the response varies on, as stored:
+/// owned copies, and for a partitioned entry's credentials a placeholder
+/// (their values are never stored, not in L1, not in Redis).
+fn stored_vary_values(
+    cache: &Cache,
+    names: &[HeaderName],
+    client: &Parts,
+) -> Box<[(HeaderName, Box<[HeaderValue]>)]> {
+    names
+        .iter()
+        .map(|n| {
+            if cache.shared.keys.credentials
+                && crate::key::is_credential_header(n)
+                && client.headers.contains_key(n)
+            {
+                return (
+                    n.clone(),
+                    Box::new([crate::entry::PARTITIONED.clone()]) as Box<[_]>,
+                );
+            }
+            // Copied: the client's values are views into its read buffer.
+            let vals = crate::entry::owned_vary_values(client.headers.get_all(n).iter());
+            (n.clone(), vals)
+        })
+        .collect()
+}
+
+/// Stores the entry in the tiers (timed, counted) and answers this client
+/// from it.
+fn store_and_answer<U: Upstream<B>, B>(
+    cache: &Cache,
+    entry: Arc<Entry>,
+    cookies: Vec<HeaderValue>,
+    plan: &Fetch,
+    client: &Parts,
+    response_time: u64,
+) -> Fetched<U, B> {
+    let s = &*cache.shared;
+    let vary: Vec<HeaderName> = entry.vary.iter().map(|(n, _)| n.clone()).collect();
     let store_started = s.obs.start();
-    let stored = s.tiers.store(
-        plan.key,
-        &entry,
-        &storable.vary,
-        &client.headers,
-        response_time,
-    );
+    let stored = s
+        .tiers
+        .store(plan.key, &entry, &vary, &client.headers, response_time);
     let span = tracing::Span::current();
     if !span.is_disabled() {
         let ms = s.obs.elapsed_ns(store_started) as f64 / 1e6;
@@ -905,7 +1027,7 @@ where
         s.obs.stored(plan.label);
     }
     s.hit_for_pass.remove(&plan.key);
-    let forwarded = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+    let forwarded = Status::forward(plan.fwd).with_fwd_status(entry.status.as_u16());
     let marked = if stored {
         Status {
             stored: true,
@@ -914,10 +1036,8 @@ where
     } else {
         forwarded.with_detail(Detail::NotStored("not-stored"))
     };
-    let mut resp = respond(cache, &entry, &client, plan, response_time, marked);
-    for c in cookies {
-        resp.headers_mut().append(SET_COOKIE, c);
-    }
+    let mut resp = respond(cache, &entry, client, plan, response_time, marked);
+    append_cookies(&mut resp, &cookies);
     Fetched::Stored(entry, resp)
 }
 
