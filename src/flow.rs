@@ -79,7 +79,10 @@ async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed
 #[derive(Debug)]
 struct Elapsed;
 
-/// A miss or a revalidation in the foreground.
+/// A miss or a revalidation in the foreground: answered from L2 when the
+/// request will not wait in a flight, otherwise coalesced: the leader of a
+/// flight calls the upstream ([`lead_flight`]), waiters answer from what
+/// it got ([`after_wait`]).
 pub(crate) async fn fetch<B, U>(
     cache: Cache,
     req: Request<B>,
@@ -94,22 +97,14 @@ where
 {
     let s = &*cache.shared;
     let now = cache.now();
-    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
-    let mut plan = plan;
-    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
-    let mut req = req;
+    let (mut req, mut up, mut plan) = (req, up, plan);
     // A request that will not wait in a flight (`no-store`) reads L2 itself.
     #[cfg(feature = "redis")]
     if plan.l2_lookup && !plan.coalesce {
         match from_l2::<B, U::Body>(&cache, req, plan).await {
             L2Answer::Served {
                 resp, refresh, req, ..
-            } => {
-                if let Some(refresh) = refresh {
-                    up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
-                }
-                return Ok(resp);
-            }
+            } => return Ok(with_refresh(&cache, up, resp, refresh, req)),
             L2Answer::NotServed(r, p) => (req, plan) = (r, p),
         }
     }
@@ -131,169 +126,225 @@ where
     // again and exactly one of them leads; a request that needs a newer
     // answer than the flight it waited on (`no-cache`) waits for the next.
     // Bounded: at most MAX_WAITS flights, each at most `coalesce_timeout`.
-    let mut req = req;
     for _ in 0..MAX_WAITS {
         let flight = match s.inflight.join(plan.key) {
-            Join::Leader(guard) => {
-                // Between this request's L1 look-up and its joining (a gap
-                // that is wide under load), another flight may have stored
-                // the answer and ended: use it rather than call again.
-                if !plan.background {
-                    let (parts, body) = req.into_parts();
-                    if let Some(entry) = stored_since(&cache, &parts, &plan, now) {
-                        if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, Tier::L1) {
-                            guard.complete(Outcome::Cached(entry, Tier::L1));
-                            return Ok(resp);
-                        }
-                    }
-                    req = Request::from_parts(parts, body);
-                }
-                #[cfg(feature = "redis")]
-                if plan.l2_lookup {
-                    match from_l2::<B, U::Body>(&cache, req, plan).await {
-                        L2Answer::Served {
-                            resp,
-                            entry,
-                            refresh,
-                            req,
-                        } => {
-                            guard.complete(Outcome::Found(entry));
-                            if let Some(refresh) = refresh {
-                                up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
-                            }
-                            return Ok(resp);
-                        }
-                        L2Answer::NotServed(r, p) => (req, plan) = (r, p),
-                    }
-                    // What L2 held is judged as L1's would have been.
-                    if let Some(resp) = before_upstream(&cache, &req, &plan, cache.now()) {
-                        // Waiters form a new flight.
-                        drop(guard);
-                        return Ok(resp);
-                    }
-                }
-                if plan.directives.cc.only_if_cached {
-                    // Nothing usable in any tier; waiters form a new flight.
-                    drop(guard);
-                    return Ok(cache.unavailable());
-                }
-                if plan.prior.is_none() && plan.directives.range {
-                    // A range of something stored nowhere: passed, as by `decide`.
-                    drop(guard);
-                    return pass_range(&cache, req, up).await;
-                }
-                let (result, outcome) = lead(&cache, req, up, &plan).await;
-                guard.complete(outcome);
-                return result;
-            }
+            Join::Leader(guard) => return lead_flight(&cache, req, up, plan, guard, now).await,
             Join::Full => return own_call(&cache, req, up, &plan).await,
             Join::Waiter(flight) => flight,
         };
         let outcome = coalesce::wait(&flight, s.cfg.coalesce_timeout).await;
-        let now = cache.now();
+        let newer = flight.started_after(arrived);
+        match after_wait(&cache, outcome, newer, req, up, plan).await {
+            Waited::Done(result) => return result,
+            Waited::Again(r, u, p) => (req, up, plan) = (r, u, p),
+        }
+    }
+    let (parts, _body) = req.into_parts();
+    let why = Detail::CoalesceFailed;
+    Ok(gave_up(&cache, &parts, &plan, why, false))
+}
+
+/// Starts the background refresh `refresh` (if any) of the entry that
+/// answered, and gives back the answer.
+#[cfg(feature = "redis")]
+fn with_refresh<B, U: Upstream<B>>(
+    cache: &Cache,
+    up: U,
+    resp: Response<CacheBody<U::Body>>,
+    refresh: Option<Box<Fetch>>,
+    req: Request<B>,
+) -> Response<CacheBody<U::Body>> {
+    if let Some(refresh) = refresh {
+        up.refresh(cache.clone(), req, refresh, &tracing::Span::current());
+    }
+    resp
+}
+
+/// The leader of a flight: an answer another flight stored meanwhile, an
+/// L2 entry, or the upstream; what it got is handed to the waiters
+/// (`guard`; dropped without an answer, the waiters form a new flight).
+async fn lead_flight<B, U>(
+    cache: &Cache,
+    req: Request<B>,
+    up: U,
+    plan: Box<Fetch>,
+    guard: coalesce::FlightGuard,
+    now: u64,
+) -> CacheResult<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let (mut req, mut plan) = (req, plan);
+    // Between this request's L1 look-up and its joining (a gap that is wide
+    // under load), another flight may have stored the answer and ended:
+    // use it rather than call again.
+    if !plan.background {
         let (parts, body) = req.into_parts();
-        match outcome {
-            Some(Outcome::Stored(entry)) if entry.vary_matches(&parts.headers) => {
-                let newer = flight.started_after(arrived);
-                if let Some(resp) = collapsed(&cache, &entry, &parts, &plan, now, newer) {
-                    return Ok(resp);
-                }
-                // The answer predates this request and its directives want
-                // a newer one: the next flight (which one waiter leads) has it.
-            }
-            // The leader found it in a cache tier: a hit of that tier, not
-            // a collapsed miss (nothing reached the origin).
-            Some(Outcome::Cached(entry, tier)) if entry.vary_matches(&parts.headers) => {
-                if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, tier) {
-                    return Ok(resp);
-                }
-            }
-            // Another variant was fetched: this one is fetched next.
-            Some(Outcome::Stored(_) | Outcome::Cached(..)) => {}
-            #[cfg(feature = "redis")]
-            Some(Outcome::Found(entry))
-                if entry.vary_matches(&parts.headers)
-                    && now < entry.timeline.retain_until
-                    && plan
-                        .prior
-                        .as_ref()
-                        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at) =>
-            {
-                // Read from L2 by the leader: judged as this request's own
-                // find (not promoted again: `since` 0).
-                let span = tracing::Span::current();
-                match cache.judge::<U::Body>(
-                    entry,
-                    crate::tiers::Tier::L2 { since: 0 },
-                    &parts,
-                    *plan,
-                    now,
-                    &span,
-                ) {
-                    Ok(answered) => {
-                        let (resp, refresh) = answered.into_marked();
-                        if let Some(refresh) = refresh {
-                            let req = Request::from_parts(parts, body);
-                            up.refresh(cache.clone(), req, refresh, &span);
-                        }
-                        return Ok(resp);
-                    }
-                    Err(p) => {
-                        // Not usable as is: the next flight revalidates it.
-                        plan = Box::new(p);
-                        plan.l2_lookup = false;
-                    }
-                }
-            }
-            Some(Outcome::Found(_)) => {}
-            Some(Outcome::StaleIfError(entry))
-                if entry.vary_matches(&parts.headers)
-                    && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
-            {
-                return Ok(serve_stale_if_error(
-                    &cache, &entry, &parts, &plan, None, true,
-                ));
-            }
-            // The answer may not be shared: call alone, as the leader did.
-            Some(Outcome::Pass) => {
-                return own_call(&cache, Request::from_parts(parts, body), up, &plan).await;
-            }
-            // The leader was cancelled or failed: rather than every waiter
-            // calling the upstream at once, form a new flight.
-            Some(Outcome::Abandoned | Outcome::Failed | Outcome::StaleIfError(_)) => {
-                // A later flight may already have stored an answer.
-                if let crate::store::memory::Found::Entry(entry) =
-                    s.tiers.l1.get(plan.key, &parts.headers)
-                {
-                    if let Some(resp) = tier_hit(&cache, &entry, &parts, &plan, now, Tier::L1) {
-                        return Ok(resp);
-                    }
-                }
-            }
-            None => {
-                // The leader's call outlived its own deadline (it cannot,
-                // unless `coalesce_timeout` is set below it): never call the
-                // origin alone, answer from what is stored or with a 504.
-                s.counters.coalesce_timeouts.incr();
-                return Ok(gave_up(
-                    &cache,
-                    &parts,
-                    &plan,
-                    Detail::CoalesceTimeout,
-                    false,
-                ));
+        if let Some(entry) = stored_since(cache, &parts, &plan, now) {
+            if let Some(resp) = tier_hit(cache, &entry, &parts, &plan, now, Tier::L1) {
+                guard.complete(Outcome::Cached(entry, Tier::L1));
+                return Ok(resp);
             }
         }
         req = Request::from_parts(parts, body);
     }
-    let (parts, _body) = req.into_parts();
-    Ok(gave_up(
-        &cache,
-        &parts,
-        &plan,
-        Detail::CoalesceFailed,
-        false,
-    ))
+    #[cfg(feature = "redis")]
+    if plan.l2_lookup {
+        match from_l2::<B, U::Body>(cache, req, plan).await {
+            L2Answer::Served {
+                resp,
+                entry,
+                refresh,
+                req,
+            } => {
+                guard.complete(Outcome::Found(entry));
+                return Ok(with_refresh(cache, up, resp, refresh, req));
+            }
+            L2Answer::NotServed(r, p) => (req, plan) = (r, p),
+        }
+        // What L2 held is judged as L1's would have been; waiters form a
+        // new flight.
+        if let Some(resp) = before_upstream(cache, &req, &plan, cache.now()) {
+            drop(guard);
+            return Ok(resp);
+        }
+    }
+    if plan.directives.cc.only_if_cached {
+        // Nothing usable in any tier; waiters form a new flight.
+        drop(guard);
+        return Ok(cache.unavailable());
+    }
+    if plan.prior.is_none() && plan.directives.range {
+        // A range of something stored nowhere: passed, as by `decide`.
+        drop(guard);
+        return pass_range(cache, req, up).await;
+    }
+    let (result, outcome) = lead(cache, req, up, &plan).await;
+    guard.complete(outcome);
+    result
+}
+
+/// What a waiter does once its flight ended.
+enum Waited<U: Upstream<B>, B> {
+    /// Answered (or passed, or gave up).
+    Done(CacheResult<U, B>),
+    /// Wait on (or lead) the next flight.
+    Again(Request<B>, U, Box<Fetch>),
+}
+
+/// A waiter's answer from its flight's `outcome` (`None`: the wait timed
+/// out); `newer`: the flight started after the request arrived.
+async fn after_wait<B, U>(
+    cache: &Cache,
+    outcome: Option<Outcome>,
+    newer: bool,
+    req: Request<B>,
+    up: U,
+    plan: Box<Fetch>,
+) -> Waited<U, B>
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let s = &*cache.shared;
+    let now = cache.now();
+    let (parts, body) = req.into_parts();
+    let matches = |e: &Entry| e.vary_matches(&parts.headers);
+    let answer = match outcome {
+        Some(Outcome::Stored(entry)) if matches(&entry) => {
+            // `None`: the answer predates this request and its directives
+            // want a newer one: the next flight (one waiter leads) has it.
+            collapsed(cache, &entry, &parts, &plan, now, newer)
+        }
+        // The leader found it in a cache tier: a hit of that tier, not a
+        // collapsed miss (nothing reached the origin).
+        Some(Outcome::Cached(entry, tier)) if matches(&entry) => {
+            tier_hit(cache, &entry, &parts, &plan, now, tier)
+        }
+        #[cfg(feature = "redis")]
+        Some(Outcome::Found(entry)) if matches(&entry) => {
+            return found_by_leader(cache, entry, parts, body, up, plan, now);
+        }
+        Some(Outcome::StaleIfError(entry))
+            if matches(&entry) && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
+        {
+            Some(serve_stale_if_error(
+                cache, &entry, &parts, &plan, None, true,
+            ))
+        }
+        // The answer may not be shared: call alone, as the leader did.
+        Some(Outcome::Pass) => {
+            let req = Request::from_parts(parts, body);
+            return Waited::Done(own_call(cache, req, up, &plan).await);
+        }
+        // The leader was cancelled or failed: rather than every waiter
+        // calling the upstream at once, form a new flight; a later flight
+        // may already have stored an answer.
+        Some(Outcome::Abandoned | Outcome::Failed | Outcome::StaleIfError(_)) => {
+            match s.tiers.l1.get(plan.key, &parts.headers) {
+                crate::store::memory::Found::Entry(entry) => {
+                    tier_hit(cache, &entry, &parts, &plan, now, Tier::L1)
+                }
+                _ => None,
+            }
+        }
+        // Another variant was fetched: this one is fetched next.
+        Some(_) => None,
+        None => {
+            // The leader's call outlived its own deadline (it cannot,
+            // unless `coalesce_timeout` is set below it): never call the
+            // origin alone, answer from what is stored or with a 504.
+            s.counters.coalesce_timeouts.incr();
+            let why = Detail::CoalesceTimeout;
+            Some(gave_up(cache, &parts, &plan, why, false))
+        }
+    };
+    match answer {
+        Some(resp) => Waited::Done(Ok(resp)),
+        None => Waited::Again(Request::from_parts(parts, body), up, plan),
+    }
+}
+
+/// A waiter whose leader read an entry from L2: judged as this request's
+/// own find (not promoted again: `since` 0); not usable as is, the next
+/// flight revalidates it.
+#[cfg(feature = "redis")]
+fn found_by_leader<B, U: Upstream<B>>(
+    cache: &Cache,
+    entry: Arc<Entry>,
+    parts: Parts,
+    body: B,
+    up: U,
+    mut plan: Box<Fetch>,
+    now: u64,
+) -> Waited<U, B> {
+    let newer = plan
+        .prior
+        .as_ref()
+        .is_none_or(|p| entry.timeline.stored_at > p.timeline.stored_at);
+    if now >= entry.timeline.retain_until || !newer {
+        return Waited::Again(Request::from_parts(parts, body), up, plan);
+    }
+    let span = tracing::Span::current();
+    let tier = crate::tiers::Tier::L2 { since: 0 };
+    match cache.judge::<U::Body>(entry, tier, &parts, *plan, now, &span) {
+        Ok(answered) => {
+            let (resp, refresh) = answered.into_marked();
+            let req = Request::from_parts(parts, body);
+            Waited::Done(Ok(with_refresh(cache, up, resp, refresh, req)))
+        }
+        Err(p) => {
+            plan = Box::new(p);
+            plan.l2_lookup = false;
+            Waited::Again(Request::from_parts(parts, body), up, plan)
+        }
+    }
 }
 
 /// What spares the upstream once the stored entry (the plan's prior) is
