@@ -1359,68 +1359,7 @@ pub(crate) fn spawn_refresh<B, U>(
     handle.spawn(tracing::Instrument::instrument(
         async move {
             let _permit = permit;
-            let s = &*cache.shared;
-            let mut req = req;
-            *req.method_mut() = Method::GET;
-            let prior = plan.prior.clone();
-            let headers = req.headers().clone();
-            // Another instance may have refreshed the entry already: look in L2.
-            #[cfg(feature = "redis")]
-            if let Some(old) = prior.as_ref() {
-                let now = cache.now();
-                if let L2Lookup::Found(found, tier) =
-                    s.tiers.lookup_l2(plan.key, &headers, Some(old), now).await
-                {
-                    if s.policy.usability(&found, &plan.directives, now) == Usability::Fresh {
-                        s.tiers.adopt(plan.key, old, &found, tier, &headers);
-                        s.counters.refresh_ok.incr();
-                        guard.complete(Outcome::Cached(found, Tier::L2));
-                        return;
-                    }
-                }
-            }
-            let outcome =
-                match tokio::time::timeout(deadline, exchange(&cache, req, up, &plan)).await {
-                    Ok(Fetched::Stored(entry, _)) => {
-                        s.counters.refresh_ok.incr();
-                        Outcome::Stored(entry)
-                    }
-                    Ok(Fetched::Passed(_)) => {
-                        // The origin no longer lets this be stored: drop the stale copy.
-                        s.counters.refresh_ok.incr();
-                        cache.invalidate_hash(plan.key);
-                        Outcome::Pass
-                    }
-                    failed => {
-                        if failed.is_err() {
-                            // The deadline passed: that counts against the upstream.
-                            s.upstream_breaker(plan.label).record_failure(cache.now());
-                        }
-                        s.counters.refresh_failed.incr();
-                        if s.obs.cfg.log.warnings() {
-                            tracing::warn!(
-                                target: "tower_tiered_cache",
-                                key = %plan.key,
-                                label = %s.obs.labels.name(plan.label),
-                                timed_out = matches!(failed, Err(_) | Ok(Fetched::TimedOut(_))),
-                                "background refresh failed; keeping the stale entry"
-                            );
-                        }
-                        if let Some(prior) = &prior {
-                            if let Some(extended) = cache.extended(prior) {
-                                s.tiers.replace(
-                                    plan.key,
-                                    prior,
-                                    Arc::new(extended),
-                                    &headers,
-                                    plan.tier,
-                                    cache.now(),
-                                );
-                            }
-                        }
-                        Outcome::Failed
-                    }
-                };
+            let outcome = refresh(&cache, req, up, &plan, deadline).await;
             if !tracing::Span::current().is_disabled() {
                 let result = match &outcome {
                     Outcome::Stored(_) | Outcome::Cached(..) => "refreshed",
@@ -1433,6 +1372,95 @@ pub(crate) fn spawn_refresh<B, U>(
         },
         task_span,
     ));
+}
+
+/// One background refresh, within `deadline`: a newer copy another
+/// instance put in L2, or the upstream's answer; when that fails, the
+/// stale entry is kept with its windows extended.
+async fn refresh<B, U>(
+    cache: &Cache,
+    mut req: Request<B>,
+    up: U,
+    plan: &Fetch,
+    deadline: Duration,
+) -> Outcome
+where
+    B: Send + 'static,
+    U: Upstream<B>,
+    <U::Body as Body>::Error: Send,
+    <U::Body as Body>::Data: Send,
+{
+    let s = &*cache.shared;
+    *req.method_mut() = Method::GET;
+    let headers = req.headers().clone();
+    #[cfg(feature = "redis")]
+    if let Some(found) = refreshed_elsewhere(cache, plan, &headers).await {
+        return found;
+    }
+    match tokio::time::timeout(deadline, exchange(cache, req, up, plan)).await {
+        Ok(Fetched::Stored(entry, _)) => {
+            s.counters.refresh_ok.incr();
+            Outcome::Stored(entry)
+        }
+        Ok(Fetched::Passed(_)) => {
+            // The origin no longer lets this be stored: drop the stale copy.
+            s.counters.refresh_ok.incr();
+            cache.invalidate_hash(plan.key);
+            Outcome::Pass
+        }
+        Err(_) => {
+            // The deadline passed: that counts against the upstream.
+            s.upstream_breaker(plan.label).record_failure(cache.now());
+            refresh_failed(cache, plan, &headers, true)
+        }
+        Ok(failed) => {
+            let timed_out = matches!(failed, Fetched::TimedOut(_));
+            refresh_failed(cache, plan, &headers, timed_out)
+        }
+    }
+}
+
+/// Another instance may have refreshed the entry already: a fresh copy in
+/// L2, newer than the stale one, replaces it in L1.
+#[cfg(feature = "redis")]
+async fn refreshed_elsewhere(cache: &Cache, plan: &Fetch, headers: &HeaderMap) -> Option<Outcome> {
+    let s = &*cache.shared;
+    let old = plan.prior.as_ref()?;
+    let now = cache.now();
+    let L2Lookup::Found(found, tier) = s.tiers.lookup_l2(plan.key, headers, Some(old), now).await
+    else {
+        return None;
+    };
+    if s.policy.usability(&found, &plan.directives, now) != Usability::Fresh {
+        return None;
+    }
+    s.tiers.adopt(plan.key, old, &found, tier, headers);
+    s.counters.refresh_ok.incr();
+    Some(Outcome::Cached(found, Tier::L2))
+}
+
+/// A refresh that failed: counted, logged, and the stale entry kept with
+/// its windows extended (a bounded number of times).
+fn refresh_failed(cache: &Cache, plan: &Fetch, headers: &HeaderMap, timed_out: bool) -> Outcome {
+    let s = &*cache.shared;
+    s.counters.refresh_failed.incr();
+    if s.obs.cfg.log.warnings() {
+        tracing::warn!(
+            target: "tower_tiered_cache",
+            key = %plan.key,
+            label = %s.obs.labels.name(plan.label),
+            timed_out,
+            "background refresh failed; keeping the stale entry"
+        );
+    }
+    if let Some(prior) = &plan.prior {
+        if let Some(extended) = cache.extended(prior) {
+            let extended = Arc::new(extended);
+            s.tiers
+                .replace(plan.key, prior, extended, headers, plan.tier, cache.now());
+        }
+    }
+    Outcome::Failed
 }
 
 /// An unsafe method: forward it, and when it succeeds invalidate the target
