@@ -25,9 +25,9 @@ use http::Extensions;
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 
 use crate::body::CacheBody;
-use crate::cache::{Decision, Fetch};
+use crate::cache::Fetch;
 use crate::flow::{self, Upstream};
-use crate::service::{BoxFuture, Lookup};
+use crate::service::{BoxFuture, Dispatched, Lookup};
 use crate::status::CACHE_STATUS;
 use crate::Cache;
 
@@ -184,22 +184,13 @@ impl CacheMiddleware {
     ) -> reqwest_middleware::Result<http::Response<CacheBody<Body>>> {
         let cache = &self.cache;
         let (parts, body) = req.into_parts();
-        let mut lookup = Lookup::begin(cache, &parts);
-        match lookup.decide::<Body>(cache, &parts) {
-            Decision::Hit(resp, now) => {
-                lookup.finish_hit(cache, &parts, &resp, now);
-                Ok(resp)
-            }
-            Decision::Respond(resp, status) => {
-                lookup.finish_now(cache, &parts, &resp, status);
-                Ok(resp)
-            }
-            Decision::Pass(status) => {
-                lookup.finish_pass(cache, &parts, status);
-                let call = up.call(http::Request::from_parts(parts, body));
-                let resp = tracing::Instrument::instrument(call, lookup.span.clone()).await?;
-                if !lookup.span.is_disabled() {
-                    lookup.span.record(
+        let lookup = Lookup::begin(cache, &parts);
+        match lookup.dispatch(cache, parts, body, || up) {
+            Dispatched::Ready(resp) => Ok(resp),
+            Dispatched::Pass(req, status, span, up) => {
+                let resp = tracing::Instrument::instrument(up().call(req), span.clone()).await?;
+                if !span.is_disabled() {
+                    span.record(
                         "http.response.status_code",
                         i64::from(resp.status().as_u16()),
                     );
@@ -208,35 +199,7 @@ impl CacheMiddleware {
                 rparts.headers.insert(CACHE_STATUS.clone(), status.header());
                 Ok(http::Response::from_parts(rparts, CacheBody::stream(rbody)))
             }
-            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
-                lookup.finish_now(cache, &parts, &resp, status);
-                up.refresh(
-                    cache.clone(),
-                    http::Request::from_parts(parts, body),
-                    plan,
-                    &lookup.span,
-                );
-                Ok(resp)
-            }
-            Decision::Fetch(plan) => {
-                let key = cache.key_for_display(&parts, &lookup.span);
-                let fut = Box::pin(flow::fetch(
-                    cache.clone(),
-                    http::Request::from_parts(parts, body),
-                    up,
-                    plan,
-                ));
-                lookup.engine(cache.clone(), fut, key, false).await
-            }
-            Decision::Unsafe => {
-                let key = cache.key_for_display(&parts, &lookup.span);
-                let fut = Box::pin(flow::unsafe_method(
-                    cache.clone(),
-                    http::Request::from_parts(parts, body),
-                    up,
-                ));
-                lookup.engine(cache.clone(), fut, key, true).await
-            }
+            Dispatched::Engine(fut) => fut.await,
         }
     }
 }

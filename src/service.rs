@@ -125,61 +125,30 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let mut lookup = Lookup::begin(&self.cache, &parts);
-        match lookup.decide::<ResB>(&self.cache, &parts) {
-            Decision::Hit(resp, now) => {
-                lookup.finish_hit(&self.cache, &parts, &resp, now);
-                ResponseFuture::ready(resp)
+        let lookup = Lookup::begin(&self.cache, &parts);
+        let inner = &self.inner;
+        let up = || ServiceUpstream { svc: inner.clone() };
+        match lookup.dispatch(&self.cache, parts, body, up) {
+            Dispatched::Ready(resp) => ResponseFuture::ready(resp),
+            Dispatched::Pass(req, status, span, _) => {
+                ResponseFuture::pass(self.inner.clone(), req, status.header(), span)
             }
-            Decision::Respond(resp, status) => {
-                lookup.finish_now(&self.cache, &parts, &resp, status);
-                ResponseFuture::ready(resp)
-            }
-            Decision::Pass(status) => {
-                lookup.finish_pass(&self.cache, &parts, status);
-                ResponseFuture::pass(
-                    self.inner.clone(),
-                    Request::from_parts(parts, body),
-                    status.header(),
-                    lookup.span,
-                )
-            }
-            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
-                lookup.finish_now(&self.cache, &parts, &resp, status);
-                let up = self.upstream();
-                up.refresh(
-                    self.cache.clone(),
-                    Request::from_parts(parts, body),
-                    plan,
-                    &lookup.span,
-                );
-                ResponseFuture::ready(resp)
-            }
-            Decision::Fetch(plan) => {
-                let up = self.upstream();
-                let cache = self.cache.clone();
-                let key = cache.key_for_display(&parts, &lookup.span);
-                let fut = Box::pin(flow::fetch(
-                    cache.clone(),
-                    Request::from_parts(parts, body),
-                    up,
-                    plan,
-                ));
-                ResponseFuture::engine(lookup.engine(cache, fut, key, false))
-            }
-            Decision::Unsafe => {
-                let up = self.upstream();
-                let cache = self.cache.clone();
-                let key = cache.key_for_display(&parts, &lookup.span);
-                let fut = Box::pin(flow::unsafe_method(
-                    cache.clone(),
-                    Request::from_parts(parts, body),
-                    up,
-                ));
-                ResponseFuture::engine(lookup.engine(cache, fut, key, true))
-            }
+            Dispatched::Engine(fut) => ResponseFuture::engine(fut),
         }
     }
+}
+
+/// What an adapter does with a request once the engine has handled what it
+/// can ([`Lookup::dispatch`]).
+pub(crate) enum Dispatched<'a, B, RB: Body, E, F> {
+    /// The answer, ready now (reported).
+    Ready(Response<CacheBody<RB>>),
+    /// Forward it unchanged, adding this status (reported); the adapter's
+    /// upstream maker comes back for it.
+    Pass(Request<B>, Status, tracing::Span, F),
+    /// The engine's path (a miss, a revalidation, an unsafe method),
+    /// reported when it ends.
+    Engine(BoxFuture<'a, Result<Response<CacheBody<RB>>, E>>),
 }
 
 /// Reports a request as cancelled when dropped (forgotten once it
@@ -278,6 +247,58 @@ impl Lookup {
             self.span.record("cache.lookup_ms", ms);
         }
         decision
+    }
+
+    /// Decides what to do with the request and does all of it that does
+    /// not depend on the adapter: answers, background refreshes, the
+    /// engine's paths, and reporting. `up` makes the adapter's upstream,
+    /// only when one is needed (a fresh hit makes none).
+    pub(crate) fn dispatch<'a, B, U, F>(
+        mut self,
+        cache: &Cache,
+        parts: http::request::Parts,
+        body: B,
+        up: F,
+    ) -> Dispatched<'a, B, U::Body, U::Error, F>
+    where
+        B: Send + 'static,
+        U: Upstream<B> + 'a,
+        F: FnOnce() -> U,
+        <U::Body as Body>::Error: Send,
+        <U::Body as Body>::Data: Send,
+    {
+        match self.decide::<U::Body>(cache, &parts) {
+            Decision::Hit(resp, now) => {
+                self.finish_hit(cache, &parts, &resp, now);
+                Dispatched::Ready(resp)
+            }
+            Decision::Respond(resp, status) => {
+                self.finish_now(cache, &parts, &resp, status);
+                Dispatched::Ready(resp)
+            }
+            Decision::Pass(status) => {
+                self.finish_pass(cache, &parts, status);
+                Dispatched::Pass(Request::from_parts(parts, body), status, self.span, up)
+            }
+            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
+                self.finish_now(cache, &parts, &resp, status);
+                let req = Request::from_parts(parts, body);
+                up().refresh(cache.clone(), req, plan, &self.span);
+                Dispatched::Ready(resp)
+            }
+            Decision::Fetch(plan) => {
+                let key = cache.key_for_display(&parts, &self.span);
+                let req = Request::from_parts(parts, body);
+                let fut = Box::pin(flow::fetch(cache.clone(), req, up(), plan));
+                Dispatched::Engine(self.engine(cache.clone(), fut, key, false))
+            }
+            Decision::Unsafe => {
+                let key = cache.key_for_display(&parts, &self.span);
+                let req = Request::from_parts(parts, body);
+                let fut = Box::pin(flow::unsafe_method(cache.clone(), req, up()));
+                Dispatched::Engine(self.engine(cache.clone(), fut, key, true))
+            }
+        }
     }
 
     /// Reports a fresh L1 hit decided at `now`.
@@ -402,15 +423,5 @@ impl Lookup {
             result
         };
         Box::pin(fut.instrument(inner))
-    }
-}
-
-impl<S: Clone> CacheService<S> {
-    /// A clone of the inner service for the engine, to be made ready
-    /// when (and if) it is called.
-    fn upstream(&self) -> ServiceUpstream<S> {
-        ServiceUpstream {
-            svc: self.inner.clone(),
-        }
     }
 }
