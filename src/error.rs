@@ -3,8 +3,7 @@
 use std::fmt;
 
 /// A configuration the [`CacheBuilder`](crate::CacheBuilder) (or
-/// [`AdminService::new`](crate::admin::AdminService::new), feature
-/// `admin`) refuses.
+/// `admin::AdminService::new`, feature `admin`) refuses.
 ///
 /// Each error names the setting at fault ([`setting`](Self::setting)) and
 /// has one kind:
