@@ -1,11 +1,17 @@
-//! [`CacheBuilder`]: every setting of a [`Cache`], its default, and the
-//! checks `build` makes before anything is constructed.
+//! [`CacheBuilder`]: every setting of a [`Cache`], grouped by topic, with
+//! its default as a named `DEFAULT_*` constant, and the checks
+//! [`build`](CacheBuilder::build) makes, one function per topic, before
+//! anything is constructed.
+//!
+//! The constants are the only place a default is written: the setters'
+//! docs link to them, the README's settings table quotes them (checked by
+//! `tests/readme_settings.rs`).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderName;
+use http::header::{HeaderMap, HeaderName};
 use http::request::Parts;
 use quick_cache::sync::Cache as QuickCache;
 
@@ -16,15 +22,289 @@ use crate::coalesce::InFlight;
 use crate::error::BuildError;
 use crate::key::{KeyConfig, QueryDrop};
 use crate::observe::{HealthThresholds, LabelSource, LogLevel, ObserveConfig, Observer};
-use crate::policy::{CacheMode, PolicyConfig, Route, SetCookiePolicy};
+use crate::policy::{CacheMode, PolicyConfig, RequestCacheControl, Route, SetCookiePolicy};
 use crate::stats::Counters;
 use crate::store::memory::MemoryStore;
 use crate::tiers::Tiers;
 
-/// The default [`CacheBuilder::upstream_timeout`].
-const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+// ---------------------------------------------------------------------------
+// Defaults, in the order of the setters' topics.
+// ---------------------------------------------------------------------------
 
-/// Builds a [`Cache`]. Every setting has a default; see each method.
+// Storage
+
+/// The default of [`CacheBuilder::mode`]: a shared cache (servers, proxies).
+pub const DEFAULT_MODE: CacheMode = CacheMode::Shared;
+/// The default of [`CacheBuilder::l1_capacity_bytes`]: 64 MiB.
+pub const DEFAULT_L1_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// What the default of [`CacheBuilder::l1_max_entry_bytes`] adds to the body
+/// cap ([`CacheBuilder::max_body_bytes`]) for headers and key: 64 KiB. The
+/// default is that sum, at most an eighth of the L1 capacity.
+pub const DEFAULT_L1_ENTRY_OVERHEAD_BYTES: u64 = 64 * 1024;
+/// The default of [`CacheBuilder::max_body_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// The default of [`CacheBuilder::max_variants`].
+pub const DEFAULT_MAX_VARIANTS: usize = 32;
+/// The default of [`CacheBuilder::l1_write_through`].
+pub const DEFAULT_L1_WRITE_THROUGH: bool = true;
+/// The default of [`CacheBuilder::set_cookie`]: responses with `Set-Cookie`
+/// are not stored.
+pub const DEFAULT_SET_COOKIE: SetCookiePolicy = SetCookiePolicy::Pass;
+/// The default of [`CacheBuilder::share_authorized`]: RFC 9111 §3.5
+/// applies.
+pub const DEFAULT_SHARE_AUTHORIZED: bool = false;
+
+/// The response headers invalidation tags are read from (split on spaces
+/// and commas), besides those a [`CacheBuilder::tag_fn`] names.
+pub const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
+/// The most invalidation tags kept per response; further ones are dropped.
+pub const MAX_TAGS_PER_RESPONSE: usize = 32;
+/// The longest invalidation tag kept, in bytes; longer ones are dropped.
+pub const MAX_TAG_BYTES: usize = 128;
+
+// Keys
+
+/// The default of [`CacheBuilder::key_scheme`].
+pub const DEFAULT_KEY_SCHEME: bool = true;
+/// The default of [`CacheBuilder::key_authority`].
+pub const DEFAULT_KEY_AUTHORITY: bool = true;
+/// The default of [`CacheBuilder::sort_query`].
+pub const DEFAULT_SORT_QUERY: bool = false;
+/// The default of [`CacheBuilder::partition_by_credentials`].
+pub const DEFAULT_PARTITION_BY_CREDENTIALS: bool = false;
+
+// Freshness
+
+/// The default of [`CacheBuilder::heuristic_fraction`] (RFC 9111 §4.2.2
+/// suggests 10 %).
+pub const DEFAULT_HEURISTIC_FRACTION: f64 = 0.1;
+/// The default of [`CacheBuilder::heuristic_max`]: 24 h.
+pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The default of [`CacheBuilder::default_stale_while_revalidate`]: none
+/// (RFC 9111 behaviour).
+pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
+/// The default of [`CacheBuilder::default_stale_if_error`]: none.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::ZERO;
+/// The default of [`CacheBuilder::keep_for_revalidation`]: 10 min.
+pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
+/// The default of [`CacheBuilder::request_cache_control`].
+pub const DEFAULT_REQUEST_CACHE_CONTROL: RequestCacheControl = RequestCacheControl::Honour;
+/// The default `factor` of [`CacheBuilder::stale_extension`].
+pub const DEFAULT_STALE_EXTENSION_FACTOR: f64 = 0.5;
+/// The default `max_times` of [`CacheBuilder::stale_extension`].
+pub const DEFAULT_STALE_EXTENSION_TIMES: u32 = 4;
+/// The default `fraction` of [`CacheBuilder::eager_refresh`]: 0, off.
+pub const DEFAULT_EAGER_REFRESH_FRACTION: f64 = 0.0;
+/// The default `min_reads` of [`CacheBuilder::eager_refresh`].
+pub const DEFAULT_EAGER_REFRESH_MIN_READS: u32 = 10;
+
+// Coalescing and upstream
+
+/// The default of [`CacheBuilder::upstream_timeout`]. The default
+/// [`coalesce_timeout`](CacheBuilder::coalesce_timeout) is twice this plus
+/// one second.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of [`CacheBuilder::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// The default of [`CacheBuilder::hit_for_pass`].
+pub const DEFAULT_HIT_FOR_PASS: Duration = Duration::from_secs(10);
+/// The default of [`CacheBuilder::refresh_timeout`].
+pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of [`CacheBuilder::max_concurrent_refreshes`].
+pub const DEFAULT_MAX_CONCURRENT_REFRESHES: usize = 64;
+/// The default `failures` of [`CacheBuilder::circuit_breaker`].
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// The default `open_for` of [`CacheBuilder::circuit_breaker`].
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+
+/// How many URLs hit-for-pass remembers (not a setting).
+const HIT_FOR_PASS_CAPACITY: usize = 10_000;
+
+// L2
+
+/// The default of [`CacheBuilder::namespace`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_NAMESPACE: &str = "ttc";
+/// The default of [`CacheBuilder::promote_after`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_PROMOTE_AFTER: u32 = 3;
+/// The default of [`CacheBuilder::promotion_window`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_PROMOTION_WINDOW: Duration = Duration::from_secs(60);
+/// The default of [`CacheBuilder::l2_timeout`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(50);
+/// The default `failures` of [`CacheBuilder::l2_circuit_breaker`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L2_BREAKER_FAILURES: u32 = 5;
+/// The default `open_for` of [`CacheBuilder::l2_circuit_breaker`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L2_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// The default of [`CacheBuilder::l2_write_queue`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L2_WRITE_QUEUE: usize = 1024;
+/// The default of [`CacheBuilder::l1_max_ttl`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(10);
+/// The default of [`CacheBuilder::compression_threshold`]: 1 KiB. Without
+/// the `compression` feature L2 bodies are never compressed.
+#[cfg(all(feature = "redis", feature = "compression"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "compression"))))]
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
+
+/// The deadline for making an L2 connection (not a setting; never below
+/// [`CacheBuilder::l2_timeout`]).
+#[cfg(feature = "redis")]
+const L2_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest [`CacheBuilder::shared_stats`] interval.
+#[cfg(feature = "redis")]
+const MIN_SHARED_STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+// Observability
+
+/// The default of [`CacheBuilder::labels`]: the axum route template, else
+/// the upstream host.
+pub const DEFAULT_LABELS: LabelSource = LabelSource::Auto;
+/// The default of [`CacheBuilder::max_labels`].
+pub const DEFAULT_MAX_LABELS: usize = 64;
+/// The largest [`CacheBuilder::max_labels`] accepted.
+pub const MAX_LABELS_LIMIT: usize = 1000;
+/// The default of [`CacheBuilder::log_level`]: warnings only.
+pub const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Minimal;
+/// The default of [`CacheBuilder::slow_threshold`].
+pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_millis(50);
+/// The default of [`CacheBuilder::observability`]: on.
+pub const DEFAULT_OBSERVABILITY: bool = true;
+/// The default of [`CacheBuilder::hit_timing_sample`].
+pub const DEFAULT_HIT_TIMING_SAMPLE: u32 = crate::observe::HIT_TIMING_SAMPLE;
+/// The default of [`CacheBuilder::span_level`].
+pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
+
+/// Builds a [`Cache`]. Every setting has a default, a `DEFAULT_*` constant
+/// of this module linked from the setter; [`build`](Self::build) checks
+/// the settings, topic by topic, and refuses inconsistent ones with a
+/// [`BuildError`] naming the setting.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderName;
+/// use tower_tiered_cache::{Cache, CacheMode, LogLevel, Route, SetCookiePolicy};
+///
+/// # fn main() -> Result<(), tower_tiered_cache::BuildError> {
+/// let builder = Cache::builder()
+///     // Storage
+///     .mode(CacheMode::Shared)
+///     .l1_capacity_bytes(256 * 1024 * 1024)
+///     .max_body_bytes(4 * 1024 * 1024)
+///     .max_variants(8)
+///     .set_cookie(SetCookiePolicy::Pass)
+///     .tag_fn(|req, _headers| vec![format!("section:{}", req.uri.path().split('/').nth(1).unwrap_or(""))])
+///     // Keys
+///     .sort_query(true)
+///     .ignore_query_param("utm_*")
+///     .key_header(HeaderName::from_static("x-tenant"))
+///     // Freshness
+///     .default_stale_while_revalidate(Duration::from_secs(30))
+///     .default_stale_if_error(Duration::from_secs(300))
+///     .negative_caching(Duration::from_secs(10))
+///     .route(Route::prefix("/static/").ttl(Duration::from_secs(3600)).force())
+///     // Coalescing and upstream
+///     .upstream_timeout(Duration::from_secs(5))
+///     .max_concurrent_refreshes(16)
+///     .circuit_breaker(5, Duration::from_secs(30))
+///     // Observability
+///     .max_labels(32)
+///     .log_level(LogLevel::Minimal)
+///     .slow_threshold(Duration::from_millis(100));
+///
+/// // L2 (feature `redis`): nothing is connected until the first request.
+/// #[cfg(feature = "redis")]
+/// let builder = builder
+///     .redis("redis://127.0.0.1:6379/")
+///     .namespace("catalog")
+///     .promote_after(2)
+///     .l2_timeout(Duration::from_millis(20));
+///
+/// let cache = builder.build()?;
+/// # drop(cache);
+///
+/// // Refused settings name themselves.
+/// let err = Cache::builder().max_variants(0).build().unwrap_err();
+/// assert!(err.is_invalid_setting());
+/// assert_eq!(err.setting(), "max_variants");
+/// # Ok(()) }
+/// ```
+///
+/// # Storage
+///
+/// What is stored, and where in process:
+/// [`mode`](Self::mode), [`l1_capacity_bytes`](Self::l1_capacity_bytes),
+/// [`l1_max_entry_bytes`](Self::l1_max_entry_bytes),
+/// [`max_body_bytes`](Self::max_body_bytes),
+/// [`max_variants`](Self::max_variants),
+/// [`l1_write_through`](Self::l1_write_through),
+/// [`set_cookie`](Self::set_cookie),
+/// [`share_authorized`](Self::share_authorized),
+/// [`tag_fn`](Self::tag_fn).
+///
+/// # Keys
+///
+/// What a key is made of (see the crate docs, "Keys: what a client can
+/// change"): [`key_scheme`](Self::key_scheme),
+/// [`key_authority`](Self::key_authority), [`sort_query`](Self::sort_query),
+/// [`ignore_query_param`](Self::ignore_query_param),
+/// [`key_header`](Self::key_header), [`key_fn`](Self::key_fn),
+/// [`partition_by_credentials`](Self::partition_by_credentials).
+///
+/// # Freshness
+///
+/// How long a response is used, and what happens around its end:
+/// [`clock`](Self::clock), [`heuristic_fraction`](Self::heuristic_fraction),
+/// [`heuristic_max`](Self::heuristic_max),
+/// [`default_stale_while_revalidate`](Self::default_stale_while_revalidate),
+/// [`default_stale_if_error`](Self::default_stale_if_error),
+/// [`negative_caching`](Self::negative_caching),
+/// [`keep_for_revalidation`](Self::keep_for_revalidation),
+/// [`route`](Self::route),
+/// [`request_cache_control`](Self::request_cache_control),
+/// [`stale_extension`](Self::stale_extension),
+/// [`eager_refresh`](Self::eager_refresh).
+///
+/// # Coalescing and upstream
+///
+/// How the cache calls the inner service:
+/// [`coalesce_timeout`](Self::coalesce_timeout),
+/// [`upstream_timeout`](Self::upstream_timeout),
+/// [`max_in_flight`](Self::max_in_flight),
+/// [`hit_for_pass`](Self::hit_for_pass),
+/// [`refresh_timeout`](Self::refresh_timeout),
+/// [`max_concurrent_refreshes`](Self::max_concurrent_refreshes),
+/// [`circuit_breaker`](Self::circuit_breaker).
+///
+/// # L2
+///
+/// The shared tier in Redis (feature `redis`): `redis`, `redis_cluster`,
+/// `namespace`, `promote_after`, `promotion_window`, `l2_timeout`,
+/// `l2_circuit_breaker`, `l2_write_queue`, `l1_max_ttl`,
+/// `compression_threshold` (feature `compression`), `shared_stats`.
+///
+/// # Observability
+///
+/// What the cache records and reports: [`labels`](Self::labels),
+/// [`label_fn`](Self::label_fn), [`max_labels`](Self::max_labels),
+/// [`log_level`](Self::log_level), [`slow_threshold`](Self::slow_threshold),
+/// [`health_thresholds`](Self::health_thresholds),
+/// [`observability`](Self::observability),
+/// [`hit_timing_sample`](Self::hit_timing_sample),
+/// [`span_level`](Self::span_level), `meter` (feature `opentelemetry`).
 #[must_use]
 pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
@@ -38,7 +318,6 @@ pub struct CacheBuilder {
     upstream_timeout: Duration,
     max_in_flight: usize,
     hit_for_pass_ttl: Duration,
-    hit_for_pass_capacity: usize,
     refresh_timeout: Duration,
     max_refreshes: usize,
     extension_factor: f64,
@@ -47,48 +326,17 @@ pub struct CacheBuilder {
     breaker_open_for: Duration,
     l1_write_through: bool,
     tags: TagConfig,
+    /// Where the L2 tier lives; none without `redis` / `redis_cluster`.
     #[cfg(feature = "redis")]
-    l2: L2Settings,
+    l2_target: Option<crate::store::redis::RedisTarget>,
+    /// The L2 tier's settings, handed to it as they are.
+    #[cfg(feature = "redis")]
+    l2: crate::store::l2::L2Config,
+    #[cfg(feature = "redis")]
+    shared_stats: Option<Duration>,
     observe: ObserveConfig,
     #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
-}
-
-#[cfg(feature = "redis")]
-#[derive(Debug, Clone)]
-struct L2Settings {
-    target: Option<crate::store::redis::RedisTarget>,
-    namespace: String,
-    timeout: Duration,
-    connect_timeout: Duration,
-    breaker_failures: u32,
-    breaker_open_for: Duration,
-    promote_after: u32,
-    promotion_window: Duration,
-    write_queue: usize,
-    l1_max_ttl: Duration,
-    compress_over: Option<usize>,
-    shared_stats: Option<Duration>,
-}
-
-#[cfg(feature = "redis")]
-impl Default for L2Settings {
-    fn default() -> Self {
-        Self {
-            target: None,
-            namespace: "ttc".to_owned(),
-            timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_millis(500),
-            breaker_failures: 5,
-            breaker_open_for: Duration::from_secs(5),
-            promote_after: 3,
-            promotion_window: Duration::from_secs(60),
-            write_queue: 1024,
-            l1_max_ttl: Duration::from_secs(10),
-            compress_over: cfg!(feature = "compression").then_some(1024),
-            shared_stats: None,
-        }
-    }
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -106,183 +354,203 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            policy: PolicyConfig::default(),
-            keys: KeyConfig::default(),
-            l1_capacity: 64 * 1024 * 1024,
+            policy: PolicyConfig {
+                mode: DEFAULT_MODE,
+                request_cc: DEFAULT_REQUEST_CACHE_CONTROL,
+                heuristic_fraction: DEFAULT_HEURISTIC_FRACTION,
+                heuristic_max: DEFAULT_HEURISTIC_MAX,
+                default_swr: DEFAULT_STALE_WHILE_REVALIDATE,
+                default_sie: DEFAULT_STALE_IF_ERROR,
+                set_cookie: DEFAULT_SET_COOKIE,
+                share_authorized: DEFAULT_SHARE_AUTHORIZED,
+                partition_credentials: DEFAULT_PARTITION_BY_CREDENTIALS,
+                keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
+                ..PolicyConfig::default()
+            },
+            keys: KeyConfig {
+                scheme: DEFAULT_KEY_SCHEME,
+                authority: DEFAULT_KEY_AUTHORITY,
+                sort_query: DEFAULT_SORT_QUERY,
+                credentials: DEFAULT_PARTITION_BY_CREDENTIALS,
+                ..KeyConfig::default()
+            },
+            l1_capacity: DEFAULT_L1_CAPACITY_BYTES,
             l1_max_entry: None,
-            max_body: 1024 * 1024,
-            max_variants: 32,
+            max_body: DEFAULT_MAX_BODY_BYTES,
+            max_variants: DEFAULT_MAX_VARIANTS,
             coalesce_timeout: None,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
-            max_in_flight: 10_000,
-            hit_for_pass_ttl: Duration::from_secs(10),
-            hit_for_pass_capacity: 10_000,
-            refresh_timeout: Duration::from_secs(30),
-            max_refreshes: 64,
-            extension_factor: 0.5,
-            max_extensions: 4,
-            breaker_threshold: 5,
-            breaker_open_for: Duration::from_secs(30),
-            l1_write_through: true,
-            tags: TagConfig::default(),
-            observe: ObserveConfig::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            hit_for_pass_ttl: DEFAULT_HIT_FOR_PASS,
+            refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
+            max_refreshes: DEFAULT_MAX_CONCURRENT_REFRESHES,
+            extension_factor: DEFAULT_STALE_EXTENSION_FACTOR,
+            max_extensions: DEFAULT_STALE_EXTENSION_TIMES,
+            breaker_threshold: DEFAULT_BREAKER_FAILURES,
+            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+            l1_write_through: DEFAULT_L1_WRITE_THROUGH,
+            tags: TagConfig {
+                headers: TAG_HEADERS.map(HeaderName::from_static).to_vec(),
+                max_tags: MAX_TAGS_PER_RESPONSE,
+                max_len: MAX_TAG_BYTES,
+                func: None,
+            },
+            #[cfg(feature = "redis")]
+            l2_target: None,
+            #[cfg(feature = "redis")]
+            l2: default_l2(),
+            #[cfg(feature = "redis")]
+            shared_stats: None,
+            observe: ObserveConfig {
+                labels: DEFAULT_LABELS,
+                max_labels: DEFAULT_MAX_LABELS,
+                log: DEFAULT_LOG_LEVEL,
+                slow: DEFAULT_SLOW_THRESHOLD,
+                eager_fraction: DEFAULT_EAGER_REFRESH_FRACTION,
+                eager_min_reads: DEFAULT_EAGER_REFRESH_MIN_READS,
+                span_level: DEFAULT_SPAN_LEVEL,
+                enabled: DEFAULT_OBSERVABILITY,
+                hit_sample: DEFAULT_HIT_TIMING_SAMPLE,
+                ..ObserveConfig::default()
+            },
             #[cfg(feature = "opentelemetry")]
             meter: None,
-            #[cfg(feature = "redis")]
-            l2: L2Settings::default(),
         }
     }
 }
 
+/// The L2 settings before any L2 setter; `build` fills in the cache-wide
+/// ones (`max_body_bytes`, `warnings`, `max_variants`).
+#[cfg(feature = "redis")]
+fn default_l2() -> crate::store::l2::L2Config {
+    crate::store::l2::L2Config {
+        namespace: DEFAULT_NAMESPACE.to_owned(),
+        timeout: DEFAULT_L2_TIMEOUT,
+        connect_timeout: L2_CONNECT_TIMEOUT,
+        breaker_failures: DEFAULT_L2_BREAKER_FAILURES,
+        breaker_open_for: DEFAULT_L2_BREAKER_OPEN_FOR,
+        promote_after: DEFAULT_PROMOTE_AFTER,
+        promotion_window: DEFAULT_PROMOTION_WINDOW,
+        write_queue: DEFAULT_L2_WRITE_QUEUE,
+        l1_max_ttl: DEFAULT_L1_MAX_TTL,
+        #[cfg(feature = "compression")]
+        compress_over: Some(DEFAULT_COMPRESSION_THRESHOLD),
+        #[cfg(not(feature = "compression"))]
+        compress_over: None,
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        warnings: DEFAULT_LOG_LEVEL.warnings(),
+        max_variants: DEFAULT_MAX_VARIANTS,
+    }
+}
+
+/// # Storage
 impl CacheBuilder {
-    /// Where request labels come from (default [`LabelSource::Auto`]: the
-    /// axum route template, else the upstream host). Labels break stats
-    /// and metrics down by endpoint or service.
-    pub fn labels(mut self, source: LabelSource) -> Self {
-        self.observe.labels = source;
-        self
-    }
-
-    /// Labels requests with a function (`None`: `default`).
-    pub fn label_fn<F>(self, f: F) -> Self
-    where
-        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-    {
-        self.labels(LabelSource::Fn(Arc::new(f)))
-    }
-
-    /// The most distinct labels kept (default 64, at most 1000); requests
-    /// with further labels are counted under `other`.
-    pub fn max_labels(mut self, n: usize) -> Self {
-        self.observe.max_labels = n;
-        self
-    }
-
-    /// What the cache logs as `tracing` events (default
-    /// [`LogLevel::Minimal`]: warnings only).
-    pub fn log_level(mut self, level: LogLevel) -> Self {
-        self.observe.log = level;
-        self
-    }
-
-    /// Operations (upstream calls, L2 commands) slower than this are
-    /// logged as warnings (default 50 ms).
-    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
-        self.observe.slow = threshold;
-        self
-    }
-
-    /// The thresholds [`Cache::health`] judges by.
-    pub fn health_thresholds(mut self, thresholds: HealthThresholds) -> Self {
-        self.observe.health = thresholds;
-        self
-    }
-
-    /// Per-request instrumentation: labels, latency histograms, the rolling
-    /// window, spans, metrics and per-lookup logs (default on). Off, only
-    /// the global counters of [`Cache::stats`] are kept (health then sees
-    /// no latency or window).
-    pub fn observability(mut self, on: bool) -> Self {
-        self.observe.enabled = on;
-        self
-    }
-
-    /// Times one fresh L1 hit in `n` per thread (default
-    /// [`HIT_TIMING_SAMPLE`](crate::observe::HIT_TIMING_SAMPLE); 1 times
-    /// every hit). Reading the clock twice costs about a tenth of an L1
-    /// hit; hit counts are exact whatever `n`, the sample gives the hit
-    /// latency percentiles and mean.
-    pub fn hit_timing_sample(mut self, n: u32) -> Self {
-        self.observe.hit_sample = n;
-        self
-    }
-
-    /// The level of the per-request `cache.lookup` span (default DEBUG).
-    pub fn span_level(mut self, level: tracing::Level) -> Self {
-        self.observe.span_level = level;
-        self
-    }
-
-    /// Refreshes hot entries in the background before they go stale: an
-    /// entry read from L1 at least `min_reads` times is refreshed once
-    /// (one upstream call, coalesced with any miss) when less than
-    /// `fraction` of its freshness lifetime is left. Off by default
-    /// (`fraction` 0).
-    pub fn eager_refresh(mut self, fraction: f64, min_reads: u32) -> Self {
-        self.observe.eager_fraction = fraction;
-        self.observe.eager_min_reads = min_reads;
-        self
-    }
-
-    /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
-    /// request counters by result, tier and label, stale served,
-    /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), the
-    /// upstream breakers by label (`cache.upstream.breaker.state`,
-    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
-    /// upstream and L2 operation durations in seconds.
-    ///
-    /// ```
-    /// let cache = tower_tiered_cache::Cache::builder()
-    ///     .meter(opentelemetry::global::meter("tower-tiered-cache"))
-    ///     .build()
-    ///     .unwrap();
-    /// # drop(cache);
-    /// ```
-    #[cfg(feature = "opentelemetry")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
-    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
-        self.meter = Some(meter);
-        self
-    }
-
-    /// The clock freshness is measured with (default: the system clock).
-    /// Tests pass a [`ManualClock`](crate::ManualClock) and move it.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Shared (default; servers, proxies) or private (one client's cache).
+    /// Shared (servers, proxies) or private (one client's cache); default
+    /// [`DEFAULT_MODE`].
     pub fn mode(mut self, mode: CacheMode) -> Self {
         self.policy.mode = mode;
         self
     }
 
-    /// L1 capacity in bytes (default 64 MiB), weighed by body, headers and
-    /// key size.
+    /// L1 capacity in bytes (default [`DEFAULT_L1_CAPACITY_BYTES`]),
+    /// weighed by body, headers and key size.
     pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
         self.l1_capacity = bytes;
         self
     }
 
-    /// The largest single entry L1 keeps (default: the body cap plus 64 KiB,
-    /// at most an eighth of the L1 capacity).
+    /// The largest single entry L1 keeps (default: the body cap plus
+    /// [`DEFAULT_L1_ENTRY_OVERHEAD_BYTES`], at most an eighth of the L1
+    /// capacity). At most half the L1 capacity.
     pub fn l1_max_entry_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_entry = Some(bytes);
         self
     }
 
-    /// Bodies larger than this stream through uncached (default 1 MiB).
+    /// Bodies larger than this stream through uncached (default
+    /// [`DEFAULT_MAX_BODY_BYTES`]).
     pub fn max_body_bytes(mut self, bytes: u64) -> Self {
         self.max_body = bytes;
         self
     }
 
-    /// The most variants (`Vary`) kept per URL (default 32), in L1 and in
-    /// L2; the oldest is dropped beyond it.
+    /// The most variants (`Vary`) kept per URL (default
+    /// [`DEFAULT_MAX_VARIANTS`]), in L1 and in L2; the oldest is dropped
+    /// beyond it.
     pub fn max_variants(mut self, n: usize) -> Self {
         self.max_variants = n;
         self
     }
 
-    /// Whether the URI scheme is part of the key (default true).
+    /// Whether upstream responses are written to L1 as well as to L2
+    /// (default [`DEFAULT_L1_WRITE_THROUGH`]). With false, L1 holds only
+    /// entries promoted from L2. Without an L2 tier responses always go to
+    /// L1.
+    pub fn l1_write_through(mut self, yes: bool) -> Self {
+        self.l1_write_through = yes;
+        self
+    }
+
+    /// What to do with `Set-Cookie` responses (default
+    /// [`DEFAULT_SET_COOKIE`]: do not store).
+    pub fn set_cookie(mut self, policy: SetCookiePolicy) -> Self {
+        self.policy.set_cookie = policy;
+        self
+    }
+
+    /// Share responses to requests with `Authorization` as if they were
+    /// anonymous (default [`DEFAULT_SHARE_AUTHORIZED`]: RFC 9111 §3.5
+    /// applies).
+    pub fn share_authorized(mut self, yes: bool) -> Self {
+        self.policy.share_authorized = yes;
+        self
+    }
+
+    /// Names invalidation tags for a stored response with a function (a
+    /// [`TagFn`](crate::TagFn)): it sees the request and the response
+    /// headers. Its tags are added to those of the [`TAG_HEADERS`]
+    /// response headers; [`Cache::invalidate_tag`] removes every entry
+    /// carrying the tag, in both tiers. Tags are trimmed and deduplicated;
+    /// empty ones, ones longer than [`MAX_TAG_BYTES`] or with characters
+    /// other than visible ASCII, and any beyond [`MAX_TAGS_PER_RESPONSE`],
+    /// are dropped. A second call replaces the function. None by default.
+    ///
+    /// ```
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// // Every response under /products/42/... is tagged `product-42`.
+    /// let cache = Cache::builder()
+    ///     .tag_fn(|req, _headers| {
+    ///         let mut parts = req.uri.path().split('/').skip(1);
+    ///         match (parts.next(), parts.next()) {
+    ///             (Some("products"), Some(id)) => vec![format!("product-{id}")],
+    ///             _ => Vec::new(),
+    ///         }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn tag_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts, &HeaderMap) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.tags.func = Some(Arc::new(f));
+        self
+    }
+}
+
+/// # Keys
+impl CacheBuilder {
+    /// Whether the URI scheme is part of the key (default
+    /// [`DEFAULT_KEY_SCHEME`]).
     pub fn key_scheme(mut self, yes: bool) -> Self {
         self.keys.scheme = yes;
         self
     }
 
-    /// Whether the authority (or `Host`) is part of the key (default true).
+    /// Whether the authority (or `Host`) is part of the key (default
+    /// [`DEFAULT_KEY_AUTHORITY`]).
     ///
     /// Turn it off only when the inner service cannot tell hosts apart:
     /// one upstream, whose answers do not depend on the host the client
@@ -297,21 +565,21 @@ impl CacheBuilder {
     }
 
     /// Sort query parameters by name so `?a=1&b=2` and `?b=2&a=1` share an
-    /// entry (default false).
+    /// entry (default [`DEFAULT_SORT_QUERY`]).
     pub fn sort_query(mut self, yes: bool) -> Self {
         self.keys.sort_query = yes;
         self
     }
 
     /// Drop a query parameter from keys: an exact name, or a prefix ending
-    /// in `*` such as `utm_*`. May be called repeatedly.
+    /// in `*` such as `utm_*`. May be called repeatedly; none by default.
     pub fn ignore_query_param(mut self, pattern: &str) -> Self {
         self.keys.drop_query.push(QueryDrop::parse(pattern));
         self
     }
 
     /// Add a request header's value to every key (say, a tenant header).
-    /// May be called repeatedly.
+    /// May be called repeatedly; none by default.
     ///
     /// For the headers that select a response although the origin does not
     /// name them in `Vary`: usually ones a layer in front of the cache sets
@@ -355,55 +623,9 @@ impl CacheBuilder {
         self
     }
 
-    /// The share of the time since `Last-Modified` used as freshness when
-    /// the response gives none (default 0.1, RFC 9111 §4.2.2).
-    pub fn heuristic_fraction(mut self, fraction: f64) -> Self {
-        self.policy.heuristic_fraction = fraction;
-        self
-    }
-
-    /// The cap on heuristic freshness (default 24 h).
-    pub fn heuristic_max(mut self, max: Duration) -> Self {
-        self.policy.heuristic_max = max;
-        self
-    }
-
-    /// The stale-while-revalidate window for responses that name none
-    /// (default 0: RFC 9111 behaviour).
-    pub fn default_stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.policy.default_swr = window;
-        self
-    }
-
-    /// The stale-if-error window for responses that name none (default 0).
-    pub fn default_stale_if_error(mut self, window: Duration) -> Self {
-        self.policy.default_sie = window;
-        self
-    }
-
-    /// Cache 404 and 410 responses that carry no freshness information for
-    /// `ttl` (off by default; explicit freshness from the origin is always
-    /// honoured).
-    pub fn negative_caching(mut self, ttl: Duration) -> Self {
-        self.policy.negative_ttl = Some(ttl);
-        self
-    }
-
-    /// What to do with `Set-Cookie` responses (default: do not store).
-    pub fn set_cookie(mut self, policy: SetCookiePolicy) -> Self {
-        self.policy.set_cookie = policy;
-        self
-    }
-
-    /// Share responses to requests with `Authorization` as if they were
-    /// anonymous (default false: RFC 9111 §3.5 applies).
-    pub fn share_authorized(mut self, yes: bool) -> Self {
-        self.policy.share_authorized = yes;
-        self
-    }
-
-    /// Partitions the cache by credentials (default false): a request that
-    /// carries `Authorization`, `Proxy-Authorization` or `Cookie` is looked
+    /// Partitions the cache by credentials (default
+    /// [`DEFAULT_PARTITION_BY_CREDENTIALS`]): a request that carries
+    /// `Authorization`, `Proxy-Authorization` or `Cookie` is looked
     /// up and stored under a key of its own, made of its usual key and a
     /// digest of those headers (names and values, byte for byte and in
     /// order). What one set of credentials stored is never served to
@@ -471,20 +693,102 @@ impl CacheBuilder {
         self.policy.partition_credentials = yes;
         self
     }
+}
+
+/// # Freshness
+impl CacheBuilder {
+    /// The clock freshness is measured with (default: the system clock).
+    /// Tests pass a [`ManualClock`](crate::ManualClock) and move it.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The share of the time since `Last-Modified` used as freshness when
+    /// the response gives none (default [`DEFAULT_HEURISTIC_FRACTION`],
+    /// RFC 9111 §4.2.2); within 0..=1.
+    pub fn heuristic_fraction(mut self, fraction: f64) -> Self {
+        self.policy.heuristic_fraction = fraction;
+        self
+    }
+
+    /// The cap on heuristic freshness (default [`DEFAULT_HEURISTIC_MAX`]).
+    pub fn heuristic_max(mut self, max: Duration) -> Self {
+        self.policy.heuristic_max = max;
+        self
+    }
+
+    /// The stale-while-revalidate window for responses that name none
+    /// (default [`DEFAULT_STALE_WHILE_REVALIDATE`]: RFC 9111 behaviour).
+    pub fn default_stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.policy.default_swr = window;
+        self
+    }
+
+    /// The stale-if-error window for responses that name none (default
+    /// [`DEFAULT_STALE_IF_ERROR`]).
+    pub fn default_stale_if_error(mut self, window: Duration) -> Self {
+        self.policy.default_sie = window;
+        self
+    }
+
+    /// Cache 404 and 410 responses that carry no freshness information for
+    /// `ttl` (off by default; explicit freshness from the origin is always
+    /// honoured).
+    pub fn negative_caching(mut self, ttl: Duration) -> Self {
+        self.policy.negative_ttl = Some(ttl);
+        self
+    }
 
     /// How long past freshness an entry with validators is kept for a
-    /// conditional revalidation (default 10 min).
+    /// conditional revalidation (default [`DEFAULT_KEEP_FOR_REVALIDATION`]).
     pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
         self.policy.keep_for_revalidation = keep;
         self
     }
 
-    /// Adds a route rule; the first rule that matches a path applies.
+    /// Adds a route rule; the first rule that matches a path applies. None
+    /// by default.
     pub fn route(mut self, route: Route) -> Self {
         self.policy.routes.push(route);
         self
     }
 
+    /// What a shared cache does with requests' own cache directives
+    /// (default [`DEFAULT_REQUEST_CACHE_CONTROL`], with revalidations
+    /// collapsed to one in flight per key). Private caches always honour
+    /// them.
+    pub fn request_cache_control(mut self, choice: RequestCacheControl) -> Self {
+        self.policy.request_cc = choice;
+        self
+    }
+
+    /// When a refresh fails or the upstream errs, the stale windows grow by
+    /// `factor` × the entry's TTL (default
+    /// [`DEFAULT_STALE_EXTENSION_FACTOR`], within 0..=1), at most
+    /// `max_times` times per entry (default
+    /// [`DEFAULT_STALE_EXTENSION_TIMES`]).
+    pub fn stale_extension(mut self, factor: f64, max_times: u32) -> Self {
+        self.extension_factor = factor;
+        self.max_extensions = max_times;
+        self
+    }
+
+    /// Refreshes hot entries in the background before they go stale: an
+    /// entry read from L1 at least `min_reads` times (default
+    /// [`DEFAULT_EAGER_REFRESH_MIN_READS`], at least 1) is refreshed once
+    /// (one upstream call, coalesced with any miss) when less than
+    /// `fraction` of its freshness lifetime is left (within 0..1). Off by
+    /// default ([`DEFAULT_EAGER_REFRESH_FRACTION`]).
+    pub fn eager_refresh(mut self, fraction: f64, min_reads: u32) -> Self {
+        self.observe.eager_fraction = fraction;
+        self.observe.eager_min_reads = min_reads;
+        self
+    }
+}
+
+/// # Coalescing and upstream
+impl CacheBuilder {
     /// The most a request waits for another request's upstream call
     /// (default: as long as that call may last, twice the
     /// [`upstream_timeout`](Self::upstream_timeout) plus one second).
@@ -497,9 +801,10 @@ impl CacheBuilder {
         self
     }
 
-    /// The deadline for an upstream call (default 30 s): for the response
-    /// head, and, when the body is read to be stored, for the whole body
-    /// once the head is in (so a stalled body is caught too).
+    /// The deadline for an upstream call (default
+    /// [`DEFAULT_UPSTREAM_TIMEOUT`]): for the response head, and, when the
+    /// body is read to be stored, for the whole body once the head is in
+    /// (so a stalled body is caught too).
     ///
     /// A call that runs out is an upstream error: a stored entry that
     /// allows it is served (`stale-if-error`), otherwise the client gets a
@@ -522,55 +827,40 @@ impl CacheBuilder {
         self
     }
 
-    /// What a shared cache does with requests' own cache directives
-    /// (default [`RequestCacheControl::Honour`](crate::RequestCacheControl::Honour), with revalidations
-    /// collapsed to one in flight per key). Private caches always honour
-    /// them.
-    pub fn request_cache_control(mut self, choice: crate::policy::RequestCacheControl) -> Self {
-        self.policy.request_cc = choice;
-        self
-    }
-
-    /// The most upstream calls others may join at once (default 10 000);
-    /// beyond it requests call alone.
+    /// The most upstream calls others may join at once (default
+    /// [`DEFAULT_MAX_IN_FLIGHT`]); beyond it requests call alone.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
     }
 
     /// How long a URL whose response could not be stored skips coalescing
-    /// (hit-for-pass; default 10 s, zero disables).
+    /// (hit-for-pass; default [`DEFAULT_HIT_FOR_PASS`], zero disables).
     pub fn hit_for_pass(mut self, ttl: Duration) -> Self {
         self.hit_for_pass_ttl = ttl;
         self
     }
 
-    /// The deadline of a background refresh (default 30 s).
+    /// The deadline of a background refresh (default
+    /// [`DEFAULT_REFRESH_TIMEOUT`]).
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.refresh_timeout = timeout;
         self
     }
 
-    /// The most background refreshes running at once (default 64).
+    /// The most background refreshes running at once (default
+    /// [`DEFAULT_MAX_CONCURRENT_REFRESHES`]).
     pub fn max_concurrent_refreshes(mut self, n: usize) -> Self {
         self.max_refreshes = n;
-        self
-    }
-
-    /// When a refresh fails or the upstream errs, the stale windows grow by
-    /// `factor` × the entry's TTL (default 0.5, within 0..=1), at most
-    /// `max_times` times per entry (default 4).
-    pub fn stale_extension(mut self, factor: f64, max_times: u32) -> Self {
-        self.extension_factor = factor;
-        self.max_extensions = max_times;
         self
     }
 
     /// The upstream circuit breakers, one per request label (see
     /// [`labels`](Self::labels); bounded by [`max_labels`](Self::max_labels)):
     /// a label's breaker opens after `failures` consecutive transport
-    /// errors, timeouts or 502/503/504 answers to its requests (default 5)
-    /// for `open_for` (default 30 s). Other statuses, 500 included, are
+    /// errors, timeouts or 502/503/504 answers to its requests (default
+    /// [`DEFAULT_BREAKER_FAILURES`]) for `open_for` (default
+    /// [`DEFAULT_BREAKER_OPEN_FOR`]). Other statuses, 500 included, are
     /// the URL's answer and reset the count. While a breaker is open its
     /// label's requests with a usable stale-if-error entry are answered
     /// from it and its background refreshes wait; other labels are not
@@ -580,130 +870,247 @@ impl CacheBuilder {
         self.breaker_open_for = open_for;
         self
     }
+}
 
-    /// Whether upstream responses are written to L1 as well as to L2
-    /// (default true). With false, L1 holds only entries promoted from L2.
-    /// Without an L2 tier responses always go to L1.
-    pub fn l1_write_through(mut self, yes: bool) -> Self {
-        self.l1_write_through = yes;
-        self
-    }
-
+/// # L2
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+impl CacheBuilder {
     /// Adds an L2 tier on one Redis node: `redis://[user:password@]host:port[/db]`
-    /// or `rediss://` for TLS (with a TLS feature of the `redis` crate). The
-    /// connection is made on first use; a bad URL fails [`build`](Self::build).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// or `rediss://` for TLS (feature `redis-tls`). The connection is
+    /// made on first use; a URL the Redis client refuses fails
+    /// [`build`](Self::build) with a [`BuildError`] that
+    /// [`is_redis`](BuildError::is_redis).
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.l2.target = Some(crate::store::redis::RedisTarget::Single(url.into()));
+        self.l2_target = Some(crate::store::redis::RedisTarget::Single(url.into()));
         self
     }
 
     /// Adds an L2 tier on a Redis Cluster, given one or more node URLs.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_cluster<I, U>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = U>,
         U: Into<String>,
     {
-        self.l2.target = Some(crate::store::redis::RedisTarget::Cluster(
+        self.l2_target = Some(crate::store::redis::RedisTarget::Cluster(
             urls.into_iter().map(Into::into).collect(),
         ));
         self
     }
 
-    /// Accumulates stats in Redis as well: every `every`, this instance
-    /// adds what it counted since its last flush to the hash
-    /// `{namespace}:stats`, so totals survive restarts and add up across
-    /// instances ([`Cache::shared_stats`], [`Cache::flush_shared_stats`]
-    /// before a graceful shutdown, [`Cache::reset_shared_stats`]). Needs
-    /// the L2 tier; off by default.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn shared_stats(mut self, every: Duration) -> Self {
-        self.l2.shared_stats = Some(every);
-        self
-    }
-
-    /// The prefix of every L2 key (default `ttc`), so several services can
-    /// share one Redis: keys are `{namespace}:{format}:{{key hash}}`.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// The prefix of every L2 key (default [`DEFAULT_NAMESPACE`]), so
+    /// several services can share one Redis: keys are
+    /// `{namespace}:{format}:{{key hash}}`. 1 to 64 letters, digits, `-`,
+    /// `_` or `.`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.l2.namespace = namespace.into();
         self
     }
 
     /// An L2 entry is copied into L1 after this many L2 hits within the
-    /// promotion window (default 3; 1 promotes on the first hit).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// [`promotion_window`](Self::promotion_window) (default
+    /// [`DEFAULT_PROMOTE_AFTER`]; 1 promotes on the first hit).
     pub fn promote_after(mut self, hits: u32) -> Self {
         self.l2.promote_after = hits;
         self
     }
 
-    /// The window promotion hits are counted in (default 60 s).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// The window promotion hits are counted in (default
+    /// [`DEFAULT_PROMOTION_WINDOW`]).
     pub fn promotion_window(mut self, window: Duration) -> Self {
         self.l2.promotion_window = window;
         self
     }
 
-    /// The deadline of one L2 operation (default 50 ms; writes of large
-    /// values get 1 ms more per 64 KiB). Past it the operation is a miss.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// The deadline of one L2 operation (default [`DEFAULT_L2_TIMEOUT`];
+    /// writes of large values get 1 ms more per 64 KiB). Past it the
+    /// operation is a miss.
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
         self.l2.timeout = timeout;
         self
     }
 
     /// The L2 circuit breaker: after `failures` consecutive errors or
-    /// timeouts (default 5) L2 is skipped for `open_for` (default 5 s), then
-    /// probed.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// timeouts (default [`DEFAULT_L2_BREAKER_FAILURES`]) L2 is skipped for
+    /// `open_for` (default [`DEFAULT_L2_BREAKER_OPEN_FOR`]), then probed.
     pub fn l2_circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.l2.breaker_failures = failures;
         self.l2.breaker_open_for = open_for;
         self
     }
 
-    /// How many L2 writes may wait to be sent (default 1024); beyond it
-    /// writes are dropped and counted.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// How many L2 writes may wait to be sent (default
+    /// [`DEFAULT_L2_WRITE_QUEUE`]); beyond it writes are dropped and
+    /// counted.
     pub fn l2_write_queue(mut self, n: usize) -> Self {
         self.l2.write_queue = n;
         self
     }
 
     /// While the invalidation channel (Redis pub/sub) is down, or not yet
-    /// up, L1 copies older than this are not used (default 10 s): other instances'
-    /// invalidations may be missed meanwhile. L1 is cleared when the
-    /// channel comes back.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// up, L1 copies older than this are not used (default
+    /// [`DEFAULT_L1_MAX_TTL`]): other instances' invalidations may be
+    /// missed meanwhile. L1 is cleared when the channel comes back.
     pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
         self.l2.l1_max_ttl = ttl;
         self
     }
 
     /// L2 bodies larger than this many bytes are compressed with LZ4 when
-    /// that saves space (default 1 KiB; `None` turns it off). Bodies that
-    /// already carry a `Content-Encoding` are stored as they are.
-    #[cfg(all(feature = "redis", feature = "compression"))]
+    /// that saves space (default [`DEFAULT_COMPRESSION_THRESHOLD`]; `None`
+    /// turns it off). Bodies that already carry a `Content-Encoding` are
+    /// stored as they are.
+    #[cfg(feature = "compression")]
     #[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "compression"))))]
     pub fn compression_threshold(mut self, bytes: Option<usize>) -> Self {
         self.l2.compress_over = bytes;
         self
     }
 
-    /// Checks the settings and builds the cache.
+    /// Accumulates stats in Redis as well: every `every` (at least 100
+    /// ms), this instance adds what it counted since its last flush to the
+    /// hash `{namespace}:stats`, so totals survive restarts and add up
+    /// across instances ([`Cache::shared_stats`],
+    /// [`Cache::flush_shared_stats`] before a graceful shutdown,
+    /// [`Cache::reset_shared_stats`]). Needs the L2 tier; off by default.
+    pub fn shared_stats(mut self, every: Duration) -> Self {
+        self.shared_stats = Some(every);
+        self
+    }
+}
+
+/// # Observability
+impl CacheBuilder {
+    /// Where request labels come from (default [`DEFAULT_LABELS`]: the
+    /// axum route template, else the upstream host). Labels break stats
+    /// and metrics down by endpoint or service.
+    pub fn labels(mut self, source: LabelSource) -> Self {
+        self.observe.labels = source;
+        self
+    }
+
+    /// Labels requests with a function (`None`: `default`).
+    pub fn label_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.labels(LabelSource::Fn(Arc::new(f)))
+    }
+
+    /// The most distinct labels kept (default [`DEFAULT_MAX_LABELS`], at
+    /// most [`MAX_LABELS_LIMIT`]); requests with further labels are counted
+    /// under `other`.
+    pub fn max_labels(mut self, n: usize) -> Self {
+        self.observe.max_labels = n;
+        self
+    }
+
+    /// What the cache logs as `tracing` events (default
+    /// [`DEFAULT_LOG_LEVEL`]: warnings only).
+    pub fn log_level(mut self, level: LogLevel) -> Self {
+        self.observe.log = level;
+        self
+    }
+
+    /// Operations (upstream calls, L2 commands) slower than this are
+    /// logged as warnings (default [`DEFAULT_SLOW_THRESHOLD`]).
+    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
+        self.observe.slow = threshold;
+        self
+    }
+
+    /// The thresholds [`Cache::health`] judges by (default
+    /// [`HealthThresholds::default`]).
+    pub fn health_thresholds(mut self, thresholds: HealthThresholds) -> Self {
+        self.observe.health = thresholds;
+        self
+    }
+
+    /// Per-request instrumentation: labels, latency histograms, the rolling
+    /// window, spans, metrics and per-lookup logs (default
+    /// [`DEFAULT_OBSERVABILITY`]: on). Off, only the global counters of
+    /// [`Cache::stats`] are kept (health then sees no latency or window).
+    pub fn observability(mut self, on: bool) -> Self {
+        self.observe.enabled = on;
+        self
+    }
+
+    /// Times one fresh L1 hit in `n` per thread (default
+    /// [`DEFAULT_HIT_TIMING_SAMPLE`]; 1 times every hit). Reading the clock
+    /// twice costs about a tenth of an L1 hit; hit counts are exact
+    /// whatever `n`, the sample gives the hit latency percentiles and mean.
+    pub fn hit_timing_sample(mut self, n: u32) -> Self {
+        self.observe.hit_sample = n;
+        self
+    }
+
+    /// The level of the per-request `cache.lookup` span (default
+    /// [`DEFAULT_SPAN_LEVEL`]).
+    pub fn span_level(mut self, level: tracing::Level) -> Self {
+        self.observe.span_level = level;
+        self
+    }
+
+    /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
+    /// request counters by result, tier and label, stale served,
+    /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
+    /// opens (read from the cache's counters at collection time), the
+    /// upstream breakers by label (`cache.upstream.breaker.state`,
+    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
+    /// upstream and L2 operation durations in seconds. None by default.
+    ///
+    /// ```
+    /// let cache = tower_tiered_cache::Cache::builder()
+    ///     .meter(opentelemetry::global::meter("tower-tiered-cache"))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+}
+
+/// # Building: the checks, one function per topic, then construction
+impl CacheBuilder {
+    /// Checks the settings, topic by topic in the order above, and builds
+    /// the cache. The first setting refused is returned as a
+    /// [`BuildError`] naming it; nothing is connected yet (an L2 tier
+    /// connects on first use).
     pub fn build(self) -> Result<Cache, BuildError> {
+        let l1_max_entry = self.check_storage()?;
+        self.check_keys()?;
+        self.check_freshness()?;
+        self.check_upstream()?;
+        #[cfg(feature = "redis")]
+        self.check_l2()?;
+        self.check_observability()?;
+        #[cfg(feature = "redis")]
+        let l2 = self.build_l2()?;
+        #[cfg(feature = "opentelemetry")]
+        let meter = self.meter.clone();
+        let shared = Arc::new(self.into_shared(
+            l1_max_entry,
+            #[cfg(feature = "redis")]
+            l2,
+        ));
+        #[cfg(feature = "opentelemetry")]
+        if let Some(meter) = meter {
+            let _ = shared
+                .obs
+                .metrics
+                .set(crate::export::otel::register(&shared, &meter));
+        }
+        connect_hooks(&shared);
+        Ok(Cache { shared })
+    }
+
+    /// Storage: sizes, and the largest L1 entry (returned, defaults
+    /// applied).
+    fn check_storage(&self) -> Result<u64, BuildError> {
         if self.l1_capacity == 0 {
             return Err(BuildError::invalid(
                 "l1_capacity_bytes",
@@ -716,9 +1123,9 @@ impl CacheBuilder {
                 "must be greater than 0",
             ));
         }
-        let l1_max_entry = self
-            .l1_max_entry
-            .unwrap_or_else(|| (self.max_body + 64 * 1024).min((self.l1_capacity / 8).max(1)));
+        let l1_max_entry = self.l1_max_entry.unwrap_or_else(|| {
+            (self.max_body + DEFAULT_L1_ENTRY_OVERHEAD_BYTES).min((self.l1_capacity / 8).max(1))
+        });
         // quick_cache refuses items heavier than about one shard; shards are
         // sized to hold two of the largest entry (`MemoryStore::shards_for`),
         // which needs the largest entry to be at most half the capacity.
@@ -731,9 +1138,50 @@ impl CacheBuilder {
                 ),
             ));
         }
-        if !(self.policy.heuristic_fraction.is_finite()
-            && (0.0..=1.0).contains(&self.policy.heuristic_fraction))
+        if self.max_variants == 0 {
+            return Err(BuildError::invalid("max_variants", "must be at least 1"));
+        }
+        Ok(l1_max_entry)
+    }
+
+    /// Keys: credentials partitioning against what would undo it.
+    fn check_keys(&self) -> Result<(), BuildError> {
+        if !self.keys.credentials {
+            return Ok(());
+        }
+        if self.policy.share_authorized {
+            return Err(BuildError::invalid(
+                "partition_by_credentials",
+                "cannot be combined with share_authorized(true): one keeps each \
+                 credential's responses apart, the other shares them",
+            ));
+        }
+        let credential_headers = [
+            http::header::AUTHORIZATION,
+            http::header::PROXY_AUTHORIZATION,
+            http::header::COOKIE,
+        ];
+        if let Some(h) = self
+            .keys
+            .headers
+            .iter()
+            .find(|h| credential_headers.contains(h))
         {
+            return Err(BuildError::invalid(
+                "partition_by_credentials",
+                format!(
+                    "key_header({h}) would put the credentials themselves in keys and \
+                     logs; partitioning already keys by them"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Freshness: the fractions are within their ranges.
+    fn check_freshness(&self) -> Result<(), BuildError> {
+        let fraction = self.policy.heuristic_fraction;
+        if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
             return Err(BuildError::invalid(
                 "heuristic_fraction",
                 "must be within 0..=1",
@@ -745,39 +1193,11 @@ impl CacheBuilder {
                 "factor must be within 0..=1",
             ));
         }
-        if self.max_variants == 0 {
-            return Err(BuildError::invalid("max_variants", "must be at least 1"));
-        }
-        if self.max_in_flight == 0 {
-            return Err(BuildError::invalid("max_in_flight", "must be at least 1"));
-        }
-        if self.max_refreshes == 0 {
-            return Err(BuildError::invalid(
-                "max_concurrent_refreshes",
-                "must be at least 1",
-            ));
-        }
-        if self.breaker_threshold == 0 {
-            return Err(BuildError::invalid(
-                "circuit_breaker",
-                "failures must be at least 1",
-            ));
-        }
-        if self.observe.max_labels == 0 || self.observe.max_labels > 1000 {
-            return Err(BuildError::invalid("max_labels", "must be within 1..=1000"));
-        }
-        if !(self.observe.eager_fraction.is_finite()
-            && (0.0..1.0).contains(&self.observe.eager_fraction))
-        {
+        let eager = self.observe.eager_fraction;
+        if !(eager.is_finite() && (0.0..1.0).contains(&eager)) {
             return Err(BuildError::invalid(
                 "eager_refresh",
                 "fraction must be within 0..1 (0 turns it off)",
-            ));
-        }
-        if self.observe.hit_sample == 0 {
-            return Err(BuildError::invalid(
-                "hit_timing_sample",
-                "must be at least 1 (1 times every hit)",
             ));
         }
         if self.observe.eager_min_reads == 0 {
@@ -786,82 +1206,89 @@ impl CacheBuilder {
                 "min_reads must be at least 1",
             ));
         }
-        self.observe.health.validate()?;
-        if self.keys.credentials {
-            if self.policy.share_authorized {
-                return Err(BuildError::invalid(
-                    "partition_by_credentials",
-                    "cannot be combined with share_authorized(true): one keeps each \
-                     credential's responses apart, the other shares them",
-                ));
-            }
-            if let Some(h) = self.keys.headers.iter().find(|h| {
-                [
-                    http::header::AUTHORIZATION,
-                    http::header::PROXY_AUTHORIZATION,
-                    http::header::COOKIE,
-                ]
-                .contains(h)
-            }) {
-                return Err(BuildError::invalid(
-                    "partition_by_credentials",
-                    format!(
-                        "key_header({h}) would put the credentials themselves in keys and \
-                         logs; partitioning already keys by them"
-                    ),
-                ));
-            }
-        }
-        if self.upstream_timeout.is_zero() {
-            return Err(BuildError::invalid(
+        Ok(())
+    }
+
+    /// Coalescing and upstream: bounds of at least one, deadlines above
+    /// zero.
+    fn check_upstream(&self) -> Result<(), BuildError> {
+        let checks = [
+            (
+                "max_in_flight",
+                self.max_in_flight == 0,
+                "must be at least 1",
+            ),
+            (
+                "max_concurrent_refreshes",
+                self.max_refreshes == 0,
+                "must be at least 1",
+            ),
+            (
+                "circuit_breaker",
+                self.breaker_threshold == 0,
+                "failures must be at least 1",
+            ),
+            (
                 "upstream_timeout",
+                self.upstream_timeout.is_zero(),
                 "must be greater than 0",
-            ));
-        }
-        if self.coalesce_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(BuildError::invalid(
+            ),
+            (
                 "coalesce_timeout",
+                self.coalesce_timeout.is_some_and(|t| t.is_zero()),
                 "must be greater than 0",
-            ));
-        }
-        if self.refresh_timeout.is_zero() {
-            return Err(BuildError::invalid(
+            ),
+            (
                 "refresh_timeout",
+                self.refresh_timeout.is_zero(),
                 "must be greater than 0",
+            ),
+        ];
+        match checks.into_iter().find(|(_, bad, _)| *bad) {
+            Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Observability: label bounds, the timing sample, health thresholds.
+    fn check_observability(&self) -> Result<(), BuildError> {
+        if self.observe.max_labels == 0 || self.observe.max_labels > MAX_LABELS_LIMIT {
+            return Err(BuildError::invalid(
+                "max_labels",
+                format!("must be within 1..={MAX_LABELS_LIMIT}"),
             ));
         }
-        #[cfg(feature = "redis")]
-        if let Some(every) = self.l2.shared_stats {
-            if self.l2.target.is_none() {
-                return Err(BuildError::invalid(
-                    "shared_stats",
-                    "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
-                ));
-            }
-            if every < Duration::from_millis(100) {
-                return Err(BuildError::invalid(
-                    "shared_stats",
-                    "the flush interval must be at least 100 ms",
-                ));
-            }
+        if self.observe.hit_sample == 0 {
+            return Err(BuildError::invalid(
+                "hit_timing_sample",
+                "must be at least 1 (1 times every hit)",
+            ));
         }
+        self.observe.health.validate()
+    }
+
+    /// The cache's shared state, from checked settings.
+    fn into_shared(
+        self,
+        l1_max_entry: u64,
+        #[cfg(feature = "redis")] l2: Option<Arc<crate::store::l2::L2>>,
+    ) -> Shared {
+        let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
+        let tiers = Tiers::new(l1, self.l1_write_through);
         #[cfg(feature = "redis")]
-        let l2 = self.build_l2()?;
-        #[cfg(feature = "opentelemetry")]
-        let meter = self.meter;
-        let shared = Shared {
+        let tiers = tiers.with_l2(l2.clone());
+        let coalesce_timeout = self.coalesce_timeout.unwrap_or_else(|| {
+            self.upstream_timeout
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(1))
+        });
+        Shared {
             clock: self.clock,
             policy: self.policy,
             keys: self.keys,
-            tiers: {
-                let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
-                let tiers = Tiers::new(l1, self.l1_write_through);
-                #[cfg(feature = "redis")]
-                let tiers = tiers.with_l2(l2.clone());
-                tiers
-            },
+            tiers,
             inflight: InFlight::new(self.max_in_flight),
-            hit_for_pass: QuickCache::new(self.hit_for_pass_capacity.max(16)),
+            hit_for_pass: QuickCache::new(HIT_FOR_PASS_CAPACITY),
             // One per label index: `max_labels` plus `default` and `other`.
             breakers: Breakers::new(
                 self.observe.max_labels + 2,
@@ -872,11 +1299,7 @@ impl CacheBuilder {
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
                 max_body_bytes: self.max_body,
-                coalesce_timeout: self.coalesce_timeout.unwrap_or_else(|| {
-                    self.upstream_timeout
-                        .saturating_mul(2)
-                        .saturating_add(Duration::from_secs(1))
-                }),
+                coalesce_timeout,
                 upstream_timeout: self.upstream_timeout,
                 hit_for_pass_ttl: self.hit_for_pass_ttl,
                 refresh_timeout: self.refresh_timeout,
@@ -886,54 +1309,121 @@ impl CacheBuilder {
             },
             obs: Observer::new(self.observe),
             #[cfg(feature = "redis")]
-            shared_stats: match (&l2, self.l2.shared_stats) {
+            shared_stats: match (&l2, self.shared_stats) {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),
                 _ => None,
             },
-        };
-        let shared = Arc::new(shared);
-        #[cfg(feature = "opentelemetry")]
-        if let Some(meter) = meter {
-            let _ = shared
-                .obs
-                .metrics
-                .set(crate::export::otel::register(&shared, &meter));
         }
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &shared.tiers.l2 {
-            // Every L2 operation: slow warnings and the duration histogram.
-            let weak = Arc::downgrade(&shared);
-            l2.set_op_hook(Box::new(move |name, took, ok| {
-                let Some(shared) = weak.upgrade() else { return };
-                shared.obs.slow_l2(name, took, ok);
-                #[cfg(feature = "opentelemetry")]
-                if let Some(m) = shared.obs.metrics.get() {
-                    m.l2_op(name, took, ok);
-                }
-            }));
-        }
-        {
-            // Entries pushed out of L1 before anyone read them again.
-            let weak = Arc::downgrade(&shared);
-            shared.tiers.l1.on_evicted_unread(Box::new(move |label| {
-                if let Some(shared) = weak.upgrade() {
-                    shared.obs.evicted_unread(label);
-                }
-            }));
-        }
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &shared.tiers.l2 {
-            // Other instances' invalidations reach L1 through this; a weak
-            // reference, so the subscriber does not keep the cache alive.
-            let weak = Arc::downgrade(&shared);
-            l2.set_listener(Box::new(move |msg| {
-                if let Some(shared) = weak.upgrade() {
-                    apply_remote(&shared, msg);
-                }
-            }));
-        }
-        Ok(Cache { shared })
     }
+}
+
+/// L2: its settings checked, and the tier made from them.
+#[cfg(feature = "redis")]
+impl CacheBuilder {
+    /// L2: `shared_stats` needs the tier; the tier's own settings are
+    /// checked when there is one.
+    fn check_l2(&self) -> Result<(), BuildError> {
+        if let Some(every) = self.shared_stats {
+            if self.l2_target.is_none() {
+                return Err(BuildError::invalid(
+                    "shared_stats",
+                    "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
+                ));
+            }
+            if every < MIN_SHARED_STATS_INTERVAL {
+                return Err(BuildError::invalid(
+                    "shared_stats",
+                    "the flush interval must be at least 100 ms",
+                ));
+            }
+        }
+        if self.l2_target.is_none() {
+            return Ok(());
+        }
+        let l2 = &self.l2;
+        // Keys are `{namespace}:…` and purges SCAN for `{namespace}:*`: a
+        // namespace with `:` or glob characters could match another's keys.
+        let namespace_ok = !l2.namespace.is_empty()
+            && l2.namespace.len() <= 64
+            && l2
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let checks = [
+            (
+                "namespace",
+                !namespace_ok,
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ),
+            ("l2_timeout", l2.timeout.is_zero(), "must be greater than 0"),
+            ("promote_after", l2.promote_after == 0, "must be at least 1"),
+            (
+                "l2_circuit_breaker",
+                l2.breaker_failures == 0,
+                "failures must be at least 1",
+            ),
+            ("l2_write_queue", l2.write_queue == 0, "must be at least 1"),
+        ];
+        match checks.into_iter().find(|(_, bad, _)| *bad) {
+            Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// The L2 tier, given its settings as they are, with the cache-wide
+    /// ones it follows; a target the Redis client refuses is a
+    /// [`BuildError::is_redis`] error with the client's error as source.
+    fn build_l2(&self) -> Result<Option<Arc<crate::store::l2::L2>>, BuildError> {
+        use crate::store::redis::RedisTarget;
+        let Some(target) = &self.l2_target else {
+            return Ok(None);
+        };
+        let cfg = crate::store::l2::L2Config {
+            connect_timeout: self.l2.connect_timeout.max(self.l2.timeout),
+            max_body_bytes: self.max_body,
+            warnings: self.observe.log.warnings(),
+            max_variants: self.max_variants,
+            ..self.l2.clone()
+        };
+        let setting = match target {
+            RedisTarget::Single(_) => "redis",
+            RedisTarget::Cluster(_) => "redis_cluster",
+        };
+        crate::store::l2::L2::new(target, cfg, Arc::clone(&self.clock))
+            .map(|l2| Some(Arc::new(l2)))
+            .map_err(|e| BuildError::redis(setting, e))
+    }
+}
+
+/// Connects the tiers' callbacks to the engine, through weak references
+/// (a callback never keeps the cache alive): L2 operations (slow warnings,
+/// the duration histogram), L1 evictions of unread entries, and other
+/// instances' invalidations (L2 pub/sub).
+fn connect_hooks(shared: &Arc<Shared>) {
+    #[cfg(feature = "redis")]
+    if let Some(l2) = &shared.tiers.l2 {
+        let weak = Arc::downgrade(shared);
+        l2.set_op_hook(Box::new(move |name, took, ok| {
+            let Some(shared) = weak.upgrade() else { return };
+            shared.obs.slow_l2(name, took, ok);
+            #[cfg(feature = "opentelemetry")]
+            if let Some(m) = shared.obs.metrics.get() {
+                m.l2_op(name, took, ok);
+            }
+        }));
+        let weak = Arc::downgrade(shared);
+        l2.set_listener(Box::new(move |msg| {
+            if let Some(shared) = weak.upgrade() {
+                apply_remote(&shared, msg);
+            }
+        }));
+    }
+    let weak = Arc::downgrade(shared);
+    shared.tiers.l1.on_evicted_unread(Box::new(move |label| {
+        if let Some(shared) = weak.upgrade() {
+            shared.obs.evicted_unread(label);
+        }
+    }));
 }
 
 /// Applies an invalidation announced by another instance to L1.
@@ -960,60 +1450,53 @@ fn apply_remote(shared: &Shared, msg: &crate::store::l2::Message) {
     }
 }
 
-#[cfg(feature = "redis")]
-impl CacheBuilder {
-    fn build_l2(&self) -> Result<Option<Arc<crate::store::l2::L2>>, BuildError> {
-        let Some(target) = self.l2.target.clone() else {
-            return Ok(None);
-        };
-        let l2 = &self.l2;
-        // Keys are `{namespace}:…` and purges SCAN for `{namespace}:*`: a
-        // namespace with `:` or glob characters could match another's keys.
-        if l2.namespace.is_empty()
-            || l2.namespace.len() > 64
-            || !l2
-                .namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(BuildError::invalid(
-                "namespace",
-                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
-            ));
-        }
-        if l2.timeout.is_zero() {
-            return Err(BuildError::invalid("l2_timeout", "must be greater than 0"));
-        }
-        if l2.promote_after == 0 {
-            return Err(BuildError::invalid("promote_after", "must be at least 1"));
-        }
-        if l2.breaker_failures == 0 {
-            return Err(BuildError::invalid(
-                "l2_circuit_breaker",
-                "failures must be at least 1",
-            ));
-        }
-        if l2.write_queue == 0 {
-            return Err(BuildError::invalid("l2_write_queue", "must be at least 1"));
-        }
-        let cfg = crate::store::l2::L2Config {
-            target,
-            namespace: l2.namespace.clone(),
-            timeout: l2.timeout,
-            connect_timeout: l2.connect_timeout.max(l2.timeout),
-            breaker_failures: l2.breaker_failures,
-            breaker_open_for: l2.breaker_open_for,
-            promote_after: l2.promote_after,
-            promotion_window: l2.promotion_window,
-            write_queue: l2.write_queue,
-            l1_max_ttl: l2.l1_max_ttl,
-            max_body_bytes: self.max_body,
-            compress_over: l2.compress_over,
-            warnings: self.observe.log.warnings(),
-            max_variants: self.max_variants,
-        };
-        crate::store::l2::L2::new(cfg, Arc::clone(&self.clock))
-            .map(|l2| Some(Arc::new(l2)))
-            .map_err(|e| BuildError::invalid("redis", e))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lower modules keep `Default`s of their own for their unit
+    /// tests; they must say what the builder's constants say.
+    #[test]
+    fn lower_module_defaults_agree_with_the_constants() {
+        let policy = PolicyConfig::default();
+        assert_eq!(policy.mode, DEFAULT_MODE);
+        assert_eq!(policy.request_cc, DEFAULT_REQUEST_CACHE_CONTROL);
+        assert_eq!(policy.heuristic_fraction, DEFAULT_HEURISTIC_FRACTION);
+        assert_eq!(policy.heuristic_max, DEFAULT_HEURISTIC_MAX);
+        assert_eq!(policy.default_swr, DEFAULT_STALE_WHILE_REVALIDATE);
+        assert_eq!(policy.default_sie, DEFAULT_STALE_IF_ERROR);
+        assert_eq!(policy.set_cookie, DEFAULT_SET_COOKIE);
+        assert_eq!(policy.share_authorized, DEFAULT_SHARE_AUTHORIZED);
+        assert_eq!(
+            policy.partition_credentials,
+            DEFAULT_PARTITION_BY_CREDENTIALS
+        );
+        assert_eq!(policy.keep_for_revalidation, DEFAULT_KEEP_FOR_REVALIDATION);
+        let keys = KeyConfig::default();
+        assert_eq!(keys.scheme, DEFAULT_KEY_SCHEME);
+        assert_eq!(keys.authority, DEFAULT_KEY_AUTHORITY);
+        assert_eq!(keys.sort_query, DEFAULT_SORT_QUERY);
+        assert_eq!(keys.credentials, DEFAULT_PARTITION_BY_CREDENTIALS);
+        let observe = ObserveConfig::default();
+        assert!(matches!(observe.labels, LabelSource::Auto));
+        assert_eq!(observe.max_labels, DEFAULT_MAX_LABELS);
+        assert_eq!(observe.log, DEFAULT_LOG_LEVEL);
+        assert_eq!(observe.slow, DEFAULT_SLOW_THRESHOLD);
+        assert_eq!(observe.eager_fraction, DEFAULT_EAGER_REFRESH_FRACTION);
+        assert_eq!(observe.eager_min_reads, DEFAULT_EAGER_REFRESH_MIN_READS);
+        assert_eq!(observe.span_level, DEFAULT_SPAN_LEVEL);
+        assert_eq!(observe.enabled, DEFAULT_OBSERVABILITY);
+        assert_eq!(observe.hit_sample, DEFAULT_HIT_TIMING_SAMPLE);
+    }
+
+    /// The default coalesce timeout outlasts the upstream call it waits
+    /// for, as its docs say.
+    #[test]
+    fn the_default_coalesce_timeout_is_twice_the_upstream_timeout_plus_a_second() {
+        let cache = CacheBuilder::default().build().unwrap();
+        assert_eq!(
+            cache.shared.cfg.coalesce_timeout,
+            DEFAULT_UPSTREAM_TIMEOUT * 2 + Duration::from_secs(1)
+        );
     }
 }

@@ -114,10 +114,12 @@ pub(crate) struct EngineConfig {
 }
 
 /// A function that names the tags of a response: it sees the request and
-/// the response headers.
+/// the response headers. Installed with
+/// [`CacheBuilder::tag_fn`](crate::CacheBuilder::tag_fn).
 pub type TagFn = Arc<dyn Fn(&Parts, &HeaderMap) -> Vec<String> + Send + Sync>;
 
-/// Where invalidation tags come from, and their limits.
+/// Where invalidation tags come from, and their limits (defaults: the
+/// builder's `TAG_HEADERS`, `MAX_TAGS_PER_RESPONSE`, `MAX_TAG_BYTES`).
 #[derive(Clone)]
 pub(crate) struct TagConfig {
     pub(crate) headers: Vec<HeaderName>,
@@ -134,20 +136,6 @@ impl fmt::Debug for TagConfig {
             .field("max_len", &self.max_len)
             .field("func", &self.func.is_some())
             .finish()
-    }
-}
-
-impl Default for TagConfig {
-    fn default() -> Self {
-        Self {
-            headers: vec![
-                HeaderName::from_static("surrogate-key"),
-                HeaderName::from_static("cache-tag"),
-            ],
-            max_tags: 32,
-            max_len: 128,
-            func: None,
-        }
     }
 }
 

@@ -118,7 +118,7 @@
 pub mod admin;
 mod body;
 mod breaker;
-mod builder;
+pub mod builder;
 mod cache;
 mod clock;
 mod coalesce;

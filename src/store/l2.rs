@@ -20,7 +20,7 @@ use crate::entry::Entry;
 use crate::key::{variant_hash, KeyHash};
 use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
-use crate::store::redis::{RedisStore, RedisTarget, StoreError};
+use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
 
 /// The value stored at a URL's key when its responses vary: this magic, a
 /// generation (8 bytes), then the `Vary` header names. Variants live at
@@ -109,10 +109,11 @@ fn marker(generation: u64, names: &[HeaderName]) -> Bytes {
     Bytes::from(m)
 }
 
-/// L2 settings, from the builder.
+/// L2 settings: the builder keeps one (its L2 setters write to it) and
+/// hands it to [`L2::new`]. `max_body_bytes`, `warnings` and `max_variants`
+/// follow cache-wide settings and are filled in by `build`.
 #[derive(Debug, Clone)]
 pub(crate) struct L2Config {
-    pub(crate) target: RedisTarget,
     pub(crate) namespace: String,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -270,8 +271,12 @@ impl std::fmt::Debug for L2 {
 }
 
 impl L2 {
-    pub(crate) fn new(cfg: L2Config, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let store = RedisStore::new(&cfg.target, cfg.connect_timeout)?;
+    pub(crate) fn new(
+        target: &RedisTarget,
+        cfg: L2Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, TargetError> {
+        let store = RedisStore::new(target, cfg.connect_timeout)?;
         Ok(Self {
             store,
             clock,
@@ -1420,8 +1425,8 @@ mod tests {
 
     fn l2(url: String) -> L2 {
         L2::new(
+            &RedisTarget::Single(url),
             L2Config {
-                target: RedisTarget::Single(url),
                 namespace: "batch".into(),
                 timeout: Duration::from_millis(200),
                 connect_timeout: Duration::from_millis(500),

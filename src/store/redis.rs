@@ -107,6 +107,42 @@ impl From<RedisError> for StoreError {
     }
 }
 
+/// Why the L2 tier's Redis target was refused when the cache was built.
+#[derive(Debug, Clone)]
+pub(crate) enum TargetError {
+    /// The redis crate refused the URL of [`RedisTarget::Single`].
+    BadUrl(RedisError),
+    /// The redis crate refused a node URL of [`RedisTarget::Cluster`].
+    BadClusterUrl(RedisError),
+    /// [`RedisTarget::Cluster`] with no node URL.
+    NoClusterNodes,
+    /// A `rediss://` (TLS) URL without the `redis-tls` feature.
+    TlsNotCompiled,
+}
+
+impl fmt::Display for TargetError {
+    // The redis crate's own message is the `source()`, not repeated here.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetError::BadUrl(_) => "bad Redis URL",
+            TargetError::BadClusterUrl(_) => "bad Redis Cluster URL",
+            TargetError::NoClusterNodes => "a Redis Cluster needs at least one node URL",
+            TargetError::TlsNotCompiled => {
+                "bad Redis URL: rediss:// (TLS) needs the `redis-tls` feature of tower-tiered-cache"
+            }
+        })
+    }
+}
+
+impl std::error::Error for TargetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TargetError::BadUrl(e) | TargetError::BadClusterUrl(e) => Some(e),
+            TargetError::NoClusterNodes | TargetError::TlsNotCompiled => None,
+        }
+    }
+}
+
 fn server_of(info: &redis::ConnectionInfo) -> (String, u16) {
     match info.addr() {
         redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
@@ -118,7 +154,10 @@ fn server_of(info: &redis::ConnectionInfo) -> (String, u16) {
 impl RedisStore {
     /// Checks the URLs (a bad one is an error here, not a panic later) and
     /// prepares the client. Nothing is connected yet.
-    pub(crate) fn new(target: &RedisTarget, connect_timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        target: &RedisTarget,
+        connect_timeout: Duration,
+    ) -> Result<Self, TargetError> {
         if cfg!(not(feature = "redis-tls")) {
             // The redis crate's own error ("can't connect with TLS, the
             // feature is not enabled") names a feature of the redis crate,
@@ -133,17 +172,12 @@ impl RedisStore {
                 })
             };
             if urls.iter().any(|url| is_tls(url)) {
-                return Err(
-                    "bad Redis URL: rediss:// (TLS) needs the `redis-tls` feature \
-                     of tower-tiered-cache"
-                        .into(),
-                );
+                return Err(TargetError::TlsNotCompiled);
             }
         }
         match target {
             RedisTarget::Single(url) => {
-                let client =
-                    Client::open(url.as_str()).map_err(|e| format!("bad Redis URL: {e}"))?;
+                let client = Client::open(url.as_str()).map_err(TargetError::BadUrl)?;
                 let server = server_of(client.get_connection_info());
                 Ok(Self {
                     url: url.clone(),
@@ -159,15 +193,14 @@ impl RedisStore {
             }
             RedisTarget::Cluster(urls) => {
                 if urls.is_empty() {
-                    return Err("a Redis Cluster needs at least one node URL".into());
+                    return Err(TargetError::NoClusterNodes);
                 }
-                let first = Client::open(urls[0].as_str())
-                    .map_err(|e| format!("bad Redis Cluster URL: {e}"))?;
+                let first = Client::open(urls[0].as_str()).map_err(TargetError::BadClusterUrl)?;
                 let server = server_of(first.get_connection_info());
                 let client = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(connect_timeout)
                     .build()
-                    .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
+                    .map_err(TargetError::BadClusterUrl)?;
                 Ok(Self {
                     url: urls[0].clone(),
                     urls: urls.clone(),

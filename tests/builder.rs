@@ -1,0 +1,290 @@
+//! `CacheBuilder` as a user meets it: the kinds of `BuildError` and their
+//! `source()`, the defaults it documents, and `tag_fn` (tags from a
+//! function reach `Cache::invalidate_tag`).
+
+mod support;
+
+use std::error::Error as _;
+
+use tower_tiered_cache::builder::{DEFAULT_MAX_VARIANTS, MAX_TAG_BYTES};
+use tower_tiered_cache::{BuildError, Cache};
+
+use support::*;
+
+const HIT: &str = "tower-tiered-cache; hit; detail=l1";
+const MISS_STORED: &str = "tower-tiered-cache; fwd=uri-miss; fwd-status=200; stored";
+
+// ---------------------------------------------------------------------------
+// BuildError: kinds and sources
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_out_of_range_setting_is_an_invalid_setting_without_a_source() {
+    let err = Cache::builder().max_variants(0).build().unwrap_err();
+    assert!(err.is_invalid_setting());
+    assert!(!err.is_redis());
+    assert_eq!(err.setting(), "max_variants");
+    assert!(err.source().is_none());
+    assert_eq!(
+        err.to_string(),
+        "invalid cache setting `max_variants`: must be at least 1"
+    );
+    // Two settings that cannot go together are the same kind.
+    let err = Cache::builder()
+        .partition_by_credentials(true)
+        .share_authorized(true)
+        .build()
+        .unwrap_err();
+    assert!(err.is_invalid_setting() && !err.is_redis());
+    // And the default builds.
+    assert!(Cache::builder()
+        .max_variants(DEFAULT_MAX_VARIANTS)
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn each_concern_is_checked() {
+    // One refused value per check function, named by its setting.
+    let cases: Vec<(&str, Result<Cache, BuildError>)> = vec![
+        (
+            "l1_capacity_bytes",
+            Cache::builder().l1_capacity_bytes(0).build(),
+        ),
+        ("max_variants", Cache::builder().max_variants(0).build()),
+        (
+            "heuristic_fraction",
+            Cache::builder().heuristic_fraction(2.0).build(),
+        ),
+        (
+            "eager_refresh",
+            Cache::builder().eager_refresh(1.0, 1).build(),
+        ),
+        (
+            "eager_refresh",
+            Cache::builder().eager_refresh(0.5, 0).build(),
+        ),
+        (
+            "coalesce_timeout",
+            Cache::builder()
+                .coalesce_timeout(std::time::Duration::ZERO)
+                .build(),
+        ),
+        (
+            "upstream_timeout",
+            Cache::builder()
+                .upstream_timeout(std::time::Duration::ZERO)
+                .build(),
+        ),
+        ("max_labels", Cache::builder().max_labels(1001).build()),
+        (
+            "hit_timing_sample",
+            Cache::builder().hit_timing_sample(0).build(),
+        ),
+        (
+            "partition_by_credentials",
+            Cache::builder()
+                .partition_by_credentials(true)
+                .key_header(http::header::COOKIE)
+                .build(),
+        ),
+    ];
+    for (setting, result) in cases {
+        let err = result.expect_err(setting);
+        assert_eq!(err.setting(), setting, "{err}");
+        assert!(err.is_invalid_setting(), "{err}");
+    }
+}
+
+#[test]
+fn a_build_error_is_a_std_error() {
+    let err: Box<dyn std::error::Error + Send + Sync> =
+        Box::new(Cache::builder().l1_capacity_bytes(0).build().unwrap_err());
+    assert!(err.to_string().contains("l1_capacity_bytes"));
+    assert!(err.downcast_ref::<BuildError>().is_some());
+}
+
+#[cfg(feature = "redis")]
+mod redis_kind {
+    use super::*;
+
+    /// The source of a Redis build error, as the redis crate's error.
+    fn redis_source(err: &BuildError) -> &redis::RedisError {
+        err.source()
+            .unwrap_or_else(|| panic!("no source: {err}"))
+            .downcast_ref::<redis::RedisError>()
+            .unwrap_or_else(|| panic!("the source is not a RedisError: {err:?}"))
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_a_redis_error_with_the_redis_error_as_source() {
+        for url in ["not a url", "http://127.0.0.1:6379", "redis://"] {
+            let err = Cache::builder().redis(url).build().unwrap_err();
+            assert!(err.is_redis(), "{url}: {err}");
+            assert!(!err.is_invalid_setting(), "{url}: {err}");
+            assert_eq!(err.setting(), "redis");
+            assert!(err.to_string().contains("bad Redis URL"), "{err}");
+            let source = redis_source(&err);
+            // The source's message is not repeated in the error's own.
+            assert!(
+                !err.to_string().contains(&source.to_string()),
+                "{err} repeats {source}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_message_never_carries_the_url() {
+        let err = Cache::builder()
+            .redis("redis://user:hunter2@[::1:6379/")
+            .build()
+            .unwrap_err();
+        assert!(err.is_redis());
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    }
+
+    #[test]
+    fn cluster_errors_name_redis_cluster() {
+        let err = Cache::builder()
+            .redis_cluster(Vec::<String>::new())
+            .build()
+            .unwrap_err();
+        assert!(err.is_redis());
+        assert_eq!(err.setting(), "redis_cluster");
+        assert!(err.source().is_none(), "no redis error underneath");
+        assert!(err.to_string().contains("at least one node"), "{err}");
+
+        let err = Cache::builder()
+            .redis_cluster(["redis://127.0.0.1:7000/", "not a url"])
+            .build()
+            .unwrap_err();
+        assert!(err.is_redis());
+        assert_eq!(err.setting(), "redis_cluster");
+        redis_source(&err);
+    }
+
+    #[cfg(not(feature = "redis-tls"))]
+    #[test]
+    fn tls_without_the_feature_is_a_redis_error_without_a_source() {
+        let err = Cache::builder()
+            .redis("rediss://127.0.0.1:6380/")
+            .build()
+            .unwrap_err();
+        assert!(err.is_redis());
+        assert!(err.source().is_none());
+        assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+    }
+
+    #[test]
+    fn l2_settings_are_invalid_settings_not_redis_errors() {
+        let err = Cache::builder()
+            .redis("redis://127.0.0.1:1/")
+            .l2_write_queue(0)
+            .build()
+            .unwrap_err();
+        assert!(err.is_invalid_setting() && !err.is_redis());
+        assert_eq!(err.setting(), "l2_write_queue");
+        assert!(err.source().is_none());
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn without_redis_no_error_is_a_redis_error() {
+    let err = Cache::builder().l1_capacity_bytes(0).build().unwrap_err();
+    assert!(!err.is_redis());
+}
+
+// ---------------------------------------------------------------------------
+// tag_fn
+// ---------------------------------------------------------------------------
+
+/// Tags `/products/{id}/...` with `product-{id}`.
+fn product_tag(req: &http::request::Parts, _headers: &http::HeaderMap) -> Vec<String> {
+    let mut parts = req.uri.path().split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("products"), Some(id)) => vec![format!("product-{id}")],
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn tags_from_tag_fn_reach_invalidate_tag() {
+    let cache = Cache::builder()
+        .clock(clock())
+        .tag_fn(product_tag)
+        .build()
+        .unwrap();
+    let (origin, log) = origin(|_, req| {
+        if req.uri().path() == "/products/7/reviews" {
+            // A header tag as well: both kinds are kept.
+            with_header(ok("max-age=600", "r"), "surrogate-key", "reviews")
+        } else {
+            ok("max-age=600", "x")
+        }
+    });
+    let svc = cached(&cache, origin);
+    let urls = [
+        "http://example.com/products/42/",
+        "http://example.com/products/42/photos",
+        "http://example.com/products/7/reviews",
+        "http://example.com/about",
+    ];
+    for url in urls {
+        assert_eq!(cache_status(&send(&svc, get(url)).await), MISS_STORED);
+    }
+    for url in urls {
+        assert_eq!(cache_status(&send(&svc, get(url)).await), HIT, "{url}");
+    }
+
+    let out = cache.invalidate_tag("product-42").await;
+    assert_eq!(out.l1, 2, "the function's tag names both product-42 pages");
+    let status = |url| {
+        let svc = svc.clone();
+        async move { cache_status(&send(&svc, get(url)).await) }
+    };
+    assert_eq!(status(urls[0]).await, MISS_STORED);
+    assert_eq!(status(urls[1]).await, MISS_STORED);
+    assert_eq!(status(urls[2]).await, HIT);
+    assert_eq!(status(urls[3]).await, HIT);
+
+    // The header's tag and the function's tag both name /products/7/reviews.
+    assert_eq!(cache.invalidate_tag("reviews").await.l1, 1);
+    assert_eq!(status(urls[2]).await, MISS_STORED);
+    assert_eq!(cache.invalidate_tag("product-7").await.l1, 1);
+    assert_eq!(status(urls[2]).await, MISS_STORED);
+    // Untagged by either: no tag reaches it.
+    assert_eq!(cache.invalidate_tag("about").await.l1, 0);
+    assert_eq!(log.calls(), 4 + 2 + 2);
+}
+
+#[tokio::test]
+async fn a_later_tag_fn_replaces_the_earlier_one_and_bad_tags_are_dropped() {
+    let cache = Cache::builder()
+        .clock(clock())
+        .tag_fn(|_, _| vec!["first".to_owned()])
+        .tag_fn(|_, _| {
+            vec![
+                "second".to_owned(),
+                " second ".to_owned(),         // trimmed: a duplicate
+                "has space".to_owned(),        // not a tag
+                "x".repeat(MAX_TAG_BYTES + 1), // too long
+            ]
+        })
+        .build()
+        .unwrap();
+    let (origin, _log) = origin(|_, _| ok("max-age=600", "x"));
+    let svc = cached(&cache, origin);
+    send(&svc, get(URL)).await;
+    assert_eq!(cache.invalidate_tag("first").await.l1, 0);
+    assert_eq!(cache.invalidate_tag("has space").await.l1, 0);
+    assert_eq!(
+        cache
+            .invalidate_tag(&"x".repeat(MAX_TAG_BYTES + 1))
+            .await
+            .l1,
+        0
+    );
+    assert_eq!(cache.invalidate_tag("second").await.l1, 1);
+}
