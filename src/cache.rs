@@ -868,7 +868,10 @@ impl CacheBuilder {
 
     /// The L2 circuit breaker: after `failures` consecutive errors or
     /// timeouts (default 5) L2 is skipped for `open_for` (default 5 s), then
-    /// probed.
+    /// probed. Timeouts alone open it only when a `PING` sent then (one at
+    /// a time, within 1 s) gets no answer: if Redis
+    /// answers, this host was too busy to read its replies in time, and the
+    /// count starts again (`Stats::l2_timeouts_slow_host`).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn l2_circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
@@ -1370,6 +1373,7 @@ impl Cache {
             in_flight: s.inflight.len() as u64,
             l2_errors: 0,
             l2_timeouts: 0,
+            l2_timeouts_slow_host: 0,
             l2_decode_errors: 0,
             l2_writes: 0,
             l2_writes_dropped: 0,
@@ -1395,6 +1399,7 @@ impl Cache {
             let c = &l2.counters;
             stats.l2_errors = c.errors.get();
             stats.l2_timeouts = c.timeouts.get();
+            stats.l2_timeouts_slow_host = c.timeouts_slow_host.get();
             stats.l2_decode_errors = c.decode_errors.get();
             stats.l2_writes = c.writes.get();
             stats.l2_writes_dropped = c.writes_dropped.get();
