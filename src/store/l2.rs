@@ -1716,6 +1716,56 @@ mod tests {
         assert!(l2.counters.errors.get() + l2.counters.timeouts.get() >= 1);
     }
 
+    /// An L2 deadline is this runtime's time: a timer that fires on time
+    /// ends the operation at the deadline (paused clock: exactly), one that
+    /// fires late by more than the deadline (the only thread was blocked)
+    /// gives the operation one more deadline, and its answer, arriving
+    /// just after the thread is free again, is taken.
+    #[test]
+    fn a_deadline_that_fires_late_by_more_than_itself_is_widened_once() {
+        let deadline = Duration::from_millis(100);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let started = tokio::time::Instant::now();
+            let never = std::future::pending::<()>();
+            assert_eq!(L2::within(deadline, never).await, None);
+            assert_eq!(started.elapsed(), deadline, "on time: not widened");
+            assert_eq!(L2::within(deadline, async { 7 }).await, Some(7));
+        });
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Never answers: widened or not, it ends.
+            let never = std::future::pending::<()>();
+            assert_eq!(L2::within(deadline, never).await, None);
+
+            let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<()>();
+            let answer = std::thread::spawn(move || {
+                free_rx.recv().unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+                let _ = tx.send(42);
+            });
+            // Blocks the runtime's only thread for four deadlines once
+            // `within` has armed its timer.
+            let hog = tokio::spawn(async move {
+                std::thread::sleep(4 * deadline);
+                free_tx.send(()).unwrap();
+            });
+            let got = L2::within(deadline, rx).await;
+            hog.await.unwrap();
+            answer.join().unwrap();
+            assert_eq!(got, Some(Ok(42)), "late timer: one more deadline");
+        });
+    }
+
     #[test]
     fn redis_keys_are_namespace_format_and_hash() {
         let l2 = l2("redis://127.0.0.1:1/".into());
