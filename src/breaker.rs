@@ -15,6 +15,11 @@
 //! upstream itself is unavailable: 502, 503 and 504. Any other response,
 //! a 500 included, is that URL's answer and shows the upstream is up: it
 //! resets the count (a 5xx is still an error for stale-if-error).
+//!
+//! The L2 tier has one [`Breaker`] of its own. There a timeout is only
+//! suspicion ([`Breaker::record_timeout`]): the tier confirms a run of
+//! them with a probe before the breaker opens ([`Breaker::trip`]), or
+//! forgives them ([`Breaker::excuse`]); errors open it as above.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
