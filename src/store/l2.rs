@@ -139,8 +139,9 @@ pub(crate) struct L2Config {
 pub(crate) struct L2Counters {
     pub(crate) errors: Counter,
     pub(crate) timeouts: Counter,
-    /// Timeouts a probe showed were this host's lateness (a `PING` with
-    /// the connect timeout answered): they did not open the breaker.
+    /// Timeouts a probe showed were this host's lateness (a `PING` sent
+    /// after a run of them was answered within 1 s): they did not open the
+    /// breaker.
     pub(crate) timeouts_slow_host: Counter,
     pub(crate) decode_errors: Counter,
     pub(crate) writes: Counter,
@@ -747,7 +748,7 @@ impl L2 {
     /// How long the `PING` confirming a run of L2 timeouts may take before
     /// Redis is judged down (the connect timeout if longer): far beyond any
     /// healthy reply, and beyond the scheduling lag of a starved host.
-    pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
     /// Runs one L2 operation under the timeout and the breaker. `None`
     /// when skipped, failed or timed out (all counted).
@@ -812,10 +813,11 @@ impl L2 {
 
     /// `breaker_failures` timeouts in a row, no evidence: one `PING` in the
     /// background (at most one at a time), on the connection requests use,
-    /// within [`Self::PROBE_TIMEOUT`] (or the connect timeout if longer). An answer means Redis was
-    /// there and the timeouts were this host's lateness: the count starts
-    /// again (`l2_timeouts_slow_host`). No answer opens the breaker.
-    /// Requests meanwhile still go to Redis, each within its deadline.
+    /// within [`Self::PROBE_TIMEOUT`] (or the connect timeout if longer).
+    /// An answer means Redis was there and the timeouts were this host's
+    /// lateness: the count starts again (`l2_timeouts_slow_host`). No
+    /// answer opens the breaker. Requests meanwhile still go to Redis, each
+    /// within its deadline.
     fn suspect(&self) {
         if self.probing.swap(true, Ordering::AcqRel) {
             return;
@@ -872,12 +874,9 @@ impl L2 {
     /// Runs `op` for at most `deadline` of this runtime's time. When the
     /// timer fires late by more than the deadline itself, the runtime was
     /// saturated (this task, or the connection's driver task, was not
-    /// scheduled), not Redis slow: the operation gets one more `deadline` from
-    /// then. `None` when it did not finish.
-    pub(crate) async fn within<F: std::future::Future>(
-        deadline: Duration,
-        op: F,
-    ) -> Option<F::Output> {
+    /// scheduled), not Redis slow: the operation gets one more `deadline`
+    /// from then. `None` when it did not finish.
+    async fn within<F: std::future::Future>(deadline: Duration, op: F) -> Option<F::Output> {
         let started = tokio::time::Instant::now();
         let mut op = std::pin::pin!(op);
         if let Ok(v) = tokio::time::timeout(deadline, op.as_mut()).await {
