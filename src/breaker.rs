@@ -15,6 +15,11 @@
 //! upstream itself is unavailable: 502, 503 and 504. Any other response,
 //! a 500 included, is that URL's answer and shows the upstream is up: it
 //! resets the count (a 5xx is still an error for stale-if-error).
+//!
+//! The L2 tier has one [`Breaker`] of its own. There a timeout is only
+//! suspicion ([`Breaker::record_timeout`]): the tier confirms a run of
+//! them with a probe before the breaker opens ([`Breaker::trip`]), or
+//! forgives them ([`Breaker::excuse`]); errors open it as above.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -186,6 +191,57 @@ impl Breaker {
             }
             _ => {}
         }
+    }
+
+    /// A call timed out at `now`: suspicion, not evidence (the other side
+    /// may be slow, or this process may not have been scheduled). While
+    /// closed it counts like a failure but never opens the breaker: the
+    /// return value is `true` once the consecutive count reaches the
+    /// threshold, and the caller confirms with a probe, then calls
+    /// [`trip`](Self::trip) (no answer) or [`excuse`](Self::excuse) (an
+    /// answer). Open or half-open, a timeout is a failure as any other
+    /// (the other side was already judged down).
+    pub(crate) fn record_timeout(&self, now: u64) -> bool {
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            self.record_failure(now);
+            return false;
+        }
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        n >= self.threshold
+    }
+
+    /// A probe confirmed the suspicion at `now`: opens the breaker if it
+    /// is still closed. `true` when this call opened it.
+    pub(crate) fn trip(&self, now: u64) -> bool {
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            return false;
+        }
+        self.opened_at.store(now, Ordering::Release);
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.since.store(now, Ordering::Release);
+            self.opens.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A probe showed the other side answers: the timeouts counted were
+    /// this side's own lateness. While closed the consecutive count starts
+    /// again; returns how many it forgave (0 when not closed: a breaker
+    /// opened meanwhile on evidence stays open).
+    pub(crate) fn excuse(&self) -> u32 {
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            return 0;
+        }
+        self.failures.swap(0, Ordering::AcqRel)
     }
 
     /// Records an upstream response: a failure when its status
@@ -401,6 +457,48 @@ mod tests {
         assert_eq!((st.since_ms, st.probe_at_ms), (1_000, 61_000));
         b.record_success();
         assert_eq!(b.state(31_002), BreakerState::Closed);
+    }
+
+    #[test]
+    fn timeouts_alone_never_open_a_closed_breaker() {
+        let b = Breaker::new(3, Duration::from_secs(5));
+        assert!(!b.record_timeout(10));
+        assert!(!b.record_timeout(10));
+        assert!(b.record_timeout(10), "the threshold asks for a probe");
+        assert!(b.record_timeout(11), "and keeps asking while unconfirmed");
+        assert_eq!(b.state(11), BreakerState::Closed);
+        assert!(b.allow(11));
+        // The probe answered: our own lateness, the count starts again.
+        assert_eq!(b.excuse(), 4);
+        assert!(!b.record_timeout(12));
+        assert_eq!(b.status("l2".into(), 12).consecutive_failures, 1);
+        // Evidence still opens at the threshold, timeouts included.
+        b.record_timeout(13);
+        b.record_failure(13);
+        assert_eq!(b.state(13), BreakerState::Open);
+        assert_eq!(b.excuse(), 0, "an open breaker is not excused");
+        assert_eq!(b.state(13), BreakerState::Open);
+        assert_eq!(b.opens(), 1);
+    }
+
+    #[test]
+    fn a_confirmed_suspicion_trips_once_and_a_timeout_past_closed_is_a_failure() {
+        let b = Breaker::new(2, Duration::from_secs(5));
+        b.record_timeout(100);
+        assert!(b.record_timeout(100));
+        assert!(b.trip(150));
+        assert!(!b.trip(151), "already open");
+        assert_eq!(b.state(150), BreakerState::Open);
+        assert!(!b.allow(5_149));
+        let st = b.status("l2".into(), 150);
+        assert_eq!((st.since_ms, st.probe_at_ms, st.opens), (150, 5_150, 1));
+        // The half-open probe times out: open again, as for any failure.
+        assert!(b.allow(5_150));
+        assert!(!b.record_timeout(5_160));
+        assert_eq!(b.state(5_161), BreakerState::Open);
+        assert_eq!(b.opens(), 2);
+        b.record_success();
+        assert_eq!(b.state(5_162), BreakerState::Closed);
     }
 
     #[test]

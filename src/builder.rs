@@ -933,6 +933,10 @@ impl CacheBuilder {
     /// The L2 circuit breaker: after `failures` consecutive errors or
     /// timeouts (default [`DEFAULT_L2_BREAKER_FAILURES`]) L2 is skipped for
     /// `open_for` (default [`DEFAULT_L2_BREAKER_OPEN_FOR`]), then probed.
+    /// Timeouts alone open it only when a `PING` sent then (one at a time,
+    /// within 1 s) gets no answer: if Redis answers, this host was too busy
+    /// to read its replies in time, and the count starts again
+    /// ([`Stats::l2_timeouts_slow_host`](crate::Stats::l2_timeouts_slow_host)).
     pub fn l2_circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.l2.breaker_failures = failures;
         self.l2.breaker_open_for = open_for;

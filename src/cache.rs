@@ -339,6 +339,7 @@ impl Cache {
             in_flight: s.inflight.len() as u64,
             l2_errors: 0,
             l2_timeouts: 0,
+            l2_timeouts_slow_host: 0,
             l2_decode_errors: 0,
             l2_writes: 0,
             l2_writes_dropped: 0,
@@ -364,6 +365,7 @@ impl Cache {
             let c = &l2.counters;
             stats.l2_errors = c.errors.get();
             stats.l2_timeouts = c.timeouts.get();
+            stats.l2_timeouts_slow_host = c.timeouts_slow_host.get();
             stats.l2_decode_errors = c.decode_errors.get();
             stats.l2_writes = c.writes.get();
             stats.l2_writes_dropped = c.writes_dropped.get();

@@ -192,6 +192,12 @@ pub struct Stats {
     pub l2_errors: u64,
     /// L2 operations that took longer than the L2 timeout.
     pub l2_timeouts: u64,
+    /// L2 timeouts that did not open the L2 breaker because Redis answered
+    /// a probe (`PING`, within 1 s) sent after
+    /// `l2_circuit_breaker`'s count of them in a row: this host was too
+    /// busy to read the replies in time, Redis was up. Included in
+    /// `l2_timeouts`.
+    pub l2_timeouts_slow_host: u64,
     /// L2 values that could not be decoded (deleted, counted as misses).
     pub l2_decode_errors: u64,
     /// Keys written to L2.

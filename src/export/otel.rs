@@ -157,6 +157,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             vec![
                 ("error", c.errors.get()),
                 ("timeout", c.timeouts.get()),
+                ("timeout_slow_host", c.timeouts_slow_host.get()),
                 ("decode", c.decode_errors.get()),
                 ("write_dropped", c.writes_dropped.get()),
             ]

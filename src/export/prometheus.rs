@@ -48,7 +48,10 @@ impl Cache {
     ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
     ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
     ///   and, with an L2 tier,
-    ///   `tower_cache_l2_errors_total{kind}`;
+    ///   `tower_cache_l2_errors_total{kind}` (`error`, `timeout`,
+    ///   `timeout_slow_host`: the timeouts a `PING` showed were this host's
+    ///   lateness, not Redis's, a subset of `timeout`; `decode`,
+    ///   `write_dropped`);
     /// - gauges: `tower_cache_l1_entries`, `tower_cache_l1_bytes`,
     ///   `tower_cache_l1_capacity_bytes`, `tower_cache_in_flight`,
     ///   `tower_cache_hit_ratio`, `tower_cache_window_hit_ratio` (the last
@@ -205,6 +208,7 @@ impl Cache {
             for (kind, v) in [
                 ("error", st.l2_errors),
                 ("timeout", st.l2_timeouts),
+                ("timeout_slow_host", st.l2_timeouts_slow_host),
                 ("decode", st.l2_decode_errors),
                 ("write_dropped", st.l2_writes_dropped),
             ] {

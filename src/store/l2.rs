@@ -140,6 +140,10 @@ pub(crate) struct L2Config {
 pub(crate) struct L2Counters {
     pub(crate) errors: Counter,
     pub(crate) timeouts: Counter,
+    /// Timeouts a probe showed were this host's lateness (a `PING` sent
+    /// after a run of them was answered within 1 s): they did not open the
+    /// breaker.
+    pub(crate) timeouts_slow_host: Counter,
     pub(crate) decode_errors: Counter,
     pub(crate) writes: Counter,
     pub(crate) writes_dropped: Counter,
@@ -218,16 +222,20 @@ impl Message {
 pub(crate) type Listener = Box<dyn Fn(&Message) + Send + Sync>;
 
 pub(crate) struct L2 {
-    store: RedisStore,
+    /// Shared with the breaker's probe task (see `guarded`).
+    store: Arc<RedisStore>,
     clock: Arc<dyn Clock>,
     cfg: L2Config,
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
+    /// Whether a probe confirming a run of timeouts is under way (at most
+    /// one at a time).
+    probing: Arc<AtomicBool>,
     /// L2 hits per key within the promotion window (bounded).
     hits: QuickCache<KeyHash, (u32, u64)>,
     /// Keys whose undecodable values were already logged (bounded).
     logged: QuickCache<KeyHash, ()>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
-    pub(crate) counters: L2Counters,
+    pub(crate) counters: Arc<L2Counters>,
     /// This instance's id on the invalidation channel.
     instance: u64,
     /// `{namespace}:{format}:`.
@@ -278,13 +286,14 @@ impl L2 {
     ) -> Result<Self, TargetError> {
         let store = RedisStore::new(target, cfg.connect_timeout)?;
         Ok(Self {
-            store,
+            store: Arc::new(store),
             clock,
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open_for),
+            breaker: Arc::new(Breaker::new(cfg.breaker_failures, cfg.breaker_open_for)),
+            probing: Arc::new(AtomicBool::new(false)),
             hits: QuickCache::new(100_000),
             logged: QuickCache::new(10_000),
             writer: Mutex::new(None),
-            counters: L2Counters::default(),
+            counters: Arc::default(),
             instance: instance_id(),
             key_prefix: OnceLock::new(),
             listener: OnceLock::new(),
@@ -741,8 +750,20 @@ impl L2 {
         )
     }
 
+    /// How long the `PING` confirming a run of L2 timeouts may take before
+    /// Redis is judged down (the connect timeout if longer): far beyond any
+    /// healthy reply, and beyond the scheduling lag of a starved host.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
     /// Runs one L2 operation under the timeout and the breaker. `None`
     /// when skipped, failed or timed out (all counted).
+    ///
+    /// Errors are evidence that Redis is down (refused, reset or closed
+    /// connections, I/O errors, `LOADING`): `breaker_failures` in a row
+    /// open the breaker. A timeout is only suspicion: this process may not
+    /// have been scheduled (a starved machine) while Redis answered. The
+    /// request takes it as a miss, but the breaker opens on timeouts only
+    /// once a probe confirms them (see [`Self::suspect`]).
     async fn guarded<T>(
         &self,
         extra: Duration,
@@ -755,8 +776,8 @@ impl L2 {
         // Reconnecting after the breaker opened happens in the background
         // (see `RedisStore::reset`): no request waits past the timeout.
         let deadline = self.cfg.timeout + extra;
-        let failed = match tokio::time::timeout(deadline, op).await {
-            Ok(Ok(v)) => {
+        let evidence = match Self::within(deadline, op).await {
+            Some(Ok(v)) => {
                 let was = self.breaker.state(now);
                 self.breaker.record_success();
                 if was != crate::BreakerState::Closed && self.cfg.warnings {
@@ -764,34 +785,127 @@ impl L2 {
                 }
                 return Some(v);
             }
-            Ok(Err(StoreError::Timeout)) | Err(_) => {
-                self.counters.timeouts.incr();
-                true
-            }
-            Ok(Err(e)) => {
+            None | Some(Err(StoreError::Timeout)) => false,
+            Some(Err(StoreError::Redis(e))) if e.is_timeout() => false,
+            Some(Err(e)) => {
                 self.counters.errors.incr();
                 tracing::debug!(error = %e, "L2 operation failed");
                 true
             }
         };
-        if failed {
-            let now = self.clock.now_millis();
-            let was_open = self.breaker.state(now) == crate::BreakerState::Open;
+        let now = self.clock.now_millis();
+        let was_open = self.breaker.state(now) == crate::BreakerState::Open;
+        if evidence {
             self.breaker.record_failure(now);
-            if self.breaker.state(now) == crate::BreakerState::Open {
-                if !was_open && self.cfg.warnings {
-                    tracing::warn!(
-                        target: "tower_tiered_cache",
-                        server = %format!("{}:{}", self.store.server.0, self.store.server.1),
-                        open_for_ms = self.cfg.breaker_open_for.as_millis() as u64,
-                        "L2 (Redis) is down: circuit breaker open, requests skip L2"
-                    );
-                }
-                // Start afresh after the open period.
-                self.store.reset();
+        } else {
+            self.counters.timeouts.incr();
+            if self.breaker.record_timeout(now) {
+                self.suspect();
             }
         }
+        if !was_open && self.breaker.state(now) == crate::BreakerState::Open {
+            self.opened();
+        }
         None
+    }
+
+    /// The breaker has just opened: say so, and start afresh after the
+    /// open period (an operation cut off by the timeout never lets the
+    /// connection see a dead socket).
+    fn opened(&self) {
+        Self::opened_store(&self.store, &self.cfg);
+    }
+
+    /// `breaker_failures` timeouts in a row, no evidence: one `PING` in the
+    /// background (at most one at a time), on the connection requests use,
+    /// within [`Self::PROBE_TIMEOUT`] (or the connect timeout if longer).
+    /// An answer means Redis was there and the timeouts were this host's
+    /// lateness: the count starts again (`l2_timeouts_slow_host`). No
+    /// answer opens the breaker. Requests meanwhile still go to Redis, each
+    /// within its deadline.
+    fn suspect(&self) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // Nowhere to probe from: judge as before, a timeout fails.
+            self.probing.store(false, Ordering::Release);
+            if self.breaker.trip(self.clock.now_millis()) {
+                self.opened();
+            }
+            return;
+        };
+        let (store, breaker, counters, clock, probing) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.breaker),
+            Arc::clone(&self.counters),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.probing),
+        );
+        let cfg = self.cfg.clone();
+        handle.spawn(async move {
+            // Cleared however this task ends (a runtime shutting down
+            // drops it).
+            struct Done(Arc<AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(probing);
+            let ping = redis::cmd("PING");
+            let answered = matches!(
+                L2::within(
+                    cfg.connect_timeout.max(L2::PROBE_TIMEOUT),
+                    store.query(&ping)
+                )
+                .await,
+                Some(Ok(_))
+            );
+            if answered {
+                let excused = breaker.excuse();
+                counters.timeouts_slow_host.add(u64::from(excused));
+                tracing::debug!(
+                    target: "tower_tiered_cache",
+                    timeouts = excused,
+                    "L2 timeouts while Redis answers PING: this host is slow, breaker kept closed"
+                );
+            } else if breaker.trip(clock.now_millis()) {
+                L2::opened_store(&store, &cfg);
+            }
+        });
+    }
+
+    /// Runs `op` for at most `deadline` of this runtime's time. When the
+    /// timer fires late by more than the deadline itself, the runtime was
+    /// saturated (this task, or the connection's driver task, was not
+    /// scheduled), not Redis slow: the operation gets one more `deadline`
+    /// from then. `None` when it did not finish.
+    async fn within<F: std::future::Future>(deadline: Duration, op: F) -> Option<F::Output> {
+        let started = tokio::time::Instant::now();
+        let mut op = std::pin::pin!(op);
+        if let Ok(v) = tokio::time::timeout(deadline, op.as_mut()).await {
+            return Some(v);
+        }
+        if started.elapsed() < deadline.saturating_mul(2) {
+            return None;
+        }
+        tokio::time::timeout(deadline, op).await.ok()
+    }
+
+    /// The L2 breaker has just opened (on evidence, or a probe that got no
+    /// answer): a warning, and the connection dropped so the next operation
+    /// makes a new one.
+    fn opened_store(store: &RedisStore, cfg: &L2Config) {
+        if cfg.warnings {
+            tracing::warn!(
+                target: "tower_tiered_cache",
+                server = %format!("{}:{}", store.server.0, store.server.1),
+                open_for_ms = cfg.breaker_open_for.as_millis() as u64,
+                "L2 (Redis) is down: circuit breaker open, requests skip L2"
+            );
+        }
+        store.reset();
     }
 
     /// Extra time for reads: a value may be as large as the body cap
@@ -1595,6 +1709,56 @@ mod tests {
         );
         assert!(t.elapsed() < Duration::from_secs(2));
         assert!(l2.counters.errors.get() + l2.counters.timeouts.get() >= 1);
+    }
+
+    /// An L2 deadline is this runtime's time: a timer that fires on time
+    /// ends the operation at the deadline (paused clock: exactly), one that
+    /// fires late by more than the deadline (the only thread was blocked)
+    /// gives the operation one more deadline, and its answer, arriving
+    /// just after the thread is free again, is taken.
+    #[test]
+    fn a_deadline_that_fires_late_by_more_than_itself_is_widened_once() {
+        let deadline = Duration::from_millis(100);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let started = tokio::time::Instant::now();
+            let never = std::future::pending::<()>();
+            assert_eq!(L2::within(deadline, never).await, None);
+            assert_eq!(started.elapsed(), deadline, "on time: not widened");
+            assert_eq!(L2::within(deadline, async { 7 }).await, Some(7));
+        });
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Never answers: widened or not, it ends.
+            let never = std::future::pending::<()>();
+            assert_eq!(L2::within(deadline, never).await, None);
+
+            let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<()>();
+            let answer = std::thread::spawn(move || {
+                free_rx.recv().unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+                let _ = tx.send(42);
+            });
+            // Blocks the runtime's only thread for four deadlines once
+            // `within` has armed its timer.
+            let hog = tokio::spawn(async move {
+                std::thread::sleep(4 * deadline);
+                free_tx.send(()).unwrap();
+            });
+            let got = L2::within(deadline, rx).await;
+            hog.await.unwrap();
+            answer.join().unwrap();
+            assert_eq!(got, Some(Ok(42)), "late timer: one more deadline");
+        });
     }
 
     #[test]

@@ -233,8 +233,13 @@ impl RedisStore {
             // (`l2_timeout`, scaled by size): redis-rs's 500 ms default
             // would cut longer ones short and call them errors.
             .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+            // A lost connection is evidence that Redis is down: a
+            // reconnect that fails says so at once (an error, which counts
+            // against the L2 breaker), instead of retrying with back-off
+            // while operations time out (which only a probe can confirm).
+            // The next operation tries again; the breaker's probe after
+            // its open period too.
+            .set_number_of_retries(0);
         let c = ConnectionManager::new_lazy_with_config((*client).clone(), config)?;
         *slot = Some(c.clone());
         Ok(c)
