@@ -11,6 +11,7 @@ use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use crate::entry::Entry;
 use crate::key::{variant_hash, KeyHash};
+use crate::sync::lock;
 
 /// What an L1 slot holds: a response, or, for a URL whose responses vary,
 /// the header names that select among its variants.
@@ -232,9 +233,7 @@ impl MemoryStore {
         };
         let secondary = variant_hash(primary, vary, req_headers);
         let evicted = {
-            let Ok(mut variants) = index.variants.lock() else {
-                return false;
-            };
+            let mut variants = lock(&index.variants);
             if !variants.contains(&secondary) {
                 variants.push_back(secondary);
             }
@@ -332,10 +331,7 @@ impl MemoryStore {
     }
 
     fn remove_variants(&self, index: &VaryIndex) {
-        let drained: Vec<KeyHash> = match index.variants.lock() {
-            Ok(mut v) => v.drain(..).collect(),
-            Err(_) => return,
-        };
+        let drained: Vec<KeyHash> = lock(&index.variants).drain(..).collect();
         for k in drained {
             self.cache.remove(&k);
         }
