@@ -398,3 +398,40 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::ACCEPT_LANGUAGE;
+    use http::HeaderValue;
+
+    fn lang(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static(v));
+        h
+    }
+
+    /// A panic while a vary index's lock was held (`sync::lock`): the
+    /// index is still used, so the URL's variants are stored and all
+    /// removed with it (a refused lock skipped both).
+    #[test]
+    fn a_poisoned_vary_index_still_stores_and_invalidates_every_variant() {
+        let l1 = MemoryStore::new(1 << 20, 1 << 20, 8);
+        let (url, vary) = (KeyHash(1), [ACCEPT_LANGUAGE]);
+        let entry = || Arc::new(crate::store::codec::tests::minimal());
+        assert!(l1.insert(url, entry(), &vary, &lang("en")));
+        let Some(Slot::Vary(index)) = l1.cache.get(&url) else {
+            panic!("a vary index")
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = index.variants.lock();
+            panic!("poisons the vary index");
+        }));
+        assert!(index.variants.is_poisoned());
+        assert!(l1.insert(url, entry(), &vary, &lang("fr")));
+        assert!(matches!(l1.get(url, &lang("fr")), Found::Entry(_)));
+        assert_eq!(l1.len(), 3, "the index and two variants");
+        assert!(l1.remove(url));
+        assert_eq!(l1.len(), 0, "every variant removed with the URL");
+    }
+}
