@@ -95,11 +95,19 @@ struct Table {
     shards: Box<[Shard]>,
     /// `shards.len() == 1 << bits`.
     bits: u32,
+    max: usize,
+    /// Written on every new flight, so on a cache line of its own: the
+    /// fields above are read by every join.
+    counts: Counts,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counts {
     /// The flights in every shard together, never above `max`: raised (if
     /// below `max`) before a flight is inserted, lowered after it is
     /// removed, both under the shard's lock.
     count: AtomicUsize,
-    max: usize,
     /// The number of the last flight started.
     started: AtomicU64,
 }
@@ -121,7 +129,8 @@ impl Table {
     /// place is taken. (One atomic: its modification order alone keeps the
     /// total at most `max`, so `Relaxed` suffices.)
     fn reserve(&self) -> bool {
-        self.count
+        self.counts
+            .count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max).then_some(n + 1)
             })
@@ -158,9 +167,8 @@ impl InFlight {
             table: Arc::new(Table {
                 shards: (0..shards).map(|_| Shard::default()).collect(),
                 bits: shards.trailing_zeros(),
-                count: AtomicUsize::new(0),
                 max,
-                started: AtomicU64::new(0),
+                counts: Counts::default(),
             }),
         }
     }
@@ -168,12 +176,12 @@ impl InFlight {
     /// The number of the last flight started: flights numbered above it
     /// start later (see [`Flight::started_after`]).
     pub(crate) fn epoch(&self) -> u64 {
-        self.table.started.load(Ordering::Acquire)
+        self.table.counts.started.load(Ordering::Acquire)
     }
 
     /// The flights in progress.
     pub(crate) fn len(&self) -> usize {
-        self.table.count.load(Ordering::Relaxed)
+        self.table.counts.count.load(Ordering::Relaxed)
     }
 
     /// Joins the flight for `key`, starting one if there is none. Only
@@ -188,7 +196,7 @@ impl InFlight {
             return Join::Full;
         }
         let flight = Arc::new(Flight {
-            id: table.started.fetch_add(1, Ordering::AcqRel) + 1,
+            id: table.counts.started.fetch_add(1, Ordering::AcqRel) + 1,
             ..Flight::default()
         });
         map.insert(key, Arc::clone(&flight));
@@ -241,7 +249,7 @@ impl FlightGuard {
             .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
         {
             map.remove(&self.key);
-            self.table.count.fetch_sub(1, Ordering::Relaxed);
+            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
