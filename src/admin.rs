@@ -71,7 +71,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -88,6 +88,7 @@ use serde_json::{json, Map, Value};
 use tower_service::Service;
 
 use crate::error::BuildError;
+use crate::sync::lock;
 use crate::warm::{Warm, WarmOptions, WarmProgress, WarmReport, WarmTarget};
 use crate::{Cache, HealthStatus};
 
@@ -977,10 +978,6 @@ impl JobState {
             JobState::Failed(_) => "failed",
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {

@@ -1,17 +1,21 @@
 //! Request coalescing: one upstream call per key, however many requests
-//! miss at once. Waiters are woken by a `watch` channel (no polling).
+//! miss at once. Waiters are woken by a `Notify` (no polling).
+//!
+//! The flights in progress are kept in shards (a power of two, at least
+//! twice the cores), each a `Mutex<HashMap>`, chosen by the key's hash, so
+//! misses on different keys seldom wait for one lock; one atomic count over
+//! every shard keeps the total at most `max_in_flight`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-
-use std::sync::OnceLock;
 
 use tokio::sync::Notify;
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
+use crate::sync::lock;
 
 /// What the leader of a flight found.
 #[derive(Debug, Clone)]
@@ -60,12 +64,83 @@ impl Flight {
 
 type Slot = Arc<Flight>;
 
+/// The fewest shards of the in-flight map.
+const MIN_SHARDS: usize = 8;
+/// The most shards of the in-flight map.
+const MAX_SHARDS: usize = 1024;
+
+/// Shards for this machine: a power of two, at least twice the cores (so
+/// that misses on different keys seldom meet on one lock), 8 to 1024.
+fn shard_count() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (2 * cores)
+            .next_power_of_two()
+            .clamp(MIN_SHARDS, MAX_SHARDS)
+    })
+}
+
+/// One shard of the in-flight map, aligned so that two shards never share
+/// a cache line (nor the pair of lines x86 prefetches together).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<HashMap<KeyHash, Slot>>);
+
+/// The flights in progress, by key, in shards chosen by the key's hash:
+/// requests for different keys seldom take the same lock. Shared by the
+/// map and every [`FlightGuard`].
 #[derive(Debug)]
-pub(crate) struct InFlight {
-    map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
+struct Table {
+    shards: Box<[Shard]>,
+    /// `shards.len() == 1 << bits`.
+    bits: u32,
     max: usize,
+    /// Written on every new flight, so on a cache line of its own: the
+    /// fields above are read by every join.
+    counts: Counts,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counts {
+    /// The flights in every shard together, never above `max`: raised (if
+    /// below `max`) before a flight is inserted, lowered after it is
+    /// removed, both under the shard's lock.
+    count: AtomicUsize,
     /// The number of the last flight started.
     started: AtomicU64,
+}
+
+impl Table {
+    /// The shard holding `key`'s flight: the top bits of a multiplicative
+    /// hash of the key's two halves (keys are xxh3 hashes already; this
+    /// also spreads small test keys).
+    fn shard(&self, key: KeyHash) -> &Mutex<HashMap<KeyHash, Slot>> {
+        &self.shards[self.shard_index(key)].0
+    }
+
+    fn shard_index(&self, key: KeyHash) -> usize {
+        let folded = (key.0 as u64) ^ ((key.0 >> 64) as u64);
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    /// Takes one of the `max` places for a new flight; false when every
+    /// place is taken. (One atomic: its modification order alone keeps the
+    /// total at most `max`, so `Relaxed` suffices.)
+    fn reserve(&self) -> bool {
+        self.counts
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    table: Arc<Table>,
 }
 
 /// The result of joining a flight.
@@ -80,42 +155,54 @@ pub(crate) enum Join {
 }
 
 impl InFlight {
+    /// A map of at most `max` flights at once, over every shard.
     pub(crate) fn new(max: usize) -> Self {
+        Self::with_shards(max, shard_count())
+    }
+
+    /// `shards`: a power of two, at least 2.
+    fn with_shards(max: usize, shards: usize) -> Self {
+        debug_assert!(shards.is_power_of_two() && shards >= 2);
         Self {
-            map: Arc::new(Mutex::new(HashMap::new())),
-            max,
-            started: AtomicU64::new(0),
+            table: Arc::new(Table {
+                shards: (0..shards).map(|_| Shard::default()).collect(),
+                bits: shards.trailing_zeros(),
+                max,
+                counts: Counts::default(),
+            }),
         }
     }
 
     /// The number of the last flight started: flights numbered above it
     /// start later (see [`Flight::started_after`]).
     pub(crate) fn epoch(&self) -> u64 {
-        self.started.load(Ordering::Acquire)
+        self.table.counts.started.load(Ordering::Acquire)
     }
 
+    /// The flights in progress.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.table.counts.count.load(Ordering::Relaxed)
     }
 
-    /// Joins the flight for `key`, starting one if there is none.
+    /// Joins the flight for `key`, starting one if there is none. Only
+    /// `key`'s shard is locked.
     pub(crate) fn join(&self, key: KeyHash) -> Join {
-        let Ok(mut map) = self.map.lock() else {
-            return Join::Full;
-        };
+        let table = &*self.table;
+        let mut map = lock(table.shard(key));
         if let Some(flight) = map.get(&key) {
             return Join::Waiter(Arc::clone(flight));
         }
-        if map.len() >= self.max {
+        if !table.reserve() {
             return Join::Full;
         }
         let flight = Arc::new(Flight {
-            id: self.started.fetch_add(1, Ordering::AcqRel) + 1,
+            id: table.counts.started.fetch_add(1, Ordering::AcqRel) + 1,
             ..Flight::default()
         });
         map.insert(key, Arc::clone(&flight));
+        drop(map);
         Join::Leader(FlightGuard {
-            map: Arc::clone(&self.map),
+            table: Arc::clone(&self.table),
             key,
             flight,
             done: false,
@@ -136,7 +223,7 @@ impl InFlight {
 /// the flight was abandoned, so they form a new one at once.
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
-    map: Arc<Mutex<HashMap<KeyHash, Slot>>>,
+    table: Arc<Table>,
     key: KeyHash,
     flight: Slot,
     done: bool,
@@ -156,13 +243,13 @@ impl FlightGuard {
         // checks, or was registered before the wake-up.
         let _ = self.flight.outcome.set(outcome);
         self.flight.notify.notify_waiters();
-        if let Ok(mut map) = self.map.lock() {
-            if map
-                .get(&self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-            {
-                map.remove(&self.key);
-            }
+        let mut map = lock(self.table.shard(self.key));
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.key);
+            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -264,5 +351,130 @@ mod tests {
         let _a = f.try_lead(KeyHash(1)).unwrap();
         let _b = f.try_lead(KeyHash(2)).unwrap();
         assert!(matches!(f.join(KeyHash(3)), Join::Full));
+    }
+
+    /// `n` keys, each in a shard of its own (as far as there are shards).
+    fn keys_in_distinct_shards(f: &InFlight, n: usize) -> Vec<KeyHash> {
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<KeyHash> = (0..)
+            .map(KeyHash)
+            .filter(|k| seen.insert(f.table.shard_index(*k)))
+            .take(n)
+            .collect();
+        assert_eq!(keys.len(), n);
+        keys
+    }
+
+    #[test]
+    fn the_bound_is_over_every_shard() {
+        let f = InFlight::with_shards(3, 16);
+        let keys = keys_in_distinct_shards(&f, 6);
+        let mut leaders: Vec<FlightGuard> = keys[..3]
+            .iter()
+            .map(|&k| f.try_lead(k).expect("room for three"))
+            .collect();
+        assert_eq!(f.len(), 3);
+        // Full in a shard of its own, still full.
+        for &k in &keys[3..] {
+            assert!(matches!(f.join(k), Join::Full));
+        }
+        // A waiter on a running flight needs no room.
+        assert!(matches!(f.join(keys[0]), Join::Waiter(_)));
+        // One ends: one place frees, in any shard.
+        leaders.pop().unwrap().complete(Outcome::Pass);
+        assert_eq!(f.len(), 2);
+        let g = f.try_lead(keys[5]).expect("a freed place");
+        assert!(matches!(f.join(keys[4]), Join::Full));
+        drop(g);
+        drop(leaders);
+        assert_eq!(f.len(), 0);
+        assert!(f.table.shards.iter().all(|s| lock(&s.0).is_empty()));
+    }
+
+    #[test]
+    fn the_bound_holds_under_concurrent_joins() {
+        const MAX: usize = 50;
+        let f = InFlight::with_shards(MAX, 8);
+        let start = std::sync::Barrier::new(4);
+        // Four threads, 100 keys of their own each, every guard held.
+        let guards: Vec<Vec<FlightGuard>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u128)
+                .map(|t| {
+                    let (f, start) = (&f, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        (0..100)
+                            .filter_map(|i| f.try_lead(KeyHash(t << 64 | i)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let led: usize = guards.iter().map(Vec::len).sum();
+        assert_eq!(led, MAX, "exactly max_in_flight flights started");
+        assert_eq!(f.len(), MAX);
+        let stored: usize = f.table.shards.iter().map(|s| lock(&s.0).len()).sum();
+        assert_eq!(stored, MAX);
+        drop(guards);
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn flights_churning_on_many_threads_stay_within_the_bound() {
+        const MAX: usize = 4;
+        let f = InFlight::with_shards(MAX, 8);
+        std::thread::scope(|s| {
+            for t in 0..4u128 {
+                let f = &f;
+                s.spawn(move || {
+                    // Each thread holds up to three flights: twelve
+                    // wanted, four allowed.
+                    let mut held = std::collections::VecDeque::new();
+                    for i in 0..2_000u128 {
+                        held.extend(f.try_lead(KeyHash(t << 64 | (i % 7))));
+                        assert!(f.len() <= MAX, "{} flights", f.len());
+                        if held.len() == 3 {
+                            held.pop_front();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn shards_are_a_power_of_two_at_least_twice_the_cores() {
+        let f = InFlight::new(10);
+        let n = f.table.shards.len();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            n.is_power_of_two() && n >= 2 * cores.min(MAX_SHARDS / 2),
+            "{n}"
+        );
+        assert!((MIN_SHARDS..=MAX_SHARDS).contains(&n));
+        // Small keys (as in tests) and hashed ones alike use every shard.
+        let used: std::collections::HashSet<usize> = (0..64 * n as u128)
+            .map(|k| f.table.shard_index(KeyHash(k)))
+            .collect();
+        assert_eq!(used.len(), n);
+    }
+
+    #[test]
+    fn a_poisoned_shard_still_coalesces() {
+        let f = InFlight::with_shards(10, 2);
+        let k = KeyHash(9);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = f.table.shard(k).lock();
+            panic!("poisons the shard");
+        }));
+        assert!(f.table.shard(k).is_poisoned());
+        let Join::Leader(g) = f.join(k) else {
+            panic!("a poisoned shard still starts flights")
+        };
+        assert!(matches!(f.join(k), Join::Waiter(_)));
+        g.complete(Outcome::Pass);
+        assert_eq!(f.len(), 0);
     }
 }

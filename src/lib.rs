@@ -138,6 +138,7 @@ mod service;
 mod stats;
 mod status;
 mod store;
+mod sync;
 mod tiers;
 pub mod warm;
 

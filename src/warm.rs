@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use crate::observe::{LookupResult, Outcome};
 use crate::status::StatusSink;
+use crate::sync::lock;
 use crate::{CacheBody, CacheService};
 
 /// One request to warm: a URL and the request headers that select its
@@ -324,7 +325,7 @@ impl<S> CacheService<S> {
             let timeout = options.timeout;
             tasks.push(async move {
                 loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let next = lock(&queue).next();
                     let Some(target) = next else { break };
                     let url = target.url.to_string();
                     let result = warm_one(&mut svc, target, timeout).await;
@@ -346,7 +347,7 @@ impl<S> CacheService<S> {
             });
         }
         futures_join_all(tasks).await;
-        let failed = std::mem::take(&mut *state.failures.lock().unwrap_or_else(|e| e.into_inner()));
+        let failed = std::mem::take(&mut *lock(&state.failures));
         let report = WarmReport {
             requested,
             duplicates: requested - total,
@@ -399,11 +400,7 @@ impl WarmState {
             Ok(false) => {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(reason) => self
-                .failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(WarmFailure { url, reason }),
+            Err(reason) => lock(&self.failures).push(WarmFailure { url, reason }),
         }
         self.done.fetch_add(1, Ordering::Relaxed);
     }

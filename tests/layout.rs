@@ -17,6 +17,7 @@ const BELOW_ENGINE: &[&str] = &[
     "key.rs",
     "stats.rs",
     "status.rs",
+    "sync.rs",
     "tiers.rs",
     "observe",
     "policy",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cache::Shared;
 use crate::observe::report::ratio;
 use crate::observe::{SharedLabelStats, SharedStats};
+use crate::sync::lock;
 use crate::Cache;
 
 #[derive(Debug, Default)]
@@ -135,7 +136,7 @@ impl Cache {
         // Counts since the process started: the counters plus what resets
         // took away.
         let (now, deltas) = {
-            let state = flusher.state.lock().unwrap_or_else(|e| e.into_inner());
+            let state = lock(&flusher.state);
             let mut now = self.counter_snapshot();
             for (k, v) in &state.base {
                 *now.entry(k.clone()).or_insert(0) += v;
@@ -152,7 +153,7 @@ impl Cache {
         if !l2.add_stats(&deltas).await {
             return false;
         }
-        flusher.state.lock().unwrap_or_else(|e| e.into_inner()).last = now;
+        lock(&flusher.state).last = now;
         true
     }
 
@@ -225,7 +226,7 @@ impl Cache {
             reset();
             return;
         };
-        let mut state = flusher.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&flusher.state);
         for (k, v) in self.counter_snapshot() {
             *state.base.entry(k).or_insert(0) += v;
         }

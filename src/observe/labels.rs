@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use http::request::Parts;
 
 use crate::stats::stripe;
+use crate::sync::{read, write};
 
 /// A function that names a request's label (see [`LabelSource::Fn`]).
 pub type LabelFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -314,12 +315,7 @@ impl LabelTable {
     }
 
     fn lookup_or_insert(&self, name: &str) -> u16 {
-        if let Some(&i) = self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(&i) = read(&self.index).get(name) {
             return i;
         }
         // Full: new names are `other` without taking the write locks (a
@@ -329,11 +325,11 @@ impl LabelTable {
         }
         // Labels are for breakdowns, not keys: keep them short.
         let name = truncate(name, 120);
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = write(&self.index);
         if let Some(&i) = index.get(name) {
             return i;
         }
-        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        let mut names = write(&self.names);
         if names.len() >= self.counters.len() {
             self.full.store(true, Ordering::Relaxed);
             return OTHER_INDEX;
@@ -352,7 +348,7 @@ impl LabelTable {
 
     /// Every label handed out so far, with its counters.
     pub(crate) fn all(&self) -> Vec<(Arc<str>, [u64; field::COUNT])> {
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let names = read(&self.names).clone();
         names
             .into_iter()
             .enumerate()
@@ -361,7 +357,7 @@ impl LabelTable {
     }
 
     pub(crate) fn name(&self, i: u16) -> Arc<str> {
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        let names = read(&self.names);
         names
             .get(usize::from(i))
             .cloned()

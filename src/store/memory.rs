@@ -11,6 +11,7 @@ use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use crate::entry::Entry;
 use crate::key::{variant_hash, KeyHash};
+use crate::sync::lock;
 
 /// What an L1 slot holds: a response, or, for a URL whose responses vary,
 /// the header names that select among its variants.
@@ -232,9 +233,7 @@ impl MemoryStore {
         };
         let secondary = variant_hash(primary, vary, req_headers);
         let evicted = {
-            let Ok(mut variants) = index.variants.lock() else {
-                return false;
-            };
+            let mut variants = lock(&index.variants);
             if !variants.contains(&secondary) {
                 variants.push_back(secondary);
             }
@@ -332,10 +331,7 @@ impl MemoryStore {
     }
 
     fn remove_variants(&self, index: &VaryIndex) {
-        let drained: Vec<KeyHash> = match index.variants.lock() {
-            Ok(mut v) => v.drain(..).collect(),
-            Err(_) => return,
-        };
+        let drained: Vec<KeyHash> = lock(&index.variants).drain(..).collect();
         for k in drained {
             self.cache.remove(&k);
         }
@@ -400,5 +396,42 @@ impl MemoryStore {
 
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::ACCEPT_LANGUAGE;
+    use http::HeaderValue;
+
+    fn lang(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static(v));
+        h
+    }
+
+    /// A panic while a vary index's lock was held (`sync::lock`): the
+    /// index is still used, so the URL's variants are stored and all
+    /// removed with it (a refused lock skipped both).
+    #[test]
+    fn a_poisoned_vary_index_still_stores_and_invalidates_every_variant() {
+        let l1 = MemoryStore::new(1 << 20, 1 << 20, 8);
+        let (url, vary) = (KeyHash(1), [ACCEPT_LANGUAGE]);
+        let entry = || Arc::new(crate::store::codec::tests::minimal());
+        assert!(l1.insert(url, entry(), &vary, &lang("en")));
+        let Some(Slot::Vary(index)) = l1.cache.get(&url) else {
+            panic!("a vary index")
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = index.variants.lock();
+            panic!("poisons the vary index");
+        }));
+        assert!(index.variants.is_poisoned());
+        assert!(l1.insert(url, entry(), &vary, &lang("fr")));
+        assert!(matches!(l1.get(url, &lang("fr")), Found::Entry(_)));
+        assert_eq!(l1.len(), 3, "the index and two variants");
+        assert!(l1.remove(url));
+        assert_eq!(l1.len(), 0, "every variant removed with the URL");
     }
 }
