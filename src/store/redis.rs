@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::sync::lock;
+
 /// Where the L2 tier lives.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) enum RedisTarget {
@@ -223,7 +225,7 @@ impl RedisStore {
         client: &Client,
         conn: &std::sync::Mutex<Option<ConnectionManager>>,
     ) -> Result<ConnectionManager, StoreError> {
-        let mut slot = conn.lock().map_err(|_| StoreError::Timeout)?;
+        let mut slot = lock(conn);
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -256,7 +258,7 @@ impl RedisStore {
             let notified = connected.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(c) = conn.lock().ok().and_then(|c| c.clone()) {
+            if let Some(c) = lock(conn).clone() {
                 return Ok(c);
             }
             if !connecting.swap(true, Ordering::AcqRel) {
@@ -271,9 +273,7 @@ impl RedisStore {
                     if let Ok(Ok(c)) =
                         tokio::time::timeout(timeout, client.get_async_connection()).await
                     {
-                        if let Ok(mut slot) = conn.lock() {
-                            *slot = Some(c);
-                        }
+                        *lock(&conn) = Some(c);
                     }
                     connecting.store(false, Ordering::Release);
                     connected.notify_waiters();
@@ -281,7 +281,7 @@ impl RedisStore {
             }
             // The caller's own L2 timeout bounds this wait.
             notified.await;
-            if conn.lock().ok().is_some_and(|c| c.is_none()) {
+            if lock(conn).is_none() {
                 return Err(StoreError::Timeout);
             }
         }
@@ -290,16 +290,8 @@ impl RedisStore {
     /// Drops the connection so the next operation makes a new one.
     pub(crate) fn reset(&self) {
         match &self.backend {
-            Backend::Single { conn, .. } => {
-                if let Ok(mut slot) = conn.lock() {
-                    *slot = None;
-                }
-            }
-            Backend::Cluster { conn, .. } => {
-                if let Ok(mut slot) = conn.lock() {
-                    *slot = None;
-                }
-            }
+            Backend::Single { conn, .. } => *lock(conn) = None,
+            Backend::Cluster { conn, .. } => *lock(conn) = None,
         }
     }
 
