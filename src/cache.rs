@@ -627,39 +627,17 @@ impl Cache {
         span: &tracing::Span,
     ) -> Decision<B> {
         let s = &*self.shared;
-        if !PolicyConfig::lookup_method(&parts.method) {
-            return if matches!(
-                parts.method,
-                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-            ) {
+        let (key, route) = match self.classify(parts) {
+            Ok(looked_up) => looked_up,
+            Err(decision) => {
                 s.counters.passes.incr();
-                Decision::Unsafe
-            } else {
-                s.counters.passes.incr();
-                Decision::Pass(Status::METHOD)
-            };
-        }
-        let route = if s.policy.routes.is_empty() {
-            None
-        } else {
-            s.policy
-                .routes
-                .iter()
-                .position(|r| r.matches(crate::key::key_uri(parts).path()))
-        };
-        if route.is_some_and(|i| s.policy.routes[i].bypass) {
-            s.counters.passes.incr();
-            return Decision::Pass(Status::BYPASS);
-        }
-        let Some(key) = s.keys.hash(parts) else {
-            s.counters.passes.incr();
-            return Decision::Pass(Status::BYPASS);
+                return decision;
+            }
         };
         let mut directives = RequestDirectives::from_headers(&parts.headers);
         if s.policy.ignores_request_cc() {
             directives.cc = Default::default();
         }
-        let head = parts.method == Method::HEAD;
         let now = s.clock.now_millis();
         let (found, fwd) = match s.tiers.lookup_l1(key, &parts.headers, now) {
             L1Lookup::Found(e) => (Some(e), Fwd::Stale),
@@ -672,7 +650,7 @@ impl Cache {
             prior: None,
             revalidate: false,
             fwd,
-            head,
+            head: parts.method == Method::HEAD,
             coalesce: true,
             background: false,
             l2_lookup: false,
@@ -685,8 +663,53 @@ impl Cache {
                 Err(plan) => plan,
             };
         }
-        // L2 may hold a newer copy, or the only one: read it whatever the
-        // request's directives (a `no-cache` request needs its validators).
+        self.nothing_usable_in_l1(plan, now)
+    }
+
+    /// Whether a request is looked up at all: its key and its route rule,
+    /// or (`Err`) what to do instead: forward an unsafe method, pass other
+    /// methods, bypass routes and requests without a key.
+    // The decision goes straight back to the adapter; boxing it would cost
+    // every pass an allocation.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    fn classify<B: Body>(&self, parts: &Parts) -> Result<(KeyHash, Option<usize>), Decision<B>> {
+        let s = &*self.shared;
+        if !PolicyConfig::lookup_method(&parts.method) {
+            let unsafe_method = matches!(
+                parts.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            );
+            return Err(if unsafe_method {
+                Decision::Unsafe
+            } else {
+                Decision::Pass(Status::METHOD)
+            });
+        }
+        let route = if s.policy.routes.is_empty() {
+            None
+        } else {
+            s.policy
+                .routes
+                .iter()
+                .position(|r| r.matches(crate::key::key_uri(parts).path()))
+        };
+        if route.is_some_and(|i| s.policy.routes[i].bypass) {
+            return Err(Decision::Pass(Status::BYPASS));
+        }
+        match s.keys.hash(parts) {
+            Some(key) => Ok((key, route)),
+            None => Err(Decision::Pass(Status::BYPASS)),
+        }
+    }
+
+    /// L1 had nothing this request may use as it is: L2 is read (by the
+    /// flight's leader) whatever the request's directives (a `no-cache`
+    /// request needs its validators); without L2, `only-if-cached` is a
+    /// 504, a `Range` of something not stored and a key marked
+    /// hit-for-pass pass; everything else is fetched.
+    fn nothing_usable_in_l1<B: Body>(&self, mut plan: Fetch, now: u64) -> Decision<B> {
+        let s = &*self.shared;
         plan.l2_lookup = s.tiers.has_l2();
         if plan.directives.cc.only_if_cached && !plan.l2_lookup {
             return Decision::Respond(self.unavailable(), Status::ONLY_IF_CACHED);
@@ -698,12 +721,12 @@ impl Cache {
             return Decision::Pass(Status::RANGE);
         }
         if plan.prior.is_none() && !s.cfg.hit_for_pass_ttl.is_zero() {
-            if let Some(until) = s.hit_for_pass.get(&key) {
+            if let Some(until) = s.hit_for_pass.get(&plan.key) {
                 if now < until {
                     s.counters.passes.incr();
                     return Decision::Pass(Status::HIT_FOR_PASS);
                 }
-                s.hit_for_pass.remove(&key);
+                s.hit_for_pass.remove(&plan.key);
             }
         }
         plan.coalesce = !plan.directives.cc.no_store;
@@ -757,81 +780,70 @@ impl Cache {
         let s = &*self.shared;
         plan.fwd = Fwd::Stale;
         match s.policy.usability(&entry, &plan.directives, now) {
-            Usability::Fresh => {
-                let status = self.tier_hit_status(true, tier != Tier::L1, &entry, now);
-                if !span.is_disabled() {
-                    span.record(
-                        "cache.ttl_remaining_ms",
-                        entry.timeline.fresh_until.saturating_sub(now) as i64,
-                    );
-                }
-                let cfg = &s.obs.cfg;
-                let eager = cfg.eager_fraction > 0.0;
-                let reads = entry
-                    .reads
-                    .note(if eager { cfg.eager_min_reads } else { 1 });
-                let reuse = self.note_served(&entry, tier, parts, &plan, now);
-                let resp = self.respond_entry_with(
-                    &entry,
-                    parts,
-                    plan.directives.conditional,
-                    now,
-                    &status,
-                    reuse,
-                );
-                if eager
-                    && reads >= cfg.eager_min_reads
-                    && !plan.directives.cc.only_if_cached
-                    && (entry.timeline.fresh_until.saturating_sub(now) as f64)
-                        < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
-                    && entry.reads.claim_refresh()
-                {
-                    return Ok(Answered::Refresh(
-                        resp,
-                        plan.into_refresh(entry, tier),
-                        status,
-                    ));
-                }
-                return Ok(Answered::Hit(resp, now, status));
-            }
+            Usability::Fresh => return Ok(self.fresh_answer(entry, tier, parts, plan, now, span)),
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
-                let resp = self.respond_entry_with(
-                    &entry,
-                    parts,
-                    plan.directives.conditional,
-                    now,
-                    &status,
-                    reuse,
-                );
+                let conditional = plan.directives.conditional;
+                let resp = self.respond_entry_with(&entry, parts, conditional, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
                     // The client asked that the origin not be contacted.
                     return Ok(Answered::Respond(resp, status));
                 }
-                return Ok(Answered::Stale(
-                    resp,
-                    plan.into_refresh(entry, tier),
-                    status,
-                ));
+                let refresh = plan.into_refresh(entry, tier);
+                return Ok(Answered::Stale(resp, refresh, status));
             }
-            Usability::Revalidate => {
-                plan.revalidate = true;
-                plan.prior = Some(entry);
-                plan.tier = tier;
-            }
-            Usability::Unusable => {
-                plan.revalidate = false;
-                plan.prior = Some(entry);
-                plan.tier = tier;
-            }
+            // Revalidated with its validators, or kept for stale-if-error.
+            Usability::Revalidate => plan.revalidate = true,
+            Usability::Unusable => plan.revalidate = false,
         }
+        plan.prior = Some(entry);
+        plan.tier = tier;
         let d = &plan.directives.cc;
         if d.no_cache || d.max_age.is_some() || d.min_fresh.is_some() {
             plan.fwd = Fwd::Request;
         }
-
         Err(plan)
+    }
+
+    /// A fresh entry answers; a hot one (read often, near the end of its
+    /// freshness: `eager_refresh`) is refreshed early in the background.
+    #[inline]
+    fn fresh_answer<B: Body>(
+        &self,
+        entry: Arc<Entry>,
+        tier: Tier,
+        parts: &Parts,
+        plan: Fetch,
+        now: u64,
+        span: &tracing::Span,
+    ) -> Answered<B> {
+        let s = &*self.shared;
+        let status = self.tier_hit_status(true, tier != Tier::L1, &entry, now);
+        if !span.is_disabled() {
+            span.record(
+                "cache.ttl_remaining_ms",
+                entry.timeline.fresh_until.saturating_sub(now) as i64,
+            );
+        }
+        let cfg = &s.obs.cfg;
+        let eager = cfg.eager_fraction > 0.0;
+        let reads = entry
+            .reads
+            .note(if eager { cfg.eager_min_reads } else { 1 });
+        let reuse = self.note_served(&entry, tier, parts, &plan, now);
+        let conditional = plan.directives.conditional;
+        let resp = self.respond_entry_with(&entry, parts, conditional, now, &status, reuse);
+        if eager
+            && reads >= cfg.eager_min_reads
+            && !plan.directives.cc.only_if_cached
+            && (entry.timeline.fresh_until.saturating_sub(now) as f64)
+                < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
+            && entry.reads.claim_refresh()
+        {
+            return Answered::Refresh(resp, plan.into_refresh(entry, tier), status);
+        }
+        Answered::Hit(resp, now, status)
     }
 
     /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
