@@ -8,15 +8,13 @@
 mod redis_support;
 mod support;
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::*;
 use tower_tiered_cache::Cache;
 
 #[tokio::test]
 async fn a_304_to_an_l2_entry_l1_cannot_hold_is_stored_on_both_tiers() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let clock = clock();
     let cache = Cache::builder()
@@ -68,9 +66,7 @@ async fn a_304_to_an_l2_entry_l1_cannot_hold_is_stored_on_both_tiers() {
 
 #[tokio::test]
 async fn a_no_cache_request_sends_the_validators_of_an_l2_entry() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let clock = clock();
     let cache = Cache::builder()

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisCluster, RedisServer, Reply};
+use redis_support::{require_redis, RedisCluster, RedisServer, Reply};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder};
 
@@ -72,9 +72,7 @@ fn masters_holding(cluster: &RedisCluster, namespace: &str) -> usize {
 
 #[tokio::test]
 async fn promotion_happens_after_exactly_promote_after_l2_hits_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let ns = "cpromo";
     let (origin, log) = origin(|_, req| ok("max-age=60", req.uri().path()));
@@ -182,9 +180,7 @@ async fn two_instances(cluster: &RedisCluster, ns: &str) -> (Cache, Svc, Cache, 
 
 #[tokio::test]
 async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let (a, _svc_a, b, svc_b, log) = two_instances(&cluster, "cinval").await;
     let before = b.stats().l2_messages_received;
@@ -210,9 +206,7 @@ async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_on_a_cluster
 
 #[tokio::test]
 async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let (a, svc_a, b, svc_b, log) = two_instances(&cluster, "cover").await;
     let before = b.stats().l2_messages_received;
@@ -237,9 +231,7 @@ async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_on_a_cluster() 
 
 #[tokio::test]
 async fn undecodable_values_are_misses_and_are_deleted_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let ns = "cdecode";
     let (origin, log) = origin(|_, _| ok("max-age=60", "good"));
@@ -453,18 +445,14 @@ async fn a_master_killed_under_load(kill: usize, ns: &str, restart: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_fails_no_request_and_stays_bounded() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     // Node 0: the first URL, where the cache subscribes to pub/sub.
     a_master_killed_under_load(0, "ckill0", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_hits_resume_after_a_master_killed_under_load_restarts() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     // Node 2: neither the first URL nor the pub/sub node (node 0 fails the
     // same way).
     a_master_killed_under_load(2, "ckill2", true).await;
@@ -511,9 +499,7 @@ async fn auth_round_trip(cluster: &RedisCluster, ns: &str) {
 
 #[tokio::test]
 async fn auth_via_url_on_a_password_protected_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start_with(3, RedisServer::builder().password("pw"));
     assert!(cluster.urls_with_auth()[0].starts_with("redis://:pw@"));
     auth_round_trip(&cluster, "cauthpw").await;
@@ -521,9 +507,7 @@ async fn auth_via_url_on_a_password_protected_cluster() {
 
 #[tokio::test]
 async fn auth_via_url_as_an_acl_user_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start_with(
         3,
         RedisServer::builder().acl_user("cacheuser", "pw-for-cache"),

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder, Entry};
 
@@ -158,9 +158,7 @@ async fn seed(server: &RedisServer, origin: Origin) -> (String, Vec<u8>, Vec<u8>
 
 #[tokio::test]
 async fn corrupt_entries_are_misses_deleted_and_counted() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let (origin, log) = origin(|_, req| {
@@ -314,9 +312,7 @@ fn the_lz4_bomb_builder_is_valid_lz4() {
 #[cfg(feature = "compression")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_255_mib_decompression_claim_is_a_miss_and_memory_stays_flat() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "good"));

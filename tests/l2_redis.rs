@@ -11,7 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisCluster, RedisServer};
+use redis_support::{require_redis, RedisCluster, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder, ManualClock};
 
@@ -30,9 +30,7 @@ fn l2(url: String) -> CacheBuilder {
 
 #[tokio::test]
 async fn a_new_cache_with_an_empty_l1_is_served_from_l2() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "shared"));
 
@@ -57,9 +55,7 @@ async fn a_new_cache_with_an_empty_l1_is_served_from_l2() {
 
 #[tokio::test]
 async fn promotion_happens_after_exactly_promote_after_l2_hits() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "hot"));
     let a = l2(server.url()).build().unwrap();
@@ -89,9 +85,7 @@ async fn promotion_happens_after_exactly_promote_after_l2_hits() {
 
 #[tokio::test]
 async fn undecodable_values_are_misses_and_are_deleted() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "good"));
     let a = l2(server.url()).build().unwrap();
@@ -126,9 +120,7 @@ async fn undecodable_values_are_misses_and_are_deleted() {
 
 #[tokio::test]
 async fn auth_via_url() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     for server in [
         RedisServer::with_password("s3cret"),
         RedisServer::with_acl_user("cacheuser", "pw-for-cache"),
@@ -152,9 +144,7 @@ async fn auth_via_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_fails_no_request_and_l2_resumes_after_restart() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (origin, _log) = origin(|_, _| ok("max-age=60", "x"));
     let cache = l2(server.url())
@@ -233,9 +223,7 @@ async fn redis_killed_under_load_fails_no_request_and_l2_resumes_after_restart()
 
 #[tokio::test]
 async fn the_same_behaviour_on_a_three_master_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let (origin, log) = origin(|_, req| ok("max-age=60", req.uri().path()));
     let a = Cache::builder()
@@ -321,9 +309,7 @@ fn versioned(n: usize) -> http::Response<http_body_util::Full<bytes::Bytes>> {
 
 #[tokio::test]
 async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_within_a_second() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (a, _svc_a, b, svc_b, log) = two_instances(&server.url(), versioned).await;
     assert!(a.invalidate(&get(URL)));
@@ -344,9 +330,7 @@ async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_within_a_sec
 
 #[tokio::test]
 async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_within_a_second() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (a, svc_a, b, svc_b, _log) = two_instances(&server.url(), versioned).await;
     // `no-cache` on a's request: a fetches v1 and overwrites v0 everywhere.
@@ -363,9 +347,7 @@ async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_within_a_second
 
 #[tokio::test]
 async fn tags_prefixes_and_clear_reach_both_tiers_and_other_instances() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (a, _svc_a, b, svc_b, log) = two_instances(&server.url(), versioned).await;
     let out = a.invalidate_tag("product-1").await;
@@ -400,9 +382,7 @@ async fn tags_prefixes_and_clear_reach_both_tiers_and_other_instances() {
 
 #[tokio::test]
 async fn purges_work_on_a_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start(3);
     let (origin, log) =
         origin(|_, req| with_header(ok("max-age=60", req.uri().path()), "cache-tag", "group"));
@@ -449,9 +429,7 @@ async fn purges_work_on_a_cluster() {
 
 #[tokio::test]
 async fn l1_is_not_trusted_past_l1_max_ttl_while_the_channel_is_down() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let clock = ManualClock::starting_now();
     let (origin, log) = origin(|_, _| ok("max-age=600", "x"));
@@ -488,9 +466,7 @@ async fn l1_is_not_trusted_past_l1_max_ttl_while_the_channel_is_down() {
 #[cfg(feature = "compression")]
 #[tokio::test]
 async fn large_bodies_are_compressed_in_l2_and_served_intact() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let big = "{\"market\": \"1x2\", \"odds\": [1.85, 3.4, 4.2]}\n".repeat(500);
     let expected = big.clone();
@@ -531,9 +507,7 @@ async fn large_bodies_are_compressed_in_l2_and_served_intact() {
 
 #[tokio::test]
 async fn entries_over_the_l1_entry_cap_stay_in_l2_only() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let big = "y".repeat(200_000);
     let (origin, log) = origin(move |_, _| ok("max-age=60", &big));
@@ -573,9 +547,7 @@ fn by_encoding(
 
 #[tokio::test]
 async fn variants_are_shared_through_l2_and_an_invalidation_orphans_them_for_good() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(by_encoding);
     let a = l2(server.url()).build().unwrap();
@@ -632,9 +604,7 @@ async fn variants_are_shared_through_l2_and_an_invalidation_orphans_them_for_goo
 
 #[tokio::test]
 async fn invalidate_by_readable_key() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "k"));
     let a = l2(server.url()).build().unwrap();
@@ -656,9 +626,7 @@ async fn invalidate_by_readable_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_delays_no_request_past_the_timeout_and_a_full_queue_drops_writes() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (origin, log) = origin(|_, req| ok("max-age=60", req.uri().path()));
     let cache = l2(server.url())
@@ -731,9 +699,7 @@ async fn a_frozen_redis_delays_no_request_past_the_timeout_and_a_full_queue_drop
 
 #[tokio::test]
 async fn a_dropped_cache_leaves_no_subscription_behind() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let numsub = || {
         let out = server.cli(&["PUBSUB", "NUMSUB", "t:invalidate"]);
@@ -760,9 +726,7 @@ async fn a_dropped_cache_leaves_no_subscription_behind() {
 
 #[tokio::test]
 async fn an_invalidation_right_after_a_store_is_not_undone_by_the_queued_write() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     for (i, vary) in [false, true].into_iter().enumerate() {
         let url = format!("http://example.com/raced{i}");
@@ -796,9 +760,7 @@ async fn an_invalidation_right_after_a_store_is_not_undone_by_the_queued_write()
 /// 5 s `l2_timeout` is an L2 hit, not an error.
 #[tokio::test]
 async fn an_l2_timeout_over_half_a_second_is_honoured() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=60", "slow redis"));
     let patient = || {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::*;
 use tower_tiered_cache::{BreakerState, Cache, CacheBuilder};
 
@@ -53,9 +53,7 @@ async fn warm(svc: &Svc, cache: &Cache, n: usize) {
 /// hits are served during and after the starvation, writes land.
 #[tokio::test]
 async fn a_starved_runtime_does_not_open_the_l2_breaker_and_l2_keeps_serving() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, req| ok("max-age=600", req.uri().path()));
     // An open breaker would stay open for the rest of the test.
@@ -191,9 +189,7 @@ async fn a_starved_runtime_does_not_open_the_l2_breaker_and_l2_keeps_serving() {
 /// (`l2_timeouts_slow_host`). Deterministic: no reliance on scheduling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_followed_by_an_answered_probe_do_not_open_the_breaker() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, _log) = origin(|_, req| ok("max-age=600", req.uri().path()));
     let cache = l2_only(server.url(), Duration::from_secs(600))
@@ -265,9 +261,7 @@ async fn requests_until_open(svc: &Svc, cache: &Cache, limit: usize) -> usize {
 /// hits resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigstopped_redis_opens_the_breaker_after_the_probe_and_sigcont_closes_it() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (origin, _log) = origin(|_, req| ok("max-age=600", req.uri().path()));
     let cache = l2_only(server.url(), Duration::from_millis(300))
@@ -314,9 +308,7 @@ async fn a_sigstopped_redis_opens_the_breaker_after_the_probe_and_sigcont_closes
 /// three of them, without waiting for a probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_opens_the_breaker_on_evidence() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (origin, _log) = origin(|_, req| ok("max-age=600", req.uri().path()));
     let cache = l2_only(server.url(), Duration::from_secs(600))

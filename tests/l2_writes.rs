@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisCluster, RedisServer};
+use redis_support::{require_redis, RedisCluster, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder};
 
@@ -68,9 +68,7 @@ async fn landed(cache: &Cache, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vary_user_agent_load_drops_at_most_one_percent_and_every_variant_is_in_l2() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(by_agent);
     // A bounded queue a fifth of the burst: what matters is how fast the
@@ -146,9 +144,7 @@ fn keys(server: &RedisServer) -> Vec<String> {
 
 #[tokio::test]
 async fn variants_in_redis_stay_within_max_variants_and_the_newest_are_kept() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     const MAX: usize = 4;
     const SENT: usize = 10;
     let server = RedisServer::start();
@@ -194,9 +190,7 @@ async fn variants_in_redis_stay_within_max_variants_and_the_newest_are_kept() {
 
 #[tokio::test]
 async fn variants_are_written_and_bounded_on_a_three_master_cluster() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     // A URL's marker, variants and variant index share its hash tag, so
     // the one script that writes them runs on the URL's node.
     const MAX: usize = 3;

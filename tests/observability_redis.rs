@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::capture::*;
 use support::*;
 use tower_tiered_cache::{
@@ -37,9 +37,7 @@ fn l2(url: String) -> CacheBuilder {
 
 #[tokio::test]
 async fn redis_commands_are_client_spans_under_the_request_span() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let cap = Capture::default();
     let _installed = install(tracing_subscriber::registry().with(cap.clone()));
@@ -145,9 +143,7 @@ fn l2_health_cache(server: &RedisServer, clock: &tower_tiered_cache::ManualClock
 
 #[tokio::test]
 async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let cap = Capture::default();
     let _installed = install(tracing_subscriber::registry().with(cap.clone()));
@@ -241,9 +237,7 @@ async fn health_is_degraded_while_redis_is_down_and_recovers_after_restart() {
 /// L2 off for longer than configured.
 #[tokio::test]
 async fn a_stats_call_does_not_take_the_l2_breakers_probe() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let clock = clock();
     let cache = l2_health_cache(&server, &clock);
@@ -280,9 +274,7 @@ async fn a_stats_call_does_not_take_the_l2_breakers_probe() {
 
 #[tokio::test]
 async fn stats_report_redis_memory_and_keys() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let clock = clock();
     let cache = l2(server.url()).clock(clock.clone()).build().unwrap();

@@ -238,10 +238,8 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_operations_are_exported_as_db_client_spans_and_durations() {
-    use redis_support::{skip_if_no_redis, RedisServer};
-    if skip_if_no_redis() {
-        return;
-    }
+    use redis_support::{require_redis, RedisServer};
+    require_redis();
     let server = RedisServer::start();
     let port = i64::from(server.port());
     let receiver = OtlpReceiver::start().await;

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder, Stats};
 
@@ -105,9 +105,7 @@ fn ratios(cache: &Cache, st: &Stats) -> Vec<(String, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_on_a_leaders_l2_read_are_l2_hits_and_the_hit_ratio_is_one() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let (origin, log) = origin(|_, _| ok("max-age=600", "from-l2"));
 
@@ -184,9 +182,7 @@ async fn waiters_on_a_leaders_l2_read_are_l2_hits_and_the_hit_ratio_is_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_on_a_cold_origin_miss_are_collapsed_misses() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let gate = Gate::new();
     let g = gate.clone();

@@ -13,13 +13,11 @@ use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer, CacheMode};
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 
 #[tokio::test]
 async fn vary_on_credentials_stores_no_credentials_in_redis() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::start();
     let cache = |_: ()| {
         Cache::builder()

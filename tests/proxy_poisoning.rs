@@ -609,10 +609,8 @@ async fn cookies_partition_caches_per_cookie_set() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_entries_in_redis_are_not_poisoned() {
-    use redis_support::{skip_if_no_redis, RedisServer};
-    if skip_if_no_redis() {
-        return;
-    }
+    use redis_support::{require_redis, RedisServer};
+    require_redis();
     let redis = RedisServer::start();
     let url = redis.url();
     let (_origin, upstream) = start_origin().await;

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis_support::{
-    redis_cli, skip_decision, skip_if_no_redis, Auth, RedisCluster, RedisServer, Reply,
+    redis_cli, redis_requirement, require_redis, Auth, RedisCluster, RedisServer, Reply,
 };
 
 /// The process is gone and reaped (no zombie): `/proc/PID` is absent.
@@ -29,18 +29,15 @@ fn assert_gone(pid: u32) {
 }
 
 #[test]
-fn skip_decision_fails_only_in_ci() {
-    assert_eq!(skip_decision(true, false), Ok(false));
-    assert_eq!(skip_decision(true, true), Ok(false));
-    assert_eq!(skip_decision(false, false), Ok(true));
-    assert!(skip_decision(false, true).unwrap_err().contains("CI"));
+fn a_missing_redis_fails_the_test_in_and_out_of_ci() {
+    assert_eq!(redis_requirement(true), Ok(()));
+    let msg = redis_requirement(false).unwrap_err();
+    assert!(msg.contains("apt-get install redis-server"), "{msg}");
 }
 
 #[test]
 fn set_get_kill_restart() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let port = server.port();
     assert_ne!(port, 6379);
@@ -94,9 +91,7 @@ fn set_get_kill_restart() {
 
 #[test]
 fn restart_waits_for_its_port() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let port = server.port();
     server.kill();
@@ -117,9 +112,7 @@ fn restart_waits_for_its_port() {
 
 #[test]
 fn password_server() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::with_password("s3cret");
     let port = server.port().to_string();
 
@@ -148,9 +141,7 @@ fn password_server() {
 
 #[test]
 fn acl_user_server() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     // Characters that need percent-encoding in a URL and quoting in a
     // redis.conf line.
     let pw = "p@ss w:rd/\"x\"";
@@ -203,9 +194,7 @@ fn acl_user_server() {
 
 #[test]
 fn password_and_acl_user_together() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::builder()
         .password("defaultpw")
         .acl_user("bob", "bobpw")
@@ -218,9 +207,7 @@ fn password_and_acl_user_together() {
 
 #[test]
 fn extra_args() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let server = RedisServer::with_args(&["--maxmemory", "12345678", "--databases", "4"]);
     let maxmemory = server.cli(&["config", "get", "maxmemory"]);
     assert_eq!(maxmemory.stdout.lines().nth(1), Some("12345678"));
@@ -230,9 +217,7 @@ fn extra_args() {
 
 #[test]
 fn bad_args_fail_with_the_log() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let t = Instant::now();
     let err = RedisServer::builder()
         .args(&["--no-such-option", "1"])
@@ -244,9 +229,7 @@ fn bad_args_fail_with_the_log() {
 
 #[test]
 fn freeze_and_unfreeze() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     server.freeze();
     let t = Instant::now();
@@ -263,9 +246,7 @@ fn freeze_and_unfreeze() {
 
 #[test]
 fn many_servers_get_distinct_ports() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let handles: Vec<_> = (0..6).map(|_| thread::spawn(RedisServer::start)).collect();
     let servers: Vec<RedisServer> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let mut ports: Vec<u16> = servers.iter().map(RedisServer::port).collect();
@@ -282,9 +263,7 @@ fn many_servers_get_distinct_ports() {
 
 #[test]
 fn killed_on_panic() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let seen = Arc::new(Mutex::new(None));
     let seen2 = Arc::clone(&seen);
     let result = thread::spawn(move || {
@@ -303,9 +282,7 @@ fn killed_on_panic() {
 
 #[test]
 fn cluster_set_and_get_through_another_node() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let t = Instant::now();
     let cluster = RedisCluster::start(3);
     eprintln!("cluster start took {:?}", t.elapsed());
@@ -340,9 +317,7 @@ fn cluster_set_and_get_through_another_node() {
 
 #[test]
 fn cluster_node_kill_and_restart() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut cluster = RedisCluster::start(3);
     // The node serving "foo" answers; the others (without -c) say MOVED.
     let owner = (0..3)
@@ -375,9 +350,7 @@ fn cluster_node_kill_and_restart() {
 
 #[test]
 fn cluster_with_password() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let cluster = RedisCluster::start_with(3, RedisServer::builder().password("clusterpw"));
     let p = cluster.ports()[0].to_string();
     assert!(redis_cli(&["-c", "-p", &p, "set", "k", "v"])

@@ -440,9 +440,7 @@ async fn an_expired_entry_is_revalidated_with_if_none_match_and_a_304() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn two_clients_share_responses_through_redis() {
-    if redis_support::skip_if_no_redis() {
-        return;
-    }
+    redis_support::require_redis();
     let server = redis_support::RedisServer::start();
     let origin = Origin::start(|n, _| async move { ok("max-age=60", format!("shared {n}")) }).await;
     let l2 = || {

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_tiered_cache::{Cache, CacheLayer};
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 
 /// Polls `f` (async) until it returns `Some`, for at most `timeout`.
 async fn until<T, F, Fut>(timeout: Duration, mut f: F) -> T
@@ -61,9 +61,7 @@ async fn get(cache: &Cache, path: &str) -> String {
 
 #[tokio::test]
 async fn two_instances_add_up_and_survive_a_restart() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let redis = RedisServer::start();
     let hour = Duration::from_secs(3600);
     let a = cache(&redis, hour);
@@ -130,9 +128,7 @@ async fn two_instances_add_up_and_survive_a_restart() {
 
 #[tokio::test]
 async fn the_periodic_flush_runs_by_itself_and_failed_flushes_lose_nothing() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut redis = RedisServer::start();
     let a = cache(&redis, Duration::from_millis(100));
     a.reset_shared_stats().await;
@@ -178,9 +174,7 @@ fn shared_stats_need_l2_and_a_sane_interval() {
 async fn the_admin_service_serves_shared_stats() {
     use http_body_util::BodyExt;
     use tower_tiered_cache::admin::AdminService;
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let redis = RedisServer::start();
     let a = cache(&redis, Duration::from_secs(3600));
     a.reset_shared_stats().await;
@@ -217,9 +211,7 @@ async fn the_admin_service_serves_shared_stats() {
 
 #[tokio::test]
 async fn the_flusher_runs_with_observability_off() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let redis = RedisServer::start();
     let a = Cache::builder()
         .redis(redis.url())

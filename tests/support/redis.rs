@@ -97,34 +97,33 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
-/// Call first in every test that needs Redis: `if skip_if_no_redis() { return; }`.
-///
-/// Returns `false` when Redis is installed. When it is not: panics if `CI`
-/// is set (CI installs Redis, so it must never skip), otherwise prints
-/// `skipping: redis-server not installed` and returns `true`.
-pub fn skip_if_no_redis() -> bool {
-    match skip_decision(redis_available(), in_ci()) {
-        Ok(skip) => {
-            if skip {
-                eprintln!("skipping: redis-server not installed");
-            }
-            skip
-        }
-        Err(msg) => panic!("{msg}"),
+/// Call first in every test that needs Redis. A test that needs Redis
+/// never passes without it: when `redis-server` or `redis-cli` is missing
+/// it fails, saying how to install them (`.ci/run` and `scripts/test` do).
+pub fn require_redis() {
+    if let Err(msg) = redis_requirement(redis_available()) {
+        panic!("{msg}");
     }
 }
 
-/// The decision behind [`skip_if_no_redis`]: `Ok(true)` to skip, `Ok(false)`
-/// to run, `Err` to fail.
-pub fn skip_decision(available: bool, ci: bool) -> Result<bool, String> {
-    match (available, ci) {
-        (true, _) => Ok(false),
-        (false, false) => Ok(true),
-        (false, true) => Err("redis-server/redis-cli not found on PATH while CI is set: \
-             CI must install them (apt-get install redis-server redis-tools, see .ci/run); \
-             Redis tests are not skipped in CI"
-            .to_owned()),
+/// Kept for callers written before [`require_redis`]: it fails the same
+/// way, and returns `false` (run) when Redis is installed.
+pub fn skip_if_no_redis() -> bool {
+    require_redis();
+    false
+}
+
+/// The decision behind [`require_redis`]: `Ok` to run, `Err` to fail.
+pub fn redis_requirement(available: bool) -> Result<(), String> {
+    if available {
+        return Ok(());
     }
+    Err(
+        "redis-server/redis-cli not found on PATH: this test starts its own Redis. \
+         Install them (Debian: apt-get install redis-server redis-tools; `.ci/run` \
+         does it), or leave the Redis tests out with `cargo test -- --skip l2_`"
+            .to_owned(),
+    )
 }
 
 fn find_in_path(name: &str) -> bool {
@@ -136,18 +135,6 @@ fn find_in_path(name: &str) -> bool {
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     })
-}
-
-fn require_redis() -> Result<(), String> {
-    if redis_available() {
-        Ok(())
-    } else {
-        Err(
-            "redis-server/redis-cli not found on PATH (Debian: apt-get install \
-             redis-server redis-tools); call skip_if_no_redis() first in the test"
-                .to_owned(),
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -755,7 +742,7 @@ impl RedisServer {
     }
 
     fn try_start_with(config: RedisServerBuilder) -> Result<RedisServer, String> {
-        require_redis()?;
+        redis_requirement(redis_available())?;
         let mut server = RedisServer {
             port: 0,
             dir: make_temp_dir()?,
