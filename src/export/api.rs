@@ -43,6 +43,40 @@ impl Cache {
         }
     }
 
+    /// Fills the tier sizes, the in-flight calls and the upstream
+    /// breakers into a stats snapshot.
+    pub(crate) fn tiers_and_breakers_into(&self, stats: &mut Stats, now: u64) {
+        let s = &*self.shared;
+        stats.evictions = s.tiers.l1.evictions();
+        stats.l1_entries = s.tiers.l1.len() as u64;
+        stats.l1_bytes = s.tiers.l1.weight();
+        stats.l1_capacity_bytes = s.tiers.l1.capacity();
+        stats.in_flight = s.inflight.len() as u64;
+        stats.breaker = s.breakers.worst(now);
+        stats.breaker_opens = s.breakers.opens();
+        stats.upstream_breakers = self.upstream_breakers();
+    }
+
+    /// Fills the L2 tier's counters and state into a stats snapshot
+    /// (nothing without an L2 tier).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn l2_into(&self, stats: &mut Stats, now: u64) {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.tiers.l2 {
+            let c = &l2.counters;
+            stats.l2_errors = c.errors.get();
+            stats.l2_timeouts = c.timeouts.get();
+            stats.l2_decode_errors = c.decode_errors.get();
+            stats.l2_writes = c.writes.get();
+            stats.l2_writes_dropped = c.writes_dropped.get();
+            stats.promotions = c.promotions.get();
+            stats.l2_breaker = Some(l2.breaker.state(now));
+            stats.l2_subscribed = l2.subscribed();
+            stats.l2_messages_received = c.messages_received.get();
+            stats.l2_variants_evicted = c.variants_evicted.get();
+        }
+    }
+
     /// Per-label stats, busiest first (labels with no requests left out).
     pub fn label_stats(&self) -> Vec<LabelStats> {
         label_rows(&self.shared.obs.read_labels())
