@@ -806,6 +806,9 @@ fn decode_from(
     })
 }
 
+/// One `Vary` name with the request's values for it.
+type VaryValues = (HeaderName, Box<[HeaderValue]>);
+
 /// The sections of a value, in the order they are stored. A `checked`
 /// read also refuses what a well-formed entry of this cache never holds.
 impl<'a> Reader<'a> {
@@ -937,7 +940,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The `Vary` names, each with the request's values for it.
-    fn vary(&mut self) -> Result<Vec<(HeaderName, Box<[HeaderValue]>)>, DecodeError> {
+    fn vary(&mut self) -> Result<Vec<VaryValues>, DecodeError> {
         let count = self.count16(MAX_VARY_NAMES, MIN_VARY_LEN, "vary count")?;
         let mut vary = Vec::with_capacity(count);
         for _ in 0..count {
