@@ -276,25 +276,22 @@ impl Verdict {
     /// Degraded when the mean latency is above its threshold, warning
     /// when the 95th percentile is.
     fn judge_latency(&mut self, t: &HealthThresholds, lat: &Latency) {
-        let mean_limit = t.degraded_mean_latency.as_secs_f64() * 1000.0;
-        if lat.count > 0 && lat.mean_ms > mean_limit {
-            self.flag(
+        for (level, which, value, limit) in [
+            (
                 HealthStatus::Degraded,
-                format!(
-                    "mean latency {:.1} ms is above {:.1} ms",
-                    lat.mean_ms, mean_limit
-                ),
-            );
-        }
-        let p95_limit = t.warning_p95.as_secs_f64() * 1000.0;
-        if lat.count > 0 && lat.p95_ms > p95_limit {
-            self.flag(
-                HealthStatus::Warning,
-                format!(
-                    "p95 latency {:.1} ms is above {:.1} ms",
-                    lat.p95_ms, p95_limit
-                ),
-            );
+                "mean",
+                lat.mean_ms,
+                t.degraded_mean_latency,
+            ),
+            (HealthStatus::Warning, "p95", lat.p95_ms, t.warning_p95),
+        ] {
+            let limit = limit.as_secs_f64() * 1000.0;
+            if lat.count > 0 && value > limit {
+                self.flag(
+                    level,
+                    format!("{which} latency {value:.1} ms is above {limit:.1} ms"),
+                );
+            }
         }
     }
 

@@ -343,19 +343,8 @@ impl PolicyConfig {
         request_time: u64,
         response_time: u64,
     ) -> Result<Storable, NotStored> {
-        if req.cc.no_store {
-            return Err(NotStored::NoStore);
-        }
-        if !stored_status(status) {
-            return Err(NotStored::Status);
-        }
         let cc = CacheControl::from_headers(headers);
-        if cc.no_store {
-            return Err(NotStored::NoStore);
-        }
-        if self.shared() && cc.private {
-            return Err(NotStored::Private);
-        }
+        self.refuse_by_directives(req, status, &cc)?;
         let vary = vary_names(headers)?;
         let has_cookie = headers.contains_key(SET_COOKIE);
         if has_cookie && self.set_cookie == SetCookiePolicy::Pass {
@@ -374,11 +363,7 @@ impl PolicyConfig {
             cc.must_revalidate || (self.shared() && (cc.proxy_revalidate || cc.s_maxage.is_some()));
         let validators =
             headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-        let (swr, sie) = if must_revalidate {
-            (0, 0)
-        } else {
-            self.stale_windows(&cc, route, has_freshness)
-        };
+        let (swr, sie) = self.stale_windows(&cc, route, must_revalidate, has_freshness);
         // A no-cache response is only ever used after validation.
         if cc.no_cache && !validators {
             return Err(NotStored::NoFreshness);
@@ -410,6 +395,29 @@ impl PolicyConfig {
             strip: self.stripped_fields(&cc),
             strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
         })
+    }
+
+    /// Refuses a response that `no-store` (the request's or its own), its
+    /// status or, in a shared cache, `private` keeps out.
+    fn refuse_by_directives(
+        &self,
+        req: &RequestDirectives,
+        status: StatusCode,
+        cc: &CacheControl,
+    ) -> Result<(), NotStored> {
+        if req.cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if !stored_status(status) {
+            return Err(NotStored::Status);
+        }
+        if cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if self.shared() && cc.private {
+            return Err(NotStored::Private);
+        }
+        Ok(())
     }
 
     /// The freshness lifetime (RFC 9111 §4.2.1), in milliseconds, and
@@ -490,16 +498,20 @@ impl PolicyConfig {
         }
     }
 
-    /// The stale-while-revalidate and stale-if-error windows, ms. The
-    /// origin's own windows always count; configured ones (the route's,
-    /// else the defaults) only when there is freshness information to
-    /// extend.
+    /// The stale-while-revalidate and stale-if-error windows, ms: none when
+    /// the response must be revalidated. The origin's own windows always
+    /// count; configured ones (the route's, else the defaults) only when
+    /// there is freshness information to extend.
     fn stale_windows(
         &self,
         cc: &CacheControl,
         route: Option<&Route>,
+        must_revalidate: bool,
         has_freshness: bool,
     ) -> (u64, u64) {
+        if must_revalidate {
+            return (0, 0);
+        }
         let secs = |s: u64| s.saturating_mul(1000);
         let configured = |route_w: Option<Duration>, default: Duration| {
             if has_freshness {
