@@ -336,23 +336,36 @@ impl AdminService {
         Response::from_parts(parts, Full::default())
     }
 
+    /// Resolves the request's route (checking the token and the method)
+    /// and answers it.
     async fn route<B>(self, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(path) = strip_prefix(req.uri().path(), &self.prefix) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no such route: {}", req.uri().path()),
-            );
+        let path = req.uri().path().to_owned();
+        match self.resolve(&req, &path) {
+            Ok(route) => self.answer(route, req).await,
+            Err(resp) => *resp,
+        }
+    }
+
+    /// The route `path` names, once the request is authorised and its
+    /// method allowed there; else the 404, 401 or 405 to answer.
+    fn resolve<'p, B>(
+        &self,
+        req: &Request<B>,
+        path: &'p str,
+    ) -> Result<Route<'p>, Box<Response<Full<Bytes>>>> {
+        let Some(path) = strip_prefix(path, &self.prefix) else {
+            return Err(no_such_route(path));
         };
-        if let Some(resp) = self.check_auth(&req) {
-            return resp;
+        if let Some(resp) = self.check_auth(req) {
+            return Err(Box::new(resp));
         }
         let Some(route) = Route::parse(path) else {
-            return error(StatusCode::NOT_FOUND, format!("no such route: {path}"));
+            return Err(no_such_route(path));
         };
         let allowed = route.methods();
         let method = req.method();
@@ -368,20 +381,22 @@ impl AdminService {
             );
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allowed));
-            return resp;
+            return Err(Box::new(resp));
         }
+        Ok(route)
+    }
+
+    /// Answers a resolved route.
+    async fn answer<B>(self, route: Route<'_>, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let cache = &self.cache;
         let query = req.uri().query();
         match route {
-            Route::Health => {
-                let health = cache.health();
-                let status = if health.status == HealthStatus::Degraded {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                };
-                json_response(status, &health)
-            }
+            Route::Health => health_response(cache),
             Route::Stats => json_response(StatusCode::OK, &cache.stats()),
             Route::StatsLabels => json_response(StatusCode::OK, &cache.label_stats()),
             Route::StatsShared => shared_stats(cache).await,
@@ -396,14 +411,7 @@ impl AdminService {
             Route::Breakers => json_response(StatusCode::OK, &cache.upstream_breakers()),
             Route::Metrics => respond(StatusCode::OK, PROMETHEUS, cache.prometheus().into()),
             Route::Info => json_response(StatusCode::OK, &cache.info()),
-            Route::ResetStats => {
-                cache.reset_stats();
-                tracing::info!(target: "tower_tiered_cache::admin", "stats reset");
-                let mut resp = Response::new(Full::default());
-                *resp.status_mut() = StatusCode::NO_CONTENT;
-                resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-                resp
-            }
+            Route::ResetStats => reset_stats(cache),
             Route::WarmJob(id) => self.warm_job(id),
             Route::Warm => {
                 if self.warmer.is_none() {
@@ -669,6 +677,35 @@ async fn shared_stats(cache: &Cache) -> Response<Full<Bytes>> {
 /// The methods of read-only routes, and of the others.
 const GET: &str = "GET, HEAD";
 const POST: &str = "POST";
+
+/// The 404 for a path that names no route.
+fn no_such_route(path: &str) -> Box<Response<Full<Bytes>>> {
+    Box::new(error(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {path}"),
+    ))
+}
+
+/// `/health`: the health report, 503 while degraded.
+fn health_response(cache: &Cache) -> Response<Full<Bytes>> {
+    let health = cache.health();
+    let status = if health.status == HealthStatus::Degraded {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &health)
+}
+
+/// `/reset-stats`: zeroes the counters; 204.
+fn reset_stats(cache: &Cache) -> Response<Full<Bytes>> {
+    cache.reset_stats();
+    tracing::info!(target: "tower_tiered_cache::admin", "stats reset");
+    let mut resp = Response::new(Full::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    resp
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {

@@ -300,89 +300,17 @@ impl Cache {
     /// A snapshot of the counters and tier sizes.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        let c = &s.counters;
         let now = s.clock.now_millis();
         // Fresh L1 hits are counted under their label when observability
         // is on, globally when it is off (see `decide`); hits of L2
         // entries promoted on the async path are counted globally too.
         let labels = s.obs.read_labels();
-        let hits_l1 = c.hits_l1.get() + labels.totals[crate::observe::labels::field::HIT_L1];
-        let hits_l2 = c.hits_l2.get();
-        let mut stats = Stats {
-            requests: 0,
-            hits: hits_l1 + hits_l2,
-            hits_l1,
-            hits_l2,
-            stale: c.stale.get(),
-            misses: c.misses.get(),
-            revalidated: c.revalidated.get(),
-            coalesced: c.coalesced.get(),
-            passes: c.passes.get(),
-            unavailable: c.unavailable.get(),
-            cancelled: c.cancelled.get(),
-            not_modified: c.not_modified.get(),
-            stale_if_error: c.stale_if_error.get(),
-            upstream_calls: c.upstream_calls.get(),
-            upstream_errors: c.upstream_errors.get(),
-            refresh_ok: c.refresh_ok.get(),
-            refresh_failed: c.refresh_failed.get(),
-            refresh_skipped: c.refresh_skipped.get(),
-            stores: c.stores.get(),
-            too_large: c.too_large.get(),
-            coalesce_timeouts: c.coalesce_timeouts.get(),
-            upstream_timeouts: c.upstream_timeouts.get(),
-            invalidations: c.invalidations.get(),
-            evictions: s.tiers.l1.evictions(),
-            l1_entries: s.tiers.l1.len() as u64,
-            l1_bytes: s.tiers.l1.weight(),
-            l1_capacity_bytes: s.tiers.l1.capacity(),
-            in_flight: s.inflight.len() as u64,
-            l2_errors: 0,
-            l2_timeouts: 0,
-            l2_timeouts_slow_host: 0,
-            l2_decode_errors: 0,
-            l2_writes: 0,
-            l2_writes_dropped: 0,
-            l2_variants_evicted: 0,
-            promotions: 0,
-            l2_breaker: None,
-            l2_subscribed: false,
-            l2_messages_received: 0,
-            breaker: s.breakers.worst(now),
-            breaker_opens: s.breakers.opens(),
-            upstream_breakers: self.upstream_breakers(),
-            hit_ratio: 0.0,
-            window: Default::default(),
-            hit_latency: Default::default(),
-            miss_latency: Default::default(),
-            avg_ttl_remaining_ms: None,
-            labels: Vec::new(),
-            redis: None,
-        };
+        let labelled_l1_hits = labels.totals[crate::observe::labels::field::HIT_L1];
+        let mut stats = Stats::from_counters(&s.counters, labelled_l1_hits);
+        self.tiers_and_breakers_into(&mut stats, now);
         self.observe_into(&mut stats, now, &labels);
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &s.tiers.l2 {
-            let c = &l2.counters;
-            stats.l2_errors = c.errors.get();
-            stats.l2_timeouts = c.timeouts.get();
-            stats.l2_timeouts_slow_host = c.timeouts_slow_host.get();
-            stats.l2_decode_errors = c.decode_errors.get();
-            stats.l2_writes = c.writes.get();
-            stats.l2_writes_dropped = c.writes_dropped.get();
-            stats.promotions = c.promotions.get();
-            stats.l2_breaker = Some(l2.breaker.state(now));
-            stats.l2_subscribed = l2.subscribed();
-            stats.l2_messages_received = c.messages_received.get();
-            stats.l2_variants_evicted = c.variants_evicted.get();
-        }
-        stats.requests = stats.hits
-            + stats.stale
-            + stats.misses
-            + stats.revalidated
-            + stats.coalesced
-            + stats.passes
-            + stats.unavailable
-            + stats.cancelled;
+        self.l2_into(&mut stats, now);
+        stats.sum_requests();
         stats.compute_ratio();
         stats
     }

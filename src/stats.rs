@@ -269,6 +269,78 @@ pub struct RedisInfo {
 }
 
 impl Stats {
+    /// A snapshot of the engine's counters (`labelled_l1_hits`: the
+    /// fresh L1 hits counted under their label rather than globally), with
+    /// every other figure zero or empty until the tiers, breakers and
+    /// observability fill it in.
+    pub(crate) fn from_counters(c: &Counters, labelled_l1_hits: u64) -> Self {
+        let hits_l1 = c.hits_l1.get() + labelled_l1_hits;
+        let hits_l2 = c.hits_l2.get();
+        Self {
+            requests: 0,
+            hits: hits_l1 + hits_l2,
+            hits_l1,
+            hits_l2,
+            stale: c.stale.get(),
+            misses: c.misses.get(),
+            revalidated: c.revalidated.get(),
+            coalesced: c.coalesced.get(),
+            passes: c.passes.get(),
+            unavailable: c.unavailable.get(),
+            cancelled: c.cancelled.get(),
+            not_modified: c.not_modified.get(),
+            stale_if_error: c.stale_if_error.get(),
+            upstream_calls: c.upstream_calls.get(),
+            upstream_errors: c.upstream_errors.get(),
+            refresh_ok: c.refresh_ok.get(),
+            refresh_failed: c.refresh_failed.get(),
+            refresh_skipped: c.refresh_skipped.get(),
+            stores: c.stores.get(),
+            too_large: c.too_large.get(),
+            coalesce_timeouts: c.coalesce_timeouts.get(),
+            upstream_timeouts: c.upstream_timeouts.get(),
+            invalidations: c.invalidations.get(),
+            evictions: 0,
+            l1_entries: 0,
+            l1_bytes: 0,
+            l1_capacity_bytes: 0,
+            in_flight: 0,
+            l2_errors: 0,
+            l2_timeouts: 0,
+            l2_timeouts_slow_host: 0,
+            l2_decode_errors: 0,
+            l2_writes: 0,
+            l2_writes_dropped: 0,
+            l2_variants_evicted: 0,
+            promotions: 0,
+            l2_breaker: None,
+            l2_subscribed: false,
+            l2_messages_received: 0,
+            breaker: BreakerState::Closed,
+            breaker_opens: 0,
+            upstream_breakers: Vec::new(),
+            hit_ratio: 0.0,
+            window: Default::default(),
+            hit_latency: Default::default(),
+            miss_latency: Default::default(),
+            avg_ttl_remaining_ms: None,
+            labels: Vec::new(),
+            redis: None,
+        }
+    }
+
+    /// `requests`: the sum of the outcomes, each request counted under one.
+    pub(crate) fn sum_requests(&mut self) {
+        self.requests = self.hits
+            + self.stale
+            + self.misses
+            + self.revalidated
+            + self.coalesced
+            + self.passes
+            + self.unavailable
+            + self.cancelled;
+    }
+
     pub(crate) fn compute_ratio(&mut self) {
         let served = self.hits + self.stale;
         let lookups = served + self.misses + self.revalidated + self.coalesced;

@@ -292,70 +292,24 @@ impl<S> CacheService<S> {
     {
         let started = Instant::now();
         let requested = targets.len() as u64;
-        let mut seen = HashSet::new();
-        let unique: Vec<WarmTarget> = targets
-            .into_iter()
-            .filter(|t| {
-                let mut h: Vec<(String, Vec<u8>)> = t
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-                    .collect();
-                h.sort();
-                seen.insert((t.url.to_string(), h))
+        let unique = distinct_targets(targets);
+        let state = Arc::new(WarmState::new(unique.len() as u64));
+        let progress = Arc::new(progress);
+        let workers = options.concurrency.max(1).min(unique.len().max(1));
+        let queue = Arc::new(Mutex::new(unique.into_iter()));
+        let tasks = (0..workers)
+            .map(|_| {
+                warm_worker(
+                    self.clone(),
+                    Arc::clone(&queue),
+                    Arc::clone(&state),
+                    Arc::clone(&progress),
+                    options.timeout,
+                )
             })
             .collect();
-        let total = unique.len() as u64;
-        let state = Arc::new(WarmState {
-            total,
-            done: AtomicU64::new(0),
-            warmed: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            failures: Mutex::new(Vec::new()),
-        });
-        let progress = Arc::new(progress);
-        let queue = Arc::new(Mutex::new(unique.into_iter()));
-        let workers = options.concurrency.max(1).min(total.max(1) as usize);
-        let mut tasks = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let queue = Arc::clone(&queue);
-            let state = Arc::clone(&state);
-            let progress = Arc::clone(&progress);
-            let mut svc = self.clone();
-            let timeout = options.timeout;
-            tasks.push(async move {
-                loop {
-                    let next = lock(&queue).next();
-                    let Some(target) = next else { break };
-                    let url = target.url.to_string();
-                    let result = warm_one(&mut svc, target, timeout).await;
-                    state.finish(url, result);
-                    let p = state.progress();
-                    progress(&p);
-                    if p.total >= 10 && p.done.is_multiple_of(p.total / 10) {
-                        tracing::info!(
-                            target: "tower_tiered_cache",
-                            done = p.done,
-                            total = p.total,
-                            warmed = p.warmed,
-                            skipped = p.skipped,
-                            failed = p.failed,
-                            "cache warming"
-                        );
-                    }
-                }
-            });
-        }
         futures_join_all(tasks).await;
-        let failed = std::mem::take(&mut *lock(&state.failures));
-        let report = WarmReport {
-            requested,
-            duplicates: requested - total,
-            warmed: state.warmed.load(Ordering::Relaxed),
-            skipped: state.skipped.load(Ordering::Relaxed),
-            failed,
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
+        let report = state.report(requested, started);
         tracing::info!(
             target: "tower_tiered_cache",
             requested = report.requested,
@@ -366,6 +320,69 @@ impl<S> CacheService<S> {
             "cache warming done"
         );
         report
+    }
+}
+
+/// The targets without duplicates (same URL and same headers, in any
+/// order), first occurrence kept.
+fn distinct_targets(targets: Vec<WarmTarget>) -> Vec<WarmTarget> {
+    let mut seen = HashSet::new();
+    targets
+        .into_iter()
+        .filter(|t| {
+            let mut h: Vec<(String, Vec<u8>)> = t
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            h.sort();
+            seen.insert((t.url.to_string(), h))
+        })
+        .collect()
+}
+
+/// One of the warming workers: takes targets from the shared queue until
+/// it is empty, warming each, counting it and telling `progress`.
+async fn warm_worker<S, B, ResB, P>(
+    mut svc: CacheService<S>,
+    queue: Arc<Mutex<std::vec::IntoIter<WarmTarget>>>,
+    state: Arc<WarmState>,
+    progress: Arc<P>,
+    timeout: Duration,
+) where
+    S: Service<Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+    B: Default + Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
+    P: Fn(&WarmProgress) + Send + Sync + 'static,
+{
+    loop {
+        let next = lock(&queue).next();
+        let Some(target) = next else { break };
+        let url = target.url.to_string();
+        let result = warm_one(&mut svc, target, timeout).await;
+        state.finish(url, result);
+        let p = state.progress();
+        progress(&p);
+        log_progress(&p);
+    }
+}
+
+/// An INFO event at every tenth of the targets (from ten targets up).
+fn log_progress(p: &WarmProgress) {
+    if p.total >= 10 && p.done.is_multiple_of(p.total / 10) {
+        tracing::info!(
+            target: "tower_tiered_cache",
+            done = p.done,
+            total = p.total,
+            warmed = p.warmed,
+            skipped = p.skipped,
+            failed = p.failed,
+            "cache warming"
+        );
     }
 }
 
@@ -392,6 +409,30 @@ struct WarmState {
 }
 
 impl WarmState {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            done: AtomicU64::new(0),
+            warmed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failures: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The report once every worker is done: `requested` targets given,
+    /// warming `started` then.
+    fn report(&self, requested: u64, started: Instant) -> WarmReport {
+        let failed = std::mem::take(&mut *lock(&self.failures));
+        WarmReport {
+            requested,
+            duplicates: requested - self.total,
+            warmed: self.warmed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
     fn finish(&self, url: String, result: Result<bool, String>) {
         match result {
             Ok(true) => {
@@ -414,7 +455,7 @@ impl WarmState {
             done,
             warmed,
             skipped,
-            failed: done - warmed - skipped,
+            failed: done.saturating_sub(warmed).saturating_sub(skipped),
         }
     }
 }

@@ -52,7 +52,21 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
 /// Reads one counter of the cache.
 type Reader = fn(&Shared) -> u64;
 
+/// Every observable counter: requests by outcome, the unlabelled event
+/// counts, refreshes, breaker opens (all and per upstream label) and, with
+/// an L2 tier, its errors.
 fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
+    requests_counter(meter, weak);
+    event_counters(meter, weak);
+    refreshes_counter(meter, weak);
+    breaker_opens_counter(meter, weak);
+    upstream_breakers(meter, weak);
+    #[cfg(feature = "redis")]
+    l2_errors_counter(meter, weak);
+}
+
+/// `cache.requests` by result, tier, label and whether it was coalesced.
+fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
     let w = weak.clone();
     meter
         .u64_observable_counter("cache.requests")
@@ -81,6 +95,11 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             }
         })
         .build();
+}
+
+/// The unlabelled event counters: stale served, coalesced, evictions,
+/// stores, upstream calls and promotions.
+fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
     let simple: [(&'static str, &'static str, Reader); 6] = [
         ("cache.stale_served", "Stale entries served", |s| {
             s.counters.stale.get()
@@ -110,6 +129,10 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             vec![("", read(s))]
         });
     }
+}
+
+/// `cache.refreshes` by outcome.
+fn refreshes_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
@@ -125,6 +148,11 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             ]
         },
     );
+}
+
+/// `cache.breaker.opens` by breaker: the upstream breakers' sum and, with
+/// an L2 tier, the L2 breaker.
+fn breaker_opens_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
@@ -141,8 +169,11 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
             v
         },
     );
-    upstream_breakers(meter, weak);
-    #[cfg(feature = "redis")]
+}
+
+/// `cache.l2.errors` by kind.
+#[cfg(feature = "redis")]
+fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,

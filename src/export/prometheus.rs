@@ -1,11 +1,12 @@
 //! The counters in the Prometheus text exposition format (0.0.4).
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use crate::observe::hist::Histogram;
 use crate::observe::labels::{field, SERIES};
-use crate::observe::{HealthStatus, Latency};
-use crate::Cache;
+use crate::observe::{Health, HealthStatus, Latency};
+use crate::{BreakerState, Cache, Stats, UpstreamBreaker};
 
 /// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
 /// to 10 s (slow upstreams), as for the OpenTelemetry histograms.
@@ -83,30 +84,29 @@ impl Cache {
         let health = self.health();
         let mut out = String::with_capacity(4096 + st.labels.len() * 7 * 96);
         let w = &mut out;
+        self.write_requests_by_label(w, &st);
+        write_event_totals(w, &st);
+        write_refreshes(w, &st);
+        self.write_breaker_opens(w, &st);
+        write_l2_errors_and_breaker(w, &st);
+        write_l1_and_in_flight(w, &st);
+        write_hit_ratios(w, &st);
+        write_health(w, &health);
+        self.write_upstream_breakers(w, &st);
+        self.write_latency_histograms(w, &st);
+        out
+    }
 
+    /// `tower_cache_requests_total{result,tier,label}`: one series per
+    /// outcome for each label that has counted anything.
+    fn write_requests_by_label(&self, w: &mut String, st: &Stats) {
         header(
             w,
             "tower_cache_requests_total",
             "counter",
             "Requests through the cache by result, tier and label.",
         );
-        // Without per-request instrumentation there are no per-label
-        // counts: the global ones stand in, as `default`.
-        let rows: Vec<(std::sync::Arc<str>, [u64; field::COUNT])> = if self.shared.obs.cfg.enabled {
-            self.shared.obs.labels.all()
-        } else {
-            let mut c = [0u64; field::COUNT];
-            c[field::HIT_L1] = st.hits_l1;
-            c[field::HIT_L2] = st.hits_l2;
-            c[field::STALE] = st.stale;
-            c[field::MISS] = st.misses;
-            c[field::COALESCED] = st.coalesced;
-            c[field::REVALIDATED] = st.revalidated;
-            c[field::PASS] = st.passes;
-            c[field::CANCELLED] = st.cancelled;
-            vec![(crate::observe::DEFAULT.into(), c)]
-        };
-        for (label, c) in &rows {
+        for (label, c) in &self.request_counts_by_label(st) {
             if SERIES.iter().all(|series| c[series.field] == 0) {
                 continue;
             }
@@ -123,59 +123,29 @@ impl Cache {
                 );
             }
         }
+    }
 
-        let simple: [(&str, &str, u64); 7] = [
-            (
-                "tower_cache_stale_served_total",
-                "Stale entries served.",
-                st.stale,
-            ),
-            (
-                "tower_cache_coalesced_total",
-                "Requests answered from another request's upstream call.",
-                st.coalesced,
-            ),
-            ("tower_cache_stores_total", "Responses stored.", st.stores),
-            (
-                "tower_cache_evictions_total",
-                "Entries evicted from L1 to make room.",
-                st.evictions,
-            ),
-            (
-                "tower_cache_promotions_total",
-                "L2 entries copied into L1.",
-                st.promotions,
-            ),
-            (
-                "tower_cache_upstream_calls_total",
-                "Upstream calls made by the cache.",
-                st.upstream_calls,
-            ),
-            (
-                "tower_cache_upstream_errors_total",
-                "Upstream calls that failed or answered 5xx.",
-                st.upstream_errors,
-            ),
-        ];
-        for (name, help, v) in simple {
-            header(w, name, "counter", help);
-            sample(w, name, &[], v);
+    /// The per-label request counts; without per-request instrumentation
+    /// there are none, and the global counts stand in, as `default`.
+    fn request_counts_by_label(&self, st: &Stats) -> Vec<(Arc<str>, [u64; field::COUNT])> {
+        if self.shared.obs.cfg.enabled {
+            return self.shared.obs.labels.all();
         }
+        let mut c = [0u64; field::COUNT];
+        c[field::HIT_L1] = st.hits_l1;
+        c[field::HIT_L2] = st.hits_l2;
+        c[field::STALE] = st.stale;
+        c[field::MISS] = st.misses;
+        c[field::COALESCED] = st.coalesced;
+        c[field::REVALIDATED] = st.revalidated;
+        c[field::PASS] = st.passes;
+        c[field::CANCELLED] = st.cancelled;
+        vec![(crate::observe::DEFAULT.into(), c)]
+    }
 
-        header(
-            w,
-            "tower_cache_refreshes_total",
-            "counter",
-            "Background refreshes by outcome.",
-        );
-        for (outcome, v) in [
-            ("ok", st.refresh_ok),
-            ("failed", st.refresh_failed),
-            ("skipped", st.refresh_skipped),
-        ] {
-            sample(w, "tower_cache_refreshes_total", &[("outcome", outcome)], v);
-        }
-
+    /// `tower_cache_breaker_opens_total{breaker}`: the upstream breakers'
+    /// sum and, with an L2 tier, the L2 breaker.
+    fn write_breaker_opens(&self, w: &mut String, st: &Stats) {
         header(
             w,
             "tower_cache_breaker_opens_total",
@@ -197,153 +167,22 @@ impl Cache {
                 l2.breaker.opens(),
             );
         }
+    }
 
-        if let Some(l2_breaker) = st.l2_breaker {
-            header(
-                w,
-                "tower_cache_l2_errors_total",
-                "counter",
-                "L2 operations that failed, by kind.",
-            );
-            for (kind, v) in [
-                ("error", st.l2_errors),
-                ("timeout", st.l2_timeouts),
-                ("timeout_slow_host", st.l2_timeouts_slow_host),
-                ("decode", st.l2_decode_errors),
-                ("write_dropped", st.l2_writes_dropped),
-            ] {
-                sample(w, "tower_cache_l2_errors_total", &[("kind", kind)], v);
-            }
-            header(
-                w,
-                "tower_cache_l2_breaker_open",
-                "gauge",
-                "1 while the L2 circuit breaker is open, else 0.",
-            );
-            sample(
-                w,
-                "tower_cache_l2_breaker_open",
-                &[],
-                u8::from(l2_breaker == crate::BreakerState::Open),
-            );
-        }
-
-        let gauges: [(&str, &str, u64); 4] = [
-            (
-                "tower_cache_l1_entries",
-                "Slots in L1 (entries plus one per URL with variants).",
-                st.l1_entries,
-            ),
-            (
-                "tower_cache_l1_bytes",
-                "Weighted bytes held in L1.",
-                st.l1_bytes,
-            ),
-            (
-                "tower_cache_l1_capacity_bytes",
-                "L1 capacity in bytes.",
-                st.l1_capacity_bytes,
-            ),
-            (
-                "tower_cache_in_flight",
-                "Upstream calls in flight that others may join.",
-                st.in_flight,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            header(w, name, "gauge", help);
-            sample(w, name, &[], v);
-        }
-        header(
-            w,
-            "tower_cache_hit_ratio",
-            "gauge",
-            "Lookups answered from storage (fresh or stale) over all lookups, since start or reset.",
-        );
-        sample(w, "tower_cache_hit_ratio", &[], Float(st.hit_ratio));
-        header(
-            w,
-            "tower_cache_window_hit_ratio",
-            "gauge",
-            "Lookups answered from storage over all lookups in the last five minutes.",
-        );
-        sample(
-            w,
-            "tower_cache_window_hit_ratio",
-            &[],
-            Float(st.window.hit_ratio),
-        );
-        header(
-            w,
-            "tower_cache_health",
-            "gauge",
-            "1 for the cache's current health status, 0 for the others.",
-        );
-        for status in [
-            HealthStatus::Healthy,
-            HealthStatus::Warning,
-            HealthStatus::Degraded,
-        ] {
-            sample(
-                w,
-                "tower_cache_health",
-                &[("status", status.as_str())],
-                u8::from(health.status == status),
-            );
-        }
-        header(
+    /// The upstream breakers: whether any is open, then, per label whose
+    /// breaker has opened at least once (a bounded set, like the labels,
+    /// so a closed one reads 0 rather than vanishing), its state, when it
+    /// opened and how often.
+    fn write_upstream_breakers(&self, w: &mut String, st: &Stats) {
+        gauge(
             w,
             "tower_cache_upstream_breaker_open",
-            "gauge",
             "1 while the upstream circuit breaker is open, else 0.",
+            u8::from(st.breaker == BreakerState::Open),
         );
-        sample(
-            w,
-            "tower_cache_upstream_breaker_open",
-            &[],
-            u8::from(st.breaker == crate::BreakerState::Open),
-        );
-        // Per label: every breaker that has opened at least once (a
-        // bounded set, like the labels), so a closed one reads 0 rather
-        // than vanishing.
         let seen = self.upstream_breakers_seen();
-        header(
-            w,
-            "tower_cache_upstream_breaker_state",
-            "gauge",
-            "Upstream circuit breakers by label (those that have opened): 1 for the current state, 0 for the others.",
-        );
-        for b in &seen {
-            for state in [
-                crate::BreakerState::Closed,
-                crate::BreakerState::Open,
-                crate::BreakerState::HalfOpen,
-            ] {
-                sample(
-                    w,
-                    "tower_cache_upstream_breaker_state",
-                    &[("label", &b.label), ("state", state.as_str())],
-                    u8::from(b.state == state),
-                );
-            }
-        }
-        header(
-            w,
-            "tower_cache_upstream_breaker_opened_timestamp_seconds",
-            "gauge",
-            "When each upstream circuit breaker that is not closed opened (Unix time; it has not closed since).",
-        );
-        for b in seen
-            .iter()
-            .filter(|b| b.state != crate::BreakerState::Closed)
-        {
-            sample(
-                w,
-                "tower_cache_upstream_breaker_opened_timestamp_seconds",
-                &[("label", &b.label), ("state", b.state.as_str())],
-                Float(b.since_ms as f64 / 1000.0),
-            );
-        }
+        write_upstream_breaker_states(w, &seen);
+        write_upstream_breaker_opened_at(w, &seen);
         header(
             w,
             "tower_cache_upstream_breaker_opens_total",
@@ -358,7 +197,10 @@ impl Cache {
                 b.opens,
             );
         }
+    }
 
+    /// The hit and miss latency histograms.
+    fn write_latency_histograms(&self, w: &mut String, st: &Stats) {
         let obs = &self.shared.obs;
         histogram(
             w,
@@ -374,8 +216,212 @@ impl Cache {
             &obs.miss_latency,
             &st.miss_latency,
         );
-        out
     }
+}
+
+/// The unlabelled event counters: stale served, coalesced, stores,
+/// evictions, promotions, upstream calls and errors.
+fn write_event_totals(w: &mut String, st: &Stats) {
+    let totals: [(&str, &str, u64); 7] = [
+        (
+            "tower_cache_stale_served_total",
+            "Stale entries served.",
+            st.stale,
+        ),
+        (
+            "tower_cache_coalesced_total",
+            "Requests answered from another request's upstream call.",
+            st.coalesced,
+        ),
+        ("tower_cache_stores_total", "Responses stored.", st.stores),
+        (
+            "tower_cache_evictions_total",
+            "Entries evicted from L1 to make room.",
+            st.evictions,
+        ),
+        (
+            "tower_cache_promotions_total",
+            "L2 entries copied into L1.",
+            st.promotions,
+        ),
+        (
+            "tower_cache_upstream_calls_total",
+            "Upstream calls made by the cache.",
+            st.upstream_calls,
+        ),
+        (
+            "tower_cache_upstream_errors_total",
+            "Upstream calls that failed or answered 5xx.",
+            st.upstream_errors,
+        ),
+    ];
+    for (name, help, v) in totals {
+        header(w, name, "counter", help);
+        sample(w, name, &[], v);
+    }
+}
+
+/// `tower_cache_refreshes_total{outcome}`.
+fn write_refreshes(w: &mut String, st: &Stats) {
+    header(
+        w,
+        "tower_cache_refreshes_total",
+        "counter",
+        "Background refreshes by outcome.",
+    );
+    for (outcome, v) in [
+        ("ok", st.refresh_ok),
+        ("failed", st.refresh_failed),
+        ("skipped", st.refresh_skipped),
+    ] {
+        sample(w, "tower_cache_refreshes_total", &[("outcome", outcome)], v);
+    }
+}
+
+/// With an L2 tier: `tower_cache_l2_errors_total{kind}` and
+/// `tower_cache_l2_breaker_open`.
+fn write_l2_errors_and_breaker(w: &mut String, st: &Stats) {
+    let Some(l2_breaker) = st.l2_breaker else {
+        return;
+    };
+    header(
+        w,
+        "tower_cache_l2_errors_total",
+        "counter",
+        "L2 operations that failed, by kind.",
+    );
+    for (kind, v) in [
+        ("error", st.l2_errors),
+        ("timeout", st.l2_timeouts),
+        ("timeout_slow_host", st.l2_timeouts_slow_host),
+        ("decode", st.l2_decode_errors),
+        ("write_dropped", st.l2_writes_dropped),
+    ] {
+        sample(w, "tower_cache_l2_errors_total", &[("kind", kind)], v);
+    }
+    gauge(
+        w,
+        "tower_cache_l2_breaker_open",
+        "1 while the L2 circuit breaker is open, else 0.",
+        u8::from(l2_breaker == BreakerState::Open),
+    );
+}
+
+/// L1's size gauges and the number of joinable upstream calls.
+fn write_l1_and_in_flight(w: &mut String, st: &Stats) {
+    let gauges: [(&str, &str, u64); 4] = [
+        (
+            "tower_cache_l1_entries",
+            "Slots in L1 (entries plus one per URL with variants).",
+            st.l1_entries,
+        ),
+        (
+            "tower_cache_l1_bytes",
+            "Weighted bytes held in L1.",
+            st.l1_bytes,
+        ),
+        (
+            "tower_cache_l1_capacity_bytes",
+            "L1 capacity in bytes.",
+            st.l1_capacity_bytes,
+        ),
+        (
+            "tower_cache_in_flight",
+            "Upstream calls in flight that others may join.",
+            st.in_flight,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        gauge(w, name, help, v);
+    }
+}
+
+/// The hit ratio since start (or reset) and over the last five minutes.
+fn write_hit_ratios(w: &mut String, st: &Stats) {
+    gauge(
+        w,
+        "tower_cache_hit_ratio",
+        "Lookups answered from storage (fresh or stale) over all lookups, since start or reset.",
+        Float(st.hit_ratio),
+    );
+    gauge(
+        w,
+        "tower_cache_window_hit_ratio",
+        "Lookups answered from storage over all lookups in the last five minutes.",
+        Float(st.window.hit_ratio),
+    );
+}
+
+/// `tower_cache_health{status}`: 1 for the current status, 0 for the others.
+fn write_health(w: &mut String, health: &Health) {
+    header(
+        w,
+        "tower_cache_health",
+        "gauge",
+        "1 for the cache's current health status, 0 for the others.",
+    );
+    for status in [
+        HealthStatus::Healthy,
+        HealthStatus::Warning,
+        HealthStatus::Degraded,
+    ] {
+        sample(
+            w,
+            "tower_cache_health",
+            &[("status", status.as_str())],
+            u8::from(health.status == status),
+        );
+    }
+}
+
+/// `tower_cache_upstream_breaker_state{label,state}`: 1 for each
+/// breaker's current state, 0 for the others.
+fn write_upstream_breaker_states(w: &mut String, seen: &[UpstreamBreaker]) {
+    header(
+        w,
+        "tower_cache_upstream_breaker_state",
+        "gauge",
+        "Upstream circuit breakers by label (those that have opened): 1 for the current state, 0 for the others.",
+    );
+    for b in seen {
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            sample(
+                w,
+                "tower_cache_upstream_breaker_state",
+                &[("label", &b.label), ("state", state.as_str())],
+                u8::from(b.state == state),
+            );
+        }
+    }
+}
+
+/// `tower_cache_upstream_breaker_opened_timestamp_seconds{label,state}`:
+/// when each breaker that is not closed opened.
+fn write_upstream_breaker_opened_at(w: &mut String, seen: &[UpstreamBreaker]) {
+    header(
+        w,
+        "tower_cache_upstream_breaker_opened_timestamp_seconds",
+        "gauge",
+        "When each upstream circuit breaker that is not closed opened (Unix time; it has not closed since).",
+    );
+    for b in seen.iter().filter(|b| b.state != BreakerState::Closed) {
+        sample(
+            w,
+            "tower_cache_upstream_breaker_opened_timestamp_seconds",
+            &[("label", &b.label), ("state", b.state.as_str())],
+            Float(b.since_ms as f64 / 1000.0),
+        );
+    }
+}
+
+/// An unlabelled gauge: its `# HELP`/`# TYPE` lines and its one sample.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl fmt::Display) {
+    header(out, name, "gauge", help);
+    sample(out, name, &[], value);
 }
 
 /// `# HELP` and `# TYPE` lines.

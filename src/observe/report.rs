@@ -343,90 +343,115 @@ pub struct LowPerformer {
     pub recommendations: Vec<Recommendation>,
 }
 
-/// Suggestions for one label, from what its counters show.
+/// Suggestions for one label, from what its counters show: the likely
+/// causes that apply, or, when none does but entries are stored, low reuse.
 pub(crate) fn recommend(s: &LabelStats, l1_capacity: u64) -> Vec<Recommendation> {
-    let mut out = Vec::new();
-    let misses = s.misses + s.coalesced;
-    let not_stored = s.not_stored_no_freshness
-        + s.not_stored_set_cookie
-        + s.not_stored_authorization
-        + s.not_stored_other;
-    let push = |out: &mut Vec<Recommendation>, kind, message: String| {
-        out.push(Recommendation { kind, message })
-    };
-    if s.not_stored_no_freshness > 0 && s.not_stored_no_freshness * 2 >= misses.max(1) {
-        push(
-            &mut out,
-            RecommendationKind::SetRouteTtl,
-            format!(
+    let mut out: Vec<Recommendation> = [
+        set_route_ttl(s),
+        personalized_responses(s),
+        raise_l1_capacity(s, l1_capacity),
+        reduce_variants(s),
+        mostly_passes(s),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if out.is_empty() {
+        out.extend(low_reuse(s));
+    }
+    out
+}
+
+/// Lookups that went to the origin: misses, led or joined.
+fn origin_misses(s: &LabelStats) -> u64 {
+    s.misses + s.coalesced
+}
+
+/// At least half the misses were not stored for want of freshness.
+fn set_route_ttl(s: &LabelStats) -> Option<Recommendation> {
+    let misses = origin_misses(s);
+    (s.not_stored_no_freshness > 0 && s.not_stored_no_freshness * 2 >= misses.max(1)).then(|| {
+        Recommendation {
+            kind: RecommendationKind::SetRouteTtl,
+            message: format!(
                 "{} of {} misses were not stored because the origin sent no freshness \
                  (no Cache-Control max-age, Expires or Last-Modified): set a TTL for it, \
                  e.g. Route::prefix(\"{}\").ttl(Duration::from_secs(60)), or have the origin \
                  send Cache-Control",
                 s.not_stored_no_freshness, misses, s.label
             ),
-        );
-    }
+        }
+    })
+}
+
+/// At least half the responses not stored (or passed) were personal:
+/// `Set-Cookie`, `Authorization` or `private`.
+fn personalized_responses(s: &LabelStats) -> Option<Recommendation> {
+    let not_stored = s.not_stored_no_freshness
+        + s.not_stored_set_cookie
+        + s.not_stored_authorization
+        + s.not_stored_other;
     let personal = s.not_stored_set_cookie + s.not_stored_authorization;
-    if personal > 0 && personal * 2 >= (not_stored + s.passes).max(1) {
-        push(
-            &mut out,
-            RecommendationKind::PersonalizedResponses,
-            format!(
-                "{} responses were not stored because of Set-Cookie ({}) or Authorization/private \
-                 ({}): strip cookies from cacheable responses (SetCookiePolicy::Strip), or have \
-                 the origin mark shared responses `public`/`s-maxage`",
-                personal, s.not_stored_set_cookie, s.not_stored_authorization
-            ),
-        );
-    }
-    if s.evicted_unread > 0 && s.evicted_unread * 4 >= s.stores.max(1) {
-        push(
-            &mut out,
-            RecommendationKind::RaiseL1Capacity,
-            format!(
-                "{} of {} stored entries were evicted from L1 before anyone read them: raise \
-                 l1_capacity_bytes (now {} bytes) or lower max_body_bytes",
-                s.evicted_unread, s.stores, l1_capacity
-            ),
-        );
-    }
-    if s.vary_misses > 0 && s.vary_misses * 4 >= misses.max(1) {
-        push(
-            &mut out,
-            RecommendationKind::ReduceVariants,
-            format!(
-                "{} of {} misses found the URL stored for other Vary values: normalise the \
-                 varying request header (e.g. Accept-Encoding, Accept-Language) before the cache, \
-                 or have the origin vary on fewer headers",
-                s.vary_misses, misses
-            ),
-        );
-    }
-    if s.passes > s.lookups() {
-        push(
-            &mut out,
-            RecommendationKind::MostlyPasses,
-            format!(
-                "{} of {} requests passed through uncached (unsafe methods, bypass routes, \
-                 hit-for-pass after uncacheable responses)",
-                s.passes, s.requests
-            ),
-        );
-    }
-    if out.is_empty() && s.stores > 0 {
-        push(
-            &mut out,
-            RecommendationKind::LowReuse,
-            format!(
-                "{} responses stored, {} served from cache: requests rarely repeat within the \
-                 TTL; a longer TTL or stale-while-revalidate would help if the data allows",
-                s.stores,
-                s.hits + s.stale
-            ),
-        );
-    }
-    out
+    (personal > 0 && personal * 2 >= (not_stored + s.passes).max(1)).then(|| Recommendation {
+        kind: RecommendationKind::PersonalizedResponses,
+        message: format!(
+            "{} responses were not stored because of Set-Cookie ({}) or Authorization/private \
+             ({}): strip cookies from cacheable responses (SetCookiePolicy::Strip), or have \
+             the origin mark shared responses `public`/`s-maxage`",
+            personal, s.not_stored_set_cookie, s.not_stored_authorization
+        ),
+    })
+}
+
+/// At least a quarter of the stored entries were evicted unread.
+fn raise_l1_capacity(s: &LabelStats, l1_capacity: u64) -> Option<Recommendation> {
+    (s.evicted_unread > 0 && s.evicted_unread * 4 >= s.stores.max(1)).then(|| Recommendation {
+        kind: RecommendationKind::RaiseL1Capacity,
+        message: format!(
+            "{} of {} stored entries were evicted from L1 before anyone read them: raise \
+             l1_capacity_bytes (now {} bytes) or lower max_body_bytes",
+            s.evicted_unread, s.stores, l1_capacity
+        ),
+    })
+}
+
+/// At least a quarter of the misses found other `Vary` variants.
+fn reduce_variants(s: &LabelStats) -> Option<Recommendation> {
+    let misses = origin_misses(s);
+    (s.vary_misses > 0 && s.vary_misses * 4 >= misses.max(1)).then(|| Recommendation {
+        kind: RecommendationKind::ReduceVariants,
+        message: format!(
+            "{} of {} misses found the URL stored for other Vary values: normalise the \
+             varying request header (e.g. Accept-Encoding, Accept-Language) before the cache, \
+             or have the origin vary on fewer headers",
+            s.vary_misses, misses
+        ),
+    })
+}
+
+/// More requests passed through than were looked up.
+fn mostly_passes(s: &LabelStats) -> Option<Recommendation> {
+    (s.passes > s.lookups()).then(|| Recommendation {
+        kind: RecommendationKind::MostlyPasses,
+        message: format!(
+            "{} of {} requests passed through uncached (unsafe methods, bypass routes, \
+             hit-for-pass after uncacheable responses)",
+            s.passes, s.requests
+        ),
+    })
+}
+
+/// Entries are stored but rarely read again.
+fn low_reuse(s: &LabelStats) -> Option<Recommendation> {
+    (s.stores > 0).then(|| Recommendation {
+        kind: RecommendationKind::LowReuse,
+        message: format!(
+            "{} responses stored, {} served from cache: requests rarely repeat within the \
+             TTL; a longer TTL or stale-while-revalidate would help if the data allows",
+            s.stores,
+            s.hits + s.stale
+        ),
+    })
 }
 
 #[cfg(test)]

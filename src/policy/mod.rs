@@ -343,35 +343,9 @@ impl PolicyConfig {
         request_time: u64,
         response_time: u64,
     ) -> Result<Storable, NotStored> {
-        if req.cc.no_store {
-            return Err(NotStored::NoStore);
-        }
-        if !stored_status(status) {
-            return Err(NotStored::Status);
-        }
         let cc = CacheControl::from_headers(headers);
-        if cc.no_store {
-            return Err(NotStored::NoStore);
-        }
-        if self.shared() && cc.private {
-            return Err(NotStored::Private);
-        }
-        let mut vary = Vec::new();
-        for v in headers.get_all(VARY) {
-            let Ok(s) = v.to_str() else {
-                return Err(NotStored::VaryStar);
-            };
-            for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if name == "*" {
-                    return Err(NotStored::VaryStar);
-                }
-                match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(n) if !vary.contains(&n) => vary.push(n),
-                    Ok(_) => {}
-                    Err(_) => return Err(NotStored::VaryStar),
-                }
-            }
-        }
+        self.refuse_by_directives(req, status, &cc)?;
+        let vary = vary_names(headers)?;
         let has_cookie = headers.contains_key(SET_COOKIE);
         if has_cookie && self.set_cookie == SetCookiePolicy::Pass {
             return Err(NotStored::SetCookie);
@@ -382,113 +356,192 @@ impl PolicyConfig {
             return Err(NotStored::Authorization);
         }
 
-        // Freshness lifetime (RFC 9111 §4.2.1), in milliseconds.
-        let date = headers
-            .get(DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .map(system_time_to_millis);
-        let explicit: Option<u64> = if let Some(s) = cc.s_maxage.filter(|_| self.shared()) {
-            Some(s * 1000)
-        } else if let Some(m) = cc.max_age {
-            Some(m * 1000)
-        } else if let Some(exp) = headers.get(EXPIRES) {
-            let expires = exp
-                .to_str()
-                .ok()
-                .and_then(|s| httpdate::parse_http_date(s).ok())
-                .map(system_time_to_millis);
-            // An invalid Expires (such as "0") is a time in the past.
-            Some(match expires {
-                Some(e) => e.saturating_sub(date.unwrap_or(response_time)),
-                None => 0,
-            })
-        } else {
-            None
-        };
-        let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
-        let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
-        // Whether the response (or a rule the operator wrote for it) says how
-        // long it is fresh. Without that, configured stale windows do not
-        // make it storable: only `force` does.
-        let mut has_freshness = true;
-        let lifetime: u64 = match (explicit, route_ttl) {
-            (Some(_), Some(ttl)) => ttl,
-            (Some(e), None) => e,
-            (None, _) if negative => match self.negative_ttl {
-                Some(t) => t.as_millis() as u64,
-                None => return Err(NotStored::NoFreshness),
-            },
-            (None, Some(ttl)) if route.is_some_and(|r| r.force) => ttl,
-            (None, _) => {
-                if !(heuristic_status(status) || cc.public) {
-                    return Err(NotStored::NoFreshness);
-                }
-                has_freshness = headers.contains_key(LAST_MODIFIED);
-                let last_modified = headers
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-                    .map(system_time_to_millis);
-                match last_modified {
-                    Some(lm) => {
-                        let since = date.unwrap_or(response_time).saturating_sub(lm);
-                        let h = (since as f64 * self.heuristic_fraction) as u64;
-                        h.min(self.heuristic_max.as_millis() as u64)
-                    }
-                    None => 0,
-                }
-            }
-        };
-
+        let date = header_date(headers, DATE);
+        let (lifetime, has_freshness) =
+            self.freshness_lifetime(status, &cc, headers, route, date, response_time)?;
         let must_revalidate =
             cc.must_revalidate || (self.shared() && (cc.proxy_revalidate || cc.s_maxage.is_some()));
         let validators =
             headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-        let no_cache = cc.no_cache;
-        let secs = |s: u64| s.saturating_mul(1000);
-        let (swr, sie) = if must_revalidate {
-            (0, 0)
-        } else {
-            // The origin's own windows always count; configured ones only
-            // when there is freshness information to extend.
-            let configured = |route_w: Option<Duration>, default: Duration| {
-                if has_freshness {
-                    route_w.unwrap_or(default).as_millis() as u64
-                } else {
-                    0
-                }
-            };
-            let swr = cc
-                .stale_while_revalidate
-                .map(secs)
-                .unwrap_or_else(|| configured(route.and_then(|r| r.swr), self.default_swr));
-            let sie = cc
-                .stale_if_error
-                .map(secs)
-                .unwrap_or_else(|| configured(route.and_then(|r| r.sie), self.default_sie));
-            (swr, sie)
-        };
+        let (swr, sie) = self.stale_windows(&cc, route, must_revalidate, has_freshness);
         // A no-cache response is only ever used after validation.
-        if no_cache && !validators {
+        if cc.no_cache && !validators {
             return Err(NotStored::NoFreshness);
         }
 
-        // Age (RFC 9111 §4.2.3).
-        let age_value = headers
-            .get(AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(directives::parse_delta)
-            .unwrap_or(0)
-            .saturating_mul(1000);
-        let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
-        let response_delay = response_time.saturating_sub(request_time);
-        let initial_age = apparent_age.max(age_value.saturating_add(response_delay));
+        let initial_age = initial_age(headers, date, request_time, response_time);
         let remaining = lifetime.saturating_sub(initial_age);
         // Dead on arrival, with nothing to revalidate with and no stale window.
         if remaining == 0 && !validators && swr == 0 && sie == 0 {
             return Err(NotStored::NoFreshness);
         }
+        Ok(Storable {
+            timeline: self.timeline(
+                response_time,
+                initial_age,
+                remaining,
+                (swr, sie),
+                validators,
+            ),
+            flags: EntryFlags {
+                must_revalidate,
+                no_cache: cc.no_cache,
+                // Partitioning does not set it: the flag says the response
+                // may answer any credentials, which a partitioned entry
+                // only may because no other credentials can reach it.
+                auth_ok: !self.shared() || self.share_authorized || shared_directive,
+            },
+            vary,
+            strip: self.stripped_fields(&cc),
+            strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
+        })
+    }
+
+    /// Refuses a response that `no-store` (the request's or its own), its
+    /// status or, in a shared cache, `private` keeps out.
+    fn refuse_by_directives(
+        &self,
+        req: &RequestDirectives,
+        status: StatusCode,
+        cc: &CacheControl,
+    ) -> Result<(), NotStored> {
+        if req.cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if !stored_status(status) {
+            return Err(NotStored::Status);
+        }
+        if cc.no_store {
+            return Err(NotStored::NoStore);
+        }
+        if self.shared() && cc.private {
+            return Err(NotStored::Private);
+        }
+        Ok(())
+    }
+
+    /// The freshness lifetime (RFC 9111 §4.2.1), in milliseconds, and
+    /// whether the response (or a rule the operator wrote for it) says how
+    /// long it is fresh. Without that, configured stale windows do not
+    /// make it storable: only `force` does.
+    fn freshness_lifetime(
+        &self,
+        status: StatusCode,
+        cc: &CacheControl,
+        headers: &HeaderMap,
+        route: Option<&Route>,
+        date: Option<u64>,
+        response_time: u64,
+    ) -> Result<(u64, bool), NotStored> {
+        let explicit = self.explicit_lifetime(cc, headers, date, response_time);
+        let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
+        let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
+        Ok(match (explicit, route_ttl) {
+            (Some(_), Some(ttl)) => (ttl, true),
+            (Some(e), None) => (e, true),
+            (None, _) if negative => match self.negative_ttl {
+                Some(t) => (t.as_millis() as u64, true),
+                None => return Err(NotStored::NoFreshness),
+            },
+            (None, Some(ttl)) if route.is_some_and(|r| r.force) => (ttl, true),
+            (None, _) => {
+                if !(heuristic_status(status) || cc.public) {
+                    return Err(NotStored::NoFreshness);
+                }
+                let has_freshness = headers.contains_key(LAST_MODIFIED);
+                (
+                    self.heuristic_lifetime(headers, date, response_time),
+                    has_freshness,
+                )
+            }
+        })
+    }
+
+    /// The lifetime the response states: `s-maxage` (shared), `max-age`,
+    /// or `Expires` less `Date`; `None` when it states none.
+    fn explicit_lifetime(
+        &self,
+        cc: &CacheControl,
+        headers: &HeaderMap,
+        date: Option<u64>,
+        response_time: u64,
+    ) -> Option<u64> {
+        if let Some(s) = cc.s_maxage.filter(|_| self.shared()) {
+            Some(s * 1000)
+        } else if let Some(m) = cc.max_age {
+            Some(m * 1000)
+        } else {
+            let exp = headers.get(EXPIRES)?;
+            // An invalid Expires (such as "0") is a time in the past.
+            Some(match http_date(exp) {
+                Some(e) => e.saturating_sub(date.unwrap_or(response_time)),
+                None => 0,
+            })
+        }
+    }
+
+    /// The heuristic lifetime (RFC 9111 §4.2.2): a fraction of the time
+    /// since `Last-Modified`, capped; 0 without it.
+    fn heuristic_lifetime(
+        &self,
+        headers: &HeaderMap,
+        date: Option<u64>,
+        response_time: u64,
+    ) -> u64 {
+        match header_date(headers, LAST_MODIFIED) {
+            Some(lm) => {
+                let since = date.unwrap_or(response_time).saturating_sub(lm);
+                let h = (since as f64 * self.heuristic_fraction) as u64;
+                h.min(self.heuristic_max.as_millis() as u64)
+            }
+            None => 0,
+        }
+    }
+
+    /// The stale-while-revalidate and stale-if-error windows, ms: none when
+    /// the response must be revalidated. The origin's own windows always
+    /// count; configured ones (the route's, else the defaults) only when
+    /// there is freshness information to extend.
+    fn stale_windows(
+        &self,
+        cc: &CacheControl,
+        route: Option<&Route>,
+        must_revalidate: bool,
+        has_freshness: bool,
+    ) -> (u64, u64) {
+        if must_revalidate {
+            return (0, 0);
+        }
+        let secs = |s: u64| s.saturating_mul(1000);
+        let configured = |route_w: Option<Duration>, default: Duration| {
+            if has_freshness {
+                route_w.unwrap_or(default).as_millis() as u64
+            } else {
+                0
+            }
+        };
+        let swr = cc
+            .stale_while_revalidate
+            .map(secs)
+            .unwrap_or_else(|| configured(route.and_then(|r| r.swr), self.default_swr));
+        let sie = cc
+            .stale_if_error
+            .map(secs)
+            .unwrap_or_else(|| configured(route.and_then(|r| r.sie), self.default_sie));
+        (swr, sie)
+    }
+
+    /// The entry's timeline: fresh for `remaining` ms from `response_time`,
+    /// then stale for the `(swr, sie)` windows; kept for revalidation a
+    /// while longer when it has validators.
+    fn timeline(
+        &self,
+        response_time: u64,
+        initial_age: u64,
+        remaining: u64,
+        (swr, sie): (u64, u64),
+        validators: bool,
+    ) -> Timeline {
         let fresh_until = response_time.saturating_add(remaining);
         let stale_until = fresh_until.saturating_add(swr);
         let stale_if_error_until = fresh_until.saturating_add(sie);
@@ -497,39 +550,84 @@ impl PolicyConfig {
             retain_until = retain_until
                 .max(fresh_until.saturating_add(self.keep_for_revalidation.as_millis() as u64));
         }
+        Timeline {
+            stored_at: response_time,
+            initial_age,
+            fresh_until,
+            stale_until,
+            stale_if_error_until,
+            retain_until,
+        }
+    }
 
-        let mut strip: Vec<HeaderName> = Vec::new();
-        for f in cc.no_cache_fields.iter().chain(if self.shared() {
-            cc.private_fields.iter()
+    /// The fields to strip before storing: `no-cache="…"` and, in a shared
+    /// cache, `private="…"`.
+    fn stripped_fields(&self, cc: &CacheControl) -> Vec<HeaderName> {
+        let private: &[_] = if self.shared() {
+            &cc.private_fields
         } else {
-            [].iter()
-        }) {
-            if let Ok(n) = HeaderName::from_bytes(f.as_bytes()) {
-                strip.push(n);
+            &[]
+        };
+        cc.no_cache_fields
+            .iter()
+            .chain(private)
+            .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+            .collect()
+    }
+}
+
+/// The names a response varies on, each once; `Vary: *` (or a name or
+/// value that does not parse) refuses it.
+fn vary_names(headers: &HeaderMap) -> Result<Vec<HeaderName>, NotStored> {
+    let mut vary = Vec::new();
+    for v in headers.get_all(VARY) {
+        let Ok(s) = v.to_str() else {
+            return Err(NotStored::VaryStar);
+        };
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return Err(NotStored::VaryStar);
+            }
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) if !vary.contains(&n) => vary.push(n),
+                Ok(_) => {}
+                Err(_) => return Err(NotStored::VaryStar),
             }
         }
-        Ok(Storable {
-            timeline: Timeline {
-                stored_at: response_time,
-                initial_age,
-                fresh_until,
-                stale_until,
-                stale_if_error_until,
-                retain_until,
-            },
-            flags: EntryFlags {
-                must_revalidate,
-                no_cache,
-                // Partitioning does not set it: the flag says the response
-                // may answer any credentials, which a partitioned entry
-                // only may because no other credentials can reach it.
-                auth_ok: !self.shared() || self.share_authorized || shared_directive,
-            },
-            vary,
-            strip,
-            strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
-        })
     }
+    Ok(vary)
+}
+
+/// The response's age when it arrived (RFC 9111 §4.2.3), ms.
+fn initial_age(
+    headers: &HeaderMap,
+    date: Option<u64>,
+    request_time: u64,
+    response_time: u64,
+) -> u64 {
+    let age_value = headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(directives::parse_delta)
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
+    let response_delay = response_time.saturating_sub(request_time);
+    apparent_age.max(age_value.saturating_add(response_delay))
+}
+
+/// A header's HTTP date, ms since the epoch (`None` when absent or
+/// invalid).
+fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
+    headers.get(name).and_then(http_date)
+}
+
+/// An HTTP date, ms since the epoch.
+fn http_date(v: &http::HeaderValue) -> Option<u64> {
+    v.to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .map(system_time_to_millis)
 }
 
 /// Statuses this cache stores at all (with explicit freshness, or a route

@@ -207,6 +207,7 @@ fn route() -> Route {
     Route::prefix("/")
 }
 
+// A table of cases (one row per response), long by design.
 fn storable_cases() -> Vec<Case> {
     let etag = ("etag", "\"v1\"");
     vec![
@@ -1254,6 +1255,7 @@ impl UseCase {
     }
 }
 
+// A table of cases (one row per entry and request), long by design.
 #[test]
 fn usability_table() {
     use Usability::{Fresh, Revalidate, Stale, Unusable};
@@ -1539,6 +1541,7 @@ fn usability_table() {
     );
 }
 
+// A table of cases (one row per configuration, entry and request), long by design.
 #[test]
 fn stale_if_error_ok_table() {
     struct SieCase {

@@ -383,21 +383,40 @@ impl Entry {
         let compressed = self.compressed_body(compress_over);
         if !self.fits_format() {
             let mut buf = BytesMut::with_capacity(6);
-            buf.put_slice(&MAGIC);
-            buf.put_u8(FORMAT_VERSION);
-            buf.put_u8(FLAG_UNENCODABLE);
+            put_format_header(&mut buf, FLAG_UNENCODABLE);
             return buf.freeze();
         }
-        // The casts below are lossless: `fits_format` checked every length
-        // and count against its field.
+        // The casts in the `put_*` steps are lossless: `fits_format`
+        // checked every length and count against its field.
         let mut buf = BytesMut::with_capacity(self.encoded_len());
-        buf.put_slice(&MAGIC);
-        buf.put_u8(FORMAT_VERSION);
-        buf.put_u8(if compressed.is_some() {
+        let format_flags = if compressed.is_some() {
             FLAG_COMPRESSED
         } else {
             0
-        });
+        };
+        put_format_header(&mut buf, format_flags);
+        self.put_fixed_fields(&mut buf);
+        buf.put_u32_le(self.key.len() as u32);
+        buf.put_slice(self.key.as_bytes());
+        self.put_headers(&mut buf);
+        self.put_vary(&mut buf);
+        self.put_tags(&mut buf);
+        match &compressed {
+            Some(c) => {
+                buf.put_u32_le(c.len() as u32);
+                buf.put_slice(c);
+            }
+            None => {
+                buf.put_u32_le(self.body.len() as u32);
+                buf.put_slice(&self.body);
+                debug_assert_eq!(buf.len(), self.encoded_len());
+            }
+        }
+        buf.freeze()
+    }
+
+    /// The status, HTTP version, entry flags, extensions and timeline.
+    fn put_fixed_fields(&self, buf: &mut BytesMut) {
         buf.put_u16_le(self.status.as_u16());
         buf.put_u8(version_code(self.version));
         let mut flags = 0;
@@ -423,44 +442,38 @@ impl Entry {
         ] {
             buf.put_u64_le(v);
         }
-        buf.put_u32_le(self.key.len() as u32);
-        buf.put_slice(self.key.as_bytes());
+    }
 
+    /// The header lines, in the map's order (a name's lines contiguous).
+    fn put_headers(&self, buf: &mut BytesMut) {
         buf.put_u32_le(self.headers.len() as u32);
         for (name, value) in self.headers.iter() {
-            put_name(&mut buf, name);
+            put_name(buf, name);
             buf.put_u32_le(value.len() as u32);
             buf.put_slice(value.as_bytes());
         }
+    }
 
+    /// The `Vary` names, each with the request's values for it.
+    fn put_vary(&self, buf: &mut BytesMut) {
         buf.put_u16_le(self.vary.len() as u16);
         for (name, values) in self.vary.iter() {
-            put_name(&mut buf, name);
+            put_name(buf, name);
             buf.put_u16_le(values.len() as u16);
             for value in values.iter() {
                 buf.put_u32_le(value.len() as u32);
                 buf.put_slice(value.as_bytes());
             }
         }
+    }
 
+    /// The tags.
+    fn put_tags(&self, buf: &mut BytesMut) {
         buf.put_u16_le(self.tags.len() as u16);
         for tag in self.tags.iter() {
             buf.put_u16_le(tag.len() as u16);
             buf.put_slice(tag.as_bytes());
         }
-
-        match &compressed {
-            Some(c) => {
-                buf.put_u32_le(c.len() as u32);
-                buf.put_slice(c);
-            }
-            None => {
-                buf.put_u32_le(self.body.len() as u32);
-                buf.put_slice(&self.body);
-                debug_assert_eq!(buf.len(), self.encoded_len());
-            }
-        }
-        buf.freeze()
     }
 
     #[cfg(feature = "compression")]
@@ -575,6 +588,13 @@ fn timeline_problem(t: &Timeline) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The magic, the format version and the format `flags`.
+fn put_format_header(buf: &mut BytesMut, flags: u8) {
+    buf.put_slice(&MAGIC);
+    buf.put_u8(FORMAT_VERSION);
+    buf.put_u8(flags);
 }
 
 fn put_name(buf: &mut BytesMut, name: &HeaderName) {
@@ -743,186 +763,32 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decodes one value: the format's header, the entry's fixed fields, its
+/// key, headers, `Vary` values, tags and body, then (with `checks`) what
+/// the whole entry must satisfy.
 fn decode_from(
     input: &[u8],
     shared: Option<&Bytes>,
     checks: Option<&Checks<'_>>,
 ) -> Result<Entry, DecodeError> {
     let mut r = Reader { buf: input, pos: 0 };
-
-    // Magic: a prefix of it that ends early is a truncated value; anything
-    // else is not an entry.
-    let head = &input[..input.len().min(MAGIC.len())];
-    if head != &MAGIC[..head.len()] {
-        return Err(DecodeError::new(Kind::BadMagic, 0));
-    }
-    r.take(MAGIC.len(), "magic")?;
-
-    let at = r.pos;
-    let version = r.u8("format version")?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::new(Kind::UnsupportedVersion(version), at));
-    }
-
-    let at = r.pos;
-    let flags = r.u8("format flags")?;
-    if flags & !KNOWN_FLAGS != 0 {
-        let problem = Problem::UnknownFlags(flags & !KNOWN_FLAGS);
-        return Err(DecodeError::malformed("format flags", problem, at));
-    }
-    if flags & FLAG_UNENCODABLE != 0 {
-        return Err(DecodeError::malformed(
-            "format flags",
-            Problem::Unencodable,
-            at,
-        ));
-    }
-    let compressed = flags & FLAG_COMPRESSED != 0;
-    if compressed && !cfg!(feature = "compression") {
-        return Err(DecodeError::malformed(
-            "format flags",
-            Problem::Compressed,
-            at,
-        ));
-    }
-
-    let at = r.pos;
-    let code = r.u16("status")?;
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| DecodeError::malformed("status", Problem::Status(code), at))?;
-    if checks.is_some() && (!(200..=599).contains(&code) || status == StatusCode::NOT_MODIFIED) {
-        let problem = Problem::StatusNotStored(code);
-        return Err(DecodeError::malformed("status", problem, at));
-    }
-
-    let at = r.pos;
-    let code = r.u8("HTTP version")?;
-    let version = version_from_code(code)
-        .ok_or_else(|| DecodeError::malformed("HTTP version", Problem::HttpVersion(code), at))?;
-
-    let at = r.pos;
-    let bits = r.u8("entry flags")?;
-    if bits & !ENTRY_KNOWN != 0 {
-        let problem = Problem::UnknownFlags(bits & !ENTRY_KNOWN);
-        return Err(DecodeError::malformed("entry flags", problem, at));
-    }
-    let flags = EntryFlags {
-        must_revalidate: bits & ENTRY_MUST_REVALIDATE != 0,
-        no_cache: bits & ENTRY_NO_CACHE != 0,
-        auth_ok: bits & ENTRY_AUTH_OK != 0,
-    };
-
+    let checked = checks.is_some();
+    let compressed = r.format_header()?;
+    let status = r.status(checked)?;
+    let version = r.http_version()?;
+    let flags = r.entry_flags()?;
     let extensions = r.u32("extensions")?;
-    let timeline_at = r.pos;
-    let timeline = Timeline {
-        stored_at: r.u64("timeline")?,
-        initial_age: r.u64("timeline")?,
-        fresh_until: r.u64("timeline")?,
-        stale_until: r.u64("timeline")?,
-        stale_if_error_until: r.u64("timeline")?,
-        retain_until: r.u64("timeline")?,
-    };
-    if let Some(problem) = checks.and_then(|_| timeline_problem(&timeline)) {
-        let problem = Problem::Timeline(problem);
-        return Err(DecodeError::malformed("timeline", problem, timeline_at));
+    let timeline = r.timeline(checked)?;
+    let key = r.key(checks)?;
+    let headers = r.headers(checked)?;
+    let vary = r.vary()?;
+    let tags = r.tags()?;
+    let body_at = r.pos;
+    let body = r.body(compressed, shared, checks.map(|c| c.max_body))?;
+    r.end()?;
+    if checked {
+        check_content_length(&headers, body.len(), body_at)?;
     }
-
-    let at = r.pos;
-    let key = Reader::utf8(r.bytes32("key")?, "key", at)?;
-    if checks.is_some_and(|c| !(c.key_ok)(key)) {
-        return Err(DecodeError::malformed("key", Problem::WrongKey, at));
-    }
-
-    let count = r.count32(MAX_HEADERS, MIN_HEADER_LEN, "header count")?;
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut last: Option<HeaderName> = None;
-    for _ in 0..count {
-        let at = r.pos;
-        let name = r.name("header name")?;
-        if checks.is_some() {
-            if let Some(hop) = HOP_BY_HOP.iter().find(|h| **h == name.as_str()) {
-                let problem = Problem::HopByHop(hop);
-                return Err(DecodeError::malformed("header name", problem, at));
-            }
-        }
-        let value = r.value("header value")?;
-        if last.as_ref() != Some(&name) {
-            if headers.contains_key(&name) {
-                return Err(DecodeError::malformed(
-                    "header name",
-                    Problem::NotContiguous,
-                    at,
-                ));
-            }
-            last = Some(name.clone());
-        }
-        headers.append(name, value);
-    }
-
-    let count = r.count16(MAX_VARY_NAMES, MIN_VARY_LEN, "vary count")?;
-    let mut vary = Vec::with_capacity(count);
-    for _ in 0..count {
-        let name = r.name("vary name")?;
-        let n = r.count16(MAX_VARY_VALUES, MIN_VARY_VALUE_LEN, "vary value count")?;
-        let mut values = Vec::with_capacity(n);
-        for _ in 0..n {
-            values.push(r.value("vary value")?);
-        }
-        vary.push((name, values.into_boxed_slice()));
-    }
-
-    let count = r.count16(MAX_TAGS, MIN_TAG_LEN, "tag count")?;
-    let mut tags = Vec::with_capacity(count);
-    for _ in 0..count {
-        let at = r.pos;
-        let tag = Reader::utf8(r.bytes16("tag")?, "tag", at)?;
-        tags.push(Box::<str>::from(tag));
-    }
-
-    let start = r.pos + 4;
-    let at = r.pos;
-    let raw = r.bytes32("body")?;
-    let max_body = checks.map(|c| c.max_body);
-    if let Some(max) = max_body.filter(|max| !compressed && raw.len() as u64 > *max) {
-        let problem = Problem::BodyTooLarge {
-            size: raw.len() as u64,
-            max,
-        };
-        return Err(DecodeError::malformed("body", problem, at));
-    }
-    let body = if compressed {
-        decompress(raw, at, max_body)?
-    } else {
-        match shared {
-            Some(b) if shares_body(input.len(), raw.len()) => b.slice(start..start + raw.len()),
-            _ => crate::entry::owned_bytes(raw),
-        }
-    };
-
-    if r.remaining() != 0 {
-        let problem = Problem::TrailingBytes(r.remaining());
-        return Err(DecodeError::malformed("end of value", problem, r.pos));
-    }
-
-    if checks.is_some() {
-        // Every value must be the body's length (a list of them included).
-        let body_len = body.len();
-        let bad = headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .any(|v| {
-                std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    != Some(body_len as u64)
-            });
-        if bad {
-            let problem = Problem::ContentLength { body: body_len };
-            return Err(DecodeError::malformed("header value", problem, at));
-        }
-    }
-
     Ok(Entry {
         key: key.into(),
         status,
@@ -938,6 +804,229 @@ fn decode_from(
         label: 0,
         reads: Default::default(),
     })
+}
+
+/// One `Vary` name with the request's values for it.
+type VaryValues = (HeaderName, Box<[HeaderValue]>);
+
+/// The sections of a value, in the order they are stored. A `checked`
+/// read also refuses what a well-formed entry of this cache never holds.
+impl<'a> Reader<'a> {
+    /// The magic, format version and format flags; whether the body is
+    /// compressed. A prefix of the magic that ends early is a truncated
+    /// value; anything else is not an entry.
+    fn format_header(&mut self) -> Result<bool, DecodeError> {
+        let head = &self.buf[..self.buf.len().min(MAGIC.len())];
+        if head != &MAGIC[..head.len()] {
+            return Err(DecodeError::new(Kind::BadMagic, 0));
+        }
+        self.take(MAGIC.len(), "magic")?;
+
+        let at = self.pos;
+        let version = self.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::new(Kind::UnsupportedVersion(version), at));
+        }
+
+        let at = self.pos;
+        let flags = self.u8("format flags")?;
+        let refuse = |problem| Err(DecodeError::malformed("format flags", problem, at));
+        if flags & !KNOWN_FLAGS != 0 {
+            return refuse(Problem::UnknownFlags(flags & !KNOWN_FLAGS));
+        }
+        if flags & FLAG_UNENCODABLE != 0 {
+            return refuse(Problem::Unencodable);
+        }
+        let compressed = flags & FLAG_COMPRESSED != 0;
+        if compressed && !cfg!(feature = "compression") {
+            return refuse(Problem::Compressed);
+        }
+        Ok(compressed)
+    }
+
+    /// The status code; checked, one this cache stores (200..=599, not 304).
+    fn status(&mut self, checked: bool) -> Result<StatusCode, DecodeError> {
+        let at = self.pos;
+        let code = self.u16("status")?;
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| DecodeError::malformed("status", Problem::Status(code), at))?;
+        if checked && (!(200..=599).contains(&code) || status == StatusCode::NOT_MODIFIED) {
+            let problem = Problem::StatusNotStored(code);
+            return Err(DecodeError::malformed("status", problem, at));
+        }
+        Ok(status)
+    }
+
+    /// The HTTP version's code.
+    fn http_version(&mut self) -> Result<http::Version, DecodeError> {
+        let at = self.pos;
+        let code = self.u8("HTTP version")?;
+        version_from_code(code)
+            .ok_or_else(|| DecodeError::malformed("HTTP version", Problem::HttpVersion(code), at))
+    }
+
+    /// The entry's flags (no unknown bits).
+    fn entry_flags(&mut self) -> Result<EntryFlags, DecodeError> {
+        let at = self.pos;
+        let bits = self.u8("entry flags")?;
+        if bits & !ENTRY_KNOWN != 0 {
+            let problem = Problem::UnknownFlags(bits & !ENTRY_KNOWN);
+            return Err(DecodeError::malformed("entry flags", problem, at));
+        }
+        Ok(EntryFlags {
+            must_revalidate: bits & ENTRY_MUST_REVALIDATE != 0,
+            no_cache: bits & ENTRY_NO_CACHE != 0,
+            auth_ok: bits & ENTRY_AUTH_OK != 0,
+        })
+    }
+
+    /// The six instants of the timeline; checked, in a possible order.
+    fn timeline(&mut self, checked: bool) -> Result<Timeline, DecodeError> {
+        let at = self.pos;
+        let timeline = Timeline {
+            stored_at: self.u64("timeline")?,
+            initial_age: self.u64("timeline")?,
+            fresh_until: self.u64("timeline")?,
+            stale_until: self.u64("timeline")?,
+            stale_if_error_until: self.u64("timeline")?,
+            retain_until: self.u64("timeline")?,
+        };
+        if let Some(problem) = checked.then(|| timeline_problem(&timeline)).flatten() {
+            return Err(DecodeError::malformed(
+                "timeline",
+                Problem::Timeline(problem),
+                at,
+            ));
+        }
+        Ok(timeline)
+    }
+
+    /// The cache key; with `checks`, one the value may be stored under.
+    fn key(&mut self, checks: Option<&Checks<'_>>) -> Result<&'a str, DecodeError> {
+        let at = self.pos;
+        let key = Reader::utf8(self.bytes32("key")?, "key", at)?;
+        if checks.is_some_and(|c| !(c.key_ok)(key)) {
+            return Err(DecodeError::malformed("key", Problem::WrongKey, at));
+        }
+        Ok(key)
+    }
+
+    /// The header lines, the lines of one name contiguous; checked, no
+    /// hop-by-hop header.
+    fn headers(&mut self, checked: bool) -> Result<HeaderMap, DecodeError> {
+        let count = self.count32(MAX_HEADERS, MIN_HEADER_LEN, "header count")?;
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut last: Option<HeaderName> = None;
+        for _ in 0..count {
+            let at = self.pos;
+            let name = self.name("header name")?;
+            if checked {
+                if let Some(hop) = HOP_BY_HOP.iter().find(|h| **h == name.as_str()) {
+                    let problem = Problem::HopByHop(hop);
+                    return Err(DecodeError::malformed("header name", problem, at));
+                }
+            }
+            let value = self.value("header value")?;
+            if last.as_ref() != Some(&name) {
+                if headers.contains_key(&name) {
+                    let problem = Problem::NotContiguous;
+                    return Err(DecodeError::malformed("header name", problem, at));
+                }
+                last = Some(name.clone());
+            }
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+
+    /// The `Vary` names, each with the request's values for it.
+    fn vary(&mut self) -> Result<Vec<VaryValues>, DecodeError> {
+        let count = self.count16(MAX_VARY_NAMES, MIN_VARY_LEN, "vary count")?;
+        let mut vary = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = self.name("vary name")?;
+            let n = self.count16(MAX_VARY_VALUES, MIN_VARY_VALUE_LEN, "vary value count")?;
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                values.push(self.value("vary value")?);
+            }
+            vary.push((name, values.into_boxed_slice()));
+        }
+        Ok(vary)
+    }
+
+    /// The tags.
+    fn tags(&mut self) -> Result<Vec<Box<str>>, DecodeError> {
+        let count = self.count16(MAX_TAGS, MIN_TAG_LEN, "tag count")?;
+        let mut tags = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = self.pos;
+            let tag = Reader::utf8(self.bytes16("tag")?, "tag", at)?;
+            tags.push(Box::<str>::from(tag));
+        }
+        Ok(tags)
+    }
+
+    /// The body: decompressed, a slice of `shared` (the value's own
+    /// buffer) when [`shares_body`] allows, else a copy. With `max_body`,
+    /// no larger than it.
+    fn body(
+        &mut self,
+        compressed: bool,
+        shared: Option<&Bytes>,
+        max_body: Option<u64>,
+    ) -> Result<Bytes, DecodeError> {
+        let start = self.pos + 4;
+        let at = self.pos;
+        let raw = self.bytes32("body")?;
+        if let Some(max) = max_body.filter(|max| !compressed && raw.len() as u64 > *max) {
+            let problem = Problem::BodyTooLarge {
+                size: raw.len() as u64,
+                max,
+            };
+            return Err(DecodeError::malformed("body", problem, at));
+        }
+        if compressed {
+            return decompress(raw, at, max_body);
+        }
+        Ok(match shared {
+            Some(b) if shares_body(self.buf.len(), raw.len()) => b.slice(start..start + raw.len()),
+            _ => crate::entry::owned_bytes(raw),
+        })
+    }
+
+    /// Nothing after the body.
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.remaining() != 0 {
+            let problem = Problem::TrailingBytes(self.remaining());
+            return Err(DecodeError::malformed("end of value", problem, self.pos));
+        }
+        Ok(())
+    }
+}
+
+/// Every `Content-Length` value (a list of them included) is the body's
+/// length; `at` is where the body starts.
+fn check_content_length(
+    headers: &HeaderMap,
+    body_len: usize,
+    at: usize,
+) -> Result<(), DecodeError> {
+    let bad = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                != Some(body_len as u64)
+        });
+    if bad {
+        let problem = Problem::ContentLength { body: body_len };
+        return Err(DecodeError::malformed("header value", problem, at));
+    }
+    Ok(())
 }
 
 /// Whether a decoded body of `body` bytes may stay a slice of the value's
