@@ -271,7 +271,8 @@ struct L2Settings {
     promote_after: u32,
     promotion_window: Duration,
     write_queue: usize,
-    l1_max_ttl: Duration,
+    l1_max_ttl: Option<Duration>,
+    invalidation_log_len: usize,
     compress_over: Option<usize>,
     shared_stats: Option<Duration>,
 }
@@ -289,7 +290,8 @@ impl Default for L2Settings {
             promote_after: 3,
             promotion_window: Duration::from_secs(60),
             write_queue: 1024,
-            l1_max_ttl: Duration::from_secs(10),
+            l1_max_ttl: None,
+            invalidation_log_len: 10_000,
             compress_over: cfg!(feature = "compression").then_some(1024),
             shared_stats: None,
         }
@@ -886,14 +888,29 @@ impl CacheBuilder {
         self
     }
 
-    /// While the invalidation channel (Redis pub/sub) is down, or not yet
-    /// up, L1 copies older than this are not used (default 10 s): other instances'
-    /// invalidations may be missed meanwhile. L1 is cleared when the
-    /// channel comes back.
+    /// An optional bound on L1 while this instance is not following the
+    /// L2 invalidation log (Redis unreachable, or not yet connected): L1
+    /// copies older than this are then not used. Default: no bound. L1 keeps
+    /// serving what it holds within its own freshness while Redis is down,
+    /// and catches up with the invalidations it missed when Redis is back
+    /// (L1 is cleared only if the log no longer holds them; see
+    /// [`l2_invalidation_log_len`](Self::l2_invalidation_log_len)).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
-        self.l2.l1_max_ttl = ttl;
+        self.l2.l1_max_ttl = Some(ttl);
+        self
+    }
+
+    /// How many entries the L2 invalidation log (a Redis Stream,
+    /// `{namespace}:inv`, trimmed with `XADD … MAXLEN ~`) keeps (default
+    /// 10 000; at least 1). An instance that reconnects after missing more
+    /// invalidations (or overwrites) than this clears its L1, counted in
+    /// `Stats::l2_coherence_resets`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn l2_invalidation_log_len(mut self, entries: usize) -> Self {
+        self.l2.invalidation_log_len = entries;
         self
     }
 
@@ -1192,6 +1209,12 @@ impl CacheBuilder {
         if l2.write_queue == 0 {
             return Err(BuildError::invalid("l2_write_queue", "must be at least 1"));
         }
+        if l2.invalidation_log_len == 0 {
+            return Err(BuildError::invalid(
+                "l2_invalidation_log_len",
+                "must be at least 1",
+            ));
+        }
         let cfg = crate::store::l2::L2Config {
             target,
             namespace: l2.namespace.clone(),
@@ -1203,6 +1226,7 @@ impl CacheBuilder {
             promotion_window: l2.promotion_window,
             write_queue: l2.write_queue,
             l1_max_ttl: l2.l1_max_ttl,
+            invalidation_log_len: l2.invalidation_log_len,
             max_body_bytes: self.max_body,
             compress_over: l2.compress_over,
             warnings: self.observe.log.warnings(),
@@ -1378,6 +1402,8 @@ impl Cache {
             l2_breaker: None,
             l2_subscribed: false,
             l2_messages_received: 0,
+            l2_coherence_resets: 0,
+            l2_invalidations_dropped: 0,
             breaker: s.breakers.worst(now),
             breaker_opens: s.breakers.opens(),
             upstream_breakers: self.upstream_breakers(),
@@ -1403,6 +1429,8 @@ impl Cache {
             stats.l2_subscribed = l2.subscribed();
             stats.l2_messages_received = c.messages_received.get();
             stats.l2_variants_evicted = c.variants_evicted.get();
+            stats.l2_coherence_resets = c.coherence_resets.get();
+            stats.l2_invalidations_dropped = c.invalidations_dropped.get();
         }
         stats.requests = stats.hits
             + stats.stale

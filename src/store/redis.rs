@@ -51,13 +51,27 @@ enum Backend {
     },
 }
 
+/// A connection used by one task only (see [`RedisStore::dedicated`]).
+pub(crate) enum Dedicated {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Dedicated {
+    /// Runs one command (on a cluster, on its key's node).
+    pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        Ok(match self {
+            Dedicated::Single(c) => cmd.query_async(c).await?,
+            Dedicated::Cluster(c) => cmd.query_async(&mut **c).await?,
+        })
+    }
+}
+
 /// A Redis connection made on first use.
 pub(crate) struct RedisStore {
     backend: Backend,
     /// The (first) URL, for per-node scans.
     url: String,
-    /// Every seed URL, tried in turn for the pub/sub connection.
-    urls: Vec<String>,
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
     connect_timeout: Duration,
@@ -147,7 +161,6 @@ impl RedisStore {
                 let server = server_of(client.get_connection_info());
                 Ok(Self {
                     url: url.clone(),
-                    urls: vec![url.clone()],
                     backend: Backend::Single {
                         client: Box::new(client),
                         conn: std::sync::Mutex::new(None),
@@ -170,7 +183,6 @@ impl RedisStore {
                     .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
                 Ok(Self {
                     url: urls[0].clone(),
-                    urls: urls.clone(),
                     backend: Backend::Cluster {
                         client: Box::new(client),
                         conn: Arc::new(std::sync::Mutex::new(None)),
@@ -376,17 +388,36 @@ impl RedisStore {
         }
     }
 
-    /// A client for a dedicated connection (pub/sub): any node of a
-    /// cluster receives every published message.
-    pub(crate) fn client(&self) -> Result<Client, StoreError> {
-        Ok(Client::open(self.url.as_str())?)
+    /// A connection of its own for the invalidation log's reader, whose
+    /// `XREAD BLOCK` would hold up every other command on a shared one:
+    /// responses may take `response_timeout` (the block plus a margin).
+    pub(crate) async fn dedicated(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<Dedicated, StoreError> {
+        match &self.backend {
+            Backend::Single { client, .. } => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let c = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Ok(Dedicated::Single(c))
+            }
+            Backend::Cluster { client, .. } => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(self.connect_timeout)
+                    .set_response_timeout(response_timeout);
+                let c = client.get_async_connection_with_config(config).await?;
+                Ok(Dedicated::Cluster(Box::new(c)))
+            }
+        }
     }
 
-    /// A client on the `n`th seed URL (round robin), for the pub/sub
-    /// connection: if one cluster node is gone, the next try uses another.
-    pub(crate) fn client_at(&self, n: usize) -> Result<Client, StoreError> {
-        let url = &self.urls[n % self.urls.len().max(1)];
-        Ok(Client::open(url.as_str())?)
+    /// A client for a connection of its own to the (first) server.
+    pub(crate) fn client(&self) -> Result<Client, StoreError> {
+        Ok(Client::open(self.url.as_str())?)
     }
 
     /// Clients for every node whose keys must be scanned: the one server,
