@@ -19,34 +19,41 @@
 //! Losing the connection neither clears L1 nor makes it distrusted: L1
 //! keeps serving what it holds within its own freshness (`l1_max_ttl` is an
 //! optional bound). On reconnect the instance probes the log (one script:
-//! whether its last id is still there, the highest id trimmed, the last id
-//! generated, the server's uptime) and [`resume`] decides:
+//! whether its last id is still there, the oldest id, the length, how many
+//! entries were ever added, and the server's `run_id`, which changes with
+//! every restart) and [`resume`] decides:
 //!
-//! - **the same log, nothing trimmed past our id**: read on from our id, in
-//!   pages, applying what was missed. No flush.
-//! - **the same log, trimmed past our id** (entries we never read are
-//!   gone): L1 is cleared, with a warning and `l2_coherence_resets`.
-//! - **a different log**: our id never existed in it, or the stream is
-//!   missing. This is what a Redis restarted without persistence looks
-//!   like (or one restored from an older snapshot). If the server started
-//!   during our outage (its uptime is shorter than the outage), the old log
-//!   died with the old server, at about the moment our connection broke:
-//!   we were following it until then, so nothing is lost *to us* that any
-//!   other instance could still tell us. What other instances invalidated
-//!   while Redis was down they queued (below) and append when it is back,
-//!   into the new log: we read the new log from its very beginning, so
-//!   those replays reach our L1. No flush: with 300 hot URLs and Redis
-//!   SIGKILLed for 15 s, L1 keeps all of them.
-//!   If instead the server has been up all along, the log was deleted or
-//!   evicted while we were away: what it held is lost, L1 is cleared
-//!   (counted). If the new log was itself already trimmed, likewise.
+//! - **our entry is still there**: trims remove the oldest entries, so
+//!   everything after it is there too. Read on from our id, in pages,
+//!   applying what was missed. No flush.
+//! - **older entries are there, ours is not**: a log restored from disk
+//!   (`appendonly`) without its last second, all of which we had applied.
+//!   Read on from our id.
+//! - **every entry is newer than ours, same server**: the log was trimmed
+//!   past our id (or deleted and written again): entries we never read are
+//!   gone. L1 is cleared, with a warning and `l2_coherence_resets`.
+//! - **the stream is missing, or every entry is newer than ours and nothing
+//!   was ever trimmed from it, on a restarted server** (new `run_id`): what
+//!   a Redis restarted without persistence looks like. The old log died
+//!   with the old server, at about the moment our connection broke: we were
+//!   following it until then, so nothing is lost *to us* that any other
+//!   instance could still tell us. What other instances invalidated while
+//!   Redis was down they queued (below) and append when it is back, into
+//!   the new log: we read the new log from its very beginning, so those
+//!   replays reach our L1. No flush: with 300 hot URLs and Redis SIGKILLed
+//!   for 15 s, L1 keeps all of them. (A new log already trimmed: a reset.)
+//! - **the stream is missing on the same server**: deleted or evicted
+//!   while we were away; what it held is lost: a reset.
 //!
 //! The residual risk, stated: an instance cut off from a Redis that keeps
 //! running and receives invalidations, which then dies without persistence
 //! before the instance reconnects, misses those invalidations (they were
 //! delivered to the old log, not queued by their senders). That takes two
 //! failures in a row; a Redis with `appendonly yes` keeps the log and closes
-//! it (the id is then found, or the restored log is behind us).
+//! it. Before its first connection an instance reads from the log's end
+//! (what came before concerns copies it never held), or, if Redis was
+//! unreachable when it started, from its start time, so invalidations
+//! others queued during that outage reach it too.
 //!
 //! # Invalidations made while Redis is unreachable
 //!
@@ -105,53 +112,69 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// What the probe found about the log, on reconnect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct LogState {
     /// The stream exists.
     pub(crate) exists: bool,
     /// The entry with our last id is still in it.
     pub(crate) ours_present: bool,
+    /// The id of its first (oldest) entry, if any.
+    pub(crate) first: Option<StreamId>,
     /// `last-generated-id`.
     pub(crate) last_generated: StreamId,
-    /// `max-deleted-entry-id` (`None`: not reported).
-    pub(crate) max_deleted: Option<StreamId>,
-    /// The server's uptime in seconds (`None`: not reported).
-    pub(crate) uptime_secs: Option<u64>,
+    /// Entries in it now.
+    pub(crate) length: u64,
+    /// `entries-added`: entries ever added (`None`: not reported).
+    pub(crate) entries_added: Option<u64>,
+    /// The server's `run_id`: a new one after every restart (or failover).
+    pub(crate) run_id: String,
 }
 
 /// Probes the log in one step (a script: one slot on a cluster, and one
 /// consistent view). `KEYS[1]` the stream, `ARGV[1]` our last id (or
-/// empty). Returns `{exists, uptime, last-generated-id,
-/// max-deleted-entry-id, ours present}`.
+/// empty). Returns `{exists, run_id, first id, length, entries-added,
+/// ours present, last-generated-id}`. (`max-deleted-entry-id` is no help:
+/// trimming does not move it.)
 pub(crate) const PROBE_SCRIPT: &str = r"
-local up = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')) or -1
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, up, '0-0', '', 0} end
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, run, '', 0, '', 0, '0-0'} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local lg, md = '0-0', ''
+local lg, added, len = '0-0', '', 0
 for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then lg = info[i + 1] end
-  if info[i] == 'max-deleted-entry-id' then md = info[i + 1] end
+  if info[i] == 'entries-added' then added = tostring(info[i + 1]) end
+  if info[i] == 'length' then len = info[i + 1] end
 end
+local first = ''
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #head > 0 then first = head[1][1] end
 local present = 0
 if ARGV[1] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then present = 1 end
-return {1, up, lg, md, present}
+return {1, run, first, len, added, present, lg}
 ";
 
 impl LogState {
     /// Reads [`PROBE_SCRIPT`]'s reply.
     pub(crate) fn from_reply(v: &Value) -> Option<LogState> {
         let Value::Array(items) = v else { return None };
-        let int = |v: &Value| text(v).and_then(|t| t.parse::<i64>().ok());
-        let [exists, up, lg, md, present] = items.as_slice() else {
+        let int = |v: &Value| text(v).and_then(|t| t.parse::<u64>().ok());
+        let [exists, run, first, len, added, present, lg] = items.as_slice() else {
             return None;
         };
         Some(LogState {
             exists: int(exists)? == 1,
+            run_id: text(run).unwrap_or_default(),
+            first: StreamId::from_value(first),
+            length: int(len).unwrap_or(0),
+            entries_added: int(added),
             ours_present: int(present)? == 1,
             last_generated: StreamId::from_value(lg)?,
-            max_deleted: StreamId::from_value(md),
-            uptime_secs: int(up).and_then(|u| u64::try_from(u).ok()),
         })
+    }
+
+    /// Nothing was ever removed from this log (`None`: unknown).
+    fn untrimmed(&self) -> bool {
+        self.entries_added.is_some_and(|a| a == self.length)
     }
 }
 
@@ -165,55 +188,43 @@ pub(crate) enum Resume {
 }
 
 /// The decision on reconnect (see the module docs). `last`: the id of the
-/// last entry applied; `outage_ms`: how long this instance was without the
-/// log.
-pub(crate) fn resume(last: StreamId, s: &LogState, outage_ms: u64) -> Resume {
-    // The server started during our outage (2 s for the uptime's
-    // rounding and the time the probe took).
-    let restarted = s
-        .uptime_secs
-        .is_some_and(|up| up.saturating_mul(1000) <= outage_ms.saturating_add(2000));
-    // Anything after `id` trimmed away? Unknown `max-deleted-entry-id`
-    // (Redis before 7.0): only if our entry is gone.
-    let trimmed_after = |id: StreamId| match s.max_deleted {
-        Some(d) => d > id,
-        None => !s.ours_present,
-    };
+/// last entry applied; `restarted`: the server's `run_id` changed since
+/// this instance last saw it.
+pub(crate) fn resume(last: StreamId, s: &LogState, restarted: bool) -> Resume {
+    if s.ours_present {
+        // Trims remove the oldest entries: all after ours are there.
+        return Resume::From(last);
+    }
     if !s.exists {
         return if restarted {
+            // Lost with the old server; nobody wrote to the new one yet.
             Resume::From(StreamId::ZERO)
         } else {
             Resume::Reset(StreamId::ZERO, "the invalidation log is gone")
         };
     }
-    let same = s.ours_present || s.max_deleted.is_some_and(|d| d >= last);
-    if same {
-        return if trimmed_after(last) {
-            Resume::Reset(
-                s.last_generated,
-                "the invalidation log was trimmed past the last entry applied",
-            )
-        } else {
-            Resume::From(last)
-        };
+    match s.first {
+        // Older entries are there, ours is not: a log restored from disk
+        // without its last entries (all of which we applied); what comes
+        // after ours in it is new.
+        Some(first) if first < last => Resume::From(last),
+        // Everything in it is newer than ours.
+        _ if restarted && s.untrimmed() => Resume::From(StreamId::ZERO),
+        _ if restarted => Resume::Reset(
+            s.last_generated,
+            "the invalidation log was recreated and already trimmed",
+        ),
+        _ => Resume::Reset(
+            s.last_generated,
+            "the invalidation log was trimmed past the last entry applied",
+        ),
     }
-    // A different log: recreated, or restored behind us.
-    if restarted {
-        if trimmed_after(StreamId::ZERO) {
-            Resume::Reset(
-                s.last_generated,
-                "the invalidation log was recreated and already trimmed",
-            )
-        } else {
-            Resume::From(StreamId::ZERO)
-        }
-    } else if s.last_generated < last && !trimmed_after(StreamId::ZERO) {
-        // Behind us on a server that did not restart (e.g. a replica
-        // promoted): read whatever comes after what it has.
-        Resume::From(s.last_generated)
-    } else {
-        Resume::Reset(s.last_generated, "the invalidation log was replaced")
-    }
+}
+
+/// On the first connection, from `start`: whether entries after it were
+/// already trimmed away.
+pub(crate) fn trimmed_after(start: StreamId, s: &LogState) -> bool {
+    s.exists && !s.untrimmed() && s.first.is_none_or(|f| f > start)
 }
 
 /// The entries of an `XREAD` / `XRANGE` reply: `(id, values of field m)`.
@@ -337,13 +348,15 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn state(exists: bool, present: bool, lg: u64, md: Option<u64>, up: u64) -> LogState {
+    fn state(exists: bool, present: bool, first: Option<u64>, lg: u64, added: u64) -> LogState {
         LogState {
             exists,
             ours_present: present,
+            first: first.map(|f| StreamId(f, 0)),
             last_generated: StreamId(lg, 0),
-            max_deleted: md.map(|m| StreamId(m, 0)),
-            uptime_secs: Some(up),
+            length: 100,
+            entries_added: Some(added),
+            run_id: "r".into(),
         }
     }
 
@@ -352,51 +365,63 @@ mod tests {
     #[test]
     fn same_log_reads_on_without_a_flush() {
         // Our entry is there, newer ones too, older ones trimmed.
-        let s = state(true, true, 5000, Some(500), 3600);
-        assert_eq!(resume(OURS, &s, 20_000), Resume::From(OURS));
-        // Our entry itself trimmed, nothing after it.
-        let s = state(true, false, 5000, Some(1000), 3600);
-        assert_eq!(resume(OURS, &s, 20_000), Resume::From(OURS));
+        let s = state(true, true, Some(500), 5000, 10_000);
+        assert_eq!(resume(OURS, &s, false), Resume::From(OURS));
+        assert_eq!(resume(OURS, &s, true), Resume::From(OURS));
     }
 
     #[test]
     fn trimmed_past_our_id_is_a_reset() {
-        let s = state(true, false, 9000, Some(1500), 3600);
+        let s = state(true, false, Some(1500), 9000, 10_000);
         assert!(matches!(
-            resume(OURS, &s, 20_000),
+            resume(OURS, &s, false),
             Resume::Reset(StreamId(9000, 0), _)
         ));
-        // Without max-deleted-entry-id, a missing entry is a reset.
-        let s = state(true, false, 9000, None, 3600);
-        assert!(matches!(resume(OURS, &s, 20_000), Resume::Reset(..)));
-        let s = state(true, true, 9000, None, 3600);
-        assert_eq!(resume(OURS, &s, 20_000), Resume::From(OURS));
+        // Emptied by a trim.
+        let s = state(true, false, None, 9000, 10_000);
+        assert!(matches!(resume(OURS, &s, false), Resume::Reset(..)));
     }
 
     #[test]
     fn a_log_lost_with_a_restarted_server_is_read_from_its_start() {
-        // Restarted 15 s ago, we were away 16 s: no stream yet.
-        let s = state(false, false, 0, None, 15);
-        assert_eq!(resume(OURS, &s, 16_000), Resume::From(StreamId::ZERO));
+        // Restarted, no stream yet.
+        let s = state(false, false, None, 0, 0);
+        assert_eq!(resume(OURS, &s, true), Resume::From(StreamId::ZERO));
         // A new stream with other instances' replays in it.
-        let s = state(true, false, 7000, Some(0), 15);
-        assert_eq!(resume(OURS, &s, 16_000), Resume::From(StreamId::ZERO));
+        let s = state(true, false, Some(7000), 7010, 100);
+        assert_eq!(resume(OURS, &s, true), Resume::From(StreamId::ZERO));
         // ... already trimmed: a reset.
-        let s = state(true, false, 7000, Some(6000), 15);
-        assert!(matches!(resume(OURS, &s, 16_000), Resume::Reset(..)));
+        let s = state(true, false, Some(7000), 9000, 20_000);
+        assert!(matches!(resume(OURS, &s, true), Resume::Reset(..)));
+        // Restored from disk without our (last) entry: read on from ours.
+        let s = state(true, false, Some(10), 900, 20_000);
+        assert_eq!(resume(OURS, &s, true), Resume::From(OURS));
     }
 
     #[test]
     fn a_log_lost_on_a_server_that_stayed_up_is_a_reset() {
-        // Up for an hour, we were away 16 s, the stream is gone.
-        let s = state(false, false, 0, None, 3600);
-        assert!(matches!(resume(OURS, &s, 16_000), Resume::Reset(..)));
-        // Replaced by another stream.
-        let s = state(true, false, 7000, Some(0), 3600);
-        assert!(matches!(resume(OURS, &s, 16_000), Resume::Reset(..)));
-        // Behind us (a promoted replica), nothing trimmed: read on.
-        let s = state(true, false, 900, Some(0), 3600);
-        assert_eq!(resume(OURS, &s, 16_000), Resume::From(StreamId(900, 0)));
+        let s = state(false, false, None, 0, 0);
+        assert!(matches!(resume(OURS, &s, false), Resume::Reset(..)));
+        // Replaced by another stream (deleted, then written again).
+        let s = state(true, false, Some(7000), 7010, 100);
+        assert!(matches!(resume(OURS, &s, false), Resume::Reset(..)));
+    }
+
+    #[test]
+    fn the_first_read_checks_what_was_trimmed_after_its_start() {
+        assert!(!trimmed_after(OURS, &state(false, false, None, 0, 0)));
+        assert!(!trimmed_after(
+            OURS,
+            &state(true, false, Some(7000), 7010, 100)
+        ));
+        assert!(!trimmed_after(
+            OURS,
+            &state(true, false, Some(500), 7010, 9000)
+        ));
+        assert!(trimmed_after(
+            OURS,
+            &state(true, false, Some(7000), 7010, 9000)
+        ));
     }
 
     #[test]
@@ -436,18 +461,16 @@ mod tests {
 
         let probe = Value::Array(vec![
             Value::Int(1),
-            Value::Int(42),
-            bulk("9-1"),
+            bulk("r"),
             bulk("3-0"),
+            Value::Int(100),
+            Value::Int(100),
             Value::Int(0),
+            bulk("9-1"),
         ]);
-        assert_eq!(
-            LogState::from_reply(&probe),
-            Some(state(true, false, 9, Some(3), 42)).map(|mut s| {
-                s.last_generated = StreamId(9, 1);
-                s
-            })
-        );
+        let mut want = state(true, false, Some(3), 9, 100);
+        want.last_generated = StreamId(9, 1);
+        assert_eq!(LogState::from_reply(&probe), Some(want));
     }
 
     #[test]

@@ -262,6 +262,8 @@ pub(crate) struct L2 {
     last_id: Mutex<Option<StreamId>>,
     /// Since when the log reader has been without a connection.
     lost_at: Mutex<Option<std::time::Instant>>,
+    /// The `run_id` of the server holding the log, when last seen.
+    run_id: Mutex<Option<String>>,
     /// When this tier was made, ms since the Unix epoch (wall clock, as
     /// Redis's stream ids): the first read of the log starts a little
     /// before it.
@@ -317,6 +319,7 @@ impl L2 {
             log_key: format!("{{{}}}:inv", cfg.namespace),
             last_id: Mutex::new(None),
             lost_at: Mutex::new(None),
+            run_id: Mutex::new(None),
             started_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -1530,11 +1533,6 @@ async fn follow(
         return true;
     };
     let last = *l2.last_id.lock().unwrap_or_else(|e| e.into_inner());
-    let outage_ms = l2
-        .lost_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .map_or(0, |t| t.elapsed().as_millis() as u64);
     let mut probe = redis::cmd("EVAL");
     probe
         .arg(crate::store::inval::PROBE_SCRIPT)
@@ -1549,8 +1547,15 @@ async fn follow(
     let Some(l2) = weak.upgrade() else {
         return true;
     };
+    // The server restarted (or failed over) since this instance last saw it.
+    let restarted = {
+        let mut seen = l2.run_id.lock().unwrap_or_else(|e| e.into_inner());
+        let restarted = seen.as_ref().is_some_and(|r| *r != state.run_id);
+        *seen = Some(state.run_id.clone());
+        restarted
+    };
     let decision = match last {
-        Some(last) => crate::store::inval::resume(last, &state, outage_ms),
+        Some(last) => crate::store::inval::resume(last, &state, restarted),
         // The first connection. If Redis was reachable at start-up, from
         // the log's end: what came before concerns copies this instance
         // never held, and replaying it would drop good ones. If it was
@@ -1560,23 +1565,23 @@ async fn follow(
         // ids are Redis's clock: a skew between the clocks moves that
         // point by as much.)
         None => {
-            let start = if l2
+            let unreachable_at_start = l2
                 .lost_at
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-            {
-                StreamId(l2.started_ms, 0)
+                .is_some();
+            if !unreachable_at_start {
+                Resume::From(state.last_generated)
             } else {
-                state.last_generated
-            };
-            if state.exists && state.max_deleted.is_some_and(|d| d > start) {
-                Resume::Reset(
-                    state.last_generated,
-                    "the invalidation log was trimmed past this instance's start",
-                )
-            } else {
-                Resume::From(start)
+                let start = StreamId(l2.started_ms, 0);
+                if crate::store::inval::trimmed_after(start, &state) {
+                    Resume::Reset(
+                        state.last_generated,
+                        "the invalidation log was trimmed past this instance's start",
+                    )
+                } else {
+                    Resume::From(start)
+                }
             }
         }
     };
