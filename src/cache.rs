@@ -1727,8 +1727,9 @@ impl Cache {
                     .as_ref()
                     .is_some_and(|l2| !l2.trust_l1(e.timeline.stored_at, now)) =>
             {
-                // The invalidation channel is down and this copy is old:
-                // go to L2, which other instances keep current.
+                // `l1_max_ttl` is set, this instance is not following the
+                // invalidation log and this copy is old: go to L2, which
+                // other instances keep current.
                 (None, "uri-miss")
             }
             Found::Entry(e) => (Some(e), "stale"),
