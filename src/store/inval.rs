@@ -68,6 +68,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use redis::Value;
@@ -296,6 +297,8 @@ pub(crate) enum Pending {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     queue: Mutex<VecDeque<Pending>>,
+    /// Whether anything is queued (read without the lock).
+    busy: AtomicBool,
 }
 
 impl Outbox {
@@ -303,6 +306,7 @@ impl Outbox {
     /// one (replaced by a clear of the namespace) because the queue is full.
     pub(crate) fn push(&self, p: Pending) -> u64 {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.store(true, Ordering::Release);
         if q.front() == Some(&Pending::Clear) {
             // A clear is due: it covers this one (it runs later).
             return 0;
@@ -328,7 +332,22 @@ impl Outbox {
     /// Everything queued, in order, leaving the queue empty.
     pub(crate) fn take(&self) -> Vec<Pending> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.store(false, Ordering::Release);
         q.drain(..).collect()
+    }
+
+    /// Whether a queued invalidation covers `key` (a read of it must not
+    /// be served or promoted until it is replayed).
+    pub(crate) fn holds(&self, key: KeyHash) -> bool {
+        if !self.busy.load(Ordering::Acquire) {
+            return false;
+        }
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().any(|p| match p {
+            Pending::Key(k) => *k == key,
+            Pending::Announce(_) => false,
+            Pending::Tag(_) | Pending::Prefix(_) | Pending::Clear => true,
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -490,6 +509,15 @@ mod tests {
             0,
             "covered by the clear"
         );
+        assert!(o.holds(KeyHash(7)), "a clear covers every key");
         assert_eq!(o.take(), vec![Pending::Clear]);
+        assert!(!o.holds(KeyHash(7)));
+        o.push(Pending::Announce(KeyHash(7)));
+        assert!(
+            !o.holds(KeyHash(7)),
+            "an overwrite announcement is no invalidation"
+        );
+        o.push(Pending::Key(KeyHash(7)));
+        assert!(o.holds(KeyHash(7)) && !o.holds(KeyHash(8)));
     }
 }

@@ -270,6 +270,8 @@ pub(crate) struct L2 {
     started_ms: u64,
     /// Invalidations waiting for Redis (bounded).
     outbox: Outbox,
+    /// Tag, prefix or clear invalidations of the outbox being replayed.
+    broad_replays: AtomicU64,
     /// Dropped with the tier: tells the subscriber task to end.
     shutdown: watch::Sender<()>,
     /// The sequence number of the last tag or prefix invalidation received.
@@ -324,6 +326,7 @@ impl L2 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             outbox: Outbox::default(),
+            broad_replays: AtomicU64::new(0),
             shutdown: watch::channel(()).0,
             broad_seq: AtomicU64::new(0),
             invalidated: QuickCache::new(100_000),
@@ -437,6 +440,11 @@ impl L2 {
         let mut keys = Vec::new();
         let mut announce = Vec::new();
         for p in self.outbox.take() {
+            // Until each replay lands (or is queued again), reads here of
+            // what it covers are misses (`deleting`).
+            if matches!(p, Pending::Clear | Pending::Tag(_) | Pending::Prefix(_)) {
+                self.broad_replays.fetch_add(1, Ordering::AcqRel);
+            }
             match p {
                 Pending::Clear => {
                     self.clear().await;
@@ -447,12 +455,23 @@ impl L2 {
                 Pending::Prefix(p) => {
                     self.invalidate_prefix(&p).await;
                 }
-                Pending::Key(k) => keys.push(k),
-                Pending::Announce(k) => announce.push(k),
+                Pending::Key(k) => {
+                    self.deleting.insert(k, ());
+                    keys.push(k);
+                    continue;
+                }
+                Pending::Announce(k) => {
+                    announce.push(k);
+                    continue;
+                }
             }
+            self.broad_replays.fetch_sub(1, Ordering::AcqRel);
         }
         if !keys.is_empty() {
-            self.delete_announced(keys).await;
+            self.delete_announced(keys.clone()).await;
+            for k in keys {
+                self.deleting.remove(&k);
+            }
         }
         if !announce.is_empty() {
             let msgs: Vec<Message> = announce.iter().map(|k| Message::Key(*k)).collect();
@@ -1157,9 +1176,12 @@ impl L2 {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Whether this instance invalidated `key` and its `DEL` is under way.
+    /// Whether this instance invalidated `key` and its `DEL` is under way
+    /// (or queued while Redis is unreachable, or being replayed).
     pub(crate) fn deleting(&self, key: KeyHash) -> bool {
         self.deleting.get(&key).is_some()
+            || self.broad_replays.load(Ordering::Acquire) > 0
+            || self.outbox.holds(key)
     }
 
     /// Writes queued by `enqueue` and not yet written or dropped.
