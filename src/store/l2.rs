@@ -1503,15 +1503,19 @@ async fn subscribe_loop(weak: Weak<L2>, mut shutdown: watch::Receiver<()>) {
     }
     let _gone = Gone(weak.clone());
     let mut delay = Duration::from_millis(100);
+    let mut attempt = 0usize;
     loop {
         let Some(l2) = weak.upgrade() else { return };
         // The read's own deadline: the block, and a margin for the reply.
         let deadline = BLOCK + l2.cfg.connect_timeout.max(Duration::from_secs(1));
+        // Each attempt starts from the next seed URL (a cluster node may
+        // be gone).
         let connect = tokio::time::timeout(
             l2.cfg.connect_timeout.saturating_mul(2),
-            l2.store.dedicated(deadline),
+            l2.store.dedicated(&l2.log_key, attempt, deadline),
         )
         .await;
+        attempt = attempt.wrapping_add(1);
         drop(l2);
         if let Ok(Ok(mut conn)) = connect {
             if follow(&weak, &mut conn, &mut shutdown, deadline).await {

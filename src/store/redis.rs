@@ -51,19 +51,14 @@ enum Backend {
     },
 }
 
-/// A connection used by one task only (see [`RedisStore::dedicated`]).
-pub(crate) enum Dedicated {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(Box<ClusterConnection>),
-}
+/// A connection used by one task only (see [`RedisStore::dedicated`]):
+/// to one node, the one holding the key it was made for.
+pub(crate) struct Dedicated(redis::aio::MultiplexedConnection);
 
 impl Dedicated {
-    /// Runs one command (on a cluster, on its key's node).
+    /// Runs one command.
     pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
-        Ok(match self {
-            Dedicated::Single(c) => cmd.query_async(c).await?,
-            Dedicated::Cluster(c) => cmd.query_async(&mut **c).await?,
-        })
+        Ok(cmd.query_async(&mut self.0).await?)
     }
 }
 
@@ -72,6 +67,8 @@ pub(crate) struct RedisStore {
     backend: Backend,
     /// The (first) URL, for per-node scans.
     url: String,
+    /// Every seed URL, tried in turn for the invalidation log's reader.
+    urls: Vec<String>,
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
     connect_timeout: Duration,
@@ -161,6 +158,7 @@ impl RedisStore {
                 let server = server_of(client.get_connection_info());
                 Ok(Self {
                     url: url.clone(),
+                    urls: vec![url.clone()],
                     backend: Backend::Single {
                         client: Box::new(client),
                         conn: std::sync::Mutex::new(None),
@@ -183,6 +181,7 @@ impl RedisStore {
                     .map_err(|e| format!("bad Redis Cluster URLs: {e}"))?;
                 Ok(Self {
                     url: urls[0].clone(),
+                    urls: urls.clone(),
                     backend: Backend::Cluster {
                         client: Box::new(client),
                         conn: Arc::new(std::sync::Mutex::new(None)),
@@ -390,27 +389,46 @@ impl RedisStore {
 
     /// A connection of its own for the invalidation log's reader, whose
     /// `XREAD BLOCK` would hold up every other command on a shared one:
-    /// responses may take `response_timeout` (the block plus a margin).
+    /// responses may take `response_timeout` (the block plus a margin). On
+    /// a cluster, one connection to the node that owns `key`'s slot (the
+    /// `attempt`th seed URL, or where its `MOVED` points), not a cluster
+    /// connection to every master.
     pub(crate) async fn dedicated(
         &self,
+        key: &str,
+        attempt: usize,
         response_timeout: Duration,
     ) -> Result<Dedicated, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(response_timeout));
         match &self.backend {
-            Backend::Single { client, .. } => {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(response_timeout));
-                let c = client
+            Backend::Single { client, .. } => Ok(Dedicated(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            )),
+            Backend::Cluster { .. } => {
+                let url = &self.urls[attempt % self.urls.len().max(1)];
+                let mut c = Client::open(url.as_str())?
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;
-                Ok(Dedicated::Single(c))
-            }
-            Backend::Cluster { client, .. } => {
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(self.connect_timeout)
-                    .set_response_timeout(response_timeout);
-                let c = client.get_async_connection_with_config(config).await?;
-                Ok(Dedicated::Cluster(Box::new(c)))
+                match redis::cmd("TYPE")
+                    .arg(key)
+                    .query_async::<Value>(&mut c)
+                    .await
+                {
+                    Ok(_) => Ok(Dedicated(c)),
+                    Err(e) => {
+                        let Some((addr, _)) = e.redirect_node() else {
+                            return Err(e.into());
+                        };
+                        let c = Client::open(with_addr(url, addr).as_str())?
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?;
+                        Ok(Dedicated(c))
+                    }
+                }
             }
         }
     }
