@@ -265,8 +265,8 @@ pub(crate) struct L2 {
     /// The `run_id` of the server holding the log, when last seen.
     run_id: Mutex<Option<String>>,
     /// When this tier was made, ms since the Unix epoch (wall clock, as
-    /// Redis's stream ids): the first read of the log starts a little
-    /// before it.
+    /// Redis's stream ids): where the first read of the log starts if
+    /// Redis was unreachable at start-up.
     started_ms: u64,
     /// Invalidations waiting for Redis (bounded).
     outbox: Outbox,
