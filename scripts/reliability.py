@@ -792,11 +792,14 @@ def _victim(port):
     return poisoned
 
 
-def _start_redis():
+def _start_redis(port=None):
+    """A redis-server without persistence on `port` (a free one if None):
+    (process, port), or (None, None) when there is none or it did not
+    answer within 10 s."""
     exe = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if not exe:
         return None, None
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(  # noqa: S603
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -934,6 +937,91 @@ def scenario_inm_star(px, opts):
         origin.close()
 
 
+def scenario_redis_blip(px, opts):
+    """300 hot URLs (max-age=600) in the proxy's L1 and in Redis; 16
+    clients keep requesting them while Redis is SIGKILLed, left dead for
+    15 s, and restarted empty (no persistence): L1 must keep serving (no
+    flush when the invalidation log's connection drops, none when it comes
+    back), so the origin sees only a handful of extra fetches, and no
+    request fails."""
+    px.require("--redis")
+    urls = 300
+    clients = 16
+    before_kill, dead_for, after = opts.duration(5.0), 15.0, opts.duration(10.0)
+
+    def route(h, _o):
+        return Reply(200, [("Cache-Control", "max-age=600"), ("Content-Type", "text/plain")],
+                     f"page {h.path}\n".encode() * 16)
+
+    redis, rport = _start_redis()
+    if redis is None:
+        raise Skip("no redis-server")
+    origin = Origin(route)
+    proxy = None
+    counts = collections.Counter()
+    lock = threading.Lock()
+    try:
+        proxy = px.start("s9-redis-blip", origin.url(),
+                         ["--redis", f"redis://127.0.0.1:{rport}/", "--namespace", "reliability9"])
+        paths = [f"/hot/{i}" for i in range(urls)]
+        for p in paths:
+            r = get(proxy.port, p)
+            if r.status != 200:
+                return f"warm-up {p} answered {r.status}", False
+        settle(proxy, 1.0)  # the L2 writes land
+        warm = origin.total()
+        stop = threading.Event()
+
+        def worker(idx):
+            client = Client(proxy.port, timeout=10)
+            mine = collections.Counter()
+            i = idx * 37
+            sent = 0
+            while not stop.is_set() and sent < 200000:
+                p = paths[i % urls]
+                i += 7
+                sent += 1
+                try:
+                    r = client.get(p)
+                    mine[r.status] += 1
+                except (OSError, http.client.HTTPException) as e:
+                    mine[type(e).__name__] += 1
+            client.close()
+            with lock:
+                counts.update(mine)
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(before_kill)
+        redis.kill()  # SIGKILL
+        redis.wait(timeout=5)
+        _stop_process(redis)
+        killed_at = origin.total()
+        time.sleep(dead_for)
+        during = origin.total() - killed_at
+        redis, _ = _start_redis(rport)
+        if redis is None:
+            return f"redis-server did not restart on port {rport}", False
+        time.sleep(after)
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+        extra = origin.total() - warm
+        requests = sum(counts.values())
+        failed = requests - counts.get(200, 0)
+        shown = ", ".join(f"{k}x{v}" for k, v in sorted(counts.items(), key=str))
+        measured = (f"{extra} extra origin fetches ({during} while Redis was dead), "
+                    f"{failed} failed of {requests} requests [{shown}]")
+        return measured, extra <= 30 and failed == 0 and requests > 0
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        origin.close()
+        if redis is not None:
+            _stop_process(redis)
+
+
 SCENARIOS = [
     (1, "L1 16 MiB; 400 Vary entries ~1 KB, fresh conn + 300 KB junk header each",
      "RSS growth <= 32 MiB (2x L1)", scenario_vary_junk_header),
@@ -952,6 +1040,8 @@ SCENARIOS = [
      "no evil.example, no alice (x/5 poisoned)", scenario_poison),
     (8, "If-None-Match: * on a cached GET",
      "304", scenario_inm_star),
+    (9, "300 hot URLs under load (16 clients), Redis SIGKILLed for 15 s, restarted empty",
+     "<= 30 extra origin fetches, 0 failed requests", scenario_redis_blip),
 ]
 
 

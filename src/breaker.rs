@@ -201,6 +201,7 @@ impl Breaker {
     /// [`trip`](Self::trip) (no answer) or [`excuse`](Self::excuse) (an
     /// answer). Open or half-open, a timeout is a failure as any other
     /// (the other side was already judged down).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn record_timeout(&self, now: u64) -> bool {
         if self.state.load(Ordering::Acquire) != CLOSED {
             self.record_failure(now);
@@ -215,6 +216,7 @@ impl Breaker {
 
     /// A probe confirmed the suspicion at `now`: opens the breaker if it
     /// is still closed. `true` when this call opened it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn trip(&self, now: u64) -> bool {
         if self.state.load(Ordering::Acquire) != CLOSED {
             return false;
@@ -237,6 +239,7 @@ impl Breaker {
     /// this side's own lateness. While closed the consecutive count starts
     /// again; returns how many it forgave (0 when not closed: a breaker
     /// opened meanwhile on evidence stays open).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn excuse(&self) -> u32 {
         if self.state.load(Ordering::Acquire) != CLOSED {
             return 0;

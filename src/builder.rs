@@ -150,10 +150,16 @@ pub const DEFAULT_L2_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub const DEFAULT_L2_WRITE_QUEUE: usize = 1024;
-/// The default of [`CacheBuilder::l1_max_ttl`].
+/// The default of [`CacheBuilder::l1_max_ttl`]: no bound (L1 keeps
+/// serving within its own freshness while Redis is unreachable, and
+/// catches up from the invalidation log when it is back).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_L1_MAX_TTL: Option<Duration> = None;
+/// The default of [`CacheBuilder::l2_invalidation_log_len`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_L2_INVALIDATION_LOG_LEN: usize = 10_000;
 /// The default of [`CacheBuilder::compression_threshold`]: 1 KiB. Without
 /// the `compression` feature L2 bodies are never compressed.
 #[cfg(all(feature = "redis", feature = "compression"))]
@@ -294,6 +300,7 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// The shared tier in Redis (feature `redis`): `redis`, `redis_cluster`,
 /// `namespace`, `promote_after`, `promotion_window`, `l2_timeout`,
 /// `l2_circuit_breaker`, `l2_write_queue`, `l1_max_ttl`,
+/// `l2_invalidation_log_len`,
 /// `compression_threshold` (feature `compression`), `shared_stats`.
 ///
 /// # Observability
@@ -433,6 +440,7 @@ fn default_l2() -> crate::store::l2::L2Config {
         promotion_window: DEFAULT_PROMOTION_WINDOW,
         write_queue: DEFAULT_L2_WRITE_QUEUE,
         l1_max_ttl: DEFAULT_L1_MAX_TTL,
+        invalidation_log_len: DEFAULT_L2_INVALIDATION_LOG_LEN,
         #[cfg(feature = "compression")]
         compress_over: Some(DEFAULT_COMPRESSION_THRESHOLD),
         #[cfg(not(feature = "compression"))]
@@ -951,12 +959,27 @@ impl CacheBuilder {
         self
     }
 
-    /// While the invalidation channel (Redis pub/sub) is down, or not yet
-    /// up, L1 copies older than this are not used (default
-    /// [`DEFAULT_L1_MAX_TTL`]): other instances' invalidations may be
-    /// missed meanwhile. L1 is cleared when the channel comes back.
+    /// An optional bound on L1 while this instance is not following the
+    /// L2 invalidation log (Redis unreachable, or not yet connected): L1
+    /// copies older than this are then not used. Default
+    /// ([`DEFAULT_L1_MAX_TTL`]): no bound. L1 keeps serving what it holds
+    /// within its own freshness while Redis is down, and catches up with
+    /// the invalidations it missed when Redis is back (L1 is cleared only
+    /// if the log no longer holds them; see
+    /// [`l2_invalidation_log_len`](Self::l2_invalidation_log_len)).
     pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
-        self.l2.l1_max_ttl = ttl;
+        self.l2.l1_max_ttl = Some(ttl);
+        self
+    }
+
+    /// How many entries the L2 invalidation log (a Redis Stream,
+    /// `{namespace}:inv`, trimmed with `XADD … MAXLEN ~`) keeps (default
+    /// [`DEFAULT_L2_INVALIDATION_LOG_LEN`]; at least 1). An instance that
+    /// reconnects after missing more invalidations (or overwrites) than
+    /// this clears its L1, counted in
+    /// [`Stats::l2_coherence_resets`](crate::Stats::l2_coherence_resets).
+    pub fn l2_invalidation_log_len(mut self, entries: usize) -> Self {
+        self.l2.invalidation_log_len = entries;
         self
     }
 
@@ -1367,6 +1390,11 @@ impl CacheBuilder {
                 "failures must be at least 1",
             ),
             ("l2_write_queue", l2.write_queue == 0, "must be at least 1"),
+            (
+                "l2_invalidation_log_len",
+                l2.invalidation_log_len == 0,
+                "must be at least 1",
+            ),
         ];
         match checks.into_iter().find(|(_, bad, _)| *bad) {
             Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),

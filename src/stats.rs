@@ -211,11 +211,19 @@ pub struct Stats {
     pub promotions: u64,
     /// The L2 circuit breaker's state; `None` without an L2 tier.
     pub l2_breaker: Option<BreakerState>,
-    /// Whether this instance is subscribed to the L2 invalidation channel
-    /// (L1 copies are then kept coherent with other instances).
+    /// Whether this instance follows the L2 invalidation log (connected
+    /// and caught up: L1 copies are kept coherent with other instances).
     pub l2_subscribed: bool,
     /// Invalidations received from other instances.
     pub l2_messages_received: u64,
+    /// Times L1 was cleared because the L2 invalidation log no longer held
+    /// entries this instance had not read (trimmed past its last id, or
+    /// lost while Redis stayed up). A reconnect alone never clears L1.
+    pub l2_coherence_resets: u64,
+    /// Invalidations made while Redis was unreachable that did not fit the
+    /// bounded queue; a clear of the namespace (L2 and every instance's L1)
+    /// is sent instead when Redis is back.
+    pub l2_invalidations_dropped: u64,
     /// The worst state of the upstream circuit breakers (one per label):
     /// open if any is open, else half-open if any is probing, else closed.
     /// `upstream_breakers` names them.
@@ -316,6 +324,8 @@ impl Stats {
             l2_breaker: None,
             l2_subscribed: false,
             l2_messages_received: 0,
+            l2_coherence_resets: 0,
+            l2_invalidations_dropped: 0,
             breaker: BreakerState::Closed,
             breaker_opens: 0,
             upstream_breakers: Vec::new(),

@@ -143,8 +143,9 @@ impl Tiers {
                 self.l1.remove_expired(key, &e, headers);
                 L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
-            // The invalidation channel cannot vouch for this copy: go to
-            // L2, which other instances keep current.
+            // `l1_max_ttl` is set, this instance is not following the
+            // invalidation log and this copy is old: go to L2, which other
+            // instances keep current.
             Found::Entry(e) if !self.trusts_l1(e.timeline.stored_at, now) => {
                 L1Lookup::Miss { fwd: Fwd::UriMiss }
             }

@@ -312,10 +312,12 @@ async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_within_a_sec
     require_redis();
     let server = RedisServer::start();
     let (a, _svc_a, b, svc_b, log) = two_instances(&server.url(), versioned).await;
+    // b may already have read a's write announcement from the log.
+    let before = b.stats().l2_messages_received;
     assert!(a.invalidate(&get(URL)));
     let t = Instant::now();
     assert!(
-        eventually(|| b.stats().l2_messages_received >= 1).await,
+        eventually(|| b.stats().l2_messages_received > before).await,
         "no message reached b"
     );
     let r = send(&svc_b, get(URL)).await;
@@ -701,13 +703,13 @@ async fn a_frozen_redis_delays_no_request_past_the_timeout_and_a_full_queue_drop
 async fn a_dropped_cache_leaves_no_subscription_behind() {
     require_redis();
     let server = RedisServer::start();
+    // Readers of the invalidation log: connections blocked in XREAD.
     let numsub = || {
-        let out = server.cli(&["PUBSUB", "NUMSUB", "t:invalidate"]);
+        let out = server.cli(&["CLIENT", "LIST"]);
         out.text()
             .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+            .filter(|l| l.contains("cmd=xread"))
+            .count()
     };
     for _ in 0..3 {
         let (origin, _log) = origin(|_, _| ok("max-age=60", "x"));

@@ -303,7 +303,14 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
             )],
         ),
         ("l2_write_queue", vec![count(DEFAULT_L2_WRITE_QUEUE)]),
-        ("l1_max_ttl", vec![dur(DEFAULT_L1_MAX_TTL)]),
+        (
+            "l1_max_ttl",
+            vec![DEFAULT_L1_MAX_TTL.map_or("no bound".to_owned(), dur)],
+        ),
+        (
+            "l2_invalidation_log_len",
+            vec![count(DEFAULT_L2_INVALIDATION_LOG_LEN)],
+        ),
     ]);
     #[cfg(all(feature = "redis", feature = "compression"))]
     expected.push((

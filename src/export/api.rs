@@ -74,6 +74,8 @@ impl Cache {
             stats.l2_breaker = Some(l2.breaker.state(now));
             stats.l2_subscribed = l2.subscribed();
             stats.l2_messages_received = c.messages_received.get();
+            stats.l2_coherence_resets = c.coherence_resets.get();
+            stats.l2_invalidations_dropped = c.invalidations_dropped.get();
             stats.l2_variants_evicted = c.variants_evicted.get();
         }
     }

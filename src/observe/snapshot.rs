@@ -73,8 +73,8 @@ pub struct L2Info {
     pub server: String,
     /// The key namespace (`{namespace}:…` in Redis).
     pub namespace: String,
-    /// Whether the invalidation channel is up (L1 copies are then kept
-    /// coherent with other instances).
+    /// Whether this instance follows the invalidation log (L1 copies are
+    /// then kept coherent with other instances).
     pub subscribed: bool,
     /// The L2 circuit breaker's state.
     pub breaker: BreakerState,

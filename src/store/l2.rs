@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use quick_cache::sync::Cache as QuickCache;
@@ -20,6 +18,7 @@ use crate::entry::Entry;
 use crate::key::{variant_hash, KeyHash};
 use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
+use crate::store::inval::{Outbox, Pending, Resume, StreamId};
 use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
 
 /// The value stored at a URL's key when its responses vary: this magic, a
@@ -122,9 +121,12 @@ pub(crate) struct L2Config {
     pub(crate) promote_after: u32,
     pub(crate) promotion_window: Duration,
     pub(crate) write_queue: usize,
-    /// How long L1 copies are trusted while the invalidation channel is
-    /// down (its messages may be missed).
-    pub(crate) l1_max_ttl: Duration,
+    /// If set, how long L1 copies are trusted while this instance is not
+    /// following the invalidation log (default: no bound, see
+    /// `store::inval`).
+    pub(crate) l1_max_ttl: Option<Duration>,
+    /// The invalidation log's length, kept with `XADD … MAXLEN ~`.
+    pub(crate) invalidation_log_len: usize,
     /// The largest body stored, to give reads of large values more time.
     pub(crate) max_body_bytes: u64,
     /// Bodies larger than this are LZ4-compressed (feature `compression`).
@@ -151,6 +153,12 @@ pub(crate) struct L2Counters {
     pub(crate) messages_received: Counter,
     /// Variants deleted from L2 to keep a URL within `max_variants`.
     pub(crate) variants_evicted: Counter,
+    /// Times L1 was cleared because the invalidation log no longer held
+    /// what this instance had not read.
+    pub(crate) coherence_resets: Counter,
+    /// Invalidations made while Redis was unreachable that did not fit the
+    /// queue (replaced by a clear of the namespace).
+    pub(crate) invalidations_dropped: Counter,
 }
 
 /// One entry's writes: its key(s), tag index additions, and the key to
@@ -182,6 +190,15 @@ const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Orders writes and invalidations (see `Job::seq`).
 static SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// How long one `XREAD` of the invalidation log waits for new entries.
+const BLOCK: Duration = Duration::from_secs(2);
+
+/// The most log entries read in one `XREAD` (a page of a catch-up).
+const PAGE: usize = 512;
+
+/// The most messages in one log entry.
+const MESSAGES_PER_ENTRY: usize = 256;
 
 /// An invalidation received from another instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,12 +259,28 @@ pub(crate) struct L2 {
     key_prefix: OnceLock<String>,
     /// Applies other instances' invalidations to L1.
     listener: OnceLock<Listener>,
-    /// Whether the subscriber task runs (started on first use).
+    /// Whether the log reader task runs (started on first use).
     subscriber_started: AtomicBool,
-    /// True while subscribed: L1 copies are kept coherent.
+    /// True while following the invalidation log: L1 copies are kept
+    /// coherent.
     coherent: AtomicBool,
-    /// Whether the channel was ever lost (then L1 is cleared on resubscribe).
-    lost_at: AtomicU64,
+    /// The invalidation log's key, `{namespace}:inv`.
+    log_key: String,
+    /// The id of the last log entry applied (`None` before the first
+    /// connection).
+    last_id: Mutex<Option<StreamId>>,
+    /// Since when the log reader has been without a connection.
+    lost_at: Mutex<Option<std::time::Instant>>,
+    /// The `run_id` of the server holding the log, when last seen.
+    run_id: Mutex<Option<String>>,
+    /// When this tier was made, ms since the Unix epoch (wall clock, as
+    /// Redis's stream ids): where the first read of the log starts if
+    /// Redis was unreachable at start-up.
+    started_ms: u64,
+    /// Invalidations waiting for Redis (bounded).
+    outbox: Outbox,
+    /// Tag, prefix or clear invalidations of the outbox being replayed.
+    broad_replays: AtomicU64,
     /// Dropped with the tier: tells the subscriber task to end.
     shutdown: watch::Sender<()>,
     /// The sequence number of the last tag or prefix invalidation received.
@@ -299,7 +332,15 @@ impl L2 {
             listener: OnceLock::new(),
             subscriber_started: AtomicBool::new(false),
             coherent: AtomicBool::new(false),
-            lost_at: AtomicU64::new(0),
+            log_key: format!("{{{}}}:inv", cfg.namespace),
+            last_id: Mutex::new(None),
+            lost_at: Mutex::new(None),
+            run_id: Mutex::new(None),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            outbox: Outbox::default(),
+            broad_replays: AtomicU64::new(0),
             shutdown: watch::channel(()).0,
             broad_seq: AtomicU64::new(0),
             invalidated: QuickCache::new(100_000),
@@ -319,22 +360,67 @@ impl L2 {
     }
 
     /// Whether an L1 copy stored at `stored_at` may be trusted at `now`:
-    /// always while the invalidation channel is up, for `l1_max_ttl` when
-    /// it is not.
+    /// always, unless `l1_max_ttl` is set and this instance is not
+    /// following the invalidation log (then for `l1_max_ttl`).
     #[inline]
     pub(crate) fn trust_l1(&self, stored_at: u64, now: u64) -> bool {
-        self.coherent.load(Ordering::Relaxed)
-            || now.saturating_sub(stored_at) <= self.cfg.l1_max_ttl.as_millis() as u64
+        match self.cfg.l1_max_ttl {
+            None => true,
+            Some(max) => {
+                self.coherent.load(Ordering::Relaxed)
+                    || now.saturating_sub(stored_at) <= max.as_millis() as u64
+            }
+        }
     }
 
-    /// Whether the invalidation channel is up.
+    /// Whether this instance follows the invalidation log (connected and
+    /// caught up).
     pub(crate) fn subscribed(&self) -> bool {
         self.coherent.load(Ordering::Relaxed)
     }
 
-    /// The invalidation channel's name.
-    fn channel(&self) -> String {
-        format!("{}:invalidate", self.cfg.namespace)
+    /// `XADD {ns}:inv MAXLEN ~ N * m <message> [m <message> …]`.
+    fn xadd(&self, msgs: &[Message]) -> redis::Cmd {
+        let mut c = redis::cmd("XADD");
+        c.arg(&self.log_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.cfg.invalidation_log_len.max(1))
+            .arg("*");
+        for m in msgs {
+            c.arg("m").arg(m.encode(self.instance));
+        }
+        c
+    }
+
+    /// The `XADD`s announcing `msgs` (at most `MESSAGES_PER_ENTRY` each).
+    fn xadds(&self, msgs: &[Message]) -> Vec<redis::Cmd> {
+        msgs.chunks(MESSAGES_PER_ENTRY)
+            .map(|c| self.xadd(c))
+            .collect()
+    }
+
+    /// Queues an invalidation Redis did not take, to be replayed when it
+    /// is reachable again; a full queue turns into one clear (counted).
+    fn queue(&self, p: Pending) {
+        let dropped = self.outbox.push(p);
+        if dropped > 0 {
+            self.counters.invalidations_dropped.add(dropped);
+            if self.cfg.warnings {
+                tracing::warn!(
+                    target: "tower_tiered_cache",
+                    dropped,
+                    "L2 (Redis) unreachable: too many invalidations queued; \
+                     the namespace will be cleared when it is back"
+                );
+            }
+        }
+    }
+
+    /// Whether L2 operations are being skipped (breaker open): nothing of
+    /// a failed operation reached Redis.
+    fn skipping(&self) -> bool {
+        self.breaker.state(self.clock.now_millis()) == crate::BreakerState::Open
     }
 
     /// Starts the subscriber task once, on the current runtime.
@@ -352,31 +438,63 @@ impl L2 {
         handle.spawn(subscribe_loop(weak, self.shutdown.subscribe()));
     }
 
-    /// Announces an invalidation to the other instances (best effort).
-    pub(crate) async fn publish(&self, msg: &Message) {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.channel()).arg(msg.encode(self.instance));
-        let _ = self.guarded(Duration::ZERO, self.store.query(&cmd)).await;
+    /// Appends invalidations to the log; false if Redis did not take them.
+    async fn publish(&self, msgs: &[Message]) -> bool {
+        if msgs.is_empty() {
+            return true;
+        }
+        self.guarded(Duration::ZERO, self.store.query_many(self.xadds(msgs)))
+            .await
+            .is_some()
     }
 
-    /// Announces several invalidations in one pipeline.
-    async fn publish_many(&self, msgs: Vec<Message>) {
-        if msgs.is_empty() {
-            return;
+    /// Replays what was queued while Redis was unreachable (what fails
+    /// again is queued again).
+    async fn flush_outbox(self: &Arc<Self>) {
+        let mut keys = Vec::new();
+        let mut announce = Vec::new();
+        for p in self.outbox.take() {
+            // Until each replay lands (or is queued again), reads here of
+            // what it covers are misses (`deleting`).
+            if matches!(p, Pending::Clear | Pending::Tag(_) | Pending::Prefix(_)) {
+                self.broad_replays.fetch_add(1, Ordering::AcqRel);
+            }
+            match p {
+                Pending::Clear => {
+                    self.clear().await;
+                }
+                Pending::Tag(t) => {
+                    self.invalidate_tag(&t).await;
+                }
+                Pending::Prefix(p) => {
+                    self.invalidate_prefix(&p).await;
+                }
+                Pending::Key(k) => {
+                    self.deleting.insert(k, ());
+                    keys.push(k);
+                    continue;
+                }
+                Pending::Announce(k) => {
+                    announce.push(k);
+                    continue;
+                }
+            }
+            self.broad_replays.fetch_sub(1, Ordering::AcqRel);
         }
-        let channel = self.channel();
-        let cmds = msgs
-            .iter()
-            .map(|m| {
-                redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(m.encode(self.instance))
-                    .clone()
-            })
-            .collect();
-        let _ = self
-            .guarded(Duration::ZERO, self.store.query_many(cmds))
-            .await;
+        if !keys.is_empty() {
+            self.delete_announced(keys.clone()).await;
+            for k in keys {
+                self.deleting.remove(&k);
+            }
+        }
+        if !announce.is_empty() {
+            let msgs: Vec<Message> = announce.iter().map(|k| Message::Key(*k)).collect();
+            if !self.publish(&msgs).await {
+                for k in announce {
+                    self.queue(Pending::Announce(k));
+                }
+            }
+        }
     }
 
     fn receive(&self, payload: &str) {
@@ -405,7 +523,8 @@ impl L2 {
     }
 
     /// Deletes every L2 entry carrying `tag` (through the tag's index set).
-    pub(crate) async fn invalidate_tag(&self, tag: &str) -> u64 {
+    pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str) -> u64 {
+        self.ensure_subscriber();
         let tag_key = self.tag_key(tag);
         // Members still alive (scores are expiry times).
         let now = self.clock.now_millis();
@@ -427,10 +546,10 @@ impl L2 {
                 })
                 .collect(),
             Some(_) => Vec::new(),
-            // The index could not be read: keep it, so a retry still finds
-            // the tagged entries.
+            // The index could not be read: keep it, so the replay when
+            // Redis is back still finds the tagged entries.
             None => {
-                self.publish(&Message::Tag(tag.to_owned())).await;
+                self.queue(Pending::Tag(tag.to_owned()));
                 return 0;
             }
         };
@@ -438,13 +557,16 @@ impl L2 {
         let n = keys.len() as u64;
         keys.push(tag_key);
         self.delete_keys(keys).await;
-        self.publish(&Message::Tag(tag.to_owned())).await;
+        if !self.publish(&[Message::Tag(tag.to_owned())]).await {
+            self.queue(Pending::Tag(tag.to_owned()));
+        }
         n
     }
 
     /// Deletes every L2 entry whose path starts with `prefix`. Scans the
     /// namespace (every master of a cluster): never on the request path.
-    pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> u64 {
+    pub(crate) async fn invalidate_prefix(self: &Arc<Self>, prefix: &str) -> u64 {
+        self.ensure_subscriber();
         let pattern = format!("{}:{}:*", self.cfg.namespace, FORMAT_VERSION);
         let mut removed = 0;
         for keys in self.scan(&pattern).await {
@@ -471,12 +593,16 @@ impl L2 {
             removed += doomed.len() as u64;
             self.delete_keys(doomed).await;
         }
-        self.publish(&Message::Prefix(prefix.to_owned())).await;
+        if !self.publish(&[Message::Prefix(prefix.to_owned())]).await {
+            self.queue(Pending::Prefix(prefix.to_owned()));
+        }
         removed
     }
 
-    /// Deletes everything under the namespace.
-    pub(crate) async fn clear(&self) -> u64 {
+    /// Deletes everything under the namespace (not the invalidation log,
+    /// `{namespace}:inv`, which `{namespace}:*` does not match).
+    pub(crate) async fn clear(self: &Arc<Self>) -> u64 {
+        self.ensure_subscriber();
         self.note_cleared();
         let pattern = format!("{}:*", self.cfg.namespace);
         let stats = self.stats_key();
@@ -487,7 +613,9 @@ impl L2 {
             removed += keys.len() as u64;
             self.delete_keys(keys).await;
         }
-        self.publish(&Message::Clear).await;
+        if !self.publish(&[Message::Clear]).await {
+            self.queue(Pending::Clear);
+        }
         removed
     }
 
@@ -1158,9 +1286,12 @@ impl L2 {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Whether this instance invalidated `key` and its `DEL` is under way.
+    /// Whether this instance invalidated `key` and its `DEL` is under way
+    /// (or queued while Redis is unreachable, or being replayed).
     pub(crate) fn deleting(&self, key: KeyHash) -> bool {
         self.deleting.get(&key).is_some()
+            || self.broad_replays.load(Ordering::Acquire) > 0
+            || self.outbox.holds(key)
     }
 
     /// Writes queued by `enqueue` and not yet written or dropped.
@@ -1337,27 +1468,34 @@ impl L2 {
         // The time a batch may take: the timeout, 1 ms per 64 KiB of values
         // and 1 ms per 16 commands on top.
         let extra = Duration::from_millis((bytes / (64 * 1024)) as u64 + (cmds.len() / 16) as u64);
-        let channel = self.channel();
-        let publishes = announce.iter().map(|k| {
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(Message::Key(*k).encode(self.instance))
-                .clone()
-        });
-        let written = if self.store.is_cluster() {
+        let msgs: Vec<Message> = announce.iter().map(|k| Message::Key(*k)).collect();
+        // Whether the operation will be skipped (nothing sent, nothing to
+        // announce later).
+        let skipped = self.skipping();
+        let (written, announced) = if self.store.is_cluster() {
             // Commands on a cluster go out concurrently: announce after the
             // writes, so no instance rereads the old value (even a failed
             // batch: some of it may have landed).
             let written = self.guarded(extra, self.store.query_many(cmds)).await;
-            let _ = self
-                .guarded(Duration::ZERO, self.store.query_many(publishes.collect()))
-                .await;
-            written
+            let announced = self
+                .guarded(Duration::ZERO, self.store.query_many(self.xadds(&msgs)))
+                .await
+                .is_some();
+            (written, announced)
         } else {
-            // One pipeline, run in order: the announcements after the writes.
-            cmds.extend(publishes);
-            self.guarded(extra, self.store.query_many(cmds)).await
+            // One pipeline, run in order: the log entry after the writes.
+            cmds.extend(self.xadds(&msgs));
+            let written = self.guarded(extra, self.store.query_many(cmds)).await;
+            let announced = written.is_some();
+            (written, announced)
         };
+        if !announced && !skipped {
+            // The values may have landed without their announcement: tell
+            // the other instances when Redis is back.
+            for k in &announce {
+                self.queue(Pending::Announce(*k));
+            }
+        }
         // Counted once announced, so "written" means other instances know.
         match written {
             Some(replies) => {
@@ -1376,27 +1514,61 @@ impl L2 {
     }
 
     /// Deletes keys (all variants are separate keys) and tells the other
-    /// instances.
-    pub(crate) async fn delete_and_announce(&self, keys: Vec<KeyHash>) -> u64 {
+    /// instances; queued if Redis does not take it.
+    pub(crate) async fn delete_and_announce(self: &Arc<Self>, keys: Vec<KeyHash>) -> u64 {
+        self.ensure_subscriber();
         for k in &keys {
             self.note_invalidated(*k);
         }
-        let announce = keys.clone();
-        let deleted = self.delete(keys).await;
-        self.publish_many(announce.into_iter().map(Message::Key).collect())
-            .await;
-        deleted
+        self.delete_announced(keys).await
     }
 
-    /// Deletes keys (all variants are separate keys), with the variant
-    /// index of each (the variants themselves are orphaned with their
-    /// marker and expire). Returns how many Redis keys were deleted.
-    pub(crate) async fn delete(&self, keys: Vec<KeyHash>) -> u64 {
-        let keys = keys
-            .into_iter()
-            .flat_map(|k| [self.redis_key(k), self.variant_index_key(k)])
-            .collect();
-        self.delete_keys(keys).await
+    /// The `DEL`s of keys and their variant indexes, then the log entry:
+    /// one pipeline on one node; on a cluster, the entry after the `DEL`s
+    /// (so no instance rereads the old value). What fails is queued.
+    async fn delete_announced(&self, keys: Vec<KeyHash>) -> u64 {
+        let mut deleted = 0;
+        for chunk in keys.chunks(MESSAGES_PER_ENTRY) {
+            let dels: Vec<redis::Cmd> = chunk
+                .iter()
+                .flat_map(|k| [self.redis_key(*k), self.variant_index_key(*k)])
+                .map(|k| redis::cmd("DEL").arg(k).clone())
+                .collect();
+            let n = dels.len();
+            let msgs: Vec<Message> = chunk.iter().map(|k| Message::Key(*k)).collect();
+            let replies = if self.store.is_cluster() {
+                match self
+                    .guarded(self.cfg.timeout * 4, self.store.query_many(dels))
+                    .await
+                {
+                    Some(r) => self.publish(&msgs).await.then_some(r),
+                    None => None,
+                }
+            } else {
+                let mut cmds = dels;
+                cmds.extend(self.xadds(&msgs));
+                self.guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
+                    .await
+            };
+            match replies {
+                Some(r) => {
+                    deleted += r
+                        .iter()
+                        .take(n)
+                        .map(|v| match v {
+                            Value::Int(d) => (*d).max(0) as u64,
+                            _ => 0,
+                        })
+                        .sum::<u64>();
+                }
+                None => {
+                    for k in chunk {
+                        self.queue(Pending::Key(*k));
+                    }
+                }
+            }
+        }
+        deleted
     }
 }
 
@@ -1417,20 +1589,24 @@ fn instance_id() -> u64 {
     )
 }
 
-/// Keeps a subscription to the invalidation channel, reconnecting with a
-/// growing delay. While it is down, L1 copies are trusted only for
-/// `l1_max_ttl`; after it comes back L1 is cleared, since messages may have
-/// been missed. Ends when the cache is dropped.
+/// Follows the invalidation log (`XREAD BLOCK` on a connection of its
+/// own), reconnecting with a growing delay; on each reconnect, catches up
+/// from the last id applied (see `store::inval`). Losing the connection
+/// clears nothing. Ends when the cache is dropped.
+///
+/// Why `XREAD BLOCK` and not pub/sub as a wake-up: the log is the truth
+/// either way, and one reader of it has no gap between subscribing and
+/// catching up, no message seen twice or out of order, and notices a server
+/// that stops answering (the read's deadline), which a pub/sub connection
+/// does not. It costs the same one connection per instance.
 async fn subscribe_loop(weak: Weak<L2>, mut shutdown: watch::Receiver<()>) {
     // Whatever ends this task (the cache dropped, its runtime shut down),
-    // L1 must stop trusting a channel nobody listens to any more.
+    // the instance is no longer following the log.
     struct Gone(Weak<L2>);
     impl Drop for Gone {
         fn drop(&mut self) {
             if let Some(l2) = self.0.upgrade() {
-                l2.coherent.store(false, Ordering::Release);
-                l2.lost_at
-                    .store(l2.clock.now_millis().max(1), Ordering::Release);
+                l2.lost();
                 l2.subscriber_started.store(false, Ordering::Release);
             }
         }
@@ -1440,63 +1616,183 @@ async fn subscribe_loop(weak: Weak<L2>, mut shutdown: watch::Receiver<()>) {
     let mut attempt = 0usize;
     loop {
         let Some(l2) = weak.upgrade() else { return };
-        // Each attempt tries the next seed URL (a cluster node may be gone).
-        let client = l2.store.client_at(attempt);
+        // The read's own deadline: the block, and a margin for the reply.
+        let deadline = BLOCK + l2.cfg.connect_timeout.max(Duration::from_secs(1));
+        // Each attempt starts from the next seed URL (a cluster node may
+        // be gone).
+        let connect = tokio::time::timeout(
+            l2.cfg.connect_timeout.saturating_mul(2),
+            l2.store.dedicated(&l2.log_key, attempt, deadline),
+        )
+        .await;
         attempt = attempt.wrapping_add(1);
-        let channel = l2.channel();
-        let connect_timeout = l2.cfg.connect_timeout;
         drop(l2);
-        let subscribed = async {
-            let client = client.ok()?;
-            let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
-                .await
-                .ok()?
-                .ok()?;
-            tokio::time::timeout(connect_timeout, pubsub.subscribe(&channel))
-                .await
-                .ok()?
-                .ok()?;
-            Some(pubsub)
-        };
-        let subscribed = tokio::select! {
-            s = subscribed => s,
-            _ = shutdown.changed() => return,
-        };
-        if let Some(pubsub) = subscribed {
-            let Some(l2) = weak.upgrade() else { return };
-            if l2.lost_at.load(Ordering::Acquire) != 0 {
-                // Messages may have been missed while away.
-                if let Some(listener) = l2.listener.get() {
-                    listener(&Message::Clear);
-                }
-                l2.lost_at.store(0, Ordering::Release);
+        if let Ok(Ok(mut conn)) = connect {
+            if follow(&weak, &mut conn, &mut shutdown, deadline).await {
+                return;
             }
-            l2.coherent.store(true, Ordering::Release);
-            drop(l2);
             delay = Duration::from_millis(100);
-            let mut messages = pubsub.into_on_message();
-            loop {
-                let msg = tokio::select! {
-                    m = messages.next() => m,
-                    _ = shutdown.changed() => return,
-                };
-                let Some(msg) = msg else { break };
-                let Some(l2) = weak.upgrade() else { return };
-                if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
-                    l2.receive(payload);
-                }
-            }
         }
         let Some(l2) = weak.upgrade() else { return };
-        l2.coherent.store(false, Ordering::Release);
-        l2.lost_at
-            .store(l2.clock.now_millis().max(1), Ordering::Release);
+        l2.lost();
         drop(l2);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Catches up and follows the log on `conn` until it fails (false) or the
+/// cache is dropped (true).
+async fn follow(
+    weak: &Weak<L2>,
+    conn: &mut crate::store::redis::Dedicated,
+    shutdown: &mut watch::Receiver<()>,
+    deadline: Duration,
+) -> bool {
+    // Runs a command without keeping the cache alive meanwhile.
+    macro_rules! run {
+        ($cmd:expr) => {{
+            let cmd = $cmd;
+            tokio::select! {
+                r = tokio::time::timeout(deadline + Duration::from_millis(500), conn.query(&cmd)) => match r {
+                    Ok(Ok(v)) => v,
+                    _ => return false,
+                },
+                _ = shutdown.changed() => return true,
+            }
+        }};
+    }
+    let Some(l2) = weak.upgrade() else {
+        return true;
+    };
+    let last = *l2.last_id.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probe = redis::cmd("EVAL");
+    probe
+        .arg(crate::store::inval::PROBE_SCRIPT)
+        .arg(1)
+        .arg(&l2.log_key)
+        .arg(last.map(|id| id.to_string()).unwrap_or_default());
+    drop(l2);
+    let reply = run!(probe);
+    let Some(state) = crate::store::inval::LogState::from_reply(&reply) else {
+        return false;
+    };
+    let Some(l2) = weak.upgrade() else {
+        return true;
+    };
+    // The server restarted (or failed over) since this instance last saw it.
+    let restarted = {
+        let mut seen = l2.run_id.lock().unwrap_or_else(|e| e.into_inner());
+        let restarted = seen.as_ref().is_some_and(|r| *r != state.run_id);
+        *seen = Some(state.run_id.clone());
+        restarted
+    };
+    let decision = match last {
+        Some(last) => crate::store::inval::resume(last, &state, restarted),
+        // The first connection. If Redis was reachable at start-up, from
+        // the log's end: what came before concerns copies this instance
+        // never held, and replaying it would drop good ones. If it was
+        // not (attempts failed before this one), from when this tier was
+        // made: other instances' invalidations queued during the outage
+        // may concern what L1 fetched from the origin meanwhile. (Stream
+        // ids are Redis's clock: a skew between the clocks moves that
+        // point by as much.)
+        None => {
+            let unreachable_at_start = l2
+                .lost_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            if !unreachable_at_start {
+                Resume::From(state.last_generated)
+            } else {
+                let start = StreamId(l2.started_ms, 0);
+                if crate::store::inval::trimmed_after(start, &state) {
+                    Resume::Reset(
+                        state.last_generated,
+                        "the invalidation log was trimmed past this instance's start",
+                    )
+                } else {
+                    Resume::From(start)
+                }
+            }
+        }
+    };
+    let mut from = match decision {
+        Resume::From(id) => id,
+        Resume::Reset(id, why) => {
+            l2.counters.coherence_resets.incr();
+            if l2.cfg.warnings {
+                tracing::warn!(
+                    target: "tower_tiered_cache",
+                    reason = why,
+                    last_applied = %last.unwrap_or_default(),
+                    "L2 invalidations may have been missed: L1 cleared"
+                );
+            }
+            l2.broad_seq
+                .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+            if let Some(listener) = l2.listener.get() {
+                listener(&Message::Clear);
+            }
+            id
+        }
+    };
+    l2.set_last(from);
+    drop(l2);
+    let mut caught_up = false;
+    loop {
+        let Some(l2) = weak.upgrade() else {
+            return true;
+        };
+        if caught_up && !l2.outbox.is_empty() {
+            // Invalidations made here while Redis was unreachable.
+            l2.flush_outbox().await;
+        }
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT").arg(PAGE);
+        if caught_up {
+            read.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(&l2.log_key).arg(from.to_string());
+        drop(l2);
+        let reply = run!(read);
+        let Some(l2) = weak.upgrade() else {
+            return true;
+        };
+        let page = crate::store::inval::entries(&reply);
+        let full = page.len() >= PAGE;
+        for (id, msgs) in page {
+            for m in &msgs {
+                l2.receive(m);
+            }
+            from = id;
+        }
+        l2.set_last(from);
+        if !caught_up && !full {
+            // Every missed entry applied: L1 is coherent again.
+            caught_up = true;
+            *l2.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            l2.coherent.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl L2 {
+    /// The log reader lost its connection (or ended).
+    fn lost(&self) {
+        self.coherent.store(false, Ordering::Release);
+        self.lost_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn set_last(&self, id: StreamId) {
+        *self.last_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
     }
 }
 
@@ -1549,7 +1845,8 @@ mod tests {
                 promote_after: 3,
                 promotion_window: Duration::from_secs(60),
                 write_queue: 16,
-                l1_max_ttl: Duration::from_secs(10),
+                l1_max_ttl: None,
+                invalidation_log_len: 10_000,
                 max_body_bytes: 1 << 20,
                 compress_over: Some(1024),
                 warnings: false,
@@ -1641,17 +1938,15 @@ mod tests {
         }
         let server = redis_support::RedisServer::start();
         let l2 = Arc::new(l2(server.url()));
+        // No log reader: its `XREAD` after each announcement is a read
+        // event of another connection, not a round trip of the write.
+        l2.subscriber_started.store(true, Ordering::Release);
         let now = SystemClock.now_millis();
-        // Connect (and subscribe) first.
+        // Connect first.
         let (e, h) = variant("warm-up", now);
         l2.enqueue(KeyHash(1), &e, &h, now);
         settled(&l2, 1).await;
         assert_eq!(l2.counters.writes.get(), 1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !l2.subscribed() {
-            assert!(std::time::Instant::now() < deadline, "not subscribed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
 
         // One write at a time, each waited for: one round trip each (the
         // INFO read between writes is one more read event).

@@ -3,6 +3,8 @@
 
 pub(crate) mod codec;
 #[cfg(feature = "redis")]
+pub(crate) mod inval;
+#[cfg(feature = "redis")]
 pub(crate) mod l2;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]

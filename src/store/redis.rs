@@ -53,12 +53,23 @@ enum Backend {
     },
 }
 
+/// A connection used by one task only (see [`RedisStore::dedicated`]):
+/// to one node, the one holding the key it was made for.
+pub(crate) struct Dedicated(redis::aio::MultiplexedConnection);
+
+impl Dedicated {
+    /// Runs one command.
+    pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        Ok(cmd.query_async(&mut self.0).await?)
+    }
+}
+
 /// A Redis connection made on first use.
 pub(crate) struct RedisStore {
     backend: Backend,
     /// The (first) URL, for per-node scans.
     url: String,
-    /// Every seed URL, tried in turn for the pub/sub connection.
+    /// Every seed URL, tried in turn for the invalidation log's reader.
     urls: Vec<String>,
     /// `host:port` of the (first) server, for spans and stats.
     pub(crate) server: (String, u16),
@@ -406,17 +417,55 @@ impl RedisStore {
         }
     }
 
-    /// A client for a dedicated connection (pub/sub): any node of a
-    /// cluster receives every published message.
-    pub(crate) fn client(&self) -> Result<Client, StoreError> {
-        Ok(Client::open(self.url.as_str())?)
+    /// A connection of its own for the invalidation log's reader, whose
+    /// `XREAD BLOCK` would hold up every other command on a shared one:
+    /// responses may take `response_timeout` (the block plus a margin). On
+    /// a cluster, one connection to the node that owns `key`'s slot (the
+    /// `attempt`th seed URL, or where its `MOVED` points), not a cluster
+    /// connection to every master.
+    pub(crate) async fn dedicated(
+        &self,
+        key: &str,
+        attempt: usize,
+        response_timeout: Duration,
+    ) -> Result<Dedicated, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(response_timeout));
+        match &self.backend {
+            Backend::Single { client, .. } => Ok(Dedicated(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            )),
+            Backend::Cluster { .. } => {
+                let url = &self.urls[attempt % self.urls.len().max(1)];
+                let mut c = Client::open(url.as_str())?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                match redis::cmd("TYPE")
+                    .arg(key)
+                    .query_async::<Value>(&mut c)
+                    .await
+                {
+                    Ok(_) => Ok(Dedicated(c)),
+                    Err(e) => {
+                        let Some((addr, _)) = e.redirect_node() else {
+                            return Err(e.into());
+                        };
+                        let c = Client::open(with_addr(url, addr).as_str())?
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?;
+                        Ok(Dedicated(c))
+                    }
+                }
+            }
+        }
     }
 
-    /// A client on the `n`th seed URL (round robin), for the pub/sub
-    /// connection: if one cluster node is gone, the next try uses another.
-    pub(crate) fn client_at(&self, n: usize) -> Result<Client, StoreError> {
-        let url = &self.urls[n % self.urls.len().max(1)];
-        Ok(Client::open(url.as_str())?)
+    /// A client for a connection of its own to the (first) server.
+    pub(crate) fn client(&self) -> Result<Client, StoreError> {
+        Ok(Client::open(self.url.as_str())?)
     }
 
     /// Clients for every node whose keys must be scanned: the one server,
