@@ -74,6 +74,7 @@ use std::sync::Mutex;
 use redis::Value;
 
 use crate::key::KeyHash;
+use crate::sync::lock;
 
 /// The most invalidations queued while Redis is unreachable.
 pub(crate) const OUTBOX_MAX: usize = 4096;
@@ -305,7 +306,7 @@ impl Outbox {
     /// Queues `p`; returns how many invalidations will not be sent one by
     /// one (replaced by a clear of the namespace) because the queue is full.
     pub(crate) fn push(&self, p: Pending) -> u64 {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.queue);
         self.busy.store(true, Ordering::Release);
         if q.front() == Some(&Pending::Clear) {
             // A clear is due: it covers this one (it runs later).
@@ -331,7 +332,7 @@ impl Outbox {
 
     /// Everything queued, in order, leaving the queue empty.
     pub(crate) fn take(&self) -> Vec<Pending> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.queue);
         self.busy.store(false, Ordering::Release);
         q.drain(..).collect()
     }
@@ -342,7 +343,7 @@ impl Outbox {
         if !self.busy.load(Ordering::Acquire) {
             return false;
         }
-        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let q = lock(&self.queue);
         q.iter().any(|p| match p {
             Pending::Key(k) => *k == key,
             Pending::Announce(_) => false,
@@ -351,15 +352,12 @@ impl Outbox {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        lock(&self.queue).is_empty()
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.queue).len()
     }
 }
 

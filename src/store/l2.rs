@@ -20,6 +20,7 @@ use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
 use crate::store::inval::{Outbox, Pending, Resume, StreamId};
 use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
+use crate::sync::lock;
 
 /// The value stored at a URL's key when its responses vary: this magic, a
 /// generation (8 bytes), then the `Vary` header names. Variants live at
@@ -689,7 +690,7 @@ impl L2 {
     /// when there is none or it is older than 10 s (never on the caller's
     /// time, and one at a time).
     pub(crate) fn info(self: &Arc<Self>, now: u64) -> Option<crate::stats::RedisInfo> {
-        let last = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = lock(&self.info).clone();
         let stale = last
             .as_ref()
             .is_none_or(|i| now.saturating_sub(i.fetched_at_ms) >= 10_000);
@@ -703,7 +704,7 @@ impl L2 {
                         let fetched = me.fetch_info().await;
                         if let Some(mut info) = fetched {
                             info.fetched_at_ms = me.clock.now_millis();
-                            *me.info.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+                            *lock(&me.info) = Some(info);
                         }
                         me.info_fetching.store(false, Ordering::Release);
                     });
@@ -1337,7 +1338,7 @@ impl L2 {
     /// The writer's queue, starting the writer task on first use (and again
     /// if its runtime went away).
     fn sender(self: &Arc<Self>) -> Option<mpsc::Sender<Job>> {
-        let mut slot = self.writer.lock().ok()?;
+        let mut slot = lock(&self.writer);
         if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
@@ -1668,7 +1669,7 @@ async fn follow(
     let Some(l2) = weak.upgrade() else {
         return true;
     };
-    let last = *l2.last_id.lock().unwrap_or_else(|e| e.into_inner());
+    let last = *lock(&l2.last_id);
     let mut probe = redis::cmd("EVAL");
     probe
         .arg(crate::store::inval::PROBE_SCRIPT)
@@ -1685,7 +1686,7 @@ async fn follow(
     };
     // The server restarted (or failed over) since this instance last saw it.
     let restarted = {
-        let mut seen = l2.run_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&l2.run_id);
         let restarted = seen.as_ref().is_some_and(|r| *r != state.run_id);
         *seen = Some(state.run_id.clone());
         restarted
@@ -1701,11 +1702,7 @@ async fn follow(
         // ids are Redis's clock: a skew between the clocks moves that
         // point by as much.)
         None => {
-            let unreachable_at_start = l2
-                .lost_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some();
+            let unreachable_at_start = lock(&l2.lost_at).is_some();
             if !unreachable_at_start {
                 Resume::From(state.last_generated)
             } else {
@@ -1775,7 +1772,7 @@ async fn follow(
         if !caught_up && !full {
             // Every missed entry applied: L1 is coherent again.
             caught_up = true;
-            *l2.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *lock(&l2.lost_at) = None;
             l2.coherent.store(true, Ordering::Release);
         }
     }
@@ -1785,14 +1782,11 @@ impl L2 {
     /// The log reader lost its connection (or ended).
     fn lost(&self) {
         self.coherent.store(false, Ordering::Release);
-        self.lost_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(std::time::Instant::now);
+        lock(&self.lost_at).get_or_insert_with(std::time::Instant::now);
     }
 
     fn set_last(&self, id: StreamId) {
-        *self.last_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        *lock(&self.last_id) = Some(id);
     }
 }
 
