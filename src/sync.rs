@@ -28,7 +28,13 @@
 //!   never lose them; zeroing is atomic stores that do not panic);
 //! - `warm` (the target queue and the failures list) and `admin` (the
 //!   warming jobs): an iterator's `next`, a push, field assignments, and an
-//!   insert or removal of a whole job.
+//!   insert or removal of a whole job;
+//! - `store::redis` (the connection slots) and `store::l2` (the writer's
+//!   queue sender, the last `INFO`, the invalidation log's last id, run id
+//!   and lost-since time): each an `Option` or a small `Copy` value only
+//!   ever replaced whole;
+//! - `store::inval::Outbox` (invalidations queued while Redis is
+//!   unreachable): pushes and drains of whole entries, bounded.
 //!
 //! A new lock in this crate uses these helpers, and adds its line above.
 
