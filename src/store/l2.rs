@@ -1373,123 +1373,32 @@ impl L2 {
 
     /// Writes a batch of jobs and tells the other instances to drop their
     /// L1 copies: on one node, all of it (values, `Vary` markers and
-    /// variant indexes, tag indexes, announcements) is one pipeline, one
+    /// variant indexes, tag indexes, log entries) is one pipeline, one
     /// round trip; on a cluster, one command per key (each to its slot's
-    /// node, concurrently), then the announcements.
+    /// node, concurrently), then the log entries.
     async fn write(&self, jobs: Vec<Job>) {
         let released: u64 = jobs.iter().map(|j| j.reserved).sum();
         let now = self.clock.now_millis();
-        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(jobs.len() + 8);
-        // Replies of `VARIANT_SCRIPT` (variants evicted) are at these places.
-        let mut scripts: Vec<usize> = Vec::new();
-        // Tag index additions, by tag key: (member, expiry).
-        let mut tagged: std::collections::BTreeMap<String, Vec<(String, u64)>> =
-            std::collections::BTreeMap::new();
-        let mut announce = Vec::with_capacity(jobs.len());
-        let mut bytes = 0usize;
-        let cap = self.cfg.max_variants.max(1);
-        for job in &jobs {
-            if self.superseded(job) {
-                // An invalidation came after this write was queued.
-                self.counters.writes_dropped.incr();
-                continue;
-            }
-            let value = job.entry.encode_with(self.cfg.compress_over);
-            bytes += value.len();
-            // What a tag index points at: the entry's key, or for a variant
-            // its URL's marker (deleting it orphans every variant).
-            let member = self.redis_key(job.announce);
-            match &job.vary_headers {
-                None => {
-                    let mut c = redis::cmd("SET");
-                    c.arg(&member).arg(value.as_ref()).arg("PX").arg(job.px);
-                    cmds.push(c);
-                }
-                Some(h) => {
-                    let names: Vec<HeaderName> =
-                        job.entry.vary.iter().map(|(n, _)| n.clone()).collect();
-                    let fresh = marker(instance_id(), &names);
-                    let variant = variant_hash(job.announce, &names, h);
-                    let mut c = redis::cmd("EVAL");
-                    c.arg(VARIANT_SCRIPT)
-                        .arg(2)
-                        .arg(&member)
-                        .arg(self.variant_index_key(job.announce))
-                        .arg(fresh.as_ref())
-                        .arg(job.px)
-                        .arg(format!("{:032x}", variant.0))
-                        .arg(value.as_ref())
-                        .arg(cap)
-                        .arg(now);
-                    scripts.push(cmds.len());
-                    cmds.push(c);
-                }
-            }
-            for tag in job.entry.tags.iter() {
-                tagged
-                    .entry(self.tag_key(tag))
-                    .or_default()
-                    .push((member.clone(), now.saturating_add(job.px)));
-            }
-            announce.push(job.announce);
-        }
+        let batch = self.batch_commands(&jobs, now);
         self.queued_bytes.fetch_sub(released, Ordering::AcqRel);
-        if announce.is_empty() {
+        if batch.announce.is_empty() {
             return;
         }
-        let n = announce.len() as u64;
-        for (tag_key, members) in &tagged {
-            // A sorted set scored by each member's expiry: expired members
-            // are trimmed on every write, so an index never outgrows its
-            // live entries; it expires with its longest-lived member.
-            let mut add = redis::cmd("ZADD");
-            add.arg(tag_key).arg("GT");
-            for (member, until) in members {
-                add.arg(*until).arg(member);
-            }
-            cmds.push(add);
-            cmds.push(
-                redis::cmd("ZREMRANGEBYSCORE")
-                    .arg(tag_key)
-                    .arg("-inf")
-                    .arg(now)
-                    .clone(),
-            );
-            let until = members.iter().map(|(_, u)| *u).max().unwrap_or(now);
-            for flag in ["GT", "NX"] {
-                cmds.push(
-                    redis::cmd("PEXPIREAT")
-                        .arg(tag_key)
-                        .arg(until)
-                        .arg(flag)
-                        .clone(),
-                );
-            }
-        }
+        let Batch {
+            mut cmds,
+            scripts,
+            tagged,
+            announce,
+            bytes,
+        } = batch;
+        cmds.extend(tag_index_commands(&tagged, now));
         // The time a batch may take: the timeout, 1 ms per 64 KiB of values
         // and 1 ms per 16 commands on top.
         let extra = Duration::from_millis((bytes / (64 * 1024)) as u64 + (cmds.len() / 16) as u64);
-        let msgs: Vec<Message> = announce.iter().map(|k| Message::Key(*k)).collect();
         // Whether the operation will be skipped (nothing sent, nothing to
         // announce later).
         let skipped = self.skipping();
-        let (written, announced) = if self.store.is_cluster() {
-            // Commands on a cluster go out concurrently: announce after the
-            // writes, so no instance rereads the old value (even a failed
-            // batch: some of it may have landed).
-            let written = self.guarded(extra, self.store.query_many(cmds)).await;
-            let announced = self
-                .guarded(Duration::ZERO, self.store.query_many(self.xadds(&msgs)))
-                .await
-                .is_some();
-            (written, announced)
-        } else {
-            // One pipeline, run in order: the log entry after the writes.
-            cmds.extend(self.xadds(&msgs));
-            let written = self.guarded(extra, self.store.query_many(cmds)).await;
-            let announced = written.is_some();
-            (written, announced)
-        };
+        let (written, announced) = self.send_announced(cmds, &announce, extra).await;
         if !announced && !skipped {
             // The values may have landed without their announcement: tell
             // the other instances when Redis is back.
@@ -1498,6 +1407,7 @@ impl L2 {
             }
         }
         // Counted once announced, so "written" means other instances know.
+        let n = announce.len() as u64;
         match written {
             Some(replies) => {
                 self.counters.writes.add(n);
@@ -1511,6 +1421,98 @@ impl L2 {
                 self.counters.variants_evicted.add(evicted.max(0) as u64);
             }
             None => self.counters.writes_dropped.add(n),
+        }
+    }
+
+    /// The commands that write the jobs not superseded by an invalidation
+    /// (those are dropped and counted), and what the batch must announce.
+    fn batch_commands(&self, jobs: &[Job], now: u64) -> Batch {
+        let mut batch = Batch {
+            cmds: Vec::with_capacity(jobs.len() + 8),
+            scripts: Vec::new(),
+            tagged: std::collections::BTreeMap::new(),
+            announce: Vec::with_capacity(jobs.len()),
+            bytes: 0,
+        };
+        for job in jobs {
+            if self.superseded(job) {
+                // An invalidation came after this write was queued.
+                self.counters.writes_dropped.incr();
+                continue;
+            }
+            let value = job.entry.encode_with(self.cfg.compress_over);
+            batch.bytes += value.len();
+            // What a tag index points at: the entry's key, or for a variant
+            // its URL's marker (deleting it orphans every variant).
+            let member = self.redis_key(job.announce);
+            let (cmd, script) = self.value_command(job, &member, &value, now);
+            if script {
+                batch.scripts.push(batch.cmds.len());
+            }
+            batch.cmds.push(cmd);
+            for tag in job.entry.tags.iter() {
+                batch
+                    .tagged
+                    .entry(self.tag_key(tag))
+                    .or_default()
+                    .push((member.clone(), now.saturating_add(job.px)));
+            }
+            batch.announce.push(job.announce);
+        }
+        batch
+    }
+
+    /// The command that stores one job's value at `member`: a `SET … PX`,
+    /// or for a variant one `EVAL` of `VARIANT_SCRIPT` (marker, variant,
+    /// variant index trimmed to `max_variants`; `true`: its reply counts
+    /// the variants evicted).
+    fn value_command(&self, job: &Job, member: &str, value: &[u8], now: u64) -> (redis::Cmd, bool) {
+        let Some(h) = &job.vary_headers else {
+            let mut c = redis::cmd("SET");
+            c.arg(member).arg(value).arg("PX").arg(job.px);
+            return (c, false);
+        };
+        let names: Vec<HeaderName> = job.entry.vary.iter().map(|(n, _)| n.clone()).collect();
+        let fresh = marker(instance_id(), &names);
+        let variant = variant_hash(job.announce, &names, h);
+        let mut c = redis::cmd("EVAL");
+        c.arg(VARIANT_SCRIPT)
+            .arg(2)
+            .arg(member)
+            .arg(self.variant_index_key(job.announce))
+            .arg(fresh.as_ref())
+            .arg(job.px)
+            .arg(format!("{:032x}", variant.0))
+            .arg(value)
+            .arg(self.cfg.max_variants.max(1))
+            .arg(now);
+        (c, true)
+    }
+
+    /// Sends the batch's commands and its log entries: in one pipeline on
+    /// one node (the log entries after the writes); on a cluster, where
+    /// commands go out concurrently, the log entries after the writes have
+    /// answered (even a failed batch: some of it may have landed). The
+    /// replies, and whether the log took the announcements.
+    async fn send_announced(
+        &self,
+        mut cmds: Vec<redis::Cmd>,
+        announce: &[KeyHash],
+        extra: Duration,
+    ) -> (Option<Vec<Value>>, bool) {
+        let msgs: Vec<Message> = announce.iter().map(|k| Message::Key(*k)).collect();
+        if self.store.is_cluster() {
+            let written = self.guarded(extra, self.store.query_many(cmds)).await;
+            let announced = self
+                .guarded(Duration::ZERO, self.store.query_many(self.xadds(&msgs)))
+                .await
+                .is_some();
+            (written, announced)
+        } else {
+            cmds.extend(self.xadds(&msgs));
+            let written = self.guarded(extra, self.store.query_many(cmds)).await;
+            let announced = written.is_some();
+            (written, announced)
         }
     }
 
@@ -1571,6 +1573,46 @@ impl L2 {
         }
         deleted
     }
+}
+
+/// One writer batch: its commands, where `VARIANT_SCRIPT`'s replies are,
+/// the tag index additions by tag key (member, expiry), the keys to
+/// announce, and the bytes of values.
+struct Batch {
+    cmds: Vec<redis::Cmd>,
+    scripts: Vec<usize>,
+    tagged: std::collections::BTreeMap<String, Vec<(String, u64)>>,
+    announce: Vec<KeyHash>,
+    bytes: usize,
+}
+
+/// The tag index updates of a batch: each index a sorted set scored by its
+/// members' expiry; expired members are trimmed on every write, so an index
+/// never outgrows its live entries; it expires with its longest-lived
+/// member.
+fn tag_index_commands(
+    tagged: &std::collections::BTreeMap<String, Vec<(String, u64)>>,
+    now: u64,
+) -> Vec<redis::Cmd> {
+    let mut cmds = Vec::with_capacity(tagged.len() * 4);
+    for (tag_key, members) in tagged {
+        let mut add = redis::cmd("ZADD");
+        add.arg(tag_key).arg("GT");
+        for (member, until) in members {
+            add.arg(*until).arg(member);
+        }
+        cmds.push(add);
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(tag_key).arg("-inf").arg(now);
+        cmds.push(trim);
+        let until = members.iter().map(|(_, u)| *u).max().unwrap_or(now);
+        for flag in ["GT", "NX"] {
+            let mut expire = redis::cmd("PEXPIREAT");
+            expire.arg(tag_key).arg(until).arg(flag);
+            cmds.push(expire);
+        }
+    }
+    cmds
 }
 
 /// A random-enough id for this process's L2 tier (time, address, pid).
@@ -1684,60 +1726,7 @@ async fn follow(
     let Some(l2) = weak.upgrade() else {
         return true;
     };
-    // The server restarted (or failed over) since this instance last saw it.
-    let restarted = {
-        let mut seen = lock(&l2.run_id);
-        let restarted = seen.as_ref().is_some_and(|r| *r != state.run_id);
-        *seen = Some(state.run_id.clone());
-        restarted
-    };
-    let decision = match last {
-        Some(last) => crate::store::inval::resume(last, &state, restarted),
-        // The first connection. If Redis was reachable at start-up, from
-        // the log's end: what came before concerns copies this instance
-        // never held, and replaying it would drop good ones. If it was
-        // not (attempts failed before this one), from when this tier was
-        // made: other instances' invalidations queued during the outage
-        // may concern what L1 fetched from the origin meanwhile. (Stream
-        // ids are Redis's clock: a skew between the clocks moves that
-        // point by as much.)
-        None => {
-            let unreachable_at_start = lock(&l2.lost_at).is_some();
-            if !unreachable_at_start {
-                Resume::From(state.last_generated)
-            } else {
-                let start = StreamId(l2.started_ms, 0);
-                if crate::store::inval::trimmed_after(start, &state) {
-                    Resume::Reset(
-                        state.last_generated,
-                        "the invalidation log was trimmed past this instance's start",
-                    )
-                } else {
-                    Resume::From(start)
-                }
-            }
-        }
-    };
-    let mut from = match decision {
-        Resume::From(id) => id,
-        Resume::Reset(id, why) => {
-            l2.counters.coherence_resets.incr();
-            if l2.cfg.warnings {
-                tracing::warn!(
-                    target: "tower_tiered_cache",
-                    reason = why,
-                    last_applied = %last.unwrap_or_default(),
-                    "L2 invalidations may have been missed: L1 cleared"
-                );
-            }
-            l2.broad_seq
-                .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
-            if let Some(listener) = l2.listener.get() {
-                listener(&Message::Clear);
-            }
-            id
-        }
-    };
+    let mut from = l2.start_at(l2.resume_point(last, &state), last);
     l2.set_last(from);
     drop(l2);
     let mut caught_up = false;
@@ -1779,6 +1768,70 @@ async fn follow(
 }
 
 impl L2 {
+    /// Where to read the log from once connected, given the last id
+    /// applied (`None`: the first connection) and the log's state.
+    fn resume_point(
+        &self,
+        last: Option<StreamId>,
+        state: &crate::store::inval::LogState,
+    ) -> Resume {
+        // The server restarted (or failed over) since this instance last saw it.
+        let restarted = {
+            let mut seen = lock(&self.run_id);
+            let restarted = seen.as_ref().is_some_and(|r| *r != state.run_id);
+            *seen = Some(state.run_id.clone());
+            restarted
+        };
+        if let Some(last) = last {
+            return crate::store::inval::resume(last, state, restarted);
+        }
+        // The first connection. If Redis was reachable at start-up, from
+        // the log's end: what came before concerns copies this instance
+        // never held, and replaying it would drop good ones. If it was
+        // not (attempts failed before this one), from when this tier was
+        // made: other instances' invalidations queued during the outage
+        // may concern what L1 fetched from the origin meanwhile. (Stream
+        // ids are Redis's clock: a skew between the clocks moves that
+        // point by as much.)
+        let unreachable_at_start = lock(&self.lost_at).is_some();
+        if !unreachable_at_start {
+            return Resume::From(state.last_generated);
+        }
+        let start = StreamId(self.started_ms, 0);
+        if crate::store::inval::trimmed_after(start, state) {
+            Resume::Reset(
+                state.last_generated,
+                "the invalidation log was trimmed past this instance's start",
+            )
+        } else {
+            Resume::From(start)
+        }
+    }
+
+    /// The id to read on from; a reset first clears L1 (warned, counted in
+    /// `l2_coherence_resets`): invalidations may have been missed.
+    fn start_at(&self, decision: Resume, last: Option<StreamId>) -> StreamId {
+        let (id, why) = match decision {
+            Resume::From(id) => return id,
+            Resume::Reset(id, why) => (id, why),
+        };
+        self.counters.coherence_resets.incr();
+        if self.cfg.warnings {
+            tracing::warn!(
+                target: "tower_tiered_cache",
+                reason = why,
+                last_applied = %last.unwrap_or_default(),
+                "L2 invalidations may have been missed: L1 cleared"
+            );
+        }
+        self.broad_seq
+            .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+        if let Some(listener) = self.listener.get() {
+            listener(&Message::Clear);
+        }
+        id
+    }
+
     /// The log reader lost its connection (or ended).
     fn lost(&self) {
         self.coherent.store(false, Ordering::Release);
