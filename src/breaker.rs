@@ -153,15 +153,7 @@ impl Breaker {
             .saturating_add(1);
         match self.state.load(Ordering::Acquire) {
             CLOSED if n >= self.threshold => {
-                self.opened_at.store(now, Ordering::Release);
-                if self
-                    .state
-                    .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    self.since.store(now, Ordering::Release);
-                    self.opens.fetch_add(1, Ordering::Relaxed);
-                }
+                self.trip(now);
             }
             HALF_OPEN => {
                 // The probe failed: another open period.
@@ -214,9 +206,8 @@ impl Breaker {
         n >= self.threshold
     }
 
-    /// A probe confirmed the suspicion at `now`: opens the breaker if it
-    /// is still closed. `true` when this call opened it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Opens the breaker at `now` if it is still closed (enough failures, or
+    /// a probe confirmed a run of timeouts). `true` when this call opened it.
     pub(crate) fn trip(&self, now: u64) -> bool {
         if self.state.load(Ordering::Acquire) != CLOSED {
             return false;
@@ -233,6 +224,12 @@ impl Breaker {
         } else {
             false
         }
+    }
+
+    /// Failures (or timeouts) in a row so far.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn consecutive(&self) -> u32 {
+        self.failures.load(Ordering::Acquire)
     }
 
     /// A probe showed the other side answers: the timeouts counted were

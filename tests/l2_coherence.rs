@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use redis_support::{skip_if_no_redis, RedisServer};
+use redis_support::{require_redis, RedisServer};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder, ManualClock};
 
@@ -90,9 +90,7 @@ fn let_b_in(server: &RedisServer) {
 #[tokio::test]
 async fn an_invalidation_missed_while_disconnected_is_applied_on_reconnect_and_nothing_else_is_dropped(
 ) {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let (server, b_url) = server_with_user_b();
     let (a, _svc_a, b, svc_b, log) = pair(builder(server.url()), builder(b_url), 3).await;
     cut_b(&server);
@@ -133,9 +131,7 @@ async fn an_invalidation_missed_while_disconnected_is_applied_on_reconnect_and_n
 
 #[tokio::test]
 async fn a_log_trimmed_past_the_last_id_clears_l1_and_counts_a_reset() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let (server, b_url) = server_with_user_b();
     let a = builder(server.url()).l2_invalidation_log_len(10);
     let (a, _svc_a, b, svc_b, log) = pair(a, builder(b_url), 2).await;
@@ -170,9 +166,7 @@ async fn a_log_trimmed_past_the_last_id_clears_l1_and_counts_a_reset() {
 
 #[tokio::test]
 async fn a_log_deleted_while_the_server_stayed_up_clears_l1_and_counts_a_reset() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let (server, b_url) = server_with_user_b();
     let (_a, _svc_a, b, svc_b, _log) = pair(builder(server.url()), builder(b_url), 1).await;
     cut_b(&server);
@@ -187,9 +181,7 @@ async fn a_log_deleted_while_the_server_stayed_up_clears_l1_and_counts_a_reset()
 
 #[tokio::test]
 async fn an_invalidation_made_while_redis_is_frozen_is_replayed_when_it_is_back() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (a, _svc_a, b, svc_b, log) = pair(builder(server.url()), builder(server.url()), 2).await;
     let k0 = key_of(&server, 0);
@@ -249,9 +241,7 @@ fn key_of(server: &RedisServer, i: usize) -> String {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_empty_clears_no_l1_and_the_outage_invalidation_reaches_b() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let clock = ManualClock::starting_now();
     let (a, svc_a, b, svc_b, log) = pair(
@@ -301,9 +291,7 @@ async fn redis_killed_and_restarted_empty_clears_no_l1_and_the_outage_invalidati
 
 #[tokio::test]
 async fn with_appendonly_the_log_survives_a_restart_and_the_reader_reads_on() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     let (a, _svc_a, b, svc_b, log) = pair(builder(server.url()), builder(server.url()), 3).await;
     // An entry the restarted server must still have, before the kill.
@@ -334,9 +322,7 @@ async fn with_appendonly_the_log_survives_a_restart_and_the_reader_reads_on() {
 
 #[tokio::test]
 async fn a_queue_that_overflows_while_redis_is_gone_is_counted_and_becomes_a_clear() {
-    if skip_if_no_redis() {
-        return;
-    }
+    require_redis();
     let mut server = RedisServer::start();
     let (a, _svc_a, b, svc_b, _log) = pair(builder(server.url()), builder(server.url()), 2).await;
     server.kill();

@@ -8,13 +8,11 @@
 //! ```ignore
 //! #[path = "support/redis.rs"]
 //! mod redis_support;
-//! use redis_support::{skip_if_no_redis, RedisServer};
+//! use redis_support::{require_redis, RedisServer};
 //!
 //! #[test]
 //! fn l2_round_trip() {
-//!     if skip_if_no_redis() {
-//!         return;
-//!     }
+//!     require_redis();
 //!     let mut server = RedisServer::start();
 //!     let url = server.url(); // redis://127.0.0.1:PORT/
 //!     // ... use it; server.kill(); server.restart(); ...
@@ -106,22 +104,15 @@ pub fn require_redis() {
     }
 }
 
-/// Kept for callers written before [`require_redis`]: it fails the same
-/// way, and returns `false` (run) when Redis is installed.
-pub fn skip_if_no_redis() -> bool {
-    require_redis();
-    false
-}
-
 /// The decision behind [`require_redis`]: `Ok` to run, `Err` to fail.
 pub fn redis_requirement(available: bool) -> Result<(), String> {
     if available {
         return Ok(());
     }
     Err(
-        "redis-server/redis-cli not found on PATH: this test starts its own Redis. \
-         Install them (Debian: apt-get install redis-server redis-tools; `.ci/run` \
-         does it), or leave the Redis tests out with `cargo test -- --skip l2_`"
+        "redis-server/redis-cli not found on PATH: this test starts its own Redis \
+         and cannot pass without it. Install them (Debian: apt-get install \
+         redis-server redis-tools; `.ci/run` does it)"
             .to_owned(),
     )
 }
