@@ -262,6 +262,7 @@ async fn call_router(app: &axum::Router, path: &str) -> String {
 /// template either way. (A `CacheLayer` wrapping the whole `Router` from the
 /// outside, e.g. `CacheLayer::new(c).layer(router)`, runs before routing and
 /// sees no `MatchedPath`: it labels by host or `default`.)
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn axum_route_templates_label_requests() {
     for per_route in [true, false] {
