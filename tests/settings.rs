@@ -6,6 +6,9 @@
 //! Time is a `ManualClock` moved by hand; real waits are bounded loops
 //! waiting for a signal (an origin call, a counter), never for a TTL.
 
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
 mod support;
 
 use std::convert::Infallible;
@@ -447,6 +450,125 @@ async fn max_concurrent_refreshes_skips_refreshes_beyond_the_limit() {
     assert_eq!((st.refresh_ok, st.refresh_skipped), (1, 1));
     assert_eq!(log.calls(), 3, "b's refresh never reached the origin");
     assert_eq!(log.request(2).uri.path(), "/a");
+}
+
+// ---------------------------------------------------------------------------
+// L2 (Redis)
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "redis")]
+mod l2 {
+    use std::time::Duration;
+
+    use tower_tiered_cache::{Cache, CacheBuilder, ManualClock};
+
+    use super::redis_support::{require_redis, RedisServer, Reply};
+    use super::support::*;
+
+    const L2_HIT: &str = "tower-tiered-cache; hit; detail=l2";
+    const L1_HIT: &str = "tower-tiered-cache; hit; detail=l1";
+
+    /// A cache on `server` in namespace `ns`, on `clock`.
+    fn l2(server: &RedisServer, ns: &str, clock: &ManualClock) -> CacheBuilder {
+        Cache::builder()
+            .redis(server.url())
+            .namespace(ns)
+            .clock(clock.clone())
+            .l2_timeout(Duration::from_millis(500))
+    }
+
+    /// With `promote_after(2)`, two L2 hits 10 s apart promote the entry to
+    /// L1 within the default 60 s window, but not within a 5 s
+    /// `promotion_window` (the second hit starts a new count).
+    #[tokio::test]
+    async fn promotion_window_bounds_the_time_over_which_l2_hits_count_toward_promotion() {
+        require_redis();
+        let server = RedisServer::start();
+        let clock = clock();
+        let (origin, log) = origin(|_, _| ok("max-age=3600", "hot"));
+        let writer = l2(&server, "p", &clock).build().unwrap();
+        send(&cached(&writer, origin.clone()), get(URL)).await;
+        written(&writer, 1).await;
+
+        let default = l2(&server, "p", &clock).promote_after(2).build().unwrap();
+        let short = l2(&server, "p", &clock)
+            .promote_after(2)
+            .promotion_window(secs(5))
+            .build()
+            .unwrap();
+        let default_svc = cached(&default, origin.clone());
+        let short_svc = cached(&short, origin);
+
+        assert_eq!(cache_status(&send(&default_svc, get(URL)).await), L2_HIT);
+        assert_eq!(cache_status(&send(&short_svc, get(URL)).await), L2_HIT);
+        clock.advance(secs(10));
+        assert_eq!(cache_status(&send(&default_svc, get(URL)).await), L2_HIT);
+        assert_eq!(cache_status(&send(&short_svc, get(URL)).await), L2_HIT);
+        assert_eq!(default.stats().promotions, 1, "2 hits within 60 s");
+        assert_eq!(short.stats().promotions, 0, "2 hits 10 s apart, window 5 s");
+        // L1 copies are trusted once the invalidation log is followed.
+        subscribed(&default).await;
+        subscribed(&short).await;
+
+        assert_eq!(cache_status(&send(&default_svc, get(URL)).await), L1_HIT);
+        // The third hit is the second within 5 s of the last: promoted now.
+        assert_eq!(cache_status(&send(&short_svc, get(URL)).await), L2_HIT);
+        assert_eq!(short.stats().promotions, 1);
+        assert_eq!(cache_status(&send(&short_svc, get(URL)).await), L1_HIT);
+        assert_eq!(log.calls(), 1);
+    }
+
+    /// The length of the one string value under namespace `ns` (the
+    /// stored entry).
+    fn stored_len(server: &RedisServer, ns: &str) -> usize {
+        let keys = server.cli(&["--scan", "--pattern", &format!("{ns}:*")]);
+        let lens: Vec<usize> = keys
+            .text()
+            .lines()
+            .filter_map(|k| match server.cmd(&["STRLEN", k]) {
+                Ok(Reply::Int(n)) if n > 0 => Some(n as usize),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lens.len(), 1, "one stored value under {ns}: {lens:?}");
+        lens[0]
+    }
+
+    /// A 4000-byte compressible body: stored compressed in L2 by default
+    /// (threshold 1024 bytes), as it is with `compression_threshold(None)`
+    /// or a threshold above its size; read back intact either way.
+    #[cfg(feature = "compression")]
+    #[tokio::test]
+    async fn compression_threshold_decides_which_l2_bodies_are_compressed() {
+        require_redis();
+        let server = RedisServer::start();
+        let clock = clock();
+        let text = "a".repeat(4000);
+        let t = text.clone();
+        let (origin, _) = origin(move |_, _| ok("max-age=60", &t));
+        let mut lens = Vec::new();
+        for (ns, threshold) in [("d", "default"), ("off", "none"), ("big", "8192")] {
+            let b = l2(&server, ns, &clock);
+            let b = match threshold {
+                "none" => b.compression_threshold(None),
+                "8192" => b.compression_threshold(Some(8192)),
+                _ => b,
+            };
+            let cache = b.build().unwrap();
+            send(&cached(&cache, origin.clone()), get(URL)).await;
+            written(&cache, 1).await;
+            lens.push(stored_len(&server, ns));
+
+            // Another instance reads the body back from L2 intact.
+            let reader = l2(&server, ns, &clock).build().unwrap();
+            let r = send(&cached(&reader, origin.clone()), get(URL)).await;
+            assert_eq!(cache_status(&r), L2_HIT, "{threshold}");
+            assert_eq!(body(r).await, text.as_bytes(), "{threshold}");
+        }
+        assert!(lens[0] < 1000, "compressed by default: {lens:?}");
+        assert!(lens[1] > 4000, "not compressed with None: {lens:?}");
+        assert!(lens[2] > 4000, "not compressed under 8192: {lens:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
