@@ -535,8 +535,9 @@ mod l2 {
     }
 
     /// A 4000-byte compressible body: stored compressed in L2 by default
-    /// (threshold 1024 bytes), as it is with `compression_threshold(None)`
-    /// or a threshold above its size; read back intact either way.
+    /// (threshold 1024 bytes), stored as it is with
+    /// `compression_threshold(None)` or a threshold above its size; read
+    /// back intact either way.
     #[cfg(feature = "compression")]
     #[tokio::test]
     async fn compression_threshold_decides_which_l2_bodies_are_compressed() {
