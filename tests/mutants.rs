@@ -74,3 +74,153 @@ async fn a_waiter_with_another_vary_value_gets_its_own_variant() {
     assert_eq!(log.calls(), 2, "each variant came from the origin");
     assert_eq!(log.request(1).header("accept-language"), Some("fr"));
 }
+
+#[cfg(feature = "redis")]
+mod l2 {
+    use std::time::Duration;
+
+    use super::redis_support::{require_redis, RedisServer};
+    use super::*;
+    use tower_tiered_cache::CacheBuilder;
+
+    const SLOW: &str = "http://example.com/slow";
+    const BLOCKER: &str = "http://example.com/blocker";
+
+    /// An L2 cache whose operations do not time out while the test holds
+    /// Redis's writes back.
+    fn l2(url: String) -> CacheBuilder {
+        Cache::builder()
+            .redis(url)
+            .namespace("m")
+            .l2_timeout(Duration::from_secs(10))
+    }
+
+    /// The keys the caches of this file wrote.
+    fn keys(server: &RedisServer) -> Vec<String> {
+        let out = server.cli(&["--scan", "--pattern", "m:*"]);
+        let mut keys: Vec<String> = out.text().lines().map(str::to_owned).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Whether some connection other than an invalidation-log reader is
+    /// held by `CLIENT PAUSE` (a blocked write).
+    fn a_write_is_held(server: &RedisServer) -> bool {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .text()
+            .lines()
+            .any(|l| l.contains(" flags=b ") && !l.contains("cmd=xread"))
+    }
+
+    /// A write of SLOW is queued behind another write that Redis holds
+    /// back (`CLIENT PAUSE … WRITE`); SLOW is invalidated while its write
+    /// is still queued. When Redis lets writes through, the queued write
+    /// is dropped: a fresh instance misses SLOW.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_queued_before_an_invalidation_never_lands() {
+        require_redis();
+        let server = RedisServer::start();
+        let gate = Gate::new();
+        let g = gate.clone();
+        let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
+            let g = g.clone();
+            let slow = req.uri().path() == "/slow";
+            async move {
+                if slow {
+                    g.pass().await;
+                }
+                Ok::<_, Infallible>(ok("max-age=60", "v"))
+            }
+        });
+        let a = l2(server.url()).build().unwrap();
+        let svc = cached(&a, origin.clone());
+        // Connected, and SLOW's L2 read done (a miss): its flight waits
+        // at the origin.
+        send(&svc, get("http://example.com/connect")).await;
+        written(&a, 1).await;
+        let slow = tokio::spawn(send(&svc, get(SLOW)));
+        assert!(
+            eventually(|| log.calls() == 2).await,
+            "SLOW reached the origin"
+        );
+
+        let paused = server.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]);
+        assert!(paused.text().contains("OK"), "{paused:?}");
+        // BLOCKER's write goes out and is held by Redis: the writer is busy.
+        send(&svc, get(BLOCKER)).await;
+        assert!(
+            within(Duration::from_secs(10), || a_write_is_held(&server)).await,
+            "BLOCKER's write is not held: {}",
+            server.cli(&["CLIENT", "LIST"]).text()
+        );
+        // SLOW's answer is stored; its L2 write waits in the queue.
+        gate.open();
+        slow.await.unwrap();
+        assert_eq!(a.l2_pending_writes(), 2, "{:?}", a.stats());
+        a.invalidate(&get(SLOW));
+        let unpaused = server.cli(&["CLIENT", "UNPAUSE"]);
+        assert!(unpaused.text().contains("OK"), "{unpaused:?}");
+
+        assert!(
+            within(Duration::from_secs(10), || a.l2_pending_writes() == 0).await,
+            "{:?}",
+            a.stats()
+        );
+        let st = a.stats();
+        assert!(st.l2_writes_dropped >= 1, "{st:?}");
+        assert_eq!(st.l2_timeouts, 0, "{st:?}");
+        // Only the two other keys are in Redis.
+        assert_eq!(keys(&server).len(), 2, "{:?}", keys(&server));
+        let b = l2(server.url()).build().unwrap();
+        let calls = log.calls();
+        let r = send(&cached(&b, origin), get(SLOW)).await;
+        assert!(
+            cache_status(&r).contains("fwd=uri-miss"),
+            "the queued write landed after the invalidation: {}",
+            cache_status(&r)
+        );
+        assert_eq!(log.calls(), calls + 1);
+    }
+
+    /// Garbage under an entry's key on a single node: a miss (the origin
+    /// answers), counted in `l2_decode_errors`, and the key is deleted. The
+    /// origin's second answer is `no-store`, so nothing rewrites the key.
+    #[tokio::test]
+    async fn a_corrupt_value_on_one_node_is_a_miss_and_deleted() {
+        require_redis();
+        let server = RedisServer::start();
+        let (origin, log) = origin(|n, _| {
+            if n == 0 {
+                ok("max-age=60", "stored")
+            } else {
+                ok("no-store", "fresh")
+            }
+        });
+        let a = l2(server.url()).build().unwrap();
+        send(&cached(&a, origin.clone()), get(URL)).await;
+        written(&a, 1).await;
+        let key = keys(&server).pop().expect("URL's key");
+        let set = server.cli(&["SET", &key, "not an entry"]);
+        assert!(set.text().contains("OK"), "{set:?}");
+
+        let b = l2(server.url()).build().unwrap();
+        let r = send(&cached(&b, origin), get(URL)).await;
+        assert!(
+            cache_status(&r).contains("fwd=uri-miss"),
+            "{}",
+            cache_status(&r)
+        );
+        assert_eq!(body(r).await, "fresh");
+        assert_eq!(log.calls(), 2);
+        assert_eq!(b.stats().l2_decode_errors, 1, "{:?}", b.stats());
+        let exists = || server.cli(&["EXISTS", &key]).text().trim().to_owned();
+        assert!(
+            within(Duration::from_secs(10), || exists() == "0").await,
+            "the corrupt value was not deleted: {:?}",
+            server.cli(&["GET", &key]).text()
+        );
+        assert_eq!(b.l2_pending_writes(), 0);
+        assert_eq!(b.stats().l2_writes, 0, "{:?}", b.stats());
+    }
+}
