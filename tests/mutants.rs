@@ -156,8 +156,12 @@ mod l2 {
         );
         // SLOW's answer is stored; its L2 write waits in the queue.
         gate.open();
-        slow.await.unwrap();
-        assert_eq!(a.l2_pending_writes(), 2, "{:?}", a.stats());
+        assert_eq!(body(slow.await.unwrap()).await, "v");
+        assert!(
+            within(Duration::from_secs(10), || a.l2_pending_writes() == 2).await,
+            "{:?}",
+            a.stats()
+        );
         a.invalidate(&get(SLOW));
         let unpaused = server.cli(&["CLIENT", "UNPAUSE"]);
         assert!(unpaused.text().contains("OK"), "{unpaused:?}");
