@@ -1,0 +1,231 @@
+//! Tests that kill mutants which survived the rest of the suite (issue 13,
+//! point 6): each one fails when the behaviour it names is broken.
+//!
+//! - `Entry::vary_matches` always `true`: a waiter with another `Vary`
+//!   value joining a flight is served the leader's variant;
+//! - the L2 supersede check skipped: a write still queued when its key is
+//!   invalidated lands after the invalidation;
+//! - the delete of a corrupt L2 value skipped (on a single node; the
+//!   cluster case is in `l2_cluster.rs`).
+
+mod support;
+
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::convert::Infallible;
+
+use support::*;
+use tower_tiered_cache::Cache;
+
+/// Lets every ready task of a current-thread runtime run until it blocks
+/// (no wall-clock wait).
+async fn run_ready_tasks() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `en` leads a flight to an origin that answers `Vary: Accept-Language`;
+/// `fr` arrives while it is in flight and waits on it. The leader's answer
+/// is not `fr`'s variant: `fr` gets its own (a second origin call), never
+/// `en`'s body.
+#[tokio::test]
+async fn a_waiter_with_another_vary_value_gets_its_own_variant() {
+    let cache = Cache::builder().build().unwrap();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
+        let g = g.clone();
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        async move {
+            g.pass().await;
+            let r = ok("max-age=60", &format!("body in {lang}"));
+            Ok::<_, Infallible>(with_header(r, "vary", "accept-language"))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let fetch = |lang: &'static str| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let r = send(&svc, get_with(URL, &[("accept-language", lang)])).await;
+            (cache_status(&r), body(r).await)
+        })
+    };
+    let en = fetch("en");
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 1, "en leads a flight");
+    let fr = fetch("fr");
+    run_ready_tasks().await;
+    // fr waits on en's flight: it has not called the origin itself.
+    assert_eq!(log.calls(), 1, "fr joined en's flight");
+    assert_eq!(cache.stats().in_flight, 1);
+    gate.open();
+
+    let (en_status, en_body) = en.await.unwrap();
+    let (fr_status, fr_body) = fr.await.unwrap();
+    assert_eq!(en_body, "body in en", "{en_status}");
+    assert_eq!(fr_body, "body in fr", "fr got another variant: {fr_status}");
+    assert_eq!(log.calls(), 2, "each variant came from the origin");
+    assert_eq!(log.request(1).header("accept-language"), Some("fr"));
+}
+
+#[cfg(feature = "redis")]
+mod l2 {
+    use std::time::Duration;
+
+    use super::redis_support::{require_redis, RedisServer};
+    use super::*;
+    use tower_tiered_cache::CacheBuilder;
+
+    const SLOW: &str = "http://example.com/slow";
+    const BLOCKER: &str = "http://example.com/blocker";
+
+    /// An L2 cache whose operations do not time out while the test holds
+    /// Redis's writes back.
+    fn l2(url: String) -> CacheBuilder {
+        Cache::builder()
+            .redis(url)
+            .namespace("m")
+            .l2_timeout(Duration::from_secs(10))
+    }
+
+    /// The keys the caches of this file wrote.
+    fn keys(server: &RedisServer) -> Vec<String> {
+        let out = server.cli(&["--scan", "--pattern", "m:*"]);
+        let mut keys: Vec<String> = out.text().lines().map(str::to_owned).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Whether some connection other than an invalidation-log reader is
+    /// held by `CLIENT PAUSE` (a blocked write).
+    fn a_write_is_held(server: &RedisServer) -> bool {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .text()
+            .lines()
+            .any(|l| l.contains(" flags=b ") && !l.contains("cmd=xread"))
+    }
+
+    /// A write of SLOW is queued behind another write that Redis holds
+    /// back (`CLIENT PAUSE … WRITE`); SLOW is invalidated while its write
+    /// is still queued. When Redis lets writes through, the queued write
+    /// is dropped: a fresh instance misses SLOW.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_queued_before_an_invalidation_never_lands() {
+        require_redis();
+        let server = RedisServer::start();
+        let gate = Gate::new();
+        let g = gate.clone();
+        let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
+            let g = g.clone();
+            let slow = req.uri().path() == "/slow";
+            async move {
+                if slow {
+                    g.pass().await;
+                }
+                Ok::<_, Infallible>(ok("max-age=60", "v"))
+            }
+        });
+        let a = l2(server.url()).build().unwrap();
+        let svc = cached(&a, origin.clone());
+        // Connected, and SLOW's L2 read done (a miss): its flight waits
+        // at the origin.
+        send(&svc, get("http://example.com/connect")).await;
+        written(&a, 1).await;
+        let slow = tokio::spawn(send(&svc, get(SLOW)));
+        assert!(
+            eventually(|| log.calls() == 2).await,
+            "SLOW reached the origin"
+        );
+
+        let paused = server.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]);
+        assert!(paused.text().contains("OK"), "{paused:?}");
+        // BLOCKER's write goes out and is held by Redis: the writer is busy.
+        send(&svc, get(BLOCKER)).await;
+        assert!(
+            within(Duration::from_secs(10), || a_write_is_held(&server)).await,
+            "BLOCKER's write is not held: {}",
+            server.cli(&["CLIENT", "LIST"]).text()
+        );
+        // SLOW's answer is stored; its L2 write waits in the queue.
+        gate.open();
+        assert_eq!(body(slow.await.unwrap()).await, "v");
+        assert!(
+            within(Duration::from_secs(10), || a.l2_pending_writes() == 2).await,
+            "{:?}",
+            a.stats()
+        );
+        a.invalidate(&get(SLOW));
+        let unpaused = server.cli(&["CLIENT", "UNPAUSE"]);
+        assert!(unpaused.text().contains("OK"), "{unpaused:?}");
+
+        assert!(
+            within(Duration::from_secs(10), || a.l2_pending_writes() == 0).await,
+            "{:?}",
+            a.stats()
+        );
+        // Only the two other keys are in Redis.
+        assert_eq!(keys(&server).len(), 2, "{:?}", keys(&server));
+        let b = l2(server.url()).build().unwrap();
+        let calls = log.calls();
+        let r = send(&cached(&b, origin), get(SLOW)).await;
+        assert!(
+            cache_status(&r).contains("fwd=uri-miss"),
+            "the queued write landed after the invalidation: {}",
+            cache_status(&r)
+        );
+        assert_eq!(log.calls(), calls + 1);
+        // Dropped as superseded, not lost to a timeout.
+        let st = a.stats();
+        assert_eq!((st.l2_writes, st.l2_writes_dropped), (2, 1), "{st:?}");
+        assert_eq!(st.l2_timeouts, 0, "{st:?}");
+    }
+
+    /// Garbage under an entry's key on a single node: a miss (the origin
+    /// answers), counted in `l2_decode_errors`, and the key is deleted. The
+    /// origin's second answer is `no-store`, so nothing rewrites the key.
+    #[tokio::test]
+    async fn a_corrupt_value_on_one_node_is_a_miss_and_deleted() {
+        require_redis();
+        let server = RedisServer::start();
+        let (origin, log) = origin(|n, _| {
+            if n == 0 {
+                ok("max-age=60", "stored")
+            } else {
+                ok("no-store", "fresh")
+            }
+        });
+        let a = l2(server.url()).build().unwrap();
+        send(&cached(&a, origin.clone()), get(URL)).await;
+        written(&a, 1).await;
+        let key = keys(&server).pop().expect("URL's key");
+        let set = server.cli(&["SET", &key, "not an entry"]);
+        assert!(set.text().contains("OK"), "{set:?}");
+
+        let b = l2(server.url()).build().unwrap();
+        let r = send(&cached(&b, origin), get(URL)).await;
+        assert!(
+            cache_status(&r).contains("fwd=uri-miss"),
+            "{}",
+            cache_status(&r)
+        );
+        assert_eq!(body(r).await, "fresh");
+        assert_eq!(log.calls(), 2);
+        assert_eq!(b.stats().l2_decode_errors, 1, "{:?}", b.stats());
+        let exists = || server.cli(&["EXISTS", &key]).text().trim().to_owned();
+        assert!(
+            within(Duration::from_secs(10), || exists() == "0").await,
+            "the corrupt value was not deleted: {:?}",
+            server.cli(&["GET", &key]).text()
+        );
+        assert_eq!(b.l2_pending_writes(), 0);
+        assert_eq!(b.stats().l2_writes, 0, "{:?}", b.stats());
+    }
+}
