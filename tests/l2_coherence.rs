@@ -153,6 +153,12 @@ async fn a_log_trimmed_past_the_last_id_clears_l1_and_counts_a_reset() {
     assert!(within(RECOVERY, || b.stats().l2_subscribed).await);
     let s = b.stats();
     assert_eq!((s.l2_coherence_resets, s.l1_entries), (1, 0), "{s:?}");
+    // Exported with the other L2 counters.
+    let text = b.prometheus();
+    assert!(
+        text.contains("tower_cache_l2_events_total{event=\"coherence_resets\"} 1\n"),
+        "{text}"
+    );
     // L1 was cleared: the entries come from L2 again (or the origin, if
     // b's L2 breaker is still open after its own outage).
     for i in 0..2 {

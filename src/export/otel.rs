@@ -63,6 +63,8 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
     l2_errors_counter(meter, weak);
+    #[cfg(feature = "redis")]
+    l2_events_counter(meter, weak);
 }
 
 /// `cache.requests` by result, tier, label and whether it was coalesced.
@@ -191,6 +193,30 @@ fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
                 ("timeout_slow_host", c.timeouts_slow_host.get()),
                 ("decode", c.decode_errors.get()),
                 ("write_dropped", c.writes_dropped.get()),
+            ]
+        },
+    );
+}
+
+/// `cache.l2.events` by kind: variants evicted, coherence resets,
+/// invalidations dropped from the outbox.
+#[cfg(feature = "redis")]
+fn l2_events_counter(meter: &Meter, weak: &Weak<Shared>) {
+    observable_counter(
+        meter,
+        weak,
+        "cache.l2.events",
+        "L2 events that cost coherence or storage, by kind",
+        Some("event"),
+        |s| {
+            let Some(l2) = &s.tiers.l2 else {
+                return Vec::new();
+            };
+            let c = &l2.counters;
+            vec![
+                ("variants_evicted", c.variants_evicted.get()),
+                ("coherence_resets", c.coherence_resets.get()),
+                ("invalidations_dropped", c.invalidations_dropped.get()),
             ]
         },
     );

@@ -52,7 +52,12 @@ impl Cache {
     ///   `tower_cache_l2_errors_total{kind}` (`error`, `timeout`,
     ///   `timeout_slow_host`: the timeouts a `PING` showed were this host's
     ///   lateness, not Redis's, a subset of `timeout`; `decode`,
-    ///   `write_dropped`);
+    ///   `write_dropped`) and `tower_cache_l2_events_total{event}`
+    ///   (`variants_evicted`: variants deleted to keep a URL within
+    ///   `max_variants`; `coherence_resets`: L1 cleared because the
+    ///   invalidation log no longer held what this instance missed;
+    ///   `invalidations_dropped`: invalidations queued while Redis was
+    ///   unreachable beyond the queue's bound, replaced by a clear);
     /// - gauges: `tower_cache_l1_entries`, `tower_cache_l1_bytes`,
     ///   `tower_cache_l1_capacity_bytes`, `tower_cache_in_flight`,
     ///   `tower_cache_hit_ratio`, `tower_cache_window_hit_ratio` (the last
@@ -278,8 +283,8 @@ fn write_refreshes(w: &mut String, st: &Stats) {
     }
 }
 
-/// With an L2 tier: `tower_cache_l2_errors_total{kind}` and
-/// `tower_cache_l2_breaker_open`.
+/// With an L2 tier: `tower_cache_l2_errors_total{kind}`,
+/// `tower_cache_l2_events_total{event}` and `tower_cache_l2_breaker_open`.
 fn write_l2_errors_and_breaker(w: &mut String, st: &Stats) {
     let Some(l2_breaker) = st.l2_breaker else {
         return;
@@ -298,6 +303,19 @@ fn write_l2_errors_and_breaker(w: &mut String, st: &Stats) {
         ("write_dropped", st.l2_writes_dropped),
     ] {
         sample(w, "tower_cache_l2_errors_total", &[("kind", kind)], v);
+    }
+    header(
+        w,
+        "tower_cache_l2_events_total",
+        "counter",
+        "L2 events that cost coherence or storage, by kind.",
+    );
+    for (event, v) in [
+        ("variants_evicted", st.l2_variants_evicted),
+        ("coherence_resets", st.l2_coherence_resets),
+        ("invalidations_dropped", st.l2_invalidations_dropped),
+    ] {
+        sample(w, "tower_cache_l2_events_total", &[("event", event)], v);
     }
     gauge(
         w,
