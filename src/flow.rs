@@ -312,7 +312,7 @@ where
 }
 
 /// A waiter whose leader read an entry from L2: judged as this request's
-/// own find (not promoted again: `since` 0); not usable as is, the next
+/// own find (not promoted again: `Generation::NONE`); not usable as is, the next
 /// flight revalidates it.
 #[cfg(feature = "redis")]
 fn found_by_leader<B, U: Upstream<B>>(
@@ -332,7 +332,9 @@ fn found_by_leader<B, U: Upstream<B>>(
         return Waited::Again(Request::from_parts(parts, body), up, plan);
     }
     let span = tracing::Span::current();
-    let tier = crate::tiers::Tier::L2 { since: 0 };
+    let tier = crate::tiers::Tier::L2 {
+        since: crate::store::order::Generation::NONE,
+    };
     match cache.judge::<U::Body>(entry, tier, &parts, *plan, now, &span) {
         Ok(answered) => {
             let (resp, refresh) = answered.into_marked();

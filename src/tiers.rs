@@ -24,6 +24,7 @@ use crate::entry::Entry;
 use crate::key::KeyHash;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
+use crate::store::order::Generation;
 
 /// The tier a found entry was read from. Everything else about the entry
 /// (freshness, revalidation, 304 merging, `Cache-Status`) is decided the
@@ -33,10 +34,10 @@ use crate::store::memory::{Found, MemoryStore};
 pub(crate) enum Tier {
     /// In-process memory.
     L1,
-    /// Redis; `since` is the point in the sequence of writes and
-    /// invalidations at which the read started (what was read may not be
-    /// promoted past a later invalidation).
-    L2 { since: u64 },
+    /// Redis; `since` is the generation at which the read started (what
+    /// was read is not promoted past a later invalidation; see
+    /// `store/order.rs`).
+    L2 { since: Generation },
 }
 
 impl Tier {
@@ -188,7 +189,7 @@ impl Tiers {
         };
         // An invalidation arriving while the read is in flight must not be
         // undone by promoting (or re-storing) what was read.
-        let since = crate::store::l2::L2::seq_now();
+        let since = l2.generation();
         if l2.deleting(key) {
             return L2Lookup::Miss { varied: false };
         }

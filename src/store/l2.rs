@@ -19,6 +19,7 @@ use crate::key::{variant_hash, KeyHash};
 use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
 use crate::store::inval::{Outbox, Pending, Resume, StreamId};
+use crate::store::order::{Generation, Generations, Scope, Use};
 use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
 use crate::sync::lock;
 
@@ -172,9 +173,9 @@ struct Job {
     /// For a URL with `Vary`: the request's values of the `Vary` headers.
     /// The variant is written under the URL's current marker generation.
     vary_headers: Option<HeaderMap>,
-    /// The write's place in the sequence of writes and invalidations: a
-    /// job older than an invalidation of its key is dropped.
-    seq: u64,
+    /// When the write was queued: a job older than an invalidation of its
+    /// key (or a clear) is dropped (see [`Generations::still_applies`]).
+    taken: Generation,
     /// Bytes reserved in the queue's budget.
     reserved: u64,
 }
@@ -188,9 +189,6 @@ const BATCH_JOBS: usize = 64;
 /// The most queued bytes (entry weights) the writer sends in one pipeline
 /// (a larger job goes alone).
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
-
-/// Orders writes and invalidations (see `Job::seq`).
-static SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// How long one `XREAD` of the invalidation log waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -284,15 +282,12 @@ pub(crate) struct L2 {
     broad_replays: AtomicU64,
     /// Dropped with the tier: tells the subscriber task to end.
     shutdown: watch::Sender<()>,
-    /// The sequence number of the last tag or prefix invalidation received.
-    broad_seq: AtomicU64,
-    /// Recently invalidated keys and when (bounded): queued writes older
-    /// than the invalidation are dropped instead of undoing it.
-    invalidated: QuickCache<KeyHash, u64>,
+    /// The order of writes and invalidations: queued writes older than an
+    /// invalidation are dropped instead of undoing it, reads older than
+    /// one are not promoted.
+    order: Generations,
     /// Bytes of encoded values waiting in the write queue (bounded).
     queued_bytes: AtomicU64,
-    /// The sequence number of the last `clear`.
-    cleared_seq: AtomicU64,
     /// Writes queued or being written (`Cache::l2_pending_writes`).
     pending: AtomicU64,
     /// Keys invalidated here whose `DEL` has not completed yet (bounded):
@@ -343,10 +338,8 @@ impl L2 {
             outbox: Outbox::default(),
             broad_replays: AtomicU64::new(0),
             shutdown: watch::channel(()).0,
-            broad_seq: AtomicU64::new(0),
-            invalidated: QuickCache::new(100_000),
+            order: Generations::new(100_000),
             queued_bytes: AtomicU64::new(0),
-            cleared_seq: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             deleting: QuickCache::new(10_000),
             info: Mutex::new(None),
@@ -507,12 +500,9 @@ impl L2 {
         }
         self.counters.messages_received.incr();
         match &msg {
-            Message::Key(k) => self.note_invalidated(*k),
-            Message::Clear => self.note_cleared(),
-            Message::Tag(_) | Message::Prefix(_) => {
-                self.broad_seq
-                    .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
-            }
+            Message::Key(k) => self.order.invalidate(Scope::Key(*k)),
+            Message::Clear => self.order.invalidate(Scope::All),
+            Message::Tag(_) | Message::Prefix(_) => self.order.invalidate(Scope::Unlisted),
         }
         if let Some(listener) = self.listener.get() {
             listener(&msg);
@@ -526,6 +516,7 @@ impl L2 {
     /// Deletes every L2 entry carrying `tag` (through the tag's index set).
     pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str) -> u64 {
         self.ensure_subscriber();
+        let _running = self.order.begin_unlisted();
         let tag_key = self.tag_key(tag);
         // Members still alive (scores are expiry times).
         let now = self.clock.now_millis();
@@ -568,6 +559,7 @@ impl L2 {
     /// namespace (every master of a cluster): never on the request path.
     pub(crate) async fn invalidate_prefix(self: &Arc<Self>, prefix: &str) -> u64 {
         self.ensure_subscriber();
+        let _running = self.order.begin_unlisted();
         let pattern = format!("{}:{}:*", self.cfg.namespace, FORMAT_VERSION);
         let mut removed = 0;
         for keys in self.scan(&pattern).await {
@@ -604,7 +596,7 @@ impl L2 {
     /// `{namespace}:inv`, which `{namespace}:*` does not match).
     pub(crate) async fn clear(self: &Arc<Self>) -> u64 {
         self.ensure_subscriber();
-        self.note_cleared();
+        self.order.invalidate(Scope::All);
         let pattern = format!("{}:*", self.cfg.namespace);
         let stats = self.stats_key();
         let mut removed = 0;
@@ -1197,7 +1189,7 @@ impl L2 {
                     px,
                     announce: *k,
                     vary_headers: None,
-                    seq: SEQ.fetch_add(1, Ordering::AcqRel),
+                    taken: self.order.next(),
                     reserved: 0,
                 })
             })
@@ -1266,7 +1258,7 @@ impl L2 {
             px,
             announce: primary,
             vary_headers,
-            seq: SEQ.fetch_add(1, Ordering::AcqRel),
+            taken: self.order.next(),
             reserved: size,
         };
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -1312,38 +1304,22 @@ impl L2 {
     }
 
     /// Records an invalidation of `key`: queued writes of it made before
-    /// now will not be sent.
+    /// now will not be sent, reads of it started before now not promoted.
     pub(crate) fn note_invalidated(&self, key: KeyHash) {
-        self.invalidated
-            .insert(key, SEQ.fetch_add(1, Ordering::AcqRel));
+        self.order.invalidate(Scope::Key(key));
     }
 
-    /// Records a `clear`: every write queued before now is dropped.
-    fn note_cleared(&self) {
-        self.cleared_seq
-            .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+    /// The current generation: taken when an L2 read starts, so that what
+    /// it reads is not promoted past a later invalidation.
+    pub(crate) fn generation(&self) -> Generation {
+        self.order.next()
     }
 
-    /// A point in the sequence of writes and invalidations.
-    pub(crate) fn seq_now() -> u64 {
-        SEQ.fetch_add(1, Ordering::AcqRel)
-    }
-
-    /// Whether `key`, read from L2 after `since`, may be copied into L1:
-    /// not if an invalidation that may cover it arrived meanwhile (the
-    /// copy could be older than the invalidation).
-    pub(crate) fn may_promote(&self, key: KeyHash, since: u64) -> bool {
-        self.cleared_seq.load(Ordering::Acquire) < since
-            && self.broad_seq.load(Ordering::Acquire) < since
-            && self.invalidated.get(&key).is_none_or(|at| at < since)
-    }
-
-    fn superseded(&self, job: &Job) -> bool {
-        job.seq < self.cleared_seq.load(Ordering::Acquire)
-            || self
-                .invalidated
-                .get(&job.announce)
-                .is_some_and(|at| at > job.seq)
+    /// Whether `key`, read from L2 at `since`, may be copied into L1: not
+    /// if an invalidation that may cover it arrived meanwhile (the copy
+    /// could be older than the invalidation).
+    pub(crate) fn may_promote(&self, key: KeyHash, since: Generation) -> bool {
+        self.order.still_applies(key, since, Use::Promote)
     }
 
     /// The writer's queue, starting the writer task on first use (and again
@@ -1446,7 +1422,10 @@ impl L2 {
             bytes: 0,
         };
         for job in jobs {
-            if self.superseded(job) {
+            if !self
+                .order
+                .still_applies(job.announce, job.taken, Use::Write)
+            {
                 // An invalidation came after this write was queued.
                 self.counters.writes_dropped.incr();
                 continue;
@@ -1835,8 +1814,9 @@ impl L2 {
                 "L2 invalidations may have been missed: L1 cleared"
             );
         }
-        self.broad_seq
-            .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Release);
+        // Reads in flight may have missed the same invalidations; this
+        // instance's own queued writes are still current.
+        self.order.invalidate(Scope::Unlisted);
         if let Some(listener) = self.listener.get() {
             listener(&Message::Clear);
         }

@@ -7,5 +7,6 @@ pub(crate) mod inval;
 #[cfg(feature = "redis")]
 pub(crate) mod l2;
 pub(crate) mod memory;
+pub(crate) mod order;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -7,14 +7,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, RedisError, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use tokio::sync::Notify;
 
 use crate::sync::lock;
 
@@ -42,15 +40,78 @@ enum Backend {
         /// L2 timeout never lets the manager see a dead (half-open) socket.
         conn: std::sync::Mutex<Option<ConnectionManager>>,
     },
-    Cluster {
-        client: Box<ClusterClient>,
-        /// Replaced when the breaker opens: a cluster connection can stay
-        /// wedged after a master restarts. Made by one background task at a
-        /// time, which finishes even when the callers waiting on it give up.
-        conn: Arc<std::sync::Mutex<Option<ClusterConnection>>>,
-        connecting: Arc<AtomicBool>,
-        connected: Arc<Notify>,
-    },
+    /// Replaced when the breaker opens: a cluster connection can stay
+    /// wedged after a master restarts.
+    Cluster(Box<ClusterConnector>),
+}
+
+/// The cluster connection, made on first use (and again after a reset) by
+/// one attempt at a time, which every caller waiting for it shares. The
+/// attempt runs in a task of its own: it finishes, and its connection is
+/// kept, even when the callers waiting on it give up at their deadlines.
+struct ClusterConnector {
+    client: ClusterClient,
+    slot: Arc<std::sync::Mutex<Slot>>,
+}
+
+/// What the connector holds.
+enum Slot {
+    Empty,
+    Connecting(Shared<BoxFuture<'static, Option<ClusterConnection>>>),
+    Ready(ClusterConnection),
+}
+
+impl ClusterConnector {
+    /// The connection, or the attempt under way (started if none is).
+    async fn get(&self, connect_timeout: Duration) -> Result<ClusterConnection, StoreError> {
+        let attempt = {
+            let mut slot = lock(&self.slot);
+            match &*slot {
+                Slot::Ready(c) => return Ok(c.clone()),
+                Slot::Connecting(attempt) => attempt.clone(),
+                Slot::Empty => {
+                    let attempt = self.connect(connect_timeout);
+                    *slot = Slot::Connecting(attempt.clone());
+                    attempt
+                }
+            }
+        };
+        // The caller's own L2 timeout bounds this wait.
+        match attempt.clone().await {
+            Some(c) => Ok(c),
+            None => {
+                // The task empties the slot when it fails; a task that never
+                // ran to its end (its runtime shut down) leaves it here.
+                let mut slot = lock(&self.slot);
+                if matches!(&*slot, Slot::Connecting(a) if a.ptr_eq(&attempt)) {
+                    *slot = Slot::Empty;
+                }
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// One attempt, in a task of its own, which leaves its result in the
+    /// slot (a failure empties it: the next caller tries again).
+    fn connect(&self, timeout: Duration) -> Shared<BoxFuture<'static, Option<ClusterConnection>>> {
+        let client = self.client.clone();
+        let slot = Arc::clone(&self.slot);
+        let task = tokio::spawn(async move {
+            let made = tokio::time::timeout(timeout, client.get_async_connection()).await;
+            let conn = made.ok().and_then(Result::ok);
+            *lock(&slot) = match &conn {
+                Some(c) => Slot::Ready(c.clone()),
+                None => Slot::Empty,
+            };
+            conn
+        });
+        async move { task.await.ok().flatten() }.boxed().shared()
+    }
+
+    /// Forgets the connection: the next caller makes a new one.
+    fn reset(&self) {
+        *lock(&self.slot) = Slot::Empty;
+    }
 }
 
 /// A connection used by one task only (see [`RedisStore::dedicated`]):
@@ -92,7 +153,7 @@ fn command_name(cmd: &redis::Cmd) -> String {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("cluster", &matches!(self.backend, Backend::Cluster { .. }))
+            .field("cluster", &self.is_cluster())
             .field("server", &self.server)
             .finish()
     }
@@ -217,12 +278,10 @@ impl RedisStore {
                 Ok(Self {
                     url: urls[0].clone(),
                     urls: urls.clone(),
-                    backend: Backend::Cluster {
-                        client: Box::new(client),
-                        conn: Arc::new(std::sync::Mutex::new(None)),
-                        connecting: Arc::new(AtomicBool::new(false)),
-                        connected: Arc::new(Notify::new()),
-                    },
+                    backend: Backend::Cluster(Box::new(ClusterConnector {
+                        client,
+                        slot: Arc::new(std::sync::Mutex::new(Slot::Empty)),
+                    })),
                     server,
                     connect_timeout,
                     ops: std::sync::OnceLock::new(),
@@ -258,57 +317,17 @@ impl RedisStore {
         Ok(c)
     }
 
-    async fn cluster(
-        &self,
-        client: &ClusterClient,
-        conn: &Arc<std::sync::Mutex<Option<ClusterConnection>>>,
-        connecting: &Arc<AtomicBool>,
-        connected: &Arc<Notify>,
-    ) -> Result<ClusterConnection, StoreError> {
-        loop {
-            let notified = connected.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(c) = lock(conn).clone() {
-                return Ok(c);
-            }
-            if !connecting.swap(true, Ordering::AcqRel) {
-                let (client, conn, connecting, connected) = (
-                    client.clone(),
-                    Arc::clone(conn),
-                    Arc::clone(connecting),
-                    Arc::clone(connected),
-                );
-                let timeout = self.connect_timeout;
-                tokio::spawn(async move {
-                    if let Ok(Ok(c)) =
-                        tokio::time::timeout(timeout, client.get_async_connection()).await
-                    {
-                        *lock(&conn) = Some(c);
-                    }
-                    connecting.store(false, Ordering::Release);
-                    connected.notify_waiters();
-                });
-            }
-            // The caller's own L2 timeout bounds this wait.
-            notified.await;
-            if lock(conn).is_none() {
-                return Err(StoreError::Timeout);
-            }
-        }
-    }
-
     /// Drops the connection so the next operation makes a new one.
     pub(crate) fn reset(&self) {
         match &self.backend {
             Backend::Single { conn, .. } => *lock(conn) = None,
-            Backend::Cluster { conn, .. } => *lock(conn) = None,
+            Backend::Cluster(connector) => connector.reset(),
         }
     }
 
     /// Whether this is a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster { .. })
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// Runs one command, in a client span (OpenTelemetry database
@@ -369,13 +388,8 @@ impl RedisStore {
                 let mut c = self.single(client, conn)?;
                 Ok(cmd.query_async(&mut c).await?)
             }
-            Backend::Cluster {
-                client,
-                conn,
-                connecting,
-                connected,
-            } => {
-                let mut c = self.cluster(client, conn, connecting, connected).await?;
+            Backend::Cluster(connector) => {
+                let mut c = connector.get(self.connect_timeout).await?;
                 Ok(cmd.query_async(&mut c).await?)
             }
         }
@@ -397,13 +411,8 @@ impl RedisStore {
                 }
                 Ok(pipe.query_async(&mut c).await?)
             }
-            Backend::Cluster {
-                client,
-                conn,
-                connecting,
-                connected,
-            } => {
-                let c = self.cluster(client, conn, connecting, connected).await?;
+            Backend::Cluster(connector) => {
+                let c = connector.get(self.connect_timeout).await?;
                 let futs = cmds.into_iter().map(|cmd| {
                     let mut c = c.clone();
                     async move { cmd.query_async::<Value>(&mut c).await }
@@ -438,7 +447,7 @@ impl RedisStore {
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
             )),
-            Backend::Cluster { .. } => {
+            Backend::Cluster(_) => {
                 let url = &self.urls[attempt % self.urls.len().max(1)];
                 let mut c = Client::open(url.as_str())?
                     .get_multiplexed_async_connection_with_config(&config)
