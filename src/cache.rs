@@ -289,6 +289,14 @@ impl Fetch {
         self.background = true;
         Box::new(self)
     }
+
+    /// Counts one of this request's outcomes: a background refresh is not
+    /// a request and counts only as a refresh.
+    pub(crate) fn count(&self, counter: &crate::stats::Counter) {
+        if !self.background {
+            counter.incr();
+        }
+    }
 }
 
 impl Cache {

@@ -417,8 +417,8 @@ fn gave_up<RB: Body>(
             return serve_stale_if_error(cache, prior, parts, plan, Some(None), count);
         }
     }
-    if !plan.background && !counted {
-        cache.shared.counters.misses.incr();
+    if !counted {
+        plan.count(&cache.shared.counters.misses);
     }
     gateway_timeout(Status::forward(plan.fwd).with_detail(why))
 }
@@ -625,8 +625,8 @@ where
                 (Ok(served), Outcome::StaleIfError(Arc::clone(prior)))
             }
             _ => {
-                if !plan.background && !counted {
-                    cache.shared.counters.misses.incr();
+                if !counted {
+                    plan.count(&cache.shared.counters.misses);
                 }
                 (result, Outcome::Failed)
             }
@@ -730,9 +730,7 @@ where
         }
         _ => resp,
     };
-    if !plan.background {
-        s.counters.misses.incr();
-    }
+    plan.count(&s.counters.misses);
     let storable = match store_verdict(cache, &resp, plan, times) {
         Ok(storable) => storable,
         Err(marked) => {
@@ -837,9 +835,7 @@ fn not_modified<U: Upstream<B>, B>(
     );
     let (answer, marked) = match &freshened {
         Some(entry) => {
-            if !plan.background {
-                s.counters.revalidated.incr();
-            }
+            plan.count(&s.counters.revalidated);
             let marked = Status::forward(plan.fwd)
                 .with_fwd_status(304)
                 .with_detail(plan.tier.detail());
@@ -847,9 +843,7 @@ fn not_modified<U: Upstream<B>, B>(
         }
         None => {
             // The 304 forbade storing: answer from the old body once.
-            if !plan.background {
-                s.counters.misses.incr();
-            }
+            plan.count(&s.counters.misses);
             cache.invalidate_hash(plan.key);
             (prior, Status::forward(plan.fwd).with_fwd_status(304))
         }
