@@ -852,7 +852,12 @@ impl Cache {
         let head = req.method == Method::HEAD;
         let status = status.header();
         if conditional
-            && crate::policy::conditional::not_modified(entry.status, &entry.headers, &req.headers)
+            && crate::policy::conditional::not_modified(
+                entry.status,
+                &entry.headers,
+                &req.headers,
+                now,
+            )
         {
             self.shared.counters.not_modified.incr();
             let mut headers = HeaderMap::with_capacity(10);

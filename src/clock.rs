@@ -120,12 +120,6 @@ impl Clock for ManualClock {
     }
 }
 
-pub(crate) fn system_time_to_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

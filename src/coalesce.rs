@@ -73,12 +73,14 @@ const MAX_SHARDS: usize = 1024;
 /// that misses on different keys seldom meet on one lock), 8 to 1024.
 fn shard_count() -> usize {
     static SHARDS: OnceLock<usize> = OnceLock::new();
-    *SHARDS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (2 * cores)
-            .next_power_of_two()
-            .clamp(MIN_SHARDS, MAX_SHARDS)
-    })
+    *SHARDS.get_or_init(|| shards_for(std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
+/// Shards for `cores` cores (see [`shard_count`]).
+fn shards_for(cores: usize) -> usize {
+    (2 * cores)
+        .next_power_of_two()
+        .clamp(MIN_SHARDS, MAX_SHARDS)
 }
 
 /// One shard of the in-flight map, aligned so that two shards never share
@@ -277,6 +279,19 @@ pub(crate) async fn wait(flight: &Flight, timeout: Duration) -> Option<Outcome> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_are_a_power_of_two_twice_the_cores_within_bounds() {
+        assert_eq!(shards_for(1), MIN_SHARDS);
+        assert_eq!(shards_for(4), 8);
+        assert_eq!(shards_for(6), 16);
+        assert_eq!(shards_for(16), 32);
+        assert_eq!(shards_for(100_000), MAX_SHARDS);
+        assert_eq!(
+            shard_count(),
+            shards_for(std::thread::available_parallelism().unwrap().get())
+        );
+    }
 
     #[tokio::test]
     async fn leader_wakes_waiters_and_clears_slot() {

@@ -334,6 +334,115 @@ async fn expires_is_relative_to_date() {
     assert_eq!(log.calls(), 2);
 }
 
+/// `millis` in RFC 850's obsolete form (`Tuesday, 14-Nov-23 22:13:20 GMT`).
+fn rfc850_date(millis: u64) -> String {
+    let imf = http_date(millis); // `Tue, 14 Nov 2023 22:13:20 GMT`
+    let day = match &imf[..3] {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    format!(
+        "{day}, {}-{}-{} {}",
+        &imf[5..7],
+        &imf[8..11],
+        &imf[14..16],
+        &imf[17..]
+    )
+}
+
+/// `millis` in C's `asctime()` form (`Tue Nov 14 22:13:20 2023`).
+fn asctime_date(millis: u64) -> String {
+    let imf = http_date(millis);
+    let day = imf[5..7].trim_start_matches('0');
+    format!(
+        "{} {} {day:>2} {} {}",
+        &imf[..3],
+        &imf[8..11],
+        &imf[17..25],
+        &imf[12..16]
+    )
+}
+
+#[tokio::test]
+async fn rfc9110_5_6_7_obsolete_date_forms_set_freshness() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    // Date 10 s in the past (RFC 850 form), Expires 20 s ahead (asctime
+    // form, in lower case): 30 s of lifetime, 10 s of it spent.
+    let date = rfc850_date(T0 - 10_000);
+    let expires = asctime_date(T0 + 20_000).to_ascii_lowercase();
+    let (origin, log) =
+        origin(move |_, _| response(200, &[("date", &date), ("expires", &expires)], "x"));
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    assert_eq!(age(&r), Some(10));
+    clock.advance(secs(19));
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), hit());
+    clock.advance(secs(2));
+    let r = send(&svc, get(URL)).await;
+    assert!(
+        cache_status(&r).contains("fwd-status=200"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(log.calls(), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_5_1_a_list_valued_age_uses_its_first_member() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, _log) = origin(|_, _| {
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("age", "50, 0")],
+            "x",
+        )
+    });
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    assert_eq!(age(&r), Some(50));
+    clock.advance(secs(11));
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), MISS_STORED, "60 s of lifetime, 61 s old");
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_2_if_modified_since_without_last_modified_uses_date() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let date = http_date(T0 - 10_000);
+    let (origin, log) = origin(move |_, _| {
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("date", &date)],
+            "x",
+        )
+    });
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    // Not modified since the response's Date: 304 from the cache.
+    for ims in [http_date(T0 - 10_000), rfc850_date(T0)] {
+        let r = send(&svc, get_with(URL, &[("if-modified-since", &ims)])).await;
+        assert_eq!(r.status(), 304, "{ims}");
+        assert_eq!(cache_status(&r), hit());
+    }
+    // The client's copy is older than the response: the whole response.
+    let older = http_date(T0 - 20_000);
+    let r = send(&svc, get_with(URL, &[("if-modified-since", &older)])).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(log.calls(), 1);
+}
+
 #[tokio::test]
 async fn age_from_the_origin_counts_against_freshness() {
     let clock = clock();

@@ -5,7 +5,7 @@
 //! headers, so an entry answers alike whether it came from L1 or L2 and
 //! whatever the method (`HEAD` gets the same 304).
 
-use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use http::header::{DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use http::{HeaderMap, StatusCode};
 
 /// Whether a stored response (`status`, `stored` headers) satisfies the
@@ -17,13 +17,22 @@ use http::{HeaderMap, StatusCode};
 ///   (§13.1.2); an entity tag matches the stored `ETag` by weak comparison
 ///   (§8.8.3.2). The field may span several lines; an entity tag may hold
 ///   commas (they are split only outside quotes).
-/// - Otherwise `If-Modified-Since` (§13.2.2 step 4): one valid HTTP-date,
-///   not before the stored `Last-Modified`. Several members, an invalid
-///   date or no `Last-Modified` mean no match (§13.1.3).
+/// - Otherwise `If-Modified-Since` (§13.2.2 step 4): one valid HTTP-date
+///   (any of the three forms, see [`super::date`]), not before the stored
+///   `Last-Modified`, or without one the stored `Date` (RFC 9111 §4.3.2:
+///   the time the response was generated). Several members, an invalid
+///   date or neither field mean no match (§13.1.3).
+///
+/// `now` (ms since the epoch) places two-digit years.
 ///
 /// Only a stored `200` is answered `304`: any other status is not a
 /// current representation to validate.
-pub(crate) fn not_modified(status: StatusCode, stored: &HeaderMap, req: &HeaderMap) -> bool {
+pub(crate) fn not_modified(
+    status: StatusCode,
+    stored: &HeaderMap,
+    req: &HeaderMap,
+    now: u64,
+) -> bool {
     if status != StatusCode::OK {
         return false;
     }
@@ -38,14 +47,12 @@ pub(crate) fn not_modified(status: StatusCode, stored: &HeaderMap, req: &HeaderM
     let (Some(ims), None) = (ims.next(), ims.next()) else {
         return false;
     };
-    let since = ims
-        .to_str()
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok());
-    let modified = stored
-        .get(LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+    let date = |v: &http::HeaderValue| v.to_str().ok().and_then(|s| super::date::parse(s, now));
+    let since = date(ims);
+    let modified = match stored.get(LAST_MODIFIED) {
+        Some(lm) => date(lm),
+        None => stored.get(DATE).and_then(date),
+    };
     match (since, modified) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
@@ -109,8 +116,11 @@ mod tests {
         h
     }
 
+    /// 2026-12-07 00:00:00 UTC.
+    const NOW: u64 = 1_796_601_600_000;
+
     fn check(stored: &[(&str, &str)], req: &[(&str, &str)]) -> bool {
-        not_modified(StatusCode::OK, &headers(stored), &headers(req))
+        not_modified(StatusCode::OK, &headers(stored), &headers(req), NOW)
     }
 
     #[test]
@@ -129,7 +139,8 @@ mod tests {
             assert!(!not_modified(
                 status,
                 &headers(&[("etag", "\"abc\"")]),
-                &headers(&[("if-none-match", "*")])
+                &headers(&[("if-none-match", "*")]),
+                NOW
             ));
         }
     }
@@ -173,9 +184,9 @@ mod tests {
         stored.insert(ETAG, tag.clone());
         let mut req = HeaderMap::new();
         req.insert(IF_NONE_MATCH, tag);
-        assert!(not_modified(StatusCode::OK, &stored, &req));
+        assert!(not_modified(StatusCode::OK, &stored, &req, NOW));
         req.insert(IF_NONE_MATCH, HeaderValue::from_static("\"cafe\""));
-        assert!(!not_modified(StatusCode::OK, &stored, &req));
+        assert!(!not_modified(StatusCode::OK, &stored, &req, NOW));
     }
 
     #[test]
@@ -211,6 +222,31 @@ mod tests {
         ));
         assert!(!check(&[], &[("if-modified-since", AFTER)]));
         assert!(!check(&stored, &[]));
+        // The obsolete forms are read too (RFC 9110 §5.6.7).
+        assert!(check(
+            &stored,
+            &[("if-modified-since", "Tuesday, 14-Nov-23 23:13:20 GMT")]
+        ));
+        assert!(check(
+            &stored,
+            &[("if-modified-since", "Tue Nov 14 23:13:20 2023")]
+        ));
+        assert!(!check(
+            &stored,
+            &[("if-modified-since", "tue nov 14 21:13:20 2023")]
+        ));
+    }
+
+    #[test]
+    fn rfc9111_4_3_2_if_modified_since_without_last_modified_uses_date() {
+        let stored = [("date", LM)];
+        assert!(check(&stored, &[("if-modified-since", LM)]));
+        assert!(check(&stored, &[("if-modified-since", AFTER)]));
+        assert!(!check(&stored, &[("if-modified-since", BEFORE)]));
+        // Last-Modified, when there is one, decides (here: modified after
+        // the client's date although the response is dated before it).
+        let both = [("date", BEFORE), ("last-modified", AFTER)];
+        assert!(!check(&both, &[("if-modified-since", LM)]));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! long, and whether a stored response may answer a request.
 
 pub(crate) mod conditional;
+pub(crate) mod date;
 mod directives;
 mod rules;
 
@@ -16,7 +17,6 @@ use http::header::{
 };
 use http::{Method, StatusCode};
 
-use crate::clock::system_time_to_millis;
 use crate::entry::{Entry, EntryFlags, Timeline};
 
 /// What a shared cache does with a request's own `Cache-Control` /
@@ -356,7 +356,7 @@ impl PolicyConfig {
             return Err(NotStored::Authorization);
         }
 
-        let date = header_date(headers, DATE);
+        let date = header_date(headers, DATE, response_time);
         let (lifetime, has_freshness) =
             self.freshness_lifetime(status, &cc, headers, route, date, response_time)?;
         let must_revalidate =
@@ -473,7 +473,7 @@ impl PolicyConfig {
         } else {
             let exp = headers.get(EXPIRES)?;
             // An invalid Expires (such as "0") is a time in the past.
-            Some(match http_date(exp) {
+            Some(match http_date(exp, response_time) {
                 Some(e) => e.saturating_sub(date.unwrap_or(response_time)),
                 None => 0,
             })
@@ -488,7 +488,7 @@ impl PolicyConfig {
         date: Option<u64>,
         response_time: u64,
     ) -> u64 {
-        match header_date(headers, LAST_MODIFIED) {
+        match header_date(headers, LAST_MODIFIED, response_time) {
             Some(lm) => {
                 let since = date.unwrap_or(response_time).saturating_sub(lm);
                 let h = (since as f64 * self.heuristic_fraction) as u64;
@@ -605,29 +605,31 @@ fn initial_age(
     request_time: u64,
     response_time: u64,
 ) -> u64 {
-    let age_value = headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(directives::parse_delta)
-        .unwrap_or(0)
-        .saturating_mul(1000);
+    let age_value = age_field(headers).unwrap_or(0).saturating_mul(1000);
     let apparent_age = date.map_or(0, |d| response_time.saturating_sub(d));
     let response_delay = response_time.saturating_sub(request_time);
     apparent_age.max(age_value.saturating_add(response_delay))
 }
 
-/// A header's HTTP date, ms since the epoch (`None` when absent or
-/// invalid).
-fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
-    headers.get(name).and_then(http_date)
+/// The `Age` field's value, seconds (RFC 9111 §5.1): of a list (on one
+/// line or several), the first member; `None` (the field is ignored) when
+/// that member is not a non-negative integer.
+fn age_field(headers: &HeaderMap) -> Option<u64> {
+    let first = headers.get(AGE)?.to_str().ok()?;
+    let member = first.split(',').next().unwrap_or(first);
+    directives::parse_delta(member)
 }
 
-/// An HTTP date, ms since the epoch.
-fn http_date(v: &http::HeaderValue) -> Option<u64> {
-    v.to_str()
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok())
-        .map(system_time_to_millis)
+/// A header's HTTP date, ms since the epoch (`None` when absent or
+/// invalid; the first field line counts).
+fn header_date(headers: &HeaderMap, name: HeaderName, now: u64) -> Option<u64> {
+    headers.get(name).and_then(|v| http_date(v, now))
+}
+
+/// An HTTP date in any of its three forms (see [`date`]), ms since the
+/// epoch.
+fn http_date(v: &http::HeaderValue, now: u64) -> Option<u64> {
+    v.to_str().ok().and_then(|s| date::parse(s, now))
 }
 
 /// Statuses this cache stores at all (with explicit freshness, or a route

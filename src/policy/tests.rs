@@ -304,6 +304,28 @@ fn storable_cases() -> Vec<Case> {
             .header("date", http_date(T))
             .header("expires", http_date(T + 5 * MIN))
             .ok(ok(plain(5 * MIN))),
+        // RFC 9110 §5.6.7 / RFC 9111 §4.2: the obsolete date forms, and
+        // names in any letter case (T is Tue, 14 Nov 2023 22:13:20 GMT).
+        case("Expires and Date in RFC 850 form", 200, &[])
+            .header("date", "Tuesday, 14-Nov-23 22:13:20 GMT".into())
+            .header("expires", "Tuesday, 14-Nov-23 22:18:20 GMT".into())
+            .ok(ok(plain(5 * MIN))),
+        case("Expires in asctime form", 200, &[])
+            .header("date", http_date(T))
+            .header("expires", "Tue Nov 14 22:18:20 2023".into())
+            .ok(ok(plain(5 * MIN))),
+        case("Expires in lower case", 200, &[])
+            .header("date", http_date(T))
+            .header("expires", "tue, 14 nov 2023 22:18:20 gmt".into())
+            .ok(ok(plain(5 * MIN))),
+        case(
+            "Expires with a time zone other than GMT is invalid: expired",
+            200,
+            &[],
+        )
+        .header("date", http_date(T))
+        .header("expires", "Tue, 14 Nov 2023 22:18:20 UTC".into())
+        .err(NotStored::NoFreshness),
         // Date 10 s in the past: lifetime is Expires - Date = 300 s, and
         // the apparent age of 10 s is spent from it.
         case("Expires relative to an old Date", 200, &[])
@@ -936,6 +958,38 @@ fn storable_cases() -> Vec<Case> {
         .header("date", http_date(T - 20 * SEC))
         .delay(500)
         .ok(ok(plain(MIN - 30_500)).timeline_initial_age(30_500)),
+        // RFC 9111 §5.1: a list-valued Age uses its first member; an
+        // invalid one is ignored.
+        case(
+            "Age as a list on one line: the first member counts",
+            200,
+            &[("cache-control", "max-age=60"), ("age", "30, 0")],
+        )
+        .header("date", http_date(T - 20 * SEC))
+        .delay(500)
+        .ok(ok(plain(MIN - 30_500)).timeline_initial_age(30_500)),
+        case(
+            "Age on two lines: the first line counts",
+            200,
+            &[("cache-control", "max-age=60"), ("age", "30"), ("age", "0")],
+        )
+        .header("date", http_date(T - 20 * SEC))
+        .delay(500)
+        .ok(ok(plain(MIN - 30_500)).timeline_initial_age(30_500)),
+        case(
+            "a negative Age is ignored",
+            200,
+            &[("cache-control", "max-age=60"), ("age", "-30")],
+        )
+        .header("date", http_date(T - 20 * SEC))
+        .ok(ok(plain(40 * SEC)).timeline_initial_age(20 * SEC)),
+        case(
+            "an Age list whose first member is invalid is ignored",
+            200,
+            &[("cache-control", "max-age=60"), ("age", "x, 30")],
+        )
+        .header("date", http_date(T - 20 * SEC))
+        .ok(ok(plain(40 * SEC)).timeline_initial_age(20 * SEC)),
         case(
             "Date in the future (clock skew) gives no apparent age",
             200,
