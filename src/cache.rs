@@ -612,10 +612,9 @@ impl Cache {
     fn classify<B: Body>(&self, parts: &Parts) -> Result<(KeyHash, Option<usize>), Decision<B>> {
         let s = &*self.shared;
         if !PolicyConfig::lookup_method(&parts.method) {
-            let unsafe_method = matches!(
-                parts.method,
-                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-            );
+            // RFC 9111 §4.4: every method not known to be safe, extension
+            // methods (`M-SEARCH`, `PROPPATCH`, …) included.
+            let unsafe_method = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
             return Err(if unsafe_method {
                 Decision::Unsafe
             } else {

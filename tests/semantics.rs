@@ -2004,6 +2004,42 @@ async fn unsafe_methods_invalidate_on_success_only() {
 }
 
 #[tokio::test]
+async fn rfc9111_4_4_every_method_not_known_to_be_safe_invalidates() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, req| match req.method().as_str() {
+        "GET" => ok("max-age=600", "x"),
+        _ => response(200, &[], "done"),
+    });
+    let svc = cached(&cache, origin);
+    let mut calls = 0;
+    // Safe methods other than GET and HEAD pass, invalidating nothing.
+    for method in ["OPTIONS", "TRACE"] {
+        send(&svc, get(URL)).await;
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = send(&svc, request(m, URL, &[])).await;
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(cache_status(&send(&svc, get(URL)).await), hit(), "{method}");
+        calls = log.calls();
+    }
+    // Extension methods and the unsafe standard ones invalidate.
+    for method in ["M-SEARCH", "PROPPATCH", "MKCOL", "LOCK", "PATCH", "CONNECT"] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = send(&svc, request(m, URL, &[])).await;
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(
+            cache_status(&r),
+            "tower-tiered-cache; fwd=method",
+            "{method}"
+        );
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(cache_status(&r), MISS_STORED, "{method} invalidates");
+        calls += 2;
+        assert_eq!(log.calls(), calls, "{method}");
+    }
+}
+
+#[tokio::test]
 async fn unsafe_methods_invalidate_with_host_header_requests() {
     // Server-side requests carry a path and a Host header.
     let clock = clock();
