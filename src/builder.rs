@@ -50,6 +50,9 @@ pub const DEFAULT_L1_WRITE_THROUGH: bool = true;
 /// The default of [`CacheBuilder::set_cookie`]: responses with `Set-Cookie`
 /// are not stored.
 pub const DEFAULT_SET_COOKIE: SetCookiePolicy = SetCookiePolicy::Pass;
+/// The default of [`CacheBuilder::store_server_errors`]: a 5xx with
+/// explicit freshness is stored, as RFC 9111 §3 allows.
+pub const DEFAULT_STORE_SERVER_ERRORS: bool = true;
 /// The default of [`CacheBuilder::share_authorized`]: RFC 9111 §3.5
 /// applies.
 pub const DEFAULT_SHARE_AUTHORIZED: bool = false;
@@ -259,6 +262,7 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// [`l1_write_through`](Self::l1_write_through),
 /// [`set_cookie`](Self::set_cookie),
 /// [`share_authorized`](Self::share_authorized),
+/// [`store_server_errors`](Self::store_server_errors),
 /// [`tag_fn`](Self::tag_fn).
 ///
 /// # Keys
@@ -370,6 +374,7 @@ impl Default for CacheBuilder {
                 default_sie: DEFAULT_STALE_IF_ERROR,
                 set_cookie: DEFAULT_SET_COOKIE,
                 share_authorized: DEFAULT_SHARE_AUTHORIZED,
+                store_server_errors: DEFAULT_STORE_SERVER_ERRORS,
                 partition_credentials: DEFAULT_PARTITION_BY_CREDENTIALS,
                 keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
                 ..PolicyConfig::default()
@@ -511,6 +516,19 @@ impl CacheBuilder {
     /// applies).
     pub fn share_authorized(mut self, yes: bool) -> Self {
         self.policy.share_authorized = yes;
+        self
+    }
+
+    /// Whether a 5xx response that states its own freshness (`max-age`,
+    /// `s-maxage`, `Expires`) is stored and reused like any other (default
+    /// [`DEFAULT_STORE_SERVER_ERRORS`]: yes, as RFC 9111 §3 allows). Either
+    /// way a 5xx counts against the label's breaker, a stale entry that
+    /// `stale-if-error` allows is served instead of it, and a background
+    /// refresh that gets one keeps the stale entry. A 5xx without explicit
+    /// freshness is never stored (a route's forced TTL does not apply to
+    /// it; 501 may get a heuristic lifetime from `Last-Modified`).
+    pub fn store_server_errors(mut self, yes: bool) -> Self {
+        self.policy.store_server_errors = yes;
         self
     }
 
@@ -1499,6 +1517,7 @@ mod tests {
         assert_eq!(policy.default_sie, DEFAULT_STALE_IF_ERROR);
         assert_eq!(policy.set_cookie, DEFAULT_SET_COOKIE);
         assert_eq!(policy.share_authorized, DEFAULT_SHARE_AUTHORIZED);
+        assert_eq!(policy.store_server_errors, DEFAULT_STORE_SERVER_ERRORS);
         assert_eq!(
             policy.partition_credentials,
             DEFAULT_PARTITION_BY_CREDENTIALS

@@ -383,6 +383,15 @@ mod tests {
     }
 
     #[test]
+    fn keys_differing_only_in_their_high_half_spread() {
+        let f = InFlight::with_shards(10, 64);
+        let shards: std::collections::HashSet<usize> = (0..256u128)
+            .map(|i| f.table.shard_index(KeyHash(i << 64)))
+            .collect();
+        assert!(shards.len() > 32, "{} of 64 shards used", shards.len());
+    }
+
+    #[test]
     fn the_bound_is_over_every_shard() {
         let f = InFlight::with_shards(3, 16);
         let keys = keys_in_distinct_shards(&f, 6);

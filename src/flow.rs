@@ -719,10 +719,13 @@ where
     let status = resp.status();
     if status.is_server_error() {
         upstream_failed(cache, plan, Some(status), times.response);
-        let marked = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
-        return Fetched::Failed(Ok(pass_through(resp, marked, plan.head)), false);
+        if !stores_server_error(cache, &resp, plan, times) {
+            let marked = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
+            return Fetched::Failed(Ok(pass_through(resp, marked, plan.head)), false);
+        }
+    } else {
+        s.upstream_breaker(plan.label).record_success();
     }
-    s.upstream_breaker(plan.label).record_success();
     // A 304 to our conditional request: freshen the stored entry.
     let resp = match (status, plan.revalidate, &plan.prior) {
         (StatusCode::NOT_MODIFIED, true, Some(prior)) => {
@@ -900,6 +903,37 @@ fn store_verdict<RB>(
         }
         forwarded.with_detail(Detail::NotStored(reason_token(reason)))
     })
+}
+
+/// Whether a 5xx is stored and answered like any response (RFC 9111 §3:
+/// it states its own freshness, and `store_server_errors` is on) rather
+/// than handled as a failure. A failure it stays for a background refresh
+/// (the stale entry is kept) and where `stale-if-error` lets a stale entry
+/// answer instead. Pure: nothing is counted or remembered here (a 5xx must
+/// never make its key hit-for-pass).
+fn stores_server_error<RB>(cache: &Cache, resp: &Response<RB>, plan: &Fetch, times: Times) -> bool {
+    let s = &*cache.shared;
+    if plan.background {
+        return false;
+    }
+    let stale_ok = plan
+        .prior
+        .as_ref()
+        .is_some_and(|p| s.policy.stale_if_error_ok(p, &plan.directives, cache.now()));
+    if stale_ok {
+        return false;
+    }
+    let route = plan.route.map(|i| &s.policy.routes[i]);
+    s.policy
+        .storable(
+            &plan.directives,
+            resp.status(),
+            resp.headers(),
+            route,
+            times.request,
+            times.response,
+        )
+        .is_ok()
 }
 
 /// Reads the whole body within the upstream deadline and the body cap.

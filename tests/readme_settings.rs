@@ -179,6 +179,7 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
         ("l1_write_through", vec![DEFAULT_L1_WRITE_THROUGH.to_string()]),
         ("set_cookie", vec![format!("`{DEFAULT_SET_COOKIE:?}`")]),
         ("share_authorized", vec![DEFAULT_SHARE_AUTHORIZED.to_string()]),
+        ("store_server_errors", vec![DEFAULT_STORE_SERVER_ERRORS.to_string()]),
         (
             "key_scheme",
             vec![format!(

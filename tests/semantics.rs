@@ -444,6 +444,46 @@ async fn rfc9111_4_3_2_if_modified_since_without_last_modified_uses_date() {
 }
 
 #[tokio::test]
+async fn rfc9111_3_a_server_error_with_explicit_freshness_is_stored() {
+    for store in [true, false] {
+        let clock = clock();
+        let cache = builder(&clock).store_server_errors(store).build().unwrap();
+        let (origin, log) = origin(|_, req| match req.uri().path() {
+            "/fresh" => response(503, &[("cache-control", "max-age=30")], "down"),
+            _ => response(503, &[], "down"),
+        });
+        let svc = cached(&cache, origin);
+        let fresh = "http://example.com/fresh";
+        let r = send(&svc, get(fresh)).await;
+        assert_eq!(r.status(), 503);
+        let r = send(&svc, get(fresh)).await;
+        assert_eq!(r.status(), 503);
+        if store {
+            assert_eq!(cache_status(&r), hit());
+            assert_eq!(body(r).await, "down");
+            assert_eq!(log.calls(), 1);
+        } else {
+            assert!(
+                cache_status(&r).contains("fwd-status=503"),
+                "{}",
+                cache_status(&r)
+            );
+            assert_eq!(log.calls(), 2);
+        }
+        // Without explicit freshness a 5xx is never stored.
+        let before = log.calls();
+        send(&svc, get(URL)).await;
+        let r = send(&svc, get(URL)).await;
+        assert!(
+            cache_status(&r).contains("fwd-status=503"),
+            "{}",
+            cache_status(&r)
+        );
+        assert_eq!(log.calls(), before + 2);
+    }
+}
+
+#[tokio::test]
 async fn age_from_the_origin_counts_against_freshness() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();

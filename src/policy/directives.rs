@@ -58,6 +58,9 @@ pub struct CacheControl {
     pub min_fresh: Option<u64>,
     /// Request `only-if-cached`.
     pub only_if_cached: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): store only a status this
+    /// cache understands, and then even with `no-store`.
+    pub must_understand: bool,
 }
 
 impl CacheControl {
@@ -123,24 +126,21 @@ impl CacheControl {
                 "must-revalidate" => self.must_revalidate = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "immutable" => self.immutable = true,
-                "stale-while-revalidate" => {
-                    if let Some(v) = arg.and_then(parse_delta) {
-                        self.stale_while_revalidate.get_or_insert(v);
-                    }
-                }
-                "stale-if-error" => {
-                    if let Some(v) = arg.and_then(parse_delta) {
-                        self.stale_if_error.get_or_insert(v);
-                    }
-                }
+                "stale-while-revalidate" => set_once(
+                    &mut self.stale_while_revalidate,
+                    &mut seen.stale_while_revalidate,
+                    seconds(arg),
+                ),
+                "stale-if-error" => set_once(
+                    &mut self.stale_if_error,
+                    &mut seen.stale_if_error,
+                    seconds(arg),
+                ),
+                "must-understand" => self.must_understand = true,
                 "max-stale" if self.max_stale.is_none() => {
                     self.max_stale = Some(arg.and_then(parse_delta));
                 }
-                "min-fresh" => {
-                    if let Some(v) = arg.and_then(parse_delta) {
-                        self.min_fresh.get_or_insert(v);
-                    }
-                }
+                "min-fresh" => set_once(&mut self.min_fresh, &mut seen.min_fresh, seconds(arg)),
                 "only-if-cached" => self.only_if_cached = true,
                 _ => {}
             }
@@ -148,10 +148,15 @@ impl CacheControl {
     }
 }
 
+/// Which directives with a value were met already: the first occurrence
+/// decides, later ones are ignored (RFC 9111 §4.2.1), across every line.
 #[derive(Default)]
 struct Seen {
     max_age: bool,
     s_maxage: bool,
+    stale_while_revalidate: bool,
+    stale_if_error: bool,
+    min_fresh: bool,
 }
 
 fn set_once(slot: &mut Option<u64>, seen: &mut bool, v: u64) {
@@ -339,6 +344,28 @@ mod tests {
             Case {
                 input: "stale-while-revalidate=30, stale-if-error=600",
                 check: |c| c.stale_while_revalidate == Some(30) && c.stale_if_error == Some(600),
+            },
+            // RFC 9111 §4.2.1: the first occurrence of a directive decides,
+            // valid or not (an invalid delta reads as 0: stale, no window).
+            Case {
+                input: "stale-while-revalidate=30, stale-while-revalidate=90",
+                check: |c| c.stale_while_revalidate == Some(30),
+            },
+            Case {
+                input: "stale-if-error=x, stale-if-error=600",
+                check: |c| c.stale_if_error == Some(0),
+            },
+            Case {
+                input: "min-fresh=5, min-fresh=50",
+                check: |c| c.min_fresh == Some(5),
+            },
+            Case {
+                input: "max-stale=5, max-stale=50",
+                check: |c| c.max_stale == Some(Some(5)),
+            },
+            Case {
+                input: "no-store, must-understand",
+                check: |c| c.no_store && c.must_understand,
             },
             Case {
                 input: "max-stale",

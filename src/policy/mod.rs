@@ -120,6 +120,9 @@ pub(crate) struct PolicyConfig {
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) set_cookie: SetCookiePolicy,
     pub(crate) share_authorized: bool,
+    /// Whether a 5xx with explicit freshness is stored (RFC 9111 §3 allows
+    /// it; the default).
+    pub(crate) store_server_errors: bool,
     /// Keys are partitioned by credentials (`KeyConfig::credentials`): an
     /// entry stored for an authorized request only answers the same
     /// credentials, so §3.5 does not hold it back.
@@ -140,6 +143,7 @@ impl Default for PolicyConfig {
             negative_ttl: None,
             set_cookie: SetCookiePolicy::Pass,
             share_authorized: false,
+            store_server_errors: true,
             partition_credentials: false,
             keep_for_revalidation: Duration::from_secs(600),
             routes: Vec::new(),
@@ -408,11 +412,20 @@ impl PolicyConfig {
         if req.cc.no_store {
             return Err(NotStored::NoStore);
         }
-        if !stored_status(status) {
+        if !final_status(status) {
             return Err(NotStored::Status);
         }
-        if cc.no_store {
+        // RFC 9111 §5.2.2.3: with `must-understand`, a status this cache
+        // understands is stored even with `no-store`; any other is not.
+        if cc.must_understand {
+            if !understood_status(status) {
+                return Err(NotStored::Status);
+            }
+        } else if cc.no_store {
             return Err(NotStored::NoStore);
+        }
+        if status.is_server_error() && !self.store_server_errors {
+            return Err(NotStored::Status);
         }
         if self.shared() && cc.private {
             return Err(NotStored::Private);
@@ -443,7 +456,11 @@ impl PolicyConfig {
                 Some(t) => (t.as_millis() as u64, true),
                 None => return Err(NotStored::NoFreshness),
             },
-            (None, Some(ttl)) if route.is_some_and(|r| r.force) => (ttl, true),
+            // A route forces a lifetime on headerless answers, not on
+            // server errors: those need the origin's own freshness.
+            (None, Some(ttl)) if route.is_some_and(|r| r.force) && !status.is_server_error() => {
+                (ttl, true)
+            }
             (None, _) => {
                 if !(heuristic_status(status) || cc.public) {
                     return Err(NotStored::NoFreshness);
@@ -632,20 +649,31 @@ fn http_date(v: &http::HeaderValue, now: u64) -> Option<u64> {
     v.to_str().ok().and_then(|s| date::parse(s, now))
 }
 
-/// Statuses this cache stores at all (with explicit freshness, or a route
-/// TTL). 5xx are never stored; 206 (ranges) and 304 are not either.
-fn stored_status(status: StatusCode) -> bool {
+/// Statuses this cache may store (RFC 9111 §3): final ones (200–599),
+/// except 206 (partial content is not stored) and 304 (it freshens a
+/// stored response; it is not one). Explicit freshness, a route's TTL or,
+/// for the statuses of [`heuristic_status`], a heuristic decide the rest.
+fn final_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 200..=599) && !matches!(status.as_u16(), 206 | 304)
+}
+
+/// Statuses whose caching requirements this cache implements: what
+/// `must-understand` asks (RFC 9111 §5.2.2.3). The final statuses RFC 9110
+/// §15 defines, less 206 and 304 (see [`final_status`]) and the reserved
+/// 306.
+fn understood_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414
+        200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
     )
 }
 
-/// Statuses that are heuristically cacheable (RFC 9110 §15.1), minus 5xx.
+/// Statuses that are heuristically cacheable (RFC 9110 §15.1): the only
+/// ones a heuristic lifetime applies to (206 is never stored here).
 fn heuristic_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 

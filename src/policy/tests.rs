@@ -219,18 +219,67 @@ fn storable_cases() -> Vec<Case> {
         case("404 max-age", 404, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
         case("410 max-age", 410, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
         case("302 max-age", 302, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
+        // RFC 9111 §3: any final status may be stored when its freshness
+        // allows, server errors included (unless `store_server_errors` is
+        // off); a heuristic applies to RFC 9110 §15.1's list only.
+        case("500 max-age", 500, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
         case(
-            "500 max-age is never stored",
-            500,
-            &[("cache-control", "max-age=60")],
-        )
-        .err(NotStored::Status),
-        case(
-            "503 public is never stored",
+            "503 public max-age",
             503,
             &[("cache-control", "public, max-age=60")],
         )
+        .ok(ok(plain(MIN)).flags(false, false, true)),
+        case(
+            "500 max-age with store_server_errors off",
+            500,
+            &[("cache-control", "max-age=60")],
+        )
+        .cfg(PolicyConfig {
+            store_server_errors: false,
+            ..shared()
+        })
         .err(NotStored::Status),
+        case("201 max-age", 201, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
+        case("418 max-age", 418, &[("cache-control", "max-age=60")]).ok(ok(plain(MIN))),
+        case(
+            "299, an unregistered code, with max-age",
+            299,
+            &[("cache-control", "max-age=60")],
+        )
+        .ok(ok(plain(MIN))),
+        case("100 is not final", 100, &[("cache-control", "max-age=60")]).err(NotStored::Status),
+        case("501 heuristic from Last-Modified", 501, &[])
+            .header("date", http_date(T))
+            .header("last-modified", http_date(T - 10 * HOUR))
+            .ok(ok(tl(0, HOUR, HOUR, HOUR, HOUR + KEEP))),
+        case("503 Last-Modified only", 503, &[])
+            .header("date", http_date(T))
+            .header("last-modified", http_date(T - 10 * HOUR))
+            .err(NotStored::NoFreshness),
+        case("500 under a forced route TTL", 500, &[])
+            .route(route().ttl(Duration::from_secs(5)).force())
+            .err(NotStored::NoFreshness),
+        // RFC 9111 §5.2.2.3: must-understand stores an understood status
+        // despite no-store, and nothing else.
+        case(
+            "must-understand with no-store, 200",
+            200,
+            &[("cache-control", "must-understand, no-store, max-age=60")],
+        )
+        .ok(ok(plain(MIN))),
+        case(
+            "must-understand with no-store, unregistered 299",
+            299,
+            &[("cache-control", "must-understand, no-store, max-age=60")],
+        )
+        .err(NotStored::Status),
+        case(
+            "must-understand does not outrank a request's no-store",
+            200,
+            &[("cache-control", "must-understand, no-store, max-age=60")],
+        )
+        .request("no-store")
+        .err(NotStored::NoStore),
         case(
             "206 max-age is never stored",
             206,
@@ -243,7 +292,7 @@ fn storable_cases() -> Vec<Case> {
         case("301 without freshness", 301, &[]).err(NotStored::NoFreshness),
         case("404 without freshness (no negative ttl)", 404, &[]).err(NotStored::NoFreshness),
         case("410 without freshness (no negative ttl)", 410, &[]).err(NotStored::NoFreshness),
-        case("500 without freshness", 500, &[]).err(NotStored::Status),
+        case("500 without freshness", 500, &[]).err(NotStored::NoFreshness),
         case("206 without freshness", 206, &[]).err(NotStored::Status),
         case("302 without freshness", 302, &[]).err(NotStored::NoFreshness),
         // 301 is heuristically cacheable: 10% of 10 h.
@@ -902,7 +951,7 @@ fn storable_cases() -> Vec<Case> {
                 negative_ttl: Some(Duration::from_secs(30)),
                 ..shared()
             })
-            .err(NotStored::Status),
+            .err(NotStored::NoFreshness),
         case(
             "404 with negative_ttl and must-revalidate",
             404,
