@@ -546,6 +546,9 @@ async fn tower_http_timeout_outside_the_cache() {
 
     // Long after the origin would have answered: the handler was dropped
     // with the request, nothing was stored, no flight is left behind.
+    // (Paused clock: this "sleep" takes no real time; tokio jumps to it
+    // once every task waits, and a handler still alive, due at 1 s, would
+    // have finished first.)
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         count(&origin.finished),

@@ -135,6 +135,11 @@ async fn a_starved_runtime_does_not_open_the_l2_breaker_and_l2_keeps_serving() {
         "{:?}",
         cache.stats()
     );
+    // Kept as a short sleep: nothing says a probe is under way (it is an
+    // internal task; its `PING` has no public sign of completion). It is a
+    // window for a late failure to show, not a wait the checks need: on a
+    // busy machine a probe still running here can only let a breaker that
+    // opens later go unseen below, never fail a healthy run.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let stats = cache.stats();
     let (requests, l2_hits, new_urls) = (

@@ -30,6 +30,8 @@
 
 use std::alloc::System;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::Path;
@@ -148,6 +150,26 @@ fn origin_app() -> Router {
 struct Server {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Connections accepted and not yet finished (their tasks ended or
+    /// were dropped).
+    open: Arc<AtomicUsize>,
+}
+
+/// Lowers a server's open-connection count when its connection's task ends
+/// or is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(open))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Server {
@@ -156,21 +178,47 @@ impl Drop for Server {
     }
 }
 
-async fn serve_origin() -> Server {
+/// Serves `svc` on a loopback port (HTTP/1.1), counting open connections.
+async fn serve<S, B>(svc: S) -> Server
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = origin_app();
+    let open = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&open);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted.expect("accept"),
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            let svc = TowerToHyperService::new(svc.clone());
+            let open = Open::new(&counter);
+            conns.spawn(async move {
+                let _open = open;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
     });
-    Server { addr, task }
+    Server { addr, task, open }
+}
+
+async fn serve_origin() -> Server {
+    serve(origin_app()).await
 }
 
 /// The caching server: hyper › `CacheLayer` › a pooled hyper-util client
 /// forwarding to `origin`.
 async fn serve_cache(cache: &Cache, origin: SocketAddr) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
     let forward = service_fn(move |req: Request<Incoming>| {
@@ -182,23 +230,7 @@ async fn serve_cache(cache: &Cache, origin: SocketAddr) -> Server {
             client.request(Request::from_parts(parts, body)).await
         }
     });
-    let svc = CacheLayer::new(cache.clone()).layer(forward);
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => accepted.expect("accept"),
-                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            };
-            let svc = TowerToHyperService::new(svc.clone());
-            conns.spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Server { addr, task }
+    serve(CacheLayer::new(cache.clone()).layer(forward)).await
 }
 
 /// One client connection.
@@ -263,9 +295,19 @@ impl Conn {
     }
 }
 
-/// Lets connections that were closed finish on the server side.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(200)).await;
+/// Waits until connections that were closed have finished on the server
+/// side: `server` has `open` connections left. The deadline only bounds a
+/// hang.
+async fn settle(server: &Arc<AtomicUsize>, open: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    while server.load(Ordering::SeqCst) != open {
+        assert!(
+            Instant::now() < deadline,
+            "{} connection(s) open, not {open}",
+            server.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -326,14 +368,14 @@ async fn vary_with_junk_headers(origin: SocketAddr) -> Figures {
     for i in 0..20 {
         one(format!("/v/warm-{i}")).await;
     }
-    settle().await;
+    settle(&server.open, 0).await;
     let (rss0, heap0) = (rss(), live_heap());
     let started = Instant::now();
     for i in 0..400 {
         one(format!("/v/{i}")).await;
     }
     let took = started.elapsed();
-    settle().await;
+    settle(&server.open, 0).await;
     let stats = cache.stats();
     let figures = Figures {
         name: "vary_with_junk_headers",
@@ -369,14 +411,14 @@ async fn small_after_large(origin: SocketAddr) -> Figures {
     for r in 0..5 {
         round(&mut conn, server.addr, &format!("warm-{r}")).await;
     }
-    settle().await;
+    settle(&server.open, 1).await;
     let (rss0, heap0) = (rss(), live_heap());
     let started = Instant::now();
     for r in 0..300 {
         round(&mut conn, server.addr, &r.to_string()).await;
     }
     let took = started.elapsed();
-    settle().await;
+    settle(&server.open, 1).await;
     let stats = cache.stats();
     let figures = Figures {
         name: "small_after_large",
@@ -398,9 +440,9 @@ async fn small_after_large(origin: SocketAddr) -> Figures {
 /// after 2 MB responses, on one keep-alive connection, each requested
 /// twice (stored, then a hit). Returns the L1
 /// weight and the live heap bytes `clear` frees once the server is gone.
-async fn weight_is_honest(origin: SocketAddr) -> (u64, i64, u64, Duration) {
+async fn weight_is_honest(origin: &Server) -> (u64, i64, u64, Duration) {
     let cache = cache(2 * MIB);
-    let server = serve_cache(&cache, origin).await;
+    let server = serve_cache(&cache, origin.addr).await;
     let junk = "j".repeat(16 * 1024);
     let mut conn = Conn::open(server.addr).await;
     let started = Instant::now();
@@ -424,8 +466,12 @@ async fn weight_is_honest(origin: SocketAddr) -> (u64, i64, u64, Duration) {
     }
     let took = started.elapsed();
     conn.close().await;
+    // Gone: the server's connections, and with its client's pool, the
+    // pooled connections to the origin.
+    let open = Arc::clone(&server.open);
     drop(server);
-    settle().await;
+    settle(&open, 0).await;
+    settle(&origin.open, 0).await;
     let stats = cache.stats();
     assert!(stats.evictions > 0, "L1 was not filled: {stats:?}");
     let before = live_heap();
@@ -443,7 +489,7 @@ fn memory_stays_within_the_l1_budget() {
         .expect("runtime");
     rt.block_on(async {
         let origin = serve_origin().await;
-        let (weight, held, entries, took) = weight_is_honest(origin.addr).await;
+        let (weight, held, entries, took) = weight_is_honest(&origin).await;
         println!(
             "{:<24} L1 weight {:.2} MB ({entries} entries), heap held {:.2} MB (x{:.2}), {:.1} s",
             "weight_is_honest",

@@ -10,6 +10,10 @@
 mod redis_support;
 mod support;
 
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis_support::{require_redis, RedisServer};
@@ -56,6 +60,20 @@ where
         cache.stats()
     );
     cache.reset_stats();
+}
+
+/// Runs `fut`, counting in `parked` the first time it returns `Pending`.
+async fn first_pending<F: Future>(fut: F, parked: Arc<AtomicUsize>) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut counted = false;
+    std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        if r.is_pending() && !std::mem::replace(&mut counted, true) {
+            parked.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    })
+    .await
 }
 
 /// How many times Redis ran `cmd` (from `INFO commandstats`).
@@ -195,8 +213,13 @@ async fn waiters_on_a_cold_origin_miss_are_collapsed_misses() {
     });
     let c = l2(server.url()).build().unwrap();
     let svc = cached(&c, origin);
+    // How many requests have been polled once and are waiting: a miss's
+    // path from the call to joining the flight has no await, so a waiter's
+    // first `Pending` is its wait on the leader's flight (the leader's is
+    // at Redis or at the gate).
+    let parked = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..=WAITERS)
-        .map(|_| tokio::spawn(send(&svc, get(URL))))
+        .map(|_| tokio::spawn(first_pending(send(&svc, get(URL)), Arc::clone(&parked))))
         .collect();
     // Every request has joined the flight (or is the leader at the
     // origin) before the origin answers: the leader is at the gate once
@@ -205,9 +228,16 @@ async fn waiters_on_a_cold_origin_miss_are_collapsed_misses() {
         within(Duration::from_secs(20), || log.calls() == 1).await,
         "the leader reached the origin"
     );
-    // The waiters join within milliseconds; give them two generous
-    // seconds on a loaded machine.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The deadline only bounds a hang: on a loaded machine the waiters
+    // join late, not wrongly.
+    assert!(
+        within(Duration::from_secs(20), || parked.load(Ordering::SeqCst)
+            == 1 + WAITERS)
+        .await,
+        "{} of {} requests waiting",
+        parked.load(Ordering::SeqCst),
+        1 + WAITERS
+    );
     gate.open();
     let mut statuses = Vec::new();
     for t in tasks {

@@ -136,6 +136,7 @@ async fn concurrent_cold_misses_make_one_upstream_call() {
     const N: usize = 200;
     let calls = counter();
     let arrivals = counter();
+    let joined = counter();
     let gate = Arc::new(Notify::new());
     let cache = Cache::builder().build().unwrap();
 
@@ -156,19 +157,25 @@ async fn concurrent_cold_misses_make_one_upstream_call() {
             }),
         )
         .layer(CacheLayer::new(cache.clone()))
-        // Outside the cache: counts requests as they arrive. The request that
-        // completes the count opens the gate a little later, once it too has
-        // joined the flight.
+        // Outside the cache: counts requests as they arrive, and as they come
+        // back from their first poll of the cache, which has then joined
+        // the flight (or, the leader, reached the handler): a miss's path
+        // from the call to joining has no await. The last to do so opens
+        // the gate.
         .layer(middleware::from_fn(move |req: AxumRequest, next: Next| {
-            let (a, g) = (a.clone(), g2.clone());
+            let (a, j, g) = (a.clone(), joined.clone(), g2.clone());
             async move {
-                if a.fetch_add(1, Ordering::SeqCst) + 1 == N {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                a.fetch_add(1, Ordering::SeqCst);
+                let mut inner = std::pin::pin!(next.run(req));
+                let mut first = true;
+                std::future::poll_fn(|cx| {
+                    let r = inner.as_mut().poll(cx);
+                    if std::mem::take(&mut first) && j.fetch_add(1, Ordering::SeqCst) + 1 == N {
                         g.notify_one();
-                    });
-                }
-                next.run(req).await
+                    }
+                    r
+                })
+                .await
             }
         }));
     let server = serve(app).await;

@@ -37,7 +37,9 @@ impl Body for Endless {
     }
 }
 
-#[tokio::test]
+// Tokio's clock is paused (no real I/O here): the 100 ms limit and the
+// bound below are exact, however busy the machine.
+#[tokio::test(start_paused = true)]
 async fn a_body_that_never_ends_times_out_and_the_report_says_so() {
     let origin = service_fn(|req: Request<String>| async move {
         let endless = req.uri().path() == "/stream";
@@ -68,16 +70,21 @@ async fn a_body_that_never_ends_times_out_and_the_report_says_so() {
     .iter()
     .map(|u| u.parse().unwrap())
     .collect();
-    let started = std::time::Instant::now();
-    let report = svc
-        .warm(
+    let started = tokio::time::Instant::now();
+    // A hang would never end (the body stays pending): the paused clock
+    // jumps to this timeout instead.
+    let report = tokio::time::timeout(
+        Duration::from_secs(5),
+        svc.warm(
             targets,
             WarmOptions::default().timeout(Duration::from_millis(100)),
             move |_| {
                 p.fetch_add(1, Ordering::SeqCst);
             },
-        )
-        .await;
+        ),
+    )
+    .await
+    .expect("warming hung");
     assert!(started.elapsed() < Duration::from_secs(5), "warming hung");
     assert_eq!(
         (report.requested, report.duplicates, report.warmed),
