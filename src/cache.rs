@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
-    LAST_MODIFIED, VARY,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION,
+    CONTENT_RANGE, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
 };
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -22,6 +22,7 @@ use crate::coalesce::InFlight;
 use crate::entry::Entry;
 use crate::key::{KeyConfig, KeyHash};
 use crate::observe::{LogLevel, Observer, Outcome};
+use crate::policy::range::{self, Ranged};
 use crate::policy::{PolicyConfig, RequestDirectives, Usability};
 use crate::stats::{Counters, Stats};
 use crate::status::{Detail, Fwd, Status, CACHE_STATUS, STATUS_ONLY_IF_CACHED};
@@ -719,8 +720,8 @@ impl Cache {
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
-                let conditional = plan.directives.conditional;
-                let resp = self.respond_entry_with(&entry, parts, conditional, now, &status, reuse);
+                let asks = &plan.directives;
+                let resp = self.respond_entry_with(&entry, parts, asks, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
                     // The client asked that the origin not be contacted.
                     return Ok(Answered::Respond(resp, status));
@@ -767,8 +768,7 @@ impl Cache {
             .reads
             .note(if eager { cfg.eager_min_reads } else { 1 });
         let reuse = self.note_served(&entry, tier, parts, &plan, now);
-        let conditional = plan.directives.conditional;
-        let resp = self.respond_entry_with(&entry, parts, conditional, now, &status, reuse);
+        let resp = self.respond_entry_with(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
             && reads >= cfg.eager_min_reads
             && !plan.directives.cc.only_if_cached
@@ -824,16 +824,17 @@ impl Cache {
     }
 
     /// Builds the response for `entry`: a 304 when the request's
-    /// conditionals match, no body for `HEAD`, `Age` and `Cache-Status`.
+    /// conditionals match, a 206 or 416 for its `Range`, no body for
+    /// `HEAD`, `Age` and `Cache-Status`.
     pub(crate) fn respond_entry<B: Body>(
         &self,
         entry: &Entry,
         req: &Parts,
-        conditional: bool,
+        asks: &RequestDirectives,
         now: u64,
         status: &Status,
     ) -> Response<CacheBody<B>> {
-        self.respond_entry_with(entry, req, conditional, now, status, true)
+        self.respond_entry_with(entry, req, asks, now, status, true)
     }
 
     /// [`respond_entry`](Self::respond_entry); `reuse` says whether the entry
@@ -843,14 +844,14 @@ impl Cache {
         &self,
         entry: &Entry,
         req: &Parts,
-        conditional: bool,
+        asks: &RequestDirectives,
         now: u64,
         status: &Status,
         reuse: bool,
     ) -> Response<CacheBody<B>> {
         let head = req.method == Method::HEAD;
         let status = status.header();
-        if conditional
+        if asks.conditional
             && crate::policy::conditional::not_modified(
                 entry.status,
                 &entry.headers,
@@ -881,6 +882,20 @@ impl Cache {
             return resp;
         }
         let age = age_value(entry.timeline.age_at(now) / 1000);
+        if asks.range {
+            let len = entry.body.len() as u64;
+            let ranged = range::evaluate(
+                &req.method,
+                &req.headers,
+                entry.status,
+                &entry.headers,
+                len,
+                now,
+            );
+            if let Some(resp) = ranged_response(entry, ranged, age.clone(), status.clone()) {
+                return resp;
+            }
+        }
         let headers = if !reuse && entry.template.get().is_none() {
             entry.build_response_headers(age, status)
         } else {
@@ -930,6 +945,39 @@ impl Cache {
         e.extensions += 1;
         Some(e)
     }
+}
+
+/// A `206` with the part of `entry`'s body `ranged` names, or a `416`
+/// (RFC 9110 §14.4, §15.3.7, §15.5.17); `None` for the whole response.
+fn ranged_response<B: Body>(
+    entry: &Entry,
+    ranged: Ranged,
+    age: HeaderValue,
+    status: HeaderValue,
+) -> Option<Response<CacheBody<B>>> {
+    let (code, content_range, body) = match ranged {
+        Ranged::Whole => return None,
+        Ranged::Part { start, end, len } => (
+            StatusCode::PARTIAL_CONTENT,
+            format!("bytes {start}-{end}/{len}"),
+            entry.body.slice(start as usize..=end as usize),
+        ),
+        Ranged::Unsatisfiable { len } => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("bytes */{len}"),
+            bytes::Bytes::new(),
+        ),
+    };
+    let mut headers = entry.build_response_headers(age, status);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Ok(v) = HeaderValue::from_str(&content_range) {
+        headers.insert(CONTENT_RANGE, v);
+    }
+    let mut resp = Response::new(CacheBody::full(body));
+    *resp.status_mut() = code;
+    *resp.version_mut() = entry.version;
+    *resp.headers_mut() = headers;
+    Some(resp)
 }
 
 /// An `Age` value. The first few thousand are made once, from one leaked

@@ -452,7 +452,7 @@ fn respond<RB: Body>(
     now: u64,
     status: Status,
 ) -> Response<CacheBody<RB>> {
-    let mut resp = cache.respond_entry(entry, parts, plan.directives.conditional, now, &status);
+    let mut resp = cache.respond_entry(entry, parts, &plan.directives, now, &status);
     resp.extensions_mut().insert(status);
     resp
 }

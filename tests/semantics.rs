@@ -2548,6 +2548,72 @@ async fn timed_out_probe_reopens_the_breaker() {
 }
 
 #[tokio::test]
+async fn rfc9110_14_a_range_of_a_stored_response_is_answered_from_the_cache() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, _| {
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            "0123456789",
+        )
+    });
+    let svc = cached(&cache, origin);
+    send(&svc, get(URL)).await;
+    let ranged = |range: &'static str, extra: Option<(&'static str, &'static str)>| {
+        let svc = svc.clone();
+        async move {
+            let mut headers = vec![("range", range)];
+            headers.extend(extra);
+            let r = send(&svc, get_with(URL, &headers)).await;
+            let status = r.status().as_u16();
+            let cr = header(&r, "content-range");
+            let cl = header(&r, "content-length");
+            let b = String::from_utf8(body(r).await.to_vec()).unwrap();
+            (status, cr, cl, b)
+        }
+    };
+    let part = |cr: &str, body: &str| {
+        (
+            206,
+            Some(cr.to_owned()),
+            Some(body.len().to_string()),
+            body.to_owned(),
+        )
+    };
+    assert_eq!(ranged("bytes=2-4", None).await, part("bytes 2-4/10", "234"));
+    assert_eq!(ranged("bytes=7-", None).await, part("bytes 7-9/10", "789"));
+    assert_eq!(ranged("bytes=-2", None).await, part("bytes 8-9/10", "89"));
+    assert_eq!(
+        ranged("bytes=0-1,2-3", None).await,
+        part("bytes 0-3/10", "0123")
+    );
+    // §15.5.17: nothing satisfiable.
+    let (status, cr, _, b) = ranged("bytes=10-", None).await;
+    assert_eq!(
+        (status, cr.as_deref(), b.as_str()),
+        (416, Some("bytes */10"), "")
+    );
+    // §13.1.5: If-Range with the stored strong ETag applies the range,
+    // another validator gets the whole response.
+    assert_eq!(
+        ranged("bytes=0-0", Some(("if-range", "\"v1\""))).await,
+        part("bytes 0-0/10", "0")
+    );
+    let (status, _, _, b) = ranged("bytes=0-0", Some(("if-range", "\"v0\""))).await;
+    assert_eq!((status, b.as_str()), (200, "0123456789"));
+    // Disjoint ranges and malformed ones get the whole response (§14.2).
+    for r in ["bytes=0-1,5-6", "bytes=5-2", "lines=1-2"] {
+        let (status, _, _, b) = ranged(r, None).await;
+        assert_eq!((status, b.as_str()), (200, "0123456789"), "{r}");
+    }
+    // HEAD ignores Range.
+    let r = send(&svc, request(Method::HEAD, URL, &[("range", "bytes=0-1")])).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(log.calls(), 1, "every answer came from the cache");
+}
+
+#[tokio::test]
 async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();
@@ -2566,9 +2632,11 @@ async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let svc = cached(&cache, origin);
     send(&svc, get(URL)).await;
     clock.advance(secs(15));
+    // The stale entry answers the range itself (RFC 9110 §14).
     let r = send(&svc, get_with(URL, &[("range", "bytes=0-1")])).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(body(r).await, "payload1");
+    assert_eq!(r.status(), 206);
+    assert_eq!(header(&r, "content-range").as_deref(), Some("bytes 0-1/8"));
+    assert_eq!(body(r).await, "pa");
     assert!(
         eventually(|| {
             let st = cache.stats();

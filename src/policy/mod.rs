@@ -4,6 +4,7 @@
 pub(crate) mod conditional;
 pub(crate) mod date;
 mod directives;
+pub(crate) mod range;
 mod rules;
 
 pub use directives::{CacheControl, MAX_DELTA_SECONDS};
