@@ -745,8 +745,8 @@ where
         Ok(read) => read,
         Err(done) => return done,
     };
-    let (entry, cookies) = entry_of(cache, rparts, body, storable, plan, &client, times.response);
-    store_and_answer(cache, entry, cookies, plan, &client, times.response)
+    let (entry, own) = entry_of(cache, rparts, body, storable, plan, &client, times.response);
+    store_and_answer(cache, entry, own, plan, &client, times.response)
 }
 
 /// When the upstream was asked and answered (wall-clock milliseconds).
@@ -1003,8 +1003,12 @@ where
     }
 }
 
-/// The entry to store for a complete response, and the `Set-Cookie` values
-/// kept out of it (this client's alone).
+/// The entry to store for a complete response, and the fields kept out of
+/// it that are this client's alone: `Set-Cookie` under
+/// [`SetCookiePolicy::Strip`](crate::SetCookiePolicy::Strip), and the
+/// fields `no-cache="…"` / `private="…"` name (RFC 9111 §5.2.2.4,
+/// §5.2.2.7: not sent to a later request without revalidation, but the
+/// response from the origin keeps them).
 fn entry_of(
     cache: &Cache,
     rparts: http::response::Parts,
@@ -1013,16 +1017,21 @@ fn entry_of(
     plan: &Fetch,
     client: &Parts,
     response_time: u64,
-) -> (Arc<Entry>, Vec<HeaderValue>) {
+) -> (Arc<Entry>, Vec<(HeaderName, HeaderValue)>) {
     let s = &*cache.shared;
     let status = rparts.status;
     let mut headers = rparts.headers;
     let tags = s.cfg.tags.extract(client, &headers);
-    let cookies: Vec<HeaderValue> = if storable.strip_set_cookie {
-        headers.get_all(SET_COOKIE).iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
+    let mut own = Vec::new();
+    let kept_out = storable
+        .strip
+        .iter()
+        .chain(storable.strip_set_cookie.then_some(&SET_COOKIE));
+    for name in kept_out {
+        for v in headers.get_all(name) {
+            own.push((name.clone(), v.clone()));
+        }
+    }
     strip_hop_by_hop(&mut headers);
     headers.remove(AGE);
     headers.remove(&CACHE_STATUS);
@@ -1052,7 +1061,7 @@ fn entry_of(
         label: plan.label,
         reads: Default::default(),
     });
-    (entry, cookies)
+    (entry, own)
 }
 
 /// The request's values of the fields the response varies on, as stored:
@@ -1087,7 +1096,7 @@ fn stored_vary_values(
 fn store_and_answer<U: Upstream<B>, B>(
     cache: &Cache,
     entry: Arc<Entry>,
-    cookies: Vec<HeaderValue>,
+    own: Vec<(HeaderName, HeaderValue)>,
     plan: &Fetch,
     client: &Parts,
     response_time: u64,
@@ -1118,7 +1127,9 @@ fn store_and_answer<U: Upstream<B>, B>(
         forwarded.with_detail(Detail::NotStored("not-stored"))
     };
     let mut resp = respond(cache, &entry, client, plan, response_time, marked);
-    append_cookies(&mut resp, &cookies);
+    for (name, value) in own {
+        resp.headers_mut().append(name, value);
+    }
     Fetched::Stored(entry, resp)
 }
 

@@ -2614,6 +2614,45 @@ async fn rfc9110_14_a_range_of_a_stored_response_is_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn rfc9111_5_2_2_4_qualified_no_cache_and_private_fields_stay_out_of_reuse() {
+    for mode in [CacheMode::Shared, CacheMode::Private] {
+        let clock = clock();
+        let cache = builder(&clock).mode(mode).build().unwrap();
+        let (origin, log) = origin(|_, _| {
+            response(
+                200,
+                &[
+                    (
+                        "cache-control",
+                        "max-age=60, no-cache=\"x-secret\", private=\"x-user\"",
+                    ),
+                    ("x-secret", "s1"),
+                    ("x-user", "alice"),
+                    ("x-public", "p"),
+                ],
+                "x",
+            )
+        });
+        let svc = cached(&cache, origin);
+        // The response from the origin keeps every field.
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(cache_status(&r), MISS_STORED, "{mode:?}");
+        for (name, value) in [("x-secret", "s1"), ("x-user", "alice"), ("x-public", "p")] {
+            assert_eq!(header(&r, name).as_deref(), Some(value), "{mode:?} {name}");
+        }
+        // Reused without revalidation: the named fields are gone (`private`
+        // names only for a shared cache, RFC 9111 §5.2.2.7).
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(cache_status(&r), hit(), "{mode:?}");
+        assert_eq!(header(&r, "x-secret"), None, "{mode:?}");
+        let user = (mode == CacheMode::Private).then(|| "alice".to_owned());
+        assert_eq!(header(&r, "x-user"), user, "{mode:?}");
+        assert_eq!(header(&r, "x-public").as_deref(), Some("p"), "{mode:?}");
+        assert_eq!(log.calls(), 1);
+    }
+}
+
+#[tokio::test]
 async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();
