@@ -2653,6 +2653,50 @@ async fn rfc9111_5_2_2_4_qualified_no_cache_and_private_fields_stay_out_of_reuse
 }
 
 #[tokio::test]
+async fn rfc9110_15_4_5_a_304_from_the_cache_carries_the_listed_fields() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let expires = http_date(T0 + 60_000);
+    let (origin, _log) = origin(move |_, _| {
+        response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"v1\""),
+                ("content-location", "/resource.en"),
+                ("vary", "accept-language"),
+                ("expires", &expires),
+                ("content-type", "text/plain"),
+                ("x-other", "1"),
+            ],
+            "hello",
+        )
+    });
+    let svc = cached(&cache, origin);
+    send(&svc, get(URL)).await;
+    let r = send(&svc, get_with(URL, &[("if-none-match", "\"v1\"")])).await;
+    assert_eq!(r.status(), 304);
+    assert_eq!(cache_status(&r), hit());
+    for name in [
+        "cache-control",
+        "etag",
+        "content-location",
+        "vary",
+        "expires",
+        "date",
+    ] {
+        assert!(
+            r.headers().contains_key(name),
+            "{name} missing from the 304"
+        );
+    }
+    // Representation metadata of the body not sent stays out.
+    assert_eq!(header(&r, "content-type"), None);
+    assert_eq!(header(&r, "x-other"), None);
+    assert!(body(r).await.is_empty());
+}
+
+#[tokio::test]
 async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();
