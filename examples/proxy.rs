@@ -18,6 +18,12 @@
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
 //!
+//! Interim (1xx) responses, such as `103 Early Hints`, are not forwarded:
+//! hyper's client reads past them to the final response, and hyper 1.x's
+//! server has no way to send one before the final response (it logs and
+//! drops a 1xx given as a response). The cache never stores one either:
+//! only final statuses are stored (RFC 9111 §3).
+//!
 //! Nothing a client sends can change what another client receives: every
 //! request input the proxy forwards and the cache does not key on is either
 //! dropped or replaced by the proxy's own value (see [`prepare`] and

@@ -2697,6 +2697,32 @@ async fn rfc9110_15_4_5_a_304_from_the_cache_carries_the_listed_fields() {
 }
 
 #[tokio::test]
+async fn rfc9111_3_an_interim_response_is_never_stored() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    // A service that answers with a 1xx as its response (hyper's client
+    // never does: it reads past interim responses).
+    let (origin, log) = origin(|_, _| {
+        response(
+            103,
+            &[
+                ("cache-control", "max-age=60"),
+                ("link", "</a.css>; rel=preload"),
+            ],
+            "",
+        )
+    });
+    let svc = cached(&cache, origin);
+    for _ in 0..2 {
+        let r = send(&svc, get(URL)).await;
+        assert_eq!(r.status(), 103);
+        assert!(!cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    }
+    assert_eq!(log.calls(), 2);
+    assert_eq!(cache.stats().stores, 0);
+}
+
+#[tokio::test]
 async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();
