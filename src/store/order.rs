@@ -16,6 +16,9 @@
 //! [`Generations::still_applies`] is the one place that decides whether
 //! what was taken at a generation may still be written or promoted.
 
+// Without L2 only `Generation` is used (as `Tier::L2`'s field).
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_cache::sync::Cache as QuickCache;
