@@ -15,13 +15,18 @@
 //!   Whole seconds are compared (their lifetimes are whole seconds; a
 //!   heuristic lifetime of ours can end within one).
 //!
-//! Where the two disagree, the case must match a row of [`KNOWN`]: a
-//! predicate on the case and the verdicts, the RFC text that justifies our
-//! answer, and why. Every row is listed in `docs/RFC9111.md` ("Differences
-//! from http-cache-semantics") and must be exercised by at least one case,
-//! so the table cannot outlive the behaviour it excuses. A divergence no row
-//! explains fails the test with the case, both verdicts and our measured
-//! lifetime.
+//! Where the two disagree, rows of [`KNOWN`] must explain it; each row
+//! names the RFC text that makes our answer right (or allowed) and why.
+//! Most rows are rewrites: where they read a header differently from RFC
+//! 9110/9111, the case is rewritten into what the RFC says it means, in a
+//! form they read correctly, and our verdict must then equal theirs on the
+//! rewritten case. The rest are excuses: predicates on the rewritten case
+//! and both verdicts, for choices the RFC leaves to a cache (not storing
+//! what could never be reused). Every row is listed in `docs/RFC9111.md`
+//! ("Differences from http-cache-semantics") and must be needed by at least
+//! one case, so the table cannot outlive the behaviour it explains. A
+//! divergence no row explains fails the test with the case, the rewritten
+//! case, both verdicts and our measured lifetime.
 //!
 //! The cases are a hand-written table (one or more per row and per parsing
 //! rule) plus a few hundred generated from fixed pools by a seeded
