@@ -3,14 +3,14 @@
 //! across instances (`CacheBuilder::shared_stats`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::cache::Shared;
 use crate::observe::report::ratio;
 use crate::observe::{SharedLabelStats, SharedStats};
-use crate::sync::lock;
+use crate::sync::{lock, start_once};
 use crate::Cache;
 
 #[derive(Debug, Default)]
@@ -44,17 +44,9 @@ impl Flusher {
 
     /// Starts the periodic flush once, on the current runtime.
     pub(crate) fn ensure_started(&self, shared: &Arc<Shared>) {
-        if self.started.load(Ordering::Relaxed) {
-            return;
+        if let Some(handle) = start_once(&self.started) {
+            handle.spawn(flush_loop(Arc::downgrade(shared), self.interval));
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak = Arc::downgrade(shared);
-        handle.spawn(flush_loop(weak, self.interval));
     }
 }
 
