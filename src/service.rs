@@ -264,8 +264,6 @@ impl Lookup {
         B: Send + 'static,
         U: Upstream<B> + 'a,
         F: FnOnce() -> U,
-        <U::Body as Body>::Error: Send,
-        <U::Body as Body>::Data: Send,
     {
         match self.decide::<U::Body>(cache, &parts) {
             Decision::Hit(resp, now) => {
