@@ -79,9 +79,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     type Body = ResB;
     type Error = S::Error;
@@ -105,9 +103,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
