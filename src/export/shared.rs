@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::cache::Shared;
 use crate::observe::report::ratio;
-use crate::observe::{SharedLabelStats, SharedStats};
+use crate::observe::{LabelStats, SharedLabelStats, SharedStats};
 use crate::sync::{lock, start_once};
-use crate::Cache;
+use crate::{Cache, Stats};
 
 #[derive(Debug, Default)]
 struct FlushState {
@@ -61,20 +61,50 @@ async fn flush_loop(weak: Weak<Shared>, interval: Duration) {
     }
 }
 
-const TOTALS: [&str; 11] = [
-    "requests",
-    "hits",
-    "hits_l1",
-    "hits_l2",
-    "stale",
-    "misses",
-    "revalidated",
-    "coalesced",
-    "passes",
-    "upstream_calls",
-    "stores",
+/// A total in the shared hash: its field name, this instance's count of
+/// it (flushed), and where the sum is read back into.
+type Total = (
+    &'static str,
+    fn(&Stats) -> u64,
+    fn(&mut SharedStats) -> &mut u64,
+);
+
+const TOTALS: [Total; 11] = [
+    ("requests", |s| s.requests, |o| &mut o.requests),
+    ("hits", |s| s.hits, |o| &mut o.hits),
+    ("hits_l1", |s| s.hits_l1, |o| &mut o.hits_l1),
+    ("hits_l2", |s| s.hits_l2, |o| &mut o.hits_l2),
+    ("stale", |s| s.stale, |o| &mut o.stale),
+    ("misses", |s| s.misses, |o| &mut o.misses),
+    ("revalidated", |s| s.revalidated, |o| &mut o.revalidated),
+    ("coalesced", |s| s.coalesced, |o| &mut o.coalesced),
+    ("passes", |s| s.passes + s.unavailable, |o| &mut o.passes),
+    (
+        "upstream_calls",
+        |s| s.upstream_calls,
+        |o| &mut o.upstream_calls,
+    ),
+    ("stores", |s| s.stores, |o| &mut o.stores),
 ];
-const LABEL_FIELDS: [&str; 5] = ["requests", "hits", "stale", "misses", "passes"];
+
+/// A label's total, as [`Total`]: stored as `label:{label}:{name}`.
+type LabelTotal = (
+    &'static str,
+    fn(&LabelStats) -> u64,
+    fn(&mut SharedLabelStats) -> &mut u64,
+);
+
+const LABEL_TOTALS: [LabelTotal; 5] = [
+    ("requests", |l| l.requests, |o| &mut o.requests),
+    ("hits", |l| l.hits, |o| &mut o.hits),
+    ("stale", |l| l.stale, |o| &mut o.stale),
+    (
+        "misses",
+        |l| l.misses + l.coalesced + l.revalidated,
+        |o| &mut o.misses,
+    ),
+    ("passes", |l| l.passes, |o| &mut o.passes),
+];
 
 impl Cache {
     /// The counters as flushed: `name → value`, labels as
@@ -83,31 +113,11 @@ impl Cache {
         let s = self.stats();
         let mut out: HashMap<String, u64> = TOTALS
             .iter()
-            .zip([
-                s.requests,
-                s.hits,
-                s.hits_l1,
-                s.hits_l2,
-                s.stale,
-                s.misses,
-                s.revalidated,
-                s.coalesced,
-                s.passes + s.unavailable,
-                s.upstream_calls,
-                s.stores,
-            ])
-            .map(|(k, v)| ((*k).to_owned(), v))
+            .map(|(name, count, _)| ((*name).to_owned(), count(&s)))
             .collect();
         for l in &s.labels {
-            let values = [
-                l.requests,
-                l.hits,
-                l.stale,
-                l.misses + l.coalesced + l.revalidated,
-                l.passes,
-            ];
-            for (f, v) in LABEL_FIELDS.iter().zip(values) {
-                out.insert(format!("label:{}:{f}", l.label), v);
+            for (name, count, _) in &LABEL_TOTALS {
+                out.insert(format!("label:{}:{name}", l.label), count(l));
             }
         }
         out
@@ -168,29 +178,13 @@ impl Cache {
                         label: name.to_owned(),
                         ..SharedLabelStats::default()
                     });
-                match field {
-                    "requests" => l.requests = v,
-                    "hits" => l.hits = v,
-                    "stale" => l.stale = v,
-                    "misses" => l.misses = v,
-                    "passes" => l.passes = v,
-                    _ => {}
+                if let Some((_, _, total)) = LABEL_TOTALS.iter().find(|t| t.0 == field) {
+                    *total(l) = v;
                 }
                 continue;
             }
-            match k.as_str() {
-                "requests" => out.requests = v,
-                "hits" => out.hits = v,
-                "hits_l1" => out.hits_l1 = v,
-                "hits_l2" => out.hits_l2 = v,
-                "stale" => out.stale = v,
-                "misses" => out.misses = v,
-                "revalidated" => out.revalidated = v,
-                "coalesced" => out.coalesced = v,
-                "passes" => out.passes = v,
-                "upstream_calls" => out.upstream_calls = v,
-                "stores" => out.stores = v,
-                _ => {}
+            if let Some((_, _, total)) = TOTALS.iter().find(|t| t.0 == k) {
+                *total(&mut out) = v;
             }
         }
         let served = out.hits + out.stale;
