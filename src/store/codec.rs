@@ -1211,6 +1211,26 @@ pub(crate) mod tests {
         BytesMut::from(&enc[..FIXED_LEN + 4])
     }
 
+    /// The error of decoding `v`, which must be malformed and name `needle`.
+    fn malformed(v: &[u8], needle: &str) -> DecodeError {
+        let err = Entry::decode(v).unwrap_err();
+        assert!(
+            err.is_malformed() && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+        err
+    }
+
+    /// The error of decoding `v`, which must be truncated and name `needle`.
+    fn truncated(v: &[u8], needle: &str) -> DecodeError {
+        let err = Entry::decode(v).unwrap_err();
+        assert!(
+            err.is_truncated() && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+        err
+    }
+
     #[test]
     fn round_trip_rich_entry() {
         for body in [
@@ -1337,38 +1357,25 @@ pub(crate) mod tests {
         for bits in [0x02u8, 0x40, 0x7e, 0xff] {
             let mut v = enc.clone();
             v[5] = bits;
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed(), "{err}");
-            assert!(err.to_string().contains("unknown flag bits"), "{err}");
+            let err = malformed(&v, "unknown flag bits");
             assert!(err.to_string().contains("format flags"), "{err}");
         }
         // Bit 0 on an uncompressed body: not readable (without the feature)
         // or not valid LZ4 (with it).
         let mut v = enc.clone();
         v[5] = FLAG_COMPRESSED;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("compressed"), "{err}");
+        malformed(&v, "compressed");
         // Unknown entry flag bits.
         let mut v = enc.clone();
         v[9] |= 0x08;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("entry flags"), "{err}");
-        assert_eq!(err.offset(), 9);
+        assert_eq!(malformed(&v, "entry flags").offset(), 9);
     }
 
     #[test]
     fn trailing_bytes_are_malformed() {
         let mut enc = rich(Bytes::from_static(b"x")).encode().to_vec();
         enc.push(0);
-        let err = Entry::decode(&enc).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(
-            err.to_string()
-                .contains("1 unexpected bytes after the body"),
-            "{err}"
-        );
+        let err = malformed(&enc, "1 unexpected bytes after the body");
         assert_eq!(err.offset(), enc.len() - 1);
     }
 
@@ -1393,25 +1400,16 @@ pub(crate) mod tests {
             ),
         ];
         for (from, to, needle) in cases {
-            let v = patch(&enc, from, to);
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed(), "{needle}: {err}");
-            assert!(err.to_string().contains(needle), "{needle}: {err}");
+            malformed(&patch(&enc, from, to), needle);
         }
         for code in [0u16, 99, 1000, u16::MAX] {
             let mut v = enc.to_vec();
             v[6..8].copy_from_slice(&code.to_le_bytes());
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed());
-            assert!(err
-                .to_string()
-                .contains(&format!("{code} is not a valid status")));
+            malformed(&v, &format!("{code} is not a valid status"));
         }
         let mut v = enc.to_vec();
         v[8] = 5;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("HTTP version"), "{err}");
+        malformed(&v, "HTTP version");
     }
 
     #[test]
@@ -1427,9 +1425,7 @@ pub(crate) mod tests {
         b.put_u16_le(0);
         b.put_u16_le(0);
         b.put_u32_le(0);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("not contiguous"), "{err}");
+        malformed(&b, "not contiguous");
     }
 
     #[test]
@@ -1438,26 +1434,16 @@ pub(crate) mod tests {
         // Key length.
         let mut b = BytesMut::from(&prefix()[..FIXED_LEN]);
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_truncated(), "{err}");
-        assert!(err.to_string().contains("key"), "{err}");
+        truncated(&b, "key");
 
         // Header count over the limit, and one the input cannot hold.
         let mut b = prefix();
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_malformed() && err.to_string().contains("at most 10000"),
-            "{err}"
-        );
+        malformed(&b, "at most 10000");
         let mut b = prefix();
         b.put_u32_le(MAX_HEADERS as u32);
         b.put_slice(&[0; 64]);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("header count"),
-            "{err}"
-        );
+        truncated(&b, "header count");
 
         // A header value length.
         let mut b = prefix();
@@ -1465,11 +1451,7 @@ pub(crate) mod tests {
         b.put_u16_le(1);
         b.put_u8(b'a');
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("header value"),
-            "{err}"
-        );
+        truncated(&b, "header value");
 
         // Vary value count, tag count, body length.
         let mut b = prefix();
@@ -1478,33 +1460,23 @@ pub(crate) mod tests {
         b.put_u16_le(1);
         b.put_u8(b'a');
         b.put_u16_le(u16::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_malformed() && err.to_string().contains("vary value count"),
-            "{err}"
-        );
+        malformed(&b, "vary value count");
         let mut b = prefix();
         b.put_u32_le(0);
         b.put_u16_le(0);
         b.put_u16_le(MAX_TAGS as u16);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("tag count"),
-            "{err}"
-        );
+        truncated(&b, "tag count");
         let mut b = prefix();
         b.put_u32_le(0);
         b.put_u16_le(0);
         b.put_u16_le(0);
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_truncated(), "{err}");
-        assert!(
-            err.to_string().contains(&format!(
+        truncated(
+            &b,
+            &format!(
                 "body at byte {} needs 4294967295 bytes, 0 left",
                 b.len() - 4
-            )),
-            "{err}"
+            ),
         );
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
@@ -1516,12 +1488,7 @@ pub(crate) mod tests {
         assert!(!e.fits_format());
         let enc = e.encode();
         assert_eq!(enc.len(), 6);
-        let err = Entry::decode(&enc).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(
-            err.to_string().contains("exceeded the format's limits"),
-            "{err}"
-        );
+        malformed(&enc, "exceeded the format's limits");
 
         let mut e = minimal();
         e.tags = vec!["t".repeat(1 << 16).into()].into_boxed_slice();
