@@ -62,14 +62,10 @@ async fn flush_loop(weak: Weak<Shared>, interval: Duration) {
 }
 
 /// A total in the shared hash: its field name, this instance's count of
-/// it (flushed), and where the sum is read back into.
-type Total = (
-    &'static str,
-    fn(&Stats) -> u64,
-    fn(&mut SharedStats) -> &mut u64,
-);
+/// it in `S` (flushed), and its field in `T` (the sum, read back).
+type Total<S, T> = (&'static str, fn(&S) -> u64, fn(&mut T) -> &mut u64);
 
-const TOTALS: [Total; 11] = [
+const TOTALS: [Total<Stats, SharedStats>; 11] = [
     ("requests", |s| s.requests, |o| &mut o.requests),
     ("hits", |s| s.hits, |o| &mut o.hits),
     ("hits_l1", |s| s.hits_l1, |o| &mut o.hits_l1),
@@ -87,14 +83,8 @@ const TOTALS: [Total; 11] = [
     ("stores", |s| s.stores, |o| &mut o.stores),
 ];
 
-/// A label's total, as [`Total`]: stored as `label:{label}:{name}`.
-type LabelTotal = (
-    &'static str,
-    fn(&LabelStats) -> u64,
-    fn(&mut SharedLabelStats) -> &mut u64,
-);
-
-const LABEL_TOTALS: [LabelTotal; 5] = [
+/// A label's totals, stored as `label:{label}:{name}`.
+const LABEL_TOTALS: [Total<LabelStats, SharedLabelStats>; 5] = [
     ("requests", |l| l.requests, |o| &mut o.requests),
     ("hits", |l| l.hits, |o| &mut o.hits),
     ("stale", |l| l.stale, |o| &mut o.stale),
