@@ -729,7 +729,7 @@ impl Cache {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
                 let asks = &plan.directives;
-                let resp = self.respond_entry_with(&entry, parts, asks, now, &status, reuse);
+                let resp = self.respond_entry(&entry, parts, asks, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
                     // The client asked that the origin not be contacted.
                     return Ok(Answered::Respond(resp, status));
@@ -776,7 +776,7 @@ impl Cache {
             .reads
             .note(if eager { cfg.eager_min_reads } else { 1 });
         let reuse = self.note_served(&entry, tier, parts, &plan, now);
-        let resp = self.respond_entry_with(&entry, parts, &plan.directives, now, &status, reuse);
+        let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
             && reads >= cfg.eager_min_reads
             && !plan.directives.cc.only_if_cached
@@ -834,21 +834,10 @@ impl Cache {
     /// Builds the response for `entry`: a 304 when the request's
     /// conditionals match, a 206 or 416 for its `Range`, no body for
     /// `HEAD`, `Age` and `Cache-Status`.
+    /// `reuse` says whether the entry will answer again (it lives in L1).
+    /// An entry read from L2 for one answer gets its response headers built
+    /// directly, without a template.
     pub(crate) fn respond_entry<B: Body>(
-        &self,
-        entry: &Entry,
-        req: &Parts,
-        asks: &RequestDirectives,
-        now: u64,
-        status: &Status,
-    ) -> Response<CacheBody<B>> {
-        self.respond_entry_with(entry, req, asks, now, status, true)
-    }
-
-    /// [`respond_entry`](Self::respond_entry); `reuse` says whether the entry
-    /// will answer again (it lives in L1). An entry read from L2 for one
-    /// answer gets its response headers built directly, without a template.
-    pub(crate) fn respond_entry_with<B: Body>(
         &self,
         entry: &Entry,
         req: &Parts,

@@ -447,7 +447,14 @@ fn respond<RB: Body>(
     now: u64,
     status: Status,
 ) -> Response<CacheBody<RB>> {
-    let mut resp = cache.respond_entry(entry, parts, &plan.directives, now, &status);
+    let mut resp = cache.respond_entry(
+        entry,
+        parts,
+        &plan.directives,
+        now,
+        &status,
+        true, // reuse: built from the entry's template
+    );
     resp.extensions_mut().insert(status);
     resp
 }
