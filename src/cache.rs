@@ -187,16 +187,16 @@ pub struct Invalidated {
 /// What a bulk invalidation removes: the entries carrying a tag, or those
 /// whose URL path starts with a prefix.
 #[derive(Clone, Copy)]
-enum Scope<'a> {
+enum Purge<'a> {
     Tag(&'a str),
     Prefix(&'a str),
 }
 
-impl Scope<'_> {
+impl Purge<'_> {
     fn matches(self, e: &Entry) -> bool {
         match self {
-            Scope::Tag(tag) => e.tags.iter().any(|t| &**t == tag),
-            Scope::Prefix(prefix) => e.path().starts_with(prefix),
+            Purge::Tag(tag) => e.tags.iter().any(|t| &**t == tag),
+            Purge::Prefix(prefix) => e.path().starts_with(prefix),
         }
     }
 }
@@ -505,29 +505,29 @@ impl Cache {
     /// `Cache-Tag` or the tag function), in every tier, and tells the
     /// other instances.
     pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
-        self.invalidate_scope(Scope::Tag(tag)).await
+        self.purge(Purge::Tag(tag)).await
     }
 
     /// Removes every stored response whose URL path starts with
     /// `path_prefix`, in every tier (L2 is scanned with `SCAN`, off the
     /// request path), and tells the other instances.
     pub async fn invalidate_prefix(&self, path_prefix: &str) -> Invalidated {
-        self.invalidate_scope(Scope::Prefix(path_prefix)).await
+        self.purge(Purge::Prefix(path_prefix)).await
     }
 
-    /// Removes what `scope` names from L1, then from L2 (which tells the
+    /// Removes what `what` names from L1, then from L2 (which tells the
     /// other instances); L1's removals are counted as invalidations.
-    async fn invalidate_scope(&self, scope: Scope<'_>) -> Invalidated {
+    async fn purge(&self, what: Purge<'_>) -> Invalidated {
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut out = Invalidated {
-            l1: self.shared.tiers.l1.remove_where(|e| scope.matches(e)),
+            l1: self.shared.tiers.l1.remove_where(|e| what.matches(e)),
             l2: 0,
         };
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.tiers.l2 {
-            out.l2 = match scope {
-                Scope::Tag(tag) => l2.invalidate_tag(tag).await,
-                Scope::Prefix(prefix) => l2.invalidate_prefix(prefix).await,
+            out.l2 = match what {
+                Purge::Tag(tag) => l2.invalidate_tag(tag).await,
+                Purge::Prefix(prefix) => l2.invalidate_prefix(prefix).await,
             };
         }
         self.shared.counters.invalidations.add(out.l1);
