@@ -825,6 +825,18 @@ fn parse_threshold(query: Option<&str>) -> Result<f64, String> {
         .ok_or_else(|| format!("threshold must be within 0..=1 (got {raw:?})"))
 }
 
+/// Takes the optional integer field `name` out of `fields`; it must be
+/// within `1..=max`.
+fn take_int(fields: &mut Map<String, Value>, name: &str, max: u64) -> Result<Option<u64>, String> {
+    let Some(v) = fields.remove(name) else {
+        return Ok(None);
+    };
+    v.as_u64()
+        .filter(|n| (1..=max).contains(n))
+        .map(Some)
+        .ok_or_else(|| format!("{name} must be an integer within 1..={max}"))
+}
+
 /// The targets and options of a `POST /warm` body.
 fn parse_warm(body: Value) -> Result<(Vec<WarmTarget>, WarmOptions), String> {
     let mut options = WarmOptions::default();
@@ -834,22 +846,10 @@ fn parse_warm(body: Value) -> Result<(Vec<WarmTarget>, WarmOptions), String> {
             let targets = fields
                 .remove("targets")
                 .ok_or("missing field \"targets\" (a list of URLs or {\"url\", \"headers\"})")?;
-            if let Some(v) = fields.remove("concurrency") {
-                let n = v
-                    .as_u64()
-                    .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
-                    .ok_or_else(|| {
-                        format!("concurrency must be an integer within 1..={MAX_CONCURRENCY}")
-                    })?;
+            if let Some(n) = take_int(&mut fields, "concurrency", MAX_CONCURRENCY)? {
                 options = options.concurrency(n as usize);
             }
-            if let Some(v) = fields.remove("timeout_ms") {
-                let ms = v
-                    .as_u64()
-                    .filter(|n| (1..=MAX_TIMEOUT_MS).contains(n))
-                    .ok_or_else(|| {
-                        format!("timeout_ms must be an integer within 1..={MAX_TIMEOUT_MS}")
-                    })?;
+            if let Some(ms) = take_int(&mut fields, "timeout_ms", MAX_TIMEOUT_MS)? {
                 options = options.timeout(Duration::from_millis(ms));
             }
             if let Some(k) = fields.keys().next() {

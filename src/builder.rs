@@ -1156,18 +1156,18 @@ impl CacheBuilder {
     /// Storage: sizes, and the largest L1 entry (returned, defaults
     /// applied).
     fn check_storage(&self) -> Result<u64, BuildError> {
-        if self.l1_capacity == 0 {
-            return Err(BuildError::invalid(
+        first_refused([
+            (
                 "l1_capacity_bytes",
+                self.l1_capacity == 0,
                 "must be greater than 0",
-            ));
-        }
-        if self.max_body == 0 {
-            return Err(BuildError::invalid(
+            ),
+            (
                 "max_body_bytes",
+                self.max_body == 0,
                 "must be greater than 0",
-            ));
-        }
+            ),
+        ])?;
         let l1_max_entry = self.l1_max_entry.unwrap_or_else(|| {
             (self.max_body + DEFAULT_L1_ENTRY_OVERHEAD_BYTES).min((self.l1_capacity / 8).max(1))
         });
@@ -1225,39 +1225,36 @@ impl CacheBuilder {
 
     /// Freshness: the fractions are within their ranges.
     fn check_freshness(&self) -> Result<(), BuildError> {
-        let fraction = self.policy.heuristic_fraction;
-        if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
-            return Err(BuildError::invalid(
-                "heuristic_fraction",
-                "must be within 0..=1",
-            ));
-        }
-        if !(self.extension_factor.is_finite() && (0.0..=1.0).contains(&self.extension_factor)) {
-            return Err(BuildError::invalid(
-                "stale_extension",
-                "factor must be within 0..=1",
-            ));
-        }
+        let (fraction, factor) = (self.policy.heuristic_fraction, self.extension_factor);
         let eager = self.observe.eager_fraction;
-        if !(eager.is_finite() && (0.0..1.0).contains(&eager)) {
-            return Err(BuildError::invalid(
+        first_refused([
+            (
+                "heuristic_fraction",
+                !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)),
+                "must be within 0..=1",
+            ),
+            (
+                "stale_extension",
+                !(factor.is_finite() && (0.0..=1.0).contains(&factor)),
+                "factor must be within 0..=1",
+            ),
+            (
                 "eager_refresh",
+                !(eager.is_finite() && (0.0..1.0).contains(&eager)),
                 "fraction must be within 0..1 (0 turns it off)",
-            ));
-        }
-        if self.observe.eager_min_reads == 0 {
-            return Err(BuildError::invalid(
+            ),
+            (
                 "eager_refresh",
+                self.observe.eager_min_reads == 0,
                 "min_reads must be at least 1",
-            ));
-        }
-        Ok(())
+            ),
+        ])
     }
 
     /// Coalescing and upstream: bounds of at least one, deadlines above
     /// zero.
     fn check_upstream(&self) -> Result<(), BuildError> {
-        let checks = [
+        first_refused([
             (
                 "max_in_flight",
                 self.max_in_flight == 0,
@@ -1288,11 +1285,7 @@ impl CacheBuilder {
                 self.refresh_timeout.is_zero(),
                 "must be greater than 0",
             ),
-        ];
-        match checks.into_iter().find(|(_, bad, _)| *bad) {
-            Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),
-            None => Ok(()),
-        }
+        ])
     }
 
     /// Observability: label bounds, the timing sample, health thresholds.
@@ -1362,6 +1355,17 @@ impl CacheBuilder {
     }
 }
 
+/// The first of `checks` (setting, refused, why) that is refused, as the
+/// error naming it.
+fn first_refused<const N: usize>(
+    checks: [(&'static str, bool, &'static str); N],
+) -> Result<(), BuildError> {
+    match checks.into_iter().find(|(_, bad, _)| *bad) {
+        Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),
+        None => Ok(()),
+    }
+}
+
 /// L2: its settings checked, and the tier made from them.
 #[cfg(feature = "redis")]
 impl CacheBuilder {
@@ -1394,7 +1398,7 @@ impl CacheBuilder {
                 .namespace
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        let checks = [
+        first_refused([
             (
                 "namespace",
                 !namespace_ok,
@@ -1413,11 +1417,7 @@ impl CacheBuilder {
                 l2.invalidation_log_len == 0,
                 "must be at least 1",
             ),
-        ];
-        match checks.into_iter().find(|(_, bad, _)| *bad) {
-            Some((setting, _, reason)) => Err(BuildError::invalid(setting, reason)),
-            None => Ok(()),
-        }
+        ])
     }
 
     /// The L2 tier, given its settings as they are, with the cache-wide

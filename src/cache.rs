@@ -184,6 +184,23 @@ pub struct Invalidated {
     pub l2: u64,
 }
 
+/// What a bulk invalidation removes: the entries carrying a tag, or those
+/// whose URL path starts with a prefix.
+#[derive(Clone, Copy)]
+enum Purge<'a> {
+    Tag(&'a str),
+    Prefix(&'a str),
+}
+
+impl Purge<'_> {
+    fn matches(self, e: &Entry) -> bool {
+        match self {
+            Purge::Tag(tag) => e.tags.iter().any(|t| &**t == tag),
+            Purge::Prefix(prefix) => e.path().starts_with(prefix),
+        }
+    }
+}
+
 /// What the adapter should do with a request. Every answer carries the
 /// request's typed [`Status`]: the adapter reports it (`Lookup::finish_*`);
 /// `Cache-Status` is already rendered from it.
@@ -488,39 +505,30 @@ impl Cache {
     /// `Cache-Tag` or the tag function), in every tier, and tells the
     /// other instances.
     pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
-        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
-        let mut out = Invalidated {
-            l1: self
-                .shared
-                .tiers
-                .l1
-                .remove_where(|e| e.tags.iter().any(|t| &**t == tag)),
-            l2: 0,
-        };
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &self.shared.tiers.l2 {
-            out.l2 = l2.invalidate_tag(tag).await;
-        }
-        self.shared.counters.invalidations.add(out.l1);
-        out
+        self.purge(Purge::Tag(tag)).await
     }
 
     /// Removes every stored response whose URL path starts with
     /// `path_prefix`, in every tier (L2 is scanned with `SCAN`, off the
     /// request path), and tells the other instances.
     pub async fn invalidate_prefix(&self, path_prefix: &str) -> Invalidated {
+        self.purge(Purge::Prefix(path_prefix)).await
+    }
+
+    /// Removes what `what` names from L1, then from L2 (which tells the
+    /// other instances); L1's removals are counted as invalidations.
+    async fn purge(&self, what: Purge<'_>) -> Invalidated {
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut out = Invalidated {
-            l1: self
-                .shared
-                .tiers
-                .l1
-                .remove_where(|e| e.path().starts_with(path_prefix)),
+            l1: self.shared.tiers.l1.remove_where(|e| what.matches(e)),
             l2: 0,
         };
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.tiers.l2 {
-            out.l2 = l2.invalidate_prefix(path_prefix).await;
+            out.l2 = match what {
+                Purge::Tag(tag) => l2.invalidate_tag(tag).await,
+                Purge::Prefix(prefix) => l2.invalidate_prefix(prefix).await,
+            };
         }
         self.shared.counters.invalidations.add(out.l1);
         out
@@ -721,7 +729,7 @@ impl Cache {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
                 let asks = &plan.directives;
-                let resp = self.respond_entry_with(&entry, parts, asks, now, &status, reuse);
+                let resp = self.respond_entry(&entry, parts, asks, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
                     // The client asked that the origin not be contacted.
                     return Ok(Answered::Respond(resp, status));
@@ -768,7 +776,7 @@ impl Cache {
             .reads
             .note(if eager { cfg.eager_min_reads } else { 1 });
         let reuse = self.note_served(&entry, tier, parts, &plan, now);
-        let resp = self.respond_entry_with(&entry, parts, &plan.directives, now, &status, reuse);
+        let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
             && reads >= cfg.eager_min_reads
             && !plan.directives.cc.only_if_cached
@@ -826,21 +834,10 @@ impl Cache {
     /// Builds the response for `entry`: a 304 when the request's
     /// conditionals match, a 206 or 416 for its `Range`, no body for
     /// `HEAD`, `Age` and `Cache-Status`.
+    /// `reuse` says whether the entry will answer again (it lives in L1).
+    /// An entry read from L2 for one answer gets its response headers built
+    /// directly, without a template.
     pub(crate) fn respond_entry<B: Body>(
-        &self,
-        entry: &Entry,
-        req: &Parts,
-        asks: &RequestDirectives,
-        now: u64,
-        status: &Status,
-    ) -> Response<CacheBody<B>> {
-        self.respond_entry_with(entry, req, asks, now, status, true)
-    }
-
-    /// [`respond_entry`](Self::respond_entry); `reuse` says whether the entry
-    /// will answer again (it lives in L1). An entry read from L2 for one
-    /// answer gets its response headers built directly, without a template.
-    pub(crate) fn respond_entry_with<B: Body>(
         &self,
         entry: &Entry,
         req: &Parts,

@@ -31,7 +31,8 @@ use crate::tiers::L2Lookup;
 /// `reqwest_middleware::Next` does); what must outlive the request goes
 /// through [`refresh`](Upstream::refresh).
 pub(crate) trait Upstream<B>: Send + Sized {
-    type Body: Body + Send + 'static;
+    /// Its chunks and errors cross tasks (a flight's leader, refreshes).
+    type Body: Body<Data: Send, Error: Send> + Send + 'static;
     type Error: Send + 'static;
     type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + Send;
 
@@ -92,8 +93,6 @@ pub(crate) async fn fetch<B, U>(
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
     let now = cache.now();
@@ -174,8 +173,6 @@ async fn lead_flight<B, U>(
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let (mut req, mut plan) = (req, plan);
@@ -249,8 +246,6 @@ async fn after_wait<B, U>(
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
     let now = cache.now();
@@ -452,7 +447,14 @@ fn respond<RB: Body>(
     now: u64,
     status: Status,
 ) -> Response<CacheBody<RB>> {
-    let mut resp = cache.respond_entry(entry, parts, &plan.directives, now, &status);
+    let mut resp = cache.respond_entry(
+        entry,
+        parts,
+        &plan.directives,
+        now,
+        &status,
+        true, // reuse: built from the entry's template
+    );
     resp.extensions_mut().insert(status);
     resp
 }
@@ -594,8 +596,6 @@ async fn lead<B, U>(
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let (parts, body) = req.into_parts();
     let keep = request_view(&parts);
@@ -639,8 +639,6 @@ async fn own_call<B, U>(cache: &Cache, req: Request<B>, up: U, plan: &Fetch) -> 
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     lead(cache, req, up, plan).await.0
 }
@@ -702,8 +700,6 @@ async fn exchange<B, U>(cache: &Cache, req: Request<B>, up: U, plan: &Fetch) -> 
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
     let (parts, body) = req.into_parts();
@@ -946,11 +942,7 @@ async fn read_whole<U: Upstream<B>, B>(
     resp: Response<U::Body>,
     plan: &Fetch,
     client: &Parts,
-) -> Result<(http::response::Parts, Bytes), Fetched<U, B>>
-where
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
-{
+) -> Result<(http::response::Parts, Bytes), Fetched<U, B>> {
     let max = cache.shared.cfg.max_body_bytes;
     let status = resp.status();
     let head = client.method == Method::HEAD;
@@ -1373,8 +1365,6 @@ pub(crate) fn spawn_refresh<B, U>(
     B: Send + 'static,
     U: Upstream<B> + 'static,
     U::Future: Send,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -1428,8 +1418,6 @@ async fn refresh<B, U>(
 where
     B: Send + 'static,
     U: Upstream<B>,
-    <U::Body as Body>::Error: Send,
-    <U::Body as Body>::Data: Send,
 {
     let s = &*cache.shared;
     *req.method_mut() = Method::GET;

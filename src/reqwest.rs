@@ -128,22 +128,12 @@ impl ClientBuilder {
 
     /// The client.
     pub fn build(self) -> ClientWithMiddleware {
-        let chain = |client: reqwest::Client| {
-            self.rest
-                .iter()
-                .fold(reqwest_middleware::ClientBuilder::new(client), |b, m| {
-                    b.with_arc(Arc::clone(m))
-                })
+        let rest = |b: reqwest_middleware::ClientBuilder| {
+            self.rest.iter().fold(b, |b, m| b.with_arc(Arc::clone(m)))
         };
-        let refresh = chain(self.client.clone()).build();
+        let refresh = rest(reqwest_middleware::ClientBuilder::new(self.client.clone())).build();
         let cache = CacheMiddleware::new(self.cache).refresh_through(refresh);
-        self.rest
-            .iter()
-            .fold(
-                reqwest_middleware::ClientBuilder::new(self.client).with(cache),
-                |b, m| b.with_arc(Arc::clone(m)),
-            )
-            .build()
+        rest(reqwest_middleware::ClientBuilder::new(self.client).with(cache)).build()
     }
 }
 
@@ -217,12 +207,7 @@ impl<'a> Upstream<Body> for NextUpstream<'a> {
     type Future = BoxFuture<'a, Result<http::Response<Body>, reqwest_middleware::Error>>;
 
     fn call(self, req: http::Request<Body>) -> Self::Future {
-        Box::pin(async move {
-            let req = reqwest::Request::try_from(req)?;
-            let url = req.url().clone();
-            let resp = self.next.run(req, self.extensions).await?;
-            Ok(from_reqwest(resp, &url))
-        })
+        Box::pin(exchange(req, |req| self.next.run(req, self.extensions)))
     }
 
     fn refresh(
@@ -248,12 +233,9 @@ impl Upstream<Body> for ClientUpstream {
     type Future = BoxFuture<'static, Result<http::Response<Body>, reqwest_middleware::Error>>;
 
     fn call(self, req: http::Request<Body>) -> Self::Future {
-        Box::pin(async move {
-            let req = reqwest::Request::try_from(req)?;
-            let url = req.url().clone();
-            let resp = self.0.execute(req).await?;
-            Ok(from_reqwest(resp, &url))
-        })
+        Box::pin(exchange(req, move |req| async move {
+            self.0.execute(req).await
+        }))
     }
 
     fn refresh(
@@ -265,6 +247,21 @@ impl Upstream<Body> for ClientUpstream {
     ) {
         flow::spawn_refresh(cache, req, self, plan, cause);
     }
+}
+
+/// One upstream call for the engine: `req` as reqwest's request, sent by
+/// `send`, its response back as the engine's (see [`from_reqwest`]).
+async fn exchange<F>(
+    req: http::Request<Body>,
+    send: impl FnOnce(reqwest::Request) -> F,
+) -> Result<http::Response<Body>, reqwest_middleware::Error>
+where
+    F: std::future::Future<Output = reqwest_middleware::Result<reqwest::Response>>,
+{
+    let req = reqwest::Request::try_from(req)?;
+    let url = req.url().clone();
+    let resp = send(req).await?;
+    Ok(from_reqwest(resp, &url))
 }
 
 /// The final URL of a response whose client followed redirects.

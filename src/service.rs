@@ -79,9 +79,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     type Body = ResB;
     type Error = S::Error;
@@ -105,9 +103,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
@@ -264,8 +260,6 @@ impl Lookup {
         B: Send + 'static,
         U: Upstream<B> + 'a,
         F: FnOnce() -> U,
-        <U::Body as Body>::Error: Send,
-        <U::Body as Body>::Data: Send,
     {
         match self.decide::<U::Body>(cache, &parts) {
             Decision::Hit(resp, now) => {
@@ -310,18 +304,13 @@ impl Lookup {
         now: u64,
     ) {
         self.tell(Status::HIT_L1);
-        if cache.shared.obs.cfg.enabled {
-            let key = cache.key_for_display(parts, &self.span);
-            cache.finish(
-                self.label,
-                &Outcome::HIT_L1,
-                self.start,
-                &self.span,
-                Some(resp.status()),
-                key.as_deref(),
-                Some(now),
-            );
-        }
+        self.report(
+            cache,
+            parts,
+            &Outcome::HIT_L1,
+            Some(resp.status()),
+            Some(now),
+        );
     }
 
     /// Hands the request's status to the caller that asked for it.
@@ -342,32 +331,32 @@ impl Lookup {
     ) {
         self.tell(status);
         let outcome = Outcome::from(&status);
-        let key = cache.key_for_display(parts, &self.span);
-        cache.finish(
-            self.label,
-            &outcome,
-            self.start,
-            &self.span,
-            Some(resp.status()),
-            key.as_deref(),
-            None,
-        );
+        self.report(cache, parts, &outcome, Some(resp.status()), None);
     }
 
     /// Reports a request passed through with `status` (before it is sent).
     pub(crate) fn finish_pass(&self, cache: &Cache, parts: &http::request::Parts, status: Status) {
         self.tell(status);
         cache.shared.counters.upstream_calls.incr();
-        let key = cache.key_for_display(parts, &self.span);
-        cache.finish(
-            self.label,
-            &Outcome::from(&status),
-            self.start,
-            &self.span,
-            None,
-            key.as_deref(),
-            None,
-        );
+        self.report(cache, parts, &Outcome::from(&status), None, None);
+    }
+
+    /// Reports the request as `outcome` (`code`: the response's status;
+    /// `now`: when a hit was decided), with its key where it is shown;
+    /// nothing to do without per-request instrumentation.
+    fn report(
+        &self,
+        cache: &Cache,
+        parts: &http::request::Parts,
+        outcome: &Outcome,
+        code: Option<http::StatusCode>,
+        now: Option<u64>,
+    ) {
+        if cache.shared.obs.cfg.enabled {
+            let key = cache.key_for_display(parts, &self.span);
+            let key = key.as_deref();
+            cache.finish(self.label, outcome, self.start, &self.span, code, key, now);
+        }
     }
 
     /// Runs an engine path inside the request's span and reports it when

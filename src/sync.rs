@@ -37,6 +37,9 @@
 //!   unreachable): pushes and drains of whole entries, bounded.
 //!
 //! A new lock in this crate uses these helpers, and adds its line above.
+//!
+//! Also here: [`start_once`], the one way a background task that must run
+//! once per value (the shared-stats flusher, the L2 subscriber) is started.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -56,6 +59,25 @@ pub(crate) fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 #[inline]
 pub(crate) fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The current runtime, when `started` is not yet set and there is one
+/// (`started` is then set, by exactly one caller): a task that must run
+/// once is spawned on it. `None` once started, or without a runtime (the
+/// next call tries again).
+#[cfg(feature = "redis")]
+pub(crate) fn start_once(
+    started: &std::sync::atomic::AtomicBool,
+) -> Option<tokio::runtime::Handle> {
+    use std::sync::atomic::Ordering;
+    if started.load(Ordering::Relaxed) {
+        return None;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    if started.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    Some(handle)
 }
 
 #[cfg(test)]

@@ -230,9 +230,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send + 'static,
     B: Default + Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     fn warm_dyn(
         &self,
@@ -286,9 +284,7 @@ impl<S> CacheService<S> {
         S::Future: Send + 'static,
         S::Error: std::fmt::Display + Send + 'static,
         B: Default + Send + 'static,
-        ResB: Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Send,
+        ResB: Body<Data: Send, Error: Send> + Send + 'static,
     {
         let started = Instant::now();
         let requested = targets.len() as u64;
@@ -354,9 +350,7 @@ async fn warm_worker<S, B, ResB, P>(
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send + 'static,
     B: Default + Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
     P: Fn(&WarmProgress) + Send + Sync + 'static,
 {
     loop {
@@ -471,9 +465,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send + 'static,
     B: Default + Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
     let mut req = Request::new(B::default());
     *req.method_mut() = Method::GET;

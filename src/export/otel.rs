@@ -16,28 +16,22 @@ use crate::observe::metrics::Instruments;
 pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
     let weak = Arc::downgrade(shared);
     observable_counters(meter, &weak);
-    let w = weak.clone();
-    meter
-        .u64_observable_gauge("cache.l1.entries")
-        .with_description("Slots in L1 (entries plus one per URL with variants)")
-        .with_unit("{entry}")
-        .with_callback(move |o| {
-            if let Some(s) = w.upgrade() {
-                o.observe(s.tiers.l1.len() as u64, &[]);
-            }
-        })
-        .build();
-    let w = weak.clone();
-    meter
-        .u64_observable_gauge("cache.l1.bytes")
-        .with_description("Weighted bytes held in L1")
-        .with_unit("By")
-        .with_callback(move |o| {
-            if let Some(s) = w.upgrade() {
-                o.observe(s.tiers.l1.weight(), &[]);
-            }
-        })
-        .build();
+    observable_gauge(
+        meter,
+        &weak,
+        "cache.l1.entries",
+        "Slots in L1 (entries plus one per URL with variants)",
+        "{entry}",
+        |s| s.tiers.l1.len() as u64,
+    );
+    observable_gauge(
+        meter,
+        &weak,
+        "cache.l1.bytes",
+        "Weighted bytes held in L1",
+        "By",
+        |s| s.tiers.l1.weight(),
+    );
     #[cfg(feature = "redis")]
     let l2_server = shared
         .tiers
@@ -176,17 +170,13 @@ fn breaker_opens_counter(meter: &Meter, weak: &Weak<Shared>) {
 /// `cache.l2.errors` by kind.
 #[cfg(feature = "redis")]
 fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
-    observable_counter(
+    l2_counter(
         meter,
         weak,
         "cache.l2.errors",
         "L2 operations that failed, by kind",
-        Some("error.type"),
-        |s| {
-            let Some(l2) = &s.tiers.l2 else {
-                return Vec::new();
-            };
-            let c = &l2.counters;
+        "error.type",
+        |c| {
             vec![
                 ("error", c.errors.get()),
                 ("timeout", c.timeouts.get()),
@@ -202,17 +192,13 @@ fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
 /// invalidations dropped from the outbox.
 #[cfg(feature = "redis")]
 fn l2_events_counter(meter: &Meter, weak: &Weak<Shared>) {
-    observable_counter(
+    l2_counter(
         meter,
         weak,
         "cache.l2.events",
         "L2 events that cost coherence or storage, by kind",
-        Some("event"),
-        |s| {
-            let Some(l2) = &s.tiers.l2 else {
-                return Vec::new();
-            };
-            let c = &l2.counters;
+        "event",
+        |c| {
             vec![
                 ("variants_evicted", c.variants_evicted.get()),
                 ("coherence_resets", c.coherence_resets.get()),
@@ -220,6 +206,25 @@ fn l2_events_counter(meter: &Meter, weak: &Weak<Shared>) {
             ]
         },
     );
+}
+
+/// An [`observable_counter`] of the L2 tier's counters, by `key`: no series
+/// without an L2 tier.
+#[cfg(feature = "redis")]
+fn l2_counter(
+    meter: &Meter,
+    weak: &Weak<Shared>,
+    name: &'static str,
+    description: &'static str,
+    key: &'static str,
+    read: fn(&crate::store::l2::L2Counters) -> Vec<(&'static str, u64)>,
+) {
+    observable_counter(meter, weak, name, description, Some(key), move |s| {
+        s.tiers
+            .l2
+            .as_ref()
+            .map_or_else(Vec::new, |l2| read(&l2.counters))
+    });
 }
 
 /// An observable counter read from the cache at collection time: `read`
@@ -244,6 +249,28 @@ fn observable_counter(
                     Some(k) => o.observe(n, &[KeyValue::new(k, value)]),
                     None => o.observe(n, &[]),
                 }
+            }
+        })
+        .build();
+}
+
+/// An unlabelled observable gauge read from the cache at collection time.
+fn observable_gauge(
+    meter: &Meter,
+    weak: &Weak<Shared>,
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    read: Reader,
+) {
+    let w = weak.clone();
+    meter
+        .u64_observable_gauge(name)
+        .with_description(description)
+        .with_unit(unit)
+        .with_callback(move |o| {
+            if let Some(s) = w.upgrade() {
+                o.observe(read(&s), &[]);
             }
         })
         .build();

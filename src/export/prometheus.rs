@@ -268,19 +268,17 @@ fn write_event_totals(w: &mut String, st: &Stats) {
 
 /// `tower_cache_refreshes_total{outcome}`.
 fn write_refreshes(w: &mut String, st: &Stats) {
-    header(
+    counter_by(
         w,
         "tower_cache_refreshes_total",
-        "counter",
         "Background refreshes by outcome.",
+        "outcome",
+        &[
+            ("ok", st.refresh_ok),
+            ("failed", st.refresh_failed),
+            ("skipped", st.refresh_skipped),
+        ],
     );
-    for (outcome, v) in [
-        ("ok", st.refresh_ok),
-        ("failed", st.refresh_failed),
-        ("skipped", st.refresh_skipped),
-    ] {
-        sample(w, "tower_cache_refreshes_total", &[("outcome", outcome)], v);
-    }
 }
 
 /// With an L2 tier: `tower_cache_l2_errors_total{kind}`,
@@ -289,34 +287,30 @@ fn write_l2_errors_and_breaker(w: &mut String, st: &Stats) {
     let Some(l2_breaker) = st.l2_breaker else {
         return;
     };
-    header(
+    counter_by(
         w,
         "tower_cache_l2_errors_total",
-        "counter",
         "L2 operations that failed, by kind.",
+        "kind",
+        &[
+            ("error", st.l2_errors),
+            ("timeout", st.l2_timeouts),
+            ("timeout_slow_host", st.l2_timeouts_slow_host),
+            ("decode", st.l2_decode_errors),
+            ("write_dropped", st.l2_writes_dropped),
+        ],
     );
-    for (kind, v) in [
-        ("error", st.l2_errors),
-        ("timeout", st.l2_timeouts),
-        ("timeout_slow_host", st.l2_timeouts_slow_host),
-        ("decode", st.l2_decode_errors),
-        ("write_dropped", st.l2_writes_dropped),
-    ] {
-        sample(w, "tower_cache_l2_errors_total", &[("kind", kind)], v);
-    }
-    header(
+    counter_by(
         w,
         "tower_cache_l2_events_total",
-        "counter",
         "L2 events that cost coherence or storage, by kind.",
+        "event",
+        &[
+            ("variants_evicted", st.l2_variants_evicted),
+            ("coherence_resets", st.l2_coherence_resets),
+            ("invalidations_dropped", st.l2_invalidations_dropped),
+        ],
     );
-    for (event, v) in [
-        ("variants_evicted", st.l2_variants_evicted),
-        ("coherence_resets", st.l2_coherence_resets),
-        ("invalidations_dropped", st.l2_invalidations_dropped),
-    ] {
-        sample(w, "tower_cache_l2_events_total", &[("event", event)], v);
-    }
     gauge(
         w,
         "tower_cache_l2_breaker_open",
@@ -440,6 +434,15 @@ fn write_upstream_breaker_opened_at(w: &mut String, seen: &[UpstreamBreaker]) {
 fn gauge(out: &mut String, name: &str, help: &str, value: impl fmt::Display) {
     header(out, name, "gauge", help);
     sample(out, name, &[], value);
+}
+
+/// A counter with one label: its `# HELP`/`# TYPE` lines and a sample per
+/// `(label value, count)`.
+fn counter_by(out: &mut String, name: &str, help: &str, label: &str, counts: &[(&str, u64)]) {
+    header(out, name, "counter", help);
+    for &(value, n) in counts {
+        sample(out, name, &[(label, value)], n);
+    }
 }
 
 /// `# HELP` and `# TYPE` lines.

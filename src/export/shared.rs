@@ -3,15 +3,15 @@
 //! across instances (`CacheBuilder::shared_stats`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::cache::Shared;
 use crate::observe::report::ratio;
-use crate::observe::{SharedLabelStats, SharedStats};
-use crate::sync::lock;
-use crate::Cache;
+use crate::observe::{LabelStats, SharedLabelStats, SharedStats};
+use crate::sync::{lock, start_once};
+use crate::{Cache, Stats};
 
 #[derive(Debug, Default)]
 struct FlushState {
@@ -44,17 +44,9 @@ impl Flusher {
 
     /// Starts the periodic flush once, on the current runtime.
     pub(crate) fn ensure_started(&self, shared: &Arc<Shared>) {
-        if self.started.load(Ordering::Relaxed) {
-            return;
+        if let Some(handle) = start_once(&self.started) {
+            handle.spawn(flush_loop(Arc::downgrade(shared), self.interval));
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak = Arc::downgrade(shared);
-        handle.spawn(flush_loop(weak, self.interval));
     }
 }
 
@@ -69,20 +61,40 @@ async fn flush_loop(weak: Weak<Shared>, interval: Duration) {
     }
 }
 
-const TOTALS: [&str; 11] = [
-    "requests",
-    "hits",
-    "hits_l1",
-    "hits_l2",
-    "stale",
-    "misses",
-    "revalidated",
-    "coalesced",
-    "passes",
-    "upstream_calls",
-    "stores",
+/// A total in the shared hash: its field name, this instance's count of
+/// it in `S` (flushed), and its field in `T` (the sum, read back).
+type Total<S, T> = (&'static str, fn(&S) -> u64, fn(&mut T) -> &mut u64);
+
+const TOTALS: [Total<Stats, SharedStats>; 11] = [
+    ("requests", |s| s.requests, |o| &mut o.requests),
+    ("hits", |s| s.hits, |o| &mut o.hits),
+    ("hits_l1", |s| s.hits_l1, |o| &mut o.hits_l1),
+    ("hits_l2", |s| s.hits_l2, |o| &mut o.hits_l2),
+    ("stale", |s| s.stale, |o| &mut o.stale),
+    ("misses", |s| s.misses, |o| &mut o.misses),
+    ("revalidated", |s| s.revalidated, |o| &mut o.revalidated),
+    ("coalesced", |s| s.coalesced, |o| &mut o.coalesced),
+    ("passes", |s| s.passes + s.unavailable, |o| &mut o.passes),
+    (
+        "upstream_calls",
+        |s| s.upstream_calls,
+        |o| &mut o.upstream_calls,
+    ),
+    ("stores", |s| s.stores, |o| &mut o.stores),
 ];
-const LABEL_FIELDS: [&str; 5] = ["requests", "hits", "stale", "misses", "passes"];
+
+/// A label's totals, stored as `label:{label}:{name}`.
+const LABEL_TOTALS: [Total<LabelStats, SharedLabelStats>; 5] = [
+    ("requests", |l| l.requests, |o| &mut o.requests),
+    ("hits", |l| l.hits, |o| &mut o.hits),
+    ("stale", |l| l.stale, |o| &mut o.stale),
+    (
+        "misses",
+        |l| l.misses + l.coalesced + l.revalidated,
+        |o| &mut o.misses,
+    ),
+    ("passes", |l| l.passes, |o| &mut o.passes),
+];
 
 impl Cache {
     /// The counters as flushed: `name → value`, labels as
@@ -91,31 +103,11 @@ impl Cache {
         let s = self.stats();
         let mut out: HashMap<String, u64> = TOTALS
             .iter()
-            .zip([
-                s.requests,
-                s.hits,
-                s.hits_l1,
-                s.hits_l2,
-                s.stale,
-                s.misses,
-                s.revalidated,
-                s.coalesced,
-                s.passes + s.unavailable,
-                s.upstream_calls,
-                s.stores,
-            ])
-            .map(|(k, v)| ((*k).to_owned(), v))
+            .map(|(name, count, _)| ((*name).to_owned(), count(&s)))
             .collect();
         for l in &s.labels {
-            let values = [
-                l.requests,
-                l.hits,
-                l.stale,
-                l.misses + l.coalesced + l.revalidated,
-                l.passes,
-            ];
-            for (f, v) in LABEL_FIELDS.iter().zip(values) {
-                out.insert(format!("label:{}:{f}", l.label), v);
+            for (name, count, _) in &LABEL_TOTALS {
+                out.insert(format!("label:{}:{name}", l.label), count(l));
             }
         }
         out
@@ -176,29 +168,13 @@ impl Cache {
                         label: name.to_owned(),
                         ..SharedLabelStats::default()
                     });
-                match field {
-                    "requests" => l.requests = v,
-                    "hits" => l.hits = v,
-                    "stale" => l.stale = v,
-                    "misses" => l.misses = v,
-                    "passes" => l.passes = v,
-                    _ => {}
+                if let Some((_, _, total)) = LABEL_TOTALS.iter().find(|t| t.0 == field) {
+                    *total(l) = v;
                 }
                 continue;
             }
-            match k.as_str() {
-                "requests" => out.requests = v,
-                "hits" => out.hits = v,
-                "hits_l1" => out.hits_l1 = v,
-                "hits_l2" => out.hits_l2 = v,
-                "stale" => out.stale = v,
-                "misses" => out.misses = v,
-                "revalidated" => out.revalidated = v,
-                "coalesced" => out.coalesced = v,
-                "passes" => out.passes = v,
-                "upstream_calls" => out.upstream_calls = v,
-                "stores" => out.stores = v,
-                _ => {}
+            if let Some((_, _, total)) = TOTALS.iter().find(|t| t.0 == k) {
+                *total(&mut out) = v;
             }
         }
         let served = out.hits + out.stale;

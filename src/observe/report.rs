@@ -486,49 +486,37 @@ mod tests {
 
     #[test]
     fn recommendations_follow_the_counters() {
+        use field::*;
+        use RecommendationKind::*;
         let kinds = |s: &LabelStats| -> Vec<RecommendationKind> {
             recommend(s, 1 << 20).into_iter().map(|r| r.kind).collect()
         };
-        let no_ttl = stats(|c| {
-            c[field::MISS] = 10;
-            c[field::NO_FRESHNESS] = 10;
-        });
-        assert_eq!(kinds(&no_ttl), [RecommendationKind::SetRouteTtl]);
-        assert!(recommend(&no_ttl, 1)[0]
-            .message
-            .contains("Route::prefix(\"/api/x\")"));
-
-        let evicted = stats(|c| {
-            c[field::MISS] = 10;
-            c[field::STORES] = 10;
-            c[field::EVICTED_UNREAD] = 8;
-        });
-        assert_eq!(kinds(&evicted), [RecommendationKind::RaiseL1Capacity]);
-
-        let vary = stats(|c| {
-            c[field::MISS] = 10;
-            c[field::STORES] = 10;
-            c[field::VARY_MISS] = 6;
-        });
-        assert_eq!(kinds(&vary), [RecommendationKind::ReduceVariants]);
-
-        let cookies = stats(|c| {
-            c[field::MISS] = 10;
-            c[field::COOKIE] = 7;
-            c[field::AUTHORIZATION] = 2;
-        });
-        assert_eq!(kinds(&cookies), [RecommendationKind::PersonalizedResponses]);
-
-        let passes = stats(|c| {
-            c[field::MISS] = 1;
-            c[field::PASS] = 9;
-        });
-        assert_eq!(kinds(&passes), [RecommendationKind::MostlyPasses]);
-
-        let reuse = stats(|c| {
-            c[field::MISS] = 10;
-            c[field::STORES] = 10;
-        });
-        assert_eq!(kinds(&reuse), [RecommendationKind::LowReuse]);
+        let cases: [(&[(usize, u64)], RecommendationKind); 6] = [
+            (&[(MISS, 10), (NO_FRESHNESS, 10)], SetRouteTtl),
+            (
+                &[(MISS, 10), (STORES, 10), (EVICTED_UNREAD, 8)],
+                RaiseL1Capacity,
+            ),
+            (&[(MISS, 10), (STORES, 10), (VARY_MISS, 6)], ReduceVariants),
+            (
+                &[(MISS, 10), (COOKIE, 7), (AUTHORIZATION, 2)],
+                PersonalizedResponses,
+            ),
+            (&[(MISS, 1), (PASS, 9)], MostlyPasses),
+            (&[(MISS, 10), (STORES, 10)], LowReuse),
+        ];
+        for (counts, kind) in cases {
+            let s = stats(|c| {
+                for &(f, n) in counts {
+                    c[f] = n;
+                }
+            });
+            assert_eq!(kinds(&s), [kind], "{counts:?}");
+            if kind == SetRouteTtl {
+                assert!(recommend(&s, 1)[0]
+                    .message
+                    .contains("Route::prefix(\"/api/x\")"));
+            }
+        }
     }
 }

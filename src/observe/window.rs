@@ -117,6 +117,11 @@ mod tests {
 
     #[test]
     fn counts_age_out_after_five_minutes() {
+        let counts = |lookups, served, passes| WindowCounts {
+            lookups,
+            served,
+            passes,
+        };
         let w = Window::default();
         let t0 = 1_700_000_000_000;
         for _ in 0..10 {
@@ -124,37 +129,16 @@ mod tests {
         }
         w.record(t0 + 1_000, true, false);
         w.record(t0 + 2_000, false, false);
-        assert_eq!(
-            w.read(t0 + 2_000),
-            WindowCounts {
-                lookups: 11,
-                served: 10,
-                passes: 1
-            }
-        );
+        assert_eq!(w.read(t0 + 2_000), counts(11, 10, 1));
         // 4 minutes later: all still inside
         w.record(t0 + 240_000, true, false);
         assert_eq!(w.read(t0 + 240_000).lookups, 12);
         // 5 minutes and a slot later: the first period has left
         let later = t0 + 300_000 + SLOT_MS;
-        assert_eq!(
-            w.read(later),
-            WindowCounts {
-                lookups: 1,
-                served: 0,
-                passes: 0
-            }
-        );
+        assert_eq!(w.read(later), counts(1, 0, 0));
         // a slot reused for a new period starts from zero
         w.record(t0 + 600_000, true, true);
-        assert_eq!(
-            w.read(t0 + 600_000),
-            WindowCounts {
-                lookups: 1,
-                served: 1,
-                passes: 0
-            }
-        );
+        assert_eq!(w.read(t0 + 600_000), counts(1, 1, 0));
         w.reset();
         assert_eq!(w.read(t0 + 600_000), WindowCounts::default());
     }

@@ -99,22 +99,12 @@ fn weak_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::tests::headers;
     use http::HeaderValue;
 
     const LM: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
     const BEFORE: &str = "Tue, 14 Nov 2023 21:13:20 GMT";
     const AFTER: &str = "Tue, 14 Nov 2023 23:13:20 GMT";
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     /// 2026-12-07 00:00:00 UTC.
     const NOW: u64 = 1_796_601_600_000;

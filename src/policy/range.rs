@@ -187,22 +187,11 @@ fn if_range_holds(req: &HeaderMap, stored: &HeaderMap, now: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::policy::tests::headers;
 
     const NOW: u64 = 1_796_601_600_000;
     const LM: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
     const LATER: &str = "Tue, 14 Nov 2023 23:13:20 GMT";
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     fn ranged(req: &[(&str, &str)], len: u64) -> Ranged {
         let stored = headers(&[("etag", "\"v1\""), ("last-modified", LM), ("date", LATER)]);

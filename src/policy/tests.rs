@@ -26,12 +26,14 @@ fn http_date(millis: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(millis))
 }
 
-fn headers(list: &[(&str, String)]) -> HeaderMap {
+/// A header map of `list`, in order (repeated names appended); also used by
+/// the `conditional` and `range` tests.
+pub(super) fn headers<V: AsRef<str>>(list: &[(&str, V)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (name, value) in list {
         h.append(
             HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
+            HeaderValue::from_str(value.as_ref()).unwrap(),
         );
     }
     h

@@ -1211,6 +1211,20 @@ pub(crate) mod tests {
         BytesMut::from(&enc[..FIXED_LEN + 4])
     }
 
+    const MALFORMED: fn(&DecodeError) -> bool = DecodeError::is_malformed;
+    const TRUNCATED: fn(&DecodeError) -> bool = DecodeError::is_truncated;
+
+    /// The error of decoding `v`, which must be of the kind `is` tells
+    /// ([`MALFORMED`], [`TRUNCATED`]) and name `needle`.
+    fn refused(v: &[u8], is: fn(&DecodeError) -> bool, needle: &str) -> DecodeError {
+        let err = Entry::decode(v).unwrap_err();
+        assert!(
+            is(&err) && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+        err
+    }
+
     #[test]
     fn round_trip_rich_entry() {
         for body in [
@@ -1337,38 +1351,25 @@ pub(crate) mod tests {
         for bits in [0x02u8, 0x40, 0x7e, 0xff] {
             let mut v = enc.clone();
             v[5] = bits;
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed(), "{err}");
-            assert!(err.to_string().contains("unknown flag bits"), "{err}");
+            let err = refused(&v, MALFORMED, "unknown flag bits");
             assert!(err.to_string().contains("format flags"), "{err}");
         }
         // Bit 0 on an uncompressed body: not readable (without the feature)
         // or not valid LZ4 (with it).
         let mut v = enc.clone();
         v[5] = FLAG_COMPRESSED;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("compressed"), "{err}");
+        refused(&v, MALFORMED, "compressed");
         // Unknown entry flag bits.
         let mut v = enc.clone();
         v[9] |= 0x08;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("entry flags"), "{err}");
-        assert_eq!(err.offset(), 9);
+        assert_eq!(refused(&v, MALFORMED, "entry flags").offset(), 9);
     }
 
     #[test]
     fn trailing_bytes_are_malformed() {
         let mut enc = rich(Bytes::from_static(b"x")).encode().to_vec();
         enc.push(0);
-        let err = Entry::decode(&enc).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(
-            err.to_string()
-                .contains("1 unexpected bytes after the body"),
-            "{err}"
-        );
+        let err = refused(&enc, MALFORMED, "1 unexpected bytes after the body");
         assert_eq!(err.offset(), enc.len() - 1);
     }
 
@@ -1393,25 +1394,16 @@ pub(crate) mod tests {
             ),
         ];
         for (from, to, needle) in cases {
-            let v = patch(&enc, from, to);
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed(), "{needle}: {err}");
-            assert!(err.to_string().contains(needle), "{needle}: {err}");
+            refused(&patch(&enc, from, to), MALFORMED, needle);
         }
         for code in [0u16, 99, 1000, u16::MAX] {
             let mut v = enc.to_vec();
             v[6..8].copy_from_slice(&code.to_le_bytes());
-            let err = Entry::decode(&v).unwrap_err();
-            assert!(err.is_malformed());
-            assert!(err
-                .to_string()
-                .contains(&format!("{code} is not a valid status")));
+            refused(&v, MALFORMED, &format!("{code} is not a valid status"));
         }
         let mut v = enc.to_vec();
         v[8] = 5;
-        let err = Entry::decode(&v).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("HTTP version"), "{err}");
+        refused(&v, MALFORMED, "HTTP version");
     }
 
     #[test]
@@ -1427,9 +1419,7 @@ pub(crate) mod tests {
         b.put_u16_le(0);
         b.put_u16_le(0);
         b.put_u32_le(0);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(err.to_string().contains("not contiguous"), "{err}");
+        refused(&b, MALFORMED, "not contiguous");
     }
 
     #[test]
@@ -1438,26 +1428,16 @@ pub(crate) mod tests {
         // Key length.
         let mut b = BytesMut::from(&prefix()[..FIXED_LEN]);
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_truncated(), "{err}");
-        assert!(err.to_string().contains("key"), "{err}");
+        refused(&b, TRUNCATED, "key");
 
         // Header count over the limit, and one the input cannot hold.
         let mut b = prefix();
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_malformed() && err.to_string().contains("at most 10000"),
-            "{err}"
-        );
+        refused(&b, MALFORMED, "at most 10000");
         let mut b = prefix();
         b.put_u32_le(MAX_HEADERS as u32);
         b.put_slice(&[0; 64]);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("header count"),
-            "{err}"
-        );
+        refused(&b, TRUNCATED, "header count");
 
         // A header value length.
         let mut b = prefix();
@@ -1465,11 +1445,7 @@ pub(crate) mod tests {
         b.put_u16_le(1);
         b.put_u8(b'a');
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("header value"),
-            "{err}"
-        );
+        refused(&b, TRUNCATED, "header value");
 
         // Vary value count, tag count, body length.
         let mut b = prefix();
@@ -1478,33 +1454,24 @@ pub(crate) mod tests {
         b.put_u16_le(1);
         b.put_u8(b'a');
         b.put_u16_le(u16::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_malformed() && err.to_string().contains("vary value count"),
-            "{err}"
-        );
+        refused(&b, MALFORMED, "vary value count");
         let mut b = prefix();
         b.put_u32_le(0);
         b.put_u16_le(0);
         b.put_u16_le(MAX_TAGS as u16);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(
-            err.is_truncated() && err.to_string().contains("tag count"),
-            "{err}"
-        );
+        refused(&b, TRUNCATED, "tag count");
         let mut b = prefix();
         b.put_u32_le(0);
         b.put_u16_le(0);
         b.put_u16_le(0);
         b.put_u32_le(u32::MAX);
-        let err = Entry::decode(&b).unwrap_err();
-        assert!(err.is_truncated(), "{err}");
-        assert!(
-            err.to_string().contains(&format!(
+        refused(
+            &b,
+            TRUNCATED,
+            &format!(
                 "body at byte {} needs 4294967295 bytes, 0 left",
                 b.len() - 4
-            )),
-            "{err}"
+            ),
         );
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
@@ -1516,12 +1483,7 @@ pub(crate) mod tests {
         assert!(!e.fits_format());
         let enc = e.encode();
         assert_eq!(enc.len(), 6);
-        let err = Entry::decode(&enc).unwrap_err();
-        assert!(err.is_malformed());
-        assert!(
-            err.to_string().contains("exceeded the format's limits"),
-            "{err}"
-        );
+        refused(&enc, MALFORMED, "exceeded the format's limits");
 
         let mut e = minimal();
         e.tags = vec!["t".repeat(1 << 16).into()].into_boxed_slice();
@@ -1824,9 +1786,8 @@ mod props {
 #[cfg(all(test, feature = "compression"))]
 mod compression_tests {
     use super::*;
-    use crate::entry::{EntryFlags, Timeline};
+    use crate::entry::Timeline;
     use http::header::{HeaderValue, CONTENT_ENCODING};
-    use http::{StatusCode, Version};
 
     fn entry(body: Vec<u8>, encoded: bool) -> Entry {
         let mut headers = HeaderMap::new();
@@ -1835,11 +1796,8 @@ mod compression_tests {
         }
         Entry {
             key: "GET //h/x".into(),
-            status: StatusCode::OK,
-            version: Version::HTTP_11,
             headers,
             body: Bytes::from(body),
-            vary: Box::new([]),
             timeline: Timeline {
                 stored_at: 1,
                 initial_age: 0,
@@ -1848,12 +1806,7 @@ mod compression_tests {
                 stale_if_error_until: 4,
                 retain_until: 5,
             },
-            flags: EntryFlags::default(),
-            extensions: 0,
-            tags: Box::new([]),
-            template: Default::default(),
-            label: 0,
-            reads: Default::default(),
+            ..super::tests::minimal()
         }
     }
 

@@ -419,17 +419,10 @@ impl L2 {
 
     /// Starts the subscriber task once, on the current runtime.
     pub(crate) fn ensure_subscriber(self: &Arc<Self>) {
-        if self.subscriber_started.load(Ordering::Relaxed) {
-            return;
+        if let Some(handle) = crate::sync::start_once(&self.subscriber_started) {
+            let weak = Arc::downgrade(self);
+            handle.spawn(subscribe_loop(weak, self.shutdown.subscribe()));
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.subscriber_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak = Arc::downgrade(self);
-        handle.spawn(subscribe_loop(weak, self.shutdown.subscribe()));
     }
 
     /// Appends invalidations to the log; false if Redis did not take them.
