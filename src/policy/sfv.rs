@@ -394,6 +394,27 @@ mod tests {
         }
     }
 
+    /// Every prefix of a value, and every one-byte change of it, parses or
+    /// fails without panicking.
+    #[test]
+    fn never_panics_on_prefixes_and_mutations() {
+        let full = r#"a=1, b=-2.5;p="x\"y", c=(tok/1 :aGk=: ?1);q, *d=?0,e"#;
+        assert_eq!(dict(full).unwrap().len(), 5);
+        for end in 0..=full.len() {
+            let _ = dict(&full[..end]);
+        }
+        let bytes = full.as_bytes();
+        for i in 0..bytes.len() {
+            for b in [
+                b' ', b',', b';', b'(', b')', b'"', b'\\', b'=', b'?', b'-', b'.', b'9', b'A',
+            ] {
+                let mut m = bytes.to_vec();
+                m[i] = b;
+                let _ = dict(&String::from_utf8(m).unwrap());
+            }
+        }
+    }
+
     #[test]
     fn limits() {
         assert_eq!(
