@@ -92,6 +92,14 @@ pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::ZERO;
 pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
 /// The default of [`CacheBuilder::request_cache_control`].
 pub const DEFAULT_REQUEST_CACHE_CONTROL: RequestCacheControl = RequestCacheControl::Honour;
+/// The default of [`CacheBuilder::targeted_cache_control`] in
+/// [`CacheMode::Shared`]: `CDN-Cache-Control` (RFC 9213 §3), the field
+/// for CDN caches. In [`CacheMode::Private`] the default is none: a
+/// client's cache is not the target of these fields.
+pub const DEFAULT_TARGETED_CACHE_CONTROL: [&str; 1] = ["CDN-Cache-Control"];
+/// The default of [`CacheBuilder::strip_targeted_cache_control`]: the
+/// targeted field is forwarded as received.
+pub const DEFAULT_STRIP_TARGETED_CACHE_CONTROL: bool = false;
 /// The default `factor` of [`CacheBuilder::stale_extension`].
 pub const DEFAULT_STALE_EXTENSION_FACTOR: f64 = 0.5;
 /// The default `max_times` of [`CacheBuilder::stale_extension`].
@@ -285,6 +293,8 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// [`keep_for_revalidation`](Self::keep_for_revalidation),
 /// [`route`](Self::route),
 /// [`request_cache_control`](Self::request_cache_control),
+/// [`targeted_cache_control`](Self::targeted_cache_control),
+/// [`strip_targeted_cache_control`](Self::strip_targeted_cache_control),
 /// [`stale_extension`](Self::stale_extension),
 /// [`eager_refresh`](Self::eager_refresh).
 ///
@@ -320,6 +330,9 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     policy: PolicyConfig,
+    /// The names given to `targeted_cache_control`, checked by `build`;
+    /// `None`: the mode's default.
+    targeted: Option<Vec<String>>,
     keys: KeyConfig,
     l1_capacity: u64,
     l1_max_entry: Option<u64>,
@@ -377,8 +390,10 @@ impl Default for CacheBuilder {
                 store_server_errors: DEFAULT_STORE_SERVER_ERRORS,
                 partition_credentials: DEFAULT_PARTITION_BY_CREDENTIALS,
                 keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
+                strip_targeted: DEFAULT_STRIP_TARGETED_CACHE_CONTROL,
                 ..PolicyConfig::default()
             },
+            targeted: None,
             keys: KeyConfig {
                 scheme: DEFAULT_KEY_SCHEME,
                 authority: DEFAULT_KEY_AUTHORITY,
@@ -789,6 +804,60 @@ impl CacheBuilder {
         self
     }
 
+    /// The targeted cache-control fields (RFC 9213) this cache obeys, in
+    /// order of precedence: a response's first listed field that is
+    /// present with a valid, non-empty value (a Structured Fields
+    /// Dictionary, RFC 8941) replaces its `Cache-Control` and `Expires`
+    /// for this cache's decisions to store and reuse it (`max-age`,
+    /// `s-maxage`, `no-store`, `no-cache`, `private`, `must-revalidate`,
+    /// the stale windows, …); a field that fails to parse is ignored and
+    /// the next one, or `Cache-Control`, applies. `Cache-Control` itself is
+    /// forwarded unchanged, for the caches behind this one.
+    ///
+    /// Default: [`DEFAULT_TARGETED_CACHE_CONTROL`] (`CDN-Cache-Control`) in
+    /// [`CacheMode::Shared`], none in [`CacheMode::Private`]. A list given
+    /// here applies in either mode (this is how a private cache opts in);
+    /// an empty list turns targeted fields off. Names are matched in any
+    /// letter case; [`build`](Self::build) refuses one that is not a valid
+    /// field name, `Cache-Control` itself, or a name listed twice.
+    ///
+    /// ```
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// // Our own field first, then the CDN one.
+    /// let cache = Cache::builder()
+    ///     .targeted_cache_control(["Acme-Cache-Control", "CDN-Cache-Control"])
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// let err = Cache::builder()
+    ///     .targeted_cache_control(["Bad Name"])
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.setting(), "targeted_cache_control");
+    /// ```
+    pub fn targeted_cache_control<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.targeted = Some(names.into_iter().map(|n| n.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// Whether the targeted field a response is judged by (the first valid
+    /// one of [`targeted_cache_control`](Self::targeted_cache_control)'s
+    /// list) is removed from the response before it is forwarded (default
+    /// [`DEFAULT_STRIP_TARGETED_CACHE_CONTROL`]: it is forwarded as
+    /// received). Applies to every response the cache forwards, hits,
+    /// misses and passes alike; stored entries keep the field, so a later
+    /// revalidation is judged as the first response was. Other targeted
+    /// fields, and `Cache-Control`, are never removed.
+    pub fn strip_targeted_cache_control(mut self, yes: bool) -> Self {
+        self.policy.strip_targeted = yes;
+        self
+    }
+
     /// When a refresh fails or the upstream errs, the stale windows grow by
     /// `factor` × the entry's TTL (default
     /// [`DEFAULT_STALE_EXTENSION_FACTOR`], within 0..=1), at most
@@ -1125,10 +1194,11 @@ impl CacheBuilder {
     /// the cache. The first setting refused is returned as a
     /// [`BuildError`] naming it; nothing is connected yet (an L2 tier
     /// connects on first use).
-    pub fn build(self) -> Result<Cache, BuildError> {
+    pub fn build(mut self) -> Result<Cache, BuildError> {
         let l1_max_entry = self.check_storage()?;
         self.check_keys()?;
         self.check_freshness()?;
+        self.policy.targeted = self.check_targeted()?;
         self.check_upstream()?;
         #[cfg(feature = "redis")]
         self.check_l2()?;
@@ -1249,6 +1319,41 @@ impl CacheBuilder {
                 "min_reads must be at least 1",
             ),
         ])
+    }
+
+    /// Freshness: the targeted cache-control fields, as field names (the
+    /// mode's default when none were given); each a valid name, not
+    /// `Cache-Control`, listed once.
+    fn check_targeted(&self) -> Result<Vec<HeaderName>, BuildError> {
+        let Some(given) = &self.targeted else {
+            return Ok(match self.policy.mode {
+                CacheMode::Shared => DEFAULT_TARGETED_CACHE_CONTROL
+                    .iter()
+                    .map(|n| HeaderName::from_bytes(n.as_bytes()).expect("a valid name"))
+                    .collect(),
+                CacheMode::Private => Vec::new(),
+            });
+        };
+        let mut names: Vec<HeaderName> = Vec::with_capacity(given.len());
+        for raw in given {
+            let bad = |why: &str| {
+                Err(BuildError::invalid(
+                    "targeted_cache_control",
+                    format!("{raw:?} {why}"),
+                ))
+            };
+            let Ok(name) = HeaderName::from_bytes(raw.as_bytes()) else {
+                return bad("is not a valid header field name");
+            };
+            if name == http::header::CACHE_CONTROL {
+                return bad("is the field targeted fields take the place of, not one of them");
+            }
+            if names.contains(&name) {
+                return bad("is listed twice");
+            }
+            names.push(name);
+        }
+        Ok(names)
     }
 
     /// Coalescing and upstream: bounds of at least one, deadlines above
@@ -1523,6 +1628,13 @@ mod tests {
             DEFAULT_PARTITION_BY_CREDENTIALS
         );
         assert_eq!(policy.keep_for_revalidation, DEFAULT_KEEP_FOR_REVALIDATION);
+        let targeted: Vec<String> = policy.targeted.iter().map(|n| n.to_string()).collect();
+        let default: Vec<String> = DEFAULT_TARGETED_CACHE_CONTROL
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        assert_eq!(targeted, default);
+        assert_eq!(policy.strip_targeted, DEFAULT_STRIP_TARGETED_CACHE_CONTROL);
         let keys = KeyConfig::default();
         assert_eq!(keys.scheme, DEFAULT_KEY_SCHEME);
         assert_eq!(keys.authority, DEFAULT_KEY_AUTHORITY);

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::body::CacheBody;
 use crate::status::CACHE_STATUS;
+use crate::Cache;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -31,7 +32,13 @@ pin_project! {
     #[project = KindProj]
     enum Kind<S: Service<R>, R, B: Body> {
         Ready { response: Option<Response<CacheBody<B>>> },
-        Pass { #[pin] call: Call<S, R>, status: Option<HeaderValue>, span: tracing::Span },
+        Pass {
+            #[pin] call: Call<S, R>,
+            status: Option<HeaderValue>,
+            span: tracing::Span,
+            // The cache, when it removes targeted fields before forwarding.
+            strip: Option<Cache>,
+        },
         Engine { future: BoxFuture<Result<Response<CacheBody<B>>, S::Error>> },
     }
 }
@@ -94,8 +101,17 @@ impl<S: Service<R>, R, B: Body> ResponseFuture<S, R, B> {
     /// and out again (the common case, and the pass path's cost). One that
     /// is not is polled again, with the caller's waker, when the future is;
     /// what it holds meanwhile belongs to this request's clone alone.
+    ///
+    /// `strip`: the cache, when it removes the targeted cache-control
+    /// field it obeys from what it forwards.
     #[inline]
-    pub(crate) fn pass(mut svc: S, req: R, status: HeaderValue, span: tracing::Span) -> Self {
+    pub(crate) fn pass(
+        mut svc: S,
+        req: R,
+        status: HeaderValue,
+        span: tracing::Span,
+        strip: Option<Cache>,
+    ) -> Self {
         let entered = span.enter();
         let call = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {
@@ -107,6 +123,7 @@ impl<S: Service<R>, R, B: Body> ResponseFuture<S, R, B> {
                         call: Call::Calling { future },
                         status: Some(status),
                         span,
+                        strip,
                     },
                 };
             }
@@ -121,6 +138,7 @@ impl<S: Service<R>, R, B: Body> ResponseFuture<S, R, B> {
                 call,
                 status: Some(status),
                 span,
+                strip,
             },
         }
     }
@@ -162,7 +180,12 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => panic!("ResponseFuture polled after completion"),
             },
-            KindProj::Pass { call, status, span } => {
+            KindProj::Pass {
+                call,
+                status,
+                span,
+                strip,
+            } => {
                 let resp = {
                     let _entered = span.enter();
                     ready!(call.poll(cx))?
@@ -176,6 +199,9 @@ where
                 let (mut parts, body) = resp.into_parts();
                 if let Some(status) = status.take() {
                     parts.headers.insert(CACHE_STATUS.clone(), status);
+                }
+                if let Some(cache) = strip.take() {
+                    cache.shared.policy.strip_targeted(&mut parts.headers);
                 }
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::stream(body))))
             }

@@ -5,7 +5,9 @@
 //!   clients: `s-maxage` › `max-age` › `Expires` › heuristic freshness,
 //!   `no-store`, `no-cache`, `private`, `must-revalidate`, `Vary`,
 //!   `Authorization` (§3.5), request directives, conditional requests,
-//!   invalidation by unsafe methods, `Age` and `Cache-Status` (RFC 9211).
+//!   invalidation by unsafe methods, `Age` and `Cache-Status` (RFC 9211),
+//!   and targeted fields such as `CDN-Cache-Control` (RFC 9213) in shared
+//!   mode.
 //! - **Stale-while-revalidate and stale-if-error** (RFC 5861): stale hits are
 //!   answered at once while one background refresh per key runs; a failing
 //!   upstream is answered from stale entries, behind a circuit breaker.

@@ -187,6 +187,7 @@ impl CacheMiddleware {
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 rparts.headers.insert(CACHE_STATUS.clone(), status.header());
+                crate::service::strip_targeted(cache, &mut rparts.headers);
                 Ok(http::Response::from_parts(rparts, CacheBody::stream(rbody)))
             }
             Dispatched::Engine(fut) => fut.await,

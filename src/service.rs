@@ -126,12 +126,32 @@ where
         let up = || ServiceUpstream { svc: inner.clone() };
         match lookup.dispatch(&self.cache, parts, body, up) {
             Dispatched::Ready(resp) => ResponseFuture::ready(resp),
-            Dispatched::Pass(req, status, span, _) => {
-                ResponseFuture::pass(self.inner.clone(), req, status.header(), span)
-            }
+            Dispatched::Pass(req, status, span, _) => ResponseFuture::pass(
+                self.inner.clone(),
+                req,
+                status.header(),
+                span,
+                strips_targeted(&self.cache).then(|| self.cache.clone()),
+            ),
             Dispatched::Engine(fut) => ResponseFuture::engine(fut),
         }
     }
+}
+
+/// Whether the cache removes the targeted cache-control field it obeys
+/// from the responses it forwards
+/// ([`strip_targeted_cache_control`](crate::CacheBuilder::strip_targeted_cache_control)).
+#[inline]
+pub(crate) fn strips_targeted(cache: &Cache) -> bool {
+    cache.shared.policy.strip_targeted
+}
+
+/// Removes the targeted field a response with `headers` is judged by, when
+/// so configured: every response the engine answers with passes here;
+/// passes strip in their adapter.
+#[inline]
+pub(crate) fn strip_targeted(cache: &Cache, headers: &mut http::HeaderMap) {
+    cache.shared.policy.strip_targeted(headers);
 }
 
 /// What an adapter does with a request once the engine has handled what it
@@ -139,7 +159,8 @@ where
 pub(crate) enum Dispatched<'a, B, RB: Body, E, F> {
     /// The answer, ready now (reported).
     Ready(Response<CacheBody<RB>>),
-    /// Forward it unchanged, adding this status (reported); the adapter's
+    /// Forward it, adding this status (reported) and removing the targeted
+    /// cache-control field when so configured ([`strip_targeted`]); the adapter's
     /// upstream maker comes back for it.
     Pass(Request<B>, Status, tracing::Span, F),
     /// The engine's path (a miss, a revalidation, an unsafe method),
@@ -262,11 +283,13 @@ impl Lookup {
         F: FnOnce() -> U,
     {
         match self.decide::<U::Body>(cache, &parts) {
-            Decision::Hit(resp, now) => {
+            Decision::Hit(mut resp, now) => {
+                strip_targeted(cache, resp.headers_mut());
                 self.finish_hit(cache, &parts, &resp, now);
                 Dispatched::Ready(resp)
             }
-            Decision::Respond(resp, status) => {
+            Decision::Respond(mut resp, status) => {
+                strip_targeted(cache, resp.headers_mut());
                 self.finish_now(cache, &parts, &resp, status);
                 Dispatched::Ready(resp)
             }
@@ -274,7 +297,8 @@ impl Lookup {
                 self.finish_pass(cache, &parts, status);
                 Dispatched::Pass(Request::from_parts(parts, body), status, self.span, up)
             }
-            Decision::Stale(resp, plan, status) | Decision::Refresh(resp, plan, status) => {
+            Decision::Stale(mut resp, plan, status) | Decision::Refresh(mut resp, plan, status) => {
+                strip_targeted(cache, resp.headers_mut());
                 self.finish_now(cache, &parts, &resp, status);
                 let req = Request::from_parts(parts, body);
                 up().refresh(cache.clone(), req, plan, &self.span);
@@ -395,8 +419,11 @@ impl Lookup {
                 span: &span,
                 counted,
             };
-            let result = fut.await;
+            let mut result = fut.await;
             std::mem::forget(guard);
+            if let Ok(resp) = &mut result {
+                strip_targeted(&cache, resp.headers_mut());
+            }
             // Every response the engine makes carries its typed status.
             let (outcome, status) = match &result {
                 Ok(resp) => {

@@ -6,7 +6,9 @@ mod support;
 
 use std::error::Error as _;
 
-use tower_tiered_cache::builder::{DEFAULT_MAX_VARIANTS, MAX_TAG_BYTES};
+use tower_tiered_cache::builder::{
+    DEFAULT_MAX_VARIANTS, DEFAULT_TARGETED_CACHE_CONTROL, MAX_TAG_BYTES,
+};
 use tower_tiered_cache::{BuildError, Cache};
 
 use support::*;
@@ -94,6 +96,50 @@ fn each_concern_is_checked() {
         assert_eq!(err.setting(), setting, "{err}");
         assert!(err.is_invalid_setting(), "{err}");
     }
+}
+
+/// RFC 9213 field names are checked at `build`: each a valid field name,
+/// not `Cache-Control`, listed once (in any letter case).
+#[test]
+fn targeted_cache_control_names_are_checked() {
+    for bad in [
+        vec!["Bad Name"],
+        vec![""],
+        vec!["CDN-Cache-Control:"],
+        vec!["Cache-Control"],
+        vec!["CDN-Cache-Control", "cdn-cache-control"],
+    ] {
+        let err = Cache::builder()
+            .targeted_cache_control(&bad)
+            .build()
+            .expect_err(&format!("{bad:?}"));
+        assert_eq!(err.setting(), "targeted_cache_control", "{err}");
+        assert!(err.is_invalid_setting(), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{:?}", bad.last().unwrap())),
+            "{err}"
+        );
+    }
+    for good in [
+        vec!["CDN-Cache-Control"],
+        vec!["Foo-Cache-Control", "CDN-Cache-Control"],
+        vec![],
+    ] {
+        assert!(
+            Cache::builder()
+                .targeted_cache_control(&good)
+                .build()
+                .is_ok(),
+            "{good:?}"
+        );
+    }
+    // The default names are valid in either mode.
+    assert!(Cache::builder()
+        .targeted_cache_control(DEFAULT_TARGETED_CACHE_CONTROL)
+        .mode(tower_tiered_cache::CacheMode::Private)
+        .build()
+        .is_ok());
 }
 
 #[test]

@@ -210,6 +210,14 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
             vec![dur(DEFAULT_KEEP_FOR_REVALIDATION)],
         ),
         (
+            "targeted_cache_control",
+            vec![format!("`{}`", DEFAULT_TARGETED_CACHE_CONTROL.join("`, `"))],
+        ),
+        (
+            "strip_targeted_cache_control",
+            vec![DEFAULT_STRIP_TARGETED_CACHE_CONTROL.to_string()],
+        ),
+        (
             "request_cache_control",
             vec![format!("`{DEFAULT_REQUEST_CACHE_CONTROL:?}`")],
         ),

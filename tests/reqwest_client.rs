@@ -2,7 +2,8 @@
 //! origins on loopback ports: hits and coalescing, stale-while-revalidate
 //! refreshes through the rest of the middleware chain, 304 revalidation,
 //! two clients sharing a Redis L2, stale-if-error on a client timeout,
-//! per-service stats and invalidation by a POST.
+//! per-service stats, invalidation by a POST, and stripping of the targeted
+//! cache-control field (RFC 9213).
 //!
 //! Freshness moves with a `ManualClock`; real waits are bounded loops.
 #![cfg(feature = "reqwest")]
@@ -683,4 +684,47 @@ async fn a_redirect_followed_by_reqwest_is_not_cached_under_the_original_url() {
         "the second GET was answered from /new's response stored under /old"
     );
     assert_eq!(origin.request(before).path, "/old");
+}
+
+// ---------------------------------------------------------------------------
+// Targeted cache control (RFC 9213)
+// ---------------------------------------------------------------------------
+
+/// With `strip_targeted_cache_control(true)` the middleware removes the
+/// targeted field it obeys from what it hands back: on a miss, a hit and a
+/// pass (the middleware's own pass path); `Cache-Control` stays.
+#[tokio::test]
+async fn rfc9213_the_middleware_strips_the_obeyed_field_when_configured() {
+    let origin = Origin::start(|_, _| async {
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=0"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            "x",
+        )
+    })
+    .await;
+    let cache = Cache::builder()
+        .strip_targeted_cache_control(true)
+        .route(tower_tiered_cache::Route::prefix("/bypass/").bypass())
+        .build()
+        .unwrap();
+    let client = client(&cache);
+    for (path, status) in [
+        ("/a", STORED),
+        ("/a", L1_HIT),
+        ("/bypass/a", "tower-tiered-cache; fwd=bypass"),
+    ] {
+        let resp = client.get(origin.url(path)).send().await.unwrap();
+        assert_eq!(cache_status(&resp), status, "{path}");
+        assert_eq!(resp.headers().get("cdn-cache-control"), None, "{path}");
+        assert_eq!(
+            resp.headers().get("cache-control").unwrap(),
+            "max-age=0",
+            "{path}"
+        );
+    }
+    assert_eq!(origin.calls(), 2);
 }

@@ -1,6 +1,9 @@
-//! `Cache-Control` parsing (RFC 9111 §5.2) for requests and responses.
+//! `Cache-Control` parsing (RFC 9111 §5.2) for requests and responses, and
+//! of targeted cache-control fields such as `CDN-Cache-Control` (RFC 9213).
 
-use http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
+use http::header::{HeaderMap, HeaderName, CACHE_CONTROL, PRAGMA};
+
+use super::sfv::{self, Bare, Member};
 
 /// The largest delta-seconds value honoured (RFC 9111 §1.2.2: 2^31).
 pub const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
@@ -98,6 +101,96 @@ impl CacheControl {
         cc
     }
 
+    /// Parses a targeted cache-control field (RFC 9213 §2.2), such as
+    /// `CDN-Cache-Control`: every line of `name` in `headers`, combined
+    /// with commas and parsed as a Structured Fields Dictionary
+    /// (RFC 8941). `None` when the field is absent, empty, or not a valid
+    /// Dictionary (non-ASCII bytes, an uppercase key, a trailing comma,
+    /// …): RFC 9213 then has the cache ignore it.
+    ///
+    /// Each member is a response directive with the meaning it has in
+    /// `Cache-Control`. A delta-seconds directive (`max-age`, `s-maxage`,
+    /// `stale-while-revalidate`, `stale-if-error`) takes an Integer; any
+    /// other value (a negative one, a String, a Decimal) reads as `0`, as
+    /// an invalid value does in `Cache-Control`. `no-cache` and `private`
+    /// take their field names as a String (`no-cache="set-cookie"`), a
+    /// Token or an Inner List. A member whose value is `?0` is absent.
+    /// Parameters are ignored; a repeated key keeps its last value
+    /// (RFC 8941). Request directives (`max-stale`, `min-fresh`,
+    /// `only-if-cached`) and unknown ones are ignored.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderName};
+    /// use tower_tiered_cache::policy::CacheControl;
+    ///
+    /// let name = HeaderName::from_static("cdn-cache-control");
+    /// let mut h = HeaderMap::new();
+    /// h.insert(&name, "max-age=600, stale-while-revalidate=30".parse().unwrap());
+    /// let cc = CacheControl::from_targeted(&h, &name).unwrap();
+    /// assert_eq!(cc.max_age, Some(600));
+    /// assert_eq!(cc.stale_while_revalidate, Some(30));
+    ///
+    /// // Not a Dictionary (keys are lowercase): ignored.
+    /// h.insert(&name, "Max-Age=600".parse().unwrap());
+    /// assert_eq!(CacheControl::from_targeted(&h, &name), None);
+    /// ```
+    pub fn from_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(name).iter();
+        let first = lines.next()?.to_str().ok()?;
+        let Some(second) = lines.next() else {
+            return Self::parse_targeted(first);
+        };
+        let mut combined = String::from(first);
+        for line in std::iter::once(second).chain(lines) {
+            combined.push_str(", ");
+            combined.push_str(line.to_str().ok()?);
+        }
+        Self::parse_targeted(&combined)
+    }
+
+    /// Parses one targeted field value; see
+    /// [`from_targeted`](Self::from_targeted).
+    pub fn parse_targeted(value: &str) -> Option<Self> {
+        let dict = sfv::parse_dictionary(value)?;
+        if dict.is_empty() {
+            return None;
+        }
+        let mut cc = CacheControl::default();
+        for (key, member) in &dict {
+            cc.apply_targeted(key, member);
+        }
+        Some(cc)
+    }
+
+    /// One member of a targeted field. Keys are unique (the Dictionary
+    /// kept the last of a repeated one).
+    fn apply_targeted(&mut self, key: &str, member: &Member) {
+        if *member == Member::Item(Bare::Boolean(false)) {
+            return;
+        }
+        match key {
+            "max-age" => self.max_age = Some(sf_seconds(member)),
+            "s-maxage" => self.s_maxage = Some(sf_seconds(member)),
+            "stale-while-revalidate" => self.stale_while_revalidate = Some(sf_seconds(member)),
+            "stale-if-error" => self.stale_if_error = Some(sf_seconds(member)),
+            "no-cache" => match sf_fields(member) {
+                Some(fields) if !fields.is_empty() => self.no_cache_fields = fields,
+                _ => self.no_cache = true,
+            },
+            "private" => match sf_fields(member) {
+                Some(fields) if !fields.is_empty() => self.private_fields = fields,
+                _ => self.private = true,
+            },
+            "no-store" => self.no_store = true,
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "immutable" => self.immutable = true,
+            "must-understand" => self.must_understand = true,
+            _ => {}
+        }
+    }
+
     /// True when the message carried nothing this type understands.
     pub fn is_empty(&self) -> bool {
         *self == CacheControl::default()
@@ -183,6 +276,36 @@ pub(crate) fn parse_delta(s: &str) -> Option<u64> {
             .unwrap_or(MAX_DELTA_SECONDS)
             .min(MAX_DELTA_SECONDS),
     )
+}
+
+/// A targeted delta-seconds value: a non-negative Integer, saturating at
+/// [`MAX_DELTA_SECONDS`]; anything else reads as 0 (stale).
+fn sf_seconds(member: &Member) -> u64 {
+    match member {
+        Member::Item(Bare::Integer(n)) if *n >= 0 => (*n as u64).min(MAX_DELTA_SECONDS),
+        _ => 0,
+    }
+}
+
+/// The field names of a targeted `no-cache` / `private`: a String (a
+/// comma-separated list, as in `Cache-Control`), a Token, or an Inner List
+/// of them; `None` for other values (the directive is then unqualified).
+fn sf_fields(member: &Member) -> Option<Vec<String>> {
+    let text = |b: &Bare| match b {
+        Bare::String(s) => Some(field_list(s).collect::<Vec<_>>()),
+        Bare::Token(t) => Some(vec![t.to_ascii_lowercase()]),
+        _ => None,
+    };
+    match member {
+        Member::Item(b) => text(b),
+        Member::InnerList(items) => {
+            let mut all = Vec::new();
+            for b in items {
+                all.extend(text(b)?);
+            }
+            Some(all)
+        }
+    }
 }
 
 fn field_list(s: &str) -> impl Iterator<Item = String> + '_ {
@@ -409,6 +532,151 @@ mod tests {
                 parsed
             );
         }
+    }
+
+    fn targeted(s: &str) -> Option<CacheControl> {
+        CacheControl::parse_targeted(s)
+    }
+
+    #[test]
+    fn rfc9213_2_2_targeted_members_map_to_directives() {
+        let c = targeted(
+            "max-age=60, s-maxage=30, stale-while-revalidate=10, stale-if-error=600, \
+             must-revalidate, proxy-revalidate, public, immutable, no-store, must-understand",
+        )
+        .unwrap();
+        assert_eq!(c.max_age, Some(60));
+        assert_eq!(c.s_maxage, Some(30));
+        assert_eq!(c.stale_while_revalidate, Some(10));
+        assert_eq!(c.stale_if_error, Some(600));
+        assert!(c.must_revalidate && c.proxy_revalidate && c.public && c.immutable);
+        assert!(c.no_store && c.must_understand);
+
+        // Field names of no-cache / private: a String, a Token, an Inner List.
+        let c = targeted(r#"no-cache="Set-Cookie, X-Foo", private=x-user"#).unwrap();
+        assert!(!c.no_cache && !c.private);
+        assert_eq!(c.no_cache_fields, ["set-cookie", "x-foo"]);
+        assert_eq!(c.private_fields, ["x-user"]);
+        let c = targeted(r#"no-cache=("a" b)"#).unwrap();
+        assert_eq!(c.no_cache_fields, ["a", "b"]);
+        // Unqualified: true, an empty String, or a value of another type.
+        for v in ["no-cache", "no-cache=?1", r#"no-cache="""#, "no-cache=1"] {
+            let c = targeted(v).unwrap();
+            assert!(c.no_cache && c.no_cache_fields.is_empty(), "{v}");
+        }
+        assert!(targeted("private").unwrap().private);
+
+        // `?0` is the directive's absence.
+        let c = targeted("no-store=?0, private=?0, max-age=?0").unwrap();
+        assert!(!c.no_store && !c.private && c.max_age.is_none());
+
+        // Request directives and unknown ones are not read; the field is
+        // still valid (and so replaces Cache-Control).
+        let c = targeted("max-stale=5, min-fresh=5, only-if-cached, foo=bar").unwrap();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn rfc9213_2_2_targeted_delta_seconds_are_integers() {
+        assert_eq!(targeted("max-age=0").unwrap().max_age, Some(0));
+        assert_eq!(
+            targeted("max-age=999999999999999").unwrap().max_age,
+            Some(MAX_DELTA_SECONDS)
+        );
+        // Not a non-negative Integer: stale, as in Cache-Control.
+        for v in [
+            "max-age=-1",
+            r#"max-age="60""#,
+            "max-age=1.5",
+            "max-age",
+            "max-age=abc",
+            "max-age=:AA==:",
+            "max-age=(60)",
+        ] {
+            assert_eq!(targeted(v).unwrap().max_age, Some(0), "{v}");
+        }
+    }
+
+    #[test]
+    fn rfc9213_2_2_parameters_are_ignored() {
+        let c = targeted("max-age=60;x=1;y, no-store;z=\"q\"").unwrap();
+        assert_eq!(c.max_age, Some(60));
+        assert!(c.no_store);
+        // But they must parse.
+        assert_eq!(targeted("max-age=60;X=1"), None);
+    }
+
+    #[test]
+    fn rfc9213_2_2_a_repeated_key_keeps_its_last_value() {
+        // RFC 8941's rule for Dictionaries, not Cache-Control's first-wins.
+        assert_eq!(
+            targeted("max-age=10, max-age=20").unwrap().max_age,
+            Some(20)
+        );
+        assert!(!targeted("no-store, no-store=?0").unwrap().no_store);
+    }
+
+    #[test]
+    fn rfc9213_2_2_invalid_or_empty_targeted_fields_are_ignored() {
+        for v in [
+            "",
+            "   ",
+            "Max-Age=60",
+            "max-age=60,",
+            "max-age=60 no-store",
+            "max-age=60;",
+            "max-age=\"60",
+            "public, max-age=60, ",
+            "no-cache=\"a\\b\"",
+            "max-age = 60",
+        ] {
+            assert_eq!(targeted(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn rfc9213_2_2_targeted_field_names_in_any_case_and_on_several_lines() {
+        let name = HeaderName::from_static("cdn-cache-control");
+        // A name given in any case is the same field.
+        let mut h = HeaderMap::new();
+        h.append(
+            HeaderName::from_bytes(b"CDN-Cache-Control").unwrap(),
+            "max-age=60".parse().unwrap(),
+        );
+        h.append(
+            HeaderName::from_bytes(b"Cdn-Cache-Control").unwrap(),
+            "must-revalidate".parse().unwrap(),
+        );
+        let c = CacheControl::from_targeted(&h, &name).unwrap();
+        assert_eq!(c.max_age, Some(60));
+        assert!(c.must_revalidate);
+        // Lines are combined before parsing: the last value of a key wins
+        // across lines, and one bad line spoils the field.
+        h.append(&name, "max-age=5".parse().unwrap());
+        assert_eq!(
+            CacheControl::from_targeted(&h, &name).unwrap().max_age,
+            Some(5)
+        );
+        h.append(&name, "Bad".parse().unwrap());
+        assert_eq!(CacheControl::from_targeted(&h, &name), None);
+        // An empty line makes a trailing comma.
+        let mut h = HeaderMap::new();
+        h.append(&name, "max-age=60".parse().unwrap());
+        h.append(&name, "".parse().unwrap());
+        assert_eq!(CacheControl::from_targeted(&h, &name), None);
+        // Non-ASCII bytes: invalid.
+        let mut h = HeaderMap::new();
+        h.append(
+            &name,
+            http::HeaderValue::from_bytes(b"max-age=60, x=\"\xe9\"").unwrap(),
+        );
+        assert_eq!(CacheControl::from_targeted(&h, &name), None);
+        // Absent.
+        assert_eq!(CacheControl::from_targeted(&HeaderMap::new(), &name), None);
+        // Cache-Control is not read.
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, "max-age=60".parse().unwrap());
+        assert_eq!(CacheControl::from_targeted(&h, &name), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub(crate) mod date;
 mod directives;
 pub(crate) mod range;
 mod rules;
+mod sfv;
 
 pub use directives::{CacheControl, MAX_DELTA_SECONDS};
 pub use rules::Route;
@@ -130,6 +131,12 @@ pub(crate) struct PolicyConfig {
     pub(crate) partition_credentials: bool,
     pub(crate) keep_for_revalidation: Duration,
     pub(crate) routes: Vec<Route>,
+    /// The targeted cache-control fields this cache obeys (RFC 9213), in
+    /// order of precedence; empty: `Cache-Control` alone.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// Whether the targeted field a response is judged by is removed
+    /// before the response is forwarded.
+    pub(crate) strip_targeted: bool,
 }
 
 impl Default for PolicyConfig {
@@ -148,6 +155,8 @@ impl Default for PolicyConfig {
             partition_credentials: false,
             keep_for_revalidation: Duration::from_secs(600),
             routes: Vec::new(),
+            targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            strip_targeted: false,
         }
     }
 }
@@ -204,6 +213,16 @@ pub(crate) enum Usability {
     Revalidate,
     /// Cannot answer this request (may still serve stale-if-error).
     Unusable,
+}
+
+/// The directives a response's storing and reuse are judged by.
+struct ResponseDirectives<'h> {
+    /// Those of the first valid targeted field (RFC 9213), else those of
+    /// `Cache-Control`.
+    cc: CacheControl,
+    /// `Expires`, unless a targeted field was selected: RFC 9213 §2.1 has
+    /// the cache ignore `Cache-Control` and `Expires` then.
+    expires: Option<&'h http::HeaderValue>,
 }
 
 /// The result of judging a response storable.
@@ -263,6 +282,40 @@ impl PolicyConfig {
     /// of their own) lifts the rule.
     fn guards_authorization(&self, req: &RequestDirectives) -> bool {
         req.authorized && self.shared() && !self.share_authorized && !self.partition_credentials
+    }
+
+    /// The first of the configured targeted fields that `headers` carry
+    /// with a valid, non-empty value, and its directives (RFC 9213 §2.1).
+    fn targeted_directives(&self, headers: &HeaderMap) -> Option<(&HeaderName, CacheControl)> {
+        self.targeted
+            .iter()
+            .find_map(|name| Some((name, CacheControl::from_targeted(headers, name)?)))
+    }
+
+    /// What a response is judged by: its selected targeted field, or
+    /// `Cache-Control` and `Expires`.
+    fn response_directives<'h>(&self, headers: &'h HeaderMap) -> ResponseDirectives<'h> {
+        match self.targeted_directives(headers) {
+            Some((_, cc)) => ResponseDirectives { cc, expires: None },
+            None => ResponseDirectives {
+                cc: CacheControl::from_headers(headers),
+                expires: headers.get(EXPIRES),
+            },
+        }
+    }
+
+    /// Removes, when so configured, the targeted field a response with
+    /// `headers` is judged by (the first valid one on the list) before it
+    /// is forwarded; the others, and `Cache-Control`, are left as they are.
+    #[inline]
+    pub(crate) fn strip_targeted(&self, headers: &mut HeaderMap) {
+        if !self.strip_targeted {
+            return;
+        }
+        if let Some((name, _)) = self.targeted_directives(headers) {
+            let name = name.clone();
+            headers.remove(name);
+        }
     }
 
     /// Whether `method` is answered from the cache (`HEAD` reads `GET`).
@@ -348,8 +401,9 @@ impl PolicyConfig {
         request_time: u64,
         response_time: u64,
     ) -> Result<Storable, NotStored> {
-        let cc = CacheControl::from_headers(headers);
-        self.refuse_by_directives(req, status, &cc)?;
+        let resp = self.response_directives(headers);
+        let cc = &resp.cc;
+        self.refuse_by_directives(req, status, cc)?;
         let vary = vary_names(headers)?;
         let has_cookie = headers.contains_key(SET_COOKIE);
         if has_cookie && self.set_cookie == SetCookiePolicy::Pass {
@@ -363,12 +417,12 @@ impl PolicyConfig {
 
         let date = header_date(headers, DATE, response_time);
         let (lifetime, has_freshness) =
-            self.freshness_lifetime(status, &cc, headers, route, date, response_time)?;
+            self.freshness_lifetime(status, &resp, headers, route, date, response_time)?;
         let must_revalidate =
             cc.must_revalidate || (self.shared() && (cc.proxy_revalidate || cc.s_maxage.is_some()));
         let validators =
             headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-        let (swr, sie) = self.stale_windows(&cc, route, must_revalidate, has_freshness);
+        let (swr, sie) = self.stale_windows(cc, route, must_revalidate, has_freshness);
         // A no-cache response is only ever used after validation.
         if cc.no_cache && !validators {
             return Err(NotStored::NoFreshness);
@@ -397,7 +451,7 @@ impl PolicyConfig {
                 auth_ok: !self.shared() || self.share_authorized || shared_directive,
             },
             vary,
-            strip: self.stripped_fields(&cc),
+            strip: self.stripped_fields(cc),
             strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
         })
     }
@@ -441,13 +495,13 @@ impl PolicyConfig {
     fn freshness_lifetime(
         &self,
         status: StatusCode,
-        cc: &CacheControl,
+        resp: &ResponseDirectives<'_>,
         headers: &HeaderMap,
         route: Option<&Route>,
         date: Option<u64>,
         response_time: u64,
     ) -> Result<(u64, bool), NotStored> {
-        let explicit = self.explicit_lifetime(cc, headers, date, response_time);
+        let explicit = self.explicit_lifetime(resp, date, response_time);
         let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
         let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
         Ok(match (explicit, route_ttl) {
@@ -463,7 +517,7 @@ impl PolicyConfig {
                 (ttl, true)
             }
             (None, _) => {
-                if !(heuristic_status(status) || cc.public) {
+                if !(heuristic_status(status) || resp.cc.public) {
                     return Err(NotStored::NoFreshness);
                 }
                 let has_freshness = headers.contains_key(LAST_MODIFIED);
@@ -476,20 +530,21 @@ impl PolicyConfig {
     }
 
     /// The lifetime the response states: `s-maxage` (shared), `max-age`,
-    /// or `Expires` less `Date`; `None` when it states none.
+    /// or `Expires` less `Date` (not with a targeted field); `None` when it
+    /// states none.
     fn explicit_lifetime(
         &self,
-        cc: &CacheControl,
-        headers: &HeaderMap,
+        resp: &ResponseDirectives<'_>,
         date: Option<u64>,
         response_time: u64,
     ) -> Option<u64> {
+        let cc = &resp.cc;
         if let Some(s) = cc.s_maxage.filter(|_| self.shared()) {
             Some(s * 1000)
         } else if let Some(m) = cc.max_age {
             Some(m * 1000)
         } else {
-            let exp = headers.get(EXPIRES)?;
+            let exp = resp.expires?;
             // An invalid Expires (such as "0") is a time in the past.
             Some(match http_date(exp, response_time) {
                 Some(e) => e.saturating_sub(date.unwrap_or(response_time)),

@@ -1788,3 +1788,208 @@ fn storable_then_usable_end_to_end() {
     assert!(!cfg.stale_if_error_ok(&e, &anon, T + 49_000));
     assert!(cfg.stale_if_error_ok(&e, &anon, T + 48_999));
 }
+
+// ---------------------------------------------------------------------------
+// RFC 9213: targeted cache-control fields
+// ---------------------------------------------------------------------------
+
+/// A shared cache obeying `names`, in order of precedence.
+fn targeting(names: &[&'static str]) -> PolicyConfig {
+    PolicyConfig {
+        targeted: names.iter().map(|n| HeaderName::from_static(n)).collect(),
+        ..PolicyConfig::default()
+    }
+}
+
+const CDN: &str = "cdn-cache-control";
+
+/// RFC 9213 §2.1: the first valid targeted field on the list replaces
+/// `Cache-Control` and `Expires`; an invalid one is ignored.
+#[test]
+fn rfc9213_2_1_storable_with_targeted_fields() {
+    check_storable(targeted_directive_cases());
+    check_storable(targeted_selection_cases());
+}
+
+/// A targeted field's directives, in place of Cache-Control's.
+fn targeted_directive_cases() -> Vec<Case> {
+    let cdn = CDN;
+    vec![
+        case(
+            "targeted max-age beats Cache-Control's",
+            200,
+            &[("cache-control", "max-age=10"), (cdn, "max-age=60")],
+        )
+        .ok(ok(plain(MIN))),
+        case(
+            "targeted no-store beats public max-age",
+            200,
+            &[("cache-control", "public, max-age=60"), (cdn, "no-store")],
+        )
+        .err(NotStored::NoStore),
+        case(
+            "Cache-Control's no-store does not count",
+            200,
+            &[("cache-control", "no-store"), (cdn, "max-age=60")],
+        )
+        .ok(ok(plain(MIN))),
+        case(
+            "targeted private",
+            200,
+            &[("cache-control", "public, max-age=60"), (cdn, "private")],
+        )
+        .err(NotStored::Private),
+        case(
+            "targeted no-cache: stored, revalidated",
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                (cdn, "no-cache"),
+                ("etag", "\"v1\""),
+            ],
+        )
+        .ok(ok(tl(0, 0, 0, 0, KEEP)).flags(false, true, false)),
+        case(
+            "targeted must-revalidate: no stale windows",
+            200,
+            &[
+                ("cache-control", "max-age=60, stale-while-revalidate=30"),
+                (cdn, "max-age=60, must-revalidate"),
+            ],
+        )
+        .ok(ok(plain(MIN)).flags(true, false, true)),
+        case(
+            "targeted stale windows",
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                (
+                    cdn,
+                    "max-age=60, stale-while-revalidate=30, stale-if-error=90",
+                ),
+            ],
+        )
+        .ok(ok(tl(
+            0,
+            MIN,
+            MIN + 30 * SEC,
+            MIN + 90 * SEC,
+            MIN + 90 * SEC,
+        ))),
+        case(
+            "targeted s-maxage: proxy-revalidate",
+            200,
+            &[("cache-control", "max-age=10"), (cdn, "s-maxage=60")],
+        )
+        .ok(ok(plain(MIN)).flags(true, false, true)),
+    ]
+}
+
+/// Which field is obeyed: Expires, invalid fields, the list's order.
+fn targeted_selection_cases() -> Vec<Case> {
+    let cdn = CDN;
+    vec![
+        case(
+            "Expires is ignored with a targeted field",
+            200,
+            &[(cdn, "must-revalidate")],
+        )
+        .header("expires", http_date(T + HOUR))
+        .err(NotStored::NoFreshness),
+        case(
+            "invalid targeted field: Cache-Control applies",
+            200,
+            &[("cache-control", "max-age=10"), (cdn, "Max-Age=60")],
+        )
+        .ok(ok(plain(10 * SEC))),
+        case(
+            "empty targeted field: Cache-Control applies",
+            200,
+            &[("cache-control", "max-age=10"), (cdn, "")],
+        )
+        .ok(ok(plain(10 * SEC))),
+        case(
+            "invalid targeted field: Expires applies",
+            200,
+            &[(cdn, "max-age=60,")],
+        )
+        .header("expires", http_date(T + MIN))
+        .ok(ok(plain(MIN))),
+        case(
+            "targeted field on several lines",
+            200,
+            &[(cdn, "max-age=60"), (cdn, "must-revalidate")],
+        )
+        .ok(ok(plain(MIN)).flags(true, false, true)),
+        case(
+            "no targeted list: Cache-Control",
+            200,
+            &[("cache-control", "max-age=10"), (cdn, "no-store")],
+        )
+        .cfg(targeting(&[]))
+        .ok(ok(plain(10 * SEC))),
+        case(
+            "first on the list wins",
+            200,
+            &[(cdn, "max-age=60"), ("foo-cache-control", "max-age=30")],
+        )
+        .cfg(targeting(&["foo-cache-control", cdn]))
+        .ok(ok(plain(30 * SEC))),
+        case(
+            "an invalid first falls to the second",
+            200,
+            &[
+                (cdn, "max-age=60"),
+                ("foo-cache-control", "max-age=\"30\" x"),
+            ],
+        )
+        .cfg(targeting(&["foo-cache-control", cdn]))
+        .ok(ok(plain(MIN))),
+        case(
+            "a field not on the list changes nothing",
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("foo-cache-control", "no-store"),
+            ],
+        )
+        .ok(ok(plain(10 * SEC))),
+    ]
+}
+
+/// With stripping on, the field a response is judged by goes; others stay.
+#[test]
+fn rfc9213_strip_removes_the_field_the_cache_obeys_only() {
+    let mut cfg = targeting(&["foo-cache-control", "cdn-cache-control"]);
+    let both = || {
+        headers(&[
+            ("cache-control", "max-age=10".to_owned()),
+            ("foo-cache-control", "max-age=30".to_owned()),
+            ("cdn-cache-control", "max-age=60".to_owned()),
+        ])
+    };
+    let mut h = both();
+    cfg.strip_targeted(&mut h);
+    assert_eq!(h, both(), "stripping is off by default");
+
+    cfg.strip_targeted = true;
+    cfg.strip_targeted(&mut h);
+    assert!(!h.contains_key("foo-cache-control"));
+    assert!(h.contains_key("cdn-cache-control"));
+    assert!(h.contains_key("cache-control"));
+
+    // Foo's value invalid: CDN is the field obeyed, and the one removed.
+    let mut h = both();
+    h.insert("foo-cache-control", HeaderValue::from_static("Bad"));
+    cfg.strip_targeted(&mut h);
+    assert!(h.contains_key("foo-cache-control"));
+    assert!(!h.contains_key("cdn-cache-control"));
+
+    // Nothing valid: nothing removed.
+    let mut h = both();
+    h.insert("foo-cache-control", HeaderValue::from_static("Bad"));
+    h.insert("cdn-cache-control", HeaderValue::from_static(""));
+    let before = h.clone();
+    cfg.strip_targeted(&mut h);
+    assert_eq!(h, before);
+}
