@@ -44,11 +44,11 @@ const BACKSLASH: u8 = b'\\';
 /// The reusable buffers of one thread.
 #[derive(Default)]
 struct Buffers {
-    /// The field lines combined.
+    /// The field lines combined (when there are several).
     combined: Vec<u8>,
     /// The members' normal forms, one after another.
     members: Vec<u8>,
-    /// Where each member is: in `combined`, then in `members`.
+    /// Where each member is in `members`.
     ranges: Vec<(usize, usize)>,
     /// The normal forms compared or hashed.
     a: Vec<u8>,
@@ -147,72 +147,78 @@ fn normalize<'a>(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    let combined = &mut bufs.combined;
-    combined.clear();
-    let mut present = false;
-    for v in values {
-        if present {
-            combined.push(b',');
-        }
-        present = true;
-        combined.extend_from_slice(v.as_bytes());
-    }
-    if !present {
+    let mut values = values.into_iter();
+    let Some(first) = values.next() else {
         return false;
-    }
-    let ranked = is_ranked(name);
-    bufs.ranges.clear();
-    let mut count = 0;
-    for (start, end) in members(combined, b',') {
-        if count > 0 {
-            out.extend_from_slice(b", ");
+    };
+    let value: &[u8] = match values.next() {
+        // One line (the common case) is read where it is.
+        None => first.as_bytes(),
+        Some(second) => {
+            let combined = &mut bufs.combined;
+            combined.clear();
+            combined.extend_from_slice(first.as_bytes());
+            for v in std::iter::once(second).chain(values) {
+                combined.push(b',');
+                combined.extend_from_slice(v.as_bytes());
+            }
+            combined
         }
-        out.extend_from_slice(&combined[start..end]);
-        count += 1;
-        if ranked && count <= MAX_MEMBERS {
-            bufs.ranges.push((start, end));
+    };
+    if !(is_ranked(name) && rank(value, &mut bufs.members, &mut bufs.ranges, out)) {
+        for (i, (start, end)) in members(value, b',').enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(&value[start..end]);
         }
-    }
-    if ranked && count <= MAX_MEMBERS {
-        rank(bufs, out);
     }
     true
 }
 
-/// Rewrites `out` as the sorted, lowercased members of `bufs.combined`
-/// at `bufs.ranges`, empty ones dropped.
-fn rank(bufs: &mut Buffers, out: &mut Vec<u8>) {
-    let Buffers {
-        combined,
-        members,
-        ranges,
-        ..
-    } = bufs;
-    members.clear();
-    ranges.retain_mut(|r| {
-        let start = members.len();
-        normalize_member(&combined[r.0..r.1], members);
-        *r = (start, members.len());
-        r.1 > r.0
-    });
-    ranges.sort_unstable_by(|x, y| members[x.0..x.1].cmp(&members[y.0..y.1]));
-    out.clear();
+/// Writes into `out` the members of `value` (a ranked field) normalised,
+/// empty ones dropped, sorted; false (and `out` untouched) when there are
+/// more than [`MAX_MEMBERS`].
+fn rank(
+    value: &[u8],
+    normal: &mut Vec<u8>,
+    ranges: &mut Vec<(usize, usize)>,
+    out: &mut Vec<u8>,
+) -> bool {
+    normal.clear();
+    ranges.clear();
+    for (count, (start, end)) in members(value, b',').enumerate() {
+        if count == MAX_MEMBERS {
+            return false;
+        }
+        let at = normal.len();
+        normalize_member(&value[start..end], normal);
+        if normal.len() > at {
+            ranges.push((at, normal.len()));
+        }
+    }
+    ranges.sort_unstable_by(|x, y| normal[x.0..x.1].cmp(&normal[y.0..y.1]));
     for (i, r) in ranges.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(&members[r.0..r.1]);
+        out.extend_from_slice(&normal[r.0..r.1]);
     }
+    true
 }
 
 /// Appends the normal form of one member of a ranked field: its value
 /// lowercased, then each non-empty parameter as `;name=value`, the name
 /// lowercased, the value as it is.
 fn normalize_member(member: &[u8], out: &mut Vec<u8>) {
+    if !member.contains(&b';') {
+        // No parameters (most members): the value alone.
+        return lowercased(member, out);
+    }
     for (i, (start, end)) in members(member, b';').enumerate() {
         let piece = &member[start..end];
         if i == 0 {
-            out.extend(piece.iter().map(u8::to_ascii_lowercase));
+            lowercased(piece, out);
             continue;
         }
         if piece.is_empty() {
@@ -220,44 +226,89 @@ fn normalize_member(member: &[u8], out: &mut Vec<u8>) {
         }
         let eq = piece.iter().position(|&b| b == b'=').unwrap_or(piece.len());
         out.push(b';');
-        out.extend(piece[..eq].iter().map(u8::to_ascii_lowercase));
+        lowercased(&piece[..eq], out);
         out.extend_from_slice(&piece[eq..]);
     }
+}
+
+/// Appends `bytes` with ASCII letters lowercased.
+fn lowercased(bytes: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(bytes);
+    out[at..].make_ascii_lowercase();
 }
 
 /// The members of `value` separated by `sep` outside quoted strings
 /// (RFC 9110 §5.6.4, with `\` escapes), each trimmed of the whitespace
 /// around it, as ranges of `value`. An unclosed quote runs to the end.
-fn members(value: &[u8], sep: u8) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut pos = 0;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
+fn members(value: &[u8], sep: u8) -> Members<'_> {
+    Members {
+        value,
+        sep,
+        pos: 0,
+        done: false,
+        quotes: value.contains(&QUOTE),
+    }
+}
+
+/// The iterator of [`members`].
+struct Members<'v> {
+    value: &'v [u8],
+    sep: u8,
+    pos: usize,
+    done: bool,
+    /// Whether `value` has a quote at all (most have none).
+    quotes: bool,
+}
+
+impl Iterator for Members<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.done {
             return None;
         }
-        let start = pos;
-        let (mut quoted, mut escaped) = (false, false);
-        while pos < value.len() {
-            let b = value[pos];
-            if escaped {
-                escaped = false;
-            } else if quoted && b == BACKSLASH {
-                escaped = true;
-            } else if b == QUOTE {
-                quoted = !quoted;
-            } else if b == sep && !quoted {
-                break;
-            }
-            pos += 1;
-        }
-        let end = pos;
-        if pos < value.len() {
-            pos += 1;
+        let (value, sep, start) = (self.value, self.sep, self.pos);
+        let end = if self.quotes {
+            separator(value, start, sep)
         } else {
-            done = true;
+            value[start..]
+                .iter()
+                .position(|&b| b == sep)
+                .map_or(value.len(), |i| start + i)
+        };
+        if end < value.len() {
+            self.pos = end + 1;
+        } else {
+            self.done = true;
         }
         Some(trimmed(value, start, end))
-    })
+    }
+}
+
+/// Where the first `sep` from `pos` on outside quoted strings is, or the
+/// end of `value`.
+fn separator(value: &[u8], mut pos: usize, sep: u8) -> usize {
+    loop {
+        match value[pos..].iter().position(|&b| b == sep || b == QUOTE) {
+            None => return value.len(),
+            Some(i) if value[pos + i] == sep => return pos + i,
+            Some(i) => pos = closing_quote(value, pos + i + 1),
+        }
+    }
+}
+
+/// Where the quoted string whose content starts at `pos` ends: just past
+/// its closing quote, or the end of `value`.
+fn closing_quote(value: &[u8], mut pos: usize) -> usize {
+    while pos < value.len() {
+        match value[pos] {
+            QUOTE => return pos + 1,
+            BACKSLASH => pos += 2,
+            _ => pos += 1,
+        }
+    }
+    value.len()
 }
 
 /// `start..end` of `value` without the whitespace at either end.
