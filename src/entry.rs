@@ -162,7 +162,11 @@ impl Entry {
         self.tags.iter().map(|t| &**t)
     }
 
-    /// The request header values this variant was selected by (from `Vary`).
+    /// The request header values this variant was selected by (from `Vary`),
+    /// as that request sent them. Requests whose values have the same normal
+    /// form (lines combined, whitespace around list members trimmed, and for
+    /// `Accept`, `Accept-Encoding` and `Accept-Language` members in any order
+    /// and case) select it too.
     pub fn vary(&self) -> impl Iterator<Item = (&HeaderName, &[HeaderValue])> {
         self.vary.iter().map(|(n, v)| (n, &v[..]))
     }
@@ -207,7 +211,10 @@ impl Entry {
         self.etag().is_some() || self.last_modified().is_some()
     }
 
-    /// Whether a request's headers select this variant.
+    /// Whether a request's headers select this variant: each field the
+    /// response varies on has the same normal form (`key::vary`: lines
+    /// combined, members trimmed, `Accept*` members sorted and lowercased)
+    /// in the request as in the one that stored it (RFC 9111 §4.1).
     pub(crate) fn vary_matches(&self, req: &HeaderMap) -> bool {
         self.vary.iter().all(|(name, stored)| {
             if stored.len() == 1 && stored[0] == PARTITIONED {
@@ -215,14 +222,8 @@ impl Entry {
                 // values already: only their presence is checked.
                 return req.contains_key(name);
             }
-            let mut it = req.get_all(name).iter();
-            for s in stored.iter() {
-                match it.next() {
-                    Some(v) if v.as_bytes().trim_ascii() == s.as_bytes().trim_ascii() => {}
-                    _ => return false,
-                }
-            }
-            it.next().is_none()
+            same_lines(stored, req.get_all(name))
+                || crate::key::vary::same_normal_form(name, stored.iter(), req.get_all(name))
         })
     }
 
@@ -360,6 +361,19 @@ pub(crate) fn owned_value(value: &HeaderValue) -> HeaderValue {
         // Unreachable: the bytes were a valid value already.
         Err(_) => value.clone(),
     }
+}
+
+/// Whether `stored` and `req` are the same lines, each trimmed: the
+/// common case, which needs no normal form (the same lines have the same).
+fn same_lines(stored: &[HeaderValue], req: http::header::GetAll<'_, HeaderValue>) -> bool {
+    let mut it = req.iter();
+    for s in stored {
+        match it.next() {
+            Some(v) if v.as_bytes().trim_ascii() == s.as_bytes().trim_ascii() => {}
+            _ => return false,
+        }
+    }
+    it.next().is_none()
 }
 
 /// A copy of a header map, sized to its names, whose values are owned
@@ -578,6 +592,73 @@ mod tests {
             );
         }
         assert!(e.weight() >= w0 + 20 * 2 * 100, "{} vs {w0}", e.weight());
+    }
+
+    /// RFC 9111 §4.1: the stored request values and a request's are
+    /// compared in their normal form; credentials stored as a placeholder
+    /// are only checked for presence.
+    #[test]
+    fn rfc9111_4_1_vary_matches_normal_forms() {
+        let with = |vary: &[(HeaderName, &[&str])]| Entry {
+            vary: vary
+                .iter()
+                .map(|(n, vals)| {
+                    let vals: Box<[HeaderValue]> = vals
+                        .iter()
+                        .map(|v| HeaderValue::from_str(v).unwrap())
+                        .collect();
+                    (n.clone(), vals)
+                })
+                .collect(),
+            ..crate::store::codec::tests::minimal()
+        };
+        let req = |headers: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in headers {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let ae = http::header::ACCEPT_ENCODING;
+        let al = http::header::ACCEPT_LANGUAGE;
+        let x = HeaderName::from_static("x-a");
+        let e = with(&[(ae.clone(), &["gzip", "br"]), (al, &["en-US"])]);
+        assert!(e.vary_matches(&req(&[
+            ("accept-encoding", "BR, GZip"),
+            ("accept-language", "en-us")
+        ])));
+        assert!(e.vary_matches(&req(&[
+            ("accept-encoding", "gzip"),
+            ("accept-encoding", " br"),
+            ("accept-language", "en-US")
+        ])));
+        assert!(!e.vary_matches(&req(&[
+            ("accept-encoding", "gzip"),
+            ("accept-language", "en-us")
+        ])));
+        assert!(!e.vary_matches(&req(&[("accept-encoding", "br, gzip")])));
+        let e = with(&[(x.clone(), &["a", "b"])]);
+        assert!(e.vary_matches(&req(&[("x-a", "a ,b")])));
+        assert!(!e.vary_matches(&req(&[("x-a", "b, a")])));
+        assert!(!e.vary_matches(&req(&[("x-a", "A, b")])));
+        // Absent is not empty.
+        let e = with(&[(ae.clone(), &[])]);
+        assert!(e.vary_matches(&req(&[])));
+        assert!(!e.vary_matches(&req(&[("accept-encoding", "")])));
+        let e = with(&[(ae, &[""])]);
+        assert!(e.vary_matches(&req(&[("accept-encoding", " , ")])));
+        assert!(!e.vary_matches(&req(&[])));
+        // A partitioned entry's credentials: presence only.
+        let e = Entry {
+            vary: vec![(http::header::COOKIE, vec![PARTITIONED].into_boxed_slice())]
+                .into_boxed_slice(),
+            ..crate::store::codec::tests::minimal()
+        };
+        assert!(e.vary_matches(&req(&[("cookie", "s=1")])));
+        assert!(!e.vary_matches(&req(&[])));
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! crate docs ("Keys: what a client can change") state the rule for
 //! adapters in front of the cache.
 
+pub(crate) mod vary;
+
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -346,18 +348,25 @@ pub(crate) fn readable_matches(readable: &str, hash: KeyHash, headers: &HeaderMa
     KeyHash(xxh3_128(full.as_bytes())) == hash
 }
 
-/// The hash of one variant of a URL: the primary key plus the request's
-/// values of the header names the stored `Vary` lists.
+/// The hash of one variant of a URL: the primary key plus the normal form
+/// ([`vary`]) of the request's fields the stored `Vary` names, so that
+/// equivalent requests share one variant, in L1 and in L2.
+///
+/// A field present is hashed as its normal form and `\x01`, each field
+/// ends in `\x02`: a single-line value already in normal form hashes as it
+/// did before normal forms (one trimmed line, then `\x01`).
 pub(crate) fn variant_hash(primary: KeyHash, names: &[HeaderName], headers: &HeaderMap) -> KeyHash {
     let mut h = Xxh3::new();
     h.update(&primary.0.to_le_bytes());
     for name in names {
         h.update(name.as_str().as_bytes());
         h.update(b"\0");
-        for v in headers.get_all(name) {
-            h.update(v.as_bytes().trim_ascii());
-            h.update(b"\x01");
-        }
+        vary::with_normal_form(name, headers.get_all(name), |normal| {
+            if let Some(normal) = normal {
+                h.update(normal);
+                h.update(b"\x01");
+            }
+        });
         h.update(b"\x02");
     }
     KeyHash(h.digest128())
@@ -653,6 +662,116 @@ mod tests {
         assert_ne!(
             variant_hash(p, &names, &none.headers),
             variant_hash(p, &names, &empty.headers)
+        );
+    }
+
+    /// RFC 9111 §4.1: equivalent requests share one variant hash (so one
+    /// variant, in L1 and at one Redis key in L2); different values and a
+    /// field not known to be an unordered list in another order do not.
+    #[test]
+    fn rfc9111_4_1_variant_hashes_use_the_normal_form() {
+        let p = KeyHash(7);
+        let names = [
+            HeaderName::from_static("accept-encoding"),
+            HeaderName::from_static("accept-language"),
+            HeaderName::from_static("x-a"),
+        ];
+        let h = |headers: &[(&str, &str)]| variant_hash(p, &names, &parts("/", headers).headers);
+        let base = h(&[
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "en-US"),
+            ("x-a", "a, b"),
+        ]);
+        for same in [
+            &[
+                ("accept-encoding", "br,gzip"),
+                ("accept-language", "en-us"),
+                ("x-a", "a ,b"),
+            ][..],
+            &[
+                ("accept-encoding", "BR, GZip"),
+                ("accept-language", "EN-US"),
+                ("x-a", "a"),
+                ("x-a", "b"),
+            ],
+            &[
+                ("accept-encoding", "gzip"),
+                ("accept-encoding", "br"),
+                ("accept-language", " en-US "),
+                ("x-a", "a,b"),
+            ],
+        ] {
+            assert_eq!(h(same), base, "{same:?}");
+        }
+        for other in [
+            &[
+                ("accept-encoding", "gzip"),
+                ("accept-language", "en-US"),
+                ("x-a", "a, b"),
+            ][..],
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "en-GB"),
+                ("x-a", "a, b"),
+            ],
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "en-US"),
+                ("x-a", "b, a"),
+            ],
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "en-US"),
+                ("x-a", "A, b"),
+            ],
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "en-US"),
+            ],
+        ] {
+            assert_ne!(h(other), base, "{other:?}");
+        }
+    }
+
+    /// A single-line value already in normal form hashes as it did before
+    /// normal forms, so those L2 variant keys did not change.
+    #[test]
+    fn variant_hashes_of_normal_values_are_unchanged() {
+        fn before(primary: KeyHash, names: &[HeaderName], headers: &HeaderMap) -> KeyHash {
+            let mut h = Xxh3::new();
+            h.update(&primary.0.to_le_bytes());
+            for name in names {
+                h.update(name.as_str().as_bytes());
+                h.update(b"\0");
+                for v in headers.get_all(name) {
+                    h.update(v.as_bytes().trim_ascii());
+                    h.update(b"\x01");
+                }
+                h.update(b"\x02");
+            }
+            KeyHash(h.digest128())
+        }
+        let names = [
+            HeaderName::from_static("accept-encoding"),
+            HeaderName::from_static("user-agent"),
+        ];
+        for headers in [
+            &[][..],
+            &[("accept-encoding", "gzip")],
+            &[("accept-encoding", "br, gzip"), ("user-agent", "curl/8")],
+            &[("accept-encoding", ""), ("user-agent", " x ")],
+        ] {
+            let h = parts("/", headers).headers;
+            assert_eq!(
+                variant_hash(KeyHash(9), &names, &h),
+                before(KeyHash(9), &names, &h),
+                "{headers:?}"
+            );
+        }
+        let h = parts("/", &[("accept-encoding", "gzip, br")]).headers;
+        assert_ne!(
+            variant_hash(KeyHash(9), &names, &h),
+            before(KeyHash(9), &names, &h)
         );
     }
 }

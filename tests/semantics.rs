@@ -1614,6 +1614,160 @@ async fn vary_keeps_variants_apart() {
     assert_eq!(st.misses, 4);
 }
 
+/// An origin whose responses vary on `field`, with the values of `field`
+/// it was sent (lines joined by `|`) as their body.
+fn varying_origin(field: &'static str) -> (Origin, Log) {
+    origin(move |_, req| {
+        let seen: Vec<&str> = req
+            .headers()
+            .get_all(field)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", field)],
+            &seen.join("|"),
+        )
+    })
+}
+
+const VARY_MISS_STORED: &str = "tower-tiered-cache; fwd=vary-miss; fwd-status=200; stored";
+
+/// RFC 9111 §4.1 (with RFC 9110 §12.5.3): content codings are
+/// case-insensitive and ranked by q-value, so `gzip, br`, `br,gzip`,
+/// `BR, GZip` and the same codings on two field lines select one variant.
+#[tokio::test]
+async fn rfc9111_4_1_accept_encoding_in_any_order_and_case_shares_one_variant() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = varying_origin("accept-encoding");
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get_with(URL, &[("accept-encoding", "gzip, br")])).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    assert_eq!(body(r).await, "gzip, br");
+    for same in [
+        &[("accept-encoding", "br,gzip")][..],
+        &[("accept-encoding", "BR, GZip")],
+        &[("accept-encoding", " gzip ,br ")],
+        &[("accept-encoding", "br"), ("accept-encoding", "gzip")],
+    ] {
+        let r = send(&svc, get_with(URL, same)).await;
+        assert_eq!(cache_status(&r), hit(), "{same:?}");
+        assert_eq!(body(r).await, "gzip, br", "{same:?}");
+    }
+    assert_eq!(log.calls(), 1);
+    // Other codings are another variant.
+    for (i, other) in ["gzip", "gzip, br, zstd", "gzip;q=0.5, br"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = send(&svc, get_with(URL, &[("accept-encoding", other)])).await;
+        assert_eq!(cache_status(&r), VARY_MISS_STORED, "{other}");
+        assert_eq!(body(r).await, other);
+        assert_eq!(log.calls(), i + 2);
+    }
+    let st = cache.stats();
+    assert_eq!(st.hits, 4);
+    assert_eq!(st.misses, 4);
+}
+
+/// RFC 9111 §4.1 with RFC 9110 §5.3: a field sent on two lines is the same
+/// field as its lines combined on one; whitespace around list members does
+/// not count. For a field not known to be an unordered list the order (and
+/// the case) of its members does: another order is another variant.
+#[tokio::test]
+async fn rfc9111_4_1_field_lines_are_combined_and_other_fields_keep_their_order() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = varying_origin("x-variant");
+    let svc = cached(&cache, origin);
+    let two = [("x-variant", "a"), ("x-variant", "b")];
+    let r = send(&svc, get_with(URL, &two)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    assert_eq!(body(r).await, "a|b");
+    for same in [
+        &[("x-variant", "a, b")][..],
+        &[("x-variant", "a,b")],
+        &[("x-variant", " a ,  b ")],
+        &two,
+    ] {
+        let r = send(&svc, get_with(URL, same)).await;
+        assert_eq!(cache_status(&r), hit(), "{same:?}");
+        assert_eq!(body(r).await, "a|b", "{same:?}");
+    }
+    assert_eq!(log.calls(), 1);
+    for (i, other) in [
+        &[("x-variant", "b, a")][..],
+        &[("x-variant", "A, b")],
+        &[("x-variant", "a")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = send(&svc, get_with(URL, other)).await;
+        assert!(
+            cache_status(&r).starts_with("tower-tiered-cache; fwd=vary-miss"),
+            "{other:?}: {}",
+            cache_status(&r)
+        );
+        assert_eq!(log.calls(), i + 2, "{other:?}");
+    }
+    // `b, a` was stored on its own: requests for it hit that variant.
+    for same in [
+        &[("x-variant", "b,a")][..],
+        &[("x-variant", "b"), ("x-variant", "a")],
+    ] {
+        let r = send(&svc, get_with(URL, same)).await;
+        assert_eq!(cache_status(&r), hit(), "{same:?}");
+        assert_eq!(body(r).await, "b, a");
+    }
+    assert_eq!(log.calls(), 4);
+}
+
+/// RFC 9111 §4.1 with RFC 9110 §12.5.4 and §12.5.1: language ranges, media
+/// types and parameter names are case-insensitive (`en-US` and `en-us`
+/// share a variant); a media type parameter's value is not.
+#[tokio::test]
+async fn rfc9111_4_1_language_ranges_and_media_types_ignore_case() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = varying_origin("accept-language");
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get_with(URL, &[("accept-language", "en-US")])).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    let r = send(&svc, get_with(URL, &[("accept-language", "en-us")])).await;
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(body(r).await, "en-US");
+    let r = send(&svc, get_with(URL, &[("accept-language", "en-GB")])).await;
+    assert_eq!(cache_status(&r), VARY_MISS_STORED);
+    assert_eq!(body(r).await, "en-GB");
+    assert_eq!(log.calls(), 2);
+
+    let url = "http://example.com/media";
+    let (origin, log) = varying_origin("accept");
+    let svc = cached(&cache, origin);
+    let html = "text/html, application/json;q=0.5";
+    let r = send(&svc, get_with(url, &[("accept", html)])).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    let r = send(
+        &svc,
+        get_with(url, &[("accept", "Application/JSON; Q=0.5,TEXT/HTML")]),
+    )
+    .await;
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(body(r).await, html);
+    let x = |v: &'static str| [("accept", v)];
+    let r = send(&svc, get_with(url, &x("text/plain;format=Flowed"))).await;
+    assert_eq!(cache_status(&r), VARY_MISS_STORED);
+    let r = send(&svc, get_with(url, &x("text/plain;format=flowed"))).await;
+    assert_eq!(cache_status(&r), VARY_MISS_STORED);
+    let r = send(&svc, get_with(url, &x("Text/Plain; Format=Flowed"))).await;
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(body(r).await, "text/plain;format=Flowed");
+    assert_eq!(log.calls(), 3);
+}
+
 // ---------------------------------------------------------------------------
 // 12. HEAD
 // ---------------------------------------------------------------------------
