@@ -466,6 +466,10 @@ impl Cache {
     }
 
     pub(crate) fn invalidate_parts(&self, parts: &Parts) -> bool {
+        // A stored part of the URL goes too (`flow::partial`).
+        if let Some((part, _)) = crate::flow::part_key(self, parts) {
+            self.invalidate_hash(part);
+        }
         match self.shared.keys.hash(parts) {
             Some(key) => self.invalidate_hash(key),
             None => false,
@@ -650,19 +654,22 @@ impl Cache {
     /// L1 had nothing this request may use as it is: L2 is read (by the
     /// flight's leader) whatever the request's directives (a `no-cache`
     /// request needs its validators); without L2, `only-if-cached` is a
-    /// 504, a `Range` of something not stored and a key marked
-    /// hit-for-pass pass; everything else is fetched.
+    /// 504 and a key marked hit-for-pass passes; a `Range` of something
+    /// not stored complete goes to `flow::partial` alone (no flight);
+    /// everything else is fetched.
     fn nothing_usable_in_l1<B: Body>(&self, mut plan: Fetch, now: u64) -> Decision<B> {
         let s = &*self.shared;
         plan.l2_lookup = s.tiers.has_l2();
         if plan.directives.cc.only_if_cached && !plan.l2_lookup {
             return Decision::Respond(self.unavailable(), Status::ONLY_IF_CACHED);
         }
-        if plan.prior.is_none() && plan.directives.range && !plan.l2_lookup {
-            // A range of something not stored: fetching it whole to store
-            // could mean downloading a huge file for a few bytes.
-            s.counters.passes.incr();
-            return Decision::Pass(Status::RANGE);
+        if plan.prior.is_none() && plan.directives.range {
+            // A range of something not stored complete: fetching it whole
+            // could mean downloading a huge file for a few bytes. A stored
+            // part may answer it, or it goes upstream as it is
+            // (`flow::partial`); it never waits on a flight.
+            plan.coalesce = false;
+            return Decision::Fetch(Box::new(plan));
         }
         if plan.prior.is_none() && !s.cfg.hit_for_pass_ttl.is_zero() {
             if let Some(until) = s.hit_for_pass.get(&plan.key) {

@@ -26,6 +26,9 @@ use crate::status::{Detail, Fwd, Status, CACHE_STATUS};
 #[cfg(feature = "redis")]
 use crate::tiers::L2Lookup;
 
+mod partial;
+pub(crate) use partial::part_key;
+
 /// Something that answers requests: the inner service, seen by the engine.
 /// Each value is used for at most one call. It may borrow (a
 /// `reqwest_middleware::Next` does); what must outlive the request goes
@@ -114,7 +117,7 @@ where
     // the request simply calls alone.
     if !plan.coalesce || tokio::runtime::Handle::try_current().is_err() {
         if plan.prior.is_none() && plan.directives.range {
-            return pass_range(&cache, req, up).await;
+            return partial::range_miss(&cache, req, up, &plan).await;
         }
         return own_call(&cache, req, up, &plan).await;
     }
@@ -218,7 +221,7 @@ where
     if plan.prior.is_none() && plan.directives.range {
         // A range of something stored nowhere: passed, as by `decide`.
         drop(guard);
-        return pass_range(cache, req, up).await;
+        return partial::range_miss(cache, req, up, &plan).await;
     }
     let (result, outcome) = lead(cache, req, up, &plan).await;
     guard.complete(outcome);
@@ -373,22 +376,6 @@ fn request_view_of<B>(req: &Request<B>) -> Parts {
     let mut parts = get_view(req.uri(), req.headers());
     parts.method = req.method().clone();
     parts
-}
-
-/// A `Range` request for something stored in no tier: forwarded as is,
-/// nothing stored (fetching it whole could mean a huge body for a few
-/// bytes).
-async fn pass_range<B, U>(cache: &Cache, req: Request<B>, up: U) -> CacheResult<U, B>
-where
-    U: Upstream<B>,
-{
-    cache.shared.counters.passes.incr();
-    let head = req.method() == Method::HEAD;
-    match within(cache.shared.cfg.upstream_timeout, up.call(req)).await {
-        Ok(Ok(resp)) => Ok(pass_through(resp, Status::RANGE, head)),
-        Ok(Err(e)) => Err(e),
-        Err(Elapsed) => Ok(gateway_timeout(Status::RANGE)),
-    }
 }
 
 /// A request the upstream did not answer in time (`why` says how): a
@@ -882,6 +869,12 @@ fn store_verdict<RB>(
     let forwarded = Status::forward(plan.fwd).with_fwd_status(status.as_u16());
     if let Some(NotStorable(why)) = resp.extensions().get::<NotStorable>().copied() {
         return Err(forwarded.with_detail(Detail::NotStored(why)));
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        // A part to a request for the whole (the cache never asks for a
+        // range here): never stored as the complete response.
+        s.obs.not_stored(plan.label, NotStored::Status);
+        return Err(forwarded.with_detail(Detail::NotStored(reason_token(NotStored::Status))));
     }
     let route = plan.route.map(|i| &s.policy.routes[i]);
     let judged = s.policy.storable(

@@ -3198,6 +3198,178 @@ async fn rfc9111_3_an_interim_response_is_never_stored() {
     assert_eq!(cache.stats().stores, 0);
 }
 
+/// What an origin holding `body` answers `range` (`bytes=a-b` / `bytes=a-`)
+/// with: a 206 with `etag` and `max-age=60`, or the whole 200.
+fn part_of_body(
+    body: &str,
+    range: Option<&str>,
+    etag: &str,
+) -> Response<http_body_util::Full<bytes::Bytes>> {
+    let cc = ("cache-control", "max-age=60");
+    let Some(spec) = range.and_then(|r| r.strip_prefix("bytes=")) else {
+        return response(200, &[cc, ("etag", etag)], body);
+    };
+    let (a, b) = spec.split_once('-').unwrap();
+    let a: usize = a.parse().unwrap();
+    let b: usize = b.parse().unwrap_or(body.len() - 1).min(body.len() - 1);
+    let cr = format!("bytes {a}-{b}/{}", body.len());
+    response(
+        206,
+        &[cc, ("etag", etag), ("content-range", &cr)],
+        &body[a..=b],
+    )
+}
+
+/// Sends a `Range` request: (status, Content-Range, body).
+async fn get_range(svc: &Svc, range: &str) -> (u16, Option<String>, String) {
+    let r = send(svc, get_with(URL, &[("range", range)])).await;
+    let status = r.status().as_u16();
+    let cr = header(&r, "content-range");
+    (
+        status,
+        cr,
+        String::from_utf8(body(r).await.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn rfc9111_3_3_parts_are_stored_answered_and_combined_into_the_whole() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, req| {
+        let range = req
+            .headers()
+            .get("range")
+            .map(|v| v.to_str().unwrap().to_owned());
+        part_of_body("0123456789", range.as_deref(), "\"v1\"")
+    });
+    let svc = cached(&cache, origin);
+    let part = |cr: &str, b: &str| (206, Some(cr.to_owned()), b.to_owned());
+    assert_eq!(
+        get_range(&svc, "bytes=0-3").await,
+        part("bytes 0-3/10", "0123")
+    );
+    assert_eq!(log.calls(), 1);
+    // Within the stored part: from the cache.
+    assert_eq!(
+        get_range(&svc, "bytes=1-2").await,
+        part("bytes 1-2/10", "12")
+    );
+    assert_eq!(log.calls(), 1);
+    // Beyond it: upstream, and the new part joins the stored one (§3.4).
+    assert_eq!(
+        get_range(&svc, "bytes=2-6").await,
+        part("bytes 2-6/10", "23456")
+    );
+    assert_eq!(log.calls(), 2);
+    assert_eq!(
+        get_range(&svc, "bytes=0-6").await,
+        part("bytes 0-6/10", "0123456")
+    );
+    assert_eq!(log.calls(), 2);
+    // The last part completes the representation: stored whole.
+    assert_eq!(
+        get_range(&svc, "bytes=7-").await,
+        part("bytes 7-9/10", "789")
+    );
+    assert_eq!(log.calls(), 3);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(body(r).await, "0123456789");
+    assert_eq!(log.calls(), 3);
+}
+
+#[tokio::test]
+async fn rfc9111_4_4_an_unsafe_method_invalidates_a_stored_part() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, req| {
+        if req.method() == Method::POST {
+            return response(204, &[], "");
+        }
+        let range = req
+            .headers()
+            .get("range")
+            .map(|v| v.to_str().unwrap().to_owned());
+        part_of_body("0123456789", range.as_deref(), "\"v1\"")
+    });
+    let svc = cached(&cache, origin);
+    get_range(&svc, "bytes=0-3").await;
+    get_range(&svc, "bytes=1-2").await;
+    assert_eq!(log.calls(), 1);
+    send(&svc, request(Method::POST, URL, &[])).await;
+    assert_eq!(log.calls(), 2);
+    assert_eq!(get_range(&svc, "bytes=1-2").await.2, "12");
+    assert_eq!(log.calls(), 3, "the part was invalidated");
+}
+
+#[tokio::test]
+async fn rfc9111_3_4_only_parts_of_one_representation_are_combined() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let version = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let v = Arc::clone(&version);
+    let (origin, log) = origin(move |_, req| {
+        let range = req
+            .headers()
+            .get("range")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let n = v.load(Ordering::SeqCst);
+        let body = if n == 1 { "0123456789" } else { "abcdefghij" };
+        part_of_body(body, range.as_deref(), &format!("\"v{n}\""))
+    });
+    let svc = cached(&cache, origin);
+    get_range(&svc, "bytes=0-3").await;
+    version.store(2, Ordering::SeqCst);
+    // A part of the new version meets the old part: not joined, it
+    // replaces it.
+    assert_eq!(get_range(&svc, "bytes=4-6").await.2, "efg");
+    assert_eq!(log.calls(), 2);
+    assert_eq!(get_range(&svc, "bytes=0-1").await.2, "ab");
+    assert_eq!(log.calls(), 3, "the old part was not kept");
+    // A part apart from the stored one replaces it too: the newest stays.
+    assert_eq!(get_range(&svc, "bytes=1-1").await.2, "b");
+    assert_eq!(log.calls(), 3);
+    assert_eq!(get_range(&svc, "bytes=5-6").await.2, "fg");
+    assert_eq!(log.calls(), 4);
+}
+
+#[tokio::test]
+async fn rfc9111_3_3_parts_that_cannot_be_trusted_are_not_stored() {
+    for (etag, cr, body) in [
+        // A weak validator: parts may not be combined, nor reused.
+        ("W/\"v1\"", "bytes 0-3/10", "0123"),
+        // A body longer or shorter than its Content-Range says.
+        ("\"v1\"", "bytes 0-3/10", "012"),
+        ("\"v1\"", "bytes 0-3/10", "01234"),
+        // A part past the end, an unknown length.
+        ("\"v1\"", "bytes 0-10/10", "01234567890"),
+        ("\"v1\"", "bytes 0-3/*", "0123"),
+    ] {
+        let clock = clock();
+        let cache = builder(&clock).build().unwrap();
+        let (origin, log) = origin(move |_, _| {
+            let h = [
+                ("cache-control", "max-age=60"),
+                ("etag", etag),
+                ("content-range", cr),
+            ];
+            response(206, &h, body)
+        });
+        let svc = cached(&cache, origin);
+        for _ in 0..2 {
+            let (status, got_cr, got) = get_range(&svc, "bytes=0-3").await;
+            assert_eq!(
+                (status, got_cr.as_deref(), got.as_str()),
+                (206, Some(cr), body)
+            );
+        }
+        assert_eq!(log.calls(), 2, "{etag} {cr} {body:?}: stored");
+        assert_eq!(cache.stats().stores, 0);
+    }
+}
+
 #[tokio::test]
 async fn range_request_on_a_stale_entry_does_not_evict_it() {
     let clock = clock();

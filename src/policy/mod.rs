@@ -706,11 +706,13 @@ fn http_date(v: &http::HeaderValue, now: u64) -> Option<u64> {
 }
 
 /// Statuses this cache may store (RFC 9111 §3): final ones (200–599),
-/// except 206 (partial content is not stored) and 304 (it freshens a
-/// stored response; it is not one). Explicit freshness, a route's TTL or,
-/// for the statuses of [`heuristic_status`], a heuristic decide the rest.
+/// except 304 (it freshens a stored response; it is not one). A 206 is
+/// stored only as a part (`flow::partial`), never as a complete response
+/// (`flow::store_verdict` refuses it). Explicit freshness, a route's TTL
+/// or, for the statuses of [`heuristic_status`], a heuristic decide the
+/// rest.
 fn final_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 200..=599) && !matches!(status.as_u16(), 206 | 304)
+    matches!(status.as_u16(), 200..=599) && status.as_u16() != 304
 }
 
 /// Statuses whose caching requirements this cache implements: what

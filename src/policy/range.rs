@@ -82,6 +82,23 @@ pub(crate) fn evaluate(
     Ranged::Part { start, end, len }
 }
 
+/// `Content-Range: bytes first-last/length` (RFC 9110 §14.4) of one part
+/// with a known complete length: `(first, last, length)`, or `None` for
+/// anything else (`*` lengths, other units, a part past the length).
+pub(crate) fn content_range(v: &http::HeaderValue) -> Option<(u64, u64, u64)> {
+    let v = v.as_bytes().trim_ascii();
+    let sp = v.iter().position(|&b| b == b' ')?;
+    if !v[..sp].eq_ignore_ascii_case(b"bytes") {
+        return None;
+    }
+    let rest = &v[sp + 1..];
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let (span, len) = (&rest[..slash], number(&rest[slash + 1..])?);
+    let dash = span.iter().position(|&b| b == b'-')?;
+    let (first, last) = (number(&span[..dash])?, number(&span[dash + 1..])?);
+    (first <= last && last < len).then_some((first, last, len))
+}
+
 /// One range of a `Range` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spec {
@@ -307,6 +324,26 @@ mod tests {
                 .join(",")
         );
         assert_eq!(ranged(&[("range", &many)], 1000), Ranged::Whole);
+    }
+
+    #[test]
+    fn rfc9110_14_4_content_range_of_one_part() {
+        let cr = |s: &str| content_range(&http::HeaderValue::from_str(s).unwrap());
+        assert_eq!(cr("bytes 0-99/1000"), Some((0, 99, 1000)));
+        assert_eq!(cr("BYTES 999-999/1000"), Some((999, 999, 1000)));
+        for bad in [
+            "bytes 0-99/*",
+            "bytes */1000",
+            "bytes 99-0/1000",
+            "bytes 0-1000/1000",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes -1-2/3",
+            "bytes 0-1/99999999999999999999",
+            "",
+        ] {
+            assert_eq!(cr(bad), None, "{bad}");
+        }
     }
 
     #[test]
