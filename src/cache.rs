@@ -466,14 +466,16 @@ impl Cache {
     }
 
     pub(crate) fn invalidate_parts(&self, parts: &Parts) -> bool {
-        // A stored part of the URL goes too (`flow::partial`).
+        let removed = match self.shared.keys.hash(parts) {
+            Some(key) => self.invalidate_hash(key),
+            None => false,
+        };
+        // A stored part of the URL goes too (`flow::partial`), after the
+        // complete response.
         if let Some((part, _)) = crate::flow::part_key(self, parts) {
             self.invalidate_hash(part);
         }
-        match self.shared.keys.hash(parts) {
-            Some(key) => self.invalidate_hash(key),
-            None => false,
-        }
+        removed
     }
 
     pub(crate) fn invalidate_hash(&self, key: KeyHash) -> bool {

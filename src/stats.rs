@@ -214,7 +214,8 @@ pub struct Stats {
     /// Whether this instance follows the L2 invalidation log (connected
     /// and caught up: L1 copies are kept coherent with other instances).
     pub l2_subscribed: bool,
-    /// Invalidations received from other instances.
+    /// Invalidations received from other instances (counted once applied
+    /// to L1).
     pub l2_messages_received: u64,
     /// Times L1 was cleared because the L2 invalidation log no longer held
     /// entries this instance had not read (trimmed past its last id, or

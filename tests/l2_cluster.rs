@@ -193,8 +193,8 @@ async fn an_invalidation_on_one_instance_removes_the_others_l1_copy_on_a_cluster
     // fresh for 60 s (max-age=60), far longer than this test runs, so only
     // the message can drop it. The deadline only bounds a hang.
     assert!(
-        within(Duration::from_secs(20), || b.stats().l2_messages_received
-            > before)
+        within(Duration::from_secs(20), || b.stats().l1_entries == 0
+            && b.stats().l2_messages_received > before)
         .await,
         "no message reached b: {:?}",
         b.stats()
@@ -225,8 +225,8 @@ async fn an_overwrite_on_one_instance_removes_the_others_l1_copy_on_a_cluster() 
     // As above: the message, not expiry (max-age=60), drops b's copy; no
     // wall-clock bound. The deadline only bounds a hang.
     assert!(
-        within(Duration::from_secs(20), || b.stats().l2_messages_received
-            > before)
+        within(Duration::from_secs(20), || b.stats().l1_entries == 0
+            && b.stats().l2_messages_received > before)
         .await,
         "no message reached b: {:?}",
         b.stats()

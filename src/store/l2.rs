@@ -491,7 +491,6 @@ impl L2 {
         if sender == self.instance {
             return;
         }
-        self.counters.messages_received.incr();
         match &msg {
             Message::Key(k) => self.order.invalidate(Scope::Key(*k)),
             Message::Clear => self.order.invalidate(Scope::All),
@@ -500,6 +499,9 @@ impl L2 {
         if let Some(listener) = self.listener.get() {
             listener(&msg);
         }
+        // Counted once applied: whoever sees the count sees L1 without
+        // what the message removed.
+        self.counters.messages_received.incr();
     }
 
     fn tag_key(&self, tag: &str) -> String {
