@@ -1249,6 +1249,42 @@ async fn eager_refresh_renews_a_hot_entry_before_it_goes_stale() {
 }
 
 #[tokio::test]
+async fn eager_refresh_is_claimed_once_per_entry_even_when_it_fails() {
+    // The refresh fails and the entry is kept as it is (no stale
+    // extension, which would make a new entry): the reads that follow it
+    // must not start another early refresh each, or a failing origin gets
+    // one call per hit.
+    let clock = clock();
+    let cache = builder(&clock)
+        .eager_refresh(0.2, 3)
+        .stale_extension(0.0, 0)
+        .build()
+        .unwrap();
+    let (origin, log) = origin(|n, _| {
+        if n == 0 {
+            ok("max-age=100", "v1")
+        } else {
+            response(503, &[], "down")
+        }
+    });
+    let svc = cached(&cache, origin);
+    let url = "http://example.com/hot";
+    send(&svc, get(url)).await;
+    clock.set(T0 + 85_000);
+    for _ in 0..3 {
+        send(&svc, get(url)).await;
+    }
+    assert!(eventually(|| cache.stats().refresh_failed == 1).await);
+    for _ in 0..10 {
+        let r = send(&svc, get(url)).await;
+        assert_eq!(cache_status(&r), HIT);
+        settle().await;
+    }
+    assert_eq!(log.calls(), 2, "one early refresh for the entry");
+    assert_eq!(cache.stats().refresh_failed, 1);
+}
+
+#[tokio::test]
 async fn eager_refresh_waits_for_enough_reads_and_is_off_by_default() {
     let clock = clock();
     let cache = builder(&clock).eager_refresh(0.2, 3).build().unwrap();
