@@ -898,7 +898,7 @@ impl Cache {
                 len,
                 now,
             );
-            if let Some(resp) = ranged_response(entry, ranged, age.clone(), status.clone()) {
+            if let Some(resp) = ranged_response(entry, ranged, 0, age.clone(), status.clone()) {
                 return resp;
             }
         }
@@ -955,9 +955,13 @@ impl Cache {
 
 /// A `206` with the part of `entry`'s body `ranged` names, or a `416`
 /// (RFC 9110 §14.4, §15.3.7, §15.5.17); `None` for the whole response.
-fn ranged_response<B: Body>(
+/// `first`: the position in the representation of the body's first byte
+/// (0, or where a stored part starts; the caller has checked the range
+/// lies within the body).
+pub(crate) fn ranged_response<B: Body>(
     entry: &Entry,
     ranged: Ranged,
+    first: u64,
     age: HeaderValue,
     status: HeaderValue,
 ) -> Option<Response<CacheBody<B>>> {
@@ -966,7 +970,9 @@ fn ranged_response<B: Body>(
         Ranged::Part { start, end, len } => (
             StatusCode::PARTIAL_CONTENT,
             format!("bytes {start}-{end}/{len}"),
-            entry.body.slice(start as usize..=end as usize),
+            entry
+                .body
+                .slice((start - first) as usize..=(end - first) as usize),
         ),
         Ranged::Unsatisfiable { len } => (
             StatusCode::RANGE_NOT_SATISFIABLE,

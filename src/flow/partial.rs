@@ -155,29 +155,14 @@ async fn answer_from_part<RB: Body>(
         len,
         now,
     );
-    let (code, content_range, body) = match ranged {
-        Ranged::Part { start, end, .. } if start >= first && end <= last => (
-            StatusCode::PARTIAL_CONTENT,
-            format!("bytes {start}-{end}/{len}"),
-            entry
-                .body
-                .slice((start - first) as usize..=(end - first) as usize),
-        ),
-        Ranged::Unsatisfiable { len } => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!("bytes */{len}"),
-            Bytes::new(),
-        ),
+    match ranged {
+        Ranged::Part { start, end, .. } if start >= first && end <= last => {}
+        Ranged::Unsatisfiable { .. } => {}
         _ => return None,
-    };
+    }
     let status = cache.tier_hit_status(true, l2, &entry, now);
     let age = crate::cache::age_value(entry.timeline.age_at(now) / 1000);
-    let mut headers = entry.build_response_headers(age, status.header());
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(CONTENT_RANGE, HeaderValue::from_str(&content_range).ok()?);
-    let mut resp = Response::new(CacheBody::full(body));
-    *resp.status_mut() = code;
-    *resp.headers_mut() = headers;
+    let mut resp = crate::cache::ranged_response(&entry, ranged, first, age, status.header())?;
     resp.extensions_mut().insert(status);
     Some(resp)
 }
