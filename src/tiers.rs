@@ -103,6 +103,7 @@ pub(crate) enum Way {
     /// place in L1, only the size may refuse it.
     Newer,
     /// Read from L2: whether the read counts towards promotion.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Read,
 }
 

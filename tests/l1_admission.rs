@@ -247,15 +247,16 @@ async fn a_304_for_an_l2_entry_the_rule_refuses_stays_in_l2() {
     assert_eq!(log.calls(), 2);
 }
 
-/// A small L1 copy goes stale; the origin's new answer is big: it is stored
-/// in L2 only and the stale copy leaves L1, so the new one answers.
+/// A client's `no-cache` sends a request past the small, fresh L1 copy;
+/// the origin's new answer is big: it is stored in L2 only and the older
+/// copy leaves L1, so that the new one answers the next requests.
 #[tokio::test]
 async fn a_new_response_refused_by_size_removes_the_older_l1_copy() {
     require_redis();
     let server = RedisServer::start();
     let clock = clock();
     let (origin, log) = origin(|n, _| match n {
-        0 => ok("max-age=1", "small"),
+        0 => ok("max-age=600", "small"),
         _ => ok("max-age=600", &big_body()),
     });
     let cache = l2(&server, "nw", &clock, L1Admission::MaxBytesOrReads(LIMIT))
@@ -266,8 +267,8 @@ async fn a_new_response_refused_by_size_removes_the_older_l1_copy() {
     send(&svc, get(SMALL)).await;
     assert_eq!(cache.stats().l1_entries, 1);
 
-    clock.advance(secs(2));
-    assert_eq!(body(send(&svc, get(SMALL)).await).await, big_body());
+    let r = send(&svc, get_with(SMALL, &[("cache-control", "no-cache")])).await;
+    assert_eq!(body(r).await, big_body());
     let stats = cache.stats();
     assert_eq!(
         (stats.l1_entries, stats.l1_not_admitted),
@@ -281,11 +282,72 @@ async fn a_new_response_refused_by_size_removes_the_older_l1_copy() {
     assert_eq!(log.calls(), 2);
 }
 
-/// Instance B holds a small copy in L1; a newer, big copy lands in L2
-/// without an invalidation reaching B (another instance's overwrite whose
-/// message B has not applied yet: here, copied in behind B's back). B's
-/// background refresh finds it there (refreshed elsewhere) and does not
-/// adopt it into L1: B's stale copy leaves L1 and B is served from L2.
+/// A cache on `server` in namespace `ns` holding a small copy of `SMALL`
+/// in L1 (from `origin`'s first answer), and the big version of it put in
+/// its L2 without an invalidation reaching it: as when another instance's
+/// overwrite has not been applied here yet (here, stored by an instance of
+/// another namespace at `clock` + 2 s and copied over this one's key).
+async fn newer_big_copy_behind_its_back(
+    server: &RedisServer,
+    ns: &str,
+    clock: &ManualClock,
+    origin: Origin,
+) -> (Cache, Svc) {
+    let rule = L1Admission::MaxBytes(LIMIT);
+    let b = l2(server, ns, clock, rule).build().unwrap();
+    let svc_b = cached(&b, origin.clone());
+    send(&svc_b, get(SMALL)).await;
+    assert_eq!(b.stats().l1_entries, 1);
+    written(&b, 1).await;
+    clock.advance(secs(2));
+    let other = format!("{ns}-elsewhere");
+    let a = l2(server, &other, clock, rule).build().unwrap();
+    send(&cached(&a, origin), get(SMALL)).await;
+    written(&a, 1).await;
+    let theirs = server.cli(&["--scan", "--pattern", &format!("{other}:1:*")]);
+    let theirs = theirs.text();
+    let ours = theirs.replacen(&other, ns, 1);
+    assert!(server.cli(&["COPY", theirs, &ours, "REPLACE"]).success());
+    (b, svc_b)
+}
+
+/// B's small copy is stale (kept for revalidation); the newer big copy it
+/// reads from L2 answers, is not promoted over the stale copy (its size is
+/// refused), and the stale copy leaves L1.
+#[tokio::test]
+async fn a_newer_l2_copy_refused_by_size_is_not_promoted_over_the_stale_one() {
+    require_redis();
+    let server = RedisServer::start();
+    let clock = clock();
+    let (origin, log) = origin(|n, _| match n {
+        0 => response(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+            "small",
+        ),
+        _ => ok("max-age=600", &big_body()),
+    });
+    let (b, svc_b) = newer_big_copy_behind_its_back(&server, "pr", &clock, origin).await;
+
+    let r = send(&svc_b, get(SMALL)).await;
+    assert_eq!(cache_status(&r), L2_HIT);
+    assert_eq!(body(r).await, big_body());
+    let stats = b.stats();
+    assert_eq!(
+        (stats.l1_entries, stats.l1_not_admitted),
+        (0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.promotions, 0);
+    assert_eq!(cache_status(&send(&svc_b, get(SMALL)).await), L2_HIT);
+    assert_eq!(log.calls(), 2);
+}
+
+/// Instance B holds a small copy in L1, stale within its
+/// stale-while-revalidate window, and a newer big copy is in L2. B answers
+/// stale; its background refresh finds the newer copy (refreshed
+/// elsewhere) and does not adopt it into L1: B's stale copy leaves L1 and
+/// B is served from L2.
 #[tokio::test]
 async fn a_copy_refreshed_elsewhere_is_not_adopted_into_l1_when_refused() {
     require_redis();
@@ -295,25 +357,8 @@ async fn a_copy_refreshed_elsewhere_is_not_adopted_into_l1_when_refused() {
         0 => ok("max-age=1, stale-while-revalidate=60", "small"),
         _ => ok("max-age=600", &big_body()),
     });
-    let rule = L1Admission::MaxBytes(LIMIT);
-    let b = l2(&server, "ad", &clock, rule).build().unwrap();
-    let svc_b = cached(&b, origin.clone());
-    send(&svc_b, get(SMALL)).await;
-    assert_eq!(b.stats().l1_entries, 1);
-    written(&b, 1).await;
+    let (b, svc_b) = newer_big_copy_behind_its_back(&server, "ad", &clock, origin).await;
 
-    // The big version, stored by an instance of another namespace, copied
-    // over B's key.
-    clock.advance(secs(2));
-    let a = l2(&server, "elsewhere", &clock, rule).build().unwrap();
-    send(&cached(&a, origin), get(SMALL)).await;
-    written(&a, 1).await;
-    let theirs = server.cli(&["--scan", "--pattern", "elsewhere:1:*"]);
-    let theirs = theirs.text();
-    let ours = theirs.replacen("elsewhere:", "ad:", 1);
-    assert!(server.cli(&["COPY", theirs, &ours, "REPLACE"]).success());
-
-    // B answers stale from L1; its refresh finds the newer copy in L2.
     assert_eq!(body(send(&svc_b, get(SMALL)).await).await, "small");
     assert!(
         eventually(|| b.stats().refresh_ok == 1).await,
