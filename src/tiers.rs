@@ -552,8 +552,8 @@ mod tests {
         assert_eq!(tiers.l1.len(), 0);
     }
 
-    /// The rule's decision for each way in, for an entry within its size
-    /// and one over it (`SSS` = Store, Newer, Read admitted).
+    /// The rule's decision for each way in (`[Store, Newer, Read]`), for
+    /// an entry within its size and one over it; without L2, every way.
     #[cfg(feature = "redis")]
     #[test]
     fn the_admission_rule_decides_each_way_into_l1() {
