@@ -25,7 +25,7 @@ use crate::observe::{HealthThresholds, LabelSource, LogLevel, ObserveConfig, Obs
 use crate::policy::{CacheMode, PolicyConfig, RequestCacheControl, Route, SetCookiePolicy};
 use crate::stats::Counters;
 use crate::store::memory::MemoryStore;
-use crate::tiers::Tiers;
+use crate::tiers::{L1Admission, Tiers};
 
 // ---------------------------------------------------------------------------
 // Defaults, in the order of the setters' topics.
@@ -47,6 +47,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
 /// The default of [`CacheBuilder::l1_write_through`].
 pub const DEFAULT_L1_WRITE_THROUGH: bool = true;
+/// The default of [`CacheBuilder::l1_admission`]: every entry goes to L1
+/// when stored (write-through, [`DEFAULT_L1_WRITE_THROUGH`]).
+pub const DEFAULT_L1_ADMISSION: L1Admission = L1Admission::Always;
 /// The default of [`CacheBuilder::set_cookie`]: responses with `Set-Cookie`
 /// are not stored.
 pub const DEFAULT_SET_COOKIE: SetCookiePolicy = SetCookiePolicy::Pass;
@@ -268,6 +271,7 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// [`max_body_bytes`](Self::max_body_bytes),
 /// [`max_variants`](Self::max_variants),
 /// [`l1_write_through`](Self::l1_write_through),
+/// [`l1_admission`](Self::l1_admission),
 /// [`set_cookie`](Self::set_cookie),
 /// [`share_authorized`](Self::share_authorized),
 /// [`store_server_errors`](Self::store_server_errors),
@@ -348,7 +352,7 @@ pub struct CacheBuilder {
     max_extensions: u32,
     breaker_threshold: u32,
     breaker_open_for: Duration,
-    l1_write_through: bool,
+    l1_admission: L1Admission,
     tags: TagConfig,
     /// Where the L2 tier lives; none without `redis` / `redis_cluster`.
     #[cfg(feature = "redis")]
@@ -415,7 +419,7 @@ impl Default for CacheBuilder {
             max_extensions: DEFAULT_STALE_EXTENSION_TIMES,
             breaker_threshold: DEFAULT_BREAKER_FAILURES,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
-            l1_write_through: DEFAULT_L1_WRITE_THROUGH,
+            l1_admission: DEFAULT_L1_ADMISSION,
             tags: TagConfig {
                 headers: TAG_HEADERS.map(HeaderName::from_static).to_vec(),
                 max_tags: MAX_TAGS_PER_RESPONSE,
@@ -513,9 +517,44 @@ impl CacheBuilder {
     /// Whether upstream responses are written to L1 as well as to L2
     /// (default [`DEFAULT_L1_WRITE_THROUGH`]). With false, L1 holds only
     /// entries promoted from L2. Without an L2 tier responses always go to
-    /// L1.
+    /// L1. A shorthand for [`l1_admission`](Self::l1_admission): true sets
+    /// [`L1Admission::Always`], false [`L1Admission::Reads`]; the last of
+    /// the two calls wins.
     pub fn l1_write_through(mut self, yes: bool) -> Self {
-        self.l1_write_through = yes;
+        self.l1_admission = if yes {
+            L1Admission::Always
+        } else {
+            L1Admission::Reads
+        };
+        self
+    }
+
+    /// Which entries L1 holds when an L2 tier is below it (default
+    /// [`DEFAULT_L1_ADMISSION`]: every entry, as it is stored): entries up
+    /// to a size at once, others once read
+    /// [`promote_after`](Self::promote_after) times from L2, or both; the
+    /// others are served from L2 until they qualify. See [`L1Admission`]
+    /// for each rule. Without an L2 tier every entry goes to L1. A
+    /// `MaxBytes` of 0 fails [`build`](Self::build).
+    ///
+    /// Small entries at once, larger ones once read three times within
+    /// the promotion window:
+    ///
+    /// ```
+    /// use tower_tiered_cache::{Cache, L1Admission};
+    ///
+    /// let builder = Cache::builder().l1_admission(L1Admission::MaxBytesOrReads(16 * 1024));
+    /// #[cfg(feature = "redis")]
+    /// let builder = builder.redis("redis://127.0.0.1:6379/").promote_after(3);
+    /// let cache = builder.build().unwrap();
+    /// # drop(cache);
+    /// assert!(Cache::builder()
+    ///     .l1_admission(L1Admission::MaxBytes(0))
+    ///     .build()
+    ///     .is_err());
+    /// ```
+    pub fn l1_admission(mut self, rule: L1Admission) -> Self {
+        self.l1_admission = rule;
         self
     }
 
@@ -1004,7 +1043,10 @@ impl CacheBuilder {
 
     /// An L2 entry is copied into L1 after this many L2 hits within the
     /// [`promotion_window`](Self::promotion_window) (default
-    /// [`DEFAULT_PROMOTE_AFTER`]; 1 promotes on the first hit).
+    /// [`DEFAULT_PROMOTE_AFTER`]; 1 promotes on the first hit; at least 1).
+    /// The count of the "read" half of every
+    /// [`l1_admission`](Self::l1_admission) rule (entries heavier than a
+    /// `MaxBytes` rule's size are never copied).
     pub fn promote_after(mut self, hits: u32) -> Self {
         self.l2.promote_after = hits;
         self
@@ -1167,7 +1209,8 @@ impl CacheBuilder {
 
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
-    /// coalesced, promotions, evictions, refreshes, L2 errors, breaker
+    /// coalesced, promotions, entries kept out of L1
+    /// (`cache.l1.not_admitted`), evictions, refreshes, L2 errors, breaker
     /// opens (read from the cache's counters at collection time), the
     /// upstream breakers by label (`cache.upstream.breaker.state`,
     /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
@@ -1196,6 +1239,7 @@ impl CacheBuilder {
     /// connects on first use).
     pub fn build(mut self) -> Result<Cache, BuildError> {
         let l1_max_entry = self.check_storage()?;
+        self.check_admission()?;
         self.check_keys()?;
         self.check_freshness()?;
         self.policy.targeted = self.check_targeted()?;
@@ -1257,6 +1301,31 @@ impl CacheBuilder {
             return Err(BuildError::invalid("max_variants", "must be at least 1"));
         }
         Ok(l1_max_entry)
+    }
+
+    /// Storage: the L1 admission rule's size, and the reads its promotions
+    /// count to (`promote_after`, with an L2 tier), are at least 1.
+    fn check_admission(&self) -> Result<(), BuildError> {
+        let bytes = match self.l1_admission {
+            L1Admission::MaxBytes(b) | L1Admission::MaxBytesOrReads(b) => b,
+            _ => 1,
+        };
+        #[cfg(feature = "redis")]
+        let reads = if self.l2_target.is_some() {
+            self.l2.promote_after
+        } else {
+            1
+        };
+        #[cfg(not(feature = "redis"))]
+        let reads = 1;
+        first_refused([
+            (
+                "l1_admission",
+                bytes == 0,
+                "the size must be at least 1 byte (MaxBytes / MaxBytesOrReads)",
+            ),
+            ("promote_after", reads == 0, "must be at least 1"),
+        ])
     }
 
     /// Keys: credentials partitioning against what would undo it.
@@ -1417,7 +1486,7 @@ impl CacheBuilder {
         #[cfg(feature = "redis")] l2: Option<Arc<crate::store::l2::L2>>,
     ) -> Shared {
         let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
-        let tiers = Tiers::new(l1, self.l1_write_through);
+        let tiers = Tiers::new(l1, self.l1_admission);
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
         let coalesce_timeout = self.coalesce_timeout.unwrap_or_else(|| {
@@ -1510,7 +1579,6 @@ impl CacheBuilder {
                 "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
             ),
             ("l2_timeout", l2.timeout.is_zero(), "must be greater than 0"),
-            ("promote_after", l2.promote_after == 0, "must be at least 1"),
             (
                 "l2_circuit_breaker",
                 l2.breaker_failures == 0,

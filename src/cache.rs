@@ -799,7 +799,8 @@ impl Cache {
     }
 
     /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
-    /// promotion rules allow (at once when it replaces an older L1 copy).
+    /// admission rule allows (at once when it replaces an older L1 copy
+    /// the rule's size admits).
     /// Returns whether the entry lives in L1 (its response template is
     /// worth building).
     fn note_served(
@@ -814,7 +815,7 @@ impl Cache {
             plan.key,
             entry,
             tier,
-            plan.prior.is_some(),
+            plan.prior.as_ref(),
             &parts.headers,
             now,
         )

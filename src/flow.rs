@@ -540,7 +540,7 @@ fn collapsed<RB: Body>(
     s.counters.coalesced.incr();
     let status = Status {
         collapsed: true,
-        ..Status::forward(plan.fwd).with_detail(s.tiers.store_tier())
+        ..Status::forward(plan.fwd).with_detail(s.tiers.store_tier(entry))
     };
     Some(respond(cache, entry, parts, plan, now, status))
 }

@@ -163,6 +163,7 @@ pub use service::CacheService;
 pub use stats::{RedisInfo, Stats};
 pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
+pub use tiers::L1Admission;
 
 // Compile the README's examples as doc tests (they use every feature:
 // run with `--all-features`, as the README's test command does).

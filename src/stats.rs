@@ -180,6 +180,10 @@ pub struct Stats {
     pub invalidations: u64,
     /// Entries evicted from L1 to make room.
     pub evictions: u64,
+    /// Entries the L1 admission rule kept out of L1 when they were stored,
+    /// revalidated or refreshed: they live in L2 only until they qualify
+    /// ([`CacheBuilder::l1_admission`](crate::CacheBuilder::l1_admission)).
+    pub l1_not_admitted: u64,
     /// Slots in L1 (entries plus one per URL with variants).
     pub l1_entries: u64,
     /// Weighted bytes held in L1.
@@ -310,6 +314,7 @@ impl Stats {
             upstream_timeouts: c.upstream_timeouts.get(),
             invalidations: c.invalidations.get(),
             evictions: 0,
+            l1_not_admitted: 0,
             l1_entries: 0,
             l1_bytes: 0,
             l1_capacity_bytes: 0,

@@ -4,11 +4,14 @@
 //! - **lookup**: which copy may answer a request, and the tier it came
 //!   from ([`Tier`]); an L1 copy past `retain_until` is dropped, an L1 copy
 //!   the invalidation channel cannot vouch for is skipped;
-//! - **admission**: where a new entry goes (L1 unless L2 exists and
-//!   write-through is off; L2 off the request path);
+//! - **admission**: which entries L1 holds ([`L1Admission`], decided by
+//!   one function, [`Tiers::admits`], for every path that writes L1: a new
+//!   entry, a replacement, an adopted copy, a promotion); L2 takes every
+//!   entry, off the request path;
 //! - **promotion**: when an entry read from L2 is copied into L1 (after
-//!   `promote_after` hits, at once when it replaces an older L1 copy, never
-//!   when an invalidation may have come after the read);
+//!   `promote_after` hits, at once when it replaces an older L1 copy the
+//!   rule let in, never when an invalidation may have come after the
+//!   read);
 //! - **replacement**: a 304-merged or extended entry replaces the one it
 //!   was made from, wherever that was found.
 //!
@@ -22,9 +25,87 @@ use http::header::{HeaderMap, HeaderName};
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
+use crate::stats::Counter;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
 use crate::store::order::Generation;
+
+/// Which entries L1 holds when an L2 tier is below it; the others live in
+/// L2 only until they qualify
+/// ([`CacheBuilder::l1_admission`](crate::CacheBuilder::l1_admission)).
+///
+/// Two ways in: when an entry is stored (a response, a revalidated or
+/// refreshed copy), by its weight, as L1 weighs it (body, headers, key,
+/// bookkeeping; see [`Entry::weight`]); and by promotion, once an entry
+/// found only in L2 has been read
+/// [`promote_after`](crate::CacheBuilder::promote_after) times within the
+/// [`promotion_window`](crate::CacheBuilder::promotion_window) (the counts
+/// are bounded like every promotion count). A newer version of an entry L1
+/// holds (revalidated, refreshed here or by another instance) replaces it
+/// unless its size is refused; refused, the older L1 copy is removed so
+/// that the newer one answers from L2.
+///
+/// Without an L2 tier every rule admits every entry: L1 is then the only
+/// tier, and keeping an entry out of it would mean not caching it (that is
+/// [`l1_max_entry_bytes`](crate::CacheBuilder::l1_max_entry_bytes)' job).
+///
+/// Entries a rule keeps out of L1 are counted in
+/// [`Stats::l1_not_admitted`](crate::Stats::l1_not_admitted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum L1Admission {
+    /// Every entry goes to L1 when it is stored (write-through); one found
+    /// only in L2 is copied in after `promote_after` reads. The default
+    /// ([`DEFAULT_L1_ADMISSION`](crate::builder::DEFAULT_L1_ADMISSION)),
+    /// and what `l1_write_through(true)` sets.
+    Always,
+    /// Entries weighing at most this many bytes go to L1 when stored (and,
+    /// found only in L2, after `promote_after` reads); heavier ones never
+    /// do: they are served from L2 however often they are read. At least 1.
+    MaxBytes(u64),
+    /// No entry goes to L1 when stored; each is copied in once read
+    /// `promote_after` times from L2. What `l1_write_through(false)` sets.
+    Reads,
+    /// Small ones at once, the others once read: entries weighing at most
+    /// this many bytes go to L1 when stored, heavier ones once read
+    /// `promote_after` times from L2. At least 1.
+    MaxBytesOrReads(u64),
+}
+
+impl L1Admission {
+    /// The heaviest entry the rule's size admits; `None`: no size limit.
+    fn max_bytes(self) -> Option<u64> {
+        match self {
+            L1Admission::MaxBytes(b) | L1Admission::MaxBytesOrReads(b) => Some(b),
+            L1Admission::Always | L1Admission::Reads => None,
+        }
+    }
+
+    /// Whether an entry within the size goes to L1 when stored.
+    fn on_store(self) -> bool {
+        !matches!(self, L1Admission::Reads)
+    }
+
+    /// Whether reads admit an entry over the size.
+    fn reads_admit_heavy(self) -> bool {
+        !matches!(self, L1Admission::MaxBytes(_))
+    }
+}
+
+/// How an entry is about to reach L1, for [`Tiers::admits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// Stored: a new entry (a response, a value), or a revalidated copy of
+    /// an entry L1 does not hold.
+    Store,
+    /// In place of an older version L1 holds (304-merged, extended,
+    /// refreshed by another instance, found newer in L2): the key has its
+    /// place in L1, only the size may refuse it.
+    Newer,
+    /// Read from L2: whether the read counts towards promotion.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Read,
+}
 
 /// The tier a found entry was read from. Everything else about the entry
 /// (freshness, revalidation, 304 merging, `Cache-Status`) is decided the
@@ -73,18 +154,21 @@ pub(crate) struct Tiers {
     pub(crate) l1: MemoryStore,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
-    /// Write new entries to L1 as well as L2 (always true without L2).
-    write_through: bool,
+    /// Which entries go to L1 (every entry without L2).
+    admission: L1Admission,
+    /// Entries the rule kept out of L1 (stored in L2 only).
+    not_admitted: Counter,
 }
 
 impl Tiers {
-    /// L1 alone.
-    pub(crate) fn new(l1: MemoryStore, write_through: bool) -> Self {
+    /// L1 alone, with the rule it follows once an L2 tier is added.
+    pub(crate) fn new(l1: MemoryStore, admission: L1Admission) -> Self {
         Self {
             l1,
             #[cfg(feature = "redis")]
             l2: None,
-            write_through,
+            admission,
+            not_admitted: Counter::default(),
         }
     }
 
@@ -107,20 +191,60 @@ impl Tiers {
         }
     }
 
-    /// The tier new entries are read back from: L1, unless L2 exists and
-    /// responses are not written through to L1.
-    pub(crate) fn store_tier(&self) -> Detail {
-        if self.writes_l1() {
+    /// The tier `entry`, just stored, is read back from: L1 when the rule
+    /// admitted it, else L2.
+    pub(crate) fn store_tier(&self, entry: &Entry) -> Detail {
+        if self.admits(entry, Way::Store) {
             Detail::L1
         } else {
             Detail::L2
         }
     }
 
-    /// Whether new entries go to L1.
-    #[inline]
-    fn writes_l1(&self) -> bool {
-        self.write_through || !self.has_l2()
+    /// The admission rule's one decision: whether `entry`, reaching L1
+    /// `way`, may go there (every entry may without L2). For [`Way::Read`]:
+    /// whether its L2 reads count towards promotion.
+    pub(crate) fn admits(&self, entry: &Entry, way: Way) -> bool {
+        if !self.has_l2() {
+            return true;
+        }
+        let rule = self.admission;
+        let within = || rule.max_bytes().is_none_or(|b| entry.weight() <= b);
+        match way {
+            Way::Store => rule.on_store() && within(),
+            Way::Newer => within(),
+            Way::Read => rule.reads_admit_heavy() || within(),
+        }
+    }
+
+    /// [`admits`](Self::admits), for a write: a refused entry is counted
+    /// and the L1 copy it supersedes removed ([`keep_out`](Self::keep_out)).
+    fn admit_write(
+        &self,
+        key: KeyHash,
+        entry: &Entry,
+        way: Way,
+        superseded: Option<&Arc<Entry>>,
+        headers: &HeaderMap,
+    ) -> bool {
+        let admitted = self.admits(entry, way);
+        if !admitted {
+            self.keep_out(key, superseded, headers);
+        }
+        admitted
+    }
+
+    /// An entry the rule refused lives in L2 only: counted, and the older
+    /// L1 copy it supersedes (`superseded`, or whatever L1 holds for these
+    /// request headers) removed, so that it does not answer instead.
+    fn keep_out(&self, key: KeyHash, superseded: Option<&Arc<Entry>>, headers: &HeaderMap) {
+        self.not_admitted.incr();
+        self.l1.remove_stored(key, superseded, headers);
+    }
+
+    /// Entries the admission rule kept out of L1.
+    pub(crate) fn not_admitted(&self) -> u64 {
+        self.not_admitted.get()
     }
 
     /// Whether an L1 copy stored at `stored_at` may be used at `now`:
@@ -141,7 +265,7 @@ impl Tiers {
     pub(crate) fn lookup_l1(&self, key: KeyHash, headers: &HeaderMap, now: u64) -> L1Lookup {
         match self.l1.get(key, headers) {
             Found::Entry(e) if now >= e.timeline.retain_until => {
-                self.l1.remove_expired(key, &e, headers);
+                self.l1.remove_stored(key, Some(&e), headers);
                 L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
             // `l1_max_ttl` is set, this instance is not following the
@@ -231,15 +355,16 @@ impl Tiers {
 
     /// Counts a request served from `entry` found in `tier`, and copies an
     /// L2 entry into L1 when it has earned it: at once when it `replaces`
-    /// an older L1 copy, otherwise after `promote_after` hits. Never when an
-    /// invalidation may have come after the read. Returns whether the entry
-    /// is (now) in L1.
+    /// an older L1 copy (unless the rule refuses its size: the older copy
+    /// is then removed), otherwise after `promote_after` hits the rule
+    /// lets count. Never when an invalidation may have come after the
+    /// read. Returns whether the entry is (now) in L1.
     pub(crate) fn admit_served(
         &self,
         key: KeyHash,
         entry: &Arc<Entry>,
         tier: Tier,
-        replaces: bool,
+        replaces: Option<&Arc<Entry>>,
         headers: &HeaderMap,
         now: u64,
     ) -> bool {
@@ -252,12 +377,7 @@ impl Tiers {
                 };
                 // Checked first: a hit that may not promote is not counted
                 // towards promotion.
-                let promoted = l2.may_promote(key, since) && (replaces || l2.note_hit(key, now));
-                if promoted {
-                    self.l1
-                        .insert(key, Arc::clone(entry), &vary_names(entry), headers);
-                }
-                promoted
+                l2.may_promote(key, since) && self.promote(l2, key, entry, replaces, headers, now)
             }
             #[cfg(not(feature = "redis"))]
             Tier::L2 { .. } => {
@@ -265,6 +385,32 @@ impl Tiers {
                 false
             }
         }
+    }
+
+    /// Copies `entry`, read from L2, into L1 when the rule lets it in now:
+    /// at once in place of an older L1 copy (`replaces`) if its size is
+    /// admitted, else once its reads count to `promote_after`. A newer
+    /// version refused by size removes the older copy.
+    #[cfg(feature = "redis")]
+    fn promote(
+        &self,
+        l2: &crate::store::l2::L2,
+        key: KeyHash,
+        entry: &Arc<Entry>,
+        replaces: Option<&Arc<Entry>>,
+        headers: &HeaderMap,
+        now: u64,
+    ) -> bool {
+        let newer = replaces.map(|old| (old, self.admits(entry, Way::Newer)));
+        let promoted = matches!(newer, Some((_, true)))
+            || (self.admits(entry, Way::Read) && l2.note_hit(key, now));
+        if promoted {
+            self.l1
+                .insert(key, Arc::clone(entry), &vary_names(entry), headers);
+        } else if let Some((old, false)) = newer {
+            self.keep_out(key, Some(old), headers);
+        }
+        promoted
     }
 
     /// Puts `found`, read from L2 in `tier` because another instance
@@ -283,12 +429,14 @@ impl Tiers {
             (Tier::L2 { since }, Some(l2)) => l2.may_promote(key, since),
             _ => true,
         };
-        allowed && self.l1.replace_if(key, old, Arc::clone(found), headers)
+        allowed
+            && self.admit_write(key, found, Way::Newer, Some(old), headers)
+            && self.l1.replace_if(key, old, Arc::clone(found), headers)
     }
 
-    /// Stores a new entry: in L1 (unless L2 exists and write-through is
-    /// off) and, off the request path, in L2. Returns whether any tier took
-    /// it.
+    /// Stores a new entry: in L1 when the admission rule lets it in (an
+    /// older L1 copy is removed when it does not) and, off the request
+    /// path, in L2. Returns whether any tier took it.
     pub(crate) fn store(
         &self,
         key: KeyHash,
@@ -298,7 +446,7 @@ impl Tiers {
         now: u64,
     ) -> bool {
         let mut stored = false;
-        if self.writes_l1() {
+        if self.admit_write(key, entry, Way::Store, None, req_headers) {
             stored |= self.l1.insert(key, Arc::clone(entry), vary, req_headers);
         }
         #[cfg(feature = "redis")]
@@ -315,8 +463,10 @@ impl Tiers {
     /// An invalidation or a newer response that landed meanwhile wins.
     ///
     /// `tier`: where `old` was found. An entry read from L2 (L1 had no
-    /// copy) goes to L1 as a new response would (write-through) and to L2,
-    /// unless an invalidation came after it was read.
+    /// copy) goes to L1 as a new response would (the admission rule) and to
+    /// L2, unless an invalidation came after it was read. One L1 held goes
+    /// back to L1 unless the rule refuses its size (the old copy is then
+    /// removed), and to L2.
     pub(crate) fn replace(
         &self,
         key: KeyHash,
@@ -331,7 +481,7 @@ impl Tiers {
             if !l2.may_promote(key, since) {
                 return false;
             }
-            if self.write_through {
+            if self.admit_write(key, &new, Way::Store, None, req_headers) {
                 self.l1
                     .insert(key, Arc::clone(&new), &vary_names(&new), req_headers);
             }
@@ -339,16 +489,18 @@ impl Tiers {
             return true;
         }
         let _ = (tier, now);
-        let replaced = self.l1.replace_if(key, old, Arc::clone(&new), req_headers);
+        let admitted = self.admit_write(key, &new, Way::Newer, Some(old), req_headers);
+        let replaced = admitted && self.l1.replace_if(key, old, Arc::clone(&new), req_headers);
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2 {
-            // L2 may hold the entry even when L1 does not (write-through
-            // off, or evicted); an invalidation deleted it from both.
-            if replaced || !self.write_through {
+            // L2 may hold the entry even when L1 does not (the rule keeps
+            // such entries out of L1, or it was evicted); an invalidation
+            // deleted it from both.
+            if replaced || !self.admits(&new, Way::Store) {
                 l2.enqueue(key, &new, req_headers, now);
             }
         }
-        replaced
+        replaced || !admitted
     }
 }
 
@@ -377,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn lookup_returns_the_tier_and_drops_what_is_past_retain_until() {
-        let tiers = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), true);
+        let tiers = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), L1Admission::Always);
         let key = KeyHash(7);
         let headers = HeaderMap::new();
         assert!(tiers.lookup(key, &headers, 0).await.is_none());
@@ -400,10 +552,54 @@ mod tests {
         assert_eq!(tiers.l1.len(), 0);
     }
 
+    /// The rule's decision for each way in (`[Store, Newer, Read]`), for
+    /// an entry within its size and one over it; without L2, every way.
+    #[cfg(feature = "redis")]
     #[test]
-    fn without_l2_new_entries_go_to_l1_whatever_write_through_says() {
-        let tiers = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), false);
-        assert_eq!(tiers.store_tier(), Detail::L1);
+    fn the_admission_rule_decides_each_way_into_l1() {
+        let small = entry(1, 100);
+        let mut heavy = (*small).clone();
+        heavy.body = Bytes::from(vec![0; 8192]);
+        let limit = small.weight() + 1;
+        assert!(heavy.weight() > limit);
+        let table = [
+            (L1Admission::Always, [true, true, true], [true, true, true]),
+            (
+                L1Admission::MaxBytes(limit),
+                [true, true, true],
+                [false, false, false],
+            ),
+            (L1Admission::Reads, [false, true, true], [false, true, true]),
+            (
+                L1Admission::MaxBytesOrReads(limit),
+                [true, true, true],
+                [false, false, true],
+            ),
+        ];
+        let ways = [Way::Store, Way::Newer, Way::Read];
+        for (rule, within, over) in table {
+            let cache = crate::Cache::builder()
+                .redis("redis://127.0.0.1:1/")
+                .l1_admission(rule)
+                .build()
+                .unwrap();
+            let tiers = &cache.shared.tiers;
+            for (way, (w, o)) in ways.into_iter().zip(within.into_iter().zip(over)) {
+                assert_eq!(tiers.admits(&small, way), w, "{rule:?} {way:?} within");
+                assert_eq!(tiers.admits(&heavy, way), o, "{rule:?} {way:?} over");
+            }
+            let l1_only = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), rule);
+            assert!(
+                ways.into_iter().all(|w| l1_only.admits(&heavy, w)),
+                "{rule:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_l2_new_entries_go_to_l1_whatever_the_admission_rule_says() {
+        let tiers = Tiers::new(MemoryStore::new(1 << 20, 1 << 20, 8), L1Admission::Reads);
+        assert_eq!(tiers.store_tier(&entry(1, 100)), Detail::L1);
         assert!(!tiers.has_l2());
         let headers = HeaderMap::new();
         assert!(tiers.store(KeyHash(1), &entry(1, 100), &[], &headers, 1));

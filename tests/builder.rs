@@ -7,9 +7,9 @@ mod support;
 use std::error::Error as _;
 
 use tower_tiered_cache::builder::{
-    DEFAULT_MAX_VARIANTS, DEFAULT_TARGETED_CACHE_CONTROL, MAX_TAG_BYTES,
+    DEFAULT_L1_ADMISSION, DEFAULT_MAX_VARIANTS, DEFAULT_TARGETED_CACHE_CONTROL, MAX_TAG_BYTES,
 };
-use tower_tiered_cache::{BuildError, Cache};
+use tower_tiered_cache::{BuildError, Cache, L1Admission};
 
 use support::*;
 
@@ -96,6 +96,31 @@ fn each_concern_is_checked() {
         assert_eq!(err.setting(), setting, "{err}");
         assert!(err.is_invalid_setting(), "{err}");
     }
+}
+
+/// The L1 admission rule: a size of 0 is refused under its own setting,
+/// whatever the tiers; every sensible rule builds, with or without L2 (L1
+/// alone takes every entry whatever the rule).
+#[test]
+fn l1_admission_refuses_a_size_of_zero() {
+    for rule in [L1Admission::MaxBytes(0), L1Admission::MaxBytesOrReads(0)] {
+        let err = Cache::builder().l1_admission(rule).build().unwrap_err();
+        assert!(err.is_invalid_setting() && !err.is_redis(), "{err}");
+        assert_eq!(err.setting(), "l1_admission", "{rule:?}");
+        assert!(err.to_string().contains("at least 1 byte"), "{err}");
+    }
+    for rule in [
+        L1Admission::Always,
+        L1Admission::MaxBytes(1),
+        L1Admission::Reads,
+        L1Admission::MaxBytesOrReads(u64::MAX),
+    ] {
+        assert!(
+            Cache::builder().l1_admission(rule).build().is_ok(),
+            "{rule:?}"
+        );
+    }
+    assert_eq!(DEFAULT_L1_ADMISSION, L1Admission::Always);
 }
 
 /// RFC 9213 field names are checked at `build`: each a valid field name,
@@ -220,6 +245,30 @@ mod redis_kind {
         assert!(err.is_redis());
         assert!(err.source().is_none());
         assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+    }
+
+    /// The read half of the admission rule counts to `promote_after`: 0
+    /// reads is refused with an L2 tier, under that setting (without one
+    /// the setting is unused, as before).
+    #[test]
+    fn l1_admission_refuses_zero_reads_with_l2() {
+        for rule in [L1Admission::Reads, L1Admission::MaxBytesOrReads(1024)] {
+            let err = Cache::builder()
+                .redis("redis://127.0.0.1:1/")
+                .l1_admission(rule)
+                .promote_after(0)
+                .build()
+                .unwrap_err();
+            assert!(err.is_invalid_setting(), "{err}");
+            assert_eq!(err.setting(), "promote_after", "{rule:?}");
+        }
+        assert!(Cache::builder().promote_after(0).build().is_ok());
+        let err = Cache::builder()
+            .redis("redis://127.0.0.1:1/")
+            .l1_admission(L1Admission::MaxBytes(0))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "l1_admission");
     }
 
     #[test]

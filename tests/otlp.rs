@@ -223,6 +223,7 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         ("cache.upstream.calls", 1.0),
         ("cache.stale_served", 0.0),
         ("cache.coalesced", 0.0),
+        ("cache.l1.not_admitted", 0.0),
     ] {
         let m = metric(&receiver, name);
         assert_eq!(m.kind, MetricKind::Sum { monotonic: true }, "{name}");

@@ -177,6 +177,7 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
         ("max_body_bytes", vec![bytes(DEFAULT_MAX_BODY_BYTES)]),
         ("max_variants", vec![count(DEFAULT_MAX_VARIANTS)]),
         ("l1_write_through", vec![DEFAULT_L1_WRITE_THROUGH.to_string()]),
+        ("l1_admission", vec![format!("`{DEFAULT_L1_ADMISSION:?}`")]),
         ("set_cookie", vec![format!("`{DEFAULT_SET_COOKIE:?}`")]),
         ("share_authorized", vec![DEFAULT_SHARE_AUTHORIZED.to_string()]),
         ("store_server_errors", vec![DEFAULT_STORE_SERVER_ERRORS.to_string()]),

@@ -43,11 +43,12 @@ impl Cache {
         }
     }
 
-    /// Fills the tier sizes, the in-flight calls and the upstream
-    /// breakers into a stats snapshot.
+    /// Fills the tier sizes and counts, the in-flight calls and the
+    /// upstream breakers into a stats snapshot.
     pub(crate) fn tiers_and_breakers_into(&self, stats: &mut Stats, now: u64) {
         let s = &*self.shared;
         stats.evictions = s.tiers.l1.evictions();
+        stats.l1_not_admitted = s.tiers.not_admitted();
         stats.l1_entries = s.tiers.l1.len() as u64;
         stats.l1_bytes = s.tiers.l1.weight();
         stats.l1_capacity_bytes = s.tiers.l1.capacity();

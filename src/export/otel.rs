@@ -94,9 +94,9 @@ fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
 }
 
 /// The unlabelled event counters: stale served, coalesced, evictions,
-/// stores, upstream calls and promotions.
+/// stores, upstream calls, promotions and entries kept out of L1.
 fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
-    let simple: [(&'static str, &'static str, Reader); 6] = [
+    let simple: [(&'static str, &'static str, Reader); 7] = [
         ("cache.stale_served", "Stale entries served", |s| {
             s.counters.stale.get()
         }),
@@ -119,6 +119,11 @@ fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
             |s| s.counters.upstream_calls.get(),
         ),
         ("cache.promotions", "L2 entries copied into L1", promotions),
+        (
+            "cache.l1.not_admitted",
+            "Entries the L1 admission rule kept in L2 only",
+            |s| s.tiers.not_admitted(),
+        ),
     ];
     for (name, description, read) in simple {
         observable_counter(meter, weak, name, description, None, move |s| {

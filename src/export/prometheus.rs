@@ -43,6 +43,8 @@ impl Cache {
     ///   `tower_cache_stale_served_total`,
     ///   `tower_cache_coalesced_total`, `tower_cache_stores_total`,
     ///   `tower_cache_evictions_total`, `tower_cache_promotions_total`,
+    ///   `tower_cache_l1_not_admitted_total` (entries the L1 admission
+    ///   rule kept in L2 only),
     ///   `tower_cache_upstream_calls_total`,
     ///   `tower_cache_upstream_errors_total`,
     ///   `tower_cache_refreshes_total{outcome}`,
@@ -225,9 +227,10 @@ impl Cache {
 }
 
 /// The unlabelled event counters: stale served, coalesced, stores,
-/// evictions, promotions, upstream calls and errors.
+/// evictions, promotions, entries kept out of L1, upstream calls and
+/// errors.
 fn write_event_totals(w: &mut String, st: &Stats) {
-    let totals: [(&str, &str, u64); 7] = [
+    let totals: [(&str, &str, u64); 8] = [
         (
             "tower_cache_stale_served_total",
             "Stale entries served.",
@@ -248,6 +251,11 @@ fn write_event_totals(w: &mut String, st: &Stats) {
             "tower_cache_promotions_total",
             "L2 entries copied into L1.",
             st.promotions,
+        ),
+        (
+            "tower_cache_l1_not_admitted_total",
+            "Entries the L1 admission rule kept in L2 only.",
+            st.l1_not_admitted,
         ),
         (
             "tower_cache_upstream_calls_total",

@@ -305,16 +305,22 @@ impl MemoryStore {
         matches!(result, EntryResult::Retained(true))
     }
 
-    /// Removes `entry` if it is the one stored for these request headers
-    /// (an expired entry found on lookup).
-    pub(crate) fn remove_expired(&self, primary: KeyHash, entry: &Arc<Entry>, headers: &HeaderMap) {
+    /// Removes the entry stored for these request headers, if it is
+    /// `entry` (any entry when `None`): an expired entry found on lookup, or
+    /// an older copy of one that now lives in L2 only.
+    pub(crate) fn remove_stored(
+        &self,
+        primary: KeyHash,
+        entry: Option<&Arc<Entry>>,
+        headers: &HeaderMap,
+    ) {
         let slot_key = match self.cache.get(&primary) {
             Some(Slot::Vary(index)) => variant_hash(primary, &index.names, headers),
             _ => primary,
         };
         self.cache.remove_if(
             &slot_key,
-            |v| matches!(v, Slot::Entry(e) if Arc::ptr_eq(e, entry)),
+            |v| matches!(v, Slot::Entry(e) if entry.is_none_or(|x| Arc::ptr_eq(e, x))),
         );
     }
 
