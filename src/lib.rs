@@ -133,6 +133,7 @@ mod key;
 mod layer;
 pub mod observe;
 pub mod policy;
+mod reads;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
