@@ -116,6 +116,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod adaptive;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod body;
@@ -145,6 +146,7 @@ mod sync;
 mod tiers;
 pub mod warm;
 
+pub use adaptive::AdaptiveTtl;
 pub use body::CacheBody;
 pub use breaker::{BreakerState, UpstreamBreaker};
 pub use builder::CacheBuilder;

@@ -22,6 +22,7 @@ use http::header::{HeaderMap, HeaderName};
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
+use crate::reads::ReadCounts;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
 use crate::store::order::Generation;
@@ -75,6 +76,8 @@ pub(crate) struct Tiers {
     pub(crate) l2: Option<Arc<crate::store::l2::L2>>,
     /// Write new entries to L1 as well as L2 (always true without L2).
     write_through: bool,
+    /// How often keys are read, with adaptive TTL on (`reads.rs`).
+    pub(crate) read_counts: Option<ReadCounts>,
 }
 
 impl Tiers {
@@ -85,6 +88,7 @@ impl Tiers {
             #[cfg(feature = "redis")]
             l2: None,
             write_through,
+            read_counts: None,
         }
     }
 
@@ -142,6 +146,7 @@ impl Tiers {
         match self.l1.get(key, headers) {
             Found::Entry(e) if now >= e.timeline.retain_until => {
                 self.l1.remove_expired(key, &e, headers);
+                self.carry_reads(key, &e, now);
                 L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
             // `l1_max_ttl` is set, this instance is not following the
@@ -153,6 +158,36 @@ impl Tiers {
             Found::Entry(e) => L1Lookup::Found(e),
             Found::UriMiss => L1Lookup::Miss { fwd: Fwd::UriMiss },
             Found::VaryMiss => L1Lookup::Miss { fwd: Fwd::VaryMiss },
+        }
+    }
+
+    /// Carries the reads counted on `entry` to `key`'s count (adaptive
+    /// TTL; nothing when it is off): the entry stops answering, or is a
+    /// copy L1 does not keep.
+    pub(crate) fn carry_reads(&self, key: KeyHash, entry: &Entry, now: u64) {
+        if let Some(counts) = &self.read_counts {
+            counts.carry(key, &entry.reads, entry.timeline.stored_at, now);
+        }
+    }
+
+    /// Carries the reads of the entries a new response for `key` replaces:
+    /// `prior` (the entry refreshed or revalidated) and the L1 copy these
+    /// request `headers` select.
+    pub(crate) fn carry_replaced(
+        &self,
+        key: KeyHash,
+        prior: Option<&Entry>,
+        headers: &HeaderMap,
+        now: u64,
+    ) {
+        if self.read_counts.is_none() {
+            return;
+        }
+        if let Some(prior) = prior {
+            self.carry_reads(key, prior, now);
+        }
+        if let Found::Entry(e) = self.l1.get(key, headers) {
+            self.carry_reads(key, &e, now);
         }
     }
 
