@@ -43,6 +43,11 @@ use crate::reads::{Rate, ReadCounts};
 /// replaces it, are never changed, unless the route says
 /// [`force`](crate::Route::force).
 ///
+/// It is one setting for the whole cache (HTTP routes and typed values
+/// alike), not one per route: what it may change is already limited to the
+/// TTLs the cache chose, and a route brings the origin's own freshness in
+/// with `force`.
+///
 /// Reads are the requests answered from a stored entry (fresh or stale,
 /// from L1 or L2), counted by this instance, per URL (all its variants).
 /// At most `tracked_keys` keys are watched at once (a table of fixed size);
