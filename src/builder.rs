@@ -15,6 +15,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::request::Parts;
 use quick_cache::sync::Cache as QuickCache;
 
+use crate::adaptive::AdaptiveTtl;
 use crate::breaker::Breakers;
 use crate::cache::{Cache, EngineConfig, Shared, TagConfig};
 use crate::clock::{Clock, SystemClock};
@@ -111,6 +112,29 @@ pub const DEFAULT_STALE_EXTENSION_TIMES: u32 = 4;
 pub const DEFAULT_EAGER_REFRESH_FRACTION: f64 = 0.0;
 /// The default `min_reads` of [`CacheBuilder::eager_refresh`].
 pub const DEFAULT_EAGER_REFRESH_MIN_READS: u32 = 10;
+/// The default of [`CacheBuilder::adaptive_ttl`]: off, every TTL is the
+/// one the policy computes.
+pub const DEFAULT_ADAPTIVE_TTL: Option<AdaptiveTtl> = None;
+/// The default reads of [`AdaptiveTtl::hot_after`]: more than this per
+/// window is a hot key.
+pub const DEFAULT_ADAPTIVE_HOT_AFTER: u32 = 50;
+/// The default factor of [`AdaptiveTtl::hot_after`].
+pub const DEFAULT_ADAPTIVE_HOT_FACTOR: f64 = 2.0;
+/// The default reads of [`AdaptiveTtl::cold_under`]: fewer than this over
+/// a whole window is a cold key.
+pub const DEFAULT_ADAPTIVE_COLD_UNDER: u32 = 5;
+/// The default factor of [`AdaptiveTtl::cold_under`].
+pub const DEFAULT_ADAPTIVE_COLD_FACTOR: f64 = 0.5;
+/// The default lower bound of [`AdaptiveTtl::bounds`].
+pub const DEFAULT_ADAPTIVE_MIN_TTL: Duration = Duration::from_secs(1);
+/// The default upper bound of [`AdaptiveTtl::bounds`] (as
+/// [`DEFAULT_HEURISTIC_MAX`]).
+pub const DEFAULT_ADAPTIVE_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The default of [`AdaptiveTtl::window`].
+pub const DEFAULT_ADAPTIVE_WINDOW: Duration = Duration::from_secs(60);
+/// The default of [`AdaptiveTtl::tracked_keys`] (as many as the L2
+/// promotion counters).
+pub const DEFAULT_ADAPTIVE_TRACKED_KEYS: usize = 100_000;
 
 // Coalescing and upstream
 
@@ -300,7 +324,8 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// [`targeted_cache_control`](Self::targeted_cache_control),
 /// [`strip_targeted_cache_control`](Self::strip_targeted_cache_control),
 /// [`stale_extension`](Self::stale_extension),
-/// [`eager_refresh`](Self::eager_refresh).
+/// [`eager_refresh`](Self::eager_refresh),
+/// [`adaptive_ttl`](Self::adaptive_ttl).
 ///
 /// # Coalescing and upstream
 ///
@@ -354,6 +379,7 @@ pub struct CacheBuilder {
     breaker_open_for: Duration,
     l1_admission: L1Admission,
     tags: TagConfig,
+    adaptive: Option<AdaptiveTtl>,
     /// Where the L2 tier lives; none without `redis` / `redis_cluster`.
     #[cfg(feature = "redis")]
     l2_target: Option<crate::store::redis::RedisTarget>,
@@ -426,6 +452,7 @@ impl Default for CacheBuilder {
                 max_len: MAX_TAG_BYTES,
                 func: None,
             },
+            adaptive: DEFAULT_ADAPTIVE_TTL,
             #[cfg(feature = "redis")]
             l2_target: None,
             #[cfg(feature = "redis")]
@@ -919,6 +946,39 @@ impl CacheBuilder {
         self.observe.eager_min_reads = min_reads;
         self
     }
+
+    /// Scales the TTLs the cache chooses itself (a route's
+    /// [`ttl`](Route::ttl) forced on a response without freshness, a
+    /// heuristic lifetime, the [`negative_caching`](Self::negative_caching)
+    /// TTL) by how often their key is read: longer for keys read often,
+    /// shorter for keys read rarely, within bounds. An origin's explicit
+    /// freshness is never changed unless the route says
+    /// [`force`](Route::force). Off by default
+    /// ([`DEFAULT_ADAPTIVE_TTL`]); see [`AdaptiveTtl`] for its settings
+    /// and their defaults. [`build`](Self::build) refuses factors that are
+    /// not finite and above 0, thresholds or bounds in the wrong order.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tiered_cache::{AdaptiveTtl, Cache, Route};
+    ///
+    /// let cache = Cache::builder()
+    ///     .route(Route::prefix("/odds").ttl(Duration::from_secs(10)).force())
+    ///     .adaptive_ttl(AdaptiveTtl::new().hot_after(50, 2.0).cold_under(5, 0.5))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.stats().ttl_lengthened, 0);
+    ///
+    /// let err = Cache::builder()
+    ///     .adaptive_ttl(AdaptiveTtl::new().hot_after(50, 0.0))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.setting(), "adaptive_ttl");
+    /// ```
+    pub fn adaptive_ttl(mut self, adaptive: AdaptiveTtl) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
 }
 
 /// # Coalescing and upstream
@@ -1242,6 +1302,7 @@ impl CacheBuilder {
         self.check_admission()?;
         self.check_keys()?;
         self.check_freshness()?;
+        self.check_adaptive()?;
         self.policy.targeted = self.check_targeted()?;
         self.check_upstream()?;
         #[cfg(feature = "redis")]
@@ -1390,6 +1451,11 @@ impl CacheBuilder {
         ])
     }
 
+    /// Freshness: adaptive TTL's factors, thresholds and bounds.
+    fn check_adaptive(&self) -> Result<(), BuildError> {
+        self.adaptive.as_ref().map_or(Ok(()), AdaptiveTtl::validate)
+    }
+
     /// Freshness: the targeted cache-control fields, as field names (the
     /// mode's default when none were given); each a valid name, not
     /// `Cache-Control`, listed once.
@@ -1486,7 +1552,17 @@ impl CacheBuilder {
         #[cfg(feature = "redis")] l2: Option<Arc<crate::store::l2::L2>>,
     ) -> Shared {
         let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
-        let tiers = Tiers::new(l1, self.l1_admission);
+        let mut tiers = Tiers::new(l1, self.l1_admission);
+        let mut observe = self.observe;
+        observe.read_cap = if observe.eager_fraction > 0.0 {
+            observe.eager_min_reads
+        } else {
+            1
+        };
+        if let Some(adaptive) = &self.adaptive {
+            tiers.read_counts = Some(adaptive.read_counts());
+            observe.read_cap = observe.read_cap.max(adaptive.read_cap());
+        }
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
         let coalesce_timeout = self.coalesce_timeout.unwrap_or_else(|| {
@@ -1503,7 +1579,7 @@ impl CacheBuilder {
             hit_for_pass: QuickCache::new(HIT_FOR_PASS_CAPACITY),
             // One per label index: `max_labels` plus `default` and `other`.
             breakers: Breakers::new(
-                self.observe.max_labels + 2,
+                observe.max_labels + 2,
                 self.breaker_threshold,
                 self.breaker_open_for,
             ),
@@ -1518,8 +1594,9 @@ impl CacheBuilder {
                 stale_extension_factor: self.extension_factor,
                 max_stale_extensions: self.max_extensions,
                 tags: self.tags,
+                adaptive: self.adaptive,
             },
-            obs: Observer::new(self.observe),
+            obs: Observer::new(observe),
             #[cfg(feature = "redis")]
             shared_stats: match (&l2, self.shared_stats) {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),

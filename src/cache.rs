@@ -112,6 +112,8 @@ pub(crate) struct EngineConfig {
     pub(crate) stale_extension_factor: f64,
     pub(crate) max_stale_extensions: u32,
     pub(crate) tags: TagConfig,
+    /// Adaptive TTL (`adaptive_ttl`), when on.
+    pub(crate) adaptive: Option<crate::AdaptiveTtl>,
 }
 
 /// A function that names the tags of a response: it sees the request and
@@ -736,6 +738,7 @@ impl Cache {
             Usability::Fresh => return Ok(self.fresh_answer(entry, tier, parts, plan, now, span)),
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
+                entry.reads.note(s.obs.cfg.read_cap);
                 let reuse = self.note_served(&entry, tier, parts, &plan, now);
                 let asks = &plan.directives;
                 let resp = self.respond_entry(&entry, parts, asks, now, &status, reuse);
@@ -781,9 +784,7 @@ impl Cache {
         }
         let cfg = &s.obs.cfg;
         let eager = cfg.eager_fraction > 0.0;
-        let reads = entry
-            .reads
-            .note(if eager { cfg.eager_min_reads } else { 1 });
+        let reads = entry.reads.note(cfg.read_cap);
         let reuse = self.note_served(&entry, tier, parts, &plan, now);
         let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
@@ -800,9 +801,9 @@ impl Cache {
 
     /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
     /// admission rule allows (at once when it replaces an older L1 copy
-    /// the rule's size admits).
-    /// Returns whether the entry lives in L1 (its response template is
-    /// worth building).
+    /// the rule's size admits); the reads of a copy L1 does not keep are
+    /// carried to its key's count at once (adaptive TTL). Returns whether
+    /// the entry lives in L1 (its response template is worth building).
     fn note_served(
         &self,
         entry: &Arc<Entry>,
@@ -811,14 +812,19 @@ impl Cache {
         plan: &Fetch,
         now: u64,
     ) -> bool {
-        self.shared.tiers.admit_served(
+        let tiers = &self.shared.tiers;
+        let in_l1 = tiers.admit_served(
             plan.key,
             entry,
             tier,
             plan.prior.as_ref(),
             &parts.headers,
             now,
-        )
+        );
+        if !in_l1 {
+            tiers.carry_reads(plan.key, entry, now);
+        }
+        in_l1
     }
 
     /// The 504 for an `only-if-cached` request with nothing stored.

@@ -85,12 +85,16 @@ pub struct Entry {
     pub(crate) template: OnceLock<HeaderMap>,
     /// The label of the request that stored it (for per-label stats).
     pub(crate) label: u16,
-    /// Reads from L1, counted up to a small cap (for eager refresh and
+    /// Reads, counted up to a cap (for eager refresh, adaptive TTL and
     /// for spotting entries evicted before any reuse).
     pub(crate) reads: Reads,
 }
 
 /// A saturating read counter that clones as a fresh count of zero.
+///
+/// The low bits count reads since the count was last
+/// [taken](Self::take); two flags say whether the entry was ever read and
+/// whether its early refresh was claimed.
 #[derive(Debug, Default)]
 pub(crate) struct Reads(std::sync::atomic::AtomicU32);
 
@@ -101,27 +105,53 @@ impl Clone for Reads {
 }
 
 impl Reads {
-    /// Counts a read up to `cap`; past it this is a plain load (no write
-    /// to a line other threads read).
+    /// Set once an early refresh was claimed.
+    const CLAIMED: u32 = 1 << 31;
+    /// Set once a count was taken that was not zero.
+    const WAS_READ: u32 = 1 << 30;
+    /// The bits that count.
+    const COUNT: u32 = Self::WAS_READ - 1;
+    /// The highest cap [`note`](Self::note) takes: far enough below the
+    /// flags that threads racing past the cap cannot reach them.
+    pub(crate) const MAX_CAP: u32 = 1 << 24;
+
+    /// Counts a read up to `cap` (at most [`MAX_CAP`](Self::MAX_CAP));
+    /// past it this is a plain load (no write to a line other threads
+    /// read). Returns the count.
     #[inline]
     pub(crate) fn note(&self, cap: u32) -> u32 {
         use std::sync::atomic::Ordering::Relaxed;
-        let n = self.0.load(Relaxed);
+        let n = self.0.load(Relaxed) & Self::COUNT;
         if n < cap {
-            self.0.fetch_add(1, Relaxed) + 1
+            (self.0.fetch_add(1, Relaxed) + 1) & Self::COUNT
         } else {
             n
         }
     }
 
-    pub(crate) fn get(&self) -> u32 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed) & !(1 << 31)
+    /// Whether the entry was ever read.
+    pub(crate) fn was_read(&self) -> bool {
+        let v = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        v & (Self::COUNT | Self::WAS_READ) != 0
+    }
+
+    /// The reads counted since the last call, which starts the count again
+    /// (each read is taken once, whoever takes it).
+    pub(crate) fn take(&self) -> u32 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut taken = 0;
+        let _ = self.0.fetch_update(Relaxed, Relaxed, |v| {
+            taken = v & Self::COUNT;
+            let read = if taken > 0 { Self::WAS_READ } else { 0 };
+            Some((v & !Self::COUNT) | read)
+        });
+        taken
     }
 
     /// Marks the entry as already refreshed early (no second refresh).
     pub(crate) fn claim_refresh(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.0.fetch_or(1 << 31, Relaxed) & (1 << 31) == 0
+        self.0.fetch_or(Self::CLAIMED, Relaxed) & Self::CLAIMED == 0
     }
 }
 
@@ -659,6 +689,28 @@ mod tests {
         };
         assert!(e.vary_matches(&req(&[("cookie", "s=1")])));
         assert!(!e.vary_matches(&req(&[])));
+    }
+
+    #[test]
+    fn reads_count_to_a_cap_are_taken_once_and_outlive_a_claimed_refresh() {
+        let r = Reads::default();
+        assert!(!r.was_read());
+        assert_eq!((r.note(3), r.note(3), r.note(3), r.note(3)), (1, 2, 3, 3));
+        assert!(r.claim_refresh());
+        assert!(!r.claim_refresh());
+        // A claimed refresh does not stop the count.
+        assert_eq!(r.note(5), 4);
+        assert_eq!(r.take(), 4);
+        assert_eq!(r.take(), 0);
+        assert!(r.was_read());
+        assert_eq!(r.note(5), 1);
+        assert!(!r.claim_refresh());
+        // A clone is a new count.
+        let c = r.clone();
+        assert!(!c.was_read());
+        assert_eq!(c.take(), 0);
+        assert!(!c.was_read());
+        assert!(c.claim_refresh());
     }
 
     #[test]

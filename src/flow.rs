@@ -728,6 +728,7 @@ where
         Ok(read) => read,
         Err(done) => return done,
     };
+    let storable = s.adapt_storable(plan, &client.headers, storable);
     let (entry, own) = entry_of(cache, rparts, body, storable, plan, &client, times.response);
     store_and_answer(cache, entry, own, plan, &client, times.response)
 }
@@ -1194,6 +1195,7 @@ fn freshen(
             response_time,
         )
         .ok()?;
+    let st = s.adapt_storable(plan, &client.headers, st);
     strip_for_storage(&mut headers, &st);
     let mut entry = (**prior).clone();
     // Copied: the 304's values are views into the connection's buffer.

@@ -116,6 +116,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod adaptive;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod body;
@@ -133,6 +134,7 @@ mod key;
 mod layer;
 pub mod observe;
 pub mod policy;
+mod reads;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
@@ -144,6 +146,7 @@ mod sync;
 mod tiers;
 pub mod warm;
 
+pub use adaptive::AdaptiveTtl;
 pub use body::CacheBody;
 pub use breaker::{BreakerState, UpstreamBreaker};
 pub use builder::CacheBuilder;

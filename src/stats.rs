@@ -80,6 +80,8 @@ pub(crate) struct Counters {
     pub(crate) upstream_timeouts: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) cancelled: Counter,
+    pub(crate) ttl_lengthened: Counter,
+    pub(crate) ttl_shortened: Counter,
 }
 
 impl Counters {
@@ -106,6 +108,8 @@ impl Counters {
             &self.upstream_timeouts,
             &self.invalidations,
             &self.cancelled,
+            &self.ttl_lengthened,
+            &self.ttl_shortened,
         ] {
             c.reset();
         }
@@ -178,6 +182,12 @@ pub struct Stats {
     pub upstream_timeouts: u64,
     /// Entries removed by invalidation (unsafe methods, API calls).
     pub invalidations: u64,
+    /// Entries stored with a TTL adaptive TTL lengthened (their key is
+    /// read often; see [`AdaptiveTtl`](crate::AdaptiveTtl)).
+    pub ttl_lengthened: u64,
+    /// Entries stored with a TTL adaptive TTL shortened (their key is read
+    /// rarely).
+    pub ttl_shortened: u64,
     /// Entries evicted from L1 to make room.
     pub evictions: u64,
     /// Entries the L1 admission rule kept out of L1 when they were stored,
@@ -313,6 +323,8 @@ impl Stats {
             coalesce_timeouts: c.coalesce_timeouts.get(),
             upstream_timeouts: c.upstream_timeouts.get(),
             invalidations: c.invalidations.get(),
+            ttl_lengthened: c.ttl_lengthened.get(),
+            ttl_shortened: c.ttl_shortened.get(),
             evictions: 0,
             l1_not_admitted: 0,
             l1_entries: 0,
@@ -343,6 +355,15 @@ impl Stats {
             labels: Vec::new(),
             redis: None,
         }
+    }
+
+    /// The stores adaptive TTL changed, by how: what every exporter counts
+    /// (`change`: `lengthened`, `shortened`), named here only.
+    pub(crate) fn ttl_changes(&self) -> [(&'static str, u64); 2] {
+        [
+            ("lengthened", self.ttl_lengthened),
+            ("shortened", self.ttl_shortened),
+        ]
     }
 
     /// `requests`: the sum of the outcomes, each request counted under one.

@@ -26,6 +26,7 @@ use http::header::{HeaderMap, HeaderName};
 use crate::entry::Entry;
 use crate::key::KeyHash;
 use crate::stats::Counter;
+use crate::reads::ReadCounts;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
 use crate::store::order::Generation;
@@ -158,6 +159,8 @@ pub(crate) struct Tiers {
     admission: L1Admission,
     /// Entries the rule kept out of L1 (stored in L2 only).
     not_admitted: Counter,
+    /// How often keys are read, with adaptive TTL on (`reads.rs`).
+    pub(crate) read_counts: Option<ReadCounts>,
 }
 
 impl Tiers {
@@ -169,6 +172,7 @@ impl Tiers {
             l2: None,
             admission,
             not_admitted: Counter::default(),
+            read_counts: None,
         }
     }
 
@@ -266,6 +270,7 @@ impl Tiers {
         match self.l1.get(key, headers) {
             Found::Entry(e) if now >= e.timeline.retain_until => {
                 self.l1.remove_stored(key, Some(&e), headers);
+                self.carry_reads(key, &e, now);
                 L1Lookup::Miss { fwd: Fwd::UriMiss }
             }
             // `l1_max_ttl` is set, this instance is not following the
@@ -277,6 +282,36 @@ impl Tiers {
             Found::Entry(e) => L1Lookup::Found(e),
             Found::UriMiss => L1Lookup::Miss { fwd: Fwd::UriMiss },
             Found::VaryMiss => L1Lookup::Miss { fwd: Fwd::VaryMiss },
+        }
+    }
+
+    /// Carries the reads counted on `entry` to `key`'s count (adaptive
+    /// TTL; nothing when it is off): the entry stops answering, or is a
+    /// copy L1 does not keep.
+    pub(crate) fn carry_reads(&self, key: KeyHash, entry: &Entry, now: u64) {
+        if let Some(counts) = &self.read_counts {
+            counts.carry(key, &entry.reads, entry.timeline.stored_at, now);
+        }
+    }
+
+    /// Carries the reads of the entries a new response for `key` replaces:
+    /// `prior` (the entry refreshed or revalidated) and the L1 copy these
+    /// request `headers` select.
+    pub(crate) fn carry_replaced(
+        &self,
+        key: KeyHash,
+        prior: Option<&Entry>,
+        headers: &HeaderMap,
+        now: u64,
+    ) {
+        if self.read_counts.is_none() {
+            return;
+        }
+        if let Some(prior) = prior {
+            self.carry_reads(key, prior, now);
+        }
+        if let Found::Entry(e) = self.l1.get(key, headers) {
+            self.carry_reads(key, &e, now);
         }
     }
 

@@ -67,6 +67,12 @@ fn each_concern_is_checked() {
             Cache::builder().eager_refresh(0.5, 0).build(),
         ),
         (
+            "adaptive_ttl",
+            Cache::builder()
+                .adaptive_ttl(tower_tiered_cache::AdaptiveTtl::new().cold_under(60, 0.5))
+                .build(),
+        ),
+        (
             "coalesce_timeout",
             Cache::builder()
                 .coalesce_timeout(std::time::Duration::ZERO)

@@ -15,6 +15,7 @@ const BELOW_ENGINE: &[&str] = &[
     "entry.rs",
     "error.rs",
     "key.rs",
+    "reads.rs",
     "stats.rs",
     "status.rs",
     "sync.rs",

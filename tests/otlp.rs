@@ -230,6 +230,11 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         assert_eq!(m.points.len(), 1, "{m:#?}");
         assert_eq!(m.points[0].value, value, "{name}");
     }
+    let adaptive = metric(&receiver, "cache.adaptive_ttl");
+    assert_eq!(adaptive.kind, MetricKind::Sum { monotonic: true });
+    for change in ["lengthened", "shortened"] {
+        assert_eq!(point(&adaptive, &[("change", A::S(change))]).value, 0.0);
+    }
     assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
 
     tracer.shutdown().unwrap();

@@ -234,6 +234,19 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
                 "off (fraction {DEFAULT_EAGER_REFRESH_FRACTION}, {DEFAULT_EAGER_REFRESH_MIN_READS} reads)"
             )],
         ),
+        (
+            "adaptive_ttl",
+            vec![format!(
+                "{} (×{DEFAULT_ADAPTIVE_HOT_FACTOR} over {DEFAULT_ADAPTIVE_HOT_AFTER} reads, \
+                 ×{DEFAULT_ADAPTIVE_COLD_FACTOR} under {DEFAULT_ADAPTIVE_COLD_UNDER}, per {}; \
+                 {} to {}; {} keys)",
+                DEFAULT_ADAPTIVE_TTL.map_or("off", |_| "on"),
+                dur(DEFAULT_ADAPTIVE_WINDOW),
+                dur(DEFAULT_ADAPTIVE_MIN_TTL),
+                dur(DEFAULT_ADAPTIVE_MAX_TTL),
+                count(DEFAULT_ADAPTIVE_TRACKED_KEYS)
+            )],
+        ),
         ("upstream_timeout", vec![dur(DEFAULT_UPSTREAM_TIMEOUT)]),
         ("max_in_flight", vec![count(DEFAULT_MAX_IN_FLIGHT)]),
         ("hit_for_pass", vec![dur(DEFAULT_HIT_FOR_PASS)]),

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Method, Response};
 use tower_tiered_cache::{
-    BreakerState, Cache, CacheBuilder, CacheMode, Clock, ManualClock, Route, SetCookiePolicy,
+    AdaptiveTtl, BreakerState, Cache, CacheBuilder, CacheMode, Clock, ManualClock, Route,
+    SetCookiePolicy,
 };
 
 use support::*;
@@ -2897,6 +2898,125 @@ async fn rfc9213_the_obeyed_field_is_stripped_only_when_configured() {
         let r = send(&svc, request(Method::POST, URL, &[])).await;
         expect(&r, "POST");
     }
+}
+
+// ---------------------------------------------------------------------------
+// 21. Adaptive TTL
+// ---------------------------------------------------------------------------
+
+/// Adaptive TTL over a 10 s window: more than 50 reads double the TTL the
+/// cache chose, fewer than 5 halve it.
+fn adaptive() -> AdaptiveTtl {
+    AdaptiveTtl::new()
+        .hot_after(50, 2.0)
+        .cold_under(5, 0.5)
+        .window(secs(10))
+}
+
+/// Reads `url` `n` times, each a fresh hit.
+async fn hits(svc: &Svc, url: &str, n: usize) {
+    for _ in 0..n {
+        assert_eq!(cache_status(&send(svc, get(url)).await), hit());
+    }
+}
+
+/// `url` is a fresh hit `age` seconds old.
+async fn hit_aged(svc: &Svc, url: &str, age_secs: u64) {
+    let r = send(svc, get(url)).await;
+    assert_eq!(cache_status(&r), hit(), "{url}");
+    assert_eq!(age(&r), Some(age_secs), "{url}");
+}
+
+/// `url` is fetched and stored again.
+async fn stored_again(svc: &Svc, url: &str) {
+    assert_eq!(
+        cache_status(&send(svc, get(url)).await),
+        MISS_STORED,
+        "{url}"
+    );
+}
+
+/// A route's TTL forced on headerless responses: 10 s becomes 20 s for a
+/// key read 60 times in the window, 5 s for one read twice; `Age` and
+/// expiry follow the adapted TTL, from whichever tier answers.
+#[tokio::test]
+async fn adaptive_ttl_doubles_a_hot_keys_route_ttl_and_halves_a_cold_ones() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .route(Route::prefix("/api").ttl(secs(10)).force())
+        .adaptive_ttl(adaptive())
+        .build()
+        .unwrap();
+    let (origin, log) = origin(|n, _| ok("", &format!("v{}", n + 1)));
+    let svc = cached(&cache, origin);
+    let (hot, cold) = ("http://example.com/api/hot", "http://example.com/api/cold");
+    stored_again(&svc, hot).await;
+    stored_again(&svc, cold).await;
+    clock.advance(secs(1));
+    hits(&svc, hot, 60).await;
+    hits(&svc, cold, 2).await;
+    // A key seen for the first time kept its route TTL: 10 s.
+    clock.advance(secs(10));
+    stored_again(&svc, hot).await;
+    stored_again(&svc, cold).await;
+    let st = cache.stats();
+    assert_eq!((st.ttl_lengthened, st.ttl_shortened), (1, 1));
+    let metrics = cache.prometheus();
+    for change in ["lengthened", "shortened"] {
+        let line = format!("tower_cache_adaptive_ttl_total{{change=\"{change}\"}} 1\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    // The cold key: 5 s.
+    clock.advance(secs(4));
+    hit_aged(&svc, cold, 4).await;
+    clock.advance(secs(2));
+    stored_again(&svc, cold).await;
+    // The hot key: 20 s.
+    clock.advance(secs(13));
+    hit_aged(&svc, hot, 19).await;
+    clock.advance(secs(2));
+    stored_again(&svc, hot).await;
+    assert_eq!(log.calls(), 6);
+}
+
+/// An origin's `max-age` is never lengthened or shortened by adaptive TTL,
+/// however often (or rarely) its key is read, unless the route says
+/// `force`.
+#[tokio::test]
+async fn adaptive_ttl_changes_an_origins_max_age_only_on_a_force_route() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .route(Route::prefix("/forced").force())
+        .adaptive_ttl(adaptive())
+        .build()
+        .unwrap();
+    let (origin, log) = origin(|n, _| ok("max-age=10", &format!("v{}", n + 1)));
+    let svc = cached(&cache, origin);
+    let plain = "http://example.com/plain";
+    let rare = "http://example.com/rare";
+    let forced = "http://example.com/forced/item";
+    for u in [plain, rare, forced] {
+        stored_again(&svc, u).await;
+    }
+    clock.advance(secs(1));
+    hits(&svc, plain, 60).await;
+    hits(&svc, forced, 60).await;
+    clock.advance(secs(10));
+    for u in [plain, rare, forced] {
+        stored_again(&svc, u).await;
+    }
+    // `max-age=10` holds for the hot and the unread key alike.
+    clock.advance(secs(9));
+    hit_aged(&svc, plain, 9).await;
+    hit_aged(&svc, rare, 9).await;
+    clock.advance(secs(2));
+    stored_again(&svc, plain).await;
+    stored_again(&svc, rare).await;
+    // On the force route, the hot key's 10 s became 20 s.
+    hit_aged(&svc, forced, 11).await;
+    let st = cache.stats();
+    assert_eq!((st.ttl_lengthened, st.ttl_shortened), (1, 0));
+    assert_eq!(log.calls(), 8);
 }
 
 // ---------------------------------------------------------------------------

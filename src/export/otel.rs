@@ -53,6 +53,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     requests_counter(meter, weak);
     event_counters(meter, weak);
     refreshes_counter(meter, weak);
+    ttl_changes_counter(meter, weak);
     breaker_opens_counter(meter, weak);
     upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
@@ -147,6 +148,22 @@ fn refreshes_counter(meter: &Meter, weak: &Weak<Shared>) {
                 ("failed", c.refresh_failed.get()),
                 ("skipped", c.refresh_skipped.get()),
             ]
+        },
+    );
+}
+
+/// `cache.adaptive_ttl` by change (`lengthened`, `shortened`).
+fn ttl_changes_counter(meter: &Meter, weak: &Weak<Shared>) {
+    observable_counter(
+        meter,
+        weak,
+        "cache.adaptive_ttl",
+        "Entries stored with a TTL adaptive TTL changed, by change",
+        Some("change"),
+        |s| {
+            crate::Stats::from_counters(&s.counters, 0)
+                .ttl_changes()
+                .to_vec()
         },
     );
 }

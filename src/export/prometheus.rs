@@ -48,6 +48,8 @@ impl Cache {
     ///   `tower_cache_upstream_calls_total`,
     ///   `tower_cache_upstream_errors_total`,
     ///   `tower_cache_refreshes_total{outcome}`,
+    ///   `tower_cache_adaptive_ttl_total{change}` (`lengthened`,
+    ///   `shortened`: entries stored with a TTL adaptive TTL changed),
     ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
     ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
     ///   and, with an L2 tier,
@@ -94,6 +96,7 @@ impl Cache {
         self.write_requests_by_label(w, &st);
         write_event_totals(w, &st);
         write_refreshes(w, &st);
+        write_ttl_changes(w, &st);
         self.write_breaker_opens(w, &st);
         write_l2_errors_and_breaker(w, &st);
         write_l1_and_in_flight(w, &st);
@@ -272,6 +275,17 @@ fn write_event_totals(w: &mut String, st: &Stats) {
         header(w, name, "counter", help);
         sample(w, name, &[], v);
     }
+}
+
+/// `tower_cache_adaptive_ttl_total{change}`.
+fn write_ttl_changes(w: &mut String, st: &Stats) {
+    counter_by(
+        w,
+        "tower_cache_adaptive_ttl_total",
+        "Entries stored with a TTL adaptive TTL changed, by change.",
+        "change",
+        &st.ttl_changes(),
+    );
 }
 
 /// `tower_cache_refreshes_total{outcome}`.

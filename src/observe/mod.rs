@@ -255,6 +255,10 @@ pub(crate) struct ObserveConfig {
     /// fraction of their freshness lifetime is left.
     pub(crate) eager_fraction: f64,
     pub(crate) eager_min_reads: u32,
+    /// How far an entry counts its reads (`entry::Reads::note`): to
+    /// `eager_min_reads` with eager refresh, far enough to show a key hot
+    /// with adaptive TTL, else 1 (read or not). Set by the builder.
+    pub(crate) read_cap: u32,
     pub(crate) span_level: tracing::Level,
     /// Per-request instrumentation (labels, latency, window, spans,
     /// metrics, per-lookup logs). The global counters are always kept.
@@ -273,6 +277,7 @@ impl Default for ObserveConfig {
             health: HealthThresholds::default(),
             eager_fraction: 0.0,
             eager_min_reads: 10,
+            read_cap: 1,
             span_level: tracing::Level::DEBUG,
             enabled: true,
             hit_sample: HIT_TIMING_SAMPLE,

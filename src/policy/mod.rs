@@ -233,6 +233,47 @@ pub(crate) struct Storable {
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) strip: Vec<HeaderName>,
     pub(crate) strip_set_cookie: bool,
+    /// The freshness lifetime, ms (before the age the response arrived
+    /// with is taken off).
+    pub(crate) lifetime: u64,
+    /// Whether the cache may change the lifetime (adaptive TTL): it chose
+    /// it (a route's TTL forced on a response without freshness, a
+    /// heuristic, the negative-caching TTL), or the route says `force`.
+    /// Never for the origin's explicit freshness otherwise.
+    pub(crate) adaptable: bool,
+}
+
+impl Storable {
+    /// Sets the freshness lifetime to `lifetime` ms: freshness ends that
+    /// long after the response's time, less the age it arrived with; the
+    /// stale windows and the time kept for revalidation keep their lengths
+    /// after it.
+    pub(crate) fn set_lifetime(&mut self, lifetime: u64) {
+        let tl = self.timeline;
+        let fresh_until = tl
+            .stored_at
+            .saturating_add(lifetime.saturating_sub(tl.initial_age));
+        let after = |t: u64| fresh_until.saturating_add(t.saturating_sub(tl.fresh_until));
+        self.timeline = Timeline {
+            fresh_until,
+            stale_until: after(tl.stale_until),
+            stale_if_error_until: after(tl.stale_if_error_until),
+            retain_until: after(tl.retain_until),
+            ..tl
+        };
+        self.lifetime = lifetime;
+    }
+}
+
+/// A response's freshness lifetime, ms, and where it came from.
+struct Lifetime {
+    millis: u64,
+    /// The response (or a rule the operator wrote for it) says how long it
+    /// is fresh.
+    has_freshness: bool,
+    /// The origin stated it (`s-maxage`, `max-age`, `Expires`), whether
+    /// or not a route's TTL replaced it.
+    explicit: bool,
 }
 
 /// The hop-by-hop fields (RFC 9110 §7.6.1): never stored, never served
@@ -416,20 +457,20 @@ impl PolicyConfig {
         }
 
         let date = header_date(headers, DATE, response_time);
-        let (lifetime, has_freshness) =
+        let lifetime =
             self.freshness_lifetime(status, &resp, headers, route, date, response_time)?;
         let must_revalidate =
             cc.must_revalidate || (self.shared() && (cc.proxy_revalidate || cc.s_maxage.is_some()));
         let validators =
             headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-        let (swr, sie) = self.stale_windows(cc, route, must_revalidate, has_freshness);
+        let (swr, sie) = self.stale_windows(cc, route, must_revalidate, lifetime.has_freshness);
         // A no-cache response is only ever used after validation.
         if cc.no_cache && !validators {
             return Err(NotStored::NoFreshness);
         }
 
         let initial_age = initial_age(headers, date, request_time, response_time);
-        let remaining = lifetime.saturating_sub(initial_age);
+        let remaining = lifetime.millis.saturating_sub(initial_age);
         // Dead on arrival, with nothing to revalidate with and no stale window.
         if remaining == 0 && !validators && swr == 0 && sie == 0 {
             return Err(NotStored::NoFreshness);
@@ -453,6 +494,8 @@ impl PolicyConfig {
             vary,
             strip: self.stripped_fields(cc),
             strip_set_cookie: has_cookie && self.set_cookie == SetCookiePolicy::Strip,
+            lifetime: lifetime.millis,
+            adaptable: !lifetime.explicit || route.is_some_and(|r| r.force),
         })
     }
 
@@ -488,10 +531,11 @@ impl PolicyConfig {
         Ok(())
     }
 
-    /// The freshness lifetime (RFC 9111 §4.2.1), in milliseconds, and
-    /// whether the response (or a rule the operator wrote for it) says how
-    /// long it is fresh. Without that, configured stale windows do not
-    /// make it storable: only `force` does.
+    /// The freshness lifetime (RFC 9111 §4.2.1), whether the response (or
+    /// a rule the operator wrote for it) says how long it is fresh, and
+    /// whether the origin stated it. Without freshness information,
+    /// configured stale windows do not make a response storable: only
+    /// `force` does.
     fn freshness_lifetime(
         &self,
         status: StatusCode,
@@ -500,30 +544,37 @@ impl PolicyConfig {
         route: Option<&Route>,
         date: Option<u64>,
         response_time: u64,
-    ) -> Result<(u64, bool), NotStored> {
+    ) -> Result<Lifetime, NotStored> {
         let explicit = self.explicit_lifetime(resp, date, response_time);
         let negative = matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE);
         let route_ttl = route.and_then(|r| r.ttl).map(|d| d.as_millis() as u64);
+        let chosen = |millis: u64, has_freshness: bool| Lifetime {
+            millis,
+            has_freshness,
+            explicit: false,
+        };
         Ok(match (explicit, route_ttl) {
-            (Some(_), Some(ttl)) => (ttl, true),
-            (Some(e), None) => (e, true),
+            (Some(e), ttl) => Lifetime {
+                millis: ttl.unwrap_or(e),
+                has_freshness: true,
+                explicit: true,
+            },
             (None, _) if negative => match self.negative_ttl {
-                Some(t) => (t.as_millis() as u64, true),
+                Some(t) => chosen(t.as_millis() as u64, true),
                 None => return Err(NotStored::NoFreshness),
             },
             // A route forces a lifetime on headerless answers, not on
             // server errors: those need the origin's own freshness.
             (None, Some(ttl)) if route.is_some_and(|r| r.force) && !status.is_server_error() => {
-                (ttl, true)
+                chosen(ttl, true)
             }
             (None, _) => {
                 if !(heuristic_status(status) || resp.cc.public) {
                     return Err(NotStored::NoFreshness);
                 }
-                let has_freshness = headers.contains_key(LAST_MODIFIED);
-                (
+                chosen(
                     self.heuristic_lifetime(headers, date, response_time),
-                    has_freshness,
+                    headers.contains_key(LAST_MODIFIED),
                 )
             }
         })

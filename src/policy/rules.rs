@@ -88,6 +88,12 @@ impl Route {
     /// Caches responses that carry no freshness information (APIs that send
     /// no caching headers) for the route's [`ttl`](Self::ttl). `no-store`,
     /// `private` and the other rules that forbid storing still apply.
+    ///
+    /// With [adaptive TTL](crate::CacheBuilder::adaptive_ttl) on, `force`
+    /// also lets the cache scale the freshness the origin stated
+    /// (`max-age`, `s-maxage`, `Expires`, or the route's TTL in its place)
+    /// by how often the key is read; without it, explicit freshness is
+    /// never changed.
     pub fn force(mut self) -> Self {
         self.force = true;
         self

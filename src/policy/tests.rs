@@ -1990,3 +1990,104 @@ fn rfc9213_strip_removes_the_field_the_cache_obeys_only() {
     cfg.strip_targeted(&mut h);
     assert_eq!(h, before);
 }
+
+// ---------------------------------------------------------------------------
+// Adaptive TTL: which lifetimes the cache may change, and how
+// ---------------------------------------------------------------------------
+
+/// A response judged for adaptive TTL: its lifetime, and whether the
+/// cache may change it.
+fn lifetime_of(
+    cfg: &PolicyConfig,
+    status: u16,
+    list: &[(&str, String)],
+    route: Option<&Route>,
+) -> (u64, bool) {
+    let status = StatusCode::from_u16(status).unwrap();
+    let s = cfg
+        .storable(
+            &RequestDirectives::default(),
+            status,
+            &headers(list),
+            route,
+            T,
+            T,
+        )
+        .expect("storable");
+    (s.lifetime, s.adaptable)
+}
+
+/// The lifetime of each kind of response, and whether adaptive TTL may
+/// change it: only what the cache chose, or anything on a `force` route.
+#[test]
+fn adaptive_ttl_may_change_only_the_lifetimes_the_cache_chose() {
+    let forced = Route::prefix("/").ttl(Duration::from_secs(10)).force();
+    let unforced = Route::prefix("/").ttl(Duration::from_secs(10));
+    let force_only = Route::prefix("/").force();
+    let negative = PolicyConfig {
+        negative_ttl: Some(Duration::from_secs(30)),
+        ..shared()
+    };
+    let cc = |v: &str| vec![("cache-control", v.to_owned())];
+    let expires = vec![("date", http_date(T)), ("expires", http_date(T + 60 * SEC))];
+    let targeted = vec![("cdn-cache-control", "max-age=60".to_owned())];
+    let heuristic = vec![("last-modified", http_date(T - 10 * DAY))];
+    let explicit = (60 * SEC, false);
+    let c = shared();
+    assert_eq!(lifetime_of(&c, 200, &cc("max-age=60"), None), explicit);
+    assert_eq!(lifetime_of(&c, 200, &cc("s-maxage=60"), None), explicit);
+    assert_eq!(lifetime_of(&c, 200, &expires, None), explicit);
+    assert_eq!(lifetime_of(&c, 200, &targeted, None), explicit);
+    // A route's TTL in place of max-age: changed only with `force`.
+    let max_age = cc("max-age=60");
+    assert_eq!(
+        lifetime_of(&c, 200, &max_age, Some(&unforced)),
+        (10 * SEC, false)
+    );
+    assert_eq!(
+        lifetime_of(&c, 200, &max_age, Some(&forced)),
+        (10 * SEC, true)
+    );
+    assert_eq!(
+        lifetime_of(&c, 200, &max_age, Some(&force_only)),
+        (60 * SEC, true)
+    );
+    // What the cache chose.
+    assert_eq!(lifetime_of(&c, 200, &[], Some(&forced)), (10 * SEC, true));
+    assert_eq!(lifetime_of(&c, 200, &heuristic, None), (DAY, true));
+    assert_eq!(lifetime_of(&negative, 404, &[], None), (30 * SEC, true));
+}
+
+/// A new lifetime moves the end of freshness (less the age the response
+/// arrived with); the stale windows and the time kept for revalidation
+/// keep their lengths after it.
+#[test]
+fn a_new_lifetime_moves_freshness_and_keeps_the_windows_after_it() {
+    let cfg = PolicyConfig {
+        default_swr: Duration::from_secs(30),
+        default_sie: Duration::from_secs(60),
+        ..shared()
+    };
+    let hdrs = headers(&[
+        ("cache-control", "max-age=60"),
+        ("etag", "\"v1\""),
+        ("age", "10"),
+    ]);
+    let anon = RequestDirectives::default();
+    let mut s = cfg
+        .storable(&anon, StatusCode::OK, &hdrs, None, T, T)
+        .expect("storable");
+    assert_eq!(
+        s.timeline,
+        tl(10 * SEC, 50 * SEC, 80 * SEC, 110 * SEC, 50 * SEC + KEEP)
+    );
+    s.set_lifetime(120 * SEC);
+    assert_eq!(s.lifetime, 120 * SEC);
+    assert_eq!(
+        s.timeline,
+        tl(10 * SEC, 110 * SEC, 140 * SEC, 170 * SEC, 110 * SEC + KEEP)
+    );
+    // Shorter than the age it arrived with: stale at once.
+    s.set_lifetime(5 * SEC);
+    assert_eq!(s.timeline, tl(10 * SEC, 0, 30 * SEC, 60 * SEC, KEEP));
+}

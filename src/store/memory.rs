@@ -262,7 +262,7 @@ impl MemoryStore {
             if *k != key {
                 evicted += 1;
                 if let (Slot::Entry(e), Some(hook)) = (v, self.unread.get()) {
-                    if e.reads.get() == 0 {
+                    if !e.reads.was_read() {
                         (hook.0)(e.label);
                     }
                 }
