@@ -129,6 +129,7 @@ mod error;
 mod export;
 mod flow;
 mod future;
+mod hot;
 mod key;
 mod layer;
 pub mod observe;
