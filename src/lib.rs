@@ -152,6 +152,7 @@ pub use cache::{Cache, Invalidated, TagFn};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Entry, Timeline};
 pub use error::BuildError;
+pub use flow::hot::PrefetchFn;
 pub use future::ResponseFuture;
 pub use key::{KeyFn, KeyHash};
 pub use layer::CacheLayer;
@@ -161,7 +162,7 @@ pub use observe::{
 };
 pub use policy::{CacheMode, NotStored, RequestCacheControl, Route, SetCookiePolicy};
 pub use service::CacheService;
-pub use stats::{RedisInfo, Stats};
+pub use stats::{PrefetchStats, RedisInfo, Stats};
 pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 

@@ -1,4 +1,7 @@
-//! Warming: fetch a list of URLs through the cache before traffic asks.
+//! Warming: fetch a list of URLs through the cache before traffic asks
+//! ([`CacheService::warm`]), and keep warming in the background
+//! ([`CacheService::spawn_background`]: hot keys refreshed on a schedule,
+//! the URLs a read names prefetched).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -15,6 +18,10 @@ use crate::observe::{LookupResult, Outcome};
 use crate::status::StatusSink;
 use crate::sync::lock;
 use crate::{CacheBody, CacheService};
+
+mod background;
+pub use crate::flow::hot::BackgroundError;
+pub use background::Background;
 
 /// One request to warm: a URL and the request headers that select its
 /// variant (for `Vary`) or its key (configured key headers).
@@ -471,6 +478,23 @@ where
     *req.method_mut() = Method::GET;
     *req.uri_mut() = target.url;
     *req.headers_mut() = target.headers;
+    warm_request(svc, req, timeout).await
+}
+
+/// Sends the `GET` `req` through `svc` and reads its body, within
+/// `timeout`: `Ok(true)` stored, `Ok(false)` already fresh, `Err` why not.
+pub(crate) async fn warm_request<S, B, ResB>(
+    svc: &mut CacheService<S>,
+    mut req: Request<B>,
+    timeout: Duration,
+) -> Result<bool, String>
+where
+    S: Service<Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+    B: Send + 'static,
+    ResB: Body<Data: Send, Error: Send> + Send + 'static,
+{
     // The adapter reports the request's typed status here.
     let sink = StatusSink::default();
     req.extensions_mut().insert(sink.clone());

@@ -53,6 +53,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     requests_counter(meter, weak);
     event_counters(meter, weak);
     refreshes_counter(meter, weak);
+    prefetches_counter(meter, weak);
     breaker_opens_counter(meter, weak);
     upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
@@ -94,9 +95,9 @@ fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
 }
 
 /// The unlabelled event counters: stale served, coalesced, evictions,
-/// stores, upstream calls and promotions.
+/// stores, upstream calls, promotions and hot-key refreshes.
 fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
-    let simple: [(&'static str, &'static str, Reader); 6] = [
+    let simple: [(&'static str, &'static str, Reader); 7] = [
         ("cache.stale_served", "Stale entries served", |s| {
             s.counters.stale.get()
         }),
@@ -119,6 +120,11 @@ fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
             |s| s.counters.upstream_calls.get(),
         ),
         ("cache.promotions", "L2 entries copied into L1", promotions),
+        (
+            "cache.hot_refreshes",
+            "Background refreshes started by refresh_hot",
+            |s| s.counters.hot_refreshes.get(),
+        ),
     ];
     for (name, description, read) in simple {
         observable_counter(meter, weak, name, description, None, move |s| {
@@ -143,6 +149,18 @@ fn refreshes_counter(meter: &Meter, weak: &Weak<Shared>) {
                 ("skipped", c.refresh_skipped.get()),
             ]
         },
+    );
+}
+
+/// `cache.prefetches` by outcome.
+fn prefetches_counter(meter: &Meter, weak: &Weak<Shared>) {
+    observable_counter(
+        meter,
+        weak,
+        "cache.prefetches",
+        "URLs prefetched after reads, by outcome",
+        Some("outcome"),
+        |s| s.counters.prefetch().outcomes().to_vec(),
     );
 }
 

@@ -46,6 +46,10 @@ impl Cache {
     ///   `tower_cache_upstream_calls_total`,
     ///   `tower_cache_upstream_errors_total`,
     ///   `tower_cache_refreshes_total{outcome}`,
+    ///   `tower_cache_hot_refreshes_total` (started by `refresh_hot`),
+    ///   `tower_cache_prefetches_total{outcome}` (`queued`, `dropped`,
+    ///   `warmed`, `skipped`, `failed`: see
+    ///   [`PrefetchStats`](crate::PrefetchStats)),
     ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
     ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
     ///   and, with an L2 tier,
@@ -92,6 +96,7 @@ impl Cache {
         self.write_requests_by_label(w, &st);
         write_event_totals(w, &st);
         write_refreshes(w, &st);
+        write_prefetches(w, &st);
         self.write_breaker_opens(w, &st);
         write_l2_errors_and_breaker(w, &st);
         write_l1_and_in_flight(w, &st);
@@ -225,9 +230,9 @@ impl Cache {
 }
 
 /// The unlabelled event counters: stale served, coalesced, stores,
-/// evictions, promotions, upstream calls and errors.
+/// evictions, promotions, upstream calls and errors, hot-key refreshes.
 fn write_event_totals(w: &mut String, st: &Stats) {
-    let totals: [(&str, &str, u64); 7] = [
+    let totals: [(&str, &str, u64); 8] = [
         (
             "tower_cache_stale_served_total",
             "Stale entries served.",
@@ -259,6 +264,11 @@ fn write_event_totals(w: &mut String, st: &Stats) {
             "Upstream calls that failed or answered 5xx.",
             st.upstream_errors,
         ),
+        (
+            "tower_cache_hot_refreshes_total",
+            "Background refreshes started by refresh_hot.",
+            st.hot_refreshes,
+        ),
     ];
     for (name, help, v) in totals {
         header(w, name, "counter", help);
@@ -278,6 +288,17 @@ fn write_refreshes(w: &mut String, st: &Stats) {
             ("failed", st.refresh_failed),
             ("skipped", st.refresh_skipped),
         ],
+    );
+}
+
+/// `tower_cache_prefetches_total{outcome}`.
+fn write_prefetches(w: &mut String, st: &Stats) {
+    counter_by(
+        w,
+        "tower_cache_prefetches_total",
+        "URLs prefetched after reads, by outcome.",
+        "outcome",
+        &st.prefetch.outcomes(),
     );
 }
 
