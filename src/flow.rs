@@ -1371,31 +1371,12 @@ pub(crate) fn spawn_refresh<B, U>(
     launch_refresh(cache, req, up, plan, cause, guard, permit);
 }
 
-/// A background refresh for which a permit of `max_concurrent_refreshes`
-/// was waited for (`refresh_hot`): one per key, with its deadline, as
-/// [`spawn_refresh`]. Returns whether it started.
-pub(crate) fn refresh_with_permit<B, U>(
-    cache: Cache,
-    req: Request<B>,
-    up: U,
-    plan: Box<Fetch>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> bool
-where
-    B: Send + 'static,
-    U: Upstream<B> + 'static,
-    U::Future: Send,
-{
-    let Some(guard) = cache.shared.inflight.try_lead(plan.key) else {
-        return false;
-    };
-    launch_refresh(cache, req, up, plan, &tracing::Span::none(), guard, permit)
-}
-
 /// Runs a refresh that leads its key's flight (`guard`) and holds its
-/// `permit`, on its own task within `refresh_timeout`, unless there is no
-/// runtime or the label's upstream breaker refuses (counted as skipped).
-fn launch_refresh<B, U>(
+/// `permit` (taken at once by [`spawn_refresh`], waited for by
+/// `refresh_hot`), on its own task within `refresh_timeout`, unless there
+/// is no runtime or the label's upstream breaker refuses (counted as
+/// skipped). Returns whether it started.
+pub(crate) fn launch_refresh<B, U>(
     cache: Cache,
     req: Request<B>,
     up: U,

@@ -57,6 +57,17 @@ impl WarmTarget {
     }
 }
 
+impl WarmTarget {
+    /// The `GET` it stands for, with an empty body.
+    fn into_request<B: Default>(self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.url;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
 impl From<Uri> for WarmTarget {
     fn from(url: Uri) -> Self {
         Self::new(url)
@@ -364,7 +375,7 @@ async fn warm_worker<S, B, ResB, P>(
         let next = lock(&queue).next();
         let Some(target) = next else { break };
         let url = target.url.to_string();
-        let result = warm_one(&mut svc, target, timeout).await;
+        let result = warm_request(&mut svc, target.into_request(), timeout).await;
         state.finish(url, result);
         let p = state.progress();
         progress(&p);
@@ -459,26 +470,6 @@ impl WarmState {
             failed: done.saturating_sub(warmed).saturating_sub(skipped),
         }
     }
-}
-
-/// One target: `Ok(true)` stored, `Ok(false)` already fresh, `Err` why not.
-async fn warm_one<S, B, ResB>(
-    svc: &mut CacheService<S>,
-    target: WarmTarget,
-    timeout: Duration,
-) -> Result<bool, String>
-where
-    S: Service<Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: std::fmt::Display + Send + 'static,
-    B: Default + Send + 'static,
-    ResB: Body<Data: Send, Error: Send> + Send + 'static,
-{
-    let mut req = Request::new(B::default());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = target.url;
-    *req.headers_mut() = target.headers;
-    warm_request(svc, req, timeout).await
 }
 
 /// Sends the `GET` `req` through `svc` and reads its body, within

@@ -73,6 +73,9 @@ async fn a_round_refreshes_the_two_hottest_of_ten_keys_and_not_the_cold_ones() {
         cache.stats()
     );
     assert_eq!(cache.stats().hot_refreshes, 2);
+    assert!(cache
+        .prometheus()
+        .contains("\ntower_cache_hot_refreshes_total 2\n"));
     assert_eq!((calls_to(&log, "/k3"), calls_to(&log, "/k7")), (2, 2));
     assert_eq!(log.calls(), 12, "no cold key was refreshed");
     // The refreshed copy (call 11 or 12) answers, from L1.
@@ -228,6 +231,14 @@ async fn a_full_prefetch_queue_drops_and_counts_and_holds_no_more() {
     assert_eq!(warmed, 3, "only what the queue held reached the origin");
     let p = cache.stats().prefetch;
     assert_eq!((p.queued, p.dropped, p.failed), (3, 7, 0));
+    let text = cache.prometheus();
+    for line in [
+        "tower_cache_prefetches_total{outcome=\"queued\"} 3\n",
+        "tower_cache_prefetches_total{outcome=\"dropped\"} 7\n",
+        "tower_cache_prefetches_total{outcome=\"warmed\"} 3\n",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test]

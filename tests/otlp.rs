@@ -223,12 +223,20 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         ("cache.upstream.calls", 1.0),
         ("cache.stale_served", 0.0),
         ("cache.coalesced", 0.0),
+        ("cache.hot_refreshes", 0.0),
     ] {
         let m = metric(&receiver, name);
         assert_eq!(m.kind, MetricKind::Sum { monotonic: true }, "{name}");
         assert_eq!(m.points.len(), 1, "{m:#?}");
         assert_eq!(m.points[0].value, value, "{name}");
     }
+    let prefetches = metric(&receiver, "cache.prefetches");
+    assert_eq!(prefetches.kind, MetricKind::Sum { monotonic: true });
+    assert_eq!(
+        prefetches.points.len(),
+        5,
+        "one per outcome: {prefetches:#?}"
+    );
     assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
 
     tracer.shutdown().unwrap();

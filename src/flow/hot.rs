@@ -320,8 +320,12 @@ where
     let Some(plan) = cache.hot_refresh_plan(&parts, key, every) else {
         return false;
     };
+    let Some(guard) = cache.shared.inflight.try_lead(key) else {
+        return false; // A refresh or a miss for this key is in flight.
+    };
     let req = Request::from_parts(parts, body);
-    super::refresh_with_permit(cache.clone(), req, up, plan, permit)
+    let cause = tracing::Span::none();
+    super::launch_refresh(cache.clone(), req, up, plan, &cause, guard, permit)
 }
 
 /// What warming one key came to.
