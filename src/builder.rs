@@ -21,6 +21,7 @@ use crate::cache::{Cache, EngineConfig, Shared, TagConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::coalesce::InFlight;
 use crate::error::BuildError;
+use crate::flow::hot::{HotSettings, HotState};
 use crate::key::{KeyConfig, QueryDrop};
 use crate::observe::{HealthThresholds, LabelSource, LogLevel, ObserveConfig, Observer};
 use crate::policy::{CacheMode, PolicyConfig, RequestCacheControl, Route, SetCookiePolicy};
@@ -158,6 +159,25 @@ pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
 /// How many URLs hit-for-pass remembers (not a setting).
 const HIT_FOR_PASS_CAPACITY: usize = 10_000;
 
+// Hot keys and prefetch
+
+/// The default `top_n` of [`CacheBuilder::refresh_hot`]: 0, off.
+pub const DEFAULT_REFRESH_HOT_TOP_N: usize = 0;
+/// The default `every` of [`CacheBuilder::refresh_hot`].
+pub const DEFAULT_REFRESH_HOT_EVERY: Duration = Duration::from_secs(60);
+/// The most keys [`CacheBuilder::refresh_hot`] may refresh per round (its
+/// tracker then keeps at most 4 000 requests of at most 8 KiB of fields
+/// each).
+pub const MAX_REFRESH_HOT_TOP_N: usize = 1_000;
+/// The default of [`CacheBuilder::hot_key_sample`]: one read in 8.
+pub const DEFAULT_HOT_KEY_SAMPLE: u32 = 8;
+/// The default of [`CacheBuilder::prefetch_queue`].
+pub const DEFAULT_PREFETCH_QUEUE: usize = 256;
+/// The default of [`CacheBuilder::max_concurrent_prefetches`].
+pub const DEFAULT_MAX_CONCURRENT_PREFETCHES: usize = 4;
+/// The default of [`CacheBuilder::prefetch_timeout`].
+pub const DEFAULT_PREFETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 // L2
 
 /// The default of [`CacheBuilder::namespace`].
@@ -264,6 +284,8 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 ///     .upstream_timeout(Duration::from_secs(5))
 ///     .max_concurrent_refreshes(16)
 ///     .circuit_breaker(5, Duration::from_secs(30))
+///     // Hot keys and prefetch (run by `CacheService::spawn_background`)
+///     .refresh_hot(20, Duration::from_secs(30))
 ///     // Observability
 ///     .max_labels(32)
 ///     .log_level(LogLevel::Minimal)
@@ -338,6 +360,16 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// [`max_concurrent_refreshes`](Self::max_concurrent_refreshes),
 /// [`circuit_breaker`](Self::circuit_breaker).
 ///
+/// # Hot keys and prefetch
+///
+/// Background work through the inner service, run by
+/// [`CacheService::spawn_background`](crate::CacheService::spawn_background):
+/// [`refresh_hot`](Self::refresh_hot),
+/// [`hot_key_sample`](Self::hot_key_sample), [`prefetch`](Self::prefetch),
+/// [`prefetch_queue`](Self::prefetch_queue),
+/// [`max_concurrent_prefetches`](Self::max_concurrent_prefetches),
+/// [`prefetch_timeout`](Self::prefetch_timeout).
+///
 /// # L2
 ///
 /// The shared tier in Redis (feature `redis`): `redis`, `redis_cluster`,
@@ -380,6 +412,8 @@ pub struct CacheBuilder {
     l1_admission: L1Admission,
     tags: TagConfig,
     adaptive: Option<AdaptiveTtl>,
+    /// `refresh_hot` and `prefetch`.
+    hot: HotSettings,
     /// Where the L2 tier lives; none without `redis` / `redis_cluster`.
     #[cfg(feature = "redis")]
     l2_target: Option<crate::store::redis::RedisTarget>,
@@ -453,6 +487,15 @@ impl Default for CacheBuilder {
                 func: None,
             },
             adaptive: DEFAULT_ADAPTIVE_TTL,
+            hot: HotSettings {
+                top_n: DEFAULT_REFRESH_HOT_TOP_N,
+                every: DEFAULT_REFRESH_HOT_EVERY,
+                sample: DEFAULT_HOT_KEY_SAMPLE,
+                prefetch: None,
+                queue: DEFAULT_PREFETCH_QUEUE,
+                concurrency: DEFAULT_MAX_CONCURRENT_PREFETCHES,
+                timeout: DEFAULT_PREFETCH_TIMEOUT,
+            },
             #[cfg(feature = "redis")]
             l2_target: None,
             #[cfg(feature = "redis")]
@@ -1066,6 +1109,117 @@ impl CacheBuilder {
     }
 }
 
+/// # Hot keys and prefetch
+impl CacheBuilder {
+    /// Refreshes the `top_n` most-read keys in the background every
+    /// `every` (defaults [`DEFAULT_REFRESH_HOT_TOP_N`], off, and
+    /// [`DEFAULT_REFRESH_HOT_EVERY`]; `top_n` at most
+    /// [`MAX_REFRESH_HOT_TOP_N`]), so that they never go stale while they
+    /// are read.
+    ///
+    /// Reads (hits and misses) are counted in a tracker of fixed size
+    /// (4 slots per key reported, at least 256), sampled one in
+    /// [`hot_key_sample`](Self::hot_key_sample); counts halve at every
+    /// round, so the ranking follows what is read now. Each round takes
+    /// the hottest keys whose entry L1 holds and that were stored at least
+    /// `every` ago, and refreshes them as a stale entry is refreshed: one
+    /// refresh per key, at most
+    /// [`max_concurrent_refreshes`](Self::max_concurrent_refreshes) at
+    /// once (a round waits for a free one, for at most `every`), each
+    /// within [`refresh_timeout`](Self::refresh_timeout), a failure keeping
+    /// the entry. The request sent is the one a second sampled read of the
+    /// key made, kept with the tracker without its conditionals, range and
+    /// directives (one of over 8 KiB of fields is not kept, and its key is
+    /// not refreshed).
+    ///
+    /// The rounds run in the worker
+    /// [`CacheService::spawn_background`](crate::CacheService::spawn_background)
+    /// starts.
+    pub fn refresh_hot(mut self, top_n: usize, every: Duration) -> Self {
+        self.hot.top_n = top_n;
+        self.hot.every = every;
+        self
+    }
+
+    /// How many reads the hot-key tracker of
+    /// [`refresh_hot`](Self::refresh_hot) counts: one in `n` per thread
+    /// (default [`DEFAULT_HOT_KEY_SAMPLE`], at least 1; 1 counts every
+    /// read). A sampled read takes one of 16 locks only when it is free,
+    /// and never allocates, except to keep the request of a key seen for
+    /// the second time.
+    pub fn hot_key_sample(mut self, n: u32) -> Self {
+        self.hot.sample = n;
+        self
+    }
+
+    /// After each read (hit or miss), warms the URLs `f` names for it that
+    /// are not in L1, in the background, through the inner service.
+    ///
+    /// A URL without an authority takes the read's scheme and authority;
+    /// the request sent carries the read's fields without its
+    /// conditionals, range and directives. At most 16 URLs per read are
+    /// taken. A URL already queued or being warmed is not queued again, one
+    /// marked hit-for-pass is not queued, nor one whose warming failed
+    /// within the last [`prefetch_timeout`](Self::prefetch_timeout); beyond
+    /// [`prefetch_queue`](Self::prefetch_queue) waiting URLs they are
+    /// dropped. Reads made by prefetching prefetch nothing. Counted in
+    /// [`Stats::prefetch`](crate::Stats::prefetch). Warming requests are
+    /// requests through the cache like any other (counted under their
+    /// label).
+    ///
+    /// Prefetching runs in the worker
+    /// [`CacheService::spawn_background`](crate::CacheService::spawn_background)
+    /// starts; nothing is queued while none runs.
+    ///
+    /// ```
+    /// use http::Uri;
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// // After page n of a listing, page n + 1.
+    /// let cache = Cache::builder()
+    ///     .prefetch(|req| {
+    ///         let page: u32 = req.uri.query()
+    ///             .and_then(|q| q.strip_prefix("page="))
+    ///             .and_then(|n| n.parse().ok())
+    ///             .unwrap_or(1);
+    ///         let next: Uri = format!("{}?page={}", req.uri.path(), page + 1).parse().unwrap();
+    ///         vec![next]
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn prefetch<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Vec<http::Uri> + Send + Sync + 'static,
+    {
+        self.hot.prefetch = Some(Arc::new(f));
+        self
+    }
+
+    /// The most URLs waiting to be prefetched (default
+    /// [`DEFAULT_PREFETCH_QUEUE`]); beyond it they are dropped and counted.
+    pub fn prefetch_queue(mut self, n: usize) -> Self {
+        self.hot.queue = n;
+        self
+    }
+
+    /// The most URLs prefetched at once (default
+    /// [`DEFAULT_MAX_CONCURRENT_PREFETCHES`]).
+    pub fn max_concurrent_prefetches(mut self, n: usize) -> Self {
+        self.hot.concurrency = n;
+        self
+    }
+
+    /// The deadline of one prefetch, body included (default
+    /// [`DEFAULT_PREFETCH_TIMEOUT`]); a URL whose prefetch failed is not
+    /// prefetched again for as long.
+    pub fn prefetch_timeout(mut self, timeout: Duration) -> Self {
+        self.hot.timeout = timeout;
+        self
+    }
+}
+
 /// # L2
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -1305,6 +1459,7 @@ impl CacheBuilder {
         self.check_adaptive()?;
         self.policy.targeted = self.check_targeted()?;
         self.check_upstream()?;
+        self.check_hot_keys()?;
         #[cfg(feature = "redis")]
         self.check_l2()?;
         self.check_observability()?;
@@ -1528,6 +1683,37 @@ impl CacheBuilder {
         ])
     }
 
+    /// Hot keys and prefetch: a bounded `top_n` with a period, a sample
+    /// of at least one read, prefetch bounds of at least one and a
+    /// deadline above zero.
+    fn check_hot_keys(&self) -> Result<(), BuildError> {
+        let h = &self.hot;
+        first_refused([
+            (
+                "refresh_hot",
+                h.top_n > MAX_REFRESH_HOT_TOP_N,
+                "top_n must be at most MAX_REFRESH_HOT_TOP_N",
+            ),
+            (
+                "refresh_hot",
+                h.top_n > 0 && h.every.is_zero(),
+                "every must be greater than 0",
+            ),
+            ("hot_key_sample", h.sample == 0, "must be at least 1"),
+            ("prefetch_queue", h.queue == 0, "must be at least 1"),
+            (
+                "max_concurrent_prefetches",
+                h.concurrency == 0,
+                "must be at least 1",
+            ),
+            (
+                "prefetch_timeout",
+                h.timeout.is_zero(),
+                "must be greater than 0",
+            ),
+        ])
+    }
+
     /// Observability: label bounds, the timing sample, health thresholds.
     fn check_observability(&self) -> Result<(), BuildError> {
         if self.observe.max_labels == 0 || self.observe.max_labels > MAX_LABELS_LIMIT {
@@ -1597,6 +1783,7 @@ impl CacheBuilder {
                 adaptive: self.adaptive,
             },
             obs: Observer::new(observe),
+            hot: HotState::new(self.hot),
             #[cfg(feature = "redis")]
             shared_stats: match (&l2, self.shared_stats) {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),

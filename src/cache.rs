@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
     pub(crate) obs: Observer,
+    /// `refresh_hot` and `prefetch`, when either is set.
+    pub(crate) hot: Option<Box<crate::flow::hot::HotState>>,
     /// Stats accumulated in Redis (`shared_stats`).
     #[cfg(feature = "redis")]
     pub(crate) shared_stats: Option<crate::export::shared::Flusher>,
@@ -297,7 +299,7 @@ impl Fetch {
     /// the refresh serves everyone, so it is judged by the origin's answer,
     /// not by this client's directives (say, `no-store`); `Authorization`
     /// still counts.
-    fn into_refresh(mut self, entry: Arc<Entry>, tier: Tier) -> Box<Fetch> {
+    pub(crate) fn into_refresh(mut self, entry: Arc<Entry>, tier: Tier) -> Box<Fetch> {
         self.directives = RequestDirectives {
             authorized: self.directives.authorized,
             ..RequestDirectives::default()
@@ -587,6 +589,9 @@ impl Cache {
                 return decision;
             }
         };
+        if let Some(hot) = &s.hot {
+            self.after_read(hot, key, parts);
+        }
         let mut directives = RequestDirectives::from_headers(&parts.headers);
         if s.policy.ignores_request_cc() {
             directives.cc = Default::default();
@@ -638,14 +643,7 @@ impl Cache {
                 Decision::Pass(Status::METHOD)
             });
         }
-        let route = if s.policy.routes.is_empty() {
-            None
-        } else {
-            s.policy
-                .routes
-                .iter()
-                .position(|r| r.matches(crate::key::key_uri(parts).path()))
-        };
+        let route = self.route_of(crate::key::key_uri(parts).path());
         if route.is_some_and(|i| s.policy.routes[i].bypass) {
             return Err(Decision::Pass(Status::BYPASS));
         }
@@ -653,6 +651,16 @@ impl Cache {
             Some(key) => Ok((key, route)),
             None => Err(Decision::Pass(Status::BYPASS)),
         }
+    }
+
+    /// The route rule for `path`, if any.
+    #[inline]
+    pub(crate) fn route_of(&self, path: &str) -> Option<usize> {
+        let routes = &self.shared.policy.routes;
+        if routes.is_empty() {
+            return None;
+        }
+        routes.iter().position(|r| r.matches(path))
     }
 
     /// L1 had nothing this request may use as it is: L2 is read (by the

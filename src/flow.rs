@@ -26,6 +26,7 @@ use crate::status::{Detail, Fwd, Status, CACHE_STATUS};
 #[cfg(feature = "redis")]
 use crate::tiers::L2Lookup;
 
+pub(crate) mod hot;
 mod partial;
 pub(crate) use partial::part_key;
 
@@ -1362,10 +1363,6 @@ pub(crate) fn spawn_refresh<B, U>(
     U::Future: Send,
 {
     let s = &*cache.shared;
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        s.counters.refresh_skipped.incr();
-        return;
-    };
     let Some(guard) = s.inflight.try_lead(plan.key) else {
         return; // A refresh or a miss for this key is already in flight.
     };
@@ -1373,9 +1370,36 @@ pub(crate) fn spawn_refresh<B, U>(
         s.counters.refresh_skipped.incr();
         return;
     };
+    launch_refresh(cache, req, up, plan, cause, guard, permit);
+}
+
+/// Runs a refresh that leads its key's flight (`guard`) and holds its
+/// `permit` (taken at once by [`spawn_refresh`], waited for by
+/// `refresh_hot`), on its own task within `refresh_timeout`, unless there
+/// is no runtime or the label's upstream breaker refuses (counted as
+/// skipped). Returns whether it started.
+pub(crate) fn launch_refresh<B, U>(
+    cache: Cache,
+    req: Request<B>,
+    up: U,
+    plan: Box<Fetch>,
+    cause: &tracing::Span,
+    guard: coalesce::FlightGuard,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> bool
+where
+    B: Send + 'static,
+    U: Upstream<B> + 'static,
+    U::Future: Send,
+{
+    let s = &*cache.shared;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        s.counters.refresh_skipped.incr();
+        return false;
+    };
     if !s.upstream_breaker(plan.label).allow(cache.now()) {
         s.counters.refresh_skipped.incr();
-        return;
+        return false;
     }
     let deadline = s.cfg.refresh_timeout;
     // Its own trace, linked to the request that started it.
@@ -1398,6 +1422,7 @@ pub(crate) fn spawn_refresh<B, U>(
         },
         task_span,
     ));
+    true
 }
 
 /// One background refresh, within `deadline`: a newer copy another

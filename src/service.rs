@@ -69,8 +69,15 @@ impl<S> CacheService<S> {
 /// The inner service as the engine's upstream: a clone of it, made ready
 /// only when the engine calls it (a coalesced waiter or an L2 hit never
 /// does, and so reserves nothing).
-struct ServiceUpstream<S> {
+pub(crate) struct ServiceUpstream<S> {
     svc: S,
+}
+
+impl<S> ServiceUpstream<S> {
+    /// `svc` as the engine's upstream.
+    pub(crate) fn new(svc: S) -> Self {
+        Self { svc }
+    }
 }
 
 impl<S, B, ResB> Upstream<B> for ServiceUpstream<S>

@@ -82,6 +82,14 @@ pub(crate) struct Counters {
     pub(crate) cancelled: Counter,
     pub(crate) ttl_lengthened: Counter,
     pub(crate) ttl_shortened: Counter,
+    /// Background refreshes started by `refresh_hot` (also counted by
+    /// their outcome in `refresh_*`).
+    pub(crate) hot_refreshes: Counter,
+    pub(crate) prefetch_queued: Counter,
+    pub(crate) prefetch_dropped: Counter,
+    pub(crate) prefetch_warmed: Counter,
+    pub(crate) prefetch_skipped: Counter,
+    pub(crate) prefetch_failed: Counter,
 }
 
 impl Counters {
@@ -110,9 +118,64 @@ impl Counters {
             &self.cancelled,
             &self.ttl_lengthened,
             &self.ttl_shortened,
+            &self.hot_refreshes,
+            &self.prefetch_queued,
+            &self.prefetch_dropped,
+            &self.prefetch_warmed,
+            &self.prefetch_skipped,
+            &self.prefetch_failed,
         ] {
             c.reset();
         }
+    }
+}
+
+impl Counters {
+    /// The prefetch counts now.
+    pub(crate) fn prefetch(&self) -> PrefetchStats {
+        PrefetchStats {
+            queued: self.prefetch_queued.get(),
+            dropped: self.prefetch_dropped.get(),
+            warmed: self.prefetch_warmed.get(),
+            skipped: self.prefetch_skipped.get(),
+            failed: self.prefetch_failed.get(),
+        }
+    }
+}
+
+/// What prefetching did (see
+/// [`CacheBuilder::prefetch`](crate::CacheBuilder::prefetch)): every key
+/// queued ends warmed, skipped or failed; `dropped` were never queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PrefetchStats {
+    /// Keys queued for warming.
+    pub queued: u64,
+    /// Keys not queued because the queue was full (or a read named more
+    /// than a read may prefetch).
+    pub dropped: u64,
+    /// Queued keys fetched and stored.
+    pub warmed: u64,
+    /// Queued keys another request had stored by their turn.
+    pub skipped: u64,
+    /// Queued keys that could not be stored (an error, a timeout, an
+    /// answer that may not be stored).
+    pub failed: u64,
+}
+
+impl PrefetchStats {
+    /// Each count by the `outcome` name every exporter gives it: the one
+    /// list Prometheus (`tower_cache_prefetches_total{outcome}`) and
+    /// OpenTelemetry (`cache.prefetches` by `outcome`) read.
+    pub(crate) fn outcomes(&self) -> [(&'static str, u64); 5] {
+        [
+            ("queued", self.queued),
+            ("dropped", self.dropped),
+            ("warmed", self.warmed),
+            ("skipped", self.skipped),
+            ("failed", self.failed),
+        ]
     }
 }
 
@@ -170,6 +233,12 @@ pub struct Stats {
     pub refresh_failed: u64,
     /// Background refreshes not started (breaker open, at the cap).
     pub refresh_skipped: u64,
+    /// Background refreshes started by
+    /// [`refresh_hot`](crate::CacheBuilder::refresh_hot) (their outcomes
+    /// are in `refresh_ok` / `refresh_failed`).
+    pub hot_refreshes: u64,
+    /// What prefetching did.
+    pub prefetch: PrefetchStats,
     /// Responses stored.
     pub stores: u64,
     /// Responses not stored because their body was over the size cap.
@@ -318,6 +387,8 @@ impl Stats {
             refresh_ok: c.refresh_ok.get(),
             refresh_failed: c.refresh_failed.get(),
             refresh_skipped: c.refresh_skipped.get(),
+            hot_refreshes: c.hot_refreshes.get(),
+            prefetch: c.prefetch(),
             stores: c.stores.get(),
             too_large: c.too_large.get(),
             coalesce_timeouts: c.coalesce_timeouts.get(),

@@ -35,6 +35,11 @@
 //!   ever replaced whole;
 //! - `store::inval::Outbox` (invalidations queued while Redis is
 //!   unreachable): pushes and drains of whole entries, bounded.
+//! - `hot::HotKeys` (a shard of the hot-key tracker): a slot's count
+//!   changed, or the slot replaced whole; `hot::PrefetchQueue` (the keys
+//!   waiting and pending): a push or a pop paired with an insert or a
+//!   removal of the same key; `warm::background` (the inner service kept
+//!   for background work): a clone taken out.
 //!
 //! A new lock in this crate uses these helpers, and adds its line above.
 //!
@@ -47,6 +52,17 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[inline]
 pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Locks `m` if no one holds it (`None` otherwise), taking it even if a
+/// panic poisoned it: for paths that would rather skip than wait.
+#[inline]
+pub(crate) fn try_lock<T: ?Sized>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// Read-locks `l`, taking it even if a panic poisoned it.

@@ -25,8 +25,8 @@ use http::header::{HeaderMap, HeaderName};
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
-use crate::stats::Counter;
 use crate::reads::ReadCounts;
+use crate::stats::Counter;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
 use crate::store::order::Generation;

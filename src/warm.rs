@@ -1,4 +1,7 @@
-//! Warming: fetch a list of URLs through the cache before traffic asks.
+//! Warming: fetch a list of URLs through the cache before traffic asks
+//! ([`CacheService::warm`]), and keep warming in the background
+//! ([`CacheService::spawn_background`]: hot keys refreshed on a schedule,
+//! the URLs a read names prefetched).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -15,6 +18,10 @@ use crate::observe::{LookupResult, Outcome};
 use crate::status::StatusSink;
 use crate::sync::lock;
 use crate::{CacheBody, CacheService};
+
+mod background;
+pub use crate::flow::hot::BackgroundError;
+pub use background::Background;
 
 /// One request to warm: a URL and the request headers that select its
 /// variant (for `Vary`) or its key (configured key headers).
@@ -47,6 +54,17 @@ impl WarmTarget {
     pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
         self.headers.append(name, value);
         self
+    }
+}
+
+impl WarmTarget {
+    /// The `GET` it stands for, with an empty body.
+    fn into_request<B: Default>(self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.url;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 
@@ -357,7 +375,7 @@ async fn warm_worker<S, B, ResB, P>(
         let next = lock(&queue).next();
         let Some(target) = next else { break };
         let url = target.url.to_string();
-        let result = warm_one(&mut svc, target, timeout).await;
+        let result = warm_request(&mut svc, target.into_request(), timeout).await;
         state.finish(url, result);
         let p = state.progress();
         progress(&p);
@@ -454,23 +472,20 @@ impl WarmState {
     }
 }
 
-/// One target: `Ok(true)` stored, `Ok(false)` already fresh, `Err` why not.
-async fn warm_one<S, B, ResB>(
+/// Sends the `GET` `req` through `svc` and reads its body, within
+/// `timeout`: `Ok(true)` stored, `Ok(false)` already fresh, `Err` why not.
+pub(crate) async fn warm_request<S, B, ResB>(
     svc: &mut CacheService<S>,
-    target: WarmTarget,
+    mut req: Request<B>,
     timeout: Duration,
 ) -> Result<bool, String>
 where
     S: Service<Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send + 'static,
-    B: Default + Send + 'static,
+    B: Send + 'static,
     ResB: Body<Data: Send, Error: Send> + Send + 'static,
 {
-    let mut req = Request::new(B::default());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = target.url;
-    *req.headers_mut() = target.headers;
     // The adapter reports the request's typed status here.
     let sink = StatusSink::default();
     req.extensions_mut().insert(sink.clone());

@@ -97,7 +97,7 @@ fn each_concern_is_checked() {
                 .build(),
         ),
     ];
-    for (setting, result) in cases {
+    for (setting, result) in cases.into_iter().chain(hot_key_cases()) {
         let err = result.expect_err(setting);
         assert_eq!(err.setting(), setting, "{err}");
         assert!(err.is_invalid_setting(), "{err}");
@@ -127,6 +127,40 @@ fn l1_admission_refuses_a_size_of_zero() {
         );
     }
     assert_eq!(DEFAULT_L1_ADMISSION, L1Admission::Always);
+}
+
+/// `check_hot_keys`: one refused value per bound, and the largest
+/// `top_n` accepted.
+fn hot_key_cases() -> Vec<(&'static str, Result<Cache, BuildError>)> {
+    use std::time::Duration;
+    use tower_tiered_cache::builder::MAX_REFRESH_HOT_TOP_N;
+    let every = Duration::from_secs(60);
+    assert!(Cache::builder()
+        .refresh_hot(MAX_REFRESH_HOT_TOP_N, every)
+        .build()
+        .is_ok());
+    vec![
+        (
+            "refresh_hot",
+            Cache::builder()
+                .refresh_hot(MAX_REFRESH_HOT_TOP_N + 1, every)
+                .build(),
+        ),
+        (
+            "refresh_hot",
+            Cache::builder().refresh_hot(1, Duration::ZERO).build(),
+        ),
+        ("hot_key_sample", Cache::builder().hot_key_sample(0).build()),
+        ("prefetch_queue", Cache::builder().prefetch_queue(0).build()),
+        (
+            "max_concurrent_prefetches",
+            Cache::builder().max_concurrent_prefetches(0).build(),
+        ),
+        (
+            "prefetch_timeout",
+            Cache::builder().prefetch_timeout(Duration::ZERO).build(),
+        ),
+    ]
 }
 
 /// RFC 9213 field names are checked at `build`: each a valid field name,

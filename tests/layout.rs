@@ -14,6 +14,7 @@ const BELOW_ENGINE: &[&str] = &[
     "coalesce.rs",
     "entry.rs",
     "error.rs",
+    "hot.rs",
     "key.rs",
     "reads.rs",
     "stats.rs",

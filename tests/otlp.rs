@@ -224,6 +224,7 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         ("cache.stale_served", 0.0),
         ("cache.coalesced", 0.0),
         ("cache.l1.not_admitted", 0.0),
+        ("cache.hot_refreshes", 0.0),
     ] {
         let m = metric(&receiver, name);
         assert_eq!(m.kind, MetricKind::Sum { monotonic: true }, "{name}");
@@ -235,6 +236,13 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
     for change in ["lengthened", "shortened"] {
         assert_eq!(point(&adaptive, &[("change", A::S(change))]).value, 0.0);
     }
+    let prefetches = metric(&receiver, "cache.prefetches");
+    assert_eq!(prefetches.kind, MetricKind::Sum { monotonic: true });
+    assert_eq!(
+        prefetches.points.len(),
+        5,
+        "one per outcome: {prefetches:#?}"
+    );
     assert!(receiver.errors().is_empty(), "{:?}", receiver.errors());
 
     tracer.shutdown().unwrap();

@@ -289,6 +289,24 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
                 format!("p95 {}", dur(health.warning_p95)),
             ],
         ),
+        (
+            "refresh_hot",
+            vec![format!(
+                "off (top {DEFAULT_REFRESH_HOT_TOP_N}, every {}; top at most {})",
+                dur(DEFAULT_REFRESH_HOT_EVERY),
+                count(MAX_REFRESH_HOT_TOP_N)
+            )],
+        ),
+        ("hot_key_sample", vec![DEFAULT_HOT_KEY_SAMPLE.to_string()]),
+        (
+            "prefetch_queue",
+            vec![format!(
+                "{} / {} / {}",
+                count(DEFAULT_PREFETCH_QUEUE),
+                count(DEFAULT_MAX_CONCURRENT_PREFETCHES),
+                dur(DEFAULT_PREFETCH_TIMEOUT)
+            )],
+        ),
         ("observability", vec![on_off(DEFAULT_OBSERVABILITY)]),
         ("hit_timing_sample", vec![DEFAULT_HIT_TIMING_SAMPLE.to_string()]),
         ("span_level", vec![format!("`{DEFAULT_SPAN_LEVEL}`")]),

@@ -54,6 +54,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     event_counters(meter, weak);
     refreshes_counter(meter, weak);
     ttl_changes_counter(meter, weak);
+    prefetches_counter(meter, weak);
     breaker_opens_counter(meter, weak);
     upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
@@ -95,9 +96,10 @@ fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
 }
 
 /// The unlabelled event counters: stale served, coalesced, evictions,
-/// stores, upstream calls, promotions and entries kept out of L1.
+/// stores, upstream calls, promotions, entries kept out of L1 and hot-key
+/// refreshes.
 fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
-    let simple: [(&'static str, &'static str, Reader); 7] = [
+    let simple: [(&'static str, &'static str, Reader); 8] = [
         ("cache.stale_served", "Stale entries served", |s| {
             s.counters.stale.get()
         }),
@@ -124,6 +126,11 @@ fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
             "cache.l1.not_admitted",
             "Entries the L1 admission rule kept in L2 only",
             |s| s.tiers.not_admitted(),
+        ),
+        (
+            "cache.hot_refreshes",
+            "Background refreshes started by refresh_hot",
+            |s| s.counters.hot_refreshes.get(),
         ),
     ];
     for (name, description, read) in simple {
@@ -165,6 +172,18 @@ fn ttl_changes_counter(meter: &Meter, weak: &Weak<Shared>) {
                 .ttl_changes()
                 .to_vec()
         },
+    );
+}
+
+/// `cache.prefetches` by outcome.
+fn prefetches_counter(meter: &Meter, weak: &Weak<Shared>) {
+    observable_counter(
+        meter,
+        weak,
+        "cache.prefetches",
+        "URLs prefetched after reads, by outcome",
+        Some("outcome"),
+        |s| s.counters.prefetch().outcomes().to_vec(),
     );
 }
 

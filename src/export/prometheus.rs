@@ -50,6 +50,10 @@ impl Cache {
     ///   `tower_cache_refreshes_total{outcome}`,
     ///   `tower_cache_adaptive_ttl_total{change}` (`lengthened`,
     ///   `shortened`: entries stored with a TTL adaptive TTL changed),
+    ///   `tower_cache_hot_refreshes_total` (started by `refresh_hot`),
+    ///   `tower_cache_prefetches_total{outcome}` (`queued`, `dropped`,
+    ///   `warmed`, `skipped`, `failed`: see
+    ///   [`PrefetchStats`](crate::PrefetchStats)),
     ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
     ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
     ///   and, with an L2 tier,
@@ -97,6 +101,7 @@ impl Cache {
         write_event_totals(w, &st);
         write_refreshes(w, &st);
         write_ttl_changes(w, &st);
+        write_prefetches(w, &st);
         self.write_breaker_opens(w, &st);
         write_l2_errors_and_breaker(w, &st);
         write_l1_and_in_flight(w, &st);
@@ -231,9 +236,9 @@ impl Cache {
 
 /// The unlabelled event counters: stale served, coalesced, stores,
 /// evictions, promotions, entries kept out of L1, upstream calls and
-/// errors.
+/// errors, hot-key refreshes.
 fn write_event_totals(w: &mut String, st: &Stats) {
-    let totals: [(&str, &str, u64); 8] = [
+    let totals: [(&str, &str, u64); 9] = [
         (
             "tower_cache_stale_served_total",
             "Stale entries served.",
@@ -270,6 +275,11 @@ fn write_event_totals(w: &mut String, st: &Stats) {
             "Upstream calls that failed or answered 5xx.",
             st.upstream_errors,
         ),
+        (
+            "tower_cache_hot_refreshes_total",
+            "Background refreshes started by refresh_hot.",
+            st.hot_refreshes,
+        ),
     ];
     for (name, help, v) in totals {
         header(w, name, "counter", help);
@@ -300,6 +310,17 @@ fn write_refreshes(w: &mut String, st: &Stats) {
             ("failed", st.refresh_failed),
             ("skipped", st.refresh_skipped),
         ],
+    );
+}
+
+/// `tower_cache_prefetches_total{outcome}`.
+fn write_prefetches(w: &mut String, st: &Stats) {
+    counter_by(
+        w,
+        "tower_cache_prefetches_total",
+        "URLs prefetched after reads, by outcome.",
+        "outcome",
+        &st.prefetch.outcomes(),
     );
 }
 
