@@ -349,6 +349,37 @@ pub(crate) fn refresh_span(level: tracing::Level, label: &str) -> tracing::Span 
     at_level!(level, span_at)
 }
 
+/// The span of one call of a value cache (`ValueCache`; `op`: `get`,
+/// `get_or_fetch`, `get_many_or_fetch`), at `level`: a `cache.lookup` like
+/// a request's, with the value cache's name as its label. Fields filled in
+/// later are declared empty.
+#[cfg_attr(not(feature = "values"), allow(dead_code))]
+pub(crate) fn value_span(level: tracing::Level, label: &str, op: &'static str) -> tracing::Span {
+    if !tracing::dispatcher::has_been_set() {
+        return tracing::Span::none();
+    }
+    macro_rules! span_at {
+        ($lvl:expr) => {
+            tracing::span!(
+                target: "tower_tiered_cache",
+                $lvl,
+                "cache.lookup",
+                otel.name = "cache.lookup",
+                cache.operation = op,
+                cache.label = label,
+                cache.result = tracing::field::Empty,
+                cache.tier = tracing::field::Empty,
+                cache.key = tracing::field::Empty,
+                cache.keys = tracing::field::Empty,
+                cache.ttl_remaining_ms = tracing::field::Empty,
+                cache.coalesced = tracing::field::Empty,
+                cache.upstream_ms = tracing::field::Empty,
+            )
+        };
+    }
+    at_level!(level, span_at)
+}
+
 /// By default, fresh L1 hits are timed one in this many per thread (every
 /// other request is timed; see `CacheBuilder::hit_timing_sample`): reading the clock twice would cost a tenth of the
 /// hit, and sub-microsecond hit latencies are steady enough to sample. The
