@@ -312,6 +312,7 @@ impl Tiers {
 
     /// Stores a new entry in L1 alone, whatever L2 and write-through say
     /// (a value cache's `l1_only`). Returns whether L1 took it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) fn store_l1_only(&self, key: KeyHash, entry: &Arc<Entry>) -> bool {
         self.l1
             .insert(key, Arc::clone(entry), &[], &HeaderMap::new())
@@ -319,6 +320,7 @@ impl Tiers {
 
     /// Stores a new entry in L2 alone, off the request path (a value
     /// cache's `l2_only`). Returns whether there is an L2 to take it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) fn store_l2_only(&self, key: KeyHash, entry: &Arc<Entry>, now: u64) -> bool {
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2 {
@@ -333,6 +335,7 @@ impl Tiers {
     /// one round trip: per key, an entry not past its last useful instant
     /// at `now`, and its tier. Keys this instance is deleting are misses.
     #[cfg(feature = "redis")]
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) async fn lookup_l2_many(
         &self,
         keys: &[KeyHash],

@@ -293,6 +293,20 @@ fn miss_status(prior: bool, stored: bool) -> Status {
     }
 }
 
+/// Counts a lookup as cancelled if it is dropped before its answer (a
+/// caller's timeout, a caller gone); forgotten once it answers.
+struct Unfinished<'a> {
+    cache: &'a Cache,
+    label: u16,
+    span: &'a tracing::Span,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.cache.cancelled(self.label, self.span);
+    }
+}
+
 /// Completes a flight this call leads, if it leads one.
 fn complete(guard: Option<FlightGuard>, outcome: Outcome) {
     if let Some(g) = guard {
@@ -483,7 +497,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 
     /// The L1 step of a lookup (unless the options keep values in L2 only).
-    fn from_l1(&self, call: &Call<'_>, now: u64) -> Answer<T> {
+    fn look_in_l1(&self, call: &Call<'_>, now: u64) -> Answer<T> {
         if !call.opts.uses_l1() {
             return Answer::Miss;
         }
@@ -499,7 +513,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// The L2 step of a lookup: an entry newer than the prior's, judged
     /// (unless the options keep values in L1 only, or there is no L2).
-    async fn from_l2(&self, call: &Call<'_>, prior: Option<&Prior>, now: u64) -> Answer<T> {
+    async fn look_in_l2(&self, call: &Call<'_>, prior: Option<&Prior>, now: u64) -> Answer<T> {
         #[cfg(feature = "redis")]
         if call.opts.uses_l2() && self.shared().tiers.has_l2() {
             let older = prior.map(|p| &*p.entry);
@@ -521,14 +535,13 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let opts = Arc::clone(&self.defaults);
         let call = self.call(key, &opts, "get")?;
         let now = self.cache.now();
-        let prior = match self.from_l1(&call, now) {
+        let prior = match self.look_in_l1(&call, now) {
             Answer::Fresh(v, _) | Answer::Stale(v, _) => return Some(v),
             Answer::Prior(p) => Some(p),
             Answer::Miss => None,
         };
-        let span = call.report.span.clone();
-        let from_l2 = async {
-            match self.from_l2(&call, prior.as_ref(), now).await {
+        let look_in_l2 = async {
+            match self.look_in_l2(&call, prior.as_ref(), now).await {
                 Answer::Fresh(v, _) | Answer::Stale(v, _) => Some(v),
                 _ => {
                     self.shared().counters.misses.incr();
@@ -538,7 +551,21 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 }
             }
         };
-        from_l2.instrument(span).await
+        self.answering(&call.report.span, look_in_l2).await
+    }
+
+    /// Runs the asynchronous part of a lookup in its span; dropped before
+    /// it ends, the lookup counts as cancelled (so that each lookup ends in
+    /// exactly one outcome).
+    async fn answering<R>(&self, span: &tracing::Span, fut: impl Future<Output = R>) -> R {
+        let unfinished = Unfinished {
+            cache: &self.cache,
+            label: self.label,
+            span,
+        };
+        let result = fut.instrument(span.clone()).await;
+        std::mem::forget(unfinished);
+        result
     }
 
     /// Stores `value` for `key` with `opts`' lifetime, tags and tiers
@@ -711,7 +738,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             return self.uncached(key, opts, fetch).await;
         };
         let now = self.cache.now();
-        let prior = match self.from_l1(&call, now) {
+        let prior = match self.look_in_l1(&call, now) {
             Answer::Fresh(v, _) => return Ok(v),
             Answer::Stale(v, prior) => {
                 self.spawn_refresh(&call, prior, fetch);
@@ -723,8 +750,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         if call.report.start == 0 && self.shared().obs.cfg.enabled {
             call.report.start = self.shared().obs.start();
         }
-        let span = call.report.span.clone();
-        self.miss(&call, fetch, prior).instrument(span).await
+        self.answering(&call.report.span, self.miss(&call, fetch, prior))
+            .await
     }
 
     /// A key that is not cached: the fetch's result, within its deadline
@@ -990,7 +1017,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 return Ok(v);
             }
         }
-        match self.from_l2(call, prior.as_ref(), now).await {
+        match self.look_in_l2(call, prior.as_ref(), now).await {
             Answer::Fresh(v, entry) => {
                 complete(guard, Outcome::Found(entry));
                 return Ok(v);

@@ -41,8 +41,9 @@ impl Calls {
         &self,
         gate: &Gate,
         value: T,
-    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, &'static str>> + Send>>
-           + Send
+    ) -> impl FnOnce() -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, &'static str>> + Send>,
+    > + Send
            + 'static {
         let (n, gate) = (Arc::clone(&self.0), gate.clone());
         move || {
@@ -94,21 +95,36 @@ async fn fresh_stale_and_expired_values_follow_the_clock() {
     let (cache, odds) = setup(&clock);
     let calls = Calls::default();
 
-    assert_eq!(get_or_fetch(&odds, calls.fetch("v1".into())).await.unwrap(), "v1");
+    assert_eq!(
+        get_or_fetch(&odds, calls.fetch("v1".into())).await.unwrap(),
+        "v1"
+    );
     clock.advance(secs(9));
-    assert_eq!(get_or_fetch(&odds, calls.fetch("v2".into())).await.unwrap(), "v1");
+    assert_eq!(
+        get_or_fetch(&odds, calls.fetch("v2".into())).await.unwrap(),
+        "v1"
+    );
     assert_eq!(calls.get(), 1, "fresh: no fetch");
 
     // Stale within the hard TTL: the old value at once, refreshed behind.
     clock.advance(secs(2));
-    assert_eq!(get_or_fetch(&odds, calls.fetch("v2".into())).await.unwrap(), "v1");
+    assert_eq!(
+        get_or_fetch(&odds, calls.fetch("v2".into())).await.unwrap(),
+        "v1"
+    );
     assert!(eventually(|| cache.stats().refresh_ok == 1).await);
     assert_eq!(calls.get(), 2);
-    assert_eq!(get_or_fetch(&odds, calls.fetch("v3".into())).await.unwrap(), "v2");
+    assert_eq!(
+        get_or_fetch(&odds, calls.fetch("v3".into())).await.unwrap(),
+        "v2"
+    );
 
     // Past the hard TTL (of the refreshed value): fetched before answering.
     clock.advance(secs(31));
-    assert_eq!(get_or_fetch(&odds, calls.fetch("v3".into())).await.unwrap(), "v3");
+    assert_eq!(
+        get_or_fetch(&odds, calls.fetch("v3".into())).await.unwrap(),
+        "v3"
+    );
     assert_eq!(calls.get(), 3);
 
     let s = cache.stats();
@@ -158,7 +174,9 @@ async fn a_stale_value_is_refreshed_by_one_background_fetch() {
     clock.advance(secs(15));
     let gate = Gate::new();
     for _ in 0..20 {
-        let v = odds.get_or_fetch("k", &opts(), calls.gated(&gate, "new".to_owned())).await;
+        let v = odds
+            .get_or_fetch("k", &opts(), calls.gated(&gate, "new".to_owned()))
+            .await;
         assert_eq!(*v.unwrap(), "old", "answered while the refresh waits");
     }
     assert!(eventually(|| calls.get() == 1).await);
@@ -166,7 +184,9 @@ async fn a_stale_value_is_refreshed_by_one_background_fetch() {
     assert_eq!(calls.get(), 1, "one refresh for the key");
     gate.open();
     assert!(eventually(|| cache.stats().refresh_ok == 1).await);
-    let v = odds.get_or_fetch("k", &opts(), calls.fetch("newer".into())).await;
+    let v = odds
+        .get_or_fetch("k", &opts(), calls.fetch("newer".into()))
+        .await;
     assert_eq!(*v.unwrap(), "new");
     let s = cache.stats();
     assert_eq!((s.stale, s.hits_l1, s.refresh_ok, s.misses), (20, 1, 1, 0));
@@ -191,7 +211,9 @@ async fn a_failed_fetch_returns_the_fail_safe_value_counted_as_stale() {
     // Its life was extended by half its TTL: stale (answered at once, a
     // refresh behind) rather than expired 4 s later.
     clock.advance(secs(4));
-    let v = get_or_fetch(&odds, calls.fetch("new".into())).await.unwrap();
+    let v = get_or_fetch(&odds, calls.fetch("new".into()))
+        .await
+        .unwrap();
     assert_eq!(v, "kept");
     assert!(eventually(|| cache.stats().refresh_ok == 1).await);
 
@@ -230,16 +252,23 @@ async fn past_the_soft_timeout_the_stale_value_answers_and_the_fetch_lands_later
     clock.advance(secs(40));
     let (gate, calls) = (Gate::new(), Calls::default());
     let started = tokio::time::Instant::now();
-    let v = odds.get_or_fetch("k", &opts, calls.gated(&gate, "new".to_owned())).await;
+    let v = odds
+        .get_or_fetch("k", &opts, calls.gated(&gate, "new".to_owned()))
+        .await;
     assert_eq!(*v.unwrap(), "old");
     assert_eq!(started.elapsed(), Duration::from_millis(100));
     // A second caller meanwhile waits on the same fetch, as long.
-    let v = odds.get_or_fetch("k", &opts, calls.fetch("other".into())).await;
+    let v = odds
+        .get_or_fetch("k", &opts, calls.fetch("other".into()))
+        .await;
     assert_eq!(*v.unwrap(), "old");
     assert_eq!(calls.get(), 1);
     gate.open();
     assert!(eventually(|| cache.stats().refresh_ok == 1).await);
-    assert_eq!(odds.get("k").await.as_deref().map(String::as_str), Some("new"));
+    assert_eq!(
+        odds.get("k").await.as_deref().map(String::as_str),
+        Some("new")
+    );
     let s = cache.stats();
     assert_eq!((s.stale_if_error, s.refresh_failed), (2, 0));
 }
@@ -255,10 +284,14 @@ async fn l1_only_and_l2_only_values_without_redis() {
     assert_eq!(cache.stats().l1_entries, 1);
     // An l2_only lookup does not read L1.
     let calls = Calls::default();
-    let v = odds.get_or_fetch("b", &opts().l2_only(), calls.fetch("z".into())).await;
+    let v = odds
+        .get_or_fetch("b", &opts().l2_only(), calls.fetch("z".into()))
+        .await;
     assert_eq!(*v.unwrap(), "z");
     assert_eq!(calls.get(), 1);
-    let v = odds.get_or_fetch("b", &opts().l1_only(), calls.fetch("w".into())).await;
+    let v = odds
+        .get_or_fetch("b", &opts().l1_only(), calls.fetch("w".into()))
+        .await;
     assert_eq!(*v.unwrap(), "y");
 }
 
@@ -274,9 +307,8 @@ async fn invalidation_stays_within_one_value_cache() {
         }
     }
     // An HTTP entry with the same tag and a path like the keys.
-    let (origin, _) = origin(|_, _| {
-        with_header(ok("max-age=60", "page"), "surrogate-key", "team:7")
-    });
+    let (origin, _) =
+        origin(|_, _| with_header(ok("max-age=60", "page"), "surrogate-key", "team:7"));
     let svc = cached(&cache, origin);
     send(&svc, get("http://example.com/user:123:a")).await;
     assert_eq!(cache.stats().l1_entries, 7);
@@ -306,7 +338,9 @@ async fn a_value_of_another_type_under_the_same_name_is_a_miss() {
     odds.set("k", "text".into(), &opts()).await;
     let numbers = cache.values::<u64>("odds").unwrap();
     assert!(numbers.get("k").await.is_none());
-    let v = numbers.get_or_fetch("k", &opts(), || async { Ok::<_, ()>(7) }).await;
+    let v = numbers
+        .get_or_fetch("k", &opts(), || async { Ok::<_, ()>(7) })
+        .await;
     assert_eq!(*v.unwrap(), 7);
     // Its value replaced the other type's.
     assert!(odds.get("k").await.is_none());
@@ -326,19 +360,33 @@ async fn a_batch_fetches_only_the_missing_keys_in_one_call() {
             seen.lock().unwrap().push(missing.clone());
             async move {
                 let found = missing.into_iter().filter(|k| k != "e");
-                Ok::<_, ()>(found.map(|k| (k.clone(), k.to_uppercase())).collect::<Vec<_>>())
+                Ok::<_, ()>(
+                    found
+                        .map(|k| (k.clone(), k.to_uppercase()))
+                        .collect::<Vec<_>>(),
+                )
             }
         })
         .await
         .unwrap();
     let got: Vec<Option<String>> = got.iter().map(|v| v.as_deref().cloned()).collect();
     let want = |s: &str| Some(s.to_owned());
-    assert_eq!(got, [want("A"), want("B"), want("C"), want("D"), want("B"), None]);
+    assert_eq!(
+        got,
+        [want("A"), want("B"), want("C"), want("D"), want("B"), None]
+    );
     assert_eq!(*asked.lock().unwrap(), [vec!["b", "d", "e"]]);
     // Stored one by one.
-    assert_eq!(odds.get("d").await.as_deref().map(String::as_str), Some("D"));
+    assert_eq!(
+        odds.get("d").await.as_deref().map(String::as_str),
+        Some("D")
+    );
     let s = cache.stats();
-    assert_eq!((s.hits_l1, s.misses, s.stores, s.upstream_calls), (3, 3, 4, 1), "{s:?}");
+    assert_eq!(
+        (s.hits_l1, s.misses, s.stores, s.upstream_calls),
+        (3, 3, 4, 1),
+        "{s:?}"
+    );
 }
 
 #[tokio::test]
@@ -396,5 +444,33 @@ async fn a_failed_batch_answers_from_fail_safe_values_or_fails() {
     // The second batch found `a` stale (its life extended by the first
     // failure) and refreshed it along with `b`.
     let s = cache.stats();
-    assert_eq!((s.stale, s.stale_if_error, s.refresh_failed), (2, 1, 2), "{s:?}");
+    assert_eq!(
+        (s.stale, s.stale_if_error, s.refresh_failed),
+        (2, 1, 2),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_call_counts_as_cancelled_and_hands_its_flight_on() {
+    let clock = clock();
+    let (cache, odds) = setup(&clock);
+    let (gate, calls) = (Gate::new(), Calls::default());
+    let opts = opts();
+    let mut first = Box::pin(odds.get_or_fetch("k", &opts, calls.gated(&gate, "never".into())));
+    // Polled once (it waits at the gate), then dropped.
+    tokio::select! {
+        biased;
+        _ = &mut first => panic!("answered through a closed gate"),
+        _ = std::future::ready(()) => {}
+    }
+    assert_eq!(calls.get(), 1);
+    drop(first);
+    let s = cache.stats();
+    assert_eq!((s.cancelled, s.requests, s.misses), (1, 1, 0), "{s:?}");
+    let v = odds
+        .get_or_fetch("k", &opts, calls.fetch("next".into()))
+        .await;
+    assert_eq!(*v.unwrap(), "next");
+    assert_eq!(calls.get(), 2);
 }

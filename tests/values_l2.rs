@@ -41,7 +41,11 @@ async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 
 async fn get_raw(server: &RedisServer, key: &str) -> Vec<u8> {
     let mut c = conn(server).await;
-    redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap()
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
 
 async fn set_raw(server: &RedisServer, key: &str, value: &[u8]) {
@@ -116,9 +120,15 @@ async fn values_of_another_type_or_corrupt_are_misses_counted_and_deleted() {
     for (n, value) in [bad_json, b"garbage".to_vec()].into_iter().enumerate() {
         set_raw(&server, &key, &value).await;
         let c = l2(server.url()).build().unwrap();
-        assert!(c.values::<String>("odds").unwrap().get("k").await.is_none(), "case {n}");
+        assert!(
+            c.values::<String>("odds").unwrap().get("k").await.is_none(),
+            "case {n}"
+        );
         assert_eq!(c.stats().l2_decode_errors, 1, "case {n}");
-        assert!(eventually(|| value_keys(&server).is_empty()).await, "case {n}");
+        assert!(
+            eventually(|| value_keys(&server).is_empty()).await,
+            "case {n}"
+        );
     }
     // The intact value reads back.
     set_raw(&server, &key, &stored).await;
@@ -144,13 +154,17 @@ async fn a_batch_reads_l2_in_one_round_trip_and_fetches_the_rest_once() {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&asked);
     let got = names_b
-        .get_many_or_fetch(&["a", "b", "c", "d", "e"], &ValueOptions::new(), move |missing| {
-            seen.lock().unwrap().push(missing.clone());
-            std::future::ready(Ok::<_, ()>(missing.into_iter().map(|k| {
-                let v = format!("fetched {k}");
-                (k, v)
-            })))
-        })
+        .get_many_or_fetch(
+            &["a", "b", "c", "d", "e"],
+            &ValueOptions::new(),
+            move |missing| {
+                seen.lock().unwrap().push(missing.clone());
+                std::future::ready(Ok::<_, ()>(missing.into_iter().map(|k| {
+                    let v = format!("fetched {k}");
+                    (k, v)
+                })))
+            },
+        )
         .await
         .unwrap();
     let got: Vec<String> = got.iter().map(|v| v.as_deref().unwrap().clone()).collect();
@@ -178,7 +192,10 @@ async fn l2_only_values_are_read_from_redis_every_time() {
         assert_eq!(odds.get("k").await.as_deref(), Some(&7));
     }
     let s = a.stats();
-    assert_eq!((s.hits_l2, s.hits_l1, s.l1_entries, s.promotions), (3, 0, 0, 0));
+    assert_eq!(
+        (s.hits_l2, s.hits_l1, s.l1_entries, s.promotions),
+        (3, 0, 0, 0)
+    );
 }
 
 #[tokio::test]

@@ -1125,6 +1125,7 @@ impl L2 {
     /// A value read from `key` that the reader cannot use although it
     /// decoded (a typed value of another codec or type, or whose body the
     /// codec refuses): a corrupt value, counted and deleted.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) fn discard(self: &Arc<Self>, key: KeyHash, why: &dyn std::fmt::Display) {
         self.corrupt(key, self.redis_key(key), why, true);
     }
@@ -1134,6 +1135,7 @@ impl L2 {
     /// key, sent at once (keys live on different slots). Each value must
     /// be an entry stored for its key; a corrupt one is `None`, counted
     /// and deleted. Failures are `None` for every key.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) async fn lookup_many(self: &Arc<Self>, keys: &[KeyHash]) -> Vec<Option<Arc<Entry>>> {
         if keys.is_empty() {
             return Vec::new();

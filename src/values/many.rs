@@ -194,8 +194,8 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         E: Send + 'static,
     {
         let now = self.values.cache.now();
-        self.from_l1(now);
-        self.from_l2(now).await;
+        self.look_in_l1(now);
+        self.look_in_l2(now).await;
         let flights = self.join_flights();
         let asked: Vec<usize> = flights.mine.iter().map(|(i, _)| *i).collect();
         let failed = self.fetch(flights.mine, flights.refresh, fetch).await;
@@ -228,10 +228,10 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         }
     }
 
-    fn from_l1(&mut self, now: u64) {
+    fn look_in_l1(&mut self, now: u64) {
         for i in 0..self.items.len() {
             if self.items[i].cached {
-                let answer = self.values.from_l1(&self.call(i), now);
+                let answer = self.values.look_in_l1(&self.call(i), now);
                 self.note(i, answer);
             }
         }
@@ -239,7 +239,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
 
     /// One L2 round trip for every key still without a value; an entry
     /// older than the key's prior is ignored.
-    async fn from_l2(&mut self, now: u64) {
+    async fn look_in_l2(&mut self, now: u64) {
         #[cfg(feature = "redis")]
         {
             let s = self.values.shared();

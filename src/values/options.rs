@@ -214,6 +214,7 @@ impl ValueOptions {
     }
 
     /// Whether values are looked up and stored in L2.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn uses_l2(&self) -> bool {
         self.place != Place::L1
     }
