@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::capture::capture;
 use support::*;
 use tower_tiered_cache::values::{FetchError, ValueOptions};
 use tower_tiered_cache::{Cache, ManualClock, ValueCache};
@@ -473,4 +474,48 @@ async fn a_dropped_call_counts_as_cancelled_and_hands_its_flight_on() {
         .await;
     assert_eq!(*v.unwrap(), "next");
     assert_eq!(calls.get(), 2);
+}
+
+/// Each lookup has a `cache.lookup` span like a request's, with the value
+/// cache's name as its label; a background refresh has its own
+/// `cache.refresh` root, linked to the lookup that started it.
+#[tokio::test]
+async fn lookups_have_spans_like_requests() {
+    let (cap, _installed) = capture();
+    let clock = clock();
+    let (_cache, odds) = setup(&clock);
+    let calls = Calls::default();
+    get_or_fetch(&odds, calls.fetch("v1".into())).await.unwrap();
+    get_or_fetch(&odds, calls.fetch("v1".into())).await.unwrap();
+    clock.advance(secs(15));
+    get_or_fetch(&odds, calls.fetch("v2".into())).await.unwrap();
+    assert!(eventually(|| calls.get() == 2).await);
+    let lookups = cap.spans_named("cache.lookup");
+    let seen: Vec<(Option<&str>, Option<&str>, Option<&str>)> = lookups
+        .iter()
+        .map(|s| {
+            (
+                s.str("cache.result"),
+                s.str("cache.tier"),
+                s.str("cache.label"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("miss"), Some("none"), Some("odds")),
+            (Some("hit"), Some("l1"), Some("odds")),
+            (Some("stale"), Some("l1"), Some("odds")),
+        ]
+    );
+    assert!(lookups
+        .iter()
+        .all(|s| s.str("cache.key") == Some("match:1")));
+    assert_eq!(lookups[0].str("cache.operation"), Some("get_or_fetch"));
+    assert!(lookups[0].f64("cache.upstream_ms").is_some());
+    assert!(eventually(|| !cap.spans_named("cache.refresh").is_empty()).await);
+    let refresh = &cap.spans_named("cache.refresh")[0];
+    assert_eq!(refresh.str("cache.label"), Some("odds"));
+    assert_eq!(refresh.follows, [cap.index(&lookups[2])]);
 }

@@ -31,30 +31,22 @@ fn value_keys(server: &RedisServer) -> Vec<String> {
     out.text().lines().map(str::to_owned).collect()
 }
 
-async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+/// The raw value stored under `key`.
+fn get_raw(server: &RedisServer, key: &str) -> Vec<u8> {
+    match server.cmd(&["GET", key]) {
+        Ok(redis_support::Reply::Bulk(b)) => b,
+        other => panic!("GET {key}: {other:?}"),
+    }
 }
 
-async fn get_raw(server: &RedisServer, key: &str) -> Vec<u8> {
-    let mut c = conn(server).await;
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
-async fn set_raw(server: &RedisServer, key: &str, value: &[u8]) {
-    let mut c = conn(server).await;
-    let _: () = redis::cmd("SET")
+/// Writes raw (binary) bytes under `key`.
+fn set_raw(server: &RedisServer, key: &str, value: &[u8]) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    redis::cmd("SET")
         .arg(key)
         .arg(value)
-        .query_async(&mut c)
-        .await
+        .query::<()>(&mut c)
         .unwrap();
 }
 
@@ -104,7 +96,7 @@ async fn values_of_another_type_or_corrupt_are_misses_counted_and_deleted() {
     text.set("k", "text".into(), &ValueOptions::new()).await;
     written(&a, 1).await;
     let key = value_keys(&server).pop().expect("the value's key");
-    let stored = get_raw(&server, &key).await;
+    let stored = get_raw(&server, &key);
 
     // Another type under the same name and key.
     let b = l2(server.url()).build().unwrap();
@@ -118,7 +110,7 @@ async fn values_of_another_type_or_corrupt_are_misses_counted_and_deleted() {
     let last = bad_json.len() - 1;
     bad_json[last] = b'!';
     for (n, value) in [bad_json, b"garbage".to_vec()].into_iter().enumerate() {
-        set_raw(&server, &key, &value).await;
+        set_raw(&server, &key, &value);
         let c = l2(server.url()).build().unwrap();
         assert!(
             c.values::<String>("odds").unwrap().get("k").await.is_none(),
@@ -131,7 +123,7 @@ async fn values_of_another_type_or_corrupt_are_misses_counted_and_deleted() {
         );
     }
     // The intact value reads back.
-    set_raw(&server, &key, &stored).await;
+    set_raw(&server, &key, &stored);
     let d = l2(server.url()).build().unwrap();
     let v = d.values::<String>("odds").unwrap().get("k").await;
     assert_eq!(v.as_deref().map(String::as_str), Some("text"));
