@@ -741,7 +741,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let prior = match self.look_in_l1(&call, now) {
             Answer::Fresh(v, _) => return Ok(v),
             Answer::Stale(v, prior) => {
-                self.spawn_refresh(&call, prior, fetch);
+                self.spawn_refresh(&call, prior, boxed(fetch));
                 return Ok(v);
             }
             Answer::Prior(p) => Some(p),
@@ -750,8 +750,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         if call.report.start == 0 && self.shared().obs.cfg.enabled {
             call.report.start = self.shared().obs.start();
         }
-        self.answering(&call.report.span, self.miss(&call, fetch, prior))
-            .await
+        let miss = self.miss(&call, boxed(fetch), prior);
+        self.answering(&call.report.span, miss).await
     }
 
     /// A key that is not cached: the fetch's result, within its deadline
@@ -783,17 +783,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// Nothing usable in L1: joins the key's flight. The leader reads L2
     /// and fetches; waiters answer from what it got, or wait on (or lead)
     /// the next flight, at most `MAX_WAITS` flights.
-    async fn miss<F, Fut, E>(
+    async fn miss<E: Send + 'static>(
         &self,
         call: &Call<'_>,
-        fetch: F,
+        fetch: BoxFetch<T, E>,
         prior: Option<Prior>,
-    ) -> Result<Arc<T>, FetchError<E>>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
-    {
+    ) -> Result<Arc<T>, FetchError<E>> {
         let s = self.shared();
         for _ in 0..crate::flow::MAX_WAITS {
             let flight = match s.inflight.join(call.hash) {
@@ -996,18 +991,13 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// The leader of a key's flight: a fresh copy another flight stored
     /// meanwhile, L2, then the fetch; waiters get what it got.
-    async fn lead<F, Fut, E>(
+    async fn lead<E: Send + 'static>(
         &self,
         call: &Call<'_>,
-        fetch: F,
+        fetch: BoxFetch<T, E>,
         prior: Option<Prior>,
         guard: Option<FlightGuard>,
-    ) -> Result<Arc<T>, FetchError<E>>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
-    {
+    ) -> Result<Arc<T>, FetchError<E>> {
         let mut prior = prior;
         let now = self.cache.now();
         let newer = self.newer_in_l1(call, prior.as_ref(), now);
@@ -1037,22 +1027,17 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// (when it applies) the fail-safe value answers and the fetch goes on
     /// in the background, holding the flight, when the background bound
     /// allows; else the call waits on.
-    async fn fetch_now<F, Fut, E>(
+    async fn fetch_now<E: Send + 'static>(
         &self,
         call: &Call<'_>,
-        fetch: F,
+        fetch: BoxFetch<T, E>,
         prior: Option<Prior>,
         guard: Option<FlightGuard>,
-    ) -> Result<Arc<T>, FetchError<E>>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
-    {
+    ) -> Result<Arc<T>, FetchError<E>> {
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         self.shared().counters.upstream_calls.incr();
-        let mut fut = Box::pin(fetch());
+        let mut fut = fetch();
         if let Some((soft, stood_in)) = self.soft_limit(call.opts, prior.as_ref()) {
             match tokio::time::timeout(soft, fut.as_mut()).await {
                 Ok(result) => return self.fetched(call, Ok(result), prior, guard, started),
@@ -1138,12 +1123,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// Refreshes a stale value in the background: one per key (the key's
     /// flight), bounded in number, within the fetch timeout, outside the
     /// caller's cancellation.
-    fn spawn_refresh<F, Fut, E>(&self, call: &Call<'_>, prior: Prior, fetch: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
-    {
+    fn spawn_refresh<E: Send + 'static>(
+        &self,
+        call: &Call<'_>,
+        prior: Prior,
+        fetch: BoxFetch<T, E>,
+    ) {
         let s = self.shared();
         let Some(guard) = s.inflight.try_lead(call.hash) else {
             return; // A fetch of this key is in flight already.
@@ -1155,7 +1140,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         let bg = self.background(call, prior, Some(guard), permit);
-        bg.spawn(Box::pin(fetch()), started, deadline, &call.report.span);
+        bg.spawn(fetch(), started, deadline, &call.report.span);
     }
 
     /// A fetch to finish in the background for `call`'s key.
@@ -1194,24 +1179,33 @@ struct Background<T> {
 /// A fetch's future, pinned so that it can move to another task halfway.
 type Fetching<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+/// A fetch as the steps after a lookup's L1 step take it, made once a
+/// lookup needs it (a miss, a refresh): nothing is allocated on a hit.
+type BoxFetch<T, E> = Box<dyn FnOnce() -> Fetching<T, E> + Send>;
+
+/// `fetch`, type-erased.
+fn boxed<F, Fut, T, E>(fetch: F) -> BoxFetch<T, E>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    Box::new(move || Box::pin(fetch()) as Fetching<T, E>)
+}
+
 impl<T: Send + Sync + 'static> Background<T> {
     /// Runs `fut` to `deadline` on a task of its own, in a `cache.refresh`
     /// span linked to `cause`: a value is stored (a refresh), a failure
     /// keeps the stale value, extended.
-    fn spawn<Fut, E>(
+    fn spawn<E: Send + 'static>(
         self,
-        fut: Pin<Box<Fut>>,
+        fut: Fetching<T, E>,
         started: Instant,
         deadline: Instant,
         cause: &tracing::Span,
-    ) where
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Send + 'static,
-    {
+    ) {
         let obs = &self.values.shared().obs;
         let span = crate::observe::refresh_span(obs.cfg.span_level, &self.values.name);
         span.follows_from(cause);
-        let fut: Fetching<T, E> = fut;
         tokio::spawn(self.run(fut, started, deadline).instrument(span));
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -14,6 +15,26 @@ use crate::coalesce::{self, Flight, FlightGuard, Join, Outcome};
 use crate::key::KeyHash;
 use crate::observe::Outcome as Counted;
 use crate::status::Status;
+
+/// The items a batch's fetch returned, collected.
+type Fetched<T> = Vec<(String, T)>;
+
+/// A batch's fetch as the steps after the public call take it.
+type BoxBatchFetch<T, E> = Box<
+    dyn FnOnce(Vec<String>) -> Pin<Box<dyn Future<Output = Result<Fetched<T>, E>> + Send>> + Send,
+>;
+
+/// `fetch`, type-erased, its items collected as they come back.
+fn boxed_batch<F, Fut, I, T, E>(fetch: F) -> BoxBatchFetch<T, E>
+where
+    F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<I, E>> + Send + 'static,
+    I: IntoIterator<Item = (String, T)>,
+{
+    Box::new(move |keys| {
+        Box::pin(async move { fetch(keys).await.map(|items| items.into_iter().collect()) })
+    })
+}
 
 /// One distinct key of a batch.
 struct Item<'a, T> {
@@ -109,7 +130,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         span.record("cache.keys", keys.len() as u64);
         let start = self.shared().obs.start();
         let batch = Batch::new(self, keys, opts, start);
-        batch.run(keys, fetch_missing).instrument(span).await
+        let fetch = boxed_batch(fetch_missing);
+        batch.run(keys, fetch).instrument(span).await
     }
 
     /// Without a runtime to time fetches and waits: the fetch of every
@@ -181,18 +203,11 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
     }
 
     /// Every step in order: L1, L2, the flights, the one fetch, the waits.
-    async fn run<K, F, Fut, I, E>(
+    async fn run<K: AsRef<str>, E: Send + 'static>(
         mut self,
         keys: &[K],
-        fetch: F,
-    ) -> Result<Vec<Option<Arc<T>>>, FetchError<E>>
-    where
-        K: AsRef<str>,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<I, E>> + Send + 'static,
-        I: IntoIterator<Item = (String, T)>,
-        E: Send + 'static,
-    {
+        fetch: BoxBatchFetch<T, E>,
+    ) -> Result<Vec<Option<Arc<T>>>, FetchError<E>> {
         let now = self.values.cache.now();
         self.look_in_l1(now);
         self.look_in_l2(now).await;
@@ -301,18 +316,12 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
     /// The one call of the fetch: for the missing keys this batch leads
     /// and the stale ones it refreshes; with nothing missing, the stale
     /// ones alone, in the background. The fetch's error, if it failed.
-    async fn fetch<F, Fut, I, E>(
+    async fn fetch<E: Send + 'static>(
         &mut self,
         mine: Vec<(usize, Option<FlightGuard>)>,
         refresh: Vec<(usize, FlightGuard)>,
-        fetch: F,
-    ) -> Option<FetchError<E>>
-    where
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<I, E>> + Send + 'static,
-        I: IntoIterator<Item = (String, T)>,
-        E: Send + 'static,
-    {
+        fetch: BoxBatchFetch<T, E>,
+    ) -> Option<FetchError<E>> {
         let refresh = refresh.into_iter().map(|(i, g)| (i, Some(g)));
         if mine.is_empty() {
             let bulk = self.bulk(refresh);
@@ -403,15 +412,10 @@ struct Bulk<T> {
 impl<T: Send + Sync + 'static> Bulk<T> {
     /// Calls the fetch (within the fetch timeout) and handles what it
     /// gave: the value of each item, and the error if it failed.
-    async fn run<F, Fut, I, E>(
+    async fn run<E>(
         self,
-        fetch: F,
-    ) -> (Vec<(usize, Option<Arc<T>>)>, Option<FetchError<E>>)
-    where
-        F: FnOnce(Vec<String>) -> Fut,
-        Fut: Future<Output = Result<I, E>>,
-        I: IntoIterator<Item = (String, T)>,
-    {
+        fetch: BoxBatchFetch<T, E>,
+    ) -> (Vec<(usize, Option<Arc<T>>)>, Option<FetchError<E>>) {
         let vc = &self.values;
         vc.shared().counters.upstream_calls.incr();
         let started = Instant::now();
