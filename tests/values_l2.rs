@@ -13,7 +13,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis_support::{require_redis, RedisServer};
+use redis_support::{require_redis, RedisCluster, RedisServer};
 use support::*;
 use tower_tiered_cache::values::ValueOptions;
 use tower_tiered_cache::{Cache, CacheBuilder};
@@ -221,4 +221,38 @@ async fn invalidations_reach_redis_and_the_other_instances() {
     assert_eq!(removed.l1, 1);
     assert!(eventually(|| b.stats().l1_entries == 0).await);
     assert!(value_keys(&server).is_empty());
+}
+
+/// On a cluster a batch's keys live on different slots: one `GET` per key,
+/// sent at once (no cross-slot command), every stored value found.
+#[tokio::test]
+async fn a_batch_on_a_cluster_finds_every_value() {
+    require_redis();
+    let cluster = RedisCluster::start(3);
+    let on = || {
+        Cache::builder()
+            .redis_cluster(cluster.urls())
+            .namespace("vc")
+            .l2_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    };
+    let a = on();
+    let names = a.values::<u32>("n").unwrap();
+    let keys: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        names.set(k, i as u32, &ValueOptions::new()).await;
+    }
+    written(&a, 12).await;
+    let b = on();
+    let names_b = b.values::<u32>("n").unwrap();
+    let nothing = |_: Vec<String>| std::future::ready(Ok::<Vec<(String, u32)>, ()>(Vec::new()));
+    let got = names_b
+        .get_many_or_fetch(&keys[..], &ValueOptions::new(), nothing)
+        .await
+        .unwrap();
+    let got: Vec<u32> = got.iter().map(|v| *v.as_deref().unwrap()).collect();
+    assert_eq!(got, (0..12).collect::<Vec<u32>>());
+    let s = b.stats();
+    assert_eq!((s.hits_l2, s.misses, s.l2_errors), (12, 0, 0), "{s:?}");
 }
