@@ -641,7 +641,11 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     fn encode(&self, value: &T) -> Option<Bytes> {
         let s = self.shared();
         match self.codec.encode(value) {
-            Ok(b) if b.len() as u64 <= s.cfg.max_body_bytes => Some(Bytes::from(b)),
+            Ok(mut b) if b.len() as u64 <= s.cfg.max_body_bytes => {
+                // Stored data owns what it weighs: no spare capacity.
+                b.shrink_to_fit();
+                Some(Bytes::from(b))
+            }
             Ok(_) => {
                 s.counters.too_large.incr();
                 s.obs.not_stored(self.label, crate::NotStored::TooLarge);
