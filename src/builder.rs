@@ -1928,10 +1928,7 @@ fn apply_remote(shared: &Shared, msg: &crate::store::l2::Message) {
                 .remove_where(|e| e.tags.iter().any(|x| &**x == t));
         }
         Message::Prefix(p) => {
-            shared
-                .tiers
-                .l1
-                .remove_where(|e| e.path().starts_with(p.as_str()));
+            shared.tiers.l1.remove_where(|e| e.matches_prefix(p));
         }
         Message::Clear => shared.tiers.l1.clear(),
     }

@@ -150,17 +150,7 @@ impl TagConfig {
     /// limit, and tags beyond the count limit, are dropped.
     pub(crate) fn extract(&self, req: &Parts, headers: &HeaderMap) -> Box<[Box<str>]> {
         let mut tags: Vec<Box<str>> = Vec::new();
-        let mut push = |t: &str| {
-            let t = t.trim();
-            if !t.is_empty()
-                && t.len() <= self.max_len
-                && tags.len() < self.max_tags
-                && t.bytes().all(|b| b.is_ascii_graphic())
-                && !tags.iter().any(|x| &**x == t)
-            {
-                tags.push(t.into());
-            }
-        };
+        let mut push = |t: &str| self.push(&mut tags, t);
         for name in &self.headers {
             for v in headers.get_all(name) {
                 if let Ok(v) = v.to_str() {
@@ -174,6 +164,20 @@ impl TagConfig {
             }
         }
         tags.into_boxed_slice()
+    }
+
+    /// Adds `t`, trimmed, to `tags` if it is a tag (printable ASCII, no
+    /// space, within the length limit), new, and the count limit allows.
+    pub(crate) fn push(&self, tags: &mut Vec<Box<str>>, t: &str) {
+        let t = t.trim();
+        if !t.is_empty()
+            && t.len() <= self.max_len
+            && tags.len() < self.max_tags
+            && t.bytes().all(|b| b.is_ascii_graphic())
+            && !tags.iter().any(|x| &**x == t)
+        {
+            tags.push(t.into());
+        }
     }
 }
 
@@ -189,9 +193,10 @@ pub struct Invalidated {
 }
 
 /// What a bulk invalidation removes: the entries carrying a tag, or those
-/// whose URL path starts with a prefix.
+/// whose URL path (or, for a value cache's prefix, readable key: see
+/// [`Entry::matches_prefix`]) starts with a prefix.
 #[derive(Clone, Copy)]
-enum Purge<'a> {
+pub(crate) enum Purge<'a> {
     Tag(&'a str),
     Prefix(&'a str),
 }
@@ -200,8 +205,16 @@ impl Purge<'_> {
     fn matches(self, e: &Entry) -> bool {
         match self {
             Purge::Tag(tag) => e.tags.iter().any(|t| &**t == tag),
-            Purge::Prefix(prefix) => e.path().starts_with(prefix),
+            Purge::Prefix(prefix) => e.matches_prefix(prefix),
         }
+    }
+
+    /// Whether it names a value cache's entries (their tags and prefixes
+    /// carry [`VALUE_SCOPE`](crate::entry::VALUE_SCOPE), which no HTTP
+    /// tag or path holds).
+    fn names_values(self) -> bool {
+        let (Purge::Tag(s) | Purge::Prefix(s)) = self;
+        s.contains(crate::entry::VALUE_SCOPE)
     }
 }
 
@@ -513,21 +526,34 @@ impl Cache {
 
     /// Removes every stored response carrying `tag` (from `Surrogate-Key`,
     /// `Cache-Tag` or the tag function), in every tier, and tells the
-    /// other instances.
+    /// other instances. Typed values are not responses: a value cache
+    /// removes its own (`ValueCache::invalidate_tag`).
     pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
-        self.purge(Purge::Tag(tag)).await
+        self.purge_http(Purge::Tag(tag)).await
     }
 
     /// Removes every stored response whose URL path starts with
     /// `path_prefix`, in every tier (L2 is scanned with `SCAN`, off the
-    /// request path), and tells the other instances.
+    /// request path), and tells the other instances. Typed values are not
+    /// responses: a value cache removes its own
+    /// (`ValueCache::invalidate_prefix`).
     pub async fn invalidate_prefix(&self, path_prefix: &str) -> Invalidated {
-        self.purge(Purge::Prefix(path_prefix)).await
+        self.purge_http(Purge::Prefix(path_prefix)).await
+    }
+
+    /// A purge of HTTP entries: one naming a value cache's (a tag or path
+    /// with a control character, which no HTTP tag or path has) removes
+    /// nothing; value caches purge through their own methods.
+    async fn purge_http(&self, what: Purge<'_>) -> Invalidated {
+        if what.names_values() {
+            return Invalidated::default();
+        }
+        self.purge(what).await
     }
 
     /// Removes what `what` names from L1, then from L2 (which tells the
     /// other instances); L1's removals are counted as invalidations.
-    async fn purge(&self, what: Purge<'_>) -> Invalidated {
+    pub(crate) async fn purge(&self, what: Purge<'_>) -> Invalidated {
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut out = Invalidated {
             l1: self.shared.tiers.l1.remove_where(|e| what.matches(e)),
@@ -941,9 +967,15 @@ impl Cache {
     /// The entry with its stale windows extended after an upstream failure,
     /// or `None` when it may not be extended further.
     pub(crate) fn extended(&self, entry: &Entry) -> Option<Entry> {
+        self.extended_within(entry, self.shared.cfg.max_stale_extensions)
+    }
+
+    /// [`extended`](Self::extended), at most `max` times in all (a value
+    /// cache's own bound).
+    pub(crate) fn extended_within(&self, entry: &Entry, max: u32) -> Option<Entry> {
         let cfg = &self.shared.cfg;
         if entry.flags.must_revalidate
-            || entry.extensions >= cfg.max_stale_extensions
+            || entry.extensions >= max
             || cfg.stale_extension_factor == 0.0
         {
             return None;

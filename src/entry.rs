@@ -1,6 +1,7 @@
 //! A stored response and its freshness timeline.
 
-use std::sync::OnceLock;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
@@ -88,7 +89,54 @@ pub struct Entry {
     /// Reads, counted up to a cap (for eager refresh, adaptive TTL and
     /// for spotting entries evicted before any reuse).
     pub(crate) reads: Reads,
+    /// Set on a typed value's entry (a value cache's): the body is the
+    /// value's serialised form.
+    pub(crate) value: Option<Box<ValueMeta>>,
 }
+
+/// What a typed value's entry carries besides its serialised form: the
+/// codec and type it was written with (stored, so that a read by another
+/// codec or type is refused) and the value itself (not stored: kept in L1
+/// so that a hit deserialises nothing).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "values"), allow(dead_code))]
+pub(crate) struct ValueMeta {
+    /// The id of the codec that wrote the body.
+    pub(crate) codec: u8,
+    /// A hash naming the value's type.
+    pub(crate) type_tag: u64,
+    /// The decoded value: set when the entry is made from a value, or on
+    /// its first typed read.
+    pub(crate) payload: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl ValueMeta {
+    /// The meta of a value written by codec `codec` for type `type_tag`,
+    /// with its decoded form if known.
+    pub(crate) fn new(
+        codec: u8,
+        type_tag: u64,
+        payload: Option<Arc<dyn Any + Send + Sync>>,
+    ) -> Self {
+        let cell = OnceLock::new();
+        if let Some(p) = payload {
+            let _ = cell.set(p);
+        }
+        Self {
+            codec,
+            type_tag,
+            payload: cell,
+        }
+    }
+}
+
+/// Separates a value cache's name from what it names, in the readable key
+/// (`{name}\x1f{key}`) and tags (`{name}\x1f{tag}`) of its entries. Names
+/// have no control character, and HTTP paths and tags none either, so a
+/// value cache's entries never match an HTTP invalidation (nor another
+/// value cache's). A prefix invalidation that starts with it names value
+/// keys: `\x1f{name}\x1f{prefix}` (see [`Entry::matches_prefix`]).
+pub(crate) const VALUE_SCOPE: char = '\x1f';
 
 /// A saturating read counter that clones as a fresh count of zero.
 ///
@@ -187,6 +235,16 @@ impl Entry {
         key_path(&self.key)
     }
 
+    /// Whether a prefix invalidation of `prefix` removes this entry: a
+    /// plain prefix names URL paths of HTTP entries; one starting with
+    /// [`VALUE_SCOPE`] names readable keys of values.
+    pub(crate) fn matches_prefix(&self, prefix: &str) -> bool {
+        match prefix.strip_prefix(VALUE_SCOPE) {
+            Some(keys) => self.value.is_some() && self.key.starts_with(keys),
+            None => self.value.is_none() && self.path().starts_with(prefix),
+        }
+    }
+
     /// The entry's invalidation tags.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| &**t)
@@ -261,7 +319,8 @@ impl Entry {
     /// key, body, headers (names, values and the map's slots), the `Vary`
     /// values, the tags, the hit-response template (counted whether or
     /// not it has been built yet), the entry itself and its L1 slot, each
-    /// allocation with the allocator's own overhead. It is honest only
+    /// allocation with the allocator's own overhead; for a typed value,
+    /// its decoded form too, estimated at its serialised size. It is honest only
     /// because entries own exactly what they keep: what is stored is
     /// copied out of the buffers it arrived in.
     pub fn weight(&self) -> u64 {
@@ -306,7 +365,13 @@ impl Entry {
         } else {
             chunk(self.body.len()) + chunk(SHARED)
         };
-        (ENTRY_OVERHEAD + chunk(self.key.len()) + body + headers + template + vary + tags) as u64
+        // A value's meta, and its decoded form (in its `Arc`), estimated
+        // at its serialised size: counted whether decoded yet or not.
+        let value = self.value.as_ref().map_or(0, |_| {
+            chunk(size_of::<ValueMeta>()) + chunk(2 * size_of::<usize>() + self.body.len())
+        });
+        (ENTRY_OVERHEAD + chunk(self.key.len()) + body + headers + template + vary + tags + value)
+            as u64
     }
 }
 

@@ -3,7 +3,8 @@
 use std::fmt;
 
 /// A configuration the [`CacheBuilder`](crate::CacheBuilder) (or
-/// `admin::AdminService::new`, feature `admin`) refuses.
+/// `admin::AdminService::new`, feature `admin`, or `Cache::values`, feature
+/// `values`) refuses.
 ///
 /// Each error names the setting at fault ([`setting`](Self::setting)) and
 /// has one kind:

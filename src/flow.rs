@@ -572,7 +572,7 @@ fn tier_hit<RB: Body>(
 /// How many flights a request waits on (or leads) at most: the first it
 /// found, then the ones formed after cancelled or failed leaders, or after
 /// an answer older than the request wanted.
-const MAX_WAITS: usize = 4;
+pub(crate) const MAX_WAITS: usize = 4;
 
 /// The leader's call: its result, and what waiters should do.
 async fn lead<B, U>(
@@ -1047,6 +1047,7 @@ fn entry_of(
         template: Default::default(),
         label: plan.label,
         reads: Default::default(),
+        value: None,
     });
     (entry, own)
 }

@@ -15,6 +15,8 @@
 //!   call.
 //! - **Tiered storage**: L1 in process (`quick_cache`, weighted by bytes).
 //! - **Counters** in a serialisable [`Stats`] snapshot.
+//! - **Typed values** (feature `values`, on by default) on the same tiers,
+//!   counters and invalidation: [`ValueCache`], from [`Cache::values`].
 //!
 //! # Quick start (axum)
 //!
@@ -145,6 +147,9 @@ mod status;
 mod store;
 mod sync;
 mod tiers;
+#[cfg(feature = "values")]
+#[cfg_attr(docsrs, doc(cfg(feature = "values")))]
+pub mod values;
 pub mod warm;
 
 pub use adaptive::AdaptiveTtl;
@@ -169,6 +174,8 @@ pub use stats::{PrefetchStats, RedisInfo, Stats};
 pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 pub use tiers::L1Admission;
+#[cfg(feature = "values")]
+pub use values::{ValueCache, ValueOptions};
 
 // Compile the README's examples as doc tests (they use every feature:
 // run with `--all-features`, as the README's test command does).

@@ -493,6 +493,56 @@ impl Tiers {
         stored
     }
 
+    /// Stores a new entry in L1 alone, whatever L2 and write-through say
+    /// (a value cache's `l1_only`). Returns whether L1 took it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn store_l1_only(&self, key: KeyHash, entry: &Arc<Entry>) -> bool {
+        self.l1
+            .insert(key, Arc::clone(entry), &[], &HeaderMap::new())
+    }
+
+    /// Stores a new entry in L2 alone, off the request path (a value
+    /// cache's `l2_only`). Returns whether there is an L2 to take it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn store_l2_only(&self, key: KeyHash, entry: &Arc<Entry>, now: u64) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            l2.enqueue(key, entry, &HeaderMap::new(), now);
+            return true;
+        }
+        let _ = (key, entry, now);
+        false
+    }
+
+    /// The L2 step of a lookup for many keys without `Vary` (values), in
+    /// one round trip: per key, an entry not past its last useful instant
+    /// at `now`, and its tier. Keys this instance is deleting are misses.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) async fn lookup_l2_many(
+        &self,
+        keys: &[KeyHash],
+        now: u64,
+    ) -> Vec<Option<(Arc<Entry>, Tier)>> {
+        let Some(l2) = self.l2.as_ref() else {
+            return vec![None; keys.len()];
+        };
+        // As in `lookup_l2`: what an invalidation here covers is a miss,
+        // whether it began before the read or during it.
+        let since = l2.generation();
+        let deleting: Vec<bool> = keys.iter().map(|k| l2.deleting(*k)).collect();
+        let found = l2.lookup_many(keys).await;
+        keys.iter()
+            .zip(deleting)
+            .zip(found)
+            .map(|((key, before), found)| {
+                let usable = |e: &Arc<Entry>| now < e.timeline.retain_until;
+                let e = found.filter(|e| !before && usable(e) && !l2.deleting(*key))?;
+                Some((e, Tier::L2 { since }))
+            })
+            .collect()
+    }
+
     /// Replaces `old` with `new` (freshened by a 304, stale windows
     /// extended) if `old` is still the stored entry; then writes it to L2.
     /// An invalidation or a newer response that landed meanwhile wins.

@@ -39,6 +39,8 @@ const ENGINE_AND_ABOVE: &[&str] = &[
     "crate::admin",
     "crate::warm",
     "crate::export",
+    "crate::values",
+    "crate::ValueCache",
     "crate::Cache",
     "crate::CacheBuilder",
     "crate::CacheLayer",

@@ -299,39 +299,55 @@ macro_rules! at_level {
     };
 }
 
+/// A `cache.lookup` span at `level` with the fields every lookup fills in
+/// later (declared empty) and the lookup's own `extra` fields; none when
+/// no subscriber was ever installed (nothing to report to, and with
+/// tracing's `log` feature, that some dependency may turn on, the macro
+/// would still build a disabled span and its fields).
+macro_rules! lookup_span {
+    (@at $lvl:expr, $($extra:tt)*) => {
+        tracing::span!(
+            target: "tower_tiered_cache",
+            $lvl,
+            "cache.lookup",
+            otel.name = "cache.lookup",
+            cache.result = tracing::field::Empty,
+            cache.tier = tracing::field::Empty,
+            cache.key = tracing::field::Empty,
+            cache.label = tracing::field::Empty,
+            cache.ttl_remaining_ms = tracing::field::Empty,
+            cache.coalesced = tracing::field::Empty,
+            cache.upstream_ms = tracing::field::Empty,
+            $($extra)*
+        )
+    };
+    ($level:expr, $($extra:tt)*) => {
+        if !tracing::dispatcher::has_been_set() {
+            tracing::Span::none()
+        } else {
+            match $level {
+                tracing::Level::ERROR => lookup_span!(@at tracing::Level::ERROR, $($extra)*),
+                tracing::Level::WARN => lookup_span!(@at tracing::Level::WARN, $($extra)*),
+                tracing::Level::INFO => lookup_span!(@at tracing::Level::INFO, $($extra)*),
+                tracing::Level::DEBUG => lookup_span!(@at tracing::Level::DEBUG, $($extra)*),
+                tracing::Level::TRACE => lookup_span!(@at tracing::Level::TRACE, $($extra)*),
+            }
+        }
+    };
+}
+
 /// The span of one request through the cache, at `level`. Fields filled
 /// in later are declared empty.
 #[inline]
 pub(crate) fn request_span(level: tracing::Level, parts: &http::request::Parts) -> tracing::Span {
-    // With no subscriber ever installed there is nothing to report to: skip
-    // the macro, which (with tracing's `log` feature, that some dependency
-    // may turn on) would still build a disabled span and its fields.
-    if !tracing::dispatcher::has_been_set() {
-        return tracing::Span::none();
-    }
-    macro_rules! span_at {
-        ($lvl:expr) => {
-            tracing::span!(
-                target: "tower_tiered_cache",
-                $lvl,
-                "cache.lookup",
-                otel.name = "cache.lookup",
-                cache.result = tracing::field::Empty,
-                cache.tier = tracing::field::Empty,
-                cache.key = tracing::field::Empty,
-                cache.label = tracing::field::Empty,
-                cache.ttl_remaining_ms = tracing::field::Empty,
-                cache.coalesced = tracing::field::Empty,
-                cache.lookup_ms = tracing::field::Empty,
-                cache.upstream_ms = tracing::field::Empty,
-                cache.store_ms = tracing::field::Empty,
-                http.request.method = %parts.method,
-                url.path = parts.uri.path(),
-                http.response.status_code = tracing::field::Empty,
-            )
-        };
-    }
-    at_level!(level, span_at)
+    lookup_span!(
+        level,
+        cache.lookup_ms = tracing::field::Empty,
+        cache.store_ms = tracing::field::Empty,
+        http.request.method = %parts.method,
+        url.path = parts.uri.path(),
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 /// The span of a background refresh: a root of its own (it outlives the
@@ -352,6 +368,21 @@ pub(crate) fn refresh_span(level: tracing::Level, label: &str) -> tracing::Span 
         };
     }
     at_level!(level, span_at)
+}
+
+/// The span of one call of a value cache (`ValueCache`; `op`: `get`,
+/// `get_or_fetch`, `get_many_or_fetch`), at `level`: a `cache.lookup` like
+/// a request's, with the value cache's name as its label. Fields filled in
+/// later are declared empty.
+#[cfg_attr(not(feature = "values"), allow(dead_code))]
+pub(crate) fn value_span(level: tracing::Level, label: &str, op: &'static str) -> tracing::Span {
+    let span = lookup_span!(
+        level,
+        cache.operation = op,
+        cache.keys = tracing::field::Empty,
+    );
+    span.record("cache.label", label);
+    span
 }
 
 /// By default, fresh L1 hits are timed one in this many per thread (every

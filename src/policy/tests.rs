@@ -1316,6 +1316,7 @@ fn entry(initial_age: u64, validators: bool, flags: EntryFlags) -> Entry {
         template: Default::default(),
         label: 0,
         reads: Default::default(),
+        value: None,
     }
 }
 

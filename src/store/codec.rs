@@ -27,7 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
-use crate::entry::{Entry, EntryFlags, Timeline};
+use crate::entry::{Entry, EntryFlags, Timeline, ValueMeta};
 
 /// The version of the binary entry format that [`Entry::encode`] writes and
 /// [`Entry::decode`] reads. A value written in another version is refused
@@ -41,12 +41,13 @@ use crate::entry::{Entry, EntryFlags, Timeline};
 /// |------------------|---------------------------------------------------------|
 /// | 4                | magic `b"TTC\0"`                                        |
 /// | 1                | format version (this constant)                          |
-/// | 1                | format flags (bit 0: body compressed, reserved; bit 7: the entry exceeded the format's limits and was not encoded) |
+/// | 1                | format flags (bit 0: body compressed, reserved; bit 1: a typed value; bit 7: the entry exceeded the format's limits and was not encoded) |
 /// | 2                | status code                                             |
 /// | 1                | HTTP version (0 = 0.9, 1 = 1.0, 2 = 1.1, 3 = 2, 4 = 3)  |
 /// | 1                | entry flags (bit 0 must-revalidate, bit 1 no-cache, bit 2 auth-ok) |
 /// | 4                | stale-window extensions                                 |
 /// | 6 × 8            | timeline: stored_at, initial_age, fresh_until, stale_until, stale_if_error_until, retain_until |
+/// | 1 + 8            | only with format flag bit 1 (a typed value, whose body is its serialised form): the codec's id, then the type tag |
 /// | 4 + n            | readable key (UTF-8)                                    |
 /// | 4 + …            | headers: count, then per header `u16` name length, name, `u32` value length, value (validators — `ETag`, `Last-Modified` — are headers) |
 /// | 2 + …            | Vary: count, then per name `u16` length, name, `u16` value count, per value `u32` length, value |
@@ -55,6 +56,10 @@ use crate::entry::{Entry, EntryFlags, Timeline};
 ///
 /// Nothing may follow the body. Limits: at most 10 000 header lines,
 /// 1 000 `Vary` names with 10 000 values each, and 10 000 tags.
+///
+/// Values written before typed values existed have format flag bit 1
+/// clear and read as they always did; a typed value read by a build that
+/// predates it is refused (unknown flag bits), never misread.
 pub const FORMAT_VERSION: u8 = 1;
 
 const MAGIC: [u8; 4] = *b"TTC\0";
@@ -62,11 +67,17 @@ const MAGIC: [u8; 4] = *b"TTC\0";
 /// Format flag: the body is compressed (reserved for the `compression`
 /// feature; this build cannot read such values).
 const FLAG_COMPRESSED: u8 = 1 << 0;
+/// Format flag: a typed value; its codec id and type tag follow the
+/// timeline.
+const FLAG_VALUE: u8 = 1 << 1;
 /// Format flag: the entry was beyond the format's limits, so only this
 /// header was written. Decoding it is an error.
 const FLAG_UNENCODABLE: u8 = 1 << 7;
 /// The format flags this build understands.
-const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_UNENCODABLE;
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_VALUE | FLAG_UNENCODABLE;
+
+/// The length of a typed value's section: codec id and type tag.
+const VALUE_LEN: usize = 1 + 8;
 
 const ENTRY_MUST_REVALIDATE: u8 = 1 << 0;
 const ENTRY_NO_CACHE: u8 = 1 << 1;
@@ -353,6 +364,7 @@ impl Entry {
             .sum();
         let tags: usize = self.tags.iter().map(|t| 2 + t.len()).sum();
         FIXED_LEN
+            + self.value.as_ref().map_or(0, |_| VALUE_LEN)
             + (4 + self.key.len())
             + (4 + headers)
             + (2 + vary)
@@ -389,13 +401,19 @@ impl Entry {
         // The casts in the `put_*` steps are lossless: `fits_format`
         // checked every length and count against its field.
         let mut buf = BytesMut::with_capacity(self.encoded_len());
-        let format_flags = if compressed.is_some() {
-            FLAG_COMPRESSED
-        } else {
-            0
-        };
+        let mut format_flags = 0;
+        if compressed.is_some() {
+            format_flags |= FLAG_COMPRESSED;
+        }
+        if self.value.is_some() {
+            format_flags |= FLAG_VALUE;
+        }
         put_format_header(&mut buf, format_flags);
         self.put_fixed_fields(&mut buf);
+        if let Some(v) = &self.value {
+            buf.put_u8(v.codec);
+            buf.put_u64_le(v.type_tag);
+        }
         buf.put_u32_le(self.key.len() as u32);
         buf.put_slice(self.key.as_bytes());
         self.put_headers(&mut buf);
@@ -773,17 +791,19 @@ fn decode_from(
 ) -> Result<Entry, DecodeError> {
     let mut r = Reader { buf: input, pos: 0 };
     let checked = checks.is_some();
-    let compressed = r.format_header()?;
+    let format = r.format_header()?;
     let status = r.status(checked)?;
     let version = r.http_version()?;
     let flags = r.entry_flags()?;
     let extensions = r.u32("extensions")?;
     let timeline = r.timeline(checked)?;
+    let value = r.value_meta(format & FLAG_VALUE != 0)?;
     let key = r.key(checks)?;
     let headers = r.headers(checked)?;
     let vary = r.vary()?;
     let tags = r.tags()?;
     let body_at = r.pos;
+    let compressed = format & FLAG_COMPRESSED != 0;
     let body = r.body(compressed, shared, checks.map(|c| c.max_body))?;
     r.end()?;
     if checked {
@@ -803,6 +823,7 @@ fn decode_from(
         template: Default::default(),
         label: 0,
         reads: Default::default(),
+        value,
     })
 }
 
@@ -812,10 +833,10 @@ type VaryValues = (HeaderName, Box<[HeaderValue]>);
 /// The sections of a value, in the order they are stored. A `checked`
 /// read also refuses what a well-formed entry of this cache never holds.
 impl<'a> Reader<'a> {
-    /// The magic, format version and format flags; whether the body is
-    /// compressed. A prefix of the magic that ends early is a truncated
+    /// The magic, format version and format flags; the flags, known and
+    /// readable here. A prefix of the magic that ends early is a truncated
     /// value; anything else is not an entry.
-    fn format_header(&mut self) -> Result<bool, DecodeError> {
+    fn format_header(&mut self) -> Result<u8, DecodeError> {
         let head = &self.buf[..self.buf.len().min(MAGIC.len())];
         if head != &MAGIC[..head.len()] {
             return Err(DecodeError::new(Kind::BadMagic, 0));
@@ -841,7 +862,18 @@ impl<'a> Reader<'a> {
         if compressed && !cfg!(feature = "compression") {
             return refuse(Problem::Compressed);
         }
-        Ok(compressed)
+        Ok(flags)
+    }
+
+    /// A typed value's codec id and type tag (`present`: the format flag
+    /// says they are there).
+    fn value_meta(&mut self, present: bool) -> Result<Option<Box<ValueMeta>>, DecodeError> {
+        if !present {
+            return Ok(None);
+        }
+        let codec = self.u8("value codec")?;
+        let type_tag = self.u64("value type tag")?;
+        Ok(Some(Box::new(ValueMeta::new(codec, type_tag, None))))
     }
 
     /// The status code; checked, one this cache stores (200..=599, not 304).
@@ -1106,6 +1138,7 @@ pub(crate) mod tests {
             template: Default::default(),
             label: 0,
             reads: Default::default(),
+            value: None,
         }
     }
 
@@ -1169,6 +1202,7 @@ pub(crate) mod tests {
             template: Default::default(),
             label: 0,
             reads: Default::default(),
+            value: None,
         }
     }
 
@@ -1186,6 +1220,17 @@ pub(crate) mod tests {
         assert_eq!(a.flags, b.flags);
         assert_eq!(a.extensions, b.extensions);
         assert_eq!(a.tags, b.tags);
+        let meta = |e: &Entry| e.value.as_ref().map(|v| (v.codec, v.type_tag));
+        assert_eq!(meta(a), meta(b));
+    }
+
+    /// A typed value's entry: `rich`'s fields, a serialised body, and the
+    /// codec and type tag it was written with.
+    pub(super) fn typed(body: &'static [u8], codec: u8, type_tag: u64) -> Entry {
+        Entry {
+            value: Some(Box::new(ValueMeta::new(codec, type_tag, None))),
+            ..rich(Bytes::from_static(body))
+        }
     }
 
     /// `enc` with the unique occurrence of `from` replaced by `to` (same
@@ -1348,7 +1393,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_or_unsupported_flag_bits_are_malformed() {
         let enc = rich(Bytes::from_static(b"x")).encode().to_vec();
-        for bits in [0x02u8, 0x40, 0x7e, 0xff] {
+        for bits in [0x04u8, 0x40, 0x7e, 0xfc] {
             let mut v = enc.clone();
             v[5] = bits;
             let err = refused(&v, MALFORMED, "unknown flag bits");
@@ -1363,6 +1408,79 @@ pub(crate) mod tests {
         let mut v = enc.clone();
         v[9] |= 0x08;
         assert_eq!(refused(&v, MALFORMED, "entry flags").offset(), 9);
+    }
+
+    /// A typed value's codec id and type tag follow the timeline when
+    /// format flag bit 1 says so, and come back; entries without it
+    /// (every value written before typed values) read as before.
+    #[test]
+    fn typed_values_round_trip_with_their_codec_and_type_tag() {
+        let tag = 0x0123_4567_89ab_cdef;
+        let e = typed(b"{\"odds\":1.5}", 7, tag);
+        let enc = e.encode();
+        assert_eq!(enc[5], FLAG_VALUE);
+        assert_eq!(enc[FIXED_LEN], 7);
+        assert_eq!(enc[FIXED_LEN + 1..FIXED_LEN + VALUE_LEN], tag.to_le_bytes());
+        assert_eq!(enc.len(), e.encoded_len());
+        let d = Entry::decode(&enc).unwrap();
+        assert_same(&e, &d);
+        assert!(d.value.as_ref().unwrap().payload.get().is_none());
+        assert_eq!(d.encode(), enc, "canonical");
+        // An HTTP entry: no flag, no section, the same bytes as before.
+        let plain = rich(Bytes::from_static(b"{\"odds\":1.5}")).encode();
+        assert_eq!(plain[5], 0);
+        assert_eq!(plain.len() + VALUE_LEN, enc.len());
+        assert!(Entry::decode(&plain).unwrap().value.is_none());
+        // Checked as stored values are.
+        let checks = Checks {
+            max_body: 1 << 20,
+            key_ok: &|_| true,
+        };
+        let stored = Entry {
+            timeline: Timeline {
+                retain_until: 1_700_000_600_000,
+                ..e.timeline
+            },
+            headers: HeaderMap::new(),
+            ..typed(b"[1,2]", 1, 9)
+        };
+        let d = Entry::decode_stored(stored.encode(), &checks).unwrap();
+        assert_same(&stored, &d);
+    }
+
+    /// Cut anywhere, a typed value is truncated; its flag without its
+    /// section, or its section without its flag, never decodes as a typed
+    /// value of the same fields.
+    #[test]
+    fn crafted_or_truncated_typed_values_are_refused() {
+        let e = typed(b"42", 2, u64::MAX);
+        let enc = e.encode();
+        for n in 0..enc.len() {
+            let err = Entry::decode(&enc[..n]).unwrap_err();
+            assert!(err.is_truncated(), "prefix of {n} bytes: {err}");
+        }
+        // The section cut short: the value ends inside the type tag.
+        let err = Entry::decode(&enc[..FIXED_LEN + 4]).unwrap_err();
+        assert!(err.to_string().contains("value type tag"), "{err}");
+        // The flag cleared: the section is read as the key's length.
+        let mut v = enc.to_vec();
+        v[5] = 0;
+        assert!(Entry::decode(&v).is_err());
+        // The flag set on an HTTP entry: its key is read as the section.
+        let mut v = rich(Bytes::from_static(b"x")).encode().to_vec();
+        v[5] = FLAG_VALUE;
+        assert!(Entry::decode(&v).is_err());
+        // Flag and section both added to an HTTP entry: a value of its own.
+        let plain = minimal().encode();
+        let mut v = plain[..FIXED_LEN].to_vec();
+        v[5] = FLAG_VALUE;
+        v.push(9);
+        v.extend_from_slice(&5u64.to_le_bytes());
+        v.extend_from_slice(&plain[FIXED_LEN..]);
+        let d = Entry::decode(&v).unwrap();
+        let meta = d.value.as_ref().unwrap();
+        assert_eq!((meta.codec, meta.type_tag), (9, 5));
+        assert!(check_input(&v));
     }
 
     #[test]
@@ -1594,6 +1712,7 @@ pub(crate) mod tests {
             minimal().encode().to_vec(),
             rich(Bytes::new()).encode().to_vec(),
             rich(Bytes::from_static(b"0123456789")).encode().to_vec(),
+            typed(b"{\"a\":[1,2]}", 1, 42).encode().to_vec(),
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -1699,10 +1818,11 @@ mod props {
             vec(".{0,16}", 0..6),
             timeline(),
             any::<(bool, bool, bool)>(),
-            any::<u32>(),
+            (any::<u32>(), proptest::option::of(any::<(u8, u64)>())),
         )
             .prop_map(
-                |(key, status, version, headers, body, vary, tags, timeline, flags, extensions)| {
+                |(key, status, version, headers, body, vary, tags, timeline, flags, more)| {
+                    let (extensions, value) = more;
                     Entry {
                         key: key.into(),
                         status: StatusCode::from_u16(status).unwrap(),
@@ -1724,6 +1844,7 @@ mod props {
                         template: Default::default(),
                         label: 0,
                         reads: Default::default(),
+                        value: value.map(|(c, t)| Box::new(ValueMeta::new(c, t, None))),
                     }
                 },
             )

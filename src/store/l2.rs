@@ -571,7 +571,7 @@ impl L2 {
                 .filter_map(|(k, v)| match v {
                     Value::BulkString(b) => {
                         match Entry::decode_stored(Bytes::from(b), &self.checks(&|_| true)) {
-                            Ok(e) if e.path().starts_with(prefix) => Some(k),
+                            Ok(e) if e.matches_prefix(prefix) => Some(k),
                             _ => None,
                         }
                     }
@@ -1087,24 +1087,93 @@ impl L2 {
             Ok(entry) if entry.vary_matches(headers) => Some(Arc::new(entry)),
             Ok(_) => None,
             Err(e) => {
-                self.counters.decode_errors.incr();
-                if self.logged.get(&slot).is_none() {
-                    self.logged.insert(slot, ());
-                    if self.cfg.warnings {
-                        tracing::warn!(
-                            target: "tower_tiered_cache",
-                            key = %slot_key,
-                            error = %e,
-                            "undecodable L2 value"
-                        );
-                    }
-                }
                 // A value another build can read (compressed, while this one
-                // lacks the feature) is left alone; garbage is deleted, off
-                // the request path.
-                if !e.is_unreadable_here() {
-                    self.spawn_delete_key(slot_key);
-                }
+                // lacks the feature) is left alone.
+                self.corrupt(slot, slot_key, &e, !e.is_unreadable_here());
+                None
+            }
+        }
+    }
+
+    /// A value at `slot` (Redis key `slot_key`) that cannot be used here:
+    /// counted in `l2_decode_errors`, logged once per key, and, when
+    /// `delete`, deleted off the request path.
+    fn corrupt(
+        self: &Arc<Self>,
+        slot: KeyHash,
+        slot_key: String,
+        why: &dyn std::fmt::Display,
+        delete: bool,
+    ) {
+        self.counters.decode_errors.incr();
+        if self.logged.get(&slot).is_none() {
+            self.logged.insert(slot, ());
+            if self.cfg.warnings {
+                tracing::warn!(
+                    target: "tower_tiered_cache",
+                    key = %slot_key,
+                    error = %why,
+                    "undecodable L2 value"
+                );
+            }
+        }
+        if delete {
+            self.spawn_delete_key(slot_key);
+        }
+    }
+
+    /// A value read from `key` that the reader cannot use although it
+    /// decoded (a typed value of another codec or type, or whose body the
+    /// codec refuses): a corrupt value, counted and deleted.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn discard(self: &Arc<Self>, key: KeyHash, why: &dyn std::fmt::Display) {
+        self.corrupt(key, self.redis_key(key), why, true);
+    }
+
+    /// Reads the entries stored under `keys` (no `Vary`: values) in one
+    /// round trip: one `MGET` on a single node; on a cluster one `GET` per
+    /// key, sent at once (keys live on different slots). Each value must
+    /// be an entry stored for its key; a corrupt one is `None`, counted
+    /// and deleted. Failures are `None` for every key.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) async fn lookup_many(self: &Arc<Self>, keys: &[KeyHash]) -> Vec<Option<Arc<Entry>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        self.ensure_subscriber();
+        let names: Vec<String> = keys.iter().map(|k| self.redis_key(*k)).collect();
+        let extra = self.read_allowance() * (keys.len().min(64) as u32);
+        let values = if self.store.is_cluster() {
+            let gets = names.iter().map(|k| redis::Cmd::get(k.as_str())).collect();
+            self.guarded(extra, self.store.query_many(gets)).await
+        } else {
+            let mget = redis::cmd("MGET").arg(&names).clone();
+            match self.guarded(extra, self.store.query(&mget)).await {
+                Some(Value::Array(items)) => Some(items),
+                _ => None,
+            }
+        };
+        let Some(values) = values.filter(|v| v.len() == keys.len()) else {
+            return vec![None; keys.len()];
+        };
+        let found = keys.iter().zip(names).zip(values);
+        found
+            .map(|((key, name), value)| match value {
+                Value::BulkString(b) => self.decode_for(*key, name, Bytes::from(b)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The entry `raw` holds if it is one stored for `key` (not a `Vary`
+    /// marker); anything else is corrupt.
+    fn decode_for(self: &Arc<Self>, key: KeyHash, name: String, raw: Bytes) -> Option<Arc<Entry>> {
+        let key_ok = |k: &str| crate::key::readable_matches(k, key, &HeaderMap::new());
+        match Entry::decode_stored(raw, &self.checks(&key_ok)) {
+            Ok(entry) if entry.vary.is_empty() => Some(Arc::new(entry)),
+            Ok(_) => None,
+            Err(e) => {
+                self.corrupt(key, name, &e, !e.is_unreadable_here());
                 None
             }
         }
@@ -1863,6 +1932,7 @@ mod tests {
             template: Default::default(),
             label: 0,
             reads: Default::default(),
+            value: None,
         })
     }
 
