@@ -125,7 +125,7 @@ fn mix(x: u64) -> u64 {
 
 /// Whether the first call for `id` fails (one ID in ten).
 fn flaky(id: u64) -> bool {
-    mix(id) % 10 == 0
+    mix(id).is_multiple_of(10)
 }
 
 impl Api {
