@@ -20,6 +20,7 @@ use crate::breaker::Breakers;
 use crate::cache::{Cache, EngineConfig, Shared, TagConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::coalesce::InFlight;
+use crate::entry::ReadCap;
 use crate::error::BuildError;
 use crate::flow::hot::{HotSettings, HotState};
 use crate::key::{KeyConfig, QueryDrop};
@@ -136,6 +137,16 @@ pub const DEFAULT_ADAPTIVE_WINDOW: Duration = Duration::from_secs(60);
 /// The default of [`AdaptiveTtl::tracked_keys`] (as many as the L2
 /// promotion counters).
 pub const DEFAULT_ADAPTIVE_TRACKED_KEYS: usize = 100_000;
+/// The default of [`AdaptiveTtl::read_sample`]: past its first few reads,
+/// an entry counts one read in 8 per thread (as
+/// [`DEFAULT_HOT_KEY_SAMPLE`]).
+pub const DEFAULT_ADAPTIVE_READ_SAMPLE: u32 = 8;
+/// The largest [`AdaptiveTtl::read_sample`].
+pub const MAX_ADAPTIVE_READ_SAMPLE: u32 = 1_024;
+/// The largest upper bound of [`AdaptiveTtl::bounds`]: 100 years, well
+/// within what an L2 entry's timeline may span (1 000 years, stale windows
+/// included), so that an adapted entry is one L2 keeps too.
+pub const MAX_ADAPTIVE_MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 // Coalescing and upstream
 
@@ -1740,14 +1751,15 @@ impl CacheBuilder {
         let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
         let mut tiers = Tiers::new(l1, self.l1_admission);
         let mut observe = self.observe;
-        observe.read_cap = if observe.eager_fraction > 0.0 {
+        let exact = if observe.eager_fraction > 0.0 {
             observe.eager_min_reads
         } else {
             1
         };
+        observe.read_cap = ReadCap::exact(exact);
         if let Some(adaptive) = &self.adaptive {
             tiers.read_counts = Some(adaptive.read_counts());
-            observe.read_cap = observe.read_cap.max(adaptive.read_cap());
+            observe.read_cap = adaptive.read_cap(exact);
         }
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());

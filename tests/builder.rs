@@ -72,6 +72,23 @@ fn each_concern_is_checked() {
                 .adaptive_ttl(tower_tiered_cache::AdaptiveTtl::new().cold_under(60, 0.5))
                 .build(),
         ),
+        // An upper bound past what an L2 entry's timeline may span: L2
+        // would refuse what L1 keeps.
+        (
+            "adaptive_ttl",
+            Cache::builder()
+                .adaptive_ttl(
+                    tower_tiered_cache::AdaptiveTtl::new()
+                        .bounds(std::time::Duration::from_secs(1), std::time::Duration::MAX),
+                )
+                .build(),
+        ),
+        (
+            "adaptive_ttl",
+            Cache::builder()
+                .adaptive_ttl(tower_tiered_cache::AdaptiveTtl::new().read_sample(0))
+                .build(),
+        ),
         (
             "coalesce_timeout",
             Cache::builder()
