@@ -615,9 +615,6 @@ impl Cache {
                 return decision;
             }
         };
-        if let Some(hot) = &s.hot {
-            self.after_read(hot, key, parts);
-        }
         let mut directives = RequestDirectives::from_headers(&parts.headers);
         if s.policy.ignores_request_cc() {
             directives.cc = Default::default();
@@ -627,6 +624,9 @@ impl Cache {
             L1Lookup::Found(e) => (Some(e), Fwd::Stale),
             L1Lookup::Miss { fwd } => (None, fwd),
         };
+        if let Some(hot) = &s.hot {
+            self.after_read(hot, key, parts, found.is_none());
+        }
         let mut plan = Fetch {
             key,
             directives,

@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::{
-    HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE,
+    HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, EXPECT, HOST, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE,
 };
 use http::request::Parts;
 use http::{Request, Uri};
@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::Upstream;
 use crate::cache::{get_view, Cache, Fetch, Shared};
 use crate::hot::{Claim, HotKeys, PrefetchQueue, Pushed};
-use crate::key::{key_uri, KeyHash};
+use crate::key::{key_uri, KeyConfig, KeyHash, CREDENTIAL_HEADERS};
 use crate::policy::{strip_hop_by_hop, RequestDirectives};
 use crate::status::Fwd;
 use crate::tiers::{L1Lookup, Tier};
@@ -59,6 +59,11 @@ const NOT_REPLAYED: [http::HeaderName; 10] = [
     EXPECT,
 ];
 
+thread_local! {
+    /// This thread's hits left before its next sampled one, for prefetch.
+    static PREFETCH_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// The settings of `refresh_hot` and `prefetch`, as the builder holds them.
 #[derive(Clone)]
 pub(crate) struct HotSettings {
@@ -66,6 +71,9 @@ pub(crate) struct HotSettings {
     pub(crate) top_n: usize,
     pub(crate) every: Duration,
     pub(crate) sample: u32,
+    /// The refreshes a round may run at once (`max_concurrent_refreshes`,
+    /// apart from the request path's). Set by the builder.
+    pub(crate) refreshes: usize,
     pub(crate) prefetch: Option<PrefetchFn>,
     pub(crate) queue: usize,
     pub(crate) concurrency: usize,
@@ -84,7 +92,8 @@ impl fmt::Debug for HotSettings {
 
 /// A request to send again, as kept for a key: its URI and the request
 /// fields that select its entry (without the client's conditionals, range
-/// and directives).
+/// and directives, nor its credentials unless keys are partitioned by
+/// them).
 #[derive(Debug)]
 pub(crate) struct Replay {
     uri: Uri,
@@ -92,27 +101,44 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// `uri` with `headers`, unless the headers are over
-    /// [`MAX_REPLAY_HEADER_BYTES`].
-    fn new(uri: Uri, headers: &HeaderMap) -> Option<Self> {
+    /// Whether a request with `headers` may be kept: at most
+    /// [`MAX_REPLAY_HEADER_BYTES`] of them.
+    fn fits(headers: &HeaderMap) -> bool {
         let size: usize = headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum();
-        if size > MAX_REPLAY_HEADER_BYTES {
-            return None;
-        }
+        size <= MAX_REPLAY_HEADER_BYTES
+    }
+
+    /// `uri` with `headers`, unless they do not [fit](Self::fits).
+    fn new(uri: Uri, headers: &HeaderMap, keys: &KeyConfig) -> Option<Self> {
+        Self::fits(headers).then(|| Self::made(uri, headers, keys))
+    }
+
+    /// `uri` with `headers`, less the fields never replayed and the
+    /// credentials `keys` does not partition by.
+    fn made(uri: Uri, headers: &HeaderMap, keys: &KeyConfig) -> Self {
         let mut headers = headers.clone();
         strip_hop_by_hop(&mut headers);
         for name in NOT_REPLAYED {
             headers.remove(name);
         }
-        Some(Self { uri, headers })
+        if !keys.credentials {
+            // One client's credentials are never sent for a key others
+            // share; a key header naming one partitions by it.
+            for name in CREDENTIAL_HEADERS.iter() {
+                if !keys.headers.contains(name) {
+                    headers.remove(name);
+                }
+            }
+        }
+        Self { uri, headers }
     }
 
     /// The request read, as it would be sent again.
-    fn of(parts: &Parts) -> Option<Self> {
-        Self::new(key_uri(parts).clone(), &parts.headers)
+    fn of(parts: &Parts, keys: &KeyConfig) -> Option<Self> {
+        Self::new(key_uri(parts).clone(), &parts.headers, keys)
     }
 
     /// A `GET` for it.
@@ -139,6 +165,11 @@ pub(crate) struct HotState {
     tracker: Option<Arc<HotKeys<Arc<Replay>>>>,
     top_n: usize,
     every: Duration,
+    /// Refresh permits of the rounds' own: never taken from the request
+    /// path's stale and eager refreshes.
+    round_permits: Arc<Semaphore>,
+    /// A hit prefetches one read in this many (per thread); a miss always.
+    sample: u32,
     prefetch: Option<Prefetch>,
     /// A worker is running (one per cache).
     attached: AtomicBool,
@@ -164,6 +195,8 @@ impl HotState {
             tracker,
             top_n: settings.top_n,
             every: settings.every,
+            round_permits: Arc::new(Semaphore::new(settings.refreshes)),
+            sample: settings.sample,
             prefetch,
             attached: AtomicBool::new(false),
             alive: tokio::sync::watch::channel(()).0,
@@ -172,29 +205,37 @@ impl HotState {
 }
 
 impl Cache {
-    /// After the look-up of `key` by `parts` (hit or miss): the read is
-    /// counted for `refresh_hot`, and the URLs `prefetch` names are queued
-    /// while a worker runs. Reads made by prefetching do neither.
+    /// After the L1 look-up of `key` by `parts` (`miss`: L1 had nothing
+    /// for it): the read is counted for `refresh_hot` (one in
+    /// `hot_key_sample`), and, while a worker runs, the URLs `prefetch`
+    /// names are queued: for a miss, and for one hit in `hot_key_sample`
+    /// per thread (other hits cost a thread-local count). Reads made by
+    /// prefetching do neither.
     #[inline(never)]
-    pub(crate) fn after_read(&self, hot: &HotState, key: KeyHash, parts: &Parts) {
+    pub(crate) fn after_read(&self, hot: &HotState, key: KeyHash, parts: &Parts, miss: bool) {
         if parts.extensions.get::<PrefetchRequest>().is_some() {
             return;
         }
+        let keys = &self.shared.keys;
         if let Some(tracker) = &hot.tracker {
-            tracker.note(key, || Replay::of(parts).map(Arc::new));
+            tracker.note(key, || Replay::of(parts, keys).map(Arc::new));
         }
         if let Some(p) = &hot.prefetch {
-            if hot.attached.load(Ordering::Relaxed) {
+            if hot.attached.load(Ordering::Relaxed)
+                && (miss || crate::sample::one_in(&PREFETCH_LEFT, hot.sample))
+            {
                 self.prefetch_for(p, key, parts);
             }
         }
     }
 
     /// Queues the URLs `p` names for the read of `key` by `parts` that are
-    /// not stored in L1 (nor marked hit-for-pass), counted.
+    /// on the read's host and not stored in L1 (nor marked hit-for-pass),
+    /// counted; one for another host is dropped. The request to send is
+    /// made only for a key the queue takes.
     fn prefetch_for(&self, p: &Prefetch, key: KeyHash, parts: &Parts) {
         let targets = (p.func)(parts);
-        if targets.is_empty() {
+        if targets.is_empty() || !Replay::fits(&parts.headers) {
             return;
         }
         let counters = &self.shared.counters;
@@ -203,16 +244,19 @@ impl Cache {
         let now = self.now();
         for uri in targets.into_iter().take(MAX_PREFETCH_PER_READ) {
             let uri = resolve(key_uri(parts), uri);
+            if !same_host(parts, &uri) {
+                counters.prefetch_dropped.incr();
+                continue;
+            }
             let Some(target) = self.prefetch_key(&uri, &parts.headers) else {
                 continue;
             };
             if target == key || self.is_present(target, &parts.headers, now) {
                 continue;
             }
-            let Some(replay) = Replay::new(uri, &parts.headers) else {
-                continue;
-            };
-            match p.queue.push(target, now, || Arc::new(replay)) {
+            let keys = &self.shared.keys;
+            let replay = || Arc::new(Replay::made(uri, &parts.headers, keys));
+            match p.queue.push(target, now, replay) {
                 Pushed::Queued => counters.prefetch_queued.incr(),
                 Pushed::Full => counters.prefetch_dropped.incr(),
                 Pushed::Known | Pushed::Cooling => {}
@@ -297,6 +341,26 @@ fn resolve(base: &Uri, uri: Uri) -> Uri {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     Uri::from_parts(parts).unwrap_or(uri)
+}
+
+/// Whether `uri` (as [`resolve`]d) goes where the read `parts` went: no
+/// authority of its own, or the read's (its URI's, else its `Host`), and
+/// the read's scheme when both name one.
+fn same_host(parts: &Parts, uri: &Uri) -> bool {
+    let Some(to) = uri.authority() else {
+        return true;
+    };
+    let base = key_uri(parts);
+    if base.scheme().zip(uri.scheme()).is_some_and(|(a, b)| a != b) {
+        return false;
+    }
+    match base.authority() {
+        Some(from) => from == to,
+        None => parts
+            .headers
+            .get(HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(to.as_str().as_bytes())),
+    }
 }
 
 /// Starts the `refresh_hot` refresh of `key` (kept as `replay`) through
@@ -450,7 +514,7 @@ impl Cache {
             tracker: Arc::clone(tracker),
             top_n: hot.top_n,
             every: hot.every,
-            permits: Arc::clone(&s.refreshes),
+            permits: Arc::clone(&hot.round_permits),
         });
         let prefetching = hot.prefetch.as_ref().map(|p| Prefetching {
             queue: Arc::clone(&p.queue),
@@ -490,7 +554,8 @@ struct Rounds<T> {
     tracker: Arc<HotKeys<T>>,
     top_n: usize,
     every: Duration,
-    /// `max_concurrent_refreshes`, shared with every other refresh.
+    /// The rounds' own `max_concurrent_refreshes` (a round waiting for
+    /// one never holds up a stale refresh on the request path).
     permits: Arc<Semaphore>,
 }
 
@@ -534,7 +599,7 @@ where
 {
     let Some(r) = rounds else { return };
     let mut alive = ctx.alive.clone();
-    let start = tokio::time::Instant::now() + r.every;
+    let start = later(r.every);
     let mut every = tokio::time::interval_at(start, r.every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -551,8 +616,16 @@ where
     }
 }
 
+/// `after` from now, or as far as tokio's clock reaches (the builder
+/// bounds `every`; this never panics whatever it is).
+fn later(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// One round: the `top_n` hottest keys refreshed, hottest first, each
-/// once a refresh permit is free; the round gives up on the rest after
+/// once one of the rounds' refresh permits is free; the round gives up on the rest after
 /// `every` (the next round takes over).
 async fn round<T, W>(ctx: &Ctx<W>, r: &Rounds<T>)
 where
@@ -560,7 +633,7 @@ where
     W: KeyWork<T>,
 {
     let hottest = r.tracker.top(r.top_n);
-    let deadline = tokio::time::Instant::now() + r.every;
+    let deadline = later(r.every);
     for (key, item) in hottest {
         let permit = Arc::clone(&r.permits).acquire_owned();
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permit).await else {
@@ -651,20 +724,84 @@ mod tests {
         );
     }
 
+    fn header_map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|&(n, v)| (http::HeaderName::from_static(n), v.parse().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn a_replay_keeps_the_resource_fields_and_refuses_huge_requests() {
-        let mut h = HeaderMap::new();
-        h.insert("accept", "text/html".parse().unwrap());
-        h.insert("if-none-match", "\"a\"".parse().unwrap());
-        h.insert("range", "bytes=0-1".parse().unwrap());
-        h.insert("cache-control", "no-store".parse().unwrap());
-        h.insert("connection", "x-hop".parse().unwrap());
-        h.insert("x-hop", "1".parse().unwrap());
-        let r = Replay::new("http://a.example/".parse().unwrap(), &h).unwrap();
+        let mut h = header_map(&[
+            ("accept", "text/html"),
+            ("if-none-match", "\"a\""),
+            ("range", "bytes=0-1"),
+            ("cache-control", "no-store"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ]);
+        let keys = KeyConfig::default();
+        let r = Replay::new("http://a.example/".parse().unwrap(), &h, &keys).unwrap();
         let names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["accept"]);
         let big = "x".repeat(MAX_REPLAY_HEADER_BYTES);
         h.insert("x-big", big.parse().unwrap());
-        assert!(Replay::new("http://a.example/".parse().unwrap(), &h).is_none());
+        assert!(Replay::new("http://a.example/".parse().unwrap(), &h, &keys).is_none());
+    }
+
+    #[test]
+    fn credentials_are_replayed_only_when_keys_are_partitioned_by_them() {
+        let h = header_map(&[
+            ("accept", "text/html"),
+            ("authorization", "Bearer one-client"),
+            ("proxy-authorization", "Basic b25l"),
+            ("cookie", "session=one-client"),
+        ]);
+        let names = |keys: &KeyConfig| {
+            let r = Replay::made("http://a.example/".parse().unwrap(), &h, keys);
+            let mut n: Vec<String> = r.headers.keys().map(|n| n.to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&KeyConfig::default()), ["accept"]);
+        let by_cookie = KeyConfig {
+            headers: vec![http::header::COOKIE],
+            ..KeyConfig::default()
+        };
+        assert_eq!(names(&by_cookie), ["accept", "cookie"]);
+        let partitioned = KeyConfig {
+            credentials: true,
+            ..KeyConfig::default()
+        };
+        assert_eq!(
+            names(&partitioned),
+            ["accept", "authorization", "cookie", "proxy-authorization"]
+        );
+    }
+
+    #[test]
+    fn a_prefetch_goes_to_the_reads_host_only() {
+        let read = |uri: &str, host: Option<&str>| {
+            let mut req = Request::get(uri);
+            if let Some(h) = host {
+                req = req.header("host", h);
+            }
+            req.body(()).unwrap().into_parts().0
+        };
+        let abs = read("https://api.example/v1/a", None);
+        let origin_form = read("/v1/a", Some("API.example"));
+        let bare = read("/v1/a", None);
+        let to =
+            |parts: &Parts, u: &str| same_host(parts, &resolve(key_uri(parts), u.parse().unwrap()));
+        assert!(to(&abs, "/v1/b"));
+        assert!(to(&abs, "https://API.example/v1/b"));
+        assert!(!to(&abs, "https://other.example/v1/b"));
+        assert!(!to(&abs, "http://api.example/v1/b"), "another scheme");
+        assert!(!to(&abs, "https://api.example:8443/v1/b"), "another port");
+        assert!(to(&origin_form, "/v1/b"));
+        assert!(to(&origin_form, "http://api.example/v1/b"));
+        assert!(!to(&origin_form, "http://other.example/v1/b"));
+        assert!(!to(&bare, "http://api.example/v1/b"), "no host to match");
     }
 }
