@@ -314,6 +314,13 @@ mod tests {
             assert_eq!(civil_year(days), year, "1 Jan {year}");
             assert_eq!(civil_year(days - 1), year - 1, "31 Dec {}", year - 1);
             assert_eq!(days_from_civil(year, 1, 1), days, "{year}");
+            // Around the end of February, where the calendar's own
+            // arithmetic starts its years.
+            let march = days + if is_leap(year) { 60 } else { 59 };
+            assert_eq!(days_from_civil(year, 3, 1), march, "1 Mar {year}");
+            for d in march - 2..=march + 1 {
+                assert_eq!(civil_year(d), year, "{d} in {year}");
+            }
             days += if is_leap(year) { 366 } else { 365 };
         }
         let mut days = 0i64;
