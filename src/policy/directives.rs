@@ -576,6 +576,51 @@ mod tests {
         assert!(c.is_empty());
     }
 
+    /// Cases the tables above left open (each once a surviving mutant):
+    /// an empty field list is the unqualified directive, in both syntaxes;
+    /// `is_empty` is false once something is understood; escaped quotes
+    /// in a quoted value, at its start or inside, and an unterminated one,
+    /// neither end the value early nor panic nor loop.
+    #[test]
+    fn empty_field_lists_escapes_and_unterminated_quotes() {
+        for v in [r#"private="""#, r#"private=" ""#] {
+            let c = cc(v);
+            assert!(c.private && c.private_fields.is_empty(), "{v}");
+        }
+        for v in [r#"no-cache="""#, r#"no-cache="  ""#] {
+            let c = cc(v);
+            assert!(c.no_cache && c.no_cache_fields.is_empty(), "{v}");
+        }
+        let c = CacheControl::parse_targeted("private=()").unwrap();
+        assert!(c.private && c.private_fields.is_empty());
+        let c = CacheControl::parse_targeted("private=(a)").unwrap();
+        assert!(!c.private && c.private_fields == ["a"]);
+
+        assert!(!cc("max-age=5").is_empty());
+        assert!(!cc("no-store").is_empty());
+
+        // The field names keep their escapes (no such name is valid).
+        for (v, fields) in [
+            (r#"private="\"x", max-age=5"#, &[r#"\"x"#][..]),
+            (r#"private="a\"b, c", max-age=5"#, &[r#"a\"b"#, "c"][..]),
+            (r#"private="a\\", max-age=5"#, &[r#"a\\"#][..]),
+        ] {
+            let c = cc(v);
+            assert_eq!(c.max_age, Some(5), "{v}");
+            assert!(!c.private, "{v}");
+            assert_eq!(c.private_fields, fields, "{v}");
+        }
+        for v in [
+            r#"no-cache="abc"#,
+            r#"no-cache="ab\"#,
+            r#"no-cache="\"#,
+            "no-cache=\"",
+        ] {
+            let c = cc(v);
+            assert!(c.max_age.is_none(), "{v}");
+        }
+    }
+
     #[test]
     fn rfc9213_2_2_targeted_delta_seconds_are_integers() {
         assert_eq!(targeted("max-age=0").unwrap().max_age, Some(0));
