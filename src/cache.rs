@@ -773,7 +773,7 @@ impl Cache {
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 entry.reads.note(s.obs.cfg.read_cap);
-                let reuse = self.note_served(&entry, tier, parts, &plan, now);
+                let reuse = self.note_served(plan.key, &entry, tier, plan.prior.as_ref(), &parts.headers, now);
                 let asks = &plan.directives;
                 let resp = self.respond_entry(&entry, parts, asks, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
@@ -819,7 +819,7 @@ impl Cache {
         let cfg = &s.obs.cfg;
         let eager = cfg.eager_fraction > 0.0;
         let reads = entry.reads.note(cfg.read_cap);
-        let reuse = self.note_served(&entry, tier, parts, &plan, now);
+        let reuse = self.note_served(plan.key, &entry, tier, plan.prior.as_ref(), &parts.headers, now);
         let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
             && reads >= cfg.eager_min_reads
@@ -833,30 +833,25 @@ impl Cache {
         Answered::Hit(resp, now, status)
     }
 
-    /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
-    /// admission rule allows (at once when it replaces an older L1 copy
-    /// the rule's size admits); the reads of a copy L1 does not keep are
-    /// carried to its key's count at once (adaptive TTL). Returns whether
-    /// the entry lives in L1 (its response template is worth building).
-    fn note_served(
+    /// An entry of `key` from `tier` answers (a request, or a typed
+    /// value's lookup): an L2 entry is promoted to L1 when the admission
+    /// rule allows (at once when it `replaces` an older L1 copy the rule's
+    /// size admits); the reads of a copy L1 does not keep are carried to
+    /// its key's count at once (adaptive TTL). Returns whether the entry
+    /// lives in L1 (its response template is worth building).
+    pub(crate) fn note_served(
         &self,
+        key: KeyHash,
         entry: &Arc<Entry>,
         tier: Tier,
-        parts: &Parts,
-        plan: &Fetch,
+        replaces: Option<&Arc<Entry>>,
+        headers: &HeaderMap,
         now: u64,
     ) -> bool {
         let tiers = &self.shared.tiers;
-        let in_l1 = tiers.admit_served(
-            plan.key,
-            entry,
-            tier,
-            plan.prior.as_ref(),
-            &parts.headers,
-            now,
-        );
+        let in_l1 = tiers.admit_served(key, entry, tier, replaces, headers, now);
         if !in_l1 {
-            tiers.carry_reads(plan.key, entry, now);
+            tiers.carry_reads(key, entry, now);
         }
         in_l1
     }
