@@ -487,15 +487,7 @@ impl Default for CacheBuilder {
                 func: None,
             },
             adaptive: DEFAULT_ADAPTIVE_TTL,
-            hot: HotSettings {
-                top_n: DEFAULT_REFRESH_HOT_TOP_N,
-                every: DEFAULT_REFRESH_HOT_EVERY,
-                sample: DEFAULT_HOT_KEY_SAMPLE,
-                prefetch: None,
-                queue: DEFAULT_PREFETCH_QUEUE,
-                concurrency: DEFAULT_MAX_CONCURRENT_PREFETCHES,
-                timeout: DEFAULT_PREFETCH_TIMEOUT,
-            },
+            hot: HotSettings::default(),
             #[cfg(feature = "redis")]
             l2_target: None,
             #[cfg(feature = "redis")]
@@ -1683,35 +1675,9 @@ impl CacheBuilder {
         ])
     }
 
-    /// Hot keys and prefetch: a bounded `top_n` with a period, a sample
-    /// of at least one read, prefetch bounds of at least one and a
-    /// deadline above zero.
+    /// Hot keys and prefetch ([`HotSettings::check`]).
     fn check_hot_keys(&self) -> Result<(), BuildError> {
-        let h = &self.hot;
-        first_refused([
-            (
-                "refresh_hot",
-                h.top_n > MAX_REFRESH_HOT_TOP_N,
-                "top_n must be at most MAX_REFRESH_HOT_TOP_N",
-            ),
-            (
-                "refresh_hot",
-                h.top_n > 0 && h.every.is_zero(),
-                "every must be greater than 0",
-            ),
-            ("hot_key_sample", h.sample == 0, "must be at least 1"),
-            ("prefetch_queue", h.queue == 0, "must be at least 1"),
-            (
-                "max_concurrent_prefetches",
-                h.concurrency == 0,
-                "must be at least 1",
-            ),
-            (
-                "prefetch_timeout",
-                h.timeout.is_zero(),
-                "must be greater than 0",
-            ),
-        ])
+        self.hot.check()
     }
 
     /// Observability: label bounds, the timing sample, health thresholds.
@@ -1783,13 +1749,61 @@ impl CacheBuilder {
                 adaptive: self.adaptive,
             },
             obs: Observer::new(observe),
-            hot: HotState::new(self.hot),
+            hot: HotState::new(self.hot).map(Box::new),
             #[cfg(feature = "redis")]
             shared_stats: match (&l2, self.shared_stats) {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),
                 _ => None,
             },
         }
+    }
+}
+
+impl<F> Default for HotSettings<F> {
+    /// The `DEFAULT_*` hot-key and prefetch settings: both off.
+    fn default() -> Self {
+        Self {
+            top_n: DEFAULT_REFRESH_HOT_TOP_N,
+            every: DEFAULT_REFRESH_HOT_EVERY,
+            sample: DEFAULT_HOT_KEY_SAMPLE,
+            prefetch: None,
+            queue: DEFAULT_PREFETCH_QUEUE,
+            concurrency: DEFAULT_MAX_CONCURRENT_PREFETCHES,
+            timeout: DEFAULT_PREFETCH_TIMEOUT,
+        }
+    }
+}
+
+impl<F> HotSettings<F> {
+    /// Hot keys and prefetch, for a cache or a value cache: a bounded
+    /// `top_n` with a period, a sample of at least one read, prefetch
+    /// bounds of at least one and a deadline above zero.
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        let h = self;
+        first_refused([
+            (
+                "refresh_hot",
+                h.top_n > MAX_REFRESH_HOT_TOP_N,
+                "top_n must be at most MAX_REFRESH_HOT_TOP_N",
+            ),
+            (
+                "refresh_hot",
+                h.top_n > 0 && h.every.is_zero(),
+                "every must be greater than 0",
+            ),
+            ("hot_key_sample", h.sample == 0, "must be at least 1"),
+            ("prefetch_queue", h.queue == 0, "must be at least 1"),
+            (
+                "max_concurrent_prefetches",
+                h.concurrency == 0,
+                "must be at least 1",
+            ),
+            (
+                "prefetch_timeout",
+                h.timeout.is_zero(),
+                "must be greater than 0",
+            ),
+        ])
     }
 }
 
