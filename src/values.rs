@@ -50,6 +50,7 @@ use crate::{BuildError, Invalidated};
 
 mod codec;
 mod error;
+mod hot;
 mod many;
 mod options;
 
@@ -57,6 +58,7 @@ mod options;
 pub use codec::Postcard;
 pub use codec::{Codec, CodecError, Json};
 pub use error::FetchError;
+pub use hot::{HotOptions, ValuePrefetchFn};
 use options::Place;
 pub use options::{
     ValueOptions, DEFAULT_FAIL_SAFE, DEFAULT_FETCH_TIMEOUT, DEFAULT_HARD_TTL,
@@ -121,6 +123,7 @@ impl Cache {
             codec: Arc::new(codec),
             type_tag: type_tag(std::any::type_name::<T>()),
             defaults: Arc::default(),
+            hot: None,
         })
     }
 }
@@ -190,6 +193,8 @@ pub struct ValueCache<T> {
     codec_id: u8,
     type_tag: u64,
     defaults: Arc<ValueOptions>,
+    /// Hot-key refresh and prefetch ([`with_hot`](Self::with_hot)).
+    hot: Option<Arc<hot::ValueHot>>,
 }
 
 impl<T> Clone for ValueCache<T> {
@@ -202,6 +207,7 @@ impl<T> Clone for ValueCache<T> {
             codec_id: self.codec_id,
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
+            hot: self.hot.clone(),
         }
     }
 }
@@ -213,6 +219,7 @@ impl<T> fmt::Debug for ValueCache<T> {
             .field("type", &std::any::type_name::<T>())
             .field("codec", &self.codec_id)
             .field("defaults", &self.defaults)
+            .field("hot", &self.hot.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -520,7 +527,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 
     /// The L1 step of a lookup (unless the options keep values in L2 only).
+    /// Every lookup takes it: its read is noted for hot-key refresh and
+    /// prefetch here.
     fn look_in_l1(&self, call: &Call<'_>, now: u64) -> Answer<T> {
+        if let Some(hot) = &self.hot {
+            self.after_read(hot, call);
+        }
         if !call.opts.uses_l1() {
             return Answer::Miss;
         }
@@ -1184,7 +1196,21 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let Some(permit) = self.background_permit() else {
             return;
         };
-        s.counters.upstream_calls.incr();
+        self.launch_refresh(call, prior, fetch, guard, permit);
+    }
+
+    /// Starts the background refresh of `call`'s key (its stale value
+    /// `prior`), leading its flight (`guard`), holding `permit`: a stale
+    /// value's and a `refresh_hot` round's.
+    fn launch_refresh<E: Send + 'static>(
+        &self,
+        call: &Call<'_>,
+        prior: Prior,
+        fetch: BoxFetch<T, E>,
+        guard: FlightGuard,
+        permit: OwnedSemaphorePermit,
+    ) {
+        self.shared().counters.upstream_calls.incr();
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         let bg = self.background(call, prior, Some(guard), permit);

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::warm_request;
 use crate::flow::hot::{
-    refresh_replay, BackgroundError, KeyWork, PrefetchRequest, Replay, WarmFuture, Warmed,
+    refresh_replay, BackgroundError, KeyWork, PrefetchRequest, Replay, Runner, WarmFuture, Warmed,
 };
 use crate::key::KeyHash;
 use crate::service::ServiceUpstream;
@@ -37,6 +37,15 @@ pub struct Background {
 }
 
 impl Background {
+    /// The handle of a worker just started.
+    pub(crate) fn of(runner: Runner) -> Self {
+        Self {
+            task: runner.task,
+            tick: runner.tick,
+            rounds: runner.rounds,
+        }
+    }
+
     /// Starts a `refresh_hot` round now, without waiting for the next
     /// period (the periodic rounds go on as before).
     pub fn refresh_hot_now(&self) {
@@ -110,11 +119,7 @@ impl<S> CacheService<S> {
             _body: PhantomData,
         };
         let runner = self.cache().start_background(work)?;
-        Ok(Background {
-            task: runner.task,
-            tick: runner.tick,
-            rounds: runner.rounds,
-        })
+        Ok(Background::of(runner))
     }
 }
 
