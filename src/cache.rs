@@ -773,7 +773,7 @@ impl Cache {
             Usability::Stale => {
                 let status = self.tier_hit_status(false, tier != Tier::L1, &entry, now);
                 entry.reads.note(s.obs.cfg.read_cap);
-                let reuse = self.note_served(plan.key, &entry, tier, plan.prior.as_ref(), &parts.headers, now);
+                let reuse = self.note_served(&entry, tier, parts, &plan, now);
                 let asks = &plan.directives;
                 let resp = self.respond_entry(&entry, parts, asks, now, &status, reuse);
                 if plan.directives.cc.only_if_cached {
@@ -819,7 +819,7 @@ impl Cache {
         let cfg = &s.obs.cfg;
         let eager = cfg.eager_fraction > 0.0;
         let reads = entry.reads.note(cfg.read_cap);
-        let reuse = self.note_served(plan.key, &entry, tier, plan.prior.as_ref(), &parts.headers, now);
+        let reuse = self.note_served(&entry, tier, parts, &plan, now);
         let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
         if eager
             && reads >= cfg.eager_min_reads
@@ -833,13 +833,27 @@ impl Cache {
         Answered::Hit(resp, now, status)
     }
 
+    /// [`served`](Self::served), for a request's `plan` (its prior is
+    /// what the entry replaces).
+    fn note_served(
+        &self,
+        entry: &Arc<Entry>,
+        tier: Tier,
+        parts: &Parts,
+        plan: &Fetch,
+        now: u64,
+    ) -> bool {
+        let prior = plan.prior.as_ref();
+        self.served(plan.key, entry, tier, prior, &parts.headers, now)
+    }
+
     /// An entry of `key` from `tier` answers (a request, or a typed
     /// value's lookup): an L2 entry is promoted to L1 when the admission
     /// rule allows (at once when it `replaces` an older L1 copy the rule's
     /// size admits); the reads of a copy L1 does not keep are carried to
     /// its key's count at once (adaptive TTL). Returns whether the entry
     /// lives in L1 (its response template is worth building).
-    pub(crate) fn note_served(
+    pub(crate) fn served(
         &self,
         key: KeyHash,
         entry: &Arc<Entry>,

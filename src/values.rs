@@ -504,7 +504,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         if call.opts.uses_l1() {
             let none = HeaderMap::new();
             let cache = &self.cache;
-            cache.note_served(call.hash, entry, tier, replaces, &none, now);
+            cache.served(call.hash, entry, tier, replaces, &none, now);
         } else {
             s.tiers.carry_reads(call.hash, entry, now);
         }

@@ -310,7 +310,10 @@ async fn a_value_worker_needs_settings_a_runtime_and_sane_bounds() {
             HotOptions::new().max_concurrent_prefetches(0),
             "max_concurrent_prefetches",
         ),
-        (HotOptions::new().prefetch_timeout(secs(0)), "prefetch_timeout"),
+        (
+            HotOptions::new().prefetch_timeout(secs(0)),
+            "prefetch_timeout",
+        ),
     ];
     for (hot, setting) in refused {
         let err = plain.clone().with_hot(hot).unwrap_err();

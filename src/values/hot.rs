@@ -229,18 +229,25 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         };
         let now = self.cache.now();
         let none = HeaderMap::new();
-        self.cache.queue_prefetches(queue, func(call.key), now, |key| {
-            if key.len() > MAX_KEY_BYTES {
-                return None;
-            }
-            let hash = self.hash(&key);
-            let present = call.opts.uses_l1() && self.cache.is_present(hash, &none, now);
-            if hash == call.hash || present {
-                return None;
-            }
-            let opts = call.opts.clone();
-            Some((hash, Arc::new(HotKey { key: key.into(), opts })))
-        });
+        self.cache
+            .queue_prefetches(queue, func(call.key), now, |key| {
+                if key.len() > MAX_KEY_BYTES {
+                    return None;
+                }
+                let hash = self.hash(&key);
+                let present = call.opts.uses_l1() && self.cache.is_present(hash, &none, now);
+                if hash == call.hash || present {
+                    return None;
+                }
+                let opts = call.opts.clone();
+                Some((
+                    hash,
+                    Arc::new(HotKey {
+                        key: key.into(),
+                        opts,
+                    }),
+                ))
+            });
     }
 
     /// This value cache without its cache (what a worker holds, so that it

@@ -103,7 +103,7 @@ fn an_entry_is_decoded_once_then_shared() {
         &Arc::new(vec![7]),
         Bytes::from_static(b"[7]"),
         &ValueOptions::new(),
-        T0,
+        ValueOptions::new().timeline(T0),
     );
     let read = Entry::decode(&made.encode()).unwrap();
     assert!(read.value.as_ref().unwrap().payload.get().is_none());

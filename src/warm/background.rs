@@ -22,7 +22,8 @@ use crate::sync::lock;
 use crate::{Cache, CacheService};
 
 /// The background worker of a cache (from
-/// [`CacheService::spawn_background`]): it refreshes the hottest keys
+/// [`CacheService::spawn_background`], or a value cache's from
+/// `ValueCache::spawn_background`, feature `values`): it refreshes the hottest keys
 /// every `every` ([`refresh_hot`](crate::CacheBuilder::refresh_hot)) and
 /// warms the URLs reads name ([`prefetch`](crate::CacheBuilder::prefetch)).
 ///
