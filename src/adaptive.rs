@@ -14,10 +14,11 @@ use http::header::HeaderMap;
 use crate::builder::{
     DEFAULT_ADAPTIVE_COLD_FACTOR, DEFAULT_ADAPTIVE_COLD_UNDER, DEFAULT_ADAPTIVE_HOT_AFTER,
     DEFAULT_ADAPTIVE_HOT_FACTOR, DEFAULT_ADAPTIVE_MAX_TTL, DEFAULT_ADAPTIVE_MIN_TTL,
-    DEFAULT_ADAPTIVE_TRACKED_KEYS, DEFAULT_ADAPTIVE_WINDOW,
+    DEFAULT_ADAPTIVE_READ_SAMPLE, DEFAULT_ADAPTIVE_TRACKED_KEYS, DEFAULT_ADAPTIVE_WINDOW,
+    MAX_ADAPTIVE_MAX_TTL, MAX_ADAPTIVE_READ_SAMPLE,
 };
 use crate::cache::{Fetch, Shared};
-use crate::entry::Reads;
+use crate::entry::{ReadCap, Reads};
 use crate::error::BuildError;
 use crate::key::KeyHash;
 use crate::policy::Storable;
@@ -54,7 +55,10 @@ use crate::reads::{Rate, ReadCounts};
 /// with `force`.
 ///
 /// Reads are the requests answered from a stored entry (fresh or stale,
-/// from L1 or L2), counted by this instance, per URL (all its variants).
+/// from L1 or L2), counted by this instance, per URL (all its variants):
+/// an entry counts its first reads one by one, then one in
+/// [`read_sample`](Self::read_sample) per thread (adding that many), so
+/// that the hits of a hot key do not all write to one shared counter.
 /// At most `tracked_keys` keys are watched at once (a table of fixed size);
 /// a key pushed out of it keeps its base TTL until it is watched again.
 ///
@@ -87,6 +91,7 @@ pub struct AdaptiveTtl {
     max: Duration,
     window: Duration,
     tracked_keys: usize,
+    read_sample: u32,
 }
 
 impl Default for AdaptiveTtl {
@@ -100,6 +105,7 @@ impl Default for AdaptiveTtl {
             max: DEFAULT_ADAPTIVE_MAX_TTL,
             window: DEFAULT_ADAPTIVE_WINDOW,
             tracked_keys: DEFAULT_ADAPTIVE_TRACKED_KEYS,
+            read_sample: DEFAULT_ADAPTIVE_READ_SAMPLE,
         }
     }
 }
@@ -110,7 +116,8 @@ impl AdaptiveTtl {
     /// under [`DEFAULT_ADAPTIVE_COLD_UNDER`], per
     /// [`DEFAULT_ADAPTIVE_WINDOW`], within [`DEFAULT_ADAPTIVE_MIN_TTL`] and
     /// [`DEFAULT_ADAPTIVE_MAX_TTL`], for at most
-    /// [`DEFAULT_ADAPTIVE_TRACKED_KEYS`] keys.
+    /// [`DEFAULT_ADAPTIVE_TRACKED_KEYS`] keys, counting one read in
+    /// [`DEFAULT_ADAPTIVE_READ_SAMPLE`] past an entry's first few.
     pub fn new() -> Self {
         Self::default()
     }
@@ -133,7 +140,7 @@ impl AdaptiveTtl {
     }
 
     /// The bounds of an adapted TTL: lengthened to at most `max`, shortened
-    /// to at least `min` (`min` ≤ `max`).
+    /// to at least `min` (`min` ≤ `max` ≤ [`MAX_ADAPTIVE_MAX_TTL`]).
     pub fn bounds(mut self, min: Duration, max: Duration) -> Self {
         self.min = min;
         self.max = max;
@@ -153,8 +160,21 @@ impl AdaptiveTtl {
         self
     }
 
+    /// How many of an entry's reads are counted once it has been read
+    /// `cold_under` times (or `eager_refresh`'s `min_reads`, whichever is
+    /// more): one in `n` per thread, on average, each counting `n`
+    /// (default [`DEFAULT_ADAPTIVE_READ_SAMPLE`], 1 to
+    /// [`MAX_ADAPTIVE_READ_SAMPLE`]; 1 counts every read, each a write to
+    /// a counter every thread reading the key shares).
+    pub fn read_sample(mut self, n: u32) -> Self {
+        self.read_sample = n;
+        self
+    }
+
     /// Refuses factors that are not finite and above 0, thresholds or
-    /// bounds in the wrong order, an empty window or table.
+    /// bounds in the wrong order, an upper bound past
+    /// [`MAX_ADAPTIVE_MAX_TTL`], an empty window or table, a read sample
+    /// out of its range.
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         let factor_ok = |f: f64| f.is_finite() && f > 0.0;
         let refused = [
@@ -171,8 +191,16 @@ impl AdaptiveTtl {
                 "cold_under's reads must be at most hot_after's",
             ),
             (self.min > self.max, "bounds: min must be at most max"),
+            (
+                self.max > MAX_ADAPTIVE_MAX_TTL,
+                "bounds: max must be at most MAX_ADAPTIVE_MAX_TTL (100 years)",
+            ),
             (self.window.is_zero(), "the window must be above 0"),
             (self.tracked_keys == 0, "tracked_keys must be at least 1"),
+            (
+                !(1..=MAX_ADAPTIVE_READ_SAMPLE).contains(&self.read_sample),
+                "read_sample must be within 1..=MAX_ADAPTIVE_READ_SAMPLE",
+            ),
         ];
         match refused.into_iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(BuildError::invalid("adaptive_ttl", why)),
@@ -185,18 +213,20 @@ impl AdaptiveTtl {
         ReadCounts::new(self.tracked_keys, self.window)
     }
 
-    /// How far an entry counts its reads: enough to show a key hot over
-    /// the longest life an adapted entry has (`max` and one more window),
-    /// so that the hit path stops writing once that is shown.
-    pub(crate) fn read_cap(&self) -> u32 {
+    /// How far an entry counts its reads: every read up to `exact` (what
+    /// eager refresh needs) and `cold_under`, then one in `read_sample`,
+    /// up to enough to show a key hot over the longest life an adapted
+    /// entry has (`max` and one more window), so that the hit path stops
+    /// writing once that is shown.
+    pub(crate) fn read_cap(&self, exact: u32) -> ReadCap {
         let window = self.window.as_millis().max(1);
         let windows = self.max.as_millis().div_ceil(window).saturating_add(1);
-        let cap = u128::from(self.hot_after)
+        let most = u128::from(self.hot_after)
             .saturating_add(1)
             .saturating_mul(windows);
-        u32::try_from(cap)
-            .unwrap_or(Reads::MAX_CAP)
-            .min(Reads::MAX_CAP)
+        let most = u32::try_from(most).unwrap_or(Reads::MAX_CAP);
+        let exact = exact.max(self.cold_under);
+        ReadCap::sampled(exact, most.max(exact), self.read_sample)
     }
 
     /// `base` scaled for a key read at `rate` (`None`: not watched yet),
@@ -277,7 +307,10 @@ mod tests {
             .hot_after(50, 2.0)
             .cold_under(5, 0.5)
             .bounds(S(1), S(3600));
-        assert_eq!(AdaptiveTtl::new().read_cap(), 51 * (24 * 60 + 1));
+        assert_eq!(
+            AdaptiveTtl::new().read_cap(1),
+            ReadCap::sampled(5, 51 * (24 * 60 + 1), 8)
+        );
         let cases = [
             ("not watched yet", S(10), None, S(10)),
             ("hot", S(10), rate(51, false), S(20)),
@@ -333,8 +366,8 @@ mod tests {
         // A product past what a Duration holds is the upper bound.
         let huge = AdaptiveTtl::new()
             .hot_after(0, f64::MAX)
-            .bounds(S(0), Duration::MAX);
-        assert_eq!(huge.scale(S(10), rate(1, false)), Duration::MAX);
+            .bounds(S(0), MAX_ADAPTIVE_MAX_TTL);
+        assert_eq!(huge.scale(S(10), rate(1, false)), MAX_ADAPTIVE_MAX_TTL);
     }
 
     #[test]
@@ -348,6 +381,10 @@ mod tests {
             AdaptiveTtl::new().bounds(S(10), S(9)),
             AdaptiveTtl::new().window(Duration::ZERO),
             AdaptiveTtl::new().tracked_keys(0),
+            AdaptiveTtl::new().bounds(S(1), Duration::MAX),
+            AdaptiveTtl::new().bounds(S(1), MAX_ADAPTIVE_MAX_TTL + S(1)),
+            AdaptiveTtl::new().read_sample(0),
+            AdaptiveTtl::new().read_sample(MAX_ADAPTIVE_READ_SAMPLE + 1),
         ];
         for cfg in refused {
             let err = crate::Cache::builder()
@@ -362,6 +399,10 @@ mod tests {
             .cold_under(5, 0.9)
             .bounds(S(3), S(3));
         assert!(crate::Cache::builder().adaptive_ttl(ok).build().is_ok());
+        let widest = AdaptiveTtl::new()
+            .bounds(S(0), MAX_ADAPTIVE_MAX_TTL)
+            .read_sample(MAX_ADAPTIVE_READ_SAMPLE);
+        assert!(crate::Cache::builder().adaptive_ttl(widest).build().is_ok());
     }
 
     #[test]
@@ -371,8 +412,15 @@ mod tests {
             .hot_after(50, 2.0)
             .bounds(S(1), S(600))
             .window(S(60));
-        assert_eq!(cfg.read_cap(), 51 * 11);
-        let unbounded = AdaptiveTtl::new().bounds(S(1), Duration::MAX);
-        assert_eq!(unbounded.read_cap(), Reads::MAX_CAP);
+        assert_eq!(cfg.read_cap(1), ReadCap::sampled(5, 51 * 11, 8));
+        // Eager refresh's `min_reads` counted exactly; every read with a
+        // sample of 1.
+        assert_eq!(cfg.read_cap(20), ReadCap::sampled(20, 51 * 11, 8));
+        let every = cfg.clone().read_sample(1);
+        assert_eq!(every.read_cap(1), ReadCap::exact(51 * 11));
+        let longest = AdaptiveTtl::new()
+            .bounds(S(1), MAX_ADAPTIVE_MAX_TTL)
+            .window(Duration::from_millis(1));
+        assert_eq!(longest.read_cap(1).most(), Reads::MAX_CAP);
     }
 }

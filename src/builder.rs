@@ -20,6 +20,7 @@ use crate::breaker::Breakers;
 use crate::cache::{Cache, EngineConfig, Shared, TagConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::coalesce::InFlight;
+use crate::entry::ReadCap;
 use crate::error::BuildError;
 use crate::flow::hot::{HotSettings, HotState};
 use crate::key::{KeyConfig, QueryDrop};
@@ -136,6 +137,16 @@ pub const DEFAULT_ADAPTIVE_WINDOW: Duration = Duration::from_secs(60);
 /// The default of [`AdaptiveTtl::tracked_keys`] (as many as the L2
 /// promotion counters).
 pub const DEFAULT_ADAPTIVE_TRACKED_KEYS: usize = 100_000;
+/// The default of [`AdaptiveTtl::read_sample`]: past its first few reads,
+/// an entry counts one read in 8 per thread (as
+/// [`DEFAULT_HOT_KEY_SAMPLE`]).
+pub const DEFAULT_ADAPTIVE_READ_SAMPLE: u32 = 8;
+/// The largest [`AdaptiveTtl::read_sample`].
+pub const MAX_ADAPTIVE_READ_SAMPLE: u32 = 1_024;
+/// The largest upper bound of [`AdaptiveTtl::bounds`]: 100 years, well
+/// within what an L2 entry's timeline may span (1 000 years, stale windows
+/// included), so that an adapted entry is one L2 keeps too.
+pub const MAX_ADAPTIVE_MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 // Coalescing and upstream
 
@@ -169,8 +180,16 @@ pub const DEFAULT_REFRESH_HOT_EVERY: Duration = Duration::from_secs(60);
 /// tracker then keeps at most 4 000 requests of at most 8 KiB of fields
 /// each).
 pub const MAX_REFRESH_HOT_TOP_N: usize = 1_000;
+/// The longest `every` of [`CacheBuilder::refresh_hot`]: one day.
+pub const MAX_REFRESH_HOT_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// The default of [`CacheBuilder::hot_key_sample`]: one read in 8.
 pub const DEFAULT_HOT_KEY_SAMPLE: u32 = 8;
+/// The largest [`CacheBuilder::prefetch_queue`] (each URL waiting keeps a
+/// request of at most 8 KiB of fields).
+pub const MAX_PREFETCH_QUEUE: usize = 100_000;
+/// The largest [`CacheBuilder::max_concurrent_prefetches`] and
+/// [`CacheBuilder::max_concurrent_refreshes`].
+pub const MAX_CONCURRENCY: usize = 100_000;
 /// The default of [`CacheBuilder::prefetch_queue`].
 pub const DEFAULT_PREFETCH_QUEUE: usize = 256;
 /// The default of [`CacheBuilder::max_concurrent_prefetches`].
@@ -1078,7 +1097,11 @@ impl CacheBuilder {
     }
 
     /// The most background refreshes running at once (default
-    /// [`DEFAULT_MAX_CONCURRENT_REFRESHES`]).
+    /// [`DEFAULT_MAX_CONCURRENT_REFRESHES`], at most [`MAX_CONCURRENCY`]):
+    /// stale and eager refreshes and typed values' refreshes share these;
+    /// [`refresh_hot`](Self::refresh_hot) rounds (the HTTP worker's and
+    /// every value cache's) share as many of their own, so that a round
+    /// never holds up a stale refresh.
     pub fn max_concurrent_refreshes(mut self, n: usize) -> Self {
         self.max_refreshes = n;
         self
@@ -1106,7 +1129,8 @@ impl CacheBuilder {
     /// Refreshes the `top_n` most-read keys in the background every
     /// `every` (defaults [`DEFAULT_REFRESH_HOT_TOP_N`], off, and
     /// [`DEFAULT_REFRESH_HOT_EVERY`]; `top_n` at most
-    /// [`MAX_REFRESH_HOT_TOP_N`]), so that they never go stale while they
+    /// [`MAX_REFRESH_HOT_TOP_N`], `every` at most
+    /// [`MAX_REFRESH_HOT_EVERY`]), so that they never go stale while they
     /// are read.
     ///
     /// Reads (hits and misses) are counted in a tracker of fixed size
@@ -1117,12 +1141,18 @@ impl CacheBuilder {
     /// `every` ago, and refreshes them as a stale entry is refreshed: one
     /// refresh per key, at most
     /// [`max_concurrent_refreshes`](Self::max_concurrent_refreshes) at
-    /// once (a round waits for a free one, for at most `every`), each
-    /// within [`refresh_timeout`](Self::refresh_timeout), a failure keeping
-    /// the entry. The request sent is the one a second sampled read of the
-    /// key made, kept with the tracker without its conditionals, range and
-    /// directives (one of over 8 KiB of fields is not kept, and its key is
-    /// not refreshed).
+    /// once (permits of the rounds' own, apart from the request path's
+    /// stale refreshes; a round waits for a free one, for at most
+    /// `every`), each within [`refresh_timeout`](Self::refresh_timeout), a
+    /// failure keeping the entry. The request sent is the one a second
+    /// sampled read of the key made, kept with the tracker without its
+    /// conditionals, range and directives (one of over 8 KiB of fields is
+    /// not kept, and its key is not refreshed), and without its
+    /// `Authorization`, `Proxy-Authorization` and `Cookie` unless keys are
+    /// partitioned by them
+    /// ([`partition_by_credentials`](Self::partition_by_credentials), or a
+    /// [`key_header`](Self::key_header) naming one): one client's
+    /// credentials are never sent for a key others read.
     ///
     /// The rounds run in the worker
     /// [`CacheService::spawn_background`](crate::CacheService::spawn_background)
@@ -1134,22 +1164,30 @@ impl CacheBuilder {
     }
 
     /// How many reads the hot-key tracker of
-    /// [`refresh_hot`](Self::refresh_hot) counts: one in `n` per thread
-    /// (default [`DEFAULT_HOT_KEY_SAMPLE`], at least 1; 1 counts every
-    /// read). A sampled read takes one of 16 locks only when it is free,
-    /// and never allocates, except to keep the request of a key seen for
-    /// the second time.
+    /// [`refresh_hot`](Self::refresh_hot) counts: one in `n` per thread, on
+    /// average (default [`DEFAULT_HOT_KEY_SAMPLE`], at least 1; 1 counts
+    /// every read). A sampled read takes one of 16 locks only when it is
+    /// free, and never allocates, except to keep the request of a key seen
+    /// for the second time. [`prefetch`](Self::prefetch) runs for one hit
+    /// in `n` too (and every miss).
     pub fn hot_key_sample(mut self, n: u32) -> Self {
         self.hot.sample = n;
         self
     }
 
-    /// After each read (hit or miss), warms the URLs `f` names for it that
-    /// are not in L1, in the background, through the inner service.
+    /// After a read (every miss, and one hit in
+    /// [`hot_key_sample`](Self::hot_key_sample) per thread), warms the URLs
+    /// `f` names for it that are not in L1, in the background, through the
+    /// inner service. Other hits cost a thread-local count: `f` is not
+    /// called.
     ///
     /// A URL without an authority takes the read's scheme and authority;
-    /// the request sent carries the read's fields without its
-    /// conditionals, range and directives. At most 16 URLs per read are
+    /// one with an authority other than the read's (its URI's, else its
+    /// `Host`), or another scheme, is refused and counted as dropped: a
+    /// prefetch never goes to another host. The request sent carries the
+    /// read's fields without its conditionals, range and directives, and
+    /// without its credentials unless keys are partitioned by them (as for
+    /// [`refresh_hot`](Self::refresh_hot)). At most 16 URLs per read are
     /// taken. A URL already queued or being warmed is not queued again, one
     /// marked hit-for-pass is not queued, nor one whose warming failed
     /// within the last [`prefetch_timeout`](Self::prefetch_timeout); beyond
@@ -1190,14 +1228,15 @@ impl CacheBuilder {
     }
 
     /// The most URLs waiting to be prefetched (default
-    /// [`DEFAULT_PREFETCH_QUEUE`]); beyond it they are dropped and counted.
+    /// [`DEFAULT_PREFETCH_QUEUE`], at most [`MAX_PREFETCH_QUEUE`]); beyond
+    /// it they are dropped and counted.
     pub fn prefetch_queue(mut self, n: usize) -> Self {
         self.hot.queue = n;
         self
     }
 
     /// The most URLs prefetched at once (default
-    /// [`DEFAULT_MAX_CONCURRENT_PREFETCHES`]).
+    /// [`DEFAULT_MAX_CONCURRENT_PREFETCHES`], at most [`MAX_CONCURRENCY`]).
     pub fn max_concurrent_prefetches(mut self, n: usize) -> Self {
         self.hot.concurrency = n;
         self
@@ -1649,8 +1688,8 @@ impl CacheBuilder {
             ),
             (
                 "max_concurrent_refreshes",
-                self.max_refreshes == 0,
-                "must be at least 1",
+                !(1..=MAX_CONCURRENCY).contains(&self.max_refreshes),
+                "must be within 1..=MAX_CONCURRENCY",
             ),
             (
                 "circuit_breaker",
@@ -1706,14 +1745,15 @@ impl CacheBuilder {
         let l1 = MemoryStore::new(self.l1_capacity, l1_max_entry, self.max_variants);
         let mut tiers = Tiers::new(l1, self.l1_admission);
         let mut observe = self.observe;
-        observe.read_cap = if observe.eager_fraction > 0.0 {
+        let exact = if observe.eager_fraction > 0.0 {
             observe.eager_min_reads
         } else {
             1
         };
+        observe.read_cap = ReadCap::exact(exact);
         if let Some(adaptive) = &self.adaptive {
             tiers.read_counts = Some(adaptive.read_counts());
-            observe.read_cap = observe.read_cap.max(adaptive.read_cap());
+            observe.read_cap = adaptive.read_cap(exact);
         }
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
@@ -1737,6 +1777,7 @@ impl CacheBuilder {
             ),
             counters: Counters::default(),
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
+            round_refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
                 max_body_bytes: self.max_body,
                 coalesce_timeout,
@@ -1776,8 +1817,8 @@ impl<F> Default for HotSettings<F> {
 
 impl<F> HotSettings<F> {
     /// Hot keys and prefetch, for a cache or a value cache: a bounded
-    /// `top_n` with a period, a sample of at least one read, prefetch
-    /// bounds of at least one and a deadline above zero.
+    /// `top_n` with a bounded period, a sample of at least one read,
+    /// prefetch bounds within their ranges and a deadline above zero.
     pub(crate) fn check(&self) -> Result<(), BuildError> {
         let h = self;
         first_refused([
@@ -1791,12 +1832,21 @@ impl<F> HotSettings<F> {
                 h.top_n > 0 && h.every.is_zero(),
                 "every must be greater than 0",
             ),
+            (
+                "refresh_hot",
+                h.every > MAX_REFRESH_HOT_EVERY,
+                "every must be at most MAX_REFRESH_HOT_EVERY (one day)",
+            ),
             ("hot_key_sample", h.sample == 0, "must be at least 1"),
-            ("prefetch_queue", h.queue == 0, "must be at least 1"),
+            (
+                "prefetch_queue",
+                !(1..=MAX_PREFETCH_QUEUE).contains(&h.queue),
+                "must be within 1..=MAX_PREFETCH_QUEUE",
+            ),
             (
                 "max_concurrent_prefetches",
-                h.concurrency == 0,
-                "must be at least 1",
+                !(1..=MAX_CONCURRENCY).contains(&h.concurrency),
+                "must be within 1..=MAX_CONCURRENCY",
             ),
             (
                 "prefetch_timeout",

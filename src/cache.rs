@@ -91,7 +91,12 @@ pub(crate) struct Shared {
     /// The upstream circuit breakers, one per label (`upstream_breaker`).
     pub(crate) breakers: Breakers,
     pub(crate) counters: Counters,
+    /// `max_concurrent_refreshes`: stale, eager and typed values'
+    /// refreshes on the request path.
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
+    /// As many again, of the `refresh_hot` rounds' own (every worker's,
+    /// HTTP and values'), so that a round never holds up a stale refresh.
+    pub(crate) round_refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
     pub(crate) obs: Observer,
     /// `refresh_hot` and `prefetch`, when either is set.
@@ -615,9 +620,6 @@ impl Cache {
                 return decision;
             }
         };
-        if let Some(hot) = &s.hot {
-            self.after_read(hot, key, parts);
-        }
         let mut directives = RequestDirectives::from_headers(&parts.headers);
         if s.policy.ignores_request_cc() {
             directives.cc = Default::default();
@@ -627,6 +629,9 @@ impl Cache {
             L1Lookup::Found(e) => (Some(e), Fwd::Stale),
             L1Lookup::Miss { fwd } => (None, fwd),
         };
+        if let Some(hot) = &s.hot {
+            self.after_read(hot, key, parts, found.is_none());
+        }
         let mut plan = Fetch {
             key,
             directives,

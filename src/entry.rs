@@ -156,6 +156,62 @@ impl ValueMeta {
 /// keys: `\x1f{name}\x1f{prefix}` (see [`Entry::matches_prefix`]).
 pub(crate) const VALUE_SCOPE: char = '\x1f';
 
+thread_local! {
+    /// This thread's reads left before its next sampled one, for
+    /// [`Reads::note`].
+    static READS_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// How far [`Reads::note`] counts: every read up to `exact`, then one in
+/// `sample` (adding `sample`) up to `most`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadCap {
+    exact: u32,
+    most: u32,
+    sample: u32,
+}
+
+impl ReadCap {
+    /// The largest `sample`: a count grows by at most this much per read,
+    /// far below the flags however many threads race past `most`.
+    pub(crate) const MAX_SAMPLE: u32 = 1 << 10;
+
+    /// Every read counted, up to `cap` (at most [`Reads::MAX_CAP`]).
+    pub(crate) const fn exact(cap: u32) -> Self {
+        let cap = if cap < Reads::MAX_CAP {
+            cap
+        } else {
+            Reads::MAX_CAP
+        };
+        Self {
+            exact: cap,
+            most: cap,
+            sample: 1,
+        }
+    }
+
+    /// Every read up to `exact`, then one in `sample` (1 to
+    /// [`MAX_SAMPLE`](Self::MAX_SAMPLE)) up to `most` (at most
+    /// [`Reads::MAX_CAP`]).
+    pub(crate) fn sampled(exact: u32, most: u32, sample: u32) -> Self {
+        let most = most.min(Reads::MAX_CAP);
+        let sample = sample.clamp(1, Self::MAX_SAMPLE);
+        // A sample of 1 counts every read: exactly, all the way.
+        let exact = if sample == 1 { most } else { exact.min(most) };
+        Self {
+            exact,
+            most,
+            sample,
+        }
+    }
+
+    /// The count past which reads are no longer counted.
+    #[cfg(test)]
+    pub(crate) fn most(&self) -> u32 {
+        self.most
+    }
+}
+
 /// A saturating read counter that clones as a fresh count of zero.
 ///
 /// The low bits count reads since the count was last
@@ -178,21 +234,26 @@ impl Reads {
     /// The bits that count.
     const COUNT: u32 = Self::WAS_READ - 1;
     /// The highest cap [`note`](Self::note) takes: far enough below the
-    /// flags that threads racing past the cap cannot reach them.
+    /// flags that threads racing past the cap (each adding at most
+    /// [`ReadCap::MAX_SAMPLE`]) cannot reach them.
     pub(crate) const MAX_CAP: u32 = 1 << 24;
 
-    /// Counts a read up to `cap` (at most [`MAX_CAP`](Self::MAX_CAP));
-    /// past it this is a plain load (no write to a line other threads
-    /// read). Returns the count.
+    /// Counts a read as `cap` says: one by one up to `cap.exact`, then
+    /// one read in `cap.sample` per thread adding `cap.sample` (so a hot
+    /// key's hits do not all write to the entry's line), up to `cap.most`;
+    /// past it this is a plain load. Returns the count.
     #[inline]
-    pub(crate) fn note(&self, cap: u32) -> u32 {
+    pub(crate) fn note(&self, cap: ReadCap) -> u32 {
         use std::sync::atomic::Ordering::Relaxed;
         let n = self.0.load(Relaxed) & Self::COUNT;
-        if n < cap {
-            (self.0.fetch_add(1, Relaxed) + 1) & Self::COUNT
+        let by = if n < cap.exact {
+            1
+        } else if n < cap.most && crate::sample::one_in(&READS_LEFT, cap.sample) {
+            cap.sample
         } else {
-            n
-        }
+            return n;
+        };
+        (self.0.fetch_add(by, Relaxed).wrapping_add(by)) & Self::COUNT
     }
 
     /// Whether the entry was ever read.
@@ -778,15 +839,19 @@ mod tests {
     fn reads_count_to_a_cap_are_taken_once_and_outlive_a_claimed_refresh() {
         let r = Reads::default();
         assert!(!r.was_read());
-        assert_eq!((r.note(3), r.note(3), r.note(3), r.note(3)), (1, 2, 3, 3));
+        let (three, five) = (ReadCap::exact(3), ReadCap::exact(5));
+        assert_eq!(
+            (r.note(three), r.note(three), r.note(three), r.note(three)),
+            (1, 2, 3, 3)
+        );
         assert!(r.claim_refresh());
         assert!(!r.claim_refresh());
         // A claimed refresh does not stop the count.
-        assert_eq!(r.note(5), 4);
+        assert_eq!(r.note(five), 4);
         assert_eq!(r.take(), 4);
         assert_eq!(r.take(), 0);
         assert!(r.was_read());
-        assert_eq!(r.note(5), 1);
+        assert_eq!(r.note(five), 1);
         assert!(!r.claim_refresh());
         // A clone is a new count.
         let c = r.clone();
@@ -794,6 +859,34 @@ mod tests {
         assert_eq!(c.take(), 0);
         assert!(!c.was_read());
         assert!(c.claim_refresh());
+    }
+
+    #[test]
+    fn past_the_exact_part_one_read_in_the_sample_writes_and_adds_the_sample() {
+        let r = Reads::default();
+        let cap = ReadCap::sampled(5, 100_000, 16);
+        let counts: Vec<u32> = (0..5).map(|_| r.note(cap)).collect();
+        assert_eq!(counts, [1, 2, 3, 4, 5], "every read up to `exact`");
+        // 16 000 more reads: about 1 000 writes of 16 each (not 16 000 of
+        // one), the count a fair estimate.
+        let mut writes = 0;
+        let mut last = 5;
+        for _ in 0..16_000 {
+            let n = r.note(cap);
+            if n != last {
+                assert_eq!(n - last, 16);
+                writes += 1;
+            }
+            last = n;
+        }
+        assert!((700..=1_300).contains(&writes), "{writes} writes");
+        assert_eq!(r.take(), 5 + 16 * writes);
+        // Past `most`, nothing is written.
+        let r = Reads::default();
+        let cap = ReadCap::sampled(2, 2, 16);
+        assert_eq!((r.note(cap), r.note(cap), r.note(cap)), (1, 2, 2));
+        assert_eq!(ReadCap::sampled(9, 3, 0), ReadCap::exact(3));
+        assert_eq!(ReadCap::exact(u32::MAX).most(), Reads::MAX_CAP);
     }
 
     #[test]

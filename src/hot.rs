@@ -59,7 +59,8 @@ impl<T> Slot<T> {
 /// whatever the number of distinct keys (a heavy-hitters sketch in the
 /// manner of HeavyKeeper).
 ///
-/// A read is sampled one in `sample` per thread; a sampled read locks the
+/// A read is sampled one in `sample` per thread (on average:
+/// `sample::one_in`); a sampled read locks the
 /// key's shard only if it is free (no wait, no allocation) and looks at
 /// the `WAYS` slots of the key's bucket: the key's own is counted up, a
 /// free one is taken, otherwise the least-read one is counted down and
@@ -78,8 +79,8 @@ pub(crate) struct HotKeys<T> {
 type Shard<T> = Mutex<Box<[Slot<T>]>>;
 
 thread_local! {
-    /// This thread's reads since its last sampled one.
-    static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// This thread's reads left before its next sampled one.
+    static LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl<T: Clone> HotKeys<T> {
@@ -107,16 +108,7 @@ impl<T: Clone> HotKeys<T> {
     /// Whether this read is one of the sampled ones.
     #[inline]
     fn sampled(&self) -> bool {
-        if self.sample == 1 {
-            return true;
-        }
-        SEEN.try_with(|seen| {
-            let n = seen.get() + 1;
-            let hit = n >= self.sample;
-            seen.set(if hit { 0 } else { n });
-            hit
-        })
-        .unwrap_or(false)
+        crate::sample::one_in(&LEFT, self.sample)
     }
 
     /// The shard and the first slot of `key`'s bucket.
@@ -416,9 +408,10 @@ mod tests {
     #[test]
     fn one_read_in_sample_is_counted() {
         let hot = HotKeys::<u128>::new(1, 4);
-        // 8 reads on this thread: 2 sampled, the second asks the payload.
+        // 16 reads on this thread: at least 2 sampled (gaps are under 8),
+        // the second asks the payload, once.
         let mut asked = 0;
-        for _ in 0..8 {
+        for _ in 0..16 {
             hot.note(k(3), || {
                 asked += 1;
                 Some(3)

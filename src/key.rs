@@ -116,7 +116,8 @@ thread_local! {
 
 /// The request headers that carry credentials, in the order their digest
 /// takes them.
-static CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
+pub(crate) static CREDENTIAL_HEADERS: [HeaderName; 3] =
+    [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
 
 /// Whether `name` is one of the headers credentials partitioning digests.
 pub(crate) fn is_credential_header(name: &http::HeaderName) -> bool {

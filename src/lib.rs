@@ -141,6 +141,7 @@ mod reads;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
+mod sample;
 mod service;
 mod stats;
 mod status;

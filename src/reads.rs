@@ -1,8 +1,9 @@
 //! How often each key is read, for adaptive TTL: a table of fixed capacity
 //! (like the L2 promotion counters), written off the hit path.
 //!
-//! A read is counted on the entry that answered it ([`Reads`], one relaxed
-//! atomic on the hit path, no lock). Its count is carried here, under the
+//! A read is counted on the entry that answered it ([`Reads`]: every read
+//! up to a few, then one in `read_sample` per thread adding that many, a
+//! relaxed atomic, no lock). Its count is carried here, under the
 //! entry's key, when the entry stops answering: replaced by a new response
 //! or a refresh, dropped past its last useful instant, or at once for a
 //! copy read from L2 that L1 does not keep. When the cache stores a new
@@ -144,13 +145,14 @@ impl ReadCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::ReadCap;
 
     const WINDOW: Duration = Duration::from_secs(10);
 
     fn reads(n: u32) -> Reads {
         let r = Reads::default();
         for _ in 0..n {
-            r.note(u32::MAX);
+            r.note(ReadCap::exact(u32::MAX));
         }
         r
     }
@@ -205,7 +207,7 @@ mod tests {
                 full: true
             })
         );
-        r.note(u32::MAX);
+        r.note(ReadCap::exact(u32::MAX));
         counts.carry(key, &r, 0, 20_000);
         assert_eq!(counts.rate(key, 20_000).unwrap().per_window, 4);
         // Counts saturate.
@@ -226,7 +228,7 @@ mod tests {
             if i % 2 == 0 {
                 counts.rate(key, i as u64);
             } else {
-                one.note(u32::MAX);
+                one.note(ReadCap::exact(u32::MAX));
                 counts.carry(key, &one, 0, i as u64);
             }
             if i % 101 == 0 {

@@ -233,7 +233,7 @@ impl Tiers {
     ) -> bool {
         let admitted = self.admits(entry, way);
         if !admitted {
-            self.keep_out(key, superseded, headers);
+            let _ = self.keep_out(key, superseded, headers);
         }
         admitted
     }
@@ -241,9 +241,10 @@ impl Tiers {
     /// An entry the rule refused lives in L2 only: counted, and the older
     /// L1 copy it supersedes (`superseded`, or whatever L1 holds for these
     /// request headers) removed, so that it does not answer instead.
-    fn keep_out(&self, key: KeyHash, superseded: Option<&Arc<Entry>>, headers: &HeaderMap) {
+    /// Returns whether an L1 copy was removed.
+    fn keep_out(&self, key: KeyHash, superseded: Option<&Arc<Entry>>, headers: &HeaderMap) -> bool {
         self.not_admitted.incr();
-        self.l1.remove_stored(key, superseded, headers);
+        self.l1.remove_stored(key, superseded, headers)
     }
 
     /// Entries the admission rule kept out of L1.
@@ -551,7 +552,7 @@ impl Tiers {
     /// copy) goes to L1 as a new response would (the admission rule) and to
     /// L2, unless an invalidation came after it was read. One L1 held goes
     /// back to L1 unless the rule refuses its size (the old copy is then
-    /// removed), and to L2.
+    /// removed), and to L2; nowhere when L1 no longer holds `old`.
     pub(crate) fn replace(
         &self,
         key: KeyHash,
@@ -574,18 +575,21 @@ impl Tiers {
             return true;
         }
         let _ = (tier, now);
-        let admitted = self.admit_write(key, &new, Way::Newer, Some(old), req_headers);
-        let replaced = admitted && self.l1.replace_if(key, old, Arc::clone(&new), req_headers);
+        // `old` came from L1: the new copy goes anywhere only while `old`
+        // is still there. Once it is gone (an invalidation, a newer
+        // response, an eviction) writing `new` to L2 could bring back what
+        // was invalidated, or overwrite a newer copy.
+        let still_there = if self.admits(&new, Way::Newer) {
+            self.l1.replace_if(key, old, Arc::clone(&new), req_headers)
+        } else {
+            // The rule refuses the new copy's size: it lives in L2 only.
+            self.keep_out(key, Some(old), req_headers)
+        };
         #[cfg(feature = "redis")]
-        if let Some(l2) = &self.l2 {
-            // L2 may hold the entry even when L1 does not (the rule keeps
-            // such entries out of L1, or it was evicted); an invalidation
-            // deleted it from both.
-            if replaced || !self.admits(&new, Way::Store) {
-                l2.enqueue(key, &new, req_headers, now);
-            }
+        if let (true, Some(l2)) = (still_there, &self.l2) {
+            l2.enqueue(key, &new, req_headers, now);
         }
-        replaced || !admitted
+        still_there
     }
 }
 

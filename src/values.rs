@@ -528,19 +528,19 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// The L1 step of a lookup (unless the options keep values in L2 only).
     /// Every lookup takes it: its read is noted for hot-key refresh and
-    /// prefetch here.
+    /// prefetch here, after the L1 look-up (a miss always prefetches).
     fn look_in_l1(&self, call: &Call<'_>, now: u64) -> Answer<T> {
+        let found = if call.opts.uses_l1() {
+            let none = HeaderMap::new();
+            self.shared().tiers.lookup_l1(call.hash, &none, now)
+        } else {
+            L1Lookup::Miss { fwd: Fwd::UriMiss }
+        };
         if let Some(hot) = &self.hot {
-            self.after_read(hot, call);
+            let miss = matches!(found, L1Lookup::Miss { .. });
+            self.after_read(hot, call, miss);
         }
-        if !call.opts.uses_l1() {
-            return Answer::Miss;
-        }
-        match self
-            .shared()
-            .tiers
-            .lookup_l1(call.hash, &HeaderMap::new(), now)
-        {
+        match found {
             L1Lookup::Found(entry) => self.answer(call, entry, Tier::L1, None, now),
             L1Lookup::Miss { .. } => Answer::Miss,
         }

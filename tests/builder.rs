@@ -72,6 +72,23 @@ fn each_concern_is_checked() {
                 .adaptive_ttl(tower_tiered_cache::AdaptiveTtl::new().cold_under(60, 0.5))
                 .build(),
         ),
+        // An upper bound past what an L2 entry's timeline may span: L2
+        // would refuse what L1 keeps.
+        (
+            "adaptive_ttl",
+            Cache::builder()
+                .adaptive_ttl(
+                    tower_tiered_cache::AdaptiveTtl::new()
+                        .bounds(std::time::Duration::from_secs(1), std::time::Duration::MAX),
+                )
+                .build(),
+        ),
+        (
+            "adaptive_ttl",
+            Cache::builder()
+                .adaptive_ttl(tower_tiered_cache::AdaptiveTtl::new().read_sample(0))
+                .build(),
+        ),
         (
             "coalesce_timeout",
             Cache::builder()
@@ -133,10 +150,15 @@ fn l1_admission_refuses_a_size_of_zero() {
 /// `top_n` accepted.
 fn hot_key_cases() -> Vec<(&'static str, Result<Cache, BuildError>)> {
     use std::time::Duration;
-    use tower_tiered_cache::builder::MAX_REFRESH_HOT_TOP_N;
+    use tower_tiered_cache::builder::{
+        MAX_CONCURRENCY, MAX_PREFETCH_QUEUE, MAX_REFRESH_HOT_EVERY, MAX_REFRESH_HOT_TOP_N,
+    };
     let every = Duration::from_secs(60);
     assert!(Cache::builder()
-        .refresh_hot(MAX_REFRESH_HOT_TOP_N, every)
+        .refresh_hot(MAX_REFRESH_HOT_TOP_N, MAX_REFRESH_HOT_EVERY)
+        .prefetch_queue(MAX_PREFETCH_QUEUE)
+        .max_concurrent_prefetches(MAX_CONCURRENCY)
+        .max_concurrent_refreshes(MAX_CONCURRENCY)
         .build()
         .is_ok());
     vec![
@@ -149,6 +171,36 @@ fn hot_key_cases() -> Vec<(&'static str, Result<Cache, BuildError>)> {
         (
             "refresh_hot",
             Cache::builder().refresh_hot(1, Duration::ZERO).build(),
+        ),
+        // A period tokio's clock cannot add to `now` (it panicked in the
+        // worker), and one just past the bound.
+        (
+            "refresh_hot",
+            Cache::builder().refresh_hot(10, Duration::MAX).build(),
+        ),
+        (
+            "refresh_hot",
+            Cache::builder()
+                .refresh_hot(10, MAX_REFRESH_HOT_EVERY + Duration::from_millis(1))
+                .build(),
+        ),
+        (
+            "prefetch_queue",
+            Cache::builder()
+                .prefetch_queue(MAX_PREFETCH_QUEUE + 1)
+                .build(),
+        ),
+        (
+            "max_concurrent_prefetches",
+            Cache::builder()
+                .max_concurrent_prefetches(usize::MAX)
+                .build(),
+        ),
+        (
+            "max_concurrent_refreshes",
+            Cache::builder()
+                .max_concurrent_refreshes(usize::MAX)
+                .build(),
         ),
         ("hot_key_sample", Cache::builder().hot_key_sample(0).build()),
         ("prefetch_queue", Cache::builder().prefetch_queue(0).build()),

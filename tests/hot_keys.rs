@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tower_tiered_cache::warm::Background;
 use tower_tiered_cache::{Cache, CacheBuilder, ManualClock};
 
 use support::*;
@@ -241,22 +242,30 @@ async fn a_full_prefetch_queue_drops_and_counts_and_holds_no_more() {
     }
 }
 
-#[tokio::test]
-async fn the_worker_ends_and_lets_go_of_the_inner_service_when_the_cache_is_dropped() {
-    let clock = clock();
-    let cache = prefetching(&clock)
-        .refresh_hot(2, secs(60))
-        .build()
-        .unwrap();
+/// A prefetching `refresh_hot` cache, its service and running worker,
+/// after one read; the origin holds the token returned (and a clone of
+/// the cache, with `holds_cache`).
+async fn worker_holding(
+    clock: &ManualClock,
+    holds_cache: bool,
+) -> (Cache, Svc, Background, Arc<()>) {
+    let cache = prefetching(clock).refresh_hot(2, secs(60)).build().unwrap();
     let token = Arc::new(());
-    let held = token.clone();
+    let (held, kept) = (token.clone(), holds_cache.then(|| cache.clone()));
     let (origin, _log) = origin(move |_, _| {
-        let _held = &held;
+        let _held = (&held, &kept);
         ok("max-age=3600", "x")
     });
     let svc = cached(&cache, origin);
     let background = svc.spawn_background::<(), _>().unwrap();
     read(&svc, "/k1").await;
+    (cache, svc, background, token)
+}
+
+#[tokio::test]
+async fn the_worker_ends_and_lets_go_of_the_inner_service_when_the_cache_is_dropped() {
+    let clock = clock();
+    let (cache, svc, background, token) = worker_holding(&clock, false).await;
     // One worker per cache; `stop` ends it and another may start.
     assert!(svc
         .spawn_background::<(), _>()
@@ -414,5 +423,169 @@ async fn a_hung_origin_holds_a_refresh_or_a_prefetch_no_longer_than_its_deadline
     clock.advance(secs(60));
     background.refresh_hot_now();
     assert!(eventually(|| cache.stats().refresh_failed == 2).await);
+    assert_eq!(cache.stats().hot_refreshes, 2);
+}
+
+/// An inner service that holds the cache (an axum router whose
+/// state is the `Cache`) keeps the cache alive, so only the handle can end
+/// the worker: dropping it does.
+#[tokio::test]
+async fn dropping_the_handle_stops_a_worker_whose_inner_service_holds_the_cache() {
+    let clock = clock();
+    let (cache, svc, background, token) = worker_holding(&clock, true).await;
+    assert!(eventually(|| cache.stats().prefetch.warmed == 1).await);
+    drop(svc);
+    drop(cache);
+    assert!(
+        !background.is_finished(),
+        "the inner service holds the cache"
+    );
+    drop(background);
+    assert!(
+        eventually(|| Arc::strong_count(&token) == 1).await,
+        "the worker, its inner service and the cache outlived the handle"
+    );
+}
+
+/// A hit runs the prefetch function one time in
+/// `hot_key_sample` (per thread), a miss every time; other hits cost a
+/// thread-local count.
+#[tokio::test]
+async fn prefetch_runs_for_every_miss_and_one_hit_in_the_sample() {
+    let clock = clock();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .hot_key_sample(8)
+        .prefetch(move |_| {
+            a.fetch_add(1, Ordering::SeqCst);
+            vec!["/next".parse().unwrap()]
+        })
+        .build()
+        .unwrap();
+    let (origin, _log) = counting_origin();
+    let svc = cached(&cache, origin);
+    let _background = svc.spawn_background::<(), _>().unwrap();
+    for i in 0..4 {
+        read(&svc, &format!("/list{i}")).await;
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "every miss");
+    for _ in 0..160 {
+        read(&svc, "/list0").await;
+    }
+    // One in 8 on average, gaps under 16: 10 at least, 20 expected.
+    let hits = asked.load(Ordering::SeqCst) - 4;
+    assert!((10..=60).contains(&hits), "{hits} of 160 hits ran it");
+}
+
+/// What `refresh_hot` and `prefetch` send carries none of the
+/// reader's credentials (keys are not partitioned by them), and a URL on
+/// another host is refused and counted as dropped.
+#[tokio::test]
+async fn replays_carry_no_credentials_and_prefetch_stays_on_the_reads_host() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .refresh_hot(1, secs(60))
+        .prefetch(|req| match req.uri.path() {
+            "/a" => vec![
+                "http://other.example/steal".parse().unwrap(),
+                "/b".parse().unwrap(),
+            ],
+            _ => Vec::new(),
+        })
+        .build()
+        .unwrap();
+    let (origin, log) = origin(|n, req| {
+        let body = format!("{} #{}", req.uri().path(), n + 1);
+        ok("public, max-age=3600", &body)
+    });
+    let svc = cached(&cache, origin);
+    let background = svc.spawn_background::<(), _>().unwrap();
+    let alice = [
+        ("authorization", "Bearer alice"),
+        ("proxy-authorization", "Basic YWxpY2U="),
+        ("cookie", "session=alice"),
+        ("accept", "text/plain"),
+    ];
+    for _ in 0..3 {
+        assert_eq!(send(&svc, get_with(&url("/a"), &alice)).await.status(), 200);
+    }
+    assert!(eventually(|| cache.stats().prefetch.warmed == 1).await);
+    let p = cache.stats().prefetch;
+    assert_eq!((p.queued, p.dropped), (1, 3), "another host, once per read");
+    clock.advance(secs(60));
+    background.refresh_hot_now();
+    assert!(eventually(|| cache.stats().refresh_ok == 1).await);
+    assert_eq!(log.calls(), 3, "/a, /b's prefetch, /a's refresh");
+    for i in 0..log.calls() {
+        let seen = log.request(i);
+        assert_ne!(seen.uri.host(), Some("other.example"));
+        if i == 0 {
+            assert_eq!(seen.header("cookie"), Some("session=alice"));
+            continue;
+        }
+        for (name, _) in &alice[..3] {
+            assert_eq!(seen.header(name), None, "{name} replayed to {}", seen.uri);
+        }
+        assert_eq!(seen.header("accept"), Some("text/plain"));
+    }
+    assert_eq!(calls_to(&log, "/b"), 1);
+}
+
+/// A round waiting for a refresh permit takes none from the
+/// request path: a stale entry read meanwhile is refreshed, not skipped.
+#[tokio::test]
+async fn a_round_waiting_for_a_permit_never_holds_up_a_stale_refresh() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .refresh_hot(2, secs(60))
+        .max_concurrent_refreshes(1)
+        .build()
+        .unwrap();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |n, req: http::Request<()>| {
+        let g = g.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            if n >= 3 && path.starts_with("/h") {
+                g.pass().await; // the hot keys' refreshes wait
+            }
+            let cc = if path == "/s" {
+                "max-age=10, stale-while-revalidate=600"
+            } else {
+                "max-age=3600"
+            };
+            Ok::<_, Infallible>(ok(cc, &path))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let background = svc.spawn_background::<(), _>().unwrap();
+    for path in ["/h1", "/h2"] {
+        for _ in 0..3 {
+            read(&svc, path).await;
+        }
+    }
+    read(&svc, "/s").await;
+    assert_eq!(log.calls(), 3);
+    clock.advance(secs(60));
+    background.refresh_hot_now();
+    // One hot refresh holds the round's permit, the round waits for another.
+    assert!(eventually(|| log.calls() == 4).await);
+    assert_eq!(read(&svc, "/s").await, "/s");
+    assert_eq!(cache.stats().stale, 1, "answered stale, refreshed behind");
+    assert!(
+        eventually(|| calls_to(&log, "/s") == 2).await,
+        "the stale refresh was held up: {:?}",
+        cache.stats()
+    );
+    assert_eq!(cache.stats().refresh_skipped, 0);
+    gate.open();
+    assert!(
+        eventually(|| cache.stats().refresh_ok == 3).await,
+        "{:?}",
+        cache.stats()
+    );
     assert_eq!(cache.stats().hot_refreshes, 2);
 }

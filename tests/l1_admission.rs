@@ -376,3 +376,121 @@ async fn a_copy_refreshed_elsewhere_is_not_adopted_into_l1_when_refused() {
     assert_eq!(body(r).await, big_body());
     assert_eq!(log.calls(), 2, "B's refresh did not call the origin");
 }
+
+/// A 304 that arrives after another instance stored a newer response
+/// (whose announcement took this instance's L1 copy away) does not write
+/// the older, merged entry over the newer one in L2.
+#[tokio::test]
+async fn a_late_304_does_not_overwrite_a_newer_copy_in_l2() {
+    require_redis();
+    let server = RedisServer::start();
+    let clock = clock();
+    let pad = "p".repeat(LIMIT as usize);
+    let rule = L1Admission::MaxBytes(LIMIT);
+    let a = l2(&server, "late304", &clock, rule).build().unwrap();
+    let b = l2(&server, "late304", &clock, rule).build().unwrap();
+    let (b_origin, _) = origin(|_, _| ok("max-age=600", "v2"));
+    // In a mutex: the origin function must be `Sync`, the service is not.
+    let b_svc = std::sync::Mutex::new(cached(&b, b_origin));
+    let b_svc = std::sync::Arc::new(b_svc);
+    let a_view = a.clone();
+    let (a_origin, log) = origin_fn(move |n, _req| {
+        let b_svc = b_svc.lock().unwrap().clone();
+        let (a, b, pad) = (a_view.clone(), b.clone(), pad.clone());
+        async move {
+            if n == 0 {
+                return Ok::<_, std::convert::Infallible>(response(
+                    200,
+                    &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                    "v1",
+                ));
+            }
+            // While this revalidation is at the origin, instance b stores
+            // v2; its announcement removes a's L1 copy.
+            let mut req = get(SMALL);
+            req.headers_mut()
+                .insert("cache-control", "no-cache".parse().unwrap());
+            assert_eq!(body(send(&b_svc, req).await).await, "v2");
+            assert!(eventually(|| a.stats().l1_entries == 0).await);
+            assert!(eventually(|| b.l2_pending_writes() == 0).await);
+            Ok(response(
+                304,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("etag", "\"v1\""),
+                    ("x-pad", &pad),
+                ],
+                "",
+            ))
+        }
+    });
+    let svc = cached(&a, a_origin);
+    send(&svc, get(SMALL)).await;
+    written(&a, 1).await;
+    subscribed(&a).await;
+
+    clock.advance(secs(2));
+    send(&svc, get(SMALL)).await;
+    assert_eq!(log.calls(), 2);
+    assert!(eventually(|| a.l2_pending_writes() == 0).await);
+    let c = l2(&server, "late304", &clock, rule).build().unwrap();
+    let (c_origin, c_log) = origin(|_, _| ok("max-age=600", "origin"));
+    let r = send(&cached(&c, c_origin), get(SMALL)).await;
+    assert_eq!(body(r).await, "v2", "the older entry overwrote the newer");
+    assert_eq!(c_log.calls(), 0);
+}
+
+/// A 304 that arrives after the L1 copy it revalidates was invalidated
+/// brings nothing back: the merged entry, refused by size, is not written
+/// to L2 (it was, and the invalidated response came back for every
+/// instance).
+#[tokio::test]
+async fn a_304_after_an_invalidation_brings_nothing_back() {
+    require_redis();
+    let server = RedisServer::start();
+    let clock = clock();
+    let pad = "p".repeat(LIMIT as usize);
+    let holder: std::sync::Arc<std::sync::OnceLock<Cache>> = Default::default();
+    let inner = holder.clone();
+    let (origin, log) = origin(move |n, req| match n {
+        0 => response(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+            "small",
+        ),
+        1 => {
+            // The purge lands while the revalidation is at the origin.
+            assert!(inner.get().unwrap().invalidate(req));
+            response(
+                304,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("etag", "\"v1\""),
+                    ("x-pad", &pad),
+                ],
+                "",
+            )
+        }
+        _ => ok("max-age=600", "v2"),
+    });
+    let cache = l2(&server, "inv304", &clock, L1Admission::MaxBytes(LIMIT))
+        .build()
+        .unwrap();
+    holder.set(cache.clone()).ok().unwrap();
+    let svc = cached(&cache, origin.clone());
+    send(&svc, get(SMALL)).await;
+    written(&cache, 1).await;
+
+    clock.advance(secs(2));
+    send(&svc, get(SMALL)).await;
+    assert_eq!(log.calls(), 2);
+    assert!(eventually(|| cache.l2_pending_writes() == 0).await);
+    assert_eq!(cache.stats().l1_entries, 0);
+    // Another instance (no L1 copy) finds nothing in L2.
+    let other = l2(&server, "inv304", &clock, L1Admission::MaxBytes(LIMIT))
+        .build()
+        .unwrap();
+    let r = send(&cached(&other, origin), get(SMALL)).await;
+    assert_eq!(body(r).await, "v2", "the invalidated entry came back");
+    assert_eq!(log.calls(), 3);
+}

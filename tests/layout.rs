@@ -17,6 +17,7 @@ const BELOW_ENGINE: &[&str] = &[
     "hot.rs",
     "key.rs",
     "reads.rs",
+    "sample.rs",
     "stats.rs",
     "status.rs",
     "sync.rs",

@@ -239,7 +239,7 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
             vec![format!(
                 "{} (×{DEFAULT_ADAPTIVE_HOT_FACTOR} over {DEFAULT_ADAPTIVE_HOT_AFTER} reads, \
                  ×{DEFAULT_ADAPTIVE_COLD_FACTOR} under {DEFAULT_ADAPTIVE_COLD_UNDER}, per {}; \
-                 {} to {}; {} keys)",
+                 {} to {}; {} keys; one read in {DEFAULT_ADAPTIVE_READ_SAMPLE} past the first few)",
                 DEFAULT_ADAPTIVE_TTL.map_or("off", |_| "on"),
                 dur(DEFAULT_ADAPTIVE_WINDOW),
                 dur(DEFAULT_ADAPTIVE_MIN_TTL),
@@ -253,9 +253,10 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
         (
             "refresh_timeout",
             vec![format!(
-                "{} / {}",
+                "{} / {} (at most {})",
                 dur(DEFAULT_REFRESH_TIMEOUT),
-                count(DEFAULT_MAX_CONCURRENT_REFRESHES)
+                count(DEFAULT_MAX_CONCURRENT_REFRESHES),
+                count(MAX_CONCURRENCY)
             )],
         ),
         (
@@ -292,9 +293,10 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
         (
             "refresh_hot",
             vec![format!(
-                "off (top {DEFAULT_REFRESH_HOT_TOP_N}, every {}; top at most {})",
+                "off (top {DEFAULT_REFRESH_HOT_TOP_N}, every {}; top at most {}, every at most {})",
                 dur(DEFAULT_REFRESH_HOT_EVERY),
-                count(MAX_REFRESH_HOT_TOP_N)
+                count(MAX_REFRESH_HOT_TOP_N),
+                dur(MAX_REFRESH_HOT_EVERY)
             )],
         ),
         ("hot_key_sample", vec![DEFAULT_HOT_KEY_SAMPLE.to_string()]),

@@ -2905,12 +2905,14 @@ async fn rfc9213_the_obeyed_field_is_stripped_only_when_configured() {
 // ---------------------------------------------------------------------------
 
 /// Adaptive TTL over a 10 s window: more than 50 reads double the TTL the
-/// cache chose, fewer than 5 halve it.
+/// cache chose, fewer than 5 halve it. Every read is counted (the default
+/// counts one in 8 past an entry's first reads), so that 60 reads are 60.
 fn adaptive() -> AdaptiveTtl {
     AdaptiveTtl::new()
         .hot_after(50, 2.0)
         .cold_under(5, 0.5)
         .window(secs(10))
+        .read_sample(1)
 }
 
 /// Reads `url` `n` times, each a fresh hit.

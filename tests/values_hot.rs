@@ -17,7 +17,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use support::*;
+
+use tower_tiered_cache::builder::{MAX_CONCURRENCY, MAX_PREFETCH_QUEUE, MAX_REFRESH_HOT_EVERY};
 use tower_tiered_cache::values::{HotOptions, ValueOptions};
 use tower_tiered_cache::{AdaptiveTtl, Cache, ManualClock, ValueCache};
 
@@ -101,14 +104,17 @@ async fn read(values: &ValueCache<String>, origin: &Origin, key: &str, opts: &Va
 
 /// A value's soft TTL (10 s) becomes 20 s for a key read 60 times in the
 /// window, 5 s for one read twice; its hard TTL stays 20 s after the end
-/// of freshness (the stale window keeps its length), for either.
+/// of freshness (the stale window keeps its length), for either. Every
+/// read is counted (the default counts one in 8 past an entry's first
+/// reads), so that 60 reads are 60.
 #[tokio::test]
 async fn adaptive_ttl_doubles_a_hot_values_ttl_and_halves_a_cold_ones() {
     let clock = clock();
     let adaptive = AdaptiveTtl::new()
         .hot_after(50, 2.0)
         .cold_under(5, 0.5)
-        .window(secs(10));
+        .window(secs(10))
+        .read_sample(1);
     let cache = Cache::builder()
         .clock(clock.clone())
         .adaptive_ttl(adaptive)
@@ -294,6 +300,96 @@ async fn the_value_worker_ends_and_lets_go_of_its_fetch_when_the_value_cache_is_
     assert!(other.get("u1").await.is_some());
 }
 
+/// The value cache's handle alone ends its worker: the value cache lives
+/// on, the worker's fetch is let go, and another worker may start.
+#[tokio::test]
+async fn dropping_the_handle_stops_a_value_worker() {
+    let clock = clock();
+    let (cache, odds) = hot_values(&clock, HotOptions::new().prefetch(next_keys));
+    let origin = Origin::default();
+    let background = odds.spawn_background(origin.fetch()).unwrap();
+    read(&odds, &origin, "k1", &long()).await;
+    assert!(eventually(|| cache.stats().prefetch.warmed == 1).await);
+    drop(background);
+    assert!(
+        eventually(|| Arc::strong_count(&origin.calls) == 1).await,
+        "the worker outlived its handle"
+    );
+    let again = odds.spawn_background(origin.fetch());
+    assert!(again.is_ok(), "a worker may start again");
+}
+
+/// A miss runs the prefetch function every time, a hit one time in
+/// `hot_key_sample` (per thread).
+#[tokio::test]
+async fn value_prefetch_runs_for_every_miss_and_one_hit_in_the_sample() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = Arc::clone(&asked);
+    let hot = HotOptions::new().hot_key_sample(8).prefetch(move |_| {
+        a.fetch_add(1, Ordering::SeqCst);
+        vec![String::from("next")]
+    });
+    let cache = Cache::builder().clock(clock()).build().unwrap();
+    let odds = cache.values::<String>("odds").unwrap().with_hot(hot);
+    let odds = odds.unwrap();
+    let origin = Origin::default();
+    let _background = odds.spawn_background(origin.fetch()).unwrap();
+    for i in 0..4 {
+        read(&odds, &origin, &format!("k{i}"), &long()).await;
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "every miss");
+    for _ in 0..160 {
+        read(&odds, &origin, "k0", &long()).await;
+    }
+    // One in 8 on average, gaps under 16: 10 at least, 20 expected.
+    let hits = asked.load(Ordering::SeqCst) - 4;
+    assert!((10..=60).contains(&hits), "{hits} of 160 hits ran it");
+}
+
+/// A value round waiting for a refresh permit takes none from the request
+/// path: a stale value read meanwhile is refreshed, not skipped.
+#[tokio::test]
+async fn a_value_round_waiting_for_a_permit_never_holds_up_a_stale_refresh() {
+    let clock = clock();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .max_concurrent_refreshes(1)
+        .build()
+        .unwrap();
+    let hot = HotOptions::new().refresh_hot(2, secs(60)).hot_key_sample(1);
+    let odds = cache.values::<String>("odds").unwrap().with_hot(hot);
+    let odds = odds.unwrap();
+    let gate = Gate::new();
+    let origin = Origin::gated(&gate);
+    let background = odds.spawn_background(origin.fetch()).unwrap();
+    gate.let_through(2); // the first fetches of u1 and u2
+    for key in ["u1", "u2"] {
+        for _ in 0..3 {
+            read(&odds, &origin, key, &long()).await;
+        }
+    }
+    clock.advance(secs(60));
+    background.refresh_hot_now();
+    // One hot refresh holds the round's permit, the round waits for another.
+    assert!(eventually(|| origin.total() == 3).await);
+    read(&odds, &origin, "s", &opts()).await;
+    clock.advance(secs(15));
+    read(&odds, &origin, "s", &opts()).await;
+    assert_eq!(cache.stats().stale, 1, "answered stale, refreshed behind");
+    assert!(
+        eventually(|| origin.calls("s") == 2).await,
+        "the stale refresh was held up: {:?}",
+        cache.stats()
+    );
+    assert_eq!(cache.stats().refresh_skipped, 0);
+    gate.open();
+    assert!(
+        eventually(|| cache.stats().hot_refreshes == 2).await,
+        "{:?}",
+        cache.stats()
+    );
+}
+
 #[tokio::test]
 async fn a_value_worker_needs_settings_a_runtime_and_sane_bounds() {
     let cache = Cache::builder().build().unwrap();
@@ -314,12 +410,30 @@ async fn a_value_worker_needs_settings_a_runtime_and_sane_bounds() {
             HotOptions::new().prefetch_timeout(secs(0)),
             "prefetch_timeout",
         ),
+        // The builder's caps.
+        (
+            HotOptions::new().refresh_hot(1, MAX_REFRESH_HOT_EVERY + secs(1)),
+            "refresh_hot",
+        ),
+        (
+            HotOptions::new().prefetch_queue(MAX_PREFETCH_QUEUE + 1),
+            "prefetch_queue",
+        ),
+        (
+            HotOptions::new().max_concurrent_prefetches(MAX_CONCURRENCY + 1),
+            "max_concurrent_prefetches",
+        ),
     ];
     for (hot, setting) in refused {
         let err = plain.clone().with_hot(hot).unwrap_err();
         assert!(err.is_invalid_setting(), "{setting}");
         assert_eq!(err.setting(), setting);
     }
+    let widest = HotOptions::new()
+        .refresh_hot(1, MAX_REFRESH_HOT_EVERY)
+        .prefetch_queue(MAX_PREFETCH_QUEUE)
+        .max_concurrent_prefetches(MAX_CONCURRENCY);
+    assert!(plain.clone().with_hot(widest).is_ok());
     // Outside a runtime.
     let values = plain.with_hot(HotOptions::new().refresh_hot(1, secs(1)));
     let values = values.unwrap();

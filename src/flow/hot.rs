@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::{
-    HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE,
+    HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, EXPECT, HOST, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE,
 };
 use http::request::Parts;
 use http::{Request, Uri};
@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::Upstream;
 use crate::cache::{get_view, Cache, Fetch, Shared};
 use crate::hot::{Claim, HotKeys, PrefetchQueue, Pushed};
-use crate::key::{key_uri, KeyHash};
+use crate::key::{key_uri, KeyConfig, KeyHash, CREDENTIAL_HEADERS};
 use crate::policy::{strip_hop_by_hop, RequestDirectives};
 use crate::status::Fwd;
 use crate::tiers::{L1Lookup, Tier};
@@ -59,6 +59,12 @@ const NOT_REPLAYED: [http::HeaderName; 10] = [
     EXPECT,
 ];
 
+thread_local! {
+    /// This thread's hits left before its next sampled one, for prefetch
+    /// (HTTP reads and values' alike).
+    static PREFETCH_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// The settings of `refresh_hot` and `prefetch`, as the builder holds them
 /// (and a value cache's [`HotOptions`](crate::values::HotOptions), with
 /// its own kind of prefetch function `F`).
@@ -86,7 +92,8 @@ impl<F> fmt::Debug for HotSettings<F> {
 
 /// A request to send again, as kept for a key: its URI and the request
 /// fields that select its entry (without the client's conditionals, range
-/// and directives).
+/// and directives, nor its credentials unless keys are partitioned by
+/// them).
 #[derive(Debug)]
 pub(crate) struct Replay {
     uri: Uri,
@@ -94,27 +101,44 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// `uri` with `headers`, unless the headers are over
-    /// [`MAX_REPLAY_HEADER_BYTES`].
-    fn new(uri: Uri, headers: &HeaderMap) -> Option<Self> {
+    /// Whether a request with `headers` may be kept: at most
+    /// [`MAX_REPLAY_HEADER_BYTES`] of them.
+    fn fits(headers: &HeaderMap) -> bool {
         let size: usize = headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum();
-        if size > MAX_REPLAY_HEADER_BYTES {
-            return None;
-        }
+        size <= MAX_REPLAY_HEADER_BYTES
+    }
+
+    /// `uri` with `headers`, unless they do not [fit](Self::fits).
+    fn new(uri: Uri, headers: &HeaderMap, keys: &KeyConfig) -> Option<Self> {
+        Self::fits(headers).then(|| Self::made(uri, headers, keys))
+    }
+
+    /// `uri` with `headers`, less the fields never replayed and the
+    /// credentials `keys` does not partition by.
+    fn made(uri: Uri, headers: &HeaderMap, keys: &KeyConfig) -> Self {
         let mut headers = headers.clone();
         strip_hop_by_hop(&mut headers);
         for name in NOT_REPLAYED {
             headers.remove(name);
         }
-        Some(Self { uri, headers })
+        if !keys.credentials {
+            // One client's credentials are never sent for a key others
+            // share; a key header naming one partitions by it.
+            for name in CREDENTIAL_HEADERS.iter() {
+                if !keys.headers.contains(name) {
+                    headers.remove(name);
+                }
+            }
+        }
+        Self { uri, headers }
     }
 
     /// The request read, as it would be sent again.
-    fn of(parts: &Parts) -> Option<Self> {
-        Self::new(key_uri(parts).clone(), &parts.headers)
+    fn of(parts: &Parts, keys: &KeyConfig) -> Option<Self> {
+        Self::new(key_uri(parts).clone(), &parts.headers, keys)
     }
 
     /// A `GET` for it.
@@ -144,6 +168,8 @@ pub(crate) struct HotParts<T, F> {
     tracker: Option<Arc<HotKeys<T>>>,
     top_n: usize,
     every: Duration,
+    /// A hit prefetches one read in this many (per thread); a miss always.
+    sample: u32,
     prefetch: Option<Prefetch<T, F>>,
     /// A worker is running (one per set of parts).
     attached: Arc<AtomicBool>,
@@ -173,6 +199,7 @@ impl<T: Clone, F> HotParts<T, F> {
             tracker,
             top_n: settings.top_n,
             every: settings.every,
+            sample: settings.sample,
             prefetch,
             attached: Arc::new(AtomicBool::new(false)),
             alive: tokio::sync::watch::channel(()).0,
@@ -188,34 +215,42 @@ impl<T: Clone, F> HotParts<T, F> {
         }
     }
 
-    /// The prefetch function and its queue, while a worker runs to take
-    /// from it (nothing is queued otherwise).
+    /// The prefetch function and its queue, for a read that found nothing
+    /// in L1 (`miss`) or one hit in `hot_key_sample` per thread (other
+    /// hits cost a thread-local count), while a worker runs to take from
+    /// the queue (nothing is queued otherwise).
     #[inline]
-    pub(crate) fn prefetching(&self) -> Option<(&F, &PrefetchQueue<T>)> {
+    pub(crate) fn prefetching(&self, miss: bool) -> Option<(&F, &PrefetchQueue<T>)> {
         let p = self.prefetch.as_ref()?;
-        self.attached
-            .load(Ordering::Relaxed)
-            .then_some((&p.func, &*p.queue))
+        let now = self.attached.load(Ordering::Relaxed)
+            && (miss || crate::sample::one_in(&PREFETCH_LEFT, self.sample));
+        now.then_some((&p.func, &*p.queue))
     }
 }
 
 impl Cache {
-    /// After the look-up of `key` by `parts` (hit or miss): the read is
-    /// counted for `refresh_hot`, and the URLs `prefetch` names are queued
-    /// while a worker runs. Reads made by prefetching do neither.
+    /// After the L1 look-up of `key` by `parts` (`miss`: L1 had nothing
+    /// for it): the read is counted for `refresh_hot` (one in
+    /// `hot_key_sample`), and, while a worker runs, the URLs `prefetch`
+    /// names are queued: for a miss, and for one hit in `hot_key_sample`
+    /// per thread (other hits cost a thread-local count). Reads made by
+    /// prefetching do neither.
     #[inline(never)]
-    pub(crate) fn after_read(&self, hot: &HotState, key: KeyHash, parts: &Parts) {
+    pub(crate) fn after_read(&self, hot: &HotState, key: KeyHash, parts: &Parts, miss: bool) {
         if parts.extensions.get::<PrefetchRequest>().is_some() {
             return;
         }
-        hot.note(key, || Replay::of(parts).map(Arc::new));
-        if let Some((func, queue)) = hot.prefetching() {
+        let keys = &self.shared.keys;
+        hot.note(key, || Replay::of(parts, keys).map(Arc::new));
+        if let Some((func, queue)) = hot.prefetching(miss) {
             self.prefetch_for(func, queue, key, parts);
         }
     }
 
     /// Queues the URLs `func` names for the read of `key` by `parts` that
-    /// are not stored in L1 (nor marked hit-for-pass), counted.
+    /// are on the read's host and not stored in L1 (nor marked
+    /// hit-for-pass), counted; one for another host is dropped. The
+    /// request to send is made only for a key the queue takes.
     fn prefetch_for(
         &self,
         func: &PrefetchFn,
@@ -224,36 +259,48 @@ impl Cache {
         parts: &Parts,
     ) {
         let targets = func(parts);
+        if targets.is_empty() || !Replay::fits(&parts.headers) {
+            return;
+        }
         let now = self.now();
+        let s = &*self.shared;
         self.queue_prefetches(queue, targets, now, |uri| {
             let uri = resolve(key_uri(parts), uri);
+            if !same_host(parts, &uri) {
+                s.counters.prefetch_dropped.incr();
+                return None;
+            }
             let target = self.prefetch_key(&uri, &parts.headers)?;
             if target == key || self.is_present(target, &parts.headers, now) {
                 return None;
             }
-            Some((target, Arc::new(Replay::new(uri, &parts.headers)?)))
+            let replay = move || Arc::new(Replay::made(uri, &parts.headers, &s.keys));
+            Some((target, replay))
         });
     }
 
     /// Queues the first [`MAX_PREFETCH_PER_READ`] of `targets` one read
-    /// named, each as the key and payload `wanted` makes of it (`None`:
-    /// not worth warming), at `now`; counts what was queued and what was
-    /// dropped (beyond the per-read bound, or the queue full).
-    pub(crate) fn queue_prefetches<U, T>(
+    /// named, each as the key `wanted` makes of it with the maker of its
+    /// payload (`None`: not worth warming), at `now`; the payload is made
+    /// only when the queue takes the key. Counts what was queued and what
+    /// was dropped (beyond the per-read bound, or the queue full).
+    pub(crate) fn queue_prefetches<U, T, M>(
         &self,
         queue: &PrefetchQueue<T>,
         targets: Vec<U>,
         now: u64,
-        mut wanted: impl FnMut(U) -> Option<(KeyHash, T)>,
-    ) {
+        mut wanted: impl FnMut(U) -> Option<(KeyHash, M)>,
+    ) where
+        M: FnOnce() -> T,
+    {
         let counters = &self.shared.counters;
         let over = targets.len().saturating_sub(MAX_PREFETCH_PER_READ);
         counters.prefetch_dropped.add(over as u64);
         for target in targets.into_iter().take(MAX_PREFETCH_PER_READ) {
-            let Some((key, item)) = wanted(target) else {
+            let Some((key, make)) = wanted(target) else {
                 continue;
             };
-            match queue.push(key, now, || item) {
+            match queue.push(key, now, make) {
                 Pushed::Queued => counters.prefetch_queued.incr(),
                 Pushed::Full => counters.prefetch_dropped.incr(),
                 Pushed::Known | Pushed::Cooling => {}
@@ -340,6 +387,26 @@ fn resolve(base: &Uri, uri: Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or(uri)
 }
 
+/// Whether `uri` (as [`resolve`]d) goes where the read `parts` went: no
+/// authority of its own, or the read's (its URI's, else its `Host`), and
+/// the read's scheme when both name one.
+fn same_host(parts: &Parts, uri: &Uri) -> bool {
+    let Some(to) = uri.authority() else {
+        return true;
+    };
+    let base = key_uri(parts);
+    if base.scheme().zip(uri.scheme()).is_some_and(|(a, b)| a != b) {
+        return false;
+    }
+    match base.authority() {
+        Some(from) => from == to,
+        None => parts
+            .headers
+            .get(HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(to.as_str().as_bytes())),
+    }
+}
+
 /// Starts the `refresh_hot` refresh of `key` (kept as `replay`) through
 /// `up`, holding `permit`: one per key (none when a refresh or a miss for
 /// it is in flight), within `refresh_timeout`, as a stale entry's refresh.
@@ -387,7 +454,8 @@ pub(crate) type WarmFuture = Pin<Box<dyn Future<Output = Warmed> + Send>>;
 /// `T`: the adapter's part.
 pub(crate) trait KeyWork<T>: Send + Sync + 'static {
     /// Starts a background refresh of `key` (a hot key, kept as `item`),
-    /// holding `permit` (one of `max_concurrent_refreshes`) until it ends;
+    /// holding `permit` (one of the rounds' `max_concurrent_refreshes`)
+    /// until it ends;
     /// `every`: the schedule's period. Returns whether one started.
     fn refresh(
         &self,
@@ -503,7 +571,7 @@ impl Cache {
             tracker: Arc::clone(tracker),
             top_n: hot.top_n,
             every: hot.every,
-            permits: Arc::clone(&s.refreshes),
+            permits: Arc::clone(&s.round_refreshes),
         });
         let prefetching = hot.prefetch.as_ref().map(|p| Prefetching {
             queue: Arc::clone(&p.queue),
@@ -543,7 +611,9 @@ struct Rounds<T> {
     tracker: Arc<HotKeys<T>>,
     top_n: usize,
     every: Duration,
-    /// `max_concurrent_refreshes`, shared with every other refresh.
+    /// The rounds' own `max_concurrent_refreshes`, shared by every
+    /// worker of the cache (a round waiting for one never holds up a
+    /// stale refresh on the request path).
     permits: Arc<Semaphore>,
 }
 
@@ -585,7 +655,7 @@ where
 {
     let Some(r) = rounds else { return };
     let mut alive = ctx.alive.clone();
-    let start = tokio::time::Instant::now() + r.every;
+    let start = later(r.every);
     let mut every = tokio::time::interval_at(start, r.every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -602,16 +672,24 @@ where
     }
 }
 
+/// `after` from now, or as far as tokio's clock reaches (the builder
+/// bounds `every`; this never panics whatever it is).
+fn later(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// One round: the `top_n` hottest keys refreshed, hottest first, each
-/// once a refresh permit is free; the round gives up on the rest after
-/// `every` (the next round takes over).
+/// once one of the rounds' refresh permits is free; the round gives up on
+/// the rest after `every` (the next round takes over).
 async fn round<T, W>(ctx: &Ctx<W>, r: &Rounds<T>)
 where
     T: Clone + Send + Sync + 'static,
     W: KeyWork<T>,
 {
     let hottest = r.tracker.top(r.top_n);
-    let deadline = tokio::time::Instant::now() + r.every;
+    let deadline = later(r.every);
     for (key, item) in hottest {
         let permit = Arc::clone(&r.permits).acquire_owned();
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permit).await else {
@@ -702,20 +780,84 @@ mod tests {
         );
     }
 
+    fn header_map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|&(n, v)| (http::HeaderName::from_static(n), v.parse().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn a_replay_keeps_the_resource_fields_and_refuses_huge_requests() {
-        let mut h = HeaderMap::new();
-        h.insert("accept", "text/html".parse().unwrap());
-        h.insert("if-none-match", "\"a\"".parse().unwrap());
-        h.insert("range", "bytes=0-1".parse().unwrap());
-        h.insert("cache-control", "no-store".parse().unwrap());
-        h.insert("connection", "x-hop".parse().unwrap());
-        h.insert("x-hop", "1".parse().unwrap());
-        let r = Replay::new("http://a.example/".parse().unwrap(), &h).unwrap();
+        let mut h = header_map(&[
+            ("accept", "text/html"),
+            ("if-none-match", "\"a\""),
+            ("range", "bytes=0-1"),
+            ("cache-control", "no-store"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ]);
+        let keys = KeyConfig::default();
+        let r = Replay::new("http://a.example/".parse().unwrap(), &h, &keys).unwrap();
         let names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["accept"]);
         let big = "x".repeat(MAX_REPLAY_HEADER_BYTES);
         h.insert("x-big", big.parse().unwrap());
-        assert!(Replay::new("http://a.example/".parse().unwrap(), &h).is_none());
+        assert!(Replay::new("http://a.example/".parse().unwrap(), &h, &keys).is_none());
+    }
+
+    #[test]
+    fn credentials_are_replayed_only_when_keys_are_partitioned_by_them() {
+        let h = header_map(&[
+            ("accept", "text/html"),
+            ("authorization", "Bearer one-client"),
+            ("proxy-authorization", "Basic b25l"),
+            ("cookie", "session=one-client"),
+        ]);
+        let names = |keys: &KeyConfig| {
+            let r = Replay::made("http://a.example/".parse().unwrap(), &h, keys);
+            let mut n: Vec<String> = r.headers.keys().map(|n| n.to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&KeyConfig::default()), ["accept"]);
+        let by_cookie = KeyConfig {
+            headers: vec![http::header::COOKIE],
+            ..KeyConfig::default()
+        };
+        assert_eq!(names(&by_cookie), ["accept", "cookie"]);
+        let partitioned = KeyConfig {
+            credentials: true,
+            ..KeyConfig::default()
+        };
+        assert_eq!(
+            names(&partitioned),
+            ["accept", "authorization", "cookie", "proxy-authorization"]
+        );
+    }
+
+    #[test]
+    fn a_prefetch_goes_to_the_reads_host_only() {
+        let read = |uri: &str, host: Option<&str>| {
+            let mut req = Request::get(uri);
+            if let Some(h) = host {
+                req = req.header("host", h);
+            }
+            req.body(()).unwrap().into_parts().0
+        };
+        let abs = read("https://api.example/v1/a", None);
+        let origin_form = read("/v1/a", Some("API.example"));
+        let bare = read("/v1/a", None);
+        let to =
+            |parts: &Parts, u: &str| same_host(parts, &resolve(key_uri(parts), u.parse().unwrap()));
+        assert!(to(&abs, "/v1/b"));
+        assert!(to(&abs, "https://API.example/v1/b"));
+        assert!(!to(&abs, "https://other.example/v1/b"));
+        assert!(!to(&abs, "http://api.example/v1/b"), "another scheme");
+        assert!(!to(&abs, "https://api.example:8443/v1/b"), "another port");
+        assert!(to(&origin_form, "/v1/b"));
+        assert!(to(&origin_form, "http://api.example/v1/b"));
+        assert!(!to(&origin_form, "http://other.example/v1/b"));
+        assert!(!to(&bare, "http://api.example/v1/b"), "no host to match");
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod window;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::entry::ReadCap;
 use crate::status::{Detail, Fwd, Status};
 
 pub use labels::{LabelFn, LabelSource, DEFAULT, OTHER};
@@ -257,8 +258,9 @@ pub(crate) struct ObserveConfig {
     pub(crate) eager_min_reads: u32,
     /// How far an entry counts its reads (`entry::Reads::note`): to
     /// `eager_min_reads` with eager refresh, far enough to show a key hot
-    /// with adaptive TTL, else 1 (read or not). Set by the builder.
-    pub(crate) read_cap: u32,
+    /// with adaptive TTL (sampled past the first few), else 1 (read or
+    /// not). Set by the builder.
+    pub(crate) read_cap: ReadCap,
     pub(crate) span_level: tracing::Level,
     /// Per-request instrumentation (labels, latency, window, spans,
     /// metrics, per-lookup logs). The global counters are always kept.
@@ -277,7 +279,7 @@ impl Default for ObserveConfig {
             health: HealthThresholds::default(),
             eager_fraction: 0.0,
             eager_min_reads: 10,
-            read_cap: 1,
+            read_cap: ReadCap::exact(1),
             span_level: tracing::Level::DEBUG,
             enabled: true,
             hit_sample: HIT_TIMING_SAMPLE,

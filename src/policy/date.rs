@@ -290,6 +290,64 @@ mod tests {
         assert_eq!(year("00"), 2000);
     }
 
+    /// The year arithmetic against values worked out independently: leap
+    /// years by the Gregorian rule, the year of a day on both sides of
+    /// each year's first and last day (before 1970 too), and two-digit
+    /// years from a "now" late in a century, where they fall forward into
+    /// the next one.
+    #[test]
+    fn year_arithmetic_agrees_with_the_calendar() {
+        for (year, leap) in [
+            (1900, false),
+            (2000, true),
+            (2023, false),
+            (2024, true),
+            (2100, false),
+            (1600, true),
+        ] {
+            assert_eq!(is_leap(year), leap, "{year}");
+        }
+        // Days since 1970-01-01 of 1 January, counted by hand: 365 per
+        // year plus one per leap year in between.
+        let mut days = 0i64;
+        for year in 1970..2401 {
+            assert_eq!(civil_year(days), year, "1 Jan {year}");
+            assert_eq!(civil_year(days - 1), year - 1, "31 Dec {}", year - 1);
+            assert_eq!(days_from_civil(year, 1, 1), days, "{year}");
+            // Around the end of February, where the calendar's own
+            // arithmetic starts its years.
+            let march = days + if is_leap(year) { 60 } else { 59 };
+            assert_eq!(days_from_civil(year, 3, 1), march, "1 Mar {year}");
+            for d in march - 2..=march + 1 {
+                assert_eq!(civil_year(d), year, "{d} in {year}");
+            }
+            days += if is_leap(year) { 366 } else { 365 };
+        }
+        let mut days = 0i64;
+        for year in (1600..1970).rev() {
+            days -= if is_leap(year) { 366 } else { 365 };
+            assert_eq!(civil_year(days), year, "1 Jan {year}");
+            assert_eq!(civil_year(days + 364), year, "30/31 Dec {year}");
+        }
+        // In 2090: 40 is 2140 (exactly 50 years ahead), 39 is 2139, 41
+        // is 2041, 90 is 2090; in 2060: 10 is 2110, 11 is 2011.
+        let in_year = |y: i64| (days_from_civil(y, 6, 1) * DAY_MS) as u64;
+        for (now, yy, year) in [
+            (2090, 40, 2140),
+            (2090, 39, 2139),
+            (2090, 41, 2041),
+            (2090, 90, 2090),
+            (2060, 10, 2110),
+            (2060, 11, 2011),
+            (2026, 0, 2000),
+        ] {
+            assert_eq!(two_digit_year(yy, in_year(now)), year, "{yy} in {now}");
+        }
+        // A long day name is not asctime's.
+        assert_eq!(parse("Sunday Nov  6 08:49:37 1994", NOW), None);
+        assert_eq!(parse("Sun Nov  6 08:49:37 1994", NOW), Some(EXAMPLE));
+    }
+
     #[test]
     fn malformed_dates_are_none() {
         for s in [

@@ -313,15 +313,17 @@ impl MemoryStore {
         primary: KeyHash,
         entry: Option<&Arc<Entry>>,
         headers: &HeaderMap,
-    ) {
+    ) -> bool {
         let slot_key = match self.cache.get(&primary) {
             Some(Slot::Vary(index)) => variant_hash(primary, &index.names, headers),
             _ => primary,
         };
-        self.cache.remove_if(
-            &slot_key,
-            |v| matches!(v, Slot::Entry(e) if entry.is_none_or(|x| Arc::ptr_eq(e, x))),
-        );
+        self.cache
+            .remove_if(
+                &slot_key,
+                |v| matches!(v, Slot::Entry(e) if entry.is_none_or(|x| Arc::ptr_eq(e, x))),
+            )
+            .is_some()
     }
 
     /// Removes a URL and all its variants.

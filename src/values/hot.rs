@@ -35,6 +35,16 @@ pub(crate) struct HotKey {
     opts: ValueOptions,
 }
 
+impl HotKey {
+    /// `key` with the options of its read, as the worker keeps it.
+    fn of(key: &str, opts: &ValueOptions) -> Arc<Self> {
+        Arc::new(Self {
+            key: key.into(),
+            opts: opts.clone(),
+        })
+    }
+}
+
 /// A value cache's background parts.
 pub(crate) type ValueHot = HotParts<Arc<HotKey>, ValuePrefetchFn>;
 
@@ -84,7 +94,8 @@ impl HotOptions {
     // Hot keys.
 
     /// Fetches the `top_n` most-read keys again every `every` (`top_n` at
-    /// most [`MAX_REFRESH_HOT_TOP_N`](crate::builder::MAX_REFRESH_HOT_TOP_N);
+    /// most [`MAX_REFRESH_HOT_TOP_N`](crate::builder::MAX_REFRESH_HOT_TOP_N),
+    /// `every` at most [`MAX_REFRESH_HOT_EVERY`](crate::builder::MAX_REFRESH_HOT_EVERY);
     /// default [`DEFAULT_REFRESH_HOT_TOP_N`](crate::builder::DEFAULT_REFRESH_HOT_TOP_N),
     /// off), so that they never go stale while they are read.
     ///
@@ -93,7 +104,9 @@ impl HotOptions {
     /// counts requests. Each round takes the hottest keys whose value L1
     /// holds and that were stored at least `every` ago, and refreshes
     /// each as a stale value is refreshed (one fetch per key, at most the
-    /// cache's `max_concurrent_refreshes` at once, within the read's
+    /// cache's `max_concurrent_refreshes` at once: permits of the rounds'
+    /// own, shared with the cache's other workers, apart from the request
+    /// path's stale refreshes; within the read's
     /// [`fetch_timeout`](ValueOptions::fetch_timeout), a failure keeping
     /// the value), stored with the options of the read that made the key
     /// known. Counted in [`Stats::hot_refreshes`](crate::Stats::hot_refreshes).
@@ -103,7 +116,8 @@ impl HotOptions {
         self
     }
 
-    /// How many reads the hot-key tracker counts: one in `n` per thread
+    /// How many reads the hot-key tracker counts, and how many hits run
+    /// the [`prefetch`](Self::prefetch) function: one in `n` per thread
     /// (default [`DEFAULT_HOT_KEY_SAMPLE`](crate::builder::DEFAULT_HOT_KEY_SAMPLE),
     /// at least 1).
     pub fn hot_key_sample(mut self, n: u32) -> Self {
@@ -113,10 +127,14 @@ impl HotOptions {
 
     // Prefetch.
 
-    /// After each read of a key (hit or miss), warms the keys `f` names for
-    /// it that L1 does not hold, in the background, through the worker's
-    /// fetch, with the read's options. At most 16 keys per read are taken;
-    /// a key queued or being warmed is not queued again, nor one whose
+    /// After a read of a key, warms the keys `f` names for it that L1 does
+    /// not hold, in the background, through the worker's fetch, with the
+    /// read's options. `f` runs for every read that finds nothing in L1,
+    /// and for one hit in [`hot_key_sample`](Self::hot_key_sample) per
+    /// thread (other hits cost a thread-local count); the key kept for
+    /// warming is made only when the queue takes it. At most 16 keys per
+    /// read are taken; a key queued or being warmed is not queued again,
+    /// nor one whose
     /// warming failed within the last
     /// [`prefetch_timeout`](Self::prefetch_timeout); beyond
     /// [`prefetch_queue`](Self::prefetch_queue) waiting keys they are
@@ -133,7 +151,8 @@ impl HotOptions {
     }
 
     /// The most keys waiting to be prefetched (default
-    /// [`DEFAULT_PREFETCH_QUEUE`](crate::builder::DEFAULT_PREFETCH_QUEUE));
+    /// [`DEFAULT_PREFETCH_QUEUE`](crate::builder::DEFAULT_PREFETCH_QUEUE),
+    /// at most [`MAX_PREFETCH_QUEUE`](crate::builder::MAX_PREFETCH_QUEUE));
     /// beyond it they are dropped and counted.
     pub fn prefetch_queue(mut self, n: usize) -> Self {
         self.settings.queue = n;
@@ -141,7 +160,8 @@ impl HotOptions {
     }
 
     /// The most keys warmed at once (default
-    /// [`DEFAULT_MAX_CONCURRENT_PREFETCHES`](crate::builder::DEFAULT_MAX_CONCURRENT_PREFETCHES)).
+    /// [`DEFAULT_MAX_CONCURRENT_PREFETCHES`](crate::builder::DEFAULT_MAX_CONCURRENT_PREFETCHES),
+    /// at most [`MAX_CONCURRENCY`](crate::builder::MAX_CONCURRENCY)).
     pub fn max_concurrent_prefetches(mut self, n: usize) -> Self {
         self.settings.concurrency = n;
         self
@@ -173,8 +193,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// [`prefetch`](HotOptions::prefetch)ing of [`with_hot`](Self::with_hot),
     /// reaching the origin through `fetch` (called with the key). One
     /// worker runs per value cache (and its clones); it holds the cache
-    /// weakly and ends when every clone of this value cache is dropped, or
-    /// on [`Background::stop`].
+    /// weakly and ends when every clone of this value cache is dropped,
+    /// when the returned handle is dropped, or on [`Background::stop`].
     ///
     /// Refused ([`BackgroundError`]) without `with_hot` settings, outside
     /// a tokio runtime, or while a worker runs for this value cache.
@@ -214,17 +234,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         Ok(Background::of(runner))
     }
 
-    /// After the L1 step of a lookup (hit or miss): the read is counted
-    /// for `refresh_hot`, and the keys `prefetch` names are queued while
-    /// a worker runs.
+    /// After the L1 step of a lookup (`miss`: L1 had nothing for it): the
+    /// read is counted for `refresh_hot` (one in `hot_key_sample`), and,
+    /// while a worker runs, the keys `prefetch` names are queued: for a
+    /// miss, and for one hit in `hot_key_sample` per thread. (Value keys
+    /// name no host: any key the function names is this cache's.)
     #[inline(never)]
-    pub(super) fn after_read(&self, hot: &ValueHot, call: &Call<'_>) {
-        let hot_key = || HotKey {
-            key: call.key.into(),
-            opts: call.opts.clone(),
-        };
-        hot.note(call.hash, || Some(Arc::new(hot_key())));
-        let Some((func, queue)) = hot.prefetching() else {
+    pub(super) fn after_read(&self, hot: &ValueHot, call: &Call<'_>, miss: bool) {
+        hot.note(call.hash, || Some(HotKey::of(call.key, call.opts)));
+        let Some((func, queue)) = hot.prefetching(miss) else {
             return;
         };
         let now = self.cache.now();
@@ -239,14 +257,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 if hash == call.hash || present {
                     return None;
                 }
-                let opts = call.opts.clone();
-                Some((
-                    hash,
-                    Arc::new(HotKey {
-                        key: key.into(),
-                        opts,
-                    }),
-                ))
+                Some((hash, move || HotKey::of(&key, call.opts)))
             });
     }
 

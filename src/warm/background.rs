@@ -27,10 +27,16 @@ use crate::{Cache, CacheService};
 /// every `every` ([`refresh_hot`](crate::CacheBuilder::refresh_hot)) and
 /// warms the URLs reads name ([`prefetch`](crate::CacheBuilder::prefetch)).
 ///
-/// It ends when the cache is dropped (every [`Cache`] and
-/// [`CacheService`] using it), or on [`stop`](Self::stop). Dropping this
-/// handle does not stop it.
+/// It ends when this handle is dropped, on [`stop`](Self::stop), or when
+/// the cache is dropped (every [`Cache`] and [`CacheService`] using it; a
+/// value cache's worker: every clone of that value cache).
+/// Keep the handle for as long as the worker should run: the worker holds
+/// a clone of the inner service, and when that service holds the cache
+/// (an axum router whose state is the [`Cache`], for its admin routes) the
+/// cache is never dropped while the worker runs; the handle is what ends
+/// it then.
 #[derive(Debug)]
+#[must_use = "dropping the handle stops the background worker"]
 pub struct Background {
     task: tokio::task::JoinHandle<()>,
     tick: Arc<Notify>,
@@ -66,8 +72,15 @@ impl Background {
 
     /// Stops the worker: no more rounds, nothing more taken from the
     /// prefetch queue (refreshes and prefetches already started end within
-    /// their deadlines). Another worker may then be started.
+    /// their deadlines). Another worker may then be started. Dropping the
+    /// handle does the same.
     pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
