@@ -44,6 +44,11 @@ use crate::reads::{Rate, ReadCounts};
 /// replaces it, are never changed, unless the route says
 /// [`force`](crate::Route::force).
 ///
+/// A typed value's soft TTL (`ValueOptions::ttl`,
+/// feature `values`) is the cache's user's choice, never an origin's: it is
+/// always adapted, its hard TTL and fail-safe window keeping their lengths
+/// after it.
+///
 /// It is one setting for the whole cache (HTTP routes and typed values
 /// alike), not one per route: what it may change is already limited to the
 /// TTLs the cache chose, and a route brings the origin's own freshness in

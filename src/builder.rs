@@ -506,16 +506,7 @@ impl Default for CacheBuilder {
                 func: None,
             },
             adaptive: DEFAULT_ADAPTIVE_TTL,
-            hot: HotSettings {
-                top_n: DEFAULT_REFRESH_HOT_TOP_N,
-                every: DEFAULT_REFRESH_HOT_EVERY,
-                sample: DEFAULT_HOT_KEY_SAMPLE,
-                refreshes: DEFAULT_MAX_CONCURRENT_REFRESHES,
-                prefetch: None,
-                queue: DEFAULT_PREFETCH_QUEUE,
-                concurrency: DEFAULT_MAX_CONCURRENT_PREFETCHES,
-                timeout: DEFAULT_PREFETCH_TIMEOUT,
-            },
+            hot: HotSettings::default(),
             #[cfg(feature = "redis")]
             l2_target: None,
             #[cfg(feature = "redis")]
@@ -1108,8 +1099,9 @@ impl CacheBuilder {
     /// The most background refreshes running at once (default
     /// [`DEFAULT_MAX_CONCURRENT_REFRESHES`], at most [`MAX_CONCURRENCY`]):
     /// stale and eager refreshes and typed values' refreshes share these;
-    /// [`refresh_hot`](Self::refresh_hot) rounds have as many of their
-    /// own, so that a round never holds up a stale refresh.
+    /// [`refresh_hot`](Self::refresh_hot) rounds (the HTTP worker's and
+    /// every value cache's) share as many of their own, so that a round
+    /// never holds up a stale refresh.
     pub fn max_concurrent_refreshes(mut self, n: usize) -> Self {
         self.max_refreshes = n;
         self
@@ -1722,44 +1714,9 @@ impl CacheBuilder {
         ])
     }
 
-    /// Hot keys and prefetch: a bounded `top_n` with a bounded period, a
-    /// sample of at least one read, prefetch bounds within their ranges
-    /// and a deadline above zero.
+    /// Hot keys and prefetch ([`HotSettings::check`]).
     fn check_hot_keys(&self) -> Result<(), BuildError> {
-        let h = &self.hot;
-        first_refused([
-            (
-                "refresh_hot",
-                h.top_n > MAX_REFRESH_HOT_TOP_N,
-                "top_n must be at most MAX_REFRESH_HOT_TOP_N",
-            ),
-            (
-                "refresh_hot",
-                h.top_n > 0 && h.every.is_zero(),
-                "every must be greater than 0",
-            ),
-            (
-                "refresh_hot",
-                h.every > MAX_REFRESH_HOT_EVERY,
-                "every must be at most MAX_REFRESH_HOT_EVERY (one day)",
-            ),
-            ("hot_key_sample", h.sample == 0, "must be at least 1"),
-            (
-                "prefetch_queue",
-                !(1..=MAX_PREFETCH_QUEUE).contains(&h.queue),
-                "must be within 1..=MAX_PREFETCH_QUEUE",
-            ),
-            (
-                "max_concurrent_prefetches",
-                !(1..=MAX_CONCURRENCY).contains(&h.concurrency),
-                "must be within 1..=MAX_CONCURRENCY",
-            ),
-            (
-                "prefetch_timeout",
-                h.timeout.is_zero(),
-                "must be greater than 0",
-            ),
-        ])
+        self.hot.check()
     }
 
     /// Observability: label bounds, the timing sample, health thresholds.
@@ -1820,6 +1777,7 @@ impl CacheBuilder {
             ),
             counters: Counters::default(),
             refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
+            round_refreshes: Arc::new(tokio::sync::Semaphore::new(self.max_refreshes)),
             cfg: EngineConfig {
                 max_body_bytes: self.max_body,
                 coalesce_timeout,
@@ -1832,16 +1790,70 @@ impl CacheBuilder {
                 adaptive: self.adaptive,
             },
             obs: Observer::new(observe),
-            hot: HotState::new(HotSettings {
-                refreshes: self.max_refreshes,
-                ..self.hot
-            }),
+            hot: HotState::new(self.hot).map(Box::new),
             #[cfg(feature = "redis")]
             shared_stats: match (&l2, self.shared_stats) {
                 (Some(_), Some(interval)) => Some(crate::export::shared::Flusher::new(interval)),
                 _ => None,
             },
         }
+    }
+}
+
+impl<F> Default for HotSettings<F> {
+    /// The `DEFAULT_*` hot-key and prefetch settings: both off.
+    fn default() -> Self {
+        Self {
+            top_n: DEFAULT_REFRESH_HOT_TOP_N,
+            every: DEFAULT_REFRESH_HOT_EVERY,
+            sample: DEFAULT_HOT_KEY_SAMPLE,
+            prefetch: None,
+            queue: DEFAULT_PREFETCH_QUEUE,
+            concurrency: DEFAULT_MAX_CONCURRENT_PREFETCHES,
+            timeout: DEFAULT_PREFETCH_TIMEOUT,
+        }
+    }
+}
+
+impl<F> HotSettings<F> {
+    /// Hot keys and prefetch, for a cache or a value cache: a bounded
+    /// `top_n` with a bounded period, a sample of at least one read,
+    /// prefetch bounds within their ranges and a deadline above zero.
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        let h = self;
+        first_refused([
+            (
+                "refresh_hot",
+                h.top_n > MAX_REFRESH_HOT_TOP_N,
+                "top_n must be at most MAX_REFRESH_HOT_TOP_N",
+            ),
+            (
+                "refresh_hot",
+                h.top_n > 0 && h.every.is_zero(),
+                "every must be greater than 0",
+            ),
+            (
+                "refresh_hot",
+                h.every > MAX_REFRESH_HOT_EVERY,
+                "every must be at most MAX_REFRESH_HOT_EVERY (one day)",
+            ),
+            ("hot_key_sample", h.sample == 0, "must be at least 1"),
+            (
+                "prefetch_queue",
+                !(1..=MAX_PREFETCH_QUEUE).contains(&h.queue),
+                "must be within 1..=MAX_PREFETCH_QUEUE",
+            ),
+            (
+                "max_concurrent_prefetches",
+                !(1..=MAX_CONCURRENCY).contains(&h.concurrency),
+                "must be within 1..=MAX_CONCURRENCY",
+            ),
+            (
+                "prefetch_timeout",
+                h.timeout.is_zero(),
+                "must be greater than 0",
+            ),
+        ])
     }
 }
 

@@ -91,7 +91,12 @@ pub(crate) struct Shared {
     /// The upstream circuit breakers, one per label (`upstream_breaker`).
     pub(crate) breakers: Breakers,
     pub(crate) counters: Counters,
+    /// `max_concurrent_refreshes`: stale, eager and typed values'
+    /// refreshes on the request path.
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
+    /// As many again, of the `refresh_hot` rounds' own (every worker's,
+    /// HTTP and values'), so that a round never holds up a stale refresh.
+    pub(crate) round_refreshes: Arc<tokio::sync::Semaphore>,
     pub(crate) cfg: EngineConfig,
     pub(crate) obs: Observer,
     /// `refresh_hot` and `prefetch`, when either is set.
@@ -833,11 +838,8 @@ impl Cache {
         Answered::Hit(resp, now, status)
     }
 
-    /// An entry from `tier` answers: an L2 entry is promoted to L1 when the
-    /// admission rule allows (at once when it replaces an older L1 copy
-    /// the rule's size admits); the reads of a copy L1 does not keep are
-    /// carried to its key's count at once (adaptive TTL). Returns whether
-    /// the entry lives in L1 (its response template is worth building).
+    /// [`served`](Self::served), for a request's `plan` (its prior is
+    /// what the entry replaces).
     fn note_served(
         &self,
         entry: &Arc<Entry>,
@@ -846,17 +848,29 @@ impl Cache {
         plan: &Fetch,
         now: u64,
     ) -> bool {
+        let prior = plan.prior.as_ref();
+        self.served(plan.key, entry, tier, prior, &parts.headers, now)
+    }
+
+    /// An entry of `key` from `tier` answers (a request, or a typed
+    /// value's lookup): an L2 entry is promoted to L1 when the admission
+    /// rule allows (at once when it `replaces` an older L1 copy the rule's
+    /// size admits); the reads of a copy L1 does not keep are carried to
+    /// its key's count at once (adaptive TTL). Returns whether the entry
+    /// lives in L1 (its response template is worth building).
+    pub(crate) fn served(
+        &self,
+        key: KeyHash,
+        entry: &Arc<Entry>,
+        tier: Tier,
+        replaces: Option<&Arc<Entry>>,
+        headers: &HeaderMap,
+        now: u64,
+    ) -> bool {
         let tiers = &self.shared.tiers;
-        let in_l1 = tiers.admit_served(
-            plan.key,
-            entry,
-            tier,
-            plan.prior.as_ref(),
-            &parts.headers,
-            now,
-        );
+        let in_l1 = tiers.admit_served(key, entry, tier, replaces, headers, now);
         if !in_l1 {
-            tiers.carry_reads(plan.key, entry, now);
+            tiers.carry_reads(key, entry, now);
         }
         in_l1
     }

@@ -47,6 +47,24 @@ impl Timeline {
     pub fn is_fresh(&self, now: u64) -> bool {
         now < self.fresh_until
     }
+
+    /// This timeline with a freshness lifetime of `lifetime` ms: freshness
+    /// ends that long after `stored_at`, less the age the response arrived
+    /// with; the stale windows and the time kept for revalidation keep
+    /// their lengths after it (adaptive TTL).
+    pub(crate) fn with_lifetime(self, lifetime: u64) -> Self {
+        let fresh_until = self
+            .stored_at
+            .saturating_add(lifetime.saturating_sub(self.initial_age));
+        let after = |t: u64| fresh_until.saturating_add(t.saturating_sub(self.fresh_until));
+        Self {
+            fresh_until,
+            stale_until: after(self.stale_until),
+            stale_if_error_until: after(self.stale_if_error_until),
+            retain_until: after(self.retain_until),
+            ..self
+        }
+    }
 }
 
 /// How an entry may be used, from the response's directives.

@@ -40,7 +40,7 @@ use tracing::Instrument;
 
 use crate::cache::{Cache, Purge, Shared};
 use crate::coalesce::{self, FlightGuard, Join, Outcome};
-use crate::entry::{Entry, ValueMeta, VALUE_SCOPE};
+use crate::entry::{Entry, Timeline, ValueMeta, VALUE_SCOPE};
 use crate::key::KeyHash;
 use crate::observe::{LogLevel, Outcome as Counted};
 use crate::policy::{RequestDirectives, Usability};
@@ -50,6 +50,7 @@ use crate::{BuildError, Invalidated};
 
 mod codec;
 mod error;
+mod hot;
 mod many;
 mod options;
 
@@ -57,6 +58,7 @@ mod options;
 pub use codec::Postcard;
 pub use codec::{Codec, CodecError, Json};
 pub use error::FetchError;
+pub use hot::{HotOptions, ValuePrefetchFn};
 use options::Place;
 pub use options::{
     ValueOptions, DEFAULT_FAIL_SAFE, DEFAULT_FETCH_TIMEOUT, DEFAULT_HARD_TTL,
@@ -121,6 +123,7 @@ impl Cache {
             codec: Arc::new(codec),
             type_tag: type_tag(std::any::type_name::<T>()),
             defaults: Arc::default(),
+            hot: None,
         })
     }
 }
@@ -190,6 +193,8 @@ pub struct ValueCache<T> {
     codec_id: u8,
     type_tag: u64,
     defaults: Arc<ValueOptions>,
+    /// Hot-key refresh and prefetch ([`with_hot`](Self::with_hot)).
+    hot: Option<Arc<hot::ValueHot>>,
 }
 
 impl<T> Clone for ValueCache<T> {
@@ -202,6 +207,7 @@ impl<T> Clone for ValueCache<T> {
             codec_id: self.codec_id,
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
+            hot: self.hot.clone(),
         }
     }
 }
@@ -213,6 +219,7 @@ impl<T> fmt::Debug for ValueCache<T> {
             .field("type", &std::any::type_name::<T>())
             .field("codec", &self.codec_id)
             .field("defaults", &self.defaults)
+            .field("hot", &self.hot.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -461,11 +468,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         };
         let l2 = tier != Tier::L1;
         let status = self.cache.tier_hit_status(fresh, l2, &entry, now);
-        if l2 && call.opts.uses_l1() {
-            let s = self.shared();
-            s.tiers
-                .admit_served(call.hash, &entry, tier, replaces, &HeaderMap::new(), now);
-        }
+        self.note_read(call, &entry, tier, replaces, now);
         if fresh && !call.report.span.is_disabled() {
             let left = entry.timeline.fresh_until.saturating_sub(now);
             call.report
@@ -477,6 +480,33 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             Answer::Fresh(value, entry)
         } else {
             Answer::Stale(value, Prior { entry, tier })
+        }
+    }
+
+    /// A read `entry` (found in `tier`) answered, counted as the HTTP
+    /// layer counts one: on the entry (one relaxed atomic, for adaptive
+    /// TTL and eviction reports); an L2 entry is promoted by the admission
+    /// rule (unless values stay in L2 only), and the reads of a copy L1
+    /// does not keep are carried to the key's count at once.
+    fn note_read(
+        &self,
+        call: &Call<'_>,
+        entry: &Arc<Entry>,
+        tier: Tier,
+        replaces: Option<&Arc<Entry>>,
+        now: u64,
+    ) {
+        let s = self.shared();
+        entry.reads.note(s.obs.cfg.read_cap);
+        if tier == Tier::L1 {
+            return;
+        }
+        if call.opts.uses_l1() {
+            let none = HeaderMap::new();
+            let cache = &self.cache;
+            cache.served(call.hash, entry, tier, replaces, &none, now);
+        } else {
+            s.tiers.carry_reads(call.hash, entry, now);
         }
     }
 
@@ -497,15 +527,20 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 
     /// The L1 step of a lookup (unless the options keep values in L2 only).
+    /// Every lookup takes it: its read is noted for hot-key refresh and
+    /// prefetch here, after the L1 look-up (a miss always prefetches).
     fn look_in_l1(&self, call: &Call<'_>, now: u64) -> Answer<T> {
-        if !call.opts.uses_l1() {
-            return Answer::Miss;
+        let found = if call.opts.uses_l1() {
+            let none = HeaderMap::new();
+            self.shared().tiers.lookup_l1(call.hash, &none, now)
+        } else {
+            L1Lookup::Miss { fwd: Fwd::UriMiss }
+        };
+        if let Some(hot) = &self.hot {
+            let miss = matches!(found, L1Lookup::Miss { .. });
+            self.after_read(hot, call, miss);
         }
-        match self
-            .shared()
-            .tiers
-            .lookup_l1(call.hash, &HeaderMap::new(), now)
-        {
+        match found {
             L1Lookup::Found(entry) => self.answer(call, entry, Tier::L1, None, now),
             L1Lookup::Miss { .. } => Answer::Miss,
         }
@@ -619,11 +654,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let s = self.shared();
         let value = Arc::new(value);
         let body = self.encode(&value);
-        let storable = body.is_some();
-        let entry = Arc::new(self.entry(key, &value, body.unwrap_or_default(), opts, now));
-        if !storable {
-            return (value, entry, false);
-        }
+        let Some(body) = body else {
+            let entry = self.entry(key, &value, Bytes::new(), opts, opts.timeline(now));
+            return (value, Arc::new(entry), false);
+        };
+        let timeline = self.timeline(hash, opts, now);
+        let entry = Arc::new(self.entry(key, &value, body, opts, timeline));
         let stored = match opts.place {
             Place::Both => s.tiers.store(hash, &entry, &[], &HeaderMap::new(), now),
             Place::L1 => s.tiers.store_l1_only(hash, &entry),
@@ -634,6 +670,26 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             s.obs.stored(self.label);
         }
         (value, entry, stored)
+    }
+
+    /// The timeline of a value of `hash` stored at `now` with `opts`: with
+    /// adaptive TTL on, the soft TTL is the cache's user's choice, so it is
+    /// scaled by the key's read rate (`Shared::adapt_ttl`, once the reads
+    /// of the L1 copy it replaces are counted), at most [`MAX_TTL`]; the
+    /// stale window up to the hard TTL and the fail-safe window keep their
+    /// lengths after it, as an HTTP entry's stale windows do.
+    fn timeline(&self, hash: KeyHash, opts: &ValueOptions, now: u64) -> Timeline {
+        let timeline = opts.timeline(now);
+        let s = self.shared();
+        if s.cfg.adaptive.is_none() {
+            return timeline;
+        }
+        s.tiers.carry_replaced(hash, None, &HeaderMap::new(), now);
+        let ttl = s.adapt_ttl(hash, opts.ttl, false).min(MAX_TTL);
+        if ttl == opts.ttl {
+            return timeline;
+        }
+        timeline.with_lifetime(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// The serialised form of `value`, if the codec makes one within the
@@ -673,7 +729,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         value: &Arc<T>,
         body: Bytes,
         opts: &ValueOptions,
-        now: u64,
+        timeline: Timeline,
     ) -> Entry {
         let payload = Arc::clone(value) as Arc<dyn Any + Send + Sync>;
         Entry {
@@ -683,7 +739,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             headers: HeaderMap::new(),
             body,
             vary: Box::new([]),
-            timeline: opts.timeline(now),
+            timeline,
             flags: Default::default(),
             extensions: 0,
             tags: self.tags(opts),
@@ -1140,7 +1196,21 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let Some(permit) = self.background_permit() else {
             return;
         };
-        s.counters.upstream_calls.incr();
+        self.launch_refresh(call, prior, fetch, guard, permit);
+    }
+
+    /// Starts the background refresh of `call`'s key (its stale value
+    /// `prior`), leading its flight (`guard`), holding `permit`: a stale
+    /// value's and a `refresh_hot` round's.
+    fn launch_refresh<E: Send + 'static>(
+        &self,
+        call: &Call<'_>,
+        prior: Prior,
+        fetch: BoxFetch<T, E>,
+        guard: FlightGuard,
+        permit: OwnedSemaphorePermit,
+    ) {
+        self.shared().counters.upstream_calls.incr();
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         let bg = self.background(call, prior, Some(guard), permit);

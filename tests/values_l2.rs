@@ -3,7 +3,9 @@
 //! value; values of another type, corrupt values and bodies the codec
 //! refuses are misses, counted and deleted; a batch reads L2 in one round
 //! trip (`MGET`, counted by Redis itself); `l2_only` values skip L1;
-//! invalidations reach Redis and the other instances.
+//! invalidations reach Redis and the other instances; a big value stays in
+//! L2 until read `promote_after` times (selective L1); reads of `l2_only`
+//! values count for adaptive TTL.
 #![cfg(all(feature = "redis", feature = "values"))]
 
 #[path = "support/redis.rs"]
@@ -16,7 +18,7 @@ use std::time::Duration;
 use redis_support::{require_redis, RedisCluster, RedisServer};
 use support::*;
 use tower_tiered_cache::values::ValueOptions;
-use tower_tiered_cache::{Cache, CacheBuilder};
+use tower_tiered_cache::{AdaptiveTtl, Cache, CacheBuilder, L1Admission};
 
 fn l2(url: String) -> CacheBuilder {
     Cache::builder()
@@ -255,4 +257,66 @@ async fn a_batch_on_a_cluster_finds_every_value() {
     assert_eq!(got, (0..12).collect::<Vec<u32>>());
     let s = b.stats();
     assert_eq!((s.hits_l2, s.misses, s.l2_errors), (12, 0, 0), "{s:?}");
+}
+
+/// Selective L1 for values: under `MaxBytesOrReads`, a small value goes to
+/// L1 when stored, a big one is kept out (counted) and answered from L2
+/// until it has been read `promote_after` times there, then from L1.
+#[tokio::test]
+async fn a_big_value_stays_in_l2_until_read_promote_after_times() {
+    require_redis();
+    let server = RedisServer::start();
+    let cache = l2(server.url())
+        .l1_admission(L1Admission::MaxBytesOrReads(4096))
+        .promote_after(3)
+        .build()
+        .unwrap();
+    let blobs = cache.values::<String>("blobs").unwrap();
+    let opts = ValueOptions::new();
+    let big = "x".repeat(16 * 1024);
+    let fetched = blobs
+        .get_or_fetch("big", &opts, move || async move { Ok::<_, &str>(big) })
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 16 * 1024);
+    assert!(blobs.set("small", "s".into(), &opts).await);
+    written(&cache, 2).await;
+    subscribed(&cache).await;
+    assert_eq!(cache.stats().l1_not_admitted, 1, "the big one kept out");
+    assert!(blobs.get("small").await.is_some());
+    assert_eq!(cache.stats().hits_l1, 1, "the small one in L1 at once");
+    for n in 1..=3 {
+        assert_eq!(blobs.get("big").await.unwrap().len(), 16 * 1024);
+        let s = cache.stats();
+        assert_eq!((s.hits_l1, s.hits_l2), (1, n), "read {n} from L2");
+    }
+    let first = blobs.get("big").await.unwrap();
+    let second = blobs.get("big").await.unwrap();
+    assert!(Arc::ptr_eq(&first, &second), "L1 keeps the decoded value");
+    let s = cache.stats();
+    assert_eq!((s.hits_l1, s.hits_l2, s.promotions), (3, 3, 1), "{s:?}");
+    let label = cache.label_stats().into_iter().find(|l| l.label == "blobs");
+    assert_eq!(label.map(|l| (l.hits_l1, l.hits_l2)), Some((3, 3)));
+}
+
+/// Adaptive TTL counts the reads of values L1 never holds (`l2_only`):
+/// each read from L2 is carried to its key's count at once.
+#[tokio::test]
+async fn reads_of_l2_only_values_count_for_adaptive_ttl() {
+    require_redis();
+    let server = RedisServer::start();
+    let adaptive = AdaptiveTtl::new().hot_after(50, 2.0).cold_under(5, 0.5);
+    let cache = l2(server.url()).adaptive_ttl(adaptive).build().unwrap();
+    let odds = cache.values::<u32>("odds").unwrap();
+    let opts = ValueOptions::new().l2_only();
+    assert!(odds.set("k", 1, &opts).await);
+    written(&cache, 1).await;
+    for _ in 0..60 {
+        let found = odds.get_or_fetch("k", &opts, || async { Err("no") }).await;
+        assert_eq!(found.ok().as_deref(), Some(&1));
+    }
+    assert_eq!(cache.stats().hits_l2, 60);
+    assert!(odds.set("k", 2, &opts).await);
+    let s = cache.stats();
+    assert_eq!((s.ttl_lengthened, s.ttl_shortened), (1, 0), "{s:?}");
 }

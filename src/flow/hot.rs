@@ -60,27 +60,27 @@ const NOT_REPLAYED: [http::HeaderName; 10] = [
 ];
 
 thread_local! {
-    /// This thread's hits left before its next sampled one, for prefetch.
+    /// This thread's hits left before its next sampled one, for prefetch
+    /// (HTTP reads and values' alike).
     static PREFETCH_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// The settings of `refresh_hot` and `prefetch`, as the builder holds them.
+/// The settings of `refresh_hot` and `prefetch`, as the builder holds them
+/// (and a value cache's [`HotOptions`](crate::values::HotOptions), with
+/// its own kind of prefetch function `F`).
 #[derive(Clone)]
-pub(crate) struct HotSettings {
+pub(crate) struct HotSettings<F = PrefetchFn> {
     /// 0: no `refresh_hot`.
     pub(crate) top_n: usize,
     pub(crate) every: Duration,
     pub(crate) sample: u32,
-    /// The refreshes a round may run at once (`max_concurrent_refreshes`,
-    /// apart from the request path's). Set by the builder.
-    pub(crate) refreshes: usize,
-    pub(crate) prefetch: Option<PrefetchFn>,
+    pub(crate) prefetch: Option<F>,
     pub(crate) queue: usize,
     pub(crate) concurrency: usize,
     pub(crate) timeout: Duration,
 }
 
-impl fmt::Debug for HotSettings {
+impl<F> fmt::Debug for HotSettings<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HotSettings")
             .field("top_n", &self.top_n)
@@ -153,33 +153,37 @@ impl Replay {
 pub(crate) struct PrefetchRequest;
 
 /// The prefetch part: the function, its queue and bounds.
-pub(crate) struct Prefetch {
-    func: PrefetchFn,
-    queue: Arc<PrefetchQueue<Arc<Replay>>>,
+struct Prefetch<T, F> {
+    func: F,
+    queue: Arc<PrefetchQueue<T>>,
     concurrency: usize,
     timeout: Duration,
 }
 
-/// The engine's background parts, when `refresh_hot` or `prefetch` is set.
-pub(crate) struct HotState {
-    tracker: Option<Arc<HotKeys<Arc<Replay>>>>,
+/// The background parts of one face of the cache, for keys kept with a
+/// payload `T` (what its worker needs to reach the origin again) and a
+/// prefetch function `F`: HTTP entries' ([`HotState`], in the engine) or
+/// a value cache's.
+pub(crate) struct HotParts<T, F> {
+    tracker: Option<Arc<HotKeys<T>>>,
     top_n: usize,
     every: Duration,
-    /// Refresh permits of the rounds' own: never taken from the request
-    /// path's stale and eager refreshes.
-    round_permits: Arc<Semaphore>,
     /// A hit prefetches one read in this many (per thread); a miss always.
     sample: u32,
-    prefetch: Option<Prefetch>,
-    /// A worker is running (one per cache).
-    attached: AtomicBool,
-    /// Dropped with the cache: the worker ends.
+    prefetch: Option<Prefetch<T, F>>,
+    /// A worker is running (one per set of parts).
+    attached: Arc<AtomicBool>,
+    /// Dropped with the parts (with the cache): the worker ends.
     alive: tokio::sync::watch::Sender<()>,
 }
 
-impl HotState {
+/// The engine's background parts for HTTP entries, when `refresh_hot` or
+/// `prefetch` is set.
+pub(crate) type HotState = HotParts<Arc<Replay>, PrefetchFn>;
+
+impl<T: Clone, F> HotParts<T, F> {
     /// The parts `settings` ask for; `None` when neither is set.
-    pub(crate) fn new(settings: HotSettings) -> Option<Box<Self>> {
+    pub(crate) fn new(settings: HotSettings<F>) -> Option<Self> {
         if settings.top_n == 0 && settings.prefetch.is_none() {
             return None;
         }
@@ -191,16 +195,36 @@ impl HotState {
             concurrency: settings.concurrency,
             timeout: settings.timeout,
         });
-        Some(Box::new(Self {
+        Some(Self {
             tracker,
             top_n: settings.top_n,
             every: settings.every,
-            round_permits: Arc::new(Semaphore::new(settings.refreshes)),
             sample: settings.sample,
             prefetch,
-            attached: AtomicBool::new(false),
+            attached: Arc::new(AtomicBool::new(false)),
             alive: tokio::sync::watch::channel(()).0,
-        }))
+        })
+    }
+
+    /// Counts a read of `key` for `refresh_hot` (if set); `payload` is
+    /// made at most once per key (see `HotKeys::note`).
+    #[inline]
+    pub(crate) fn note(&self, key: KeyHash, payload: impl FnOnce() -> Option<T>) {
+        if let Some(tracker) = &self.tracker {
+            tracker.note(key, payload);
+        }
+    }
+
+    /// The prefetch function and its queue, for a read that found nothing
+    /// in L1 (`miss`) or one hit in `hot_key_sample` per thread (other
+    /// hits cost a thread-local count), while a worker runs to take from
+    /// the queue (nothing is queued otherwise).
+    #[inline]
+    pub(crate) fn prefetching(&self, miss: bool) -> Option<(&F, &PrefetchQueue<T>)> {
+        let p = self.prefetch.as_ref()?;
+        let now = self.attached.load(Ordering::Relaxed)
+            && (miss || crate::sample::one_in(&PREFETCH_LEFT, self.sample));
+        now.then_some((&p.func, &*p.queue))
     }
 }
 
@@ -217,46 +241,66 @@ impl Cache {
             return;
         }
         let keys = &self.shared.keys;
-        if let Some(tracker) = &hot.tracker {
-            tracker.note(key, || Replay::of(parts, keys).map(Arc::new));
-        }
-        if let Some(p) = &hot.prefetch {
-            if hot.attached.load(Ordering::Relaxed)
-                && (miss || crate::sample::one_in(&PREFETCH_LEFT, hot.sample))
-            {
-                self.prefetch_for(p, key, parts);
-            }
+        hot.note(key, || Replay::of(parts, keys).map(Arc::new));
+        if let Some((func, queue)) = hot.prefetching(miss) {
+            self.prefetch_for(func, queue, key, parts);
         }
     }
 
-    /// Queues the URLs `p` names for the read of `key` by `parts` that are
-    /// on the read's host and not stored in L1 (nor marked hit-for-pass),
-    /// counted; one for another host is dropped. The request to send is
-    /// made only for a key the queue takes.
-    fn prefetch_for(&self, p: &Prefetch, key: KeyHash, parts: &Parts) {
-        let targets = (p.func)(parts);
+    /// Queues the URLs `func` names for the read of `key` by `parts` that
+    /// are on the read's host and not stored in L1 (nor marked
+    /// hit-for-pass), counted; one for another host is dropped. The
+    /// request to send is made only for a key the queue takes.
+    fn prefetch_for(
+        &self,
+        func: &PrefetchFn,
+        queue: &PrefetchQueue<Arc<Replay>>,
+        key: KeyHash,
+        parts: &Parts,
+    ) {
+        let targets = func(parts);
         if targets.is_empty() || !Replay::fits(&parts.headers) {
             return;
         }
+        let now = self.now();
+        let s = &*self.shared;
+        self.queue_prefetches(queue, targets, now, |uri| {
+            let uri = resolve(key_uri(parts), uri);
+            if !same_host(parts, &uri) {
+                s.counters.prefetch_dropped.incr();
+                return None;
+            }
+            let target = self.prefetch_key(&uri, &parts.headers)?;
+            if target == key || self.is_present(target, &parts.headers, now) {
+                return None;
+            }
+            let replay = move || Arc::new(Replay::made(uri, &parts.headers, &s.keys));
+            Some((target, replay))
+        });
+    }
+
+    /// Queues the first [`MAX_PREFETCH_PER_READ`] of `targets` one read
+    /// named, each as the key `wanted` makes of it with the maker of its
+    /// payload (`None`: not worth warming), at `now`; the payload is made
+    /// only when the queue takes the key. Counts what was queued and what
+    /// was dropped (beyond the per-read bound, or the queue full).
+    pub(crate) fn queue_prefetches<U, T, M>(
+        &self,
+        queue: &PrefetchQueue<T>,
+        targets: Vec<U>,
+        now: u64,
+        mut wanted: impl FnMut(U) -> Option<(KeyHash, M)>,
+    ) where
+        M: FnOnce() -> T,
+    {
         let counters = &self.shared.counters;
         let over = targets.len().saturating_sub(MAX_PREFETCH_PER_READ);
         counters.prefetch_dropped.add(over as u64);
-        let now = self.now();
-        for uri in targets.into_iter().take(MAX_PREFETCH_PER_READ) {
-            let uri = resolve(key_uri(parts), uri);
-            if !same_host(parts, &uri) {
-                counters.prefetch_dropped.incr();
-                continue;
-            }
-            let Some(target) = self.prefetch_key(&uri, &parts.headers) else {
+        for target in targets.into_iter().take(MAX_PREFETCH_PER_READ) {
+            let Some((key, make)) = wanted(target) else {
                 continue;
             };
-            if target == key || self.is_present(target, &parts.headers, now) {
-                continue;
-            }
-            let keys = &self.shared.keys;
-            let replay = || Arc::new(Replay::made(uri, &parts.headers, keys));
-            match p.queue.push(target, now, replay) {
+            match queue.push(key, now, make) {
                 Pushed::Queued => counters.prefetch_queued.incr(),
                 Pushed::Full => counters.prefetch_dropped.incr(),
                 Pushed::Known | Pushed::Cooling => {}
@@ -282,7 +326,7 @@ impl Cache {
 
     /// Whether L1 holds something usable for `key` with `headers`, or the
     /// key is marked hit-for-pass (not worth fetching ahead).
-    fn is_present(&self, key: KeyHash, headers: &HeaderMap, now: u64) -> bool {
+    pub(crate) fn is_present(&self, key: KeyHash, headers: &HeaderMap, now: u64) -> bool {
         let s = &*self.shared;
         matches!(s.tiers.lookup_l1(key, headers, now), L1Lookup::Found(_))
             || s.hit_for_pass.get(&key).is_some_and(|until| now < until)
@@ -410,7 +454,8 @@ pub(crate) type WarmFuture = Pin<Box<dyn Future<Output = Warmed> + Send>>;
 /// `T`: the adapter's part.
 pub(crate) trait KeyWork<T>: Send + Sync + 'static {
     /// Starts a background refresh of `key` (a hot key, kept as `item`),
-    /// holding `permit` (one of `max_concurrent_refreshes`) until it ends;
+    /// holding `permit` (one of the rounds' `max_concurrent_refreshes`)
+    /// until it ends;
     /// `every`: the schedule's period. Returns whether one started.
     fn refresh(
         &self,
@@ -500,11 +545,23 @@ impl Cache {
         &self,
         work: W,
     ) -> Result<Runner, BackgroundError> {
+        self.start_worker(self.shared.hot.as_deref(), work)
+    }
+
+    /// Starts the background worker of `hot` (`None`: not configured), on
+    /// this cache, reaching the origin through `work`: one worker per set
+    /// of parts, ending when the parts are dropped.
+    pub(crate) fn start_worker<T, F, W>(
+        &self,
+        hot: Option<&HotParts<T, F>>,
+        work: W,
+    ) -> Result<Runner, BackgroundError>
+    where
+        T: Clone + Send + Sync + 'static,
+        W: KeyWork<T>,
+    {
         let s = &*self.shared;
-        let hot = s
-            .hot
-            .as_deref()
-            .ok_or(BackgroundError(Refused::NotConfigured))?;
+        let hot = hot.ok_or(BackgroundError(Refused::NotConfigured))?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| BackgroundError(Refused::NoRuntime))?;
         if hot.attached.swap(true, Ordering::AcqRel) {
@@ -514,7 +571,7 @@ impl Cache {
             tracker: Arc::clone(tracker),
             top_n: hot.top_n,
             every: hot.every,
-            permits: Arc::clone(&hot.round_permits),
+            permits: Arc::clone(&s.round_refreshes),
         });
         let prefetching = hot.prefetch.as_ref().map(|p| Prefetching {
             queue: Arc::clone(&p.queue),
@@ -529,7 +586,7 @@ impl Cache {
             rounds: Arc::new(AtomicU64::new(0)),
         };
         let (tick, done) = (Arc::clone(&ctx.tick), Arc::clone(&ctx.rounds));
-        let detach = Detach(Arc::downgrade(&self.shared));
+        let detach = Detach(Arc::clone(&hot.attached));
         let task = handle.spawn(run_worker(ctx, rounds, prefetching, detach));
         Ok(Runner {
             task,
@@ -554,8 +611,9 @@ struct Rounds<T> {
     tracker: Arc<HotKeys<T>>,
     top_n: usize,
     every: Duration,
-    /// The rounds' own `max_concurrent_refreshes` (a round waiting for
-    /// one never holds up a stale refresh on the request path).
+    /// The rounds' own `max_concurrent_refreshes`, shared by every
+    /// worker of the cache (a round waiting for one never holds up a
+    /// stale refresh on the request path).
     permits: Arc<Semaphore>,
 }
 
@@ -566,14 +624,12 @@ struct Prefetching<T> {
     timeout: Duration,
 }
 
-/// Lets the cache start a worker again once this one ends.
-struct Detach(Weak<Shared>);
+/// Lets the parts start a worker again once this one ends.
+struct Detach(Arc<AtomicBool>);
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        if let Some(hot) = self.0.upgrade().as_deref().and_then(|s| s.hot.as_deref()) {
-            hot.attached.store(false, Ordering::Release);
-        }
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -625,8 +681,8 @@ fn later(after: Duration) -> tokio::time::Instant {
 }
 
 /// One round: the `top_n` hottest keys refreshed, hottest first, each
-/// once one of the rounds' refresh permits is free; the round gives up on the rest after
-/// `every` (the next round takes over).
+/// once one of the rounds' refresh permits is free; the round gives up on
+/// the rest after `every` (the next round takes over).
 async fn round<T, W>(ctx: &Ctx<W>, r: &Rounds<T>)
 where
     T: Clone + Send + Sync + 'static,

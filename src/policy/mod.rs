@@ -249,18 +249,7 @@ impl Storable {
     /// stale windows and the time kept for revalidation keep their lengths
     /// after it.
     pub(crate) fn set_lifetime(&mut self, lifetime: u64) {
-        let tl = self.timeline;
-        let fresh_until = tl
-            .stored_at
-            .saturating_add(lifetime.saturating_sub(tl.initial_age));
-        let after = |t: u64| fresh_until.saturating_add(t.saturating_sub(tl.fresh_until));
-        self.timeline = Timeline {
-            fresh_until,
-            stale_until: after(tl.stale_until),
-            stale_if_error_until: after(tl.stale_if_error_until),
-            retain_until: after(tl.retain_until),
-            ..tl
-        };
+        self.timeline = self.timeline.with_lifetime(lifetime);
         self.lifetime = lifetime;
     }
 }

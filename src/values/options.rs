@@ -110,6 +110,13 @@ impl ValueOptions {
 
     /// How long a stored value is fresh (the soft TTL; default
     /// [`DEFAULT_TTL`]). A TTL of zero stores values already stale.
+    ///
+    /// With [`adaptive_ttl`](crate::CacheBuilder::adaptive_ttl) on, this
+    /// TTL is scaled by the key's read rate as a route's TTL is (it is
+    /// the cache's user's choice, not an origin's), at most [`MAX_TTL`];
+    /// the stale window up to the [`hard_ttl`](Self::hard_ttl) and the
+    /// [`fail_safe`](Self::fail_safe) window keep their lengths after it
+    /// (a hot value is fresh longer, not served stale longer).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.min(MAX_TTL);
         self

@@ -103,7 +103,7 @@ fn an_entry_is_decoded_once_then_shared() {
         &Arc::new(vec![7]),
         Bytes::from_static(b"[7]"),
         &ValueOptions::new(),
-        T0,
+        ValueOptions::new().timeline(T0),
     );
     let read = Entry::decode(&made.encode()).unwrap();
     assert!(read.value.as_ref().unwrap().payload.get().is_none());
@@ -187,4 +187,23 @@ async fn a_key_over_the_bound_is_fetched_but_never_cached() {
     assert!(odds.get(&long).await.is_none());
     assert_eq!(cache.stats().passes, 2);
     assert_eq!(cache.shared.tiers.l1.len(), 0);
+}
+
+/// With adaptive TTL, a value hit counts its read as an HTTP hit does:
+/// every read up to `cold_under`, then one in `read_sample` per thread
+/// adding that many (no write to the entry's shared line on every hit).
+#[tokio::test]
+async fn value_hits_past_the_first_reads_are_counted_one_in_the_sample() {
+    let adaptive = crate::AdaptiveTtl::new().cold_under(5, 0.5).read_sample(8);
+    let cache = Cache::builder().adaptive_ttl(adaptive).build().unwrap();
+    let odds = cache.values::<u32>("odds").unwrap();
+    let opts = ValueOptions::new().ttl(Duration::from_secs(60));
+    assert!(odds.set("k", 1, &opts).await);
+    for _ in 0..1_000 {
+        assert!(odds.get("k").await.is_some());
+    }
+    let counted = entry_of(&cache, &odds, "k").reads.take();
+    // 5 counted one by one, then steps of 8: never the exact 1 000.
+    assert_eq!((counted - 5) % 8, 0, "{counted} reads counted");
+    assert!((500..=1_500).contains(&counted), "{counted} reads counted");
 }

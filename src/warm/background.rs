@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::warm_request;
 use crate::flow::hot::{
-    refresh_replay, BackgroundError, KeyWork, PrefetchRequest, Replay, WarmFuture, Warmed,
+    refresh_replay, BackgroundError, KeyWork, PrefetchRequest, Replay, Runner, WarmFuture, Warmed,
 };
 use crate::key::KeyHash;
 use crate::service::ServiceUpstream;
@@ -22,12 +22,14 @@ use crate::sync::lock;
 use crate::{Cache, CacheService};
 
 /// The background worker of a cache (from
-/// [`CacheService::spawn_background`]): it refreshes the hottest keys
+/// [`CacheService::spawn_background`], or a value cache's from
+/// `ValueCache::spawn_background`, feature `values`): it refreshes the hottest keys
 /// every `every` ([`refresh_hot`](crate::CacheBuilder::refresh_hot)) and
 /// warms the URLs reads name ([`prefetch`](crate::CacheBuilder::prefetch)).
 ///
 /// It ends when this handle is dropped, on [`stop`](Self::stop), or when
-/// the cache is dropped (every [`Cache`] and [`CacheService`] using it).
+/// the cache is dropped (every [`Cache`] and [`CacheService`] using it; a
+/// value cache's worker: every clone of that value cache).
 /// Keep the handle for as long as the worker should run: the worker holds
 /// a clone of the inner service, and when that service holds the cache
 /// (an axum router whose state is the [`Cache`], for its admin routes) the
@@ -42,6 +44,15 @@ pub struct Background {
 }
 
 impl Background {
+    /// The handle of a worker just started.
+    pub(crate) fn of(runner: Runner) -> Self {
+        Self {
+            task: runner.task,
+            tick: runner.tick,
+            rounds: runner.rounds,
+        }
+    }
+
     /// Starts a `refresh_hot` round now, without waiting for the next
     /// period (the periodic rounds go on as before).
     pub fn refresh_hot_now(&self) {
@@ -122,11 +133,7 @@ impl<S> CacheService<S> {
             _body: PhantomData,
         };
         let runner = self.cache().start_background(work)?;
-        Ok(Background {
-            task: runner.task,
-            tick: runner.tick,
-            rounds: runner.rounds,
-        })
+        Ok(Background::of(runner))
     }
 }
 
