@@ -45,7 +45,7 @@ use crate::key::KeyHash;
 use crate::observe::{LogLevel, Outcome as Counted};
 use crate::policy::{RequestDirectives, Usability};
 use crate::status::{Detail, Fwd, Status};
-use crate::tiers::{L1Lookup, Tier};
+use crate::tiers::{L1Lookup, Ticket, Tier};
 use crate::{BuildError, Invalidated};
 
 mod codec;
@@ -636,6 +636,28 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         (value, entry, stored)
     }
 
+    /// Stores a fetched value as [`store`](Self::store) does, unless an
+    /// invalidation that may cover its key came since the fetch started
+    /// (`ticket`): what was read before "update the source, then delete
+    /// the key" must not outlive the delete. Not stored, it still answers
+    /// this call and the calls waiting for it.
+    fn store_fetched(
+        &self,
+        key: &str,
+        hash: KeyHash,
+        value: T,
+        opts: &ValueOptions,
+        ticket: Ticket,
+        now: u64,
+    ) -> (Arc<T>, Arc<Entry>, bool) {
+        if self.shared().tiers.still_current(hash, ticket) {
+            return self.store(key, hash, value, opts, now);
+        }
+        let value = Arc::new(value);
+        let entry = Arc::new(self.entry(key, &value, Bytes::new(), opts, now));
+        (value, entry, false)
+    }
+
     /// The serialised form of `value`, if the codec makes one within the
     /// cache's body cap.
     fn encode(&self, value: &T) -> Option<Bytes> {
@@ -959,8 +981,18 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// A failed fetch of a key whose stale value is kept: counted as a
     /// failed refresh, and the value's life extended by the engine's
-    /// stale extension (half its TTL), at most `opts`' extensions.
-    fn keep_stale(&self, hash: KeyHash, prior: &Prior, opts: &ValueOptions, now: u64) {
+    /// stale extension (half its TTL), at most `opts`' extensions; not
+    /// when an invalidation of the key (or a newer value another instance
+    /// stored) came since the fetch started (`ticket`): the old value
+    /// would come back.
+    fn keep_stale(
+        &self,
+        hash: KeyHash,
+        prior: &Prior,
+        opts: &ValueOptions,
+        ticket: Ticket,
+        now: u64,
+    ) {
         let s = self.shared();
         s.counters.refresh_failed.incr();
         if s.obs.cfg.log.warnings() {
@@ -970,6 +1002,9 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 label = %self.name,
                 "value fetch failed; keeping the stale value"
             );
+        }
+        if !s.tiers.still_current(hash, ticket) {
+            return;
         }
         let Some(extended) = self
             .cache
@@ -1041,14 +1076,18 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         self.shared().counters.upstream_calls.incr();
+        let ticket = self.shared().tiers.ticket();
         let mut fut = fetch();
         if let Some((soft, stood_in)) = self.soft_limit(call.opts, prior.as_ref()) {
             match tokio::time::timeout(soft, fut.as_mut()).await {
-                Ok(result) => return self.fetched(call, Ok(result), prior, guard, started),
+                Ok(result) => {
+                    return self.fetched(call, Ok(result), prior, guard, (started, ticket))
+                }
                 Err(_) => {
                     if let Some(permit) = self.background_permit() {
                         if let Some(v) = self.fail_safe(call, stood_in, self.cache.now()) {
-                            let bg = self.background(call, stood_in.clone(), guard, permit);
+                            let stood_in = stood_in.clone();
+                            let bg = self.background(call, stood_in, guard, permit, ticket);
                             bg.spawn(fut, started, deadline, &call.report.span);
                             return Ok(v);
                         }
@@ -1057,7 +1096,13 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             }
         }
         let result = tokio::time::timeout_at(deadline, fut).await;
-        self.fetched(call, result.map_err(|_| ()), prior, guard, started)
+        self.fetched(
+            call,
+            result.map_err(|_| ()),
+            prior,
+            guard,
+            (started, ticket),
+        )
     }
 
     /// What the leader's fetch gave: stored and answered; or the fail-safe
@@ -1068,14 +1113,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         result: Result<Result<T, E>, ()>,
         prior: Option<Prior>,
         guard: Option<FlightGuard>,
-        started: Instant,
+        (started, ticket): (Instant, Ticket),
     ) -> Result<Arc<T>, FetchError<E>> {
         let s = self.shared();
         let now = self.cache.now();
         self.fetch_done(started, &result);
         let error = match result {
             Ok(Ok(value)) => {
-                let (value, entry, stored) = self.store(call.key, call.hash, value, call.opts, now);
+                let (value, entry, stored) =
+                    self.store_fetched(call.key, call.hash, value, call.opts, ticket, now);
                 s.counters.misses.incr();
                 let status = miss_status(prior.is_some(), stored);
                 self.report(call.key, &call.report, &Counted::from(&status), Some(now));
@@ -1087,7 +1133,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         };
         if let Some(p) = prior {
             if let Some(v) = self.fail_safe(call, &p, now) {
-                self.keep_stale(call.hash, &p, call.opts, now);
+                self.keep_stale(call.hash, &p, call.opts, ticket, now);
                 complete(guard, Outcome::StaleIfError(p.entry));
                 return Ok(v);
             }
@@ -1143,7 +1189,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         s.counters.upstream_calls.incr();
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
-        let bg = self.background(call, prior, Some(guard), permit);
+        let bg = self.background(call, prior, Some(guard), permit, s.tiers.ticket());
         bg.spawn(fetch(), started, deadline, &call.report.span);
     }
 
@@ -1154,6 +1200,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         prior: Prior,
         guard: Option<FlightGuard>,
         permit: OwnedSemaphorePermit,
+        ticket: Ticket,
     ) -> Background<T> {
         Background {
             values: self.clone(),
@@ -1163,6 +1210,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             prior,
             guard,
             permit,
+            ticket,
         }
     }
 }
@@ -1178,6 +1226,8 @@ struct Background<T> {
     prior: Prior,
     guard: Option<FlightGuard>,
     permit: OwnedSemaphorePermit,
+    /// Where the tiers' order stood when the fetch started.
+    ticket: Ticket,
 }
 
 /// A fetch's future, pinned so that it can move to another task halfway.
@@ -1226,12 +1276,13 @@ impl<T: Send + Sync + 'static> Background<T> {
         let now = vc.cache.now();
         let outcome = match result {
             Ok(Ok(value)) => {
-                let (_, entry, _) = vc.store(&self.key, self.hash, value, &self.opts, now);
+                let (_, entry, _) =
+                    vc.store_fetched(&self.key, self.hash, value, &self.opts, self.ticket, now);
                 vc.shared().counters.refresh_ok.incr();
                 Outcome::Stored(entry)
             }
             _ => {
-                vc.keep_stale(self.hash, &self.prior, &self.opts, now);
+                vc.keep_stale(self.hash, &self.prior, &self.opts, self.ticket, now);
                 Outcome::Failed
             }
         };

@@ -519,3 +519,61 @@ async fn lookups_have_spans_like_requests() {
     assert_eq!(refresh.str("cache.label"), Some("odds"));
     assert_eq!(refresh.follows, [cap.index(&lookups[2])]);
 }
+
+/// "Update the source, then delete the key" while a fetch that read the
+/// old source is under way: its result answers the calls that asked, but
+/// is not stored (the next lookup fetches again), for a miss, a background
+/// refresh and a batch.
+#[tokio::test]
+async fn a_delete_during_a_fetch_is_not_undone_by_its_result() {
+    let clock = clock();
+    let (cache, odds) = setup(&clock);
+    let calls = Calls::default();
+
+    let gate = Gate::new();
+    let (o, fetch) = (odds.clone(), calls.gated(&gate, "old".to_owned()));
+    let miss = tokio::spawn(async move { o.get_or_fetch("k", &opts(), fetch).await });
+    assert!(eventually(|| calls.get() == 1).await);
+    odds.delete("k");
+    gate.open();
+    assert_eq!(*miss.await.unwrap().unwrap(), "old", "answers its call");
+    let v = odds
+        .get_or_fetch("k", &opts(), calls.fetch("new".into()))
+        .await;
+    assert_eq!(*v.unwrap(), "new", "the old value was not stored");
+    assert_eq!(calls.get(), 2);
+
+    // A stale value's background refresh, deleted while it runs.
+    clock.advance(secs(15));
+    let gate = Gate::new();
+    let v = odds
+        .get_or_fetch("k", &opts(), calls.gated(&gate, "old".into()))
+        .await;
+    assert_eq!(*v.unwrap(), "new", "stale, answered at once");
+    assert!(eventually(|| calls.get() == 3).await);
+    assert!(odds.delete("k"));
+    gate.open();
+    assert!(eventually(|| cache.stats().refresh_ok == 1).await);
+    assert!(odds.get("k").await.is_none(), "the refresh stored nothing");
+
+    // A batch.
+    let gate = Gate::new();
+    let g = gate.clone();
+    let o = odds.clone();
+    let batch = tokio::spawn(async move {
+        let fetch = move |keys: Vec<String>| async move {
+            g.pass().await;
+            let items: Vec<(String, String)> =
+                keys.into_iter().map(|k| (k, "old".into())).collect();
+            Ok::<_, &'static str>(items)
+        };
+        o.get_many_or_fetch(&["b"], &opts(), fetch).await
+    });
+    assert!(eventually(|| cache.stats().upstream_calls == 4).await);
+    odds.delete("b");
+    gate.open();
+    let got = batch.await.unwrap().unwrap();
+    assert_eq!(got[0].as_deref().map(String::as_str), Some("old"));
+    assert!(odds.get("b").await.is_none(), "the batch stored nothing");
+    assert_eq!(cache.stats().stores, 1, "only the first refetch");
+}

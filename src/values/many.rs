@@ -15,6 +15,7 @@ use crate::coalesce::{self, Flight, FlightGuard, Join, Outcome};
 use crate::key::KeyHash;
 use crate::observe::Outcome as Counted;
 use crate::status::Status;
+use crate::tiers::Ticket;
 
 /// The items a batch's fetch returned, collected.
 type Fetched<T> = Vec<(String, T)>;
@@ -421,16 +422,17 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         let vc = &self.values;
         vc.shared().counters.upstream_calls.incr();
         let started = Instant::now();
+        let ticket = vc.shared().tiers.ticket();
         let asked = self.keys.iter().map(|k| k.key.clone()).collect();
         let result = tokio::time::timeout(self.opts.fetch_timeout, fetch(asked)).await;
         let result = result.map_err(|_| ());
         vc.fetch_done(started, &result);
         match result {
-            Ok(Ok(got)) => (self.stored(got), None),
-            Ok(Err(e)) => (self.failed(), Some(FetchError::fetch(e))),
+            Ok(Ok(got)) => (self.stored(got, ticket), None),
+            Ok(Err(e)) => (self.failed(ticket), Some(FetchError::fetch(e))),
             Err(()) => {
                 let after = self.opts.fetch_timeout;
-                (self.failed(), Some(FetchError::timeout(after)))
+                (self.failed(ticket), Some(FetchError::timeout(after)))
             }
         }
     }
@@ -439,6 +441,7 @@ impl<T: Send + Sync + 'static> Bulk<T> {
     fn stored<I: IntoIterator<Item = (String, T)>>(
         mut self,
         got: I,
+        ticket: Ticket,
     ) -> Vec<(usize, Option<Arc<T>>)> {
         let keys = std::mem::take(&mut self.keys);
         let mut fetched: Vec<Option<T>> = keys.iter().map(|_| None).collect();
@@ -454,14 +457,20 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         let now = self.values.cache.now();
         keys.into_iter()
             .zip(fetched)
-            .map(|(k, value)| self.store_one(k, value, now))
+            .map(|(k, value)| self.store_one(k, value, ticket, now))
             .collect()
     }
 
     /// One key's value from the fetch: stored (a miss, or a refresh of a
     /// stale value) and handed to its flight's waiters; `None`: the
     /// fetch had nothing for it.
-    fn store_one(&self, k: BulkKey, value: Option<T>, now: u64) -> (usize, Option<Arc<T>>) {
+    fn store_one(
+        &self,
+        k: BulkKey,
+        value: Option<T>,
+        ticket: Ticket,
+        now: u64,
+    ) -> (usize, Option<Arc<T>>) {
         let vc = &self.values;
         let s = vc.shared();
         let call = Call {
@@ -481,7 +490,8 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         if !k.cached {
             return (k.item, Some(Arc::new(value)));
         }
-        let (value, entry, stored) = vc.store(call.key, k.hash, value, &self.opts, now);
+        let (value, entry, stored) =
+            vc.store_fetched(call.key, k.hash, value, &self.opts, ticket, now);
         if k.answered {
             s.counters.refresh_ok.incr();
         } else {
@@ -495,13 +505,15 @@ impl<T: Send + Sync + 'static> Bulk<T> {
 
     /// The fetch failed: each key's fail-safe value (its stale value kept
     /// and extended), or nothing.
-    fn failed(mut self) -> Vec<(usize, Option<Arc<T>>)> {
+    fn failed(mut self, ticket: Ticket) -> Vec<(usize, Option<Arc<T>>)> {
         let keys = std::mem::take(&mut self.keys);
         let now = self.values.cache.now();
-        keys.into_iter().map(|k| self.fail_one(k, now)).collect()
+        keys.into_iter()
+            .map(|k| self.fail_one(k, ticket, now))
+            .collect()
     }
 
-    fn fail_one(&self, k: BulkKey, now: u64) -> (usize, Option<Arc<T>>) {
+    fn fail_one(&self, k: BulkKey, ticket: Ticket, now: u64) -> (usize, Option<Arc<T>>) {
         let vc = &self.values;
         let call = Call {
             key: &k.key,
@@ -518,7 +530,7 @@ impl<T: Send + Sync + 'static> Bulk<T> {
                 vc.fail_safe(&call, p, now)
             };
             if k.answered || stood_in.is_some() {
-                vc.keep_stale(k.hash, p, &self.opts, now);
+                vc.keep_stale(k.hash, p, &self.opts, ticket, now);
                 let outcome = match stood_in {
                     Some(_) => Outcome::StaleIfError(Arc::clone(&p.entry)),
                     None => Outcome::Failed,
