@@ -577,3 +577,31 @@ async fn a_delete_during_a_fetch_is_not_undone_by_its_result() {
     assert!(odds.get("b").await.is_none(), "the batch stored nothing");
     assert_eq!(cache.stats().stores, 1, "only the first refetch");
 }
+
+/// A batch dropped before its answer counts each key it had not answered
+/// as cancelled, as a dropped single lookup does: every key ends in
+/// exactly one outcome.
+#[tokio::test]
+async fn a_dropped_batch_counts_its_unanswered_keys_as_cancelled() {
+    let clock = clock();
+    let (cache, odds) = setup(&clock);
+    odds.set("a", "A".into(), &opts()).await;
+    let gate = Gate::new();
+    let g = gate.clone();
+    let fetch = move |_keys: Vec<String>| async move {
+        g.pass().await;
+        Ok::<Vec<(String, String)>, &'static str>(Vec::new())
+    };
+    let opts = opts();
+    let mut batch = Box::pin(odds.get_many_or_fetch(&["a", "b", "c"], &opts, fetch));
+    // Polled once (its fetch waits at the gate), then dropped.
+    tokio::select! {
+        biased;
+        _ = &mut batch => panic!("answered through a closed gate"),
+        _ = std::future::ready(()) => {}
+    }
+    assert_eq!(cache.stats().upstream_calls, 1);
+    drop(batch);
+    let s = cache.stats();
+    assert_eq!((s.hits_l1, s.cancelled, s.requests), (1, 2, 3), "{s:?}");
+}

@@ -48,6 +48,8 @@ struct Item<'a, T> {
     prior: Option<Prior>,
     /// The value answered is stale: refresh it.
     stale: bool,
+    /// Its lookup is reported (an answer, a pass, a failure).
+    done: bool,
 }
 
 /// The keys of a batch, by what happens to them after the lookups.
@@ -68,6 +70,24 @@ struct Batch<'a, T> {
     start: u64,
     items: Vec<Item<'a, T>>,
     index: HashMap<&'a str, usize>,
+    /// Every key is reported: nothing to count as cancelled when dropped.
+    finished: bool,
+}
+
+/// A batch dropped before its answer (a caller's timeout, a caller gone):
+/// each key not reported yet counts as cancelled, as a dropped
+/// [`get_or_fetch`](ValueCache::get_or_fetch) does, so that each key ends
+/// in exactly one outcome.
+impl<T> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let none = tracing::Span::none();
+        for _ in self.items.iter().filter(|i| !i.done) {
+            self.values.cache.cancelled(self.values.label, &none);
+        }
+    }
 }
 
 impl<T: Send + Sync + 'static> ValueCache<T> {
@@ -173,6 +193,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
             start,
             items: Vec::with_capacity(keys.len()),
             index: HashMap::with_capacity(keys.len()),
+            finished: false,
         };
         for key in keys {
             let key = key.as_ref();
@@ -187,6 +208,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 value: None,
                 prior: None,
                 stale: false,
+                done: false,
             });
         }
         batch
@@ -216,6 +238,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         let asked: Vec<usize> = flights.mine.iter().map(|(i, _)| *i).collect();
         let failed = self.fetch(flights.mine, flights.refresh, fetch).await;
         self.wait(flights.theirs).await;
+        self.finished = true;
         if let Some(error) = failed {
             if asked.iter().any(|i| self.items[*i].value.is_none()) {
                 return Err(error);
@@ -233,9 +256,13 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
     fn note(&mut self, i: usize, answer: Answer<T>) {
         let item = &mut self.items[i];
         match answer {
-            Answer::Fresh(v, _) => item.value = Some(v),
+            Answer::Fresh(v, _) => {
+                item.value = Some(v);
+                item.done = true;
+            }
             Answer::Stale(v, prior) => {
                 item.value = Some(v);
+                item.done = true;
                 item.prior = Some(prior);
                 item.stale = true;
             }
@@ -300,6 +327,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 s.counters.passes.incr();
                 let pass = Counted::from(&Status::BYPASS);
                 self.values.report(item.key, &Report::none(0), &pass, None);
+                self.items[i].done = true;
                 flights.mine.push((i, None));
             } else if item.stale {
                 flights
@@ -342,6 +370,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         let (values, failed) = bulk.run(fetch).await;
         for (i, value) in values {
             self.items[i].value = self.items[i].value.take().or(value);
+            self.items[i].done = true;
         }
         failed
     }
@@ -386,6 +415,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 // Its flight failed and no fetch is left to this batch.
                 None => self.values.gave_up::<()>(&call, prior.as_ref(), false).ok(),
             };
+            self.items[i].done = true;
         }
     }
 }
