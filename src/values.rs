@@ -349,7 +349,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 
     /// The hash of `key` in this cache's namespace: the hash of its
-    /// readable key (`{name}\x1f{key}`), made without allocating.
+    /// readable key (`{name}\x1f{key}`), made without allocating, seeded
+    /// apart from requests' keys (`key::VALUE_SEED`).
     fn hash(&self, key: &str) -> KeyHash {
         let name = self.name.as_bytes();
         let len = name.len() + 1 + key.len();
@@ -358,9 +359,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             buf[..name.len()].copy_from_slice(name);
             buf[name.len()] = VALUE_SCOPE as u8;
             buf[name.len() + 1..len].copy_from_slice(key.as_bytes());
-            return KeyHash(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+            return KeyHash(xxhash_rust::xxh3::xxh3_128_with_seed(
+                &buf[..len],
+                crate::key::VALUE_SEED,
+            ));
         }
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::key::VALUE_SEED);
         h.update(name);
         h.update(&[VALUE_SCOPE as u8]);
         h.update(key.as_bytes());

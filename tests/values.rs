@@ -605,3 +605,30 @@ async fn a_dropped_batch_counts_its_unanswered_keys_as_cancelled() {
     let s = cache.stats();
     assert_eq!((s.hits_l1, s.cancelled, s.requests), (1, 2, 3), "{s:?}");
 }
+
+/// A custom key function can make the readable key of a value
+/// (`{name}\x1f{key}`): the request and the value still never share an
+/// entry (a value's hash is seeded apart), so neither answers for, nor
+/// replaces, the other.
+#[tokio::test]
+async fn a_request_keyed_like_a_value_never_meets_it() {
+    let clock = clock();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .key_fn(|_| Some("odds\x1fmatch:42".to_owned()))
+        .build()
+        .unwrap();
+    let odds = cache.values::<String>("odds").unwrap();
+    assert!(odds.set("match:42", "value".into(), &opts()).await);
+    let (origin, log) = origin(|_, _| ok("max-age=60", "page"));
+    let svc = cached(&cache, origin);
+    let resp = send(&svc, get("http://example.com/x")).await;
+    assert_eq!(&body(resp).await[..], b"page", "the origin answered");
+    assert_eq!(log.calls(), 1);
+    let resp = send(&svc, get("http://example.com/x")).await;
+    assert_eq!(&body(resp).await[..], b"page");
+    assert_eq!(log.calls(), 1, "the response was stored beside the value");
+    let v = odds.get("match:42").await;
+    assert_eq!(v.as_deref().map(String::as_str), Some("value"));
+    assert_eq!(cache.stats().l1_entries, 2);
+}
