@@ -76,6 +76,20 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// [`FetchError::is_too_many_keys`].
 pub const MAX_MANY_KEYS: usize = 1000;
 
+/// How many times its serialised size a decoded value is taken to weigh
+/// in L1 when its value cache has no weigher
+/// ([`ValueCache::with_weigher`]): 8, conservative for JSON, whose worst
+/// case among the standard types is near it (`""` and `[]`, 2 bytes and a
+/// comma, decode to 24-byte `String`s and `Vec`s). A value read from L2 is
+/// untrusted: without a weigher, a type that can hold much more than 8
+/// times its encoding (collections of empty strings, vectors or maps in
+/// [`Postcard`]'s one-byte form, enums whose small variants sit beside a
+/// large one) lets L1 hold more than its byte budget.
+pub const DEFAULT_WEIGHT_FACTOR: u64 = crate::entry::VALUE_WEIGHT_FACTOR;
+
+/// A value cache's weigher (see [`ValueCache::with_weigher`]).
+type Weigher<T> = Arc<dyn Fn(&T) -> usize + Send + Sync>;
+
 impl Cache {
     /// A cache of values of type `T` named `name`, on this cache's tiers,
     /// written to L2 as JSON ([`Json`]).
@@ -121,6 +135,7 @@ impl Cache {
             codec: Arc::new(codec),
             type_tag: type_tag(std::any::type_name::<T>()),
             defaults: Arc::default(),
+            weigher: None,
         })
     }
 }
@@ -190,6 +205,7 @@ pub struct ValueCache<T> {
     codec_id: u8,
     type_tag: u64,
     defaults: Arc<ValueOptions>,
+    weigher: Option<Weigher<T>>,
 }
 
 impl<T> Clone for ValueCache<T> {
@@ -202,6 +218,7 @@ impl<T> Clone for ValueCache<T> {
             codec_id: self.codec_id,
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
+            weigher: self.weigher.clone(),
         }
     }
 }
@@ -344,6 +361,38 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         self
     }
 
+    /// This cache with `weigher` telling how many bytes a decoded value
+    /// holds (its size in its `Arc` and what it owns on the heap): what L1
+    /// counts for it beside its serialised form. Without one, a value
+    /// weighs [`DEFAULT_WEIGHT_FACTOR`] times its serialised size. Values
+    /// read from L2 are weighed once decoded, before L1 keeps them.
+    ///
+    /// ```
+    /// let cache = tower_tiered_cache::Cache::builder().build().unwrap();
+    /// let names = cache
+    ///     .values::<Vec<String>>("names")
+    ///     .unwrap()
+    ///     .with_weigher(|v| {
+    ///         let strings = v.capacity() * std::mem::size_of::<String>();
+    ///         24 + strings + v.iter().map(String::capacity).sum::<usize>()
+    ///     });
+    /// # let _ = names;
+    /// ```
+    pub fn with_weigher(mut self, weigher: impl Fn(&T) -> usize + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// What `value`, whose serialised form is `body_len` bytes, weighs
+    /// decoded: the weigher's answer, else [`DEFAULT_WEIGHT_FACTOR`] times
+    /// `body_len`.
+    fn decoded_weight(&self, value: &T, body_len: usize) -> u64 {
+        match &self.weigher {
+            Some(w) => w(value) as u64,
+            None => DEFAULT_WEIGHT_FACTOR.saturating_mul(body_len as u64),
+        }
+    }
+
     fn shared(&self) -> &Shared {
         &self.cache.shared
     }
@@ -431,9 +480,9 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 .map_err(|_| Unusable::OtherType);
         }
         let value = Arc::new(self.codec.decode(&entry.body).map_err(Unusable::Codec)?);
-        let _ = meta
-            .payload
-            .set(Arc::clone(&value) as Arc<dyn Any + Send + Sync>);
+        // Weighed before it can be promoted: L1 counts what it holds.
+        let weight = self.decoded_weight(&value, entry.body.len());
+        meta.decoded(Arc::clone(&value) as Arc<dyn Any + Send + Sync>, weight);
         Ok(value)
     }
 
@@ -702,6 +751,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         now: u64,
     ) -> Entry {
         let payload = Arc::clone(value) as Arc<dyn Any + Send + Sync>;
+        let meta = ValueMeta::new(self.codec_id, self.type_tag, None);
+        meta.decoded(payload, self.decoded_weight(value, body.len()));
         Entry {
             key: self.readable(key).into_boxed_str(),
             status: StatusCode::OK,
@@ -716,11 +767,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             template: Default::default(),
             label: self.label,
             reads: Default::default(),
-            value: Some(Box::new(ValueMeta::new(
-                self.codec_id,
-                self.type_tag,
-                Some(payload),
-            ))),
+            value: Some(Box::new(meta)),
         }
     }
 
