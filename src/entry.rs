@@ -147,6 +147,7 @@ impl ValueMeta {
     /// first one set stays). Called before the entry can enter L1 (when it
     /// is made, or on the typed read that precedes a promotion), so the
     /// entry's weight never changes while L1 holds it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
     pub(crate) fn decoded(&self, value: Arc<dyn Any + Send + Sync>, weight: u64) {
         let _ = self.decoded_weight.set(weight);
         let _ = self.payload.set(value);

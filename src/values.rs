@@ -83,7 +83,7 @@ pub const MAX_MANY_KEYS: usize = 1000;
 /// comma, decode to 24-byte `String`s and `Vec`s). A value read from L2 is
 /// untrusted: without a weigher, a type that can hold much more than 8
 /// times its encoding (collections of empty strings, vectors or maps in
-/// [`Postcard`]'s one-byte form, enums whose small variants sit beside a
+/// postcard's one-byte form, enums whose small variants sit beside a
 /// large one) lets L1 hold more than its byte budget.
 pub const DEFAULT_WEIGHT_FACTOR: u64 = crate::entry::VALUE_WEIGHT_FACTOR;
 
