@@ -26,6 +26,7 @@ use crate::policy::range::{self, Ranged};
 use crate::policy::{PolicyConfig, RequestDirectives, Usability};
 use crate::stats::{Counters, Stats};
 use crate::status::{Detail, Fwd, Status, CACHE_STATUS, STATUS_ONLY_IF_CACHED};
+use crate::store::order::Scope;
 use crate::tiers::{L1Lookup, Tier, Tiers};
 
 /// A copy of what the engine needs of a request (method, URI, version,
@@ -501,6 +502,7 @@ impl Cache {
     }
 
     pub(crate) fn invalidate_hash(&self, key: KeyHash) -> bool {
+        self.shared.tiers.note_invalidated(Scope::Key(key));
         let removed = self.shared.tiers.l1.remove(key);
         self.shared.hit_for_pass.remove(&key);
         #[cfg(feature = "redis")]
@@ -559,6 +561,7 @@ impl Cache {
     /// Removes what `what` names from L1, then from L2 (which tells the
     /// other instances); L1's removals are counted as invalidations.
     pub(crate) async fn purge(&self, what: Purge<'_>) -> Invalidated {
+        self.shared.tiers.note_invalidated(Scope::Unlisted);
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut out = Invalidated {
             l1: self.shared.tiers.l1.remove_where(|e| what.matches(e)),
@@ -583,6 +586,7 @@ impl Cache {
             l1: self.shared.tiers.l1.len() as u64,
             l2: 0,
         };
+        self.shared.tiers.note_invalidated(Scope::All);
         self.shared.tiers.l1.clear();
         self.shared.hit_for_pass.clear();
         #[cfg(feature = "redis")]

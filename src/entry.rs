@@ -126,7 +126,20 @@ pub(crate) struct ValueMeta {
     /// The decoded value: set when the entry is made from a value, or on
     /// its first typed read.
     pub(crate) payload: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// The memory the decoded value holds, as its value cache weighs it:
+    /// set with the payload (see [`ValueMeta::decoded`]). Until then the
+    /// weight assumes [`VALUE_WEIGHT_FACTOR`] times the serialised size.
+    pub(crate) decoded_weight: OnceLock<u64>,
 }
+
+/// How many times its serialised size a decoded value is assumed to hold
+/// when its value cache has no weigher of its own: conservative for
+/// JSON, whose worst case among the standard types is near it (`""` and
+/// `[]`, 2 bytes and a comma, decode to 24-byte `String`s and `Vec`s).
+pub(crate) const VALUE_WEIGHT_FACTOR: u64 = 8;
+
+/// The most a decoded value is taken to weigh (1 TiB): more than any L1.
+const MAX_DECODED_WEIGHT: u64 = 1 << 40;
 
 impl ValueMeta {
     /// The meta of a value written by codec `codec` for type `type_tag`,
@@ -144,7 +157,18 @@ impl ValueMeta {
             codec,
             type_tag,
             payload: cell,
+            decoded_weight: OnceLock::new(),
         }
+    }
+
+    /// Keeps `value`, the decoded form, weighing `weight` bytes (the
+    /// first one set stays). Called before the entry can enter L1 (when it
+    /// is made, or on the typed read that precedes a promotion), so the
+    /// entry's weight never changes while L1 holds it.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn decoded(&self, value: Arc<dyn Any + Send + Sync>, weight: u64) {
+        let _ = self.decoded_weight.set(weight);
+        let _ = self.payload.set(value);
     }
 }
 
@@ -399,7 +423,8 @@ impl Entry {
     /// values, the tags, the hit-response template (counted whether or
     /// not it has been built yet), the entry itself and its L1 slot, each
     /// allocation with the allocator's own overhead; for a typed value,
-    /// its decoded form too, estimated at its serialised size. It is honest only
+    /// its decoded form too, as its value cache weighs it (by default 8
+    /// times its serialised size). It is honest only
     /// because entries own exactly what they keep: what is stored is
     /// copied out of the buffers it arrived in.
     pub fn weight(&self) -> u64 {
@@ -444,10 +469,18 @@ impl Entry {
         } else {
             chunk(self.body.len()) + chunk(SHARED)
         };
-        // A value's meta, and its decoded form (in its `Arc`), estimated
-        // at its serialised size: counted whether decoded yet or not.
-        let value = self.value.as_ref().map_or(0, |_| {
-            chunk(size_of::<ValueMeta>()) + chunk(2 * size_of::<usize>() + self.body.len())
+        // A value's meta, and its decoded form (in its `Arc`) as its value
+        // cache weighs it, or estimated from its serialised size.
+        let value = self.value.as_ref().map_or(0, |meta| {
+            let decoded = meta
+                .decoded_weight
+                .get()
+                .copied()
+                .unwrap_or_else(|| VALUE_WEIGHT_FACTOR.saturating_mul(self.body.len() as u64));
+            // Bounded so that a weigher's huge answer cannot overflow: any
+            // entry that heavy is refused by L1 anyway.
+            let decoded = decoded.min(MAX_DECODED_WEIGHT) as usize;
+            chunk(size_of::<ValueMeta>()) + chunk(2 * size_of::<usize>() + decoded)
         });
         (ENTRY_OVERHEAD + chunk(self.key.len()) + body + headers + template + vary + tags + value)
             as u64

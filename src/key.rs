@@ -29,7 +29,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
 use http::request::Parts;
 use http::Uri;
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed, Xxh3};
 
 /// A custom key function: returns the readable key for a request, or `None`
 /// to let the request pass uncached.
@@ -326,6 +326,13 @@ impl KeyConfig {
     }
 }
 
+/// The seed of typed values' key hashes (`{name}\x1f{key}`): requests'
+/// keys are hashed without one, so a value and a request never share a
+/// hash (an L1 slot, an L2 key, a flight), whatever readable key a custom
+/// key function makes.
+#[cfg_attr(not(feature = "values"), allow(dead_code))]
+pub(crate) const VALUE_SEED: u64 = 0x7661_6c75_6573; // "values"
+
 /// Whether `readable`, a stored entry's readable key, is the key of a
 /// request hashed to `hash` that carries `headers`: its hash, or, for a key
 /// partitioned by credentials (whose readable form shows 16 hex digits of
@@ -335,6 +342,11 @@ impl KeyConfig {
 pub(crate) fn readable_matches(readable: &str, hash: KeyHash, headers: &HeaderMap) -> bool {
     if KeyHash(xxh3_128(readable.as_bytes())) == hash {
         return true;
+    }
+    if readable.contains(crate::entry::VALUE_SCOPE)
+        && KeyHash(xxh3_128_with_seed(readable.as_bytes(), VALUE_SEED)) == hash
+    {
+        return true; // A typed value's key.
     }
     let Some((base, short)) = readable.rsplit_once(CREDENTIALS_TAG) else {
         return false;

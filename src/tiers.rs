@@ -29,7 +29,7 @@ use crate::reads::ReadCounts;
 use crate::stats::Counter;
 use crate::status::{Detail, Fwd};
 use crate::store::memory::{Found, MemoryStore};
-use crate::store::order::Generation;
+use crate::store::order::{Generation, Generations, Scope, Use};
 
 /// Which entries L1 holds when an L2 tier is below it; the others live in
 /// L2 only until they qualify
@@ -150,6 +150,25 @@ pub(crate) enum L2Lookup {
     Miss { varied: bool },
 }
 
+/// How many key invalidations made here L1's order remembers (the least
+/// used records go first: a fetch that outlives that many invalidations of
+/// other keys may store a value read before its own).
+const L1_INVALIDATIONS_REMEMBERED: usize = 10_000;
+
+/// Where the tiers' order of writes and invalidations stood when a fetch
+/// started (`store/order.rs`): what it got is stored only if no
+/// invalidation that may cover its key came since
+/// ([`Tiers::still_current`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    /// L1's order: invalidations made here.
+    l1: Generation,
+    /// L2's order: invalidations made here and those other instances
+    /// announced.
+    #[cfg(feature = "redis")]
+    l2: Generation,
+}
+
 /// L1, the optional L2, and how entries move between them.
 pub(crate) struct Tiers {
     pub(crate) l1: MemoryStore,
@@ -161,6 +180,8 @@ pub(crate) struct Tiers {
     not_admitted: Counter,
     /// How often keys are read, with adaptive TTL on (`reads.rs`).
     pub(crate) read_counts: Option<ReadCounts>,
+    /// The invalidations made here, in L1's order (L2 keeps its own).
+    order: Generations,
 }
 
 impl Tiers {
@@ -173,7 +194,44 @@ impl Tiers {
             admission,
             not_admitted: Counter::default(),
             read_counts: None,
+            order: Generations::new(L1_INVALIDATIONS_REMEMBERED),
         }
+    }
+
+    /// Records an invalidation made here of `scope`, before L1 removes
+    /// what it covers: a fetch under way then will not store what it got
+    /// ([`still_current`](Self::still_current)).
+    pub(crate) fn note_invalidated(&self, scope: Scope) {
+        self.order.invalidate(scope);
+    }
+
+    /// Where the order stands now: taken when a fetch starts.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket {
+            l1: self.order.next(),
+            #[cfg(feature = "redis")]
+            l2: self
+                .l2
+                .as_ref()
+                .map_or(Generation::NONE, |l2| l2.generation()),
+        }
+    }
+
+    /// Whether what a fetch started at `ticket` got for `key` may still be
+    /// stored: no invalidation that may cover the key (of the key, a tag,
+    /// a prefix, a clear, here or announced by another instance) came
+    /// since. Else it would undo the invalidation: "update the source,
+    /// then delete the key" racing with a fetch that read the old source.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn still_current(&self, key: KeyHash, ticket: Ticket) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            if !l2.may_promote(key, ticket.l2) {
+                return false;
+            }
+        }
+        self.order.still_applies(key, ticket.l1, Use::Promote)
     }
 
     /// These tiers with (when `Some`) L2 below L1.

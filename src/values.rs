@@ -45,7 +45,7 @@ use crate::key::KeyHash;
 use crate::observe::{LogLevel, Outcome as Counted};
 use crate::policy::{RequestDirectives, Usability};
 use crate::status::{Detail, Fwd, Status};
-use crate::tiers::{L1Lookup, Tier};
+use crate::tiers::{L1Lookup, Ticket, Tier};
 use crate::{BuildError, Invalidated};
 
 mod codec;
@@ -77,6 +77,20 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// The most keys one [`ValueCache::get_many_or_fetch`] takes; more is
 /// [`FetchError::is_too_many_keys`].
 pub const MAX_MANY_KEYS: usize = 1000;
+
+/// How many times its serialised size a decoded value is taken to weigh
+/// in L1 when its value cache has no weigher
+/// ([`ValueCache::with_weigher`]): 8, conservative for JSON, whose worst
+/// case among the standard types is near it (`""` and `[]`, 2 bytes and a
+/// comma, decode to 24-byte `String`s and `Vec`s). A value read from L2 is
+/// untrusted: without a weigher, a type that can hold much more than 8
+/// times its encoding (collections of empty strings, vectors or maps in
+/// postcard's one-byte form, enums whose small variants sit beside a
+/// large one) lets L1 hold more than its byte budget.
+pub const DEFAULT_WEIGHT_FACTOR: u64 = crate::entry::VALUE_WEIGHT_FACTOR;
+
+/// A value cache's weigher (see [`ValueCache::with_weigher`]).
+type Weigher<T> = Arc<dyn Fn(&T) -> usize + Send + Sync>;
 
 impl Cache {
     /// A cache of values of type `T` named `name`, on this cache's tiers,
@@ -124,6 +138,7 @@ impl Cache {
             type_tag: type_tag(std::any::type_name::<T>()),
             defaults: Arc::default(),
             hot: None,
+            weigher: None,
         })
     }
 }
@@ -195,6 +210,7 @@ pub struct ValueCache<T> {
     defaults: Arc<ValueOptions>,
     /// Hot-key refresh and prefetch ([`with_hot`](Self::with_hot)).
     hot: Option<Arc<hot::ValueHot>>,
+    weigher: Option<Weigher<T>>,
 }
 
 impl<T> Clone for ValueCache<T> {
@@ -208,6 +224,7 @@ impl<T> Clone for ValueCache<T> {
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
             hot: self.hot.clone(),
+            weigher: self.weigher.clone(),
         }
     }
 }
@@ -351,12 +368,45 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         self
     }
 
+    /// This cache with `weigher` telling how many bytes a decoded value
+    /// holds (its size in its `Arc` and what it owns on the heap): what L1
+    /// counts for it beside its serialised form. Without one, a value
+    /// weighs [`DEFAULT_WEIGHT_FACTOR`] times its serialised size. Values
+    /// read from L2 are weighed once decoded, before L1 keeps them.
+    ///
+    /// ```
+    /// let cache = tower_tiered_cache::Cache::builder().build().unwrap();
+    /// let names = cache
+    ///     .values::<Vec<String>>("names")
+    ///     .unwrap()
+    ///     .with_weigher(|v| {
+    ///         let strings = v.capacity() * std::mem::size_of::<String>();
+    ///         24 + strings + v.iter().map(String::capacity).sum::<usize>()
+    ///     });
+    /// # let _ = names;
+    /// ```
+    pub fn with_weigher(mut self, weigher: impl Fn(&T) -> usize + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// What `value`, whose serialised form is `body_len` bytes, weighs
+    /// decoded: the weigher's answer, else [`DEFAULT_WEIGHT_FACTOR`] times
+    /// `body_len`.
+    fn decoded_weight(&self, value: &T, body_len: usize) -> u64 {
+        match &self.weigher {
+            Some(w) => w(value) as u64,
+            None => DEFAULT_WEIGHT_FACTOR.saturating_mul(body_len as u64),
+        }
+    }
+
     fn shared(&self) -> &Shared {
         &self.cache.shared
     }
 
     /// The hash of `key` in this cache's namespace: the hash of its
-    /// readable key (`{name}\x1f{key}`), made without allocating.
+    /// readable key (`{name}\x1f{key}`), made without allocating, seeded
+    /// apart from requests' keys (`key::VALUE_SEED`).
     fn hash(&self, key: &str) -> KeyHash {
         let name = self.name.as_bytes();
         let len = name.len() + 1 + key.len();
@@ -365,9 +415,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             buf[..name.len()].copy_from_slice(name);
             buf[name.len()] = VALUE_SCOPE as u8;
             buf[name.len() + 1..len].copy_from_slice(key.as_bytes());
-            return KeyHash(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+            return KeyHash(xxhash_rust::xxh3::xxh3_128_with_seed(
+                &buf[..len],
+                crate::key::VALUE_SEED,
+            ));
         }
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::key::VALUE_SEED);
         h.update(name);
         h.update(&[VALUE_SCOPE as u8]);
         h.update(key.as_bytes());
@@ -434,9 +487,9 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 .map_err(|_| Unusable::OtherType);
         }
         let value = Arc::new(self.codec.decode(&entry.body).map_err(Unusable::Codec)?);
-        let _ = meta
-            .payload
-            .set(Arc::clone(&value) as Arc<dyn Any + Send + Sync>);
+        // Weighed before it can be promoted: L1 counts what it holds.
+        let weight = self.decoded_weight(&value, entry.body.len());
+        meta.decoded(Arc::clone(&value) as Arc<dyn Any + Send + Sync>, weight);
         Ok(value)
     }
 
@@ -692,6 +745,28 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         timeline.with_lifetime(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// Stores a fetched value as [`store`](Self::store) does, unless an
+    /// invalidation that may cover its key came since the fetch started
+    /// (`ticket`): what was read before "update the source, then delete
+    /// the key" must not outlive the delete. Not stored, it still answers
+    /// this call and the calls waiting for it.
+    fn store_fetched(
+        &self,
+        key: &str,
+        hash: KeyHash,
+        value: T,
+        opts: &ValueOptions,
+        ticket: Ticket,
+        now: u64,
+    ) -> (Arc<T>, Arc<Entry>, bool) {
+        if self.shared().tiers.still_current(hash, ticket) {
+            return self.store(key, hash, value, opts, now);
+        }
+        let value = Arc::new(value);
+        let entry = Arc::new(self.entry(key, &value, Bytes::new(), opts, opts.timeline(now)));
+        (value, entry, false)
+    }
+
     /// The serialised form of `value`, if the codec makes one within the
     /// cache's body cap.
     fn encode(&self, value: &T) -> Option<Bytes> {
@@ -732,6 +807,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         timeline: Timeline,
     ) -> Entry {
         let payload = Arc::clone(value) as Arc<dyn Any + Send + Sync>;
+        let meta = ValueMeta::new(self.codec_id, self.type_tag, None);
+        meta.decoded(payload, self.decoded_weight(value, body.len()));
         Entry {
             key: self.readable(key).into_boxed_str(),
             status: StatusCode::OK,
@@ -746,11 +823,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             template: Default::default(),
             label: self.label,
             reads: Default::default(),
-            value: Some(Box::new(ValueMeta::new(
-                self.codec_id,
-                self.type_tag,
-                Some(payload),
-            ))),
+            value: Some(Box::new(meta)),
         }
     }
 
@@ -1015,8 +1088,18 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// A failed fetch of a key whose stale value is kept: counted as a
     /// failed refresh, and the value's life extended by the engine's
-    /// stale extension (half its TTL), at most `opts`' extensions.
-    fn keep_stale(&self, hash: KeyHash, prior: &Prior, opts: &ValueOptions, now: u64) {
+    /// stale extension (half its TTL), at most `opts`' extensions; not
+    /// when an invalidation of the key (or a newer value another instance
+    /// stored) came since the fetch started (`ticket`): the old value
+    /// would come back.
+    fn keep_stale(
+        &self,
+        hash: KeyHash,
+        prior: &Prior,
+        opts: &ValueOptions,
+        ticket: Ticket,
+        now: u64,
+    ) {
         let s = self.shared();
         s.counters.refresh_failed.incr();
         if s.obs.cfg.log.warnings() {
@@ -1026,6 +1109,9 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 label = %self.name,
                 "value fetch failed; keeping the stale value"
             );
+        }
+        if !s.tiers.still_current(hash, ticket) {
+            return;
         }
         let Some(extended) = self
             .cache
@@ -1097,14 +1183,18 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
         self.shared().counters.upstream_calls.incr();
+        let ticket = self.shared().tiers.ticket();
         let mut fut = fetch();
         if let Some((soft, stood_in)) = self.soft_limit(call.opts, prior.as_ref()) {
             match tokio::time::timeout(soft, fut.as_mut()).await {
-                Ok(result) => return self.fetched(call, Ok(result), prior, guard, started),
+                Ok(result) => {
+                    return self.fetched(call, Ok(result), prior, guard, (started, ticket))
+                }
                 Err(_) => {
                     if let Some(permit) = self.background_permit() {
                         if let Some(v) = self.fail_safe(call, stood_in, self.cache.now()) {
-                            let bg = self.background(call, stood_in.clone(), guard, permit);
+                            let stood_in = stood_in.clone();
+                            let bg = self.background(call, stood_in, guard, permit, ticket);
                             bg.spawn(fut, started, deadline, &call.report.span);
                             return Ok(v);
                         }
@@ -1113,7 +1203,13 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             }
         }
         let result = tokio::time::timeout_at(deadline, fut).await;
-        self.fetched(call, result.map_err(|_| ()), prior, guard, started)
+        self.fetched(
+            call,
+            result.map_err(|_| ()),
+            prior,
+            guard,
+            (started, ticket),
+        )
     }
 
     /// What the leader's fetch gave: stored and answered; or the fail-safe
@@ -1124,14 +1220,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         result: Result<Result<T, E>, ()>,
         prior: Option<Prior>,
         guard: Option<FlightGuard>,
-        started: Instant,
+        (started, ticket): (Instant, Ticket),
     ) -> Result<Arc<T>, FetchError<E>> {
         let s = self.shared();
         let now = self.cache.now();
         self.fetch_done(started, &result);
         let error = match result {
             Ok(Ok(value)) => {
-                let (value, entry, stored) = self.store(call.key, call.hash, value, call.opts, now);
+                let (value, entry, stored) =
+                    self.store_fetched(call.key, call.hash, value, call.opts, ticket, now);
                 s.counters.misses.incr();
                 let status = miss_status(prior.is_some(), stored);
                 self.report(call.key, &call.report, &Counted::from(&status), Some(now));
@@ -1143,7 +1240,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         };
         if let Some(p) = prior {
             if let Some(v) = self.fail_safe(call, &p, now) {
-                self.keep_stale(call.hash, &p, call.opts, now);
+                self.keep_stale(call.hash, &p, call.opts, ticket, now);
                 complete(guard, Outcome::StaleIfError(p.entry));
                 return Ok(v);
             }
@@ -1210,10 +1307,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         guard: FlightGuard,
         permit: OwnedSemaphorePermit,
     ) {
-        self.shared().counters.upstream_calls.incr();
+        let s = self.shared();
+        let ticket = s.tiers.ticket();
+        s.counters.upstream_calls.incr();
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
-        let bg = self.background(call, prior, Some(guard), permit);
+        let bg = self.background(call, prior, Some(guard), permit, ticket);
         bg.spawn(fetch(), started, deadline, &call.report.span);
     }
 
@@ -1224,6 +1323,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         prior: Prior,
         guard: Option<FlightGuard>,
         permit: OwnedSemaphorePermit,
+        ticket: Ticket,
     ) -> Background<T> {
         Background {
             values: self.clone(),
@@ -1233,6 +1333,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             prior,
             guard,
             permit,
+            ticket,
         }
     }
 }
@@ -1248,6 +1349,8 @@ struct Background<T> {
     prior: Prior,
     guard: Option<FlightGuard>,
     permit: OwnedSemaphorePermit,
+    /// Where the tiers' order stood when the fetch started.
+    ticket: Ticket,
 }
 
 /// A fetch's future, pinned so that it can move to another task halfway.
@@ -1296,12 +1399,13 @@ impl<T: Send + Sync + 'static> Background<T> {
         let now = vc.cache.now();
         let outcome = match result {
             Ok(Ok(value)) => {
-                let (_, entry, _) = vc.store(&self.key, self.hash, value, &self.opts, now);
+                let (_, entry, _) =
+                    vc.store_fetched(&self.key, self.hash, value, &self.opts, self.ticket, now);
                 vc.shared().counters.refresh_ok.incr();
                 Outcome::Stored(entry)
             }
             _ => {
-                vc.keep_stale(self.hash, &self.prior, &self.opts, now);
+                vc.keep_stale(self.hash, &self.prior, &self.opts, self.ticket, now);
                 Outcome::Failed
             }
         };

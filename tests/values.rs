@@ -519,3 +519,116 @@ async fn lookups_have_spans_like_requests() {
     assert_eq!(refresh.str("cache.label"), Some("odds"));
     assert_eq!(refresh.follows, [cap.index(&lookups[2])]);
 }
+
+/// "Update the source, then delete the key" while a fetch that read the
+/// old source is under way: its result answers the calls that asked, but
+/// is not stored (the next lookup fetches again), for a miss, a background
+/// refresh and a batch.
+#[tokio::test]
+async fn a_delete_during_a_fetch_is_not_undone_by_its_result() {
+    let clock = clock();
+    let (cache, odds) = setup(&clock);
+    let calls = Calls::default();
+
+    let gate = Gate::new();
+    let (o, fetch) = (odds.clone(), calls.gated(&gate, "old".to_owned()));
+    let miss = tokio::spawn(async move { o.get_or_fetch("k", &opts(), fetch).await });
+    assert!(eventually(|| calls.get() == 1).await);
+    odds.delete("k");
+    gate.open();
+    assert_eq!(*miss.await.unwrap().unwrap(), "old", "answers its call");
+    let v = odds
+        .get_or_fetch("k", &opts(), calls.fetch("new".into()))
+        .await;
+    assert_eq!(*v.unwrap(), "new", "the old value was not stored");
+    assert_eq!(calls.get(), 2);
+
+    // A stale value's background refresh, deleted while it runs.
+    clock.advance(secs(15));
+    let gate = Gate::new();
+    let v = odds
+        .get_or_fetch("k", &opts(), calls.gated(&gate, "old".into()))
+        .await;
+    assert_eq!(*v.unwrap(), "new", "stale, answered at once");
+    assert!(eventually(|| calls.get() == 3).await);
+    assert!(odds.delete("k"));
+    gate.open();
+    assert!(eventually(|| cache.stats().refresh_ok == 1).await);
+    assert!(odds.get("k").await.is_none(), "the refresh stored nothing");
+
+    // A batch.
+    let gate = Gate::new();
+    let g = gate.clone();
+    let o = odds.clone();
+    let batch = tokio::spawn(async move {
+        let fetch = move |keys: Vec<String>| async move {
+            g.pass().await;
+            let items: Vec<(String, String)> =
+                keys.into_iter().map(|k| (k, "old".into())).collect();
+            Ok::<_, &'static str>(items)
+        };
+        o.get_many_or_fetch(&["b"], &opts(), fetch).await
+    });
+    assert!(eventually(|| cache.stats().upstream_calls == 4).await);
+    odds.delete("b");
+    gate.open();
+    let got = batch.await.unwrap().unwrap();
+    assert_eq!(got[0].as_deref().map(String::as_str), Some("old"));
+    assert!(odds.get("b").await.is_none(), "the batch stored nothing");
+    assert_eq!(cache.stats().stores, 1, "only the first refetch");
+}
+
+/// A batch dropped before its answer counts each key it had not answered
+/// as cancelled, as a dropped single lookup does: every key ends in
+/// exactly one outcome.
+#[tokio::test]
+async fn a_dropped_batch_counts_its_unanswered_keys_as_cancelled() {
+    let clock = clock();
+    let (cache, odds) = setup(&clock);
+    odds.set("a", "A".into(), &opts()).await;
+    let gate = Gate::new();
+    let g = gate.clone();
+    let fetch = move |_keys: Vec<String>| async move {
+        g.pass().await;
+        Ok::<Vec<(String, String)>, &'static str>(Vec::new())
+    };
+    let opts = opts();
+    let mut batch = Box::pin(odds.get_many_or_fetch(&["a", "b", "c"], &opts, fetch));
+    // Polled once (its fetch waits at the gate), then dropped.
+    tokio::select! {
+        biased;
+        _ = &mut batch => panic!("answered through a closed gate"),
+        _ = std::future::ready(()) => {}
+    }
+    assert_eq!(cache.stats().upstream_calls, 1);
+    drop(batch);
+    let s = cache.stats();
+    assert_eq!((s.hits_l1, s.cancelled, s.requests), (1, 2, 3), "{s:?}");
+}
+
+/// A custom key function can make the readable key of a value
+/// (`{name}\x1f{key}`): the request and the value still never share an
+/// entry (a value's hash is seeded apart), so neither answers for, nor
+/// replaces, the other.
+#[tokio::test]
+async fn a_request_keyed_like_a_value_never_meets_it() {
+    let clock = clock();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .key_fn(|_| Some("odds\x1fmatch:42".to_owned()))
+        .build()
+        .unwrap();
+    let odds = cache.values::<String>("odds").unwrap();
+    assert!(odds.set("match:42", "value".into(), &opts()).await);
+    let (origin, log) = origin(|_, _| ok("max-age=60", "page"));
+    let svc = cached(&cache, origin);
+    let resp = send(&svc, get("http://example.com/x")).await;
+    assert_eq!(&body(resp).await[..], b"page", "the origin answered");
+    assert_eq!(log.calls(), 1);
+    let resp = send(&svc, get("http://example.com/x")).await;
+    assert_eq!(&body(resp).await[..], b"page");
+    assert_eq!(log.calls(), 1, "the response was stored beside the value");
+    let v = odds.get("match:42").await;
+    assert_eq!(v.as_deref().map(String::as_str), Some("value"));
+    assert_eq!(cache.stats().l1_entries, 2);
+}

@@ -225,6 +225,44 @@ async fn invalidations_reach_redis_and_the_other_instances() {
     assert!(value_keys(&server).is_empty());
 }
 
+/// A stale `l2_only` value whose background fetch fails is kept (and
+/// answered) while it lasts, but not written back to Redis over a delete
+/// that came while the fetch ran: the old value would be served
+/// everywhere again.
+#[tokio::test]
+async fn a_failed_refresh_does_not_write_back_a_value_deleted_meanwhile() {
+    require_redis();
+    let server = RedisServer::start();
+    let clock = clock();
+    let a = l2(server.url()).clock(clock.clone()).build().unwrap();
+    let odds = a.values::<u32>("odds").unwrap();
+    let opts = ValueOptions::new()
+        .l2_only()
+        .ttl(secs(10))
+        .hard_ttl(secs(30))
+        .fail_safe(secs(60), 3);
+    assert!(odds.set("k", 1, &opts).await);
+    written(&a, 1).await;
+    clock.advance(secs(15));
+    let gate = Gate::new();
+    let g = gate.clone();
+    let failing = move || async move {
+        g.pass().await;
+        Err::<u32, _>("upstream down")
+    };
+    let v = odds.get_or_fetch("k", &opts, failing).await.unwrap();
+    assert_eq!(*v, 1, "stale, answered while the refresh runs");
+    odds.delete("k");
+    assert!(eventually(|| value_keys(&server).is_empty()).await);
+    gate.open();
+    // One thread: the failed refresh has queued whatever it writes by the
+    // time its count shows.
+    assert!(eventually(|| a.stats().refresh_failed == 1).await);
+    assert!(eventually(|| a.l2_pending_writes() == 0).await);
+    assert!(value_keys(&server).is_empty(), "the old value came back");
+    assert!(odds.get("k").await.is_none());
+}
+
 /// On a cluster a batch's keys live on different slots: one `GET` per key,
 /// sent at once (no cross-slot command), every stored value found.
 #[tokio::test]

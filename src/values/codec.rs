@@ -42,8 +42,10 @@ pub trait Codec<T>: Send + Sync + 'static {
     /// The value's bytes.
     fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError>;
 
-    /// The value `bytes` hold. Must not panic on any input: values read
-    /// from Redis are untrusted.
+    /// The value `bytes` hold. Must not panic on any input, nor recurse
+    /// without bound (a recursive type read from crafted bytes would
+    /// overflow the stack, which aborts the process): values read from
+    /// Redis are untrusted.
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError>;
 }
 
@@ -104,6 +106,13 @@ where
 /// The compact binary `postcard` format (id 2; feature `postcard`): smaller
 /// and faster than JSON, readable only by Rust services with the same type.
 ///
+/// Postcard sets no recursion limit: a recursive type (a tree, a linked
+/// list, an enum that boxes itself) read from crafted bytes nests one level
+/// per byte or so, and a value under `max_body_bytes` can overflow the
+/// stack, which aborts the process. Use it for types of bounded depth;
+/// store recursive ones with [`Json`] (serde_json refuses input nested
+/// deeper than 128 levels) or a codec of your own that limits depth.
+///
 /// ```
 /// use tower_tiered_cache::values::{Codec, Json, Postcard};
 ///
@@ -148,6 +157,19 @@ mod tests {
         let err = Codec::<u8>::decode(&Json, b"\xff").unwrap_err();
         assert!(err.to_string().starts_with("value codec: "));
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    /// A recursive type read from input nested far deeper than the stack
+    /// could follow: refused (serde_json's recursion limit), not a stack
+    /// overflow. (Postcard has no such limit: see its docs.)
+    #[test]
+    fn json_refuses_input_nested_past_its_recursion_limit() {
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
+        struct Tree(Vec<Tree>);
+        let deep = "[".repeat(1_000_000);
+        assert!(Codec::<Tree>::decode(&Json, deep.as_bytes()).is_err());
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(Codec::<Tree>::decode(&Json, ok.as_bytes()).is_ok());
     }
 
     #[cfg(feature = "postcard")]

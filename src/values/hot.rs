@@ -272,6 +272,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             codec_id: self.codec_id,
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
+            weigher: self.weigher.clone(),
         }
     }
 
@@ -351,6 +352,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
 /// A value cache's parts but its cache and background parts.
 struct Detached<T> {
+    weigher: Option<super::Weigher<T>>,
     name: Arc<str>,
     label: u16,
     codec: Arc<dyn Codec<T>>,
@@ -371,6 +373,7 @@ impl<T> Detached<T> {
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
             hot: None,
+            weigher: self.weigher.clone(),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::coalesce::{self, Flight, FlightGuard, Join, Outcome};
 use crate::key::KeyHash;
 use crate::observe::Outcome as Counted;
 use crate::status::Status;
+use crate::tiers::Ticket;
 
 /// The items a batch's fetch returned, collected.
 type Fetched<T> = Vec<(String, T)>;
@@ -47,6 +48,8 @@ struct Item<'a, T> {
     prior: Option<Prior>,
     /// The value answered is stale: refresh it.
     stale: bool,
+    /// Its lookup is reported (an answer, a pass, a failure).
+    done: bool,
 }
 
 /// The keys of a batch, by what happens to them after the lookups.
@@ -67,6 +70,24 @@ struct Batch<'a, T> {
     start: u64,
     items: Vec<Item<'a, T>>,
     index: HashMap<&'a str, usize>,
+    /// Every key is reported: nothing to count as cancelled when dropped.
+    finished: bool,
+}
+
+/// A batch dropped before its answer (a caller's timeout, a caller gone):
+/// each key not reported yet counts as cancelled, as a dropped
+/// [`get_or_fetch`](ValueCache::get_or_fetch) does, so that each key ends
+/// in exactly one outcome.
+impl<T> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let none = tracing::Span::none();
+        for _ in self.items.iter().filter(|i| !i.done) {
+            self.values.cache.cancelled(self.values.label, &none);
+        }
+    }
 }
 
 impl<T: Send + Sync + 'static> ValueCache<T> {
@@ -172,6 +193,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
             start,
             items: Vec::with_capacity(keys.len()),
             index: HashMap::with_capacity(keys.len()),
+            finished: false,
         };
         for key in keys {
             let key = key.as_ref();
@@ -186,6 +208,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 value: None,
                 prior: None,
                 stale: false,
+                done: false,
             });
         }
         batch
@@ -215,6 +238,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         let asked: Vec<usize> = flights.mine.iter().map(|(i, _)| *i).collect();
         let failed = self.fetch(flights.mine, flights.refresh, fetch).await;
         self.wait(flights.theirs).await;
+        self.finished = true;
         if let Some(error) = failed {
             if asked.iter().any(|i| self.items[*i].value.is_none()) {
                 return Err(error);
@@ -232,9 +256,13 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
     fn note(&mut self, i: usize, answer: Answer<T>) {
         let item = &mut self.items[i];
         match answer {
-            Answer::Fresh(v, _) => item.value = Some(v),
+            Answer::Fresh(v, _) => {
+                item.value = Some(v);
+                item.done = true;
+            }
             Answer::Stale(v, prior) => {
                 item.value = Some(v);
+                item.done = true;
                 item.prior = Some(prior);
                 item.stale = true;
             }
@@ -299,6 +327,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 s.counters.passes.incr();
                 let pass = Counted::from(&Status::BYPASS);
                 self.values.report(item.key, &Report::none(0), &pass, None);
+                self.items[i].done = true;
                 flights.mine.push((i, None));
             } else if item.stale {
                 flights
@@ -341,6 +370,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
         let (values, failed) = bulk.run(fetch).await;
         for (i, value) in values {
             self.items[i].value = self.items[i].value.take().or(value);
+            self.items[i].done = true;
         }
         failed
     }
@@ -385,6 +415,7 @@ impl<'a, T: Send + Sync + 'static> Batch<'a, T> {
                 // Its flight failed and no fetch is left to this batch.
                 None => self.values.gave_up::<()>(&call, prior.as_ref(), false).ok(),
             };
+            self.items[i].done = true;
         }
     }
 }
@@ -421,16 +452,17 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         let vc = &self.values;
         vc.shared().counters.upstream_calls.incr();
         let started = Instant::now();
+        let ticket = vc.shared().tiers.ticket();
         let asked = self.keys.iter().map(|k| k.key.clone()).collect();
         let result = tokio::time::timeout(self.opts.fetch_timeout, fetch(asked)).await;
         let result = result.map_err(|_| ());
         vc.fetch_done(started, &result);
         match result {
-            Ok(Ok(got)) => (self.stored(got), None),
-            Ok(Err(e)) => (self.failed(), Some(FetchError::fetch(e))),
+            Ok(Ok(got)) => (self.stored(got, ticket), None),
+            Ok(Err(e)) => (self.failed(ticket), Some(FetchError::fetch(e))),
             Err(()) => {
                 let after = self.opts.fetch_timeout;
-                (self.failed(), Some(FetchError::timeout(after)))
+                (self.failed(ticket), Some(FetchError::timeout(after)))
             }
         }
     }
@@ -439,6 +471,7 @@ impl<T: Send + Sync + 'static> Bulk<T> {
     fn stored<I: IntoIterator<Item = (String, T)>>(
         mut self,
         got: I,
+        ticket: Ticket,
     ) -> Vec<(usize, Option<Arc<T>>)> {
         let keys = std::mem::take(&mut self.keys);
         let mut fetched: Vec<Option<T>> = keys.iter().map(|_| None).collect();
@@ -454,14 +487,20 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         let now = self.values.cache.now();
         keys.into_iter()
             .zip(fetched)
-            .map(|(k, value)| self.store_one(k, value, now))
+            .map(|(k, value)| self.store_one(k, value, ticket, now))
             .collect()
     }
 
     /// One key's value from the fetch: stored (a miss, or a refresh of a
     /// stale value) and handed to its flight's waiters; `None`: the
     /// fetch had nothing for it.
-    fn store_one(&self, k: BulkKey, value: Option<T>, now: u64) -> (usize, Option<Arc<T>>) {
+    fn store_one(
+        &self,
+        k: BulkKey,
+        value: Option<T>,
+        ticket: Ticket,
+        now: u64,
+    ) -> (usize, Option<Arc<T>>) {
         let vc = &self.values;
         let s = vc.shared();
         let call = Call {
@@ -481,7 +520,8 @@ impl<T: Send + Sync + 'static> Bulk<T> {
         if !k.cached {
             return (k.item, Some(Arc::new(value)));
         }
-        let (value, entry, stored) = vc.store(call.key, k.hash, value, &self.opts, now);
+        let (value, entry, stored) =
+            vc.store_fetched(call.key, k.hash, value, &self.opts, ticket, now);
         if k.answered {
             s.counters.refresh_ok.incr();
         } else {
@@ -495,13 +535,15 @@ impl<T: Send + Sync + 'static> Bulk<T> {
 
     /// The fetch failed: each key's fail-safe value (its stale value kept
     /// and extended), or nothing.
-    fn failed(mut self) -> Vec<(usize, Option<Arc<T>>)> {
+    fn failed(mut self, ticket: Ticket) -> Vec<(usize, Option<Arc<T>>)> {
         let keys = std::mem::take(&mut self.keys);
         let now = self.values.cache.now();
-        keys.into_iter().map(|k| self.fail_one(k, now)).collect()
+        keys.into_iter()
+            .map(|k| self.fail_one(k, ticket, now))
+            .collect()
     }
 
-    fn fail_one(&self, k: BulkKey, now: u64) -> (usize, Option<Arc<T>>) {
+    fn fail_one(&self, k: BulkKey, ticket: Ticket, now: u64) -> (usize, Option<Arc<T>>) {
         let vc = &self.values;
         let call = Call {
             key: &k.key,
@@ -518,7 +560,7 @@ impl<T: Send + Sync + 'static> Bulk<T> {
                 vc.fail_safe(&call, p, now)
             };
             if k.answered || stood_in.is_some() {
-                vc.keep_stale(k.hash, p, &self.opts, now);
+                vc.keep_stale(k.hash, p, &self.opts, ticket, now);
                 let outcome = match stood_in {
                     Some(_) => Outcome::StaleIfError(Arc::clone(&p.entry)),
                     None => Outcome::Failed,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::key::VALUE_SEED;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -37,7 +38,10 @@ fn keys_hash_as_their_readable_form_short_or_long() {
         let readable = odds.readable(key);
         assert_eq!(readable, format!("odds\x1f{key}"));
         let h = odds.hash(key);
-        assert_eq!(h, KeyHash(xxhash_rust::xxh3::xxh3_128(readable.as_bytes())));
+        let seeded = xxhash_rust::xxh3::xxh3_128_with_seed(readable.as_bytes(), VALUE_SEED);
+        assert_eq!(h, KeyHash(seeded));
+        // Never a request's hash, whatever a custom key function returns.
+        assert_ne!(h, KeyHash(xxhash_rust::xxh3::xxh3_128(readable.as_bytes())));
         // What L2 checks a value read back against.
         assert!(crate::key::readable_matches(
             &readable,
@@ -84,7 +88,7 @@ async fn a_value_entry_holds_its_serialised_form_and_its_decoded_value() {
         .unwrap();
     let got = odds.get("k").await.unwrap();
     assert!(Arc::ptr_eq(&got, &held));
-    // The weight counts the decoded value, estimated at the body's size.
+    // The weight counts the decoded value (8 times the body's size).
     let plain = Entry {
         value: None,
         ..(*e).clone()
@@ -126,6 +130,57 @@ fn an_entry_is_decoded_once_then_shared() {
     assert!(matches!(odds.typed(&garbage), Err(Unusable::Codec(_))));
     let http = crate::store::codec::tests::minimal();
     assert!(matches!(odds.typed(&http), Err(Unusable::NotAValue)));
+}
+
+/// What a decoded `Vec<String>` holds: the `Vec` in its `Arc`, its
+/// buffer and the strings' bytes.
+fn held(v: &Vec<String>) -> usize {
+    let strings = v.capacity() * std::mem::size_of::<String>();
+    std::mem::size_of::<Vec<String>>() + strings + v.iter().map(String::capacity).sum::<usize>()
+}
+
+/// A value read from L2 (untrusted) is weighed for what it holds decoded,
+/// not at its serialised size: 1 000 empty strings are 3 KB of JSON and
+/// 24 KB decoded. By default 8 times the serialised size (the same before
+/// and after decoding); with a weigher, its answer, set before L1 can
+/// keep the entry.
+#[test]
+fn a_decoded_value_weighs_what_it_holds() {
+    let cache = Cache::builder().build().unwrap();
+    let names = cache.values::<Vec<String>>("names").unwrap();
+    let value = vec![String::new(); 1000];
+    let body = Bytes::from(serde_json::to_vec(&value).unwrap());
+    let made = names.entry(
+        "k",
+        &Arc::new(value),
+        body,
+        &ValueOptions::new(),
+        ValueOptions::new().timeline(T0),
+    );
+    let read = Entry::decode(&made.encode()).unwrap();
+    let before = read.weight();
+    let decoded = names.typed(&read).ok().unwrap();
+    let holds = held(&decoded) as u64;
+    assert!(
+        read.weight() > read.body.len() as u64 + holds,
+        "{}",
+        read.weight()
+    );
+    assert_eq!(read.weight(), before, "decoding does not change it");
+    assert_eq!(made.weight(), read.weight());
+
+    let weighed = names.with_weigher(|v| held(v) * 10);
+    let read = Entry::decode(&made.encode()).unwrap();
+    assert!(weighed.typed(&read).is_ok());
+    assert!(read.weight() > 10 * holds, "the weigher's answer counts");
+    let made = weighed.entry(
+        "k",
+        &decoded,
+        read.body.clone(),
+        &ValueOptions::new(),
+        ValueOptions::new().timeline(T0),
+    );
+    assert_eq!(made.weight(), read.weight(), "alike stored or read back");
 }
 
 /// Each failed fetch of a stale value extends its life by half its TTL
