@@ -613,7 +613,7 @@ impl CacheBuilder {
     /// Which entries L1 holds when an L2 tier is below it (default
     /// [`DEFAULT_L1_ADMISSION`]: every entry, as it is stored): entries up
     /// to a size at once, others once read
-    /// [`promote_after`](Self::promote_after) times from L2, or both; the
+    /// `promote_after` (feature `redis`) times from L2, or both; the
     /// others are served from L2 until they qualify. See [`L1Admission`]
     /// for each rule. Without an L2 tier every entry goes to L1. A
     /// `MaxBytes` of 0 fails [`build`](Self::build).

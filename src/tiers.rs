@@ -39,8 +39,8 @@ use crate::store::order::{Generation, Generations, Scope, Use};
 /// refreshed copy), by its weight, as L1 weighs it (body, headers, key,
 /// bookkeeping; see [`Entry::weight`]); and by promotion, once an entry
 /// found only in L2 has been read
-/// [`promote_after`](crate::CacheBuilder::promote_after) times within the
-/// [`promotion_window`](crate::CacheBuilder::promotion_window) (the counts
+/// `CacheBuilder::promote_after` times within the
+/// `promotion_window` (the counts
 /// are bounded like every promotion count). A newer version of an entry L1
 /// holds (revalidated, refreshed here or by another instance) replaces it
 /// unless its size is refused; refused, the older L1 copy is removed so

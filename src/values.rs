@@ -120,7 +120,7 @@ impl Cache {
         self.values_with_codec(name, Json)
     }
 
-    /// [`values`](Self::values) written with `codec` (say [`Postcard`],
+    /// [`values`](Self::values) written with `codec` (say `Postcard`,
     /// feature `postcard`, or a codec of your own).
     pub fn values_with_codec<T, C>(&self, name: &str, codec: C) -> Result<ValueCache<T>, BuildError>
     where
