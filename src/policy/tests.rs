@@ -2092,3 +2092,67 @@ fn a_new_lifetime_moves_freshness_and_keeps_the_windows_after_it() {
     s.set_lifetime(5 * SEC);
     assert_eq!(s.timeline, tl(10 * SEC, 0, 30 * SEC, 60 * SEC, KEEP));
 }
+
+/// Small rules the end-to-end suites reach only through other paths (each
+/// once a surviving mutant of the unit tests): which methods look up,
+/// when a shared cache ignores request directives, which refusals
+/// hit-for-pass remembers, that `Pragma` alone or `Cache-Control` alone
+/// is read, and what a hop-by-hop strip leaves.
+#[test]
+fn small_rules_each_decide_their_case() {
+    for (method, looks_up) in [
+        (http::Method::GET, true),
+        (http::Method::HEAD, true),
+        (http::Method::POST, false),
+        (http::Method::OPTIONS, false),
+        (http::Method::PUT, false),
+    ] {
+        assert_eq!(PolicyConfig::lookup_method(&method), looks_up, "{method}");
+    }
+
+    let with = |mode, request_cc| PolicyConfig {
+        mode,
+        request_cc,
+        ..PolicyConfig::default()
+    };
+    use crate::policy::RequestCacheControl::{Honour, Ignore};
+    assert!(with(CacheMode::Shared, Ignore).ignores_request_cc());
+    assert!(!with(CacheMode::Shared, Honour).ignores_request_cc());
+    assert!(!with(CacheMode::Private, Ignore).ignores_request_cc());
+    assert!(!with(CacheMode::Private, Honour).ignores_request_cc());
+
+    for (reason, remembered) in [
+        (NotStored::Status, false),
+        (NotStored::Authorization, false),
+        (NotStored::NoStore, false),
+        (NotStored::Private, true),
+        (NotStored::SetCookie, true),
+        (NotStored::VaryStar, true),
+        (NotStored::NoFreshness, true),
+        (NotStored::TooLarge, true),
+    ] {
+        assert_eq!(reason.remember(), remembered, "{reason:?}");
+    }
+
+    let read = |list: &[(&str, &str)]| RequestDirectives::from_headers(&headers(list)).cc;
+    assert!(read(&[("pragma", "no-cache")]).no_cache);
+    assert!(read(&[("cache-control", "no-cache")]).no_cache);
+    assert!(read(&[("accept", "*/*"), ("cache-control", "no-store")]).no_store);
+    assert!(read(&[("accept", "*/*")]).is_empty());
+
+    let mut h = headers(&[
+        ("connection", "x-hop, close"),
+        ("x-hop", "1"),
+        ("keep-alive", "timeout=5"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "h2c"),
+        ("te", "trailers"),
+        ("proxy-authenticate", "Basic"),
+        ("x-end-to-end", "kept"),
+        ("cache-control", "max-age=60"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["cache-control", "x-end-to-end"]);
+}
