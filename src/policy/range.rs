@@ -326,6 +326,30 @@ mod tests {
         assert_eq!(ranged(&[("range", &many)], 1000), Ranged::Whole);
     }
 
+    /// The bounds themselves: a field of exactly [`MAX_FIELD`] bytes is
+    /// read, one byte more is not; positions of 19 digits are read, of 20
+    /// are not, even when leading zeros keep them small.
+    #[test]
+    fn the_field_and_number_bounds_are_inclusive() {
+        let fill = |n: usize| format!("bytes=0-9{}", ",".repeat(n - "bytes=0-9".len()));
+        assert_eq!(ranged(&[("range", &fill(MAX_FIELD))], 100), part(0, 9, 100));
+        assert_eq!(
+            ranged(&[("range", &fill(MAX_FIELD + 1))], 100),
+            Ranged::Whole
+        );
+
+        assert_eq!(
+            number(b"1000000000000000000"),
+            Some(1_000_000_000_000_000_000)
+        );
+        assert_eq!(number(b"00000000000000000001"), None);
+        assert_eq!(number(b""), None);
+        let r = "bytes=0000000000000000001-";
+        assert_eq!(ranged(&[("range", r)], 100), part(1, 99, 100));
+        let r = "bytes=00000000000000000001-";
+        assert_eq!(ranged(&[("range", r)], 100), Ranged::Whole);
+    }
+
     #[test]
     fn rfc9110_14_4_content_range_of_one_part() {
         let cr = |s: &str| content_range(&http::HeaderValue::from_str(s).unwrap());
