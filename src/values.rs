@@ -141,11 +141,73 @@ impl Cache {
             weigher: None,
         })
     }
+
+    /// Removes the value of `key` from the value cache named `name` (in
+    /// this process or another sharing the Redis), from every tier, and
+    /// tells the other instances, without its type:
+    /// [`ValueCache::delete`] for an operator (the admin service) or code
+    /// that has no [`ValueCache`] at hand. HTTP entries are never touched.
+    /// Returns whether this instance's L1 held it: never for a name
+    /// [`values`](Self::values) refuses or a key over [`MAX_KEY_BYTES`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower_tiered_cache::{Cache, ValueOptions};
+    ///
+    /// let cache = Cache::builder().build().unwrap();
+    /// let odds = cache.values::<f64>("odds").unwrap();
+    /// let football = ValueOptions::new().tag("football");
+    /// odds.set("match:42", 1.5, &football).await;
+    /// odds.set("match:43", 2.5, &football).await;
+    /// odds.set("match:44", 3.5, &ValueOptions::new()).await;
+    ///
+    /// assert!(cache.invalidate_value("odds", "match:42"));
+    /// assert!(odds.get("match:42").await.is_none());
+    /// assert_eq!(cache.invalidate_value_tag("odds", "football").await.l1, 1);
+    /// assert_eq!(cache.invalidate_value_prefix("odds", "match:").await.l1, 1);
+    /// assert!(odds.get("match:44").await.is_none());
+    /// assert!(!cache.invalidate_value("bad\nname", "match:42"));
+    /// # }
+    /// ```
+    pub fn invalidate_value(&self, name: &str, key: &str) -> bool {
+        check_name(name).is_ok()
+            && key.len() <= MAX_KEY_BYTES
+            && self.invalidate_hash(value_hash(name, key))
+    }
+
+    /// Removes every value of the value cache named `name` whose key
+    /// starts with `prefix` (`""`: all its values), in every tier (L2 is
+    /// scanned, off the request path), and tells the other instances,
+    /// without its type: [`ValueCache::invalidate_prefix`]. HTTP entries
+    /// and other value caches' values are never touched; a name
+    /// [`values`](Self::values) refuses removes nothing. See
+    /// [`invalidate_value`](Self::invalidate_value) for an example.
+    pub async fn invalidate_value_prefix(&self, name: &str, prefix: &str) -> Invalidated {
+        if check_name(name).is_err() {
+            return Invalidated::default();
+        }
+        let prefix = format!("{VALUE_SCOPE}{}", scoped(name, prefix));
+        self.purge(Purge::Prefix(&prefix)).await
+    }
+
+    /// Removes every value of the value cache named `name` stored with
+    /// `tag` ([`ValueOptions::tag`]), in every tier, and tells the other
+    /// instances, without its type: [`ValueCache::invalidate_tag`]. HTTP
+    /// entries and other value caches' values are never touched; a name
+    /// [`values`](Self::values) refuses removes nothing. See
+    /// [`invalidate_value`](Self::invalidate_value) for an example.
+    pub async fn invalidate_value_tag(&self, name: &str, tag: &str) -> Invalidated {
+        if check_name(name).is_err() {
+            return Invalidated::default();
+        }
+        self.purge(Purge::Tag(&scoped(name, tag))).await
+    }
 }
 
 /// A name for a value cache: non-empty, bounded, no control character
 /// (which would break the separation of names and keys).
-fn check_name(name: &str) -> Result<(), BuildError> {
+pub(crate) fn check_name(name: &str) -> Result<(), BuildError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
         return Err(BuildError::invalid(
             "values",
@@ -153,6 +215,35 @@ fn check_name(name: &str) -> Result<(), BuildError> {
         ));
     }
     Ok(())
+}
+
+/// The hash of `key` in the namespace of the value cache `name`: the hash
+/// of its readable key (`{name}\x1f{key}`), made without allocating,
+/// seeded apart from requests' keys (`key::VALUE_SEED`).
+fn value_hash(name: &str, key: &str) -> KeyHash {
+    let name = name.as_bytes();
+    let len = name.len() + 1 + key.len();
+    let mut buf = [0u8; 256];
+    if len <= buf.len() {
+        buf[..name.len()].copy_from_slice(name);
+        buf[name.len()] = VALUE_SCOPE as u8;
+        buf[name.len() + 1..len].copy_from_slice(key.as_bytes());
+        return KeyHash(xxhash_rust::xxh3::xxh3_128_with_seed(
+            &buf[..len],
+            crate::key::VALUE_SEED,
+        ));
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::key::VALUE_SEED);
+    h.update(name);
+    h.update(&[VALUE_SCOPE as u8]);
+    h.update(key.as_bytes());
+    KeyHash(h.digest128())
+}
+
+/// `s` (a key or a tag) in the namespace of the value cache `name`:
+/// `{name}\x1f{s}`.
+fn scoped(name: &str, s: &str) -> String {
+    format!("{name}{VALUE_SCOPE}{s}")
 }
 
 /// The tag naming a type: a hash of its name.
@@ -404,32 +495,14 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         &self.cache.shared
     }
 
-    /// The hash of `key` in this cache's namespace: the hash of its
-    /// readable key (`{name}\x1f{key}`), made without allocating, seeded
-    /// apart from requests' keys (`key::VALUE_SEED`).
+    /// The hash of `key` in this cache's namespace ([`value_hash`]).
     fn hash(&self, key: &str) -> KeyHash {
-        let name = self.name.as_bytes();
-        let len = name.len() + 1 + key.len();
-        let mut buf = [0u8; 256];
-        if len <= buf.len() {
-            buf[..name.len()].copy_from_slice(name);
-            buf[name.len()] = VALUE_SCOPE as u8;
-            buf[name.len() + 1..len].copy_from_slice(key.as_bytes());
-            return KeyHash(xxhash_rust::xxh3::xxh3_128_with_seed(
-                &buf[..len],
-                crate::key::VALUE_SEED,
-            ));
-        }
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::key::VALUE_SEED);
-        h.update(name);
-        h.update(&[VALUE_SCOPE as u8]);
-        h.update(key.as_bytes());
-        KeyHash(h.digest128())
+        value_hash(&self.name, key)
     }
 
-    /// The readable key of `key`: what its entry holds.
+    /// The readable key of `key`: what its entry holds ([`scoped`]).
     fn readable(&self, key: &str) -> String {
-        format!("{}{VALUE_SCOPE}{key}", self.name)
+        scoped(&self.name, key)
     }
 
     /// A lookup of `key`, or `None` when it is not cached: a key over
@@ -670,26 +743,27 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 
     /// Removes the value of `key` from every tier, and tells the other
-    /// instances. Returns whether this instance's L1 held it.
+    /// instances. Returns whether this instance's L1 held it
+    /// ([`Cache::invalidate_value`]).
     pub fn delete(&self, key: &str) -> bool {
-        key.len() <= MAX_KEY_BYTES && self.cache.invalidate_hash(self.hash(key))
+        self.cache.invalidate_value(&self.name, key)
     }
 
     /// Removes every value of this cache whose key starts with `prefix`
     /// (say `"user:123:"`), in every tier (L2 is scanned, off the request
     /// path), and tells the other instances. HTTP entries and other value
-    /// caches' values are never touched.
+    /// caches' values are never touched
+    /// ([`Cache::invalidate_value_prefix`]).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Invalidated {
-        let scoped = format!("{VALUE_SCOPE}{}", self.readable(prefix));
-        self.cache.purge(Purge::Prefix(&scoped)).await
+        self.cache.invalidate_value_prefix(&self.name, prefix).await
     }
 
     /// Removes every value of this cache stored with `tag`
     /// ([`ValueOptions::tag`]), in every tier, and tells the other
     /// instances. HTTP entries and other value caches' values are never
-    /// touched.
+    /// touched ([`Cache::invalidate_value_tag`]).
     pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
-        self.cache.purge(Purge::Tag(&self.readable(tag))).await
+        self.cache.invalidate_value_tag(&self.name, tag).await
     }
 
     /// Stores `value` for `key` as `opts` say: its `Arc` (the one returned

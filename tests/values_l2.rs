@@ -225,6 +225,42 @@ async fn invalidations_reach_redis_and_the_other_instances() {
     assert!(value_keys(&server).is_empty());
 }
 
+/// An operator's purge through a cache that has no value cache of that
+/// name (`Cache::invalidate_value*`, what the admin service calls) removes
+/// the values from Redis and from another instance's L1.
+#[tokio::test]
+async fn type_erased_invalidations_reach_redis_and_the_other_instances() {
+    require_redis();
+    let server = RedisServer::start();
+    let a = l2(server.url()).build().unwrap();
+    let odds_a = a.values::<u32>("odds").unwrap();
+    let other_a = a.values::<u32>("other").unwrap();
+    let tagged = ValueOptions::new().tag("league:1");
+    odds_a.set("tagged", 1, &tagged).await;
+    odds_a.set("user:2:a", 2, &ValueOptions::new()).await;
+    odds_a.set("user:3", 3, &ValueOptions::new()).await;
+    other_a.set("tagged", 4, &tagged).await;
+    written(&a, 4).await;
+    assert!(odds_a.get("absent").await.is_none());
+    subscribed(&a).await;
+    let operator = l2(server.url()).build().unwrap();
+
+    let removed = operator.invalidate_value_tag("odds", "league:1").await;
+    assert_eq!((removed.l1, removed.l2), (0, 1));
+    assert!(eventually(|| a.stats().l1_entries == 3).await);
+    let removed = operator.invalidate_value_prefix("odds", "user:2:").await;
+    assert_eq!((removed.l1, removed.l2), (0, 1));
+    assert!(eventually(|| a.stats().l1_entries == 2).await);
+    // L2's delete runs in the background: a's L1 loses it once announced.
+    assert!(!operator.invalidate_value("odds", "user:3"));
+    assert!(eventually(|| a.stats().l1_entries == 1).await);
+    assert!(eventually(|| value_keys(&server).len() == 1).await);
+    for k in ["tagged", "user:2:a", "user:3"] {
+        assert!(odds_a.get(k).await.is_none(), "{k}");
+    }
+    assert_eq!(other_a.get("tagged").await.as_deref(), Some(&4));
+}
+
 /// A stale `l2_only` value whose background fetch fails is kept (and
 /// answered) while it lasts, but not written back to Redis over a delete
 /// that came while the fetch ran: the old value would be served
