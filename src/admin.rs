@@ -19,6 +19,7 @@
 //! | `POST` | `/warm` | starts a warming job (see below); 202 `{"id", "status"}` |
 //! | `GET` | `/warm/{id}` | the job: `{"id", "state", "requested", "progress", "report"}` |
 //! | `POST` | `/invalidate` | `{"key": …}`, `{"tag": …}`, `{"prefix": "/…"}` or `{"all": true}`; 200 `{"l1", "l2"}` |
+//! | `POST` | `/invalidate` | `{"values": name, …}` (feature `values`) with one of `"key"`, `"tag"`, `"prefix"` (of keys, any string) or `"all": true`: the values of the value cache `name` (`Cache::invalidate_value`, `_tag`, `_prefix`); 200 `{"l1", "l2"}` |
 //! | `POST` | `/reset-stats` | [`Cache::reset_stats`]; 204 |
 //!
 //! `GET` routes answer `HEAD` too. The body of `POST /warm` is a JSON
@@ -906,9 +907,19 @@ fn parse_warm(body: Value) -> Result<(Vec<WarmTarget>, WarmOptions), String> {
     Ok((targets, options))
 }
 
-/// What `POST /invalidate` asks for.
+/// What `POST /invalidate` asks for: stored responses, or (with
+/// `"values"`, feature `values`) the values of one value cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Invalidation {
+struct Invalidation {
+    /// The value cache named by `"values"`; `None`: stored responses.
+    values: Option<String>,
+    target: Target,
+}
+
+/// What an invalidation removes, of stored responses or of a value
+/// cache's values (where a prefix is one of keys, not a path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
     Key(String),
     Tag(String),
     Prefix(String),
@@ -916,10 +927,17 @@ enum Invalidation {
 }
 
 impl Invalidation {
-    const FIELDS: [&'static str; 4] = ["key", "tag", "prefix", "all"];
+    const FIELDS: &'static [&'static str] = &[
+        "key",
+        "tag",
+        "prefix",
+        "all",
+        #[cfg(feature = "values")]
+        "values",
+    ];
 
     fn parse(body: Value) -> Result<Self, String> {
-        let Value::Object(fields) = body else {
+        let Value::Object(mut fields) = body else {
             return Err(
                 "expected a JSON object with one of \"key\", \"tag\", \"prefix\" or \"all\""
                     .to_owned(),
@@ -927,9 +945,11 @@ impl Invalidation {
         };
         if let Some(k) = fields.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
             return Err(format!(
-                "unknown field {k:?} (expected one of key, tag, prefix or all)"
+                "unknown field {k:?} (expected one of {})",
+                Self::FIELDS.join(", ")
             ));
         }
+        let values = take_values(&mut fields)?;
         let (name, value) = match one(&fields) {
             Ok(field) => field,
             Err(given) => {
@@ -938,37 +958,90 @@ impl Invalidation {
                 ))
             }
         };
+        let target = Target::parse(name, value, values.is_some())?;
+        Ok(Self { values, target })
+    }
+
+    async fn run(self, cache: &Cache) -> Response<Full<Bytes>> {
+        let (what, body) = match &self.values {
+            #[cfg(feature = "values")]
+            Some(name) => self.target.purge_values(cache, name).await,
+            _ => self.target.purge_responses(cache).await,
+        };
+        let values = self.values.as_deref().unwrap_or("");
+        tracing::info!(target: "tower_tiered_cache::admin", what, values, removed = %body, "invalidated");
+        json_response(StatusCode::OK, &body)
+    }
+}
+
+impl Target {
+    /// The target `name: value` names; `values`: of a value cache, whose
+    /// prefixes are of keys (any string), not paths.
+    fn parse(name: &str, value: &Value, values: bool) -> Result<Self, String> {
         match (name, value) {
-            ("all", Value::Bool(true)) => Ok(Invalidation::All),
+            ("all", Value::Bool(true)) => Ok(Target::All),
             ("all", _) => Err("\"all\" must be true".to_owned()),
             (name, Value::String(s)) if s.is_empty() => Err(format!("{name:?} must not be empty")),
-            ("prefix", Value::String(s)) if !s.starts_with('/') => Err(format!(
+            ("prefix", Value::String(s)) if !values && !s.starts_with('/') => Err(format!(
                 "\"prefix\" must be a path starting with / (got {s:?})"
             )),
-            ("key", Value::String(s)) => Ok(Invalidation::Key(s.clone())),
-            ("tag", Value::String(s)) => Ok(Invalidation::Tag(s.clone())),
-            ("prefix", Value::String(s)) => Ok(Invalidation::Prefix(s.clone())),
+            ("key", Value::String(s)) => Ok(Target::Key(s.clone())),
+            ("tag", Value::String(s)) => Ok(Target::Tag(s.clone())),
+            ("prefix", Value::String(s)) => Ok(Target::Prefix(s.clone())),
             (name, _) => Err(format!("{name:?} must be a string")),
         }
     }
 
-    async fn run(self, cache: &Cache) -> Response<Full<Bytes>> {
-        let (what, body) = match &self {
-            // The key's L2 delete runs in the background: its count is
-            // not known here.
-            Invalidation::Key(key) => (
-                "key",
-                json!({ "l1": u64::from(cache.invalidate_key(key)), "l2": null }),
-            ),
-            Invalidation::Tag(tag) => ("tag", json!(cache.invalidate_tag(tag).await)),
-            Invalidation::Prefix(prefix) => {
-                ("prefix", json!(cache.invalidate_prefix(prefix).await))
-            }
-            Invalidation::All => ("all", json!(cache.clear().await)),
-        };
-        tracing::info!(target: "tower_tiered_cache::admin", what, removed = %body, "invalidated");
-        json_response(StatusCode::OK, &body)
+    /// Removes the stored responses it names: what, and what was removed.
+    async fn purge_responses(&self, cache: &Cache) -> (&'static str, Value) {
+        match self {
+            Target::Key(key) => ("key", key_removed(cache.invalidate_key(key))),
+            Target::Tag(tag) => ("tag", json!(cache.invalidate_tag(tag).await)),
+            Target::Prefix(prefix) => ("prefix", json!(cache.invalidate_prefix(prefix).await)),
+            Target::All => ("all", json!(cache.clear().await)),
+        }
     }
+
+    /// Removes the values of the value cache `name` it names (all: those
+    /// whose key starts with `""`): what, and what was removed.
+    #[cfg(feature = "values")]
+    async fn purge_values(&self, cache: &Cache, name: &str) -> (&'static str, Value) {
+        match self {
+            Target::Key(key) => ("key", key_removed(cache.invalidate_value(name, key))),
+            Target::Tag(tag) => ("tag", json!(cache.invalidate_value_tag(name, tag).await)),
+            Target::Prefix(prefix) => (
+                "prefix",
+                json!(cache.invalidate_value_prefix(name, prefix).await),
+            ),
+            Target::All => ("all", json!(cache.invalidate_value_prefix(name, "").await)),
+        }
+    }
+}
+
+/// The answer to a key's invalidation: whether L1 held it. Its L2 delete
+/// runs in the background: its count is not known here.
+fn key_removed(l1: bool) -> Value {
+    json!({ "l1": u64::from(l1), "l2": null })
+}
+
+/// Takes the `"values"` field (a value cache's name, checked as
+/// [`Cache::values`] checks it) out of `fields`.
+#[cfg(feature = "values")]
+fn take_values(fields: &mut Map<String, Value>) -> Result<Option<String>, String> {
+    match fields.remove("values") {
+        None => Ok(None),
+        Some(Value::String(name)) if crate::values::check_name(&name).is_ok() => Ok(Some(name)),
+        Some(_) => Err(format!(
+            "\"values\" must be a value cache's name (1 to {} bytes without control characters)",
+            crate::values::MAX_NAME_BYTES
+        )),
+    }
+}
+
+/// Without typed values, `"values"` is an unknown field.
+#[cfg(not(feature = "values"))]
+fn take_values(_: &mut Map<String, Value>) -> Result<Option<String>, String> {
+    Ok(None)
 }
 
 /// The one field of `fields`, or what was given instead.
@@ -1247,16 +1320,24 @@ mod tests {
         assert_eq!(job["error"], "the warming task panicked");
     }
 
+    /// An invalidation of stored responses.
+    fn http(target: Target) -> Invalidation {
+        Invalidation {
+            values: None,
+            target,
+        }
+    }
+
     #[test]
     fn invalidation_bodies() {
         let p = |v: Value| Invalidation::parse(v);
-        assert_eq!(p(json!({"key": "k"})), Ok(Invalidation::Key("k".into())));
-        assert_eq!(p(json!({"tag": "t"})), Ok(Invalidation::Tag("t".into())));
+        assert_eq!(p(json!({"key": "k"})), Ok(http(Target::Key("k".into()))));
+        assert_eq!(p(json!({"tag": "t"})), Ok(http(Target::Tag("t".into()))));
         assert_eq!(
             p(json!({"prefix": "/p"})),
-            Ok(Invalidation::Prefix("/p".into()))
+            Ok(http(Target::Prefix("/p".into())))
         );
-        assert_eq!(p(json!({"all": true})), Ok(Invalidation::All));
+        assert_eq!(p(json!({"all": true})), Ok(http(Target::All)));
         assert!(p(json!({})).unwrap_err().contains("(got none)"));
         assert!(p(json!({"key": "k", "tag": "t"}))
             .unwrap_err()
@@ -1279,5 +1360,53 @@ mod tests {
         assert!(p(json!(["key"]))
             .unwrap_err()
             .contains("expected a JSON object"));
+    }
+
+    #[cfg(feature = "values")]
+    #[test]
+    fn value_invalidation_bodies() {
+        let p = |v: Value| Invalidation::parse(v);
+        let odds = |target| {
+            Ok(Invalidation {
+                values: Some("odds".into()),
+                target,
+            })
+        };
+        assert_eq!(
+            p(json!({"values": "odds", "key": "match:1"})),
+            odds(Target::Key("match:1".into()))
+        );
+        assert_eq!(
+            p(json!({"values": "odds", "tag": "football"})),
+            odds(Target::Tag("football".into()))
+        );
+        // A prefix of keys: no leading `/` needed.
+        assert_eq!(
+            p(json!({"prefix": "match:", "values": "odds"})),
+            odds(Target::Prefix("match:".into()))
+        );
+        assert_eq!(p(json!({"values": "odds", "all": true})), odds(Target::All));
+        let err = |v: Value| p(v).unwrap_err();
+        assert!(err(json!({"values": "odds"})).contains("(got none)"));
+        assert!(err(json!({"values": "odds", "key": "a", "tag": "b"})).contains("(got key, tag)"));
+        assert!(err(json!({"values": "odds", "prefix": ""})).contains("must not be empty"));
+        assert!(err(json!({"values": "odds", "all": false})).contains("must be true"));
+        for name in [
+            json!(""),
+            json!("bad\nname"),
+            json!("x".repeat(65)),
+            json!(7),
+        ] {
+            assert!(
+                err(json!({"values": name, "key": "k"}))
+                    .contains("\"values\" must be a value cache's name"),
+                "{name}"
+            );
+        }
+        assert!(err(json!({"values": "odds", "url": "k"})).contains("unknown field \"url\""));
+        assert_eq!(
+            p(json!({"values": "x".repeat(64), "key": "k"})).map(|i| i.values.map(|v| v.len())),
+            Ok(Some(64))
+        );
     }
 }

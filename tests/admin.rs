@@ -715,6 +715,94 @@ async fn invalidation() {
     );
 }
 
+/// `POST /invalidate` with `"values"` purges one value cache's values by
+/// key, tag, prefix or all, and nothing else (neither another value
+/// cache's values nor stored responses).
+#[cfg(feature = "values")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_invalidation() {
+    use tower_tiered_cache::ValueOptions;
+
+    let app = start(builder().build().unwrap()).await;
+    for i in 1..=3 {
+        app.get(&format!("/items/{i}")).await;
+    }
+    let odds = app.cache.values::<u32>("odds").unwrap();
+    let other = app.cache.values::<u32>("other").unwrap();
+    let football = ValueOptions::new().tag("football");
+    for (k, v) in [("match:1", 1), ("match:2", 2)] {
+        odds.set(k, v, &football).await;
+    }
+    for (k, v) in [("match:3", 3), ("player:1", 4)] {
+        odds.set(k, v, &ValueOptions::new()).await;
+    }
+    other.set("match:1", 5, &football).await;
+    assert_eq!(app.cache.stats().l1_entries, 3 + 4 + 1);
+
+    let keys = ["match:1", "match:2", "match:3", "player:1"];
+    for (body, removed, left) in [
+        (
+            json!({"values": "odds", "key": "match:1"}),
+            json!({"l1": 1, "l2": null}),
+            &keys[1..],
+        ),
+        (
+            json!({"values": "odds", "tag": "football"}),
+            json!({"l1": 1, "l2": 0}),
+            &keys[2..],
+        ),
+        (
+            json!({"values": "odds", "prefix": "match:"}),
+            json!({"l1": 1, "l2": 0}),
+            &keys[3..],
+        ),
+        (
+            json!({"values": "odds", "all": true}),
+            json!({"l1": 1, "l2": 0}),
+            &keys[4..],
+        ),
+    ] {
+        let r = app.admin_post("/invalidate", &body).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}: {r:?}");
+        assert_eq!(r.json(), removed, "{body}");
+        let mut found = Vec::new();
+        for k in keys {
+            if odds.get(k).await.is_some() {
+                found.push(k);
+            }
+        }
+        assert_eq!(found, left, "{body}");
+    }
+
+    // The other value cache and the stored responses are untouched.
+    assert_eq!(other.get("match:1").await.as_deref(), Some(&5));
+    assert_eq!(app.cache.stats().l1_entries, 3 + 1);
+    let calls = app.calls();
+    for i in 1..=3 {
+        assert!(is_hit(&app.get(&format!("/items/{i}")).await));
+    }
+    assert_eq!(app.calls(), calls);
+
+    for (body, expected) in [
+        (
+            json!({"values": "odds"}),
+            "give exactly one of key, tag, prefix or all (got none)",
+        ),
+        (
+            json!({"values": "bad\nname", "key": "k"}),
+            "\"values\" must be a value cache's name",
+        ),
+        (
+            json!({"values": "odds", "key": "k", "url": "/x"}),
+            "unknown field \"url\"",
+        ),
+    ] {
+        let r = app.admin_post("/invalidate", &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(r.error().contains(expected), "{body}: {}", r.error());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_stats() {
     let app = start(builder().build().unwrap()).await;
