@@ -131,14 +131,16 @@ impl Cache {
         let label = self.shared.obs.labels.resolve(name);
         Ok(ValueCache {
             cache: self.clone(),
-            name: name.into(),
-            label,
-            codec_id: codec.id(),
-            codec: Arc::new(codec),
-            type_tag: type_tag(std::any::type_name::<T>()),
-            defaults: Arc::default(),
+            face: Face {
+                name: name.into(),
+                label,
+                codec_id: codec.id(),
+                codec: Arc::new(codec),
+                type_tag: type_tag(std::any::type_name::<T>()),
+                defaults: Arc::default(),
+                weigher: None,
+            },
             hot: None,
-            weigher: None,
         })
     }
 
@@ -293,29 +295,45 @@ fn type_tag(name: &str) -> u64 {
 /// ```
 pub struct ValueCache<T> {
     cache: Cache,
+    face: Face<T>,
+    /// Hot-key refresh and prefetch ([`with_hot`](Self::with_hot)).
+    hot: Option<Arc<hot::ValueHot>>,
+}
+
+/// What a value cache is apart from its cache and its background parts:
+/// its name, how its values are written and weighed, its defaults. A
+/// background worker keeps this (not the cache, which it must not keep
+/// alive).
+struct Face<T> {
     name: Arc<str>,
     label: u16,
     codec: Arc<dyn Codec<T>>,
     codec_id: u8,
     type_tag: u64,
     defaults: Arc<ValueOptions>,
-    /// Hot-key refresh and prefetch ([`with_hot`](Self::with_hot)).
-    hot: Option<Arc<hot::ValueHot>>,
     weigher: Option<Weigher<T>>,
 }
 
-impl<T> Clone for ValueCache<T> {
+impl<T> Clone for Face<T> {
     fn clone(&self) -> Self {
         Self {
-            cache: self.cache.clone(),
             name: Arc::clone(&self.name),
             label: self.label,
             codec: Arc::clone(&self.codec),
             codec_id: self.codec_id,
             type_tag: self.type_tag,
             defaults: Arc::clone(&self.defaults),
-            hot: self.hot.clone(),
             weigher: self.weigher.clone(),
+        }
+    }
+}
+
+impl<T> Clone for ValueCache<T> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            face: self.face.clone(),
+            hot: self.hot.clone(),
         }
     }
 }
@@ -323,10 +341,10 @@ impl<T> Clone for ValueCache<T> {
 impl<T> fmt::Debug for ValueCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValueCache")
-            .field("name", &self.name)
+            .field("name", &self.face.name)
             .field("type", &std::any::type_name::<T>())
-            .field("codec", &self.codec_id)
-            .field("defaults", &self.defaults)
+            .field("codec", &self.face.codec_id)
+            .field("defaults", &self.face.defaults)
             .field("hot", &self.hot.is_some())
             .finish_non_exhaustive()
     }
@@ -432,21 +450,21 @@ fn complete(guard: Option<FlightGuard>, outcome: Outcome) {
 impl<T: Send + Sync + 'static> ValueCache<T> {
     /// The name: the values' label and namespace.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.face.name
     }
 
     /// The options calls start from (a copy to change per call):
     /// [`ValueOptions::new`] unless set with
     /// [`with_options`](Self::with_options).
     pub fn options(&self) -> ValueOptions {
-        (*self.defaults).clone()
+        (*self.face.defaults).clone()
     }
 
     /// This cache with `options` as its defaults: what
     /// [`get`](Self::get) reads with, and what [`options`](Self::options)
     /// returns.
     pub fn with_options(mut self, options: ValueOptions) -> Self {
-        self.defaults = Arc::new(options);
+        self.face.defaults = Arc::new(options);
         self
     }
 
@@ -455,7 +473,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// misses. Name the type the same in every service that shares values
     /// whose Rust type names differ (say, after a module moved).
     pub fn with_type_tag(mut self, name: &str) -> Self {
-        self.type_tag = type_tag(name);
+        self.face.type_tag = type_tag(name);
         self
     }
 
@@ -477,7 +495,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// # let _ = names;
     /// ```
     pub fn with_weigher(mut self, weigher: impl Fn(&T) -> usize + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Arc::new(weigher));
+        self.face.weigher = Some(Arc::new(weigher));
         self
     }
 
@@ -485,7 +503,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// decoded: the weigher's answer, else [`DEFAULT_WEIGHT_FACTOR`] times
     /// `body_len`.
     fn decoded_weight(&self, value: &T, body_len: usize) -> u64 {
-        match &self.weigher {
+        match &self.face.weigher {
             Some(w) => w(value) as u64,
             None => DEFAULT_WEIGHT_FACTOR.saturating_mul(body_len as u64),
         }
@@ -497,12 +515,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
 
     /// The hash of `key` in this cache's namespace ([`value_hash`]).
     fn hash(&self, key: &str) -> KeyHash {
-        value_hash(&self.name, key)
+        value_hash(&self.face.name, key)
     }
 
     /// The readable key of `key`: what its entry holds ([`scoped`]).
     fn readable(&self, key: &str) -> String {
-        scoped(&self.name, key)
+        scoped(&self.face.name, key)
     }
 
     /// A lookup of `key`, or `None` when it is not cached: a key over
@@ -513,7 +531,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         }
         let obs = &self.shared().obs;
         let report = if obs.cfg.enabled {
-            let span = crate::observe::value_span(obs.cfg.span_level, &self.name, op);
+            let span = crate::observe::value_span(obs.cfg.span_level, &self.face.name, op);
             // Fresh L1 hits are timed one in `hit_timing_sample`, as
             // requests are; every other lookup is timed (`timed`).
             let start = if span.is_disabled() {
@@ -542,8 +560,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let shown = !report.span.is_disabled() || obs.cfg.log == LogLevel::Detailed;
         let key = shown.then_some(key);
         let start = report.start;
-        self.cache
-            .finish(self.label, outcome, start, &report.span, None, key, now);
+        self.cache.finish(
+            self.face.label,
+            outcome,
+            start,
+            &report.span,
+            None,
+            key,
+            now,
+        );
     }
 
     /// The value `entry` holds for this cache (its codec and type),
@@ -551,7 +576,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// entry clone an `Arc`.
     fn typed(&self, entry: &Entry) -> Result<Arc<T>, Unusable> {
         let meta = entry.value.as_deref().ok_or(Unusable::NotAValue)?;
-        if meta.codec != self.codec_id || meta.type_tag != self.type_tag {
+        if meta.codec != self.face.codec_id || meta.type_tag != self.face.type_tag {
             return Err(Unusable::OtherType);
         }
         if let Some(p) = meta.payload.get() {
@@ -559,7 +584,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
                 .downcast::<T>()
                 .map_err(|_| Unusable::OtherType);
         }
-        let value = Arc::new(self.codec.decode(&entry.body).map_err(Unusable::Codec)?);
+        let value = Arc::new(
+            self.face
+                .codec
+                .decode(&entry.body)
+                .map_err(Unusable::Codec)?,
+        );
         // Weighed before it can be promoted: L1 counts what it holds.
         let weight = self.decoded_weight(&value, entry.body.len());
         meta.decoded(Arc::clone(&value) as Arc<dyn Any + Send + Sync>, weight);
@@ -693,7 +723,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// L1 or L2 (as the default options say); `None` otherwise. Never
     /// fetches; counted as a lookup (a hit by tier, stale, or a miss).
     pub async fn get(&self, key: &str) -> Option<Arc<T>> {
-        let opts = Arc::clone(&self.defaults);
+        let opts = Arc::clone(&self.face.defaults);
         let call = self.call(key, &opts, "get")?;
         let now = self.cache.now();
         let prior = match self.look_in_l1(&call, now) {
@@ -721,7 +751,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     async fn answering<R>(&self, span: &tracing::Span, fut: impl Future<Output = R>) -> R {
         let unfinished = Unfinished {
             cache: &self.cache,
-            label: self.label,
+            label: self.face.label,
             span,
         };
         let result = fut.instrument(span.clone()).await;
@@ -746,7 +776,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// instances. Returns whether this instance's L1 held it
     /// ([`Cache::invalidate_value`]).
     pub fn delete(&self, key: &str) -> bool {
-        self.cache.invalidate_value(&self.name, key)
+        self.cache.invalidate_value(&self.face.name, key)
     }
 
     /// Removes every value of this cache whose key starts with `prefix`
@@ -755,7 +785,9 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// caches' values are never touched
     /// ([`Cache::invalidate_value_prefix`]).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Invalidated {
-        self.cache.invalidate_value_prefix(&self.name, prefix).await
+        self.cache
+            .invalidate_value_prefix(&self.face.name, prefix)
+            .await
     }
 
     /// Removes every value of this cache stored with `tag`
@@ -763,7 +795,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// instances. HTTP entries and other value caches' values are never
     /// touched ([`Cache::invalidate_value_tag`]).
     pub async fn invalidate_tag(&self, tag: &str) -> Invalidated {
-        self.cache.invalidate_value_tag(&self.name, tag).await
+        self.cache.invalidate_value_tag(&self.face.name, tag).await
     }
 
     /// Stores `value` for `key` as `opts` say: its `Arc` (the one returned
@@ -794,7 +826,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         };
         if stored {
             s.counters.stores.incr();
-            s.obs.stored(self.label);
+            s.obs.stored(self.face.label);
         }
         (value, entry, stored)
     }
@@ -845,7 +877,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// cache's body cap.
     fn encode(&self, value: &T) -> Option<Bytes> {
         let s = self.shared();
-        match self.codec.encode(value) {
+        match self.face.codec.encode(value) {
             Ok(mut b) if b.len() as u64 <= s.cfg.max_body_bytes => {
                 // Stored data owns what it weighs: no spare capacity.
                 b.shrink_to_fit();
@@ -853,14 +885,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             }
             Ok(_) => {
                 s.counters.too_large.incr();
-                s.obs.not_stored(self.label, crate::NotStored::TooLarge);
+                s.obs
+                    .not_stored(self.face.label, crate::NotStored::TooLarge);
                 None
             }
             Err(e) => {
                 if s.obs.cfg.log.warnings() {
                     tracing::warn!(
                         target: "tower_tiered_cache",
-                        label = %self.name,
+                        label = %self.face.name,
                         error = %e,
                         "value not stored: the codec refused it"
                     );
@@ -881,7 +914,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         timeline: Timeline,
     ) -> Entry {
         let payload = Arc::clone(value) as Arc<dyn Any + Send + Sync>;
-        let meta = ValueMeta::new(self.codec_id, self.type_tag, None);
+        let meta = ValueMeta::new(self.face.codec_id, self.face.type_tag, None);
         meta.decoded(payload, self.decoded_weight(value, body.len()));
         Entry {
             key: self.readable(key).into_boxed_str(),
@@ -895,7 +928,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             extensions: 0,
             tags: self.tags(opts),
             template: Default::default(),
-            label: self.label,
+            label: self.face.label,
             reads: Default::default(),
             value: Some(Box::new(meta)),
         }
@@ -1180,7 +1213,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             tracing::warn!(
                 target: "tower_tiered_cache",
                 key = %hash,
-                label = %self.name,
+                label = %self.face.name,
                 "value fetch failed; keeping the stale value"
             );
         }
@@ -1330,10 +1363,11 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         let s = self.shared();
         let ok = matches!(result, Ok(Ok(_)));
         let status = ok.then_some(StatusCode::OK);
-        s.obs.upstream_done(self.label, started.elapsed(), status);
+        s.obs
+            .upstream_done(self.face.label, started.elapsed(), status);
         if !ok {
             s.counters.upstream_errors.incr();
-            s.obs.upstream_error(self.label);
+            s.obs.upstream_error(self.face.label);
         }
         if result.is_err() {
             s.counters.upstream_timeouts.incr();
@@ -1455,7 +1489,7 @@ impl<T: Send + Sync + 'static> Background<T> {
         cause: &tracing::Span,
     ) {
         let obs = &self.values.shared().obs;
-        let span = crate::observe::refresh_span(obs.cfg.span_level, &self.values.name);
+        let span = crate::observe::refresh_span(obs.cfg.span_level, &self.values.face.name);
         span.follows_from(cause);
         tokio::spawn(self.run(fut, started, deadline).instrument(span));
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{boxed, Call, Codec, Prior, Report, ValueCache, ValueOptions, MAX_KEY_BYTES};
+use super::{boxed, Call, Face, Prior, Report, ValueCache, ValueOptions, MAX_KEY_BYTES};
 use crate::cache::Cache;
 use crate::flow::hot::{BackgroundError, HotParts, HotSettings, KeyWork, WarmFuture, Warmed};
 use crate::key::KeyHash;
@@ -264,16 +264,8 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     /// This value cache without its cache (what a worker holds, so that it
     /// does not keep the cache alive) nor its background parts (lookups
     /// made by the worker are neither counted as hot nor prefetched from).
-    fn detached(&self) -> Detached<T> {
-        Detached {
-            name: Arc::clone(&self.name),
-            label: self.label,
-            codec: Arc::clone(&self.codec),
-            codec_id: self.codec_id,
-            type_tag: self.type_tag,
-            defaults: Arc::clone(&self.defaults),
-            weigher: self.weigher.clone(),
-        }
+    fn detached(&self) -> Face<T> {
+        self.face.clone()
     }
 
     /// The stale value a `refresh_hot` round refreshes for `hash`: one L1
@@ -350,37 +342,20 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
     }
 }
 
-/// A value cache's parts but its cache and background parts.
-struct Detached<T> {
-    weigher: Option<super::Weigher<T>>,
-    name: Arc<str>,
-    label: u16,
-    codec: Arc<dyn Codec<T>>,
-    codec_id: u8,
-    type_tag: u64,
-    defaults: Arc<ValueOptions>,
-}
-
-impl<T> Detached<T> {
+impl<T> Face<T> {
     /// The value cache on `cache`, without background parts.
     fn on(&self, cache: Cache) -> ValueCache<T> {
         ValueCache {
             cache,
-            name: Arc::clone(&self.name),
-            label: self.label,
-            codec: Arc::clone(&self.codec),
-            codec_id: self.codec_id,
-            type_tag: self.type_tag,
-            defaults: Arc::clone(&self.defaults),
+            face: self.clone(),
             hot: None,
-            weigher: self.weigher.clone(),
         }
     }
 }
 
 /// How a value cache's worker reaches the origin: its fetch function.
 struct ValueWork<T, F> {
-    values: Detached<T>,
+    values: Face<T>,
     fetch: Arc<F>,
 }
 

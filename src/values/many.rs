@@ -85,7 +85,7 @@ impl<T> Drop for Batch<'_, T> {
         }
         let none = tracing::Span::none();
         for _ in self.items.iter().filter(|i| !i.done) {
-            self.values.cache.cancelled(self.values.label, &none);
+            self.values.cache.cancelled(self.values.face.label, &none);
         }
     }
 }
