@@ -523,6 +523,74 @@ mod tests {
         );
     }
 
+    /// Each query normalisation works alone, and without either the query
+    /// is keyed byte for byte (the origin may tell `x=1&` from `x=1`).
+    #[test]
+    fn query_normalisations_alone_and_the_raw_query() {
+        let sort_only = KeyConfig {
+            sort_query: true,
+            ..KeyConfig::default()
+        };
+        let drop_only = KeyConfig {
+            drop_query: vec![QueryDrop::parse("utm_*")],
+            ..KeyConfig::default()
+        };
+        let default = KeyConfig::default();
+        let readable = |c: &KeyConfig, uri: &str| c.readable(&parts(uri, &[])).unwrap();
+        assert_eq!(readable(&sort_only, "/a?y=2&x=1&z"), "GET /a?x=1&y=2&z");
+        assert_eq!(
+            readable(&drop_only, "/a?y=2&utm_source=m&x=1"),
+            "GET /a?y=2&x=1"
+        );
+        assert_eq!(readable(&drop_only, "/a?utm_source=m"), "GET /a");
+        assert_eq!(readable(&default, "/a?x=1&&y=2&"), "GET /a?x=1&&y=2&");
+        assert_ne!(
+            default.hash(&parts("/a?x=1&", &[])),
+            default.hash(&parts("/a?x=1", &[]))
+        );
+    }
+
+    /// A keyed header with several lines is one comma-separated component.
+    #[test]
+    fn a_keyed_header_with_several_lines_joins_them_with_commas() {
+        let cfg = KeyConfig {
+            headers: vec![HeaderName::from_static("x-tenant")],
+            ..KeyConfig::default()
+        };
+        let p = parts("/a", &[("x-tenant", " a "), ("x-tenant", "b")]);
+        assert_eq!(cfg.readable(&p).unwrap(), "GET /a\nx-tenant:a,b");
+    }
+
+    /// The headers whose values credential partitioning digests, and no
+    /// other: a response that varies on another header keeps its values.
+    #[test]
+    fn credential_headers_are_exactly_the_three() {
+        for name in ["authorization", "proxy-authorization", "cookie"] {
+            assert!(
+                is_credential_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        for name in ["accept-language", "set-cookie", "x-authorization", "accept"] {
+            assert!(
+                !is_credential_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
+
+    /// A readable key that names a typed value (it holds `VALUE_SCOPE`) still
+    /// has to hash to the key it was read under.
+    #[test]
+    fn a_value_scoped_readable_key_matches_only_its_own_hash() {
+        let readable = format!("odds{}match-1", crate::entry::VALUE_SCOPE);
+        let own = KeyHash(xxh3_128_with_seed(readable.as_bytes(), VALUE_SEED));
+        assert!(readable_matches(&readable, own, &HeaderMap::new()));
+        let other = KeyHash(xxh3_128_with_seed(b"odds\x1fmatch-2", VALUE_SEED));
+        assert!(!readable_matches(&readable, other, &HeaderMap::new()));
+        assert!(!readable_matches(&readable, KeyHash(7), &HeaderMap::new()));
+    }
+
     #[test]
     fn long_keys_hash_to_fixed_size() {
         let cfg = KeyConfig::default();

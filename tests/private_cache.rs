@@ -310,6 +310,55 @@ async fn partitions_have_their_own_variants() {
     assert_eq!(log.calls(), 3);
 }
 
+/// Inside one partition, a request waiting on another variant's flight
+/// gets its own variant: only the credential headers' values are pinned by
+/// the partition (and stored as a placeholder); `Accept-Language` is kept
+/// and compared.
+#[tokio::test]
+async fn a_waiter_for_another_variant_in_the_same_partition_gets_its_own() {
+    let clock = clock();
+    let cache = partitioned(&clock);
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |n, req: Request<()>| {
+        let g = g.clone();
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        async move {
+            g.pass().await;
+            Ok::<_, Infallible>(response(
+                200,
+                &[
+                    ("cache-control", "private, max-age=60"),
+                    ("vary", "accept-language"),
+                ],
+                &format!("{lang}#{}", n + 1),
+            ))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let ask = |lang: &'static str| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let h = [("authorization", ALICE), ("accept-language", lang)];
+            body(send(&svc, get_with(URL, &h)).await).await
+        })
+    };
+    let en = ask("en");
+    assert!(eventually(|| log.calls() == 1).await);
+    let fr = ask("fr");
+    settle().await;
+    // The French request waits on the English flight.
+    assert_eq!(log.calls(), 1);
+    gate.open();
+    assert_eq!(&en.await.unwrap()[..], b"en#1");
+    assert_eq!(&fr.await.unwrap()[..], b"fr#2");
+    assert_eq!(log.calls(), 2);
+}
+
 #[tokio::test]
 async fn concurrent_misses_coalesce_within_a_partition_only() {
     let clock = clock();

@@ -491,6 +491,53 @@ mod tests {
         });
     }
 
+    /// A quoted string may hold an escaped quote (RFC 9110 §5.6.4): the
+    /// comma after it is still inside the string, so the member does not end
+    /// there.
+    #[test]
+    fn rfc9110_5_6_4_an_escaped_quote_does_not_end_a_quoted_string() {
+        assert_eq!(
+            norm("x-a", &[r#" "a\"b , c" ,d "#]).unwrap(),
+            r#""a\"b , c", d"#
+        );
+        assert!(same("x-a", &[r#""a\"b , c",d"#], &[r#" "a\"b , c" , d"#]));
+        assert!(!same("x-a", &[r#""a\"b , c",d"#], &[r#""a\"b", c, d"#]));
+        // A trailing backslash ends the value, not the string.
+        assert_eq!(norm("x-a", &[r#""a\"#]).unwrap(), r#""a\"#);
+    }
+
+    /// Buffers of ordinary sizes are kept for the next request (no
+    /// allocation per lookup); only larger ones are dropped, so one huge
+    /// field leaves nothing behind.
+    #[test]
+    fn buffers_up_to_their_bounds_are_kept_and_larger_ones_dropped() {
+        let mut b = Buffers {
+            combined: Vec::with_capacity(10 * 1024),
+            members: Vec::with_capacity(KEEP_BYTES + 1),
+            ranges: Vec::with_capacity(MAX_MEMBERS * 2),
+            a: Vec::with_capacity(KEEP_BYTES),
+            b: Vec::with_capacity(KEEP_BYTES + 1),
+        };
+        b.shrink();
+        assert!(
+            b.combined.capacity() >= 10 * 1024,
+            "a 10 KiB buffer is kept"
+        );
+        assert!(
+            b.a.capacity() >= KEEP_BYTES,
+            "a buffer at the bound is kept"
+        );
+        assert_eq!(b.members.capacity(), 0, "over the bound: dropped");
+        assert_eq!(b.b.capacity(), 0, "over the bound: dropped");
+        assert!(
+            b.ranges.capacity() >= MAX_MEMBERS * 2,
+            "ranges at the bound are kept"
+        );
+        b.ranges = Vec::with_capacity(MAX_MEMBERS * 2 + 1);
+        b.shrink();
+        assert_eq!(b.ranges.capacity(), 0, "ranges over the bound: dropped");
+    }
+
     /// Normalising twice changes nothing more.
     #[test]
     fn rfc9111_4_1_normal_forms_are_stable() {
