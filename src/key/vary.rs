@@ -496,12 +496,18 @@ mod tests {
     /// there.
     #[test]
     fn rfc9110_5_6_4_an_escaped_quote_does_not_end_a_quoted_string() {
+        assert_eq!(norm("x-a", &[r#""\"a, b" ,c"#]).unwrap(), r#""\"a, b", c"#);
         assert_eq!(
             norm("x-a", &[r#" "a\"b , c" ,d "#]).unwrap(),
             r#""a\"b , c", d"#
         );
         assert!(same("x-a", &[r#""a\"b , c",d"#], &[r#" "a\"b , c" , d"#]));
         assert!(!same("x-a", &[r#""a\"b , c",d"#], &[r#""a\"b", c, d"#]));
+        // Wherever the escape is in the string.
+        assert_eq!(
+            norm("x-a", &[r#""abcdef\"x, y" ,z"#]).unwrap(),
+            r#""abcdef\"x, y", z"#
+        );
         // A trailing backslash ends the value, not the string.
         assert_eq!(norm("x-a", &[r#""a\"#]).unwrap(), r#""a\"#);
     }
