@@ -78,6 +78,11 @@
     return r >= 100 ? r.toFixed(0) : r.toFixed(1);
   }
 
+  /** An axis value: three significant digits at most, no trailing zeros. */
+  function fmtTick(v) {
+    return String(Number(v.toPrecision(3)));
+  }
+
   function fmtBytes(n) {
     if (typeof n !== 'number' || !Number.isFinite(n)) return '–';
     const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -272,14 +277,15 @@
    * stacked areas. `yMax` fixes the scale; else it fits the data.
    */
   function drawChart(svg, series, opts) {
-    const width = 600;
-    const height = opts.height || 200;
+    // Drawn at the size it is shown, so the text is not stretched.
+    const box = svg.getBoundingClientRect();
+    const width = Math.round(box.width) || 600;
+    const height = Math.round(box.height) || 200;
     const left = 46;
     const right = 8;
     const top = 8;
     const bottom = 18;
     svg.setAttribute('viewBox', '0 0 ' + width + ' ' + height);
-    svg.setAttribute('preserveAspectRatio', 'none');
     svg.replaceChildren();
     const all = series.flatMap((s) => s.points);
     if (all.length === 0) {
@@ -387,13 +393,13 @@
   function renderCharts() {
     drawChart($('chart-ratio'), [{ cls: 's-ratio', points: ratioSeries() }], { yMax: 1, yFormat: (v) => Math.round(v * 100) + ' %' });
     const rates = rateSeries();
-    drawChart($('chart-rate'), rates, { stacked: true, yFormat: fmtRate });
+    drawChart($('chart-rate'), rates, { stacked: true, yFormat: fmtTick });
     legend('legend-rate', rates);
     const latency = [
       { name: 'hit p99', cls: 's-hit-l1', points: history.map((h) => [h.t, h.s.hit_latency.p99_ms]) },
       { name: 'miss p99', cls: 's-miss', points: history.map((h) => [h.t, h.s.miss_latency.p99_ms]) },
     ];
-    drawChart($('chart-latency'), latency, { height: 120, yFormat: (v) => fmtMs(v) + ' ms' });
+    drawChart($('chart-latency'), latency, { yFormat: (v) => fmtTick(v) + ' ms' });
     legend('legend-latency', latency);
   }
 
@@ -468,7 +474,7 @@
 
   function ratioCell(r) {
     const box = element('span', 'ratio-cell');
-    const bar = svgElement('svg', { 'aria-hidden': 'true' });
+    const bar = svgElement('svg', { 'aria-hidden': 'true', class: 'bar mini' });
     drawBar(bar, r, 1, 2);
     box.appendChild(bar);
     box.appendChild(element('span', null, fmtPct(r)));
@@ -509,6 +515,7 @@
         li.appendChild(element('span', 'message', r.message));
         recs.appendChild(li);
       }
+      if (p.recommendations.length === 0) recs.appendChild(element('li', 'muted', 'No suggestion from its counters.'));
       item.appendChild(recs);
       box.appendChild(item);
     }
