@@ -625,14 +625,18 @@
     }
   }
 
-  /** With a stored token, or a service without one, straight in; else ask. */
+  /**
+   * With a stored token, or a service without one, straight in; else ask.
+   * A service that does not answer yet is polled anyway (the failure is
+   * shown at the top until it answers): only a refusal asks for a token.
+   */
   async function begin() {
     try {
       expectOk('/info', await api('info'));
       start();
     } catch (e) {
       if (e instanceof AuthError) stop(sessionStorage.getItem(TOKEN_KEY) === null ? '' : 'The stored token was refused.');
-      else stop(e.message);
+      else start();
     }
   }
 
