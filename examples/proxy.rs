@@ -115,7 +115,8 @@ Options:
                         (port 0 picks a free port; the address is printed)
   --l1-bytes N          the in-process (L1) cache's capacity in bytes [default: 67108864]
   --admin ADDR          serve the admin API (health, stats, metrics, warm,
-                        invalidate) on its own address, e.g. 127.0.0.1:9090
+                        invalidate, a live dashboard at /dashboard) on its
+                        own address, e.g. 127.0.0.1:9090
   --admin-token TOKEN   the Bearer token the admin API requires (needed with
                         --admin; or set ADMIN_TOKEN in the environment)
   --otlp URL            export traces and metrics with OTLP/HTTP to URL, e.g.
@@ -1052,7 +1053,8 @@ async fn serve(
         let admin_listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (--admin): {e}"))?;
-        println!("admin API on http://{}", admin_listener.local_addr()?);
+        let admin_addr = admin_listener.local_addr()?;
+        println!("admin API on http://{admin_addr} (dashboard: http://{admin_addr}/dashboard)");
         tokio::spawn(serve_admin(admin_listener, admin));
     }
     if !config.warm.is_empty() {

@@ -21,6 +21,8 @@
 //! | `POST` | `/invalidate` | `{"key": …}`, `{"tag": …}`, `{"prefix": "/…"}` or `{"all": true}`; 200 `{"l1", "l2"}` |
 //! | `POST` | `/invalidate` | `{"values": name, …}` (feature `values`) with one of `"key"`, `"tag"`, `"prefix"` (of keys, any string) or `"all": true`: the values of the value cache `name` (`Cache::invalidate_value`, `_tag`, `_prefix`); 200 `{"l1", "l2"}` |
 //! | `POST` | `/reset-stats` | [`Cache::reset_stats`]; 204 |
+//! | `GET` | `/dashboard` | the live dashboard (HTML; needs no token, see below) |
+//! | `GET` | `/dashboard.js`, `/dashboard.css` | its script and style sheet |
 //!
 //! `GET` routes answer `HEAD` too. The body of `POST /warm` is a JSON
 //! array of targets — URLs as the cache keys requests (absolute,
@@ -34,6 +36,23 @@
 //! ([`AdminService::warmer`]), else `/warm` answers 501. A job's `state`
 //! is `running`, `done` (with its [`WarmReport`]) or `failed` (with an
 //! `error`); the last 32 jobs are kept.
+//!
+//! The dashboard is one self-contained page (its script and style sheet
+//! are compiled into the crate; it loads nothing from anywhere else,
+//! under a strict `Content-Security-Policy`). It holds no data, so it is
+//! served without a token: it asks for the token once, keeps it in the
+//! tab's `sessionStorage` and sends it as `Authorization: Bearer` with
+//! the JSON requests it polls (`/stats`, `/health`, `/breakers`,
+//! `/stats/low-performers`, `/info`), so every figure it shows needs the
+//! token as `curl` does. It draws the hit ratio over time (computed from
+//! successive polls), requests per second by result and tier, hit and
+//! miss latency percentiles, L1 bytes against capacity, evictions, the L2
+//! tier's state and errors, the breakers, health with its reasons, the
+//! per-label table with low performers and their recommendations, and
+//! has buttons for `/invalidate` and `/warm`. Its URLs are relative, so it
+//! works under a [`prefix`](AdminService::prefix) or a router's mount
+//! point alike: open `{admin}/dashboard`. `?poll=MS` (250..=60000,
+//! default 2000) sets how often it polls.
 //!
 //! Answers are JSON (`Content-Type: application/json`,
 //! `Cache-Control: no-store`); errors are `{"error": "…"}` naming the
@@ -92,6 +111,8 @@ use crate::error::BuildError;
 use crate::sync::lock;
 use crate::warm::{Warm, WarmOptions, WarmProgress, WarmReport, WarmTarget};
 use crate::{Cache, HealthStatus};
+
+mod dashboard;
 
 /// The default limit on request bodies: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -362,10 +383,15 @@ impl AdminService {
         let Some(path) = strip_prefix(path, &self.prefix) else {
             return Err(no_such_route(path));
         };
-        if let Some(resp) = self.check_auth(req) {
-            return Err(Box::new(resp));
+        let route = Route::parse(path);
+        // The dashboard's files hold no data: no token needed. Every
+        // other path, known or not, wants one first.
+        if !matches!(route, Some(Route::Dashboard(_))) {
+            if let Some(resp) = self.check_auth(req) {
+                return Err(Box::new(resp));
+            }
         }
-        let Some(route) = Route::parse(path) else {
+        let Some(route) = route else {
             return Err(no_such_route(path));
         };
         let allowed = route.methods();
@@ -413,6 +439,7 @@ impl AdminService {
             Route::Metrics => respond(StatusCode::OK, PROMETHEUS, cache.prometheus().into()),
             Route::Info => json_response(StatusCode::OK, &cache.info()),
             Route::ResetStats => reset_stats(cache),
+            Route::Dashboard(asset) => asset.response(),
             Route::WarmJob(id) => self.warm_job(id),
             Route::Warm => {
                 if self.warmer.is_none() {
@@ -723,6 +750,7 @@ enum Route<'a> {
     WarmJob(&'a str),
     Invalidate,
     ResetStats,
+    Dashboard(dashboard::Asset),
 }
 
 impl<'a> Route<'a> {
@@ -742,7 +770,7 @@ impl<'a> Route<'a> {
             "/reset-stats" => Route::ResetStats,
             _ => match path.strip_prefix("/warm/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => Route::WarmJob(id),
-                _ => return None,
+                _ => Route::Dashboard(dashboard::Asset::parse(path)?),
             },
         })
     }

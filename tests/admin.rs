@@ -857,3 +857,191 @@ async fn wrong_methods_and_unknown_paths() {
     assert!(head.body.is_empty());
     assert_eq!(head.headers["content-type"], "application/json");
 }
+
+/// The dashboard's expected `Content-Security-Policy`: its own files,
+/// JSON from its own origin, nothing inline, nothing framed.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// The headers every dashboard file carries.
+fn assert_dashboard_headers(r: &Reply, content_type: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.headers["content-type"], content_type);
+    assert_eq!(r.headers["content-security-policy"], DASHBOARD_CSP);
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert_eq!(r.headers["referrer-policy"], "no-referrer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_needs_no_token_and_its_data_does() {
+    let app = start(builder().build().unwrap()).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for auth in [None, Some("Bearer wrong"), Some(bearer.as_str())] {
+        let page = app
+            .raw(Method::GET, "/admin/dashboard", auth, Bytes::new())
+            .await;
+        assert_dashboard_headers(&page, "text/html; charset=utf-8");
+        assert!(page.text().starts_with("<!doctype html>"));
+        assert!(page
+            .text()
+            .contains(r#"<script src="dashboard.js" defer></script>"#));
+        let script = app
+            .raw(Method::GET, "/admin/dashboard.js", auth, Bytes::new())
+            .await;
+        assert_dashboard_headers(&script, "text/javascript; charset=utf-8");
+        assert!(script.text().contains("sessionStorage"));
+        let style = app
+            .raw(Method::GET, "/admin/dashboard.css", auth, Bytes::new())
+            .await;
+        assert_dashboard_headers(&style, "text/css; charset=utf-8");
+    }
+    // HEAD: the headers and the length, no body.
+    let head = app
+        .raw(Method::HEAD, "/admin/dashboard", None, Bytes::new())
+        .await;
+    assert_dashboard_headers(&head, "text/html; charset=utf-8");
+    assert!(head.body.is_empty());
+    let page = app.get("/admin/dashboard").await;
+    assert_eq!(
+        head.headers["content-length"],
+        page.body.len().to_string().as_str()
+    );
+    // Read-only files: other methods are refused, still without a token.
+    let post = app
+        .raw(Method::POST, "/admin/dashboard", None, Bytes::new())
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers["allow"], "GET, HEAD");
+
+    // The data the page shows still needs the token, and names near the
+    // page's are no way around it.
+    for path in [
+        "/admin/stats",
+        "/admin/health",
+        "/admin/dashboard/stats",
+        "/admin/dashboard.json",
+        "/admin/dashboard/",
+    ] {
+        let r = app.raw(Method::GET, path, None, Bytes::new()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    for path in ["/dashboard.json", "/dashboard/", "/dashboard/stats"] {
+        assert_eq!(app.admin_get(path).await.status, StatusCode::NOT_FOUND);
+    }
+
+    // Every route the script calls (relative to the page) exists.
+    let script = app.get("/admin/dashboard.js").await;
+    let mut called: Vec<&str> = script
+        .text()
+        .split("api('")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('\'').map(|(path, _)| path))
+        .collect();
+    called.sort_unstable();
+    called.dedup();
+    assert_eq!(
+        called,
+        [
+            "breakers",
+            "health",
+            "info",
+            "invalidate",
+            "stats",
+            "stats/low-performers",
+            "warm",
+            "warm/"
+        ]
+    );
+    for path in called {
+        let path = if path == "warm/" { "warm/1" } else { path };
+        let r = app.admin_get(&format!("/{path}")).await;
+        // A POST route answers 405 to GET, a job not started 404 with its
+        // own message: none is an unknown route.
+        assert!(
+            !r.error_or_empty().starts_with("no such route"),
+            "{path}: {r:?}"
+        );
+    }
+}
+
+impl Reply {
+    /// The `error` of a JSON answer, or "" for any other answer.
+    fn error_or_empty(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_behind_a_prefix() {
+    let cache = builder().build().unwrap();
+    let admin = AdminService::new(cache, TOKEN).unwrap().prefix("/ops/");
+    let server = serve(Router::new().fallback_service(admin)).await;
+    let client = client();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut b = Request::get(format!("http://{}{path}", server.addr));
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        send(&client, b.body(Full::new(Bytes::new())).unwrap())
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let page = get("/ops/dashboard", None).await;
+    assert_dashboard_headers(&page, "text/html; charset=utf-8");
+    assert_dashboard_headers(
+        &get("/ops/dashboard.js", None).await,
+        "text/javascript; charset=utf-8",
+    );
+    assert_dashboard_headers(
+        &get("/ops/dashboard.css", None).await,
+        "text/css; charset=utf-8",
+    );
+    // Outside the prefix: nothing, with or without the token.
+    for auth in [None, Some(bearer.as_str())] {
+        for path in ["/dashboard", "/dashboard.js", "/opsdashboard"] {
+            let r = get(path, auth).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(r.error(), format!("no such route: {path}"));
+        }
+    }
+    // The JSON beside it still needs the token.
+    assert_eq!(
+        get("/ops/stats", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let stats = get("/ops/stats", Some(&bearer)).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    // What the page reads: every figure it draws is in the answer.
+    let s = stats.json();
+    for field in [
+        "hits",
+        "hits_l1",
+        "hits_l2",
+        "misses",
+        "stale",
+        "coalesced",
+        "revalidated",
+        "passes",
+        "hit_ratio",
+        "l1_bytes",
+        "l1_capacity_bytes",
+        "l1_entries",
+        "evictions",
+        "l2_breaker",
+        "l2_errors",
+        "breaker",
+        "labels",
+    ] {
+        assert!(s.get(field).is_some(), "/stats has no {field}: {s}");
+    }
+    for latency in ["hit_latency", "miss_latency"] {
+        for p in ["p50_ms", "p95_ms", "p99_ms"] {
+            assert!(s[latency][p].is_number(), "{latency}.{p}: {s}");
+        }
+    }
+}
