@@ -6,8 +6,10 @@
 //! curl -si http://127.0.0.1:8080/some/path   # twice: the second is a hit
 //! ```
 //!
-//! With the `redis` feature, `--redis URL` (or `--redis-cluster URL,URL...`)
-//! adds the L2 tier, so a restarted proxy (empty L1) answers from Redis:
+//! With the `redis` feature, `--redis URL` (or `--redis-cluster URL,URL...`,
+//! or `--redis-sentinel NAME@HOST:PORT,HOST:PORT...` for the master that
+//! Redis Sentinel names) adds the L2 tier, so a restarted proxy (empty L1)
+//! answers from Redis:
 //!
 //! ```text
 //! cargo run --release --features redis --example proxy -- \
@@ -96,7 +98,8 @@ const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
-                          [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
+                          [--redis URL | --redis-cluster URL[,URL...] | \
+                          --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
                           [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
@@ -107,7 +110,9 @@ const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
 
 Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
-             [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] [--promote-after N]
+             [--redis URL | --redis-cluster URL[,URL...]
+              | --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]]
+             [--namespace NAME] [--promote-after N]
 
 Options:
   --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
@@ -158,6 +163,16 @@ What clients can make the upstream see (nothing unkeyed):
 L2 tier in Redis (only in a build with `--features redis`):
   --redis URL           one Redis node: redis://[user:password@]host:port[/db]
   --redis-cluster URLS  a Redis Cluster: one or more node URLs, comma-separated
+  --redis-sentinel NAME@SENTINELS
+                        the master that Redis Sentinel calls NAME, found
+                        through the sentinels (comma-separated HOST:PORT, or
+                        redis://[user:password@]host:port URLs) and found
+                        again after a failover
+  --redis-sentinel-master URL
+                        with --redis-sentinel: the master's scheme,
+                        credentials and database, e.g. redis://:PW@master/0
+                        (its host is replaced by the master's address)
+                        [default: redis://, no password, database 0]
   --namespace NAME      the prefix of every L2 key [default: ttc]
   --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
 
@@ -289,6 +304,13 @@ struct L2Args {
 enum L2Target {
     Single(String),
     Cluster(Vec<String>),
+    /// `--redis-sentinel NAME@…`: the master's name, the sentinels' URLs,
+    /// and `--redis-sentinel-master`.
+    Sentinel {
+        name: String,
+        sentinels: Vec<String>,
+        master_url: Option<String>,
+    },
 }
 
 #[cfg(feature = "redis")]
@@ -302,6 +324,21 @@ impl L2Target {
                 let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
                 format!("--redis-cluster {}", urls.join(","))
             }
+            L2Target::Sentinel {
+                name, sentinels, ..
+            } => {
+                let urls: Vec<String> = sentinels.iter().map(|u| redact_url(u)).collect();
+                format!("--redis-sentinel {name}@{}", urls.join(","))
+            }
+        }
+    }
+
+    /// The flag that chose this target.
+    fn flag(&self) -> &'static str {
+        match self {
+            L2Target::Single(_) => "--redis",
+            L2Target::Cluster(_) => "--redis-cluster",
+            L2Target::Sentinel { .. } => "--redis-sentinel",
         }
     }
 }
@@ -315,7 +352,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
-    let (mut target, mut namespace, mut promote_after) = (None, None, None);
+    let (mut target, mut namespace, mut promote_after) = (None::<L2Target>, None, None);
+    #[cfg(feature = "redis")]
+    let mut sentinel_master = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -344,32 +383,37 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--upstream-timeout" => upstream_timeout = Some(duration(&flag, &value()?)?),
             "--request-cache-control" => request_cc = Some(value()?),
             #[cfg(feature = "redis")]
-            "--redis" | "--redis-cluster" => {
+            "--redis" | "--redis-cluster" | "--redis-sentinel" => {
                 let v = value()?;
-                let new = if flag == "--redis" {
-                    L2Target::Single(v)
-                } else {
-                    L2Target::Cluster(url_list(&flag, &v)?)
+                let new = match flag.as_str() {
+                    "--redis" => L2Target::Single(v),
+                    "--redis-cluster" => L2Target::Cluster(url_list(&flag, &v)?),
+                    _ => sentinel_target(&flag, &v)?,
                 };
                 if let Some(old) = &target {
-                    if matches!(
-                        (old, &new),
-                        (L2Target::Single(_), L2Target::Cluster(_))
-                            | (L2Target::Cluster(_), L2Target::Single(_))
-                    ) {
-                        return Err(ArgError::usage(
-                            "--redis and --redis-cluster exclude each other: give one",
-                        ));
+                    if old.flag() != new.flag() {
+                        return Err(ArgError::usage(format!(
+                            "{} and {} exclude each other: give one",
+                            old.flag(),
+                            new.flag()
+                        )));
                     }
                 }
                 target = Some(new);
             }
             #[cfg(feature = "redis")]
+            "--redis-sentinel-master" => sentinel_master = Some(value()?),
+            #[cfg(feature = "redis")]
             "--namespace" => namespace = Some(value()?),
             #[cfg(feature = "redis")]
             "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
             #[cfg(not(feature = "redis"))]
-            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after" => {
+            "--redis"
+            | "--redis-cluster"
+            | "--redis-sentinel"
+            | "--redis-sentinel-master"
+            | "--namespace"
+            | "--promote-after" => {
                 return Err(ArgError::value(format!(
                     "{flag} needs the Redis L2 tier, which this build leaves out: \
                      rebuild with --features redis"
@@ -442,6 +486,24 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         }
     };
     #[cfg(feature = "redis")]
+    let target = match (target, sentinel_master) {
+        (
+            Some(L2Target::Sentinel {
+                name, sentinels, ..
+            }),
+            master_url,
+        ) => Some(L2Target::Sentinel {
+            name,
+            sentinels,
+            master_url,
+        }),
+        (_, Some(_)) => return Err(ArgError::usage(
+            "--redis-sentinel-master applies to --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]: \
+                 add it",
+        )),
+        (target, None) => target,
+    };
+    #[cfg(feature = "redis")]
     let l2 = match target {
         Some(target) => Some(L2Args {
             target,
@@ -455,7 +517,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
                 "--promote-after"
             };
             return Err(ArgError::usage(format!(
-                "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
+                "{flag} applies to the L2 tier: add --redis URL, --redis-cluster URL[,URL...] \
+                 or --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]"
             )));
         }
         None => None,
@@ -548,6 +611,47 @@ fn url_list(flag: &str, value: &str) -> Result<Vec<String>, ArgError> {
     Ok(urls)
 }
 
+/// `--redis-sentinel NAME@SENTINEL[,SENTINEL...]`: each sentinel a
+/// `HOST:PORT` (made `redis://HOST:PORT`) or a `redis://` / `rediss://` URL.
+/// The name ends at the first `@` (a name has none; a URL's credentials
+/// may).
+#[cfg(feature = "redis")]
+fn sentinel_target(flag: &str, value: &str) -> Result<L2Target, ArgError> {
+    let expected = || {
+        ArgError::value(format!(
+            "{flag} {:?}: expected NAME@HOST:PORT[,HOST:PORT...], e.g. mymaster@10.0.0.1:26379",
+            redact_url(value)
+        ))
+    };
+    let (name, list) = value.split_once('@').ok_or_else(expected)?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(expected());
+    }
+    let mut sentinels = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        if entry.contains("://") {
+            sentinels.push(entry.to_owned());
+            continue;
+        }
+        let port_ok = entry.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || entry.contains('/') || entry.contains('@') {
+            return Err(ArgError::value(format!(
+                "{flag}: {entry:?} is not HOST:PORT (a sentinel, e.g. 10.0.0.1:26379) \
+                 nor a redis:// URL"
+            )));
+        }
+        sentinels.push(format!("redis://{entry}"));
+    }
+    Ok(L2Target::Sentinel {
+        name: name.to_owned(),
+        sentinels,
+        master_url: None,
+    })
+}
+
 /// `url` with any password replaced by `***` (in the user-info part and in
 /// a `pass=` query parameter), for printing.
 #[cfg(feature = "redis")]
@@ -635,6 +739,17 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         builder = match &l2.target {
             L2Target::Single(url) => builder.redis(url.clone()),
             L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
+            L2Target::Sentinel {
+                name,
+                sentinels,
+                master_url,
+            } => {
+                let b = builder.redis_sentinel(name.clone(), sentinels.iter().cloned());
+                match master_url {
+                    Some(url) => b.redis_sentinel_master_url(url.clone()),
+                    None => b,
+                }
+            }
         };
         if let Some(ns) = &l2.namespace {
             builder = builder.namespace(ns.clone());
@@ -647,10 +762,12 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         let flag = match e.setting() {
             "l1_capacity_bytes" | "l1_max_entry_bytes" => "--l1-bytes".to_owned(),
             #[cfg(feature = "redis")]
-            "redis" => config
+            "redis" | "redis_cluster" | "redis_sentinel" => config
                 .l2
                 .as_ref()
                 .map_or_else(|| "--redis".to_owned(), |l2| l2.target.describe()),
+            #[cfg(feature = "redis")]
+            "redis_sentinel_master_url" => "--redis-sentinel-master".to_owned(),
             "namespace" => "--namespace".to_owned(),
             "promote_after" => "--promote-after".to_owned(),
             "upstream_timeout" => "--upstream-timeout".to_owned(),
@@ -1013,10 +1130,20 @@ async fn serve(
             // Connected on first use: a Redis that is down is an L2 that
             // misses (counted in l2_errors / l2_timeouts), not a failure.
             let (kind, urls) = match &l2.target {
-                L2Target::Single(url) => ("Redis", redact_url(url)),
+                L2Target::Single(url) => ("Redis".to_owned(), redact_url(url)),
                 L2Target::Cluster(urls) => (
-                    "Redis Cluster",
+                    "Redis Cluster".to_owned(),
                     urls.iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                L2Target::Sentinel {
+                    name, sentinels, ..
+                } => (
+                    format!("Redis Sentinel master {name:?} via"),
+                    sentinels
+                        .iter()
                         .map(|u| redact_url(u))
                         .collect::<Vec<_>>()
                         .join(","),
