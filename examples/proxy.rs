@@ -314,6 +314,35 @@ enum L2Target {
 }
 
 #[cfg(feature = "redis")]
+impl L2Args {
+    /// `builder` with this L2 tier and its settings.
+    fn apply(&self, builder: tower_tiered_cache::CacheBuilder) -> tower_tiered_cache::CacheBuilder {
+        let mut builder = match &self.target {
+            L2Target::Single(url) => builder.redis(url.clone()),
+            L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
+            L2Target::Sentinel {
+                name,
+                sentinels,
+                master_url,
+            } => {
+                let b = builder.redis_sentinel(name.clone(), sentinels.iter().cloned());
+                match master_url {
+                    Some(url) => b.redis_sentinel_master_url(url.clone()),
+                    None => b,
+                }
+            }
+        };
+        if let Some(ns) = &self.namespace {
+            builder = builder.namespace(ns.clone());
+        }
+        if let Some(n) = self.promote_after {
+            builder = builder.promote_after(n);
+        }
+        builder
+    }
+}
+
+#[cfg(feature = "redis")]
 impl L2Target {
     /// The flag and its value as typed, passwords masked: for start-up
     /// output and error messages.
@@ -333,12 +362,122 @@ impl L2Target {
         }
     }
 
+    /// The L2 tier's kind and where it is, passwords masked: for start-up
+    /// output.
+    fn summary(&self) -> (String, String) {
+        let list = |urls: &[String]| {
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            L2Target::Single(url) => ("Redis".to_owned(), redact_url(url)),
+            L2Target::Cluster(urls) => ("Redis Cluster".to_owned(), list(urls)),
+            L2Target::Sentinel {
+                name, sentinels, ..
+            } => (
+                format!("Redis Sentinel master {name:?} via"),
+                list(sentinels),
+            ),
+        }
+    }
+
     /// The flag that chose this target.
     fn flag(&self) -> &'static str {
         match self {
             L2Target::Single(_) => "--redis",
             L2Target::Cluster(_) => "--redis-cluster",
             L2Target::Sentinel { .. } => "--redis-sentinel",
+        }
+    }
+}
+
+/// The L2 flags as they are parsed.
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct L2Flags {
+    target: Option<L2Target>,
+    sentinel_master: Option<String>,
+    namespace: Option<String>,
+    promote_after: Option<u32>,
+}
+
+#[cfg(feature = "redis")]
+impl L2Flags {
+    /// One of the L2 flags and its value.
+    fn take(&mut self, flag: &str, v: String) -> Result<(), ArgError> {
+        let new = match flag {
+            "--redis" => L2Target::Single(v),
+            "--redis-cluster" => L2Target::Cluster(url_list(flag, &v)?),
+            "--redis-sentinel" => sentinel_target(flag, &v)?,
+            "--redis-sentinel-master" => {
+                self.sentinel_master = Some(v);
+                return Ok(());
+            }
+            "--namespace" => {
+                self.namespace = Some(v);
+                return Ok(());
+            }
+            _ => {
+                self.promote_after = Some(number(flag, &v, u32::MAX)?);
+                return Ok(());
+            }
+        };
+        if let Some(old) = &self.target {
+            if old.flag() != new.flag() {
+                return Err(ArgError::usage(format!(
+                    "{} and {} exclude each other: give one",
+                    old.flag(),
+                    new.flag()
+                )));
+            }
+        }
+        self.target = Some(new);
+        Ok(())
+    }
+
+    /// The L2 tier asked for, if any; a setting of it without a target is
+    /// a usage error.
+    fn finish(self) -> Result<Option<L2Args>, ArgError> {
+        let target = match (self.target, self.sentinel_master) {
+            (
+                Some(L2Target::Sentinel {
+                    name, sentinels, ..
+                }),
+                master_url,
+            ) => Some(L2Target::Sentinel {
+                name,
+                sentinels,
+                master_url,
+            }),
+            (_, Some(_)) => {
+                return Err(ArgError::usage(
+                    "--redis-sentinel-master applies to --redis-sentinel \
+                     NAME@HOST:PORT[,HOST:PORT...]: add it",
+                ))
+            }
+            (target, None) => target,
+        };
+        let (namespace, promote_after) = (self.namespace, self.promote_after);
+        match target {
+            Some(target) => Ok(Some(L2Args {
+                target,
+                namespace,
+                promote_after,
+            })),
+            None if namespace.is_some() || promote_after.is_some() => {
+                let flag = if namespace.is_some() {
+                    "--namespace"
+                } else {
+                    "--promote-after"
+                };
+                Err(ArgError::usage(format!(
+                    "{flag} applies to the L2 tier: add --redis URL, --redis-cluster \
+                     URL[,URL...] or --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]"
+                )))
+            }
+            None => Ok(None),
         }
     }
 }
@@ -352,9 +491,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
-    let (mut target, mut namespace, mut promote_after) = (None::<L2Target>, None, None);
-    #[cfg(feature = "redis")]
-    let mut sentinel_master = None;
+    let mut l2 = L2Flags::default();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -383,30 +520,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--upstream-timeout" => upstream_timeout = Some(duration(&flag, &value()?)?),
             "--request-cache-control" => request_cc = Some(value()?),
             #[cfg(feature = "redis")]
-            "--redis" | "--redis-cluster" | "--redis-sentinel" => {
-                let v = value()?;
-                let new = match flag.as_str() {
-                    "--redis" => L2Target::Single(v),
-                    "--redis-cluster" => L2Target::Cluster(url_list(&flag, &v)?),
-                    _ => sentinel_target(&flag, &v)?,
-                };
-                if let Some(old) = &target {
-                    if old.flag() != new.flag() {
-                        return Err(ArgError::usage(format!(
-                            "{} and {} exclude each other: give one",
-                            old.flag(),
-                            new.flag()
-                        )));
-                    }
-                }
-                target = Some(new);
-            }
-            #[cfg(feature = "redis")]
-            "--redis-sentinel-master" => sentinel_master = Some(value()?),
-            #[cfg(feature = "redis")]
-            "--namespace" => namespace = Some(value()?),
-            #[cfg(feature = "redis")]
-            "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
+            "--redis"
+            | "--redis-cluster"
+            | "--redis-sentinel"
+            | "--redis-sentinel-master"
+            | "--namespace"
+            | "--promote-after" => l2.take(&flag, value()?)?,
             #[cfg(not(feature = "redis"))]
             "--redis"
             | "--redis-cluster"
@@ -486,43 +605,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         }
     };
     #[cfg(feature = "redis")]
-    let target = match (target, sentinel_master) {
-        (
-            Some(L2Target::Sentinel {
-                name, sentinels, ..
-            }),
-            master_url,
-        ) => Some(L2Target::Sentinel {
-            name,
-            sentinels,
-            master_url,
-        }),
-        (_, Some(_)) => return Err(ArgError::usage(
-            "--redis-sentinel-master applies to --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]: \
-                 add it",
-        )),
-        (target, None) => target,
-    };
-    #[cfg(feature = "redis")]
-    let l2 = match target {
-        Some(target) => Some(L2Args {
-            target,
-            namespace,
-            promote_after,
-        }),
-        None if namespace.is_some() || promote_after.is_some() => {
-            let flag = if namespace.is_some() {
-                "--namespace"
-            } else {
-                "--promote-after"
-            };
-            return Err(ArgError::usage(format!(
-                "{flag} applies to the L2 tier: add --redis URL, --redis-cluster URL[,URL...] \
-                 or --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]"
-            )));
-        }
-        None => None,
-    };
+    let l2 = l2.finish()?;
     Ok(Command::Run(Box::new(Config {
         listen,
         upstream: Upstream::parse(&upstream).map_err(ArgError::value)?,
@@ -736,27 +819,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
     }
     #[cfg(feature = "redis")]
     if let Some(l2) = &config.l2 {
-        builder = match &l2.target {
-            L2Target::Single(url) => builder.redis(url.clone()),
-            L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
-            L2Target::Sentinel {
-                name,
-                sentinels,
-                master_url,
-            } => {
-                let b = builder.redis_sentinel(name.clone(), sentinels.iter().cloned());
-                match master_url {
-                    Some(url) => b.redis_sentinel_master_url(url.clone()),
-                    None => b,
-                }
-            }
-        };
-        if let Some(ns) = &l2.namespace {
-            builder = builder.namespace(ns.clone());
-        }
-        if let Some(n) = l2.promote_after {
-            builder = builder.promote_after(n);
-        }
+        builder = l2.apply(builder);
     }
     builder.build().map_err(|e| {
         let flag = match e.setting() {
@@ -1129,26 +1192,7 @@ async fn serve(
         Some(l2) => {
             // Connected on first use: a Redis that is down is an L2 that
             // misses (counted in l2_errors / l2_timeouts), not a failure.
-            let (kind, urls) = match &l2.target {
-                L2Target::Single(url) => ("Redis".to_owned(), redact_url(url)),
-                L2Target::Cluster(urls) => (
-                    "Redis Cluster".to_owned(),
-                    urls.iter()
-                        .map(|u| redact_url(u))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-                L2Target::Sentinel {
-                    name, sentinels, ..
-                } => (
-                    format!("Redis Sentinel master {name:?} via"),
-                    sentinels
-                        .iter()
-                        .map(|u| redact_url(u))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            };
+            let (kind, urls) = l2.target.summary();
             println!(
                 "L2: {kind} {urls} (namespace {}, promote after {} hit(s))",
                 l2.namespace.as_deref().unwrap_or("ttc"),

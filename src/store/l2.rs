@@ -672,12 +672,6 @@ impl L2 {
         let _ = self.store.ops.set(hook);
     }
 
-    /// `host`, `port` of the (first) server: the one given (with Sentinel,
-    /// the first sentinel), fixed when the cache is built.
-    pub(crate) fn server(&self) -> &(String, u16) {
-        &self.store.server
-    }
-
     /// `host`, `port` of the server commands go to now (with Sentinel, the
     /// master last found).
     pub(crate) fn current_server(&self) -> (String, u16) {

@@ -693,7 +693,7 @@ impl RedisStore {
     pub(crate) async fn scan_clients(&self) -> Result<Vec<Client>, StoreError> {
         match &self.backend {
             Backend::Single { .. } => return Ok(vec![self.client()?]),
-            Backend::Sentinel(connector) => return Ok(vec![connector.get().await?.client]),
+            Backend::Sentinel(connector) => return Ok(vec![connector.get().await?.client.clone()]),
             Backend::Cluster(_) => {}
         }
         let nodes = self

@@ -36,7 +36,6 @@ use crate::store::redis::StoreError;
 use crate::sync::lock;
 
 /// The master, as found by one discovery.
-#[derive(Clone)]
 pub(crate) struct Master {
     /// Which discovery found it (forgetting it is by id, so a late error on
     /// an old master never drops a newer one).
@@ -52,8 +51,8 @@ pub(crate) struct Master {
 /// What the connector holds.
 enum Slot {
     Empty,
-    Discovering(Shared<BoxFuture<'static, Option<Master>>>),
-    Ready(Master),
+    Discovering(Shared<BoxFuture<'static, Option<Arc<Master>>>>),
+    Ready(Arc<Master>),
 }
 
 /// The master of a set monitored by sentinels, found on first use and
@@ -103,11 +102,11 @@ impl SentinelConnector {
     /// The master, or the discovery under way (started if none is). The
     /// caller's own L2 deadline bounds the wait; a discovery that found no
     /// master is [`StoreError::NoMaster`].
-    pub(crate) async fn get(&self) -> Result<Master, StoreError> {
+    pub(crate) async fn get(&self) -> Result<Arc<Master>, StoreError> {
         let attempt = {
             let mut slot = lock(&self.slot);
             match &*slot {
-                Slot::Ready(m) => return Ok(m.clone()),
+                Slot::Ready(m) => return Ok(Arc::clone(m)),
                 Slot::Discovering(attempt) => attempt.clone(),
                 Slot::Empty => {
                     let attempt = self.discover();
@@ -170,7 +169,7 @@ impl SentinelConnector {
         )
         .await;
         match made {
-            Ok(Some(conn)) => Ok((conn, master.addr)),
+            Ok(Some(conn)) => Ok((conn, master.addr.clone())),
             _ => {
                 self.forget(master.id);
                 Err(StoreError::NoMaster)
@@ -180,13 +179,13 @@ impl SentinelConnector {
 
     /// One discovery, in a task of its own, which leaves its result in the
     /// slot (a failure empties it: the next caller tries again).
-    fn discover(&self) -> Shared<BoxFuture<'static, Option<Master>>> {
+    fn discover(&self) -> Shared<BoxFuture<'static, Option<Arc<Master>>>> {
         let parts = Arc::clone(&self.parts);
         let slot = Arc::clone(&self.slot);
         let task = tokio::spawn(async move {
-            let found = parts.discover().await;
+            let found = parts.discover().await.map(Arc::new);
             *lock(&slot) = match &found {
-                Some(m) => Slot::Ready(m.clone()),
+                Some(m) => Slot::Ready(Arc::clone(m)),
                 None => Slot::Empty,
             };
             found
