@@ -6,8 +6,10 @@
 //! curl -si http://127.0.0.1:8080/some/path   # twice: the second is a hit
 //! ```
 //!
-//! With the `redis` feature, `--redis URL` (or `--redis-cluster URL,URL...`)
-//! adds the L2 tier, so a restarted proxy (empty L1) answers from Redis:
+//! With the `redis` feature, `--redis URL` (or `--redis-cluster URL,URL...`,
+//! or `--redis-sentinel NAME@HOST:PORT,HOST:PORT...` for the master that
+//! Redis Sentinel names) adds the L2 tier, so a restarted proxy (empty L1)
+//! answers from Redis:
 //!
 //! ```text
 //! cargo run --release --features redis --example proxy -- \
@@ -96,7 +98,8 @@ const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
-                          [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
+                          [--redis URL | --redis-cluster URL[,URL...] | \
+                          --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
                           [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
@@ -107,7 +110,9 @@ const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
 
 Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
-             [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] [--promote-after N]
+             [--redis URL | --redis-cluster URL[,URL...]
+              | --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]]
+             [--namespace NAME] [--promote-after N]
 
 Options:
   --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
@@ -159,6 +164,16 @@ What clients can make the upstream see (nothing unkeyed):
 L2 tier in Redis (only in a build with `--features redis`):
   --redis URL           one Redis node: redis://[user:password@]host:port[/db]
   --redis-cluster URLS  a Redis Cluster: one or more node URLs, comma-separated
+  --redis-sentinel NAME@SENTINELS
+                        the master that Redis Sentinel calls NAME, found
+                        through the sentinels (comma-separated HOST:PORT, or
+                        redis://[user:password@]host:port URLs) and found
+                        again after a failover
+  --redis-sentinel-master URL
+                        with --redis-sentinel: the master's scheme,
+                        credentials and database, e.g. redis://:PW@master/0
+                        (its host is replaced by the master's address)
+                        [default: redis://, no password, database 0]
   --namespace NAME      the prefix of every L2 key [default: ttc]
   --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
 
@@ -290,6 +305,42 @@ struct L2Args {
 enum L2Target {
     Single(String),
     Cluster(Vec<String>),
+    /// `--redis-sentinel NAME@…`: the master's name, the sentinels' URLs,
+    /// and `--redis-sentinel-master`.
+    Sentinel {
+        name: String,
+        sentinels: Vec<String>,
+        master_url: Option<String>,
+    },
+}
+
+#[cfg(feature = "redis")]
+impl L2Args {
+    /// `builder` with this L2 tier and its settings.
+    fn apply(&self, builder: tower_tiered_cache::CacheBuilder) -> tower_tiered_cache::CacheBuilder {
+        let mut builder = match &self.target {
+            L2Target::Single(url) => builder.redis(url.clone()),
+            L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
+            L2Target::Sentinel {
+                name,
+                sentinels,
+                master_url,
+            } => {
+                let b = builder.redis_sentinel(name.clone(), sentinels.iter().cloned());
+                match master_url {
+                    Some(url) => b.redis_sentinel_master_url(url.clone()),
+                    None => b,
+                }
+            }
+        };
+        if let Some(ns) = &self.namespace {
+            builder = builder.namespace(ns.clone());
+        }
+        if let Some(n) = self.promote_after {
+            builder = builder.promote_after(n);
+        }
+        builder
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -303,6 +354,131 @@ impl L2Target {
                 let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
                 format!("--redis-cluster {}", urls.join(","))
             }
+            L2Target::Sentinel {
+                name, sentinels, ..
+            } => {
+                let urls: Vec<String> = sentinels.iter().map(|u| redact_url(u)).collect();
+                format!("--redis-sentinel {name}@{}", urls.join(","))
+            }
+        }
+    }
+
+    /// The L2 tier's kind and where it is, passwords masked: for start-up
+    /// output.
+    fn summary(&self) -> (String, String) {
+        let list = |urls: &[String]| {
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            L2Target::Single(url) => ("Redis".to_owned(), redact_url(url)),
+            L2Target::Cluster(urls) => ("Redis Cluster".to_owned(), list(urls)),
+            L2Target::Sentinel {
+                name, sentinels, ..
+            } => (
+                format!("Redis Sentinel master {name:?} via"),
+                list(sentinels),
+            ),
+        }
+    }
+
+    /// The flag that chose this target.
+    fn flag(&self) -> &'static str {
+        match self {
+            L2Target::Single(_) => "--redis",
+            L2Target::Cluster(_) => "--redis-cluster",
+            L2Target::Sentinel { .. } => "--redis-sentinel",
+        }
+    }
+}
+
+/// The L2 flags as they are parsed.
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct L2Flags {
+    target: Option<L2Target>,
+    sentinel_master: Option<String>,
+    namespace: Option<String>,
+    promote_after: Option<u32>,
+}
+
+#[cfg(feature = "redis")]
+impl L2Flags {
+    /// One of the L2 flags and its value.
+    fn take(&mut self, flag: &str, v: String) -> Result<(), ArgError> {
+        let new = match flag {
+            "--redis" => L2Target::Single(v),
+            "--redis-cluster" => L2Target::Cluster(url_list(flag, &v)?),
+            "--redis-sentinel" => sentinel_target(flag, &v)?,
+            "--redis-sentinel-master" => {
+                self.sentinel_master = Some(v);
+                return Ok(());
+            }
+            "--namespace" => {
+                self.namespace = Some(v);
+                return Ok(());
+            }
+            _ => {
+                self.promote_after = Some(number(flag, &v, u32::MAX)?);
+                return Ok(());
+            }
+        };
+        if let Some(old) = &self.target {
+            if old.flag() != new.flag() {
+                return Err(ArgError::usage(format!(
+                    "{} and {} exclude each other: give one",
+                    old.flag(),
+                    new.flag()
+                )));
+            }
+        }
+        self.target = Some(new);
+        Ok(())
+    }
+
+    /// The L2 tier asked for, if any; a setting of it without a target is
+    /// a usage error.
+    fn finish(self) -> Result<Option<L2Args>, ArgError> {
+        let target = match (self.target, self.sentinel_master) {
+            (
+                Some(L2Target::Sentinel {
+                    name, sentinels, ..
+                }),
+                master_url,
+            ) => Some(L2Target::Sentinel {
+                name,
+                sentinels,
+                master_url,
+            }),
+            (_, Some(_)) => {
+                return Err(ArgError::usage(
+                    "--redis-sentinel-master applies to --redis-sentinel \
+                     NAME@HOST:PORT[,HOST:PORT...]: add it",
+                ))
+            }
+            (target, None) => target,
+        };
+        let (namespace, promote_after) = (self.namespace, self.promote_after);
+        match target {
+            Some(target) => Ok(Some(L2Args {
+                target,
+                namespace,
+                promote_after,
+            })),
+            None if namespace.is_some() || promote_after.is_some() => {
+                let flag = if namespace.is_some() {
+                    "--namespace"
+                } else {
+                    "--promote-after"
+                };
+                Err(ArgError::usage(format!(
+                    "{flag} applies to the L2 tier: add --redis URL, --redis-cluster \
+                     URL[,URL...] or --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]"
+                )))
+            }
+            None => Ok(None),
         }
     }
 }
@@ -316,7 +492,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
-    let (mut target, mut namespace, mut promote_after) = (None, None, None);
+    let mut l2 = L2Flags::default();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -345,32 +521,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--upstream-timeout" => upstream_timeout = Some(duration(&flag, &value()?)?),
             "--request-cache-control" => request_cc = Some(value()?),
             #[cfg(feature = "redis")]
-            "--redis" | "--redis-cluster" => {
-                let v = value()?;
-                let new = if flag == "--redis" {
-                    L2Target::Single(v)
-                } else {
-                    L2Target::Cluster(url_list(&flag, &v)?)
-                };
-                if let Some(old) = &target {
-                    if matches!(
-                        (old, &new),
-                        (L2Target::Single(_), L2Target::Cluster(_))
-                            | (L2Target::Cluster(_), L2Target::Single(_))
-                    ) {
-                        return Err(ArgError::usage(
-                            "--redis and --redis-cluster exclude each other: give one",
-                        ));
-                    }
-                }
-                target = Some(new);
-            }
-            #[cfg(feature = "redis")]
-            "--namespace" => namespace = Some(value()?),
-            #[cfg(feature = "redis")]
-            "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
+            "--redis"
+            | "--redis-cluster"
+            | "--redis-sentinel"
+            | "--redis-sentinel-master"
+            | "--namespace"
+            | "--promote-after" => l2.take(&flag, value()?)?,
             #[cfg(not(feature = "redis"))]
-            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after" => {
+            "--redis"
+            | "--redis-cluster"
+            | "--redis-sentinel"
+            | "--redis-sentinel-master"
+            | "--namespace"
+            | "--promote-after" => {
                 return Err(ArgError::value(format!(
                     "{flag} needs the Redis L2 tier, which this build leaves out: \
                      rebuild with --features redis"
@@ -443,24 +606,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         }
     };
     #[cfg(feature = "redis")]
-    let l2 = match target {
-        Some(target) => Some(L2Args {
-            target,
-            namespace,
-            promote_after,
-        }),
-        None if namespace.is_some() || promote_after.is_some() => {
-            let flag = if namespace.is_some() {
-                "--namespace"
-            } else {
-                "--promote-after"
-            };
-            return Err(ArgError::usage(format!(
-                "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
-            )));
-        }
-        None => None,
-    };
+    let l2 = l2.finish()?;
     Ok(Command::Run(Box::new(Config {
         listen,
         upstream: Upstream::parse(&upstream).map_err(ArgError::value)?,
@@ -549,6 +695,47 @@ fn url_list(flag: &str, value: &str) -> Result<Vec<String>, ArgError> {
     Ok(urls)
 }
 
+/// `--redis-sentinel NAME@SENTINEL[,SENTINEL...]`: each sentinel a
+/// `HOST:PORT` (made `redis://HOST:PORT`) or a `redis://` / `rediss://` URL.
+/// The name ends at the first `@` (a name has none; a URL's credentials
+/// may).
+#[cfg(feature = "redis")]
+fn sentinel_target(flag: &str, value: &str) -> Result<L2Target, ArgError> {
+    let expected = || {
+        ArgError::value(format!(
+            "{flag} {:?}: expected NAME@HOST:PORT[,HOST:PORT...], e.g. mymaster@10.0.0.1:26379",
+            redact_url(value)
+        ))
+    };
+    let (name, list) = value.split_once('@').ok_or_else(expected)?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(expected());
+    }
+    let mut sentinels = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        if entry.contains("://") {
+            sentinels.push(entry.to_owned());
+            continue;
+        }
+        let port_ok = entry.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || entry.contains('/') || entry.contains('@') {
+            return Err(ArgError::value(format!(
+                "{flag}: {entry:?} is not HOST:PORT (a sentinel, e.g. 10.0.0.1:26379) \
+                 nor a redis:// URL"
+            )));
+        }
+        sentinels.push(format!("redis://{entry}"));
+    }
+    Ok(L2Target::Sentinel {
+        name: name.to_owned(),
+        sentinels,
+        master_url: None,
+    })
+}
+
 /// `url` with any password replaced by `***` (in the user-info part and in
 /// a `pass=` query parameter), for printing.
 #[cfg(feature = "redis")]
@@ -633,25 +820,18 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
     }
     #[cfg(feature = "redis")]
     if let Some(l2) = &config.l2 {
-        builder = match &l2.target {
-            L2Target::Single(url) => builder.redis(url.clone()),
-            L2Target::Cluster(urls) => builder.redis_cluster(urls.iter().cloned()),
-        };
-        if let Some(ns) = &l2.namespace {
-            builder = builder.namespace(ns.clone());
-        }
-        if let Some(n) = l2.promote_after {
-            builder = builder.promote_after(n);
-        }
+        builder = l2.apply(builder);
     }
     builder.build().map_err(|e| {
         let flag = match e.setting() {
             "l1_capacity_bytes" | "l1_max_entry_bytes" => "--l1-bytes".to_owned(),
             #[cfg(feature = "redis")]
-            "redis" => config
+            "redis" | "redis_cluster" | "redis_sentinel" => config
                 .l2
                 .as_ref()
                 .map_or_else(|| "--redis".to_owned(), |l2| l2.target.describe()),
+            #[cfg(feature = "redis")]
+            "redis_sentinel_master_url" => "--redis-sentinel-master".to_owned(),
             "namespace" => "--namespace".to_owned(),
             "promote_after" => "--promote-after".to_owned(),
             "upstream_timeout" => "--upstream-timeout".to_owned(),
@@ -1013,16 +1193,7 @@ async fn serve(
         Some(l2) => {
             // Connected on first use: a Redis that is down is an L2 that
             // misses (counted in l2_errors / l2_timeouts), not a failure.
-            let (kind, urls) = match &l2.target {
-                L2Target::Single(url) => ("Redis", redact_url(url)),
-                L2Target::Cluster(urls) => (
-                    "Redis Cluster",
-                    urls.iter()
-                        .map(|u| redact_url(u))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            };
+            let (kind, urls) = l2.target.summary();
             println!(
                 "L2: {kind} {urls} (namespace {}, promote after {} hit(s))",
                 l2.namespace.as_deref().unwrap_or("ttc"),

@@ -392,7 +392,7 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// # L2
 ///
 /// The shared tier in Redis (feature `redis`): `redis`, `redis_cluster`,
-/// `namespace`, `promote_after`, `promotion_window`, `l2_timeout`,
+/// `redis_sentinel` (with `redis_sentinel_master_url`), `namespace`, `promote_after`, `promotion_window`, `l2_timeout`,
 /// `l2_circuit_breaker`, `l2_write_queue`, `l1_max_ttl`,
 /// `l2_invalidation_log_len`,
 /// `compression_threshold` (feature `compression`), `shared_stats`.
@@ -433,9 +433,14 @@ pub struct CacheBuilder {
     adaptive: Option<AdaptiveTtl>,
     /// `refresh_hot` and `prefetch`.
     hot: HotSettings,
-    /// Where the L2 tier lives; none without `redis` / `redis_cluster`.
+    /// Where the L2 tier lives; none without `redis` / `redis_cluster` /
+    /// `redis_sentinel`.
     #[cfg(feature = "redis")]
     l2_target: Option<crate::store::redis::RedisTarget>,
+    /// `redis_sentinel_master_url`: the master's scheme, credentials and
+    /// database, with `redis_sentinel`.
+    #[cfg(feature = "redis")]
+    sentinel_master_url: Option<String>,
     /// The L2 tier's settings, handed to it as they are.
     #[cfg(feature = "redis")]
     l2: crate::store::l2::L2Config,
@@ -509,6 +514,8 @@ impl Default for CacheBuilder {
             hot: HotSettings::default(),
             #[cfg(feature = "redis")]
             l2_target: None,
+            #[cfg(feature = "redis")]
+            sentinel_master_url: None,
             #[cfg(feature = "redis")]
             l2: default_l2(),
             #[cfg(feature = "redis")]
@@ -1277,6 +1284,82 @@ impl CacheBuilder {
         self
     }
 
+    /// Adds an L2 tier on the master of a set that Redis Sentinel
+    /// monitors: `master_name` as in the sentinels' `sentinel monitor`
+    /// line, and the sentinels' URLs (`redis://[user:password@]host:port`,
+    /// or `rediss://` with the `redis-tls` feature; a sentinel has no
+    /// database). Like [`redis`](Self::redis) and
+    /// [`redis_cluster`](Self::redis_cluster), the last of the three given
+    /// is the L2 tier.
+    ///
+    /// The master is found on first use: the sentinels are asked in turn
+    /// (`SENTINEL get-master-addr-by-name`, each within the connect
+    /// timeout, the one that answered last first), and the address named
+    /// must answer `ROLE` with `master`. It is found again after a
+    /// failover: when a command on it fails with a dropped or refused
+    /// connection, `READONLY` or `MASTERDOWN`, and when the L2 circuit
+    /// breaker opens. One search at a time, shared by every operation
+    /// waiting for it, each within its own [`l2_timeout`](Self::l2_timeout):
+    /// until a master answers, L2 operations are misses, counted as L2
+    /// errors, and the breaker opens as for any Redis that is down.
+    /// Everything follows the master: entries, tags, the invalidation log
+    /// and its reader, purges, shared stats. After a failover each
+    /// instance clears its L1 once (`l2_coherence_resets`): the new
+    /// master's copy of the log may lack the old one's last entries.
+    ///
+    /// The master is reached with `redis://`, no credentials and database
+    /// 0, unless [`redis_sentinel_master_url`](Self::redis_sentinel_master_url)
+    /// says otherwise. An empty master name, no sentinel URL, or a URL the
+    /// Redis client refuses fails [`build`](Self::build) with a
+    /// [`BuildError`] that [`is_redis`](BuildError::is_redis), naming
+    /// `redis_sentinel`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")] {
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .redis_sentinel(
+    ///         "mymaster",
+    ///         ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     )
+    ///     // The master's password and database (its host is replaced by
+    ///     // the address the sentinels name).
+    ///     .redis_sentinel_master_url("redis://:secret@master/2")
+    ///     .build()
+    ///     .expect("nothing is connected until the first request");
+    /// # drop(cache);
+    /// # }
+    /// ```
+    pub fn redis_sentinel<I, U>(mut self, master_name: impl Into<String>, sentinel_urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.l2_target = Some(crate::store::redis::RedisTarget::Sentinel {
+            master: master_name.into(),
+            sentinels: sentinel_urls.into_iter().map(Into::into).collect(),
+            node: None,
+        });
+        self
+    }
+
+    /// With [`redis_sentinel`](Self::redis_sentinel): how the master is
+    /// reached, as a URL whose scheme (`redis://`, or `rediss://` with the
+    /// `redis-tls` feature), credentials and database are used and whose
+    /// host and port are replaced by the address the sentinels name, e.g.
+    /// `redis://user:password@master/2` (default: `redis://`, no
+    /// credentials, database 0). The sentinels' own credentials go in
+    /// their URLs. A URL the Redis client refuses, or one that is not
+    /// `redis://` / `rediss://`, fails [`build`](Self::build) with a
+    /// [`BuildError`] that [`is_redis`](BuildError::is_redis); without
+    /// `redis_sentinel` it is an
+    /// [`is_invalid_setting`](BuildError::is_invalid_setting) error.
+    pub fn redis_sentinel_master_url(mut self, url: impl Into<String>) -> Self {
+        self.sentinel_master_url = Some(url.into());
+        self
+    }
+
     /// The prefix of every L2 key (default [`DEFAULT_NAMESPACE`]), so
     /// several services can share one Redis: keys are
     /// `{namespace}:{format}:{{key hash}}`. 1 to 64 letters, digits, `-`,
@@ -1878,7 +1961,8 @@ impl CacheBuilder {
             if self.l2_target.is_none() {
                 return Err(BuildError::invalid(
                     "shared_stats",
-                    "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
+                    "needs the L2 tier: add .redis(url), .redis_cluster(urls) \
+                     or .redis_sentinel(name, urls)",
                 ));
             }
             if every < MIN_SHARED_STATS_INTERVAL {
@@ -1887,6 +1971,16 @@ impl CacheBuilder {
                     "the flush interval must be at least 100 ms",
                 ));
             }
+        }
+        let sentinel = matches!(
+            self.l2_target,
+            Some(crate::store::redis::RedisTarget::Sentinel { .. })
+        );
+        if self.sentinel_master_url.is_some() && !sentinel {
+            return Err(BuildError::invalid(
+                "redis_sentinel_master_url",
+                "applies to the master found through Redis Sentinel: add .redis_sentinel(name, urls)",
+            ));
         }
         if self.l2_target.is_none() {
             return Ok(());
@@ -1929,6 +2023,20 @@ impl CacheBuilder {
         let Some(target) = &self.l2_target else {
             return Ok(None);
         };
+        let with_master;
+        let target = match target {
+            RedisTarget::Sentinel {
+                master, sentinels, ..
+            } => {
+                with_master = RedisTarget::Sentinel {
+                    master: master.clone(),
+                    sentinels: sentinels.clone(),
+                    node: self.sentinel_master_url.clone(),
+                };
+                &with_master
+            }
+            other => other,
+        };
         let cfg = crate::store::l2::L2Config {
             connect_timeout: self.l2.connect_timeout.max(self.l2.timeout),
             max_body_bytes: self.max_body,
@@ -1936,13 +2044,19 @@ impl CacheBuilder {
             max_variants: self.max_variants,
             ..self.l2.clone()
         };
-        let setting = match target {
-            RedisTarget::Single(_) => "redis",
-            RedisTarget::Cluster(_) => "redis_cluster",
-        };
         crate::store::l2::L2::new(target, cfg, Arc::clone(&self.clock))
             .map(|l2| Some(Arc::new(l2)))
-            .map_err(|e| BuildError::redis(setting, e))
+            .map_err(|e| {
+                let setting = match target {
+                    RedisTarget::Single(_) => "redis",
+                    RedisTarget::Cluster(_) => "redis_cluster",
+                    RedisTarget::Sentinel { .. } if e.is_master_url() => {
+                        "redis_sentinel_master_url"
+                    }
+                    RedisTarget::Sentinel { .. } => "redis_sentinel",
+                };
+                BuildError::redis(setting, e)
+            })
     }
 }
 

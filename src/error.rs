@@ -12,8 +12,10 @@ use std::fmt;
 /// - [`is_invalid_setting`](Self::is_invalid_setting): a value out of
 ///   range, or two settings that cannot go together;
 /// - [`is_redis`](Self::is_redis) (feature `redis`): the Redis client
-///   refused the L2 tier's URL(s). [`source`](std::error::Error::source)
-///   is then the `redis::RedisError` when the redis crate gave one.
+///   refused the L2 tier's URL(s), or its target is incomplete (a cluster
+///   with no node, Sentinel with no sentinel or no master name).
+///   [`source`](std::error::Error::source) is then the `redis::RedisError`
+///   when the redis crate gave one.
 ///
 /// The message names the setting and the reason; it never contains a
 /// URL (URLs may carry passwords).
@@ -66,9 +68,12 @@ impl BuildError {
     }
 
     /// True when the Redis client refused the L2 tier's URL(s) (given to
-    /// `redis` or `redis_cluster`, feature `redis`): not a URL, not a Redis
-    /// scheme, `rediss://` without the `redis-tls` feature, or a cluster
-    /// with no node. Always false without the `redis` feature.
+    /// `redis`, `redis_cluster`, `redis_sentinel` or
+    /// `redis_sentinel_master_url`, feature `redis`): not a URL, not a Redis
+    /// scheme, `rediss://` without the `redis-tls` feature, a database in a
+    /// sentinel's URL; or when the target is incomplete: a cluster with no
+    /// node, Sentinel with no sentinel or with an empty (or spaced) master
+    /// name. Always false without the `redis` feature.
     pub fn is_redis(&self) -> bool {
         match self.kind {
             #[cfg(feature = "redis")]

@@ -733,3 +733,126 @@ async fn warmed_entries_answer_clients_under_the_same_keys() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--redis-sentinel NAME@HOST:PORT,...`: bad values are clear errors
+/// (never showing a password), and it excludes the other L2 flags.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn bad_sentinel_flags_are_refused() {
+    for (args, expect) in [
+        (
+            &["--redis-sentinel", "mymaster"][..],
+            "expected NAME@HOST:PORT",
+        ),
+        (
+            &["--redis-sentinel", "@127.0.0.1:26379"][..],
+            "expected NAME@",
+        ),
+        (&["--redis-sentinel", "m@127.0.0.1"][..], "is not HOST:PORT"),
+        (
+            &["--redis-sentinel", "m@127.0.0.1:26379,"][..],
+            "is not HOST:PORT",
+        ),
+        (
+            &["--redis-sentinel", "m@127.0.0.1:0"][..],
+            "is not HOST:PORT",
+        ),
+        (
+            &["--redis-sentinel", "m@redis://:hunter2@127.0.0.1:26379/3"][..],
+            "no database",
+        ),
+        (
+            &["--redis-sentinel", "my master@127.0.0.1:26379"][..],
+            "master name",
+        ),
+        (
+            &[
+                "--redis",
+                "redis://127.0.0.1:6379/",
+                "--redis-sentinel",
+                "m@127.0.0.1:26379",
+            ][..],
+            "--redis and --redis-sentinel exclude each other",
+        ),
+        (
+            &[
+                "--redis-sentinel",
+                "m@127.0.0.1:26379",
+                "--redis-cluster",
+                "redis://127.0.0.1:7000/",
+            ][..],
+            "--redis-sentinel and --redis-cluster exclude each other",
+        ),
+        (
+            &["--redis-sentinel-master", "redis://:hunter2@master/0"][..],
+            "applies to --redis-sentinel",
+        ),
+        (
+            &[
+                "--redis-sentinel",
+                "m@127.0.0.1:26379",
+                "--redis-sentinel-master",
+                "redis+unix:///tmp/hunter2.sock",
+            ][..],
+            "--redis-sentinel-master: ",
+        ),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut all = args.to_vec();
+        all.extend(["--upstream", "http://127.0.0.1:9"]);
+        let err = proxy::serve_args(&all, listener, std::future::pending())
+            .await
+            .expect_err("refused");
+        let err = err.to_string();
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+    }
+}
+
+/// Two proxies on the master that Redis Sentinel names: what one stored,
+/// the other (a fresh L1) answers from L2.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_share_the_master_named_by_the_sentinels() {
+    use redis_support::{require_redis, RedisSentinelSet};
+    require_redis();
+    let set = tokio::task::block_in_place(|| RedisSentinelSet::start("proxy-sl"));
+    let sentinels: Vec<String> = set
+        .sentinel_urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    let flag = format!("{}@{}", set.name(), sentinels.join(","));
+    let (_origin, upstream) = start_origin().await;
+    let args = ["--redis-sentinel", flag.as_str(), "--namespace", "psl"];
+    let a = start_proxy(upstream, &args).await;
+    let r = send_raw(a, &get("/page?sentinel=1", &[])).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The write is queued: wait until it is on the master.
+    let start = Instant::now();
+    while set
+        .node(0)
+        .cli(&["--scan", "--pattern", "psl:*"])
+        .text()
+        .trim()
+        .is_empty()
+    {
+        assert!(start.elapsed() < DEADLINE, "never written to the master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B's first L2 look-up may time out while it finds the master (the
+    // proxy keeps the crate's 50 ms L2 timeout): a fresh B until one
+    // answers from L2.
+    let mut from_l2 = false;
+    for _ in 0..5 {
+        let b = start_proxy(upstream, &args).await;
+        let _ = send_raw(b, &get("/echo", &[])).await; // finds the master
+        let r = send_raw(b, &get("/page?sentinel=1", &[])).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.cache_status().contains("detail=l2") {
+            from_l2 = true;
+            break;
+        }
+    }
+    assert!(from_l2, "never answered from L2");
+}

@@ -41,7 +41,7 @@ impl Cache {
     fn l2_info(&self) -> Option<L2Info> {
         let l2 = self.shared.tiers.l2.as_ref()?;
         let now = self.shared.clock.now_millis();
-        let (host, port) = l2.server();
+        let (host, port) = l2.current_server();
         // Keys are `{namespace}:{format}:{hash}` and namespaces hold no `:`.
         let key = l2.redis_key(crate::KeyHash(0));
         let namespace = key.split_once(':').map_or(key.as_str(), |(ns, _)| ns);

@@ -33,11 +33,12 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
         |s| s.tiers.l1.weight(),
     );
     #[cfg(feature = "redis")]
-    let l2_server = shared
-        .tiers
-        .l2
-        .as_ref()
-        .map(|l2| (l2.server().0.clone(), i64::from(l2.server().1)));
+    let l2_server = shared.tiers.l2.as_ref().map(|l2| {
+        // Fixed at registration: with Sentinel, the first sentinel
+        // (the master is not known yet).
+        let (host, port) = l2.current_server();
+        (host, i64::from(port))
+    });
     #[cfg(not(feature = "redis"))]
     let l2_server = None;
     Instruments::new(meter, shared.obs.cfg.max_labels, l2_server)

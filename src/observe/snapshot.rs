@@ -69,7 +69,8 @@ pub struct L1Info {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct L2Info {
-    /// `host:port` of the (first) server.
+    /// `host:port` of the (first) server; with Redis Sentinel, of the
+    /// master last found (the first sentinel until one is).
     pub server: String,
     /// The key namespace (`{namespace}:…` in Redis).
     pub namespace: String,

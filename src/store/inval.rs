@@ -45,6 +45,18 @@
 //! - **the stream is missing on the same server**: deleted or evicted
 //!   while we were away; what it held is lost: a reset.
 //!
+//! - **another master, with Sentinel** (the master's address and `run_id`
+//!   both changed: a failover, see [`after_failover`]): the new master's
+//!   log is the copy it had as a replica, which replication, being
+//!   asynchronous, may have left behind the old master's: behind what we
+//!   applied (then the log "went backwards", and its next ids may even be
+//!   lower than ours, from a clock behind the old master's), or holding
+//!   less after our id than the old master had (entries we had not read
+//!   yet, lost with it while the `DEL`s before them may have reached the
+//!   replica). Nothing on the new master tells which: L1 is cleared
+//!   (`l2_coherence_resets`) and the log read after the new master's last
+//!   id. L2 itself, on the new master, answers the misses.
+//!
 //! The residual risk, stated: an instance cut off from a Redis that keeps
 //! running and receives invalidations, which then dies without persistence
 //! before the instance reconnects, misses those invalidations (they were
@@ -221,6 +233,17 @@ pub(crate) fn resume(last: StreamId, s: &LogState, restarted: bool) -> Resume {
             "the invalidation log was trimmed past the last entry applied",
         ),
     }
+}
+
+/// The decision on reconnecting to another master after a failover (see
+/// the module docs): clear L1, then read what the new master appends after
+/// its own last id (whatever ours was: its ids may run behind ours).
+pub(crate) fn after_failover(s: &LogState) -> Resume {
+    Resume::Reset(
+        s.last_generated,
+        "the Redis master changed (a failover): the new master's copy of the \
+         invalidation log may lack entries of the old one",
+    )
 }
 
 /// On the first connection, from `start`: whether entries after it were
@@ -422,6 +445,29 @@ mod tests {
         // Replaced by another stream (deleted, then written again).
         let s = state(true, false, Some(7000), 7010, 100);
         assert!(matches!(resume(OURS, &s, false), Resume::Reset(..)));
+    }
+
+    #[test]
+    fn a_failover_clears_l1_and_reads_after_the_new_masters_last_id() {
+        // The new master's log went backwards (it lacks our last entries):
+        // its next ids follow its own last one, which may be below ours.
+        let behind = state(true, false, Some(10), 900, 20_000);
+        assert!(matches!(
+            after_failover(&behind),
+            Resume::Reset(StreamId(900, 0), _)
+        ));
+        // Ours is there, but entries after it the old master held may not be.
+        let holding = state(true, true, Some(10), 5000, 20_000);
+        assert!(matches!(
+            after_failover(&holding),
+            Resume::Reset(StreamId(5000, 0), _)
+        ));
+        // No log at all on the new master.
+        let none = state(false, false, None, 0, 0);
+        assert!(matches!(
+            after_failover(&none),
+            Resume::Reset(StreamId::ZERO, _)
+        ));
     }
 
     #[test]

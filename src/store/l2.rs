@@ -272,6 +272,9 @@ pub(crate) struct L2 {
     lost_at: Mutex<Option<std::time::Instant>>,
     /// The `run_id` of the server holding the log, when last seen.
     run_id: Mutex<Option<String>>,
+    /// With Sentinel, the address of the master whose log was followed
+    /// last: another one (with another `run_id`) is a failover.
+    log_node: Mutex<Option<(String, u16)>>,
     /// When this tier was made, ms since the Unix epoch (wall clock, as
     /// Redis's stream ids): where the first read of the log starts if
     /// Redis was unreachable at start-up.
@@ -332,6 +335,7 @@ impl L2 {
             last_id: Mutex::new(None),
             lost_at: Mutex::new(None),
             run_id: Mutex::new(None),
+            log_node: Mutex::new(None),
             started_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -668,9 +672,10 @@ impl L2 {
         let _ = self.store.ops.set(hook);
     }
 
-    /// `host`, `port` of the (first) server.
-    pub(crate) fn server(&self) -> &(String, u16) {
-        &self.store.server
+    /// `host`, `port` of the server commands go to now (with Sentinel, the
+    /// master last found).
+    pub(crate) fn current_server(&self) -> (String, u16) {
+        self.store.current_server().into_owned()
     }
 
     /// The last `INFO` subset fetched; starts a fetch in the background
@@ -1027,7 +1032,10 @@ impl L2 {
         if cfg.warnings {
             tracing::warn!(
                 target: "tower_tiered_cache",
-                server = %format!("{}:{}", store.server.0, store.server.1),
+                server = %{
+                    let server = store.current_server();
+                    format!("{}:{}", server.0, server.1)
+                },
                 open_for_ms = cfg.breaker_open_for.as_millis() as u64,
                 "L2 (Redis) is down: circuit breaker open, requests skip L2"
             );
@@ -1780,7 +1788,7 @@ async fn follow(
     let Some(l2) = weak.upgrade() else {
         return true;
     };
-    let mut from = l2.start_at(l2.resume_point(last, &state), last);
+    let mut from = l2.start_at(l2.resume_point(last, &state, conn.node.as_ref()), last);
     l2.set_last(from);
     drop(l2);
     let mut caught_up = false;
@@ -1823,11 +1831,13 @@ async fn follow(
 
 impl L2 {
     /// Where to read the log from once connected, given the last id
-    /// applied (`None`: the first connection) and the log's state.
+    /// applied (`None`: the first connection), the log's state and, with
+    /// Sentinel, the master's address (`node`).
     fn resume_point(
         &self,
         last: Option<StreamId>,
         state: &crate::store::inval::LogState,
+        node: Option<&(String, u16)>,
     ) -> Resume {
         // The server restarted (or failed over) since this instance last saw it.
         let restarted = {
@@ -1836,7 +1846,17 @@ impl L2 {
             *seen = Some(state.run_id.clone());
             restarted
         };
+        // Another master than last time: the sentinels failed over.
+        let moved = node.is_some_and(|node| {
+            let mut seen = lock(&self.log_node);
+            let moved = seen.as_ref().is_some_and(|s| s != node);
+            *seen = Some(node.clone());
+            moved
+        });
         if let Some(last) = last {
+            if moved && restarted {
+                return crate::store::inval::after_failover(state);
+            }
             return crate::store::inval::resume(last, state, restarted);
         }
         // The first connection. If Redis was reachable at start-up, from

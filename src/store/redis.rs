@@ -1,5 +1,6 @@
 //! The L2 tier's connection to Redis: one node (a `ConnectionManager`,
-//! multiplexed, reconnecting) or Redis Cluster (`ClusterConnection`).
+//! multiplexed, reconnecting), Redis Cluster (`ClusterConnection`), or the
+//! master of a set monitored by Redis Sentinel (`store::sentinel`).
 //! Connections are made on first use, inside the caller's runtime, so
 //! building a cache never blocks and a Redis that is down at start-up is
 //! just an L2 that misses until it is back.
@@ -14,6 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Client, RedisError, Value};
 use std::sync::Arc;
 
+use crate::store::sentinel::{master_gone, SentinelConnector};
 use crate::sync::lock;
 
 /// Where the L2 tier lives.
@@ -21,6 +23,16 @@ use crate::sync::lock;
 pub(crate) enum RedisTarget {
     Single(String),
     Cluster(Vec<String>),
+    /// The master named `master`, found through the `sentinels` (their
+    /// URLs: `redis://[user:password@]host:port`, no database). `node`: the
+    /// URL whose scheme, credentials and database the master's connections
+    /// use (its host and port are replaced by the address the sentinels
+    /// name); without it, `redis://`, no credentials, database 0.
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+        node: Option<String>,
+    },
 }
 
 impl fmt::Debug for RedisTarget {
@@ -29,6 +41,13 @@ impl fmt::Debug for RedisTarget {
         match self {
             RedisTarget::Single(_) => f.write_str("Single(..)"),
             RedisTarget::Cluster(urls) => write!(f, "Cluster({} nodes)", urls.len()),
+            RedisTarget::Sentinel {
+                master, sentinels, ..
+            } => write!(
+                f,
+                "Sentinel({master:?} through {} sentinels)",
+                sentinels.len()
+            ),
         }
     }
 }
@@ -43,6 +62,9 @@ enum Backend {
     /// Replaced when the breaker opens: a cluster connection can stay
     /// wedged after a master restarts.
     Cluster(Box<ClusterConnector>),
+    /// Found through the sentinels; found again when it fails or the
+    /// breaker opens.
+    Sentinel(Box<SentinelConnector>),
 }
 
 /// The cluster connection, made on first use (and again after a reset) by
@@ -116,12 +138,21 @@ impl ClusterConnector {
 
 /// A connection used by one task only (see [`RedisStore::dedicated`]):
 /// to one node, the one holding the key it was made for.
-pub(crate) struct Dedicated(redis::aio::MultiplexedConnection);
+pub(crate) struct Dedicated {
+    conn: redis::aio::MultiplexedConnection,
+    /// With Sentinel, the master's address: another one than last time
+    /// means a failover.
+    pub(crate) node: Option<(String, u16)>,
+}
 
 impl Dedicated {
+    fn new(conn: redis::aio::MultiplexedConnection) -> Self {
+        Self { conn, node: None }
+    }
+
     /// Runs one command.
     pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
-        Ok(cmd.query_async(&mut self.0).await?)
+        Ok(cmd.query_async(&mut self.conn).await?)
     }
 }
 
@@ -164,6 +195,8 @@ impl fmt::Debug for RedisStore {
 pub(crate) enum StoreError {
     Timeout,
     Redis(RedisError),
+    /// Redis Sentinel: no sentinel named a master that answered as one.
+    NoMaster,
 }
 
 impl fmt::Display for StoreError {
@@ -171,6 +204,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Timeout => f.write_str("timed out"),
             StoreError::Redis(e) => write!(f, "{e}"),
+            StoreError::NoMaster => f.write_str("no Redis Sentinel named a reachable master"),
         }
     }
 }
@@ -192,29 +226,153 @@ pub(crate) enum TargetError {
     NoClusterNodes,
     /// A `rediss://` (TLS) URL without the `redis-tls` feature.
     TlsNotCompiled,
+    /// [`RedisTarget::Sentinel`]'s master name is empty, too long, or has
+    /// spaces or control characters.
+    BadMasterName,
+    /// [`RedisTarget::Sentinel`] with no sentinel URL.
+    NoSentinels,
+    /// The redis crate refused a sentinel URL.
+    BadSentinelUrl(RedisError),
+    /// A sentinel URL with a database (sentinels have none).
+    SentinelDatabase,
+    /// The redis crate refused the master's URL (`node`).
+    BadMasterUrl(RedisError),
+    /// The master's URL is not `redis://` or `rediss://` (a Unix socket
+    /// cannot be moved to the address a sentinel names).
+    MasterUrlNotTcp,
+    /// The master's URL is `rediss://` without the `redis-tls` feature.
+    MasterTlsNotCompiled,
 }
+
+impl TargetError {
+    /// Whether this is about the master's URL (`redis_sentinel_master_url`)
+    /// rather than the target's main URL(s).
+    pub(crate) fn is_master_url(&self) -> bool {
+        matches!(
+            self,
+            TargetError::BadMasterUrl(_)
+                | TargetError::MasterUrlNotTcp
+                | TargetError::MasterTlsNotCompiled
+        )
+    }
+}
+
+/// `rediss://` (or Valkey's `valkeys://`): a TLS URL.
+fn is_tls(url: &str) -> bool {
+    url.trim().split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    })
+}
+
+/// The text for a URL that needs TLS in a build without it. The redis
+/// crate's own error ("can't connect with TLS, the feature is not enabled")
+/// names a feature of the redis crate, not ours.
+const NEEDS_TLS: &str = "rediss:// (TLS) needs the `redis-tls` feature of tower-tiered-cache";
 
 impl fmt::Display for TargetError {
     // The redis crate's own message is the `source()`, not repeated here.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TargetError::BadUrl(_) => "bad Redis URL",
-            TargetError::BadClusterUrl(_) => "bad Redis Cluster URL",
-            TargetError::NoClusterNodes => "a Redis Cluster needs at least one node URL",
-            TargetError::TlsNotCompiled => {
-                "bad Redis URL: rediss:// (TLS) needs the `redis-tls` feature of tower-tiered-cache"
+        match self {
+            TargetError::BadUrl(_) => f.write_str("bad Redis URL"),
+            TargetError::BadClusterUrl(_) => f.write_str("bad Redis Cluster URL"),
+            TargetError::NoClusterNodes => {
+                f.write_str("a Redis Cluster needs at least one node URL")
             }
-        })
+            TargetError::TlsNotCompiled => write!(f, "bad Redis URL: {NEEDS_TLS}"),
+            TargetError::BadMasterName => f.write_str(
+                "the Redis Sentinel master name must be 1 to 255 characters, \
+                 without spaces or control characters",
+            ),
+            TargetError::NoSentinels => {
+                f.write_str("Redis Sentinel needs at least one sentinel URL")
+            }
+            TargetError::BadSentinelUrl(_) => f.write_str("bad Redis Sentinel URL"),
+            TargetError::SentinelDatabase => f.write_str(
+                "a sentinel URL names no database (the master's goes in \
+                 redis_sentinel_master_url)",
+            ),
+            TargetError::BadMasterUrl(_) => f.write_str("bad Redis Sentinel master URL"),
+            TargetError::MasterUrlNotTcp => f.write_str(
+                "the Redis Sentinel master URL must be redis:// or rediss:// \
+                 (its host and port are replaced by the master's address)",
+            ),
+            TargetError::MasterTlsNotCompiled => {
+                write!(f, "bad Redis Sentinel master URL: {NEEDS_TLS}")
+            }
+        }
     }
 }
 
 impl std::error::Error for TargetError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            TargetError::BadUrl(e) | TargetError::BadClusterUrl(e) => Some(e),
-            TargetError::NoClusterNodes | TargetError::TlsNotCompiled => None,
+            TargetError::BadUrl(e)
+            | TargetError::BadClusterUrl(e)
+            | TargetError::BadSentinelUrl(e)
+            | TargetError::BadMasterUrl(e) => Some(e),
+            TargetError::NoClusterNodes
+            | TargetError::TlsNotCompiled
+            | TargetError::BadMasterName
+            | TargetError::NoSentinels
+            | TargetError::SentinelDatabase
+            | TargetError::MasterUrlNotTcp
+            | TargetError::MasterTlsNotCompiled => None,
         }
     }
+}
+
+/// The longest master name taken (Redis's own names are short words).
+const MAX_MASTER_NAME: usize = 255;
+
+/// The sentinel connector for `master` through `sentinels`, checked.
+fn sentinel_connector(
+    master: &str,
+    sentinels: &[String],
+    node: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<SentinelConnector, TargetError> {
+    let name_ok = !master.is_empty()
+        && master.len() <= MAX_MASTER_NAME
+        && !master.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !name_ok {
+        return Err(TargetError::BadMasterName);
+    }
+    if sentinels.is_empty() {
+        return Err(TargetError::NoSentinels);
+    }
+    if cfg!(not(feature = "redis-tls")) {
+        if sentinels.iter().any(|u| is_tls(u)) {
+            return Err(TargetError::TlsNotCompiled);
+        }
+        if node.is_some_and(is_tls) {
+            return Err(TargetError::MasterTlsNotCompiled);
+        }
+    }
+    let mut clients = Vec::with_capacity(sentinels.len());
+    for url in sentinels {
+        let client = Client::open(url.as_str()).map_err(TargetError::BadSentinelUrl)?;
+        if client.get_connection_info().redis_settings().db() != 0 {
+            return Err(TargetError::SentinelDatabase);
+        }
+        clients.push(client);
+    }
+    // The placeholder host is replaced by the address a sentinel names.
+    let node = Client::open(node.unwrap_or("redis://master/"))
+        .map_err(TargetError::BadMasterUrl)?
+        .get_connection_info()
+        .clone();
+    if !matches!(
+        node.addr(),
+        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+    ) {
+        return Err(TargetError::MasterUrlNotTcp);
+    }
+    Ok(SentinelConnector::new(
+        master.to_owned(),
+        clients,
+        node,
+        connect_timeout,
+    ))
 }
 
 fn server_of(info: &redis::ConnectionInfo) -> (String, u16) {
@@ -233,17 +391,11 @@ impl RedisStore {
         connect_timeout: Duration,
     ) -> Result<Self, TargetError> {
         if cfg!(not(feature = "redis-tls")) {
-            // The redis crate's own error ("can't connect with TLS, the
-            // feature is not enabled") names a feature of the redis crate,
-            // not ours.
             let urls = match target {
                 RedisTarget::Single(url) => std::slice::from_ref(url),
                 RedisTarget::Cluster(urls) => urls.as_slice(),
-            };
-            let is_tls = |url: &str| {
-                url.trim().split_once("://").is_some_and(|(scheme, _)| {
-                    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
-                })
+                // Checked with the master's URL below.
+                RedisTarget::Sentinel { .. } => &[],
             };
             if urls.iter().any(|url| is_tls(url)) {
                 return Err(TargetError::TlsNotCompiled);
@@ -287,6 +439,26 @@ impl RedisStore {
                     ops: std::sync::OnceLock::new(),
                 })
             }
+            RedisTarget::Sentinel {
+                master,
+                sentinels,
+                node,
+            } => {
+                let connector =
+                    sentinel_connector(master, sentinels, node.as_deref(), connect_timeout)?;
+                // Until the master is known, spans and reports name the
+                // first sentinel.
+                let first =
+                    Client::open(sentinels[0].as_str()).map_err(TargetError::BadSentinelUrl)?;
+                Ok(Self {
+                    url: sentinels[0].clone(),
+                    urls: sentinels.clone(),
+                    backend: Backend::Sentinel(Box::new(connector)),
+                    server: server_of(first.get_connection_info()),
+                    connect_timeout,
+                    ops: std::sync::OnceLock::new(),
+                })
+            }
         }
     }
 
@@ -322,6 +494,20 @@ impl RedisStore {
         match &self.backend {
             Backend::Single { conn, .. } => *lock(conn) = None,
             Backend::Cluster(connector) => connector.reset(),
+            Backend::Sentinel(connector) => connector.reset(),
+        }
+    }
+
+    /// `host`, `port` of the server commands go to now: with Sentinel, the
+    /// master last found (the first sentinel until one is); else
+    /// [`Self::server`].
+    pub(crate) fn current_server(&self) -> std::borrow::Cow<'_, (String, u16)> {
+        match &self.backend {
+            Backend::Sentinel(s) => s.current().map_or(
+                std::borrow::Cow::Borrowed(&self.server),
+                std::borrow::Cow::Owned,
+            ),
+            _ => std::borrow::Cow::Borrowed(&self.server),
         }
     }
 
@@ -353,6 +539,7 @@ impl RedisStore {
         name: &str,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let server = self.current_server();
         let span = tracing::debug_span!(
             target: "tower_tiered_cache",
             "redis",
@@ -360,8 +547,8 @@ impl RedisStore {
             otel.kind = "client",
             db.system.name = "redis",
             db.operation.name = name,
-            server.address = %self.server.0,
-            server.port = i64::from(self.server.1),
+            server.address = %server.0,
+            server.port = i64::from(server.1),
             error.type = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
@@ -391,6 +578,12 @@ impl RedisStore {
             Backend::Cluster(connector) => {
                 let mut c = connector.get(self.connect_timeout).await?;
                 Ok(cmd.query_async(&mut c).await?)
+            }
+            Backend::Sentinel(connector) => {
+                let master = connector.get().await?;
+                let mut c = master.conn.clone();
+                let reply = cmd.query_async(&mut c).await;
+                Ok(followed(connector, master.id, reply)?)
             }
         }
     }
@@ -423,6 +616,16 @@ impl RedisStore {
                     .map(|r| r.map_err(StoreError::from))
                     .collect()
             }
+            Backend::Sentinel(connector) => {
+                let master = connector.get().await?;
+                let mut c = master.conn.clone();
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                let reply = pipe.query_async(&mut c).await;
+                Ok(followed(connector, master.id, reply)?)
+            }
         }
     }
 
@@ -442,11 +645,18 @@ impl RedisStore {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(response_timeout));
         match &self.backend {
-            Backend::Single { client, .. } => Ok(Dedicated(
+            Backend::Single { client, .. } => Ok(Dedicated::new(
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
             )),
+            Backend::Sentinel(connector) => {
+                let (conn, addr) = connector.dedicated(&config).await?;
+                Ok(Dedicated {
+                    conn,
+                    node: Some(addr),
+                })
+            }
             Backend::Cluster(_) => {
                 let url = &self.urls[attempt % self.urls.len().max(1)];
                 let mut c = Client::open(url.as_str())?
@@ -457,7 +667,7 @@ impl RedisStore {
                     .query_async::<Value>(&mut c)
                     .await
                 {
-                    Ok(_) => Ok(Dedicated(c)),
+                    Ok(_) => Ok(Dedicated::new(c)),
                     Err(e) => {
                         let Some((addr, _)) = e.redirect_node() else {
                             return Err(e.into());
@@ -465,7 +675,7 @@ impl RedisStore {
                         let c = Client::open(with_addr(url, addr).as_str())?
                             .get_multiplexed_async_connection_with_config(&config)
                             .await?;
-                        Ok(Dedicated(c))
+                        Ok(Dedicated::new(c))
                     }
                 }
             }
@@ -478,10 +688,13 @@ impl RedisStore {
     }
 
     /// Clients for every node whose keys must be scanned: the one server,
-    /// or each master of the cluster (from `CLUSTER NODES`).
+    /// the master the sentinels name, or each master of the cluster (from
+    /// `CLUSTER NODES`).
     pub(crate) async fn scan_clients(&self) -> Result<Vec<Client>, StoreError> {
-        if matches!(self.backend, Backend::Single { .. }) {
-            return Ok(vec![self.client()?]);
+        match &self.backend {
+            Backend::Single { .. } => return Ok(vec![self.client()?]),
+            Backend::Sentinel(connector) => return Ok(vec![connector.get().await?.client.clone()]),
+            Backend::Cluster(_) => {}
         }
         let nodes = self
             .query(&redis::cmd("CLUSTER").arg("NODES").clone())
@@ -506,6 +719,22 @@ impl RedisStore {
         }
         Ok(out)
     }
+}
+
+/// `reply` as it is; an error that says the master is gone (or is one no
+/// longer) forgets master `id` first, so the next operation finds the
+/// master again.
+fn followed<T>(
+    connector: &SentinelConnector,
+    id: u64,
+    reply: Result<T, RedisError>,
+) -> Result<T, RedisError> {
+    if let Err(e) = &reply {
+        if master_gone(e) {
+            connector.forget(id);
+        }
+    }
+    reply
 }
 
 /// `url` with its `host:port` replaced by `addr` (credentials, scheme and

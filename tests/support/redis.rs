@@ -160,6 +160,9 @@ pub struct RedisServerBuilder {
     acl_user: Option<(String, String)>,
     args: Vec<String>,
     cluster: bool,
+    /// A sentinel (`redis-server CONF --sentinel`) with these `sentinel`
+    /// lines instead of a data node.
+    sentinel: Option<Vec<String>>,
 }
 
 impl RedisServerBuilder {
@@ -207,10 +210,27 @@ impl RedisServerBuilder {
         RedisServer::try_start_with(self)
     }
 
+    /// A sentinel (started with `--sentinel`) whose configuration holds
+    /// `lines` (`sentinel monitor …` and the like). It rewrites its own
+    /// configuration file, which lives in its own directory.
+    pub fn sentinel(mut self, lines: Vec<String>) -> Self {
+        self.sentinel = Some(lines);
+        self
+    }
+
     fn config_file(&self, port: u16, dir: &Path) -> String {
         let mut c = String::new();
         let _ = writeln!(c, "port {port}");
         let _ = writeln!(c, "bind 127.0.0.1");
+        if let Some(lines) = &self.sentinel {
+            let _ = writeln!(c, "dir {}", conf_quote(&dir.to_string_lossy()));
+            let _ = writeln!(c, "protected-mode no");
+            let _ = writeln!(c, "daemonize no");
+            for line in lines {
+                let _ = writeln!(c, "{line}");
+            }
+            return c;
+        }
         let _ = writeln!(c, "save \"\"");
         let _ = writeln!(c, "appendonly no");
         let _ = writeln!(c, "dir {}", conf_quote(&dir.to_string_lossy()));
@@ -779,9 +799,12 @@ impl RedisServer {
         let log_err = log
             .try_clone()
             .map_err(|e| SpawnError::Fatal(e.to_string()))?;
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .args(&self.config.args)
+        let mut command = Command::new("redis-server");
+        command.arg(&conf).args(&self.config.args);
+        if self.config.sentinel.is_some() {
+            command.arg("--sentinel");
+        }
+        let child = command
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -1180,5 +1203,203 @@ impl RedisCluster {
         let mut all = vec!["-c"];
         all.extend_from_slice(args);
         self.nodes[i].cli(&all)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RedisSentinelSet
+// ---------------------------------------------------------------------------
+
+/// `down-after-milliseconds` of the sentinels of a [`RedisSentinelSet`]:
+/// how long a master may not answer before a sentinel deems it down.
+pub const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+/// `failover-timeout` of the sentinels (also what delays a second try
+/// after a failed election: twice this).
+pub const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 4000;
+/// Bound on a new set being ready: the replica in sync, and every sentinel
+/// knowing the replica and the other sentinels (they find each other by
+/// the hello messages they publish every 2 s).
+pub const SENTINEL_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The quorum: sentinels that must agree the master is down.
+const SENTINEL_QUORUM: usize = 2;
+
+/// A master, one replica (`--replicaof`) and three sentinels monitoring
+/// them, each a [`RedisServer`] on its own free port (the sentinels'
+/// rewritten configuration files in their own directories). Dropping it
+/// kills every process.
+#[derive(Debug)]
+pub struct RedisSentinelSet {
+    name: String,
+    /// The data nodes: 0 the first master, 1 its replica.
+    nodes: Vec<RedisServer>,
+    sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinelSet {
+    /// A set whose master the sentinels call `name`; panics if it is not
+    /// ready within [`SENTINEL_READY_TIMEOUT`].
+    pub fn start(name: &str) -> RedisSentinelSet {
+        Self::try_start(name).unwrap_or_else(|e| panic!("RedisSentinelSet::start: {e}"))
+    }
+
+    /// [`Self::start`], returning the error.
+    pub fn try_start(name: &str) -> Result<RedisSentinelSet, String> {
+        let master = RedisServer::builder().try_start()?;
+        let port = master.port().to_string();
+        let replica = RedisServer::builder()
+            .args(&["--replicaof", "127.0.0.1", &port])
+            .try_start()?;
+        let lines = vec![
+            format!("sentinel monitor {name} 127.0.0.1 {port} {SENTINEL_QUORUM}"),
+            format!("sentinel down-after-milliseconds {name} {SENTINEL_DOWN_AFTER_MS}"),
+            format!("sentinel failover-timeout {name} {SENTINEL_FAILOVER_TIMEOUT_MS}"),
+            format!("sentinel parallel-syncs {name} 1"),
+        ];
+        let sentinels = (0..3)
+            .map(|_| RedisServer::builder().sentinel(lines.clone()).try_start())
+            .collect::<Result<Vec<_>, _>>()?;
+        let set = RedisSentinelSet {
+            name: name.to_owned(),
+            nodes: vec![master, replica],
+            sentinels,
+        };
+        set.wait_ready(SENTINEL_READY_TIMEOUT)?;
+        Ok(set)
+    }
+
+    /// The master's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `redis://127.0.0.1:PORT` of each sentinel.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port()))
+            .collect()
+    }
+
+    /// Data node `i` (0: the first master, 1: its replica).
+    pub fn node(&self, i: usize) -> &RedisServer {
+        &self.nodes[i]
+    }
+
+    /// Data node `i`, to kill or freeze.
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// Sentinel `i`.
+    pub fn sentinel(&self, i: usize) -> &RedisServer {
+        &self.sentinels[i]
+    }
+
+    /// Sentinel `i`, to kill.
+    pub fn sentinel_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.sentinels[i]
+    }
+
+    /// The master's port as sentinel `i` names it.
+    pub fn master_port_by(&self, i: usize) -> Result<u16, String> {
+        match self.sentinels[i].cmd(&["SENTINEL", "get-master-addr-by-name", &self.name])? {
+            Reply::Array(a) if a.len() == 2 => a[1]
+                .as_text()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("bad port in {a:?}")),
+            other => Err(format!("get-master-addr-by-name: {other:?}")),
+        }
+    }
+
+    /// The index of the data node that answers `ROLE` with `master` on the
+    /// port the sentinels agree on.
+    pub fn master_index(&self) -> Result<usize, String> {
+        let port = self.master_port_by(0)?;
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .ok_or_else(|| format!("no node on the master's port {port}"))?;
+        match self.nodes[i].cmd(&["ROLE"])? {
+            Reply::Array(a) if a.first().and_then(Reply::as_text).as_deref() == Some("master") => {
+                Ok(i)
+            }
+            other => Err(format!("node {i} (port {port}): ROLE {other:?}")),
+        }
+    }
+
+    /// SIGKILLs the data node that is master now; returns its index.
+    pub fn kill_master(&mut self) -> usize {
+        let i = self
+            .master_index()
+            .unwrap_or_else(|e| panic!("kill_master: {e}"));
+        self.nodes[i].kill();
+        i
+    }
+
+    /// Waits until every sentinel names a master other than `old` (a node
+    /// index) and that node answers `ROLE` with `master`.
+    pub fn wait_for_failover(&self, old: usize, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let old_port = self.nodes[old].port();
+        loop {
+            let last = (0..self.sentinels.len())
+                .map(|i| match self.master_port_by(i) {
+                    Ok(p) if p == old_port => Err(format!("sentinel {i} still names {p}")),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("sentinel {i}: {e}")),
+                })
+                .find(Result::is_err)
+                .unwrap_or(Ok(()))
+                .and_then(|()| self.master_index().map(|_| ()));
+            match last {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("no failover within {timeout:?}: {e}"))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// The replica is in sync, and each sentinel knows the master, the
+    /// replica and the two other sentinels.
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let want = format!(
+            "name={},status=ok,address=127.0.0.1:{},slaves=1,sentinels=3",
+            self.name,
+            self.nodes[0].port()
+        );
+        loop {
+            let last = self.replica_in_sync().and_then(|()| {
+                for (i, s) in self.sentinels.iter().enumerate() {
+                    let info = match s.cmd(&["INFO", "sentinel"])? {
+                        Reply::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                        other => return Err(format!("sentinel {i}: INFO {other:?}")),
+                    };
+                    if !info.contains(&want) {
+                        return Err(format!("sentinel {i}: no {want:?} in\n{info}"));
+                    }
+                }
+                Ok(())
+            });
+            match last {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("sentinel set not ready within {timeout:?}: {e}"))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn replica_in_sync(&self) -> Result<(), String> {
+        match self.nodes[1].cmd(&["INFO", "replication"])? {
+            Reply::Bulk(b) if String::from_utf8_lossy(&b).contains("master_link_status:up") => {
+                Ok(())
+            }
+            other => Err(format!("replica not in sync: {other:?}")),
+        }
     }
 }
