@@ -886,6 +886,9 @@ mod tests {
         assert!(r.was_read());
         assert_eq!(r.note(five), 1);
         assert!(!r.claim_refresh());
+        // A second take of a read entry keeps it read.
+        assert_eq!(r.take(), 1);
+        assert!(r.was_read());
         // A clone is a new count.
         let c = r.clone();
         assert!(!c.was_read());
