@@ -10,3 +10,5 @@ pub(crate) mod memory;
 pub(crate) mod order;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "l2-encryption")]
+pub(crate) mod seal;
