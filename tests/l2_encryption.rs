@@ -472,13 +472,30 @@ async fn tampered_moved_clear_or_wrongly_keyed_values_are_corrupt() {
     written(&plain, 1).await;
     let clear_key = all_keys(&mut c, "plain:1:*").await.pop().unwrap();
     let clear = get_raw(&mut c, &clear_key).await.unwrap();
+    // The same URL's entry sealed with the same key for another namespace:
+    // only the Redis key it was sealed for tells it apart.
+    let twin = Cache::builder()
+        .redis(server.url())
+        .namespace("twin")
+        .l2_encryption_key(keys(&[K1]))
+        .build()
+        .unwrap();
+    send(&cached(&twin, origin.clone()), get(ITEM)).await;
+    written(&twin, 1).await;
+    let twin_key = all_keys(&mut c, "twin:1:*").await.pop().unwrap();
+    let twin_value = get_raw(&mut c, &twin_key).await.unwrap();
 
     let mut flipped = sealed.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x20;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("a flipped byte", flipped, K1),
-        ("another key's value", other, K1),
+        ("another URL's value", other, K1),
+        (
+            "the same URL's value sealed for another namespace",
+            twin_value,
+            K1,
+        ),
         ("a clear value", clear, K1),
         (
             "sealed with another key under its id",
