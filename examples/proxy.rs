@@ -14,6 +14,10 @@
 //!     --upstream http://127.0.0.1:8000 --redis redis://127.0.0.1:6379/
 //! ```
 //!
+//! With the `l2-encryption` feature, `--l2-key-file PATH` seals what the
+//! proxy writes to Redis (a file of `ID:HEX` lines, the last key sealing;
+//! see `L2Keys`).
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
@@ -97,7 +101,7 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
-                          [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--promote-after N] [--l2-key-file PATH] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
@@ -160,6 +164,10 @@ L2 tier in Redis (only in a build with `--features redis`):
   --redis-cluster URLS  a Redis Cluster: one or more node URLs, comma-separated
   --namespace NAME      the prefix of every L2 key [default: ttc]
   --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
+  --l2-key-file PATH    seal L2 values with the keys in PATH, one ID:HEX line
+                        each (HEX: 32 random bytes, `openssl rand -hex 32`);
+                        the last line seals, every line opens (a build with
+                        `--features l2-encryption`)
 
 Flags also take the form --flag=value.
 ";
@@ -283,6 +291,9 @@ struct L2Args {
     target: L2Target,
     namespace: Option<String>,
     promote_after: Option<u32>,
+    /// `--l2-key-file`: the keys read from the file.
+    #[cfg(feature = "l2-encryption")]
+    keys: Option<tower_tiered_cache::L2Keys>,
 }
 
 #[cfg(feature = "redis")]
@@ -316,6 +327,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
     let (mut target, mut namespace, mut promote_after) = (None, None, None);
+    #[cfg(feature = "l2-encryption")]
+    let mut keys = None;
+    // No key file can be given without the feature.
+    #[cfg(all(feature = "redis", not(feature = "l2-encryption")))]
+    let keys: Option<()> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -368,6 +384,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--namespace" => namespace = Some(value()?),
             #[cfg(feature = "redis")]
             "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
+            #[cfg(feature = "l2-encryption")]
+            "--l2-key-file" => {
+                let path = value()?;
+                let read = tower_tiered_cache::L2Keys::from_file(&path)
+                    .map_err(|e| ArgError::value(format!("--l2-key-file {e}")))?;
+                keys = Some(read);
+            }
+            #[cfg(not(feature = "l2-encryption"))]
+            "--l2-key-file" => {
+                return Err(ArgError::value(
+                    "--l2-key-file needs L2 encryption, which this build leaves out: \
+                     rebuild with --features l2-encryption",
+                ))
+            }
             #[cfg(not(feature = "redis"))]
             "--redis" | "--redis-cluster" | "--namespace" | "--promote-after" => {
                 return Err(ArgError::value(format!(
@@ -447,12 +477,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             target,
             namespace,
             promote_after,
+            #[cfg(feature = "l2-encryption")]
+            keys,
         }),
-        None if namespace.is_some() || promote_after.is_some() => {
+        None if namespace.is_some() || promote_after.is_some() || keys.is_some() => {
             let flag = if namespace.is_some() {
                 "--namespace"
-            } else {
+            } else if promote_after.is_some() {
                 "--promote-after"
+            } else {
+                "--l2-key-file"
             };
             return Err(ArgError::usage(format!(
                 "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
@@ -641,6 +675,10 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         }
         if let Some(n) = l2.promote_after {
             builder = builder.promote_after(n);
+        }
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &l2.keys {
+            builder = builder.l2_encryption_key(keys.clone());
         }
     }
     builder.build().map_err(|e| {
@@ -1027,6 +1065,14 @@ async fn serve(
                 l2.namespace.as_deref().unwrap_or("ttc"),
                 l2.promote_after.unwrap_or(3)
             );
+            #[cfg(feature = "l2-encryption")]
+            if let Some(keys) = &l2.keys {
+                println!(
+                    "L2 encryption: on, sealing with key {:?} ({} key(s) open)",
+                    keys.write_id(),
+                    keys.len()
+                );
+            }
             true
         }
         None => {

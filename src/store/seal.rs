@@ -57,6 +57,7 @@ const AEAD_LABEL: &[u8] = b"tower-tiered-cache l2 aead v1";
 const NAMES_LABEL: &[u8] = b"tower-tiered-cache l2 names v1";
 
 /// One key of the set: its id and the two keys derived from it.
+#[derive(Clone)]
 struct Key {
     id: Box<str>,
     aead: XChaCha20Poly1305,
@@ -161,6 +162,7 @@ fn derive(raw: &[u8; 32], label: &[u8]) -> [u8; 32] {
 /// assert_eq!(err.line(), Some(1));
 /// # Ok::<(), tower_tiered_cache::L2KeysError>(())
 /// ```
+#[derive(Clone)]
 pub struct L2Keys {
     /// In file order: the last one seals.
     keys: Vec<Key>,
