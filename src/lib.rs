@@ -186,6 +186,7 @@ pub use values::{ValueCache, ValueOptions};
 #[cfg(all(
     doctest,
     feature = "redis",
+    feature = "l2-encryption",
     feature = "reqwest",
     feature = "admin",
     feature = "axum"

@@ -46,7 +46,7 @@ fn hex(bytes: &[u8]) -> String {
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks_exact(2)
@@ -2386,6 +2386,27 @@ mod tests {
             l2.redis_key(KeyHash(1)),
             format!("batch:{FORMAT_VERSION}:{{{:032x}}}", 1)
         );
+    }
+
+    /// A variant is sealed for its key without the marker's generation
+    /// (which `VARIANT_SCRIPT` picks after the value was sealed); any other
+    /// key is its own context.
+    #[cfg(feature = "l2-encryption")]
+    #[test]
+    fn a_variant_is_sealed_for_its_key_without_the_generation() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let k = KeyHash(0xabc);
+        let names = [HeaderName::from_static("accept-language")];
+        let mut h = HeaderMap::new();
+        h.insert("accept-language", http::HeaderValue::from_static("fr"));
+        let expected = format!("{}:{:032x}", l2.redis_key(k), variant_hash(k, &names, &h).0);
+        for generation in [0, 7, u64::MAX] {
+            let key = l2.variant_redis_key(k, generation, &names, &h);
+            assert_eq!(context_of(&key), expected, "{key}");
+        }
+        for other in [l2.redis_key(k), l2.variant_index_key(k), expected.clone()] {
+            assert_eq!(context_of(&other), other);
+        }
     }
 
     #[test]
