@@ -41,12 +41,16 @@ fn keys(lines: &[&str]) -> L2Keys {
     L2Keys::parse(&lines.join("\n")).unwrap()
 }
 
+/// An L2 cache on `url` in the test namespace. Generous L2 deadlines and a
+/// breaker that does not open: the tests count writes and decode errors,
+/// so no operation may be skipped for a slow reply on a loaded machine.
 fn l2(url: &str, keys: Option<L2Keys>) -> CacheBuilder {
     let b = Cache::builder()
         .redis(url)
         .namespace(NS)
         .promote_after(1)
-        .l2_timeout(Duration::from_secs(2));
+        .l2_timeout(Duration::from_secs(5))
+        .l2_circuit_breaker(1_000, Duration::from_millis(100));
     match keys {
         Some(k) => b.l2_encryption_key(k),
         None => b,
@@ -77,10 +81,15 @@ fn secret_origin() -> (Origin, Log) {
     })
 }
 
+/// The test's own connection, for binary values; generous deadlines (the
+/// client's default, 500 ms, is not enough on a loaded 2-core machine).
 async fn conn(server: &RedisServer) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(server.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap()
 }
@@ -466,6 +475,7 @@ async fn tampered_moved_clear_or_wrongly_keyed_values_are_corrupt() {
     let plain = Cache::builder()
         .redis(server.url())
         .namespace("plain")
+        .l2_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     send(&cached(&plain, origin.clone()), get(ITEM)).await;
@@ -477,6 +487,7 @@ async fn tampered_moved_clear_or_wrongly_keyed_values_are_corrupt() {
     let twin = Cache::builder()
         .redis(server.url())
         .namespace("twin")
+        .l2_timeout(Duration::from_secs(5))
         .l2_encryption_key(keys(&[K1]))
         .build()
         .unwrap();
