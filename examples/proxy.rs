@@ -16,6 +16,10 @@
 //!     --upstream http://127.0.0.1:8000 --redis redis://127.0.0.1:6379/
 //! ```
 //!
+//! With the `l2-encryption` feature, `--l2-key-file PATH` seals what the
+//! proxy writes to Redis (a file of `ID:HEX` lines, the last key sealing;
+//! see `L2Keys`).
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
@@ -100,7 +104,7 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...] | \
                           --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
-                          [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--promote-after N] [--l2-key-file PATH] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
@@ -176,6 +180,10 @@ L2 tier in Redis (only in a build with `--features redis`):
                         [default: redis://, no password, database 0]
   --namespace NAME      the prefix of every L2 key [default: ttc]
   --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
+  --l2-key-file PATH    seal L2 values with the keys in PATH, one ID:HEX line
+                        each (HEX: 32 random bytes, `openssl rand -hex 32`);
+                        the last line seals, every line opens (a build with
+                        `--features l2-encryption`)
 
 Flags also take the form --flag=value.
 ";
@@ -299,6 +307,9 @@ struct L2Args {
     target: L2Target,
     namespace: Option<String>,
     promote_after: Option<u32>,
+    /// `--l2-key-file`: the keys read from the file.
+    #[cfg(feature = "l2-encryption")]
+    keys: Option<tower_tiered_cache::L2Keys>,
 }
 
 #[cfg(feature = "redis")]
@@ -338,6 +349,10 @@ impl L2Args {
         }
         if let Some(n) = self.promote_after {
             builder = builder.promote_after(n);
+        }
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.keys {
+            builder = builder.l2_encryption_key(keys.clone());
         }
         builder
     }
@@ -402,6 +417,9 @@ struct L2Flags {
     sentinel_master: Option<String>,
     namespace: Option<String>,
     promote_after: Option<u32>,
+    /// `--l2-key-file`: the keys read from the file.
+    #[cfg(feature = "l2-encryption")]
+    keys: Option<tower_tiered_cache::L2Keys>,
 }
 
 #[cfg(feature = "redis")]
@@ -461,17 +479,27 @@ impl L2Flags {
             (target, None) => target,
         };
         let (namespace, promote_after) = (self.namespace, self.promote_after);
+        #[cfg(feature = "l2-encryption")]
+        let keys = self.keys;
+        #[cfg(feature = "l2-encryption")]
+        let has_keys = keys.is_some();
+        #[cfg(not(feature = "l2-encryption"))]
+        let has_keys = false;
         match target {
             Some(target) => Ok(Some(L2Args {
                 target,
                 namespace,
                 promote_after,
+                #[cfg(feature = "l2-encryption")]
+                keys,
             })),
-            None if namespace.is_some() || promote_after.is_some() => {
+            None if namespace.is_some() || promote_after.is_some() || has_keys => {
                 let flag = if namespace.is_some() {
                     "--namespace"
-                } else {
+                } else if promote_after.is_some() {
                     "--promote-after"
+                } else {
+                    "--l2-key-file"
                 };
                 Err(ArgError::usage(format!(
                     "{flag} applies to the L2 tier: add --redis URL, --redis-cluster \
@@ -527,6 +555,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             | "--redis-sentinel-master"
             | "--namespace"
             | "--promote-after" => l2.take(&flag, value()?)?,
+            #[cfg(feature = "l2-encryption")]
+            "--l2-key-file" => {
+                let path = value()?;
+                let read = tower_tiered_cache::L2Keys::from_file(&path)
+                    .map_err(|e| ArgError::value(format!("--l2-key-file {e}")))?;
+                l2.keys = Some(read);
+            }
+            #[cfg(not(feature = "l2-encryption"))]
+            "--l2-key-file" => {
+                return Err(ArgError::value(
+                    "--l2-key-file needs L2 encryption, which this build leaves out: \
+                     rebuild with --features l2-encryption",
+                ))
+            }
             #[cfg(not(feature = "redis"))]
             "--redis"
             | "--redis-cluster"
@@ -1199,6 +1241,14 @@ async fn serve(
                 l2.namespace.as_deref().unwrap_or("ttc"),
                 l2.promote_after.unwrap_or(3)
             );
+            #[cfg(feature = "l2-encryption")]
+            if let Some(keys) = &l2.keys {
+                println!(
+                    "L2 encryption: on, sealing with key {:?} ({} key(s) open)",
+                    keys.write_id(),
+                    keys.len()
+                );
+            }
             true
         }
         None => {

@@ -560,6 +560,8 @@ fn default_l2() -> crate::store::l2::L2Config {
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         warnings: DEFAULT_LOG_LEVEL.warnings(),
         max_variants: DEFAULT_MAX_VARIANTS,
+        #[cfg(feature = "l2-encryption")]
+        keys: None,
     }
 }
 
@@ -1451,6 +1453,40 @@ impl CacheBuilder {
         self
     }
 
+    /// Encryption at rest (feature `l2-encryption`): what the L2 tier
+    /// writes that can carry a URL, a body, headers or a tag name is
+    /// sealed with XChaCha20-Poly1305 under the last key of `keys`
+    /// (entries and typed values, after compression; `Vary` variants; tag
+    /// and prefix invalidations), bound to the Redis key it is stored at;
+    /// every key of the set opens. Tag index names are a keyed hash of the
+    /// tag. A value that does not open (not sealed, tampered with, moved,
+    /// or sealed with a key this instance lacks) is a corrupt entry: a
+    /// miss, counted in [`Stats::l2_decode_errors`](crate::Stats::l2_decode_errors),
+    /// deleted. Off by default; needs the L2 tier (else [`build`](Self::build)
+    /// fails). See [`L2Keys`](crate::L2Keys) for the key file and rotation,
+    /// and the README's "Encryption at rest" for what it does not hide.
+    ///
+    /// ```
+    /// use tower_tiered_cache::{Cache, L2Keys};
+    ///
+    /// // In production: L2Keys::from_file("/run/secrets/l2-keys")?
+    /// let keys = L2Keys::parse(
+    ///     "k1:5f0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f",
+    /// )?;
+    /// let cache = Cache::builder()
+    ///     .redis("redis://127.0.0.1:6379/")
+    ///     .l2_encryption_key(keys)
+    ///     .build()?;
+    /// # drop(cache);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "l2-encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "l2-encryption")))]
+    pub fn l2_encryption_key(mut self, keys: crate::L2Keys) -> Self {
+        self.l2.keys = Some(Arc::new(keys));
+        self
+    }
+
     /// Accumulates stats in Redis as well: every `every` (at least 100
     /// ms), this instance adds what it counted since its last flush to the
     /// hash `{namespace}:stats`, so totals survive restarts and add up
@@ -1980,6 +2016,14 @@ impl CacheBuilder {
             return Err(BuildError::invalid(
                 "redis_sentinel_master_url",
                 "applies to the master found through Redis Sentinel: add .redis_sentinel(name, urls)",
+            ));
+        }
+        #[cfg(feature = "l2-encryption")]
+        if self.l2.keys.is_some() && self.l2_target.is_none() {
+            return Err(BuildError::invalid(
+                "l2_encryption_key",
+                "needs the L2 tier: add .redis(url), .redis_cluster(urls) \
+                 or .redis_sentinel(name, urls)",
             ));
         }
         if self.l2_target.is_none() {

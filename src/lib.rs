@@ -174,6 +174,9 @@ pub use service::CacheService;
 pub use stats::{PrefetchStats, RedisInfo, Stats};
 pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
+#[cfg(feature = "l2-encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "l2-encryption")))]
+pub use store::seal::{L2Keys, L2KeysError, MAX_L2_KEYS, MAX_L2_KEY_FILE_BYTES, MAX_L2_KEY_ID_LEN};
 pub use tiers::L1Admission;
 #[cfg(feature = "values")]
 pub use values::{ValueCache, ValueOptions};
@@ -183,6 +186,7 @@ pub use values::{ValueCache, ValueOptions};
 #[cfg(all(
     doctest,
     feature = "redis",
+    feature = "l2-encryption",
     feature = "reqwest",
     feature = "admin",
     feature = "axum"

@@ -683,6 +683,118 @@ async fn bad_keying_flags_are_refused() {
     }
 }
 
+/// `--l2-key-file`: a file that is missing or has a bad line is refused
+/// naming the file and the line (never the key), and the flag needs the
+/// L2 tier.
+#[cfg(feature = "l2-encryption")]
+#[tokio::test]
+async fn bad_l2_key_files_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ttc-proxy-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad-keys");
+    let secret = "5f0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
+    std::fs::write(&bad, format!("# keys\nk1:{secret}\n")).unwrap();
+    let good = dir.join("good-keys");
+    std::fs::write(&good, format!("k1:{secret}0f\n")).unwrap();
+    let missing = dir.join("missing-keys");
+    let (bad, good, missing) = (
+        bad.to_str().unwrap().to_owned(),
+        good.to_str().unwrap().to_owned(),
+        missing.to_str().unwrap().to_owned(),
+    );
+    let redis = ["--redis", "redis://127.0.0.1:9/"];
+    for (args, expect) in [
+        (
+            [&redis[..], &["--l2-key-file", &bad]].concat(),
+            format!("--l2-key-file {bad}: line 2: the key must be 64 hex digits"),
+        ),
+        (
+            [&redis[..], &["--l2-key-file", &missing]].concat(),
+            format!("--l2-key-file {missing}: cannot read the key file"),
+        ),
+        (
+            vec!["--l2-key-file", good.as_str()],
+            "--l2-key-file applies to the L2 tier".to_owned(),
+        ),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut all = args.to_vec();
+        all.extend(["--upstream", "http://127.0.0.1:9"]);
+        let err = proxy::serve_args(&all, listener, std::future::pending())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().starts_with(&expect), "{args:?}: {err}");
+        assert!(!err.to_string().contains(&secret[..16]), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `--l2-key-file`, what the proxy writes to Redis is sealed: the
+/// value holds neither the path nor the body, and a second proxy with the
+/// same key file answers from L2.
+#[cfg(feature = "l2-encryption")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_seals_l2_values_with_its_key_file() {
+    use redis_support::{require_redis, RedisServer, Reply as R};
+    require_redis();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = std::env::temp_dir().join(format!("ttc-proxy-sealed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(
+        &file,
+        "k1:5f0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let (_origin, upstream) = start_origin().await;
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--namespace",
+        "sealed",
+        "--l2-key-file",
+        &file,
+    ];
+    let a = start_proxy(upstream, &args).await;
+    let r = send_raw(a, &get("/page?sealed=1", &[])).await;
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    let key = loop {
+        if let Ok(R::Array(found)) = redis.cmd(&["KEYS", "sealed:1:*"]) {
+            if let Some(R::Bulk(k)) = found.first() {
+                break String::from_utf8(k.clone()).unwrap();
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "no entry in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let Ok(R::Bulk(value)) = redis.cmd(&["GET", &key]) else {
+        panic!("GET {key}");
+    };
+    assert!(value.starts_with(b"TTS\x01\x02k1"), "sealed with k1");
+    let text = String::from_utf8_lossy(&value);
+    assert!(
+        !text.contains("/page") && !text.contains("sealed=1"),
+        "{text}"
+    );
+    // A second proxy with the same key file: an L2 hit (a fresh one until
+    // its first look-up has connected, as above).
+    let mut from_l2 = false;
+    for _ in 0..5 {
+        let b = start_proxy(upstream, &args).await;
+        let _ = send_raw(b, &get("/echo", &[])).await;
+        let r = send_raw(b, &get("/page?sealed=1", &[])).await;
+        if r.cache_status().contains("detail=l2") {
+            from_l2 = true;
+            break;
+        }
+    }
+    assert!(from_l2, "never answered from L2");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Warming requests do not go through the client-side checks: they are
 /// keyed and forwarded by the same rules, so what they store is what
 /// clients are answered.

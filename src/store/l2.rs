@@ -41,6 +41,42 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of lowercase (or uppercase) hex, or `None`.
+#[cfg(feature = "l2-encryption")]
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+/// Why a value read from Redis did not open (nothing without encryption).
+#[cfg(feature = "l2-encryption")]
+type OpenError = crate::store::seal::SealError;
+#[cfg(not(feature = "l2-encryption"))]
+type OpenError = std::convert::Infallible;
+
+/// What a value stored at the Redis key `name` is sealed for: the key
+/// itself, or for a variant (`{marker key}:{generation}:{variant}`) its
+/// key without the generation, which `VARIANT_SCRIPT` picks after the
+/// value was sealed.
+#[cfg(feature = "l2-encryption")]
+fn context_of(name: &str) -> std::borrow::Cow<'_, str> {
+    let b = name.as_bytes();
+    let hexes = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    let n = b.len();
+    if n > 50 && b[n - 33] == b':' && b[n - 50] == b':' && hexes(n - 32..n) && hexes(n - 49..n - 33)
+    {
+        std::borrow::Cow::Owned(format!("{}{}", &name[..n - 50], &name[n - 33..]))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// Writes one variant of a URL whose responses vary, atomically and in one
 /// command (so a batch of writes is one pipeline):
 ///
@@ -137,6 +173,10 @@ pub(crate) struct L2Config {
     pub(crate) warnings: bool,
     /// The most variants (`Vary`) kept per URL, as in L1.
     pub(crate) max_variants: usize,
+    /// Encryption at rest: values, tag and prefix messages sealed, tag
+    /// index names keyed (see `store::seal`).
+    #[cfg(feature = "l2-encryption")]
+    pub(crate) keys: Option<Arc<crate::store::seal::L2Keys>>,
 }
 
 /// L2 counters.
@@ -210,29 +250,48 @@ pub(crate) enum Message {
 
 impl Message {
     fn encode(&self, instance: u64) -> String {
+        format!("{instance:016x} {}", self.body())
+    }
+
+    /// The message without its sender: `key HASH`, `tag NAME`, …
+    fn body(&self) -> String {
         match self {
-            Message::Key(k) => format!("{instance:016x} key {k}"),
-            Message::Tag(t) => format!("{instance:016x} tag {t}"),
-            Message::Prefix(p) => format!("{instance:016x} prefix {p}"),
-            Message::Clear => format!("{instance:016x} clear"),
+            Message::Key(k) => format!("key {k}"),
+            Message::Tag(t) => format!("tag {t}"),
+            Message::Prefix(p) => format!("prefix {p}"),
+            Message::Clear => "clear".to_owned(),
         }
     }
 
     /// `(sender, message)`, or `None` for anything malformed.
+    #[cfg(test)]
     fn decode(s: &str) -> Option<(u64, Message)> {
+        let (sender, body) = Self::split(s)?;
+        Some((sender, Self::decode_body(body)?))
+    }
+
+    /// `(sender, body)` of an encoded message.
+    fn split(s: &str) -> Option<(u64, &str)> {
         let (sender, rest) = s.split_once(' ')?;
-        let sender = u64::from_str_radix(sender, 16).ok()?;
-        let (kind, arg) = rest.split_once(' ').unwrap_or((rest, ""));
-        let msg = match kind {
+        Some((u64::from_str_radix(sender, 16).ok()?, rest))
+    }
+
+    /// The message a body (`kind arg`) names, or `None`.
+    fn decode_body(body: &str) -> Option<Message> {
+        let (kind, arg) = body.split_once(' ').unwrap_or((body, ""));
+        Some(match kind {
             "key" => Message::Key(KeyHash(u128::from_str_radix(arg, 16).ok()?)),
             "tag" => Message::Tag(arg.to_owned()),
             "prefix" => Message::Prefix(arg.to_owned()),
             "clear" => Message::Clear,
             _ => return None,
-        };
-        Some((sender, msg))
+        })
     }
 }
+
+/// The kind of an invalidation message whose body is sealed: `{sender}
+/// sealed {hex}` (a tag or a prefix, while L2 encryption is on).
+const SEALED_KIND: &str = "sealed ";
 
 /// What the L2 tier asks of the engine when another instance invalidates.
 pub(crate) type Listener = Box<dyn Fn(&Message) + Send + Sync>;
@@ -386,9 +445,72 @@ impl L2 {
             .arg(self.cfg.invalidation_log_len.max(1))
             .arg("*");
         for m in msgs {
-            c.arg("m").arg(m.encode(self.instance));
+            c.arg("m").arg(self.encode_message(m));
         }
         c
+    }
+
+    /// A message as appended to the log: with encryption on, a tag or a
+    /// prefix is sealed (bound to the log's key and the sender).
+    fn encode_message(&self, m: &Message) -> String {
+        #[cfg(feature = "l2-encryption")]
+        if let (Some(keys), Message::Tag(_) | Message::Prefix(_)) = (&self.cfg.keys, m) {
+            let context = self.message_context(self.instance);
+            if let Some(sealed) = keys.seal(context.as_bytes(), m.body().as_bytes()) {
+                return format!("{:016x} {SEALED_KIND}{}", self.instance, hex(&sealed));
+            }
+            // No randomness: announce the clear that covers it instead
+            // of the name.
+            return Message::Clear.encode(self.instance);
+        }
+        m.encode(self.instance)
+    }
+
+    /// What a sealed message from `sender` is bound to.
+    #[cfg(feature = "l2-encryption")]
+    fn message_context(&self, sender: u64) -> String {
+        format!("{} {sender:016x}", self.log_key)
+    }
+
+    /// `(sender, message)` of a log entry; `None` for anything malformed.
+    /// A sealed message this instance cannot open (another key set) is a
+    /// `Clear`: it may have covered what L1 holds.
+    fn decode_message(&self, payload: &str) -> Option<(u64, Message)> {
+        let (sender, body) = Message::split(payload)?;
+        let Some(sealed) = body.strip_prefix(SEALED_KIND) else {
+            return Some((sender, Message::decode_body(body)?));
+        };
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.cfg.keys {
+            let context = self.message_context(sender);
+            let opened = unhex(sealed)
+                .and_then(|b| keys.open(context.as_bytes(), Bytes::from(b)).ok())
+                .and_then(|plain| {
+                    let body = std::str::from_utf8(&plain).ok()?;
+                    match Message::decode_body(body)? {
+                        m @ (Message::Tag(_) | Message::Prefix(_)) => Some(m),
+                        _ => None,
+                    }
+                });
+            if let Some(m) = opened {
+                return Some((sender, m));
+            }
+        }
+        let _ = sealed;
+        self.unreadable_message();
+        Some((sender, Message::Clear))
+    }
+
+    /// A sealed invalidation that does not open here: warned, counted in
+    /// `l2_coherence_resets` (it is applied as a clear of L1).
+    fn unreadable_message(&self) {
+        self.counters.coherence_resets.incr();
+        if self.cfg.warnings {
+            tracing::warn!(
+                target: "tower_tiered_cache",
+                "a sealed L2 invalidation does not open with this instance's keys: L1 cleared"
+            );
+        }
     }
 
     /// The `XADD`s announcing `msgs` (at most `MESSAGES_PER_ENTRY` each).
@@ -489,7 +611,7 @@ impl L2 {
     }
 
     fn receive(&self, payload: &str) {
-        let Some((sender, msg)) = Message::decode(payload) else {
+        let Some((sender, msg)) = self.decode_message(payload) else {
             return;
         };
         if sender == self.instance {
@@ -508,45 +630,79 @@ impl L2 {
         self.counters.messages_received.incr();
     }
 
+    /// The index of the entries carrying `tag` that this instance writes
+    /// to: `{namespace}:tag:{tag}`, or with encryption on
+    /// `{namespace}:tag:{keyed hash of the tag under the write key}`.
     fn tag_key(&self, tag: &str) -> String {
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.cfg.keys {
+            return format!(
+                "{}:tag:{}",
+                self.cfg.namespace,
+                keys.tag_name(&self.cfg.namespace, tag)
+            );
+        }
         format!("{}:tag:{}", self.cfg.namespace, tag)
     }
 
-    /// Deletes every L2 entry carrying `tag` (through the tag's index set).
+    /// Every index `tag`'s entries may be listed in: with encryption on,
+    /// one per key of the set (entries written under an older key are
+    /// indexed under its hash).
+    fn tag_keys(&self, tag: &str) -> Vec<String> {
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.cfg.keys {
+            return keys
+                .tag_names(&self.cfg.namespace, tag)
+                .into_iter()
+                .map(|h| format!("{}:tag:{h}", self.cfg.namespace))
+                .collect();
+        }
+        vec![self.tag_key(tag)]
+    }
+
+    /// Deletes every L2 entry carrying `tag` (through the tag's index
+    /// sets).
     pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str) -> u64 {
         self.ensure_subscriber();
         let _running = self.order.begin_unlisted();
-        let tag_key = self.tag_key(tag);
+        let tag_keys = self.tag_keys(tag);
         // Members still alive (scores are expiry times).
         let now = self.clock.now_millis();
-        let cmd = redis::cmd("ZRANGE")
-            .arg(&tag_key)
-            .arg(now)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .clone();
-        let members: Vec<String> = match self
-            .guarded(self.cfg.timeout * 4, self.store.query(&cmd))
+        let cmds = tag_keys
+            .iter()
+            .map(|k| {
+                redis::cmd("ZRANGE")
+                    .arg(k)
+                    .arg(now)
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .clone()
+            })
+            .collect();
+        let Some(replies) = self
+            .guarded(self.cfg.timeout * 4, self.store.query_many(cmds))
             .await
-        {
-            Some(Value::Array(items)) | Some(Value::Set(items)) => items
-                .into_iter()
-                .filter_map(|v| match v {
-                    Value::BulkString(b) => String::from_utf8(b).ok(),
-                    _ => None,
-                })
-                .collect(),
-            Some(_) => Vec::new(),
-            // The index could not be read: keep it, so the replay when
-            // Redis is back still finds the tagged entries.
-            None => {
-                self.queue(Pending::Tag(tag.to_owned()));
-                return 0;
-            }
+        else {
+            // The indexes could not be read: keep them, so the replay
+            // when Redis is back still finds the tagged entries.
+            self.queue(Pending::Tag(tag.to_owned()));
+            return 0;
         };
-        let mut keys = members;
+        let mut keys: Vec<String> = replies
+            .into_iter()
+            .flat_map(|reply| match reply {
+                Value::Array(items) | Value::Set(items) => items,
+                _ => Vec::new(),
+            })
+            .filter_map(|v| match v {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                _ => None,
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
         let n = keys.len() as u64;
-        keys.push(tag_key);
+        keys.extend(tag_keys);
         self.delete_keys(keys).await;
         if !self.publish(&[Message::Tag(tag.to_owned())]).await {
             self.queue(Pending::Tag(tag.to_owned()));
@@ -573,10 +729,18 @@ impl L2 {
                 .into_iter()
                 .zip(values)
                 .filter_map(|(k, v)| match v {
-                    Value::BulkString(b) => {
-                        match Entry::decode_stored(Bytes::from(b), &self.checks(&|_| true)) {
-                            Ok(e) if e.matches_prefix(prefix) => Some(k),
-                            _ => None,
+                    // `Vary` markers name no path (their variants do).
+                    Value::BulkString(b) if !b.starts_with(VARY_MAGIC) => {
+                        match self.open_raw(&k, Bytes::from(b)) {
+                            Ok(plain) => match Entry::decode_stored(plain, &self.checks(&|_| true))
+                            {
+                                Ok(e) if e.matches_prefix(prefix) => Some(k),
+                                _ => None,
+                            },
+                            // Sealed with a key this instance does not
+                            // hold (or not sealed): it may match, and no
+                            // instance should serve it after the purge.
+                            Err(_) => Some(k),
                         }
                     }
                     _ => None,
@@ -1088,6 +1252,7 @@ impl L2 {
         } else {
             (primary, self.redis_key(primary), raw)
         };
+        let raw = self.open_value(slot, &slot_key, raw)?;
         // The value must be an entry this cache could have stored for the
         // key looked up (a variant's embedded key is its URL's).
         let key_ok = |k: &str| crate::key::readable_matches(k, primary, headers);
@@ -1176,6 +1341,7 @@ impl L2 {
     /// The entry `raw` holds if it is one stored for `key` (not a `Vary`
     /// marker); anything else is corrupt.
     fn decode_for(self: &Arc<Self>, key: KeyHash, name: String, raw: Bytes) -> Option<Arc<Entry>> {
+        let raw = self.open_value(key, &name, raw)?;
         let key_ok = |k: &str| crate::key::readable_matches(k, key, &HeaderMap::new());
         match Entry::decode_stored(raw, &self.checks(&key_ok)) {
             Ok(entry) if entry.vary.is_empty() => Some(Arc::new(entry)),
@@ -1231,15 +1397,19 @@ impl L2 {
         };
         values
             .into_iter()
-            .map(|v| match v {
+            .zip(keys)
+            .map(|(v, k)| match v {
                 Value::BulkString(b) if !b.starts_with(VARY_MAGIC) => {
-                    match Entry::decode_stored(Bytes::from(b), &self.checks(&|_| true)) {
-                        Ok(e) => Some(Arc::new(e)),
-                        Err(_) => {
-                            self.counters.decode_errors.incr();
-                            None
-                        }
+                    let decoded = self
+                        .open_raw(&self.redis_key(*k), Bytes::from(b))
+                        .ok()
+                        .and_then(|plain| {
+                            Entry::decode_stored(plain, &self.checks(&|_| true)).ok()
+                        });
+                    if decoded.is_none() {
+                        self.counters.decode_errors.incr();
                     }
+                    decoded.map(Arc::new)
                 }
                 _ => None,
             })
@@ -1503,11 +1673,15 @@ impl L2 {
                 continue;
             }
             let value = job.entry.encode_with(self.cfg.compress_over);
-            batch.bytes += value.len();
             // What a tag index points at: the entry's key, or for a variant
             // its URL's marker (deleting it orphans every variant).
             let member = self.redis_key(job.announce);
-            let (cmd, script) = self.value_command(job, &member, &value, now);
+            let Some((cmd, script, len)) = self.value_command(job, &member, value, now) else {
+                // Not sealed (the system's random generator failed).
+                self.counters.writes_dropped.incr();
+                continue;
+            };
+            batch.bytes += len;
             if script {
                 batch.scripts.push(batch.cmds.len());
             }
@@ -1527,16 +1701,27 @@ impl L2 {
     /// The command that stores one job's value at `member`: a `SET … PX`,
     /// or for a variant one `EVAL` of `VARIANT_SCRIPT` (marker, variant,
     /// variant index trimmed to `max_variants`; `true`: its reply counts
-    /// the variants evicted).
-    fn value_command(&self, job: &Job, member: &str, value: &[u8], now: u64) -> (redis::Cmd, bool) {
+    /// the variants evicted), and the bytes of the value stored (sealed
+    /// when encryption is on; `None` if it could not be).
+    fn value_command(
+        &self,
+        job: &Job,
+        member: &str,
+        value: Bytes,
+        now: u64,
+    ) -> Option<(redis::Cmd, bool, usize)> {
         let Some(h) = &job.vary_headers else {
+            let value = self.seal_value(member, value)?;
             let mut c = redis::cmd("SET");
-            c.arg(member).arg(value).arg("PX").arg(job.px);
-            return (c, false);
+            c.arg(member).arg(value.as_ref()).arg("PX").arg(job.px);
+            return Some((c, false, value.len()));
         };
         let names: Vec<HeaderName> = job.entry.vary.iter().map(|(n, _)| n.clone()).collect();
         let fresh = marker(instance_id(), &names);
-        let variant = variant_hash(job.announce, &names, h);
+        let variant = format!("{:032x}", variant_hash(job.announce, &names, h).0);
+        // The script picks the generation: the variant's context is its
+        // key without it (see `context_of`).
+        let value = self.seal_value(&format!("{member}:{variant}"), value)?;
         let mut c = redis::cmd("EVAL");
         c.arg(VARIANT_SCRIPT)
             .arg(2)
@@ -1544,11 +1729,46 @@ impl L2 {
             .arg(self.variant_index_key(job.announce))
             .arg(fresh.as_ref())
             .arg(job.px)
-            .arg(format!("{:032x}", variant.0))
-            .arg(value)
+            .arg(variant)
+            .arg(value.as_ref())
             .arg(self.cfg.max_variants.max(1))
             .arg(now);
-        (c, true)
+        Some((c, true, value.len()))
+    }
+
+    /// The bytes stored for `value` under the context `context`: sealed
+    /// when encryption is on (`None` if the system's random generator
+    /// fails), else `value` itself.
+    fn seal_value(&self, context: &str, value: Bytes) -> Option<Bytes> {
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.cfg.keys {
+            return keys.seal(context.as_bytes(), &value);
+        }
+        let _ = context;
+        Some(value)
+    }
+
+    /// The plain bytes of `raw`, read from the Redis key `name`: opened
+    /// when encryption is on.
+    fn open_raw(&self, name: &str, raw: Bytes) -> Result<Bytes, OpenError> {
+        #[cfg(feature = "l2-encryption")]
+        if let Some(keys) = &self.cfg.keys {
+            return keys.open(context_of(name).as_bytes(), raw);
+        }
+        let _ = name;
+        Ok(raw)
+    }
+
+    /// [`open_raw`](Self::open_raw), with a value that does not open
+    /// treated as corrupt (counted, deleted): `None`.
+    fn open_value(self: &Arc<Self>, slot: KeyHash, name: &str, raw: Bytes) -> Option<Bytes> {
+        match self.open_raw(name, raw) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                self.corrupt(slot, name.to_owned(), &e, true);
+                None
+            }
+        }
     }
 
     /// Sends the batch's commands and its log entries: in one pipeline on
@@ -1974,6 +2194,8 @@ mod tests {
                 compress_over: Some(1024),
                 warnings: false,
                 max_variants: 32,
+                #[cfg(feature = "l2-encryption")]
+                keys: None,
             },
             Arc::new(SystemClock),
         )
@@ -2184,6 +2406,27 @@ mod tests {
             l2.redis_key(KeyHash(1)),
             format!("batch:{FORMAT_VERSION}:{{{:032x}}}", 1)
         );
+    }
+
+    /// A variant is sealed for its key without the marker's generation
+    /// (which `VARIANT_SCRIPT` picks after the value was sealed); any other
+    /// key is its own context.
+    #[cfg(feature = "l2-encryption")]
+    #[test]
+    fn a_variant_is_sealed_for_its_key_without_the_generation() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let k = KeyHash(0xabc);
+        let names = [HeaderName::from_static("accept-language")];
+        let mut h = HeaderMap::new();
+        h.insert("accept-language", http::HeaderValue::from_static("fr"));
+        let expected = format!("{}:{:032x}", l2.redis_key(k), variant_hash(k, &names, &h).0);
+        for generation in [0, 7, u64::MAX] {
+            let key = l2.variant_redis_key(k, generation, &names, &h);
+            assert_eq!(context_of(&key), expected, "{key}");
+        }
+        for other in [l2.redis_key(k), l2.variant_index_key(k), expected.clone()] {
+            assert_eq!(context_of(&other), other);
+        }
     }
 
     #[test]

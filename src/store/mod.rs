@@ -12,3 +12,5 @@ pub(crate) mod order;
 pub(crate) mod redis;
 #[cfg(feature = "redis")]
 pub(crate) mod sentinel;
+#[cfg(feature = "l2-encryption")]
+pub(crate) mod seal;
