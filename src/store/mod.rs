@@ -10,7 +10,7 @@ pub(crate) mod memory;
 pub(crate) mod order;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
-#[cfg(feature = "redis")]
-pub(crate) mod sentinel;
 #[cfg(feature = "l2-encryption")]
 pub(crate) mod seal;
+#[cfg(feature = "redis")]
+pub(crate) mod sentinel;
