@@ -19,6 +19,7 @@ use crate::key::{variant_hash, KeyHash};
 use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
 use crate::store::inval::{Outbox, Pending, Resume, StreamId};
+use crate::store::lease::{Leases, News};
 use crate::store::order::{Generation, Generations, Scope, Use};
 use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
 use crate::sync::lock;
@@ -178,6 +179,9 @@ struct Job {
     taken: Generation,
     /// Bytes reserved in the queue's budget.
     reserved: u64,
+    /// Where to say whether the write landed (a lease held here waits for
+    /// it: `store::lease`); dropped unsent when it did not.
+    landed: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// The most encoded bytes that may wait in the write queue.
@@ -199,13 +203,16 @@ const PAGE: usize = 512;
 /// The most messages in one log entry.
 const MESSAGES_PER_ENTRY: usize = 256;
 
-/// An invalidation received from another instance.
+/// An invalidation received from another instance, or news of a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
     Key(KeyHash),
     Tag(String),
     Prefix(String),
     Clear,
+    /// A lease on the key ended without an entry in L2 (`store::lease`):
+    /// no invalidation; it only wakes the instances waiting on the key.
+    Fill(KeyHash, News),
 }
 
 impl Message {
@@ -215,6 +222,7 @@ impl Message {
             Message::Tag(t) => format!("{instance:016x} tag {t}"),
             Message::Prefix(p) => format!("{instance:016x} prefix {p}"),
             Message::Clear => format!("{instance:016x} clear"),
+            Message::Fill(k, news) => format!("{instance:016x} fill {k} {}", news.as_str()),
         }
     }
 
@@ -228,6 +236,13 @@ impl Message {
             "tag" => Message::Tag(arg.to_owned()),
             "prefix" => Message::Prefix(arg.to_owned()),
             "clear" => Message::Clear,
+            "fill" => {
+                let (k, news) = arg.split_once(' ')?;
+                Message::Fill(
+                    KeyHash(u128::from_str_radix(k, 16).ok()?),
+                    News::parse(news)?,
+                )
+            }
             _ => return None,
         };
         Some((sender, msg))
@@ -296,6 +311,8 @@ pub(crate) struct L2 {
     /// The last `INFO` subset, and whether a fetch is under way.
     info: Mutex<Option<crate::stats::RedisInfo>>,
     info_fetching: AtomicBool,
+    /// Keys waited on and leases held here (distributed coalescing).
+    pub(crate) leases: Arc<Leases>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -344,6 +361,7 @@ impl L2 {
             deleting: QuickCache::new(10_000),
             info: Mutex::new(None),
             info_fetching: AtomicBool::new(false),
+            leases: Arc::new(Leases::new(crate::store::lease::MAX_LEASED_KEYS)),
             cfg,
         })
     }
@@ -371,6 +389,31 @@ impl L2 {
     /// caught up).
     pub(crate) fn subscribed(&self) -> bool {
         self.coherent.load(Ordering::Relaxed)
+    }
+
+    /// This tier's number on the invalidation log (what its messages
+    /// carry).
+    pub(crate) fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The namespace every key of this tier starts with.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.cfg.namespace
+    }
+
+    /// Runs `cmds` (one pipeline on one node; on a cluster, each to its
+    /// slot's node) under the L2 timeout and breaker: `None` when skipped,
+    /// failed or late (counted as every L2 operation).
+    pub(crate) async fn run(&self, cmds: Vec<redis::Cmd>) -> Option<Vec<Value>> {
+        self.guarded(Duration::ZERO, self.store.query_many(cmds))
+            .await
+    }
+
+    /// The `XADD` telling the other instances that a lease on `key` ended
+    /// with `news` and no entry.
+    pub(crate) fn fill_announcement(&self, key: KeyHash, news: News) -> Vec<redis::Cmd> {
+        self.xadds(&[Message::Fill(key, news)])
     }
 
     /// `XADD {ns}:inv MAXLEN ~ N * m <message> [m <message> …]`.
@@ -495,6 +538,10 @@ impl L2 {
             Message::Key(k) => self.order.invalidate(Scope::Key(*k)),
             Message::Clear => self.order.invalidate(Scope::All),
             Message::Tag(_) | Message::Prefix(_) => self.order.invalidate(Scope::Unlisted),
+            Message::Fill(k, news) => {
+                self.leases.hear(*k, *news);
+                return;
+            }
         }
         if let Some(listener) = self.listener.get() {
             listener(&msg);
@@ -502,6 +549,10 @@ impl L2 {
         // Counted once applied: whoever sees the count sees L1 without
         // what the message removed.
         self.counters.messages_received.incr();
+        if let Message::Key(k) = msg {
+            // An overwrite (or a delete) of a key waited on: look in L2.
+            self.leases.hear(k, News::Stored);
+        }
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -594,10 +645,11 @@ impl L2 {
         self.order.invalidate(Scope::All);
         let pattern = format!("{}:*", self.cfg.namespace);
         let stats = self.stats_key();
+        let leases = format!("{}:lease:", self.cfg.namespace);
         let mut removed = 0;
         for mut keys in self.scan(&pattern).await {
-            // Shared stats are not stored responses.
-            keys.retain(|k| *k != stats);
+            // Shared stats and leases are not stored responses.
+            keys.retain(|k| *k != stats && !k.starts_with(&leases));
             removed += keys.len() as u64;
             self.delete_keys(keys).await;
         }
@@ -1255,6 +1307,7 @@ impl L2 {
                     vary_headers: None,
                     taken: self.order.next(),
                     reserved: 0,
+                    landed: None,
                 })
             })
             .collect();
@@ -1295,6 +1348,9 @@ impl L2 {
         req_headers: &HeaderMap,
         now: u64,
     ) {
+        // A lease held on the key waits for this write; dropped unsent
+        // (the write refused or dropped below), it hears "not landed".
+        let landed = self.leases.take_landing(primary);
         let px = entry.timeline.retain_until.saturating_sub(now);
         if px == 0 || !entry.fits_format() {
             return;
@@ -1324,6 +1380,7 @@ impl L2 {
             vary_headers,
             taken: self.order.next(),
             reserved: size,
+            landed,
         };
         self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(tx) = self.sender() else {
@@ -1427,10 +1484,10 @@ impl L2 {
     /// variant indexes, tag indexes, log entries) is one pipeline, one
     /// round trip; on a cluster, one command per key (each to its slot's
     /// node, concurrently), then the log entries.
-    async fn write(&self, jobs: Vec<Job>) {
+    async fn write(&self, mut jobs: Vec<Job>) {
         let released: u64 = jobs.iter().map(|j| j.reserved).sum();
         let now = self.clock.now_millis();
-        let batch = self.batch_commands(&jobs, now);
+        let batch = self.batch_commands(&mut jobs, now);
         self.queued_bytes.fetch_sub(released, Ordering::AcqRel);
         if batch.announce.is_empty() {
             return;
@@ -1450,6 +1507,11 @@ impl L2 {
         // announce later).
         let skipped = self.skipping();
         let (written, announced) = self.send_announced(cmds, &announce, extra).await;
+        // Leases held here wait for their entries: landed and announced.
+        let landed = written.is_some() && announced;
+        for tx in jobs.iter_mut().filter_map(|j| j.landed.take()) {
+            let _ = tx.send(landed);
+        }
         if !announced && !skipped {
             // The values may have landed without their announcement: tell
             // the other instances when Redis is back.
@@ -1477,7 +1539,7 @@ impl L2 {
 
     /// The commands that write the jobs not superseded by an invalidation
     /// (those are dropped and counted), and what the batch must announce.
-    fn batch_commands(&self, jobs: &[Job], now: u64) -> Batch {
+    fn batch_commands(&self, jobs: &mut [Job], now: u64) -> Batch {
         let mut batch = Batch {
             cmds: Vec::with_capacity(jobs.len() + 8),
             scripts: Vec::new(),
@@ -1492,6 +1554,7 @@ impl L2 {
             {
                 // An invalidation came after this write was queued.
                 self.counters.writes_dropped.incr();
+                job.landed = None;
                 continue;
             }
             let value = job.entry.encode_with(self.cfg.compress_over);
@@ -2173,12 +2236,16 @@ mod tests {
             Message::Tag("product-42".into()),
             Message::Prefix("/api/odds".into()),
             Message::Clear,
+            Message::Fill(KeyHash(5), News::Pass),
+            Message::Fill(KeyHash(u128::MAX), News::Failed),
         ] {
             assert_eq!(Message::decode(&msg.encode(99)), Some((99, msg)));
         }
         assert_eq!(Message::decode("zz key 1"), None);
         assert_eq!(Message::decode("01 nope"), None);
         assert_eq!(Message::decode("01 key not-hex"), None);
+        assert_eq!(Message::decode("01 fill 5"), None);
+        assert_eq!(Message::decode("01 fill 5 maybe"), None);
     }
 }
 
