@@ -14,6 +14,10 @@
 //!     --upstream http://127.0.0.1:8000 --redis redis://127.0.0.1:6379/
 //! ```
 //!
+//! With `--distributed-coalescing` too, proxies sharing that Redis make one
+//! origin call between them for a URL they all miss at once (one takes a
+//! lease on the key in Redis and calls; the others wait and answer from L2).
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
@@ -97,7 +101,8 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] \
-                          [--promote-after N] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--promote-after N] [--distributed-coalescing] \
+                          [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
@@ -108,6 +113,7 @@ A caching reverse proxy built on tower-tiered-cache.
 
 Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
              [--redis URL | --redis-cluster URL[,URL...]] [--namespace NAME] [--promote-after N]
+             [--distributed-coalescing]
 
 Options:
   --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
@@ -160,6 +166,12 @@ L2 tier in Redis (only in a build with `--features redis`):
   --redis-cluster URLS  a Redis Cluster: one or more node URLs, comma-separated
   --namespace NAME      the prefix of every L2 key [default: ttc]
   --promote-after N     copy an L2 entry into L1 after N L2 hits [default: 3]
+  --distributed-coalescing
+                        one origin call for a URL that proxies sharing this
+                        Redis (and namespace) miss at once: one takes a lease
+                        on it in Redis, the others wait for its answer in L2
+                        (at most --upstream-timeout; a lease whose proxy died
+                        expires after it) [default: off]
 
 Flags also take the form --flag=value.
 ";
@@ -283,6 +295,8 @@ struct L2Args {
     target: L2Target,
     namespace: Option<String>,
     promote_after: Option<u32>,
+    /// `--distributed-coalescing`.
+    distributed: bool,
 }
 
 #[cfg(feature = "redis")]
@@ -316,6 +330,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
     let (mut target, mut namespace, mut promote_after) = (None, None, None);
+    #[cfg(feature = "redis")]
+    let mut distributed = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -368,8 +384,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--namespace" => namespace = Some(value()?),
             #[cfg(feature = "redis")]
             "--promote-after" => promote_after = Some(number(&flag, &value()?, u32::MAX)?),
+            #[cfg(feature = "redis")]
+            "--distributed-coalescing" => {
+                if inline.is_some() {
+                    return Err(ArgError::usage(format!("{flag} takes no value")));
+                }
+                distributed = true;
+            }
             #[cfg(not(feature = "redis"))]
-            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after" => {
+            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after"
+            | "--distributed-coalescing" => {
                 return Err(ArgError::value(format!(
                     "{flag} needs the Redis L2 tier, which this build leaves out: \
                      rebuild with --features redis"
@@ -447,12 +471,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             target,
             namespace,
             promote_after,
+            distributed,
         }),
-        None if namespace.is_some() || promote_after.is_some() => {
+        None if namespace.is_some() || promote_after.is_some() || distributed => {
             let flag = if namespace.is_some() {
                 "--namespace"
-            } else {
+            } else if promote_after.is_some() {
                 "--promote-after"
+            } else {
+                "--distributed-coalescing"
             };
             return Err(ArgError::usage(format!(
                 "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
@@ -642,6 +669,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         if let Some(n) = l2.promote_after {
             builder = builder.promote_after(n);
         }
+        builder = builder.distributed_coalescing(l2.distributed);
     }
     builder.build().map_err(|e| {
         let flag = match e.setting() {
@@ -1027,6 +1055,9 @@ async fn serve(
                 l2.namespace.as_deref().unwrap_or("ttc"),
                 l2.promote_after.unwrap_or(3)
             );
+            if l2.distributed {
+                println!("misses coalesced across proxies sharing this L2 (leases in Redis)");
+            }
             true
         }
         None => {
