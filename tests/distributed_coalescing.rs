@@ -499,3 +499,173 @@ async fn a_response_that_may_not_be_stored_makes_nobody_hang() {
     assert!(took < bound, "{took:?} (bound {bound:?})");
     until("lease released", || leases_in_redis(&server, "dc5") == 0).await;
 }
+
+// ---------------------------------------------------------------------------
+// Two proxies (`examples/proxy.rs`)
+
+#[cfg(all(feature = "admin", feature = "opentelemetry"))]
+#[allow(dead_code)]
+#[path = "../examples/proxy.rs"]
+mod proxy;
+
+#[cfg(all(feature = "admin", feature = "opentelemetry"))]
+mod proxies {
+    use super::*;
+
+    type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+    /// Serves the proxy with `args` (plus `--upstream`) on a free port of
+    /// the current runtime; its address.
+    async fn start_proxy(upstream: SocketAddr, args: Vec<String>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut args = args;
+            args.extend(["--upstream".to_owned(), format!("http://{upstream}")]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = proxy::serve_args(&args, listener, std::future::pending()).await {
+                panic!("the proxy refused {args:?}: {e}");
+            }
+        });
+        addr
+    }
+
+    async fn get(client: &HttpClient, url: String) -> Answer {
+        let req = Request::get(&url).body(Empty::new()).unwrap();
+        tokio::time::timeout(DEADLINE, async {
+            let resp = client.request(req).await.expect("a response");
+            let status = resp.status().as_u16();
+            let cache_status = resp
+                .headers()
+                .get(&CACHE_STATUS)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = resp.into_body().collect().await.expect("a body").to_bytes();
+            Answer {
+                status,
+                cache_status,
+                body,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("GET {url}: no answer within {DEADLINE:?}"))
+    }
+
+    /// `n` concurrent requests for `path`, request `i` to `proxies[i % len]`.
+    async fn burst(client: &HttpClient, proxies: &[SocketAddr], path: &str, n: usize) -> Duration {
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        for i in 0..n {
+            let (client, url) = (client.clone(), format!("http://{}{path}", proxies[i % proxies.len()]));
+            tasks.spawn(async move { get(&client, url).await });
+        }
+        let body = format!("body of {path}");
+        while let Some(done) = tasks.join_next().await {
+            let a = done.expect("a request task");
+            assert_eq!(a.status, 200, "{a:?}");
+            assert_eq!(a.body, body.as_bytes(), "{a:?}");
+        }
+        started.elapsed()
+    }
+
+    /// The figures of issue 16: two proxies sharing Redis, 200 concurrent
+    /// cold requests split across them, 1 origin call; the proxy holding
+    /// the lease killed mid-fetch (its runtime shut down), the other
+    /// answers within the lease (the upstream timeout, 2 s) plus one
+    /// origin call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_proxies_make_one_origin_call_and_outlive_a_killed_holder() {
+        require_redis();
+        let server = RedisServer::start();
+        let (origin, upstream) = start_origin().await;
+        let args: Vec<String> = [
+            "--redis",
+            &server.url(),
+            "--namespace",
+            "dcp",
+            "--distributed-coalescing",
+            "--upstream-timeout",
+            "2s",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let lease = Duration::from_secs(2);
+        let p1 = start_proxy(upstream, args.clone()).await;
+        let p2 = start_proxy(upstream, args.clone()).await;
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        for (i, p) in [p1, p2].iter().enumerate() {
+            // Connects each proxy to Redis.
+            let warm = get(&client, format!("http://{p}/fast/warm-{i}")).await;
+            assert_eq!(warm.status, 200);
+        }
+
+        let took = burst(&client, &[p1, p2], "/slow/proxies", 200).await;
+        assert_eq!(origin.calls("/slow/proxies"), 1, "one origin call for both proxies");
+        println!(
+            "figure: two proxies, 200 concurrent cold requests split across them: {} origin call, all answered in {} ms",
+            origin.calls("/slow/proxies"),
+            took.as_millis()
+        );
+
+        // A third proxy, on a runtime of its own, takes the lease and dies.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let a = args.clone();
+        rt.spawn(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _ = tx.send(listener.local_addr().unwrap());
+            let mut a = a;
+            a.extend(["--upstream".to_owned(), format!("http://{upstream}")]);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let _ = proxy::serve_args(&a, listener, std::future::pending()).await;
+        });
+        let p3 = rx.await.unwrap();
+        let path = "/hang/proxies";
+        let c = client.clone();
+        let doomed = tokio::spawn(async move {
+            let req = Request::get(format!("http://{p3}{path}"))
+                .body(Empty::new())
+                .unwrap();
+            let _ = c.request(req).await;
+        });
+        until("the holder's call reached the origin", || origin.calls(path) == 1).await;
+        assert_eq!(leases_in_redis(&server, "dcp"), 1, "the holder's lease");
+        rt.shutdown_background();
+        let killed = Instant::now();
+        burst(&client, &[p2], path, 20).await;
+        let took = killed.elapsed();
+        doomed.abort();
+        assert_eq!(origin.calls(path), 2, "the dead holder's call and one more");
+        let bound = lease + DELAY + Duration::from_secs(1);
+        assert!(took < bound && took > lease / 2, "{took:?} (lease {lease:?})");
+        println!(
+            "figure: the proxy holding the lease killed mid-fetch: the other answered 20 requests {} ms after the kill (lease {} ms), {} origin calls in all",
+            took.as_millis(),
+            lease.as_millis(),
+            origin.calls(path)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_flag_needs_a_redis_target_and_takes_no_value() {
+        for (args, expect) in [
+            (&["--distributed-coalescing"][..], "applies to the L2 tier"),
+            (
+                &["--redis", "redis://127.0.0.1:1/", "--distributed-coalescing=yes"][..],
+                "takes no value",
+            ),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut all = args.to_vec();
+            all.extend(["--upstream", "http://127.0.0.1:9"]);
+            let err = proxy::serve_args(&all, listener, std::future::pending())
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains(expect), "{args:?}: {err}");
+        }
+    }
+}
