@@ -27,7 +27,7 @@ use crate::status::{Detail, Fwd, Status, CACHE_STATUS};
 use crate::tiers::L2Lookup;
 
 #[cfg(feature = "redis")]
-mod distributed;
+pub(crate) mod distributed;
 pub(crate) mod hot;
 mod partial;
 pub(crate) use partial::part_key;

@@ -669,3 +669,63 @@ mod proxies {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Typed values
+
+/// `ValueCache::get_or_fetch` takes the same lease: 100 concurrent calls
+/// for one key, split across two instances, fetch once; the instance that
+/// did not fetch answers from L2, counted as collapsed.
+#[cfg(feature = "values")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_are_fetched_once_across_instances() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_tiered_cache::values::ValueOptions;
+
+    require_redis();
+    let server = RedisServer::start();
+    let lease = Duration::from_secs(2);
+    let (a, b) = (
+        leased(&server.url(), "dcv", lease),
+        leased(&server.url(), "dcv", lease),
+    );
+    let opts = ValueOptions::new().ttl(Duration::from_secs(60));
+    let (va, vb) = (
+        a.values::<String>("prices").unwrap(),
+        b.values::<String>("prices").unwrap(),
+    );
+    for (cache, v) in [(&a, &va), (&b, &vb)] {
+        let warm = v
+            .get_or_fetch("warm", &opts, || async { Ok::<_, Infallible>("w".to_owned()) })
+            .await;
+        assert_eq!(*warm.unwrap(), "w");
+        until("following the log", || cache.stats().l2_subscribed).await;
+    }
+    let before = (a.stats(), b.stats());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for i in 0..100 {
+        let v = if i % 2 == 0 { va.clone() } else { vb.clone() };
+        let (opts, fetches) = (opts.clone(), Arc::clone(&fetches));
+        tasks.spawn(async move {
+            v.get_or_fetch("odds", &opts, move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(DELAY).await;
+                Ok::<_, Infallible>("1.85".to_owned())
+            })
+            .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(*done.unwrap().unwrap(), "1.85");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for both instances");
+    let coalesced = |s: &tower_tiered_cache::Stats, b: &tower_tiered_cache::Stats| {
+        s.coalesced - b.coalesced
+    };
+    let (sa, sb) = (a.stats(), b.stats());
+    // 99 of the 100 calls waited for the one fetch.
+    assert_eq!(coalesced(&sa, &before.0) + coalesced(&sb, &before.1), 99);
+    let waited = (sa.leases.waited - before.0.leases.waited) + (sb.leases.waited - before.1.leases.waited);
+    assert_eq!(waited, 1);
+}

@@ -35,21 +35,26 @@ pub(crate) const LEASE_POLL: Duration = Duration::from_millis(100);
 const MIN_LEASE_POLL: Duration = Duration::from_millis(10);
 
 /// What a flight's leader does next.
-enum Turn {
+pub(crate) enum Turn {
     /// Call the origin, holding the lease (`Some`), or without one.
     Call(Option<Lease>),
     /// The entry may be in L2 now: look (then take another turn).
     Look,
 }
 
-/// One leader's way through the lease of its key.
-struct Across {
+/// One leader's way through the lease of its key: [`turn`](Self::turn)
+/// until it says to call, or an entry looked for after
+/// [`Turn::Look`] is found ([`found`](Self::found)). Typed values
+/// (`values/leased.rs`) take the same way.
+pub(crate) struct Across {
     l2: Arc<L2>,
     key: crate::key::KeyHash,
     ttl: Duration,
     poll: Duration,
-    /// The most this leader waits: the upstream timeout.
+    /// The most this leader waits (the upstream timeout, for a request).
     deadline: tokio::time::Instant,
+    /// The wait ran out.
+    timed_out: bool,
     /// While waiting: news of the key from other instances.
     watch: Option<Watch>,
     /// A lease taken after waiting, kept while L2 is looked at.
@@ -59,8 +64,9 @@ struct Across {
 }
 
 impl Across {
-    /// `None` when distributed coalescing is off (or without L2).
-    fn new(cache: &Cache, key: crate::key::KeyHash) -> Option<Self> {
+    /// `None` when distributed coalescing is off (or without L2); waits
+    /// at most `max_wait` for another instance.
+    pub(crate) fn new(cache: &Cache, key: crate::key::KeyHash, max_wait: Duration) -> Option<Self> {
         let s = &*cache.shared;
         let ttl = s.cfg.lease_ttl?;
         let l2 = Arc::clone(s.tiers.l2.as_ref()?);
@@ -69,7 +75,8 @@ impl Across {
             key,
             ttl,
             poll: (ttl / 4).clamp(MIN_LEASE_POLL, LEASE_POLL),
-            deadline: tokio::time::Instant::now() + s.cfg.upstream_timeout,
+            deadline: tokio::time::Instant::now() + max_wait,
+            timed_out: false,
             watch: None,
             held: None,
             started: false,
@@ -78,7 +85,7 @@ impl Across {
 
     /// The next step: take the lease (or find it held and wait for news, a
     /// poll, or the deadline).
-    async fn turn(&mut self, cache: &Cache) -> Turn {
+    pub(crate) async fn turn(&mut self, cache: &Cache) -> Turn {
         let c = &cache.shared.counters;
         if let Some(lease) = self.held.take() {
             // Taken after waiting, and the entry is not in L2.
@@ -121,7 +128,10 @@ impl Across {
             let news = tokio::select! {
                 news = watch.changed() => news,
                 () = tokio::time::sleep(self.poll) => News::None,
-                () = tokio::time::sleep_until(self.deadline) => return self.local(cache),
+                () = tokio::time::sleep_until(self.deadline) => {
+                    self.timed_out = true;
+                    return self.local(cache);
+                }
             };
             match news {
                 News::Stored => return Turn::Look,
@@ -153,9 +163,15 @@ impl Across {
         Turn::Call(None)
     }
 
+    /// Whether the last [`Turn::Call`] came because the wait ran out.
+    #[cfg_attr(not(feature = "values"), allow(dead_code))]
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
     /// The entry was found in L2: a lease taken meanwhile is released
     /// without news (the entry is there for whoever looks).
-    fn found(mut self) {
+    pub(crate) fn found(mut self) {
         if let Some(lease) = self.held.take() {
             lease.end(Ending::Quiet);
         }
@@ -187,7 +203,8 @@ pub(super) async fn lease_or_wait<B, RB: Body>(
     plan: Box<Fetch>,
     arrived: u64,
 ) -> Leased<B, RB> {
-    let Some(mut across) = Across::new(cache, plan.key) else {
+    let max_wait = cache.shared.cfg.upstream_timeout;
+    let Some(mut across) = Across::new(cache, plan.key, max_wait) else {
         return Leased::Call(req, plan, None);
     };
     let (parts, body) = req.into_parts();
@@ -264,13 +281,14 @@ mod tests {
             .lease_ttl(Duration::from_millis(200))
             .build()
             .unwrap();
-        let across = Across::new(&cache, crate::key::KeyHash(1)).unwrap();
+        let wait = Duration::from_secs(1);
+        let across = Across::new(&cache, crate::key::KeyHash(1), wait).unwrap();
         assert_eq!(across.poll, Duration::from_millis(50));
         assert_eq!(across.ttl, Duration::from_millis(200));
         let off = Cache::builder()
             .redis("redis://127.0.0.1:1/")
             .build()
             .unwrap();
-        assert!(Across::new(&off, crate::key::KeyHash(1)).is_none());
+        assert!(Across::new(&off, crate::key::KeyHash(1), wait).is_none());
     }
 }
