@@ -392,7 +392,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
                 distributed = true;
             }
             #[cfg(not(feature = "redis"))]
-            "--redis" | "--redis-cluster" | "--namespace" | "--promote-after"
+            "--redis"
+            | "--redis-cluster"
+            | "--namespace"
+            | "--promote-after"
             | "--distributed-coalescing" => {
                 return Err(ArgError::value(format!(
                     "{flag} needs the Redis L2 tier, which this build leaves out: \
@@ -466,27 +469,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         }
     };
     #[cfg(feature = "redis")]
-    let l2 = match target {
-        Some(target) => Some(L2Args {
-            target,
-            namespace,
-            promote_after,
-            distributed,
-        }),
-        None if namespace.is_some() || promote_after.is_some() || distributed => {
-            let flag = if namespace.is_some() {
-                "--namespace"
-            } else if promote_after.is_some() {
-                "--promote-after"
-            } else {
-                "--distributed-coalescing"
-            };
-            return Err(ArgError::usage(format!(
-                "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
-            )));
-        }
-        None => None,
-    };
+    let l2 = l2_args(target, namespace, promote_after, distributed)?;
     Ok(Command::Run(Box::new(Config {
         listen,
         upstream: Upstream::parse(&upstream).map_err(ArgError::value)?,
@@ -502,6 +485,37 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         upstream_timeout,
         request_cc,
     })))
+}
+
+/// The L2 flags as one setting: none without `--redis` /
+/// `--redis-cluster`, and then no flag that applies to the L2 tier.
+#[cfg(feature = "redis")]
+fn l2_args(
+    target: Option<L2Target>,
+    namespace: Option<String>,
+    promote_after: Option<u32>,
+    distributed: bool,
+) -> Result<Option<L2Args>, ArgError> {
+    if let Some(target) = target {
+        return Ok(Some(L2Args {
+            target,
+            namespace,
+            promote_after,
+            distributed,
+        }));
+    }
+    let flag = if namespace.is_some() {
+        "--namespace"
+    } else if promote_after.is_some() {
+        "--promote-after"
+    } else if distributed {
+        "--distributed-coalescing"
+    } else {
+        return Ok(None);
+    };
+    Err(ArgError::usage(format!(
+        "{flag} applies to the L2 tier: add --redis URL or --redis-cluster URL[,URL...]"
+    )))
 }
 
 /// A duration flag's value: a number with `ms`, `s` or `m` (`2s`, `500ms`).

@@ -1537,8 +1537,8 @@ impl CacheBuilder {
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
     /// coalesced, promotions, entries kept out of L1
-    /// (`cache.l1.not_admitted`), evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), the
+    /// (`cache.l1.not_admitted`), evictions, refreshes, leases
+    /// (`cache.leases`), L2 errors, breaker opens (read from the cache's counters at collection time), the
     /// upstream breakers by label (`cache.upstream.breaker.state`,
     /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
     /// upstream and L2 operation durations in seconds. None by default.
@@ -2025,7 +2025,11 @@ impl CacheBuilder {
                 self.distributed && self.l2_target.is_none(),
                 "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
             ),
-            ("lease_ttl", ttl < MIN_LEASE_TTL, "must be at least MIN_LEASE_TTL (10 ms)"),
+            (
+                "lease_ttl",
+                ttl < MIN_LEASE_TTL,
+                "must be at least MIN_LEASE_TTL (10 ms)",
+            ),
             (
                 "lease_ttl",
                 ttl > self.upstream_timeout,
@@ -2169,5 +2173,34 @@ mod tests {
             cache.shared.cfg.coalesce_timeout,
             DEFAULT_UPSTREAM_TIMEOUT * 2 + Duration::from_secs(1)
         );
+    }
+
+    /// With distributed coalescing a leader may wait one upstream timeout
+    /// for another instance before its own call: the waiters behind it
+    /// wait as much longer. The lease defaults to the upstream timeout.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn with_distributed_coalescing_the_default_coalesce_timeout_covers_the_lease_wait() {
+        let up = Duration::from_secs(2);
+        let build = |on: bool| {
+            CacheBuilder::default()
+                .redis("redis://127.0.0.1:1/")
+                .distributed_coalescing(on)
+                .upstream_timeout(up)
+                .build()
+                .unwrap()
+        };
+        let on = build(true);
+        assert_eq!(
+            on.shared.cfg.coalesce_timeout,
+            up * 3 + Duration::from_secs(1)
+        );
+        assert_eq!(on.shared.cfg.lease_ttl, Some(up));
+        let off = build(false);
+        assert_eq!(
+            off.shared.cfg.coalesce_timeout,
+            up * 2 + Duration::from_secs(1)
+        );
+        assert_eq!(off.shared.cfg.lease_ttl, None);
     }
 }

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use redis_support::{require_redis, Reply as RedisReply, RedisServer};
+use redis_support::{require_redis, RedisServer, Reply as RedisReply};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::util::BoxCloneService;
@@ -72,7 +72,10 @@ impl Origin {
 /// `/slow/…`: a cacheable answer after [`DELAY`]; `/nostore/…`: the same,
 /// `no-store`; `/hang/…`: the first call never answers (within [`HANG`]),
 /// later ones after a quarter of [`DELAY`]; `/fast/…`: at once.
-async fn answer(origin: Origin, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let n = {
         let mut calls = origin.0.lock().unwrap();
@@ -204,7 +207,10 @@ async fn burst(svcs: &[Svc], url: &str, n: usize) -> (Vec<Vec<Answer>>, Duration
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -364,7 +370,11 @@ async fn a_dead_holders_lease_expires_and_one_waiter_takes_over() {
     rt_a.shutdown_background();
     drop(a);
     let died = Instant::now();
-    assert_eq!(leases_in_redis(&server, "dc2"), 1, "a dead holder releases nothing");
+    assert_eq!(
+        leases_in_redis(&server, "dc2"),
+        1,
+        "a dead holder releases nothing"
+    );
 
     let (answers, _) = burst(&[sb], &url, 20).await;
     let took = died.elapsed();
@@ -376,7 +386,10 @@ async fn a_dead_holders_lease_expires_and_one_waiter_takes_over() {
     let bound = lease + DELAY + Duration::from_secs(1);
     assert!(took < bound, "answered after {took:?} (bound {bound:?})");
     // ...and not before the lease could expire: nothing released it.
-    assert!(took > lease / 2, "answered after {took:?}: the lease was released");
+    assert!(
+        took > lease / 2,
+        "answered after {took:?}: the lease was released"
+    );
     println!(
         "figure: lease holder killed mid-fetch: the other instance answered 20 requests {} ms after the kill (lease {} ms), {} origin calls in all",
         took.as_millis(),
@@ -556,7 +569,10 @@ mod proxies {
         let started = Instant::now();
         let mut tasks = JoinSet::new();
         for i in 0..n {
-            let (client, url) = (client.clone(), format!("http://{}{path}", proxies[i % proxies.len()]));
+            let (client, url) = (
+                client.clone(),
+                format!("http://{}{path}", proxies[i % proxies.len()]),
+            );
             tasks.spawn(async move { get(&client, url).await });
         }
         let body = format!("body of {path}");
@@ -600,7 +616,11 @@ mod proxies {
         }
 
         let took = burst(&client, &[p1, p2], "/slow/proxies", 200).await;
-        assert_eq!(origin.calls("/slow/proxies"), 1, "one origin call for both proxies");
+        assert_eq!(
+            origin.calls("/slow/proxies"),
+            1,
+            "one origin call for both proxies"
+        );
         println!(
             "figure: two proxies, 200 concurrent cold requests split across them: {} origin call, all answered in {} ms",
             origin.calls("/slow/proxies"),
@@ -632,7 +652,10 @@ mod proxies {
                 .unwrap();
             let _ = c.request(req).await;
         });
-        until("the holder's call reached the origin", || origin.calls(path) == 1).await;
+        until("the holder's call reached the origin", || {
+            origin.calls(path) == 1
+        })
+        .await;
         assert_eq!(leases_in_redis(&server, "dcp"), 1, "the holder's lease");
         rt.shutdown_background();
         let killed = Instant::now();
@@ -641,7 +664,10 @@ mod proxies {
         doomed.abort();
         assert_eq!(origin.calls(path), 2, "the dead holder's call and one more");
         let bound = lease + DELAY + Duration::from_secs(1);
-        assert!(took < bound && took > lease / 2, "{took:?} (lease {lease:?})");
+        assert!(
+            took < bound && took > lease / 2,
+            "{took:?} (lease {lease:?})"
+        );
         println!(
             "figure: the proxy holding the lease killed mid-fetch: the other answered 20 requests {} ms after the kill (lease {} ms), {} origin calls in all",
             took.as_millis(),
@@ -655,7 +681,11 @@ mod proxies {
         for (args, expect) in [
             (&["--distributed-coalescing"][..], "applies to the L2 tier"),
             (
-                &["--redis", "redis://127.0.0.1:1/", "--distributed-coalescing=yes"][..],
+                &[
+                    "--redis",
+                    "redis://127.0.0.1:1/",
+                    "--distributed-coalescing=yes",
+                ][..],
                 "takes no value",
             ),
         ] {
@@ -696,7 +726,9 @@ async fn typed_values_are_fetched_once_across_instances() {
     );
     for (cache, v) in [(&a, &va), (&b, &vb)] {
         let warm = v
-            .get_or_fetch("warm", &opts, || async { Ok::<_, Infallible>("w".to_owned()) })
+            .get_or_fetch("warm", &opts, || async {
+                Ok::<_, Infallible>("w".to_owned())
+            })
             .await;
         assert_eq!(*warm.unwrap(), "w");
         until("following the log", || cache.stats().l2_subscribed).await;
@@ -719,13 +751,17 @@ async fn typed_values_are_fetched_once_across_instances() {
     while let Some(done) = tasks.join_next().await {
         assert_eq!(*done.unwrap().unwrap(), "1.85");
     }
-    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for both instances");
-    let coalesced = |s: &tower_tiered_cache::Stats, b: &tower_tiered_cache::Stats| {
-        s.coalesced - b.coalesced
-    };
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one fetch for both instances"
+    );
+    let coalesced =
+        |s: &tower_tiered_cache::Stats, b: &tower_tiered_cache::Stats| s.coalesced - b.coalesced;
     let (sa, sb) = (a.stats(), b.stats());
     // 99 of the 100 calls waited for the one fetch.
     assert_eq!(coalesced(&sa, &before.0) + coalesced(&sb, &before.1), 99);
-    let waited = (sa.leases.waited - before.0.leases.waited) + (sb.leases.waited - before.1.leases.waited);
+    let waited =
+        (sa.leases.waited - before.0.leases.waited) + (sb.leases.waited - before.1.leases.waited);
     assert_eq!(waited, 1);
 }

@@ -288,7 +288,7 @@ impl Landing {
             return false;
         };
         let map = lock(&leases.landing);
-        !map.get(&self.key).is_some_and(|(id, _)| *id == self.id)
+        map.get(&self.key).is_none_or(|(id, _)| *id != self.id)
     }
 
     /// Whether the write landed (and was announced), within `limit`;
