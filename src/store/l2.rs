@@ -2229,6 +2229,144 @@ mod tests {
         );
     }
 
+    /// Waits (bounded) until `f` holds.
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn exists(server: &redis_support::RedisServer, key: &str) -> bool {
+        server.cli(&["EXISTS", key]).text().trim() == "1"
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_taken_once_and_released_by_its_holder_only() {
+        use crate::store::lease::{lease_key, Ending, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let ttl = Duration::from_secs(30);
+        let key = KeyHash(41);
+        let name = lease_key("batch", key);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("the first take")
+        };
+        assert!(matches!(l2.take_lease(key, ttl).await, Take::Held));
+        let pttl: u64 = server.cli(&["PTTL", &name]).text().trim().parse().unwrap();
+        assert!(pttl > 25_000 && pttl <= 30_000, "{pttl}");
+        // The lease expired and another holder took it: the old holder's
+        // release leaves the new one's alone.
+        assert!(server.cli(&["SET", &name, "someone-else"]).success());
+        lease.end(Ending::Quiet);
+        let Take::Taken(probe) = l2.take_lease(KeyHash(42), ttl).await else {
+            panic!("another key")
+        };
+        // The release ran (a later command on the same connection answered).
+        probe.end(Ending::Quiet);
+        until("the other key released", || {
+            !exists(&server, &lease_key("batch", KeyHash(42)))
+        })
+        .await;
+        assert_eq!(server.cli(&["GET", &name]).text().trim(), "someone-else");
+        assert_eq!(l2.leases.len(), 0, "nothing registered any more");
+    }
+
+    #[tokio::test]
+    async fn a_stored_lease_is_released_only_once_its_write_landed() {
+        use crate::store::lease::{lease_key, Ending, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let ttl = Duration::from_secs(30);
+        // A write queued and not yet landed holds the lease.
+        let key = KeyHash(51);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        let landed = l2.leases.take_landing(key).expect("the holder's landing");
+        lease.end(Ending::Stored);
+        for _ in 0..30 {
+            assert!(
+                exists(&server, &lease_key("batch", key)),
+                "released before the write landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        landed.send(true).unwrap();
+        until("released once landed", || {
+            !exists(&server, &lease_key("batch", key))
+        })
+        .await;
+
+        // A real write: once the lease is gone, the entry is in Redis.
+        let key = KeyHash(52);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        l2.enqueue(
+            key,
+            &entry("v", SystemClock.now_millis()),
+            &HeaderMap::new(),
+            SystemClock.now_millis(),
+        );
+        lease.end(Ending::Stored);
+        until("released", || !exists(&server, &lease_key("batch", key))).await;
+        assert!(
+            exists(&server, &l2.redis_key(key)),
+            "the entry landed first"
+        );
+
+        // Nothing written: released at once, with word of the failure.
+        let key = KeyHash(53);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        lease.end(Ending::Stored);
+        until("released", || !exists(&server, &lease_key("batch", key))).await;
+        let log = server.cli(&["XREVRANGE", "{batch}:inv", "+", "-", "COUNT", "1"]);
+        assert!(
+            log.text().contains(&format!("fill {key} failed")),
+            "{log:?}"
+        );
+        assert_eq!(l2.leases.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_holders_word_reaches_the_instances_waiting_on_the_key() {
+        use crate::store::lease::{Ending, News, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let (a, b) = (Arc::new(l2(server.url())), Arc::new(l2(server.url())));
+        b.ensure_subscriber();
+        until("b follows the log", || b.subscribed()).await;
+        let ttl = Duration::from_secs(30);
+        for (key, ending, heard) in [
+            (KeyHash(61), Ending::Announce(News::Pass), News::Pass),
+            (KeyHash(62), Ending::Announce(News::Failed), News::Failed),
+        ] {
+            let mut watch = b.leases.watch(key).unwrap();
+            let Take::Taken(lease) = a.take_lease(key, ttl).await else {
+                panic!("taken")
+            };
+            assert!(matches!(b.take_lease(key, ttl).await, Take::Held));
+            lease.end(ending);
+            let news = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+            assert_eq!(news.expect("heard"), heard);
+        }
+        // A write of a key waited on wakes its waiter too.
+        let key = KeyHash(63);
+        let mut watch = b.leases.watch(key).unwrap();
+        let now = SystemClock.now_millis();
+        a.enqueue(key, &entry("w", now), &HeaderMap::new(), now);
+        let news = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+        assert_eq!(news.expect("heard"), News::Stored);
+        // Lease news is no invalidation.
+        assert_eq!(b.counters.messages_received.get(), 1, "only the write's");
+    }
+
     #[test]
     fn messages_round_trip() {
         for msg in [
