@@ -1417,9 +1417,11 @@ impl CacheBuilder {
     /// [`upstream_timeout`](Self::upstream_timeout). When the holder's
     /// answer may not be shared, each instance calls alone; when it
     /// failed, or died (its lease expired), one waiter takes the lease
-    /// over and calls. When Redis is unreachable (or slow, or its breaker
-    /// open), requests coalesce within each instance, as without this
-    /// setting. Counted in [`Stats::leases`](crate::Stats::leases).
+    /// over and calls. When Redis is unreachable or slow (three lease
+    /// operations in a row fail, each within the
+    /// [`l2_timeout`](Self::l2_timeout)) or its breaker is open (at once),
+    /// requests coalesce within each instance, as without this setting.
+    /// Counted in [`Stats::leases`](crate::Stats::leases).
     ///
     /// The default [`coalesce_timeout`](Self::coalesce_timeout) grows by
     /// one `upstream_timeout` with it on (a leader may wait that long for

@@ -169,8 +169,8 @@ impl Counters {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct LeaseStats {
-    /// Leases taken at once: this instance called the origin for its
-    /// flight.
+    /// Leases taken without finding another holder (at once, or after a
+    /// failed attempt): this instance called the origin for its flight.
     pub taken: u64,
     /// Leases found held by another instance: this instance's flight
     /// waited for it (answered from L2 when its answer came).
@@ -179,9 +179,10 @@ pub struct LeaseStats {
     /// did not reach L2 (it failed, or died and its lease expired), and
     /// this instance called the origin.
     pub taken_over: u64,
-    /// Flights coalesced locally, as without leases: Redis unreachable,
-    /// slow or its breaker open, the bound on keys waited on reached, or a
-    /// wait that outlived the upstream timeout.
+    /// Flights coalesced locally, as without leases: Redis unreachable or
+    /// slow (three lease operations failed in a row) or its breaker open,
+    /// the bound on keys waited on reached, or a wait that outlived the
+    /// upstream timeout.
     pub local: u64,
 }
 

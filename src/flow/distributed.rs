@@ -7,9 +7,11 @@
 //! `store::lease`.
 //!
 //! Every path ends in a call the flight makes as it would without leases,
-//! or in an answer from L2: Redis unreachable, slow or its breaker open,
-//! the bound on keys reached, or a wait past the upstream timeout, and the
-//! flight coalesces locally (counted in `leases.local`).
+//! or in an answer from L2: Redis unreachable or slow ([`LEASE_ATTEMPTS`]
+//! lease operations failed in a row, each within the L2 timeout, a poll
+//! apart) or its breaker open (at once), the bound on keys reached, or a
+//! wait past the upstream timeout, and the flight coalesces locally
+//! (counted in `leases.local`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,12 @@ pub(crate) const LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// The shortest pause between two looks.
 const MIN_LEASE_POLL: Duration = Duration::from_millis(10);
+
+/// Lease operations that may fail in a row (each within the L2 timeout; on
+/// a busy host a reply read late is a timeout) before the flight
+/// coalesces locally. None while the L2 breaker is open (Redis judged
+/// down): then at once.
+pub(crate) const LEASE_ATTEMPTS: u32 = 3;
 
 /// What a flight's leader does next.
 pub(crate) enum Turn {
@@ -61,6 +69,10 @@ pub(crate) struct Across {
     held: Option<Lease>,
     /// The first turn was taken.
     started: bool,
+    /// Another holder was seen (counted as `waited`).
+    seen_held: bool,
+    /// Lease operations failed in a row.
+    failures: u32,
 }
 
 impl Across {
@@ -80,6 +92,8 @@ impl Across {
             watch: None,
             held: None,
             started: false,
+            seen_held: false,
+            failures: 0,
         })
     }
 
@@ -88,9 +102,16 @@ impl Across {
     pub(crate) async fn turn(&mut self, cache: &Cache) -> Turn {
         let c = &cache.shared.counters;
         if let Some(lease) = self.held.take() {
-            // Taken after waiting, and the entry is not in L2.
-            c.lease_taken_over.incr();
-            record("taken_over");
+            // Taken after waiting, and the entry is not in L2: taken over
+            // from another holder, or (a first attempt having failed)
+            // simply taken.
+            if self.seen_held {
+                c.lease_taken_over.incr();
+                record("taken_over");
+            } else {
+                c.lease_taken.incr();
+                record("taken");
+            }
             return Turn::Call(Some(lease));
         }
         if !self.started {
@@ -108,14 +129,29 @@ impl Across {
                     record("taken");
                     return Turn::Call(Some(lease));
                 }
-                Take::Unavailable => return self.local(cache),
-                Take::Held => {
-                    c.lease_waited.incr();
-                    record("waited");
-                }
+                Take::Unavailable if self.gives_up() => return self.local(cache),
+                Take::Unavailable => {}
+                Take::Held => self.held_elsewhere(cache),
             }
         }
         self.wait(cache).await
+    }
+
+    /// Another instance holds the lease (counted once).
+    fn held_elsewhere(&mut self, cache: &Cache) {
+        self.failures = 0;
+        if !self.seen_held {
+            self.seen_held = true;
+            cache.shared.counters.lease_waited.incr();
+            record("waited");
+        }
+    }
+
+    /// A lease operation failed: whether to give up on leases (the L2
+    /// breaker is open, or [`LEASE_ATTEMPTS`] failed in a row).
+    fn gives_up(&mut self) -> bool {
+        self.failures += 1;
+        self.failures >= LEASE_ATTEMPTS || self.l2.skipping()
     }
 
     /// Waits for news of the key, or the next poll, then looks or tries
@@ -149,8 +185,9 @@ impl Across {
                     self.held = Some(lease);
                     return Turn::Look;
                 }
-                Take::Held => {}
-                Take::Unavailable => return self.local(cache),
+                Take::Held => self.held_elsewhere(cache),
+                Take::Unavailable if self.gives_up() => return self.local(cache),
+                Take::Unavailable => {}
             }
         }
     }

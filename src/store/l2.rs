@@ -456,7 +456,7 @@ impl L2 {
 
     /// Whether L2 operations are being skipped (breaker open): nothing of
     /// a failed operation reached Redis.
-    fn skipping(&self) -> bool {
+    pub(crate) fn skipping(&self) -> bool {
         self.breaker.state(self.clock.now_millis()) == crate::BreakerState::Open
     }
 
