@@ -162,7 +162,7 @@ impl Counters {
 }
 
 /// What distributed coalescing did (see
-/// [`CacheBuilder::distributed_coalescing`](crate::CacheBuilder::distributed_coalescing)):
+/// `CacheBuilder::distributed_coalescing`, feature `redis`):
 /// per flight leader that found nothing usable in L2, one of `taken`,
 /// `waited` (then possibly `taken_over` too) or `local`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
