@@ -19,6 +19,9 @@
 //! With the `l2-encryption` feature, `--l2-key-file PATH` seals what the
 //! proxy writes to Redis (a file of `ID:HEX` lines, the last key sealing;
 //! see `L2Keys`).
+//! With `--distributed-coalescing` too, proxies sharing that Redis make one
+//! origin call between them for a URL they all miss at once (one takes a
+//! lease on the key in Redis and calls; the others wait and answer from L2).
 //!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
@@ -104,7 +107,7 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...] | \
                           --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
-                          [--promote-after N] [--l2-key-file PATH] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--promote-after N] [--l2-key-file PATH] [--distributed-coalescing] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
@@ -117,6 +120,7 @@ Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
              [--redis URL | --redis-cluster URL[,URL...]
               | --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]]
              [--namespace NAME] [--promote-after N]
+             [--distributed-coalescing]
 
 Options:
   --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
@@ -184,6 +188,12 @@ L2 tier in Redis (only in a build with `--features redis`):
                         each (HEX: 32 random bytes, `openssl rand -hex 32`);
                         the last line seals, every line opens (a build with
                         `--features l2-encryption`)
+  --distributed-coalescing
+                        one origin call for a URL that proxies sharing this
+                        Redis (and namespace) miss at once: one takes a lease
+                        on it in Redis, the others wait for its answer in L2
+                        (at most --upstream-timeout; a lease whose proxy died
+                        expires after it) [default: off]
 
 Flags also take the form --flag=value.
 ";
@@ -310,6 +320,8 @@ struct L2Args {
     /// `--l2-key-file`: the keys read from the file.
     #[cfg(feature = "l2-encryption")]
     keys: Option<tower_tiered_cache::L2Keys>,
+    /// `--distributed-coalescing`.
+    distributed: bool,
 }
 
 #[cfg(feature = "redis")]
@@ -354,7 +366,7 @@ impl L2Args {
         if let Some(keys) = &self.keys {
             builder = builder.l2_encryption_key(keys.clone());
         }
-        builder
+        builder.distributed_coalescing(self.distributed)
     }
 }
 
@@ -420,6 +432,8 @@ struct L2Flags {
     /// `--l2-key-file`: the keys read from the file.
     #[cfg(feature = "l2-encryption")]
     keys: Option<tower_tiered_cache::L2Keys>,
+    /// `--distributed-coalescing`.
+    distributed: bool,
 }
 
 #[cfg(feature = "redis")]
@@ -479,6 +493,7 @@ impl L2Flags {
             (target, None) => target,
         };
         let (namespace, promote_after) = (self.namespace, self.promote_after);
+        let distributed = self.distributed;
         #[cfg(feature = "l2-encryption")]
         let keys = self.keys;
         #[cfg(feature = "l2-encryption")]
@@ -492,12 +507,15 @@ impl L2Flags {
                 promote_after,
                 #[cfg(feature = "l2-encryption")]
                 keys,
+                distributed,
             })),
-            None if namespace.is_some() || promote_after.is_some() || has_keys => {
+            None if namespace.is_some() || promote_after.is_some() || has_keys || distributed => {
                 let flag = if namespace.is_some() {
                     "--namespace"
                 } else if promote_after.is_some() {
                     "--promote-after"
+                } else if distributed {
+                    "--distributed-coalescing"
                 } else {
                     "--l2-key-file"
                 };
@@ -569,13 +587,21 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
                      rebuild with --features l2-encryption",
                 ))
             }
+            #[cfg(feature = "redis")]
+            "--distributed-coalescing" => {
+                if inline.is_some() {
+                    return Err(ArgError::usage(format!("{flag} takes no value")));
+                }
+                l2.distributed = true;
+            }
             #[cfg(not(feature = "redis"))]
             "--redis"
             | "--redis-cluster"
             | "--redis-sentinel"
             | "--redis-sentinel-master"
             | "--namespace"
-            | "--promote-after" => {
+            | "--promote-after"
+            | "--distributed-coalescing" => {
                 return Err(ArgError::value(format!(
                     "{flag} needs the Redis L2 tier, which this build leaves out: \
                      rebuild with --features redis"
@@ -1248,6 +1274,9 @@ async fn serve(
                     keys.write_id(),
                     keys.len()
                 );
+            }
+            if l2.distributed {
+                println!("misses coalesced across proxies sharing this L2 (leases in Redis)");
             }
             true
         }

@@ -243,6 +243,16 @@ pub const DEFAULT_L2_INVALIDATION_LOG_LEN: usize = 10_000;
 #[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "compression"))))]
 pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
 
+/// The default of [`CacheBuilder::distributed_coalescing`]: off (each
+/// instance coalesces its own misses).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_DISTRIBUTED_COALESCING: bool = false;
+/// The shortest [`CacheBuilder::lease_ttl`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(10);
+
 /// The deadline for making an L2 connection (not a setting; never below
 /// [`CacheBuilder::l2_timeout`]).
 #[cfg(feature = "redis")]
@@ -395,7 +405,8 @@ pub const DEFAULT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
 /// `redis_sentinel` (with `redis_sentinel_master_url`), `namespace`, `promote_after`, `promotion_window`, `l2_timeout`,
 /// `l2_circuit_breaker`, `l2_write_queue`, `l1_max_ttl`,
 /// `l2_invalidation_log_len`,
-/// `compression_threshold` (feature `compression`), `shared_stats`.
+/// `compression_threshold` (feature `compression`), `shared_stats`,
+/// `distributed_coalescing`, `lease_ttl`.
 ///
 /// # Observability
 ///
@@ -446,6 +457,12 @@ pub struct CacheBuilder {
     l2: crate::store::l2::L2Config,
     #[cfg(feature = "redis")]
     shared_stats: Option<Duration>,
+    /// `distributed_coalescing`.
+    #[cfg(feature = "redis")]
+    distributed: bool,
+    /// `lease_ttl`; `None`: the upstream timeout.
+    #[cfg(feature = "redis")]
+    lease_ttl: Option<Duration>,
     observe: ObserveConfig,
     #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
@@ -520,6 +537,10 @@ impl Default for CacheBuilder {
             l2: default_l2(),
             #[cfg(feature = "redis")]
             shared_stats: None,
+            #[cfg(feature = "redis")]
+            distributed: DEFAULT_DISTRIBUTED_COALESCING,
+            #[cfg(feature = "redis")]
+            lease_ttl: None,
             observe: ObserveConfig {
                 labels: DEFAULT_LABELS,
                 max_labels: DEFAULT_MAX_LABELS,
@@ -1497,6 +1518,69 @@ impl CacheBuilder {
         self.shared_stats = Some(every);
         self
     }
+
+    /// Coalesces misses across instances (default
+    /// [`DEFAULT_DISTRIBUTED_COALESCING`]: off): of the instances sharing
+    /// this L2 (same Redis, same [`namespace`](Self::namespace)) that miss
+    /// one key at once, one calls the origin; the others answer from L2
+    /// once its answer is there (`Cache-Status: …; collapsed;
+    /// detail=l2`). Needs the L2 tier.
+    ///
+    /// How: the leader of a flight that finds nothing usable in L2 takes a
+    /// lease on the key in Redis (`SET {namespace}:lease:{{hash}} TOKEN NX
+    /// PX ttl`, [`lease_ttl`](Self::lease_ttl)) before calling the origin,
+    /// and releases it once the entry's L2 write has landed. A leader that
+    /// finds the lease taken waits, woken by the L2 invalidation log (the
+    /// write's own announcement, or the holder's word that nothing was
+    /// stored), with a poll every 100 ms at most; it waits at most the
+    /// [`upstream_timeout`](Self::upstream_timeout). When the holder's
+    /// answer may not be shared, each instance calls alone; when it
+    /// failed, or died (its lease expired), one waiter takes the lease
+    /// over and calls. When Redis is unreachable or slow (three lease
+    /// operations in a row fail, each within the
+    /// [`l2_timeout`](Self::l2_timeout)) or its breaker is open (at once),
+    /// requests coalesce within each instance, as without this setting.
+    /// Counted in [`Stats::leases`](crate::Stats::leases).
+    ///
+    /// The default [`coalesce_timeout`](Self::coalesce_timeout) grows by
+    /// one `upstream_timeout` with it on (a leader may wait that long for
+    /// another instance before calling itself).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .redis("redis://127.0.0.1:6379/")
+    ///     .distributed_coalescing(true)
+    ///     .upstream_timeout(Duration::from_secs(10))
+    ///     .lease_ttl(Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    ///
+    /// // Without an L2 tier there is nothing to coordinate through.
+    /// let err = Cache::builder().distributed_coalescing(true).build().unwrap_err();
+    /// assert_eq!(err.setting(), "distributed_coalescing");
+    /// ```
+    pub fn distributed_coalescing(mut self, on: bool) -> Self {
+        self.distributed = on;
+        self
+    }
+
+    /// How long a lease of [`distributed_coalescing`](Self::distributed_coalescing)
+    /// lasts if its holder never releases it (it died mid-call): the most
+    /// the other instances wait before one of them takes it over and calls
+    /// the origin. Default: the [`upstream_timeout`](Self::upstream_timeout)
+    /// (the longest a holder's call for the response head may take); at
+    /// least [`MIN_LEASE_TTL`], at most the `upstream_timeout` (a waiter
+    /// waits no longer). A shorter lease recovers sooner from a dead
+    /// holder; a holder whose call outlives its lease may see another
+    /// instance call as well.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
 }
 
 /// # Observability
@@ -1574,8 +1658,8 @@ impl CacheBuilder {
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
     /// request counters by result, tier and label, stale served,
     /// coalesced, promotions, entries kept out of L1
-    /// (`cache.l1.not_admitted`), evictions, refreshes, L2 errors, breaker
-    /// opens (read from the cache's counters at collection time), the
+    /// (`cache.l1.not_admitted`), evictions, refreshes, leases
+    /// (`cache.leases`), L2 errors, breaker opens (read from the cache's counters at collection time), the
     /// upstream breakers by label (`cache.upstream.breaker.state`,
     /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
     /// upstream and L2 operation durations in seconds. None by default.
@@ -1876,9 +1960,18 @@ impl CacheBuilder {
         }
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
+        // A leader waits for another instance's call at most one
+        // upstream_timeout before its own (lease_ttl).
+        #[cfg(feature = "redis")]
+        let lease_ttl = (self.distributed && l2.is_some())
+            .then(|| self.lease_ttl.unwrap_or(self.upstream_timeout));
+        #[cfg(feature = "redis")]
+        let calls = if lease_ttl.is_some() { 3 } else { 2 };
+        #[cfg(not(feature = "redis"))]
+        let calls = 2;
         let coalesce_timeout = self.coalesce_timeout.unwrap_or_else(|| {
             self.upstream_timeout
-                .saturating_mul(2)
+                .saturating_mul(calls)
                 .saturating_add(Duration::from_secs(1))
         });
         Shared {
@@ -1907,6 +2000,8 @@ impl CacheBuilder {
                 max_stale_extensions: self.max_extensions,
                 tags: self.tags,
                 adaptive: self.adaptive,
+                #[cfg(feature = "redis")]
+                lease_ttl,
             },
             obs: Observer::new(observe),
             hot: HotState::new(self.hot).map(Box::new),
@@ -2026,6 +2121,7 @@ impl CacheBuilder {
                  or .redis_sentinel(name, urls)",
             ));
         }
+        self.check_leases()?;
         if self.l2_target.is_none() {
             return Ok(());
         }
@@ -2055,6 +2151,29 @@ impl CacheBuilder {
                 "l2_invalidation_log_len",
                 l2.invalidation_log_len == 0,
                 "must be at least 1",
+            ),
+        ])
+    }
+
+    /// Distributed coalescing needs the L2 tier; a lease lasts between
+    /// [`MIN_LEASE_TTL`] and the upstream timeout.
+    fn check_leases(&self) -> Result<(), BuildError> {
+        let ttl = self.lease_ttl.unwrap_or(self.upstream_timeout);
+        first_refused([
+            (
+                "distributed_coalescing",
+                self.distributed && self.l2_target.is_none(),
+                "needs the L2 tier: add .redis(url) or .redis_cluster(urls)",
+            ),
+            (
+                "lease_ttl",
+                ttl < MIN_LEASE_TTL,
+                "must be at least MIN_LEASE_TTL (10 ms)",
+            ),
+            (
+                "lease_ttl",
+                ttl > self.upstream_timeout,
+                "must be at most the upstream_timeout (a waiter waits no longer)",
             ),
         ])
     }
@@ -2153,6 +2272,8 @@ fn apply_remote(shared: &Shared, msg: &crate::store::l2::Message) {
             shared.tiers.l1.remove_where(|e| e.matches_prefix(p));
         }
         Message::Clear => shared.tiers.l1.clear(),
+        // News of a lease: no invalidation (the tier wakes its waiters).
+        Message::Fill(..) => {}
     }
 }
 
@@ -2212,5 +2333,34 @@ mod tests {
             cache.shared.cfg.coalesce_timeout,
             DEFAULT_UPSTREAM_TIMEOUT * 2 + Duration::from_secs(1)
         );
+    }
+
+    /// With distributed coalescing a leader may wait one upstream timeout
+    /// for another instance before its own call: the waiters behind it
+    /// wait as much longer. The lease defaults to the upstream timeout.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn with_distributed_coalescing_the_default_coalesce_timeout_covers_the_lease_wait() {
+        let up = Duration::from_secs(2);
+        let build = |on: bool| {
+            CacheBuilder::default()
+                .redis("redis://127.0.0.1:1/")
+                .distributed_coalescing(on)
+                .upstream_timeout(up)
+                .build()
+                .unwrap()
+        };
+        let on = build(true);
+        assert_eq!(
+            on.shared.cfg.coalesce_timeout,
+            up * 3 + Duration::from_secs(1)
+        );
+        assert_eq!(on.shared.cfg.lease_ttl, Some(up));
+        let off = build(false);
+        assert_eq!(
+            off.shared.cfg.coalesce_timeout,
+            up * 2 + Duration::from_secs(1)
+        );
+        assert_eq!(off.shared.cfg.lease_ttl, None);
     }
 }

@@ -122,6 +122,10 @@ pub(crate) struct EngineConfig {
     pub(crate) tags: TagConfig,
     /// Adaptive TTL (`adaptive_ttl`), when on.
     pub(crate) adaptive: Option<crate::AdaptiveTtl>,
+    /// With `distributed_coalescing` on (and an L2 tier), how long a lease
+    /// lasts.
+    #[cfg(feature = "redis")]
+    pub(crate) lease_ttl: Option<Duration>,
 }
 
 /// A function that names the tags of a response: it sees the request and

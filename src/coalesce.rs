@@ -31,6 +31,11 @@ pub(crate) enum Outcome {
     /// find (`Cache::judge`), as it would judge the same entry in L1.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Found(Arc<Entry>),
+    /// Another instance's call stored it (the leader waited on that
+    /// instance's lease, `CacheBuilder::distributed_coalescing`, and read
+    /// it from L2): waiters answer from it as collapsed misses too.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Collapsed(Arc<Entry>),
     /// The response could not be shared; waiters make their own calls.
     Pass,
     /// The upstream failed and the stale entry was served in its place:

@@ -26,6 +26,8 @@ use crate::status::{Detail, Fwd, Status, CACHE_STATUS};
 #[cfg(feature = "redis")]
 use crate::tiers::L2Lookup;
 
+#[cfg(feature = "redis")]
+pub(crate) mod distributed;
 pub(crate) mod hot;
 mod partial;
 pub(crate) use partial::part_key;
@@ -224,7 +226,21 @@ where
         drop(guard);
         return partial::range_miss(cache, req, up, &plan).await;
     }
+    // Other instances may be fetching it: take the key's lease, or wait
+    // for the instance holding it (distributed coalescing).
+    #[cfg(feature = "redis")]
+    let (req, plan, lease) = match distributed::lease_or_wait(cache, req, plan, now).await {
+        distributed::Leased::Answered(resp, entry) => {
+            guard.complete(Outcome::Collapsed(entry));
+            return Ok(resp);
+        }
+        distributed::Leased::Call(req, plan, lease) => (req, plan, lease),
+    };
     let (result, outcome) = lead(cache, req, up, &plan).await;
+    #[cfg(feature = "redis")]
+    if let Some(lease) = lease {
+        distributed::end(lease, &outcome);
+    }
     guard.complete(outcome);
     result
 }
@@ -269,6 +285,10 @@ where
         #[cfg(feature = "redis")]
         Some(Outcome::Found(entry)) if matches(&entry) => {
             return found_by_leader(cache, entry, parts, body, up, plan, now);
+        }
+        // Another instance's call, read from L2 by the leader.
+        Some(Outcome::Collapsed(entry)) if matches(&entry) => {
+            collapsed_as(cache, &entry, &parts, &plan, now, newer, Detail::L2)
         }
         Some(Outcome::StaleIfError(entry))
             if matches(&entry) && s.policy.stale_if_error_ok(&entry, &plan.directives, now) =>
@@ -529,6 +549,21 @@ fn collapsed<RB: Body>(
     now: u64,
     newer: bool,
 ) -> Option<Response<CacheBody<RB>>> {
+    let stored = cache.shared.tiers.store_tier(entry);
+    collapsed_as(cache, entry, parts, plan, now, newer, stored)
+}
+
+/// [`collapsed`], answered from the tier `detail` names (`l2`: another
+/// instance's answer, read from L2).
+fn collapsed_as<RB: Body>(
+    cache: &Cache,
+    entry: &Entry,
+    parts: &Parts,
+    plan: &Fetch,
+    now: u64,
+    newer: bool,
+    detail: Detail,
+) -> Option<Response<CacheBody<RB>>> {
     let s = &*cache.shared;
     if !newer
         && !matches!(
@@ -541,7 +576,7 @@ fn collapsed<RB: Body>(
     s.counters.coalesced.incr();
     let status = Status {
         collapsed: true,
-        ..Status::forward(plan.fwd).with_detail(s.tiers.store_tier(entry))
+        ..Status::forward(plan.fwd).with_detail(detail)
     };
     Some(respond(cache, entry, parts, plan, now, status))
 }

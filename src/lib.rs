@@ -171,7 +171,7 @@ pub use observe::{
 };
 pub use policy::{CacheMode, NotStored, RequestCacheControl, Route, SetCookiePolicy};
 pub use service::CacheService;
-pub use stats::{PrefetchStats, RedisInfo, Stats};
+pub use stats::{LeaseStats, PrefetchStats, RedisInfo, Stats};
 pub use status::{CACHE_STATUS, CACHE_STATUS_NAME};
 pub use store::codec::{DecodeError, FORMAT_VERSION};
 #[cfg(feature = "l2-encryption")]

@@ -90,6 +90,10 @@ pub(crate) struct Counters {
     pub(crate) prefetch_warmed: Counter,
     pub(crate) prefetch_skipped: Counter,
     pub(crate) prefetch_failed: Counter,
+    pub(crate) lease_taken: Counter,
+    pub(crate) lease_waited: Counter,
+    pub(crate) lease_taken_over: Counter,
+    pub(crate) lease_local: Counter,
 }
 
 impl Counters {
@@ -124,6 +128,10 @@ impl Counters {
             &self.prefetch_warmed,
             &self.prefetch_skipped,
             &self.prefetch_failed,
+            &self.lease_taken,
+            &self.lease_waited,
+            &self.lease_taken_over,
+            &self.lease_local,
         ] {
             c.reset();
         }
@@ -140,6 +148,55 @@ impl Counters {
             skipped: self.prefetch_skipped.get(),
             failed: self.prefetch_failed.get(),
         }
+    }
+
+    /// The lease counts now.
+    pub(crate) fn leases(&self) -> LeaseStats {
+        LeaseStats {
+            taken: self.lease_taken.get(),
+            waited: self.lease_waited.get(),
+            taken_over: self.lease_taken_over.get(),
+            local: self.lease_local.get(),
+        }
+    }
+}
+
+/// What distributed coalescing did (see
+/// `CacheBuilder::distributed_coalescing`, feature `redis`):
+/// per flight leader that found nothing usable in L2, one of `taken`,
+/// `waited` (then possibly `taken_over` too) or `local`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LeaseStats {
+    /// Leases taken without finding another holder (at once, or after a
+    /// failed attempt): this instance called the origin for its flight.
+    pub taken: u64,
+    /// Leases found held by another instance: this instance's flight
+    /// waited for it (answered from L2 when its answer came).
+    pub waited: u64,
+    /// Of `waited`, leases taken over after the wait: the holder's answer
+    /// did not reach L2 (it failed, or died and its lease expired), and
+    /// this instance called the origin.
+    pub taken_over: u64,
+    /// Flights coalesced locally, as without leases: Redis unreachable or
+    /// slow (three lease operations failed in a row) or its breaker open,
+    /// the bound on keys waited on reached, or a wait that outlived the
+    /// upstream timeout.
+    pub local: u64,
+}
+
+impl LeaseStats {
+    /// Each count by the `outcome` name every exporter gives it: the one
+    /// list Prometheus (`tower_cache_leases_total{outcome}`) and
+    /// OpenTelemetry (`cache.leases` by `outcome`) read.
+    pub(crate) fn outcomes(&self) -> [(&'static str, u64); 4] {
+        [
+            ("taken", self.taken),
+            ("waited", self.waited),
+            ("taken_over", self.taken_over),
+            ("local", self.local),
+        ]
     }
 }
 
@@ -239,6 +296,8 @@ pub struct Stats {
     pub hot_refreshes: u64,
     /// What prefetching did.
     pub prefetch: PrefetchStats,
+    /// What distributed coalescing did (all zero while it is off).
+    pub leases: LeaseStats,
     /// Responses stored.
     pub stores: u64,
     /// Responses not stored because their body was over the size cap.
@@ -389,6 +448,7 @@ impl Stats {
             refresh_skipped: c.refresh_skipped.get(),
             hot_refreshes: c.hot_refreshes.get(),
             prefetch: c.prefetch(),
+            leases: c.leases(),
             stores: c.stores.get(),
             too_large: c.too_large.get(),
             coalesce_timeouts: c.coalesce_timeouts.get(),

@@ -51,6 +51,8 @@ use crate::{BuildError, Invalidated};
 mod codec;
 mod error;
 mod hot;
+#[cfg(feature = "redis")]
+mod leased;
 mod many;
 mod options;
 
@@ -1093,6 +1095,12 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             Some(Outcome::Stored(entry)) => {
                 return self.collapsed(call, &entry, prior, now).map(Ok)
             }
+            // Another instance's fetch, read from L2 by the leader.
+            Some(Outcome::Collapsed(entry)) => {
+                return self
+                    .collapsed_as(call, &entry, prior, now, Detail::L2)
+                    .map(Ok)
+            }
             Some(Outcome::StaleIfError(entry)) => {
                 let stood_in = Prior { entry, tier: l2 };
                 return self.fail_safe(call, &stood_in, now).map(Ok);
@@ -1130,14 +1138,28 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         prior: Option<&Prior>,
         now: u64,
     ) -> Option<Arc<T>> {
-        let value = self.typed(entry).ok()?;
         let s = self.shared();
-        s.counters.coalesced.incr();
         let stored = if call.opts.uses_l1() {
             s.tiers.store_tier(entry)
         } else {
             Detail::L2
         };
+        self.collapsed_as(call, entry, prior, now, stored)
+    }
+
+    /// [`collapsed`](Self::collapsed), answered from the tier `stored`
+    /// names (`l2`: another instance's fetch, read from L2).
+    fn collapsed_as(
+        &self,
+        call: &Call<'_>,
+        entry: &Entry,
+        prior: Option<&Prior>,
+        now: u64,
+        stored: Detail,
+    ) -> Option<Arc<T>> {
+        let value = self.typed(entry).ok()?;
+        let s = self.shared();
+        s.counters.coalesced.incr();
         let fwd = if prior.is_some() {
             Fwd::Stale
         } else {
@@ -1273,7 +1295,22 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             Answer::Prior(p) => prior = Some(p),
             Answer::Miss => {}
         }
-        self.fetch_now(call, fetch, prior, guard).await
+        // Other instances may be fetching it (distributed coalescing).
+        #[cfg(feature = "redis")]
+        let held = match self.lease_or_wait(call, prior.as_ref()).await {
+            leased::Leased::Answered(v, entry) => {
+                complete(guard, Outcome::Collapsed(entry));
+                return Ok(v);
+            }
+            leased::Leased::FailSafe(v, entry) => {
+                complete(guard, Outcome::StaleIfError(entry));
+                return Ok(v);
+            }
+            leased::Leased::Call(held) => held,
+        };
+        #[cfg(not(feature = "redis"))]
+        let held = None;
+        self.fetch_now(call, fetch, prior, guard, held).await
     }
 
     /// The leader's fetch, within the fetch timeout. Past the soft timeout
@@ -1286,6 +1323,7 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         fetch: BoxFetch<T, E>,
         prior: Option<Prior>,
         guard: Option<FlightGuard>,
+        held: Held,
     ) -> Result<Arc<T>, FetchError<E>> {
         let started = Instant::now();
         let deadline = started + call.opts.fetch_timeout;
@@ -1295,13 +1333,16 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
         if let Some((soft, stood_in)) = self.soft_limit(call.opts, prior.as_ref()) {
             match tokio::time::timeout(soft, fut.as_mut()).await {
                 Ok(result) => {
-                    return self.fetched(call, Ok(result), prior, guard, (started, ticket))
+                    let done = self.fetched(call, Ok(result), prior, guard, (started, ticket));
+                    end_lease(held);
+                    return done;
                 }
                 Err(_) => {
                     if let Some(permit) = self.background_permit() {
                         if let Some(v) = self.fail_safe(call, stood_in, self.cache.now()) {
                             let stood_in = stood_in.clone();
-                            let bg = self.background(call, stood_in, guard, permit, ticket);
+                            let mut bg = self.background(call, stood_in, guard, permit, ticket);
+                            bg.held = held;
                             bg.spawn(fut, started, deadline, &call.report.span);
                             return Ok(v);
                         }
@@ -1310,13 +1351,15 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             }
         }
         let result = tokio::time::timeout_at(deadline, fut).await;
-        self.fetched(
+        let done = self.fetched(
             call,
             result.map_err(|_| ()),
             prior,
             guard,
             (started, ticket),
-        )
+        );
+        end_lease(held);
+        done
     }
 
     /// What the leader's fetch gave: stored and answered; or the fail-safe
@@ -1442,8 +1485,28 @@ impl<T: Send + Sync + 'static> ValueCache<T> {
             guard,
             permit,
             ticket,
+            held: None,
         }
     }
+}
+
+/// A lease held on a key across instances (distributed coalescing), ended
+/// once the fetch stored its value (or did not).
+#[cfg(feature = "redis")]
+type Held = Option<crate::store::lease::Lease>;
+/// Without Redis, no lease is ever held.
+#[cfg(not(feature = "redis"))]
+type Held = Option<std::convert::Infallible>;
+
+/// Ends `held` after the fetch: released once the value's L2 write landed;
+/// at once, saying it failed, when nothing was written.
+fn end_lease(held: Held) {
+    #[cfg(feature = "redis")]
+    if let Some(lease) = held {
+        lease.end(crate::store::lease::Ending::Stored);
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = held;
 }
 
 /// A fetch finishing on a task of its own (a background refresh, or the
@@ -1459,6 +1522,8 @@ struct Background<T> {
     permit: OwnedSemaphorePermit,
     /// Where the tiers' order stood when the fetch started.
     ticket: Ticket,
+    /// The key's lease across instances, if this fetch holds it.
+    held: Held,
 }
 
 /// A fetch's future, pinned so that it can move to another task halfway.
@@ -1517,6 +1582,7 @@ impl<T: Send + Sync + 'static> Background<T> {
                 Outcome::Failed
             }
         };
+        end_lease(self.held);
         let span = tracing::Span::current();
         if !span.is_disabled() {
             let refreshed = matches!(outcome, Outcome::Stored(_));

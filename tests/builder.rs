@@ -475,3 +475,63 @@ async fn a_later_tag_fn_replaces_the_earlier_one_and_bad_tags_are_dropped() {
     );
     assert_eq!(cache.invalidate_tag("second").await.l1, 1);
 }
+
+/// Distributed coalescing needs the L2 tier; a lease lasts between
+/// `MIN_LEASE_TTL` and the upstream timeout, which it defaults to.
+#[cfg(feature = "redis")]
+#[test]
+fn distributed_coalescing_needs_l2_and_a_lease_within_the_upstream_timeout() {
+    use std::time::Duration;
+    use tower_tiered_cache::builder::{DEFAULT_DISTRIBUTED_COALESCING, MIN_LEASE_TTL};
+    let redis = || Cache::builder().redis("redis://127.0.0.1:1/");
+    let refused = [
+        (
+            "distributed_coalescing",
+            Cache::builder().distributed_coalescing(true).build(),
+        ),
+        (
+            "lease_ttl",
+            redis()
+                .distributed_coalescing(true)
+                .lease_ttl(MIN_LEASE_TTL - Duration::from_millis(1))
+                .build(),
+        ),
+        (
+            "lease_ttl",
+            redis()
+                .distributed_coalescing(true)
+                .upstream_timeout(Duration::from_secs(2))
+                .lease_ttl(Duration::from_secs(3))
+                .build(),
+        ),
+        // The default lease follows the upstream timeout: an upstream
+        // timeout below the shortest lease is refused under the lease.
+        (
+            "lease_ttl",
+            redis()
+                .distributed_coalescing(true)
+                .upstream_timeout(Duration::from_millis(5))
+                .build(),
+        ),
+    ];
+    for (setting, result) in refused {
+        let err = result.expect_err(setting);
+        assert_eq!(err.setting(), setting, "{err}");
+        assert!(err.is_invalid_setting(), "{err}");
+    }
+    // Off by default: building with the default is building without it.
+    assert!(Cache::builder()
+        .distributed_coalescing(DEFAULT_DISTRIBUTED_COALESCING)
+        .build()
+        .is_ok());
+    assert!(redis()
+        .distributed_coalescing(true)
+        .lease_ttl(MIN_LEASE_TTL)
+        .build()
+        .is_ok());
+    // Off, nothing about leases applies, the L2 tier or not.
+    assert!(Cache::builder()
+        .distributed_coalescing(false)
+        .build()
+        .is_ok());
+}

@@ -354,6 +354,13 @@ fn expected_defaults() -> Vec<(&'static str, Vec<String>)> {
             "l2_invalidation_log_len",
             vec![count(DEFAULT_L2_INVALIDATION_LOG_LEN)],
         ),
+        (
+            "distributed_coalescing",
+            vec![format!(
+                "{} / `upstream_timeout`",
+                on_off(DEFAULT_DISTRIBUTED_COALESCING)
+            )],
+        ),
     ]);
     #[cfg(all(feature = "redis", feature = "compression"))]
     expected.push((

@@ -56,6 +56,7 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     refreshes_counter(meter, weak);
     ttl_changes_counter(meter, weak);
     prefetches_counter(meter, weak);
+    leases_counter(meter, weak);
     breaker_opens_counter(meter, weak);
     upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
@@ -185,6 +186,18 @@ fn prefetches_counter(meter: &Meter, weak: &Weak<Shared>) {
         "URLs prefetched after reads, by outcome",
         Some("outcome"),
         |s| s.counters.prefetch().outcomes().to_vec(),
+    );
+}
+
+/// `cache.leases` by outcome (distributed coalescing).
+fn leases_counter(meter: &Meter, weak: &Weak<Shared>) {
+    observable_counter(
+        meter,
+        weak,
+        "cache.leases",
+        "Distributed coalescing: flight leaders by what their lease came to",
+        Some("outcome"),
+        |s| s.counters.leases().outcomes().to_vec(),
     );
 }
 

@@ -54,6 +54,8 @@ impl Cache {
     ///   `tower_cache_prefetches_total{outcome}` (`queued`, `dropped`,
     ///   `warmed`, `skipped`, `failed`: see
     ///   [`PrefetchStats`](crate::PrefetchStats)),
+    ///   `tower_cache_leases_total{outcome}` (`taken`, `waited`,
+    ///   `taken_over`, `local`: see [`LeaseStats`](crate::LeaseStats)),
     ///   `tower_cache_breaker_opens_total{breaker}` (`upstream` sums the
     ///   labels' breakers), `tower_cache_upstream_breaker_opens_total{label}`
     ///   and, with an L2 tier,
@@ -102,6 +104,7 @@ impl Cache {
         write_refreshes(w, &st);
         write_ttl_changes(w, &st);
         write_prefetches(w, &st);
+        write_leases(w, &st);
         self.write_breaker_opens(w, &st);
         write_l2_errors_and_breaker(w, &st);
         write_l1_and_in_flight(w, &st);
@@ -321,6 +324,17 @@ fn write_prefetches(w: &mut String, st: &Stats) {
         "URLs prefetched after reads, by outcome.",
         "outcome",
         &st.prefetch.outcomes(),
+    );
+}
+
+/// `tower_cache_leases_total{outcome}`.
+fn write_leases(w: &mut String, st: &Stats) {
+    counter_by(
+        w,
+        "tower_cache_leases_total",
+        "Distributed coalescing: flight leaders by what their lease came to.",
+        "outcome",
+        &st.leases.outcomes(),
     );
 }
 

@@ -320,6 +320,7 @@ macro_rules! lookup_span {
             cache.ttl_remaining_ms = tracing::field::Empty,
             cache.coalesced = tracing::field::Empty,
             cache.upstream_ms = tracing::field::Empty,
+            cache.lease = tracing::field::Empty,
             $($extra)*
         )
     };

@@ -19,6 +19,7 @@ use crate::key::{variant_hash, KeyHash};
 use crate::stats::Counter;
 use crate::store::codec::FORMAT_VERSION;
 use crate::store::inval::{Outbox, Pending, Resume, StreamId};
+use crate::store::lease::{Leases, News};
 use crate::store::order::{Generation, Generations, Scope, Use};
 use crate::store::redis::{RedisStore, RedisTarget, StoreError, TargetError};
 use crate::sync::lock;
@@ -218,6 +219,9 @@ struct Job {
     taken: Generation,
     /// Bytes reserved in the queue's budget.
     reserved: u64,
+    /// Where to say whether the write landed (a lease held here waits for
+    /// it: `store::lease`); dropped unsent when it did not.
+    landed: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// The most encoded bytes that may wait in the write queue.
@@ -239,13 +243,16 @@ const PAGE: usize = 512;
 /// The most messages in one log entry.
 const MESSAGES_PER_ENTRY: usize = 256;
 
-/// An invalidation received from another instance.
+/// An invalidation received from another instance, or news of a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
     Key(KeyHash),
     Tag(String),
     Prefix(String),
     Clear,
+    /// A lease on the key ended without an entry in L2 (`store::lease`):
+    /// no invalidation; it only wakes the instances waiting on the key.
+    Fill(KeyHash, News),
 }
 
 impl Message {
@@ -260,6 +267,7 @@ impl Message {
             Message::Tag(t) => format!("tag {t}"),
             Message::Prefix(p) => format!("prefix {p}"),
             Message::Clear => "clear".to_owned(),
+            Message::Fill(k, news) => format!("fill {k} {}", news.as_str()),
         }
     }
 
@@ -284,6 +292,13 @@ impl Message {
             "tag" => Message::Tag(arg.to_owned()),
             "prefix" => Message::Prefix(arg.to_owned()),
             "clear" => Message::Clear,
+            "fill" => {
+                let (k, news) = arg.split_once(' ')?;
+                Message::Fill(
+                    KeyHash(u128::from_str_radix(k, 16).ok()?),
+                    News::parse(news)?,
+                )
+            }
             _ => return None,
         })
     }
@@ -358,6 +373,8 @@ pub(crate) struct L2 {
     /// The last `INFO` subset, and whether a fetch is under way.
     info: Mutex<Option<crate::stats::RedisInfo>>,
     info_fetching: AtomicBool,
+    /// Keys waited on and leases held here (distributed coalescing).
+    pub(crate) leases: Arc<Leases>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -407,6 +424,7 @@ impl L2 {
             deleting: QuickCache::new(10_000),
             info: Mutex::new(None),
             info_fetching: AtomicBool::new(false),
+            leases: Arc::new(Leases::new(crate::store::lease::MAX_LEASED_KEYS)),
             cfg,
         })
     }
@@ -434,6 +452,31 @@ impl L2 {
     /// caught up).
     pub(crate) fn subscribed(&self) -> bool {
         self.coherent.load(Ordering::Relaxed)
+    }
+
+    /// This tier's number on the invalidation log (what its messages
+    /// carry).
+    pub(crate) fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The namespace every key of this tier starts with.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.cfg.namespace
+    }
+
+    /// Runs `cmds` (one pipeline on one node; on a cluster, each to its
+    /// slot's node) under the L2 timeout and breaker: `None` when skipped,
+    /// failed or late (counted as every L2 operation).
+    pub(crate) async fn run(&self, cmds: Vec<redis::Cmd>) -> Option<Vec<Value>> {
+        self.guarded(Duration::ZERO, self.store.query_many(cmds))
+            .await
+    }
+
+    /// The `XADD` telling the other instances that a lease on `key` ended
+    /// with `news` and no entry.
+    pub(crate) fn fill_announcement(&self, key: KeyHash, news: News) -> Vec<redis::Cmd> {
+        self.xadds(&[Message::Fill(key, news)])
     }
 
     /// `XADD {ns}:inv MAXLEN ~ N * m <message> [m <message> …]`.
@@ -539,7 +582,7 @@ impl L2 {
 
     /// Whether L2 operations are being skipped (breaker open): nothing of
     /// a failed operation reached Redis.
-    fn skipping(&self) -> bool {
+    pub(crate) fn skipping(&self) -> bool {
         self.breaker.state(self.clock.now_millis()) == crate::BreakerState::Open
     }
 
@@ -621,6 +664,10 @@ impl L2 {
             Message::Key(k) => self.order.invalidate(Scope::Key(*k)),
             Message::Clear => self.order.invalidate(Scope::All),
             Message::Tag(_) | Message::Prefix(_) => self.order.invalidate(Scope::Unlisted),
+            Message::Fill(k, news) => {
+                self.leases.hear(*k, *news);
+                return;
+            }
         }
         if let Some(listener) = self.listener.get() {
             listener(&msg);
@@ -628,6 +675,10 @@ impl L2 {
         // Counted once applied: whoever sees the count sees L1 without
         // what the message removed.
         self.counters.messages_received.incr();
+        if let Message::Key(k) = msg {
+            // An overwrite (or a delete) of a key waited on: look in L2.
+            self.leases.hear(k, News::Stored);
+        }
     }
 
     /// The index of the entries carrying `tag` that this instance writes
@@ -762,10 +813,11 @@ impl L2 {
         self.order.invalidate(Scope::All);
         let pattern = format!("{}:*", self.cfg.namespace);
         let stats = self.stats_key();
+        let leases = format!("{}:lease:", self.cfg.namespace);
         let mut removed = 0;
         for mut keys in self.scan(&pattern).await {
-            // Shared stats are not stored responses.
-            keys.retain(|k| *k != stats);
+            // Shared stats and leases are not stored responses.
+            keys.retain(|k| *k != stats && !k.starts_with(&leases));
             removed += keys.len() as u64;
             self.delete_keys(keys).await;
         }
@@ -1433,6 +1485,7 @@ impl L2 {
                     vary_headers: None,
                     taken: self.order.next(),
                     reserved: 0,
+                    landed: None,
                 })
             })
             .collect();
@@ -1473,6 +1526,9 @@ impl L2 {
         req_headers: &HeaderMap,
         now: u64,
     ) {
+        // A lease held on the key waits for this write; dropped unsent
+        // (the write refused or dropped below), it hears "not landed".
+        let landed = self.leases.take_landing(primary);
         let px = entry.timeline.retain_until.saturating_sub(now);
         if px == 0 || !entry.fits_format() {
             return;
@@ -1502,6 +1558,7 @@ impl L2 {
             vary_headers,
             taken: self.order.next(),
             reserved: size,
+            landed,
         };
         self.pending.fetch_add(1, Ordering::AcqRel);
         let Some(tx) = self.sender() else {
@@ -1605,10 +1662,10 @@ impl L2 {
     /// variant indexes, tag indexes, log entries) is one pipeline, one
     /// round trip; on a cluster, one command per key (each to its slot's
     /// node, concurrently), then the log entries.
-    async fn write(&self, jobs: Vec<Job>) {
+    async fn write(&self, mut jobs: Vec<Job>) {
         let released: u64 = jobs.iter().map(|j| j.reserved).sum();
         let now = self.clock.now_millis();
-        let batch = self.batch_commands(&jobs, now);
+        let batch = self.batch_commands(&mut jobs, now);
         self.queued_bytes.fetch_sub(released, Ordering::AcqRel);
         if batch.announce.is_empty() {
             return;
@@ -1628,6 +1685,11 @@ impl L2 {
         // announce later).
         let skipped = self.skipping();
         let (written, announced) = self.send_announced(cmds, &announce, extra).await;
+        // Leases held here wait for their entries: landed and announced.
+        let landed = written.is_some() && announced;
+        for tx in jobs.iter_mut().filter_map(|j| j.landed.take()) {
+            let _ = tx.send(landed);
+        }
         if !announced && !skipped {
             // The values may have landed without their announcement: tell
             // the other instances when Redis is back.
@@ -1655,7 +1717,7 @@ impl L2 {
 
     /// The commands that write the jobs not superseded by an invalidation
     /// (those are dropped and counted), and what the batch must announce.
-    fn batch_commands(&self, jobs: &[Job], now: u64) -> Batch {
+    fn batch_commands(&self, jobs: &mut [Job], now: u64) -> Batch {
         let mut batch = Batch {
             cmds: Vec::with_capacity(jobs.len() + 8),
             scripts: Vec::new(),
@@ -1670,6 +1732,7 @@ impl L2 {
             {
                 // An invalidation came after this write was queued.
                 self.counters.writes_dropped.incr();
+                job.landed = None;
                 continue;
             }
             let value = job.entry.encode_with(self.cfg.compress_over);
@@ -2429,6 +2492,144 @@ mod tests {
         }
     }
 
+    /// Waits (bounded) until `f` holds.
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn exists(server: &redis_support::RedisServer, key: &str) -> bool {
+        server.cli(&["EXISTS", key]).text().trim() == "1"
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_taken_once_and_released_by_its_holder_only() {
+        use crate::store::lease::{lease_key, Ending, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let ttl = Duration::from_secs(30);
+        let key = KeyHash(41);
+        let name = lease_key("batch", key);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("the first take")
+        };
+        assert!(matches!(l2.take_lease(key, ttl).await, Take::Held));
+        let pttl: u64 = server.cli(&["PTTL", &name]).text().trim().parse().unwrap();
+        assert!(pttl > 25_000 && pttl <= 30_000, "{pttl}");
+        // The lease expired and another holder took it: the old holder's
+        // release leaves the new one's alone.
+        assert!(server.cli(&["SET", &name, "someone-else"]).success());
+        lease.end(Ending::Quiet);
+        let Take::Taken(probe) = l2.take_lease(KeyHash(42), ttl).await else {
+            panic!("another key")
+        };
+        // The release ran (a later command on the same connection answered).
+        probe.end(Ending::Quiet);
+        until("the other key released", || {
+            !exists(&server, &lease_key("batch", KeyHash(42)))
+        })
+        .await;
+        assert_eq!(server.cli(&["GET", &name]).text().trim(), "someone-else");
+        assert_eq!(l2.leases.len(), 0, "nothing registered any more");
+    }
+
+    #[tokio::test]
+    async fn a_stored_lease_is_released_only_once_its_write_landed() {
+        use crate::store::lease::{lease_key, Ending, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let l2 = Arc::new(l2(server.url()));
+        let ttl = Duration::from_secs(30);
+        // A write queued and not yet landed holds the lease.
+        let key = KeyHash(51);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        let landed = l2.leases.take_landing(key).expect("the holder's landing");
+        lease.end(Ending::Stored);
+        for _ in 0..30 {
+            assert!(
+                exists(&server, &lease_key("batch", key)),
+                "released before the write landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        landed.send(true).unwrap();
+        until("released once landed", || {
+            !exists(&server, &lease_key("batch", key))
+        })
+        .await;
+
+        // A real write: once the lease is gone, the entry is in Redis.
+        let key = KeyHash(52);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        l2.enqueue(
+            key,
+            &entry("v", SystemClock.now_millis()),
+            &HeaderMap::new(),
+            SystemClock.now_millis(),
+        );
+        lease.end(Ending::Stored);
+        until("released", || !exists(&server, &lease_key("batch", key))).await;
+        assert!(
+            exists(&server, &l2.redis_key(key)),
+            "the entry landed first"
+        );
+
+        // Nothing written: released at once, with word of the failure.
+        let key = KeyHash(53);
+        let Take::Taken(lease) = l2.take_lease(key, ttl).await else {
+            panic!("taken")
+        };
+        lease.end(Ending::Stored);
+        until("released", || !exists(&server, &lease_key("batch", key))).await;
+        let log = server.cli(&["XREVRANGE", "{batch}:inv", "+", "-", "COUNT", "1"]);
+        assert!(
+            log.text().contains(&format!("fill {key} failed")),
+            "{log:?}"
+        );
+        assert_eq!(l2.leases.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_holders_word_reaches_the_instances_waiting_on_the_key() {
+        use crate::store::lease::{Ending, News, Take};
+        redis_support::require_redis();
+        let server = redis_support::RedisServer::start();
+        let (a, b) = (Arc::new(l2(server.url())), Arc::new(l2(server.url())));
+        b.ensure_subscriber();
+        until("b follows the log", || b.subscribed()).await;
+        let ttl = Duration::from_secs(30);
+        for (key, ending, heard) in [
+            (KeyHash(61), Ending::Announce(News::Pass), News::Pass),
+            (KeyHash(62), Ending::Announce(News::Failed), News::Failed),
+        ] {
+            let mut watch = b.leases.watch(key).unwrap();
+            let Take::Taken(lease) = a.take_lease(key, ttl).await else {
+                panic!("taken")
+            };
+            assert!(matches!(b.take_lease(key, ttl).await, Take::Held));
+            lease.end(ending);
+            let news = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+            assert_eq!(news.expect("heard"), heard);
+        }
+        // A write of a key waited on wakes its waiter too.
+        let key = KeyHash(63);
+        let mut watch = b.leases.watch(key).unwrap();
+        let now = SystemClock.now_millis();
+        a.enqueue(key, &entry("w", now), &HeaderMap::new(), now);
+        let news = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+        assert_eq!(news.expect("heard"), News::Stored);
+        // Lease news is no invalidation.
+        assert_eq!(b.counters.messages_received.get(), 1, "only the write's");
+    }
+
     #[test]
     fn messages_round_trip() {
         for msg in [
@@ -2436,12 +2637,16 @@ mod tests {
             Message::Tag("product-42".into()),
             Message::Prefix("/api/odds".into()),
             Message::Clear,
+            Message::Fill(KeyHash(5), News::Pass),
+            Message::Fill(KeyHash(u128::MAX), News::Failed),
         ] {
             assert_eq!(Message::decode(&msg.encode(99)), Some((99, msg)));
         }
         assert_eq!(Message::decode("zz key 1"), None);
         assert_eq!(Message::decode("01 nope"), None);
         assert_eq!(Message::decode("01 key not-hex"), None);
+        assert_eq!(Message::decode("01 fill 5"), None);
+        assert_eq!(Message::decode("01 fill 5 maybe"), None);
     }
 }
 

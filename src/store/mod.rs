@@ -6,6 +6,8 @@ pub(crate) mod codec;
 pub(crate) mod inval;
 #[cfg(feature = "redis")]
 pub(crate) mod l2;
+#[cfg(feature = "redis")]
+pub(crate) mod lease;
 pub(crate) mod memory;
 pub(crate) mod order;
 #[cfg(feature = "redis")]
