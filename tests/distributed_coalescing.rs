@@ -164,22 +164,30 @@ struct Answer {
     body: Bytes,
 }
 
+/// Status, `Cache-Status` and body of a response.
+async fn answer_of<B>(resp: http::Response<B>) -> Answer
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let status = resp.status().as_u16();
+    let cache_status = resp
+        .headers()
+        .get(&CACHE_STATUS)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.expect("a body").to_bytes();
+    Answer {
+        status,
+        cache_status,
+        body,
+    }
+}
+
 async fn fetch(svc: Svc, url: &str) -> Answer {
     let req = Request::get(url).body(Empty::new()).unwrap();
     tokio::time::timeout(DEADLINE, async {
-        let resp = svc.oneshot(req).await.expect("a response");
-        let status = resp.status().as_u16();
-        let cache_status = resp
-            .headers()
-            .get(&CACHE_STATUS)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body = resp.into_body().collect().await.expect("a body").to_bytes();
-        Answer {
-            status,
-            cache_status,
-            body,
-        }
+        answer_of(svc.oneshot(req).await.expect("a response")).await
     })
     .await
     .unwrap_or_else(|_| panic!("GET {url}: no answer within {DEADLINE:?}"))
@@ -586,19 +594,7 @@ mod proxies {
     async fn get(client: &HttpClient, url: String) -> Answer {
         let req = Request::get(&url).body(Empty::new()).unwrap();
         tokio::time::timeout(DEADLINE, async {
-            let resp = client.request(req).await.expect("a response");
-            let status = resp.status().as_u16();
-            let cache_status = resp
-                .headers()
-                .get(&CACHE_STATUS)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            let body = resp.into_body().collect().await.expect("a body").to_bytes();
-            Answer {
-                status,
-                cache_status,
-                body,
-            }
+            answer_of(client.request(req).await.expect("a response")).await
         })
         .await
         .unwrap_or_else(|_| panic!("GET {url}: no answer within {DEADLINE:?}"))
