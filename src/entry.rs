@@ -378,7 +378,7 @@ impl Entry {
         age: HeaderValue,
         status: HeaderValue,
     ) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
+        let mut h = HeaderMap::with_capacity(self.headers.keys_len() + 2);
         h.insert(AGE, age);
         h.insert(crate::status::CACHE_STATUS.clone(), status);
         for (name, value) in self.headers.iter() {
@@ -799,6 +799,192 @@ mod tests {
             );
         }
         assert!(e.weight() >= w0 + 20 * 2 * 100, "{} vs {w0}", e.weight());
+    }
+
+    /// The lib tests' allocator, counting (for
+    /// `weight_is_what_the_allocator_holds`).
+    #[global_allocator]
+    static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> =
+        &stats_alloc::INSTRUMENTED_SYSTEM;
+
+    /// The weight is what the allocator really holds for a stored entry
+    /// (in its `Arc`, with its hit template built and its body shared) plus
+    /// its L1 slot: never less, and not more than the blocks' rounding over,
+    /// for each part an entry can be heavy in. Entries are built from their
+    /// parts as the flow stores them ([`owned_headers`] and the rest), from
+    /// sources made before the measurement starts.
+    ///
+    /// The allocator counts every thread's allocations, so the test runs
+    /// itself again in a process of its own, where no other test runs.
+    #[test]
+    fn weight_is_what_the_allocator_holds() {
+        const ALONE: &str = "TOWER_TIERED_CACHE_MEASURE_ALONE";
+        const NAME: &str = "entry::tests::weight_is_what_the_allocator_holds";
+        if std::env::var_os(ALONE).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(ALONE, "1")
+                .output()
+                .expect("run the test binary again");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("{text}");
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        use std::sync::Arc;
+
+        // Source headers: custom and standard names, multi-valued ones, an
+        // `Age` and a `Cache-Status` the template replaces.
+        let mut source = HeaderMap::new();
+        for i in 0..40 {
+            let name = HeaderName::from_bytes(format!("x-header-{i}").as_bytes()).unwrap();
+            source.append(
+                name.clone(),
+                HeaderValue::from_str(&"v".repeat(i * 7)).unwrap(),
+            );
+            if i % 3 == 0 {
+                source.append(name, HeaderValue::from_static("second value"));
+            }
+        }
+        source.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html"),
+        );
+        source.insert(http::header::AGE, HeaderValue::from_static("12"));
+        source.insert(
+            crate::status::CACHE_STATUS.clone(),
+            HeaderValue::from_static("upstream; hit"),
+        );
+        let body = vec![7u8; 100_000];
+        let key = format!("GET http://example.com/{}", "p".repeat(3_000));
+        let vary_source = [
+            HeaderValue::from_str(&"gzip, br, ".repeat(300)).unwrap(),
+            HeaderValue::from_static("deflate"),
+        ];
+        let tags: Vec<String> = (0..30)
+            .map(|i| format!("tag-{i}-{}", "t".repeat(i * 11)))
+            .collect();
+
+        type Build<'a> = Box<dyn Fn() -> Entry + 'a>;
+        let minimal = crate::store::codec::tests::minimal;
+        let shapes: Vec<(&str, Build<'_>)> = vec![
+            (
+                "minimal",
+                Box::new(|| Entry {
+                    key: "GET /".into(),
+                    ..minimal()
+                }),
+            ),
+            (
+                "body",
+                Box::new(|| Entry {
+                    body: owned_bytes(&body),
+                    ..minimal()
+                }),
+            ),
+            (
+                "key",
+                Box::new(|| Entry {
+                    key: key.as_str().into(),
+                    ..minimal()
+                }),
+            ),
+            (
+                "headers",
+                Box::new(|| Entry {
+                    headers: owned_headers(&source),
+                    ..minimal()
+                }),
+            ),
+            (
+                "vary",
+                Box::new(|| Entry {
+                    vary: vec![
+                        (
+                            http::header::ACCEPT_ENCODING,
+                            owned_vary_values(vary_source.iter()),
+                        ),
+                        (
+                            HeaderName::from_bytes(b"x-custom-vary-name").unwrap(),
+                            owned_vary_values(vary_source[1..].iter()),
+                        ),
+                        (http::header::ACCEPT_LANGUAGE, Box::new([]) as Box<[_]>),
+                    ]
+                    .into_boxed_slice(),
+                    ..minimal()
+                }),
+            ),
+            (
+                "tags",
+                Box::new(|| Entry {
+                    tags: tags.iter().map(|t| Box::from(t.as_str())).collect(),
+                    ..minimal()
+                }),
+            ),
+            (
+                "value",
+                Box::new(|| {
+                    // A decoded value of 10 000 bytes, as its weigher says.
+                    let payload: Arc<dyn std::any::Any + Send + Sync> = Arc::new(vec![1u8; 10_000]);
+                    let meta = ValueMeta {
+                        codec: 1,
+                        type_tag: 7,
+                        payload: payload.into(),
+                        decoded_weight: (size_of::<Vec<u8>>() as u64 + 10_000).into(),
+                    };
+                    Entry {
+                        value: Some(Box::new(meta)),
+                        ..minimal()
+                    }
+                }),
+            ),
+            (
+                "everything",
+                Box::new(|| Entry {
+                    key: key.as_str().into(),
+                    headers: owned_headers(&source),
+                    body: owned_bytes(&body),
+                    vary: vec![(
+                        http::header::ACCEPT_ENCODING,
+                        owned_vary_values(vary_source.iter()),
+                    )]
+                    .into_boxed_slice(),
+                    tags: tags.iter().map(|t| Box::from(t.as_str())).collect(),
+                    ..minimal()
+                }),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, build) in &shapes {
+            let region = stats_alloc::Region::new(ALLOCATOR);
+            let entry = Arc::new(build());
+            // A first hit builds the template, and shares the body.
+            let _ = entry.response_headers();
+            let shared = entry.body.clone();
+            let change = region.change();
+            drop(shared);
+            let requested = change.bytes_allocated as i64 - change.bytes_deallocated as i64
+                + change.bytes_reallocated as i64;
+            let blocks = change.allocations as i64 - change.deallocations as i64;
+            // The allocator takes 8 to 31 bytes more than asked for each
+            // block (glibc: an 8-byte header, 16-byte granularity, 32 bytes
+            // at least), and L1 a slot.
+            let least = requested + 8 * blocks + SLOT_OVERHEAD as i64;
+            let most = requested + 31 * blocks + SLOT_OVERHEAD as i64;
+            let weight = entry.weight() as i64;
+            // What the model rounds differently from the allocator: a few
+            // blocks, none in proportion to a size.
+            let slack = 160;
+            println!("{name}: weight {weight}, held {least}..={most} bytes in {blocks} blocks");
+            if weight < least || weight > most + slack {
+                wrong.push(name);
+            }
+        }
+        assert!(wrong.is_empty(), "the weight is wrong for {wrong:?}");
     }
 
     /// RFC 9111 §4.1: the stored request values and a request's are
