@@ -3457,6 +3457,61 @@ async fn rfc9111_3_4_only_parts_of_one_representation_are_combined() {
     assert_eq!(log.calls(), 4);
 }
 
+/// A stored part that starts past the first byte answers what lies within
+/// it, and a range past the end with a `416`, from the cache.
+#[tokio::test]
+async fn rfc9111_3_3_a_part_in_the_middle_answers_within_it_and_416_past_the_end() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, req| {
+        let range = req
+            .headers()
+            .get("range")
+            .map(|v| v.to_str().unwrap().to_owned());
+        part_of_body("0123456789", range.as_deref(), "\"v1\"")
+    });
+    let svc = cached(&cache, origin);
+    let part = |cr: &str, b: &str| (206, Some(cr.to_owned()), b.to_owned());
+    assert_eq!(
+        get_range(&svc, "bytes=4-6").await,
+        part("bytes 4-6/10", "456")
+    );
+    assert_eq!(log.calls(), 1);
+    assert_eq!(
+        get_range(&svc, "bytes=5-6").await,
+        part("bytes 5-6/10", "56")
+    );
+    assert_eq!(log.calls(), 1, "answered from the stored part");
+    let r = send(&svc, get_with(URL, &[("range", "bytes=20-30")])).await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "content-range").as_deref(), Some("bytes */10"));
+    assert_eq!(log.calls(), 1, "the 416 came from the stored part");
+}
+
+/// A `200` to a `Range` request is not a part, whatever `Content-Range` it
+/// carries: it is not stored under the part's key.
+#[tokio::test]
+async fn rfc9111_3_3_a_200_with_content_range_is_not_stored_as_a_part() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, _| {
+        let h = [
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("content-range", "bytes 0-3/10"),
+        ];
+        response(200, &h, "0123")
+    });
+    let svc = cached(&cache, origin);
+    for _ in 0..2 {
+        let r = send(&svc, get_with(URL, &[("range", "bytes=0-3")])).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(body(r).await, "0123");
+    }
+    assert_eq!(log.calls(), 2);
+    assert_eq!(cache.stats().stores, 0);
+}
+
 #[tokio::test]
 async fn rfc9111_3_3_parts_that_cannot_be_trusted_are_not_stored() {
     for (etag, cr, body) in [
