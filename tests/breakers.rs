@@ -760,12 +760,12 @@ mod otel {
             .unwrap()
             .unwrap();
         let points = keep.0.lock().unwrap().clone();
-        let b = [("cache.label", "b.example")];
+        let b = [("label", "b.example")];
         let state = |s: &str| {
             value(
                 &points,
-                "cache.upstream.breaker.state",
-                &[("cache.label", "b.example"), ("state", s)],
+                "tower_cache.upstream.breaker.state",
+                &[("label", "b.example"), ("state", s)],
             )
         };
         assert_eq!(state("open"), Some(1.0), "{points:#?}");
@@ -774,23 +774,27 @@ mod otel {
         assert_eq!(
             value(
                 &points,
-                "cache.upstream.breaker.opened_at",
-                &[("cache.label", "b.example"), ("state", "open")]
+                "tower_cache.upstream.breaker.opened_timestamp",
+                &[("label", "b.example"), ("state", "open")]
             ),
             Some(1_700_000_002.0)
         );
         assert_eq!(
-            value(&points, "cache.upstream.breaker.opens", &b),
+            value(&points, "tower_cache.upstream.breaker.opens", &b),
             Some(1.0)
         );
         assert_eq!(
-            value(&points, "cache.breaker.opens", &[("breaker", "upstream")]),
+            value(
+                &points,
+                "tower_cache.breaker.opens",
+                &[("breaker", "upstream")]
+            ),
             Some(1.0)
         );
         assert!(
             !points
                 .iter()
-                .any(|(n, a, _)| n.starts_with("cache.upstream.breaker")
+                .any(|(n, a, _)| n.starts_with("tower_cache.upstream.breaker")
                     && a.iter().any(|(_, v)| v == "a.example")),
             "a's breaker never opened: {points:#?}"
         );

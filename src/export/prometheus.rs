@@ -3,31 +3,10 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use crate::observe::hist::Histogram;
+use crate::observe::hist::{Histogram, LOOKUP_BUCKETS_NS as BUCKETS_NS};
 use crate::observe::labels::{field, SERIES};
 use crate::observe::{Health, HealthStatus, Latency};
 use crate::{BreakerState, Cache, Stats, UpstreamBreaker};
-
-/// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
-/// to 10 s (slow upstreams), as for the OpenTelemetry histograms.
-const BUCKETS_NS: [u64; 16] = [
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    5_000_000,
-    10_000_000,
-    50_000_000,
-    100_000_000,
-    1_000_000_000,
-    10_000_000_000,
-];
 
 impl Cache {
     /// The cache's counters, gauges and latency histograms in the
