@@ -39,14 +39,12 @@ const SCOPE: &str = "tower-tiered-cache";
 enum A<'a> {
     S(&'a str),
     I(i64),
-    B(bool),
 }
 
 fn matches(v: Option<&AttrValue>, want: A<'_>) -> bool {
     match (v, want) {
         (Some(AttrValue::Str(s)), A::S(w)) => s == w,
         (Some(AttrValue::Int(i)), A::I(w)) => *i == w,
-        (Some(AttrValue::Bool(b)), A::B(w)) => *b == w,
         _ => false,
     }
 }

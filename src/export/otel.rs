@@ -375,11 +375,14 @@ fn observable_gauges(meter: &Meter, weak: &Weak<Shared>) {
     hit_ratio_gauges(meter, weak);
 }
 
+/// Reads one ratio of a stats snapshot.
+type RatioOf = fn(&crate::Stats) -> f64;
+
 /// `tower_cache.hit_ratio` and `tower_cache.window.hit_ratio`, from a
 /// `Cache::stats` snapshot: the share of lookups answered without the
 /// origin, since start and over the last five minutes.
 fn hit_ratio_gauges(meter: &Meter, weak: &Weak<Shared>) {
-    let ratios: [(&'static str, &'static str, fn(&crate::Stats) -> f64); 2] = [
+    let ratios: [(&'static str, &'static str, RatioOf); 2] = [
         (
             "tower_cache.hit_ratio",
             "Lookups answered from storage (fresh or stale) over all lookups, since start or reset",
