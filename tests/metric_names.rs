@@ -19,20 +19,17 @@
 
 #![cfg(feature = "opentelemetry")]
 
+#[path = "support/meter.rs"]
+mod meter;
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
 mod redis_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use support::*;
 use tower_tiered_cache::{Cache, CacheBuilder};
 
@@ -73,10 +70,6 @@ struct Instrument {
     key_sets: BTreeSet<BTreeSet<String>>,
 }
 
-/// Keeps the instruments of the last export.
-#[derive(Clone, Default)]
-struct Keep(Arc<Mutex<Vec<Instrument>>>);
-
 fn key_set<'a>(kvs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> BTreeSet<String> {
     kvs.map(|kv| kv.key.to_string()).collect()
 }
@@ -102,39 +95,25 @@ fn describe<T>(data: &MetricData<T>) -> (&'static str, BTreeSet<BTreeSet<String>
     }
 }
 
-impl PushMetricExporter for Keep {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let mut out = Vec::new();
-        for scope in metrics.scope_metrics() {
-            for m in scope.metrics() {
-                let (kind, key_sets) = match m.data() {
-                    AggregatedMetrics::F64(d) => describe(d),
-                    AggregatedMetrics::U64(d) => describe(d),
-                    AggregatedMetrics::I64(d) => describe(d),
-                };
-                out.push(Instrument {
-                    name: m.name().to_owned(),
-                    unit: m.unit().to_owned(),
-                    kind,
-                    key_sets,
-                });
-            }
+/// Every instrument of an export.
+fn all_instruments(metrics: &ResourceMetrics) -> Vec<Instrument> {
+    let mut out = Vec::new();
+    for scope in metrics.scope_metrics() {
+        for m in scope.metrics() {
+            let (kind, key_sets) = match m.data() {
+                AggregatedMetrics::F64(d) => describe(d),
+                AggregatedMetrics::U64(d) => describe(d),
+                AggregatedMetrics::I64(d) => describe(d),
+            };
+            out.push(Instrument {
+                name: m.name().to_owned(),
+                unit: m.unit().to_owned(),
+                kind,
+                key_sets,
+            });
         }
-        *self.0.lock().unwrap() = out;
-        Ok(())
     }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
+    out
 }
 
 /// The Prometheus name of an instrument, by the OpenTelemetry→Prometheus
@@ -306,14 +285,7 @@ async fn compare(
     clock: &tower_tiered_cache::ManualClock,
     l2: bool,
 ) -> Vec<Instrument> {
-    let keep = Keep::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(
-            PeriodicReader::builder(keep.clone())
-                .with_interval(Duration::from_secs(3600))
-                .build(),
-        )
-        .build();
+    let (provider, keep) = meter::provider(all_instruments);
     let cache = builder
         .clock(clock.clone())
         .hit_timing_sample(1)
@@ -327,12 +299,7 @@ async fn compare(
         "the traffic opens a breaker"
     );
 
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush())
-        .await
-        .unwrap()
-        .unwrap();
-    let instruments = keep.0.lock().unwrap().clone();
+    let instruments = meter::collect(&provider, &keep).await;
     let text = cache.prometheus();
     provider.shutdown().unwrap();
 

@@ -357,7 +357,7 @@ mod live {
 
         /// An instant query's answer (`data.result`), failing on an error.
         async fn query(&self, client: &HttpClient, expr: &str) -> Vec<Value> {
-            let path = format!("/api/v1/query?query={}", encode(expr));
+            let path = format!("/api/v1/query?query={}", redis_support::url_encode(expr));
             let (status, body) = self
                 .get(client, &path)
                 .await
@@ -407,19 +407,6 @@ mod live {
             .local_addr()
             .unwrap()
             .port()
-    }
-
-    /// `s` percent-encoded for a query string.
-    fn encode(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
     }
 
     /// The value of a one-sample answer, if it is a number.
