@@ -67,6 +67,12 @@ impl Cache {
     ///   own log-linear histogram and are exact to within its resolution
     ///   (12.5 %): a bucket counts the recordings known to be at most `le`.
     ///
+    /// Each has an OpenTelemetry instrument of the same name by the
+    /// OpenTelemetry→Prometheus rules (`tower_cache.requests` for
+    /// `tower_cache_requests_total`, `tower_cache.hit.duration` in `s` for
+    /// `tower_cache_hit_duration_seconds`), with the same label keys; the
+    /// README's table lists them.
+    ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder().build().unwrap();
     /// let text = cache.prometheus();
