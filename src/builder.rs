@@ -1656,13 +1656,19 @@ impl CacheBuilder {
     }
 
     /// Reports OpenTelemetry metrics on `meter` (feature `opentelemetry`):
-    /// request counters by result, tier and label, stale served,
-    /// coalesced, promotions, entries kept out of L1
-    /// (`cache.l1.not_admitted`), evictions, refreshes, leases
-    /// (`cache.leases`), L2 errors, breaker opens (read from the cache's counters at collection time), the
-    /// upstream breakers by label (`cache.upstream.breaker.state`,
-    /// `.opened_at`, `.opens`), L1 gauges, and histograms of lookup,
-    /// upstream and L2 operation durations in seconds. None by default.
+    /// request counters by result, tier and label
+    /// (`tower_cache.requests`), stale served, coalesced, promotions,
+    /// entries kept out of L1 (`tower_cache.l1.not_admitted`), evictions,
+    /// refreshes, leases (`tower_cache.leases`), L2 errors, breaker opens
+    /// (read from the cache's counters at collection time), the upstream
+    /// breakers by label (`tower_cache.upstream.breaker.state`,
+    /// `.opened_timestamp`, `.opens`), L1 gauges, hit ratios, health, and
+    /// histograms of hit, miss, lookup, upstream and L2 operation
+    /// durations in seconds. Each name is the Prometheus exposition's
+    /// ([`Cache::prometheus`](crate::Cache::prometheus)) by the
+    /// OpenTelemetry→Prometheus rules (`tower_cache.requests` is
+    /// `tower_cache_requests_total`); the README's table lists them. None
+    /// by default.
     ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder()

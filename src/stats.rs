@@ -189,7 +189,7 @@ pub struct LeaseStats {
 impl LeaseStats {
     /// Each count by the `outcome` name every exporter gives it: the one
     /// list Prometheus (`tower_cache_leases_total{outcome}`) and
-    /// OpenTelemetry (`cache.leases` by `outcome`) read.
+    /// OpenTelemetry (`tower_cache.leases` by `outcome`) read.
     pub(crate) fn outcomes(&self) -> [(&'static str, u64); 4] {
         [
             ("taken", self.taken),
@@ -224,7 +224,7 @@ pub struct PrefetchStats {
 impl PrefetchStats {
     /// Each count by the `outcome` name every exporter gives it: the one
     /// list Prometheus (`tower_cache_prefetches_total{outcome}`) and
-    /// OpenTelemetry (`cache.prefetches` by `outcome`) read.
+    /// OpenTelemetry (`tower_cache.prefetches` by `outcome`) read.
     pub(crate) fn outcomes(&self) -> [(&'static str, u64); 5] {
         [
             ("queued", self.queued),
@@ -383,7 +383,7 @@ pub struct Stats {
     /// hit of that tier even when it waited on another request's flight;
     /// only waiters on a flight that reached the origin are `coalesced`.
     /// The per-label, window, shared, Prometheus (`tower_cache_hit_ratio`)
-    /// and OpenTelemetry (`cache.requests` by `cache.result`) figures use the
+    /// and OpenTelemetry (`tower_cache.hit_ratio`) figures use the
     /// same definition.
     pub hit_ratio: f64,
     /// The last five minutes (hit ratio beside the totals above).

@@ -642,26 +642,20 @@ async fn axum_route_templates_have_breakers_of_their_own() {
     );
 }
 
+#[cfg(feature = "opentelemetry")]
+#[path = "support/meter.rs"]
+mod meter;
+
 /// The OpenTelemetry instruments, read through an exporter of our own.
 #[cfg(feature = "opentelemetry")]
 mod otel {
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
     use opentelemetry::metrics::MeterProvider as _;
-    use opentelemetry_sdk::error::OTelSdkResult;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-    use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 
     use super::*;
 
     /// One data point: metric name, attributes (sorted), value.
     type Point = (String, Vec<(String, String)>, f64);
-
-    /// Keeps the points of the last export.
-    #[derive(Clone, Default)]
-    struct Keep(Arc<Mutex<Vec<Point>>>);
 
     fn attrs<'a>(kvs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = kvs
@@ -686,34 +680,20 @@ mod otel {
         }
     }
 
-    impl PushMetricExporter for Keep {
-        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-            let mut out = Vec::new();
-            for scope in metrics.scope_metrics() {
-                for m in scope.metrics() {
-                    match m.data() {
-                        AggregatedMetrics::F64(d) => points(m.name(), d, |v| v, &mut out),
-                        // Counts here are small: exact as f64.
-                        AggregatedMetrics::U64(d) => points(m.name(), d, |v| v as f64, &mut out),
-                        AggregatedMetrics::I64(d) => points(m.name(), d, |v| v as f64, &mut out),
-                    }
+    /// Every gauge and sum point of an export.
+    fn all_points(metrics: &ResourceMetrics) -> Vec<Point> {
+        let mut out = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for m in scope.metrics() {
+                match m.data() {
+                    AggregatedMetrics::F64(d) => points(m.name(), d, |v| v, &mut out),
+                    // Counts here are small: exact as f64.
+                    AggregatedMetrics::U64(d) => points(m.name(), d, |v| v as f64, &mut out),
+                    AggregatedMetrics::I64(d) => points(m.name(), d, |v| v as f64, &mut out),
                 }
             }
-            *self.0.lock().unwrap() = out;
-            Ok(())
         }
-
-        fn force_flush(&self) -> OTelSdkResult {
-            Ok(())
-        }
-
-        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-            Ok(())
-        }
-
-        fn temporality(&self) -> Temporality {
-            Temporality::Cumulative
-        }
+        out
     }
 
     fn value(points: &[Point], name: &str, want: &[(&str, &str)]) -> Option<f64> {
@@ -730,14 +710,7 @@ mod otel {
 
     #[tokio::test]
     async fn open_breakers_show_in_opentelemetry_by_label() {
-        let keep = Keep::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(
-                PeriodicReader::builder(keep.clone())
-                    .with_interval(Duration::from_secs(3600))
-                    .build(),
-            )
-            .build();
+        let (provider, keep) = meter::provider(all_points);
         let clock = clock();
         let cache = Cache::builder()
             .clock(clock.clone())
@@ -754,18 +727,13 @@ mod otel {
         send(&svc, get("http://b.example/x")).await;
         assert_eq!(super::labels(&cache), ["b.example"]);
 
-        let p = provider.clone();
-        tokio::task::spawn_blocking(move || p.force_flush())
-            .await
-            .unwrap()
-            .unwrap();
-        let points = keep.0.lock().unwrap().clone();
-        let b = [("cache.label", "b.example")];
+        let points = meter::collect(&provider, &keep).await;
+        let b = [("label", "b.example")];
         let state = |s: &str| {
             value(
                 &points,
-                "cache.upstream.breaker.state",
-                &[("cache.label", "b.example"), ("state", s)],
+                "tower_cache.upstream.breaker.state",
+                &[("label", "b.example"), ("state", s)],
             )
         };
         assert_eq!(state("open"), Some(1.0), "{points:#?}");
@@ -774,23 +742,27 @@ mod otel {
         assert_eq!(
             value(
                 &points,
-                "cache.upstream.breaker.opened_at",
-                &[("cache.label", "b.example"), ("state", "open")]
+                "tower_cache.upstream.breaker.opened_timestamp",
+                &[("label", "b.example"), ("state", "open")]
             ),
             Some(1_700_000_002.0)
         );
         assert_eq!(
-            value(&points, "cache.upstream.breaker.opens", &b),
+            value(&points, "tower_cache.upstream.breaker.opens", &b),
             Some(1.0)
         );
         assert_eq!(
-            value(&points, "cache.breaker.opens", &[("breaker", "upstream")]),
+            value(
+                &points,
+                "tower_cache.breaker.opens",
+                &[("breaker", "upstream")]
+            ),
             Some(1.0)
         );
         assert!(
             !points
                 .iter()
-                .any(|(n, a, _)| n.starts_with("cache.upstream.breaker")
+                .any(|(n, a, _)| n.starts_with("tower_cache.upstream.breaker")
                     && a.iter().any(|(_, v)| v == "a.example")),
             "a's breaker never opened: {points:#?}"
         );

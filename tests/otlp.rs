@@ -39,14 +39,12 @@ const SCOPE: &str = "tower-tiered-cache";
 enum A<'a> {
     S(&'a str),
     I(i64),
-    B(bool),
 }
 
 fn matches(v: Option<&AttrValue>, want: A<'_>) -> bool {
     match (v, want) {
         (Some(AttrValue::Str(s)), A::S(w)) => s == w,
         (Some(AttrValue::Int(i)), A::I(w)) => *i == w,
-        (Some(AttrValue::Bool(b)), A::B(w)) => *b == w,
         _ => false,
     }
 }
@@ -148,10 +146,10 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
                 has_metrics(
                     ms,
                     &[
-                        "cache.requests",
-                        "cache.lookup.duration",
-                        "cache.upstream.duration",
-                        "cache.l1.entries",
+                        "tower_cache.requests",
+                        "tower_cache.lookup.duration",
+                        "tower_cache.upstream.duration",
+                        "tower_cache.l1.entries",
                     ],
                 )
             },
@@ -159,7 +157,7 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         )
         .await;
 
-    let requests = metric(&receiver, "cache.requests");
+    let requests = metric(&receiver, "tower_cache.requests");
     assert_eq!(requests.kind, MetricKind::Sum { monotonic: true });
     assert_eq!(requests.unit, "{request}");
     assert_eq!(requests.scope, SCOPE);
@@ -169,16 +167,15 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         let p = point(
             &requests,
             &[
-                ("cache.result", A::S(result)),
-                ("cache.tier", A::S(tier)),
-                ("cache.label", A::S("example.com")),
-                ("cache.coalesced", A::B(false)),
+                ("result", A::S(result)),
+                ("tier", A::S(tier)),
+                ("label", A::S("example.com")),
             ],
         );
         assert_eq!(p.value, 1.0, "{result}");
     }
 
-    let lookup = metric(&receiver, "cache.lookup.duration");
+    let lookup = metric(&receiver, "tower_cache.lookup.duration");
     assert_eq!(lookup.kind, MetricKind::Histogram);
     assert_eq!(lookup.unit, "s");
     assert_eq!(lookup.points.len(), 2, "{lookup:#?}");
@@ -187,9 +184,9 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         let p = point(
             &lookup,
             &[
-                ("cache.result", A::S(result)),
-                ("cache.tier", A::S(tier)),
-                ("cache.label", A::S("example.com")),
+                ("result", A::S(result)),
+                ("tier", A::S(tier)),
+                ("label", A::S("example.com")),
             ],
         );
         assert_eq!(p.value, 1.0);
@@ -197,46 +194,46 @@ async fn lookup_spans_and_cache_metrics_are_exported() {
         assert!(sum > 0.0 && sum < 10.0, "{sum} s");
     }
 
-    let upstream = metric(&receiver, "cache.upstream.duration");
+    let upstream = metric(&receiver, "tower_cache.upstream.duration");
     assert_eq!(upstream.kind, MetricKind::Histogram);
     assert_eq!(upstream.unit, "s");
     let p = point(
         &upstream,
         &[
-            ("cache.label", A::S("example.com")),
+            ("label", A::S("example.com")),
             ("http.response.status_code", A::I(200)),
         ],
     );
     assert_eq!(p.value, 1.0);
     assert_eq!(upstream.points.len(), 1);
 
-    let entries = metric(&receiver, "cache.l1.entries");
+    let entries = metric(&receiver, "tower_cache.l1.entries");
     assert_eq!(entries.kind, MetricKind::Gauge);
     assert_eq!(entries.points.len(), 1);
     assert_eq!(entries.points[0].value, 1.0);
-    let bytes = metric(&receiver, "cache.l1.bytes");
+    let bytes = metric(&receiver, "tower_cache.l1.bytes");
     assert_eq!(bytes.unit, "By");
     assert_eq!(bytes.points[0].value, cache.stats().l1_bytes as f64);
 
     for (name, value) in [
-        ("cache.stores", 1.0),
-        ("cache.upstream.calls", 1.0),
-        ("cache.stale_served", 0.0),
-        ("cache.coalesced", 0.0),
-        ("cache.l1.not_admitted", 0.0),
-        ("cache.hot_refreshes", 0.0),
+        ("tower_cache.stores", 1.0),
+        ("tower_cache.upstream.calls", 1.0),
+        ("tower_cache.stale_served", 0.0),
+        ("tower_cache.coalesced", 0.0),
+        ("tower_cache.l1.not_admitted", 0.0),
+        ("tower_cache.hot_refreshes", 0.0),
     ] {
         let m = metric(&receiver, name);
         assert_eq!(m.kind, MetricKind::Sum { monotonic: true }, "{name}");
         assert_eq!(m.points.len(), 1, "{m:#?}");
         assert_eq!(m.points[0].value, value, "{name}");
     }
-    let adaptive = metric(&receiver, "cache.adaptive_ttl");
+    let adaptive = metric(&receiver, "tower_cache.adaptive_ttl");
     assert_eq!(adaptive.kind, MetricKind::Sum { monotonic: true });
     for change in ["lengthened", "shortened"] {
         assert_eq!(point(&adaptive, &[("change", A::S(change))]).value, 0.0);
     }
-    let prefetches = metric(&receiver, "cache.prefetches");
+    let prefetches = metric(&receiver, "tower_cache.prefetches");
     assert_eq!(prefetches.kind, MetricKind::Sum { monotonic: true });
     assert_eq!(
         prefetches.points.len(),

@@ -2,6 +2,14 @@
 //! cache's counters and gauges, read from the engine when the meter
 //! provider collects (nothing is added to the request path for them). The
 //! histograms recorded as requests finish are in `observe::metrics`.
+//!
+//! Every instrument is named so that the OpenTelemetry→Prometheus
+//! translation (dots to underscores, the unit's suffix, `_total` for
+//! monotonic counters) gives the name the Prometheus exposition
+//! (`export::prometheus`) uses, with the same attribute keys as its label
+//! keys: `tower_cache.requests{result,tier,label}` is
+//! `tower_cache_requests_total{result,tier,label}`. `tests/metric_names.rs`
+//! checks both after the same traffic.
 
 use std::sync::{Arc, Weak};
 
@@ -9,29 +17,17 @@ use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 
 use crate::cache::Shared;
-use crate::observe::labels::{field, SERIES};
+use crate::observe::labels::SERIES;
 use crate::observe::metrics::Instruments;
+use crate::observe::HealthStatus;
+use crate::{BreakerState, Cache};
 
 /// Registers every instrument on `meter`; callbacks hold the cache weakly.
 pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
     let weak = Arc::downgrade(shared);
     observable_counters(meter, &weak);
-    observable_gauge(
-        meter,
-        &weak,
-        "cache.l1.entries",
-        "Slots in L1 (entries plus one per URL with variants)",
-        "{entry}",
-        |s| s.tiers.l1.len() as u64,
-    );
-    observable_gauge(
-        meter,
-        &weak,
-        "cache.l1.bytes",
-        "Weighted bytes held in L1",
-        "By",
-        |s| s.tiers.l1.weight(),
-    );
+    observable_gauges(meter, &weak);
+    upstream_breakers(meter, &weak);
     #[cfg(feature = "redis")]
     let l2_server = shared.tiers.l2.as_ref().map(|l2| {
         // Fixed at registration: with Sentinel, the first sentinel
@@ -44,12 +40,15 @@ pub(crate) fn register(shared: &Arc<Shared>, meter: &Meter) -> Instruments {
     Instruments::new(meter, shared.obs.cfg.max_labels, l2_server)
 }
 
-/// Reads one counter of the cache.
+/// Reads one counter or gauge of the cache.
 type Reader = fn(&Shared) -> u64;
 
+/// Series of one instrument: `(attribute value, value)` each (the value is
+/// ignored without an attribute key).
+type Series = Vec<(&'static str, u64)>;
+
 /// Every observable counter: requests by outcome, the unlabelled event
-/// counts, refreshes, breaker opens (all and per upstream label) and, with
-/// an L2 tier, its errors.
+/// counts, refreshes, breaker opens and, with an L2 tier, its errors.
 fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     requests_counter(meter, weak);
     event_counters(meter, weak);
@@ -58,18 +57,17 @@ fn observable_counters(meter: &Meter, weak: &Weak<Shared>) {
     prefetches_counter(meter, weak);
     leases_counter(meter, weak);
     breaker_opens_counter(meter, weak);
-    upstream_breakers(meter, weak);
     #[cfg(feature = "redis")]
     l2_errors_counter(meter, weak);
     #[cfg(feature = "redis")]
     l2_events_counter(meter, weak);
 }
 
-/// `cache.requests` by result, tier, label and whether it was coalesced.
+/// `tower_cache.requests` by result, tier and label.
 fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
     let w = weak.clone();
     meter
-        .u64_observable_counter("cache.requests")
+        .u64_observable_counter("tower_cache.requests")
         .with_description("Requests through the cache by result, tier and label")
         .with_unit("{request}")
         .with_callback(move |o| {
@@ -81,14 +79,12 @@ fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
                     if v == 0 {
                         continue;
                     }
-                    let coalesced = series.field == field::COALESCED;
                     o.observe(
                         v,
                         &[
-                            KeyValue::new("cache.result", series.result),
-                            KeyValue::new("cache.tier", series.tier),
-                            KeyValue::new("cache.label", label.clone()),
-                            KeyValue::new("cache.coalesced", coalesced),
+                            KeyValue::new("result", series.result),
+                            KeyValue::new("tier", series.tier),
+                            KeyValue::new("label", label.clone()),
                         ],
                     );
                 }
@@ -98,39 +94,48 @@ fn requests_counter(meter: &Meter, weak: &Weak<Shared>) {
 }
 
 /// The unlabelled event counters: stale served, coalesced, evictions,
-/// stores, upstream calls, promotions, entries kept out of L1 and hot-key
-/// refreshes.
+/// stores, upstream calls and errors, promotions, entries kept out of L1
+/// and hot-key refreshes.
 fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
-    let simple: [(&'static str, &'static str, Reader); 8] = [
-        ("cache.stale_served", "Stale entries served", |s| {
+    let simple: [(&'static str, &'static str, Reader); 9] = [
+        ("tower_cache.stale_served", "Stale entries served", |s| {
             s.counters.stale.get()
         }),
         (
-            "cache.coalesced",
+            "tower_cache.coalesced",
             "Requests answered from another request's call to the origin",
             |s| s.counters.coalesced.get(),
         ),
         (
-            "cache.evictions",
+            "tower_cache.evictions",
             "Entries evicted from L1 to make room",
             |s| s.tiers.l1.evictions(),
         ),
-        ("cache.stores", "Responses stored", |s| {
+        ("tower_cache.stores", "Responses stored", |s| {
             s.counters.stores.get()
         }),
         (
-            "cache.upstream.calls",
+            "tower_cache.upstream.calls",
             "Upstream calls made by the cache",
             |s| s.counters.upstream_calls.get(),
         ),
-        ("cache.promotions", "L2 entries copied into L1", promotions),
         (
-            "cache.l1.not_admitted",
+            "tower_cache.upstream.errors",
+            "Upstream calls that failed or answered 5xx",
+            |s| s.counters.upstream_errors.get(),
+        ),
+        (
+            "tower_cache.promotions",
+            "L2 entries copied into L1",
+            promotions,
+        ),
+        (
+            "tower_cache.l1.not_admitted",
             "Entries the L1 admission rule kept in L2 only",
             |s| s.tiers.not_admitted(),
         ),
         (
-            "cache.hot_refreshes",
+            "tower_cache.hot_refreshes",
             "Background refreshes started by refresh_hot",
             |s| s.counters.hot_refreshes.get(),
         ),
@@ -142,12 +147,12 @@ fn event_counters(meter: &Meter, weak: &Weak<Shared>) {
     }
 }
 
-/// `cache.refreshes` by outcome.
+/// `tower_cache.refreshes` by outcome.
 fn refreshes_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
-        "cache.refreshes",
+        "tower_cache.refreshes",
         "Background refreshes by outcome",
         Some("outcome"),
         |s| {
@@ -161,12 +166,12 @@ fn refreshes_counter(meter: &Meter, weak: &Weak<Shared>) {
     );
 }
 
-/// `cache.adaptive_ttl` by change (`lengthened`, `shortened`).
+/// `tower_cache.adaptive_ttl` by change (`lengthened`, `shortened`).
 fn ttl_changes_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
-        "cache.adaptive_ttl",
+        "tower_cache.adaptive_ttl",
         "Entries stored with a TTL adaptive TTL changed, by change",
         Some("change"),
         |s| {
@@ -177,37 +182,37 @@ fn ttl_changes_counter(meter: &Meter, weak: &Weak<Shared>) {
     );
 }
 
-/// `cache.prefetches` by outcome.
+/// `tower_cache.prefetches` by outcome.
 fn prefetches_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
-        "cache.prefetches",
+        "tower_cache.prefetches",
         "URLs prefetched after reads, by outcome",
         Some("outcome"),
         |s| s.counters.prefetch().outcomes().to_vec(),
     );
 }
 
-/// `cache.leases` by outcome (distributed coalescing).
+/// `tower_cache.leases` by outcome (distributed coalescing).
 fn leases_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
-        "cache.leases",
+        "tower_cache.leases",
         "Distributed coalescing: flight leaders by what their lease came to",
         Some("outcome"),
         |s| s.counters.leases().outcomes().to_vec(),
     );
 }
 
-/// `cache.breaker.opens` by breaker: the upstream breakers' sum and, with
-/// an L2 tier, the L2 breaker.
+/// `tower_cache.breaker.opens` by breaker: the upstream breakers' sum and,
+/// with an L2 tier, the L2 breaker.
 fn breaker_opens_counter(meter: &Meter, weak: &Weak<Shared>) {
     observable_counter(
         meter,
         weak,
-        "cache.breaker.opens",
+        "tower_cache.breaker.opens",
         "Circuit breaker transitions to open, by breaker",
         Some("breaker"),
         |s| {
@@ -222,15 +227,15 @@ fn breaker_opens_counter(meter: &Meter, weak: &Weak<Shared>) {
     );
 }
 
-/// `cache.l2.errors` by kind.
+/// `tower_cache.l2.errors` by kind.
 #[cfg(feature = "redis")]
 fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
     l2_counter(
         meter,
         weak,
-        "cache.l2.errors",
+        "tower_cache.l2.errors",
         "L2 operations that failed, by kind",
-        "error.type",
+        "kind",
         |c| {
             vec![
                 ("error", c.errors.get()),
@@ -243,14 +248,14 @@ fn l2_errors_counter(meter: &Meter, weak: &Weak<Shared>) {
     );
 }
 
-/// `cache.l2.events` by kind: variants evicted, coherence resets,
+/// `tower_cache.l2.events` by kind: variants evicted, coherence resets,
 /// invalidations dropped from the outbox.
 #[cfg(feature = "redis")]
 fn l2_events_counter(meter: &Meter, weak: &Weak<Shared>) {
     l2_counter(
         meter,
         weak,
-        "cache.l2.events",
+        "tower_cache.l2.events",
         "L2 events that cost coherence or storage, by kind",
         "event",
         |c| {
@@ -272,7 +277,7 @@ fn l2_counter(
     name: &'static str,
     description: &'static str,
     key: &'static str,
-    read: fn(&crate::store::l2::L2Counters) -> Vec<(&'static str, u64)>,
+    read: fn(&crate::store::l2::L2Counters) -> Series,
 ) {
     observable_counter(meter, weak, name, description, Some(key), move |s| {
         s.tiers
@@ -280,6 +285,128 @@ fn l2_counter(
             .as_ref()
             .map_or_else(Vec::new, |l2| read(&l2.counters))
     });
+}
+
+/// The unlabelled gauges (L1's size and capacity, joinable upstream calls,
+/// whether the upstream and L2 breakers are open), the hit ratios and the
+/// health status.
+fn observable_gauges(meter: &Meter, weak: &Weak<Shared>) {
+    let sizes: [(&'static str, &'static str, &'static str, Reader); 4] = [
+        (
+            "tower_cache.l1.entries",
+            "Slots in L1 (entries plus one per URL with variants)",
+            "{entry}",
+            |s| s.tiers.l1.len() as u64,
+        ),
+        (
+            "tower_cache.l1.bytes",
+            "Weighted bytes held in L1",
+            "By",
+            |s| s.tiers.l1.weight(),
+        ),
+        (
+            "tower_cache.l1.capacity",
+            "L1 capacity in bytes",
+            "By",
+            |s| s.tiers.l1.capacity(),
+        ),
+        (
+            "tower_cache.in_flight",
+            "Upstream calls in flight that others may join",
+            "{request}",
+            |s| s.inflight.len() as u64,
+        ),
+    ];
+    for (name, description, unit, read) in sizes {
+        observable_gauge(meter, weak, name, description, unit, None, move |s| {
+            vec![("", read(s))]
+        });
+    }
+    observable_gauge(
+        meter,
+        weak,
+        "tower_cache.upstream.breaker.open",
+        "1 while the upstream circuit breaker is open, else 0",
+        "",
+        None,
+        |s| {
+            let open = s.breakers.worst(s.clock.now_millis()) == BreakerState::Open;
+            vec![("", u64::from(open))]
+        },
+    );
+    #[cfg(feature = "redis")]
+    observable_gauge(
+        meter,
+        weak,
+        "tower_cache.l2.breaker.open",
+        "1 while the L2 circuit breaker is open, else 0",
+        "",
+        None,
+        |s| {
+            let now = s.clock.now_millis();
+            s.tiers.l2.as_ref().map_or_else(Vec::new, |l2| {
+                vec![("", u64::from(l2.breaker.state(now) == BreakerState::Open))]
+            })
+        },
+    );
+    observable_gauge(
+        meter,
+        weak,
+        "tower_cache.health",
+        "1 for the cache's current health status, 0 for the others",
+        "",
+        Some("status"),
+        |s| {
+            let current = Cache {
+                shared: Arc::clone(s),
+            }
+            .health()
+            .status;
+            [
+                HealthStatus::Healthy,
+                HealthStatus::Warning,
+                HealthStatus::Degraded,
+            ]
+            .into_iter()
+            .map(|status| (status.as_str(), u64::from(current == status)))
+            .collect()
+        },
+    );
+    hit_ratio_gauges(meter, weak);
+}
+
+/// Reads one ratio of a stats snapshot.
+type RatioOf = fn(&crate::Stats) -> f64;
+
+/// `tower_cache.hit_ratio` and `tower_cache.window.hit_ratio`, from a
+/// `Cache::stats` snapshot: the share of lookups answered without the
+/// origin, since start and over the last five minutes.
+fn hit_ratio_gauges(meter: &Meter, weak: &Weak<Shared>) {
+    let ratios: [(&'static str, &'static str, RatioOf); 2] = [
+        (
+            "tower_cache.hit_ratio",
+            "Lookups answered from storage (fresh or stale) over all lookups, since start or reset",
+            |st| st.hit_ratio,
+        ),
+        (
+            "tower_cache.window.hit_ratio",
+            "Lookups answered from storage over all lookups in the last five minutes",
+            |st| st.window.hit_ratio,
+        ),
+    ];
+    for (name, description, read) in ratios {
+        let w = weak.clone();
+        meter
+            .f64_observable_gauge(name)
+            .with_description(description)
+            .with_unit("1")
+            .with_callback(move |o| {
+                if let Some(shared) = w.upgrade() {
+                    o.observe(read(&Cache { shared }.stats()), &[]);
+                }
+            })
+            .build();
+    }
 }
 
 /// An observable counter read from the cache at collection time: `read`
@@ -291,7 +418,7 @@ fn observable_counter(
     name: &'static str,
     description: &'static str,
     key: Option<&'static str>,
-    read: impl Fn(&Shared) -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    read: impl Fn(&Arc<Shared>) -> Series + Send + Sync + 'static,
 ) {
     let w = weak.clone();
     meter
@@ -300,35 +427,43 @@ fn observable_counter(
         .with_callback(move |o| {
             let Some(s) = w.upgrade() else { return };
             for (value, n) in read(&s) {
-                match key {
-                    Some(k) => o.observe(n, &[KeyValue::new(k, value)]),
-                    None => o.observe(n, &[]),
-                }
+                o.observe(n, &attributes(key, value));
             }
         })
         .build();
 }
 
-/// An unlabelled observable gauge read from the cache at collection time.
+/// An observable gauge read from the cache at collection time, like
+/// [`observable_counter`]; `unit` is left out when empty.
 fn observable_gauge(
     meter: &Meter,
     weak: &Weak<Shared>,
     name: &'static str,
     description: &'static str,
     unit: &'static str,
-    read: Reader,
+    key: Option<&'static str>,
+    read: impl Fn(&Arc<Shared>) -> Series + Send + Sync + 'static,
 ) {
     let w = weak.clone();
-    meter
+    let mut gauge = meter
         .u64_observable_gauge(name)
-        .with_description(description)
-        .with_unit(unit)
+        .with_description(description);
+    if !unit.is_empty() {
+        gauge = gauge.with_unit(unit);
+    }
+    gauge
         .with_callback(move |o| {
-            if let Some(s) = w.upgrade() {
-                o.observe(read(&s), &[]);
+            let Some(s) = w.upgrade() else { return };
+            for (value, n) in read(&s) {
+                o.observe(n, &attributes(key, value));
             }
         })
         .build();
+}
+
+/// One series' attributes: `key=value`, or none without a key.
+fn attributes(key: Option<&'static str>, value: &'static str) -> Vec<KeyValue> {
+    key.map(|k| KeyValue::new(k, value)).into_iter().collect()
 }
 
 fn promotions(_s: &Shared) -> u64 {
@@ -341,13 +476,14 @@ fn promotions(_s: &Shared) -> u64 {
 
 /// The upstream breakers by label, for every label whose breaker has
 /// opened at least once (a bounded set, like the labels):
-/// `cache.upstream.breaker.state` (1 for the current state, 0 for the
-/// others), `cache.upstream.breaker.opened_at` (while not closed: when it
-/// opened, Unix seconds) and `cache.upstream.breaker.opens`.
+/// `tower_cache.upstream.breaker.state` (1 for the current state, 0 for
+/// the others), `tower_cache.upstream.breaker.opened_timestamp` (while not
+/// closed: when it opened, Unix seconds) and
+/// `tower_cache.upstream.breaker.opens`.
 fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
     let w = weak.clone();
     meter
-        .u64_observable_gauge("cache.upstream.breaker.state")
+        .u64_observable_gauge("tower_cache.upstream.breaker.state")
         .with_description(
             "Upstream circuit breakers by label: 1 for the current state, 0 for the others",
         )
@@ -358,14 +494,14 @@ fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
                 let label: opentelemetry::Value = s.obs.labels.name(i).to_string().into();
                 let current = b.state(now);
                 for state in [
-                    crate::BreakerState::Closed,
-                    crate::BreakerState::Open,
-                    crate::BreakerState::HalfOpen,
+                    BreakerState::Closed,
+                    BreakerState::Open,
+                    BreakerState::HalfOpen,
                 ] {
                     o.observe(
                         u64::from(current == state),
                         &[
-                            KeyValue::new("cache.label", label.clone()),
+                            KeyValue::new("label", label.clone()),
                             KeyValue::new("state", state.as_str()),
                         ],
                     );
@@ -375,7 +511,7 @@ fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
         .build();
     let w = weak.clone();
     meter
-        .f64_observable_gauge("cache.upstream.breaker.opened_at")
+        .f64_observable_gauge("tower_cache.upstream.breaker.opened_timestamp")
         .with_description("When each upstream circuit breaker that is not closed opened, Unix time")
         .with_unit("s")
         .with_callback(move |o| {
@@ -386,7 +522,7 @@ fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
                 o.observe(
                     st.since_ms as f64 / 1000.0,
                     &[
-                        KeyValue::new("cache.label", s.obs.labels.name(i).to_string()),
+                        KeyValue::new("label", s.obs.labels.name(i).to_string()),
                         KeyValue::new("state", st.state.as_str()),
                     ],
                 );
@@ -395,17 +531,14 @@ fn upstream_breakers(meter: &Meter, weak: &Weak<Shared>) {
         .build();
     let w = weak.clone();
     meter
-        .u64_observable_counter("cache.upstream.breaker.opens")
+        .u64_observable_counter("tower_cache.upstream.breaker.opens")
         .with_description("Upstream circuit breaker transitions to open, by label")
         .with_callback(move |o| {
             let Some(s) = w.upgrade() else { return };
             for (i, b) in s.breakers.ever_opened() {
                 o.observe(
                     b.opens(),
-                    &[KeyValue::new(
-                        "cache.label",
-                        s.obs.labels.name(i).to_string(),
-                    )],
+                    &[KeyValue::new("label", s.obs.labels.name(i).to_string())],
                 );
             }
         })

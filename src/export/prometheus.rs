@@ -3,31 +3,10 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use crate::observe::hist::Histogram;
+use crate::observe::hist::{Histogram, LOOKUP_BUCKETS_NS as BUCKETS_NS};
 use crate::observe::labels::{field, SERIES};
 use crate::observe::{Health, HealthStatus, Latency};
 use crate::{BreakerState, Cache, Stats, UpstreamBreaker};
-
-/// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
-/// to 10 s (slow upstreams), as for the OpenTelemetry histograms.
-const BUCKETS_NS: [u64; 16] = [
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    5_000_000,
-    10_000_000,
-    50_000_000,
-    100_000_000,
-    1_000_000_000,
-    10_000_000_000,
-];
 
 impl Cache {
     /// The cache's counters, gauges and latency histograms in the
@@ -87,6 +66,12 @@ impl Cache {
     ///   buckets from 1 µs to 10 s. Bucket counts come from the cache's
     ///   own log-linear histogram and are exact to within its resolution
     ///   (12.5 %): a bucket counts the recordings known to be at most `le`.
+    ///
+    /// Each has an OpenTelemetry instrument of the same name by the
+    /// OpenTelemetry→Prometheus rules (`tower_cache.requests` for
+    /// `tower_cache_requests_total`, `tower_cache.hit.duration` in `s` for
+    /// `tower_cache_hit_duration_seconds`), with the same label keys; the
+    /// README's table lists them.
     ///
     /// ```
     /// let cache = tower_tiered_cache::Cache::builder().build().unwrap();

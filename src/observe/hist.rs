@@ -2,6 +2,28 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Upper bounds of the latency histogram buckets, ns: from 1 µs (L1 hits)
+/// to 10 s (slow upstreams): the Prometheus exposition's and the
+/// OpenTelemetry lookup histograms'.
+pub(crate) const LOOKUP_BUCKETS_NS: [u64; 16] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
 #[cfg(test)]
 use crate::stats::stripe;
 

@@ -11,34 +11,27 @@ use opentelemetry::KeyValue;
 
 use super::{LookupResult, Observer, Outcome};
 
-/// Buckets (seconds) for lookups: from 1 µs (L1 hits) to 10 s (slow
-/// upstreams).
-const LOOKUP_BUCKETS: [f64; 16] = [
-    0.000_001,
-    0.000_002_5,
-    0.000_005,
-    0.000_01,
-    0.000_025,
-    0.000_05,
-    0.000_1,
-    0.000_25,
-    0.000_5,
-    0.001,
-    0.005,
-    0.01,
-    0.05,
-    0.1,
-    1.0,
-    10.0,
-];
 /// Buckets (seconds) for upstream calls and L2 operations.
 const OP_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Bucket bounds (seconds) for lookups: the cache's own, from 1 µs (L1
+/// hits) to 10 s (slow upstreams), as in the Prometheus exposition.
+fn lookup_buckets() -> Vec<f64> {
+    super::hist::LOOKUP_BUCKETS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect()
+}
+
 /// The synchronous instruments, and per-label attribute values made once.
 pub(crate) struct Instruments {
     lookup: Histogram<f64>,
+    /// The lookups the cache's own hit and miss histograms take, as the
+    /// Prometheus exposition's `tower_cache_{hit,miss}_duration_seconds`.
+    hit: Histogram<f64>,
+    miss: Histogram<f64>,
     upstream: Histogram<f64>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     l2_op: Histogram<f64>,
@@ -76,7 +69,23 @@ impl Instruments {
         }
     }
 
-    pub(crate) fn lookup(&self, obs: &Observer, label: u16, o: &Outcome, elapsed_ns: u64) {
+    /// Records one timed lookup: in the per-label histogram and, when it
+    /// was `served` from storage or otherwise a `lookup` (not a pass), in
+    /// the hit or the miss histogram.
+    pub(crate) fn lookup(
+        &self,
+        obs: &Observer,
+        label: u16,
+        o: &Outcome,
+        elapsed_ns: u64,
+        (served, lookup): (bool, bool),
+    ) {
+        let seconds = elapsed_ns as f64 / 1e9;
+        if served {
+            self.hit.record(seconds, &[]);
+        } else if lookup {
+            self.miss.record(seconds, &[]);
+        }
         let Some(cell) = self.lookup_attrs.get(usize::from(label)) else {
             return;
         };
@@ -88,15 +97,15 @@ impl Instruments {
                     let name = name.clone();
                     TIERS.iter().map(move |t| {
                         [
-                            KeyValue::new("cache.result", r.as_str()),
-                            KeyValue::new("cache.tier", t.as_str()),
-                            KeyValue::new("cache.label", name.clone()),
+                            KeyValue::new("result", r.as_str()),
+                            KeyValue::new("tier", t.as_str()),
+                            KeyValue::new("label", name.clone()),
                         ]
                     })
                 })
                 .collect()
         });
-        self.lookup.record(elapsed_ns as f64 / 1e9, &sets[combo(o)]);
+        self.lookup.record(seconds, &sets[combo(o)]);
     }
 
     pub(crate) fn upstream(
@@ -106,7 +115,7 @@ impl Instruments {
         took: Duration,
         status: Option<http::StatusCode>,
     ) {
-        let mut attrs = vec![KeyValue::new("cache.label", self.label(obs, label))];
+        let mut attrs = vec![KeyValue::new("label", self.label(obs, label))];
         match status {
             Some(s) => attrs.push(KeyValue::new(
                 "http.response.status_code",
@@ -142,13 +151,27 @@ impl Instruments {
     pub(crate) fn new(meter: &Meter, max_labels: usize, l2_server: Option<(String, i64)>) -> Self {
         Self {
             lookup: meter
-                .f64_histogram("cache.lookup.duration")
+                .f64_histogram("tower_cache.lookup.duration")
                 .with_description("Time in the cache layer per request, to the response head")
                 .with_unit("s")
-                .with_boundaries(LOOKUP_BUCKETS.to_vec())
+                .with_boundaries(lookup_buckets())
+                .build(),
+            hit: meter
+                .f64_histogram("tower_cache.hit.duration")
+                .with_description("Time in the cache layer for requests answered from storage")
+                .with_unit("s")
+                .with_boundaries(lookup_buckets())
+                .build(),
+            miss: meter
+                .f64_histogram("tower_cache.miss.duration")
+                .with_description(
+                    "Time in the cache layer (upstream included) for lookups that missed",
+                )
+                .with_unit("s")
+                .with_boundaries(lookup_buckets())
                 .build(),
             upstream: meter
-                .f64_histogram("cache.upstream.duration")
+                .f64_histogram("tower_cache.upstream.duration")
                 .with_description(
                     "Upstream calls made by the cache (misses, revalidations, refreshes)",
                 )

@@ -508,7 +508,7 @@ impl Observer {
         self.window.record_at(stripe, now_ms, lookup, served);
         #[cfg(feature = "opentelemetry")]
         if let (Some(m), Some(ns)) = (self.metrics.get(), elapsed_ns) {
-            m.lookup(self, label, o, ns);
+            m.lookup(self, label, o, ns, (served, lookup));
         }
         match self.cfg.log.summary_every() {
             None => false,

@@ -273,8 +273,9 @@ fn conf_quote(s: &str) -> String {
     out
 }
 
-/// Percent-encodes a URL userinfo part.
-fn url_encode(s: &str) -> String {
+/// Percent-encodes all but the unreserved characters: a URL's userinfo
+/// part, or a query string value.
+pub fn url_encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
