@@ -1468,7 +1468,7 @@ async fn run_origin(addr: SocketAddr) -> Result<(), BoxError> {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let svc = TowerToHyperService::new(answer.clone());
+                let svc = TowerToHyperService::new(answer);
                 tokio::spawn(
                     http1::Builder::new()
                         .timer(TokioTimer::new())
