@@ -138,15 +138,16 @@ Options:
   --otlp URL            export traces with OTLP/HTTP to URL/v1/traces, e.g.
                         http://127.0.0.1:4318 (Jaeger's OTLP port); traces
                         only: Jaeger refuses metrics
-  --otlp-metrics URL    export metrics too, with OTLP/HTTP to URL/v1/metrics
-                        every 10 s (an OpenTelemetry Collector's, e.g.
-                        http://127.0.0.1:4318) [default: none; with --admin,
-                        Prometheus metrics are always on /metrics]
+  --otlp-metrics URL    export the cache's metrics with OTLP/HTTP to
+                        URL/v1/metrics every 10 s (an OpenTelemetry
+                        Collector's OTLP port, e.g. http://127.0.0.1:4318)
+                        [default: none; with --admin, Prometheus metrics are
+                        always on /metrics]
   --span-level LEVEL    the level of the cache's spans (cache.lookup,
                         cache.refresh): error, warn, info, debug or trace.
-                        A span reaches stderr's filter and the OTLP export
-                        only when RUST_LOG lets its level through (default
-                        filter: info) [default: info with --otlp, else debug]
+                        A span is exported only when RUST_LOG lets its level
+                        through (default filter: info)
+                        [default: info with --otlp, else debug]
   --log LEVEL           the cache's own log events: minimal (warnings),
                         aggregate (plus a summary every 10 000 requests or
                         60 s) or detailed (plus one line per lookup)
