@@ -23,6 +23,12 @@
 //! origin call between them for a URL they all miss at once (one takes a
 //! lease on the key in Redis and calls; the others wait and answer from L2).
 //!
+//! `--otlp URL` sends the cache's spans (`cache.lookup`, `cache.refresh`)
+//! with OTLP/HTTP, to Jaeger for instance; `--otlp-metrics URL` sends its
+//! metrics too (Jaeger refuses them: give a Collector's URL), and with
+//! `--admin` they are always on `/metrics`. `--origin ADDR` runs a small
+//! origin to try it on. The README's "Seeing it in Jaeger" is the recipe.
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
