@@ -23,6 +23,12 @@
 //! origin call between them for a URL they all miss at once (one takes a
 //! lease on the key in Redis and calls; the others wait and answer from L2).
 //!
+//! `--otlp URL` sends the cache's spans (`cache.lookup`, `cache.refresh`)
+//! with OTLP/HTTP, to Jaeger for instance; `--otlp-metrics URL` sends its
+//! metrics too (Jaeger refuses them: give a Collector's URL), and with
+//! `--admin` they are always on `/metrics`. `--origin ADDR` runs a small
+//! origin to try it on. The README's "Seeing it in Jaeger" is the recipe.
+//!
 //! Every method is forwarded with its body streamed; hop-by-hop headers are
 //! removed both ways; upstream failures become `502 Bad Gateway`. The cache
 //! follows RFC 9111 as a shared cache and reports itself in `Cache-Status`.
@@ -107,11 +113,13 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...] | \
                           --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
-                          [--promote-after N] [--l2-key-file PATH] [--distributed-coalescing] [--admin ADDR --admin-token TOKEN] [--otlp URL] \
+                          [--promote-after N] [--l2-key-file PATH] [--distributed-coalescing] [--admin ADDR --admin-token TOKEN] \
+                          [--otlp URL] [--otlp-metrics URL] [--span-level LEVEL] \
                           [--log detailed|aggregate|minimal] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
-                          [--request-cache-control honour|ignore]";
+                          [--request-cache-control honour|ignore]\n       \
+                          proxy --origin ADDR";
 
 const USAGE: &str = "\
 A caching reverse proxy built on tower-tiered-cache.
@@ -121,6 +129,7 @@ Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N]
               | --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]]
              [--namespace NAME] [--promote-after N]
              [--distributed-coalescing]
+       proxy --origin ADDR
 
 Options:
   --upstream URL        where to forward requests, e.g. http://127.0.0.1:8000 (required)
@@ -132,8 +141,19 @@ Options:
                         own address, e.g. 127.0.0.1:9090
   --admin-token TOKEN   the Bearer token the admin API requires (needed with
                         --admin; or set ADMIN_TOKEN in the environment)
-  --otlp URL            export traces and metrics with OTLP/HTTP to URL, e.g.
-                        http://127.0.0.1:4318 (Jaeger all-in-one's OTLP port)
+  --otlp URL            export traces with OTLP/HTTP to URL/v1/traces, e.g.
+                        http://127.0.0.1:4318 (Jaeger's OTLP port); traces
+                        only: Jaeger refuses metrics
+  --otlp-metrics URL    export the cache's metrics with OTLP/HTTP to
+                        URL/v1/metrics every 10 s (an OpenTelemetry
+                        Collector's OTLP port, e.g. http://127.0.0.1:4318)
+                        [default: none; with --admin, Prometheus metrics are
+                        always on /metrics]
+  --span-level LEVEL    the level of the cache's spans (cache.lookup,
+                        cache.refresh): error, warn, info, debug or trace.
+                        A span is exported only when RUST_LOG lets its level
+                        through (default filter: info)
+                        [default: info with --otlp, else debug]
   --log LEVEL           the cache's own log events: minimal (warnings),
                         aggregate (plus a summary every 10 000 requests or
                         60 s) or detailed (plus one line per lookup)
@@ -195,6 +215,12 @@ L2 tier in Redis (only in a build with `--features redis`):
                         (at most --upstream-timeout; a lease whose proxy died
                         expires after it) [default: off]
 
+A demo origin, for trying the proxy out:
+  --origin ADDR         serve a small origin on ADDR instead (port 0 picks one;
+                        the address is printed): every GET answers 200 after
+                        20 ms with `Cache-Control: public, max-age=60`, so a
+                        proxy in front of it caches every path for a minute
+
 Flags also take the form --flag=value.
 ";
 
@@ -225,13 +251,29 @@ impl ArgError {
 /// How long open connections may take to finish after Ctrl-C.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+fn main() -> ExitCode {
+    run_main(std::env::args().skip(1).collect())
+}
+
+/// The proxy's `main` with the command line's arguments (without the
+/// program's name): `tests/jaeger_recipe.rs` runs it in a process of its
+/// own, as `cargo run --example proxy` does.
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+pub(crate) async fn run_main(args: Vec<String>) -> ExitCode {
+    let config = match parse_args(args) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
+        }
+        Ok(Command::Origin(addr)) => {
+            return match run_origin(addr).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&*e));
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) if e.usage => {
             eprintln!("error: {}\n{USAGE_LINE}\nRun with --help for more.", e.msg);
@@ -242,15 +284,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Logs to stderr; with --otlp, traces and metrics to the collector too.
+    // Logs to stderr; with --otlp, traces to Jaeger (or a collector); with
+    // --otlp-metrics, metrics by OTLP too.
     if config.log == LogLevel::Detailed && std::env::var_os("RUST_LOG").is_none() {
         // The per-lookup events are at DEBUG.
         std::env::set_var("RUST_LOG", "info,tower_tiered_cache=debug");
     }
-    let mut telemetry = match telemetry::init(config.otlp.as_deref(), "tower-tiered-cache-proxy") {
+    let endpoints = telemetry::Endpoints {
+        traces: config.otlp.as_deref(),
+        metrics: config.otlp_metrics.as_deref(),
+    };
+    let mut telemetry = match telemetry::init(endpoints, "tower-tiered-cache-proxy") {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: --otlp: {e}");
+            eprintln!("error: --otlp / --otlp-metrics: {e}");
             return ExitCode::from(2);
         }
     };
@@ -283,6 +330,8 @@ async fn main() -> ExitCode {
 enum Command {
     Run(Box<Config>),
     Help,
+    /// `--origin ADDR`: the demo origin.
+    Origin(SocketAddr),
 }
 
 struct Config {
@@ -295,8 +344,12 @@ struct Config {
     l2: Option<L2Args>,
     /// `--admin` and its token.
     admin: Option<(SocketAddr, String)>,
-    /// `--otlp`: the OTLP/HTTP base URL.
+    /// `--otlp`: the OTLP/HTTP base URL traces go to.
     otlp: Option<String>,
+    /// `--otlp-metrics`: the OTLP/HTTP base URL metrics go to.
+    otlp_metrics: Option<String>,
+    /// `--span-level`.
+    span_level: Option<tracing::Level>,
     /// `--log`.
     log: LogLevel,
     /// `--warm`: the targets read from the file.
@@ -535,6 +588,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let mut upstream = None;
     let mut l1_bytes = None;
     let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
+    let (mut otlp_metrics, mut span_level, mut origin) = (None, None, None);
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
     let (mut upstream_timeout, mut request_cc) = (None, None);
     #[cfg(feature = "redis")]
@@ -559,6 +613,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--admin" => admin = Some(value()?),
             "--admin-token" => admin_token = Some(value()?),
             "--otlp" => otlp = Some(value()?),
+            "--otlp-metrics" => otlp_metrics = Some(value()?),
+            "--span-level" => span_level = Some(value()?),
+            "--origin" => origin = Some(value()?),
             "--log" => log = Some(value()?),
             "--warm" => warm = Some(value()?),
             "--public-host" => public_host = Some(value()?),
@@ -610,6 +667,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             other => return Err(ArgError::usage(format!("unexpected argument {other:?}"))),
         }
     }
+    if let Some(addr) = origin {
+        return addr.parse().map(Command::Origin).map_err(|_| {
+            ArgError::value(format!("--origin {addr:?} is not an IP address and port"))
+        });
+    }
     let listen = listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = listen.parse().map_err(|_| {
         ArgError::value(format!("--listen {listen:?} is not an IP address and port"))
@@ -634,16 +696,25 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             }
             (None, _) => None,
         };
-    if let Some(url) = &otlp {
+    for (flag, url) in [("--otlp", &otlp), ("--otlp-metrics", &otlp_metrics)] {
+        let Some(url) = url else { continue };
         let ok = url.parse::<Uri>().ok().is_some_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
         });
         if !ok {
             return Err(ArgError::value(format!(
-                "--otlp {url:?} is not an http(s) URL, e.g. http://127.0.0.1:4318"
+                "{flag} {url:?} is not an http(s) URL, e.g. http://127.0.0.1:4318"
             )));
         }
     }
+    let span_level = match span_level {
+        Some(l) => Some(l.parse::<tracing::Level>().map_err(|_| {
+            ArgError::value(format!(
+                "--span-level {l:?}: expected error, warn, info, debug or trace"
+            ))
+        })?),
+        None => None,
+    };
     let log = match log {
         Some(l) => l
             .parse::<LogLevel>()
@@ -683,6 +754,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         l2,
         admin,
         otlp,
+        otlp_metrics,
+        span_level,
         log,
         warm,
         hosts,
@@ -878,10 +951,16 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
     if let Some(t) = config.upstream_timeout {
         builder = builder.upstream_timeout(t);
     }
-    if config.otlp.is_some() {
-        builder = builder
-            .span_level(tracing::Level::INFO)
-            .meter(opentelemetry::global::meter("tower-tiered-cache"));
+    // The cache's spans are DEBUG by default, under the default `info`
+    // filter; with --otlp they are raised to INFO so that Jaeger gets them.
+    let span_level = config
+        .span_level
+        .or_else(|| config.otlp.as_ref().map(|_| tracing::Level::INFO));
+    if let Some(level) = span_level {
+        builder = builder.span_level(level);
+    }
+    if config.otlp_metrics.is_some() {
+        builder = builder.meter(opentelemetry::global::meter("tower-tiered-cache"));
     }
     if let Some(n) = config.l1_bytes {
         builder = builder.l1_capacity_bytes(n);
@@ -1213,7 +1292,7 @@ pub(crate) async fn serve_args(
 ) -> Result<(), BoxError> {
     let config = match parse_args(args.iter().map(|a| (*a).to_owned())) {
         Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => return Err("--help".into()),
+        Ok(Command::Help | Command::Origin(_)) => return Err("not a proxy command line".into()),
         Err(e) => return Err(e.msg.into()),
     };
     let cache = build_cache(&config)?;
@@ -1360,6 +1439,51 @@ async fn serve(
     }
     print_stats(&cache, with_l2);
     Ok(())
+}
+
+/// How long the demo origin (`--origin`) takes to answer: long enough to
+/// tell a miss from a hit in a trace.
+const ORIGIN_DELAY: Duration = Duration::from_millis(20);
+
+/// `--origin ADDR`: a small origin for trying the proxy out, until Ctrl-C
+/// (or SIGTERM). Every `GET` / `HEAD` answers `200` after [`ORIGIN_DELAY`]
+/// with `Cache-Control: public, max-age=60` and a line naming the path;
+/// other methods get `405`.
+async fn run_origin(addr: SocketAddr) -> Result<(), BoxError> {
+    let shutdown = shutdown_signal()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (--origin): {e}"))?;
+    println!("origin listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let answer = service_fn(|req: Request<Incoming>| async move {
+        tokio::time::sleep(ORIGIN_DELAY).await;
+        let mut resp = text_response(StatusCode::OK, &format!("origin: {}", req.uri().path()));
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60"),
+            );
+        } else {
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        }
+        Ok::<_, Infallible>(resp)
+    });
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let svc = TowerToHyperService::new(answer);
+                tokio::spawn(
+                    http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        }
+    }
 }
 
 /// Serves the admin API until the process ends.

@@ -13,10 +13,50 @@
 //!   upstream is answered from stale entries, behind a circuit breaker.
 //! - **Request coalescing**: concurrent misses for a key make one upstream
 //!   call.
-//! - **Tiered storage**: L1 in process (`quick_cache`, weighted by bytes).
-//! - **Counters** in a serialisable [`Stats`] snapshot.
+//! - **Tiered storage**: L1 in process, L2 in Redis (see [Tiers](#tiers)).
+//! - **Counters** in a serialisable [`Stats`] snapshot, `tracing` spans,
+//!   OpenTelemetry metrics and an admin service (see [Features](#features)).
 //! - **Typed values** (feature `values`, on by default) on the same tiers,
 //!   counters and invalidation: [`ValueCache`], from [`Cache::values`].
+//!
+//! # Tiers
+//!
+//! - **L1**, always there: an in-process [`quick_cache`] cache, weighted
+//!   by the bytes each entry holds and bounded by
+//!   [`l1_capacity_bytes`](CacheBuilder::l1_capacity_bytes). Each process
+//!   has its own.
+//! - **L2**, optional (feature `redis`): Redis, shared by every instance
+//!   that uses the same server and namespace, as one node
+//!   (`CacheBuilder::redis`), a Redis Cluster (`CacheBuilder::redis_cluster`)
+//!   or the master that Redis Sentinel names (`CacheBuilder::redis_sentinel`),
+//!   with `rediss://` TLS (feature `redis-tls`), encryption at rest (feature
+//!   `l2-encryption`) and LZ4 compression (feature `compression`). An L2
+//!   hit is copied into L1 after `CacheBuilder::promote_after` hits;
+//!   invalidations reach every instance's L1.
+//!
+//! A lookup tries L1, then L2, then the upstream (one call per key for
+//! concurrent misses); `Cache-Status` says which answered
+//! (`hit; detail=l1`, `hit; detail=l2`, `fwd=uri-miss`).
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `serde` | yes | `Serialize` for [`Stats`] and the other snapshots |
+//! | `values` | yes | typed values ([`ValueCache`], [`Cache::values`]) on the same tiers, JSON in L2 |
+//! | `postcard` | no | `values::Postcard`, a compact binary codec for typed values (implies `values`) |
+//! | `redis` | no | the L2 tier in Redis: one node, Redis Cluster or Redis Sentinel |
+//! | `redis-tls` | no | `rediss://` URLs, through the system's OpenSSL (implies `redis`) |
+//! | `l2-encryption` | no | encryption at rest for L2: XChaCha20-Poly1305, `L2Keys` (implies `redis`) |
+//! | `compression` | no | LZ4 compression of large L2 bodies |
+//! | `opentelemetry` | no | OpenTelemetry metrics (`CacheBuilder::meter`); re-exports `opentelemetry` |
+//! | `axum` | no | labels requests by axum's matched route template |
+//! | `reqwest` | no | `reqwest::CacheMiddleware` and `reqwest::ClientBuilder`; re-exports `reqwest_middleware` |
+//! | `admin` | no | `admin::AdminService`: health, stats, Prometheus `/metrics`, warming, invalidation, a dashboard |
+//!
+//! Spans need no feature: `cache.lookup` and `cache.refresh` are `tracing`
+//! spans at [`span_level`](CacheBuilder::span_level) (DEBUG by default),
+//! and with `redis`, each L2 command has a DEBUG `redis` client span.
 //!
 //! # Quick start (axum)
 //!
@@ -115,6 +155,7 @@
 //! `examples/proxy.rs` shows both, and the host rules above.
 //!
 //! [tower]: https://docs.rs/tower
+//! [`quick_cache`]: https://docs.rs/quick_cache/0.7
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -178,6 +219,27 @@ pub use store::codec::{DecodeError, FORMAT_VERSION};
 #[cfg_attr(docsrs, doc(cfg(feature = "l2-encryption")))]
 pub use store::seal::{L2Keys, L2KeysError, MAX_L2_KEYS, MAX_L2_KEY_FILE_BYTES, MAX_L2_KEY_ID_LEN};
 pub use tiers::L1Admission;
+
+/// The [`opentelemetry`](https://docs.rs/opentelemetry/0.33) API crate this
+/// crate is built against, version 0.33 (feature `opentelemetry`). The
+/// `Meter` given to [`CacheBuilder::meter`] must come from this same
+/// version: take it from here (`tower_tiered_cache::opentelemetry`) or
+/// depend on `opentelemetry = "0.33"`, with `opentelemetry_sdk` and
+/// `opentelemetry-otlp` 0.33 and `tracing-opentelemetry` 0.34 beside it.
+/// A meter of another version is another type and does not compile.
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use opentelemetry;
+
+/// The [`reqwest_middleware`](https://docs.rs/reqwest-middleware/0.5) crate
+/// this crate is built against, version 0.5, on `reqwest` 0.13 (feature
+/// `reqwest`; `reqwest_middleware::reqwest` is that `reqwest`).
+/// [`CacheMiddleware`](crate::reqwest::CacheMiddleware) implements this version's `Middleware`:
+/// chain it with `reqwest-middleware = "0.5"` and `reqwest = "0.13"`, or
+/// through this re-export.
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use reqwest_middleware;
 #[cfg(feature = "values")]
 pub use values::{ValueCache, ValueOptions};
 

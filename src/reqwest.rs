@@ -42,42 +42,61 @@ use crate::Cache;
 /// after it adds (per-user `Authorization`, cookies from reqwest's cookie
 /// store) are not seen. Put such credentials on the request before the
 /// cache, or use one cache per identity. Background refreshes do not
-/// carry the request's `Extensions`. Background
-/// refreshes (stale-while-revalidate, eager refresh) outlive the request
-/// that started them, so they go through a client of their own: the one
-/// given to [`refresh_through`](Self::refresh_through), which
-/// [`ClientBuilder`] sets to a client with the same middlewares after the
-/// cache. Without one, refreshes are skipped (counted in
-/// `Stats::refresh_skipped`) and a stale entry is fetched again by the
-/// first request after its stale window.
+/// carry the request's `Extensions`.
+///
+/// Background refreshes (stale-while-revalidate, eager refresh) outlive
+/// the request that started them, so they cannot go through the rest of
+/// the chain (its `Next`): they go through a client of their own. That is
+/// why [`new`](Self::new) takes the `reqwest::Client`: in a plain
+/// `reqwest_middleware` chain, refreshes are sent by that client, with no
+/// middleware. [`refresh_through`](Self::refresh_through) gives them the
+/// middlewares that come after the cache (retries, auth), as
+/// [`ClientBuilder`] does by itself.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_tiered_cache::{reqwest::CacheMiddleware, Cache, CacheMode};
+///
+/// let cache = Cache::builder().mode(CacheMode::Private).build()?;
+/// let http = reqwest::Client::new();
+/// let client = reqwest_middleware::ClientBuilder::new(http.clone())
+///     .with(CacheMiddleware::new(http, cache))
+///     .build();
+/// let rates = client.get("http://rates.example/v1/eur").send().await?;
+/// # drop(rates); Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct CacheMiddleware {
     cache: Cache,
-    refresh: Option<ClientWithMiddleware>,
+    refresh: ClientWithMiddleware,
 }
 
 impl std::fmt::Debug for CacheMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheMiddleware")
             .field("cache", &self.cache)
-            .field("refresh_client", &self.refresh.is_some())
+            .field("refresh_client", &self.refresh)
             .finish()
     }
 }
 
 impl CacheMiddleware {
-    /// A middleware on `cache` (clones share everything).
-    pub fn new(cache: Cache) -> Self {
+    /// A middleware on `cache` (clones share everything) whose background
+    /// refreshes are sent by `client` (with no middleware; see
+    /// [`refresh_through`](Self::refresh_through)). Give it the client the
+    /// chain is built on (a clone shares its connection pool).
+    pub fn new(client: reqwest::Client, cache: Cache) -> Self {
         Self {
             cache,
-            refresh: None,
+            refresh: reqwest_middleware::ClientBuilder::new(client).build(),
         }
     }
 
-    /// Background refreshes go through `client`: give it the middlewares
-    /// that come after the cache in the main chain.
+    /// Background refreshes go through `client` instead of the plain client
+    /// given to [`new`](Self::new): give it the middlewares that come after
+    /// the cache in the main chain.
     pub fn refresh_through(mut self, client: ClientWithMiddleware) -> Self {
-        self.refresh = Some(client);
+        self.refresh = client;
         self
     }
 
@@ -132,7 +151,7 @@ impl ClientBuilder {
             self.rest.iter().fold(b, |b, m| b.with_arc(Arc::clone(m)))
         };
         let refresh = rest(reqwest_middleware::ClientBuilder::new(self.client.clone())).build();
-        let cache = CacheMiddleware::new(self.cache).refresh_through(refresh);
+        let cache = CacheMiddleware::new(self.client.clone(), self.cache).refresh_through(refresh);
         rest(reqwest_middleware::ClientBuilder::new(self.client).with(cache)).build()
     }
 }
@@ -199,7 +218,7 @@ impl CacheMiddleware {
 struct NextUpstream<'a> {
     next: Next<'a>,
     extensions: &'a mut Extensions,
-    refresh: Option<ClientWithMiddleware>,
+    refresh: ClientWithMiddleware,
 }
 
 impl<'a> Upstream<Body> for NextUpstream<'a> {
@@ -218,10 +237,7 @@ impl<'a> Upstream<Body> for NextUpstream<'a> {
         plan: Box<Fetch>,
         cause: &tracing::Span,
     ) {
-        match self.refresh {
-            Some(client) => flow::spawn_refresh(cache, req, ClientUpstream(client), plan, cause),
-            None => cache.shared.counters.refresh_skipped.incr(),
-        }
+        flow::spawn_refresh(cache, req, ClientUpstream(self.refresh), plan, cause);
     }
 }
 

@@ -174,8 +174,12 @@ async fn counter_and_histogram_arrive() {
 #[tokio::test]
 async fn init_exports_through_the_globals() {
     let receiver = OtlpReceiver::start().await;
-    let mut guard =
-        telemetry::init_with(Some(&receiver.endpoint()), "otlp-selftest-global", NEVER).unwrap();
+    let mut guard = telemetry::init_with(
+        telemetry::Endpoints::both(&receiver.endpoint()),
+        "otlp-selftest-global",
+        NEVER,
+    )
+    .unwrap();
     tracing::info_span!("global_work", answer = 42_i64).in_scope(|| {});
     opentelemetry::global::meter("g")
         .u64_counter("global.requests")

@@ -1,6 +1,7 @@
 //! The reqwest middleware (`tower_tiered_cache::reqwest`) against real axum
 //! origins on loopback ports: hits and coalescing, stale-while-revalidate
-//! refreshes through the rest of the middleware chain, 304 revalidation,
+//! refreshes through the rest of the middleware chain (and, in a plain
+//! chain, through the client `CacheMiddleware::new` takes), 304 revalidation,
 //! two clients sharing a Redis L2, stale-if-error on a client timeout,
 //! per-service stats, invalidation by a POST, and stripping of the targeted
 //! cache-control field (RFC 9213).
@@ -25,7 +26,7 @@ use axum::Router;
 use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use support::{clock, within};
-use tower_tiered_cache::reqwest::ClientBuilder;
+use tower_tiered_cache::reqwest::{CacheMiddleware, ClientBuilder};
 use tower_tiered_cache::{Cache, CacheBuilder, CacheMode, ManualClock};
 
 const L1_HIT: &str = "tower-tiered-cache; hit; detail=l1";
@@ -375,6 +376,58 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_through_the_chain(
         ),
         (2, 1, 1, 1, 0)
     );
+}
+
+/// `CacheMiddleware` in a plain `reqwest_middleware` chain (no
+/// `ClientBuilder`, no `refresh_through`) refreshes stale entries in the
+/// background by itself, through the `reqwest::Client` its constructor
+/// takes: the middleware after the cache in the chain runs for the miss
+/// only, the refresh reaches the origin without it, and nothing is skipped.
+#[tokio::test]
+async fn a_plain_chain_refreshes_in_the_background_through_the_client_it_was_given() {
+    let origin = Origin::start(|n, _| async move {
+        ok(
+            "max-age=10, stale-while-revalidate=60",
+            format!("odds v{}", n + 1),
+        )
+    })
+    .await;
+    let clock = clock();
+    let cache = manual(&clock).build().unwrap();
+    let chain_calls = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::new();
+    let client = reqwest_middleware::ClientBuilder::new(http.clone())
+        .with(CacheMiddleware::new(http, cache.clone()))
+        .with(ViaChain(chain_calls.clone()))
+        .build();
+    let url = origin.url("/odds");
+
+    let (_, cs, _, body) = get(&client, &url).await;
+    assert_eq!((cs.as_str(), body.as_str()), (STORED, "odds v1"));
+    clock.advance(Duration::from_secs(15));
+    let (_, cs, _, body) = get(&client, &url).await;
+    assert_eq!(
+        (cs.as_str(), body.as_str()),
+        ("tower-tiered-cache; hit; ttl=-5; detail=l1", "odds v1")
+    );
+    until(
+        Duration::from_secs(5),
+        "the background refresh to store",
+        || cache.stats().refresh_ok == 1,
+    )
+    .await;
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(origin.request(0).header("x-via-chain"), Some("1"));
+    assert_eq!(
+        origin.request(1).header("x-via-chain"),
+        None,
+        "the refresh went through the plain client, not the chain"
+    );
+    assert_eq!(chain_calls.load(Ordering::SeqCst), 1);
+    let (_, cs, _, body) = get(&client, &url).await;
+    assert_eq!((cs.as_str(), body.as_str()), (L1_HIT, "odds v2"));
+    let stats = cache.stats();
+    assert_eq!((stats.refresh_ok, stats.refresh_skipped), (1, 0));
 }
 
 // ---------------------------------------------------------------------------

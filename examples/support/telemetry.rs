@@ -1,6 +1,6 @@
 //! OpenTelemetry plumbing shared by the examples and the tests: a `tracing`
-//! subscriber that prints to stderr and, given an OTLP endpoint, exports
-//! spans and metrics with OTLP over HTTP/protobuf.
+//! subscriber that prints to stderr and, given OTLP endpoints, exports
+//! spans and (only when asked) metrics with OTLP over HTTP/protobuf.
 //!
 //! Included as a module (`#[path = "support/telemetry.rs"] mod telemetry;`),
 //! so it has no `main` and uses only the crate's (dev-)dependencies. It needs
@@ -19,6 +19,7 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,8 @@ pub struct Telemetry {
 impl fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Telemetry")
-            .field("otlp", &self.tracer.is_some())
+            .field("traces", &self.tracer.is_some())
+            .field("metrics", &self.meter.is_some())
             .finish()
     }
 }
@@ -112,55 +114,88 @@ impl Drop for Telemetry {
     }
 }
 
+/// Where telemetry goes with OTLP over HTTP/protobuf: base URLs such as
+/// `http://127.0.0.1:4318` (the exporters add `/v1/traces` and
+/// `/v1/metrics`). Each signal is exported only when its URL is given:
+/// Jaeger takes traces and refuses metrics, so a proxy that sends metrics
+/// there logs an export error every interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Endpoints<'a> {
+    /// Where spans go (`{base}/v1/traces`).
+    pub traces: Option<&'a str>,
+    /// Where metrics go (`{base}/v1/metrics`).
+    pub metrics: Option<&'a str>,
+}
+
+impl<'a> Endpoints<'a> {
+    /// Spans and metrics to the same base URL.
+    pub fn both(base: &'a str) -> Self {
+        Self {
+            traces: Some(base),
+            metrics: Some(base),
+        }
+    }
+}
+
 /// [`init_with`] with metrics exported every [`DEFAULT_METRICS_INTERVAL`].
-pub fn init(otlp_endpoint: Option<&str>, service_name: &str) -> Result<Telemetry, BoxError> {
-    init_with(otlp_endpoint, service_name, DEFAULT_METRICS_INTERVAL)
+pub fn init(endpoints: Endpoints<'_>, service_name: &str) -> Result<Telemetry, BoxError> {
+    init_with(endpoints, service_name, DEFAULT_METRICS_INTERVAL)
 }
 
 /// Installs the global `tracing` subscriber: an `EnvFilter` from `RUST_LOG`
-/// (default `info`), a fmt layer writing to stderr and, when `otlp_endpoint`
-/// (a base URL such as `http://127.0.0.1:4318`) is given, a
-/// `tracing-opentelemetry` layer exporting spans to `{base}/v1/traces`. With
-/// an endpoint it also sets the global meter provider (metrics exported to
-/// `{base}/v1/metrics` every `metrics_interval`), the global tracer provider
-/// and the W3C trace-context propagator.
+/// (default `info`), a fmt layer writing to stderr (colours only when stderr
+/// is a terminal) and, when `endpoints.traces` is given, a
+/// `tracing-opentelemetry` layer exporting spans to `{base}/v1/traces` (with
+/// the global tracer provider and the W3C trace-context propagator set).
+/// When `endpoints.metrics` is given it sets the global meter provider,
+/// exporting to `{base}/v1/metrics` every `metrics_interval`; without it
+/// the global meter provider stays the no-op one.
 ///
 /// Fails when a global subscriber is already installed.
 pub fn init_with(
-    otlp_endpoint: Option<&str>,
+    endpoints: Endpoints<'_>,
     service_name: &str,
     metrics_interval: Duration,
 ) -> Result<Telemetry, BoxError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Escape codes only for a terminal: a pipe or a file (systemd, docker
+    // logs, a test) gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
 
-    let Some(base) = otlp_endpoint else {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .try_init()?;
-        return Ok(Telemetry {
-            tracer: None,
-            meter: None,
-        });
+    let runtime = match (endpoints.traces, endpoints.metrics) {
+        (None, None) => None,
+        _ => Some(Arc::new(ExportRuntime::new()?)),
     };
-
-    let (tracer, meter) = otlp_providers(base, service_name, metrics_interval)?;
+    let resource = resource(service_name);
+    let tracer = match (endpoints.traces, &runtime) {
+        (Some(base), Some(rt)) => Some(tracer_provider(base, resource.clone(), rt)?),
+        _ => None,
+    };
+    let meter = match (endpoints.metrics, &runtime) {
+        (Some(base), Some(rt)) => Some(meter_provider(base, resource, metrics_interval, rt)?),
+        _ => None,
+    };
     // Shuts the providers down if installing the subscriber fails.
     let telemetry = Telemetry {
-        tracer: Some(tracer.clone()),
-        meter: Some(meter.clone()),
+        tracer: tracer.clone(),
+        meter: meter.clone(),
     };
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(tracing_layer(&tracer))
+        .with(tracer.as_ref().map(tracing_layer))
         .try_init()?;
-    opentelemetry::global::set_tracer_provider(tracer);
-    opentelemetry::global::set_meter_provider(meter);
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    if let Some(tracer) = tracer {
+        opentelemetry::global::set_tracer_provider(tracer);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+    if let Some(meter) = meter {
+        opentelemetry::global::set_meter_provider(meter);
+    }
     Ok(telemetry)
 }
 
@@ -177,49 +212,76 @@ pub fn otlp_providers(
     service_name: &str,
     metrics_interval: Duration,
 ) -> Result<(SdkTracerProvider, SdkMeterProvider), BoxError> {
-    let base = base.trim_end_matches('/');
     let runtime = Arc::new(ExportRuntime::new()?);
-    let resource = Resource::builder()
-        .with_service_name(service_name.to_owned())
-        .build();
+    let resource = resource(service_name);
+    let tracer = tracer_provider(base, resource.clone(), &runtime)?;
+    let meter = meter_provider(base, resource, metrics_interval, &runtime)?;
+    Ok((tracer, meter))
+}
 
+/// The resource every signal carries: `service.name`.
+fn resource(service_name: &str) -> Resource {
+    Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build()
+}
+
+/// A tracer provider (batch span processor) exporting to `{base}/v1/traces`
+/// on `runtime`.
+fn tracer_provider(
+    base: &str,
+    resource: Resource,
+    runtime: &Arc<ExportRuntime>,
+) -> Result<SdkTracerProvider, BoxError> {
+    let base = base.trim_end_matches('/');
     // The reqwest client is built inside the export runtime's context.
-    let (spans, metrics) = {
+    let spans = {
         let _guard = runtime.handle().enter();
-        let spans = opentelemetry_otlp::SpanExporter::builder()
+        opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(format!("{base}/v1/traces"))
             .with_timeout(EXPORT_TIMEOUT)
-            .build()?;
-        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .build()?
+    };
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(OnRuntime {
+            inner: spans,
+            runtime: runtime.clone(),
+        })
+        .build())
+}
+
+/// A meter provider (periodic reader every `interval`, cumulative
+/// temporality) exporting to `{base}/v1/metrics` on `runtime`.
+fn meter_provider(
+    base: &str,
+    resource: Resource,
+    interval: Duration,
+    runtime: &Arc<ExportRuntime>,
+) -> Result<SdkMeterProvider, BoxError> {
+    let base = base.trim_end_matches('/');
+    let metrics = {
+        let _guard = runtime.handle().enter();
+        opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(format!("{base}/v1/metrics"))
             .with_timeout(EXPORT_TIMEOUT)
             .with_temporality(Temporality::Cumulative)
-            .build()?;
-        (spans, metrics)
+            .build()?
     };
-
-    let tracer = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(OnRuntime {
-            inner: spans,
-            runtime: runtime.clone(),
-        })
-        .build();
     let reader = PeriodicReader::builder(OnRuntime {
         inner: metrics,
-        runtime,
+        runtime: runtime.clone(),
     })
-    .with_interval(metrics_interval)
+    .with_interval(interval)
     .build();
-    let meter = SdkMeterProvider::builder()
+    Ok(SdkMeterProvider::builder()
         .with_resource(resource)
         .with_reader(reader)
-        .build();
-    Ok((tracer, meter))
+        .build())
 }
 
 /// A `tracing-opentelemetry` layer turning `tracing` spans into spans of

@@ -1,7 +1,9 @@
 //! An in-process OTLP/HTTP receiver for tests: accepts `POST /v1/traces` and
 //! `POST /v1/metrics` with `application/x-protobuf` bodies (as the
 //! `opentelemetry-otlp` HTTP exporter sends them, uncompressed), decodes
-//! them and keeps what arrived as plain Rust values.
+//! them and keeps what arrived as plain Rust values. A receiver started
+//! with [`OtlpReceiver::start_traces_only`] answers `/v1/metrics` with
+//! `404 Not Found`, as Jaeger's OTLP port does.
 //!
 //! The server runs on a Tokio runtime of its own, on a thread of its own, so
 //! it keeps answering while a test blocks its thread in a (synchronous)
@@ -187,6 +189,8 @@ struct Received {
 struct Shared {
     received: Mutex<Received>,
     notify: Notify,
+    /// Answer `/v1/metrics` with 404 (counting the request).
+    refuse_metrics: bool,
 }
 
 impl Shared {
@@ -214,12 +218,26 @@ impl fmt::Debug for OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver on a free loopback port.
     pub async fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a receiver that takes traces and answers every metrics export
+    /// with `404 Not Found` (as Jaeger does); [`requests`](Self::requests)
+    /// still counts them.
+    pub async fn start_traces_only() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(refuse_metrics: bool) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let addr = listener.local_addr().expect("local address");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            refuse_metrics,
+            ..Shared::default()
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/v1/traces", post(traces))
@@ -451,6 +469,9 @@ async fn traces(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 
 async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.update(|r| r.metric_requests += 1);
+    if shared.refuse_metrics {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if let Err(reason) = check_request(&headers) {
         return refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
     }
