@@ -22,6 +22,10 @@
 #[path = "../tests/support/redis.rs"]
 pub(crate) mod redis_support;
 
+#[path = "support/load.rs"]
+#[allow(dead_code)] // the demo draws keys; it parses no flags
+mod load;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +44,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use load::{SplitMix64, Zipf};
 use tokio::task::JoinSet;
 use tower_tiered_cache::{Cache, CacheBuilder, CacheLayer, Route, Stats, CACHE_STATUS};
 
@@ -361,38 +366,13 @@ fn mix_keys() -> Vec<String> {
 }
 
 /// `n` keys drawn with probability proportional to 1 / rank, from a fixed
-/// seed so every run (and both fronts) sees the same sequence.
+/// seed so every run (and every front) sees the same sequence.
 fn zipf_mix(keys: &[String], n: usize, seed: u64) -> Vec<String> {
-    let weights: Vec<f64> = (1..=keys.len()).map(|rank| 1.0 / rank as f64).collect();
-    let total: f64 = weights.iter().sum();
+    let zipf = Zipf::new(keys.len(), 1.0);
     let mut rng = SplitMix64(seed);
     (0..n)
-        .map(|_| {
-            let mut x = rng.next_f64() * total;
-            let pick = weights
-                .iter()
-                .position(|w| {
-                    x -= w;
-                    x < 0.0
-                })
-                .unwrap_or(keys.len() - 1);
-            keys[pick].clone()
-        })
+        .map(|_| keys[zipf.sample(&mut rng)].clone())
         .collect()
-}
-
-/// A tiny deterministic PRNG (SplitMix64), enough for a demo.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Requests every path, `concurrency` at a time, in order of the list.
