@@ -37,7 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
-use load::{parse_duration, SplitMix64, Zipf};
+use load::{flag_pairs, parse, parse_duration, SplitMix64, Zipf};
 use plotters::prelude::*;
 use tokio::task::JoinSet;
 
@@ -65,7 +65,7 @@ const USAGE: &str = "loadgen [--url BASE] [--duration 10s] [--warmup 0s] [--keys
                      [--svg loadgen.svg]";
 
 /// The flags (without the program's name).
-pub(crate) fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+pub(crate) fn parse_args(it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         url: "http://127.0.0.1:8080".to_owned(),
         duration: Duration::from_secs(10),
@@ -77,22 +77,16 @@ pub(crate) fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, S
         seed: 1,
         svg: PathBuf::from("loadgen.svg"),
     };
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {v:?}: {e}");
+    for (flag, v) in flag_pairs(it, USAGE)? {
         match flag.as_str() {
             "--url" => a.url = v.trim_end_matches('/').to_owned(),
             "--duration" => a.duration = parse_duration(&flag, &v)?,
             "--warmup" => a.warmup = parse_duration(&flag, &v)?,
-            "--keys" => a.keys = v.parse().map_err(|e| bad(&e))?,
-            "--zipf" => a.zipf = v.parse().map_err(|e| bad(&e))?,
-            "--concurrency" => a.concurrency = v.parse().map_err(|e| bad(&e))?,
+            "--keys" => a.keys = parse(&flag, &v)?,
+            "--zipf" => a.zipf = parse(&flag, &v)?,
+            "--concurrency" => a.concurrency = parse(&flag, &v)?,
             "--path-template" => a.path_template = v,
-            "--seed" => a.seed = v.parse().map_err(|e| bad(&e))?,
+            "--seed" => a.seed = parse(&flag, &v)?,
             "--svg" => a.svg = PathBuf::from(v),
             _ => return Err(format!("unknown flag {flag}; usage: {USAGE}")),
         }
@@ -378,63 +372,75 @@ impl Tally {
 
 /// The totals, one line each.
 pub(crate) fn report(a: &Args, all: &Tally) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let secs = a.duration.as_secs_f64();
     let classified = all.hits + all.coalesced + all.forwarded;
-    _ = writeln!(
-        out,
-        "url                {} ({} keys, zipf s = {}, {} at a time)",
-        a.url, a.keys, a.zipf, a.concurrency
-    );
-    _ = writeln!(
-        out,
-        "measured           {} s (after a warm-up of {} s)",
-        a.duration.as_secs_f64(),
-        a.warmup.as_secs_f64()
-    );
-    _ = writeln!(
-        out,
-        "requests           {} ({:.0}/s), {} without an answer, {} not 2xx/3xx",
-        all.requests,
-        all.requests as f64 / secs,
-        all.failed,
-        all.not_ok
-    );
-    _ = writeln!(
-        out,
-        "answers            {} hit, {} coalesced, {} to the origin, {} without Cache-Status",
-        all.hits, all.coalesced, all.forwarded, all.unknown
-    );
-    _ = writeln!(
-        out,
-        "hit ratio          {}   (hit / (hit + coalesced + to the origin), from Cache-Status)",
-        ratio(all.hits, classified)
-    );
     let saved = all.hits + all.coalesced;
-    if classified == 0 {
-        _ = writeln!(
-            out,
-            "origin calls saved unknown   (no response carried Cache-Status)"
-        );
-    } else {
-        _ = writeln!(
-        out,
-            "origin calls saved {saved} of {} requests ({})   (hit + coalesced: answers that did not reach the origin)",
-            all.requests,
-            ratio(saved, all.requests)
-        );
-    }
     let l = &all.latencies;
-    _ = writeln!(
-        out,
-        "latency            p50 {}  p95 {}  p99 {}  max {}",
-        ms(quantile(l, 0.50)),
-        ms(quantile(l, 0.95)),
-        ms(quantile(l, 0.99)),
-        ms(l.last().copied().unwrap_or_default())
-    );
-    out
+    let rows = [
+        (
+            "url",
+            format!(
+                "{} ({} keys, zipf s = {}, {} at a time)",
+                a.url, a.keys, a.zipf, a.concurrency
+            ),
+        ),
+        (
+            "measured",
+            format!(
+                "{} s (after a warm-up of {} s)",
+                a.duration.as_secs_f64(),
+                a.warmup.as_secs_f64()
+            ),
+        ),
+        (
+            "requests",
+            format!(
+                "{} ({:.0}/s), {} without an answer, {} not 2xx/3xx",
+                all.requests,
+                all.requests as f64 / a.duration.as_secs_f64(),
+                all.failed,
+                all.not_ok
+            ),
+        ),
+        (
+            "answers",
+            format!(
+                "{} hit, {} coalesced, {} to the origin, {} without Cache-Status",
+                all.hits, all.coalesced, all.forwarded, all.unknown
+            ),
+        ),
+        (
+            "hit ratio",
+            format!(
+                "{}   (hit / (hit + coalesced + to the origin), from Cache-Status)",
+                ratio(all.hits, classified)
+            ),
+        ),
+        (
+            "origin calls saved",
+            if classified == 0 {
+                "unknown   (no response carried Cache-Status)".to_owned()
+            } else {
+                format!(
+                    "{saved} of {} requests ({})   (hit + coalesced: answers that did not reach the origin)",
+                    all.requests,
+                    ratio(saved, all.requests)
+                )
+            },
+        ),
+        (
+            "latency",
+            format!(
+                "p50 {}  p95 {}  p99 {}  max {}",
+                ms(quantile(l, 0.50)),
+                ms(quantile(l, 0.95)),
+                ms(quantile(l, 0.99)),
+                ms(l.last().copied().unwrap_or_default())
+            ),
+        ),
+    ];
+    rows.iter()
+        .map(|(label, value)| format!("{label:<18} {value}\n"))
+        .collect()
 }
 
 /// Hit ratio (%) and p99 (ms) per second of the measurement.
@@ -501,7 +507,7 @@ fn write_svg(a: &Args, series: &[(Option<f64>, Option<f64>)]) -> Result<(), BoxE
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::MiddleRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
@@ -516,7 +522,7 @@ pub(crate) async fn run_and_report(a: &Args) -> Result<Tally, BoxError> {
     let all = Tally::of(samples.iter());
     print!("{}", report(a, &all));
     write_svg(a, &per_second(a, &samples))?;
-    println!("chart              {}", a.svg.display());
+    println!("{:<18} {}", "chart", a.svg.display());
     if all.latencies.is_empty() {
         return Err(format!("no request to {} was answered", a.url).into());
     }

@@ -65,19 +65,13 @@ fn args() -> Result<(SocketAddr, Origin), String> {
     let mut delay = Duration::from_millis(50);
     let mut max_age = 300u64;
     let mut body_bytes = 1024usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("origin [--listen ADDR] [--delay 50ms] [--max-age SECONDS] [--body-bytes N]");
-            std::process::exit(0);
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value:?}: {e}");
+    let usage = "origin [--listen ADDR] [--delay 50ms] [--max-age SECONDS] [--body-bytes N]";
+    for (flag, value) in load::flag_pairs(std::env::args().skip(1), usage)? {
         match flag.as_str() {
-            "--listen" => listen = value.parse().map_err(|e| bad(&e))?,
+            "--listen" => listen = load::parse(&flag, &value)?,
             "--delay" => delay = load::parse_duration(&flag, &value)?,
-            "--max-age" => max_age = value.parse().map_err(|e| bad(&e))?,
-            "--body-bytes" => body_bytes = value.parse().map_err(|e| bad(&e))?,
+            "--max-age" => max_age = load::parse(&flag, &value)?,
+            "--body-bytes" => body_bytes = load::parse(&flag, &value)?,
             _ => return Err(format!("unknown flag {flag} (--help lists them)")),
         }
     }

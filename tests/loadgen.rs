@@ -97,7 +97,10 @@ async fn against_a_cache_it_counts_what_reached_the_origin() {
         "{report}"
     );
     assert!(report.contains("origin calls saved"), "{report}");
-    assert!(chart.starts_with("<svg") && chart.contains("<polyline"), "{chart}");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("<polyline"),
+        "{chart}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //!
 //! Included as a module (`#[path = "support/load.rs"] mod load;`).
 
+use std::fmt::Display;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// A tiny deterministic PRNG (SplitMix64): enough to draw keys, and no
@@ -66,4 +68,30 @@ pub(crate) fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
         _ => Err(bad()),
     }
+}
+
+/// The `--flag value` pairs of a command line (without the program's
+/// name); `--help` or `-h` prints `usage` and exits.
+pub(crate) fn flag_pairs(
+    mut it: impl Iterator<Item = String>,
+    usage: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        pairs.push((flag, value));
+    }
+    Ok(pairs)
+}
+
+/// A flag's value parsed as a `T`, or an error naming the flag.
+pub(crate) fn parse<T: FromStr>(flag: &str, v: &str) -> Result<T, String>
+where
+    T::Err: Display,
+{
+    v.parse().map_err(|e| format!("{flag} {v:?}: {e}"))
 }
