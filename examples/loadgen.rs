@@ -137,7 +137,7 @@ impl Outcome {
             return Outcome::Unknown;
         };
         let params: Vec<&str> = last.split(';').map(str::trim).skip(1).collect();
-        let has = |name: &str| params.iter().any(|p| *p == name);
+        let has = |name: &str| params.contains(&name);
         if has("hit") {
             Outcome::Hit
         } else if !params.iter().any(|p| p.starts_with("fwd=")) {
@@ -443,8 +443,16 @@ pub(crate) fn report(a: &Args, all: &Tally) -> String {
         .collect()
 }
 
-/// Hit ratio (%) and p99 (ms) per second of the measurement.
-fn per_second(a: &Args, samples: &[Sample]) -> Vec<(Option<f64>, Option<f64>)> {
+/// One second of the measurement, as the chart shows it.
+struct Second {
+    /// Hit ratio (%), if any answer said.
+    hit_ratio: Option<f64>,
+    /// p99 latency (ms), if anything was answered.
+    p99_ms: Option<f64>,
+}
+
+/// Hit ratio and p99 per second of the measurement.
+fn per_second(a: &Args, samples: &[Sample]) -> Vec<Second> {
     let seconds = a.duration.as_secs_f64().ceil() as usize;
     let mut buckets: Vec<Vec<&Sample>> = (0..seconds).map(|_| Vec::new()).collect();
     for s in samples {
@@ -455,17 +463,21 @@ fn per_second(a: &Args, samples: &[Sample]) -> Vec<(Option<f64>, Option<f64>)> {
         .into_iter()
         .map(|b| {
             let t = Tally::of(b.into_iter());
-            (
-                t.hit_ratio().map(|r| r * 100.0),
-                t.p99().map(|d| d.as_secs_f64() * 1000.0),
-            )
+            Second {
+                hit_ratio: t.hit_ratio().map(|r| r * 100.0),
+                p99_ms: t.p99().map(|d| d.as_secs_f64() * 1000.0),
+            }
         })
         .collect()
 }
 
-fn write_svg(a: &Args, series: &[(Option<f64>, Option<f64>)]) -> Result<(), BoxError> {
+fn write_svg(a: &Args, series: &[Second]) -> Result<(), BoxError> {
     let secs = series.len() as f64;
-    let max_p99 = series.iter().filter_map(|(_, p)| *p).fold(1.0f64, f64::max) * 1.1;
+    let max_p99 = series
+        .iter()
+        .filter_map(|s| s.p99_ms)
+        .fold(1.0f64, f64::max)
+        * 1.1;
     let root = SVGBackend::new(&a.svg, (900, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -491,18 +503,21 @@ fn write_svg(a: &Args, series: &[(Option<f64>, Option<f64>)]) -> Result<(), BoxE
         .configure_secondary_axes()
         .y_desc("p99 latency (ms)")
         .draw()?;
-    let points = |pick: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
+    let points = |pick: fn(&Second) -> Option<f64>| {
         series
             .iter()
             .enumerate()
             .filter_map(move |(i, s)| pick(s).map(|v| (i as f64 + 0.5, v)))
     };
     chart
-        .draw_series(LineSeries::new(points(|s| s.0), BLUE.stroke_width(2)))?
+        .draw_series(LineSeries::new(
+            points(|s| s.hit_ratio),
+            BLUE.stroke_width(2),
+        ))?
         .label("hit ratio (%), left")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
-        .draw_secondary_series(LineSeries::new(points(|s| s.1), RED.stroke_width(2)))?
+        .draw_secondary_series(LineSeries::new(points(|s| s.p99_ms), RED.stroke_width(2)))?
         .label("p99 latency (ms), right")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
