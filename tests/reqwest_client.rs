@@ -111,6 +111,15 @@ fn ok(cc: &str, body: impl Into<String>) -> AxumResponse {
     reply(200, &[("cache-control", cc)], body)
 }
 
+/// The origin's `n`th answer for `/odds`: fresh for 10 s, then stale
+/// while revalidating for 60 s; the body names the version.
+fn odds(n: usize) -> AxumResponse {
+    ok(
+        "max-age=10, stale-while-revalidate=60",
+        format!("odds v{}", n + 1),
+    )
+}
+
 /// The cache in front of `client`, nothing after it.
 fn client(cache: &Cache) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new(), cache.clone()).build()
@@ -300,10 +309,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_through_the_chain(
             if n > 0 {
                 let _ = g.acquire().await;
             }
-            ok(
-                "max-age=10, stale-while-revalidate=60",
-                format!("odds v{}", n + 1),
-            )
+            odds(n)
         }
     })
     .await;
@@ -385,13 +391,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_through_the_chain(
 /// only, the refresh reaches the origin without it, and nothing is skipped.
 #[tokio::test]
 async fn a_plain_chain_refreshes_in_the_background_through_the_client_it_was_given() {
-    let origin = Origin::start(|n, _| async move {
-        ok(
-            "max-age=10, stale-while-revalidate=60",
-            format!("odds v{}", n + 1),
-        )
-    })
-    .await;
+    let origin = Origin::start(|n, _| async move { odds(n) }).await;
     let clock = clock();
     let cache = manual(&clock).build().unwrap();
     let chain_calls = Arc::new(AtomicUsize::new(0));

@@ -3342,6 +3342,16 @@ fn part_of_body(
     )
 }
 
+/// What an origin holding `0123456789` (strong `ETag` `"v1"`) answers
+/// `req`, by its `Range` (see [`part_of_body`]).
+fn digits_part(req: &http::Request<()>) -> Response<http_body_util::Full<bytes::Bytes>> {
+    let range = req
+        .headers()
+        .get("range")
+        .map(|v| v.to_str().unwrap().to_owned());
+    part_of_body("0123456789", range.as_deref(), "\"v1\"")
+}
+
 /// Sends a `Range` request: (status, Content-Range, body).
 async fn get_range(svc: &Svc, range: &str) -> (u16, Option<String>, String) {
     let r = send(svc, get_with(URL, &[("range", range)])).await;
@@ -3358,13 +3368,7 @@ async fn get_range(svc: &Svc, range: &str) -> (u16, Option<String>, String) {
 async fn rfc9111_3_3_parts_are_stored_answered_and_combined_into_the_whole() {
     let clock = clock();
     let cache = builder(&clock).build().unwrap();
-    let (origin, log) = origin(|_, req| {
-        let range = req
-            .headers()
-            .get("range")
-            .map(|v| v.to_str().unwrap().to_owned());
-        part_of_body("0123456789", range.as_deref(), "\"v1\"")
-    });
+    let (origin, log) = origin(|_, req| digits_part(req));
     let svc = cached(&cache, origin);
     let part = |cr: &str, b: &str| (206, Some(cr.to_owned()), b.to_owned());
     assert_eq!(
@@ -3410,11 +3414,7 @@ async fn rfc9111_4_4_an_unsafe_method_invalidates_a_stored_part() {
         if req.method() == Method::POST {
             return response(204, &[], "");
         }
-        let range = req
-            .headers()
-            .get("range")
-            .map(|v| v.to_str().unwrap().to_owned());
-        part_of_body("0123456789", range.as_deref(), "\"v1\"")
+        digits_part(req)
     });
     let svc = cached(&cache, origin);
     get_range(&svc, "bytes=0-3").await;
@@ -3464,13 +3464,7 @@ async fn rfc9111_3_3_a_part_in_the_middle_answers_within_it_and_416_past_the_end
     let clock = clock();
     // A part of 3 bytes fits in 8, wherever it starts.
     let cache = builder(&clock).max_body_bytes(8).build().unwrap();
-    let (origin, log) = origin(|_, req| {
-        let range = req
-            .headers()
-            .get("range")
-            .map(|v| v.to_str().unwrap().to_owned());
-        part_of_body("0123456789", range.as_deref(), "\"v1\"")
-    });
+    let (origin, log) = origin(|_, req| digits_part(req));
     let svc = cached(&cache, origin);
     let part = |cr: &str, b: &str| (206, Some(cr.to_owned()), b.to_owned());
     assert_eq!(
