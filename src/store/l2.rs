@@ -2239,30 +2239,34 @@ mod tests {
         })
     }
 
+    /// The tests' L2 settings (namespace `batch`, short deadlines).
+    fn config() -> L2Config {
+        L2Config {
+            namespace: "batch".into(),
+            timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(500),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(5),
+            promote_after: 3,
+            promotion_window: Duration::from_secs(60),
+            write_queue: 16,
+            l1_max_ttl: None,
+            invalidation_log_len: 10_000,
+            max_body_bytes: 1 << 20,
+            compress_over: Some(1024),
+            warnings: false,
+            max_variants: 32,
+            #[cfg(feature = "l2-encryption")]
+            keys: None,
+        }
+    }
+
     fn l2(url: String) -> L2 {
-        L2::new(
-            &RedisTarget::Single(url),
-            L2Config {
-                namespace: "batch".into(),
-                timeout: Duration::from_millis(200),
-                connect_timeout: Duration::from_millis(500),
-                breaker_failures: 5,
-                breaker_open_for: Duration::from_secs(5),
-                promote_after: 3,
-                promotion_window: Duration::from_secs(60),
-                write_queue: 16,
-                l1_max_ttl: None,
-                invalidation_log_len: 10_000,
-                max_body_bytes: 1 << 20,
-                compress_over: Some(1024),
-                warnings: false,
-                max_variants: 32,
-                #[cfg(feature = "l2-encryption")]
-                keys: None,
-            },
-            Arc::new(SystemClock),
-        )
-        .unwrap()
+        l2_with(url, config())
+    }
+
+    fn l2_with(url: String, cfg: L2Config) -> L2 {
+        L2::new(&RedisTarget::Single(url), cfg, Arc::new(SystemClock)).unwrap()
     }
 
     #[tokio::test]
@@ -2394,6 +2398,64 @@ mod tests {
         // Every variant landed: the marker's generation and the index.
         let cap = server.cli(&["ZCARD", &l2.variant_index_key(KeyHash(1))]);
         assert_eq!(cap.text().trim(), (1 + ONE_BY_ONE).to_string());
+    }
+
+    /// The write queue holds at most `QUEUE_BYTES` of entries, however many
+    /// jobs its channel takes: an entry that fills it to the byte is taken,
+    /// the next is dropped and counted. Enqueued without an `.await` on a
+    /// current-thread runtime, so the writer sends nothing meanwhile (and no
+    /// Redis is needed).
+    #[tokio::test]
+    async fn the_write_queue_holds_at_most_its_byte_budget() {
+        static BODY: [u8; 2 << 20] = [b'x'; 2 << 20];
+        let now = SystemClock.now_millis();
+        let small = entry("big", now);
+        let with_body = |n: usize| {
+            Arc::new(Entry {
+                body: Bytes::from_static(&BODY[..n]),
+                ..(*small).clone()
+            })
+        };
+        // The entry that weighs exactly `w` (the weight grows with the
+        // body's length).
+        let weighing = |w: u64| {
+            let (mut lo, mut hi) = (0, BODY.len());
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if with_body(mid).weight() <= w {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            let e = with_body(lo);
+            assert_eq!(e.weight(), w, "no body length gives a weight of {w}");
+            e
+        };
+        let l2 = Arc::new(l2_with(
+            "redis://127.0.0.1:1/".into(),
+            L2Config {
+                write_queue: 1_000,
+                ..config()
+            },
+        ));
+        l2.subscriber_started.store(true, Ordering::Release);
+        let big = with_body(1 << 20);
+        let size = big.weight();
+        let fit = QUEUE_BYTES / size;
+        // An odd count, so that what is left has the entries' granularity.
+        let fit = fit - 1 + fit % 2;
+        for i in 0..fit {
+            l2.enqueue(KeyHash(u128::from(i)), &big, &HeaderMap::new(), now);
+        }
+        let last = weighing(QUEUE_BYTES - fit * size);
+        l2.enqueue(KeyHash(1_000_000), &last, &HeaderMap::new(), now);
+        assert_eq!(l2.counters.writes_dropped.get(), 0);
+        assert_eq!(l2.queued_bytes.load(Ordering::Acquire), QUEUE_BYTES);
+        l2.enqueue(KeyHash(1_000_001), &small, &HeaderMap::new(), now);
+        assert_eq!(l2.counters.writes_dropped.get(), 1);
+        assert_eq!(l2.pending_writes(), fit + 1);
+        assert_eq!(l2.queued_bytes.load(Ordering::Acquire), QUEUE_BYTES);
     }
 
     #[tokio::test]
