@@ -2458,6 +2458,27 @@ mod tests {
         assert_eq!(l2.queued_bytes.load(Ordering::Acquire), QUEUE_BYTES);
     }
 
+    /// A key is "being deleted" (its L2 value is a miss, before and after
+    /// a read: `Tiers::lookup_l2`) while its own `DEL` is under way, while
+    /// an invalidation covering it waits in the outbox, and while a tag,
+    /// prefix or clear invalidation is replayed; and not otherwise.
+    #[test]
+    fn a_key_is_being_deleted_while_any_invalidation_covering_it_is_under_way() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let (k, other) = (KeyHash(1), KeyHash(2));
+        assert!(!l2.deleting(k));
+        l2.begin_delete(k);
+        assert!(l2.deleting(k) && !l2.deleting(other));
+        l2.end_delete(k);
+        assert!(!l2.deleting(k));
+        l2.broad_replays.fetch_add(1, Ordering::AcqRel);
+        assert!(l2.deleting(k) && l2.deleting(other));
+        l2.broad_replays.fetch_sub(1, Ordering::AcqRel);
+        assert!(!l2.deleting(k));
+        l2.queue(Pending::Key(k));
+        assert!(l2.deleting(k) && !l2.deleting(other));
+    }
+
     #[tokio::test]
     async fn batch_operations_against_a_dead_server_fail_fast() {
         let l2 = l2("redis://127.0.0.1:1/".into());
