@@ -75,6 +75,50 @@ async fn a_waiter_with_another_vary_value_gets_its_own_variant() {
     assert_eq!(log.request(1).header("accept-language"), Some("fr"));
 }
 
+/// A request with `Cache-Control: no-store` never waits on a flight: while
+/// another request's flight is held at the origin, it makes its own call
+/// and gets its own answer, marked as a forward of a miss (not a `Range`
+/// pass), and nothing of it is stored.
+#[tokio::test]
+async fn a_no_store_request_calls_alone_while_a_flight_is_in_flight() {
+    let cache = Cache::builder().build().unwrap();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |n, _req: http::Request<()>| {
+        let g = g.clone();
+        async move {
+            if n == 0 {
+                g.pass().await;
+            }
+            Ok::<_, Infallible>(ok("max-age=60", &format!("answer {n}")))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let s = svc.clone();
+    let leader = tokio::spawn(async move { body(send(&s, get(URL)).await).await });
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 1, "the first request leads a flight");
+    let no_store = tokio::spawn(async move {
+        let r = send(&svc, get_with(URL, &[("cache-control", "no-store")])).await;
+        (cache_status(&r), body(r).await)
+    });
+    run_ready_tasks().await;
+    assert!(
+        no_store.is_finished(),
+        "the no-store request waited on the flight"
+    );
+    let (status, got) = no_store.await.unwrap();
+    assert_eq!(got, "answer 1");
+    assert_eq!(
+        status,
+        "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store"
+    );
+    assert_eq!(cache.stats().stores, 0);
+    gate.open();
+    assert_eq!(leader.await.unwrap(), "answer 0");
+    assert_eq!(cache.stats().stores, 1);
+}
+
 #[cfg(feature = "redis")]
 mod l2 {
     use std::time::Duration;
