@@ -2479,6 +2479,25 @@ mod tests {
         assert!(l2.deleting(k) && !l2.deleting(other));
     }
 
+    /// What an L2 read found may be copied into L1 unless an invalidation
+    /// that covers its key arrived after the read began: of that key, or a
+    /// clear; an invalidation of another key, or one before the read,
+    /// does not stop it.
+    #[test]
+    fn a_read_is_promoted_unless_an_invalidation_of_its_key_came_after_it_began() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let (k, other) = (KeyHash(1), KeyHash(2));
+        let before = l2.generation();
+        l2.note_invalidated(k);
+        let after = l2.generation();
+        assert!(!l2.may_promote(k, before));
+        assert!(l2.may_promote(other, before));
+        assert!(l2.may_promote(k, after));
+        l2.order.invalidate(Scope::All);
+        assert!(!l2.may_promote(other, after));
+        assert!(l2.may_promote(other, l2.generation()));
+    }
+
     #[tokio::test]
     async fn batch_operations_against_a_dead_server_fail_fast() {
         let l2 = l2("redis://127.0.0.1:1/".into());
