@@ -61,7 +61,9 @@
 //! Every other request header reaches the upstream unchanged and is not in
 //! the key: an origin whose answer depends on one must say so in `Vary`,
 //! which the cache honours.
-//! Each request is logged to stderr. Ctrl-C (or SIGTERM) stops accepting,
+//! Each request is logged to stderr, one line each, by a writer thread (a
+//! request never waits for it; lines it cannot keep up with are dropped and
+//! counted); `--access-log off` turns that off. Ctrl-C (or SIGTERM) stops accepting,
 //! lets open requests finish and prints the cache's counters.
 //!
 //! Not covered, to keep the example short: TLS (to either side), HTTP/2,
@@ -98,8 +100,12 @@ use tower_tiered_cache::{
     Cache, CacheBody, CacheLayer, CacheService, LogLevel, RequestCacheControl, CACHE_STATUS,
 };
 
+#[path = "support/access_log.rs"]
+mod access_log;
 #[path = "support/telemetry.rs"]
 mod telemetry;
+
+use access_log::AccessLog;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -115,7 +121,7 @@ const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-byte
                           --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
                           [--promote-after N] [--l2-key-file PATH] [--distributed-coalescing] [--admin ADDR --admin-token TOKEN] \
                           [--otlp URL] [--otlp-metrics URL] [--span-level LEVEL] \
-                          [--log detailed|aggregate|minimal] [--warm FILE] \
+                          [--log detailed|aggregate|minimal] [--access-log on|off] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
                           [--request-cache-control honour|ignore]\n       \
@@ -158,6 +164,10 @@ Options:
                         aggregate (plus a summary every 10 000 requests or
                         60 s) or detailed (plus one line per lookup)
                         [default: minimal]
+  --access-log on|off   one line per request on stderr (time, client, method,
+                        URL, status, duration, Cache-Status), written by a
+                        thread of its own; lines it cannot keep up with are
+                        dropped and counted [default: on]
   --warm FILE           fetch the URLs (paths) listed in FILE, one per line
                         ('#' starts a comment), through the cache at start-up
                         (with --allow-host: absolute URLs, http://HOST/path)
@@ -352,6 +362,8 @@ struct Config {
     span_level: Option<tracing::Level>,
     /// `--log`.
     log: LogLevel,
+    /// `--access-log`.
+    access_log: bool,
     /// `--warm`: the targets read from the file.
     warm: Vec<WarmTarget>,
     /// `--public-host` / `--allow-host`.
@@ -590,7 +602,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
     let (mut otlp_metrics, mut span_level, mut origin) = (None, None, None);
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
-    let (mut upstream_timeout, mut request_cc) = (None, None);
+    let (mut upstream_timeout, mut request_cc, mut access_log) = (None, None, None);
     #[cfg(feature = "redis")]
     let mut l2 = L2Flags::default();
     let mut args = args.into_iter();
@@ -617,6 +629,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--span-level" => span_level = Some(value()?),
             "--origin" => origin = Some(value()?),
             "--log" => log = Some(value()?),
+            "--access-log" => access_log = Some(value()?),
             "--warm" => warm = Some(value()?),
             "--public-host" => public_host = Some(value()?),
             "--allow-host" => allow_hosts.push(value()?),
@@ -721,6 +734,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             .map_err(|e| ArgError::value(format!("--log: {e}")))?,
         None => LogLevel::Minimal,
     };
+    let access_log = match access_log.as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(ArgError::value(format!(
+                "--access-log {other:?}: expected on or off"
+            )))
+        }
+    };
     let warm = match warm {
         Some(path) => read_warm_file(&path)?,
         None => Vec::new(),
@@ -757,6 +779,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         otlp_metrics,
         span_level,
         log,
+        access_log,
         warm,
         hosts,
         cookies,
@@ -1406,6 +1429,12 @@ async fn serve(
         });
     }
 
+    let (log, log_writer) = if config.access_log {
+        let (log, writer) = AccessLog::to_stderr()?;
+        (log, Some(writer))
+    } else {
+        (AccessLog::disabled(), None)
+    };
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
     loop {
@@ -1413,7 +1442,7 @@ async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let svc = service(&cache, &proxy, peer);
+                    let svc = service(&cache, &proxy, peer, &log);
                     connections.spawn(serve_connection(stream, svc, stop_rx.clone()));
                 }
                 Err(e) => {
@@ -1436,6 +1465,10 @@ async fn serve(
     .await;
     if drained.is_err() {
         eprintln!("gave up on {} connection(s)", connections.len());
+    }
+    // The lines of the last requests are written before the counters.
+    if let Some(writer) = log_writer {
+        writer.finish();
     }
     print_stats(&cache, with_l2);
     Ok(())
@@ -1584,6 +1617,7 @@ fn service(
     cache: &Cache,
     proxy: &Proxy,
     peer: SocketAddr,
+    log: &AccessLog,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<CacheBody<ProxyBody>>,
@@ -1594,28 +1628,36 @@ fn service(
        + 'static {
     let cached = cached_service(cache, proxy);
     let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
+    let log = log.clone();
     service_fn(move |req: Request<Incoming>| {
         let cached = cached.clone();
-        let line = format!("{peer} {} {}", req.method(), req.uri());
+        let log = log.clone();
+        // What the line needs from the request, kept only when logging.
+        let logged = log
+            .enabled()
+            .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
         let prepared = prepare(req, peer, &hosts, cookies);
         async move {
-            let start = Instant::now();
             let resp = match prepared {
                 Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
                 // Refused before the cache: it never sees the request.
                 Err(refusal) => refusal.response().map(CacheBody::stream),
             };
-            let status = resp
-                .headers()
-                .get(&CACHE_STATUS)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info!(
-                target: "proxy",
-                "{line} -> {} in {:.2} ms [{status}]",
-                resp.status().as_u16(),
-                start.elapsed().as_secs_f64() * 1000.0
-            );
+            if let Some((method, uri, start)) = logged {
+                let status = resp
+                    .headers()
+                    .get(&CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                let ms = start.elapsed().as_secs_f64() * 1000.0;
+                log.line(|buf| {
+                    let _ = write!(
+                        buf,
+                        "{peer} {method} {uri} -> {} in {ms:.2} ms [{status}]",
+                        resp.status().as_u16()
+                    );
+                });
+            }
             Ok(resp)
         }
     })
