@@ -1628,14 +1628,25 @@ fn service(
        + 'static {
     let cached = cached_service(cache, proxy);
     let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
-    let log = log.clone();
+    // Per connection: the peer formatted once, and one handle its
+    // requests clone (not the process-wide one every connection shares).
+    let conn_log = log.enabled().then(|| {
+        Arc::new(ConnLog {
+            log: log.clone(),
+            peer: peer.to_string(),
+        })
+    });
     service_fn(move |req: Request<Incoming>| {
         let cached = cached.clone();
-        let log = log.clone();
         // What the line needs from the request, kept only when logging.
-        let logged = log
-            .enabled()
-            .then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+        let logged = conn_log.as_ref().map(|c| {
+            (
+                Arc::clone(c),
+                req.method().clone(),
+                req.uri().clone(),
+                Instant::now(),
+            )
+        });
         let prepared = prepare(req, peer, &hosts, cookies);
         async move {
             let resp = match prepared {
@@ -1643,24 +1654,55 @@ fn service(
                 // Refused before the cache: it never sees the request.
                 Err(refusal) => refusal.response().map(CacheBody::stream),
             };
-            if let Some((method, uri, start)) = logged {
-                let status = resp
-                    .headers()
-                    .get(&CACHE_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                let ms = start.elapsed().as_secs_f64() * 1000.0;
-                log.line(|buf| {
-                    let _ = write!(
-                        buf,
-                        "{peer} {method} {uri} -> {} in {ms:.2} ms [{status}]",
-                        resp.status().as_u16()
-                    );
-                });
+            if let Some((conn, method, uri, start)) = logged {
+                conn.line(&method, &uri, resp.status(), start, resp.headers());
             }
             Ok(resp)
         }
     })
+}
+
+/// A connection's access log: the log, and the peer's address as text.
+struct ConnLog {
+    log: AccessLog,
+    peer: String,
+}
+
+impl ConnLog {
+    /// `PEER METHOD URI -> STATUS in MS ms [CACHE-STATUS]` (after the
+    /// time), written without `core::fmt` but for an absolute-form URI.
+    fn line(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        status: StatusCode,
+        start: Instant,
+        headers: &HeaderMap,
+    ) {
+        let cache_status = headers
+            .get(&CACHE_STATUS)
+            .map_or(&b"-"[..], HeaderValue::as_bytes);
+        let elapsed = start.elapsed();
+        self.log.line(|buf| {
+            buf.extend_from_slice(self.peer.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(method.as_str().as_bytes());
+            buf.push(b' ');
+            match uri.path_and_query() {
+                Some(pq) if uri.scheme().is_none() => buf.extend_from_slice(pq.as_str().as_bytes()),
+                _ => {
+                    let _ = write!(buf, "{uri}");
+                }
+            }
+            buf.extend_from_slice(b" -> ");
+            access_log::push_u64(buf, u64::from(status.as_u16()));
+            buf.extend_from_slice(b" in ");
+            access_log::push_millis(buf, elapsed);
+            buf.extend_from_slice(b" ms [");
+            buf.extend_from_slice(cache_status);
+            buf.push(b']');
+        });
+    }
 }
 
 fn print_stats(cache: &Cache, with_l2: bool) {
