@@ -79,7 +79,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST, VIA};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
@@ -102,10 +102,13 @@ use tower_tiered_cache::{
 
 #[path = "support/access_log.rs"]
 mod access_log;
+#[path = "support/headers.rs"]
+mod headers;
 #[path = "support/telemetry.rs"]
 mod telemetry;
 
 use access_log::AccessLog;
+use headers::{remove_where, strip_hop_by_hop};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -1238,22 +1241,12 @@ const METHOD_OVERRIDE: [&str; 3] = [
 /// Removes what a client must not set (see [`PROXY_SET`] and
 /// [`METHOD_OVERRIDE`]).
 fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
-    let prefixed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for name in prefixed {
-        headers.remove(name);
-    }
-    for name in PROXY_SET {
-        headers.remove(name);
-    }
-    if lookup {
-        for name in METHOD_OVERRIDE {
-            headers.remove(name);
-        }
-    }
+    remove_where(headers, |name| {
+        let name = name.as_str();
+        name.starts_with("x-forwarded-")
+            || PROXY_SET.contains(&name)
+            || (lookup && METHOD_OVERRIDE.contains(&name))
+    });
 }
 
 /// A client's request as the cache and the upstream may see it, or the
@@ -1269,7 +1262,7 @@ fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
 ///   `--cookies pass`, is marked [`Uncached`].
 fn prepare(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    forwarded_for: &HeaderValue,
     hosts: &Hosts,
     cookies: Cookies,
 ) -> Result<Request<Incoming>, Refusal> {
@@ -1279,7 +1272,7 @@ fn prepare(
     drop_proxy_headers(&mut parts.headers, lookup);
     parts.headers.insert(
         HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"),
+        forwarded_for.clone(),
     );
     if lookup
         && (!body.is_end_stream()
@@ -1628,6 +1621,9 @@ fn service(
        + 'static {
     let cached = cached_service(cache, proxy);
     let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
+    // The peer's address for `X-Forwarded-For`, formatted once.
+    let forwarded_for =
+        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
     // Per connection: the peer formatted once, and one handle its
     // requests clone (not the process-wide one every connection shares).
     let conn_log = log.enabled().then(|| {
@@ -1647,7 +1643,7 @@ fn service(
                 Instant::now(),
             )
         });
-        let prepared = prepare(req, peer, &hosts, cookies);
+        let prepared = prepare(req, &forwarded_for, &hosts, cookies);
         async move {
             let resp = match prepared {
                 Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
@@ -1853,37 +1849,6 @@ fn downstream_response(resp: Response<Incoming>) -> Response<ProxyBody> {
     // We speak HTTP/1.1 to the client whatever the upstream spoke.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body.boxed())
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the proxy authentication pair, which is meant for this hop only.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Removes the hop-by-hop headers, and the ones `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// A small plain-text response of our own (errors).
