@@ -13,7 +13,9 @@
 #   access log   proxy, GET /hit1k, log on (default)    the same proxy with --access-log off
 #
 # The references and the origin are `examples/bench_refs.rs` (one process
-# per mode). Every server, the origin and redis-server run on CPU
+# per mode); each proxy side is a process of its own that serves only that
+# side's traffic (the 1 KiB-hit proxy is also the access-log row's side).
+# Every server, the origin and redis-server run on CPU
 # $PROXY_E2E_SERVER_CPU and wrk on CPU $PROXY_E2E_WRK_CPU (taskset), so wrk
 # never takes the measured server's core; the origin's and Redis's CPU is
 # not counted on either side (both sides of a row use the same ones).
@@ -29,12 +31,15 @@
 # hits >= 0.9, L2 >= 1/1.5, access log >= 1/1.10 (costs <= 10 %).
 #
 # Checks before timing: each proxy path answers 200 with the right body
-# size; /pass is forwarded (Cache-Status without `hit`), /hit1k and
+# size; /pass is forwarded (Cache-Status `fwd=...`), /hit1k and
 # /hit64k are L1 hits (`hit; detail=l1`), /l2/N are L2 hits (`hit;
 # detail=l2`) after the proxy warmed all $KEYS keys into Redis (`--warm`);
 # wrk reports no non-2xx answer nor socket error. After timing, each proxy's
 # counters (printed when it stops) must show it stored nothing more than
-# its first misses, and the L2 proxy that it answered no request from L1.
+# its first miss (the pass proxy: nothing, and no hit), the L2 proxy that
+# it answered no request from L1 and as many from L2 as wrk completed; the
+# access log must have lines on the default proxy's stderr and none on the
+# --access-log off one's.
 #
 # Run from anywhere:   benches/proxy_e2e.sh
 # Quick run (about a minute once built):
@@ -81,6 +86,9 @@ done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+# wrk_figures, median, ratios.
+# shellcheck source=support/wrk_rounds.sh
+. benches/support/wrk_rounds.sh
 COMMAND="benches/proxy_e2e.sh (PROXY_E2E_DURATION=$DURATION PROXY_E2E_ROUNDS=$ROUNDS PROXY_E2E_WARMUP=$WARMUP PROXY_E2E_CONNECTIONS=$CONNECTIONS PROXY_E2E_KEYS=$KEYS)"
 
 # --- tools -------------------------------------------------------------------
@@ -179,7 +187,13 @@ start origin "$REFS_BIN" origin
 start plain "$REFS_BIN" plain-proxy --upstream "${ADDR[origin]}"
 start static "$REFS_BIN" static
 start l2ref "$REFS_BIN" l2-ref --redis "redis://127.0.0.1:$REDIS_PORT/1" --keys "$KEYS"
+# One proxy per kind of traffic, so that each side's process has served
+# nothing else (its heap and connections as in a steady state of that load):
+# passes, 1 KiB hits (and the access-log row), 64 KiB hits, 1 KiB hits with
+# the log off, L2 hits.
+start proxypass "$PROXY_BIN" --listen 127.0.0.1:0 --upstream "http://${ADDR[origin]}"
 start proxy "$PROXY_BIN" --listen 127.0.0.1:0 --upstream "http://${ADDR[origin]}"
+start proxy64 "$PROXY_BIN" --listen 127.0.0.1:0 --upstream "http://${ADDR[origin]}"
 start nolog "$PROXY_BIN" --listen 127.0.0.1:0 --upstream "http://${ADDR[origin]}" --access-log off
 # L1 of 4 KiB keeps no entry over 512 bytes: every /l2/N (1 KiB) is read
 # from Redis, and never promoted.
@@ -216,13 +230,13 @@ done
 check static /hit64k 65536 -
 check l2ref /l2/0 1024 -
 check l2ref "/l2/$((KEYS - 1))" 1024 -
+for i in 1 2; do check proxypass /pass 1024 '^cache-status: [^;]+; fwd='; done
 for name in proxy nolog; do
-    for i in 1 2; do check "$name" /pass 1024 '^cache-status: [^;]+; fwd='; done
     check "$name" /hit1k 1024 -
     check "$name" /hit1k 1024 '; hit; .*detail=l1'
-    check "$name" /hit64k 65536 -
-    check "$name" /hit64k 65536 '; hit; .*detail=l1'
 done
+check proxy64 /hit64k 65536 -
+check proxy64 /hit64k 65536 '; hit; .*detail=l1'
 
 echo "waiting for proxyl2 to warm $KEYS keys into Redis..." >&2
 warmed=
@@ -251,8 +265,8 @@ echo "checked: /pass forwarded, /hit1k and /hit64k L1 hits, /l2/N L2 hits, bodie
 
 # run -> the process it measures, and its URL path ('lua' = the keys script).
 RUNS=(pass.proxy pass.plain hit1k.proxy hit1k.static hit64k.proxy hit64k.static l2.proxy l2.ref hit1k.nolog)
-declare -A RUN_PROC=([pass.proxy]=proxy [pass.plain]=plain [hit1k.proxy]=proxy [hit1k.static]=static
-    [hit64k.proxy]=proxy [hit64k.static]=static [l2.proxy]=proxyl2 [l2.ref]=l2ref [hit1k.nolog]=nolog)
+declare -A RUN_PROC=([pass.proxy]=proxypass [pass.plain]=plain [hit1k.proxy]=proxy [hit1k.static]=static
+    [hit64k.proxy]=proxy64 [hit64k.static]=static [l2.proxy]=proxyl2 [l2.ref]=l2ref [hit1k.nolog]=nolog)
 declare -A RUN_PATH=([pass.proxy]=/pass [pass.plain]=/pass [hit1k.proxy]=/hit1k [hit1k.static]=/hit1k
     [hit64k.proxy]=/hit64k [hit64k.static]=/hit64k [l2.proxy]=lua [l2.ref]=lua [hit1k.nolog]=/hit1k)
 
@@ -266,7 +280,7 @@ ticks() {
 # One wrk run; prints "<requests/s> <p99 in us> <completed requests>
 # <requests per server CPU-second>".
 run_wrk() {
-    local run=$1 secs=$2 proc=${RUN_PROC[$1]} path=${RUN_PATH[$1]} out rps p99 reqs bad t0 t1 script=()
+    local run=$1 secs=$2 proc=${RUN_PROC[$1]} path=${RUN_PATH[$1]} out figures reqs t0 t1 script=()
     if [[ $path == lua ]]; then
         script=(-s "$ROOT/benches/proxy_e2e_keys.lua")
         path=/
@@ -276,19 +290,10 @@ run_wrk() {
     out=$(timeout $((secs + 30)) "${WRK_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
         "${script[@]}" "$url" -- "$KEYS" 2>&1) || die "$run: wrk failed: $out"
     t1=$(ticks "$proc")
-    bad=$(grep -E '^ *(Non-2xx or 3xx responses|Socket errors):' <<<"$out" || true)
-    [[ -z $bad ]] || die "$run: $bad"
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-    reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
-    p99=$(awk '$1 == "99%" {
-        v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
-        m = (u == "us") ? 1 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : -1
-        if (m < 0) exit 1
-        printf "%.1f", v * m }' <<<"$out") || die "$run: cannot read p99 from: $out"
-    [[ -n $rps && -n $p99 && -n $reqs ]] || die "$run: cannot parse wrk output: $out"
-    ((reqs > 0)) || die "$run: no request completed"
+    figures=$(wrk_figures "$out") || die "$run: $figures"
     ((t1 > t0)) || die "$run: no server CPU time measured"
-    echo "$rps $p99 $reqs $(awk -v n="$reqs" -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", n * hz / t }')"
+    read -r _ _ reqs <<<"$figures"
+    echo "$figures $(awk -v n="$reqs" -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", n * hz / t }')"
 }
 
 declare -A RPS P99 RPC COMPLETED
@@ -328,7 +333,7 @@ done
 # --- counters after timing -------------------------------------------------------
 
 # The `stats:` line a proxy prints when it stops; `stat NAME FIELD`.
-for name in proxy nolog proxyl2; do
+for name in proxypass proxy proxy64 nolog proxyl2; do
     stop "$name"
 done
 stat() {
@@ -339,10 +344,12 @@ fail() {
     echo "FAIL: $*" >&2
     failed=1
 }
-for name in proxy nolog; do
-    [[ $(stat "$name" stores) == 2 ]] ||
-        fail "$name stored $(stat "$name" stores) entries, not 2 (/hit1k, /hit64k): a timed hit missed"
+for name in proxy proxy64 nolog; do
+    [[ $(stat "$name" stores) == 1 ]] ||
+        fail "$name stored $(stat "$name" stores) entries, not 1: a timed hit missed"
 done
+[[ $(stat proxypass stores) == 0 ]] || fail "proxypass stored $(stat proxypass stores) no-store answers"
+[[ $(stat proxypass hits) == 0 ]] || fail "proxypass answered $(stat proxypass hits) passes from the cache"
 hits=$(stat proxyl2 hits_l2)
 [[ $(stat proxyl2 hits_l1) == 0 ]] || fail "proxyl2 answered $(stat proxyl2 hits_l1) requests from L1"
 ((hits >= ${COMPLETED[l2.proxy]})) ||
@@ -358,19 +365,6 @@ if grep -q ' -> ' "$TMP/nolog.err"; then
 fi
 
 # --- report ----------------------------------------------------------------------
-
-# Median of the numbers given as arguments (mean of the middle two if even).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) printf "%.4f", v[(NR + 1) / 2]; else printf "%.4f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# Per-round ratios of two lists of the same length.
-ratios() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (i = 1; i <= n; i++) printf "%.4f ", x[i] / y[i] }'
-}
 
 # The composite reference of the L2 row, per round: requests per
 # CPU-second of (an L1 hit + a raw Redis GET) = 1 / (1/hit1k.proxy +
