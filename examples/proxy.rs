@@ -1667,7 +1667,7 @@ struct ConnLog {
 
 impl ConnLog {
     /// `PEER METHOD URI -> STATUS in MS ms [CACHE-STATUS]` (after the
-    /// time), written without `core::fmt` but for an absolute-form URI.
+    /// time), with `core::fmt` only for the duration (and an absolute-form URI).
     fn line(
         &self,
         method: &Method,
@@ -1692,7 +1692,7 @@ impl ConnLog {
                 }
             }
             buf.extend_from_slice(b" -> ");
-            access_log::push_u64(buf, u64::from(status.as_u16()));
+            buf.extend_from_slice(status.as_str().as_bytes());
             buf.extend_from_slice(b" in ");
             access_log::push_millis(buf, elapsed);
             buf.extend_from_slice(b" ms [");
