@@ -70,6 +70,9 @@ read -r -a SIDE_LIST <<<"$SIDES"
 [[ ${SIDE_LIST[0]:-} == static ]] || die "E2E_SIDES must start with 'static' (the baseline)"
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# wrk_figures, median, ratios (shared with benches/proxy_e2e.sh).
+# shellcheck source=../benches/support/wrk_rounds.sh
+. ../benches/support/wrk_rounds.sh
 
 # --- tools -------------------------------------------------------------------
 
@@ -182,31 +185,15 @@ server_ticks() {
 # One wrk run; prints "<requests/s> <p99 in us> <completed requests>
 # <server CPU us per request>".
 run_wrk() {
-    local side=$1 secs=$2 out rps p99 reqs bad t0 t1 cpu
+    local side=$1 secs=$2 out figures reqs t0 t1 cpu
     t0=$(server_ticks)
     out=$(timeout $((secs + 30)) "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" \
         --latency "http://${ADDR[$side]}$ITEM_PATH" 2>&1) || die "$side: wrk failed: $out"
     t1=$(server_ticks)
-    bad=$(grep -E '^ *(Non-2xx or 3xx responses|Socket errors):' <<<"$out" || true)
-    [[ -z $bad ]] || die "$side: $bad"
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-    reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
-    # `99%   1.23ms` (wrk prints us, ms or s).
-    p99=$(awk '$1 == "99%" {
-        v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
-        m = (u == "us") ? 1 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : -1
-        if (m < 0) exit 1
-        printf "%.1f", v * m }' <<<"$out") || die "$side: cannot read p99 from: $out"
-    [[ -n $rps && -n $p99 && -n $reqs ]] || die "$side: cannot parse wrk output: $out"
-    ((reqs > 0)) || die "$side: no request completed"
+    figures=$(wrk_figures "$out") || die "$side: $figures"
+    read -r _ _ reqs <<<"$figures"
     cpu=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
-    echo "$rps $p99 $reqs $cpu"
-}
-
-# Median of the numbers given as arguments (mean of the middle two if even).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) printf "%.4f", v[(NR + 1) / 2]; else printf "%.4f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    echo "$figures $cpu"
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -248,13 +235,6 @@ for ((r = 0; r < ROUNDS; r++)); do
 done
 
 # --- report --------------------------------------------------------------------
-
-# Per-round ratios of two lists of the same length ("a1 a2 ..." / "b1 b2 ...").
-ratios() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (i = 1; i <= n; i++) printf "%.4f ", x[i] / y[i] }'
-}
 
 # One table cell pair for a metric: "<median> <ratio of the medians to
 # static> <median of the per-round ratios to static>".

@@ -61,7 +61,9 @@
 //! Every other request header reaches the upstream unchanged and is not in
 //! the key: an origin whose answer depends on one must say so in `Vary`,
 //! which the cache honours.
-//! Each request is logged to stderr. Ctrl-C (or SIGTERM) stops accepting,
+//! Each request is logged to stderr, one line each, by a writer thread (a
+//! request never waits for it; lines it cannot keep up with are dropped and
+//! counted); `--access-log off` turns that off. Ctrl-C (or SIGTERM) stops accepting,
 //! lets open requests finish and prints the cache's counters.
 //!
 //! Not covered, to keep the example short: TLS (to either side), HTTP/2,
@@ -77,7 +79,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST, VIA};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
@@ -98,8 +100,15 @@ use tower_tiered_cache::{
     Cache, CacheBody, CacheLayer, CacheService, LogLevel, RequestCacheControl, CACHE_STATUS,
 };
 
+#[path = "support/access_log.rs"]
+mod access_log;
+#[path = "support/headers.rs"]
+mod headers;
 #[path = "support/telemetry.rs"]
 mod telemetry;
+
+use access_log::AccessLog;
+use headers::{remove_where, strip_hop_by_hop};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -115,7 +124,7 @@ const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-byte
                           --redis-sentinel NAME@HOST:PORT[,HOST:PORT...]] [--namespace NAME] \
                           [--promote-after N] [--l2-key-file PATH] [--distributed-coalescing] [--admin ADDR --admin-token TOKEN] \
                           [--otlp URL] [--otlp-metrics URL] [--span-level LEVEL] \
-                          [--log detailed|aggregate|minimal] [--warm FILE] \
+                          [--log detailed|aggregate|minimal] [--access-log on|off] [--warm FILE] \
                           [--public-host HOST | --allow-host HOST[,HOST...]] \
                           [--cookies pass|partition] [--upstream-timeout DURATION] \
                           [--request-cache-control honour|ignore]\n       \
@@ -158,6 +167,10 @@ Options:
                         aggregate (plus a summary every 10 000 requests or
                         60 s) or detailed (plus one line per lookup)
                         [default: minimal]
+  --access-log on|off   one line per request on stderr (time, client, method,
+                        URL, status, duration, Cache-Status), written by a
+                        thread of its own; lines it cannot keep up with are
+                        dropped and counted [default: on]
   --warm FILE           fetch the URLs (paths) listed in FILE, one per line
                         ('#' starts a comment), through the cache at start-up
                         (with --allow-host: absolute URLs, http://HOST/path)
@@ -352,6 +365,8 @@ struct Config {
     span_level: Option<tracing::Level>,
     /// `--log`.
     log: LogLevel,
+    /// `--access-log`.
+    access_log: bool,
     /// `--warm`: the targets read from the file.
     warm: Vec<WarmTarget>,
     /// `--public-host` / `--allow-host`.
@@ -590,7 +605,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
     let (mut admin, mut admin_token, mut otlp, mut log, mut warm) = (None, None, None, None, None);
     let (mut otlp_metrics, mut span_level, mut origin) = (None, None, None);
     let (mut public_host, mut allow_hosts, mut cookies) = (None, Vec::new(), None);
-    let (mut upstream_timeout, mut request_cc) = (None, None);
+    let (mut upstream_timeout, mut request_cc, mut access_log) = (None, None, None);
     #[cfg(feature = "redis")]
     let mut l2 = L2Flags::default();
     let mut args = args.into_iter();
@@ -617,6 +632,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             "--span-level" => span_level = Some(value()?),
             "--origin" => origin = Some(value()?),
             "--log" => log = Some(value()?),
+            "--access-log" => access_log = Some(value()?),
             "--warm" => warm = Some(value()?),
             "--public-host" => public_host = Some(value()?),
             "--allow-host" => allow_hosts.push(value()?),
@@ -721,6 +737,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
             .map_err(|e| ArgError::value(format!("--log: {e}")))?,
         None => LogLevel::Minimal,
     };
+    let access_log = match access_log.as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(ArgError::value(format!(
+                "--access-log {other:?}: expected on or off"
+            )))
+        }
+    };
     let warm = match warm {
         Some(path) => read_warm_file(&path)?,
         None => Vec::new(),
@@ -757,6 +782,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ArgErro
         otlp_metrics,
         span_level,
         log,
+        access_log,
         warm,
         hosts,
         cookies,
@@ -934,8 +960,9 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
             }
             let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
             match hosts.forwarded(parts) {
-                Ok(Some(host)) => Some(format!("GET //{}{path}", host.to_str().ok()?)),
-                Ok(None) => Some(format!("GET {path}")),
+                // `concat`, not `format!`: per request, and core::fmt is slow.
+                Ok(Some(host)) => Some(["GET //", host.to_str().ok()?, path].concat()),
+                Ok(None) => Some(["GET ", path].concat()),
                 // Refused before the cache (421); never stored.
                 Err(_) => None,
             }
@@ -946,7 +973,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         // Proxies front many paths: label by the first path segment.
         .label_fn(|parts| {
             let first = parts.uri.path().split('/').nth(1).unwrap_or("");
-            Some(format!("/{first}"))
+            Some(["/", first].concat())
         });
     if let Some(t) = config.upstream_timeout {
         builder = builder.upstream_timeout(t);
@@ -1215,22 +1242,12 @@ const METHOD_OVERRIDE: [&str; 3] = [
 /// Removes what a client must not set (see [`PROXY_SET`] and
 /// [`METHOD_OVERRIDE`]).
 fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
-    let prefixed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for name in prefixed {
-        headers.remove(name);
-    }
-    for name in PROXY_SET {
-        headers.remove(name);
-    }
-    if lookup {
-        for name in METHOD_OVERRIDE {
-            headers.remove(name);
-        }
-    }
+    remove_where(headers, |name| {
+        let name = name.as_str();
+        name.starts_with("x-forwarded-")
+            || PROXY_SET.contains(&name)
+            || (lookup && METHOD_OVERRIDE.contains(&name))
+    });
 }
 
 /// A client's request as the cache and the upstream may see it, or the
@@ -1246,7 +1263,7 @@ fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
 ///   `--cookies pass`, is marked [`Uncached`].
 fn prepare(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    forwarded_for: &HeaderValue,
     hosts: &Hosts,
     cookies: Cookies,
 ) -> Result<Request<Incoming>, Refusal> {
@@ -1256,7 +1273,7 @@ fn prepare(
     drop_proxy_headers(&mut parts.headers, lookup);
     parts.headers.insert(
         HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value"),
+        forwarded_for.clone(),
     );
     if lookup
         && (!body.is_end_stream()
@@ -1406,6 +1423,12 @@ async fn serve(
         });
     }
 
+    let (log, log_writer) = if config.access_log {
+        let (log, writer) = AccessLog::to_stderr()?;
+        (log, Some(writer))
+    } else {
+        (AccessLog::disabled(), None)
+    };
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
     loop {
@@ -1413,7 +1436,7 @@ async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let svc = service(&cache, &proxy, peer);
+                    let svc = service(&cache, &proxy, peer, &log);
                     connections.spawn(serve_connection(stream, svc, stop_rx.clone()));
                 }
                 Err(e) => {
@@ -1436,6 +1459,10 @@ async fn serve(
     .await;
     if drained.is_err() {
         eprintln!("gave up on {} connection(s)", connections.len());
+    }
+    // The lines of the last requests are written before the counters.
+    if let Some(writer) = log_writer {
+        writer.finish();
     }
     print_stats(&cache, with_l2);
     Ok(())
@@ -1584,6 +1611,7 @@ fn service(
     cache: &Cache,
     proxy: &Proxy,
     peer: SocketAddr,
+    log: &AccessLog,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<CacheBody<ProxyBody>>,
@@ -1594,31 +1622,84 @@ fn service(
        + 'static {
     let cached = cached_service(cache, proxy);
     let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
+    // The peer's address for `X-Forwarded-For`, formatted once.
+    let forwarded_for =
+        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
+    // Per connection: the peer formatted once, and one handle its
+    // requests clone (not the process-wide one every connection shares).
+    let conn_log = log.enabled().then(|| {
+        Arc::new(ConnLog {
+            log: log.clone(),
+            peer: peer.to_string(),
+        })
+    });
     service_fn(move |req: Request<Incoming>| {
         let cached = cached.clone();
-        let line = format!("{peer} {} {}", req.method(), req.uri());
-        let prepared = prepare(req, peer, &hosts, cookies);
+        // What the line needs from the request, kept only when logging.
+        let logged = conn_log.as_ref().map(|c| {
+            (
+                Arc::clone(c),
+                req.method().clone(),
+                req.uri().clone(),
+                Instant::now(),
+            )
+        });
+        let prepared = prepare(req, &forwarded_for, &hosts, cookies);
         async move {
-            let start = Instant::now();
             let resp = match prepared {
                 Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
                 // Refused before the cache: it never sees the request.
                 Err(refusal) => refusal.response().map(CacheBody::stream),
             };
-            let status = resp
-                .headers()
-                .get(&CACHE_STATUS)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info!(
-                target: "proxy",
-                "{line} -> {} in {:.2} ms [{status}]",
-                resp.status().as_u16(),
-                start.elapsed().as_secs_f64() * 1000.0
-            );
+            if let Some((conn, method, uri, start)) = logged {
+                conn.line(&method, &uri, resp.status(), start, resp.headers());
+            }
             Ok(resp)
         }
     })
+}
+
+/// A connection's access log: the log, and the peer's address as text.
+struct ConnLog {
+    log: AccessLog,
+    peer: String,
+}
+
+impl ConnLog {
+    /// `PEER METHOD URI -> STATUS in MS ms [CACHE-STATUS]` (after the
+    /// time), with `core::fmt` only for the duration (and an absolute-form URI).
+    fn line(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        status: StatusCode,
+        start: Instant,
+        headers: &HeaderMap,
+    ) {
+        let cache_status = headers
+            .get(&CACHE_STATUS)
+            .map_or(&b"-"[..], HeaderValue::as_bytes);
+        let elapsed = start.elapsed();
+        self.log.line(|buf| {
+            buf.extend_from_slice(self.peer.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(method.as_str().as_bytes());
+            buf.push(b' ');
+            match uri.path_and_query() {
+                Some(pq) if uri.scheme().is_none() => buf.extend_from_slice(pq.as_str().as_bytes()),
+                _ => {
+                    let _ = write!(buf, "{uri}");
+                }
+            }
+            buf.extend_from_slice(b" -> ");
+            buf.extend_from_slice(status.as_str().as_bytes());
+            buf.extend_from_slice(b" in ");
+            access_log::push_millis(buf, elapsed);
+            buf.extend_from_slice(b" ms [");
+            buf.extend_from_slice(cache_status);
+            buf.push(b']');
+        });
+    }
 }
 
 fn print_stats(cache: &Cache, with_l2: bool) {
@@ -1769,37 +1850,6 @@ fn downstream_response(resp: Response<Incoming>) -> Response<ProxyBody> {
     // We speak HTTP/1.1 to the client whatever the upstream spoke.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body.boxed())
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the proxy authentication pair, which is meant for this hop only.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Removes the hop-by-hop headers, and the ones `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// A small plain-text response of our own (errors).

@@ -217,7 +217,10 @@ impl Status {
                 return value;
             }
         }
-        let s = self.to_string();
+        // Rendered without `core::fmt`'s argument machinery: this runs for
+        // every miss and pass (issue 18's profile of a pass-through).
+        let mut s = String::with_capacity(96);
+        let _ = self.render(&mut s);
         HeaderValue::from_str(&s).unwrap_or(STATUS_BYPASS)
     }
 }
@@ -253,37 +256,86 @@ const FIXED: [(Status, HeaderValue); 7] = [
     (Status::ONLY_IF_CACHED, STATUS_ONLY_IF_CACHED),
 ];
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(CACHE_STATUS_NAME)?;
+impl Status {
+    /// Writes the `Cache-Status` value to `out`, with `write_str` only
+    /// (numbers through [`write_decimal`]).
+    fn render(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        out.write_str(CACHE_STATUS_NAME)?;
         if self.hit {
-            f.write_str("; hit")?;
+            out.write_str("; hit")?;
         }
         if let Some(fwd) = self.fwd {
-            write!(f, "; fwd={}", fwd.as_str())?;
+            out.write_str("; fwd=")?;
+            out.write_str(fwd.as_str())?;
         }
         if let Some(code) = self.fwd_status {
-            write!(f, "; fwd-status={code}")?;
+            out.write_str("; fwd-status=")?;
+            write_decimal(out, u64::from(code))?;
         }
         if self.collapsed {
-            f.write_str("; collapsed")?;
+            out.write_str("; collapsed")?;
         }
         if let Some(secs) = self.stale_by {
-            write!(f, "; ttl=-{secs}")?;
+            out.write_str("; ttl=-")?;
+            write_decimal(out, secs)?;
         }
         if self.stored {
-            f.write_str("; stored")?;
+            out.write_str("; stored")?;
         }
         if let Some(detail) = self.detail {
-            write!(f, "; detail={}", detail.as_str())?;
+            out.write_str("; detail=")?;
+            out.write_str(detail.as_str())?;
         }
         Ok(())
+    }
+}
+
+/// Writes `n` in decimal.
+fn write_decimal(out: &mut impl fmt::Write, mut n: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        // A digit: `n % 10` fits in a u8.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.write_str(std::str::from_utf8(&digits[i..]).map_err(|_| fmt::Error)?)
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_render_in_decimal() {
+        for n in [0u64, 7, 10, 200, 304, 65_535, u64::MAX] {
+            let mut s = String::new();
+            write_decimal(&mut s, n).unwrap();
+            assert_eq!(s, n.to_string());
+        }
+        let status = Status {
+            fwd: Some(Fwd::Stale),
+            fwd_status: Some(503),
+            stale_by: Some(1234),
+            detail: Some(Detail::StaleIfError),
+            ..Status::default()
+        };
+        assert_eq!(
+            status.header(),
+            "tower-tiered-cache; fwd=stale; fwd-status=503; ttl=-1234; detail=stale-if-error"
+        );
+    }
 
     #[test]
     fn fixed_values_are_what_rendering_gives() {
