@@ -119,6 +119,69 @@ async fn a_no_store_request_calls_alone_while_a_flight_is_in_flight() {
     assert_eq!(cache.stats().stores, 1);
 }
 
+/// A flight that revalidates a stale `en` variant ends in stale-if-error
+/// (the origin answers 503). A waiter with the same `Accept-Language` is
+/// answered with the same stale entry, marked so; a waiter with another
+/// (`fr`, no variant stored) never gets `en`'s stale body: it calls the
+/// origin itself and gets the origin's 503.
+#[tokio::test]
+async fn waiters_of_a_stale_if_error_flight_get_the_stale_entry_only_for_their_variant() {
+    let clock = clock();
+    let cache = Cache::builder().clock(clock.clone()).build().unwrap();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |n, _req: http::Request<()>| {
+        let g = g.clone();
+        async move {
+            if n == 0 {
+                let r = ok("max-age=1, stale-if-error=300", "en v1");
+                return Ok::<_, Infallible>(with_header(r, "vary", "accept-language"));
+            }
+            g.pass().await;
+            Ok(response(503, &[], "down"))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let fetch = |lang: &'static str| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let r = send(&svc, get_with(URL, &[("accept-language", lang)])).await;
+            let status = r.status().as_u16();
+            let cs = cache_status(&r);
+            (
+                status,
+                cs,
+                String::from_utf8(body(r).await.to_vec()).unwrap(),
+            )
+        })
+    };
+    assert_eq!(fetch("en").await.unwrap().2, "en v1");
+    clock.advance(secs(2));
+    let leader = fetch("en");
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 2, "en's revalidation leads a flight");
+    let same = fetch("en");
+    let other = fetch("fr");
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 2, "both waiters joined the flight");
+    gate.open();
+
+    let stale_if_error =
+        "tower-tiered-cache; fwd=stale; fwd-status=503; ttl=-1; detail=stale-if-error";
+    let (status, cs, got) = leader.await.unwrap();
+    assert_eq!(
+        (status, cs.as_str(), got.as_str()),
+        (200, stale_if_error, "en v1")
+    );
+    let (status, cs, got) = same.await.unwrap();
+    assert_eq!((status, got.as_str()), (200, "en v1"), "{cs}");
+    assert!(cs.contains("detail=stale-if-error"), "{cs}");
+    let (status, cs, got) = other.await.unwrap();
+    assert_eq!((status, got.as_str()), (503, "down"), "fr: {cs}");
+    assert_eq!(log.calls(), 3, "fr called the origin for its own variant");
+    assert_eq!(log.request(2).header("accept-language"), Some("fr"));
+}
+
 #[cfg(feature = "redis")]
 mod l2 {
     use std::time::Duration;
