@@ -1955,6 +1955,46 @@ async fn authorized_requests_are_shared_with_public_or_s_maxage() {
     }
 }
 
+/// RFC 9111 §3.5 holds for a 304 too: an entry stored for an authorized
+/// request under `public` is freshened only if the 304's fields still allow
+/// sharing it. After a 304 whose `Cache-Control` drops `public`, no other
+/// client is answered from the entry.
+#[tokio::test]
+async fn rfc9111_3_5_a_304_that_drops_public_does_not_freshen_an_authorized_entry() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, req| {
+        if req.headers().contains_key("if-none-match") {
+            response(
+                304,
+                &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+                "",
+            )
+        } else {
+            response(
+                200,
+                &[("cache-control", "public, max-age=1"), ("etag", "\"v1\"")],
+                "shared",
+            )
+        }
+    });
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get_with(URL, &AUTH)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    clock.advance(secs(2));
+    let r = send(&svc, get_with(URL, &AUTH)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r).await, "shared");
+    assert_eq!(log.calls(), 2);
+    assert_eq!(log.last().header("if-none-match"), Some("\"v1\""));
+    // Not freshened (dropped, or left stale): an anonymous request is not
+    // answered with what an authorized one was given without `public`.
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r).await, "shared");
+    assert_eq!(log.calls(), 3, "the entry was freshened by the 304");
+}
+
 #[tokio::test]
 async fn share_authorized_stores_plain_responses() {
     let clock = clock();
