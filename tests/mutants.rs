@@ -6,7 +6,10 @@
 //! - the L2 supersede check skipped: a write still queued when its key is
 //!   invalidated lands after the invalidation;
 //! - the delete of a corrupt L2 value skipped (on a single node; the
-//!   cluster case is in `l2_cluster.rs`).
+//!   cluster case is in `l2_cluster.rs`);
+//! - a `no-store` request joining a flight, or taken for a `Range` pass;
+//! - a waiter served a stale-if-error answer, or an entry its leader read
+//!   from L2, for another `Vary` variant than its own.
 
 mod support;
 
@@ -334,5 +337,64 @@ mod l2 {
         );
         assert_eq!(b.l2_pending_writes(), 0);
         assert_eq!(b.stats().l2_writes, 0, "{:?}", b.stats());
+    }
+
+    /// A fresh instance's `en` request leads a flight whose L2 read Redis
+    /// holds back (`CLIENT PAUSE … ALL`, for 3 s); `fr` joins it. The leader finds
+    /// `en`'s variant in L2 and is answered with it; `fr`, whose variant L2
+    /// does not hold, never gets `en`'s body: it calls the origin itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_of_another_variant_is_not_given_what_the_leader_read_from_l2() {
+        require_redis();
+        let server = RedisServer::start();
+        let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            async move {
+                let r = ok("max-age=60", &format!("body in {lang}"));
+                Ok::<_, Infallible>(with_header(r, "vary", "accept-language"))
+            }
+        });
+        let en = [("accept-language", "en")];
+        let a = l2(server.url()).build().unwrap();
+        send(&cached(&a, origin.clone()), get_with(URL, &en)).await;
+        written(&a, 1).await;
+        // A fresh instance, connected to Redis before the pause.
+        let b = l2(server.url()).build().unwrap();
+        let svc = cached(&b, origin);
+        send(&svc, get("http://example.com/connect")).await;
+        assert_eq!(log.calls(), 2);
+
+        // Held for 3 s: a paused Redis takes no `CLIENT UNPAUSE` either.
+        let paused = server.cli(&["CLIENT", "PAUSE", "3000", "ALL"]);
+        assert!(paused.text().contains("OK"), "{paused:?}");
+        let fetch = |lang: &'static str| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let r = send(&svc, get_with(URL, &[("accept-language", lang)])).await;
+                let cs = cache_status(&r);
+                (cs, String::from_utf8(body(r).await.to_vec()).unwrap())
+            })
+        };
+        let leader = fetch("en");
+        // en leads a flight and reads L2, which Redis holds back.
+        assert!(eventually(|| b.stats().in_flight == 1).await, "no flight");
+        let waiter = fetch("fr");
+        // fr joins the flight (a waiter reads nothing from L2 itself): it
+        // stays unanswered while the read is held.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished() && !leader.is_finished());
+        assert_eq!(log.calls(), 2, "fr did not wait on the flight");
+
+        let (cs, got) = leader.await.unwrap();
+        assert_eq!(got, "body in en", "{cs}");
+        assert!(cs.contains("detail=l2"), "{cs}");
+        let (cs, got) = waiter.await.unwrap();
+        assert_eq!(got, "body in fr", "fr was given another variant: {cs}");
+        assert_eq!(log.calls(), 3);
+        assert_eq!(log.last().header("accept-language"), Some("fr"));
     }
 }
