@@ -8,8 +8,9 @@
 //! - the delete of a corrupt L2 value skipped (on a single node; the
 //!   cluster case is in `l2_cluster.rs`);
 //! - a `no-store` request joining a flight, or taken for a `Range` pass;
-//! - a waiter served a stale-if-error answer, or an entry its leader read
-//!   from L2, for another `Vary` variant than its own.
+//! - a waiter served a stale-if-error answer, an entry its leader read
+//!   from L2, or another instance's answer (distributed coalescing), for
+//!   another `Vary` variant than its own.
 
 mod support;
 
@@ -395,6 +396,73 @@ mod l2 {
         let (cs, got) = waiter.await.unwrap();
         assert_eq!(got, "body in fr", "fr was given another variant: {cs}");
         assert_eq!(log.calls(), 3);
+        assert_eq!(log.last().header("accept-language"), Some("fr"));
+    }
+
+    /// Distributed coalescing: instance A holds the key's lease while its
+    /// `en` call waits at the origin; B's `en` flight waits for A's answer
+    /// and `fr` joins B's flight. B's leader is answered with `en` from L2
+    /// once A's lands; `fr` never gets it: it takes the lease and calls the
+    /// origin for its own variant.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_of_another_variant_is_not_given_another_instances_answer() {
+        require_redis();
+        let server = RedisServer::start();
+        let gate = Gate::new();
+        let g = gate.clone();
+        let (origin, log) = origin_fn(move |n, req: http::Request<()>| {
+            let g = g.clone();
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            async move {
+                if n == 0 {
+                    g.pass().await;
+                }
+                let r = ok("max-age=60", &format!("body in {lang}"));
+                Ok::<_, Infallible>(with_header(r, "vary", "accept-language"))
+            }
+        });
+        let leased = || {
+            l2(server.url())
+                .distributed_coalescing(true)
+                .lease_ttl(Duration::from_secs(20))
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (leased(), leased());
+        let (sa, sb) = (cached(&a, origin.clone()), cached(&b, origin));
+        let fetch = |svc: &Svc<_, _>, lang: &'static str| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let r = send(&svc, get_with(URL, &[("accept-language", lang)])).await;
+                let cs = cache_status(&r);
+                (cs, String::from_utf8(body(r).await.to_vec()).unwrap())
+            })
+        };
+        let holder = fetch(&sa, "en");
+        assert!(eventually(|| log.calls() == 1).await, "A called the origin");
+        assert_eq!(a.stats().leases.taken, 1);
+        let leader = fetch(&sb, "en");
+        assert!(
+            eventually(|| b.stats().leases.waited == 1).await,
+            "B's flight did not wait for A's lease"
+        );
+        let waiter = fetch(&sb, "fr");
+        // fr joins B's flight: unanswered while A's call is held.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        assert_eq!(log.calls(), 1);
+        gate.open();
+
+        assert_eq!(holder.await.unwrap().1, "body in en");
+        let (cs, got) = leader.await.unwrap();
+        assert_eq!(got, "body in en", "{cs}");
+        let (cs, got) = waiter.await.unwrap();
+        assert_eq!(got, "body in fr", "fr was given another variant: {cs}");
+        assert_eq!(log.calls(), 2);
         assert_eq!(log.last().header("accept-language"), Some("fr"));
     }
 }
