@@ -295,6 +295,53 @@ async fn redis_killed_and_restarted_empty_clears_no_l1_and_the_outage_invalidati
     }
 }
 
+/// A write whose announcement could not be sent (Redis gone, its breaker
+/// still closed) is announced when Redis is back: B drops its older L1
+/// copy of that URL, and keeps the others.
+#[tokio::test]
+async fn a_write_announced_while_redis_was_gone_reaches_b_when_it_is_back() {
+    require_redis();
+    let mut server = RedisServer::start();
+    let clock = ManualClock::starting_now();
+    let (a, svc_a, b, svc_b, log) = pair(
+        builder(server.url()).clock(clock.clone()),
+        builder(server.url()).clock(clock.clone()),
+        5,
+    )
+    .await;
+    server.kill();
+    // A fetches url(0) anew (`no-cache`) and stores it: the write and its
+    // announcement fail, before A's L2 breaker opens.
+    let r = send(&svc_a, get_with(&url(0), &[("cache-control", "no-cache")])).await;
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    assert_eq!(body(r).await, "v5");
+    settled(&a).await;
+    assert_eq!(
+        a.stats().l2_writes,
+        5,
+        "the write did not land: {:?}",
+        a.stats()
+    );
+    server.restart();
+    clock.advance(Duration::from_secs(6));
+    assert!(
+        within(RECOVERY, || a.stats().l2_subscribed
+            && b.stats().l2_subscribed)
+        .await
+    );
+    assert!(
+        within(RECOVERY, || b.stats().l1_entries < 5).await,
+        "a's write was never announced to b: {:?}",
+        b.stats()
+    );
+    let r = send(&svc_b, get(&url(0))).await;
+    assert!(cache_status(&r).contains("fwd="), "{}", cache_status(&r));
+    for i in 1..5 {
+        assert_eq!(cache_status(&send(&svc_b, get(&url(i))).await), L1_HIT);
+    }
+    assert_eq!(log.calls(), 7);
+}
+
 #[tokio::test]
 async fn with_appendonly_the_log_survives_a_restart_and_the_reader_reads_on() {
     require_redis();
