@@ -2498,6 +2498,39 @@ mod tests {
         assert!(l2.may_promote(other, l2.generation()));
     }
 
+    /// Queued writes go out in pipelines of at most `BATCH_BYTES` of
+    /// entries: ten of a little over 1 MiB take four (seen here as four
+    /// failed sends to a dead server, where one pipeline of them all would
+    /// be one).
+    #[tokio::test]
+    async fn queued_writes_are_sent_in_pipelines_of_at_most_batch_bytes() {
+        static BODY: [u8; 1 << 20] = [b'x'; 1 << 20];
+        let l2 = Arc::new(l2_with(
+            "redis://127.0.0.1:1/".into(),
+            L2Config {
+                write_queue: 100,
+                breaker_failures: 100,
+                ..config()
+            },
+        ));
+        l2.subscriber_started.store(true, Ordering::Release);
+        let now = SystemClock.now_millis();
+        let big = Arc::new(Entry {
+            body: Bytes::from_static(&BODY),
+            ..(*entry("big", now)).clone()
+        });
+        assert!(big.weight() > 1 << 20 && 4 * big.weight() > BATCH_BYTES);
+        // Queued at once (no `.await` in between): one batch for the writer.
+        for i in 0..10 {
+            l2.enqueue(KeyHash(i), &big, &HeaderMap::new(), now);
+        }
+        settled(&l2, 10).await;
+        assert_eq!(l2.counters.writes_dropped.get(), 10);
+        let per_batch = BATCH_BYTES / big.weight();
+        let sends = l2.counters.errors.get() + l2.counters.timeouts.get();
+        assert_eq!(sends, 10u64.div_ceil(per_batch), "{per_batch} a batch");
+    }
+
     #[tokio::test]
     async fn batch_operations_against_a_dead_server_fail_fast() {
         let l2 = l2("redis://127.0.0.1:1/".into());
