@@ -2398,6 +2398,8 @@ mod tests {
         // Every variant landed: the marker's generation and the index.
         let cap = server.cli(&["ZCARD", &l2.variant_index_key(KeyHash(1))]);
         assert_eq!(cap.text().trim(), (1 + ONE_BY_ONE).to_string());
+        // Announced with their values: nothing left to replay.
+        assert!(l2.outbox.is_empty(), "{} queued", l2.outbox.len());
     }
 
     /// The write queue holds at most `QUEUE_BYTES` of entries, however many
