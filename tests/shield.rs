@@ -99,6 +99,8 @@ async fn an_origin_that_never_answers_gets_a_504_within_the_upstream_timeout() {
     assert_eq!(st.upstream_errors, 1);
     assert_eq!(st.stores, 0);
     assert_eq!(st.in_flight, 0);
+    // The request is counted once, as a miss.
+    assert_eq!((st.requests, st.misses, st.hits), (1, 1, 0), "{st:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,7 +127,11 @@ async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
     );
     assert_eq!(body(r).await, "first");
     assert_eq!(log.calls(), 2);
-    assert_eq!(cache.stats().upstream_timeouts, 1);
+    let st = cache.stats();
+    assert_eq!(st.upstream_timeouts, 1);
+    // Counted once: a stale-if-error answer.
+    assert_eq!(st.stale_if_error, 1, "{st:?}");
+    assert_eq!((st.requests, st.misses), (2, 1), "{st:?}");
 }
 
 #[tokio::test(start_paused = true)]
