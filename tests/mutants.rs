@@ -186,6 +186,40 @@ async fn waiters_of_a_stale_if_error_flight_get_the_stale_entry_only_for_their_v
     assert_eq!(log.request(2).header("accept-language"), Some("fr"));
 }
 
+/// A `no-cache` request that joins a flight started before it arrived is
+/// not answered with that flight's (older) answer: it waits for the next
+/// flight, which calls the origin for it.
+#[tokio::test]
+async fn a_no_cache_waiter_is_not_given_an_answer_older_than_itself() {
+    let cache = Cache::builder().build().unwrap();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let (origin, log) = origin_fn(move |n, _req: http::Request<()>| {
+        let g = g.clone();
+        async move {
+            if n == 0 {
+                g.pass().await;
+            }
+            Ok::<_, Infallible>(ok("max-age=60", &format!("v{n}")))
+        }
+    });
+    let svc = cached(&cache, origin);
+    let s = svc.clone();
+    let first = tokio::spawn(async move { body(send(&s, get(URL)).await).await });
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 1, "the first request leads a flight");
+    let no_cache = tokio::spawn(async move {
+        let r = send(&svc, get_with(URL, &[("cache-control", "no-cache")])).await;
+        body(r).await
+    });
+    run_ready_tasks().await;
+    assert_eq!(log.calls(), 1, "the no-cache request waits on the flight");
+    gate.open();
+    assert_eq!(first.await.unwrap(), "v0");
+    assert_eq!(no_cache.await.unwrap(), "v1", "given the older answer");
+    assert_eq!(log.calls(), 2);
+}
+
 #[cfg(feature = "redis")]
 mod l2 {
     use std::time::Duration;

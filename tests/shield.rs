@@ -134,6 +134,43 @@ async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
     assert_eq!((st.requests, st.misses), (2, 1), "{st:?}");
 }
 
+/// The waiters of a revalidation that hangs past the upstream timeout get
+/// the same stale-if-error answer as their leader: one origin call for all.
+#[tokio::test(start_paused = true)]
+async fn waiters_of_a_hung_revalidation_get_its_stale_if_error_answer() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .upstream_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (origin, log) = origin_fn(|n, _| async move {
+        if n > 0 {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, Infallible>(ok("max-age=10, stale-if-error=600", "first"))
+    });
+    let svc = cached(&cache, origin);
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
+    clock.advance(secs(20));
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let r = send(&svc, get(URL)).await;
+                let cs = cache_status(&r);
+                (r.status().as_u16(), cs, body(r).await)
+            })
+        })
+        .collect();
+    for r in requests {
+        let (status, cs, got) = r.await.unwrap();
+        assert_eq!((status, &got[..]), (200, &b"first"[..]), "{cs}");
+        assert!(cs.contains("detail=stale-if-error"), "{cs}");
+    }
+    assert_eq!(log.calls(), 2, "the waiters called the origin again");
+    assert_eq!(cache.stats().upstream_timeouts, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_that_stalls_is_never_stored() {
     let clock = clock();
