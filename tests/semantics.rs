@@ -1376,6 +1376,49 @@ async fn origin_errors_pass_through_unchanged_when_nothing_is_stored() {
 // 10. Revalidation and conditional requests
 // ---------------------------------------------------------------------------
 
+/// RFC 9111 §3.2: a 304's `Content-Length` (of its own empty body) and a
+/// `Cache-Status` from a cache in front of the origin do not replace the
+/// stored response's: the freshened entry keeps its body's length, and
+/// its hits carry one `Cache-Status`, this cache's.
+#[tokio::test]
+async fn rfc9111_3_2_a_304_does_not_update_content_length_or_cache_status() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|n, _| {
+        if n == 0 {
+            response(
+                200,
+                &[("cache-control", "max-age=10"), ("etag", "\"abc\"")],
+                "payload",
+            )
+        } else {
+            response(
+                304,
+                &[
+                    ("cache-control", "max-age=100"),
+                    ("etag", "\"abc\""),
+                    ("content-length", "0"),
+                    ("age", "50"),
+                    ("cache-status", "upstream-cache; hit"),
+                ],
+                "",
+            )
+        }
+    });
+    let svc = cached(&cache, origin);
+    send(&svc, get(URL)).await;
+    clock.advance(secs(15));
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r).await, "payload");
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(header(&r, "content-length").as_deref(), Some("7"));
+    assert_eq!(r.headers().get_all("cache-status").iter().count(), 1);
+    assert_eq!(body(r).await, "payload");
+    assert_eq!(log.calls(), 2);
+}
+
 #[tokio::test]
 async fn stale_entry_with_etag_is_revalidated_by_a_304() {
     let clock = clock();
