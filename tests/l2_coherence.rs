@@ -245,6 +245,18 @@ fn key_of(server: &RedisServer, i: usize) -> String {
         .expect("the entry's key")
 }
 
+/// Restarts the killed `server` and waits until A and B follow the log
+/// again, past the L2 breaker's open period (it runs on the cache's clock).
+async fn back_and_following(server: &mut RedisServer, clock: &ManualClock, a: &Cache, b: &Cache) {
+    server.restart();
+    clock.advance(Duration::from_secs(6));
+    assert!(
+        within(RECOVERY, || a.stats().l2_subscribed
+            && b.stats().l2_subscribed)
+        .await
+    );
+}
+
 #[tokio::test]
 async fn redis_killed_and_restarted_empty_clears_no_l1_and_the_outage_invalidation_reaches_b() {
     require_redis();
@@ -269,14 +281,7 @@ async fn redis_killed_and_restarted_empty_clears_no_l1_and_the_outage_invalidati
     // A invalidates while Redis is gone: queued.
     assert!(a.invalidate(&get(&url(0))));
     settled(&a).await;
-    server.restart();
-    // Past the L2 breaker's open period (it runs on the cache's clock).
-    clock.advance(Duration::from_secs(6));
-    assert!(
-        within(RECOVERY, || a.stats().l2_subscribed
-            && b.stats().l2_subscribed)
-        .await
-    );
+    back_and_following(&mut server, &clock, &a, &b).await;
     assert!(
         within(RECOVERY, || b.stats().l1_entries < 20).await,
         "a's queued invalidation reached b: {:?}",
@@ -322,13 +327,7 @@ async fn a_write_announced_while_redis_was_gone_reaches_b_when_it_is_back() {
         "the write did not land: {:?}",
         a.stats()
     );
-    server.restart();
-    clock.advance(Duration::from_secs(6));
-    assert!(
-        within(RECOVERY, || a.stats().l2_subscribed
-            && b.stats().l2_subscribed)
-        .await
-    );
+    back_and_following(&mut server, &clock, &a, &b).await;
     assert!(
         within(RECOVERY, || b.stats().l1_entries < 5).await,
         "a's write was never announced to b: {:?}",

@@ -31,6 +31,29 @@ async fn run_ready_tasks() {
     }
 }
 
+/// An origin whose first call waits at `gate`; call `n` answers
+/// `{prefix}{n}`, fresh for 60 s.
+fn first_call_held(gate: &Gate, prefix: &'static str) -> (Origin, Log) {
+    let g = gate.clone();
+    origin_fn(move |n, _req: http::Request<()>| {
+        let g = g.clone();
+        async move {
+            if n == 0 {
+                g.pass().await;
+            }
+            Ok::<_, Infallible>(ok("max-age=60", &format!("{prefix}{n}")))
+        }
+    })
+}
+
+/// The request's `Accept-Language`, or "".
+fn accept_language(req: &http::Request<()>) -> String {
+    req.headers()
+        .get("accept-language")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 /// `en` leads a flight to an origin that answers `Vary: Accept-Language`;
 /// `fr` arrives while it is in flight and waits on it. The leader's answer
 /// is not `fr`'s variant: `fr` gets its own (a second origin call), never
@@ -42,11 +65,7 @@ async fn a_waiter_with_another_vary_value_gets_its_own_variant() {
     let g = gate.clone();
     let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
         let g = g.clone();
-        let lang = req
-            .headers()
-            .get("accept-language")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
+        let lang = accept_language(&req);
         async move {
             g.pass().await;
             let r = ok("max-age=60", &format!("body in {lang}"));
@@ -87,16 +106,7 @@ async fn a_waiter_with_another_vary_value_gets_its_own_variant() {
 async fn a_no_store_request_calls_alone_while_a_flight_is_in_flight() {
     let cache = Cache::builder().build().unwrap();
     let gate = Gate::new();
-    let g = gate.clone();
-    let (origin, log) = origin_fn(move |n, _req: http::Request<()>| {
-        let g = g.clone();
-        async move {
-            if n == 0 {
-                g.pass().await;
-            }
-            Ok::<_, Infallible>(ok("max-age=60", &format!("answer {n}")))
-        }
-    });
+    let (origin, log) = first_call_held(&gate, "answer ");
     let svc = cached(&cache, origin);
     let s = svc.clone();
     let leader = tokio::spawn(async move { body(send(&s, get(URL)).await).await });
@@ -193,16 +203,7 @@ async fn waiters_of_a_stale_if_error_flight_get_the_stale_entry_only_for_their_v
 async fn a_no_cache_waiter_is_not_given_an_answer_older_than_itself() {
     let cache = Cache::builder().build().unwrap();
     let gate = Gate::new();
-    let g = gate.clone();
-    let (origin, log) = origin_fn(move |n, _req: http::Request<()>| {
-        let g = g.clone();
-        async move {
-            if n == 0 {
-                g.pass().await;
-            }
-            Ok::<_, Infallible>(ok("max-age=60", &format!("v{n}")))
-        }
-    });
+    let (origin, log) = first_call_held(&gate, "v");
     let svc = cached(&cache, origin);
     let s = svc.clone();
     let first = tokio::spawn(async move { body(send(&s, get(URL)).await).await });
@@ -383,11 +384,7 @@ mod l2 {
         require_redis();
         let server = RedisServer::start();
         let (origin, log) = origin_fn(move |_, req: http::Request<()>| {
-            let lang = req
-                .headers()
-                .get("accept-language")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
+            let lang = accept_language(&req);
             async move {
                 let r = ok("max-age=60", &format!("body in {lang}"));
                 Ok::<_, Infallible>(with_header(r, "vary", "accept-language"))
@@ -446,11 +443,7 @@ mod l2 {
         let g = gate.clone();
         let (origin, log) = origin_fn(move |n, req: http::Request<()>| {
             let g = g.clone();
-            let lang = req
-                .headers()
-                .get("accept-language")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
+            let lang = accept_language(&req);
             async move {
                 if n == 0 {
                     g.pass().await;

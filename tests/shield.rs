@@ -103,8 +103,9 @@ async fn an_origin_that_never_answers_gets_a_504_within_the_upstream_timeout() {
     assert_eq!((st.requests, st.misses, st.hits), (1, 1, 0), "{st:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
+/// A cache (upstream timeout 2 s) holding an entry 10 s past its
+/// `max-age=10, stale-if-error=600`, whose origin never answers again.
+async fn stale_entry_whose_revalidation_hangs() -> (Cache, Svc, Log) {
     let clock = clock();
     let cache = builder(&clock)
         .upstream_timeout(Duration::from_secs(2))
@@ -119,6 +120,12 @@ async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
     let svc = cached(&cache, origin);
     assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
     clock.advance(secs(20));
+    (cache, svc, log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
+    let (cache, svc, log) = stale_entry_whose_revalidation_hangs().await;
     let r = send(&svc, get(URL)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -138,20 +145,7 @@ async fn a_hung_revalidation_serves_the_stale_entry_the_origin_allows() {
 /// the same stale-if-error answer as their leader: one origin call for all.
 #[tokio::test(start_paused = true)]
 async fn waiters_of_a_hung_revalidation_get_its_stale_if_error_answer() {
-    let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let (origin, log) = origin_fn(|n, _| async move {
-        if n > 0 {
-            std::future::pending::<()>().await;
-        }
-        Ok::<_, Infallible>(ok("max-age=10, stale-if-error=600", "first"))
-    });
-    let svc = cached(&cache, origin);
-    assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
-    clock.advance(secs(20));
+    let (cache, svc, log) = stale_entry_whose_revalidation_hangs().await;
     let requests: Vec<_> = (0..3)
         .map(|_| {
             let svc = svc.clone();
