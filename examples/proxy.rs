@@ -69,6 +69,7 @@
 //! Not covered, to keep the example short: TLS (to either side), HTTP/2,
 //! protocol upgrades (WebSocket) and `CONNECT`.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -97,7 +98,8 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_tiered_cache::admin::AdminService;
 use tower_tiered_cache::warm::{WarmOptions, WarmTarget};
 use tower_tiered_cache::{
-    Cache, CacheBody, CacheLayer, CacheService, LogLevel, RequestCacheControl, CACHE_STATUS,
+    Cache, CacheBody, CacheLayer, CacheService, LabelSource, LogLevel, RequestCacheControl,
+    CACHE_STATUS,
 };
 
 #[path = "support/access_log.rs"]
@@ -971,10 +973,7 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
         .request_cache_control(config.request_cc)
         .log_level(config.log)
         // Proxies front many paths: label by the first path segment.
-        .label_fn(|parts| {
-            let first = parts.uri.path().split('/').nth(1).unwrap_or("");
-            Some(["/", first].concat())
-        });
+        .labels(LabelSource::PathSegments(1));
     if let Some(t) = config.upstream_timeout {
         builder = builder.upstream_timeout(t);
     }
@@ -1557,15 +1556,17 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 /// finishes the request in progress and closes.
 async fn serve_connection<S>(stream: TcpStream, svc: S, mut stop: watch::Receiver<()>)
 where
-    S: Service<Request<Incoming>, Response = Response<CacheBody<ProxyBody>>, Error = Infallible>
-        + Clone
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<CacheBody<ProxyBody>>,
+            Error = Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new()) // enables the 30 s header read timeout
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        .serve_connection(TokioIo::new(stream), svc);
     let mut conn = pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -1582,7 +1583,9 @@ where
 }
 
 /// The cache in front of the forwarding service. Request bodies are boxed
-/// so that warming can send empty ones.
+/// so that warming can send empty ones. The forwarding service holds the
+/// [`Proxy`] behind one `Arc`: a pass clones that (one reference count),
+/// not the client and its settings.
 fn cached_service(
     cache: &Cache,
     proxy: &Proxy,
@@ -1597,9 +1600,9 @@ fn cached_service(
         + Sync
         + 'static,
 > {
-    let proxy = proxy.clone();
+    let proxy = Arc::new(proxy.clone());
     let forward = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.forward(req).await) }
     });
     CacheLayer::new(cache.clone()).layer(forward)
@@ -1607,20 +1610,25 @@ fn cached_service(
 
 /// The service for one connection: access log › [`prepare`] › cache ›
 /// forwarding.
+///
+/// Hyper calls it by reference, and the cache service is called in place,
+/// from a `RefCell` (it is always ready: a hit never waits for the
+/// upstream's readiness; and the future it returns borrows nothing, so the
+/// borrow ends with `call`): a request clones nothing, not the cache, not
+/// the forwarding service, not the proxy.
 fn service(
     cache: &Cache,
     proxy: &Proxy,
     peer: SocketAddr,
     log: &AccessLog,
-) -> impl Service<
+) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<CacheBody<ProxyBody>>,
     Error = Infallible,
     Future: Send + 'static,
-> + Clone
-       + Send
+> + Send
        + 'static {
-    let cached = cached_service(cache, proxy);
+    let cached = RefCell::new(cached_service(cache, proxy));
     let (hosts, cookies) = (proxy.hosts.clone(), proxy.cookies);
     // The peer's address for `X-Forwarded-For`, formatted once.
     let forwarded_for =
@@ -1633,8 +1641,7 @@ fn service(
             peer: peer.to_string(),
         })
     });
-    service_fn(move |req: Request<Incoming>| {
-        let cached = cached.clone();
+    hyper::service::service_fn(move |req: Request<Incoming>| {
         // What the line needs from the request, kept only when logging.
         let logged = conn_log.as_ref().map(|c| {
             (
@@ -1644,10 +1651,11 @@ fn service(
                 Instant::now(),
             )
         });
-        let prepared = prepare(req, &forwarded_for, &hosts, cookies);
+        let call = prepare(req, &forwarded_for, &hosts, cookies)
+            .map(|req| cached.borrow_mut().call(req.map(BodyExt::boxed)));
         async move {
-            let resp = match prepared {
-                Ok(req) => cached.oneshot(req.map(BodyExt::boxed)).await?,
+            let resp = match call {
+                Ok(future) => future.await?,
                 // Refused before the cache: it never sees the request.
                 Err(refusal) => refusal.response().map(CacheBody::stream),
             };

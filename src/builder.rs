@@ -1114,6 +1114,16 @@ impl CacheBuilder {
 
     /// How long a URL whose response could not be stored skips coalescing
     /// (hit-for-pass; default [`DEFAULT_HIT_FOR_PASS`], zero disables).
+    ///
+    /// A URL is marked when its origin answers in a way that says how it
+    /// answers every request: `no-store` or `private` (in a shared cache)
+    /// in the response, `Set-Cookie` under [`SetCookiePolicy::Pass`],
+    /// `Vary: *`, no freshness, or a body over
+    /// [`max_body_bytes`](Self::max_body_bytes). It is not marked for a
+    /// status this cache does not store, an `Authorization` it may not
+    /// share, or the request's own `no-store`. While marked, requests for
+    /// it go to the origin each on its own, as they would have to anyway
+    /// (nothing could be shared), and skip the in-flight map.
     pub fn hit_for_pass(mut self, ttl: Duration) -> Self {
         self.hit_for_pass_ttl = ttl;
         self

@@ -924,7 +924,7 @@ fn store_verdict<RB>(
     );
     judged.map_err(|reason| {
         s.obs.not_stored(plan.label, reason);
-        if reason.remember() {
+        if reason.remember(plan.directives.cc.no_store) {
             cache.mark_hit_for_pass(plan.key);
         }
         forwarded.with_detail(Detail::NotStored(reason_token(reason)))

@@ -640,16 +640,39 @@ async fn no_store_response_is_not_stored() {
     let cache = builder(&clock).build().unwrap();
     let (origin, log) = origin(|_, _| ok("no-store, max-age=60", "x"));
     let svc = cached(&cache, origin);
-    for _ in 0..2 {
+    const NO_STORE: &str = "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store";
+    // The origin's `no-store` marks the URL hit-for-pass: the next
+    // requests go to the origin each on its own (nothing could be shared)
+    // until the mark expires, and the answer is judged again.
+    for (i, want) in [NO_STORE, HIT_FOR_PASS, HIT_FOR_PASS]
+        .into_iter()
+        .enumerate()
+    {
         let r = send(&svc, get(URL)).await;
-        assert_eq!(
-            cache_status(&r),
-            "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store"
-        );
+        assert_eq!(cache_status(&r), want, "request {i}");
         assert_eq!(body(r).await, "x");
     }
-    assert_eq!(log.calls(), 2);
+    clock.advance(tower_tiered_cache::builder::DEFAULT_HIT_FOR_PASS + secs(1));
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), NO_STORE);
+    assert_eq!(log.calls(), 4);
     assert_eq!(cache.stats().stores, 0);
+}
+
+#[tokio::test]
+async fn a_request_no_store_does_not_mark_its_url_hit_for_pass() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, _| ok("max-age=60", "x"));
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get_with(URL, &[("cache-control", "no-store")])).await;
+    assert_eq!(
+        cache_status(&r),
+        "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store"
+    );
+    // The next request without it is a plain miss that stores, then a hit.
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), hit());
+    assert_eq!(log.calls(), 2);
 }
 
 #[tokio::test]
@@ -2732,10 +2755,13 @@ async fn rfc9213_2_1_targeted_no_store_stops_storing_a_public_response() {
     let svc = cached(&cache, origin);
     for i in 1..=2 {
         let r = send(&svc, get(URL)).await;
-        assert_eq!(
-            cache_status(&r),
+        // The second: the URL is hit-for-pass after the first's `no-store`.
+        let want = if i == 1 {
             "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store"
-        );
+        } else {
+            HIT_FOR_PASS
+        };
+        assert_eq!(cache_status(&r), want);
         assert_eq!(
             header(&r, "cache-control").as_deref(),
             Some("public, max-age=60")

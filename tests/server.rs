@@ -571,7 +571,7 @@ async fn axum_body_handlers_with_cache_control_table() {
             name: "no-store",
             headers: &[("cache-control", "no-store, max-age=60")],
             first: "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store",
-            second: "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=no-store",
+            second: "tower-tiered-cache; fwd=uri-miss; detail=hit-for-pass",
             calls: 2,
         },
         OriginCase {

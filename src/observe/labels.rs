@@ -30,6 +30,12 @@ pub enum LabelSource {
     Auto,
     /// The host of the request URI (or the `Host` header).
     Host,
+    /// The first `n` segments of the request's path: with `1`, `/api/items/7`
+    /// is labelled `/api` and `/` is `/`; with `2`, `/api/items`. A
+    /// proxy's usual breakdown, and free: the label is a slice of the
+    /// path (no allocation per request, as a [`Fn`](Self::Fn) returning a
+    /// `String` has). `0` labels every request `/`.
+    PathSegments(u8),
     /// A function of the request; `None` means `default`.
     Fn(LabelFn),
 }
@@ -40,9 +46,29 @@ impl fmt::Debug for LabelSource {
             Self::None => f.write_str("None"),
             Self::Auto => f.write_str("Auto"),
             Self::Host => f.write_str("Host"),
+            Self::PathSegments(n) => write!(f, "PathSegments({n})"),
             Self::Fn(_) => f.write_str("Fn(..)"),
         }
     }
+}
+
+/// The first `n` segments of `path` (see [`LabelSource::PathSegments`]):
+/// the path up to, not including, the slash after its `n`th segment; `/`
+/// for `n == 0` and for an empty path.
+fn path_prefix(path: &str, n: u8) -> &str {
+    if n == 0 || path.len() <= 1 {
+        return "/";
+    }
+    let mut seen = 0;
+    for (i, b) in path.bytes().enumerate().skip(1) {
+        if b == b'/' {
+            seen += 1;
+            if seen == n {
+                return &path[..i];
+            }
+        }
+    }
+    path
 }
 
 /// The label of requests beyond the bound.
@@ -260,6 +286,7 @@ impl LabelTable {
                     None => DEFAULT_INDEX,
                 }
             }
+            LabelSource::PathSegments(n) => self.resolve(path_prefix(parts.uri.path(), *n)),
             LabelSource::Fn(f) => match f(parts) {
                 Some(name) => self.resolve(&name),
                 None => DEFAULT_INDEX,
@@ -389,6 +416,29 @@ mod tests {
 
     fn parts(uri: &str) -> Parts {
         http::Request::get(uri).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn path_segments_label_by_the_leading_segments() {
+        for (path, n, want) in [
+            ("/api/items/7", 1, "/api"),
+            ("/api/items/7", 2, "/api/items"),
+            ("/api/items/7", 3, "/api/items/7"),
+            ("/api/items/7", 9, "/api/items/7"),
+            ("/api/", 1, "/api"),
+            ("/api", 1, "/api"),
+            ("/", 1, "/"),
+            ("//x", 1, "/"),
+            ("/api/items", 0, "/"),
+        ] {
+            assert_eq!(path_prefix(path, n), want, "{path} {n}");
+        }
+        let t = LabelTable::new(LabelSource::PathSegments(1), 8);
+        let api = t.label_of(&parts("/api/a?q=1"));
+        assert_eq!(t.label_of(&parts("/api/b")), api);
+        assert_ne!(t.label_of(&parts("/static/x.css")), api);
+        let names: Vec<String> = t.all().into_iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["default", "other", "/api", "/static"]);
     }
 
     #[test]

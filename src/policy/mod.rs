@@ -101,12 +101,17 @@ pub enum NotStored {
 impl NotStored {
     /// Whether later requests for the key should skip coalescing for a while
     /// (hit-for-pass): true for reasons that come from how the origin
-    /// answers this URL, not from one failed exchange.
-    pub(crate) fn remember(self) -> bool {
-        !matches!(
-            self,
-            NotStored::Status | NotStored::Authorization | NotStored::NoStore
-        )
+    /// answers this URL, not from one failed exchange nor from one
+    /// request. `no-store` is such a reason when the response said it
+    /// (Varnish's hit-for-miss does the same), not when the request did
+    /// (`request_no_store`: that request's own choice, which says nothing
+    /// of the next request for the URL).
+    pub(crate) fn remember(self, request_no_store: bool) -> bool {
+        match self {
+            NotStored::Status | NotStored::Authorization => false,
+            NotStored::NoStore => !request_no_store,
+            _ => true,
+        }
     }
 }
 

@@ -2121,17 +2121,22 @@ fn small_rules_each_decide_their_case() {
     assert!(!with(CacheMode::Private, Ignore).ignores_request_cc());
     assert!(!with(CacheMode::Private, Honour).ignores_request_cc());
 
-    for (reason, remembered) in [
-        (NotStored::Status, false),
-        (NotStored::Authorization, false),
-        (NotStored::NoStore, false),
-        (NotStored::Private, true),
-        (NotStored::SetCookie, true),
-        (NotStored::VaryStar, true),
-        (NotStored::NoFreshness, true),
-        (NotStored::TooLarge, true),
+    for (reason, request_no_store, remembered) in [
+        (NotStored::Status, false, false),
+        (NotStored::Authorization, false, false),
+        (NotStored::NoStore, false, true),
+        (NotStored::NoStore, true, false),
+        (NotStored::Private, false, true),
+        (NotStored::SetCookie, false, true),
+        (NotStored::VaryStar, false, true),
+        (NotStored::NoFreshness, false, true),
+        (NotStored::TooLarge, false, true),
     ] {
-        assert_eq!(reason.remember(), remembered, "{reason:?}");
+        assert_eq!(
+            reason.remember(request_no_store),
+            remembered,
+            "{reason:?}, request no-store {request_no_store}"
+        );
     }
 
     let read = |list: &[(&str, &str)]| RequestDirectives::from_headers(&headers(list)).cc;
