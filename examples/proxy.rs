@@ -83,8 +83,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -117,9 +116,54 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `--upstream-timeout` when not given (the cache's own default).
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The body the forwarding service answers with: the upstream's, streamed,
-/// or a short error message of our own.
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// The body of requests and responses through the proxy: the client's or
+/// the upstream's, streamed as it is, or one of our own (a short error
+/// message, a warming request's empty body). An enum, not a `BoxBody`: a
+/// request boxes nothing.
+#[derive(Debug, Default)]
+enum ProxyBody {
+    /// The peer's body, as hyper reads it.
+    Incoming(Incoming),
+    /// Bytes of our own.
+    Full(Full<Bytes>),
+    /// No body (what warming sends).
+    #[default]
+    Empty,
+}
+
+impl hyper::body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ProxyBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_end_stream(),
+            ProxyBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Full(b) => b.size_hint(),
+            ProxyBody::Empty => hyper::body::SizeHint::with_exact(0),
+        }
+    }
+}
 
 const USAGE_LINE: &str = "Usage: proxy --upstream URL [--listen ADDR] [--l1-bytes N] \
                           [--redis URL | --redis-cluster URL[,URL...] | \
@@ -1243,6 +1287,11 @@ const METHOD_OVERRIDE: [&str; 3] = [
 fn drop_proxy_headers(headers: &mut HeaderMap, lookup: bool) {
     remove_where(headers, |name| {
         let name = name.as_str();
+        // Every name dropped starts with one of these: the common request
+        // headers (`host`, `accept…`, `user-agent`) are passed at once.
+        if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't' | b'c')) {
+            return false;
+        }
         name.starts_with("x-forwarded-")
             || PROXY_SET.contains(&name)
             || (lookup && METHOD_OVERRIDE.contains(&name))
@@ -1652,7 +1701,7 @@ fn service(
             )
         });
         let call = prepare(req, &forwarded_for, &hosts, cookies)
-            .map(|req| cached.borrow_mut().call(req.map(BodyExt::boxed)));
+            .map(|req| cached.borrow_mut().call(req.map(ProxyBody::Incoming)));
         async move {
             let resp = match call {
                 Ok(future) => future.await?,
@@ -1809,16 +1858,15 @@ impl Proxy {
         // Client requests were checked in `prepare`; this refuses warming
         // targets for a host we do not serve.
         let forwarded_host = self.hosts.forwarded(&parts)?;
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        // The client's path and query under the upstream's scheme and
+        // authority (from parts: `Uri::builder` re-checks what is known good).
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        uri.scheme = Some(self.upstream.scheme.clone());
+        uri.authority = Some(self.upstream.authority.clone());
+        parts.uri = Uri::from_parts(uri)
             .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad request: {e}")))?;
         // We speak HTTP/1.1 to the upstream whatever the client spoke.
         parts.version = Version::HTTP_11;
@@ -1857,14 +1905,12 @@ fn downstream_response(resp: Response<Incoming>) -> Response<ProxyBody> {
         .append(VIA, HeaderValue::from_static("1.1 tower-tiered-cache"));
     // We speak HTTP/1.1 to the client whatever the upstream spoke.
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, ProxyBody::Incoming(body))
 }
 
 /// A small plain-text response of our own (errors).
 fn text_response(status: StatusCode, msg: &str) -> Response<ProxyBody> {
-    let body = Full::new(Bytes::from(format!("{msg}\n")))
-        .map_err(|never| match never {})
-        .boxed();
+    let body = ProxyBody::Full(Full::new(Bytes::from(format!("{msg}\n"))));
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut().insert(
