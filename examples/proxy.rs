@@ -1273,6 +1273,12 @@ const PROXY_SET: [&str; 12] = [
     "x-proxyuser-ip",
 ];
 
+// `const`s, so that their names are checked once, when compiling, not at
+// every request (`HeaderName::from_static` validates its argument).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Headers that turn a `GET` into another method at some origins: a `GET`
 /// or `HEAD` that carries one is a `GET` to the cache, so they are dropped
 /// from those.
@@ -1319,10 +1325,7 @@ fn prepare(
     hosts.forwarded(&parts).map_err(Refusal::from)?;
     let lookup = parts.method == Method::GET || parts.method == Method::HEAD;
     drop_proxy_headers(&mut parts.headers, lookup);
-    parts.headers.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        forwarded_for.clone(),
-    );
+    parts.headers.insert(X_FORWARDED_FOR, forwarded_for.clone());
     if lookup
         && (!body.is_end_stream()
             || (cookies == Cookies::Pass && parts.headers.contains_key(COOKIE)))
@@ -1881,15 +1884,12 @@ impl Proxy {
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         headers.insert(HOST, self.upstream.host.clone());
-        let xfh = HeaderName::from_static("x-forwarded-host");
+        let xfh = X_FORWARDED_HOST;
         match forwarded_host {
             Some(host) => headers.insert(xfh, host),
             None => headers.remove(xfh),
         };
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         headers.append(VIA, HeaderValue::from_static("1.1 tower-tiered-cache"));
         Ok(Request::from_parts(parts, body))
     }

@@ -212,9 +212,9 @@ impl Status {
 
     /// The `Cache-Status` value: the fixed values without formatting.
     pub(crate) fn header(&self) -> HeaderValue {
-        for (status, value) in FIXED {
-            if *self == status {
-                return value;
+        for (status, value) in &FIXED {
+            if self == status {
+                return value.clone();
             }
         }
         // Rendered without `core::fmt`'s argument machinery: this runs for
@@ -246,7 +246,9 @@ impl StatusSink {
 
 /// The statuses whose `Cache-Status` is a constant (the common answers),
 /// in the order [`Status::header`] tries them: the fresh L1 hit first.
-const FIXED: [(Status, HeaderValue); 7] = [
+// A `static`, not a `const`: a `const` array is built anew on the stack
+// at every use (seven statuses and header values copied per response).
+static FIXED: [(Status, HeaderValue); 7] = [
     (Status::HIT_L1, STATUS_HIT_L1),
     (Status::HIT_L2, STATUS_HIT_L2),
     (Status::BYPASS, STATUS_BYPASS),
@@ -339,7 +341,7 @@ mod tests {
 
     #[test]
     fn fixed_values_are_what_rendering_gives() {
-        for (status, value) in FIXED {
+        for (status, value) in &FIXED {
             assert_eq!(status.to_string(), value.to_str().unwrap());
         }
     }
