@@ -424,7 +424,18 @@ impl L2 {
             Some([Value::Okay]) => {}
             Some([Value::SimpleString(s)]) if s == "OK" => {}
             Some([Value::Nil]) => return Take::Held,
-            _ => return Take::Unavailable,
+            _ => {
+                // No answer in time: the `SET` may still land (a reply read
+                // late on a busy host), leaving a lease no one holds that
+                // every instance, this one included, would wait out. Its
+                // release goes after it on the same connection and deletes
+                // it only if it is still this token's.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let l2 = Arc::clone(self);
+                    tokio::spawn(async move { l2.release_lease(key, &token, None).await });
+                }
+                return Take::Unavailable;
+            }
         }
         Take::Taken(Lease {
             l2: Arc::downgrade(self),
