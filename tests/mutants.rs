@@ -10,7 +10,9 @@
 //! - a `no-store` request joining a flight, or taken for a `Range` pass;
 //! - a waiter served a stale-if-error answer, an entry its leader read
 //!   from L2, or another instance's answer (distributed coalescing), for
-//!   another `Vary` variant than its own.
+//!   another `Vary` variant than its own;
+//! - a waiter of the same variant sent to read L2 again instead of being
+//!   given what its leader read there.
 
 mod support;
 
