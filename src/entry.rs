@@ -1111,6 +1111,52 @@ mod tests {
         assert_eq!(ReadCap::exact(u32::MAX).most(), Reads::MAX_CAP);
     }
 
+    /// The public accessors give what was stored; a prefix names URL paths
+    /// of HTTP entries (not their readable keys, which are in the value
+    /// scope); the hit template keeps one `Age` and one `Cache-Status`,
+    /// its own, whatever the stored headers hold.
+    #[test]
+    fn accessors_prefixes_and_the_hit_template() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:20 GMT"),
+        );
+        headers.insert(AGE, HeaderValue::from_static("50"));
+        headers.insert(
+            crate::status::CACHE_STATUS.clone(),
+            HeaderValue::from_static("upstream; hit"),
+        );
+        let e = Entry {
+            key: "GET http://a.example/x/y?q=1".into(),
+            status: StatusCode::NOT_FOUND,
+            headers,
+            ..crate::store::codec::tests::minimal()
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.headers().len(), 3);
+        assert_eq!(e.path(), "/x/y");
+        assert!(e.last_modified().is_some() && e.etag().is_none());
+        assert!(e.has_validators(), "Last-Modified alone is a validator");
+
+        assert!(e.matches_prefix("/x/"));
+        assert!(!e.matches_prefix("/z"));
+        let in_value_scope = format!("{VALUE_SCOPE}GET http://a.example");
+        assert!(!e.matches_prefix(&in_value_scope), "an HTTP entry's key");
+
+        let h = e.build_response_headers(
+            HeaderValue::from_static("7"),
+            HeaderValue::from_static("ours"),
+        );
+        let all = |name| h.get_all(name).iter().cloned().collect::<Vec<_>>();
+        assert_eq!(all(AGE), [HeaderValue::from_static("7")]);
+        assert_eq!(
+            all(crate::status::CACHE_STATUS.clone()),
+            [HeaderValue::from_static("ours")]
+        );
+        assert_eq!(h.len(), 3);
+    }
+
     #[test]
     fn paths_from_keys() {
         for (key, path) in [
