@@ -1044,6 +1044,10 @@ mod tests {
         let e = with(&[(ae, &[""])]);
         assert!(e.vary_matches(&req(&[("accept-encoding", " , ")])));
         assert!(!e.vary_matches(&req(&[])));
+        // As many lines as stored, other values.
+        let e = with(&[(x.clone(), &["a"])]);
+        assert!(e.vary_matches(&req(&[("x-a", " a ")])));
+        assert!(!e.vary_matches(&req(&[("x-a", "b")])));
         // A partitioned entry's credentials: presence only.
         let e = Entry {
             vary: vec![(http::header::COOKIE, vec![PARTITIONED].into_boxed_slice())]
@@ -1155,6 +1159,57 @@ mod tests {
             [HeaderValue::from_static("ours")]
         );
         assert_eq!(h.len(), 3);
+    }
+
+    /// A hit's `Age` and `Cache-Status` are set in a template's first two
+    /// slots, and in any other map by name, leaving its other fields.
+    #[test]
+    fn hit_slots_are_set_in_a_template_and_in_any_map() {
+        let e = Entry {
+            headers: HeaderMap::from_iter([
+                (ETAG, HeaderValue::from_static("\"x\"")),
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                ),
+            ]),
+            ..crate::store::codec::tests::minimal()
+        };
+        let cs = crate::status::CACHE_STATUS.clone();
+        let with_first = |name: &HeaderName| {
+            let mut h = HeaderMap::from_iter([(name.clone(), HeaderValue::from_static("1"))]);
+            h.extend(e.headers.clone());
+            h
+        };
+        let with_second = |name: &HeaderName| {
+            let mut h = e.headers.clone();
+            let etag = h.remove(ETAG).unwrap();
+            let mut out = HeaderMap::from_iter([(ETAG, etag)]);
+            out.insert(name.clone(), HeaderValue::from_static("1"));
+            out.extend(h);
+            out
+        };
+        // A template, a map without the slots, and maps with one of them
+        // in its place but not the other.
+        let mut maps = [
+            e.response_headers().clone(),
+            e.headers.clone(),
+            with_first(&AGE),
+            with_second(&cs),
+        ];
+        for h in &mut maps {
+            set_hit_slots(
+                h,
+                HeaderValue::from_static("9"),
+                HeaderValue::from_static("s"),
+            );
+            assert_eq!(h.get(AGE), Some(&HeaderValue::from_static("9")), "{h:?}");
+            assert_eq!(h.get(&cs), Some(&HeaderValue::from_static("s")), "{h:?}");
+            for name in [ETAG, http::header::CONTENT_TYPE] {
+                assert_eq!(h.get(&name), e.headers.get(&name), "{h:?}");
+            }
+            assert_eq!(h.len(), 4, "{h:?}");
+        }
     }
 
     #[test]
