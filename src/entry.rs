@@ -1044,6 +1044,10 @@ mod tests {
         let e = with(&[(ae, &[""])]);
         assert!(e.vary_matches(&req(&[("accept-encoding", " , ")])));
         assert!(!e.vary_matches(&req(&[])));
+        // As many lines as stored, other values.
+        let e = with(&[(x.clone(), &["a"])]);
+        assert!(e.vary_matches(&req(&[("x-a", " a ")])));
+        assert!(!e.vary_matches(&req(&[("x-a", "b")])));
         // A partitioned entry's credentials: presence only.
         let e = Entry {
             vary: vec![(http::header::COOKIE, vec![PARTITIONED].into_boxed_slice())]
@@ -1109,6 +1113,103 @@ mod tests {
         assert_eq!((r.note(cap), r.note(cap), r.note(cap)), (1, 2, 2));
         assert_eq!(ReadCap::sampled(9, 3, 0), ReadCap::exact(3));
         assert_eq!(ReadCap::exact(u32::MAX).most(), Reads::MAX_CAP);
+    }
+
+    /// The public accessors give what was stored; a prefix names URL paths
+    /// of HTTP entries (not their readable keys, which are in the value
+    /// scope); the hit template keeps one `Age` and one `Cache-Status`,
+    /// its own, whatever the stored headers hold.
+    #[test]
+    fn accessors_prefixes_and_the_hit_template() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:20 GMT"),
+        );
+        headers.insert(AGE, HeaderValue::from_static("50"));
+        headers.insert(
+            crate::status::CACHE_STATUS.clone(),
+            HeaderValue::from_static("upstream; hit"),
+        );
+        let e = Entry {
+            key: "GET http://a.example/x/y?q=1".into(),
+            status: StatusCode::NOT_FOUND,
+            headers,
+            ..crate::store::codec::tests::minimal()
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.headers().len(), 3);
+        assert_eq!(e.path(), "/x/y");
+        assert!(e.last_modified().is_some() && e.etag().is_none());
+        assert!(e.has_validators(), "Last-Modified alone is a validator");
+
+        assert!(e.matches_prefix("/x/"));
+        assert!(!e.matches_prefix("/z"));
+        let in_value_scope = format!("{VALUE_SCOPE}GET http://a.example");
+        assert!(!e.matches_prefix(&in_value_scope), "an HTTP entry's key");
+
+        let h = e.build_response_headers(
+            HeaderValue::from_static("7"),
+            HeaderValue::from_static("ours"),
+        );
+        let all = |name| h.get_all(name).iter().cloned().collect::<Vec<_>>();
+        assert_eq!(all(AGE), [HeaderValue::from_static("7")]);
+        assert_eq!(
+            all(crate::status::CACHE_STATUS.clone()),
+            [HeaderValue::from_static("ours")]
+        );
+        assert_eq!(h.len(), 3);
+    }
+
+    /// A hit's `Age` and `Cache-Status` are set in a template's first two
+    /// slots, and in any other map by name, leaving its other fields.
+    #[test]
+    fn hit_slots_are_set_in_a_template_and_in_any_map() {
+        let e = Entry {
+            headers: HeaderMap::from_iter([
+                (ETAG, HeaderValue::from_static("\"x\"")),
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                ),
+            ]),
+            ..crate::store::codec::tests::minimal()
+        };
+        let cs = crate::status::CACHE_STATUS.clone();
+        let with_first = |name: &HeaderName| {
+            let mut h = HeaderMap::from_iter([(name.clone(), HeaderValue::from_static("1"))]);
+            h.extend(e.headers.clone());
+            h
+        };
+        let with_second = |name: &HeaderName| {
+            let mut h = e.headers.clone();
+            let etag = h.remove(ETAG).unwrap();
+            let mut out = HeaderMap::from_iter([(ETAG, etag)]);
+            out.insert(name.clone(), HeaderValue::from_static("1"));
+            out.extend(h);
+            out
+        };
+        // A template, a map without the slots, and maps with one of them
+        // in its place but not the other.
+        let mut maps = [
+            e.response_headers().clone(),
+            e.headers.clone(),
+            with_first(&AGE),
+            with_second(&cs),
+        ];
+        for h in &mut maps {
+            set_hit_slots(
+                h,
+                HeaderValue::from_static("9"),
+                HeaderValue::from_static("s"),
+            );
+            assert_eq!(h.get(AGE), Some(&HeaderValue::from_static("9")), "{h:?}");
+            assert_eq!(h.get(&cs), Some(&HeaderValue::from_static("s")), "{h:?}");
+            for name in [ETAG, http::header::CONTENT_TYPE] {
+                assert_eq!(h.get(&name), e.headers.get(&name), "{h:?}");
+            }
+            assert_eq!(h.len(), 4, "{h:?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - a `no-store` request joining a flight, or taken for a `Range` pass;
 //! - a waiter served a stale-if-error answer, an entry its leader read
 //!   from L2, or another instance's answer (distributed coalescing), for
-//!   another `Vary` variant than its own.
+//!   another `Vary` variant than its own;
+//! - a waiter of the same variant sent to read L2 again instead of being
+//!   given what its leader read there.
 
 mod support;
 
@@ -428,6 +430,59 @@ mod l2 {
         assert_eq!(got, "body in fr", "fr was given another variant: {cs}");
         assert_eq!(log.calls(), 3);
         assert_eq!(log.last().header("accept-language"), Some("fr"));
+    }
+
+    /// A fresh instance's request leads a flight whose L2 read Redis holds
+    /// back; a request for the same variant joins it. The waiter is
+    /// answered with what the leader read (an L2 hit of its own), without
+    /// a flight or an L2 read of its own: with `promote_after(2)`, the
+    /// leader's read is the only one counted towards promotion, so nothing
+    /// is promoted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_of_the_same_variant_is_given_what_the_leader_read_from_l2() {
+        require_redis();
+        let server = RedisServer::start();
+        let (origin, log) = origin(|_, _| ok("max-age=60", "stored"));
+        let a = l2(server.url()).build().unwrap();
+        send(&cached(&a, origin.clone()), get(URL)).await;
+        written(&a, 1).await;
+        // A fresh instance, connected to Redis before the pause.
+        let b = l2(server.url()).promote_after(2).build().unwrap();
+        let svc = cached(&b, origin);
+        send(&svc, get("http://example.com/connect")).await;
+        assert_eq!(log.calls(), 2);
+
+        // Held for 3 s: a paused Redis takes no `CLIENT UNPAUSE` either.
+        let paused = server.cli(&["CLIENT", "PAUSE", "3000", "ALL"]);
+        assert!(paused.text().contains("OK"), "{paused:?}");
+        let fetch = || {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let r = send(&svc, get(URL)).await;
+                let cs = cache_status(&r);
+                (cs, String::from_utf8(body(r).await.to_vec()).unwrap())
+            })
+        };
+        let leader = fetch();
+        // The leader reads L2, which Redis holds back.
+        assert!(eventually(|| b.stats().in_flight == 1).await, "no flight");
+        let waiter = fetch();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished() && !leader.is_finished());
+
+        let l2_hit = "tower-tiered-cache; hit; detail=l2";
+        assert_eq!(
+            leader.await.unwrap(),
+            (l2_hit.to_owned(), "stored".to_owned())
+        );
+        assert_eq!(
+            waiter.await.unwrap(),
+            (l2_hit.to_owned(), "stored".to_owned())
+        );
+        assert_eq!(log.calls(), 2);
+        let st = b.stats();
+        assert_eq!(st.hits_l2, 2, "{st:?}");
+        assert_eq!(st.promotions, 0, "the waiter read L2 itself: {st:?}");
     }
 
     /// Distributed coalescing: instance A holds the key's lease while its

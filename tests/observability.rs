@@ -68,7 +68,9 @@ async fn lookup_spans_of_a_miss_and_a_hit_carry_every_field() {
     let svc = cached(&cache, origin);
     let url = "http://example.com/users/7?x=1";
 
+    let started = std::time::Instant::now();
     let r = send(&svc, get(url)).await;
+    let miss_took_ms = started.elapsed().as_secs_f64() * 1e3;
     assert_eq!(cache_status(&r), MISS_STORED);
     assert_eq!(body(r).await, "hello");
     clock.advance(secs(5));
@@ -100,12 +102,19 @@ async fn lookup_spans_of_a_miss_and_a_hit_carry_every_field() {
     assert_eq!(miss.get("cache.ttl_remaining_ms"), None, "{miss:#?}");
     let upstream = miss.f64("cache.upstream_ms").expect("cache.upstream_ms");
     assert!((0.0..10_000.0).contains(&upstream), "{upstream}");
+    // The store's time in milliseconds: some, and a part of the request's.
+    let store = miss.f64("cache.store_ms").expect("cache.store_ms");
+    assert!(
+        store > 0.0 && store <= miss_took_ms,
+        "{store} of {miss_took_ms}"
+    );
 
     assert_eq!(hit.str("cache.result"), Some("hit"));
     assert_eq!(hit.str("cache.tier"), Some("l1"));
     // Stored at T0 for 60 s, read at T0 + 5 s.
     assert_eq!(hit.get("cache.ttl_remaining_ms"), Some(&Val::I64(55_000)));
     assert_eq!(hit.get("cache.upstream_ms"), None, "no upstream call");
+    assert_eq!(hit.get("cache.store_ms"), None, "nothing stored");
     assert!(cap.spans_named("cache.refresh").is_empty());
 }
 
@@ -158,6 +167,43 @@ async fn a_stale_hit_is_marked_stale_and_its_refresh_span_follows_from_it() {
     assert_eq!(refresh.str("cache.label"), Some("example.com"));
     assert_eq!(refresh.str("cache.result"), Some("refreshed"));
     assert!(refresh.f64("cache.upstream_ms").is_some(), "{refresh:#?}");
+}
+
+/// A background refresh whose origin no longer lets the response be
+/// stored drops the stale copy: its span says `dropped` (not `refreshed`,
+/// not `failed`).
+#[tokio::test]
+async fn a_refresh_the_origin_no_longer_lets_be_stored_is_marked_dropped() {
+    let (cap, _guard) = capture();
+    let clock = clock();
+    let cache = builder(&clock).span_level(Level::INFO).build().unwrap();
+    let (origin, log) = origin(|n, _| {
+        if n == 0 {
+            ok("max-age=10, stale-while-revalidate=60", "v1")
+        } else {
+            ok("no-store", "v2")
+        }
+    });
+    let svc = cached(&cache, origin);
+    let url = "http://example.com/feed";
+
+    assert_eq!(body(send(&svc, get(url)).await).await, "v1");
+    clock.advance(secs(20));
+    let r = send(&svc, get(url)).await;
+    assert!(
+        cache_status(&r).contains("hit; ttl=-10"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(body(r).await, "v1");
+    assert!(eventually(|| cache.stats().refresh_ok == 1).await);
+    assert!(eventually(|| cache.stats().in_flight == 0).await);
+    assert_eq!(log.calls(), 2);
+    assert_eq!(cache.stats().l1_entries, 0, "the stale copy was dropped");
+
+    let refreshes = cap.spans_named("cache.refresh");
+    assert_eq!(refreshes.len(), 1, "{refreshes:#?}");
+    assert_eq!(refreshes[0].str("cache.result"), Some("dropped"));
 }
 
 #[tokio::test]

@@ -1442,6 +1442,32 @@ async fn rfc9111_3_2_a_304_does_not_update_content_length_or_cache_status() {
     assert_eq!(log.calls(), 2);
 }
 
+/// RFC 9110 §8.6: a server must not send `Content-Length` in a 204. A
+/// stored 204 is answered without one, on the miss that stores it and on
+/// every hit (whichever tier it is read from), though stored entries are
+/// otherwise given the length of their body.
+#[tokio::test]
+async fn rfc9110_8_6_a_stored_204_is_answered_without_content_length() {
+    let clock = clock();
+    let cache = builder(&clock).build().unwrap();
+    let (origin, log) = origin(|_, _| response(204, &[("cache-control", "max-age=60")], ""));
+    let svc = cached(&cache, origin);
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        cache_status(&r),
+        "tower-tiered-cache; fwd=uri-miss; fwd-status=204; stored"
+    );
+    assert_eq!(header(&r, "content-length"), None);
+    clock.advance(secs(5));
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(header(&r, "content-length"), None, "a 204 hit");
+    assert_eq!(body(r).await, "");
+    assert_eq!(log.calls(), 1);
+}
+
 #[tokio::test]
 async fn stale_entry_with_etag_is_revalidated_by_a_304() {
     let clock = clock();
@@ -2171,6 +2197,43 @@ async fn oversize_content_length_passes_through_intact() {
     let st = cache.stats();
     assert_eq!(st.too_large, 1);
     assert_eq!(st.stores, 0);
+}
+
+/// The body cap is inclusive: a body whose `Content-Length` is exactly
+/// `max_body_bytes` is stored (and hit); one byte more streams through.
+#[tokio::test]
+async fn a_body_of_exactly_the_cap_is_stored_and_one_byte_more_is_not() {
+    let clock = clock();
+    let cache = builder(&clock).max_body_bytes(1024).build().unwrap();
+    let (origin, log) = origin(|_, req| {
+        let n = if req.uri().path() == "/exact" {
+            1024
+        } else {
+            1025
+        };
+        let length = n.to_string();
+        let headers = [("cache-control", "max-age=60"), ("content-length", &length)];
+        response(200, &headers, &"z".repeat(n))
+    });
+    let svc = cached(&cache, origin);
+    let exact = "http://example.com/exact";
+    let r = send(&svc, get(exact)).await;
+    assert_eq!(cache_status(&r), MISS_STORED);
+    assert_eq!(body(r).await.len(), 1024);
+    let r = send(&svc, get(exact)).await;
+    assert_eq!(cache_status(&r), hit());
+    assert_eq!(header(&r, "content-length").as_deref(), Some("1024"));
+    assert_eq!(body(r).await.len(), 1024);
+    assert_eq!(log.calls(), 1);
+
+    let r = send(&svc, get("http://example.com/over")).await;
+    assert_eq!(
+        cache_status(&r),
+        "tower-tiered-cache; fwd=uri-miss; fwd-status=200; detail=too-large"
+    );
+    assert_eq!(body(r).await.len(), 1025);
+    let st = cache.stats();
+    assert_eq!((st.stores, st.too_large), (1, 1), "{st:?}");
 }
 
 #[tokio::test]

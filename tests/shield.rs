@@ -165,6 +165,91 @@ async fn waiters_of_a_hung_revalidation_get_its_stale_if_error_answer() {
     assert_eq!(cache.stats().upstream_timeouts, 1);
 }
 
+/// A revalidation whose answer arrives but whose body stalls: the request
+/// is counted as a miss when the answer's head arrives, and the
+/// stale-if-error answer it gets after the upstream timeout is not counted
+/// again (one outcome per request).
+#[tokio::test(start_paused = true)]
+async fn a_revalidation_whose_body_stalls_counts_the_request_once() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .upstream_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (origin, log) = origin_fn(|n, _| async move {
+        Ok::<_, Infallible>(if n == 0 {
+            stalling("max-age=10, stale-if-error=600", "first", true, None)
+        } else {
+            stalling("max-age=10", "half of it", false, Some(100))
+        })
+    });
+    let svc = cached(&cache, origin);
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
+    clock.advance(secs(20));
+    let r = send(&svc, get(URL)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        cache_status(&r),
+        "tower-tiered-cache; fwd=stale; ttl=-10; detail=stale-if-error"
+    );
+    assert_eq!(body(r).await, "first");
+    assert_eq!(log.calls(), 2);
+    let st = cache.stats();
+    assert_eq!((st.upstream_timeouts, st.stale_if_error), (1, 1), "{st:?}");
+    // Both requests counted once, as misses: not the second as stale too.
+    assert_eq!((st.requests, st.misses, st.stale), (2, 2, 0), "{st:?}");
+}
+
+/// A leader that may not be served the stale entry (it sends
+/// `Authorization`, and the entry was not stored for authorized requests:
+/// RFC 9111 §3.5) gets a 504 when its revalidation hangs. Its anonymous
+/// waiter, which could be served that entry, is not answered from the
+/// leader's failure: it forms the next flight, and the origin, answering
+/// again by then, gives it a fresh response rather than the stale copy.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_not_served_stale_on_a_failure_its_leader_was_not_served_stale_on() {
+    let clock = clock();
+    let cache = builder(&clock)
+        .upstream_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (origin, log) = origin_fn(|n, _| async move {
+        match n {
+            0 => Ok::<_, Infallible>(ok("max-age=10, stale-if-error=600", "first")),
+            1 => std::future::pending().await,
+            _ => Ok(ok("max-age=10", "second")),
+        }
+    });
+    let svc = cached(&cache, origin);
+    assert_eq!(cache_status(&send(&svc, get(URL)).await), MISS_STORED);
+    clock.advance(secs(20));
+    let start = tokio::time::Instant::now();
+    let ask = |headers: &'static [(&'static str, &'static str)]| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let r = send(&svc, get_with(URL, headers)).await;
+            let cs = cache_status(&r);
+            (r.status().as_u16(), cs, body(r).await, start.elapsed())
+        })
+    };
+    // On this current-thread runtime the leader reaches the origin before
+    // the waiter looks up the key.
+    let leader = ask(&[("authorization", "Bearer leader")]);
+    let waiter = ask(&[]);
+    let (status, cs, _, took) = leader.await.unwrap();
+    assert_eq!(status, 504, "{cs}");
+    assert_eq!(took, Duration::from_secs(2));
+    let (status, cs, got, took) = waiter.await.unwrap();
+    assert_eq!((status, &got[..]), (200, &b"second"[..]), "{cs}");
+    assert!(cs.contains("fwd=stale; fwd-status=200; stored"), "{cs}");
+    assert_eq!(took, Duration::from_secs(2), "it waited on the leader");
+    assert_eq!(log.calls(), 3);
+    assert!(log.request(1).header("authorization").is_some());
+    assert_eq!(log.request(2).header("authorization"), None);
+    let st = cache.stats();
+    assert_eq!((st.upstream_timeouts, st.stale_if_error), (1, 0), "{st:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_that_stalls_is_never_stored() {
     let clock = clock();
