@@ -73,7 +73,12 @@ enum Side {
 }
 
 impl Side {
-    const ALL: [Side; 4] = [Side::BareHot, Side::CachedHot, Side::BareMany, Side::CachedMany];
+    const ALL: [Side; 4] = [
+        Side::BareHot,
+        Side::CachedHot,
+        Side::BareMany,
+        Side::CachedMany,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -104,7 +109,7 @@ fn many_protos() -> Arc<Vec<Proto>> {
         (0..KEYS)
             .map(|i| {
                 let uri: &'static str =
-                    Box::leak(format!("http://example.com/api/item?id={i}").into_boxed_str());
+                    Box::leak(format!("http://example.com/api/many?id={i}").into_boxed_str());
                 Proto::new(uri)
             })
             .collect(),
@@ -119,8 +124,11 @@ fn spawn_worker<B, C>(
     many: Arc<Vec<Proto>>,
 ) -> (mpsc::Sender<Job>, std::thread::JoinHandle<()>)
 where
-    B: Service<Request<()>, Response = http::Response<Full<Bytes>>, Error = std::convert::Infallible>
-        + Send
+    B: Service<
+            Request<()>,
+            Response = http::Response<Full<Bytes>>,
+            Error = std::convert::Infallible,
+        > + Send
         + 'static,
     C: Service<
             Request<()>,
