@@ -1974,6 +1974,9 @@ impl CacheBuilder {
             tiers.read_counts = Some(adaptive.read_counts());
             observe.read_cap = adaptive.read_cap(exact);
         }
+        // Per-thread fronts only while a read after the first counts for
+        // nothing (their hits are not counted on the shared entry).
+        tiers.set_front(exact == 1 && self.adaptive.is_none());
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
         // A leader waits for another instance's call at most one
