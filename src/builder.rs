@@ -597,6 +597,14 @@ impl CacheBuilder {
 
     /// L1 capacity in bytes (default [`DEFAULT_L1_CAPACITY_BYTES`]),
     /// weighed by body, headers and key size.
+    ///
+    /// Besides L1, each thread that serves hits keeps its own copies of
+    /// the few entries it reads most (at most 8, each weighing at most
+    /// 16 KiB: at most 128 KiB per thread, shared by every cache in the
+    /// process), so that hits on a hot key from many cores write no memory
+    /// the cores share. A copy is dropped as soon as L1's entry changes
+    /// (stored again, revalidated, invalidated, purged, evicted); none is
+    /// kept with eager refresh or adaptive TTL on.
     pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
         self.l1_capacity = bytes;
         self
