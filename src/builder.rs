@@ -597,6 +597,14 @@ impl CacheBuilder {
 
     /// L1 capacity in bytes (default [`DEFAULT_L1_CAPACITY_BYTES`]),
     /// weighed by body, headers and key size.
+    ///
+    /// Besides L1, each thread that serves hits keeps its own copies of
+    /// the few entries it reads most (at most 8, each weighing at most
+    /// 16 KiB: at most 128 KiB per thread, shared by every cache in the
+    /// process), so that hits on a hot key from many cores write no memory
+    /// the cores share. A copy is dropped as soon as L1's entry changes
+    /// (stored again, revalidated, invalidated, purged, evicted); none is
+    /// kept with eager refresh or adaptive TTL on.
     pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
         self.l1_capacity = bytes;
         self
@@ -1974,6 +1982,9 @@ impl CacheBuilder {
             tiers.read_counts = Some(adaptive.read_counts());
             observe.read_cap = adaptive.read_cap(exact);
         }
+        // Per-thread fronts only while a read after the first counts for
+        // nothing (their hits are not counted on the shared entry).
+        tiers.set_front(exact == 1 && self.adaptive.is_none());
         #[cfg(feature = "redis")]
         let tiers = tiers.with_l2(l2.clone());
         // A leader waits for another instance's call at most one

@@ -172,6 +172,7 @@ mod entry;
 mod error;
 mod export;
 mod flow;
+mod front;
 mod future;
 mod hot;
 mod key;

@@ -20,14 +20,28 @@ struct Padded(AtomicU64);
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
+/// The most stripes any striped counter has: threads are numbered modulo
+/// this, and each counter takes the number modulo its own stripe count.
+const MAX_STRIPES: usize = 64;
+
 thread_local! {
-    static STRIPE: Cell<usize> = Cell::new(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES);
+    static STRIPE: Cell<usize> = Cell::new(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % MAX_STRIPES);
 }
 
-/// This thread's stripe (a small number, stable for the thread's life).
+/// This thread's stripe number (below 64, stable for the thread's life):
+/// a counter with `n` stripes (a power of two) uses `stripe() % n`.
 #[inline]
 pub(crate) fn stripe() -> usize {
     STRIPE.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Stripes for a counter written on every request: one per core (rounded
+/// up to a power of two), at least `min` and at most `max`, so that on many
+/// cores few threads share a stripe's cache line (issue 18).
+pub(crate) fn stripes_for_cores(min: usize, max: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    cores.next_power_of_two().clamp(min, max.min(MAX_STRIPES))
 }
 
 impl Counter {
@@ -38,7 +52,9 @@ impl Counter {
 
     #[inline]
     pub(crate) fn add(&self, n: u64) {
-        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.stripes[stripe() % STRIPES]
+            .0
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -517,5 +533,24 @@ impl Stats {
         } else {
             served as f64 / lookups as f64
         };
+    }
+}
+
+#[cfg(test)]
+mod stripe_tests {
+    use super::*;
+
+    #[test]
+    fn stripes_follow_the_cores_within_their_bounds_as_powers_of_two() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (min, max) in [(2, 16), (4, 16), (1, 64), (8, 8)] {
+            let n = stripes_for_cores(min, max);
+            assert!(n.is_power_of_two() && (min..=max).contains(&n), "{n}");
+            assert!(
+                n >= cores.next_power_of_two().min(max),
+                "{n} for {cores} cores"
+            );
+        }
+        assert!(stripe() < MAX_STRIPES);
     }
 }

@@ -182,6 +182,11 @@ pub(crate) struct Tiers {
     pub(crate) read_counts: Option<ReadCounts>,
     /// The invalidations made here, in L1's order (L2 keeps its own).
     order: Generations,
+    /// Whether hot entries are copied into per-thread fronts
+    /// ([`lookup_hit`](Self::lookup_hit), `front.rs`): off when reads are
+    /// counted past the first (eager refresh, adaptive TTL), since a
+    /// front's hits are not counted on the shared entry.
+    front: bool,
 }
 
 impl Tiers {
@@ -195,7 +200,13 @@ impl Tiers {
             not_admitted: Counter::default(),
             read_counts: None,
             order: Generations::new(L1_INVALIDATIONS_REMEMBERED),
+            front: true,
         }
+    }
+
+    /// Turns the per-thread fronts on or off (on by default).
+    pub(crate) fn set_front(&mut self, on: bool) {
+        self.front = on;
     }
 
     /// Records an invalidation made here of `scope`, before L1 removes
@@ -342,6 +353,42 @@ impl Tiers {
             Found::UriMiss => L1Lookup::Miss { fwd: Fwd::UriMiss },
             Found::VaryMiss => L1Lookup::Miss { fwd: Fwd::VaryMiss },
         }
+    }
+
+    /// The L1 step of a request's own lookup (the engine's `decide`, and
+    /// only there): this thread's copy of a hot entry when it holds a
+    /// current and fresh one (`front.rs`), else [`lookup_l1`](Self::lookup_l1).
+    ///
+    /// A copy is not the entry L1 holds (its `Arc` differs), so it is
+    /// handed out only where nothing compares it with L1's: a fresh entry,
+    /// for a request whose directives cannot make it unusable (no
+    /// `Cache-Control`, `Pragma` or `Authorization`), which is answered
+    /// and dropped. Every other request, and every other caller, gets
+    /// L1's own entry.
+    #[inline]
+    pub(crate) fn lookup_hit(&self, key: KeyHash, headers: &HeaderMap, now: u64) -> L1Lookup {
+        if !self.front || !crate::front::plain_request(headers) {
+            return self.lookup_l1(key, headers, now);
+        }
+        let gens = &self.l1.gens;
+        if let Some((e, touch)) = crate::front::get(gens, key, now) {
+            if now < e.timeline.retain_until && self.trusts_l1(e.timeline.stored_at, now) {
+                if touch {
+                    self.l1.touch(key);
+                }
+                return L1Lookup::Found(e);
+            }
+        }
+        if !crate::front::vote(gens, key) {
+            return self.lookup_l1(key, headers, now);
+        }
+        // Taken before the read: a change after it makes the copy stale.
+        let stamp = gens.stamp(key);
+        let found = self.lookup_l1(key, headers, now);
+        if let L1Lookup::Found(e) = &found {
+            crate::front::fill(gens, key, e, stamp, now);
+        }
+        found
     }
 
     /// Carries the reads counted on `entry` to `key`'s count (adaptive

@@ -165,16 +165,29 @@ pub(crate) const SERIES: [Series; 8] = [
     },
 ];
 
-const STRIPES: usize = 4;
+/// Stripes per label: one per core, 4 to 16 (a power of two). Every
+/// request adds to one of its label's stripes, so on 16 cores each thread
+/// has a line of its own, and on 64 four threads share one.
+fn stripes() -> usize {
+    crate::stats::stripes_for_cores(4, 16)
+}
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Block([AtomicU64; field::COUNT]);
 
 /// One label's counters, striped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LabelCounters {
-    stripes: [Block; STRIPES],
+    stripes: Box<[Block]>,
+}
+
+impl Default for LabelCounters {
+    fn default() -> Self {
+        Self {
+            stripes: (0..stripes()).map(|_| Block::default()).collect(),
+        }
+    }
 }
 
 impl LabelCounters {
@@ -186,7 +199,9 @@ impl LabelCounters {
     /// [`add`](Self::add) with the thread's stripe already known.
     #[inline]
     pub(crate) fn add_at(&self, stripe: usize, field: usize, n: u64) {
-        self.stripes[stripe % STRIPES].0[field].fetch_add(n, Ordering::Relaxed);
+        // The stripe count is a power of two.
+        let i = stripe & (self.stripes.len() - 1);
+        self.stripes[i].0[field].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn read(&self) -> [u64; field::COUNT] {

@@ -9,10 +9,16 @@ use crate::stats::stripe;
 pub(crate) const SLOT_MS: u64 = 5_000;
 /// Slots in the window: 60 × 5 s = 5 minutes.
 pub(crate) const SLOTS: u64 = 60;
-const STRIPES: usize = 2;
+/// Stripes per slot: one per core, 2 to 16 (a power of two); every
+/// request adds to its thread's stripe.
+fn stripes() -> usize {
+    crate::stats::stripes_for_cores(2, 16)
+}
 
+/// A line pair of its own (adjacent-line prefetch moves lines in pairs),
+/// so that threads counting in neighbouring stripes do not share one.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Slot {
     /// Which 5-second period (`now / SLOT_MS`) the counts belong to.
     epoch: AtomicU64,
@@ -29,14 +35,18 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct Window {
     slots: Box<[Slot]>,
+    /// Stripes per slot, a power of two.
+    stripes: usize,
 }
 
 impl Default for Window {
     fn default() -> Self {
+        let stripes = stripes();
         Self {
-            slots: (0..SLOTS as usize * STRIPES)
+            slots: (0..SLOTS as usize * stripes)
                 .map(|_| Slot::default())
                 .collect(),
+            stripes,
         }
     }
 }
@@ -61,7 +71,7 @@ impl Window {
     #[inline]
     pub(crate) fn record_at(&self, stripe: usize, now_ms: u64, lookup: bool, served: bool) {
         let epoch = now_ms / SLOT_MS + 1; // 0 marks a slot never used
-        let i = (epoch % SLOTS) as usize * STRIPES + stripe % STRIPES;
+        let i = (epoch % SLOTS) as usize * self.stripes + (stripe & (self.stripes - 1));
         let slot = &self.slots[i];
         let seen = slot.epoch.load(Ordering::Relaxed);
         if seen != epoch {

@@ -10,6 +10,7 @@ use quick_cache::sync::{Cache as QuickCache, EntryAction, EntryResult};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use crate::entry::Entry;
+use crate::front::Generations;
 use crate::key::{variant_hash, KeyHash};
 use crate::sync::lock;
 
@@ -122,6 +123,9 @@ pub(crate) struct MemoryStore {
     evictions: Arc<AtomicU64>,
     /// Told the label of each entry evicted before it was read.
     unread: std::sync::OnceLock<UnreadHook>,
+    /// Bumped after every change to a slot (`front.rs`): what makes a
+    /// thread's copy of an entry unusable at once.
+    pub(crate) gens: Generations,
 }
 
 struct UnreadHook(Box<dyn Fn(u16) + Send + Sync>);
@@ -150,6 +154,7 @@ impl MemoryStore {
             max_variants: max_variants.max(1),
             evictions,
             unread: std::sync::OnceLock::new(),
+            gens: Generations::default(),
         }
     }
 
@@ -179,6 +184,12 @@ impl MemoryStore {
                 }
             }
         }
+    }
+
+    /// Reads `primary`'s slot for nothing but to tell the eviction policy
+    /// it is in use (a hit answered elsewhere: `front.rs`).
+    pub(crate) fn touch(&self, primary: KeyHash) {
+        let _ = self.cache.get(&primary);
     }
 
     /// Stores `entry` for `primary`, as a variant when it carries `Vary`.
@@ -211,6 +222,8 @@ impl MemoryStore {
                 let got = self
                     .cache
                     .get_or_insert_with(&primary, || Ok::<_, ()>(Slot::Vary(Arc::clone(&fresh))));
+                // An insert whose evictions are not listed: every key.
+                self.gens.changed_all();
                 match got {
                     Ok(Slot::Vary(index)) if *index.names == *vary => index,
                     _ => {
@@ -247,6 +260,7 @@ impl MemoryStore {
         };
         for old in evicted {
             self.cache.remove(&old);
+            self.gens.changed(old);
         }
         self.put(secondary, Slot::Entry(entry))
     }
@@ -272,6 +286,12 @@ impl MemoryStore {
         }
         if evicted > 0 {
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        self.gens.changed(key);
+        for (k, _) in &pushed_out {
+            if *k != key {
+                self.gens.changed(*k);
+            }
         }
         !refused
     }
@@ -302,7 +322,12 @@ impl MemoryStore {
                 EntryAction::Retain(false)
             }
         });
-        matches!(result, EntryResult::Retained(true))
+        let replaced = matches!(result, EntryResult::Retained(true));
+        if replaced {
+            // A heavier value may have pushed others out, unlisted.
+            self.gens.changed_all();
+        }
+        replaced
     }
 
     /// Removes the entry stored for these request headers, if it is
@@ -318,30 +343,36 @@ impl MemoryStore {
             Some(Slot::Vary(index)) => variant_hash(primary, &index.names, headers),
             _ => primary,
         };
-        self.cache
+        let removed = self
+            .cache
             .remove_if(
                 &slot_key,
                 |v| matches!(v, Slot::Entry(e) if entry.is_none_or(|x| Arc::ptr_eq(e, x))),
             )
-            .is_some()
+            .is_some();
+        self.gens.changed(slot_key);
+        removed
     }
 
     /// Removes a URL and all its variants.
     pub(crate) fn remove(&self, primary: KeyHash) -> bool {
-        match self.cache.remove(&primary) {
+        let removed = match self.cache.remove(&primary) {
             Some((_, Slot::Vary(index))) => {
                 self.remove_variants(&index);
                 true
             }
             Some(_) => true,
             None => false,
-        }
+        };
+        self.gens.changed(primary);
+        removed
     }
 
     fn remove_variants(&self, index: &VaryIndex) {
         let drained: Vec<KeyHash> = lock(&index.variants).drain(..).collect();
         for k in drained {
             self.cache.remove(&k);
+            self.gens.changed(k);
         }
     }
 
@@ -378,11 +409,14 @@ impl MemoryStore {
                 n += 1;
             }
         }
+        // Every key the scan may have covered, the removed ones included.
+        self.gens.changed_all();
         n
     }
 
     pub(crate) fn clear(&self) {
         self.cache.clear();
+        self.gens.changed_all();
     }
 
     pub(crate) fn len(&self) -> usize {
