@@ -814,9 +814,42 @@ impl CacheBuilder {
     /// the URL, while one decided from a header does. A readable key of the
     /// form `GET //host/path?query` keeps
     /// [`Cache::invalidate_prefix`] working on the path.
+    ///
+    /// [`key_writer`](Self::key_writer) does the same without allocating a
+    /// `String` per request.
     pub fn key_fn<F>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.keys.custom = Some(crate::key::writer_of(f));
+        self
+    }
+
+    /// [`key_fn`](Self::key_fn) for hot paths: the function appends the
+    /// readable key to `out` (an empty buffer the cache reuses between
+    /// requests) and returns `true`, or returns `false` to let the request
+    /// pass uncached (what it wrote is then ignored). The same key text
+    /// gives the same key as from `key_fn`; the last of the two set wins.
+    ///
+    /// ```
+    /// use tower_tiered_cache::Cache;
+    ///
+    /// let cache = Cache::builder()
+    ///     .key_writer(|parts, out| {
+    ///         if parts.uri.path().starts_with("/live/") {
+    ///             return false; // never cached
+    ///         }
+    ///         out.push_str("GET ");
+    ///         out.push_str(parts.uri.path());
+    ///         true
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn key_writer<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts, &mut String) -> bool + Send + Sync + 'static,
     {
         self.keys.custom = Some(Arc::new(f));
         self

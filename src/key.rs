@@ -35,6 +35,25 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed, Xxh3};
 /// to let the request pass uncached.
 pub type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
+/// A custom key writer, the form both custom keys are kept in: appends the
+/// readable key of a request to a buffer, or returns `false` to let the
+/// request pass uncached.
+pub(crate) type KeyWrite = Arc<dyn Fn(&Parts, &mut String) -> bool + Send + Sync>;
+
+/// A [`KeyFn`]'s function as a writer (its key copied into the buffer).
+pub(crate) fn writer_of<F>(f: F) -> KeyWrite
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    Arc::new(move |parts: &Parts, out: &mut String| match f(parts) {
+        Some(key) => {
+            out.push_str(&key);
+            true
+        }
+        None => false,
+    })
+}
+
 /// The 128-bit hash that identifies a key in every tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash(pub u128);
@@ -53,7 +72,7 @@ pub(crate) struct KeyConfig {
     pub(crate) sort_query: bool,
     pub(crate) drop_query: Vec<QueryDrop>,
     pub(crate) headers: Vec<HeaderName>,
-    pub(crate) custom: Option<KeyFn>,
+    pub(crate) custom: Option<KeyWrite>,
     /// Partition requests that carry credentials by their digest.
     pub(crate) credentials: bool,
 }
@@ -113,6 +132,9 @@ impl QueryDrop {
 thread_local! {
     static KEY_BUF: RefCell<String> = RefCell::new(String::with_capacity(256));
 }
+
+/// The capacity past which the key buffer is given back after use.
+const KEY_BUF_KEEP: usize = 16 * 1024;
 
 /// The request headers that carry credentials, in the order their digest
 /// takes them.
@@ -200,33 +222,41 @@ impl KeyConfig {
         parts: Option<&Parts>,
     ) -> Option<KeyHash> {
         let partition = self.partition(headers);
-        if let Some(custom) = &self.custom {
-            let parts = parts?;
-            let mut k = custom(parts)?;
-            if let Some(d) = partition {
-                let _ = write!(k, "{CREDENTIALS_TAG}{d:032x}");
-            }
-            return Some(KeyHash(xxh3_128(k.as_bytes())));
-        }
+        let custom = match &self.custom {
+            Some(custom) => Some((custom, parts?)),
+            None => None,
+        };
         let fill = |out: &mut String| {
-            self.write_key(out, uri, headers);
+            match custom {
+                Some((custom, parts)) => {
+                    if !custom(parts, out) {
+                        return false;
+                    }
+                }
+                None => self.write_key(out, uri, headers),
+            }
             if let Some(d) = partition {
                 let _ = write!(out, "{CREDENTIALS_TAG}{d:032x}");
             }
+            true
         };
         KEY_BUF.with(|buf| {
             let mut buf = match buf.try_borrow_mut() {
                 Ok(b) => b,
-                // Re-entrancy is impossible here, but never panic on it.
+                // A custom key function that looks up a key itself; never
+                // panic on it.
                 Err(_) => {
                     let mut own = String::new();
-                    fill(&mut own);
-                    return Some(KeyHash(xxh3_128(own.as_bytes())));
+                    return fill(&mut own).then(|| KeyHash(xxh3_128(own.as_bytes())));
                 }
             };
             buf.clear();
-            fill(&mut buf);
-            Some(KeyHash(xxh3_128(buf.as_bytes())))
+            let hash = fill(&mut buf).then(|| KeyHash(xxh3_128(buf.as_bytes())));
+            if buf.capacity() > KEY_BUF_KEEP {
+                // One huge request does not pin its key's size per thread.
+                *buf = String::with_capacity(256);
+            }
+            hash
         })
     }
 
@@ -235,7 +265,13 @@ impl KeyConfig {
     /// digest; the credentials themselves never appear in it.
     pub(crate) fn readable(&self, parts: &Parts) -> Option<String> {
         let mut s = match &self.custom {
-            Some(custom) => custom(parts)?,
+            Some(custom) => {
+                let mut s = String::new();
+                if !custom(parts, &mut s) {
+                    return None;
+                }
+                s
+            }
             None => {
                 let mut s = String::with_capacity(64);
                 self.write_key(&mut s, key_uri(parts), &parts.headers);
@@ -604,7 +640,7 @@ mod tests {
     #[test]
     fn custom_key_function() {
         let cfg = KeyConfig {
-            custom: Some(Arc::new(|p: &Parts| {
+            custom: Some(writer_of(|p: &Parts| {
                 if p.uri.path().starts_with("/nocache") {
                     None
                 } else {
@@ -708,11 +744,56 @@ mod tests {
         assert!(!cfg.readable(&c1).unwrap().contains("s=1"));
     }
 
+    /// A key writer gives the key a key function returning the same text
+    /// gives; `false` passes; what a refusing writer wrote is not kept for
+    /// the next request.
+    #[test]
+    fn a_key_writer_keys_as_a_key_function() {
+        let owned = KeyConfig {
+            credentials: true,
+            custom: Some(writer_of(|p: &Parts| Some(format!("K {}", p.uri.path())))),
+            ..KeyConfig::default()
+        };
+        let writer = KeyConfig {
+            credentials: true,
+            custom: Some(Arc::new(|p: &Parts, out: &mut String| {
+                out.push_str("K ");
+                out.push_str(p.uri.path());
+                !p.uri.path().starts_with("/no")
+            })),
+            ..KeyConfig::default()
+        };
+        for req in [parts("/a", &[]), parts("/b", &[("cookie", "s=1")])] {
+            assert_eq!(writer.hash(&req), owned.hash(&req));
+            assert_eq!(writer.readable(&req), owned.readable(&req));
+        }
+        assert_eq!(
+            writer.hash(&parts("/a", &[])),
+            Some(KeyHash(xxh3_128(b"K /a")))
+        );
+        assert_eq!(writer.hash(&parts("/no", &[])), None);
+        assert_eq!(writer.readable(&parts("/no", &[])), None);
+        assert_eq!(
+            writer.hash(&parts("/a", &[])),
+            Some(KeyHash(xxh3_128(b"K /a")))
+        );
+    }
+
+    /// A huge key does not leave the thread's key buffer that large.
+    #[test]
+    fn the_key_buffer_is_given_back_after_a_huge_key() {
+        let cfg = KeyConfig::default();
+        let long = format!("/{}", "a".repeat(32 * 1024));
+        assert!(cfg.hash(&parts(&long, &[])).is_some());
+        let cap = KEY_BUF.with(|b| b.borrow().capacity());
+        assert!(cap <= KEY_BUF_KEEP, "key buffer kept {cap} bytes");
+    }
+
     #[test]
     fn credentials_partition_custom_keys() {
         let cfg = KeyConfig {
             credentials: true,
-            custom: Some(Arc::new(|p: &Parts| Some(p.uri.path().to_owned()))),
+            custom: Some(writer_of(|p: &Parts| Some(p.uri.path().to_owned()))),
             ..KeyConfig::default()
         };
         let anon = parts("/a", &[]);
