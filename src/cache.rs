@@ -640,6 +640,13 @@ impl Cache {
         if let Some(hot) = &s.hot {
             self.after_read(hot, key, parts, found.is_none());
         }
+        if let Some(entry) = &found {
+            // The common answer, a fresh L1 hit with no eager refresh due,
+            // made without the plan an upstream call would need.
+            if let Some(hit) = self.fresh_l1_hit(entry, key, parts, &directives, now, span) {
+                return hit;
+            }
+        }
         let mut plan = Fetch {
             key,
             directives,
@@ -821,8 +828,66 @@ impl Cache {
         now: u64,
         span: &tracing::Span,
     ) -> Answered<B> {
+        let (resp, status, refresh) = self.serve_fresh(
+            &entry,
+            plan.key,
+            tier,
+            parts,
+            &plan.directives,
+            plan.prior.as_ref(),
+            now,
+            span,
+        );
+        if refresh {
+            return Answered::Refresh(resp, plan.into_refresh(entry, tier), status);
+        }
+        Answered::Hit(resp, now, status)
+    }
+
+    /// [`fresh_answer`](Self::fresh_answer) for an entry L1 found, without
+    /// a plan: `None` when the entry is not fresh for the request or an
+    /// eager refresh may be due (the general path then judges it, with
+    /// the same result).
+    #[inline]
+    fn fresh_l1_hit<B: Body>(
+        &self,
+        entry: &Arc<Entry>,
+        key: KeyHash,
+        parts: &Parts,
+        directives: &RequestDirectives,
+        now: u64,
+        span: &tracing::Span,
+    ) -> Option<Decision<B>> {
         let s = &*self.shared;
-        let status = self.tier_hit_status(true, tier != Tier::L1, &entry, now);
+        if s.obs.cfg.eager_fraction > 0.0
+            || s.policy.usability(entry, directives, now) != Usability::Fresh
+        {
+            return None;
+        }
+        let (resp, _, refresh) =
+            self.serve_fresh(entry, key, Tier::L1, parts, directives, None, now, span);
+        debug_assert!(!refresh, "no eager refresh without eager_fraction");
+        Some(Decision::Hit(resp, now))
+    }
+
+    /// What every fresh answer does: its status and counters, its span's
+    /// field, its read, its promotion (an L2 entry), and its response; and
+    /// whether an eager refresh is due (claimed).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn serve_fresh<B: Body>(
+        &self,
+        entry: &Arc<Entry>,
+        key: KeyHash,
+        tier: Tier,
+        parts: &Parts,
+        directives: &RequestDirectives,
+        prior: Option<&Arc<Entry>>,
+        now: u64,
+        span: &tracing::Span,
+    ) -> (Response<CacheBody<B>>, Status, bool) {
+        let s = &*self.shared;
+        let status = self.tier_hit_status(true, tier != Tier::L1, entry, now);
         if !span.is_disabled() {
             span.record(
                 "cache.ttl_remaining_ms",
@@ -832,18 +897,15 @@ impl Cache {
         let cfg = &s.obs.cfg;
         let eager = cfg.eager_fraction > 0.0;
         let reads = entry.reads.note(cfg.read_cap);
-        let reuse = self.note_served(&entry, tier, parts, &plan, now);
-        let resp = self.respond_entry(&entry, parts, &plan.directives, now, &status, reuse);
-        if eager
+        let reuse = self.served(key, entry, tier, prior, &parts.headers, now);
+        let resp = self.respond_entry(entry, parts, directives, now, &status, reuse);
+        let refresh = eager
             && reads >= cfg.eager_min_reads
-            && !plan.directives.cc.only_if_cached
+            && !directives.cc.only_if_cached
             && (entry.timeline.fresh_until.saturating_sub(now) as f64)
                 < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
-            && entry.reads.claim_refresh()
-        {
-            return Answered::Refresh(resp, plan.into_refresh(entry, tier), status);
-        }
-        Answered::Hit(resp, now, status)
+            && entry.reads.claim_refresh();
+        (resp, status, refresh)
     }
 
     /// [`served`](Self::served), for a request's `plan` (its prior is
