@@ -74,10 +74,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, VIA};
@@ -1000,18 +1000,26 @@ fn build_cache(config: &Config) -> Result<Cache, String> {
     // `Uncached` pass.
     let hosts = config.hosts.clone();
     let mut builder = Cache::builder()
-        .key_fn(move |parts| {
+        // Written into the cache's buffer: no `String` per request.
+        .key_writer(move |parts, out| {
             if parts.extensions.get::<Uncached>().is_some() {
-                return None;
+                return false;
             }
             let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
             match hosts.forwarded(parts) {
-                // `concat`, not `format!`: per request, and core::fmt is slow.
-                Ok(Some(host)) => Some(["GET //", host.to_str().ok()?, path].concat()),
-                Ok(None) => Some(["GET ", path].concat()),
+                Ok(Some(host)) => {
+                    let Ok(host) = host.to_str() else {
+                        return false;
+                    };
+                    out.push_str("GET //");
+                    out.push_str(host);
+                }
+                Ok(None) => out.push_str("GET "),
                 // Refused before the cache (421); never stored.
-                Err(_) => None,
+                Err(_) => return false,
             }
+            out.push_str(path);
+            true
         })
         .partition_by_credentials(config.cookies == Cookies::Partition)
         .request_cache_control(config.request_cc)
@@ -1653,9 +1661,14 @@ fn cached_service(
         + 'static,
 > {
     let proxy = Arc::new(proxy.clone());
+    // The forwarding future is boxed: unboxed (about 1.6 KB: the hyper
+    // client's request future and the head timeout) it would make the
+    // cache's response future that large for hits too, which never run it
+    // and would move it several times each. A pass pays one allocation.
     let forward = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.forward(req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(proxy.forward(req).await) })
+            as Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>
     });
     CacheLayer::new(cache.clone()).layer(forward)
 }
@@ -1691,16 +1704,18 @@ fn service(
         Arc::new(ConnLog {
             log: log.clone(),
             peer: peer.to_string(),
+            spare: std::sync::Mutex::new(Vec::new()),
         })
     });
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        // What the line needs from the request, kept only when logging.
+        // What the line needs from the request, kept only when logging:
+        // its method and URI written at once into the connection's spare
+        // buffer (cloning the URI would allocate), and when it began.
         let logged = conn_log.as_ref().map(|c| {
             (
                 Arc::clone(c),
-                req.method().clone(),
-                req.uri().clone(),
-                Instant::now(),
+                c.begin(req.method(), req.uri()),
+                quanta::Instant::now(),
             )
         });
         let call = prepare(req, &forwarded_for, &hosts, cookies)
@@ -1711,46 +1726,59 @@ fn service(
                 // Refused before the cache: it never sees the request.
                 Err(refusal) => refusal.response().map(CacheBody::stream),
             };
-            if let Some((conn, method, uri, start)) = logged {
-                conn.line(&method, &uri, resp.status(), start, resp.headers());
+            if let Some((conn, head, start)) = logged {
+                conn.line(head, resp.status(), start, resp.headers());
             }
             Ok(resp)
         }
     })
 }
 
-/// A connection's access log: the log, and the peer's address as text.
+/// A connection's access log: the log, the peer's address as text, and a
+/// spare buffer for a request's `METHOD URI` (a connection's requests come
+/// one after another, so one buffer serves them all).
 struct ConnLog {
     log: AccessLog,
     peer: String,
+    spare: std::sync::Mutex<Vec<u8>>,
 }
 
+/// The largest `METHOD URI` buffer kept for the connection's next request.
+const SPARE_KEEP: usize = 4096;
+
 impl ConnLog {
+    /// `METHOD URI` of a request (the URI absolute-form when it came so),
+    /// in the connection's spare buffer.
+    fn begin(&self, method: &Method, uri: &Uri) -> Vec<u8> {
+        let mut head = self
+            .spare
+            .lock()
+            .map(|mut spare| std::mem::take(&mut *spare))
+            .unwrap_or_default();
+        head.clear();
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        match uri.path_and_query() {
+            Some(pq) if uri.scheme().is_none() => head.extend_from_slice(pq.as_str().as_bytes()),
+            _ => {
+                let _ = write!(head, "{uri}");
+            }
+        }
+        head
+    }
+
     /// `PEER METHOD URI -> STATUS in MS ms [CACHE-STATUS]` (after the
-    /// time), with `core::fmt` only for the duration (and an absolute-form URI).
-    fn line(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        status: StatusCode,
-        start: Instant,
-        headers: &HeaderMap,
-    ) {
+    /// time), with `core::fmt` only for an absolute-form URI; `head` goes
+    /// back to the spare.
+    fn line(&self, head: Vec<u8>, status: StatusCode, start: quanta::Instant, headers: &HeaderMap) {
         let cache_status = headers
             .get(&CACHE_STATUS)
             .map_or(&b"-"[..], HeaderValue::as_bytes);
-        let elapsed = start.elapsed();
+        let elapsed = quanta::Instant::now().saturating_duration_since(start);
         self.log.line(|buf| {
             buf.extend_from_slice(self.peer.as_bytes());
             buf.push(b' ');
-            buf.extend_from_slice(method.as_str().as_bytes());
-            buf.push(b' ');
-            match uri.path_and_query() {
-                Some(pq) if uri.scheme().is_none() => buf.extend_from_slice(pq.as_str().as_bytes()),
-                _ => {
-                    let _ = write!(buf, "{uri}");
-                }
-            }
+            buf.extend_from_slice(&head);
             buf.extend_from_slice(b" -> ");
             buf.extend_from_slice(status.as_str().as_bytes());
             buf.extend_from_slice(b" in ");
@@ -1759,6 +1787,11 @@ impl ConnLog {
             buf.extend_from_slice(cache_status);
             buf.push(b']');
         });
+        if head.capacity() <= SPARE_KEEP {
+            if let Ok(mut spare) = self.spare.lock() {
+                *spare = head;
+            }
+        }
     }
 }
 

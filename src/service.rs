@@ -33,6 +33,15 @@ use tracing::Instrument;
 /// method) waits for a clone of `S` to be ready inside its own response
 /// future, as `tower::buffer` clients do, so `S`'s limits still hold; an
 /// error from `S::poll_ready` is that request's error.
+///
+/// # A large `S::Future`
+///
+/// The response future holds either a hit's response or `S`'s future, so
+/// it is as large as `S::Future`, and a hit moves it a few times on its
+/// way out. When `S::Future` is large (a reverse proxy's forwarding
+/// future with a hyper client call and a timeout is about 1.6 KB), box it
+/// in `S` (return `Pin<Box<dyn Future<…> + Send>>`): passes and misses pay
+/// one allocation, and hits no longer copy it. `examples/proxy.rs` does.
 #[derive(Debug, Clone)]
 pub struct CacheService<S> {
     inner: S,
