@@ -1661,7 +1661,7 @@ fn cached_service(
         + 'static,
 > {
     let proxy = Arc::new(proxy.clone());
-    // The forwarding future is boxed: unboxed (about 1.6 KB: the hyper
+    // The forwarding future is boxed: unboxed (688 bytes: the hyper
     // client's request future and the head timeout) it would make the
     // cache's response future that large for hits too, which never run it
     // and would move it several times each. A pass pays one allocation.
