@@ -633,7 +633,10 @@ impl Cache {
             directives.cc = Default::default();
         }
         let now = s.clock.now_millis();
-        let (found, fwd) = match s.tiers.lookup_hit(key, &parts.headers, now) {
+        let (found, fwd) = match s
+            .tiers
+            .lookup_hit(key, &parts.headers, directives.plain(), now)
+        {
             L1Lookup::Found(e) => (Some(e), Fwd::Stale),
             L1Lookup::Miss { fwd } => (None, fwd),
         };

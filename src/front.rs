@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, PRAGMA};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::entry::Entry;
 use crate::key::KeyHash;
@@ -165,15 +165,6 @@ fn slot_of(key: KeyHash) -> usize {
     // The low bits pick the generation bucket; use high ones here so that
     // keys sharing a slot do not also share a bucket.
     (key.0 >> 64) as usize % SLOTS
-}
-
-/// Whether a request's directives can only be the defaults: no
-/// `Cache-Control`, `Pragma` or `Authorization` field.
-#[inline]
-pub(crate) fn plain_request(headers: &HeaderMap) -> bool {
-    !headers
-        .keys()
-        .any(|n| n == CACHE_CONTROL || n == PRAGMA || n == AUTHORIZATION)
 }
 
 /// This thread's copy of `key` from the L1 `gens` belongs to, if it is

@@ -362,12 +362,19 @@ impl Tiers {
     /// A copy is not the entry L1 holds (its `Arc` differs), so it is
     /// handed out only where nothing compares it with L1's: a fresh entry,
     /// for a request whose directives cannot make it unusable (no
-    /// `Cache-Control`, `Pragma` or `Authorization`), which is answered
+    /// `Cache-Control`, `Pragma` or `Authorization`: `plain`, from the
+    /// request's directives, already scanned), which is answered
     /// and dropped. Every other request, and every other caller, gets
     /// L1's own entry.
     #[inline]
-    pub(crate) fn lookup_hit(&self, key: KeyHash, headers: &HeaderMap, now: u64) -> L1Lookup {
-        if !self.front || !crate::front::plain_request(headers) {
+    pub(crate) fn lookup_hit(
+        &self,
+        key: KeyHash,
+        headers: &HeaderMap,
+        plain: bool,
+        now: u64,
+    ) -> L1Lookup {
+        if !self.front || !plain {
             return self.lookup_l1(key, headers, now);
         }
         let gens = &self.l1.gens;

@@ -175,6 +175,9 @@ pub(crate) struct RequestDirectives {
     pub(crate) conditional: bool,
     /// The request carries `Range`.
     pub(crate) range: bool,
+    /// The request carries `Cache-Control` or `Pragma` (whether or not the
+    /// cache obeys them: `cc` is then emptied, this stays).
+    pub(crate) has_cc: bool,
 }
 
 impl RequestDirectives {
@@ -203,7 +206,15 @@ impl RequestDirectives {
             authorized,
             conditional,
             range,
+            has_cc,
         }
+    }
+
+    /// Neither `Cache-Control`, `Pragma` nor `Authorization`: a request
+    /// the per-thread front may answer (`front`).
+    #[inline]
+    pub(crate) fn plain(&self) -> bool {
+        !self.has_cc && !self.authorized
     }
 }
 
