@@ -24,6 +24,14 @@ fn builder(clock: &ManualClock) -> CacheBuilder {
     Cache::builder().clock(clock.clone())
 }
 
+/// A cache on `clock` that gives up on the upstream after 2 s.
+fn timed_out_after_2s(clock: &ManualClock) -> Cache {
+    builder(clock)
+        .upstream_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 const MISS_STORED: &str = "tower-tiered-cache; fwd=uri-miss; fwd-status=200; stored";
 const HIT: &str = "tower-tiered-cache; hit; detail=l1";
 const TIMED_OUT: &str = "tower-tiered-cache; fwd=uri-miss; detail=upstream-timeout";
@@ -76,10 +84,7 @@ fn stalling(cc: &str, data: &'static str, ends: bool, length: Option<usize>) -> 
 #[tokio::test(start_paused = true)]
 async fn an_origin_that_never_answers_gets_a_504_within_the_upstream_timeout() {
     let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let cache = timed_out_after_2s(&clock);
     let (origin, log) = origin_fn(|_, _| async {
         std::future::pending::<()>().await;
         Ok::<_, Infallible>(ok("max-age=60", "never"))
@@ -107,10 +112,7 @@ async fn an_origin_that_never_answers_gets_a_504_within_the_upstream_timeout() {
 /// `max-age=10, stale-if-error=600`, whose origin never answers again.
 async fn stale_entry_whose_revalidation_hangs() -> (Cache, Svc, Log) {
     let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let cache = timed_out_after_2s(&clock);
     let (origin, log) = origin_fn(|n, _| async move {
         if n > 0 {
             std::future::pending::<()>().await;
@@ -182,10 +184,7 @@ async fn waiters_of_a_hung_revalidation_get_its_stale_if_error_answer() {
 #[tokio::test(start_paused = true)]
 async fn a_revalidation_whose_body_stalls_counts_the_request_once() {
     let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let cache = timed_out_after_2s(&clock);
     let (origin, log) = origin_fn(|n, _| async move {
         Ok::<_, Infallible>(if n == 0 {
             stalling("max-age=10, stale-if-error=600", "first", true, None)
@@ -213,10 +212,7 @@ async fn a_revalidation_whose_body_stalls_counts_the_request_once() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_is_not_served_stale_on_a_failure_its_leader_was_not_served_stale_on() {
     let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let cache = timed_out_after_2s(&clock);
     let (origin, log) = origin_fn(|n, _| async move {
         match n {
             0 => Ok::<_, Infallible>(ok("max-age=10, stale-if-error=600", "first")),
@@ -257,10 +253,7 @@ async fn a_waiter_is_not_served_stale_on_a_failure_its_leader_was_not_served_sta
 #[tokio::test(start_paused = true)]
 async fn a_body_that_stalls_is_never_stored() {
     let clock = clock();
-    let cache = builder(&clock)
-        .upstream_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let cache = timed_out_after_2s(&clock);
     let (origin, log) = origin_fn(|_, _| async {
         Ok::<_, Infallible>(stalling("max-age=60", "half of it", false, Some(100)))
     });
