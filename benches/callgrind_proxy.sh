@@ -7,7 +7,8 @@
 #   benches/callgrind_proxy.sh SERVER PATH [PROXY ARGS...]
 #
 #   SERVER  proxy | plain-proxy | static | l2-ref
-#   PATH    the path wrk asks for (/pass, /hit1k, /hit64k, /l2/0 ...)
+#   PATH    the path wrk asks for (/pass, /hit1k, /hit64k, /l2/0 ...), or
+#           keys:N for /l2/0 .. /l2/N-1 at random (each asked once first)
 #
 # The origin (`bench_refs origin`) runs outside valgrind. The server gets
 # one request first (a hit's first miss), then `wrk -t1 -c4` for
@@ -89,10 +90,21 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
 PIDS+=($!)
 SERVER_ADDR=$(listen server)
 
-curl -sS -o /dev/null --max-time 30 "http://$SERVER_ADDR$REQ_PATH"
-[[ $WARMUP -gt 0 ]] && wrk -t1 -c4 -d"${WARMUP}s" "http://$SERVER_ADDR$REQ_PATH" >/dev/null
+if [[ $REQ_PATH == keys:* ]]; then
+    # /l2/0 .. /l2/N-1 at random (proxy_e2e_keys.lua), each asked once
+    # first: few requests share a key's flight, as in proxy_e2e.sh's L2 row.
+    NKEYS=${REQ_PATH#keys:}
+    for ((i = 0; i < NKEYS; i++)); do
+        curl -sS -o /dev/null --max-time 30 "http://$SERVER_ADDR/l2/$i"
+    done
+    WRK_TARGET=(-s "$ROOT/benches/proxy_e2e_keys.lua" "http://$SERVER_ADDR/" -- "$NKEYS")
+else
+    curl -sS -o /dev/null --max-time 30 "http://$SERVER_ADDR$REQ_PATH"
+    WRK_TARGET=("http://$SERVER_ADDR$REQ_PATH")
+fi
+[[ $WARMUP -gt 0 ]] && wrk -t1 -c4 -d"${WARMUP}s" "${WRK_TARGET[@]}" >/dev/null
 callgrind_control -z >/dev/null
-wrk -t1 -c4 -d"${SECONDS_RUN}s" "http://$SERVER_ADDR$REQ_PATH" >"$TMP/wrk.txt"
+wrk -t1 -c4 -d"${SECONDS_RUN}s" "${WRK_TARGET[@]}" >"$TMP/wrk.txt"
 callgrind_control -d >/dev/null
 REQUESTS=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
 # The dump made by -d is the newest file with a part suffix.

@@ -293,6 +293,42 @@ impl<B: Body> From<Answered<B>> for Decision<B> {
     }
 }
 
+/// `Age` and `Cache-Status` of a hit on an entry read from L2 for this
+/// answer alone, whose response got no header map yet
+/// ([`Cache::respond_entry_as`]).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct HitSlots {
+    age: HeaderValue,
+    status: HeaderValue,
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl HitSlots {
+    /// Gives `resp` its header map, once nothing else may need `entry`
+    /// (its flight is over): when this is the last reference, the entry's
+    /// own map, decoded with room for the two fields, becomes the
+    /// response's, so that an L2 hit builds one header map, not two.
+    /// Otherwise (waiters hold it, L1 promoted it, a refresh keeps it as
+    /// its prior) a map is built from it, as for any hit.
+    ///
+    /// A map taken over keeps the stored order, with `Age` and
+    /// `Cache-Status` after the stored fields (in place of stored ones of
+    /// those names); a built map puts them first. The order of fields of
+    /// different names carries no meaning (RFC 9110 §5.3).
+    pub(crate) fn fill<B>(self, resp: &mut Response<B>, entry: Arc<Entry>) {
+        *resp.headers_mut() = match Arc::try_unwrap(entry) {
+            Ok(mut entry) => {
+                let mut headers = std::mem::take(&mut entry.headers);
+                headers.insert(AGE, self.age);
+                headers.insert(CACHE_STATUS.clone(), self.status);
+                headers
+            }
+            Err(shared) => shared.build_response_headers(self.age, self.status),
+        };
+    }
+}
+
 /// The plan for an upstream call.
 #[derive(Debug)]
 pub(crate) struct Fetch {
@@ -831,7 +867,7 @@ impl Cache {
         now: u64,
         span: &tracing::Span,
     ) -> Answered<B> {
-        let (resp, status, refresh) = self.serve_fresh(
+        let (resp, status, refresh, _) = self.serve_fresh(
             &entry,
             plan.key,
             tier,
@@ -840,6 +876,7 @@ impl Cache {
             plan.prior.as_ref(),
             now,
             span,
+            false,
         );
         if refresh {
             return Answered::Refresh(resp, plan.into_refresh(entry, tier), status);
@@ -867,15 +904,52 @@ impl Cache {
         {
             return None;
         }
-        let (resp, _, refresh) =
-            self.serve_fresh(entry, key, Tier::L1, parts, directives, None, now, span);
+        let (resp, _, refresh, _) = self.serve_fresh(
+            entry,
+            key,
+            Tier::L1,
+            parts,
+            directives,
+            None,
+            now,
+            span,
+            false,
+        );
         debug_assert!(!refresh, "no eager refresh without eager_fraction");
         Some(Decision::Hit(resp, now))
     }
 
+    /// [`fresh_answer`](Self::fresh_answer) for an entry the leader of a
+    /// flight read from L2, leaving the response's header map to be made
+    /// last ([`HitSlots::fill`]), from the entry's own once the flight
+    /// is over: `None` when the entry is not fresh for the request (it is
+    /// then judged by [`judge`](Self::judge)). Also returns the hit's
+    /// status and whether an eager refresh is due (claimed).
+    #[allow(clippy::type_complexity)]
+    #[cfg(feature = "redis")]
+    pub(crate) fn fresh_l2_hit<B: Body>(
+        &self,
+        entry: &Arc<Entry>,
+        tier: Tier,
+        parts: &Parts,
+        plan: &Fetch,
+        now: u64,
+        span: &tracing::Span,
+    ) -> Option<(Response<CacheBody<B>>, Status, bool, Option<HitSlots>)> {
+        if self.shared.policy.usability(entry, &plan.directives, now) != Usability::Fresh {
+            return None;
+        }
+        let prior = plan.prior.as_ref();
+        let (key, asks) = (plan.key, &plan.directives);
+        Some(self.serve_fresh(entry, key, tier, parts, asks, prior, now, span, true))
+    }
+
     /// What every fresh answer does: its status and counters, its span's
     /// field, its read, its promotion (an L2 entry), and its response; and
-    /// whether an eager refresh is due (claimed).
+    /// whether an eager refresh is due (claimed). With `defer`, a response
+    /// whose header map would be built from an entry that lives nowhere
+    /// else is left without headers, and their slots are returned
+    /// ([`respond_entry_as`](Self::respond_entry_as)).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn serve_fresh<B: Body>(
@@ -888,7 +962,8 @@ impl Cache {
         prior: Option<&Arc<Entry>>,
         now: u64,
         span: &tracing::Span,
-    ) -> (Response<CacheBody<B>>, Status, bool) {
+        defer: bool,
+    ) -> (Response<CacheBody<B>>, Status, bool, Option<HitSlots>) {
         let s = &*self.shared;
         let status = self.tier_hit_status(true, tier != Tier::L1, entry, now);
         if !span.is_disabled() {
@@ -901,14 +976,15 @@ impl Cache {
         let eager = cfg.eager_fraction > 0.0;
         let reads = entry.reads.note(cfg.read_cap);
         let reuse = self.served(key, entry, tier, prior, &parts.headers, now);
-        let resp = self.respond_entry(entry, parts, directives, now, &status, reuse);
+        let (resp, slots) =
+            self.respond_entry_as(entry, parts, directives, now, &status, reuse, defer);
         let refresh = eager
             && reads >= cfg.eager_min_reads
             && !directives.cc.only_if_cached
             && (entry.timeline.fresh_until.saturating_sub(now) as f64)
                 < cfg.eager_fraction * entry.timeline.ttl_millis() as f64
             && entry.reads.claim_refresh();
-        (resp, status, refresh)
+        (resp, status, refresh, slots)
     }
 
     /// [`served`](Self::served), for a request's `plan` (its prior is
@@ -983,6 +1059,26 @@ impl Cache {
         status: &Status,
         reuse: bool,
     ) -> Response<CacheBody<B>> {
+        self.respond_entry_as(entry, req, asks, now, status, reuse, false)
+            .0
+    }
+
+    /// [`respond_entry`](Self::respond_entry); with `defer`, a response
+    /// whose headers would be built from an entry used for this answer
+    /// alone (`!reuse`, no template) gets none yet: they are returned as
+    /// [`HitSlots`], to be made last, from the entry's own map if nothing
+    /// else holds the entry by then.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn respond_entry_as<B: Body>(
+        &self,
+        entry: &Entry,
+        req: &Parts,
+        asks: &RequestDirectives,
+        now: u64,
+        status: &Status,
+        reuse: bool,
+        defer: bool,
+    ) -> (Response<CacheBody<B>>, Option<HitSlots>) {
         let head = req.method == Method::HEAD;
         let status = status.header();
         if asks.conditional
@@ -1013,7 +1109,7 @@ impl Cache {
             let mut resp = Response::new(CacheBody::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             *resp.headers_mut() = headers;
-            return resp;
+            return (resp, None);
         }
         let age = age_value(entry.timeline.age_at(now) / 1000);
         if asks.range {
@@ -1027,11 +1123,17 @@ impl Cache {
                 now,
             );
             if let Some(resp) = ranged_response(entry, ranged, 0, age.clone(), status.clone()) {
-                return resp;
+                return (resp, None);
             }
         }
+        let mut slots = None;
         let headers = if !reuse && entry.template.get().is_none() {
-            entry.build_response_headers(age, status)
+            if defer {
+                slots = Some(HitSlots { age, status });
+                HeaderMap::new()
+            } else {
+                entry.build_response_headers(age, status)
+            }
         } else {
             // Overwrite the template's slots in place: `insert` would
             // reserve room first, and a clone has none to spare.
@@ -1048,7 +1150,7 @@ impl Cache {
         *resp.status_mut() = entry.status;
         *resp.version_mut() = entry.version;
         *resp.headers_mut() = headers;
-        resp
+        (resp, slots)
     }
 
     /// The entry with its stale windows extended after an upstream failure,

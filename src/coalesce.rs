@@ -241,6 +241,29 @@ impl FlightGuard {
         self.finish(outcome);
     }
 
+    /// Completes the flight with [`Outcome::Found`]`(entry)`, cloning the
+    /// entry only for a flight somebody waits on: with no waiter, the
+    /// caller's reference stays the only one (an L2 hit then gives the
+    /// entry's header map to its response).
+    #[cfg(feature = "redis")]
+    pub(crate) fn complete_found(mut self, entry: &Arc<Entry>) {
+        let mut map = lock(self.table.shard(self.key));
+        let ours = map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+        // The map's reference and this guard's are the only ones: nobody
+        // waits, and nobody can join (joins clone the flight under this
+        // lock). Nobody will read the outcome, so none is set.
+        if ours && Arc::strong_count(&self.flight) == 2 {
+            map.remove(&self.key);
+            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
+            self.done = true;
+            return;
+        }
+        drop(map);
+        self.finish(Outcome::Found(Arc::clone(entry)));
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if self.done {
             return;

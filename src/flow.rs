@@ -17,6 +17,8 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
+#[cfg(feature = "redis")]
+use crate::cache::HitSlots;
 use crate::cache::{get_view, request_view, Cache, Fetch};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
@@ -108,8 +110,17 @@ where
     if plan.l2_lookup && !plan.coalesce {
         match from_l2::<B, U::Body>(&cache, req, plan).await {
             L2Answer::Served {
-                resp, refresh, req, ..
-            } => return Ok(with_refresh(&cache, up, resp, refresh, req)),
+                mut resp,
+                entry,
+                refresh,
+                req,
+                slots,
+            } => {
+                if let Some(slots) = slots {
+                    slots.fill(&mut resp, entry);
+                }
+                return Ok(with_refresh(&cache, up, resp, refresh, req));
+            }
             L2Answer::NotServed(r, p) => (req, plan) = (r, p),
         }
     }
@@ -199,12 +210,18 @@ where
     if plan.l2_lookup {
         match from_l2::<B, U::Body>(cache, req, plan).await {
             L2Answer::Served {
-                resp,
+                mut resp,
                 entry,
                 refresh,
                 req,
+                slots,
             } => {
-                guard.complete(Outcome::Found(entry));
+                guard.complete_found(&entry);
+                if let Some(slots) = slots {
+                    // After the flight: with no waiter, this is the entry's
+                    // last reference, and its map becomes the response's.
+                    slots.fill(&mut resp, entry);
+                }
                 return Ok(with_refresh(cache, up, resp, refresh, req));
             }
             L2Answer::NotServed(r, p) => (req, plan) = (r, p),
@@ -468,6 +485,9 @@ fn respond<RB: Body>(
 }
 
 /// What the L2 look-up came to.
+// Returned once per L2 look-up and taken apart at once: boxing a variant
+// would cost every L2 hit an allocation.
+#[allow(clippy::large_enum_variant)]
 #[cfg(feature = "redis")]
 enum L2Answer<B, RB: Body> {
     /// Answered from an L2 entry; `refresh`: the plan of the background
@@ -477,6 +497,9 @@ enum L2Answer<B, RB: Body> {
         entry: Arc<Entry>,
         refresh: Option<Box<Fetch>>,
         req: Request<B>,
+        /// Set when `resp` has no headers yet: they are made from `entry`
+        /// ([`HitSlots::fill`]) once nothing else needs it.
+        slots: Option<HitSlots>,
     },
     /// Nothing usable; an L2 entry to revalidate or fall back on, if newer
     /// than L1's, is now the plan's prior.
@@ -509,8 +532,23 @@ async fn from_l2<B, RB: Body>(
         }
     };
     let (parts, body) = req.into_parts();
-    let entry = Arc::clone(&found);
     let span = tracing::Span::current();
+    // A fresh entry (the common case) answers with its headers left to be
+    // made last, from the decoded map itself when nothing else keeps it.
+    if let Some((mut resp, status, refresh, slots)) =
+        cache.fresh_l2_hit::<RB>(&found, tier, &parts, &plan, now, &span)
+    {
+        let refresh = refresh.then(|| plan.into_refresh(Arc::clone(&found), tier));
+        resp.extensions_mut().insert(status);
+        return L2Answer::Served {
+            resp,
+            entry: found,
+            refresh,
+            req: Request::from_parts(parts, body),
+            slots,
+        };
+    }
+    let entry = Arc::clone(&found);
     let (resp, refresh) = match cache.judge::<RB>(found, tier, &parts, *plan, now, &span) {
         Err(plan) => return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan)),
         Ok(answered) => answered.into_marked(),
@@ -520,6 +558,7 @@ async fn from_l2<B, RB: Body>(
         entry,
         refresh,
         req: Request::from_parts(parts, body),
+        slots: None,
     }
 }
 

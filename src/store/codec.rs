@@ -947,7 +947,11 @@ impl<'a> Reader<'a> {
     /// hop-by-hop header.
     fn headers(&mut self, checked: bool) -> Result<HeaderMap, DecodeError> {
         let count = self.count32(MAX_HEADERS, MIN_HEADER_LEN, "header count")?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for two fields more: an L2 hit answered from this map alone
+        // adds `Age` and `Cache-Status` to it (`HitSlots::fill`). A typed
+        // value's entry has no fields and answers no request: nothing.
+        let room = if count == 0 { 0 } else { count + 2 };
+        let mut headers = HeaderMap::with_capacity(room);
         let mut last: Option<HeaderName> = None;
         for _ in 0..count {
             let at = self.pos;
