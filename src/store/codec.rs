@@ -24,7 +24,7 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use crate::entry::{Entry, EntryFlags, Timeline, ValueMeta};
@@ -758,6 +758,14 @@ impl<'a> Reader<'a> {
     /// A `u16`-length-prefixed header name, in its canonical (lowercase)
     /// form.
     fn name(&mut self, field: &'static str) -> Result<HeaderName, DecodeError> {
+        self.name_and_bytes(field).map(|(name, _)| name)
+    }
+
+    /// [`name`](Self::name), and the bytes it was read from.
+    fn name_and_bytes(
+        &mut self,
+        field: &'static str,
+    ) -> Result<(HeaderName, &'a [u8]), DecodeError> {
         let at = self.pos;
         let raw = self.bytes16(field)?;
         let name = HeaderName::from_bytes(raw)
@@ -765,7 +773,7 @@ impl<'a> Reader<'a> {
         if name.as_str().as_bytes() != raw {
             return Err(DecodeError::malformed(field, Problem::NonCanonicalName, at));
         }
-        Ok(name)
+        Ok((name, raw))
     }
 
     /// A `u32`-length-prefixed header value.
@@ -952,10 +960,11 @@ impl<'a> Reader<'a> {
         // value's entry has no fields and answers no request: nothing.
         let room = if count == 0 { 0 } else { count + 2 };
         let mut headers = HeaderMap::with_capacity(room);
-        let mut last: Option<HeaderName> = None;
+        // The previous line's name (canonical: its bytes are its name).
+        let mut last: &[u8] = &[];
         for _ in 0..count {
             let at = self.pos;
-            let name = self.name("header name")?;
+            let (name, raw) = self.name_and_bytes("header name")?;
             if checked {
                 if let Some(hop) = HOP_BY_HOP.iter().find(|h| **h == name.as_str()) {
                     let problem = Problem::HopByHop(hop);
@@ -963,14 +972,19 @@ impl<'a> Reader<'a> {
                 }
             }
             let value = self.value("header value")?;
-            if last.as_ref() != Some(&name) {
-                if headers.contains_key(&name) {
+            // One look-up per line: a name seen before must be the
+            // previous line's.
+            match headers.entry(name) {
+                header::Entry::Vacant(v) => {
+                    v.insert(value);
+                }
+                header::Entry::Occupied(mut o) if last == raw => o.append(value),
+                header::Entry::Occupied(_) => {
                     let problem = Problem::NotContiguous;
                     return Err(DecodeError::malformed("header name", problem, at));
                 }
-                last = Some(name.clone());
             }
-            headers.append(name, value);
+            last = raw;
         }
         Ok(headers)
     }

@@ -1265,11 +1265,7 @@ impl L2 {
         Duration::from_millis(self.cfg.max_body_bytes / (64 * 1024))
     }
 
-    async fn get(&self, key: KeyHash) -> Option<Bytes> {
-        self.get_key(self.redis_key(key)).await
-    }
-
-    async fn get_key(&self, key: String) -> Option<Bytes> {
+    async fn get_key(&self, key: &str) -> Option<Bytes> {
         let cmd = redis::Cmd::get(key);
         match self
             .guarded(self.read_allowance(), self.store.query(&cmd))
@@ -1290,7 +1286,8 @@ impl L2 {
         varied: &mut bool,
     ) -> Option<Arc<Entry>> {
         self.ensure_subscriber();
-        let raw = self.get(primary).await?;
+        let primary_key = self.redis_key(primary);
+        let raw = self.get_key(&primary_key).await?;
         let (slot, slot_key, raw) = if raw.starts_with(VARY_MAGIC.as_slice()) {
             let Some((generation, names)) = parse_marker(&raw) else {
                 self.counters.decode_errors.incr();
@@ -1300,9 +1297,10 @@ impl L2 {
             *varied = true;
             let secondary = variant_hash(primary, &names, headers);
             let key = self.variant_redis_key(primary, generation, &names, headers);
-            (secondary, key.clone(), self.get_key(key).await?)
+            let raw = self.get_key(&key).await?;
+            (secondary, key, raw)
         } else {
-            (primary, self.redis_key(primary), raw)
+            (primary, primary_key, raw)
         };
         let raw = self.open_value(slot, &slot_key, raw)?;
         // The value must be an entry this cache could have stored for the

@@ -5,6 +5,7 @@
 //! building a cache never blocks and a Redis that is down at start-up is
 //! just an L2 that misses until it is back.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -173,11 +174,20 @@ pub(crate) struct RedisStore {
 /// Observes L2 operations: name, duration, success.
 pub(crate) type OpHook = Box<dyn Fn(&str, Duration, bool) + Send + Sync>;
 
-/// The command name of `cmd` (its first argument), upper case.
-fn command_name(cmd: &redis::Cmd) -> String {
+/// The command name of `cmd` (its first argument), upper case; the
+/// commands the cache sends name themselves without an allocation.
+fn command_name(cmd: &redis::Cmd) -> Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "GET", "SET", "DEL", "UNLINK", "EVAL", "EVALSHA", "MGET", "XADD", "PING",
+    ];
     match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).to_ascii_uppercase(),
-        _ => "UNKNOWN".to_owned(),
+        Some(redis::Arg::Simple(b)) => {
+            match KNOWN.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(b)) {
+                Some(known) => Cow::Borrowed(known),
+                None => Cow::Owned(String::from_utf8_lossy(b).to_ascii_uppercase()),
+            }
+        }
+        _ => Cow::Borrowed("UNKNOWN"),
     }
 }
 
@@ -528,7 +538,7 @@ impl RedisStore {
     pub(crate) async fn query_many(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
         let name = match cmds.as_slice() {
             [one] => command_name(one),
-            [first, ..] => format!("PIPELINE {}", command_name(first)),
+            [first, ..] => Cow::Owned(format!("PIPELINE {}", command_name(first))),
             [] => return Ok(Vec::new()),
         };
         self.observed(&name, self.query_many_raw(cmds)).await
