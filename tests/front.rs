@@ -10,6 +10,9 @@
 //! thread-locals), each with its own current-thread runtime. The clock is a
 //! `ManualClock`; nothing sleeps for a TTL.
 
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
 mod support;
 
 use std::sync::mpsc;
@@ -360,4 +363,57 @@ fn an_eviction_by_the_byte_budget_reaches_every_threads_copy() {
         second.body, first.body,
         "an evicted copy answered: {second:?}"
     );
+}
+
+/// An entry another instance stored, read from L2 by a worker and promoted
+/// into this instance's L1, is copied into both threads' fronts like any
+/// other; the other instance's invalidation (the L2 invalidation log)
+/// reaches every copy: the next read on each thread sees the origin's new
+/// answer.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instances_invalidation_reaches_every_copy_of_a_promoted_entry() {
+    redis_support::require_redis();
+    let server = redis_support::RedisServer::start();
+    let clock = clock();
+    let tiered = || {
+        Cache::builder()
+            .clock(clock.clone())
+            .redis(server.url())
+            .l2_timeout(secs(2))
+            .promote_after(1)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (tiered(), tiered());
+    let (versions, log) = versions();
+    let stored = send(&cached(&a, versions.clone()), get(URL)).await;
+    assert_eq!(body(stored).await, "v1");
+    written(&a, 1).await;
+    // B connects and subscribes from this runtime (whose threads keep
+    // running while the workers block), through an origin of its own.
+    let (other, _) = origin(|_, _| ok("max-age=60", "other"));
+    send(&cached(&b, other), get("http://example.com/other")).await;
+    subscribed(&b).await;
+
+    let w = workers(&b, versions);
+    tokio::task::block_in_place(|| {
+        let promoted = w[0].get(URL);
+        assert_eq!(promoted.status, "tower-tiered-cache; hit; detail=l2");
+        assert_eq!(promoted.body, "v1");
+        for worker in &w {
+            worker.warm(URL, "v1");
+        }
+    });
+    assert_eq!(b.stats().l1_entries, 2, "{:?}", b.stats());
+    assert_eq!(log.calls(), 1);
+
+    assert!(a.invalidate(&get(URL)));
+    assert!(
+        eventually(|| b.stats().l1_entries == 1).await,
+        "the invalidation did not reach B: {:?}",
+        b.stats()
+    );
+    tokio::task::block_in_place(|| both_see_v2_after_a_miss(&w));
+    assert_eq!(log.calls(), 2);
 }
