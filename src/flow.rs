@@ -109,18 +109,7 @@ where
     #[cfg(feature = "redis")]
     if plan.l2_lookup && !plan.coalesce {
         match from_l2::<B, U::Body>(&cache, req, plan).await {
-            L2Answer::Served {
-                mut resp,
-                entry,
-                refresh,
-                req,
-                slots,
-            } => {
-                if let Some(slots) = slots {
-                    slots.fill(&mut resp, entry);
-                }
-                return Ok(with_refresh(&cache, up, resp, refresh, req));
-            }
+            L2Answer::Served(served) => return Ok(served.answer(&cache, up)),
             L2Answer::NotServed(r, p) => (req, plan) = (r, p),
         }
     }
@@ -209,20 +198,11 @@ where
     #[cfg(feature = "redis")]
     if plan.l2_lookup {
         match from_l2::<B, U::Body>(cache, req, plan).await {
-            L2Answer::Served {
-                mut resp,
-                entry,
-                refresh,
-                req,
-                slots,
-            } => {
-                guard.complete_found(&entry);
-                if let Some(slots) = slots {
-                    // After the flight: with no waiter, this is the entry's
-                    // last reference, and its map becomes the response's.
-                    slots.fill(&mut resp, entry);
-                }
-                return Ok(with_refresh(cache, up, resp, refresh, req));
+            L2Answer::Served(served) => {
+                // The flight first: with no waiter, the answer then holds
+                // the entry's last reference, and takes its header map.
+                guard.complete_found(&served.entry);
+                return Ok(served.answer(cache, up));
             }
             L2Answer::NotServed(r, p) => (req, plan) = (r, p),
         }
@@ -490,20 +470,44 @@ fn respond<RB: Body>(
 #[allow(clippy::large_enum_variant)]
 #[cfg(feature = "redis")]
 enum L2Answer<B, RB: Body> {
-    /// Answered from an L2 entry; `refresh`: the plan of the background
-    /// refresh to start (a stale entry, or an eager refresh).
-    Served {
-        resp: Response<CacheBody<RB>>,
-        entry: Arc<Entry>,
-        refresh: Option<Box<Fetch>>,
-        req: Request<B>,
-        /// Set when `resp` has no headers yet: they are made from `entry`
-        /// ([`HitSlots::fill`]) once nothing else needs it.
-        slots: Option<HitSlots>,
-    },
+    /// Answered from an L2 entry.
+    Served(L2Served<B, RB>),
     /// Nothing usable; an L2 entry to revalidate or fall back on, if newer
     /// than L1's, is now the plan's prior.
     NotServed(Request<B>, Box<Fetch>),
+}
+
+/// An answer from an L2 entry, not yet given out.
+#[cfg(feature = "redis")]
+struct L2Served<B, RB: Body> {
+    resp: Response<CacheBody<RB>>,
+    entry: Arc<Entry>,
+    /// The plan of the background refresh to start (a stale entry, or an
+    /// eager refresh).
+    refresh: Option<Box<Fetch>>,
+    req: Request<B>,
+    /// Set when `resp` has no headers yet: they are made from `entry`
+    /// ([`HitSlots::fill`]) once nothing else needs it.
+    slots: Option<HitSlots>,
+}
+
+#[cfg(feature = "redis")]
+impl<B, RB: Body> L2Served<B, RB> {
+    /// The response, its headers made if they were left to the end (call
+    /// it after the flight is over), its refresh started.
+    fn answer<U: Upstream<B, Body = RB>>(self, cache: &Cache, up: U) -> Response<CacheBody<RB>> {
+        let L2Served {
+            mut resp,
+            entry,
+            refresh,
+            req,
+            slots,
+        } = self;
+        if let Some(slots) = slots {
+            slots.fill(&mut resp, entry);
+        }
+        with_refresh(cache, up, resp, refresh, req)
+    }
 }
 
 /// Looks for the key in L2 and judges what it finds exactly as an L1 entry
@@ -540,26 +544,26 @@ async fn from_l2<B, RB: Body>(
     {
         let refresh = refresh.then(|| plan.into_refresh(Arc::clone(&found), tier));
         resp.extensions_mut().insert(status);
-        return L2Answer::Served {
+        return L2Answer::Served(L2Served {
             resp,
             entry: found,
             refresh,
             req: Request::from_parts(parts, body),
             slots,
-        };
+        });
     }
     let entry = Arc::clone(&found);
     let (resp, refresh) = match cache.judge::<RB>(found, tier, &parts, *plan, now, &span) {
         Err(plan) => return L2Answer::NotServed(Request::from_parts(parts, body), Box::new(plan)),
         Ok(answered) => answered.into_marked(),
     };
-    L2Answer::Served {
+    L2Answer::Served(L2Served {
         resp,
         entry,
         refresh,
         req: Request::from_parts(parts, body),
         slots: None,
-    }
+    })
 }
 
 /// A fresh L1 entry for the plan's key stored after the plan was made (newer
