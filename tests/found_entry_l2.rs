@@ -210,7 +210,7 @@ async fn waiters_on_an_l2_read_each_get_every_field() {
     assert_eq!(log.calls(), 1);
     let reset = server.cli(&["CONFIG", "RESETSTAT"]);
     assert!(reset.text().contains("OK"), "{reset:?}");
-    let paused = server.cli(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let paused = server.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
     assert!(paused.text().contains("OK"), "{paused:?}");
     let mut all = tokio::task::JoinSet::new();
     for _ in 0..8 {
