@@ -23,7 +23,9 @@
 # Measured per run: requests/s and the p99 latency wrk reports (-t1, keep-
 # alive connections), and the measured server's CPU time (user + system,
 # all threads, from /proc/PID/stat): requests per server CPU-second, the
-# figure issue 18 sets its targets in (the steadiest on a shared machine).
+# figure issue 18 sets its targets in (the steadiest on a shared machine);
+# a second table splits each process's CPU per request into user space and
+# the kernel, to tell the code's cost from the system's.
 # Runs are interleaved over rounds (the order rotates every round); each
 # row's ratio is the median of the per-round ratios side / reference of
 # requests per CPU-second (higher is better for the side), checked against
@@ -277,30 +279,41 @@ ticks() {
     awk '{ print $14 + $15 }' "/proc/${PID[$1]}/stat"
 }
 
+# The user and the system CPU time of process NAME so far, in ticks.
+user_sys() {
+    awk '{ print $14, $15 }' "/proc/${PID[$1]}/stat"
+}
+
 # One wrk run; prints "<requests/s> <p99 in us> <completed requests>
-# <requests per server CPU-second>".
+# <requests per server CPU-second> <user µs per request> <system µs per
+# request>".
 run_wrk() {
-    local run=$1 secs=$2 proc=${RUN_PROC[$1]} path=${RUN_PATH[$1]} out figures reqs t0 t1 script=()
+    local run=$1 secs=$2 proc=${RUN_PROC[$1]} path=${RUN_PATH[$1]} out figures reqs t0 t1 u0 s0 u1 s1 script=()
     if [[ $path == lua ]]; then
         script=(-s "$ROOT/benches/proxy_e2e_keys.lua")
         path=/
     fi
     local url="http://${ADDR[$proc]}$path"
     t0=$(ticks "$proc")
+    read -r u0 s0 <<<"$(user_sys "$proc")"
     out=$(timeout $((secs + 30)) "${WRK_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
         "${script[@]}" "$url" -- "$KEYS" 2>&1) || die "$run: wrk failed: $out"
     t1=$(ticks "$proc")
+    read -r u1 s1 <<<"$(user_sys "$proc")"
     figures=$(wrk_figures "$out") || die "$run: $figures"
     ((t1 > t0)) || die "$run: no server CPU time measured"
     read -r _ _ reqs <<<"$figures"
-    echo "$figures $(awk -v n="$reqs" -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", n * hz / t }')"
+    echo "$figures $(awk -v n="$reqs" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
+        -v hz="$CLK_TCK" 'BEGIN { printf "%.1f %.3f %.3f", n * hz / t, u * 1e6 / hz / n, s * 1e6 / hz / n }')"
 }
 
-declare -A RPS P99 RPC COMPLETED
+declare -A RPS P99 RPC COMPLETED USR SYS
 for run in "${RUNS[@]}"; do
     RPS[$run]=
     P99[$run]=
     RPC[$run]=
+    USR[$run]=
+    SYS[$run]=
     COMPLETED[$run]=0
 done
 
@@ -319,10 +332,12 @@ for ((r = 0; r < ROUNDS; r++)); do
     line="round $((r + 1))/$ROUNDS:"
     for ((k = 0; k < nruns; k++)); do
         run=${RUNS[$(((k + r) % nruns))]}
-        read -r rps p99 reqs rpc <<<"$(run_wrk "$run" "$DURATION")"
+        read -r rps p99 reqs rpc usr sys <<<"$(run_wrk "$run" "$DURATION")"
         RPS[$run]+="$rps "
         P99[$run]+="$p99 "
         RPC[$run]+="$rpc "
+        USR[$run]+="$usr "
+        SYS[$run]+="$sys "
         COMPLETED[$run]=$((COMPLETED[$run] + reqs))
         line+=" $run $(printf '%.0f' "$rps")/s $(printf '%.0f' "$rpc")/cpu-s;"
     done
@@ -420,6 +435,15 @@ row "L2 hit over $KEYS keys" l2.proxy l2.composite 0.667 "proxy (L2 hit)" "L1 hi
 row "L2 hit over $KEYS keys (info)" l2.proxy l2.ref - "proxy (L2 hit)" "l2-ref: hyper + raw Redis GET"
 row "access log on (default)" hit1k.proxy hit1k.nolog 0.909 "proxy, 1 KiB hit, log on" "the same, --access-log off"
 
+# Where each process's CPU went, per request: user space and the kernel
+# (the medians of the rounds; /proc/PID/stat, all threads).
+SPLIT="| process | user µs / request | kernel µs / request |
+| --- | --- | --- |"
+for run in pass.proxy pass.plain hit1k.proxy hit1k.nolog hit1k.static hit64k.proxy hit64k.static l2.proxy l2.ref; do
+    # shellcheck disable=SC2086 # space-separated lists of numbers
+    SPLIT+=$'\n'"| $run | $(printf '%.2f' "$(median ${USR[$run]})") | $(printf '%.2f' "$(median ${SYS[$run]})") |"
+done
+
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 REPORT="Run $DATE: \`$COMMAND\`.
@@ -427,6 +451,8 @@ Machine: $MACHINE. wrk -t1 -c$CONNECTIONS -d${DURATION}s on CPU $WRK_CPU; every 
 Each figure is the median of $ROUNDS round(s); ratio = the median of the per-round ratios side / reference of requests per server CPU-second (higher is better for the side).
 
 $TABLE
+
+$SPLIT
 
 \`\`\`
 $(printf '%s\n' "${ROUND_LINES[@]}")
