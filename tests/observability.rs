@@ -14,15 +14,12 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request};
-use tower::ServiceExt;
 use tower_tiered_cache::{
-    Cache, CacheBuilder, CacheLayer, HealthStatus, HealthThresholds, LabelSource, LabelStats,
-    Latency, LogLevel, ManualClock,
+    Cache, CacheBuilder, HealthStatus, HealthThresholds, LabelSource, LabelStats, Latency,
+    LogLevel, ManualClock,
 };
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
@@ -266,99 +263,110 @@ async fn with_observability_off_only_the_global_counters_are_kept() {
 // 2. Labels
 // ---------------------------------------------------------------------------
 
-fn users_router(cache: &Cache, calls: &Arc<AtomicUsize>, per_route: bool) -> axum::Router {
-    use axum::extract::Path;
-    use axum::routing::get as route;
-    let (c1, c2) = (calls.clone(), calls.clone());
-    let router = axum::Router::new()
-        .route(
-            "/users/{id}",
-            route(move |Path(id): Path<String>| {
-                c1.fetch_add(1, Ordering::SeqCst);
-                async move { ([("cache-control", "max-age=60")], format!("user {id}")) }
-            }),
-        )
-        .route(
-            "/static/{*path}",
-            route(move |Path(path): Path<String>| {
-                c2.fetch_add(1, Ordering::SeqCst);
-                async move { ([("cache-control", "max-age=60")], format!("file {path}")) }
-            }),
-        );
-    if per_route {
-        router.route_layer(CacheLayer::new(cache.clone()))
-    } else {
-        router.layer(CacheLayer::new(cache.clone()))
-    }
-}
-
-async fn call_router(app: &axum::Router, path: &str) -> String {
-    let req = Request::get(path).body(axum::body::Body::empty()).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
-        .await
-        .expect("in time")
-        .expect("infallible");
-    assert_eq!(resp.status(), 200, "{path}");
-    cache_status(&resp)
-}
-
-/// axum sets `MatchedPath` before it calls the route's service, and both
-/// `Router::route_layer` and `Router::layer` wrap each route's service (in
-/// axum 0.8 `layer` is applied per route too), so the cache sees the
-/// template either way. (A `CacheLayer` wrapping the whole `Router` from the
-/// outside, e.g. `CacheLayer::new(c).layer(router)`, runs before routing and
-/// sees no `MatchedPath`: it labels by host or `default`.)
+/// axum routers (the `axum` feature).
 #[cfg(feature = "axum")]
-#[tokio::test]
-async fn axum_route_templates_label_requests() {
-    for per_route in [true, false] {
-        let cache = Cache::builder().build().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let app = users_router(&cache, &calls, per_route);
-        for path in ["/users/1", "/users/2", "/users/1", "/users/2"] {
-            call_router(&app, path).await;
+mod axum_routes {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tower::ServiceExt;
+    use tower_tiered_cache::CacheLayer;
+
+    use super::*;
+
+    fn users_router(cache: &Cache, calls: &Arc<AtomicUsize>, per_route: bool) -> axum::Router {
+        use axum::extract::Path;
+        use axum::routing::get as route;
+        let (c1, c2) = (calls.clone(), calls.clone());
+        let router = axum::Router::new()
+            .route(
+                "/users/{id}",
+                route(move |Path(id): Path<String>| {
+                    c1.fetch_add(1, Ordering::SeqCst);
+                    async move { ([("cache-control", "max-age=60")], format!("user {id}")) }
+                }),
+            )
+            .route(
+                "/static/{*path}",
+                route(move |Path(path): Path<String>| {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                    async move { ([("cache-control", "max-age=60")], format!("file {path}")) }
+                }),
+            );
+        if per_route {
+            router.route_layer(CacheLayer::new(cache.clone()))
+        } else {
+            router.layer(CacheLayer::new(cache.clone()))
         }
-        for path in [
-            "/static/css/site.css",
-            "/static/css/site.css",
-            "/static/a.js",
-        ] {
-            call_router(&app, path).await;
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
-        let stats = cache.label_stats();
-        assert_eq!(
-            summary(&stats),
-            [
-                ("/users/{id}".to_owned(), 4, 2, 2),
-                ("/static/{*path}".to_owned(), 3, 1, 2),
-            ],
-            "route_layer: {per_route}"
-        );
-        let users = label(&stats, "/users/{id}");
-        assert_eq!(users.hits_l1, 2);
-        assert_eq!(users.stores, 2);
-        assert!((users.hit_ratio - 0.5).abs() < 1e-9);
     }
 
-    // Outside the router: no template, and relative URIs have no host.
-    let cache = Cache::builder().build().unwrap();
-    let inner = axum::Router::new().route(
-        "/users/{id}",
-        axum::routing::get(|| async { ([("cache-control", "max-age=60")], "u") }),
-    );
-    let outer = tower::Layer::layer(&CacheLayer::new(cache.clone()), inner);
-    for _ in 0..2 {
-        let req = Request::get("/users/1")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = outer.clone().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+    async fn call_router(app: &axum::Router, path: &str) -> String {
+        let req = Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
+            .await
+            .expect("in time")
+            .expect("infallible");
+        assert_eq!(resp.status(), 200, "{path}");
+        cache_status(&resp)
     }
-    assert_eq!(
-        summary(&cache.label_stats()),
-        [("default".to_owned(), 2, 1, 1)]
-    );
+
+    /// axum sets `MatchedPath` before it calls the route's service, and both
+    /// `Router::route_layer` and `Router::layer` wrap each route's service (in
+    /// axum 0.8 `layer` is applied per route too), so the cache sees the
+    /// template either way. (A `CacheLayer` wrapping the whole `Router` from the
+    /// outside, e.g. `CacheLayer::new(c).layer(router)`, runs before routing and
+    /// sees no `MatchedPath`: it labels by host or `default`.)
+    #[tokio::test]
+    async fn axum_route_templates_label_requests() {
+        for per_route in [true, false] {
+            let cache = Cache::builder().build().unwrap();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let app = users_router(&cache, &calls, per_route);
+            for path in ["/users/1", "/users/2", "/users/1", "/users/2"] {
+                call_router(&app, path).await;
+            }
+            for path in [
+                "/static/css/site.css",
+                "/static/css/site.css",
+                "/static/a.js",
+            ] {
+                call_router(&app, path).await;
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 4);
+            let stats = cache.label_stats();
+            assert_eq!(
+                summary(&stats),
+                [
+                    ("/users/{id}".to_owned(), 4, 2, 2),
+                    ("/static/{*path}".to_owned(), 3, 1, 2),
+                ],
+                "route_layer: {per_route}"
+            );
+            let users = label(&stats, "/users/{id}");
+            assert_eq!(users.hits_l1, 2);
+            assert_eq!(users.stores, 2);
+            assert!((users.hit_ratio - 0.5).abs() < 1e-9);
+        }
+
+        // Outside the router: no template, and relative URIs have no host.
+        let cache = Cache::builder().build().unwrap();
+        let inner = axum::Router::new().route(
+            "/users/{id}",
+            axum::routing::get(|| async { ([("cache-control", "max-age=60")], "u") }),
+        );
+        let outer = tower::Layer::layer(&CacheLayer::new(cache.clone()), inner);
+        for _ in 0..2 {
+            let req = Request::get("/users/1")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = outer.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(
+            summary(&cache.label_stats()),
+            [("default".to_owned(), 2, 1, 1)]
+        );
+    }
 }
 
 #[tokio::test]

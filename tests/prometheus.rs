@@ -33,6 +33,7 @@ const ALERTS_TEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/contrib/prometheus/alerts_test.yml"
 );
+#[cfg(all(feature = "admin", feature = "redis"))]
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/contrib/grafana/tower-tiered-cache.json"
