@@ -264,6 +264,20 @@ pub(crate) enum Answered<B: Body> {
 }
 
 impl<B: Body> Answered<B> {
+    /// A fresh answer: a hit, or with `refresh`, a hit whose entry is
+    /// refreshed early in the background.
+    pub(crate) fn fresh(
+        resp: Response<CacheBody<B>>,
+        status: Status,
+        now: u64,
+        refresh: Option<Box<Fetch>>,
+    ) -> Self {
+        match refresh {
+            Some(plan) => Answered::Refresh(resp, plan, status),
+            None => Answered::Hit(resp, now, status),
+        }
+    }
+
     /// The response, with its status in its extensions (what the engine's
     /// futures report from), and the refresh to start, if any.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -878,10 +892,8 @@ impl Cache {
             span,
             false,
         );
-        if refresh {
-            return Answered::Refresh(resp, plan.into_refresh(entry, tier), status);
-        }
-        Answered::Hit(resp, now, status)
+        let refresh = refresh.then(|| plan.into_refresh(entry, tier));
+        Answered::fresh(resp, status, now, refresh)
     }
 
     /// [`fresh_answer`](Self::fresh_answer) for an entry L1 found, without

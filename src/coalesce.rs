@@ -248,20 +248,28 @@ impl FlightGuard {
     #[cfg(feature = "redis")]
     pub(crate) fn complete_found(mut self, entry: &Arc<Entry>) {
         let mut map = lock(self.table.shard(self.key));
-        let ours = map
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
         // The map's reference and this guard's are the only ones: nobody
         // waits, and nobody can join (joins clone the flight under this
         // lock). Nobody will read the outcome, so none is set.
-        if ours && Arc::strong_count(&self.flight) == 2 {
-            map.remove(&self.key);
-            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
+        if Arc::strong_count(&self.flight) == 2 && self.leave(&mut map) {
             self.done = true;
             return;
         }
         drop(map);
         self.finish(Outcome::Found(Arc::clone(entry)));
+    }
+
+    /// Removes this guard's flight from `map` (its shard, locked) if it is
+    /// still there; whether it was.
+    fn leave(&self, map: &mut HashMap<KeyHash, Slot>) -> bool {
+        let ours = map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+        if ours {
+            map.remove(&self.key);
+            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        ours
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -273,14 +281,7 @@ impl FlightGuard {
         // checks, or was registered before the wake-up.
         let _ = self.flight.outcome.set(outcome);
         self.flight.notify.notify_waiters();
-        let mut map = lock(self.table.shard(self.key));
-        if map
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            map.remove(&self.key);
-            self.table.counts.count.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.leave(&mut lock(self.table.shard(self.key)));
     }
 }
 

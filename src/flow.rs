@@ -17,9 +17,9 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
 use crate::body::CacheBody;
-#[cfg(feature = "redis")]
-use crate::cache::HitSlots;
 use crate::cache::{get_view, request_view, Cache, Fetch};
+#[cfg(feature = "redis")]
+use crate::cache::{Answered, HitSlots};
 use crate::coalesce::{self, Join, Outcome};
 use crate::entry::Entry;
 use crate::observe::Tier;
@@ -539,11 +539,11 @@ async fn from_l2<B, RB: Body>(
     let span = tracing::Span::current();
     // A fresh entry (the common case) answers with its headers left to be
     // made last, from the decoded map itself when nothing else keeps it.
-    if let Some((mut resp, status, refresh, slots)) =
+    if let Some((resp, status, refresh, slots)) =
         cache.fresh_l2_hit::<RB>(&found, tier, &parts, &plan, now, &span)
     {
         let refresh = refresh.then(|| plan.into_refresh(Arc::clone(&found), tier));
-        resp.extensions_mut().insert(status);
+        let (resp, refresh) = Answered::fresh(resp, status, now, refresh).into_marked();
         return L2Answer::Served(L2Served {
             resp,
             entry: found,
