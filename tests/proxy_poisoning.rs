@@ -10,7 +10,8 @@
 //!
 //! Requests are written byte for byte on raw TCP connections, so that the
 //! tests can send what a hostile client sends (no `Host`, two `Host`s, an
-//! absolute-form target).
+//! absolute-form target). The last section checks the proxy's shutdown:
+//! idle connections closed at once, the request in progress answered.
 #![cfg(all(feature = "admin", feature = "opentelemetry"))]
 
 #[allow(dead_code)]
@@ -967,4 +968,124 @@ async fn proxies_share_the_master_named_by_the_sentinels() {
         }
     }
     assert!(from_l2, "never answered from L2");
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown: no client is cut off, no idle connection holds the proxy
+
+/// Reads one response with a `Content-Length` body from a kept-alive
+/// connection (the connection stays open).
+async fn read_one(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {text:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_finishes_the_request_in_progress() {
+    // An origin whose `/held` answers only when the test opens its gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let origin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = origin_listener.local_addr().unwrap();
+    let (g, e) = (gate.clone(), entered.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = origin_listener.accept().await {
+            let (g, e) = (g.clone(), e.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (g, e) = (g.clone(), e.clone());
+                async move {
+                    if req.uri().path() == "/held" {
+                        e.notify_one();
+                        g.acquire().await.unwrap().forget();
+                    }
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("cache-control", "no-store")
+                            .body(Full::new(Bytes::from_static(b"done")))
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = format!("http://{origin}");
+    let served = tokio::spawn(async move {
+        let args = ["--upstream", upstream.as_str(), "--access-log", "off"];
+        proxy::serve_args(&args, listener, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+    });
+
+    // A kept-alive connection, idle after one answer.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /a HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(DEADLINE, read_one(&mut idle))
+        .await
+        .expect("no answer on the idle connection");
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.ends_with("done"),
+        "{first:?}"
+    );
+    // A request the origin holds.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /held HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, entered.notified())
+        .await
+        .expect("the held request never reached the origin");
+
+    stop_tx.send(()).unwrap();
+    // The idle connection is closed at once: well before the proxy's
+    // 5 s drain deadline, after which it would only be dropped.
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut byte))
+        .await
+        .expect("an idle connection was still open 3 s after shutdown")
+        .unwrap();
+    assert_eq!(n, 0, "the idle connection got bytes after shutdown");
+    // The request in progress still gets its whole answer, then the
+    // connection closes.
+    gate.add_permits(1);
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, busy.read_to_end(&mut rest))
+        .await
+        .expect("the request in progress got no answer after shutdown")
+        .unwrap();
+    let r = parse(&rest);
+    assert_eq!((r.status, r.body.as_str()), (200, "done"), "{r:?}");
+    // And the proxy's serve loop ends.
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("the proxy did not stop")
+        .unwrap()
+        .unwrap();
 }
