@@ -5,6 +5,8 @@
 #   row          side                                   reference
 #   pass         proxy, GET /pass (origin: no-store)    plain hyper-util reverse proxy, no cache
 #   hit 1 KiB    proxy, GET /hit1k (an L1 hit)          static hyper handler, the same bytes
+#   (1 KiB, info) the same                              the static handler sending the hit's
+#                                                       head too (+ Age, Cache-Status, Via)
 #   hit 64 KiB   proxy, GET /hit64k (an L1 hit)         static hyper handler, the same bytes
 #   L2 hit       proxy with Redis, tiny L1, no          an L1 hit + a raw Redis GET: the CPU of
 #                promotion, GET /l2/N over $KEYS keys   `hit 1 KiB` + `l2-ref` - `static 1 KiB`
@@ -188,6 +190,7 @@ for i in $(seq 0 $((KEYS - 1))); do echo "/l2/$i"; done >"$TMP/warm.txt"
 start origin "$REFS_BIN" origin
 start plain "$REFS_BIN" plain-proxy --upstream "${ADDR[origin]}"
 start static "$REFS_BIN" static
+start statichead "$REFS_BIN" static-hit-head
 start l2ref "$REFS_BIN" l2-ref --redis "redis://127.0.0.1:$REDIS_PORT/1" --keys "$KEYS"
 # One proxy per kind of traffic, so that each side's process has served
 # nothing else (its heap and connections as in a steady state of that load):
@@ -229,6 +232,7 @@ for name in plain static; do
     check "$name" /pass 1024 -
     check "$name" /hit1k 1024 -
 done
+check statichead /hit1k 1024 '; hit; detail=l1'
 check static /hit64k 65536 -
 check l2ref /l2/0 1024 -
 check l2ref "/l2/$((KEYS - 1))" 1024 -
@@ -266,11 +270,13 @@ echo "checked: /pass forwarded, /hit1k and /hit64k L1 hits, /l2/N L2 hits, bodie
 # --- timed runs ----------------------------------------------------------------
 
 # run -> the process it measures, and its URL path ('lua' = the keys script).
-RUNS=(pass.proxy pass.plain hit1k.proxy hit1k.static hit64k.proxy hit64k.static l2.proxy l2.ref hit1k.nolog)
+RUNS=(pass.proxy pass.plain hit1k.proxy hit1k.static hit64k.proxy hit64k.static l2.proxy l2.ref hit1k.nolog hit1k.head)
 declare -A RUN_PROC=([pass.proxy]=proxypass [pass.plain]=plain [hit1k.proxy]=proxy [hit1k.static]=static
-    [hit64k.proxy]=proxy64 [hit64k.static]=static [l2.proxy]=proxyl2 [l2.ref]=l2ref [hit1k.nolog]=nolog)
+    [hit64k.proxy]=proxy64 [hit64k.static]=static [l2.proxy]=proxyl2 [l2.ref]=l2ref [hit1k.nolog]=nolog
+    [hit1k.head]=statichead)
 declare -A RUN_PATH=([pass.proxy]=/pass [pass.plain]=/pass [hit1k.proxy]=/hit1k [hit1k.static]=/hit1k
-    [hit64k.proxy]=/hit64k [hit64k.static]=/hit64k [l2.proxy]=lua [l2.ref]=lua [hit1k.nolog]=/hit1k)
+    [hit64k.proxy]=/hit64k [hit64k.static]=/hit64k [l2.proxy]=lua [l2.ref]=lua [hit1k.nolog]=/hit1k
+    [hit1k.head]=/hit1k)
 
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -430,6 +436,7 @@ row() {
 }
 row "pass-through (no-store origin)" pass.proxy pass.plain 0.909 "proxy" "plain hyper-util proxy"
 row "cached 1 KiB hit" hit1k.proxy hit1k.static 0.9 "proxy (L1 hit)" "static hyper handler"
+row "cached 1 KiB hit (info)" hit1k.proxy hit1k.head - "proxy (L1 hit)" "static handler sending the hit's head (+ Age, Cache-Status, Via)"
 row "cached 64 KiB hit" hit64k.proxy hit64k.static 0.9 "proxy (L1 hit)" "static hyper handler"
 row "L2 hit over $KEYS keys" l2.proxy l2.composite 0.667 "proxy (L2 hit)" "L1 hit + raw Redis GET (CPU: hit 1 KiB + l2-ref − static)"
 row "L2 hit over $KEYS keys (info)" l2.proxy l2.ref - "proxy (L2 hit)" "l2-ref: hyper + raw Redis GET"
@@ -439,7 +446,7 @@ row "access log on (default)" hit1k.proxy hit1k.nolog 0.909 "proxy, 1 KiB hit, l
 # (the medians of the rounds; /proc/PID/stat, all threads).
 SPLIT="| process | user µs / request | kernel µs / request |
 | --- | --- | --- |"
-for run in pass.proxy pass.plain hit1k.proxy hit1k.nolog hit1k.static hit64k.proxy hit64k.static l2.proxy l2.ref; do
+for run in pass.proxy pass.plain hit1k.proxy hit1k.nolog hit1k.static hit1k.head hit64k.proxy hit64k.static l2.proxy l2.ref; do
     # shellcheck disable=SC2086 # space-separated lists of numbers
     SPLIT+=$'\n'"| $run | $(printf '%.2f' "$(median ${USR[$run]})") | $(printf '%.2f' "$(median ${SYS[$run]})") |"
 done

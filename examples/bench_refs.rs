@@ -6,6 +6,7 @@
 //! bench_refs origin      [--listen ADDR]
 //! bench_refs plain-proxy --upstream ADDR [--listen ADDR]
 //! bench_refs static      [--listen ADDR]
+//! bench_refs static-hit-head [--listen ADDR]
 //! bench_refs l2-ref      --redis URL [--keys N] [--listen ADDR]
 //! ```
 //!
@@ -19,6 +20,10 @@
 //!   the upstream's body streamed back as it is (no boxing).
 //! - `static`: the origin's answer for the path from a static handler (the
 //!   same `Bytes`, the same headers): what a cached hit should cost.
+//! - `static-hit-head`: `static` with the head `examples/proxy.rs` sends
+//!   for an L1 hit, the three fields it adds to the origin's (`Age`,
+//!   `Cache-Status`, `Via`) as constants: the same bytes on the wire as the
+//!   proxy's hit (an information row of the bench).
 //! - `l2-ref`: stores `--keys` bodies of 1 KiB in Redis at start
 //!   (`bench-ref:/l2/0` …), then answers `GET /l2/N` with a raw Redis `GET`
 //!   of that key over one multiplexed connection: an L2 hit's floor.
@@ -31,7 +36,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, VIA};
+use http::header::{HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_TYPE, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
@@ -56,7 +61,7 @@ static BODY: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 /// The key prefix of `l2-ref`'s values.
 const L2_PREFIX: &str = "bench-ref:";
 
-const USAGE: &str = "usage: bench_refs origin|plain-proxy|static|l2-ref \
+const USAGE: &str = "usage: bench_refs origin|plain-proxy|static|static-hit-head|l2-ref \
                      [--listen ADDR] [--upstream ADDR] [--redis URL] [--keys N]";
 
 /// The body and `Cache-Control` the origin answers `path` with.
@@ -79,6 +84,26 @@ fn answer(body: Bytes, cache_control: &'static str) -> Response<Full<Bytes>> {
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    resp
+}
+
+/// [`answer`] with the head `examples/proxy.rs` sends for an L1 hit of
+/// it: `Age` and `Cache-Status` first and `Via` last, around the origin's
+/// fields (constants, inserted in that order into an empty map).
+fn answer_as_hit(body: Bytes, cache_control: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    let h = resp.headers_mut();
+    h.insert(AGE, HeaderValue::from_static("0"));
+    h.insert(
+        HeaderName::from_static("cache-status"),
+        HeaderValue::from_static("tower-tiered-cache; hit; detail=l1"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(VIA, HeaderValue::from_static("1.1 tower-tiered-cache"));
     resp
 }
 
@@ -125,6 +150,14 @@ async fn main() -> Result<(), BoxError> {
             serve(listener, |req: Request<Incoming>| async move {
                 let (body, cc) = route(req.uri().path());
                 Ok::<_, Infallible>(answer(body, cc))
+            })
+            .await
+        }
+        "static-hit-head" => {
+            println!("listening on http://{addr}");
+            serve(listener, |req: Request<Incoming>| async move {
+                let (body, cc) = route(req.uri().path());
+                Ok::<_, Infallible>(answer_as_hit(body, cc))
             })
             .await
         }
