@@ -2,12 +2,15 @@
 //! promotion of hot entries into L1, a timeout on every operation, and a
 //! circuit breaker. L2 failures are misses: they never fail a request.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
+use pin_project_lite::pin_project;
 use quick_cache::sync::Cache as QuickCache;
 use redis::Value;
 use tokio::sync::{mpsc, watch};
@@ -1101,21 +1104,36 @@ impl L2 {
     /// have been scheduled (a starved machine) while Redis answered. The
     /// request takes it as a miss, but the breaker opens on timeouts only
     /// once a probe confirms them (see [`Self::suspect`]).
-    async fn guarded<T>(
-        &self,
-        extra: Duration,
-        op: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Option<T> {
+    ///
+    /// A hand-written future ([`Guarded`], [`Within`]): as `async fn`s, the
+    /// operation was held three times over in the future's layout (the
+    /// argument, its pinned copy, the timeout's), and every L2 read's
+    /// request future grew by as much (issue 18's profile of an L2 hit).
+    fn guarded<T, F>(&self, extra: Duration, op: F) -> Guarded<'_, F>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let now = self.clock.now_millis();
-        if !self.breaker.allow(now) {
-            return None;
-        }
         // Reconnecting after the breaker opened happens in the background
         // (see `RedisStore::reset`): no request waits past the timeout.
-        let deadline = self.cfg.timeout + extra;
-        let evidence = match Self::within(deadline, op).await {
+        let within = self
+            .breaker
+            .allow(now)
+            .then(|| Self::within(self.cfg.timeout + extra, op));
+        Guarded {
+            l2: self,
+            began: now,
+            within,
+        }
+    }
+
+    /// What a guarded operation's end does to the breaker and the counters
+    /// (`began`: when it was allowed, in the cache's clock); its value when
+    /// it succeeded.
+    fn settle<T>(&self, began: u64, result: Option<Result<T, StoreError>>) -> Option<T> {
+        let evidence = match result {
             Some(Ok(v)) => {
-                let was = self.breaker.state(now);
+                let was = self.breaker.state(began);
                 self.breaker.record_success();
                 if was != crate::BreakerState::Closed && self.cfg.warnings {
                     tracing::info!(target: "tower_tiered_cache", "L2 (Redis) is back: circuit breaker closed");
@@ -1229,16 +1247,14 @@ impl L2 {
     /// saturated (this task, or the connection's driver task, was not
     /// scheduled), not Redis slow: the operation gets one more `deadline`
     /// from then. `None` when it did not finish.
-    async fn within<F: std::future::Future>(deadline: Duration, op: F) -> Option<F::Output> {
-        let started = tokio::time::Instant::now();
-        let mut op = std::pin::pin!(op);
-        if let Ok(v) = tokio::time::timeout(deadline, op.as_mut()).await {
-            return Some(v);
+    fn within<F: std::future::Future>(deadline: Duration, op: F) -> Within<F> {
+        Within {
+            op,
+            sleep: tokio::time::sleep(deadline),
+            started: tokio::time::Instant::now(),
+            deadline,
+            widened: false,
         }
-        if started.elapsed() < deadline.saturating_mul(2) {
-            return None;
-        }
-        tokio::time::timeout(deadline, op).await.ok()
     }
 
     /// The L2 breaker has just opened (on evidence, or a probe that got no
@@ -2204,6 +2220,73 @@ impl L2 {
 #[allow(dead_code, unreachable_pub, missing_docs, clippy::all)]
 mod redis_support;
 
+pin_project! {
+    /// [`L2::guarded`]'s future: the operation under [`Within`], then the
+    /// breaker's and the counters' account of how it ended; `within` is
+    /// `None` when the breaker refused it (it then answers `None` at once).
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Guarded<'a, F> {
+        l2: &'a L2,
+        began: u64,
+        #[pin]
+        within: Option<Within<F>>,
+    }
+}
+
+impl<F, T> std::future::Future for Guarded<'_, F>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.project();
+        let Some(within) = this.within.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(within.poll(cx));
+        Poll::Ready(this.l2.settle(*this.began, result))
+    }
+}
+
+pin_project! {
+    /// [`L2::within`]'s future: the operation and one timer, which is
+    /// moved once when it fired late by more than the deadline.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Within<F> {
+        #[pin]
+        op: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        started: tokio::time::Instant,
+        deadline: Duration,
+        widened: bool,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(v) = this.op.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            ready!(this.sleep.as_mut().poll(cx));
+            if *this.widened || this.started.elapsed() < this.deadline.saturating_mul(2) {
+                return Poll::Ready(None);
+            }
+            // Late by more than the deadline: one more deadline from now.
+            *this.widened = true;
+            match tokio::time::Instant::now().checked_add(*this.deadline) {
+                Some(at) => this.sleep.as_mut().reset(at),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2646,6 +2729,28 @@ mod tests {
             answer.join().unwrap();
             assert_eq!(got, Some(Ok(42)), "late timer: one more deadline");
         });
+    }
+
+    /// Every L2 read's future is part of its request's future (boxed
+    /// once per miss and per L2 hit, moved as it is built): the operation
+    /// is held once, not once per layer of `async fn` (it was 1 944 bytes
+    /// for a `GET`, three copies of the 536-byte query).
+    #[tokio::test]
+    async fn an_l2_read_future_holds_its_operation_once() {
+        let l2 = l2("redis://127.0.0.1:1/".into());
+        let cmd = redis::Cmd::get("k");
+        let query = std::mem::size_of_val(&l2.store.query(&cmd));
+        let guarded = std::mem::size_of_val(&l2.guarded(Duration::ZERO, l2.store.query(&cmd)));
+        let sleep = std::mem::size_of::<tokio::time::Sleep>();
+        assert!(
+            guarded <= query + sleep + 64,
+            "guarded GET: {guarded} bytes for a {query}-byte query and a {sleep}-byte timer"
+        );
+        let get = std::mem::size_of_val(&l2.get_key("k"));
+        assert!(
+            get <= guarded + 256,
+            "get_key: {get} bytes, its guarded query {guarded}"
+        );
     }
 
     #[test]
