@@ -92,6 +92,12 @@ struct Elapsed;
 /// request will not wait in a flight, otherwise coalesced: the leader of a
 /// flight calls the upstream ([`lead_flight`]), waiters answer from what
 /// it got ([`after_wait`]).
+///
+/// The steps that call the upstream, take a lease or follow a wait are
+/// boxed where they start: inline, their states (kilobytes) would set
+/// the size of every request's future, L2 hits and waiters included,
+/// which is allocated and moved whole (the proxy's: 4 624 bytes inline, 3 104
+/// boxed; the upstream path pays an allocation or two more).
 pub(crate) async fn fetch<B, U>(
     cache: Cache,
     req: Request<B>,
@@ -120,9 +126,9 @@ where
     // the request simply calls alone.
     if !plan.coalesce || tokio::runtime::Handle::try_current().is_err() {
         if plan.prior.is_none() && plan.directives.range {
-            return partial::range_miss(&cache, req, up, &plan).await;
+            return Box::pin(partial::range_miss(&cache, req, up, &plan)).await;
         }
-        return own_call(&cache, req, up, &plan).await;
+        return Box::pin(own_call(&cache, req, up, &plan)).await;
     }
     // Flights that start after this point answer this request whatever its
     // own directives ask (they are newer than the request).
@@ -134,12 +140,12 @@ where
     for _ in 0..MAX_WAITS {
         let flight = match s.inflight.join(plan.key) {
             Join::Leader(guard) => return lead_flight(&cache, req, up, plan, guard, now).await,
-            Join::Full => return own_call(&cache, req, up, &plan).await,
+            Join::Full => return Box::pin(own_call(&cache, req, up, &plan)).await,
             Join::Waiter(flight) => flight,
         };
         let outcome = coalesce::wait(&flight, s.cfg.coalesce_timeout).await;
         let newer = flight.started_after(arrived);
-        match after_wait(&cache, outcome, newer, req, up, plan).await {
+        match Box::pin(after_wait(&cache, outcome, newer, req, up, plan)).await {
             Waited::Done(result) => return result,
             Waited::Again(r, u, p) => (req, up, plan) = (r, u, p),
         }
@@ -221,19 +227,20 @@ where
     if plan.prior.is_none() && plan.directives.range {
         // A range of something stored nowhere: passed, as by `decide`.
         drop(guard);
-        return partial::range_miss(cache, req, up, &plan).await;
+        return Box::pin(partial::range_miss(cache, req, up, &plan)).await;
     }
     // Other instances may be fetching it: take the key's lease, or wait
     // for the instance holding it (distributed coalescing).
     #[cfg(feature = "redis")]
-    let (req, plan, lease) = match distributed::lease_or_wait(cache, req, plan, now).await {
+    let (req, plan, lease) = match Box::pin(distributed::lease_or_wait(cache, req, plan, now)).await
+    {
         distributed::Leased::Answered(resp, entry) => {
             guard.complete(Outcome::Collapsed(entry));
             return Ok(resp);
         }
         distributed::Leased::Call(req, plan, lease) => (req, plan, lease),
     };
-    let (result, outcome) = lead(cache, req, up, &plan).await;
+    let (result, outcome) = Box::pin(lead(cache, req, up, &plan)).await;
     #[cfg(feature = "redis")]
     if let Some(lease) = lease {
         distributed::end(lease, &outcome);
