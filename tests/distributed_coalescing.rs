@@ -253,6 +253,27 @@ fn leases_in_redis(server: &RedisServer, ns: &str) -> usize {
     }
 }
 
+/// The leases of namespace `ns` in Redis, each with its remaining time:
+/// printed while a burst waits (a stall then says whether a lease holds
+/// it up, and for how long).
+fn lease_report(server: &RedisServer, ns: &str) -> String {
+    let keys = match server.cmd(&["KEYS", &format!("{ns}:lease:*")]) {
+        Ok(RedisReply::Array(keys)) => keys,
+        other => return format!("KEYS: {other:?}"),
+    };
+    let leases: Vec<String> = keys
+        .iter()
+        .map(|k| match k {
+            RedisReply::Bulk(k) => {
+                let k = String::from_utf8_lossy(k);
+                format!("{k} (PTTL {:?})", server.cmd(&["PTTL", &k]))
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    format!("[{}]", leases.join(", "))
+}
+
 /// Every answer is the origin's 200 with its body.
 fn all_ok(answers: &[Vec<Answer>], path: &str) {
     let body = format!("body of {path}");
@@ -656,7 +677,23 @@ mod proxies {
             assert_eq!(warm.status, 200);
         }
 
-        let took = burst(&client, &[p1, p2], "/slow/proxies", 200).await;
+        // Every 5 s the burst waits, what may hold it up (the origin's
+        // calls, the leases in Redis): a stall under load says where.
+        let took = {
+            let both = [p1, p2];
+            let all = burst(&client, &both, "/slow/proxies", 200);
+            tokio::pin!(all);
+            loop {
+                tokio::select! {
+                    took = &mut all => break took,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => eprintln!(
+                        "the burst still waits: {} origin call(s), leases {}",
+                        origin.calls("/slow/proxies"),
+                        lease_report(&server, "dcp")
+                    ),
+                }
+            }
+        };
         assert_eq!(
             origin.calls("/slow/proxies"),
             1,
