@@ -280,11 +280,6 @@ declare -A RUN_PATH=([pass.proxy]=/pass [pass.plain]=/pass [hit1k.proxy]=/hit1k 
 
 CLK_TCK=$(getconf CLK_TCK)
 
-# The CPU time of process NAME so far (user + system, all threads), in ticks.
-ticks() {
-    awk '{ print $14 + $15 }' "/proc/${PID[$1]}/stat"
-}
-
 # The user and the system CPU time of process NAME so far, in ticks.
 user_sys() {
     awk '{ print $14, $15 }' "/proc/${PID[$1]}/stat"
@@ -300,12 +295,12 @@ run_wrk() {
         path=/
     fi
     local url="http://${ADDR[$proc]}$path"
-    t0=$(ticks "$proc")
     read -r u0 s0 <<<"$(user_sys "$proc")"
     out=$(timeout $((secs + 30)) "${WRK_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
         "${script[@]}" "$url" -- "$KEYS" 2>&1) || die "$run: wrk failed: $out"
-    t1=$(ticks "$proc")
     read -r u1 s1 <<<"$(user_sys "$proc")"
+    t0=$((u0 + s0))
+    t1=$((u1 + s1))
     figures=$(wrk_figures "$out") || die "$run: $figures"
     ((t1 > t0)) || die "$run: no server CPU time measured"
     read -r _ _ reqs <<<"$figures"

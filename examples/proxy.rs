@@ -1729,7 +1729,7 @@ fn service(
             spare: std::sync::Mutex::new(Vec::new()),
         })
     });
-    hyper::service::service_fn(move |req: Request<Incoming>| {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // What the line needs from the request, kept only when logging:
         // its method and URI written at once into the connection's spare
         // buffer (cloning the URI would allocate), and when it began.
@@ -1740,7 +1740,6 @@ fn service(
                 quanta::Instant::now(),
             )
         });
-        let mut req = req;
         let call = prepare(&mut req, &forwarded_for, &hosts, cookies)
             .map(|()| cached.borrow_mut().call(req.map(ProxyBody::Incoming)));
         async move {

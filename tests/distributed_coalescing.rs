@@ -246,22 +246,23 @@ fn leases_since(cache: &Cache, before: LeaseStats) -> (u64, u64, u64, u64) {
 }
 
 /// The lease keys in Redis under `ns`.
-fn leases_in_redis(server: &RedisServer, ns: &str) -> usize {
+fn lease_keys(server: &RedisServer, ns: &str) -> Vec<RedisReply> {
     match server.cmd(&["KEYS", &format!("{ns}:lease:*")]) {
-        Ok(RedisReply::Array(keys)) => keys.len(),
+        Ok(RedisReply::Array(keys)) => keys,
         other => panic!("KEYS: {other:?}"),
     }
+}
+
+/// How many lease keys Redis holds under `ns`.
+fn leases_in_redis(server: &RedisServer, ns: &str) -> usize {
+    lease_keys(server, ns).len()
 }
 
 /// The leases of namespace `ns` in Redis, each with its remaining time:
 /// printed while a burst waits (a stall then says whether a lease holds
 /// it up, and for how long).
 fn lease_report(server: &RedisServer, ns: &str) -> String {
-    let keys = match server.cmd(&["KEYS", &format!("{ns}:lease:*")]) {
-        Ok(RedisReply::Array(keys)) => keys,
-        other => return format!("KEYS: {other:?}"),
-    };
-    let leases: Vec<String> = keys
+    let leases: Vec<String> = lease_keys(server, ns)
         .iter()
         .map(|k| match k {
             RedisReply::Bulk(k) => {
